@@ -1,0 +1,379 @@
+//! `outpost db ...`: import, query, statistics and compaction of a store file.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use outpost_storage::text::Importer;
+use outpost_storage::{Aggregation, Options, Selector, Store};
+
+use crate::timearg::{now_ms, parse_duration_ms, parse_time};
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Import samples in the Prometheus text exposition format.
+    ///
+    /// Lines look like `name{label="v"} value timestamp_ms`; comments and `# TYPE` lines are
+    /// skipped, and a sample without a timestamp is stamped with the current time. The input may
+    /// be zstd-compressed. Malformed lines are reported with their line number and skipped; the
+    /// exit code is non-zero if there were any.
+    Import {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Input file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        input: String,
+    },
+    /// Query samples of the series that a selector matches.
+    ///
+    /// Without --step, prints raw samples. With --step, prints one value per step-aligned bucket,
+    /// answered from the 1-hour tier when the step is a multiple of an hour, from the 1-minute
+    /// tier when it is a multiple of a minute, else from raw samples.
+    Query {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Series selector: `name`, `name{label="v",other=~"re.*"}`, with =, !=, =~ and !~.
+        selector: String,
+        /// Start of the range: RFC 3339, milliseconds since the epoch, or `now`.
+        #[arg(long)]
+        from: String,
+        /// End of the range (inclusive), in the same forms as --from.
+        #[arg(long, default_value = "now")]
+        to: String,
+        /// Bucket width, such as 30s, 5m, 1h.
+        #[arg(long)]
+        step: Option<String>,
+        /// How each bucket is reduced (needs --step).
+        #[arg(long = "fn", value_enum, default_value = "avg", requires = "step")]
+        function: FunctionArg,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+    },
+    /// Show series and sample counts, bytes on disk, and bytes written since open.
+    Stats {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal pending data and rewrite the store file without free pages, shrinking it.
+    Compact {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Path of the store file.
+    #[arg(long = "db", env = "OUTPOST_DB", value_name = "PATH")]
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FunctionArg {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+    Last,
+    Rate,
+}
+
+impl From<FunctionArg> for Aggregation {
+    fn from(f: FunctionArg) -> Self {
+        match f {
+            FunctionArg::Avg => Aggregation::Avg,
+            FunctionArg::Min => Aggregation::Min,
+            FunctionArg::Max => Aggregation::Max,
+            FunctionArg::Sum => Aggregation::Sum,
+            FunctionArg::Count => Aggregation::Count,
+            FunctionArg::Last => Aggregation::Last,
+            FunctionArg::Rate => Aggregation::Rate,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+pub fn run(command: DbCommand) -> Result<ExitCode> {
+    match command {
+        DbCommand::Import { store, input } => import(&store.path, &input),
+        DbCommand::Query {
+            store,
+            selector,
+            from,
+            to,
+            step,
+            function,
+            format,
+        } => {
+            let now = now_ms();
+            let from = parse_time(&from, now).context("--from")?;
+            let to = parse_time(&to, now).context("--to")?;
+            let step = step
+                .map(|s| parse_duration_ms(&s))
+                .transpose()
+                .context("--step")?;
+            query(&store.path, &selector, from, to, step, function.into(), format)
+        }
+        DbCommand::Stats { store, json } => stats(&store.path, json),
+        DbCommand::Compact { store } => {
+            let store = open_existing(&store.path)?;
+            let before = store.stats()?.disk_bytes;
+            store.compact()?;
+            let after = store.stats()?.disk_bytes;
+            store.close()?;
+            println!("compacted: {before} -> {after} bytes on disk");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Store> {
+    if !path.exists() {
+        bail!("no store at {}: import data first with `outpost db import --db {} FILE`", path.display(), path.display());
+    }
+    Ok(Store::open(path, Options::default())?)
+}
+
+/// Counts the bytes read through it, for the progress bar.
+struct CountingReader<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn import(path: &Path, input: &str) -> Result<ExitCode> {
+    let (raw, len): (Box<dyn Read>, Option<u64>) = if input == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let file = File::open(input).with_context(|| format!("cannot open {input}"))?;
+        let len = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), len)
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        match len {
+            Some(len) => indicatif::ProgressBar::new(len).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {msg} ({eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            ),
+            None => indicatif::ProgressBar::new_spinner(),
+        }
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        CountingReader {
+            inner: raw,
+            bar: bar.clone(),
+        },
+    );
+    // zstd-compressed input is recognised by its magic number.
+    let compressed = reader.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let mut lines: Box<dyn BufRead> = if compressed {
+        Box::new(BufReader::with_capacity(1 << 20, zstd::Decoder::with_buffer(reader)?))
+    } else {
+        Box::new(reader)
+    };
+
+    let started = Instant::now();
+    let store = Store::open(path, Options::default())?;
+    let mut importer = Importer::new(&store, now_ms());
+    let mut line = Vec::with_capacity(256);
+    let mut line_number = 0u64;
+    let mut reported = 0u64;
+    loop {
+        line.clear();
+        if lines.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        line_number += 1;
+        let outcome = match std::str::from_utf8(&line) {
+            Ok(text) => importer.line(text, line_number)?,
+            Err(_) => Err(outpost_storage::text::LineError {
+                line_number,
+                message: "not valid UTF-8".into(),
+            }),
+        };
+        if let Err(error) = outcome {
+            reported += 1;
+            if reported <= 100 {
+                bar.suspend(|| eprintln!("line {}: {}", error.line_number, error.message));
+            }
+        }
+        if line_number % 65_536 == 0 {
+            bar.set_message(format!("{} samples", importer.samples));
+        }
+    }
+    let samples = importer.samples;
+    let errors = reported;
+    importer.finish()?;
+    let stats = store.stats()?;
+    store.close()?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "imported {samples} samples into {} series in {seconds:.2} s ({:.0} samples/s); store: {} bytes on disk",
+        stats.series,
+        samples as f64 / seconds.max(1e-9),
+        stats.disk_bytes,
+    );
+    if errors > 0 {
+        if errors > 100 {
+            eprintln!("({} more malformed lines not shown)", errors - 100);
+        }
+        eprintln!("{errors} malformed lines skipped");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a value so that it parses back to the identical f64: Rust's shortest round-trip form,
+/// Prometheus' spelling of infinities, and the bits of a NaN that is not the canonical one.
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        if value.to_bits() == f64::NAN.to_bits() {
+            "NaN".into()
+        } else {
+            format!("NaN(0x{:016x})", value.to_bits())
+        }
+    } else if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn query(
+    path: &Path,
+    selector: &str,
+    from: i64,
+    to: i64,
+    step: Option<i64>,
+    function: Aggregation,
+    format: Format,
+) -> Result<ExitCode> {
+    let selector = Selector::parse(selector)?;
+    if from > to {
+        bail!("--from ({from}) is after --to ({to})");
+    }
+    let store = open_existing(path)?;
+    let results = match step {
+        None => store.query_raw(&selector, from, to)?,
+        Some(step) => store.query_step(&selector, from, to, step, function)?,
+    };
+    store.close()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match format {
+        Format::Csv => {
+            writeln!(out, "series,timestamp_ms,value")?;
+            for series in &results {
+                let name = csv_field(&series.series.to_string());
+                for (ts, value) in &series.points {
+                    writeln!(out, "{name},{ts},{}", format_value(*value))?;
+                }
+            }
+        }
+        Format::Json => {
+            // Values are strings, as in Prometheus' API, because JSON has no NaN or infinity.
+            let json: Vec<serde_json::Value> = results
+                .iter()
+                .map(|series| {
+                    serde_json::json!({
+                        "series": series.series.to_string(),
+                        "points": series.points.iter()
+                            .map(|(ts, v)| serde_json::json!([ts, format_value(*v)]))
+                            .collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::to_writer(&mut out, &json)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(path: &Path, json: bool) -> Result<ExitCode> {
+    let store = open_existing(path)?;
+    let stats = store.stats()?;
+    store.close()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "series": stats.series,
+                "raw_samples": stats.raw_samples,
+                "minute_points": stats.minute_points,
+                "hour_points": stats.hour_points,
+                "head_samples": stats.head_samples,
+                "disk_bytes": stats.disk_bytes,
+                "bytes_per_raw_sample": stats.bytes_per_raw_sample(),
+                "bytes_written_since_open": stats.bytes_written_since_open,
+                "chunk_bytes": {"raw": stats.chunk_bytes[0], "minute": stats.chunk_bytes[1], "hour": stats.chunk_bytes[2]},
+            })
+        );
+    } else {
+        println!("series                    {}", stats.series);
+        println!("raw samples               {}", stats.raw_samples);
+        println!("1-minute rollup points    {}", stats.minute_points);
+        println!("1-hour rollup points      {}", stats.hour_points);
+        println!("bytes on disk             {}", stats.disk_bytes);
+        println!(
+            "chunk bytes per tier      raw {}, 1m {}, 1h {}",
+            stats.chunk_bytes[0], stats.chunk_bytes[1], stats.chunk_bytes[2]
+        );
+        println!("bytes per raw sample      {:.3}", stats.bytes_per_raw_sample());
+        println!("bytes written since open  {}", stats.bytes_written_since_open);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_values_parse_back_bit_exact() {
+        for value in [0.1, -0.0, 1e300, 5e-324, 111.11, f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let text = format_value(value);
+            let back: f64 = text.parse().unwrap();
+            assert_eq!(back.to_bits(), value.to_bits(), "{text}");
+        }
+        assert_eq!(format_value(f64::from_bits(0x7ff8_0000_0000_0001)), "NaN(0x7ff8000000000001)");
+    }
+}

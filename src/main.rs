@@ -1,0 +1,52 @@
+//! `outpost`: one binary for the agent that runs on each device and the hub that gathers the
+//! fleet. This file holds the command line; each command lives in its own module.
+
+mod db;
+mod timearg;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Edge monitoring for fleets of NVIDIA Jetson devices and GPU hosts.
+///
+/// Outpost keeps every device's metrics in a compressed, crash-safe local store that keeps
+/// working offline. The `db` commands work on such a store file directly.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, propagate_version = true)]
+struct Cli {
+    /// Log filter, as in RUST_LOG (for example `info` or `outpost_storage=debug`).
+    #[arg(long, global = true, env = "OUTPOST_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with a store file: import, query, statistics, compaction.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Db(command) => db::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

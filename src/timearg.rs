@@ -1,0 +1,92 @@
+//! Parsing of the times and durations that commands take.
+
+use anyhow::{bail, Context, Result};
+
+/// A point in time as milliseconds since the Unix epoch: RFC 3339 (`2026-11-21T10:00:00Z`),
+/// an integer of milliseconds, or `now`.
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64> {
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now_ms);
+    }
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("{text:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), milliseconds since the epoch, or now")
+        })?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
+        .with_context(|| format!("{text:?} is out of range"))
+}
+
+/// A duration in milliseconds: `500ms`, `30s`, `5m`, `1h`, `7d`, or combinations (`1h30m`).
+pub fn parse_duration_ms(text: &str) -> Result<i64> {
+    let text = text.trim();
+    if text.is_empty() {
+        bail!("empty duration");
+    }
+    let mut total: i64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            bail!("{text:?} is not a duration: expected a number at {rest:?} (like 30s, 5m, 1h, 7d)");
+        }
+        let number: i64 = rest[..digits]
+            .parse()
+            .with_context(|| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "" => bail!("{text:?} needs a unit: ms, s, m, h, d or w"),
+            unit => bail!("{text:?}: unknown unit {unit:?}; use ms, s, m, h, d or w"),
+        };
+        total = number
+            .checked_mul(factor)
+            .and_then(|v| total.checked_add(v))
+            .with_context(|| format!("{text:?} is too long"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Milliseconds since the Unix epoch, now. The binary owns the wall clock; the libraries are
+/// given time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("2026-11-21T00:00:00Z", 0).unwrap(), 1_795_219_200_000);
+        assert_eq!(parse_time("2026-11-21T01:00:00+01:00", 0).unwrap(), 1_795_219_200_000);
+        assert_eq!(parse_time("1795257761024", 0).unwrap(), 1_795_257_761_024);
+        assert_eq!(parse_time("now", 42).unwrap(), 42);
+        assert!(parse_time("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
+        assert_eq!(parse_duration_ms("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
+        assert_eq!(parse_duration_ms("7d").unwrap(), 604_800_000);
+        for bad in ["", "5", "m", "5x", "-5m"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The store's error types: one for decoding bytes, one for everything the store does.
+
+use std::path::PathBuf;
+
+/// Why a byte sequence (a stored chunk, a log frame) could not be decoded.
+///
+/// Decoders return this for any input, however hostile; they never panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("input ends {needed} bytes early")]
+    Truncated { needed: usize },
+    #[error("varint longer than 10 bytes")]
+    VarintOverflow,
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what} count {count} exceeds the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        count: u64,
+        limit: u64,
+    },
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("zstd: {0}")]
+    Zstd(String),
+    #[error("{extra} bytes left after the end of the data")]
+    TrailingBytes { extra: usize },
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "store {path} is already open in another process (an agent or hub running on it?); \
+         stop it, or query the running process over its HTTP API"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "store {path} has format version {found}, but this Outpost reads versions up to {supported}; \
+         use a newer Outpost"
+    )]
+    FormatTooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path} is not an Outpost store: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+    #[error(
+        "the store stopped accepting writes after an I/O failure ({cause}); \
+         restart the process to recover from the last durable state"
+    )]
+    Poisoned { cause: String },
+    #[error("corrupt {what} for series {series}: {source}")]
+    CorruptChunk {
+        what: &'static str,
+        series: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("corrupt write-ahead log {path}: {source}")]
+    CorruptLog {
+        path: PathBuf,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("invalid selector {selector:?}: {reason}")]
+    Selector { selector: String, reason: String },
+    #[error("invalid series key {key:?}: {reason}")]
+    SeriesKey { key: String, reason: String },
+    #[error("invalid option {name}: {reason}")]
+    Option { name: &'static str, reason: String },
+    #[error("unknown series id {0}")]
+    UnknownSeries(u32),
+    #[error("the store is closed")]
+    Closed,
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+}
+
+impl From<redb::DatabaseError> for Error {
+    fn from(e: redb::DatabaseError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+impl From<redb::TransactionError> for Error {
+    fn from(e: redb::TransactionError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+impl From<redb::TableError> for Error {
+    fn from(e: redb::TableError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+impl From<redb::StorageError> for Error {
+    fn from(e: redb::StorageError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+impl From<redb::CommitError> for Error {
+    fn from(e: redb::CommitError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+impl From<redb::CompactionError> for Error {
+    fn from(e: redb::CompactionError) -> Self {
+        Error::Redb(e.into())
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,186 @@
+//! Outpost's time-series store: compressed, crash-safe, on one redb file.
+//!
+//! Everything in Outpost reads or writes a [`Store`]: the agent on a Jetson, its alert engine and
+//! sync outbox (through the [state tables](StateTable)), and the hub, which holds the whole fleet
+//! in a second instance. The store keeps, per series ([`SeriesKey`]):
+//!
+//! - raw samples `(timestamp_ms, f64)`, losslessly (every bit of every f64, NaN payloads and -0.0
+//!   included), in two-hour chunks compressed by [`codec`];
+//! - 1-minute and 1-hour [rollups](Rollup) (min, max, sum, count, last), kept up to date when
+//!   late or replaced samples arrive;
+//! - retention by age per tier and a byte budget for the whole store.
+//!
+//! Writes land in an in-memory head and a compact write-ahead log ([`wal`]), and are folded into
+//! redb by a dedicated writer thread; see `FORMAT.md` for the on-disk format and the crash-safety
+//! contract. The crate has no async runtime and no network; async callers use
+//! [`Store::write_async`] and [`Store::sync_async`], which never block the executor.
+//!
+//! ```no_run
+//! use outpost_storage::{Aggregation, Options, Selector, SeriesKey, Store, WriteBatch};
+//! # fn main() -> outpost_storage::Result<()> {
+//! let store = Store::open("metrics.redb", Options::default())?;
+//! let cpu = store.series_id(&SeriesKey::parse(r#"cpu_load{core="0"}"#)?)?;
+//! let mut batch = WriteBatch::default();
+//! batch.sample(cpu, 1_700_000_000_000, 42.5);
+//! store.write(batch)?;
+//! let selector = Selector::parse("cpu_load")?;
+//! let raw = store.query_raw(&selector, 0, i64::MAX)?;
+//! let per_minute = store.query_step(&selector, 0, 1_800_000_000_000, 60_000, Aggregation::Avg)?;
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+
+pub mod codec;
+mod error;
+mod query;
+mod series;
+mod store;
+pub mod text;
+mod wal;
+
+pub use codec::Rollup;
+pub use error::{DecodeError, Error, Result};
+pub use query::Aggregation;
+pub use series::{MatchOp, Selector, SeriesKey};
+pub use store::{Clock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, FORMAT_VERSION};
+
+/// A series' number in the store's catalogue. Valid only for the store that issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesId(pub u32);
+
+/// The resolution of stored data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Tier {
+    Raw = 0,
+    /// One rollup point per series per minute.
+    Minute = 1,
+    /// One rollup point per series per hour.
+    Hour = 2,
+}
+
+impl Tier {
+    /// The bucket width in milliseconds (1 for raw samples).
+    pub fn resolution_ms(self) -> i64 {
+        match self {
+            Tier::Raw => 1,
+            Tier::Minute => 60_000,
+            Tier::Hour => 3_600_000,
+        }
+    }
+}
+
+/// The small state tables that other components keep in the store's file, so that their state
+/// commits atomically with the samples it refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateTable {
+    /// The alert engine's per-alert state and transition history.
+    AlertState,
+    /// Notifications waiting to be delivered.
+    NotificationQueue,
+    /// The sync layer's cursor, epoch and sequence numbers.
+    SyncCursor,
+    /// The hub's registry of devices.
+    DeviceRegistry,
+}
+
+impl StateTable {
+    pub const ALL: [StateTable; 4] = [
+        StateTable::AlertState,
+        StateTable::NotificationQueue,
+        StateTable::SyncCursor,
+        StateTable::DeviceRegistry,
+    ];
+
+    pub(crate) fn tag(self) -> u8 {
+        self as u8 + 1
+    }
+
+    pub(crate) fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(tag).checked_sub(1)?).copied()
+    }
+
+    pub(crate) fn table_name(self) -> &'static str {
+        match self {
+            StateTable::AlertState => "state.alerts",
+            StateTable::NotificationQueue => "state.notifications",
+            StateTable::SyncCursor => "state.sync",
+            StateTable::DeviceRegistry => "state.devices",
+        }
+    }
+}
+
+/// One change to a state table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOp {
+    Put {
+        table: StateTable,
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: StateTable,
+        key: String,
+    },
+}
+
+/// Samples and state changes that the store accepts together: after a crash, either all of a
+/// batch is recovered or none of it.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub(crate) samples: Vec<(u32, i64, f64)>,
+    pub(crate) state: Vec<StateOp>,
+    pub(crate) rollups: Vec<wal::RollupWrite>,
+}
+
+impl WriteBatch {
+    pub fn with_capacity(samples: usize) -> Self {
+        WriteBatch {
+            samples: Vec::with_capacity(samples),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a sample; a later write of the same series and timestamp replaces it.
+    pub fn sample(&mut self, series: SeriesId, timestamp_ms: i64, value: f64) {
+        self.samples.push((series.0, timestamp_ms, value));
+    }
+
+    /// Writes a rollup point directly, replacing the bucket, for periods whose raw samples this
+    /// store will not see (a device's rollups for data it has already dropped). `bucket_start`
+    /// must be a multiple of the tier's resolution; raw samples later written into the same
+    /// bucket recompute it from raw data.
+    pub fn rollup(&mut self, series: SeriesId, tier: Tier, bucket_start: i64, rollup: Rollup) {
+        if tier != Tier::Raw {
+            self.rollups.push(wal::RollupWrite {
+                tier,
+                series: series.0,
+                bucket: bucket_start.div_euclid(tier.resolution_ms()) * tier.resolution_ms(),
+                rollup,
+            });
+        }
+    }
+
+    pub fn put_state(&mut self, table: StateTable, key: impl Into<String>, value: Vec<u8>) {
+        self.state.push(StateOp::Put {
+            table,
+            key: key.into(),
+            value,
+        });
+    }
+
+    pub fn delete_state(&mut self, table: StateTable, key: impl Into<String>) {
+        self.state.push(StateOp::Delete {
+            table,
+            key: key.into(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len() + self.state.len() + self.rollups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

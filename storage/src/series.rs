@@ -1,0 +1,404 @@
+//! Series identity (Prometheus' data model: a metric name plus sorted labels) and selectors.
+//!
+//! The canonical text of a series, `name{a="x",b="y"}` with labels sorted by name, is what the
+//! catalogue stores; selectors use the same syntax with the matchers `=`, `!=`, `=~` and `!~`.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A metric name and its labels, sorted by label name. Labels with an empty value are dropped,
+/// as Prometheus does: an empty label and an absent one are the same series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    /// Builds a key, validating names and sorting labels.
+    pub fn new(
+        name: impl Into<String>,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let mut labels: Vec<(String, String)> =
+            labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        labels.sort();
+        let error = |reason: String| Error::SeriesKey {
+            key: format!("{name}{{..}}"),
+            reason,
+        };
+        if !is_metric_name(&name) {
+            return Err(error(format!("metric name {name:?} is not [a-zA-Z_:][a-zA-Z0-9_:]*")));
+        }
+        for pair in labels.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(error(format!("label {:?} appears twice", pair[0].0)));
+            }
+        }
+        if let Some((bad, _)) = labels.iter().find(|(l, _)| !is_label_name(l)) {
+            return Err(error(format!("label name {bad:?} is not [a-zA-Z_][a-zA-Z0-9_]*")));
+        }
+        Ok(SeriesKey { name, labels })
+    }
+
+    /// Parses `name` or `name{label="value",...}` (the exposition format's series syntax).
+    pub fn parse(text: &str) -> Result<Self> {
+        let error = |reason: String| Error::SeriesKey {
+            key: text.to_string(),
+            reason,
+        };
+        let mut lexer = Lexer::new(text);
+        let name = lexer.name(false).map_err(error)?;
+        let mut labels = Vec::new();
+        if lexer.peek() == Some(b'{') {
+            for (label, op, value) in lexer.matchers().map_err(error)? {
+                if op != MatchOp::Equal {
+                    return Err(error(format!("label {label:?} must use =, not {op}")));
+                }
+                labels.push((label, value));
+            }
+        }
+        lexer.end().map_err(error)?;
+        SeriesKey::new(name, labels).map_err(|e| match e {
+            Error::SeriesKey { reason, .. } => error(reason),
+            other => other,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    /// The value of a label, with `__name__` meaning the metric name; "" when absent.
+    pub fn label(&self, label: &str) -> &str {
+        if label == "__name__" {
+            return &self.name;
+        }
+        self.labels
+            .binary_search_by(|(l, _)| l.as_str().cmp(label))
+            .map(|i| self.labels[i].1.as_str())
+            .unwrap_or("")
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if self.labels.is_empty() {
+            return Ok(());
+        }
+        f.write_str("{")?;
+        for (i, (label, value)) in self.labels.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{label}=\"")?;
+            for c in value.chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '"' => f.write_str("\\\"")?,
+                    '\n' => f.write_str("\\n")?,
+                    c => write!(f, "{c}")?,
+                }
+            }
+            f.write_str("\"")?;
+        }
+        f.write_str("}")
+    }
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// How a selector compares a label with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+impl fmt::Display for MatchOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::Regex => "=~",
+            MatchOp::NotRegex => "!~",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    label: String,
+    op: MatchOp,
+    value: String,
+    /// Anchored at both ends, as in PromQL.
+    regex: Option<regex::Regex>,
+}
+
+impl Matcher {
+    fn matches(&self, key: &SeriesKey) -> bool {
+        let actual = key.label(&self.label);
+        match (self.op, &self.regex) {
+            (MatchOp::Equal, _) => actual == self.value,
+            (MatchOp::NotEqual, _) => actual != self.value,
+            (MatchOp::Regex, Some(re)) => re.is_match(actual),
+            (MatchOp::NotRegex, Some(re)) => !re.is_match(actual),
+            (_, None) => false,
+        }
+    }
+}
+
+/// A series selector: `name{label="v",other=~"re.*"}`, `name`, or `{__name__=~"node_.*"}`.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    text: String,
+    matchers: Vec<Matcher>,
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Self> {
+        let error = |reason: String| Error::Selector {
+            selector: text.to_string(),
+            reason,
+        };
+        let mut lexer = Lexer::new(text.trim());
+        let mut matchers = Vec::new();
+        if lexer.peek() != Some(b'{') {
+            let name = lexer.name(false).map_err(error)?;
+            matchers.push(Matcher {
+                label: "__name__".into(),
+                op: MatchOp::Equal,
+                value: name,
+                regex: None,
+            });
+        }
+        if lexer.peek() == Some(b'{') {
+            for (label, op, value) in lexer.matchers().map_err(error)? {
+                let regex = match op {
+                    MatchOp::Regex | MatchOp::NotRegex => Some(
+                        regex::Regex::new(&format!("^(?:{value})$"))
+                            .map_err(|e| error(format!("bad regex for {label}: {e}")))?,
+                    ),
+                    _ => None,
+                };
+                matchers.push(Matcher {
+                    label,
+                    op,
+                    value,
+                    regex,
+                });
+            }
+        }
+        lexer.end().map_err(error)?;
+        if matchers.is_empty() {
+            return Err(error("a selector needs a metric name or a matcher".into()));
+        }
+        if matchers.iter().all(|m| m.regex.as_ref().is_some_and(|r| r.is_match("")) || (m.op == MatchOp::Equal && m.value.is_empty()) || (m.op == MatchOp::NotEqual && !m.value.is_empty())) {
+            return Err(error(
+                "at least one matcher must not match the empty string, or it selects every series"
+                    .into(),
+            ));
+        }
+        Ok(Selector {
+            text: text.to_string(),
+            matchers,
+        })
+    }
+
+    pub fn matches(&self, key: &SeriesKey) -> bool {
+        self.matchers.iter().all(|m| m.matches(key))
+    }
+
+    /// The metric name when the selector pins it with `=`, which lets lookups skip other names.
+    pub fn exact_name(&self) -> Option<&str> {
+        self.matchers
+            .iter()
+            .find(|m| m.label == "__name__" && m.op == MatchOp::Equal)
+            .map(|m| m.value.as_str())
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A tiny hand-written lexer for the shared `name{label op "value", ...}` syntax.
+struct Lexer<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(text: &'a str) -> Self {
+        Lexer { text, pos: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    fn name(&mut self, label: bool) -> std::result::Result<String, String> {
+        self.skip_spaces();
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if c.is_ascii_alphanumeric() || c == b'_' || (c == b':' && !label) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        if start == self.pos {
+            return Err(format!(
+                "expected a {} at byte {}",
+                if label { "label name" } else { "metric name" },
+                start
+            ));
+        }
+        Ok(self.text[start..self.pos].to_string())
+    }
+
+    fn matchers(&mut self) -> std::result::Result<Vec<(String, MatchOp, String)>, String> {
+        self.pos += 1; // the '{'
+        let mut out = Vec::new();
+        loop {
+            self.skip_spaces();
+            if self.peek() == Some(b'}') {
+                self.pos += 1;
+                return Ok(out);
+            }
+            let label = self.name(true)?;
+            self.skip_spaces();
+            let rest = &self.text[self.pos..];
+            let (op, len) = if rest.starts_with("=~") {
+                (MatchOp::Regex, 2)
+            } else if rest.starts_with("!~") {
+                (MatchOp::NotRegex, 2)
+            } else if rest.starts_with("!=") {
+                (MatchOp::NotEqual, 2)
+            } else if rest.starts_with('=') {
+                (MatchOp::Equal, 1)
+            } else {
+                return Err(format!(
+                    "expected =, !=, =~ or !~ after label {label:?} at byte {}",
+                    self.pos
+                ));
+            };
+            self.pos += len;
+            self.skip_spaces();
+            let value = self.quoted()?;
+            out.push((label, op, value));
+            self.skip_spaces();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {}
+                _ => return Err(format!("expected , or }} at byte {}", self.pos)),
+            }
+        }
+    }
+
+    fn quoted(&mut self) -> std::result::Result<String, String> {
+        if self.peek() != Some(b'"') {
+            return Err(format!("expected a quoted value at byte {}", self.pos));
+        }
+        self.pos += 1;
+        let mut value = String::new();
+        let mut chars = self.text[self.pos..].char_indices();
+        while let Some((offset, c)) = chars.next() {
+            match c {
+                '"' => {
+                    self.pos += offset + 1;
+                    return Ok(value);
+                }
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, other)) => {
+                        value.push('\\');
+                        value.push(other);
+                    }
+                    None => break,
+                },
+                c => value.push(c),
+            }
+        }
+        Err("unterminated quoted value".into())
+    }
+
+    fn end(&mut self) -> std::result::Result<(), String> {
+        self.skip_spaces();
+        if self.pos == self.text.len() {
+            Ok(())
+        } else {
+            Err(format!("unexpected {:?}", &self.text[self.pos..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_form_sorts_labels_and_round_trips() {
+        let key = SeriesKey::parse(r#"node_cpu{mode="idle",cpu="0",empty=""}"#).unwrap();
+        assert_eq!(key.to_string(), r#"node_cpu{cpu="0",mode="idle"}"#);
+        assert_eq!(SeriesKey::parse(&key.to_string()).unwrap(), key);
+        let quoted = SeriesKey::parse(r#"m{path="a\"b\\c\nd"}"#).unwrap();
+        assert_eq!(quoted.label("path"), "a\"b\\c\nd");
+        assert_eq!(SeriesKey::parse(&quoted.to_string()).unwrap(), quoted);
+    }
+
+    #[test]
+    fn bad_series_are_refused_with_a_reason() {
+        for bad in ["", "1abc", "m{a=\"x\",a=\"y\"}", "m{a=~\"x\"}", "m{a=\"x\"", "m x"] {
+            assert!(SeriesKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn selectors_match_like_promql() {
+        let key = SeriesKey::parse(r#"node_cpu_seconds_total{cpu="0",mode="idle"}"#).unwrap();
+        let check = |sel: &str, expected: bool| {
+            assert_eq!(Selector::parse(sel).unwrap().matches(&key), expected, "{sel}");
+        };
+        check("node_cpu_seconds_total", true);
+        check(r#"node_cpu_seconds_total{mode="idle"}"#, true);
+        check(r#"node_cpu_seconds_total{mode!="idle"}"#, false);
+        check(r#"node_cpu_seconds_total{mode=~"id.*"}"#, true);
+        check(r#"node_cpu_seconds_total{mode=~"id"}"#, false);
+        check(r#"node_cpu_seconds_total{mode!~"user|system"}"#, true);
+        check(r#"{__name__=~"node_cpu.*",cpu="0"}"#, true);
+        check(r#"node_cpu_seconds_total{missing=""}"#, true);
+        check("node_load1", false);
+        assert!(Selector::parse(r#"{mode=~".*"}"#).is_err());
+        assert!(Selector::parse(r#"m{a=~"("}"#).is_err());
+    }
+}

@@ -1,0 +1,1705 @@
+//! The store: an in-memory head with its write-ahead log, folded into redb by one writer thread.
+//!
+//! Invariants (see `FORMAT.md` for the file layout):
+//! - Every accepted write is in the head until a seal commits it durably to redb; readers look at
+//!   the head *before* they open a read transaction, so a seal that commits and then clears the
+//!   head never hides data from them.
+//! - Only the writer thread opens redb write transactions.
+//! - A log generation is deleted only after a durable commit recorded that it was folded in.
+//! - After a failed log write, fsync or commit, the store is poisoned and refuses writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{
+    BackendError, Database, Durability, ReadableDatabase, ReadableTable,
+    StorageBackend, TableDefinition,
+};
+
+use crate::codec::{self, Rollup};
+use crate::error::{Error, Result};
+use crate::query::{self, bucket_of, Aggregation};
+use crate::series::{Selector, SeriesKey};
+use crate::wal::{self, LogWriter, Record, RollupWrite};
+use crate::{SeriesId, StateOp, StateTable, Tier, WriteBatch};
+
+/// The on-disk format this build writes. Stores of older formats are migrated on open.
+pub const FORMAT_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SERIES: TableDefinition<u32, &str> = TableDefinition::new("series");
+/// Every tier's chunks, keyed `(series, tier, window start)`: a series' raw and rollup chunks sit
+/// side by side, so a seal rewrites few pages and a query reads neighbouring ones.
+const CHUNKS: TableDefinition<(u32, u8, i64), &[u8]> = TableDefinition::new("chunks");
+type ChunkTable<'t> = redb::Table<'t, (u32, u8, i64), &'static [u8]>;
+
+const META_FORMAT: &str = "format_version";
+/// Log generations below this one are folded into the file.
+const META_GENERATION: &str = "log_generation";
+const META_NEWEST: &str = "newest_timestamp";
+const META_RAW_SAMPLES: &str = "raw_samples";
+const META_MINUTE_POINTS: &str = "minute_points";
+const META_HOUR_POINTS: &str = "hour_points";
+
+/// Chunk windows: one chunk per series per window, aligned to the epoch.
+const RAW_WINDOW: i64 = 2 * 3_600_000;
+const MINUTE_WINDOW: i64 = 86_400_000;
+const HOUR_WINDOW: i64 = 30 * 86_400_000;
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// A monotonic clock for the store's timers. The store never reads the wall clock; sample
+/// timestamps come from the caller.
+pub trait Clock: Send + Sync + Debug + 'static {
+    /// Time elapsed since an arbitrary fixed origin.
+    fn now(&self) -> Duration;
+}
+
+/// The real monotonic clock.
+#[derive(Debug)]
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// How long each tier keeps data, by sample time relative to the newest sample in the store.
+/// `None` keeps data until the byte budget needs the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub raw: Option<Duration>,
+    pub minute: Option<Duration>,
+    pub hour: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let day = Duration::from_secs(86_400);
+        Retention {
+            raw: Some(day * 30),
+            minute: Some(day * 180),
+            hour: Some(day * 5 * 366),
+        }
+    }
+}
+
+/// Store settings. The defaults suit an agent on a Jetson's flash.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often accepted samples are written to the log; a process crash loses at most this.
+    pub flush_interval: Duration,
+    /// How often the log is fsynced; a power loss loses at most this.
+    pub sync_interval: Duration,
+    /// How often the head is folded into redb chunks with one durable commit. Longer means fewer
+    /// bytes written to flash and a larger head in memory.
+    pub seal_interval: Duration,
+    /// A seal also happens when the head holds this many samples.
+    pub max_head_samples: usize,
+    /// The most bytes that the store's files may occupy; `None` for no limit.
+    pub budget_bytes: Option<u64>,
+    pub retention: Retention,
+    /// redb's page cache.
+    pub cache_bytes: usize,
+    /// zstd level for sealed chunks (1..=22).
+    pub zstd_level: i32,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            flush_interval: Duration::from_secs(5),
+            sync_interval: Duration::from_secs(30),
+            seal_interval: Duration::from_secs(3600),
+            max_head_samples: 2_000_000,
+            budget_bytes: Some(1 << 30),
+            retention: Retention::default(),
+            cache_bytes: 16 << 20,
+            zstd_level: 9,
+            clock: Arc::new(SystemClock::default()),
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(Error::Option {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if self.flush_interval.is_zero() {
+            return bad("flush_interval", "must be greater than zero");
+        }
+        if self.sync_interval < self.flush_interval {
+            return bad("sync_interval", "must be at least flush_interval");
+        }
+        if self.seal_interval < self.flush_interval {
+            return bad("seal_interval", "must be at least flush_interval");
+        }
+        if self.max_head_samples == 0 {
+            return bad("max_head_samples", "must be greater than zero");
+        }
+        if self.budget_bytes.is_some_and(|b| b < 4 << 20) {
+            return bad("budget_bytes", "must be at least 4 MiB");
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return bad("zstd_level", "must be between 1 and 22");
+        }
+        Ok(())
+    }
+}
+
+/// Points of one series returned by a query, sorted by timestamp, one per timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoints {
+    pub series: SeriesKey,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// What `outpost db stats` reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub series: u64,
+    /// Raw samples in sealed chunks plus samples still in the head (a replaced sample in the head
+    /// counts twice until the next seal).
+    pub raw_samples: u64,
+    pub minute_points: u64,
+    pub hour_points: u64,
+    pub head_samples: u64,
+    /// Bytes allocated on disk to the store file and its logs (what `du` reports).
+    pub disk_bytes: u64,
+    /// Bytes this process wrote to the store's files since it opened the store.
+    pub bytes_written_since_open: u64,
+    pub log_generation: u64,
+    /// Bytes of encoded chunks per tier (raw, 1-minute, 1-hour), before redb's page overhead.
+    pub chunk_bytes: [u64; 3],
+}
+
+impl Stats {
+    pub fn bytes_per_raw_sample(&self) -> f64 {
+        if self.raw_samples == 0 {
+            0.0
+        } else {
+            self.disk_bytes as f64 / self.raw_samples as f64
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// redb's file backend, counting the bytes it writes (for `bytes_written_since_open`).
+#[derive(Debug)]
+struct CountingBackend {
+    inner: redb::backends::FileBackend,
+    written: Arc<AtomicU64>,
+}
+
+impl StorageBackend for CountingBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(s, e)
+    }
+    fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(s, e)
+    }
+    fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(s, e)
+    }
+    fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(s, e)
+    }
+    fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(s, e)
+    }
+    fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(s, e)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Catalogue {
+    keys: Vec<SeriesKey>,
+    by_key: HashMap<SeriesKey, u32>,
+    /// Keys below this index are in the SERIES table.
+    persisted: usize,
+}
+
+impl Catalogue {
+    fn define(&mut self, id: u32, key: SeriesKey) -> std::result::Result<(), String> {
+        match (id as usize).cmp(&self.keys.len()) {
+            std::cmp::Ordering::Less if self.keys[id as usize] == key => Ok(()),
+            std::cmp::Ordering::Equal => {
+                self.by_key.insert(key.clone(), id);
+                self.keys.push(key);
+                Ok(())
+            }
+            _ => Err(format!("series id {id} for {key} does not follow the catalogue")),
+        }
+    }
+}
+
+/// Data accepted but not yet sealed into redb.
+#[derive(Debug, Default)]
+struct HeadData {
+    /// Per series, samples in write order (so the last write of a timestamp wins).
+    series: HashMap<u32, Vec<(i64, f64)>>,
+    samples: usize,
+    state: Vec<StateOp>,
+    rollups: Vec<RollupWrite>,
+}
+
+impl HeadData {
+    fn is_empty(&self) -> bool {
+        self.samples == 0 && self.state.is_empty() && self.rollups.is_empty()
+    }
+
+    fn apply(&mut self, samples: &[(u32, i64, f64)], state: &[StateOp], rollups: &[RollupWrite]) {
+        for &(id, ts, value) in samples {
+            self.series.entry(id).or_default().push((ts, value));
+        }
+        self.samples += samples.len();
+        self.state.extend_from_slice(state);
+        self.rollups.extend_from_slice(rollups);
+    }
+}
+
+#[derive(Debug)]
+struct Head {
+    active: HeadData,
+    /// The data being sealed, visible to readers until its commit is done.
+    frozen: Option<Arc<HeadData>>,
+    /// What the next log frame will hold.
+    pending: Record,
+    log: LogWriter,
+    /// A duplicate of the log's file handle, so that fsync happens outside the head's lock.
+    log_sync: Arc<File>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    last_flush: Duration,
+    last_sync: Duration,
+    last_seal: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    options: Options,
+    db: RwLock<Database>,
+    catalogue: RwLock<Catalogue>,
+    head: Mutex<Head>,
+    timers: Mutex<Timers>,
+    poison: Mutex<Option<String>>,
+    db_written: Arc<AtomicU64>,
+    log_written: AtomicU64,
+}
+
+enum Command {
+    Write(WriteBatch, flume::Sender<Result<()>>),
+    Sync(flume::Sender<Result<()>>),
+    Seal(flume::Sender<Result<()>>),
+    Tick(flume::Sender<Result<()>>),
+    Compact(flume::Sender<Result<bool>>),
+    Close(flume::Sender<Result<()>>),
+    Wake,
+}
+
+/// A handle to an open store. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    commands: flume::Sender<CommandBox>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// `Command` is not `Debug`; this wrapper lets `Store` derive it.
+struct CommandBox(Command);
+impl Debug for CommandBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if the file does not exist, replaying its log after
+    /// a crash. Fails with [`Error::Locked`] if another process has it open.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        options.validate()?;
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        let fresh = file.metadata().map_err(io_error(&path))?.len() == 0;
+        let db_written = Arc::new(AtomicU64::new(0));
+        let backend = CountingBackend {
+            inner: redb::backends::FileBackend::new(file)?,
+            written: db_written.clone(),
+        };
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    Error::Locked { path: path.clone() }
+                }
+                redb::DatabaseError::Storage(storage) if !fresh => Error::NotAStore {
+                    path: path.clone(),
+                    reason: storage.to_string(),
+                },
+                other => other.into(),
+            })?;
+        let generation = init_or_check_format(&db, &path, fresh)?;
+        let catalogue = load_catalogue(&db, &path)?;
+
+        // Replay every log that the file has not folded in yet, oldest first.
+        let mut replayed = HeadData::default();
+        let mut catalogue = catalogue;
+        let mut next_generation = generation;
+        let logs = wal::list_logs(&path).map_err(io_error(&path))?;
+        for (log_generation, log_path) in &logs {
+            if *log_generation < generation {
+                let _ = std::fs::remove_file(log_path);
+                continue;
+            }
+            let replay = match wal::read_log(log_path) {
+                Ok(replay) => replay,
+                Err(wal::ReadLogError::Io(e)) => return Err(io_error(log_path)(e)),
+                Err(wal::ReadLogError::Header(error)) => {
+                    // A header cut short by a crash right after the file was created: nothing
+                    // was ever acknowledged from it.
+                    tracing::warn!(log = %log_path.display(), %error, "ignoring log with a bad header");
+                    continue;
+                }
+            };
+            if replay.generation != *log_generation {
+                tracing::warn!(log = %log_path.display(), header = replay.generation,
+                    "ignoring log whose header names another generation than its file name");
+                continue;
+            }
+            if let Some(error) = &replay.torn {
+                tracing::warn!(log = %log_path.display(), %error, valid_bytes = replay.valid_len,
+                    "log ends in a torn frame (a crash mid-write); replaying up to it");
+            }
+            for record in replay.records {
+                for (id, key) in record.defs {
+                    let key = SeriesKey::parse(&key).map_err(|e| Error::CorruptLog {
+                        path: log_path.clone(),
+                        source: crate::DecodeError::Invalid(leak_reason(e.to_string())),
+                    })?;
+                    catalogue
+                        .define(id, key)
+                        .map_err(|reason| Error::CorruptLog {
+                            path: log_path.clone(),
+                            source: crate::DecodeError::Invalid(leak_reason(reason)),
+                        })?;
+                }
+                let known = catalogue.keys.len() as u32;
+                let samples: Vec<_> = record.samples.into_iter().filter(|s| s.0 < known).collect();
+                let rollups: Vec<_> =
+                    record.rollups.into_iter().filter(|r| r.series < known).collect();
+                replayed.apply(&samples, &record.state, &rollups);
+            }
+            next_generation = next_generation.max(log_generation + 1);
+        }
+
+        let log = LogWriter::create(&path, next_generation).map_err(io_error(&path))?;
+        let log_sync = Arc::new(log_file_clone(&log)?);
+        let now = options.clock.now();
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            db: RwLock::new(db),
+            catalogue: RwLock::new(catalogue),
+            head: Mutex::new(Head {
+                active: replayed,
+                frozen: None,
+                pending: Record::default(),
+                log,
+                log_sync,
+            }),
+            timers: Mutex::new(Timers {
+                last_flush: now,
+                last_sync: now,
+                last_seal: now,
+            }),
+            poison: Mutex::new(None),
+            db_written,
+            log_written: AtomicU64::new(0),
+            options,
+        });
+        // Fold what the logs held into the file now, so that a crash loop cannot grow them; then
+        // every older log is either folded in or held nothing.
+        if !logs.is_empty() {
+            shared.seal()?;
+            shared.remove_logs_before(lock(&shared.head).log.generation);
+        }
+        let (commands, receiver) = flume::bounded::<CommandBox>(64);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("outpost-store-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &receiver))
+            .map_err(io_error(&path))?;
+        Ok(Store {
+            shared,
+            commands,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The id of a series, creating it if it is new.
+    pub fn series_id(&self, key: &SeriesKey) -> Result<SeriesId> {
+        if let Some(&id) = read(&self.shared.catalogue).by_key.get(key) {
+            return Ok(SeriesId(id));
+        }
+        let mut catalogue = self
+            .shared
+            .catalogue
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = catalogue.by_key.get(key) {
+            return Ok(SeriesId(id));
+        }
+        let id = u32::try_from(catalogue.keys.len()).map_err(|_| Error::Option {
+            name: "series",
+            reason: "the store holds 2^32 series already".into(),
+        })?;
+        catalogue.by_key.insert(key.clone(), id);
+        catalogue.keys.push(key.clone());
+        lock(&self.shared.head)
+            .pending
+            .defs
+            .push((id, key.to_string()));
+        Ok(SeriesId(id))
+    }
+
+    /// The key of a series id.
+    pub fn series_key(&self, id: SeriesId) -> Option<SeriesKey> {
+        read(&self.shared.catalogue).keys.get(id.0 as usize).cloned()
+    }
+
+    /// Accepts a batch into the head. It survives a process crash once the next flush has run
+    /// (within `flush_interval`), and a power loss once the log is synced (within
+    /// `sync_interval`, or at [`Store::sync`]).
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let seal_due = self.shared.write(batch)?;
+        if seal_due {
+            let _ = self.commands.try_send(CommandBox(Command::Wake));
+        }
+        Ok(())
+    }
+
+    /// [`Store::write`] for async callers: the batch is handed to the writer thread, and the
+    /// future completes when it has been accepted. Works on any executor.
+    pub async fn write_async(&self, batch: WriteBatch) -> Result<()> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send_async(CommandBox(Command::Write(batch, reply)))
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.recv_async().await.map_err(|_| Error::Closed)?
+    }
+
+    /// Returns when everything written so far is durable (survives a power loss).
+    pub fn sync(&self) -> Result<()> {
+        self.request(Command::Sync)
+    }
+
+    /// [`Store::sync`] for async callers; never blocks the executor.
+    pub async fn sync_async(&self) -> Result<()> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send_async(CommandBox(Command::Sync(reply)))
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.recv_async().await.map_err(|_| Error::Closed)?
+    }
+
+    /// Folds the head into redb now, with one durable commit.
+    pub fn seal(&self) -> Result<()> {
+        self.request(Command::Seal)
+    }
+
+    /// Runs the flush, sync and seal that are due by the store's clock. The writer thread does
+    /// this by itself; callers that drive a manual [`Clock`] call it after moving the clock.
+    pub fn tick(&self) -> Result<()> {
+        self.request(Command::Tick)
+    }
+
+    /// Seals, then rewrites the file so that it holds no free pages. Waits for running queries.
+    pub fn compact(&self) -> Result<bool> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send(CommandBox(Command::Compact(reply)))
+            .map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn request(&self, make: fn(flume::Sender<Result<()>>) -> Command) -> Result<()> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send(CommandBox(make(reply)))
+            .map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Seals the head and closes the store.
+    pub fn close(self) -> Result<()> {
+        let result = self.request(Command::Close);
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+        result
+    }
+
+    /// The value of a state table entry, including writes not yet sealed.
+    pub fn state_get(&self, table: StateTable, key: &str) -> Result<Option<Vec<u8>>> {
+        {
+            let head = lock(&self.shared.head);
+            let newest = head
+                .active
+                .state
+                .iter()
+                .rev()
+                .chain(head.frozen.iter().flat_map(|f| f.state.iter().rev()))
+                .find(|op| match op {
+                    StateOp::Put { table: t, key: k, .. } | StateOp::Delete { table: t, key: k } => {
+                        *t == table && k == key
+                    }
+                });
+            match newest {
+                Some(StateOp::Put { value, .. }) => return Ok(Some(value.clone())),
+                Some(StateOp::Delete { .. }) => return Ok(None),
+                None => {}
+            }
+        }
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+        match txn.open_table(definition) {
+            Ok(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every series that the selector matches, sorted by key.
+    pub fn series(&self, selector: &Selector) -> Vec<(SeriesId, SeriesKey)> {
+        let catalogue = read(&self.shared.catalogue);
+        let mut out: Vec<(SeriesId, SeriesKey)> = catalogue
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| selector.exact_name().is_none_or(|n| n == key.name()))
+            .filter(|(_, key)| selector.matches(key))
+            .map(|(id, key)| (SeriesId(id as u32), key.clone()))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// Raw samples with `from <= timestamp <= to` of every matching series.
+    pub fn query_raw(&self, selector: &Selector, from: i64, to: i64) -> Result<Vec<SeriesPoints>> {
+        let series = self.series(selector);
+        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+        let head = self.shared.head_snapshot(&ids, from, to);
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let reader = TierReader::new(&txn)?;
+        series
+            .into_iter()
+            .map(|(id, key)| {
+                let stored = reader.raw(id.0, from, to, &key)?;
+                let points = overlay(stored, head.samples(id.0));
+                Ok(SeriesPoints {
+                    series: key,
+                    points,
+                })
+            })
+            .collect()
+    }
+
+    /// One value per `step`-wide bucket, buckets aligned to multiples of `step` since the epoch.
+    /// Every bucket whose start lies in `[from rounded down to a step, to]` and that holds data
+    /// is returned, aggregated over its whole width. A step that is a multiple of one hour is
+    /// answered from the hourly tier, of one minute from the minute tier, anything else from raw
+    /// samples.
+    pub fn query_step(
+        &self,
+        selector: &Selector,
+        from: i64,
+        to: i64,
+        step_ms: i64,
+        aggregation: Aggregation,
+    ) -> Result<Vec<SeriesPoints>> {
+        if step_ms <= 0 {
+            return Err(Error::Option {
+                name: "step",
+                reason: "must be positive".into(),
+            });
+        }
+        let tier = if step_ms % HOUR_MS == 0 {
+            Tier::Hour
+        } else if step_ms % MINUTE_MS == 0 {
+            Tier::Minute
+        } else {
+            Tier::Raw
+        };
+        let first = bucket_of(from, step_ms);
+        let end = bucket_of(to, step_ms).saturating_add(step_ms - 1);
+        // A rate needs each bucket's first sample's predecessor.
+        let data_from = if aggregation == Aggregation::Rate {
+            first.saturating_sub(step_ms)
+        } else {
+            first
+        };
+        let series = self.series(selector);
+        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+        let head = self.shared.head_snapshot(&ids, data_from, end);
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let reader = TierReader::new(&txn)?;
+        let mut out = Vec::with_capacity(series.len());
+        for (id, key) in series {
+            let mut points = match (tier, aggregation) {
+                (Tier::Raw, Aggregation::Rate) => {
+                    let samples = overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                    query::rate(&samples, step_ms)
+                }
+                (Tier::Raw, _) => {
+                    let samples = overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                    query::reduce(&query::rollups_from_samples(&samples, step_ms), aggregation)
+                }
+                (_, Aggregation::Rate) => {
+                    let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                    let lasts: Vec<(i64, f64)> = points.iter().map(|(b, r)| (*b, r.last)).collect();
+                    query::rate(&lasts, step_ms)
+                }
+                (_, _) => {
+                    let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                    query::reduce(&query::coarsen(&points, step_ms), aggregation)
+                }
+            };
+            points.retain(|(bucket, _)| *bucket >= first && *bucket <= to);
+            if !points.is_empty() {
+                out.push(SeriesPoints {
+                    series: key,
+                    points,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rollup points of one tier, exactly as stored plus the head's contribution.
+    pub fn query_rollups(
+        &self,
+        selector: &Selector,
+        tier: Tier,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(SeriesKey, Vec<(i64, Rollup)>)>> {
+        let series = self.series(selector);
+        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+        let width = tier.resolution_ms();
+        let (from, to) = (bucket_of(from, width), bucket_of(to, width).saturating_add(width - 1));
+        let head = self.shared.head_snapshot(&ids, from, to);
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let reader = TierReader::new(&txn)?;
+        series
+            .into_iter()
+            .map(|(id, key)| {
+                let points = match tier {
+                    Tier::Raw => {
+                        let samples = overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
+                        samples.into_iter().map(|(t, v)| (t, Rollup::of(v))).collect()
+                    }
+                    _ => reader.tier_points(id.0, tier, from, to, &key, &head)?,
+                };
+                Ok((key, points))
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let shared = &self.shared;
+        let (head_samples, generation) = {
+            let head = lock(&shared.head);
+            let frozen = head.frozen.as_ref().map_or(0, |f| f.samples);
+            ((head.active.samples + frozen) as u64, head.log.generation)
+        };
+        let db = read(&shared.db);
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |key: &str| -> Result<u64> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
+        let mut chunk_bytes = [0u64; 3];
+        for entry in txn.open_table(CHUNKS)?.iter()? {
+            let (key, value) = entry?;
+            if let Some(slot) = chunk_bytes.get_mut(usize::from(key.value().1)) {
+                *slot += value.value().len() as u64;
+            }
+        }
+        Ok(Stats {
+            series: read(&shared.catalogue).keys.len() as u64,
+            raw_samples: get(META_RAW_SAMPLES)? + head_samples,
+            minute_points: get(META_MINUTE_POINTS)?,
+            hour_points: get(META_HOUR_POINTS)?,
+            head_samples,
+            disk_bytes: shared.disk_bytes(),
+            bytes_written_since_open: shared.db_written.load(Ordering::Relaxed)
+                + shared.log_written.load(Ordering::Relaxed),
+            log_generation: generation,
+            chunk_bytes,
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(writer) = lock(&self.writer).take() {
+            let (reply, answer) = flume::bounded(1);
+            if self
+                .commands
+                .send(CommandBox(Command::Close(reply)))
+                .is_ok()
+            {
+                if let Ok(Err(error)) = answer.recv() {
+                    tracing::error!(%error, "sealing the store on drop failed");
+                }
+            }
+            let _ = writer.join();
+        }
+    }
+}
+
+fn leak_reason(reason: String) -> &'static str {
+    // Log corruption is rare and fatal to the open; a static message keeps DecodeError `Clone`.
+    Box::leak(reason.into_boxed_str())
+}
+
+fn log_file_clone(log: &LogWriter) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .open(&log.path)
+        .map_err(io_error(&log.path))
+}
+
+fn init_or_check_format(db: &Database, path: &Path, fresh: bool) -> Result<u64> {
+    let txn = db.begin_write()?;
+    let existing = {
+        let meta = txn.open_table(META)?;
+        let version = meta.get(META_FORMAT)?.map(|v| v.value());
+        let generation = meta.get(META_GENERATION)?.map_or(0, |v| v.value());
+        (version, generation)
+    };
+    match existing {
+        (None, _) => {
+            let tables = txn.list_tables()?.count();
+            if !fresh && tables > 1 {
+                return Err(Error::NotAStore {
+                    path: path.to_path_buf(),
+                    reason: "a redb database without Outpost's metadata table".into(),
+                });
+            }
+            {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(META_FORMAT, u64::from(FORMAT_VERSION))?;
+                meta.insert(META_GENERATION, 0)?;
+                txn.open_table(SERIES)?;
+                txn.open_table(CHUNKS)?;
+            }
+            txn.commit()?;
+            Ok(0)
+        }
+        (Some(version), generation) => {
+            txn.abort()?;
+            let version = u32::try_from(version).unwrap_or(u32::MAX);
+            if version > FORMAT_VERSION {
+                return Err(Error::FormatTooNew {
+                    path: path.to_path_buf(),
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            if version < FORMAT_VERSION {
+                // Format 1 is the first released format; a smaller number was never written.
+                return Err(Error::NotAStore {
+                    path: path.to_path_buf(),
+                    reason: format!("format version {version} was never released"),
+                });
+            }
+            Ok(generation)
+        }
+    }
+}
+
+fn load_catalogue(db: &Database, path: &Path) -> Result<Catalogue> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(SERIES)?;
+    let mut catalogue = Catalogue::default();
+    for entry in table.iter()? {
+        let (id, key) = entry?;
+        let key = SeriesKey::parse(key.value()).map_err(|e| Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!("corrupt series catalogue: {e}"),
+        })?;
+        catalogue
+            .define(id.value(), key)
+            .map_err(|reason| Error::NotAStore {
+                path: path.to_path_buf(),
+                reason: format!("corrupt series catalogue: {reason}"),
+            })?;
+    }
+    catalogue.persisted = catalogue.keys.len();
+    Ok(catalogue)
+}
+
+/// Stored points overlaid with head samples (write order; the head's last write wins).
+fn overlay(stored: Vec<(i64, f64)>, head: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    if head.is_empty() {
+        return stored;
+    }
+    let newest = sort_last_wins(head);
+    merge_sorted(&stored, &newest)
+}
+
+/// Sorts by timestamp keeping, for each timestamp, the last of the writes.
+fn sort_last_wins(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    samples.reverse();
+    // Stable sort of the reversed list puts the last write of each timestamp first.
+    samples.sort_by_key(|s| s.0);
+    samples.dedup_by_key(|s| s.0);
+    samples
+}
+
+/// Merges two sorted, unique lists; on equal timestamps `newer` wins.
+fn merge_sorted(older: &[(i64, f64)], newer: &[(i64, f64)]) -> Vec<(i64, f64)> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let (mut i, mut j) = (0, 0);
+    while i < older.len() && j < newer.len() {
+        match older[i].0.cmp(&newer[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(older[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(newer[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(newer[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&older[i..]);
+    out.extend_from_slice(&newer[j..]);
+    out
+}
+
+/// The head's data for some series in a time range, copied so no lock is held while reading.
+#[derive(Default)]
+struct HeadSnapshot {
+    samples: HashMap<u32, Vec<(i64, f64)>>,
+    rollups: HashMap<u32, Vec<RollupWrite>>,
+}
+
+impl HeadSnapshot {
+    fn samples(&self, id: u32) -> Vec<(i64, f64)> {
+        self.samples.get(&id).cloned().unwrap_or_default()
+    }
+}
+
+/// Read access to the stored tiers inside one read transaction.
+struct TierReader {
+    chunks: redb::ReadOnlyTable<(u32, u8, i64), &'static [u8]>,
+}
+
+impl TierReader {
+    fn new(txn: &redb::ReadTransaction) -> Result<Self> {
+        Ok(TierReader {
+            chunks: txn.open_table(CHUNKS)?,
+        })
+    }
+
+    fn raw(&self, id: u32, from: i64, to: i64, key: &SeriesKey) -> Result<Vec<(i64, f64)>> {
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let raw = Tier::Raw as u8;
+        for entry in self.chunks.range((id, raw, bucket_of(from, RAW_WINDOW))..=(id, raw, to))? {
+            let (_, chunk) = entry?;
+            let (timestamps, values) =
+                codec::decode_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
+                    what: "raw chunk",
+                    series: key.to_string(),
+                    source,
+                })?;
+            let start = timestamps.partition_point(|&t| t < from);
+            let end = timestamps.partition_point(|&t| t <= to);
+            out.extend(
+                timestamps[start..end]
+                    .iter()
+                    .copied()
+                    .zip(values[start..end].iter().copied()),
+            );
+        }
+        Ok(out)
+    }
+
+    fn stored_rollups(
+        &self,
+        id: u32,
+        tier: Tier,
+        from: i64,
+        to: i64,
+        key: &SeriesKey,
+    ) -> Result<Vec<(i64, Rollup)>> {
+        let window = window_of(tier);
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let t = tier as u8;
+        for entry in self.chunks.range((id, t, bucket_of(from, window))..=(id, t, to))? {
+            let (_, chunk) = entry?;
+            let (buckets, rollups) = codec::decode_rollup_chunk(chunk.value()).map_err(|source| {
+                Error::CorruptChunk {
+                    what: "rollup chunk",
+                    series: key.to_string(),
+                    source,
+                }
+            })?;
+            out.extend(
+                buckets
+                    .into_iter()
+                    .zip(rollups)
+                    .filter(|(b, _)| *b >= from && *b <= to),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Rollup points of `tier` in `[from, to]` (bucket-aligned), with the buckets that the head
+    /// touches recomputed as the next seal will compute them.
+    fn tier_points(
+        &self,
+        id: u32,
+        tier: Tier,
+        from: i64,
+        to: i64,
+        key: &SeriesKey,
+        head: &HeadSnapshot,
+    ) -> Result<Vec<(i64, Rollup)>> {
+        let mut points: BTreeMap<i64, Rollup> =
+            self.stored_rollups(id, tier, from, to, key)?.into_iter().collect();
+        let head_samples = head.samples(id);
+        let head_rollups = head.rollups.get(&id);
+        // Direct writes first: raw data in the same bucket overrides them, as in a seal.
+        let mut dirty = BTreeSet::new();
+        for write in head_rollups.into_iter().flatten() {
+            if write.tier == tier && write.bucket >= from && write.bucket <= to {
+                points.insert(write.bucket, write.rollup);
+            }
+            if tier == Tier::Hour && write.tier == Tier::Minute {
+                dirty.insert(bucket_of(write.bucket, HOUR_MS));
+            }
+        }
+        let width = tier.resolution_ms();
+        dirty.extend(head_samples.iter().map(|s| bucket_of(s.0, width)));
+        if let (Some(&first), Some(&last)) = (dirty.first(), dirty.last()) {
+            let span_end = last + width - 1;
+            let recomputed = match tier {
+                Tier::Minute => {
+                    let raw = overlay(self.raw(id, first, span_end, key)?, head_samples.clone());
+                    query::rollups_from_samples(&raw, MINUTE_MS)
+                }
+                _ => {
+                    let minutes = self.tier_points(id, Tier::Minute, first, span_end, key, head)?;
+                    query::coarsen(&minutes, HOUR_MS)
+                }
+            };
+            for (bucket, rollup) in recomputed {
+                if dirty.contains(&bucket) {
+                    points.insert(bucket, rollup);
+                }
+            }
+        }
+        Ok(points.into_iter().collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer side
+
+fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
+    loop {
+        let timeout = shared.time_to_next_deadline();
+        let command = match commands.recv_timeout(timeout) {
+            Ok(CommandBox(command)) => Some(command),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                if let Err(error) = shared.seal() {
+                    tracing::error!(%error, "final seal failed");
+                }
+                return;
+            }
+        };
+        match command {
+            Some(Command::Write(batch, reply)) => {
+                let _ = reply.send(shared.write(batch).map(|_| ()));
+            }
+            Some(Command::Sync(reply)) => {
+                let _ = reply.send(shared.sync());
+            }
+            Some(Command::Seal(reply)) => {
+                let _ = reply.send(shared.seal());
+            }
+            Some(Command::Tick(reply)) => {
+                let _ = reply.send(shared.run_due());
+                continue;
+            }
+            Some(Command::Compact(reply)) => {
+                let _ = reply.send(shared.seal().and_then(|()| shared.compact()));
+            }
+            Some(Command::Close(reply)) => {
+                let result = shared.close();
+                let _ = reply.send(result);
+                return;
+            }
+            Some(Command::Wake) | None => {}
+        }
+        if let Err(error) = shared.run_due() {
+            tracing::error!(%error, "store maintenance failed");
+        }
+    }
+}
+
+impl Shared {
+    fn check_poison(&self) -> Result<()> {
+        match &*lock(&self.poison) {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poisoned(&self, error: Error) -> Error {
+        tracing::error!(%error, "store poisoned: refusing further writes");
+        let mut poison = lock(&self.poison);
+        poison.get_or_insert_with(|| error.to_string());
+        error
+    }
+
+    /// Accepts a batch; returns whether a seal is due because the head is full.
+    fn write(&self, batch: WriteBatch) -> Result<bool> {
+        self.check_poison()?;
+        let known = read(&self.catalogue).keys.len();
+        if let Some(unknown) = batch
+            .samples
+            .iter()
+            .map(|s| s.0)
+            .chain(batch.rollups.iter().map(|r| r.series))
+            .find(|&id| id as usize >= known)
+        {
+            return Err(Error::UnknownSeries(unknown));
+        }
+        let mut head = lock(&self.head);
+        head.active
+            .apply(&batch.samples, &batch.state, &batch.rollups);
+        let WriteBatch {
+            samples,
+            state,
+            rollups,
+        } = batch;
+        let pending = &mut head.pending;
+        pending.samples.extend(samples);
+        pending.state.extend(state);
+        pending.rollups.extend(rollups);
+        Ok(head.active.samples >= self.options.max_head_samples)
+    }
+
+    fn time_to_next_deadline(&self) -> Duration {
+        let now = self.options.clock.now();
+        let timers = *lock(&self.timers);
+        let next = [
+            timers.last_flush + self.options.flush_interval,
+            timers.last_sync + self.options.sync_interval,
+            timers.last_seal + self.options.seal_interval,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(now);
+        next.saturating_sub(now).max(Duration::from_millis(1))
+    }
+
+    fn run_due(&self) -> Result<()> {
+        let now = self.options.clock.now();
+        let timers = *lock(&self.timers);
+        let head_full = lock(&self.head).active.samples >= self.options.max_head_samples;
+        if head_full || now >= timers.last_seal + self.options.seal_interval {
+            self.seal()?;
+        }
+        if now >= timers.last_flush + self.options.flush_interval {
+            self.flush()?;
+        }
+        if now >= timers.last_sync + self.options.sync_interval {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the pending record to the log (a write syscall, no fsync). Caller holds the head.
+    fn flush_locked(&self, head: &mut Head) -> Result<()> {
+        if head.pending.is_empty() {
+            return Ok(());
+        }
+        let record = std::mem::take(&mut head.pending);
+        match head.log.append(&record, 3) {
+            Ok(bytes) => {
+                self.log_written.fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(source) => Err(self.poisoned(Error::Io {
+                path: head.log.path.clone(),
+                source,
+            })),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.check_poison()?;
+        let mut head = lock(&self.head);
+        self.flush_locked(&mut head)?;
+        drop(head);
+        lock(&self.timers).last_flush = self.options.clock.now();
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the log: everything accepted so far survives a power loss.
+    fn sync(&self) -> Result<()> {
+        self.check_poison()?;
+        let (file, path) = {
+            let mut head = lock(&self.head);
+            self.flush_locked(&mut head)?;
+            if head.log.unsynced == 0 {
+                lock(&self.timers).last_sync = self.options.clock.now();
+                return Ok(());
+            }
+            head.log.unsynced = 0;
+            (head.log_sync.clone(), head.log.path.clone())
+        };
+        file.sync_data()
+            .map_err(|source| self.poisoned(Error::Io { path, source }))?;
+        let now = self.options.clock.now();
+        let mut timers = lock(&self.timers);
+        timers.last_sync = now;
+        timers.last_flush = now;
+        Ok(())
+    }
+
+    /// Folds the head into redb with one durable commit and starts a new log generation.
+    fn seal(&self) -> Result<()> {
+        self.check_poison()?;
+        let now = self.options.clock.now();
+        let (frozen, new_generation, defs, persisted_to) = {
+            let catalogue = read(&self.catalogue);
+            let mut head = lock(&self.head);
+            let new_defs = catalogue.keys.len() > catalogue.persisted;
+            if head.active.is_empty() && !new_defs {
+                drop(head);
+                lock(&self.timers).last_seal = now;
+                return Ok(());
+            }
+            self.flush_locked(&mut head)?;
+            let new_generation = head.log.generation + 1;
+            let log = LogWriter::create(&self.path, new_generation)
+                .map_err(|source| self.poisoned(io_error(&self.path)(source)))?;
+            head.log_sync = Arc::new(log_file_clone(&log).map_err(|e| self.poisoned(e))?);
+            head.log = log;
+            let frozen = Arc::new(std::mem::take(&mut head.active));
+            head.frozen = Some(frozen.clone());
+            let defs: Vec<(u32, String)> = catalogue.keys[catalogue.persisted..]
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ((catalogue.persisted + i) as u32, k.to_string()))
+                .collect();
+            (frozen, new_generation, defs, catalogue.keys.len())
+        };
+        let result = self.commit_frozen(&frozen, new_generation, &defs);
+        lock(&self.head).frozen = None;
+        if let Err(error) = result {
+            return Err(self.poisoned(error));
+        }
+        {
+            let mut catalogue = self.catalogue.write().unwrap_or_else(|e| e.into_inner());
+            catalogue.persisted = catalogue.persisted.max(persisted_to);
+        }
+        self.remove_logs_before(new_generation);
+        {
+            let mut timers = lock(&self.timers);
+            timers.last_seal = now;
+        }
+        self.enforce_budget()
+    }
+
+    fn commit_frozen(&self, frozen: &HeadData, new_generation: u64, defs: &[(u32, String)]) -> Result<()> {
+        let level = self.options.zstd_level;
+        let db = read(&self.db);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Error::Redb(e.into()))?;
+        let catalogue_keys: Vec<SeriesKey> = read(&self.catalogue).keys.clone();
+        let key_of = |id: u32| {
+            catalogue_keys
+                .get(id as usize)
+                .map_or_else(|| format!("#{id}"), ToString::to_string)
+        };
+        {
+            let mut series = txn.open_table(SERIES)?;
+            for (id, key) in defs {
+                series.insert(*id, key.as_str())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut raw_delta: i64 = 0;
+            let mut minute_delta: i64 = 0;
+            let mut hour_delta: i64 = 0;
+            let mut newest = meta.get(META_NEWEST)?.map(|v| v.value() as i64);
+
+            // Direct rollup writes first; raw samples of the same seal override their buckets.
+            let mut minute_updates: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
+            let mut hour_updates: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
+            let mut dirty_hours: HashMap<u32, BTreeSet<i64>> = HashMap::new();
+            for write in &frozen.rollups {
+                match write.tier {
+                    Tier::Minute => {
+                        minute_updates.entry(write.series).or_default().insert(write.bucket, write.rollup);
+                        dirty_hours.entry(write.series).or_default().insert(bucket_of(write.bucket, HOUR_MS));
+                    }
+                    _ => {
+                        hour_updates.entry(write.series).or_default().insert(write.bucket, write.rollup);
+                    }
+                }
+            }
+
+            // Series by series, raw then minute then hour chunks: writing in key order keeps
+            // redb's leaves full.
+            let ids: BTreeSet<u32> = frozen
+                .series
+                .keys()
+                .copied()
+                .chain(minute_updates.keys().copied())
+                .chain(hour_updates.keys().copied())
+                .collect();
+            let no_samples = Vec::new();
+            for id in ids {
+                let samples = sort_last_wins(frozen.series.get(&id).unwrap_or(&no_samples).clone());
+                if let Some(last) = samples.last() {
+                    newest = Some(newest.map_or(last.0, |n| n.max(last.0)));
+                }
+                let mut minutes = minute_updates.remove(&id).unwrap_or_default();
+                let mut hours_dirty = dirty_hours.remove(&id).unwrap_or_default();
+                let mut start = 0;
+                while start < samples.len() {
+                    let window = bucket_of(samples[start].0, RAW_WINDOW);
+                    let end = start
+                        + samples[start..].partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
+                    let new = &samples[start..end];
+                    start = end;
+                    let existing = match chunks.get((id, Tier::Raw as u8, window))? {
+                        Some(chunk) => match codec::decode_chunk(chunk.value()) {
+                            Ok((t, v)) => t.into_iter().zip(v).collect(),
+                            Err(error) => {
+                                tracing::error!(series = %key_of(id), window, %error,
+                                    "corrupt raw chunk replaced by the new samples of its window");
+                                Vec::new()
+                            }
+                        },
+                        None => Vec::new(),
+                    };
+                    let merged = merge_sorted(&existing, new);
+                    raw_delta += merged.len() as i64 - existing.len() as i64;
+                    let (timestamps, values): (Vec<i64>, Vec<f64>) = merged.iter().copied().unzip();
+                    chunks.insert((id, Tier::Raw as u8, window), codec::encode_chunk(&timestamps, &values, level).as_slice())?;
+                    let dirty: BTreeSet<i64> = new.iter().map(|s| bucket_of(s.0, MINUTE_MS)).collect();
+                    for (bucket, rollup) in query::rollups_from_samples(&merged, MINUTE_MS) {
+                        if dirty.contains(&bucket) {
+                            minutes.insert(bucket, rollup);
+                        }
+                    }
+                    hours_dirty.extend(dirty.iter().map(|&m| bucket_of(m, HOUR_MS)));
+                }
+                minute_delta += apply_rollups(&mut chunks, id, Tier::Minute, &minutes, level, &key_of)?;
+                let mut hours = hour_updates.remove(&id).unwrap_or_default();
+                for hour in hours_dirty {
+                    let points = read_rollup_range(&chunks, id, Tier::Minute, hour, hour + HOUR_MS - 1, &key_of)?;
+                    if let Some((_, rollup)) = query::coarsen(&points, HOUR_MS).into_iter().next() {
+                        hours.insert(hour, rollup);
+                    }
+                }
+                hour_delta += apply_rollups(&mut chunks, id, Tier::Hour, &hours, level, &key_of)?;
+            }
+
+            for op in &frozen.state {
+                match op {
+                    StateOp::Put { table, key, value } => {
+                        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+                        txn.open_table(definition)?.insert(key.as_str(), value.as_slice())?;
+                    }
+                    StateOp::Delete { table, key } => {
+                        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+                        txn.open_table(definition)?.remove(key.as_str())?;
+                    }
+                }
+            }
+
+            // Retention by age, relative to the newest sample.
+            if let Some(newest) = newest {
+                let retention = self.options.retention;
+                let cut = |keep: Option<Duration>| keep.map(|d| newest.saturating_sub(d.as_millis() as i64));
+                raw_delta -= drop_before(&mut chunks, cut(retention.raw), Tier::Raw)? as i64;
+                minute_delta -= drop_before(&mut chunks, cut(retention.minute), Tier::Minute)? as i64;
+                hour_delta -= drop_before(&mut chunks, cut(retention.hour), Tier::Hour)? as i64;
+                meta.insert(META_NEWEST, newest as u64)?;
+            }
+            add_counter(&mut meta, META_RAW_SAMPLES, raw_delta)?;
+            add_counter(&mut meta, META_MINUTE_POINTS, minute_delta)?;
+            add_counter(&mut meta, META_HOUR_POINTS, hour_delta)?;
+            meta.insert(META_GENERATION, new_generation)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn remove_logs_before(&self, generation: u64) {
+        if let Ok(logs) = wal::list_logs(&self.path) {
+            for (g, path) in logs {
+                if g < generation {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+
+    /// After the final seal, the current log holds nothing: remove it, so that a closed store is
+    /// one file.
+    fn close(&self) -> Result<()> {
+        self.seal()?;
+        let head = lock(&self.head);
+        if head.pending.is_empty() && head.active.is_empty() && head.log.len <= wal::HEADER_LEN as u64 {
+            std::fs::remove_file(&head.log.path).map_err(io_error(&head.log.path))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes allocated on disk to the store file and its logs.
+    fn disk_bytes(&self) -> u64 {
+        let mut paths = vec![self.path.clone()];
+        if let Ok(logs) = wal::list_logs(&self.path) {
+            paths.extend(logs.into_iter().map(|(_, p)| p));
+        }
+        paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| allocated_bytes(&m)).sum()
+    }
+
+    /// Keeps the store inside its byte budget: drops the oldest raw windows first, then the
+    /// oldest rollups, well before the file reaches the budget, because redb reuses freed pages
+    /// but never shrinks its file without a compaction.
+    fn enforce_budget(&self) -> Result<()> {
+        let Some(budget) = self.options.budget_bytes else {
+            return Ok(());
+        };
+        let high_water = budget / 10 * 6;
+        let low_water = budget / 10 * 4;
+        let live = self.live_bytes()?;
+        if live > high_water {
+            let need = live - low_water;
+            tracing::info!(live, budget, need, "store near its byte budget: dropping the oldest data");
+            self.evict(need).map_err(|e| self.poisoned(e))?;
+        }
+        if self.disk_bytes() > budget / 10 * 9 {
+            tracing::info!(budget, "store file near its byte budget: compacting");
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of pages in use in the store file, plus the log.
+    fn live_bytes(&self) -> Result<u64> {
+        let db = read(&self.db);
+        let txn = db.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        let log_bytes = lock(&self.head).log.len;
+        Ok(stats.allocated_pages() * stats.page_size() as u64 + log_bytes)
+    }
+
+    fn evict(&self, need: u64) -> Result<()> {
+        let db = read(&self.db);
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut freed = 0u64;
+            let tiers = [
+                (Tier::Raw, META_RAW_SAMPLES),
+                (Tier::Minute, META_MINUTE_POINTS),
+                (Tier::Hour, META_HOUR_POINTS),
+            ];
+            let mut table = txn.open_table(CHUNKS)?;
+            for (tier, counter) in tiers {
+                if freed >= need {
+                    break;
+                }
+                // Bytes per window across all series, oldest first.
+                let mut windows: BTreeMap<i64, u64> = BTreeMap::new();
+                for entry in table.iter()? {
+                    let (key, value) = entry?;
+                    let (_, t, window) = key.value();
+                    if t == tier as u8 {
+                        *windows.entry(window).or_default() += value.value().len() as u64 + 24;
+                    }
+                }
+                // The newest window stays: it is where current data goes.
+                windows.pop_last();
+                let mut cut = None;
+                for (&window, &bytes) in &windows {
+                    if freed >= need {
+                        break;
+                    }
+                    freed += bytes;
+                    cut = Some(window);
+                }
+                if let Some(cut) = cut {
+                    let dropped = drop_windows_through(&mut table, cut, tier)?;
+                    add_counter(&mut meta, counter, -(dropped as i64))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn compact(&self) -> Result<bool> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut compacted = false;
+        while db.compact()? {
+            compacted = true;
+        }
+        Ok(compacted)
+    }
+
+    fn head_snapshot(&self, ids: &[u32], from: i64, to: i64) -> HeadSnapshot {
+        let head = lock(&self.head);
+        let mut snapshot = HeadSnapshot::default();
+        let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+        let parts = head.frozen.iter().map(|f| &**f).chain(std::iter::once(&head.active));
+        for part in parts {
+            for id in &wanted {
+                if let Some(samples) = part.series.get(id) {
+                    let in_range = samples.iter().filter(|s| s.0 >= from && s.0 <= to);
+                    snapshot.samples.entry(*id).or_default().extend(in_range);
+                }
+            }
+            for write in &part.rollups {
+                if wanted.contains(&write.series) {
+                    snapshot.rollups.entry(write.series).or_default().push(write.clone());
+                }
+            }
+        }
+        snapshot
+    }
+}
+
+#[cfg(unix)]
+fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    metadata.blocks() * 512
+}
+
+#[cfg(not(unix))]
+fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
+    metadata.len()
+}
+
+fn add_counter(meta: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let current = meta.get(key)?.map_or(0, |v| v.value());
+    meta.insert(key, current.saturating_add_signed(delta))?;
+    Ok(())
+}
+
+fn chunk_len(bytes: &[u8], tier: Tier) -> u64 {
+    let decoded = match tier {
+        Tier::Raw => codec::decode_chunk(bytes).map(|(t, _)| t.len()),
+        _ => codec::decode_rollup_chunk(bytes).map(|(b, _)| b.len()),
+    };
+    decoded.unwrap_or(0) as u64
+}
+
+/// Removes every chunk of `tier` whose whole window ends at or before `cut`; returns the points
+/// removed.
+fn drop_before(table: &mut ChunkTable<'_>, cut: Option<i64>, tier: Tier) -> Result<u64> {
+    let Some(cut) = cut else { return Ok(0) };
+    let window = window_of(tier);
+    // Windows starting at or before this one end at or before `cut`.
+    let last_droppable = bucket_of(cut, window) - window;
+    drop_windows_through(table, last_droppable, tier)
+}
+
+fn drop_windows_through(table: &mut ChunkTable<'_>, last_window: i64, tier: Tier) -> Result<u64> {
+    let mut doomed = Vec::new();
+    let mut points = 0u64;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let (id, t, window) = key.value();
+        if t == tier as u8 && window <= last_window {
+            points += chunk_len(value.value(), tier);
+            doomed.push((id, t, window));
+        }
+    }
+    for key in doomed {
+        table.remove(key)?;
+    }
+    Ok(points)
+}
+
+fn read_rollup_range(
+    table: &ChunkTable<'_>,
+    id: u32,
+    tier: Tier,
+    from: i64,
+    to: i64,
+    key_of: &dyn Fn(u32) -> String,
+) -> Result<Vec<(i64, Rollup)>> {
+    let mut out = Vec::new();
+    let t = tier as u8;
+    for entry in table.range((id, t, bucket_of(from, window_of(tier)))..=(id, t, to))? {
+        let (_, chunk) = entry?;
+        let (buckets, rollups) =
+            codec::decode_rollup_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
+                what: "rollup chunk",
+                series: key_of(id),
+                source,
+            })?;
+        out.extend(
+            buckets
+                .into_iter()
+                .zip(rollups)
+                .filter(|(b, _)| *b >= from && *b <= to),
+        );
+    }
+    Ok(out)
+}
+
+/// Replaces rollup buckets of one series; returns the change in the number of stored points.
+fn apply_rollups(
+    table: &mut ChunkTable<'_>,
+    id: u32,
+    tier: Tier,
+    updates: &BTreeMap<i64, Rollup>,
+    level: i32,
+    key_of: &dyn Fn(u32) -> String,
+) -> Result<i64> {
+    let mut delta = 0i64;
+    let window = window_of(tier);
+    let t = tier as u8;
+    let mut by_window: BTreeMap<i64, Vec<(i64, Rollup)>> = BTreeMap::new();
+    for (&bucket, &rollup) in updates {
+        by_window.entry(bucket_of(bucket, window)).or_default().push((bucket, rollup));
+    }
+    for (start, changes) in by_window {
+        let mut points: BTreeMap<i64, Rollup> = match table.get((id, t, start))? {
+            Some(chunk) => match codec::decode_rollup_chunk(chunk.value()) {
+                Ok((b, r)) => b.into_iter().zip(r).collect(),
+                Err(error) => {
+                    tracing::error!(series = %key_of(id), start, %error,
+                        "corrupt rollup chunk replaced by the new points of its window");
+                    BTreeMap::new()
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        let before = points.len() as i64;
+        points.extend(changes);
+        delta += points.len() as i64 - before;
+        let (buckets, rollups): (Vec<i64>, Vec<Rollup>) = points.into_iter().unzip();
+        table.insert((id, t, start), codec::encode_rollup_chunk(&buckets, &rollups, level).as_slice())?;
+    }
+    Ok(delta)
+}
+
+/// The time span of one chunk of a tier.
+fn window_of(tier: Tier) -> i64 {
+    match tier {
+        Tier::Raw => RAW_WINDOW,
+        Tier::Minute => MINUTE_WINDOW,
+        Tier::Hour => HOUR_WINDOW,
+    }
+}
