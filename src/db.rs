@@ -125,7 +125,15 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
                 .map(|s| parse_duration_ms(&s))
                 .transpose()
                 .context("--step")?;
-            query(&store.path, &selector, from, to, step, function.into(), format)
+            query(
+                &store.path,
+                &selector,
+                from,
+                to,
+                step,
+                function.into(),
+                format,
+            )
         }
         DbCommand::Stats { store, json } => stats(&store.path, json),
         DbCommand::Compact { store } => {
@@ -142,7 +150,11 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
 
 fn open_existing(path: &Path) -> Result<Store> {
     if !path.exists() {
-        bail!("no store at {}: import data first with `outpost db import --db {} FILE`", path.display(), path.display());
+        bail!(
+            "no store at {}: import data first with `outpost db import --db {} FILE`",
+            path.display(),
+            path.display()
+        );
     }
     Ok(Store::open(path, Options::default())?)
 }
@@ -193,7 +205,10 @@ fn import(path: &Path, input: &str) -> Result<ExitCode> {
     // zstd-compressed input is recognised by its magic number.
     let compressed = reader.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     let mut lines: Box<dyn BufRead> = if compressed {
-        Box::new(BufReader::with_capacity(1 << 20, zstd::Decoder::with_buffer(reader)?))
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            zstd::Decoder::with_buffer(reader)?,
+        ))
     } else {
         Box::new(reader)
     };
@@ -223,7 +238,7 @@ fn import(path: &Path, input: &str) -> Result<ExitCode> {
                 bar.suspend(|| eprintln!("line {}: {}", error.line_number, error.message));
             }
         }
-        if line_number % 65_536 == 0 {
+        if line_number.is_multiple_of(65_536) {
             bar.set_message(format!("{} samples", importer.samples));
         }
     }
@@ -357,8 +372,14 @@ fn stats(path: &Path, json: bool) -> Result<ExitCode> {
             "chunk bytes per tier      raw {}, 1m {}, 1h {}",
             stats.chunk_bytes[0], stats.chunk_bytes[1], stats.chunk_bytes[2]
         );
-        println!("bytes per raw sample      {:.3}", stats.bytes_per_raw_sample());
-        println!("bytes written since open  {}", stats.bytes_written_since_open);
+        println!(
+            "bytes per raw sample      {:.3}",
+            stats.bytes_per_raw_sample()
+        );
+        println!(
+            "bytes written since open  {}",
+            stats.bytes_written_since_open
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -369,11 +390,23 @@ mod tests {
 
     #[test]
     fn printed_values_parse_back_bit_exact() {
-        for value in [0.1, -0.0, 1e300, 5e-324, 111.11, f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+        for value in [
+            0.1,
+            -0.0,
+            1e300,
+            5e-324,
+            111.11,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ] {
             let text = format_value(value);
             let back: f64 = text.parse().unwrap();
             assert_eq!(back.to_bits(), value.to_bits(), "{text}");
         }
-        assert_eq!(format_value(f64::from_bits(0x7ff8_0000_0000_0001)), "NaN(0x7ff8000000000001)");
+        assert_eq!(
+            format_value(f64::from_bits(0x7ff8_0000_0000_0001)),
+            "NaN(0x7ff8000000000001)"
+        );
     }
 }

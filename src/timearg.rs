@@ -29,15 +29,21 @@ pub fn parse_duration_ms(text: &str) -> Result<i64> {
     let mut total: i64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            bail!("{text:?} is not a duration: expected a number at {rest:?} (like 30s, 5m, 1h, 7d)");
+            bail!(
+                "{text:?} is not a duration: expected a number at {rest:?} (like 30s, 5m, 1h, 7d)"
+            );
         }
         let number: i64 = rest[..digits]
             .parse()
             .with_context(|| format!("{text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -72,8 +78,14 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(parse_time("2026-11-21T00:00:00Z", 0).unwrap(), 1_795_219_200_000);
-        assert_eq!(parse_time("2026-11-21T01:00:00+01:00", 0).unwrap(), 1_795_219_200_000);
+        assert_eq!(
+            parse_time("2026-11-21T00:00:00Z", 0).unwrap(),
+            1_795_219_200_000
+        );
+        assert_eq!(
+            parse_time("2026-11-21T01:00:00+01:00", 0).unwrap(),
+            1_795_219_200_000
+        );
         assert_eq!(parse_time("1795257761024", 0).unwrap(), 1_795_257_761_024);
         assert_eq!(parse_time("now", 42).unwrap(), 42);
         assert!(parse_time("yesterday", 0).is_err());

@@ -560,7 +560,9 @@ pub(crate) fn unseal(bytes: &[u8]) -> DResult<std::borrow::Cow<'_, [u8]>> {
             let body = zstd::bulk::decompress(reader.take(reader.remaining())?, len as usize)
                 .map_err(|e| DecodeError::Zstd(e.to_string()))?;
             if body.len() as u64 != len {
-                return Err(DecodeError::Invalid("decompressed length differs from header"));
+                return Err(DecodeError::Invalid(
+                    "decompressed length differs from header",
+                ));
             }
             Ok(std::borrow::Cow::Owned(body))
         }
@@ -694,7 +696,9 @@ mod tests {
     #[test]
     fn short_decimals_use_the_decimal_codec_and_compress_well() {
         let timestamps: Vec<i64> = (0..3600).map(|i| 1_700_000_000_000 + i * 1000).collect();
-        let values: Vec<f64> = (0..3600).map(|i| f64::from(11_111 + 37 * i) / 100.0).collect();
+        let values: Vec<f64> = (0..3600)
+            .map(|i| f64::from(11_111 + 37 * i) / 100.0)
+            .collect();
         let mut body = Vec::new();
         encode_values(&values, &mut body);
         assert_eq!(body[0], VALUES_DECIMAL);
@@ -722,7 +726,10 @@ mod tests {
         assert_eq!(add_decimal(f64::INFINITY, 1.0), f64::INFINITY);
         let mut forward = 0.0;
         let mut backward = 0.0;
-        let values: Vec<f64> = (0..1000).map(|i| f64::from(i) * 0.01 + 0.07).map(|v| (v * 100.0).round() / 100.0).collect();
+        let values: Vec<f64> = (0..1000)
+            .map(|i| f64::from(i) * 0.01 + 0.07)
+            .map(|v| (v * 100.0).round() / 100.0)
+            .collect();
         for v in &values {
             forward = add_decimal(forward, *v);
         }
@@ -734,7 +741,10 @@ mod tests {
 
     #[test]
     fn extreme_timestamps_round_trip() {
-        round_trip(&[i64::MIN, i64::MAX, 0, -1, i64::MAX], &[1.0, 2.0, 3.0, 4.0, 5.0]);
+        round_trip(
+            &[i64::MIN, i64::MAX, 0, -1, i64::MAX],
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+        );
     }
 
     #[test]
@@ -743,7 +753,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut corrupt = bytes.clone();
             corrupt[i] ^= 0x10;
-            assert!(decode_chunk(&corrupt).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode_chunk(&corrupt).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

@@ -42,7 +42,9 @@ pub use codec::Rollup;
 pub use error::{DecodeError, Error, Result};
 pub use query::Aggregation;
 pub use series::{MatchOp, Selector, SeriesKey};
-pub use store::{Clock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, FORMAT_VERSION};
+pub use store::{
+    Clock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, FORMAT_VERSION,
+};
 
 /// A series' number in the store's catalogue. Valid only for the store that issued it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -58,9 +58,10 @@ impl fmt::Display for Aggregation {
     }
 }
 
-/// The start of the bucket of width `width` that holds `ts`.
+/// The start of the bucket of width `width` that holds `ts`. Saturates at `i64::MIN`, where the
+/// first bucket would start before the representable range.
 pub(crate) fn bucket_of(ts: i64, width: i64) -> i64 {
-    ts.div_euclid(width) * width
+    ts.saturating_sub(ts.rem_euclid(width))
 }
 
 /// Rollups of sorted, unique samples in buckets of `width` ms.
@@ -122,7 +123,8 @@ pub(crate) fn rate(samples: &[(i64, f64)], step: i64) -> Vec<(i64, f64)> {
         let bucket = bucket_of(ts, step);
         match out.last_mut() {
             Some((b, acc)) if *b == bucket => *acc += increase,
-            _ => out.push((bucket, increase)),
+            // Starting from +0.0 keeps a bucket of -0.0 increases from reporting a rate of -0.
+            _ => out.push((bucket, 0.0 + increase)),
         }
     }
     let seconds = step as f64 / 1000.0;

@@ -30,7 +30,9 @@ impl SeriesKey {
             reason,
         };
         if !is_metric_name(&name) {
-            return Err(error(format!("metric name {name:?} is not [a-zA-Z_:][a-zA-Z0-9_:]*")));
+            return Err(error(format!(
+                "metric name {name:?} is not [a-zA-Z_:][a-zA-Z0-9_:]*"
+            )));
         }
         for pair in labels.windows(2) {
             if pair[0].0 == pair[1].0 {
@@ -38,7 +40,9 @@ impl SeriesKey {
             }
         }
         if let Some((bad, _)) = labels.iter().find(|(l, _)| !is_label_name(l)) {
-            return Err(error(format!("label name {bad:?} is not [a-zA-Z_][a-zA-Z0-9_]*")));
+            return Err(error(format!(
+                "label name {bad:?} is not [a-zA-Z_][a-zA-Z0-9_]*"
+            )));
         }
         Ok(SeriesKey { name, labels })
     }
@@ -212,7 +216,11 @@ impl Selector {
         if matchers.is_empty() {
             return Err(error("a selector needs a metric name or a matcher".into()));
         }
-        if matchers.iter().all(|m| m.regex.as_ref().is_some_and(|r| r.is_match("")) || (m.op == MatchOp::Equal && m.value.is_empty()) || (m.op == MatchOp::NotEqual && !m.value.is_empty())) {
+        if matchers.iter().all(|m| {
+            m.regex.as_ref().is_some_and(|r| r.is_match(""))
+                || (m.op == MatchOp::Equal && m.value.is_empty())
+                || (m.op == MatchOp::NotEqual && !m.value.is_empty())
+        }) {
             return Err(error(
                 "at least one matcher must not match the empty string, or it selects every series"
                     .into(),
@@ -378,7 +386,14 @@ mod tests {
 
     #[test]
     fn bad_series_are_refused_with_a_reason() {
-        for bad in ["", "1abc", "m{a=\"x\",a=\"y\"}", "m{a=~\"x\"}", "m{a=\"x\"", "m x"] {
+        for bad in [
+            "",
+            "1abc",
+            "m{a=\"x\",a=\"y\"}",
+            "m{a=~\"x\"}",
+            "m{a=\"x\"",
+            "m x",
+        ] {
             assert!(SeriesKey::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -387,7 +402,11 @@ mod tests {
     fn selectors_match_like_promql() {
         let key = SeriesKey::parse(r#"node_cpu_seconds_total{cpu="0",mode="idle"}"#).unwrap();
         let check = |sel: &str, expected: bool| {
-            assert_eq!(Selector::parse(sel).unwrap().matches(&key), expected, "{sel}");
+            assert_eq!(
+                Selector::parse(sel).unwrap().matches(&key),
+                expected,
+                "{sel}"
+            );
         };
         check("node_cpu_seconds_total", true);
         check(r#"node_cpu_seconds_total{mode="idle"}"#, true);

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{
-    BackendError, Database, Durability, ReadableDatabase, ReadableTable,
-    StorageBackend, TableDefinition,
+    BackendError, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
+    TableDefinition,
 };
 
 use crate::codec::{self, Rollup};
@@ -173,6 +173,9 @@ pub struct SeriesPoints {
     pub points: Vec<(i64, f64)>,
 }
 
+/// Rollup points of one series, sorted by bucket start.
+pub type SeriesRollups = (SeriesKey, Vec<(i64, Rollup)>);
+
 /// What `outpost db stats` reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
@@ -268,7 +271,9 @@ impl Catalogue {
                 self.keys.push(key);
                 Ok(())
             }
-            _ => Err(format!("series id {id} for {key} does not follow the catalogue")),
+            _ => Err(format!(
+                "series id {id} for {key} does not follow the catalogue"
+            )),
         }
     }
 }
@@ -324,6 +329,8 @@ struct Shared {
     db: RwLock<Database>,
     catalogue: RwLock<Catalogue>,
     head: Mutex<Head>,
+    /// Signalled when a seal finishes, for writers held back by a full head.
+    sealed: std::sync::Condvar,
     timers: Mutex<Timers>,
     poison: Mutex<Option<String>>,
     db_written: Arc<AtomicU64>,
@@ -453,8 +460,11 @@ impl Store {
                 }
                 let known = catalogue.keys.len() as u32;
                 let samples: Vec<_> = record.samples.into_iter().filter(|s| s.0 < known).collect();
-                let rollups: Vec<_> =
-                    record.rollups.into_iter().filter(|r| r.series < known).collect();
+                let rollups: Vec<_> = record
+                    .rollups
+                    .into_iter()
+                    .filter(|r| r.series < known)
+                    .collect();
                 replayed.apply(&samples, &record.state, &rollups);
             }
             next_generation = next_generation.max(log_generation + 1);
@@ -474,6 +484,7 @@ impl Store {
                 log,
                 log_sync,
             }),
+            sealed: std::sync::Condvar::new(),
             timers: Mutex::new(Timers {
                 last_flush: now,
                 last_sync: now,
@@ -536,18 +547,31 @@ impl Store {
 
     /// The key of a series id.
     pub fn series_key(&self, id: SeriesId) -> Option<SeriesKey> {
-        read(&self.shared.catalogue).keys.get(id.0 as usize).cloned()
+        read(&self.shared.catalogue)
+            .keys
+            .get(id.0 as usize)
+            .cloned()
     }
 
     /// Accepts a batch into the head. It survives a process crash once the next flush has run
     /// (within `flush_interval`), and a power loss once the log is synced (within
     /// `sync_interval`, or at [`Store::sync`]).
+    ///
+    /// When the head is full and the writer thread is still sealing, this waits for it: a
+    /// producer faster than the disk is slowed down rather than allowed to grow memory and log
+    /// without bound.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        let seal_due = self.shared.write(batch)?;
-        if seal_due {
-            let _ = self.commands.try_send(CommandBox(Command::Wake));
+        let mut batch = Some(batch);
+        loop {
+            let seal_due = self.shared.try_write(&mut batch)?;
+            if seal_due {
+                let _ = self.commands.try_send(CommandBox(Command::Wake));
+            }
+            if batch.is_none() {
+                return Ok(());
+            }
+            self.shared.wait_for_room();
         }
-        Ok(())
     }
 
     /// [`Store::write`] for async callers: the batch is handed to the writer thread, and the
@@ -624,9 +648,10 @@ impl Store {
                 .rev()
                 .chain(head.frozen.iter().flat_map(|f| f.state.iter().rev()))
                 .find(|op| match op {
-                    StateOp::Put { table: t, key: k, .. } | StateOp::Delete { table: t, key: k } => {
-                        *t == table && k == key
+                    StateOp::Put {
+                        table: t, key: k, ..
                     }
+                    | StateOp::Delete { table: t, key: k } => *t == table && k == key,
                 });
             match newest {
                 Some(StateOp::Put { value, .. }) => return Ok(Some(value.clone())),
@@ -724,11 +749,13 @@ impl Store {
         for (id, key) in series {
             let mut points = match (tier, aggregation) {
                 (Tier::Raw, Aggregation::Rate) => {
-                    let samples = overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                    let samples =
+                        overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
                     query::rate(&samples, step_ms)
                 }
                 (Tier::Raw, _) => {
-                    let samples = overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                    let samples =
+                        overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
                     query::reduce(&query::rollups_from_samples(&samples, step_ms), aggregation)
                 }
                 (_, Aggregation::Rate) => {
@@ -759,11 +786,14 @@ impl Store {
         tier: Tier,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(SeriesKey, Vec<(i64, Rollup)>)>> {
+    ) -> Result<Vec<SeriesRollups>> {
         let series = self.series(selector);
         let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
         let width = tier.resolution_ms();
-        let (from, to) = (bucket_of(from, width), bucket_of(to, width).saturating_add(width - 1));
+        let (from, to) = (
+            bucket_of(from, width),
+            bucket_of(to, width).saturating_add(width - 1),
+        );
         let head = self.shared.head_snapshot(&ids, from, to);
         let db = read(&self.shared.db);
         let txn = db.begin_read()?;
@@ -773,8 +803,12 @@ impl Store {
             .map(|(id, key)| {
                 let points = match tier {
                     Tier::Raw => {
-                        let samples = overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
-                        samples.into_iter().map(|(t, v)| (t, Rollup::of(v))).collect()
+                        let samples =
+                            overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
+                        samples
+                            .into_iter()
+                            .map(|(t, v)| (t, Rollup::of(v)))
+                            .collect()
                     }
                     _ => reader.tier_points(id.0, tier, from, to, &key, &head)?,
                 };
@@ -991,7 +1025,10 @@ impl TierReader {
             return Ok(out);
         }
         let raw = Tier::Raw as u8;
-        for entry in self.chunks.range((id, raw, bucket_of(from, RAW_WINDOW))..=(id, raw, to))? {
+        for entry in self
+            .chunks
+            .range((id, raw, bucket_of(from, RAW_WINDOW))..=(id, raw, to))?
+        {
             let (_, chunk) = entry?;
             let (timestamps, values) =
                 codec::decode_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
@@ -1025,15 +1062,19 @@ impl TierReader {
             return Ok(out);
         }
         let t = tier as u8;
-        for entry in self.chunks.range((id, t, bucket_of(from, window))..=(id, t, to))? {
+        for entry in self
+            .chunks
+            .range((id, t, bucket_of(from, window))..=(id, t, to))?
+        {
             let (_, chunk) = entry?;
-            let (buckets, rollups) = codec::decode_rollup_chunk(chunk.value()).map_err(|source| {
-                Error::CorruptChunk {
-                    what: "rollup chunk",
-                    series: key.to_string(),
-                    source,
-                }
-            })?;
+            let (buckets, rollups) =
+                codec::decode_rollup_chunk(chunk.value()).map_err(|source| {
+                    Error::CorruptChunk {
+                        what: "rollup chunk",
+                        series: key.to_string(),
+                        source,
+                    }
+                })?;
             out.extend(
                 buckets
                     .into_iter()
@@ -1055,8 +1096,10 @@ impl TierReader {
         key: &SeriesKey,
         head: &HeadSnapshot,
     ) -> Result<Vec<(i64, Rollup)>> {
-        let mut points: BTreeMap<i64, Rollup> =
-            self.stored_rollups(id, tier, from, to, key)?.into_iter().collect();
+        let mut points: BTreeMap<i64, Rollup> = self
+            .stored_rollups(id, tier, from, to, key)?
+            .into_iter()
+            .collect();
         let head_samples = head.samples(id);
         let head_rollups = head.rollups.get(&id);
         // Direct writes first: raw data in the same bucket overrides them, as in a seal.
@@ -1072,7 +1115,7 @@ impl TierReader {
         let width = tier.resolution_ms();
         dirty.extend(head_samples.iter().map(|s| bucket_of(s.0, width)));
         if let (Some(&first), Some(&last)) = (dirty.first(), dirty.last()) {
-            let span_end = last + width - 1;
+            let span_end = last.saturating_add(width - 1);
             let recomputed = match tier {
                 Tier::Minute => {
                     let raw = overlay(self.raw(id, first, span_end, key)?, head_samples.clone());
@@ -1111,7 +1154,18 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
         };
         match command {
             Some(Command::Write(batch, reply)) => {
-                let _ = reply.send(shared.write(batch).map(|_| ()));
+                // The writer seals a full head itself rather than wait for itself.
+                let mut batch = Some(batch);
+                let result = shared
+                    .try_write(&mut batch)
+                    .and_then(|_| match batch.take() {
+                        Some(batch) => shared.seal().and_then(|()| {
+                            let mut batch = Some(batch);
+                            shared.try_write(&mut batch).map(|_| ())
+                        }),
+                        None => Ok(()),
+                    });
+                let _ = reply.send(result);
             }
             Some(Command::Sync(reply)) => {
                 let _ = reply.send(shared.sync());
@@ -1157,31 +1211,61 @@ impl Shared {
     }
 
     /// Accepts a batch; returns whether a seal is due because the head is full.
-    fn write(&self, batch: WriteBatch) -> Result<bool> {
+    /// Accepts a batch unless the head is full; returns whether a seal is now due.
+    fn try_write(&self, batch: &mut Option<WriteBatch>) -> Result<bool> {
         self.check_poison()?;
+        let Some(pending_batch) = batch.as_ref() else {
+            return Ok(false);
+        };
         let known = read(&self.catalogue).keys.len();
-        if let Some(unknown) = batch
+        if let Some(unknown) = pending_batch
             .samples
             .iter()
             .map(|s| s.0)
-            .chain(batch.rollups.iter().map(|r| r.series))
+            .chain(pending_batch.rollups.iter().map(|r| r.series))
             .find(|&id| id as usize >= known)
         {
             return Err(Error::UnknownSeries(unknown));
         }
         let mut head = lock(&self.head);
-        head.active
-            .apply(&batch.samples, &batch.state, &batch.rollups);
-        let WriteBatch {
+        if self.head_full(&head) {
+            return Ok(true);
+        }
+        let Some(WriteBatch {
             samples,
             state,
             rollups,
-        } = batch;
+        }) = batch.take()
+        else {
+            return Ok(false);
+        };
+        head.active.apply(&samples, &state, &rollups);
         let pending = &mut head.pending;
         pending.samples.extend(samples);
         pending.state.extend(state);
         pending.rollups.extend(rollups);
-        Ok(head.active.samples >= self.options.max_head_samples)
+        Ok(self.head_full(&head))
+    }
+
+    /// A full head needs a seal before it takes more: it holds `max_head_samples`, or its log
+    /// holds an eighth of the byte budget.
+    fn head_full(&self, head: &Head) -> bool {
+        head.active.samples >= self.options.max_head_samples
+            || self
+                .options
+                .budget_bytes
+                .is_some_and(|budget| head.log.len + head.pending.samples.len() as u64 > budget / 8)
+    }
+
+    /// Waits (bounded) until a seal has emptied a full head.
+    fn wait_for_room(&self) {
+        let head = lock(&self.head);
+        if self.head_full(&head) {
+            let _ = self
+                .sealed
+                .wait_timeout(head, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn time_to_next_deadline(&self) -> Duration {
@@ -1201,7 +1285,7 @@ impl Shared {
     fn run_due(&self) -> Result<()> {
         let now = self.options.clock.now();
         let timers = *lock(&self.timers);
-        let head_full = lock(&self.head).active.samples >= self.options.max_head_samples;
+        let head_full = self.head_full(&lock(&self.head));
         if head_full || now >= timers.last_seal + self.options.seal_interval {
             self.seal()?;
         }
@@ -1284,6 +1368,7 @@ impl Shared {
             head.log = log;
             let frozen = Arc::new(std::mem::take(&mut head.active));
             head.frozen = Some(frozen.clone());
+            self.sealed.notify_all();
             let defs: Vec<(u32, String)> = catalogue.keys[catalogue.persisted..]
                 .iter()
                 .enumerate()
@@ -1293,6 +1378,7 @@ impl Shared {
         };
         let result = self.commit_frozen(&frozen, new_generation, &defs);
         lock(&self.head).frozen = None;
+        self.sealed.notify_all();
         if let Err(error) = result {
             return Err(self.poisoned(error));
         }
@@ -1308,7 +1394,12 @@ impl Shared {
         self.enforce_budget()
     }
 
-    fn commit_frozen(&self, frozen: &HeadData, new_generation: u64, defs: &[(u32, String)]) -> Result<()> {
+    fn commit_frozen(
+        &self,
+        frozen: &HeadData,
+        new_generation: u64,
+        defs: &[(u32, String)],
+    ) -> Result<()> {
         let level = self.options.zstd_level;
         let db = read(&self.db);
         let mut txn = db.begin_write()?;
@@ -1339,11 +1430,20 @@ impl Shared {
             for write in &frozen.rollups {
                 match write.tier {
                     Tier::Minute => {
-                        minute_updates.entry(write.series).or_default().insert(write.bucket, write.rollup);
-                        dirty_hours.entry(write.series).or_default().insert(bucket_of(write.bucket, HOUR_MS));
+                        minute_updates
+                            .entry(write.series)
+                            .or_default()
+                            .insert(write.bucket, write.rollup);
+                        dirty_hours
+                            .entry(write.series)
+                            .or_default()
+                            .insert(bucket_of(write.bucket, HOUR_MS));
                     }
                     _ => {
-                        hour_updates.entry(write.series).or_default().insert(write.bucket, write.rollup);
+                        hour_updates
+                            .entry(write.series)
+                            .or_default()
+                            .insert(write.bucket, write.rollup);
                     }
                 }
             }
@@ -1369,7 +1469,8 @@ impl Shared {
                 while start < samples.len() {
                     let window = bucket_of(samples[start].0, RAW_WINDOW);
                     let end = start
-                        + samples[start..].partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
+                        + samples[start..]
+                            .partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
                     let new = &samples[start..end];
                     start = end;
                     let existing = match chunks.get((id, Tier::Raw as u8, window))? {
@@ -1386,8 +1487,12 @@ impl Shared {
                     let merged = merge_sorted(&existing, new);
                     raw_delta += merged.len() as i64 - existing.len() as i64;
                     let (timestamps, values): (Vec<i64>, Vec<f64>) = merged.iter().copied().unzip();
-                    chunks.insert((id, Tier::Raw as u8, window), codec::encode_chunk(&timestamps, &values, level).as_slice())?;
-                    let dirty: BTreeSet<i64> = new.iter().map(|s| bucket_of(s.0, MINUTE_MS)).collect();
+                    chunks.insert(
+                        (id, Tier::Raw as u8, window),
+                        codec::encode_chunk(&timestamps, &values, level).as_slice(),
+                    )?;
+                    let dirty: BTreeSet<i64> =
+                        new.iter().map(|s| bucket_of(s.0, MINUTE_MS)).collect();
                     for (bucket, rollup) in query::rollups_from_samples(&merged, MINUTE_MS) {
                         if dirty.contains(&bucket) {
                             minutes.insert(bucket, rollup);
@@ -1395,10 +1500,18 @@ impl Shared {
                     }
                     hours_dirty.extend(dirty.iter().map(|&m| bucket_of(m, HOUR_MS)));
                 }
-                minute_delta += apply_rollups(&mut chunks, id, Tier::Minute, &minutes, level, &key_of)?;
+                minute_delta +=
+                    apply_rollups(&mut chunks, id, Tier::Minute, &minutes, level, &key_of)?;
                 let mut hours = hour_updates.remove(&id).unwrap_or_default();
                 for hour in hours_dirty {
-                    let points = read_rollup_range(&chunks, id, Tier::Minute, hour, hour + HOUR_MS - 1, &key_of)?;
+                    let points = read_rollup_range(
+                        &chunks,
+                        id,
+                        Tier::Minute,
+                        hour,
+                        hour.saturating_add(HOUR_MS - 1),
+                        &key_of,
+                    )?;
                     if let Some((_, rollup)) = query::coarsen(&points, HOUR_MS).into_iter().next() {
                         hours.insert(hour, rollup);
                     }
@@ -1409,11 +1522,14 @@ impl Shared {
             for op in &frozen.state {
                 match op {
                     StateOp::Put { table, key, value } => {
-                        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
-                        txn.open_table(definition)?.insert(key.as_str(), value.as_slice())?;
+                        let definition: TableDefinition<&str, &[u8]> =
+                            TableDefinition::new(table.table_name());
+                        txn.open_table(definition)?
+                            .insert(key.as_str(), value.as_slice())?;
                     }
                     StateOp::Delete { table, key } => {
-                        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+                        let definition: TableDefinition<&str, &[u8]> =
+                            TableDefinition::new(table.table_name());
                         txn.open_table(definition)?.remove(key.as_str())?;
                     }
                 }
@@ -1422,9 +1538,12 @@ impl Shared {
             // Retention by age, relative to the newest sample.
             if let Some(newest) = newest {
                 let retention = self.options.retention;
-                let cut = |keep: Option<Duration>| keep.map(|d| newest.saturating_sub(d.as_millis() as i64));
+                let cut = |keep: Option<Duration>| {
+                    keep.map(|d| newest.saturating_sub(d.as_millis() as i64))
+                };
                 raw_delta -= drop_before(&mut chunks, cut(retention.raw), Tier::Raw)? as i64;
-                minute_delta -= drop_before(&mut chunks, cut(retention.minute), Tier::Minute)? as i64;
+                minute_delta -=
+                    drop_before(&mut chunks, cut(retention.minute), Tier::Minute)? as i64;
                 hour_delta -= drop_before(&mut chunks, cut(retention.hour), Tier::Hour)? as i64;
                 meta.insert(META_NEWEST, newest as u64)?;
             }
@@ -1452,7 +1571,10 @@ impl Shared {
     fn close(&self) -> Result<()> {
         self.seal()?;
         let head = lock(&self.head);
-        if head.pending.is_empty() && head.active.is_empty() && head.log.len <= wal::HEADER_LEN as u64 {
+        if head.pending.is_empty()
+            && head.active.is_empty()
+            && head.log.len <= wal::HEADER_LEN as u64
+        {
             std::fs::remove_file(&head.log.path).map_err(io_error(&head.log.path))?;
         }
         Ok(())
@@ -1464,7 +1586,11 @@ impl Shared {
         if let Ok(logs) = wal::list_logs(&self.path) {
             paths.extend(logs.into_iter().map(|(_, p)| p));
         }
-        paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| allocated_bytes(&m)).sum()
+        paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| allocated_bytes(&m))
+            .sum()
     }
 
     /// Keeps the store inside its byte budget: drops the oldest raw windows first, then the
@@ -1479,7 +1605,12 @@ impl Shared {
         let live = self.live_bytes()?;
         if live > high_water {
             let need = live - low_water;
-            tracing::info!(live, budget, need, "store near its byte budget: dropping the oldest data");
+            tracing::info!(
+                live,
+                budget,
+                need,
+                "store near its byte budget: dropping the oldest data"
+            );
             self.evict(need).map_err(|e| self.poisoned(e))?;
         }
         if self.disk_bytes() > budget / 10 * 9 {
@@ -1546,8 +1677,13 @@ impl Shared {
 
     fn compact(&self) -> Result<bool> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Each pass moves what it can; a few passes reach the fixed point without risking a loop
+        // that never ends.
         let mut compacted = false;
-        while db.compact()? {
+        for _ in 0..4 {
+            if !db.compact()? {
+                break;
+            }
             compacted = true;
         }
         Ok(compacted)
@@ -1557,7 +1693,11 @@ impl Shared {
         let head = lock(&self.head);
         let mut snapshot = HeadSnapshot::default();
         let wanted: BTreeSet<u32> = ids.iter().copied().collect();
-        let parts = head.frozen.iter().map(|f| &**f).chain(std::iter::once(&head.active));
+        let parts = head
+            .frozen
+            .iter()
+            .map(|f| &**f)
+            .chain(std::iter::once(&head.active));
         for part in parts {
             for id in &wanted {
                 if let Some(samples) = part.series.get(id) {
@@ -1567,7 +1707,11 @@ impl Shared {
             }
             for write in &part.rollups {
                 if wanted.contains(&write.series) {
-                    snapshot.rollups.entry(write.series).or_default().push(write.clone());
+                    snapshot
+                        .rollups
+                        .entry(write.series)
+                        .or_default()
+                        .push(write.clone());
                 }
             }
         }
@@ -1609,7 +1753,7 @@ fn drop_before(table: &mut ChunkTable<'_>, cut: Option<i64>, tier: Tier) -> Resu
     let Some(cut) = cut else { return Ok(0) };
     let window = window_of(tier);
     // Windows starting at or before this one end at or before `cut`.
-    let last_droppable = bucket_of(cut, window) - window;
+    let last_droppable = bucket_of(cut, window).saturating_sub(window);
     drop_windows_through(table, last_droppable, tier)
 }
 
@@ -1672,7 +1816,10 @@ fn apply_rollups(
     let t = tier as u8;
     let mut by_window: BTreeMap<i64, Vec<(i64, Rollup)>> = BTreeMap::new();
     for (&bucket, &rollup) in updates {
-        by_window.entry(bucket_of(bucket, window)).or_default().push((bucket, rollup));
+        by_window
+            .entry(bucket_of(bucket, window))
+            .or_default()
+            .push((bucket, rollup));
     }
     for (start, changes) in by_window {
         let mut points: BTreeMap<i64, Rollup> = match table.get((id, t, start))? {
@@ -1690,7 +1837,10 @@ fn apply_rollups(
         points.extend(changes);
         delta += points.len() as i64 - before;
         let (buckets, rollups): (Vec<i64>, Vec<Rollup>) = points.into_iter().unzip();
-        table.insert((id, t, start), codec::encode_rollup_chunk(&buckets, &rollups, level).as_slice())?;
+        table.insert(
+            (id, t, start),
+            codec::encode_rollup_chunk(&buckets, &rollups, level).as_slice(),
+        )?;
     }
     Ok(delta)
 }

@@ -197,8 +197,18 @@ mod tests {
             );
         };
         check("up 1", "up", 1.0, None);
-        check("node_load1 0.77 1795257761024\n", "node_load1", 0.77, Some(1795257761024));
-        check(r#"m{a="x y}",b="\"q\""} -Inf 5"#, r#"m{a="x y}",b="\"q\""}"#, f64::NEG_INFINITY, Some(5));
+        check(
+            "node_load1 0.77 1795257761024\n",
+            "node_load1",
+            0.77,
+            Some(1795257761024),
+        );
+        check(
+            r#"m{a="x y}",b="\"q\""} -Inf 5"#,
+            r#"m{a="x y}",b="\"q\""}"#,
+            f64::NEG_INFINITY,
+            Some(5),
+        );
         check("m{} +Inf", "m{}", f64::INFINITY, None);
         assert!(matches!(parse_line("m NaN"), Ok(Line::Sample { value, .. }) if value.is_nan()));
         assert_eq!(parse_line("# TYPE up gauge"), Ok(Line::Skip));

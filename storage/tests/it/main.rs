@@ -1,0 +1,59 @@
+//! Integration tests of the store through its public API, on real files.
+
+mod budget;
+mod crash;
+mod fixtures;
+mod model;
+
+use std::path::Path;
+use std::time::Duration;
+
+use outpost_storage::{Options, Selector, SeriesKey, Store, WriteBatch};
+
+/// Options that make a test store seal and flush often, so that tests cross every boundary.
+pub fn test_options() -> Options {
+    Options {
+        flush_interval: Duration::from_millis(50),
+        sync_interval: Duration::from_millis(200),
+        seal_interval: Duration::from_secs(3600),
+        max_head_samples: 1 << 20,
+        zstd_level: 3,
+        ..Options::default()
+    }
+}
+
+pub fn key(text: &str) -> SeriesKey {
+    SeriesKey::parse(text).expect("valid series key")
+}
+
+pub fn selector(text: &str) -> Selector {
+    Selector::parse(text).expect("valid selector")
+}
+
+/// Writes `(series, ts, value)` samples in one batch.
+pub fn write(store: &Store, samples: &[(&str, i64, f64)]) {
+    let mut batch = WriteBatch::default();
+    for &(series, ts, value) in samples {
+        let id = store.series_id(&key(series)).expect("series id");
+        batch.sample(id, ts, value);
+    }
+    store.write(batch).expect("write accepted");
+}
+
+pub fn raw_bits(store: &Store, sel: &str) -> Vec<(String, Vec<(i64, u64)>)> {
+    store
+        .query_raw(&selector(sel), i64::MIN, i64::MAX)
+        .expect("query")
+        .into_iter()
+        .map(|s| {
+            (
+                s.series.to_string(),
+                s.points.iter().map(|(t, v)| (*t, v.to_bits())).collect(),
+            )
+        })
+        .collect()
+}
+
+pub fn open(path: &Path) -> Store {
+    Store::open(path, test_options()).expect("store opens")
+}

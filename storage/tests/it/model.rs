@@ -1,0 +1,360 @@
+//! The store against a `BTreeMap` model: any order of writes, replacements, seals and reopens
+//! gives the same raw points, rollups and stepped queries.
+
+use std::collections::BTreeMap;
+
+use outpost_storage::codec::add_decimal;
+use outpost_storage::{Aggregation, Rollup, Tier, WriteBatch};
+use proptest::prelude::*;
+
+use crate::{key, open, selector};
+
+const SERIES: [&str; 3] = ["m0", r#"m1{core="0"}"#, r#"m1{core="1"}"#];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Samples: series index, timestamp, value.
+    Write(Vec<(usize, i64, f64)>),
+    Seal,
+    Reopen,
+}
+
+fn value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        4 => (-5_000i64..5_000, 0u32..3).prop_map(|(i, s)| i as f64 / 10f64.powi(s as i32)),
+        1 => any::<u64>().prop_map(f64::from_bits),
+        1 => Just(-0.0),
+    ]
+}
+
+fn timestamp() -> impl Strategy<Value = i64> {
+    // About nine hours around the epoch, on a coarse grid so that replacements happen, crossing
+    // raw-chunk windows, hours and minutes, and negative times.
+    (-400i64..3_600).prop_map(|k| k * 8_999)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => proptest::collection::vec((0..SERIES.len(), timestamp(), value()), 1..60).prop_map(Op::Write),
+        1 => Just(Op::Seal),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+type Model = BTreeMap<usize, BTreeMap<i64, f64>>;
+
+fn bucket(ts: i64, width: i64) -> i64 {
+    ts.div_euclid(width) * width
+}
+
+/// Rollups of the model's samples, built the obvious way: fold each bucket's samples in order.
+fn model_rollups(samples: &BTreeMap<i64, f64>, width: i64) -> Vec<(i64, Rollup)> {
+    let mut out: BTreeMap<i64, Rollup> = BTreeMap::new();
+    for (&ts, &v) in samples {
+        out.entry(bucket(ts, width))
+            .and_modify(|r| r.merge(&Rollup::of(v)))
+            .or_insert_with(|| Rollup::of(v));
+    }
+    out.into_iter().collect()
+}
+
+fn model_coarsen(points: &[(i64, Rollup)], width: i64) -> Vec<(i64, Rollup)> {
+    let mut out: BTreeMap<i64, Rollup> = BTreeMap::new();
+    for (start, r) in points {
+        out.entry(bucket(*start, width))
+            .and_modify(|acc| acc.merge(r))
+            .or_insert(*r);
+    }
+    out.into_iter().collect()
+}
+
+fn model_value(r: &Rollup, aggregation: Aggregation) -> f64 {
+    match aggregation {
+        Aggregation::Avg => r.sum / r.count as f64,
+        Aggregation::Min => r.min,
+        Aggregation::Max => r.max,
+        Aggregation::Sum => r.sum,
+        Aggregation::Count => r.count as f64,
+        _ => r.last,
+    }
+}
+
+fn model_rate(samples: &[(i64, f64)], step: i64) -> Vec<(i64, f64)> {
+    let mut out: BTreeMap<i64, f64> = BTreeMap::new();
+    for pair in samples.windows(2) {
+        let (prev, (ts, v)) = (pair[0].1, pair[1]);
+        let increase = if v >= prev { v - prev } else { v };
+        *out.entry(bucket(ts, step)).or_insert(0.0) += increase;
+    }
+    out.into_iter()
+        .map(|(b, inc)| (b, inc / (step as f64 / 1000.0)))
+        .collect()
+}
+
+fn bits(points: &[(i64, f64)]) -> Vec<(i64, u64)> {
+    points.iter().map(|(t, v)| (*t, v.to_bits())).collect()
+}
+
+fn check(store: &outpost_storage::Store, model: &Model) {
+    for (index, name) in SERIES.iter().enumerate() {
+        let samples = model.get(&index).cloned().unwrap_or_default();
+        let exact = selector(&key(name).to_string());
+        let raw = store.query_raw(&exact, i64::MIN, i64::MAX).unwrap();
+        let got: Vec<(i64, f64)> = raw.first().map(|s| s.points.clone()).unwrap_or_default();
+        let want: Vec<(i64, f64)> = samples.iter().map(|(t, v)| (*t, *v)).collect();
+        assert_eq!(bits(&got), bits(&want), "raw points of {name}");
+
+        let minutes = model_rollups(&samples, 60_000);
+        let hours = model_coarsen(&minutes, 3_600_000);
+        for (tier, expected) in [(Tier::Minute, &minutes), (Tier::Hour, &hours)] {
+            let stored = store
+                .query_rollups(&exact, tier, i64::MIN / 2, i64::MAX / 2)
+                .unwrap();
+            let got = stored.first().map(|s| s.1.clone()).unwrap_or_default();
+            assert_eq!(got.len(), expected.len(), "{tier:?} rollups of {name}");
+            for (g, e) in got.iter().zip(expected.iter()) {
+                assert_eq!(g.0, e.0, "{tier:?} bucket of {name}");
+                assert!(
+                    g.1.bits_eq(&e.1),
+                    "{tier:?} rollup of {name} at {}: {:?} != {:?}",
+                    g.0,
+                    g.1,
+                    e.1
+                );
+            }
+        }
+
+        let (from, to) = (-3_600_000, 40_000_000);
+        let cases = [
+            (90_000, Aggregation::Avg),
+            (90_000, Aggregation::Max),
+            (300_000, Aggregation::Sum),
+            (300_000, Aggregation::Count),
+            (300_000, Aggregation::Min),
+            (7_200_000, Aggregation::Last),
+            (7_200_000, Aggregation::Avg),
+        ];
+        for (step, aggregation) in cases {
+            let points = if step % 60_000 == 0 {
+                // Answered from the minute or hour tier: merged minute rollups.
+                let base = if step % 3_600_000 == 0 {
+                    &hours
+                } else {
+                    &minutes
+                };
+                model_coarsen(base, step)
+            } else {
+                model_rollups(&samples, step)
+            };
+            let want: Vec<(i64, f64)> = points
+                .iter()
+                .filter(|(b, _)| *b >= bucket(from, step) && *b <= to)
+                .map(|(b, r)| (*b, model_value(r, aggregation)))
+                .collect();
+            let got = store
+                .query_step(&exact, from, to, step, aggregation)
+                .unwrap();
+            let got: Vec<(i64, f64)> = got.first().map(|s| s.points.clone()).unwrap_or_default();
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{aggregation} at step {step} of {name}"
+            );
+        }
+
+        // Rate from raw samples (90 s) and from the minute tier's last values (5 m).
+        let raw_points: Vec<(i64, f64)> = samples.iter().map(|(t, v)| (*t, *v)).collect();
+        let step = 90_000;
+        let first = bucket(from, step);
+        let lookback: Vec<(i64, f64)> = raw_points
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t >= first - step && *t < bucket(to, step) + step)
+            .collect();
+        let want: Vec<(i64, f64)> = model_rate(&lookback, step)
+            .into_iter()
+            .filter(|(b, _)| *b >= first && *b <= to)
+            .collect();
+        let got = store
+            .query_step(&exact, from, to, step, Aggregation::Rate)
+            .unwrap();
+        let got: Vec<(i64, f64)> = got.first().map(|s| s.points.clone()).unwrap_or_default();
+        assert_eq!(bits(&got), bits(&want), "raw rate of {name}");
+
+        let step = 300_000;
+        let first = bucket(from, step);
+        let lasts: Vec<(i64, f64)> = minutes
+            .iter()
+            .filter(|(b, _)| *b >= first - step && *b < bucket(to, step) + step)
+            .map(|(b, r)| (*b, r.last))
+            .collect();
+        let want: Vec<(i64, f64)> = model_rate(&lasts, step)
+            .into_iter()
+            .filter(|(b, _)| *b >= first && *b <= to)
+            .collect();
+        let got = store
+            .query_step(&exact, from, to, step, Aggregation::Rate)
+            .unwrap();
+        let got: Vec<(i64, f64)> = got.first().map(|s| s.points.clone()).unwrap_or_default();
+        assert_eq!(bits(&got), bits(&want), "tier rate of {name}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_order_of_writes_matches_the_model(ops in proptest::collection::vec(op(), 1..25)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.redb");
+        let mut store = open(&path);
+        let mut model: Model = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Write(samples) => {
+                    let mut batch = WriteBatch::default();
+                    for (series, ts, v) in samples {
+                        let id = store.series_id(&key(SERIES[series])).unwrap();
+                        batch.sample(id, ts, v);
+                        model.entry(series).or_default().insert(ts, v);
+                    }
+                    store.write(batch).unwrap();
+                }
+                Op::Seal => store.seal().unwrap(),
+                Op::Reopen => {
+                    store.close().unwrap();
+                    store = open(&path);
+                }
+            }
+            check(&store, &model);
+        }
+        store.close().unwrap();
+        let store = open(&path);
+        check(&store, &model);
+    }
+}
+
+#[test]
+fn decimal_sums_stay_exact_in_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("sums.redb"));
+    let samples: Vec<(&str, i64, f64)> = (0..60).map(|i| ("cpu", i * 1000, 0.1)).collect();
+    crate::write(&store, &samples);
+    store.seal().unwrap();
+    let sum = store
+        .query_step(&selector("cpu"), 0, 59_999, 60_000, Aggregation::Sum)
+        .unwrap();
+    assert_eq!(sum[0].points, vec![(0, 6.0)]);
+    let naive: f64 = (0..60).map(|_| 0.1).sum();
+    assert_ne!(naive, 6.0, "binary floating point would not give 6 here");
+    assert_eq!(add_decimal(0.1, 0.2), 0.3);
+}
+
+#[test]
+fn direct_rollup_writes_answer_until_raw_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rollups.redb");
+    let store = open(&path);
+    let id = store.series_id(&key("temp")).unwrap();
+    let mut batch = WriteBatch::default();
+    let hour_rollup = Rollup {
+        min: 1.0,
+        max: 9.0,
+        sum: 50.0,
+        count: 10,
+        last: 3.0,
+    };
+    batch.rollup(id, Tier::Hour, 7_200_000, hour_rollup);
+    batch.rollup(id, Tier::Minute, 60_000, Rollup::of(4.0));
+    store.write(batch).unwrap();
+    let check_hour = |store: &outpost_storage::Store| {
+        let got = store
+            .query_step(
+                &selector("temp"),
+                7_200_000,
+                7_200_000,
+                3_600_000,
+                Aggregation::Max,
+            )
+            .unwrap();
+        assert_eq!(got[0].points, vec![(7_200_000, 9.0)]);
+    };
+    check_hour(&store);
+    store.seal().unwrap();
+    check_hour(&store);
+    store.close().unwrap();
+    let store = open(&path);
+    check_hour(&store);
+    // The minute write also made its hour, from the minute tier.
+    let hour0 = store
+        .query_step(&selector("temp"), 0, 0, 3_600_000, Aggregation::Avg)
+        .unwrap();
+    assert_eq!(hour0[0].points, vec![(0, 4.0)]);
+    // Raw samples in that minute recompute it.
+    crate::write(&store, &[("temp", 61_000, 10.0), ("temp", 62_000, 20.0)]);
+    let minute = store
+        .query_step(&selector("temp"), 60_000, 60_000, 60_000, Aggregation::Avg)
+        .unwrap();
+    assert_eq!(minute[0].points, vec![(60_000, 15.0)]);
+    store.seal().unwrap();
+    let minute = store
+        .query_step(&selector("temp"), 60_000, 60_000, 60_000, Aggregation::Avg)
+        .unwrap();
+    assert_eq!(minute[0].points, vec![(60_000, 15.0)]);
+}
+
+#[test]
+fn async_callers_write_and_sync_without_a_runtime_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("async.redb"));
+    let id = store.series_id(&key("up")).unwrap();
+    pollster::block_on(async {
+        let mut batch = WriteBatch::default();
+        batch.sample(id, 5, 1.0);
+        store.write_async(batch).await.unwrap();
+        store.sync_async().await.unwrap();
+    });
+    assert_eq!(
+        crate::raw_bits(&store, "up"),
+        vec![("up".to_string(), vec![(5, 1f64.to_bits())])]
+    );
+}
+
+#[test]
+fn state_tables_commit_with_samples_and_survive_reopen() {
+    use outpost_storage::StateTable;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = open(&path);
+    let id = store.series_id(&key("up")).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.sample(id, 1, 1.0);
+    batch.put_state(StateTable::SyncCursor, "cursor", b"42".to_vec());
+    batch.put_state(StateTable::AlertState, "cpu", b"firing".to_vec());
+    store.write(batch).unwrap();
+    assert_eq!(
+        store.state_get(StateTable::SyncCursor, "cursor").unwrap(),
+        Some(b"42".to_vec())
+    );
+    let mut batch = WriteBatch::default();
+    batch.delete_state(StateTable::AlertState, "cpu");
+    store.write(batch).unwrap();
+    assert_eq!(
+        store.state_get(StateTable::AlertState, "cpu").unwrap(),
+        None
+    );
+    store.close().unwrap();
+    let store = open(&path);
+    assert_eq!(
+        store.state_get(StateTable::SyncCursor, "cursor").unwrap(),
+        Some(b"42".to_vec())
+    );
+    assert_eq!(
+        store.state_get(StateTable::AlertState, "cpu").unwrap(),
+        None
+    );
+    assert_eq!(
+        store.state_get(StateTable::DeviceRegistry, "x").unwrap(),
+        None
+    );
+}
