@@ -84,6 +84,11 @@ impl Rollup {
 /// independent of the order of additions, and cheap to store with the decimal codec. Anything
 /// else is added as binary floating point.
 pub fn add_decimal(a: f64, b: f64) -> f64 {
+    // Integers below 2^52 add exactly in binary already, and are the common case.
+    const EXACT: f64 = 4_503_599_627_370_496.0;
+    if a.fract() == 0.0 && b.fract() == 0.0 && a.abs() < EXACT && b.abs() < EXACT {
+        return a + b;
+    }
     if let (Some((scale_a, int_a)), Some((scale_b, int_b))) = (decimal_form(a), decimal_form(b)) {
         let scale = scale_a.max(scale_b);
         let widen = |int: i64, from: usize| i128::from(int) * 10i128.pow((scale - from) as u32);
@@ -255,6 +260,10 @@ pub(crate) fn decode_timestamps(reader: &mut Reader<'_>, count: usize) -> DResul
 fn decimal_form(value: f64) -> Option<(usize, i64)> {
     if !value.is_finite() {
         return None;
+    }
+    if value.fract() == 0.0 && value.abs() < MAX_EXACT_INT && value.to_bits() != (-0.0f64).to_bits()
+    {
+        return Some((0, value as i64));
     }
     for (scale, &power) in POW10.iter().enumerate() {
         if let Some(int) = scaled_int(value, power) {
@@ -509,8 +518,22 @@ fn decode_xor(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
 /// Wraps an encoded body: compresses it when that pays, and appends a CRC-32 of the result.
 pub(crate) fn seal(body: &[u8], zstd_level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() / 2 + 16);
+    // One compression context per thread and level: creating one per chunk costs more than
+    // compressing a small chunk.
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let compressed = if body.len() > 32 {
-        zstd::bulk::compress(body, zstd_level).ok()
+        COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().is_none_or(|(level, _)| *level != zstd_level) {
+                *cell = zstd::bulk::Compressor::new(zstd_level)
+                    .ok()
+                    .map(|c| (zstd_level, c));
+            }
+            cell.as_mut().and_then(|(_, c)| c.compress(body).ok())
+        })
     } else {
         None
     };

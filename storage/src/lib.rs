@@ -32,6 +32,7 @@
 
 pub mod codec;
 mod error;
+mod fasthash;
 mod query;
 mod series;
 mod store;

@@ -25,6 +25,7 @@ use redb::{
 
 use crate::codec::{self, Rollup};
 use crate::error::{Error, Result};
+use crate::fasthash::FastMap;
 use crate::query::{self, bucket_of, Aggregation};
 use crate::series::{Selector, SeriesKey};
 use crate::wal::{self, LogWriter, Record, RollupWrite};
@@ -190,6 +191,8 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// Bytes this process wrote to the store's files since it opened the store.
     pub bytes_written_since_open: u64,
+    /// Of those, the bytes written to the write-ahead log.
+    pub log_bytes_written_since_open: u64,
     pub log_generation: u64,
     /// Bytes of encoded chunks per tier (raw, 1-minute, 1-hour), before redb's page overhead.
     pub chunk_bytes: [u64; 3],
@@ -282,7 +285,7 @@ impl Catalogue {
 #[derive(Debug, Default)]
 struct HeadData {
     /// Per series, samples in write order (so the last write of a timestamp wins).
-    series: HashMap<u32, Vec<(i64, f64)>>,
+    series: FastMap<u32, Vec<(i64, f64)>>,
     samples: usize,
     state: Vec<StateOp>,
     rollups: Vec<RollupWrite>,
@@ -844,6 +847,7 @@ impl Store {
             disk_bytes: shared.disk_bytes(),
             bytes_written_since_open: shared.db_written.load(Ordering::Relaxed)
                 + shared.log_written.load(Ordering::Relaxed),
+            log_bytes_written_since_open: shared.log_written.load(Ordering::Relaxed),
             log_generation: generation,
             chunk_bytes,
         })
@@ -961,6 +965,10 @@ fn overlay(stored: Vec<(i64, f64)>, head: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
 
 /// Sorts by timestamp keeping, for each timestamp, the last of the writes.
 fn sort_last_wins(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    // Samples usually arrive in order; then there is nothing to do.
+    if samples.windows(2).all(|w| w[0].0 < w[1].0) {
+        return samples;
+    }
     samples.reverse();
     // Stable sort of the reversed list puts the last write of each timestamp first.
     samples.sort_by_key(|s| s.0);

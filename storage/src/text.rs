@@ -4,9 +4,8 @@
 //! input, so a known series costs a hash lookup instead of a parse: that keeps a bulk import
 //! bound by the store, not by the parser.
 
-use std::collections::HashMap;
-
 use crate::error::Result;
+use crate::fasthash::FastMap;
 use crate::series::SeriesKey;
 use crate::{SeriesId, Store, WriteBatch};
 
@@ -95,7 +94,7 @@ pub struct LineError {
 /// Feeds exposition-format lines into a store in large batches.
 pub struct Importer<'s> {
     store: &'s Store,
-    ids: HashMap<Box<str>, SeriesId>,
+    ids: FastMap<Box<str>, SeriesId>,
     batch: WriteBatch,
     batch_size: usize,
     now_ms: i64,
@@ -109,7 +108,7 @@ impl<'s> Importer<'s> {
         let batch_size = 64 * 1024;
         Importer {
             store,
-            ids: HashMap::new(),
+            ids: FastMap::default(),
             batch: WriteBatch::with_capacity(batch_size),
             batch_size,
             now_ms,

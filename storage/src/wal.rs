@@ -60,27 +60,29 @@ impl Record {
             put_varint(&mut out, key.len() as u64);
             out.extend_from_slice(key.as_bytes());
         }
-        // Grouped by series (stable, so each series keeps its write order) because the codec
-        // compresses a series' own timestamps and values far better than an interleaving.
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        order.sort_by_key(|&i| self.samples[i].0);
-        let mut groups = Vec::new();
-        let mut start = 0;
-        while start < order.len() {
-            let id = self.samples[order[start]].0;
-            let mut end = start;
-            while end < order.len() && self.samples[order[end]].0 == id {
-                end += 1;
-            }
-            groups.push((id, &order[start..end]));
-            start = end;
+        // Grouped by series, each keeping its write order, because the codec compresses a
+        // series' own timestamps and values far better than an interleaving.
+        let mut groups: Vec<(u32, Vec<i64>, Vec<f64>)> = Vec::new();
+        let mut slot_of: crate::fasthash::FastMap<u32, usize> = Default::default();
+        for &(id, ts, value) in &self.samples {
+            let slot = *slot_of.entry(id).or_insert_with(|| {
+                groups.push((id, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[slot].1.push(ts);
+            groups[slot].2.push(value);
         }
+        // Timestamps relative to the frame's first one: every series of a frame starts near it,
+        // so each group's first timestamp takes one or two bytes instead of six.
+        let base = self.samples.first().map_or(0, |s| s.1);
+        put_zigzag(&mut out, base);
         put_varint(&mut out, groups.len() as u64);
-        for (id, indices) in groups {
-            put_varint(&mut out, u64::from(id));
-            let timestamps: Vec<i64> = indices.iter().map(|&i| self.samples[i].1).collect();
-            let values: Vec<f64> = indices.iter().map(|&i| self.samples[i].2).collect();
-            codec::encode_samples_body(&timestamps, &values, &mut out);
+        for (id, timestamps, values) in &mut groups {
+            put_varint(&mut out, u64::from(*id));
+            for ts in timestamps.iter_mut() {
+                *ts = ts.wrapping_sub(base);
+            }
+            codec::encode_samples_body(timestamps, values, &mut out);
         }
         put_varint(&mut out, self.state.len() as u64);
         for op in &self.state {
@@ -126,9 +128,13 @@ impl Record {
                 .map_err(|_| DecodeError::Invalid("series key is not UTF-8"))?;
             record.defs.push((id, key));
         }
+        let base = reader.zigzag()?;
         for _ in 0..reader.count("sample group", 3)? {
             let id = read_u32(&mut reader)?;
-            let (timestamps, values) = codec::decode_samples_body(&mut reader)?;
+            let (mut timestamps, values) = codec::decode_samples_body(&mut reader)?;
+            for ts in &mut timestamps {
+                *ts = ts.wrapping_add(base);
+            }
             if record.samples.len() + timestamps.len() > codec::MAX_SAMPLES {
                 return Err(DecodeError::TooLarge {
                     what: "frame sample",

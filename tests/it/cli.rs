@@ -1,0 +1,255 @@
+//! `outpost db ...` as a user runs it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn outpost(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .env_remove("OUTPOST_DB")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("outpost runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn db(dir: &Path) -> String {
+    dir.join("store.redb").to_string_lossy().into_owned()
+}
+
+const SAMPLE_INPUT: &str = "# HELP temp a temperature\n\
+# TYPE temp gauge\n\
+temp{zone=\"cpu\"} 52.968 1000\n\
+temp{zone=\"cpu\"} 53.5 2000\n\
+temp{zone=\"cpu\" oops\n\
+temp{zone=\"gpu\"} -0 1000\n\
+temp{zone=\"gpu\"} NaN 2000\n\
+temp{zone=\"gpu\"} +Inf 3000\n\
+not a number line\n\
+temp{zone=\"cpu\"} 54 3000\n";
+
+#[test]
+fn import_reports_bad_lines_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = db(dir.path());
+    let out = outpost(
+        &["db", "import", "--db", &store, "-"],
+        Some(SAMPLE_INPUT.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("line 5:"), "{stderr}");
+    assert!(stderr.contains("line 9:"), "{stderr}");
+    assert!(stderr.contains("2 malformed lines skipped"), "{stderr}");
+
+    let out = outpost(
+        &[
+            "db", "query", "--db", &store, "temp", "--from", "0", "--to", "10000",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "series,timestamp_ms,value\n\
+         \"temp{zone=\"\"cpu\"\"}\",1000,52.968\n\
+         \"temp{zone=\"\"cpu\"\"}\",2000,53.5\n\
+         \"temp{zone=\"\"cpu\"\"}\",3000,54.0\n\
+         \"temp{zone=\"\"gpu\"\"}\",1000,-0.0\n\
+         \"temp{zone=\"\"gpu\"\"}\",2000,NaN\n\
+         \"temp{zone=\"\"gpu\"\"}\",3000,+Inf\n"
+    );
+}
+
+#[test]
+fn stepped_queries_json_stats_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = db(dir.path());
+    let mut input = String::new();
+    for i in 0..600 {
+        input.push_str(&format!(
+            "cpu_load{{core=\"0\"}} {} {}\n",
+            i % 10,
+            1_700_000_000_000i64 + i * 1000
+        ));
+        input.push_str(&format!(
+            "counter_total {} {}\n",
+            i * 3,
+            1_700_000_000_000i64 + i * 1000
+        ));
+    }
+    let out = outpost(
+        &["db", "import", "--db", &store, "-"],
+        Some(input.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let query = |extra: &[&str]| {
+        let mut args = vec![
+            "db",
+            "query",
+            "--db",
+            &store,
+            "--from",
+            "2023-11-14T22:13:20Z",
+            "--to",
+            "1700000599999",
+        ];
+        args.extend_from_slice(extra);
+        let out = outpost(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let avg = query(&["cpu_load", "--step", "5m", "--fn", "avg"]);
+    assert_eq!(avg, "series,timestamp_ms,value\n\"cpu_load{core=\"\"0\"\"}\",1699999800000,4.5\n\"cpu_load{core=\"\"0\"\"}\",1700000100000,4.5\n\"cpu_load{core=\"\"0\"\"}\",1700000400000,4.5\n");
+    let rate = query(&[
+        "counter_total",
+        "--step",
+        "1m",
+        "--fn",
+        "rate",
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&rate).unwrap();
+    let points = json[0]["points"].as_array().unwrap();
+    assert_eq!(json[0]["series"], "counter_total");
+    // Three per second in every whole minute; the last minute holds only 20 of its 60 seconds.
+    let (last, whole) = points.split_last().unwrap();
+    assert!(whole.iter().all(|p| p[1] == "3.0"), "{rate}");
+    assert_eq!(last[1], "1.0", "{rate}");
+
+    let out = outpost(&["db", "stats", "--db", &store, "--json"], None);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["series"], 2);
+    assert_eq!(stats["raw_samples"], 1200);
+    assert!(stats["disk_bytes"].as_u64().unwrap() > 0);
+
+    let out = outpost(&["db", "compact", "--db", &store], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("compacted:"));
+    assert_eq!(query(&["cpu_load", "--step", "5m", "--fn", "avg"]), avg);
+}
+
+#[test]
+fn the_real_host_hour_round_trips_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = db(dir.path());
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/host/host-1h.prom.zst"
+    );
+    let out = outpost(&["db", "import", "--db", &store, data], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("imported 378000 samples into 105 series"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let source = zstd::decode_all(std::fs::File::open(data).unwrap()).unwrap();
+    let wanted = r#"node_cpu_seconds_total{cpu="1",mode="user"}"#;
+    let expected: Vec<(i64, f64)> = text(&source)
+        .lines()
+        .filter(|l| l.starts_with(wanted))
+        .map(|l| {
+            let mut fields = l.rsplitn(3, ' ');
+            let ts = fields.next().unwrap().parse().unwrap();
+            let value = fields.next().unwrap().parse().unwrap();
+            (ts, value)
+        })
+        .collect();
+    assert_eq!(expected.len(), 3600);
+    let out = outpost(
+        &[
+            "db", "query", "--db", &store, wanted, "--from", "0", "--to", "now",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Vec<(i64, f64)> = text(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut fields = l.rsplitn(3, ',');
+            let value: f64 = fields.next().unwrap().parse().unwrap();
+            let ts = fields.next().unwrap().parse().unwrap();
+            (ts, value)
+        })
+        .collect();
+    let bits = |v: &[(i64, f64)]| v.iter().map(|(t, x)| (*t, x.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&expected));
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.redb");
+    let out = outpost(&["db", "stats", "--db", missing.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no store at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists(), "a query must not create a store");
+
+    let store = db(dir.path());
+    outpost(&["db", "import", "--db", &store, "-"], Some(b"up 1 1\n"));
+    let out = outpost(
+        &["db", "query", "--db", &store, "up{job=", "--from", "0"],
+        None,
+    );
+    assert!(
+        text(&out.stderr).contains("invalid selector"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = outpost(
+        &["db", "query", "--db", &store, "up", "--from", "yesterday"],
+        None,
+    );
+    assert!(
+        text(&out.stderr).contains("--from"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = outpost(
+        &[
+            "db", "query", "--db", &store, "up", "--from", "0", "--step", "5",
+        ],
+        None,
+    );
+    assert!(
+        text(&out.stderr).contains("needs a unit"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_and_version_explain_themselves() {
+    let out = outpost(&["--version"], None);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("outpost {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = outpost(&["db", "import", "--help"], None);
+    let help = text(&out.stdout);
+    assert!(help.contains("Prometheus text exposition format"), "{help}");
+    assert!(help.contains("--db <PATH>"), "{help}");
+    let out = outpost(&["db", "query", "--help"], None);
+    assert!(text(&out.stdout).contains("=~"), "{}", text(&out.stdout));
+}

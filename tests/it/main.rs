@@ -1,0 +1,5 @@
+//! Integration tests of the `outpost` binary: its commands run as a user runs them, and the
+//! workspace's boundaries.
+
+mod boundaries;
+mod cli;
