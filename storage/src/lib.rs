@@ -31,6 +31,7 @@
 //! ```
 
 pub mod codec;
+mod disk;
 mod error;
 mod fasthash;
 mod query;
@@ -40,12 +41,30 @@ pub mod text;
 mod wal;
 
 pub use codec::Rollup;
+pub use disk::{Disk, LogFile, RealDisk};
 pub use error::{DecodeError, Error, Result};
 pub use query::Aggregation;
 pub use series::{MatchOp, Selector, SeriesKey};
 pub use store::{
     Clock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, FORMAT_VERSION,
 };
+
+/// Entry points for the fuzz targets in `storage/fuzz` and the tests that replay their corpus:
+/// the decoders of untrusted bytes that are not public otherwise.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::DecodeError;
+
+    /// Parses a whole write-ahead log file; returns how many frames were valid.
+    pub fn decode_log(bytes: &[u8]) -> Result<usize, DecodeError> {
+        crate::wal::parse_log(bytes).map(|replay| replay.records.len())
+    }
+
+    /// Decodes one log record body; returns how many samples it held.
+    pub fn decode_log_record(bytes: &[u8]) -> Result<usize, DecodeError> {
+        crate::wal::Record::decode(bytes).map(|record| record.samples.len())
+    }
+}
 
 /// A series' number in the store's catalogue. Valid only for the store that issued it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

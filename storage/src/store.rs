@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +23,7 @@ use redb::{
 };
 
 use crate::codec::{self, Rollup};
+use crate::disk::{Disk, RealDisk};
 use crate::error::{Error, Result};
 use crate::fasthash::FastMap;
 use crate::query::{self, bucket_of, Aggregation};
@@ -119,6 +119,8 @@ pub struct Options {
     /// zstd level for sealed chunks (1..=22).
     pub zstd_level: i32,
     pub clock: Arc<dyn Clock>,
+    /// Where the files live: the real file system, or a simulated disk in tests.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Default for Options {
@@ -133,6 +135,7 @@ impl Default for Options {
             cache_bytes: 16 << 20,
             zstd_level: 9,
             clock: Arc::new(SystemClock::default()),
+            disk: Arc::new(RealDisk),
         }
     }
 }
@@ -213,7 +216,7 @@ impl Stats {
 /// redb's file backend, counting the bytes it writes (for `bytes_written_since_open`).
 #[derive(Debug)]
 struct CountingBackend {
-    inner: redb::backends::FileBackend,
+    inner: Box<dyn StorageBackend>,
     written: Arc<AtomicU64>,
 }
 
@@ -314,8 +317,6 @@ struct Head {
     /// What the next log frame will hold.
     pending: Record,
     log: LogWriter,
-    /// A duplicate of the log's file handle, so that fsync happens outside the head's lock.
-    log_sync: Arc<File>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -387,17 +388,11 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
         options.validate()?;
         let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        let fresh = file.metadata().map_err(io_error(&path))?.len() == 0;
+        let disk = options.disk.clone();
+        let (backend, fresh) = disk.database(&path).map_err(io_error(&path))?;
         let db_written = Arc::new(AtomicU64::new(0));
         let backend = CountingBackend {
-            inner: redb::backends::FileBackend::new(file)?,
+            inner: backend,
             written: db_written.clone(),
         };
         let db = redb::Builder::new()
@@ -423,13 +418,13 @@ impl Store {
         let mut replayed = HeadData::default();
         let mut catalogue = catalogue;
         let mut next_generation = generation;
-        let logs = wal::list_logs(&path).map_err(io_error(&path))?;
+        let logs = wal::list_logs(&*disk, &path).map_err(io_error(&path))?;
         for (log_generation, log_path) in &logs {
             if *log_generation < generation {
-                let _ = std::fs::remove_file(log_path);
+                let _ = disk.remove(log_path);
                 continue;
             }
-            let replay = match wal::read_log(log_path) {
+            let replay = match wal::read_log(&*disk, log_path) {
                 Ok(replay) => replay,
                 Err(wal::ReadLogError::Io(e)) => return Err(io_error(log_path)(e)),
                 Err(wal::ReadLogError::Header(error)) => {
@@ -473,8 +468,7 @@ impl Store {
             next_generation = next_generation.max(log_generation + 1);
         }
 
-        let log = LogWriter::create(&path, next_generation).map_err(io_error(&path))?;
-        let log_sync = Arc::new(log_file_clone(&log)?);
+        let log = LogWriter::create(&*disk, &path, next_generation).map_err(io_error(&path))?;
         let now = options.clock.now();
         let shared = Arc::new(Shared {
             path: path.clone(),
@@ -485,7 +479,6 @@ impl Store {
                 frozen: None,
                 pending: Record::default(),
                 log,
-                log_sync,
             }),
             sealed: std::sync::Condvar::new(),
             timers: Mutex::new(Timers {
@@ -875,13 +868,6 @@ impl Drop for Store {
 fn leak_reason(reason: String) -> &'static str {
     // Log corruption is rare and fatal to the open; a static message keeps DecodeError `Clone`.
     Box::leak(reason.into_boxed_str())
-}
-
-fn log_file_clone(log: &LogWriter) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .open(&log.path)
-        .map_err(io_error(&log.path))
 }
 
 fn init_or_check_format(db: &Database, path: &Path, fresh: bool) -> Result<u64> {
@@ -1344,9 +1330,9 @@ impl Shared {
                 return Ok(());
             }
             head.log.unsynced = 0;
-            (head.log_sync.clone(), head.log.path.clone())
+            (head.log.file.clone(), head.log.path.clone())
         };
-        file.sync_data()
+        file.sync()
             .map_err(|source| self.poisoned(Error::Io { path, source }))?;
         let now = self.options.clock.now();
         let mut timers = lock(&self.timers);
@@ -1370,9 +1356,8 @@ impl Shared {
             }
             self.flush_locked(&mut head)?;
             let new_generation = head.log.generation + 1;
-            let log = LogWriter::create(&self.path, new_generation)
+            let log = LogWriter::create(&*self.options.disk, &self.path, new_generation)
                 .map_err(|source| self.poisoned(io_error(&self.path)(source)))?;
-            head.log_sync = Arc::new(log_file_clone(&log).map_err(|e| self.poisoned(e))?);
             head.log = log;
             let frozen = Arc::new(std::mem::take(&mut head.active));
             head.frozen = Some(frozen.clone());
@@ -1565,10 +1550,10 @@ impl Shared {
     }
 
     fn remove_logs_before(&self, generation: u64) {
-        if let Ok(logs) = wal::list_logs(&self.path) {
+        if let Ok(logs) = wal::list_logs(&*self.options.disk, &self.path) {
             for (g, path) in logs {
                 if g < generation {
-                    let _ = std::fs::remove_file(path);
+                    let _ = self.options.disk.remove(&path);
                 }
             }
         }
@@ -1583,22 +1568,23 @@ impl Shared {
             && head.active.is_empty()
             && head.log.len <= wal::HEADER_LEN as u64
         {
-            std::fs::remove_file(&head.log.path).map_err(io_error(&head.log.path))?;
+            self.options
+                .disk
+                .remove(&head.log.path)
+                .map_err(io_error(&head.log.path))?;
         }
         Ok(())
     }
 
     /// Bytes allocated on disk to the store file and its logs.
     fn disk_bytes(&self) -> u64 {
-        let mut paths = vec![self.path.clone()];
-        if let Ok(logs) = wal::list_logs(&self.path) {
-            paths.extend(logs.into_iter().map(|(_, p)| p));
-        }
-        paths
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| allocated_bytes(&m))
-            .sum()
+        let disk = &*self.options.disk;
+        let logs = wal::list_logs(disk, &self.path).unwrap_or_default();
+        disk.allocated_bytes(&self.path)
+            + logs
+                .iter()
+                .map(|(_, p)| disk.allocated_bytes(p))
+                .sum::<u64>()
     }
 
     /// Keeps the store inside its byte budget: drops the oldest raw windows first, then the
@@ -1725,17 +1711,6 @@ impl Shared {
         }
         snapshot
     }
-}
-
-#[cfg(unix)]
-fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    metadata.blocks() * 512
-}
-
-#[cfg(not(unix))]
-fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
-    metadata.len()
 }
 
 fn add_counter(meta: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<()> {

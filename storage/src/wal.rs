@@ -11,11 +11,11 @@
 //! whose length runs past the end of the file or whose checksum fails is a torn write from a
 //! crash: replay stops there and the tail is cut off.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::codec::{self, put_varint, put_zigzag, Reader, Rollup};
+use crate::disk::{Disk, LogFile};
 use crate::error::DecodeError;
 use crate::{StateOp, StateTable, Tier};
 
@@ -225,7 +225,10 @@ pub(crate) fn log_path(store_path: &Path, generation: u64) -> PathBuf {
 }
 
 /// Every log generation present beside the store, oldest first.
-pub(crate) fn list_logs(store_path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list_logs(
+    disk: &dyn Disk,
+    store_path: &Path,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let dir = match store_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -234,14 +237,16 @@ pub(crate) fn list_logs(store_path: &Path) -> std::io::Result<Vec<(u64, PathBuf)
     prefix.push(".wal.");
     let prefix = prefix.to_string_lossy().into_owned();
     let mut logs = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for path in disk.list(&dir)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if let Some(generation) = name
             .strip_prefix(&prefix)
             .and_then(|g| g.parse::<u64>().ok())
         {
-            logs.push((generation, entry.path()));
+            logs.push((generation, path));
         }
     }
     logs.sort();
@@ -253,26 +258,26 @@ pub(crate) fn list_logs(store_path: &Path) -> std::io::Result<Vec<(u64, PathBuf)
 pub(crate) struct LogWriter {
     pub generation: u64,
     pub path: PathBuf,
-    file: File,
+    /// Shared so that the writer can fsync without holding the head's lock.
+    pub file: Arc<dyn LogFile>,
     pub len: u64,
     /// Bytes appended since the last fsync.
     pub unsynced: u64,
 }
 
 impl LogWriter {
-    pub(crate) fn create(store_path: &Path, generation: u64) -> std::io::Result<Self> {
+    pub(crate) fn create(
+        disk: &dyn Disk,
+        store_path: &Path,
+        generation: u64,
+    ) -> std::io::Result<Self> {
         let path = log_path(store_path, generation);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
+        let file = disk.create_log(&path)?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&LOG_VERSION.to_le_bytes());
         header.extend_from_slice(&generation.to_le_bytes());
-        file.write_all(&header)?;
+        file.append(&header)?;
         Ok(LogWriter {
             generation,
             path,
@@ -288,7 +293,7 @@ impl LogWriter {
         let mut frame = Vec::with_capacity(sealed.len() + 4);
         frame.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         frame.extend_from_slice(&sealed);
-        self.file.write_all(&frame)?;
+        self.file.append(&frame)?;
         self.len += frame.len() as u64;
         self.unsynced += frame.len() as u64;
         Ok(frame.len() as u64)
@@ -306,11 +311,8 @@ pub(crate) struct Replay {
     pub torn: Option<DecodeError>,
 }
 
-pub(crate) fn read_log(path: &Path) -> Result<Replay, ReadLogError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(ReadLogError::Io)?;
+pub(crate) fn read_log(disk: &dyn Disk, path: &Path) -> Result<Replay, ReadLogError> {
+    let bytes = disk.read(path).map_err(ReadLogError::Io)?;
     parse_log(&bytes).map_err(ReadLogError::Header)
 }
 
@@ -422,7 +424,8 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_earlier_frames_survive() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s.redb");
-        let mut log = LogWriter::create(&store, 7).unwrap();
+        let disk = crate::disk::RealDisk;
+        let mut log = LogWriter::create(&disk, &store, 7).unwrap();
         log.append(&sample_record(), 3).unwrap();
         let good_len = log.len;
         log.append(&sample_record(), 3).unwrap();
@@ -436,7 +439,7 @@ mod tests {
             assert_eq!(replay.valid_len, good_len);
         }
         assert_eq!(parse_log(&bytes).unwrap().records.len(), 2);
-        assert_eq!(list_logs(&store).unwrap(), vec![(7, path)]);
+        assert_eq!(list_logs(&disk, &store).unwrap(), vec![(7, path)]);
     }
 
     proptest::proptest! {

@@ -4,6 +4,7 @@ mod budget;
 mod crash;
 mod fixtures;
 mod model;
+mod power;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,301 @@
+//! Power loss, simulated: the store runs on a disk that keeps, per file, what was last synced;
+//! cutting the power throws away every write since, in the redb file and the logs alike. After
+//! each cut the store must reopen consistent, with every sample accepted more than
+//! `sync_interval` before the cut.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_storage::{Aggregation, Clock, Disk, LogFile, Options, Store, WriteBatch};
+use redb::{BackendError, StorageBackend};
+
+use crate::{key, selector};
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    /// What the running process sees.
+    current: Vec<u8>,
+    /// What survives a power cut.
+    durable: Vec<u8>,
+}
+
+/// A disk whose files lose their unsynced writes at a power cut. Handles opened before a cut
+/// belong to the dead process: every call on them fails.
+#[derive(Debug, Default)]
+struct SimDisk {
+    files: Mutex<HashMap<PathBuf, SimFile>>,
+    epoch: AtomicU64,
+}
+
+impl SimDisk {
+    fn cut_power(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for file in self.files.lock().unwrap().values_mut() {
+            file.current = file.durable.clone();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimHandle {
+    disk: Arc<SimDisk>,
+    path: PathBuf,
+    epoch: u64,
+}
+
+impl SimHandle {
+    fn with<T>(&self, f: impl FnOnce(&mut SimFile) -> std::io::Result<T>) -> std::io::Result<T> {
+        if self.disk.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(std::io::Error::other("the power went out"));
+        }
+        let mut files = self.disk.files.lock().unwrap();
+        let file = files
+            .get_mut(&self.path)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        f(file)
+    }
+}
+
+impl StorageBackend for SimHandle {
+    fn len(&self) -> std::io::Result<u64> {
+        self.with(|f| Ok(f.current.len() as u64))
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.with(|f| {
+            let start = offset as usize;
+            let bytes = f
+                .current
+                .get(start..start + out.len())
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+            out.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.with(|f| {
+            f.current.resize(len as usize, 0);
+            Ok(())
+        })
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.with(|f| {
+            f.durable = f.current.clone();
+            Ok(())
+        })
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.with(|f| {
+            let end = offset as usize + data.len();
+            if f.current.len() < end {
+                f.current.resize(end, 0);
+            }
+            f.current[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        })
+    }
+    fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Err(BackendError::Unsupported)
+    }
+}
+
+impl LogFile for SimHandle {
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.with(|f| {
+            f.current.extend_from_slice(bytes);
+            Ok(())
+        })
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.with(|f| {
+            f.durable = f.current.clone();
+            Ok(())
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SimDiskRef(Arc<SimDisk>);
+
+impl SimDiskRef {
+    fn handle(&self, path: &Path) -> SimHandle {
+        SimHandle {
+            disk: self.0.clone(),
+            path: path.to_path_buf(),
+            epoch: self.0.epoch.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Disk for SimDiskRef {
+    fn database(&self, path: &Path) -> std::io::Result<(Box<dyn StorageBackend>, bool)> {
+        let mut files = self.0.files.lock().unwrap();
+        let file = files.entry(path.to_path_buf()).or_default();
+        let fresh = file.current.is_empty();
+        drop(files);
+        Ok((Box::new(self.handle(path)), fresh))
+    }
+    fn create_log(&self, path: &Path) -> std::io::Result<Arc<dyn LogFile>> {
+        // The file's name is durable at once (the real disk fsyncs the directory), its content
+        // only when synced.
+        self.0
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), SimFile::default());
+        Ok(Arc::new(self.handle(path)))
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.handle(path).with(|f| Ok(f.current.clone()))
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.0.files.lock().unwrap().remove(path);
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        Ok(self
+            .0
+            .files
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+    fn allocated_bytes(&self, path: &Path) -> u64 {
+        self.0
+            .files
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(0, |f| f.current.len() as u64)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+const SYNC_INTERVAL_MS: u64 = 2_000;
+const SERIES: usize = 3;
+
+#[test]
+fn power_loss_loses_at_most_sync_interval() {
+    let disk = Arc::new(SimDisk::default());
+    let clock = Arc::new(ManualClock::default());
+    let path = PathBuf::from("/sim/power.redb");
+    let options = || Options {
+        flush_interval: Duration::from_millis(500),
+        sync_interval: Duration::from_millis(SYNC_INTERVAL_MS),
+        seal_interval: Duration::from_millis(7_000),
+        max_head_samples: 2_000,
+        zstd_level: 1,
+        clock: clock.clone(),
+        disk: Arc::new(SimDiskRef(disk.clone())),
+        ..Options::default()
+    };
+    // Every sample ever accepted: timestamp -> accepted at (simulated ms).
+    let mut accepted: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut next = 0i64;
+    let mut rng = 0x853c_49e6_748f_ea9bu64;
+    let mut random = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let mut checked = 0usize;
+    for cut in 0..30 {
+        let store = Store::open(&path, options()).unwrap();
+        let ids: Vec<_> = (0..SERIES)
+            .map(|s| {
+                store
+                    .series_id(&key(&format!("power{{s=\"{s}\"}}")))
+                    .unwrap()
+            })
+            .collect();
+        // Run for a random while: writes, time passing, the store's timers.
+        for _ in 0..random(400) {
+            let mut batch = WriteBatch::default();
+            for _ in 0..1 + random(20) {
+                for (s, id) in ids.iter().enumerate() {
+                    batch.sample(*id, next * 1000, next as f64 + s as f64 / 10.0);
+                }
+                accepted.insert(next, clock.0.load(Ordering::SeqCst));
+                next += 1;
+            }
+            store.write(batch).unwrap();
+            clock.0.fetch_add(random(300), Ordering::SeqCst);
+            store.tick().unwrap();
+        }
+        let cut_at = clock.0.load(Ordering::SeqCst);
+        disk.cut_power();
+        // The dead process' store can no longer write anything; let it go.
+        drop(store);
+
+        let store = Store::open(&path, options()).unwrap();
+        for s in 0..SERIES {
+            let sel = selector(&format!("power{{s=\"{s}\"}}"));
+            let points = store.query_raw(&sel, i64::MIN, i64::MAX).unwrap();
+            let points: BTreeMap<i64, f64> = points
+                .first()
+                .map(|p| p.points.iter().map(|(t, v)| (t / 1000, *v)).collect())
+                .unwrap_or_default();
+            for (n, v) in &points {
+                assert_eq!(*v, *n as f64 + s as f64 / 10.0, "cut {cut}: wrong value");
+            }
+            for (n, at) in &accepted {
+                if at + SYNC_INTERVAL_MS <= cut_at {
+                    assert!(
+                        points.contains_key(n),
+                        "cut {cut}: sample {n} of series {s}, accepted at {at} ms, lost by the \
+                         cut at {cut_at} ms"
+                    );
+                    checked += 1;
+                }
+            }
+            let counts = store
+                .query_step(
+                    &sel,
+                    i64::MIN / 4,
+                    i64::MAX / 4,
+                    3_600_000,
+                    Aggregation::Count,
+                )
+                .unwrap();
+            let counted: f64 = counts
+                .first()
+                .map_or(0.0, |c| c.points.iter().map(|p| p.1).sum());
+            assert_eq!(
+                counted as usize,
+                points.len(),
+                "cut {cut}: rollups disagree"
+            );
+        }
+        // What survived is the truth from now on.
+        let survivors = store
+            .query_raw(&selector(r#"power{s="0"}"#), i64::MIN, i64::MAX)
+            .unwrap();
+        let kept: std::collections::BTreeSet<i64> = survivors
+            .first()
+            .map(|p| p.points.iter().map(|(t, _)| t / 1000).collect())
+            .unwrap_or_default();
+        accepted.retain(|n, _| kept.contains(n));
+        next = kept.last().map_or(0, |n| n + 1).max(next);
+        store.close().unwrap();
+        clock.0.fetch_add(1, Ordering::SeqCst);
+    }
+    assert!(
+        checked > 1_000,
+        "only {checked} samples were old enough to check"
+    );
+}
