@@ -60,6 +60,22 @@ pub mod fuzzing {
         crate::wal::parse_log(bytes).map(|replay| replay.records.len())
     }
 
+    /// Decodes a raw chunk's body without its framing (tag, zstd, checksum), so that a fuzzer
+    /// reaches the codecs instead of stopping at the checksum.
+    pub fn decode_chunk_body(bytes: &[u8]) -> Result<usize, DecodeError> {
+        let mut reader = crate::codec::Reader::new(bytes);
+        let (timestamps, _) = crate::codec::decode_samples_body(&mut reader)?;
+        reader.finish()?;
+        Ok(timestamps.len())
+    }
+
+    /// The body of a raw chunk, unframed: seeds for the fuzzer.
+    pub fn encode_chunk_body(timestamps: &[i64], values: &[f64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::codec::encode_samples_body(timestamps, values, &mut out);
+        out
+    }
+
     /// Decodes one log record body; returns how many samples it held.
     pub fn decode_log_record(bytes: &[u8]) -> Result<usize, DecodeError> {
         crate::wal::Record::decode(bytes).map(|record| record.samples.len())

@@ -16,4 +16,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((buckets, rollups)) = decode_rollup_chunk(data) {
         assert_eq!(buckets.len(), rollups.len());
     }
+    let _ = outpost_storage::fuzzing::decode_chunk_body(data);
 });

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use outpost_storage::{Aggregation, Error, Store, FORMAT_VERSION};
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 
 use crate::{open, raw_bits, selector, write};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const CHUNKS: TableDefinition<(u32, u8, i64), &[u8]> = TableDefinition::new("chunks");
 
 fn fixture_path(version: u32) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,29 +190,39 @@ fn a_second_process_gets_a_clear_lock_error() {
 }
 
 #[test]
-fn a_corrupt_chunk_is_an_error_that_names_its_series() {
+fn a_corrupt_page_on_disk_is_an_error_that_names_its_series() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corrupt.redb");
     let store = open(&path);
-    let samples: Vec<(&str, i64, f64)> = (0..500)
-        .map(|i| (r#"victim{core="3"}"#, i * 1000, i as f64))
+    // Values that compress poorly, so the chunk is long enough to find in the file.
+    let samples: Vec<(&str, i64, f64)> = (0..3000i64)
+        .map(|i| {
+            (
+                r#"victim{core="3"}"#,
+                1_700_000_000_000 + i * 1000,
+                ((i * 7919) % 1000) as f64 / 7.0,
+            )
+        })
         .collect();
     write(&store, &samples);
-    write(&store, &[("bystander", 1, 1.0)]);
+    write(&store, &[("bystander", 1_700_000_000_000, 1.0)]);
     store.close().unwrap();
-    {
-        let db = redb::Database::open(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(CHUNKS).unwrap();
-            let key = (0u32, 0u8, 0i64);
-            let mut bytes = table.get(key).unwrap().unwrap().value().to_vec();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x55;
-            table.insert(key, bytes.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+
+    // Flip one bit of the chunk where it lies in the file, as rotting flash would.
+    let (timestamps, values): (Vec<i64>, Vec<f64>) = samples.iter().map(|s| (s.1, s.2)).unzip();
+    let chunk = outpost_storage::codec::encode_chunk(
+        &timestamps,
+        &values,
+        crate::test_options().zstd_level,
+    );
+    let mut file = std::fs::read(&path).unwrap();
+    let at = file
+        .windows(64)
+        .position(|w| w == &chunk[100..164])
+        .expect("the chunk is stored as encoded");
+    file[at + 10] ^= 0x40;
+    std::fs::write(&path, &file).unwrap();
+
     let store = open(&path);
     let error = store
         .query_raw(&selector("victim"), i64::MIN, i64::MAX)

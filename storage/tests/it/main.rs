@@ -3,6 +3,7 @@
 mod budget;
 mod crash;
 mod fixtures;
+mod fuzz_corpus;
 mod model;
 mod power;
 
