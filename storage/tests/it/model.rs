@@ -358,3 +358,59 @@ fn state_tables_commit_with_samples_and_survive_reopen() {
         None
     );
 }
+
+#[test]
+fn retention_drops_old_windows_per_tier() {
+    use outpost_storage::{Options, Retention};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000i64;
+    let options = Options {
+        retention: Retention {
+            raw: Some(Duration::from_secs(2 * 86_400)),
+            minute: Some(Duration::from_secs(5 * 86_400)),
+            hour: None,
+        },
+        ..crate::test_options()
+    };
+    let store = outpost_storage::Store::open(dir.path().join("retention.redb"), options).unwrap();
+    // One sample a minute for ten days.
+    let samples: Vec<(&str, i64, f64)> = (0..10 * 1440)
+        .map(|m| ("temp", m * 60_000, (m % 50) as f64))
+        .collect();
+    crate::write(&store, &samples);
+    store.seal().unwrap();
+    let newest = 10 * day - 60_000;
+    let raw = store
+        .query_raw(&selector("temp"), i64::MIN, i64::MAX)
+        .unwrap();
+    let oldest_raw = raw[0].points[0].0;
+    // Whole two-hour windows older than two days before the newest sample are gone.
+    assert!(
+        oldest_raw >= newest - 2 * day - 2 * 3_600_000,
+        "{oldest_raw}"
+    );
+    assert!(oldest_raw <= newest - 2 * day, "{oldest_raw}");
+    let minutes = store
+        .query_rollups(&selector("temp"), Tier::Minute, i64::MIN / 2, i64::MAX / 2)
+        .unwrap();
+    let oldest_minute = minutes[0].1[0].0;
+    assert!(
+        oldest_minute >= newest - 6 * day && oldest_minute <= newest - 5 * day,
+        "{oldest_minute}"
+    );
+    // The hour tier keeps everything: ten days of hours, each of sixty samples.
+    let hours = store
+        .query_step(
+            &selector("temp"),
+            0,
+            10 * day,
+            3_600_000,
+            Aggregation::Count,
+        )
+        .unwrap();
+    assert_eq!(hours[0].points.len(), 240);
+    assert!(hours[0].points.iter().all(|p| p.1 == 60.0));
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.raw_samples as usize, raw[0].points.len());
+}

@@ -299,3 +299,35 @@ fn power_loss_loses_at_most_sync_interval() {
         "only {checked} samples were old enough to check"
     );
 }
+
+#[test]
+fn after_a_failed_sync_the_store_refuses_writes_with_a_distinct_error() {
+    let disk = Arc::new(SimDisk::default());
+    let options = Options {
+        disk: Arc::new(SimDiskRef(disk.clone())),
+        clock: Arc::new(ManualClock::default()),
+        ..crate::test_options()
+    };
+    let store = Store::open("/sim/poison.redb", options).unwrap();
+    crate::write(&store, &[("up", 1, 1.0)]);
+    // The device goes away under the running store.
+    disk.cut_power();
+    let failed = store.sync().unwrap_err();
+    assert!(
+        matches!(failed, outpost_storage::Error::Io { .. }),
+        "{failed}"
+    );
+    let id = store.series_id(&key("up")).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.sample(id, 2, 2.0);
+    let refused = store.write(batch).unwrap_err();
+    assert!(
+        matches!(refused, outpost_storage::Error::Poisoned { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("restart"), "{refused}");
+    assert!(matches!(
+        store.sync(),
+        Err(outpost_storage::Error::Poisoned { .. })
+    ));
+}
