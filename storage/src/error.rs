@@ -60,12 +60,8 @@ pub enum Error {
         #[source]
         source: DecodeError,
     },
-    #[error("corrupt write-ahead log {path}: {source}")]
-    CorruptLog {
-        path: PathBuf,
-        #[source]
-        source: DecodeError,
-    },
+    #[error("corrupt write-ahead log {path}: {reason}")]
+    CorruptLog { path: PathBuf, reason: String },
     #[error("invalid selector {selector:?}: {reason}")]
     Selector { selector: String, reason: String },
     #[error("invalid series key {key:?}: {reason}")]

@@ -447,13 +447,13 @@ impl Store {
                 for (id, key) in record.defs {
                     let key = SeriesKey::parse(&key).map_err(|e| Error::CorruptLog {
                         path: log_path.clone(),
-                        source: crate::DecodeError::Invalid(leak_reason(e.to_string())),
+                        reason: e.to_string(),
                     })?;
                     catalogue
                         .define(id, key)
                         .map_err(|reason| Error::CorruptLog {
                             path: log_path.clone(),
-                            source: crate::DecodeError::Invalid(leak_reason(reason)),
+                            reason,
                         })?;
                 }
                 let known = catalogue.keys.len() as u32;
@@ -865,11 +865,6 @@ impl Drop for Store {
     }
 }
 
-fn leak_reason(reason: String) -> &'static str {
-    // Log corruption is rare and fatal to the open; a static message keeps DecodeError `Clone`.
-    Box::leak(reason.into_boxed_str())
-}
-
 fn init_or_check_format(db: &Database, path: &Path, fresh: bool) -> Result<u64> {
     let txn = db.begin_write()?;
     let existing = {
@@ -1148,17 +1143,15 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
         };
         match command {
             Some(Command::Write(batch, reply)) => {
-                // The writer seals a full head itself rather than wait for itself.
+                // A full head refuses the batch; the writer seals it itself (rather than wait
+                // for itself) and tries once more, into the emptied head.
                 let mut batch = Some(batch);
-                let result = shared
-                    .try_write(&mut batch)
-                    .and_then(|_| match batch.take() {
-                        Some(batch) => shared.seal().and_then(|()| {
-                            let mut batch = Some(batch);
-                            shared.try_write(&mut batch).map(|_| ())
-                        }),
-                        None => Ok(()),
-                    });
+                let mut result = shared.try_write(&mut batch).map(|_| ());
+                if result.is_ok() && batch.is_some() {
+                    result = shared
+                        .seal()
+                        .and_then(|()| shared.try_write(&mut batch).map(|_| ()));
+                }
                 let _ = reply.send(result);
             }
             Some(Command::Sync(reply)) => {
@@ -1242,13 +1235,15 @@ impl Shared {
     }
 
     /// A full head needs a seal before it takes more: it holds `max_head_samples`, or its log
-    /// holds an eighth of the byte budget.
+    /// (counting a byte for each sample not yet flushed, a lower bound) holds an eighth of the
+    /// byte budget, so that the log never crowds the budget.
     fn head_full(&self, head: &Head) -> bool {
+        let log_estimate = head.log.len + head.pending.samples.len() as u64;
         head.active.samples >= self.options.max_head_samples
             || self
                 .options
                 .budget_bytes
-                .is_some_and(|budget| head.log.len + head.pending.samples.len() as u64 > budget / 8)
+                .is_some_and(|budget| log_estimate > budget / 8)
     }
 
     /// Waits (bounded) until a seal has emptied a full head.
