@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use outpost_storage::text::Importer;
 use outpost_storage::{Aggregation, Options, Selector, Store};
@@ -47,9 +48,16 @@ pub enum DbCommand {
         /// Bucket width, such as 30s, 5m, 1h.
         #[arg(long)]
         step: Option<String>,
-        /// How each bucket is reduced (needs --step).
-        #[arg(long = "fn", value_enum, default_value = "avg", requires = "step")]
-        function: FunctionArg,
+        /// How each bucket is reduced (needs --step); rate is per second and reset-aware.
+        #[arg(
+            long = "fn",
+            default_value = "avg",
+            requires = "step",
+            value_parser = clap::builder::PossibleValuesParser::new(
+                ["avg", "min", "max", "sum", "count", "last", "rate"]
+            ).try_map(|f| f.parse::<Aggregation>())
+        )]
+        function: Aggregation,
         #[arg(long, value_enum, default_value = "csv")]
         format: Format,
     },
@@ -73,31 +81,6 @@ pub struct StoreArg {
     /// Path of the store file.
     #[arg(long = "db", env = "OUTPOST_DB", value_name = "PATH")]
     path: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum FunctionArg {
-    Avg,
-    Min,
-    Max,
-    Sum,
-    Count,
-    Last,
-    Rate,
-}
-
-impl From<FunctionArg> for Aggregation {
-    fn from(f: FunctionArg) -> Self {
-        match f {
-            FunctionArg::Avg => Aggregation::Avg,
-            FunctionArg::Min => Aggregation::Min,
-            FunctionArg::Max => Aggregation::Max,
-            FunctionArg::Sum => Aggregation::Sum,
-            FunctionArg::Count => Aggregation::Count,
-            FunctionArg::Last => Aggregation::Last,
-            FunctionArg::Rate => Aggregation::Rate,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,15 +108,7 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
                 .map(|s| parse_duration_ms(&s))
                 .transpose()
                 .context("--step")?;
-            query(
-                &store.path,
-                &selector,
-                from,
-                to,
-                step,
-                function.into(),
-                format,
-            )
+            query(&store.path, &selector, from, to, step, function, format)
         }
         DbCommand::Stats { store, json } => stats(&store.path, json),
         DbCommand::Compact { store } => {

@@ -560,8 +560,12 @@ impl Store {
         let mut batch = Some(batch);
         loop {
             let seal_due = self.shared.try_write(&mut batch)?;
-            if seal_due {
-                let _ = self.commands.try_send(CommandBox(Command::Wake));
+            if seal_due || batch.is_some() {
+                let woken = self.commands.try_send(CommandBox(Command::Wake));
+                if let Err(flume::TrySendError::Disconnected(_)) = woken {
+                    // The writer thread is gone: nobody will ever empty the head.
+                    return Err(Error::Closed);
+                }
             }
             if batch.is_none() {
                 return Ok(());
@@ -1045,33 +1049,7 @@ impl TierReader {
         to: i64,
         key: &SeriesKey,
     ) -> Result<Vec<(i64, Rollup)>> {
-        let window = window_of(tier);
-        let mut out = Vec::new();
-        if from > to {
-            return Ok(out);
-        }
-        let t = tier as u8;
-        for entry in self
-            .chunks
-            .range((id, t, bucket_of(from, window))..=(id, t, to))?
-        {
-            let (_, chunk) = entry?;
-            let (buckets, rollups) =
-                codec::decode_rollup_chunk(chunk.value()).map_err(|source| {
-                    Error::CorruptChunk {
-                        what: "rollup chunk",
-                        series: key.to_string(),
-                        source,
-                    }
-                })?;
-            out.extend(
-                buckets
-                    .into_iter()
-                    .zip(rollups)
-                    .filter(|(b, _)| *b >= from && *b <= to),
-            );
-        }
-        Ok(out)
+        read_rollups(&self.chunks, id, tier, from, to, &|| key.to_string())
     }
 
     /// Rollup points of `tier` in `[from, to]` (bucket-aligned), with the buckets that the head
@@ -1492,13 +1470,13 @@ impl Shared {
                     apply_rollups(&mut chunks, id, Tier::Minute, &minutes, level, &key_of)?;
                 let mut hours = hour_updates.remove(&id).unwrap_or_default();
                 for hour in hours_dirty {
-                    let points = read_rollup_range(
+                    let points = read_rollups(
                         &chunks,
                         id,
                         Tier::Minute,
                         hour,
                         hour.saturating_add(HOUR_MS - 1),
-                        &key_of,
+                        &|| key_of(id),
                     )?;
                     if let Some((_, rollup)) = query::coarsen(&points, HOUR_MS).into_iter().next() {
                         hours.insert(hour, rollup);
@@ -1752,22 +1730,27 @@ fn drop_windows_through(table: &mut ChunkTable<'_>, last_window: i64, tier: Tier
     Ok(points)
 }
 
-fn read_rollup_range(
-    table: &ChunkTable<'_>,
+/// Rollup points of one series and tier with bucket starts in `[from, to]`, from either a read
+/// or a write transaction's table.
+fn read_rollups(
+    table: &impl ReadableTable<(u32, u8, i64), &'static [u8]>,
     id: u32,
     tier: Tier,
     from: i64,
     to: i64,
-    key_of: &dyn Fn(u32) -> String,
+    series: &dyn Fn() -> String,
 ) -> Result<Vec<(i64, Rollup)>> {
     let mut out = Vec::new();
+    if from > to {
+        return Ok(out);
+    }
     let t = tier as u8;
     for entry in table.range((id, t, bucket_of(from, window_of(tier)))..=(id, t, to))? {
         let (_, chunk) = entry?;
         let (buckets, rollups) =
             codec::decode_rollup_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
                 what: "rollup chunk",
-                series: key_of(id),
+                series: series(),
                 source,
             })?;
         out.extend(
