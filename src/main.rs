@@ -2,6 +2,7 @@
 //! fleet. This file holds the command line; each command lives in its own module.
 
 mod db;
+mod tegrastats_cmd;
 mod timearg;
 
 use std::process::ExitCode;
@@ -28,6 +29,9 @@ enum Command {
     /// Work with a store file: import, query, statistics, compaction.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Work with tegrastats output: parse it as Outpost's agent does.
+    #[command(subcommand)]
+    Tegrastats(tegrastats_cmd::TegrastatsCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,9 +45,26 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Db(command) => db::run(command),
+        Command::Tegrastats(command) => tegrastats_cmd::run(command),
     };
     match result {
         Ok(code) => code,
+        // `outpost ... | head` closing the pipe early is not an error worth a message.
+        Err(error)
+            if error.chain().any(|cause| {
+                let kind = cause
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        cause
+                            .downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -3,3 +3,4 @@
 
 mod boundaries;
 mod cli;
+mod tegrastats;
