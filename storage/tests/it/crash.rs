@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outpost_storage::{Aggregation, Options, Store, WriteBatch};
+use outpost_storage::{Options, Store, WriteBatch};
 
 use crate::{key, selector};
 
@@ -150,20 +150,8 @@ fn kill_9_loses_at_most_flush_interval() {
                 );
             }
             // Rollups agree with the raw samples that survived.
-            let count = store
-                .query_step(
-                    &sel,
-                    i64::MIN / 4,
-                    i64::MAX / 4,
-                    3_600_000,
-                    Aggregation::Count,
-                )
-                .unwrap();
-            let counted: f64 = count
-                .first()
-                .map_or(0.0, |c| c.points.iter().map(|p| p.1).sum());
             assert_eq!(
-                counted as usize,
+                crate::rollup_count(&store, &sel),
                 points.len(),
                 "iteration {iteration}: rollup counts"
             );

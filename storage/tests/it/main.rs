@@ -56,6 +56,22 @@ pub fn raw_bits(store: &Store, sel: &str) -> Vec<(String, Vec<(i64, u64)>)> {
         .collect()
 }
 
+/// How many samples of the selected series the hourly rollups count, all time.
+pub fn rollup_count(store: &Store, sel: &Selector) -> usize {
+    let counts = store
+        .query_step(
+            sel,
+            i64::MIN / 4,
+            i64::MAX / 4,
+            3_600_000,
+            outpost_storage::Aggregation::Count,
+        )
+        .expect("count query");
+    counts
+        .first()
+        .map_or(0.0, |c| c.points.iter().map(|p| p.1).sum::<f64>()) as usize
+}
+
 pub fn open(path: &Path) -> Store {
     Store::open(path, test_options()).expect("store opens")
 }

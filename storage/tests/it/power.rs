@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_storage::{Aggregation, Clock, Disk, LogFile, Options, Store, WriteBatch};
+use outpost_storage::{Clock, Disk, LogFile, Options, Store, WriteBatch};
 use redb::{BackendError, StorageBackend};
 
 use crate::{key, selector};
@@ -263,20 +263,8 @@ fn power_loss_loses_at_most_sync_interval() {
                     checked += 1;
                 }
             }
-            let counts = store
-                .query_step(
-                    &sel,
-                    i64::MIN / 4,
-                    i64::MAX / 4,
-                    3_600_000,
-                    Aggregation::Count,
-                )
-                .unwrap();
-            let counted: f64 = counts
-                .first()
-                .map_or(0.0, |c| c.points.iter().map(|p| p.1).sum());
             assert_eq!(
-                counted as usize,
+                crate::rollup_count(&store, &sel),
                 points.len(),
                 "cut {cut}: rollups disagree"
             );
