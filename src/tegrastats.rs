@@ -15,7 +15,7 @@
 use nom::branch::alt;
 use nom::bytes::complete::{tag, take_while, take_while1, take_while_m_n};
 use nom::character::complete::{char, digit1, one_of};
-use nom::combinator::{map, map_res, opt, recognize};
+use nom::combinator::{map, map_opt, opt, recognize};
 use nom::multi::separated_list1;
 use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
@@ -126,25 +126,55 @@ pub struct Rail<'a> {
     pub extra: Vec<u64>,
 }
 
-type Res<'a, T> = IResult<&'a str, T>;
+// The parsers work on bytes: tegrastats prints ASCII, and skipping UTF-8 decoding of every
+// character more than doubles the speed. Names are turned back into `&str` (always valid, as
+// they are ASCII by construction) when they are kept.
+type Res<'a, T> = IResult<&'a [u8], T>;
 
-fn number(input: &str) -> Res<'_, u64> {
-    map_res(digit1, str::parse::<u64>).parse(input)
+fn text(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok()
 }
 
-fn decimal(input: &str) -> Res<'_, f64> {
-    map_res(
-        recognize((opt(char('-')), digit1, opt((char('.'), digit1)))),
-        str::parse::<f64>,
+fn digits_value(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+fn number(input: &[u8]) -> Res<'_, u64> {
+    map_opt(digit1, digits_value).parse(input)
+}
+
+fn decimal(input: &[u8]) -> Res<'_, f64> {
+    map_opt(
+        (opt(char('-')), digit1, opt(preceded(char('.'), digit1))),
+        |(sign, int, fraction): (Option<char>, &[u8], Option<&[u8]>)| {
+            // The integer of all digits over a power of ten: IEEE division is correctly rounded,
+            // so this is the f64 nearest the printed decimal, as `str::parse` would give, for up
+            // to 15 significant digits; longer numbers take the general path.
+            let fraction = fraction.unwrap_or_default();
+            let value = if int.len() + fraction.len() <= 15 {
+                let digits = digits_value(int)? * 10u64.pow(fraction.len() as u32)
+                    + digits_value(fraction).unwrap_or(0);
+                digits as f64 / 10f64.powi(fraction.len() as i32)
+            } else {
+                let mut printed = String::with_capacity(int.len() + fraction.len() + 1);
+                printed.push_str(text(int)?);
+                printed.push('.');
+                printed.push_str(text(fraction)?);
+                printed.parse::<f64>().ok()?
+            };
+            Some(if sign.is_some() { -value } else { value })
+        },
     )
     .parse(input)
 }
 
 /// A field ends at whitespace or at the end of the line.
-fn end_of_field(input: &str) -> Res<'_, ()> {
-    match input.chars().next() {
+fn end_of_field(input: &[u8]) -> Res<'_, ()> {
+    match input.first() {
         None => Ok((input, ())),
-        Some(c) if c.is_whitespace() => Ok((input, ())),
+        Some(c) if c.is_ascii_whitespace() => Ok((input, ())),
         Some(_) => Err(nom::Err::Error(nom::error::Error::new(
             input,
             nom::error::ErrorKind::Space,
@@ -155,9 +185,9 @@ fn end_of_field(input: &str) -> Res<'_, ()> {
 /// Zero or more of `item`, like nom's `many0` but without allocating when there are none: most
 /// fields have no extra values, and `many0` reserves room up front.
 fn repeated<'a, T>(
-    mut item: impl Parser<&'a str, Output = T, Error = nom::error::Error<&'a str>>,
-) -> impl Parser<&'a str, Output = Vec<T>, Error = nom::error::Error<&'a str>> {
-    move |mut input: &'a str| {
+    mut item: impl Parser<&'a [u8], Output = T, Error = nom::error::Error<&'a [u8]>>,
+) -> impl Parser<&'a [u8], Output = Vec<T>, Error = nom::error::Error<&'a [u8]>> {
+    move |mut input: &'a [u8]| {
         let mut out = Vec::new();
         while let Ok((rest, value)) = item.parse(input) {
             if rest.len() == input.len() {
@@ -170,12 +200,12 @@ fn repeated<'a, T>(
     }
 }
 
-fn spaces(input: &str) -> Res<'_, &str> {
-    take_while1(|c: char| c == ' ').parse(input)
+fn spaces(input: &[u8]) -> Res<'_, &[u8]> {
+    take_while1(|c: u8| c == b' ').parse(input)
 }
 
 /// `k`, `M` or `G` followed by `B`, as a byte multiplier (binary units).
-fn unit(input: &str) -> Res<'_, u64> {
+fn unit(input: &[u8]) -> Res<'_, u64> {
     map((one_of("kMG"), char('B')), |(u, _)| match u {
         'k' => 1 << 10,
         'M' => 1 << 20,
@@ -185,18 +215,18 @@ fn unit(input: &str) -> Res<'_, u64> {
 }
 
 /// `used/totalUNIT`: the unit follows the total and applies to both.
-fn used_total(input: &str) -> Res<'_, (u64, u64)> {
+fn used_total(input: &[u8]) -> Res<'_, (u64, u64)> {
     map((number, char('/'), number, unit), |(used, _, total, u)| {
         (used.saturating_mul(u), total.saturating_mul(u))
     })
     .parse(input)
 }
 
-fn timestamp(input: &str) -> Res<'_, Stamp> {
+fn timestamp(input: &[u8]) -> Res<'_, Stamp> {
     let two = |i| {
-        map_res(
+        map_opt(
             recognize((one_of("0123456789"), one_of("0123456789"))),
-            str::parse::<u8>,
+            |d: &[u8]| u8::try_from(digits_value(d)?).ok(),
         )
         .parse(i)
     };
@@ -206,7 +236,7 @@ fn timestamp(input: &str) -> Res<'_, Stamp> {
             char('-'),
             two,
             char('-'),
-            map_res(digit1, str::parse::<u16>),
+            map_opt(digit1, |d: &[u8]| u16::try_from(digits_value(d)?).ok()),
             spaces,
             two,
             char(':'),
@@ -227,7 +257,7 @@ fn timestamp(input: &str) -> Res<'_, Stamp> {
     .parse(input)
 }
 
-fn ram(input: &str) -> Res<'_, Ram> {
+fn ram(input: &[u8]) -> Res<'_, Ram> {
     map(
         (
             tag("RAM "),
@@ -251,7 +281,7 @@ fn ram(input: &str) -> Res<'_, Ram> {
     .parse(input)
 }
 
-fn swap(input: &str) -> Res<'_, Swap> {
+fn swap(input: &[u8]) -> Res<'_, Swap> {
     map(
         (
             tag("SWAP "),
@@ -272,7 +302,7 @@ fn swap(input: &str) -> Res<'_, Swap> {
     .parse(input)
 }
 
-fn iram(input: &str) -> Res<'_, Iram> {
+fn iram(input: &[u8]) -> Res<'_, Iram> {
     map(
         (
             tag("IRAM "),
@@ -294,7 +324,7 @@ fn iram(input: &str) -> Res<'_, Iram> {
 }
 
 /// `CPU [12%@1420,off,...]`, or the old `cpu [17%,13%]@408` with one frequency for all cores.
-fn cpus(input: &str) -> Res<'_, Vec<Option<Cpu>>> {
+fn cpus(input: &[u8]) -> Res<'_, Vec<Option<Cpu>>> {
     let core = alt((
         map(tag("off"), |_| None),
         map(
@@ -326,7 +356,7 @@ fn cpus(input: &str) -> Res<'_, Vec<Option<Cpu>>> {
     .parse(input)
 }
 
-fn mts(input: &str) -> Res<'_, Mts> {
+fn mts(input: &[u8]) -> Res<'_, Mts> {
     map(
         (
             tag("MTS fg "),
@@ -344,8 +374,11 @@ fn mts(input: &str) -> Res<'_, Mts> {
     .parse(input)
 }
 
-fn temperature(input: &str) -> Res<'_, Temperature<'_>> {
-    let name = take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+fn temperature(input: &[u8]) -> Res<'_, Temperature<'_>> {
+    let name = map_opt(
+        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'),
+        text,
+    );
     map(
         (
             name,
@@ -364,8 +397,11 @@ fn temperature(input: &str) -> Res<'_, Temperature<'_>> {
     .parse(input)
 }
 
-fn rail(input: &str) -> Res<'_, Rail<'_>> {
-    let name = take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_');
+fn rail(input: &[u8]) -> Res<'_, Rail<'_>> {
+    let name = map_opt(
+        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_'),
+        text,
+    );
     let milliwatts = |i| map((number, opt(tag("mW"))), |(n, _)| n).parse(i);
     map(
         (
@@ -387,15 +423,18 @@ fn rail(input: &str) -> Res<'_, Rail<'_>> {
     .parse(input)
 }
 
-fn gpc_list(input: &str) -> Res<'_, Vec<u64>> {
+fn gpc_list(input: &[u8]) -> Res<'_, Vec<u64>> {
     delimited(tag("@["), separated_list1(char(','), number), char(']')).parse(input)
 }
 
-fn engine(input: &str) -> Res<'_, (&str, Engine)> {
-    let name = recognize((
-        take_while_m_n(1, 1, |c: char| c.is_ascii_uppercase()),
-        take_while(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
-    ));
+fn engine(input: &[u8]) -> Res<'_, (&str, Engine)> {
+    let name = map_opt(
+        recognize((
+            take_while_m_n(1, 1, |c: u8| c.is_ascii_uppercase()),
+            take_while(|c: u8| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'),
+        )),
+        text,
+    );
     let on = |load: Option<u64>, freq: Option<u64>| Engine::On {
         load_percent: load,
         freq_mhz: freq,
@@ -442,30 +481,42 @@ enum Field<'a> {
 
 /// Picks the one parser that can match from the field's first token, rather than trying each in
 /// turn: the speed of a parser that runs once a second on every device adds up.
-fn field(input: &str) -> Res<'_, Field<'_>> {
-    let token_end = input.find(char::is_whitespace).unwrap_or(input.len());
+fn field(input: &[u8]) -> Res<'_, Field<'_>> {
+    let token_end = input
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(input.len());
     let token = &input[..token_end];
+    let after = skip_spaces(&input[token_end..]);
     match token {
-        "RAM" => map(ram, Field::Ram).parse(input),
-        "SWAP" => map(swap, Field::Swap).parse(input),
-        "IRAM" => map(iram, Field::Iram).parse(input),
-        "CPU" | "cpu" if input[token_end..].trim_start().starts_with('[') => {
-            map(cpus, Field::Cpus).parse(input)
-        }
-        "MTS" => map(mts, Field::Mts).parse(input),
-        _ if token.ends_with('C') && token.contains('@') => {
+        b"RAM" => map(ram, Field::Ram).parse(input),
+        b"SWAP" => map(swap, Field::Swap).parse(input),
+        b"IRAM" => map(iram, Field::Iram).parse(input),
+        b"CPU" | b"cpu" if after.first() == Some(&b'[') => map(cpus, Field::Cpus).parse(input),
+        b"MTS" => map(mts, Field::Mts).parse(input),
+        _ if token.ends_with(b"C") && token.contains(&b'@') => {
             map(temperature, Field::Temperature).parse(input)
         }
         _ => {
-            let value = input[token_end..].trim_start();
-            let value = &value[..value.find(char::is_whitespace).unwrap_or(value.len())];
-            if value.contains('/') {
+            let value_end = after
+                .iter()
+                .position(u8::is_ascii_whitespace)
+                .unwrap_or(after.len());
+            if after[..value_end].contains(&b'/') {
                 map(rail, Field::Rail).parse(input)
             } else {
                 map(engine, |(name, engine)| Field::Engine(name, engine)).parse(input)
             }
         }
     }
+}
+
+fn skip_spaces(input: &[u8]) -> &[u8] {
+    let start = input
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(input.len());
+    &input[start..]
 }
 
 /// Parses one line of tegrastats output, with or without its trailing newline. Never fails:
@@ -478,13 +529,13 @@ pub fn parse(line: &str) -> Tegrastats<'_> {
         rails: Vec::with_capacity(8),
         ..Tegrastats::default()
     };
-    let mut rest = line.trim_start();
+    let mut rest = skip_spaces(line.as_bytes());
     if let Ok((after, stamp)) = timestamp(rest) {
         out.timestamp = Some(stamp);
         rest = after;
     }
     loop {
-        rest = rest.trim_start();
+        rest = skip_spaces(rest);
         if rest.is_empty() {
             break;
         }
@@ -503,9 +554,16 @@ pub fn parse(line: &str) -> Tegrastats<'_> {
                 rest = after;
             }
             Err(_) => {
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                out.unknown.push(&rest[..end]);
-                rest = &rest[end..];
+                // Token boundaries are ASCII whitespace, so these offsets are char boundaries.
+                let start = line.len() - rest.len();
+                let len = rest
+                    .iter()
+                    .position(u8::is_ascii_whitespace)
+                    .unwrap_or(rest.len());
+                if let Some(token) = line.get(start..start + len) {
+                    out.unknown.push(token);
+                }
+                rest = &rest[len..];
             }
         }
     }
