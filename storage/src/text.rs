@@ -99,7 +99,6 @@ pub struct Importer<'s> {
     batch_size: usize,
     now_ms: i64,
     pub samples: u64,
-    pub errors: u64,
 }
 
 impl<'s> Importer<'s> {
@@ -113,12 +112,10 @@ impl<'s> Importer<'s> {
             batch_size,
             now_ms,
             samples: 0,
-            errors: 0,
         }
     }
 
-    /// Imports one line. A malformed line is counted and returned as an error; the import goes
-    /// on. Store errors (which stop the import) are the outer error.
+    /// Imports one line. A malformed line is returned as an error; the import goes on. Store errors (which stop the import) are the outer error.
     pub fn line(
         &mut self,
         line: &str,
@@ -127,7 +124,12 @@ impl<'s> Importer<'s> {
         let parsed = match parse_line(line) {
             Ok(Line::Skip) => return Ok(Ok(())),
             Ok(parsed) => parsed,
-            Err(message) => return Ok(Err(self.error(line_number, message))),
+            Err(message) => {
+                return Ok(Err(LineError {
+                    line_number,
+                    message,
+                }))
+            }
         };
         let Line::Sample {
             series,
@@ -142,7 +144,12 @@ impl<'s> Importer<'s> {
             None => {
                 let key = match SeriesKey::parse(series) {
                     Ok(key) => key,
-                    Err(e) => return Ok(Err(self.error(line_number, e.to_string()))),
+                    Err(e) => {
+                        return Ok(Err(LineError {
+                            line_number,
+                            message: e.to_string(),
+                        }))
+                    }
                 };
                 let id = self.store.series_id(&key)?;
                 self.ids.insert(series.into(), id);
@@ -159,14 +166,6 @@ impl<'s> Importer<'s> {
             ))?;
         }
         Ok(Ok(()))
-    }
-
-    fn error(&mut self, line_number: u64, message: String) -> LineError {
-        self.errors += 1;
-        LineError {
-            line_number,
-            message,
-        }
     }
 
     /// Writes what is left and seals it into the store.
