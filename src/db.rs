@@ -131,7 +131,14 @@ fn open_existing(path: &Path) -> Result<Store> {
             path.display()
         );
     }
-    Ok(Store::open(path, Options::default())?)
+    match Store::open(path, Options::default()) {
+        Err(error @ outpost_storage::Error::Locked { .. }) => Err(anyhow::Error::new(error)
+            .context(
+                "if `outpost agent` holds it, query the agent instead: \
+             curl '127.0.0.1:9810/api/query?match=SELECTOR&from=-1h'",
+            )),
+        other => Ok(other?),
+    }
 }
 
 /// Counts the bytes read through it, for the progress bar.
@@ -287,10 +294,21 @@ fn query(
     store.close()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    write_results(&mut out, &results, format)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes query results as `outpost db query` prints them (the agent's `/api/query` too).
+pub fn write_results(
+    out: &mut impl Write,
+    results: &[outpost_storage::SeriesPoints],
+    format: Format,
+) -> std::io::Result<()> {
     match format {
         Format::Csv => {
             writeln!(out, "series,timestamp_ms,value")?;
-            for series in &results {
+            for series in results {
                 let name = csv_field(&series.series.to_string());
                 for (ts, value) in &series.points {
                     writeln!(out, "{name},{ts},{}", format_value(*value))?;
@@ -310,12 +328,11 @@ fn query(
                     })
                 })
                 .collect();
-            serde_json::to_writer(&mut out, &json)?;
+            serde_json::to_writer(&mut *out, &json)?;
             writeln!(out)?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn stats(path: &Path, json: bool) -> Result<ExitCode> {

@@ -1,6 +1,8 @@
 //! `outpost`: one binary for the agent that runs on each device and the hub that gathers the
 //! fleet. This file holds the command line; each command lives in its own module.
 
+mod agent;
+mod collect;
 mod db;
 mod tegrastats_cmd;
 mod timearg;
@@ -26,6 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: collect this device's metrics into its store and serve /metrics.
+    ///
+    /// Collectors: host (always), tegrastats and Jetson sysfs files (on Jetsons), NVML (where
+    /// an NVIDIA driver is installed), health probes and application metrics from the config.
+    Agent(agent::AgentArgs),
     /// Work with a store file: import, query, statistics, compaction.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
         Command::Db(command) => db::run(command),
         Command::Tegrastats(command) => tegrastats_cmd::run(command),
     };

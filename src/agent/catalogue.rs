@@ -1,0 +1,104 @@
+//! The metric catalogue, read from `docs/metrics.md` at build time: the document is the single
+//! list of what the agent emits, `/metrics` takes its `# HELP` and `# TYPE` lines from it, and a
+//! test checks that the collectors emit nothing it does not describe.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+pub const DOCUMENT: &str = include_str!("../../docs/metrics.md");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricDoc {
+    pub name: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    pub unit: &'static str,
+    pub labels: &'static str,
+    pub description: &'static str,
+}
+
+/// Parses the tables' rows: `| `name` | type | unit | labels | description |`.
+pub fn parse(document: &'static str) -> Vec<MetricDoc> {
+    let mut metrics = Vec::new();
+    for line in document.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&'static str> = row.split(" | ").map(str::trim).collect();
+        if cells.len() < 5 {
+            continue;
+        }
+        let Some(name) = cells[0].strip_suffix('`') else {
+            continue;
+        };
+        metrics.push(MetricDoc {
+            name,
+            kind: cells[1],
+            unit: cells[2],
+            labels: cells[3],
+            description: cells[4].trim_end_matches('|').trim(),
+        });
+    }
+    metrics
+}
+
+pub fn lookup(name: &str) -> Option<&'static MetricDoc> {
+    static INDEX: OnceLock<HashMap<&'static str, MetricDoc>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| parse(DOCUMENT).into_iter().map(|m| (m.name, m)).collect())
+        .get(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_metric_is_well_formed() {
+        let metrics = parse(DOCUMENT);
+        assert!(metrics.len() > 70, "only {} metrics parsed", metrics.len());
+        let mut seen = std::collections::HashSet::new();
+        for metric in &metrics {
+            assert!(seen.insert(metric.name), "{} documented twice", metric.name);
+            assert!(
+                matches!(metric.kind, "gauge" | "counter"),
+                "{}: type {:?}",
+                metric.name,
+                metric.kind
+            );
+            assert_eq!(
+                metric.kind == "counter",
+                metric.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                metric.name
+            );
+            assert!(
+                !metric.description.is_empty(),
+                "{} has no description",
+                metric.name
+            );
+            for (suffix, unit) in [
+                ("_bytes", "bytes"),
+                ("_seconds", "seconds"),
+                ("_hertz", "hertz"),
+                ("_celsius", "celsius"),
+                ("_watts", "watts"),
+                ("_ratio", "ratio"),
+                ("_volts", "volts"),
+                ("_amperes", "amperes"),
+            ] {
+                if metric.name.trim_end_matches("_total").ends_with(suffix) {
+                    assert_eq!(metric.unit, unit, "{}: unit", metric.name);
+                }
+            }
+            assert!(
+                !metric
+                    .labels
+                    .split(", ")
+                    .any(|l| l.trim_matches('`') == "instance"),
+                "{}: the label instance is reserved for the hub",
+                metric.name
+            );
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The agent's TOML configuration: what `outpost agent --config FILE` reads.
+//!
+//! Every key has a default, so an empty file is a working config; `config/agent.toml` spells the
+//! defaults out and a test keeps the two equal. Unknown keys are errors (a typo must not silently
+//! turn a collector off), and values are checked at load with messages that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer};
+
+/// The commented default config, printed by `outpost agent --print-default-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/agent.toml");
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    pub store: StoreSection,
+    pub host: HostSection,
+    pub tegrastats: TegrastatsSection,
+    pub jetson: JetsonSection,
+    pub nvml: NvmlSection,
+    pub import: ImportSection,
+    #[serde(rename = "scrape")]
+    pub scrapes: Vec<ScrapeConfig>,
+    #[serde(rename = "probe")]
+    pub probes: Vec<ProbeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Where `/metrics`, `/api/health`, the store queries and the import endpoint are served.
+    pub listen: SocketAddr,
+    /// How often the agent's own metrics are recorded.
+    pub self_interval: Interval,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9810)),
+            self_interval: Interval::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub path: PathBuf,
+    /// The most bytes the store's files may take; the oldest data goes first.
+    pub budget: ByteSize,
+    /// How often samples reach the write-ahead log: a crash of the agent loses at most this.
+    pub flush_interval: Interval,
+    /// How often the log is fsynced: a power cut loses at most this.
+    pub sync_interval: Interval,
+    /// How often samples are folded into compressed chunks. Longer writes less to flash and
+    /// holds more in memory.
+    pub seal_interval: Interval,
+    /// A seal also happens when this many samples wait in memory.
+    pub max_head_samples: usize,
+    /// redb's page cache.
+    pub cache: ByteSize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: PathBuf::from("outpost-agent.redb"),
+            budget: ByteSize(1 << 30),
+            flush_interval: Interval::secs(5),
+            sync_interval: Interval::secs(30),
+            seal_interval: Interval::secs(900),
+            max_head_samples: 300_000,
+            cache: ByteSize(2 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    pub enabled: bool,
+    pub interval: Interval,
+    /// Process names (as in `ps -o comm`) whose CPU and memory are recorded.
+    pub processes: Vec<String>,
+    /// Mount points whose file systems are left out (pseudo file systems are always left out).
+    pub ignore_mounts: Vec<String>,
+    /// Network interfaces left out, by exact name.
+    pub ignore_interfaces: Vec<String>,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection {
+            enabled: true,
+            interval: Interval::secs(1),
+            processes: Vec::new(),
+            ignore_mounts: Vec::new(),
+            ignore_interfaces: vec!["lo".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TegrastatsSection {
+    /// `auto` runs tegrastats when it is installed; `on` insists (and retries); `off` never.
+    pub enabled: Toggle,
+    pub path: PathBuf,
+    pub interval: Interval,
+    /// Replays a recorded log instead of running tegrastats (for tests, demos and bug reports).
+    pub replay: Option<PathBuf>,
+    /// Replay pace relative to the log's own: 1 is real time, 10 ten times faster, 0 as fast as
+    /// the store takes it.
+    pub replay_speed: f64,
+}
+
+impl Default for TegrastatsSection {
+    fn default() -> Self {
+        TegrastatsSection {
+            enabled: Toggle::Auto,
+            path: PathBuf::from("tegrastats"),
+            interval: Interval::secs(1),
+            replay: None,
+            replay_speed: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetsonSection {
+    /// `auto` reads the Jetson files in sysfs when the device tree says this is a Jetson.
+    pub enabled: Toggle,
+    pub interval: Interval,
+    /// The file system root under which `/sys`, `/proc` and `/etc` are read (a copy of a
+    /// device's files in tests, or the host's root from inside a container).
+    pub root: PathBuf,
+}
+
+impl Default for JetsonSection {
+    fn default() -> Self {
+        JetsonSection {
+            enabled: Toggle::Auto,
+            interval: Interval::secs(5),
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvmlSection {
+    /// `auto` uses NVML when the driver library loads; `on` logs an error when it does not.
+    pub enabled: Toggle,
+    pub interval: Interval,
+    /// The NVML library; recent drivers install only the `.so.1` name.
+    pub library: PathBuf,
+}
+
+impl Default for NvmlSection {
+    fn default() -> Self {
+        NvmlSection {
+            enabled: Toggle::Auto,
+            interval: Interval::secs(1),
+            library: PathBuf::from("libnvidia-ml.so.1"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportSection {
+    /// Accept `POST /api/v1/import/prometheus`.
+    pub enabled: bool,
+    /// Accept imports from other hosts too (only loopback by default).
+    pub allow_remote: bool,
+    /// The most distinct series one source (client address, or `source` query parameter) may
+    /// create; further new series are refused with 429 so a runaway label cannot fill the store.
+    pub max_series_per_source: usize,
+    /// The largest request body accepted.
+    pub max_body: ByteSize,
+}
+
+impl Default for ImportSection {
+    fn default() -> Self {
+        ImportSection {
+            enabled: true,
+            allow_remote: false,
+            max_series_per_source: 1000,
+            max_body: ByteSize(4 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeConfig {
+    /// Names the source in `outpost_scrape_*` metrics and logs.
+    pub name: String,
+    /// `http://` or `https://` URL of a Prometheus text endpoint.
+    pub url: String,
+    #[serde(default = "default_scrape_interval")]
+    pub interval: Interval,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    /// The most series kept from one scrape; the rest are dropped and counted.
+    #[serde(default = "default_scrape_series")]
+    pub max_series: usize,
+    /// Labels added to every scraped series.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_scrape_interval() -> Interval {
+    Interval::secs(15)
+}
+fn default_timeout() -> Interval {
+    Interval::secs(5)
+}
+fn default_scrape_series() -> usize {
+    1000
+}
+fn default_probe_interval() -> Interval {
+    Interval::secs(30)
+}
+fn default_failures() -> u32 {
+    3
+}
+
+// No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened
+// check refuses unknown keys instead.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ProbeConfig {
+    /// The `probe` label of the probe's metrics.
+    pub name: String,
+    #[serde(flatten)]
+    pub check: ProbeCheck,
+    #[serde(default = "default_probe_interval")]
+    pub interval: Interval,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    /// Further attempts within one round before the round counts as failed.
+    #[serde(default)]
+    pub retries: u32,
+    /// Consecutive failed rounds before `probe_up` drops to 0 (an outage).
+    #[serde(default = "default_failures")]
+    pub failures_before_down: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProbeCheck {
+    Http {
+        url: String,
+        /// Status codes that count as success; by default 200-399.
+        #[serde(default)]
+        expect_status: Vec<u16>,
+        /// A regular expression the body must match.
+        #[serde(default)]
+        body_pattern: Option<String>,
+        /// Accept any certificate (self-signed devices on a lab network); expiry is still
+        /// reported.
+        #[serde(default)]
+        insecure: bool,
+    },
+    Tcp {
+        address: String,
+    },
+    Dns {
+        name: String,
+    },
+    Ping {
+        host: String,
+        #[serde(default = "default_ping_count")]
+        count: u32,
+    },
+    Process {
+        /// Process name, as in `ps -o comm`.
+        process: String,
+    },
+    Filesystem {
+        path: PathBuf,
+        /// The round fails when less than this is free.
+        #[serde(default)]
+        min_free: ByteSize,
+    },
+}
+
+fn default_ping_count() -> u32 {
+    3
+}
+
+/// `auto`, `on` or `off` (`true`/`false` also accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(true) => Ok(Toggle::On),
+            Raw::Bool(false) => Ok(Toggle::Off),
+            Raw::Text(text) => match text.as_str() {
+                "auto" => Ok(Toggle::Auto),
+                "on" => Ok(Toggle::On),
+                "off" => Ok(Toggle::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not one of \"auto\", \"on\", \"off\""
+                ))),
+            },
+        }
+    }
+}
+
+/// A duration written as in the command line: `500ms`, `1s`, `5m`, `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl Interval {
+    pub const fn secs(secs: u64) -> Self {
+        Interval(Duration::from_secs(secs))
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let ms = crate::timearg::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
+        Ok(Interval(Duration::from_millis(ms as u64)))
+    }
+}
+
+/// A size: a number of bytes, or text with a binary unit (`512KiB`, `64MiB`, `1GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let number: u64 = text[..split]
+            .parse()
+            .with_context(|| format!("{text:?} is not a size like 512MiB"))?;
+        let factor: u64 = match text[split..].trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            unit => bail!("{text:?}: unknown unit {unit:?}; use B, KiB, MiB, GiB or TiB"),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .with_context(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<()> {
+        let min = Duration::from_millis(100);
+        let mut intervals = vec![
+            ("agent.self_interval", self.agent.self_interval),
+            ("store.flush_interval", self.store.flush_interval),
+            ("host.interval", self.host.interval),
+            ("tegrastats.interval", self.tegrastats.interval),
+            ("jetson.interval", self.jetson.interval),
+            ("nvml.interval", self.nvml.interval),
+        ];
+        for (i, scrape) in self.scrapes.iter().enumerate() {
+            intervals.push((leak(format!("scrape[{i}].interval")), scrape.interval));
+            intervals.push((leak(format!("scrape[{i}].timeout")), scrape.timeout));
+        }
+        for (i, probe) in self.probes.iter().enumerate() {
+            intervals.push((leak(format!("probe[{i}].interval")), probe.interval));
+            intervals.push((leak(format!("probe[{i}].timeout")), probe.timeout));
+        }
+        for (key, interval) in intervals {
+            if interval.0 < min {
+                bail!("{key}: must be at least 100ms");
+            }
+        }
+        if self.store.sync_interval.0 < self.store.flush_interval.0 {
+            bail!("store.sync_interval: must be at least store.flush_interval");
+        }
+        if self.store.seal_interval.0 < self.store.flush_interval.0 {
+            bail!("store.seal_interval: must be at least store.flush_interval");
+        }
+        if self.store.budget.0 < 4 << 20 {
+            bail!("store.budget: must be at least 4MiB");
+        }
+        if self.store.max_head_samples == 0 {
+            bail!("store.max_head_samples: must be greater than zero");
+        }
+        if self.store.path.as_os_str().is_empty() {
+            bail!("store.path: must not be empty");
+        }
+        if !(self.tegrastats.replay_speed >= 0.0 && self.tegrastats.replay_speed.is_finite()) {
+            bail!("tegrastats.replay_speed: must be 0 (as fast as possible) or a positive factor");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, scrape) in self.scrapes.iter().enumerate() {
+            crate::collect::http::Target::parse(&scrape.url)
+                .with_context(|| format!("scrape[{i}].url"))?;
+            if !names.insert(("scrape", scrape.name.as_str())) {
+                bail!("scrape[{i}].name: {:?} is used twice", scrape.name);
+            }
+            for label in scrape.labels.keys() {
+                if label == "instance" {
+                    bail!("scrape[{i}].labels: `instance` is reserved (the hub sets it to the device id)");
+                }
+            }
+        }
+        for (i, probe) in self.probes.iter().enumerate() {
+            if probe.name.is_empty() {
+                bail!("probe[{i}].name: must not be empty");
+            }
+            if !names.insert(("probe", probe.name.as_str())) {
+                bail!("probe[{i}].name: {:?} is used twice", probe.name);
+            }
+            if probe.failures_before_down == 0 {
+                bail!("probe[{i}].failures_before_down: must be at least 1");
+            }
+            match &probe.check {
+                ProbeCheck::Http {
+                    url, body_pattern, ..
+                } => {
+                    crate::collect::http::Target::parse(url)
+                        .with_context(|| format!("probe[{i}].url"))?;
+                    if let Some(pattern) = body_pattern {
+                        regex::Regex::new(pattern)
+                            .with_context(|| format!("probe[{i}].body_pattern"))?;
+                    }
+                }
+                ProbeCheck::Tcp { address } if address.rsplit_once(':').is_none() => {
+                    bail!("probe[{i}].address: {address:?} needs a port (host:port)");
+                }
+                ProbeCheck::Ping { count, .. } if *count == 0 || *count > 100 => {
+                    bail!("probe[{i}].count: must be between 1 and 100");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validation messages name keys built at run time; the config is validated a handful of times
+/// per process, so the leak is bounded.
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_default_config_is_the_default() {
+        let parsed = AgentConfig::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, AgentConfig::default());
+        assert_eq!(AgentConfig::parse("").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let error = |text: &str| format!("{:#}", AgentConfig::parse(text).unwrap_err());
+        assert!(error("[host]\nintervl = \"1s\"").contains("intervl"));
+        let e = error("[host]\ninterval = \"1x\"");
+        assert!(e.contains("interval") && e.contains("unknown unit"), "{e}");
+        assert!(error("[host]\ninterval = \"10ms\"").contains("host.interval"));
+        assert!(error("[store]\nbudget = \"1MiB\"").contains("store.budget"));
+        assert!(error("[tegrastats]\nenabled = \"maybe\"").contains("maybe"));
+        let e = error("[[probe]]\nname = \"a\"\nkind = \"http\"\nurl = \"ftp://x\"");
+        assert!(e.contains("probe[0].url"), "{e}");
+        let e = error("[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"x\"");
+        assert!(e.contains("probe[0].address"), "{e}");
+        let e = error("[[probe]]\nname = \"a\"\nkind = \"smtp\"");
+        assert!(e.contains("smtp"), "{e}");
+        let e =
+            error("[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"x:1\"\ntimout = \"1s\"");
+        assert!(e.contains("timout"), "{e}");
+        AgentConfig::parse(
+            "[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"x:1\"\ntimeout = \"1s\"",
+        )
+        .unwrap();
+        let e =
+            error("[[scrape]]\nname = \"a\"\nurl = \"http://x/\"\nlabels = { instance = \"y\" }");
+        assert!(e.contains("scrape[0].labels"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("512").unwrap().0, 512);
+        assert_eq!(ByteSize::parse("64MiB").unwrap().0, 64 << 20);
+        assert!(ByteSize::parse("1GB").is_err());
+        assert!(ByteSize::parse("99999999999TiB").is_err());
+    }
+}

@@ -1,0 +1,334 @@
+//! The agent's HTTP endpoints: `/metrics`, `/api/health`, `/api/query` (the store, which
+//! `outpost db query` cannot open while the agent holds it) and
+//! `POST /api/v1/import/prometheus` (VictoriaMetrics' path and format, so existing clients work).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use outpost_storage::{Aggregation, Selector};
+
+use super::config::ImportSection;
+use super::sink::Sink;
+use crate::collect::scrape::parse_exposition;
+use crate::db::{write_results, Format};
+use crate::timearg::{now_ms, parse_duration_ms, parse_time};
+
+pub struct HttpState {
+    pub sink: Arc<Sink>,
+    /// Replaced on SIGHUP.
+    pub import: std::sync::RwLock<ImportSection>,
+    pub started: Instant,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    let max_body = state.import.read().expect("import config lock").max_body.0;
+    let body_limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/health", get(health))
+        .route("/api/query", get(query))
+        .route(
+            "/api/v1/import/prometheus",
+            post(import).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.sink.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<Arc<HttpState>>) -> Response {
+    let now = now_ms();
+    let collectors: serde_json::Map<String, serde_json::Value> = state
+        .sink
+        .collector_stats()
+        .into_iter()
+        .map(|(name, stats)| {
+            (
+                name,
+                serde_json::json!({
+                    "rounds": stats.rounds,
+                    "errors": stats.errors,
+                    "seconds_since_success": stats.last_success_ms.map(|at| (now - at) as f64 / 1000.0),
+                }),
+            )
+        })
+        .collect();
+    let store = state.sink.store.stats();
+    let (status, store_json) = match &store {
+        Ok(stats) => (
+            "ok",
+            serde_json::json!({"series": stats.series, "disk_bytes": stats.disk_bytes}),
+        ),
+        Err(error) => ("failing", serde_json::json!({"error": error.to_string()})),
+    };
+    let code = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "store": store_json,
+        "collectors": collectors,
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{}\n", message.into())).into_response()
+}
+
+/// A time parameter: RFC 3339, milliseconds, `now`, or a negative duration relative to now
+/// (`-1h`).
+fn time_param(text: &str, now: i64) -> anyhow::Result<i64> {
+    match text.strip_prefix('-') {
+        Some(ago)
+            if ago.starts_with(|c: char| c.is_ascii_digit())
+                && !ago.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Ok(now - parse_duration_ms(ago)?)
+        }
+        _ => parse_time(text, now),
+    }
+}
+
+async fn query(State(state): State<Arc<HttpState>>, RawQuery(raw): RawQuery) -> Response {
+    let params = query_pairs(raw.as_deref().unwrap_or(""));
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let now = now_ms();
+    let Some(selector) = param("match") else {
+        return bad_request("missing match= (a selector such as node_load1 or cpu{core=\"0\"})");
+    };
+    let selector = match Selector::parse(selector) {
+        Ok(s) => s,
+        Err(e) => return bad_request(format!("match: {e}")),
+    };
+    let from = match time_param(param("from").unwrap_or("-1h"), now) {
+        Ok(t) => t,
+        Err(e) => return bad_request(format!("from: {e:#}")),
+    };
+    let to = match time_param(param("to").unwrap_or("now"), now) {
+        Ok(t) => t,
+        Err(e) => return bad_request(format!("to: {e:#}")),
+    };
+    if from > to {
+        return bad_request("from is after to");
+    }
+    let step = match param("step").map(parse_duration_ms).transpose() {
+        Ok(step) => step,
+        Err(e) => return bad_request(format!("step: {e:#}")),
+    };
+    if step.is_some_and(|s| s <= 0) {
+        return bad_request("step: must be positive");
+    }
+    let function = match param("fn").unwrap_or("avg").parse::<Aggregation>() {
+        Ok(f) => f,
+        Err(e) => return bad_request(format!("fn: {e}")),
+    };
+    let format = match param("format").unwrap_or("json") {
+        "json" => Format::Json,
+        "csv" => Format::Csv,
+        other => return bad_request(format!("format: {other:?} is not csv or json")),
+    };
+    let sink = state.sink.clone();
+    let result = tokio::task::spawn_blocking(move || match step {
+        None => sink.store.query_raw(&selector, from, to),
+        Some(step) => sink.store.query_step(&selector, from, to, step, function),
+    })
+    .await;
+    let results = match result {
+        Ok(Ok(results)) => results,
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let mut body = Vec::new();
+    if let Err(e) = write_results(&mut body, &results, format) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    }
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `POST /api/v1/import/prometheus[?source=NAME][&extra_label=name=value...]`: the body is the
+/// Prometheus text format. Good lines are stored even when others are bad; the response says
+/// which were refused and why.
+async fn import(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let config = state.import.read().expect("import config lock").clone();
+    if !config.enabled {
+        return (
+            StatusCode::NOT_FOUND,
+            "import is disabled in the agent's config ([import] enabled)\n",
+        )
+            .into_response();
+    }
+    if !config.allow_remote && !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "imports are accepted from this host only ([import] allow_remote)\n",
+        )
+            .into_response();
+    }
+    let params = query_pairs(raw.as_deref().unwrap_or(""));
+    let mut extra = BTreeMap::new();
+    let mut source = format!("import:{}", peer.ip());
+    for (key, value) in &params {
+        match key.as_str() {
+            "source" => source = format!("import:{value}"),
+            "extra_label" => {
+                let Some((label, value)) = value.split_once('=') else {
+                    return bad_request(format!("extra_label {value:?}: expected name=value"));
+                };
+                if label == "instance" {
+                    return bad_request("extra_label: `instance` is reserved for the hub");
+                }
+                extra.insert(label.to_string(), value.to_string());
+            }
+            _ => {}
+        }
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return bad_request("the body is not UTF-8 text");
+    };
+    let parsed = parse_exposition(text, &extra);
+    let now = now_ms();
+    let cap = config.max_series_per_source;
+    let mut known = state.sink.source_series(&source);
+    let mut refused = 0usize;
+    let mut accepted = Vec::with_capacity(parsed.samples.len());
+    let mut new_in_request = std::collections::HashSet::new();
+    for (key, value, timestamp) in parsed.samples {
+        let is_new = !state.sink.source_has(&source, &key) && !new_in_request.contains(&key);
+        if is_new {
+            if known >= cap {
+                refused += 1;
+                continue;
+            }
+            known += 1;
+            new_in_request.insert(key.clone());
+        }
+        accepted.push((key, value, timestamp.unwrap_or(now)));
+    }
+    let stored = accepted.len();
+    if let Err(e) = state
+        .sink
+        .write_timestamped(&source, now, accepted, true)
+        .await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store refused the samples: {e:#}\n"),
+        )
+            .into_response();
+    }
+    if refused > 0 {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "stored {stored} samples; refused {refused} samples of new series: source {:?} \
+                 is at its limit of {cap} series ([import] max_series_per_source)\n",
+                source.trim_start_matches("import:")
+            ),
+        )
+            .into_response();
+    }
+    if parsed.bad_lines > 0 {
+        return bad_request(format!(
+            "stored {stored} samples; {} lines refused: {}",
+            parsed.bad_lines,
+            parsed.errors.join("; ")
+        ));
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Splits and percent-decodes a query string.
+pub fn query_pairs(raw: &str) -> Vec<(String, String)> {
+    raw.split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_strings() {
+        assert_eq!(
+            query_pairs("match=cpu%7Bcore%3D%220%22%7D&from=-1h&x"),
+            [
+                ("match".to_string(), r#"cpu{core="0"}"#.to_string()),
+                ("from".to_string(), "-1h".to_string()),
+                ("x".to_string(), String::new())
+            ]
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz+b"), "%zz b");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(
+            time_param("-1h", 10_000_000).unwrap(),
+            10_000_000 - 3_600_000
+        );
+        assert_eq!(time_param("5000", 0).unwrap(), 5000);
+    }
+}

@@ -1,0 +1,578 @@
+//! `outpost agent`: the daemon that runs on each device. It opens the local store, starts the
+//! collectors that this device supports, serves its HTTP endpoints, and on SIGTERM stops the
+//! collectors and seals the store; on SIGHUP it reloads the config and restarts the collectors.
+//!
+//! Everything runs on one thread of a current-thread tokio runtime (collectors read small files
+//! and are quick), beside the store's own writer thread: the agent has to stay small on a
+//! 4 GiB Jetson.
+
+pub mod catalogue;
+pub mod config;
+pub mod http;
+pub mod sink;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use outpost_storage::{Options, Store};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use crate::collect::{self, Samples};
+use crate::timearg::now_ms;
+use config::{AgentConfig, Toggle};
+use sink::Sink;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent's TOML config; without it the defaults apply (see --print-default-config).
+    #[arg(long, short, env = "OUTPOST_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the default config, with every key explained, and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Check the config and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Store file (overrides [store] path).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Address for /metrics and the API (overrides [agent] listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Replay a recorded tegrastats log (plain or .zst) instead of running tegrastats.
+    #[arg(long, value_name = "FILE")]
+    tegrastats_replay: Option<PathBuf>,
+    /// Replay pace: 1 is the log's own, 10 ten times faster, 0 as fast as possible.
+    #[arg(long, value_name = "FACTOR")]
+    replay_speed: Option<f64>,
+    /// Stop the agent (cleanly, store sealed) when the replay reaches the end of the log.
+    #[arg(long, requires = "tegrastats_replay")]
+    exit_after_replay: bool,
+}
+
+pub fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
+    if args.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let config = load_config(&args)?;
+    if args.check_config {
+        println!("config is valid");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(daemon(args, config))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn load_config(args: &AgentArgs) -> Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(store) = &args.store {
+        config.store.path = store.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.agent.listen = listen;
+    }
+    if let Some(replay) = &args.tegrastats_replay {
+        config.tegrastats.replay = Some(replay.clone());
+        config.tegrastats.enabled = Toggle::On;
+    }
+    if let Some(speed) = args.replay_speed {
+        config.tegrastats.replay_speed = speed;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn store_options(config: &AgentConfig) -> Options {
+    Options {
+        flush_interval: config.store.flush_interval.0,
+        sync_interval: config.store.sync_interval.0,
+        seal_interval: config.store.seal_interval.0,
+        max_head_samples: config.store.max_head_samples,
+        budget_bytes: Some(config.store.budget.0),
+        cache_bytes: usize::try_from(config.store.cache.0).unwrap_or(usize::MAX),
+        ..Options::default()
+    }
+}
+
+async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let started = Instant::now();
+    let path = config.store.path.clone();
+    let options = store_options(&config);
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, options))
+        .await?
+        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    let sink = Arc::new(Sink::new(store));
+
+    let listener = tokio::net::TcpListener::bind(config.agent.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([agent] listen)", config.agent.listen))?;
+    let http_state = Arc::new(http::HttpState {
+        sink: sink.clone(),
+        import: std::sync::RwLock::new(config.import.clone()),
+        started,
+    });
+    let app = http::router(http_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    tracing::info!(
+        listen = %config.agent.listen,
+        store = %config.store.path.display(),
+        "agent started"
+    );
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (replay_done_tx, mut replay_done) = tokio::sync::mpsc::channel::<()>(1);
+    let mut collectors = start_collectors(&config, &sink, started, replay_done_tx.clone());
+    let mut maintenance = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = hangup.recv() => {
+                match load_config(&args) {
+                    Ok(new) => {
+                        if new.store != config.store || new.agent.listen != config.agent.listen {
+                            tracing::warn!("[store] and [agent] listen change only at restart; the rest is reloaded");
+                        }
+                        collectors.shutdown().await;
+                        *http_state.import.write().expect("import config lock") = new.import.clone();
+                        config = new;
+                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone());
+                        tracing::info!("SIGHUP: config reloaded");
+                    }
+                    Err(error) => tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}"),
+                }
+            }
+            Some(()) = replay_done.recv() => {
+                if args.exit_after_replay {
+                    tracing::info!("replay finished: stopping");
+                    break;
+                }
+            }
+            _ = maintenance.tick() => sink.drop_stale(now_ms()),
+        }
+    }
+    collectors.shutdown().await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    // Seal what the head holds, so that a clean stop leaves nothing for recovery to replay.
+    let sink_for_seal = sink.clone();
+    tokio::task::spawn_blocking(move || sink_for_seal.store.seal())
+        .await?
+        .context("sealing the store at shutdown")?;
+    drop(http_state);
+    if let Ok(sink) = Arc::try_unwrap(sink) {
+        tokio::task::spawn_blocking(move || sink.store.close()).await??;
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn start_collectors(
+    config: &AgentConfig,
+    sink: &Arc<Sink>,
+    started: Instant,
+    replay_done: tokio::sync::mpsc::Sender<()>,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    if config.host.enabled {
+        let mut host = collect::host::HostCollector::new(config.host.clone());
+        tasks.spawn(periodic(
+            "host",
+            config.host.interval.0,
+            sink.clone(),
+            move |out| {
+                host.collect(out);
+                Ok(())
+            },
+        ));
+    }
+    let jetson_root = config.jetson.root.clone();
+    let jetson_on = match config.jetson.enabled {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => collect::jetson::is_jetson(&jetson_root),
+    };
+    if jetson_on {
+        let mut jetson = collect::jetson::JetsonCollector::new(jetson_root);
+        let id = jetson.identity().clone();
+        tracing::info!(model = %id.model, l4t = %id.l4t, jetpack = %id.jetpack, "Jetson collector on");
+        tasks.spawn(periodic(
+            "jetson",
+            config.jetson.interval.0,
+            sink.clone(),
+            move |out| {
+                jetson.collect(out);
+                Ok(())
+            },
+        ));
+    }
+    if config.nvml.enabled != Toggle::Off {
+        match collect::nvml::NvmlCollector::open(&config.nvml.library) {
+            Ok(mut nvml) => {
+                tracing::info!("NVML collector on: {}", nvml.describe());
+                tasks.spawn(periodic(
+                    "nvml",
+                    config.nvml.interval.0,
+                    sink.clone(),
+                    move |out| nvml.collect(out),
+                ));
+            }
+            Err(error) if config.nvml.enabled == Toggle::On => {
+                tracing::error!("{error:#}; NVIDIA dGPU collector off");
+            }
+            Err(error) => tracing::info!("{error:#}; NVIDIA dGPU collector off"),
+        }
+    }
+    let tegrastats = &config.tegrastats;
+    let source = match (&tegrastats.replay, tegrastats.enabled) {
+        (_, Toggle::Off) => None,
+        (Some(path), _) => Some(collect::tegrastats::Source::Replay {
+            path: path.clone(),
+            speed: tegrastats.replay_speed,
+        }),
+        (None, Toggle::On) => Some(collect::tegrastats::Source::Spawn {
+            path: tegrastats.path.clone(),
+            interval: tegrastats.interval.0,
+        }),
+        (None, Toggle::Auto) if collect::tegrastats::installed(&tegrastats.path) => {
+            Some(collect::tegrastats::Source::Spawn {
+                path: tegrastats.path.clone(),
+                interval: tegrastats.interval.0,
+            })
+        }
+        (None, Toggle::Auto) => None,
+    };
+    if let Some(source) = source {
+        tasks.spawn(tegrastats_task(
+            source,
+            tegrastats.interval.0,
+            sink.clone(),
+            replay_done,
+        ));
+    }
+    for probe in &config.probes {
+        tasks.spawn(probe_task(probe.clone(), sink.clone()));
+    }
+    for scrape in &config.scrapes {
+        tasks.spawn(scrape_task(scrape.clone(), sink.clone()));
+    }
+    tasks.spawn(self_metrics_task(
+        config.agent.self_interval.0,
+        sink.clone(),
+        started,
+    ));
+    tasks
+}
+
+/// Runs a synchronous collector every `interval` and stores what it returns.
+async fn periodic<F>(name: &'static str, interval: Duration, sink: Arc<Sink>, mut collect: F)
+where
+    F: FnMut(&mut Samples) -> Result<()> + Send + 'static,
+{
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let mut samples = Samples::new();
+        let result = collect(&mut samples);
+        let at = now_ms();
+        let result = match result {
+            Ok(()) => sink.write(name, at, samples, false).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = &result {
+            if !failing {
+                tracing::warn!(collector = name, "collection failed: {error:#}");
+            }
+        } else if failing {
+            tracing::info!(collector = name, "collection works again");
+        }
+        failing = result.is_err();
+        sink.collector_round(name, started.elapsed(), result.is_ok(), at);
+    }
+}
+
+async fn tegrastats_task(
+    source: collect::tegrastats::Source,
+    interval: Duration,
+    sink: Arc<Sink>,
+    replay_done: tokio::sync::mpsc::Sender<()>,
+) {
+    use collect::tegrastats::{read_log, replay_gap, run_tegrastats, to_samples, Source};
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
+    let producer = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            match source {
+                Source::Replay { path, speed } => {
+                    let log = match read_log(&path) {
+                        Ok(log) => log,
+                        Err(error) => {
+                            tracing::error!("tegrastats replay: {error:#}");
+                            return;
+                        }
+                    };
+                    tracing::info!(lines = log.len(), file = %path.display(), speed, "replaying tegrastats");
+                    for (i, line) in log.iter().enumerate() {
+                        if i > 0 {
+                            let gap = replay_gap(&log[i - 1], line, interval, speed);
+                            if !gap.is_zero() {
+                                tokio::time::sleep(gap).await;
+                            }
+                        }
+                        if lines_tx.send(line.clone()).await.is_err() {
+                            return;
+                        }
+                    }
+                    tracing::info!("tegrastats replay finished");
+                }
+                Source::Spawn { path, interval } => {
+                    let mut backoff = Duration::from_secs(1);
+                    loop {
+                        let started = Instant::now();
+                        let error = run_tegrastats(&path, interval, &lines_tx).await;
+                        if lines_tx.is_closed() {
+                            return;
+                        }
+                        if started.elapsed() > Duration::from_secs(60) {
+                            backoff = Duration::from_secs(1);
+                        }
+                        match error {
+                            Err(error) => tracing::warn!("{error:#}; restarting in {backoff:?}"),
+                            Ok(()) => return,
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        })
+    };
+    // Replayed lines at full speed arrive faster than the clock ticks: stamps stay strictly
+    // increasing so that no line overwrites the one before.
+    let mut last_stamp = i64::MIN;
+    let (mut lines_total, mut unknown_total) = (0u64, 0u64);
+    while let Some(line) = lines.recv().await {
+        let started = Instant::now();
+        let parsed = outpost::tegrastats::parse(&line);
+        let mut samples = Samples::new();
+        to_samples(&parsed, &mut samples);
+        lines_total += 1;
+        unknown_total += parsed.unknown.len() as u64;
+        if !parsed.unknown.is_empty() && unknown_total == parsed.unknown.len() as u64 {
+            tracing::warn!(tokens = ?parsed.unknown, "tegrastats printed fields this agent does not know; they are skipped");
+        }
+        samples.add("outpost_tegrastats_lines_total", &[], lines_total as f64);
+        samples.add(
+            "outpost_tegrastats_unknown_tokens_total",
+            &[],
+            unknown_total as f64,
+        );
+        let at = now_ms().max(last_stamp + 1);
+        last_stamp = at;
+        let result = sink.write("tegrastats", at, samples, false).await;
+        if let Err(error) = &result {
+            tracing::warn!("storing tegrastats samples: {error:#}");
+        }
+        sink.collector_round("tegrastats", started.elapsed(), result.is_ok(), at);
+    }
+    let _ = producer.await;
+    let _ = replay_done.send(()).await;
+}
+
+async fn probe_task(config: config::ProbeConfig, sink: Arc<Sink>) {
+    let mut ticker = tokio::time::interval(config.interval.0);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let source = format!("probe:{}", config.name);
+    let mut probe = collect::probes::Probe::new(config);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let mut samples = Samples::new();
+        probe.round(&mut samples).await;
+        let at = now_ms();
+        let result = sink.write(&source, at, samples, false).await;
+        sink.collector_round(&source, started.elapsed(), result.is_ok(), at);
+    }
+}
+
+async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
+    let mut ticker = tokio::time::interval(config.interval.0);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let source = format!("scrape:{}", config.name);
+    let Ok(target) = collect::http::Target::parse(&config.url) else {
+        return;
+    };
+    let mut dropped_total = 0u64;
+    let mut last_error = String::new();
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let now = now_ms();
+        let response = collect::http::get(&target, config.timeout.0, false, 16 << 20).await;
+        let mut up = false;
+        let mut samples: Vec<(outpost_storage::SeriesKey, f64, i64)> = Vec::new();
+        match response {
+            Ok(response) if response.status == 200 => {
+                let text = String::from_utf8_lossy(&response.body);
+                let parsed = collect::scrape::parse_exposition(&text, &config.labels);
+                let mut seen = std::collections::HashSet::new();
+                for (key, value, timestamp) in parsed.samples {
+                    if seen.len() >= config.max_series && !seen.contains(&key) {
+                        dropped_total += 1;
+                        continue;
+                    }
+                    seen.insert(key.clone());
+                    samples.push((key, value, timestamp.unwrap_or(now)));
+                }
+                if parsed.bad_lines > 0 && last_error.is_empty() {
+                    tracing::warn!(scrape = %config.name, "{} bad lines: {}", parsed.bad_lines, parsed.errors.join("; "));
+                }
+                up = true;
+                last_error.clear();
+            }
+            Ok(response) => {
+                let error = format!("status {}", response.status);
+                if error != last_error {
+                    tracing::warn!(scrape = %config.name, url = %config.url, "{error}");
+                }
+                last_error = error;
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                if error != last_error {
+                    tracing::warn!(scrape = %config.name, url = %config.url, "{error}");
+                }
+                last_error = error;
+            }
+        }
+        let mut own = Samples::new();
+        let labels = [("scrape", config.name.as_str())];
+        own.add("outpost_scrape_up", &labels, f64::from(up));
+        own.add(
+            "outpost_scrape_duration_seconds",
+            &labels,
+            started.elapsed().as_secs_f64(),
+        );
+        own.add("outpost_scrape_samples", &labels, samples.len() as f64);
+        own.add(
+            "outpost_scrape_dropped_series_total",
+            &labels,
+            dropped_total as f64,
+        );
+        samples.extend(own.values.into_iter().map(|(k, v)| (k, v, now)));
+        let result = sink.write_timestamped(&source, now, samples, false).await;
+        sink.collector_round(&source, started.elapsed(), up && result.is_ok(), now);
+    }
+}
+
+/// The agent's own figures: what it costs the device.
+async fn self_metrics_task(interval: Duration, sink: Arc<Sink>, started: Instant) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let start_written = self_io_write_bytes().unwrap_or(0.0);
+    loop {
+        ticker.tick().await;
+        let mut out = Samples::new();
+        let at = now_ms();
+        if let Some((ticks, rss_pages)) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| collect::host::process_stat(&stat))
+        {
+            out.add("outpost_process_cpu_seconds_total", &[], ticks / 100.0);
+            out.add(
+                "outpost_process_resident_memory_bytes",
+                &[],
+                rss_pages * 4096.0,
+            );
+        }
+        let uptime = started.elapsed().as_secs_f64();
+        out.add("outpost_uptime_seconds", &[], uptime);
+        if let Some(written) = self_io_write_bytes() {
+            out.add("outpost_process_disk_written_bytes_total", &[], written);
+            if uptime >= 1.0 {
+                out.add(
+                    "outpost_disk_write_bytes_per_day",
+                    &[],
+                    (written - start_written).max(0.0) / uptime * 86_400.0,
+                );
+            }
+        }
+        out.add(
+            "outpost_store_samples_written_total",
+            &[],
+            sink.samples_written
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+        out.add(
+            "outpost_store_write_errors_total",
+            &[],
+            sink.write_errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+        let sink_for_stats = sink.clone();
+        if let Ok(Ok(stats)) =
+            tokio::task::spawn_blocking(move || sink_for_stats.store.stats()).await
+        {
+            out.add("outpost_store_series", &[], stats.series as f64);
+            out.add("outpost_store_disk_bytes", &[], stats.disk_bytes as f64);
+            out.add("outpost_store_head_samples", &[], stats.head_samples as f64);
+            out.add(
+                "outpost_store_written_bytes_total",
+                &[],
+                stats.bytes_written_since_open as f64,
+            );
+        }
+        for (name, stats) in sink.collector_stats() {
+            let labels = [("collector", name.as_str())];
+            out.add(
+                "outpost_collector_duration_seconds",
+                &labels,
+                stats.last_duration.as_secs_f64(),
+            );
+            out.add(
+                "outpost_collector_errors_total",
+                &labels,
+                stats.errors as f64,
+            );
+        }
+        if let Err(error) = sink.write("self", at, out, false).await {
+            tracing::warn!("storing self-metrics: {error:#}");
+        }
+    }
+}
+
+/// Bytes this process caused to be written to storage (`write_bytes` in `/proc/self/io`):
+/// what reaches the flash, page cache write-back included.
+fn self_io_write_bytes() -> Option<f64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}

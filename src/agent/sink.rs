@@ -1,0 +1,180 @@
+//! Where every collector's samples go: the store, and the latest value of each series for
+//! `/metrics`. Also keeps the per-collector figures that become self-metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Result;
+use outpost_storage::{SeriesKey, Store, WriteBatch};
+
+use super::catalogue;
+use crate::collect::Samples;
+
+/// The latest values of one source.
+#[derive(Debug, Default)]
+struct Latest {
+    values: HashMap<SeriesKey, f64>,
+    updated_ms: i64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CollectorStats {
+    pub last_duration: Duration,
+    pub errors: u64,
+    pub rounds: u64,
+    pub last_success_ms: Option<i64>,
+}
+
+pub struct Sink {
+    pub store: Store,
+    latest: Mutex<BTreeMap<String, Latest>>,
+    collectors: Mutex<BTreeMap<String, CollectorStats>>,
+    pub samples_written: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// How long a pushed or scraped series stays in `/metrics` without a new value.
+const STALE_MS: i64 = 5 * 60_000;
+
+impl Sink {
+    pub fn new(store: Store) -> Self {
+        Sink {
+            store,
+            latest: Mutex::new(BTreeMap::new()),
+            collectors: Mutex::new(BTreeMap::new()),
+            samples_written: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Stores a round of samples taken at `at_ms`. The source's previous values leave
+    /// `/metrics` (a core that went offline stops being shown), unless `merge` is set, as for
+    /// pushed application metrics that arrive a few series at a time.
+    pub async fn write(
+        &self,
+        source: &str,
+        at_ms: i64,
+        samples: Samples,
+        merge: bool,
+    ) -> Result<()> {
+        let timestamped = samples
+            .values
+            .into_iter()
+            .map(|(key, value)| (key, value, at_ms))
+            .collect();
+        self.write_timestamped(source, at_ms, timestamped, merge)
+            .await
+    }
+
+    /// Stores samples that carry their own timestamps.
+    pub async fn write_timestamped(
+        &self,
+        source: &str,
+        now_ms: i64,
+        samples: Vec<(SeriesKey, f64, i64)>,
+        merge: bool,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::with_capacity(samples.len());
+        for (key, value, at) in &samples {
+            let id = self.store.series_id(key)?;
+            batch.sample(id, *at, *value);
+        }
+        let count = samples.len() as u64;
+        if let Err(error) = self.store.write_async(batch).await {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(error.into());
+        }
+        self.samples_written.fetch_add(count, Ordering::Relaxed);
+        let mut latest = self.latest.lock().expect("latest values lock");
+        let entry = latest.entry(source.to_string()).or_default();
+        if !merge {
+            entry.values.clear();
+        }
+        for (key, value, _) in samples {
+            entry.values.insert(key, value);
+        }
+        entry.updated_ms = now_ms;
+        Ok(())
+    }
+
+    /// Series a source has shown in `/metrics`, to enforce per-source caps on pushes.
+    pub fn source_series(&self, source: &str) -> usize {
+        let latest = self.latest.lock().expect("latest values lock");
+        latest.get(source).map_or(0, |l| l.values.len())
+    }
+
+    pub fn source_has(&self, source: &str, key: &SeriesKey) -> bool {
+        let latest = self.latest.lock().expect("latest values lock");
+        latest
+            .get(source)
+            .is_some_and(|l| l.values.contains_key(key))
+    }
+
+    pub fn collector_round(&self, name: &str, duration: Duration, ok: bool, now_ms: i64) {
+        let mut collectors = self.collectors.lock().expect("collector stats lock");
+        let stats = collectors.entry(name.to_string()).or_default();
+        stats.last_duration = duration;
+        stats.rounds += 1;
+        if ok {
+            stats.last_success_ms = Some(now_ms);
+        } else {
+            stats.errors += 1;
+        }
+    }
+
+    pub fn collector_stats(&self) -> BTreeMap<String, CollectorStats> {
+        self.collectors
+            .lock()
+            .expect("collector stats lock")
+            .clone()
+    }
+
+    /// Forgets sources that have not written for a while (a pushing application that stopped).
+    pub fn drop_stale(&self, now_ms: i64) {
+        let mut latest = self.latest.lock().expect("latest values lock");
+        latest.retain(|_, l| now_ms - l.updated_ms < STALE_MS);
+    }
+
+    /// The Prometheus text exposition of the latest values.
+    pub fn render_metrics(&self) -> String {
+        let latest = self.latest.lock().expect("latest values lock");
+        let mut families: BTreeMap<&str, Vec<(&SeriesKey, f64)>> = BTreeMap::new();
+        for source in latest.values() {
+            for (key, value) in &source.values {
+                families.entry(key.name()).or_default().push((key, *value));
+            }
+        }
+        let mut text = String::with_capacity(64 * 1024);
+        for (name, mut series) in families {
+            series.sort_by(|a, b| a.0.cmp(b.0));
+            if let Some(doc) = catalogue::lookup(name) {
+                let _ = writeln!(
+                    text,
+                    "# HELP {name} {}",
+                    doc.description.replace('\\', "\\\\")
+                );
+                let _ = writeln!(text, "# TYPE {name} {}", doc.kind);
+            }
+            for (key, value) in series {
+                let _ = writeln!(text, "{key} {}", format_value(value));
+            }
+        }
+        text
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        // Rust's shortest round-trip form; Prometheus parses it back exactly.
+        format!("{value}")
+    }
+}

@@ -1,0 +1,282 @@
+//! A small HTTP/1.1 GET client for probes and scrapes: hyper over a TCP or rustls stream that
+//! the probe holds itself, so that it can read the server's certificate (expiry) and time the
+//! whole exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+/// A parsed `http://` or `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// Host as written, without brackets for IPv6.
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Self> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            bail!("{url:?}: only http:// and https:// URLs are supported");
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        if authority.contains('@') {
+            bail!("{url:?}: credentials in URLs are not supported");
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .with_context(|| format!("{url:?}: unclosed [ in the host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port.parse().with_context(|| format!("{url:?}: bad port"))?,
+                None if after.is_empty() => default_port,
+                None => bail!("{url:?}: unexpected {after:?} after the host"),
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (
+                    host.to_string(),
+                    port.parse()
+                        .with_context(|| format!("{url:?}: bad port {port:?}"))?,
+                ),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            bail!("{url:?}: no host");
+        }
+        Ok(Target {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.tls, self.port) {
+            (false, 80) | (true, 443) => host,
+            (_, port) => format!("{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Bytes,
+    /// The server certificate's `notAfter`, seconds since the epoch (TLS only).
+    pub certificate_expiry: Option<i64>,
+}
+
+/// GETs `target`, reading at most `max_body` bytes of body, all within `timeout`.
+pub async fn get(
+    target: &Target,
+    timeout: Duration,
+    insecure: bool,
+    max_body: usize,
+) -> Result<Response> {
+    tokio::time::timeout(timeout, get_inner(target, insecure, max_body))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
+}
+
+async fn get_inner(target: &Target, insecure: bool, max_body: usize) -> Result<Response> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
+    tcp.set_nodelay(true).ok();
+    let request = hyper::Request::get(&target.path)
+        .header(hyper::header::HOST, target.authority())
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("outpost/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(
+            hyper::header::ACCEPT,
+            "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+        )
+        .body(Empty::<Bytes>::new())
+        .context("building the request")?;
+    if target.tls {
+        let name = ServerName::try_from(target.host.clone())
+            .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config(insecure));
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        let certificate_expiry = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, cert)| cert.validity().not_after.timestamp());
+        let (status, body) = exchange(stream, request, max_body).await?;
+        Ok(Response {
+            status,
+            body,
+            certificate_expiry,
+        })
+    } else {
+        let (status, body) = exchange(tcp, request, max_body).await?;
+        Ok(Response {
+            status,
+            body,
+            certificate_expiry: None,
+        })
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    request: hyper::Request<Empty<Bytes>>,
+    max_body: usize,
+) -> Result<(u16, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await.context("HTTP request")?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}
+
+fn tls_config(insecure: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+/// For `insecure = true` probes: any certificate is accepted, signatures are still checked so
+/// the handshake is a real one.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("http://127.0.0.1:9100/metrics?x=1").unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (false, "127.0.0.1", 9100, "/metrics?x=1")
+        );
+        let t = Target::parse("https://example.net").unwrap();
+        assert_eq!(
+            (t.port, t.path.as_str(), t.authority().as_str()),
+            (443, "/", "example.net")
+        );
+        let t = Target::parse("http://[::1]:8080/").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority().as_str()),
+            ("::1", 8080, "[::1]:8080")
+        );
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://x:port/",
+            "http://u:p@x/",
+            "http://[::1/",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

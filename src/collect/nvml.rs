@@ -1,0 +1,236 @@
+//! NVIDIA dGPU metrics through NVML, loaded at run time so that one binary runs with and without
+//! a driver. A field the device does not support (most of them on a Jetson's NVML, JetPack 6
+//! on) is skipped silently for that device after its first failure, so each metric comes from
+//! whichever source works there: tegrastats and sysfs cover the Jetson's GPU.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+
+use anyhow::{Context, Result};
+
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
+};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::Nvml;
+
+use super::Samples;
+
+pub struct NvmlCollector {
+    nvml: Nvml,
+    /// (device index, metric) pairs that failed once: not asked again.
+    unsupported: HashSet<(u32, &'static str)>,
+}
+
+impl NvmlCollector {
+    /// Loads the library and initialises NVML. The error says why, in one line, for the log.
+    pub fn open(library: &std::path::Path) -> Result<Self> {
+        let nvml = Nvml::builder()
+            .lib_path(OsStr::new(library.as_os_str()))
+            .init()
+            .map_err(|error| {
+                // libloading's message already names the library and the reason, once.
+                let reason = match &error {
+                    nvml_wrapper::error::NvmlError::LibloadingError(e) => e.to_string(),
+                    other => other.to_string(),
+                };
+                anyhow::anyhow!("NVML unavailable ({}): {reason}", library.display())
+            })?;
+        Ok(NvmlCollector {
+            nvml,
+            unsupported: HashSet::new(),
+        })
+    }
+
+    /// Driver version and the GPUs found, for the start-up log line.
+    pub fn describe(&self) -> String {
+        let driver = self.nvml.sys_driver_version().unwrap_or_default();
+        let count = self.nvml.device_count().unwrap_or(0);
+        let names: Vec<String> = (0..count)
+            .filter_map(|i| self.nvml.device_by_index(i).ok()?.name().ok())
+            .collect();
+        format!("driver {driver}, {count} GPU(s): {}", names.join(", "))
+    }
+
+    pub fn collect(&mut self, out: &mut Samples) -> Result<()> {
+        let count = self.nvml.device_count().context("NVML device count")?;
+        for index in 0..count {
+            let device = self.nvml.device_by_index(index).context("NVML device")?;
+            let gpu = index.to_string();
+            let name = device.name().unwrap_or_default();
+            let uuid = device.uuid().unwrap_or_default();
+            let labels = [("gpu", gpu.as_str())];
+            out.add(
+                "nvml_gpu_info",
+                &[("gpu", &gpu), ("name", &name), ("uuid", &uuid)],
+                1.0,
+            );
+            let unsupported = &mut self.unsupported;
+            let mut try_read =
+                |metric: &'static str,
+                 read: &mut dyn FnMut(
+                    &mut Samples,
+                )
+                    -> Result<(), nvml_wrapper::error::NvmlError>| {
+                    if unsupported.contains(&(index, metric)) {
+                        return;
+                    }
+                    if let Err(error) = read(out) {
+                        tracing::debug!(gpu = index, metric, %error, "NVML field not available");
+                        unsupported.insert((index, metric));
+                    }
+                };
+            try_read("utilization", &mut |out| {
+                let u = device.utilization_rates()?;
+                out.add(
+                    "nvml_gpu_utilization_ratio",
+                    &labels,
+                    f64::from(u.gpu) / 100.0,
+                );
+                out.add(
+                    "nvml_memory_utilization_ratio",
+                    &labels,
+                    f64::from(u.memory) / 100.0,
+                );
+                Ok(())
+            });
+            try_read("encoder", &mut |out| {
+                let u = device.encoder_utilization()?;
+                out.add(
+                    "nvml_encoder_utilization_ratio",
+                    &labels,
+                    f64::from(u.utilization) / 100.0,
+                );
+                Ok(())
+            });
+            try_read("decoder", &mut |out| {
+                let u = device.decoder_utilization()?;
+                out.add(
+                    "nvml_decoder_utilization_ratio",
+                    &labels,
+                    f64::from(u.utilization) / 100.0,
+                );
+                Ok(())
+            });
+            try_read("memory", &mut |out| {
+                let m = device.memory_info()?;
+                out.add("nvml_memory_used_bytes", &labels, m.used as f64);
+                out.add("nvml_memory_total_bytes", &labels, m.total as f64);
+                Ok(())
+            });
+            try_read("temperature", &mut |out| {
+                let t = device.temperature(TemperatureSensor::Gpu)?;
+                out.add("nvml_temperature_celsius", &labels, f64::from(t));
+                Ok(())
+            });
+            try_read("power", &mut |out| {
+                let mw = device.power_usage()?;
+                out.add("nvml_power_watts", &labels, f64::from(mw) / 1000.0);
+                Ok(())
+            });
+            try_read("power_limit", &mut |out| {
+                let mw = device.enforced_power_limit()?;
+                out.add("nvml_power_limit_watts", &labels, f64::from(mw) / 1000.0);
+                Ok(())
+            });
+            try_read("sm_clock", &mut |out| {
+                let mhz = device.clock_info(Clock::SM)?;
+                out.add("nvml_sm_clock_hertz", &labels, f64::from(mhz) * 1e6);
+                Ok(())
+            });
+            try_read("memory_clock", &mut |out| {
+                let mhz = device.clock_info(Clock::Memory)?;
+                out.add("nvml_memory_clock_hertz", &labels, f64::from(mhz) * 1e6);
+                Ok(())
+            });
+            try_read("fan", &mut |out| {
+                let fans = device.num_fans()?;
+                for fan in 0..fans {
+                    let percent = device.fan_speed(fan)?;
+                    let fan = fan.to_string();
+                    out.add(
+                        "nvml_fan_speed_ratio",
+                        &[("gpu", &gpu), ("fan", &fan)],
+                        f64::from(percent) / 100.0,
+                    );
+                }
+                Ok(())
+            });
+            try_read("pcie", &mut |out| {
+                // NVML reports KB/s over a 20 ms sample.
+                let tx = device.pcie_throughput(PcieUtilCounter::Send)?;
+                let rx = device.pcie_throughput(PcieUtilCounter::Receive)?;
+                out.add(
+                    "nvml_pcie_transmit_bytes_per_second",
+                    &labels,
+                    f64::from(tx) * 1024.0,
+                );
+                out.add(
+                    "nvml_pcie_receive_bytes_per_second",
+                    &labels,
+                    f64::from(rx) * 1024.0,
+                );
+                Ok(())
+            });
+            try_read("ecc", &mut |out| {
+                let corrected =
+                    device.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)?;
+                let uncorrected =
+                    device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)?;
+                out.add("nvml_ecc_corrected_errors_total", &labels, corrected as f64);
+                out.add(
+                    "nvml_ecc_uncorrected_errors_total",
+                    &labels,
+                    uncorrected as f64,
+                );
+                Ok(())
+            });
+            try_read("clock_events", &mut |out| {
+                let reasons = device.current_throttle_reasons()?;
+                for (reason, flag) in
+                    nvml_wrapper::bitmasks::device::ThrottleReasons::all().iter_names()
+                {
+                    out.add(
+                        "nvml_clock_event_active",
+                        &[("gpu", &gpu), ("reason", &reason.to_ascii_lowercase())],
+                        f64::from(reasons.contains(flag)),
+                    );
+                }
+                Ok(())
+            });
+            try_read("processes", &mut |out| {
+                let mut processes = device.running_compute_processes()?;
+                processes.extend(device.running_graphics_processes().unwrap_or_default());
+                let mut pids = HashSet::new();
+                let mut memory = 0u64;
+                for process in &processes {
+                    pids.insert(process.pid);
+                    if let UsedGpuMemory::Used(bytes) = process.used_gpu_memory {
+                        memory += bytes;
+                    }
+                }
+                out.add("nvml_processes", &labels, pids.len() as f64);
+                out.add("nvml_process_memory_used_bytes", &labels, memory as f64);
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        let error = NvmlCollector::open(std::path::Path::new("libnvidia-ml-not-here.so.1"))
+            .err()
+            .expect("loading a missing library cannot succeed");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with("NVML unavailable (libnvidia-ml-not-here.so.1)"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! Health probes: HTTP(S), TCP, DNS, ICMP ping, process presence and a writable file system
+//! with free space. A round is one attempt plus `retries`; an outage (`probe_up` 0) starts after
+//! `failures_before_down` consecutive failed rounds, so one lost packet does not page anyone.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::http::{self, Target};
+use super::Samples;
+use crate::agent::config::{ProbeCheck, ProbeConfig};
+
+/// The result of one attempt.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub success: bool,
+    /// Probe-specific figures (`probe_http_status_code`, ...).
+    pub figures: Vec<(&'static str, f64)>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(error: impl std::fmt::Display, figures: Vec<(&'static str, f64)>) -> Self {
+        Outcome {
+            success: false,
+            figures,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// A probe with its run of consecutive failures.
+pub struct Probe {
+    pub config: ProbeConfig,
+    body_pattern: Option<regex::Regex>,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+}
+
+impl Probe {
+    pub fn new(config: ProbeConfig) -> Self {
+        let body_pattern = match &config.check {
+            // Validated at config load.
+            ProbeCheck::Http {
+                body_pattern: Some(p),
+                ..
+            } => regex::Regex::new(p).ok(),
+            _ => None,
+        };
+        Probe {
+            config,
+            body_pattern,
+            consecutive_failures: 0,
+            last_error: None,
+        }
+    }
+
+    /// Runs one round and records its samples.
+    pub async fn round(&mut self, out: &mut Samples) {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        for _attempt in 0..=self.config.retries {
+            outcome = self.attempt().await;
+            if outcome.success {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let name = self.config.name.clone();
+        let kind = kind_name(&self.config.check);
+        let labels = [("probe", name.as_str()), ("kind", kind)];
+        if outcome.success {
+            self.consecutive_failures = 0;
+            if self.last_error.take().is_some() {
+                tracing::info!(probe = %name, "probe succeeds again");
+            }
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            let error = outcome.error.clone().unwrap_or_default();
+            if self.last_error.as_deref() != Some(error.as_str()) {
+                tracing::warn!(probe = %name, %error, "probe failed");
+            }
+            self.last_error = Some(error);
+        }
+        out.add("probe_success", &labels, f64::from(outcome.success));
+        out.add("probe_duration_seconds", &labels, elapsed.as_secs_f64());
+        out.add(
+            "probe_consecutive_failures",
+            &labels,
+            f64::from(self.consecutive_failures),
+        );
+        out.add(
+            "probe_up",
+            &labels,
+            f64::from(self.consecutive_failures < self.config.failures_before_down),
+        );
+        for (metric, value) in outcome.figures {
+            out.add(metric, &labels, value);
+        }
+    }
+
+    async fn attempt(&self) -> Outcome {
+        let timeout = self.config.timeout.0;
+        match &self.config.check {
+            ProbeCheck::Http {
+                url,
+                expect_status,
+                insecure,
+                ..
+            } => {
+                let target = match Target::parse(url) {
+                    Ok(target) => target,
+                    Err(e) => return Outcome::failed(format!("{e:#}"), vec![]),
+                };
+                match http::get(&target, timeout, *insecure, 1 << 20).await {
+                    Ok(response) => {
+                        let mut figures =
+                            vec![("probe_http_status_code", f64::from(response.status))];
+                        if let Some(expiry) = response.certificate_expiry {
+                            figures.push(("probe_ssl_earliest_cert_expiry", expiry as f64));
+                        }
+                        let status_ok = if expect_status.is_empty() {
+                            (200..400).contains(&response.status)
+                        } else {
+                            expect_status.contains(&response.status)
+                        };
+                        if !status_ok {
+                            return Outcome::failed(format!("status {}", response.status), figures);
+                        }
+                        if let Some(pattern) = &self.body_pattern {
+                            let body = String::from_utf8_lossy(&response.body);
+                            if !pattern.is_match(&body) {
+                                return Outcome::failed(
+                                    format!("body does not match {:?}", pattern.as_str()),
+                                    figures,
+                                );
+                            }
+                        }
+                        Outcome {
+                            success: true,
+                            figures,
+                            error: None,
+                        }
+                    }
+                    Err(e) => Outcome::failed(format!("{e:#}"), vec![]),
+                }
+            }
+            ProbeCheck::Tcp { address } => {
+                let connect = tokio::net::TcpStream::connect(address.as_str());
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(_)) => Outcome {
+                        success: true,
+                        ..Outcome::default()
+                    },
+                    Ok(Err(e)) => Outcome::failed(format!("connect to {address}: {e}"), vec![]),
+                    Err(_) => Outcome::failed(format!("connect to {address}: timed out"), vec![]),
+                }
+            }
+            ProbeCheck::Dns { name } => {
+                let lookup = tokio::net::lookup_host((name.as_str(), 0));
+                match tokio::time::timeout(timeout, lookup).await {
+                    Ok(Ok(addresses)) => {
+                        let count = addresses.count();
+                        Outcome {
+                            success: count > 0,
+                            figures: vec![("probe_dns_addresses", count as f64)],
+                            error: (count == 0).then(|| format!("{name} has no address")),
+                        }
+                    }
+                    Ok(Err(e)) => Outcome::failed(format!("resolve {name}: {e}"), vec![]),
+                    Err(_) => Outcome::failed(format!("resolve {name}: timed out"), vec![]),
+                }
+            }
+            ProbeCheck::Ping { host, count } => {
+                let (host, count) = (host.clone(), *count);
+                let result = tokio::task::spawn_blocking(move || ping(&host, count, timeout)).await;
+                match result {
+                    Ok(Ok(report)) => {
+                        let mut figures =
+                            vec![("probe_icmp_packet_loss_ratio", report.loss_ratio())];
+                        if let Some(rtt) = report.average_rtt() {
+                            figures.push(("probe_icmp_rtt_seconds", rtt.as_secs_f64()));
+                        }
+                        Outcome {
+                            success: report.received > 0,
+                            error: (report.received == 0).then(|| "no echo reply".to_string()),
+                            figures,
+                        }
+                    }
+                    Ok(Err(e)) => Outcome::failed(format!("{e:#}"), vec![]),
+                    Err(e) => Outcome::failed(e, vec![]),
+                }
+            }
+            ProbeCheck::Process { process } => {
+                let names = [process.clone()];
+                let found = super::host::find_processes(Path::new("/proc"), &names);
+                let count = found.get(process).map_or(0, Vec::len);
+                Outcome {
+                    success: count > 0,
+                    figures: vec![("probe_process_count", count as f64)],
+                    error: (count == 0).then(|| format!("no process named {process}")),
+                }
+            }
+            ProbeCheck::Filesystem { path, min_free } => {
+                let (path, min_free) = (path.clone(), min_free.0);
+                let result = tokio::task::spawn_blocking(move || filesystem(&path, min_free)).await;
+                match result {
+                    Ok(outcome) => outcome,
+                    Err(e) => Outcome::failed(e, vec![]),
+                }
+            }
+        }
+    }
+}
+
+pub fn kind_name(check: &ProbeCheck) -> &'static str {
+    match check {
+        ProbeCheck::Http { .. } => "http",
+        ProbeCheck::Tcp { .. } => "tcp",
+        ProbeCheck::Dns { .. } => "dns",
+        ProbeCheck::Ping { .. } => "ping",
+        ProbeCheck::Process { .. } => "process",
+        ProbeCheck::Filesystem { .. } => "filesystem",
+    }
+}
+
+/// Writes, syncs and removes a small file, then checks free space.
+fn filesystem(path: &Path, min_free: u64) -> Outcome {
+    use std::io::Write;
+    let probe_file = path.join(format!(".outpost-probe-{}", std::process::id()));
+    let written = std::fs::File::create(&probe_file).and_then(|mut file| {
+        file.write_all(b"outpost probe\n")?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe_file);
+    let mut figures = Vec::new();
+    let free = rustix::fs::statvfs(path)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .ok();
+    if let Some(free) = free {
+        figures.push(("probe_filesystem_avail_bytes", free as f64));
+    }
+    if let Err(e) = written {
+        return Outcome::failed(format!("{} is not writable: {e}", path.display()), figures);
+    }
+    match free {
+        Some(free) if free < min_free => Outcome::failed(
+            format!(
+                "{} has {free} bytes free, less than {min_free}",
+                path.display()
+            ),
+            figures,
+        ),
+        Some(_) => Outcome {
+            success: true,
+            figures,
+            error: None,
+        },
+        None => Outcome::failed(format!("cannot stat {}", path.display()), figures),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PingReport {
+    pub sent: u32,
+    pub received: u32,
+    pub total_rtt: Duration,
+}
+
+impl PingReport {
+    pub fn loss_ratio(&self) -> f64 {
+        if self.sent == 0 {
+            1.0
+        } else {
+            1.0 - f64::from(self.received) / f64::from(self.sent)
+        }
+    }
+
+    pub fn average_rtt(&self) -> Option<Duration> {
+        (self.received > 0).then(|| self.total_rtt / self.received)
+    }
+}
+
+/// Sends `count` ICMP echo requests over an unprivileged ICMP socket (`SOCK_DGRAM`), which
+/// Linux allows to groups in `net.ipv4.ping_group_range`; no raw socket, no capability.
+pub fn ping(host: &str, count: u32, timeout: Duration) -> Result<PingReport> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::io::Read;
+    let address: IpAddr = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}"))?
+        .map(|a| a.ip())
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let (domain, protocol, request_type, reply_type) = match address {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8),
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(protocol)).map_err(|e| {
+        if matches!(e.kind(), std::io::ErrorKind::PermissionDenied)
+            || e.raw_os_error() == Some(13)
+            || e.raw_os_error() == Some(1)
+        {
+            anyhow::anyhow!(
+                "unprivileged ICMP is not allowed for this user ({e}): add the agent's group to \
+                 the sysctl net.ipv4.ping_group_range, for example `sysctl -w \
+                 net.ipv4.ping_group_range=\"0 2147483647\"`"
+            )
+        } else {
+            anyhow::anyhow!("cannot open an ICMP socket: {e}")
+        }
+    })?;
+    socket
+        .connect(&SocketAddr::new(address, 0).into())
+        .with_context(|| format!("connect ICMP socket to {address}"))?;
+    let mut report = PingReport::default();
+    let per_packet = timeout / count.max(1);
+    let mut socket_reader = &socket;
+    for sequence in 0..count {
+        let sequence = sequence as u16;
+        let mut packet = [0u8; 16];
+        packet[0] = request_type;
+        packet[6..8].copy_from_slice(&sequence.to_be_bytes());
+        packet[8..16].copy_from_slice(b"outpost!");
+        let checksum = icmp_checksum(&packet);
+        packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+        let sent_at = Instant::now();
+        socket
+            .send(&packet)
+            .with_context(|| format!("send echo request to {address}"))?;
+        report.sent += 1;
+        // Replies to earlier, timed-out requests may still arrive: skip them.
+        loop {
+            let left = per_packet.saturating_sub(sent_at.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            socket.set_read_timeout(Some(left))?;
+            let mut reply = [0u8; 1500];
+            match socket_reader.read(&mut reply) {
+                Ok(n)
+                    if n >= 8
+                        && reply[0] == reply_type
+                        && reply[6..8] == sequence.to_be_bytes() =>
+                {
+                    report.received += 1;
+                    report.total_rtt += sent_at.elapsed();
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => bail!("receive from {address}: {e}"),
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn icmp_checksum(packet: &[u8]) -> u16 {
+    let mut sum: u32 = packet
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

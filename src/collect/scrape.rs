@@ -1,0 +1,104 @@
+//! Application metrics in the Prometheus text format, scraped from local endpoints or pushed to
+//! the agent's import endpoint. Both go through [`parse_exposition`], which keeps the label
+//! `instance` free for the hub (an application's own `instance` becomes `exported_instance`,
+//! as Prometheus does) and counts bad lines instead of failing the whole payload.
+
+use std::collections::BTreeMap;
+
+use outpost_storage::text::{parse_line, Line};
+use outpost_storage::SeriesKey;
+
+/// What a payload held.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Series, value, and the timestamp the line carried, if any.
+    pub samples: Vec<(SeriesKey, f64, Option<i64>)>,
+    /// The first few bad lines, with their line numbers, for the error message.
+    pub errors: Vec<String>,
+    pub bad_lines: usize,
+}
+
+/// Parses exposition text, adding `extra_labels` to every series.
+pub fn parse_exposition(text: &str, extra_labels: &BTreeMap<String, String>) -> Parsed {
+    let mut parsed = Parsed::default();
+    for (number, line) in text.lines().enumerate() {
+        let result = parse_line(line).and_then(|line| match line {
+            Line::Skip => Ok(None),
+            Line::Sample {
+                series,
+                value,
+                timestamp_ms,
+            } => {
+                let key = SeriesKey::parse(series).map_err(|e| e.to_string())?;
+                let key = relabel(key, extra_labels).map_err(|e| e.to_string())?;
+                Ok(Some((key, value, timestamp_ms)))
+            }
+        });
+        match result {
+            Ok(Some(sample)) => parsed.samples.push(sample),
+            Ok(None) => {}
+            Err(message) => {
+                parsed.bad_lines += 1;
+                if parsed.errors.len() < 5 {
+                    parsed
+                        .errors
+                        .push(format!("line {}: {message}", number + 1));
+                }
+            }
+        }
+    }
+    parsed
+}
+
+fn relabel(key: SeriesKey, extra: &BTreeMap<String, String>) -> outpost_storage::Result<SeriesKey> {
+    if extra.is_empty() && key.label("instance").is_empty() {
+        return Ok(key);
+    }
+    let mut labels: BTreeMap<String, String> = key
+        .labels()
+        .iter()
+        .map(|(l, v)| {
+            let l = if l == "instance" {
+                "exported_instance".to_string()
+            } else {
+                l.clone()
+            };
+            (l, v.clone())
+        })
+        .collect();
+    for (label, value) in extra {
+        labels.insert(label.clone(), value.clone());
+    }
+    SeriesKey::new(key.name(), labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relabels_and_reports_bad_lines() {
+        let text = "# TYPE fps gauge\nfps{stream=\"0\",instance=\"x\"} 29.5\nbad line here\nqueue 3 1700000000000\n";
+        let extra = BTreeMap::from([("app".to_string(), "det".to_string())]);
+        let parsed = parse_exposition(text, &extra);
+        let keys: Vec<String> = parsed
+            .samples
+            .iter()
+            .map(|(k, _, _)| k.to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                r#"fps{app="det",exported_instance="x",stream="0"}"#,
+                r#"queue{app="det"}"#
+            ]
+        );
+        assert_eq!(parsed.samples[1].2, Some(1_700_000_000_000));
+        assert_eq!(parsed.bad_lines, 1);
+        assert!(
+            parsed.errors[0].starts_with("line 3:"),
+            "{:?}",
+            parsed.errors
+        );
+    }
+}
