@@ -177,23 +177,14 @@ fn import(path: &Path, input: &str) -> Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut reader = BufReader::with_capacity(
+    let reader = BufReader::with_capacity(
         1 << 20,
         CountingReader {
             inner: raw,
             bar: bar.clone(),
         },
     );
-    // zstd-compressed input is recognised by its magic number.
-    let compressed = reader.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    let mut lines: Box<dyn BufRead> = if compressed {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            zstd::Decoder::with_buffer(reader)?,
-        ))
-    } else {
-        Box::new(reader)
-    };
+    let mut lines = crate::input::decompressing(reader)?;
 
     let started = Instant::now();
     let store = Store::open(path, Options::default())?;

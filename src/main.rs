@@ -4,6 +4,7 @@
 mod agent;
 mod collect;
 mod db;
+mod input;
 mod tegrastats_cmd;
 mod timearg;
 

@@ -17,7 +17,7 @@ pub enum TegrastatsCommand {
     /// tokens the parser does not know are listed under unknown. Lines from every release from
     /// L4T R28 to JetPack 7 are understood, with or without the leading date.
     Parse {
-        /// A file of tegrastats output, or `-` for standard input.
+        /// A file of tegrastats output (plain or zstd-compressed), or `-` for standard input.
         #[arg(default_value = "-")]
         input: String,
     },
@@ -33,6 +33,8 @@ pub fn run(command: TegrastatsCommand) -> Result<ExitCode> {
                     std::fs::File::open(&input).with_context(|| format!("cannot open {input}"))?,
                 ))
             };
+            let reader =
+                crate::input::decompressing(reader).with_context(|| format!("reading {input}"))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut reader = reader;

@@ -273,7 +273,8 @@ pub enum ProbeCheck {
         address: String,
     },
     Dns {
-        name: String,
+        /// The name to resolve, with the system's resolver.
+        host: String,
     },
     Ping {
         host: String,

@@ -158,7 +158,7 @@ impl Probe {
                     Err(_) => Outcome::failed(format!("connect to {address}: timed out"), vec![]),
                 }
             }
-            ProbeCheck::Dns { name } => {
+            ProbeCheck::Dns { host: name } => {
                 let lookup = tokio::net::lookup_host((name.as_str(), 0));
                 match tokio::time::timeout(timeout, lookup).await {
                     Ok(Ok(addresses)) => {
@@ -283,8 +283,10 @@ impl PingReport {
     }
 }
 
-/// Sends `count` ICMP echo requests over an unprivileged ICMP socket (`SOCK_DGRAM`), which
-/// Linux allows to groups in `net.ipv4.ping_group_range`; no raw socket, no capability.
+/// Sends `count` ICMP echo requests. It prefers an unprivileged ICMP socket (`SOCK_DGRAM`),
+/// which Linux allows to the groups in `net.ipv4.ping_group_range` and which needs no
+/// capability; where that sysctl refuses, a raw socket, which works for root or with
+/// `CAP_NET_RAW` (the packaged service grants it).
 pub fn ping(host: &str, count: u32, timeout: Duration) -> Result<PingReport> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::io::Read;
@@ -298,23 +300,25 @@ pub fn ping(host: &str, count: u32, timeout: Duration) -> Result<PingReport> {
         IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
         IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8),
     };
-    let socket = Socket::new(domain, Type::DGRAM, Some(protocol)).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::PermissionDenied)
-            || e.raw_os_error() == Some(13)
-            || e.raw_os_error() == Some(1)
-        {
-            anyhow::anyhow!(
-                "unprivileged ICMP is not allowed for this user ({e}): add the agent's group to \
-                 the sysctl net.ipv4.ping_group_range, for example `sysctl -w \
-                 net.ipv4.ping_group_range=\"0 2147483647\"`"
-            )
-        } else {
-            anyhow::anyhow!("cannot open an ICMP socket: {e}")
-        }
-    })?;
+    let refused = |e: &std::io::Error| matches!(e.raw_os_error(), Some(1) | Some(13));
+    let (socket, raw) = match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+        Ok(socket) => (socket, false),
+        Err(e) if refused(&e) => match Socket::new(domain, Type::RAW, Some(protocol)) {
+            Ok(socket) => (socket, true),
+            Err(_) => bail!(
+                "unprivileged ICMP is not allowed for this user ({e}), nor a raw socket: add the \
+                 agent's group to the sysctl net.ipv4.ping_group_range (for example `sysctl -w \
+                 net.ipv4.ping_group_range=\"0 2147483647\"`), or grant it CAP_NET_RAW"
+            ),
+        },
+        Err(e) => bail!("cannot open an ICMP socket: {e}"),
+    };
     socket
         .connect(&SocketAddr::new(address, 0).into())
         .with_context(|| format!("connect ICMP socket to {address}"))?;
+    // On a datagram socket the kernel picks the identifier and filters replies by it; on a raw
+    // one every ICMP packet of the host arrives, so the identifier is ours to set and check.
+    let identifier = (std::process::id() as u16).to_be_bytes();
     let mut report = PingReport::default();
     let per_packet = timeout / count.max(1);
     let mut socket_reader = &socket;
@@ -322,10 +326,14 @@ pub fn ping(host: &str, count: u32, timeout: Duration) -> Result<PingReport> {
         let sequence = sequence as u16;
         let mut packet = [0u8; 16];
         packet[0] = request_type;
+        packet[4..6].copy_from_slice(&identifier);
         packet[6..8].copy_from_slice(&sequence.to_be_bytes());
         packet[8..16].copy_from_slice(b"outpost!");
-        let checksum = icmp_checksum(&packet);
-        packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+        // The kernel computes ICMPv6 checksums itself (they cover a pseudo-header).
+        if domain == Domain::IPV4 {
+            let checksum = icmp_checksum(&packet);
+            packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+        }
         let sent_at = Instant::now();
         socket
             .send(&packet)
@@ -338,18 +346,28 @@ pub fn ping(host: &str, count: u32, timeout: Duration) -> Result<PingReport> {
                 break;
             }
             socket.set_read_timeout(Some(left))?;
-            let mut reply = [0u8; 1500];
-            match socket_reader.read(&mut reply) {
-                Ok(n)
-                    if n >= 8
+            let mut buffer = [0u8; 1500];
+            match socket_reader.read(&mut buffer) {
+                Ok(n) => {
+                    // A raw IPv4 socket hands over the IP header too.
+                    let header = if raw && domain == Domain::IPV4 && n > 0 {
+                        usize::from(buffer[0] & 0x0f) * 4
+                    } else {
+                        0
+                    };
+                    let Some(reply) = buffer[..n].get(header..) else {
+                        continue;
+                    };
+                    if reply.len() >= 8
                         && reply[0] == reply_type
-                        && reply[6..8] == sequence.to_be_bytes() =>
-                {
-                    report.received += 1;
-                    report.total_rtt += sent_at.elapsed();
-                    break;
+                        && reply[6..8] == sequence.to_be_bytes()
+                        && (!raw || reply[4..6] == identifier)
+                    {
+                        report.received += 1;
+                        report.total_rtt += sent_at.elapsed();
+                        break;
+                    }
                 }
-                Ok(_) => continue,
                 Err(e)
                     if matches!(
                         e.kind(),

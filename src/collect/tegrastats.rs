@@ -2,8 +2,8 @@
 //! a recorded log at its own pace, and mapping each parsed line to metrics.
 //!
 //! The mapping drops what tegrastats prints but does not measure: the `-256C` sentinel of a
-//! sensor that is off, and the `PMIC@100C` placeholder that every L4T release prints at a
-//! constant 100 C. Both are documented in `docs/metrics.md`.
+//! sensor that is off, and the `PMIC` sensor, a constant placeholder (100 C on most modules,
+//! 50 C on Xavier NX). Both are documented in `docs/metrics.md`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -136,7 +136,7 @@ pub fn installed(path: &Path) -> bool {
 /// Reads a recorded log whole (plain or zstd-compressed) and splits it into lines.
 pub fn read_log(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    let bytes = if crate::input::is_zstd(&bytes) {
         zstd::decode_all(bytes.as_slice())
             .with_context(|| format!("{} is not valid zstd", path.display()))?
     } else {

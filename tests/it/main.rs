@@ -1,6 +1,7 @@
 //! Integration tests of the `outpost` binary: its commands run as a user runs them, and the
 //! workspace's boundaries.
 
+mod agent;
 mod boundaries;
 mod cli;
 mod tegrastats;

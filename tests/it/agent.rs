@@ -1,0 +1,702 @@
+//! `outpost agent` as a real process: replaying real tegrastats logs into a real store, serving
+//! its endpoints, probing real sockets, scraped by a real Prometheus, stopped by SIGTERM.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tegrastats_log(name: &str) -> PathBuf {
+    root().join("tests/data/tegrastats").join(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 exchange over std, so that the tests do not share the agent's client.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, config: &str, args: &[&str]) -> Agent {
+        let port = free_port();
+        let config_path = dir.join("agent.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["--log", "info", "agent", "--config"])
+            .arg(&config_path)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--store")
+            .arg(dir.join("agent.redb"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("outpost agent starts");
+        let mut agent = Agent { child, port, log };
+        wait_until("the agent's /api/health", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited with {status}: {}", agent.log_text());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        agent
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http(self.port, "GET", "/metrics", "");
+        assert_eq!(status, 200);
+        body
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit status must be success within a few seconds.
+    fn stop(mut self) -> String {
+        self.signal("TERM");
+        let status = wait_until("the agent to exit", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap()
+        });
+        let log = self.log_text();
+        assert!(status.success(), "agent exited with {status}: {log}");
+        log
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one exposition line, `name{labels} value`.
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok())?
+    })
+}
+
+const QUIET: &str =
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+
+#[test]
+fn replays_a_whole_log_into_the_store_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = tegrastats_log("tx2-jetpack4-2660s.log.zst");
+    let mut agent = Agent::start(
+        dir.path(),
+        QUIET,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "0",
+            "--exit-after-replay",
+        ],
+    );
+    let status = wait_until("the replay to finish", Duration::from_secs(120), || {
+        agent.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", agent.log_text());
+
+    // What the parser says about each line, through the command a user would run.
+    let parsed = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["tegrastats", "parse"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success());
+    let expected: Vec<f64> = String::from_utf8(parsed.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let json: Value = serde_json::from_str(line).unwrap();
+            json["engines"]["GR3D"]["load_percent"]
+                .as_f64()
+                .map(|p| p / 100.0)
+        })
+        .collect();
+    assert_eq!(expected.len(), 2240, "GR3D lines in the TX2 log");
+
+    let query = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["db", "query", "--db"])
+        .arg(dir.path().join("agent.redb"))
+        .args([
+            r#"jetson_engine_load_ratio{engine="GR3D"}"#,
+            "--from",
+            "0",
+            // At full speed the replay runs ahead of the wall clock by a millisecond a line.
+            "--to",
+            &(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 3_600_000)
+                .to_string(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    let result: Value = serde_json::from_slice(&query.stdout).unwrap();
+    let points = result[0]["points"].as_array().expect("one series");
+    let stored: Vec<f64> = points
+        .iter()
+        .map(|p| p[1].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "one stored sample per GR3D line"
+    );
+    assert!(stored == expected, "every replayed GR3D load, in order");
+    let stamps: Vec<i64> = points.iter().map(|p| p[0].as_i64().unwrap()).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing stamps"
+    );
+}
+
+/// A one-thread HTTP server for probes and scrapes: `/ok` answers "service ok", `/metrics` an
+/// application's exposition, anything else 404.
+fn serve_http() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/ok" => ("200 OK", "service ok\n".to_string()),
+                "/metrics" => (
+                    "200 OK",
+                    "# TYPE inference_fps gauge\ninference_fps{stream=\"0\",instance=\"cam\"} 29.5\nqueue_length 3\n"
+                        .to_string(),
+                ),
+                _ => ("404 Not Found", "no\n".to_string()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn collectors_probes_pushes_and_the_catalogue_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_http();
+    let closed = free_port();
+    // Every era of tegrastats line in one replay, so every tegrastats metric appears.
+    let samples = std::fs::read_to_string(tegrastats_log("samples.tsv")).unwrap();
+    let replay: String = samples
+        .lines()
+        .skip(1)
+        .map(|l| format!("{}\n", l.split('\t').nth(3).unwrap()))
+        .collect();
+    let replay_path = dir.path().join("replay.log");
+    std::fs::write(&replay_path, replay).unwrap();
+    let fixture = root().join("tests/data/sysfs/orin-nano-jp6");
+    let config = format!(
+        r#"
+[agent]
+self_interval = "200ms"
+[host]
+interval = "200ms"
+processes = ["outpost"]
+[jetson]
+enabled = "on"
+root = "{fixture}"
+interval = "200ms"
+[nvml]
+enabled = "auto"
+[tegrastats]
+replay = "{replay}"
+replay_speed = 0
+[import]
+max_series_per_source = 3
+
+[[scrape]]
+name = "app"
+url = "http://127.0.0.1:{server}/metrics"
+interval = "200ms"
+labels = {{ app = "detector" }}
+
+[[probe]]
+name = "web"
+kind = "http"
+url = "http://127.0.0.1:{server}/ok"
+body_pattern = "service ok"
+interval = "200ms"
+
+[[probe]]
+name = "web-wrong-body"
+kind = "http"
+url = "http://127.0.0.1:{server}/ok"
+body_pattern = "^never$"
+interval = "200ms"
+
+[[probe]]
+name = "web-missing"
+kind = "http"
+url = "http://127.0.0.1:{server}/missing"
+interval = "200ms"
+
+[[probe]]
+name = "closed-port"
+kind = "tcp"
+address = "127.0.0.1:{closed}"
+interval = "200ms"
+failures_before_down = 2
+
+[[probe]]
+name = "open-port"
+kind = "tcp"
+address = "127.0.0.1:{server}"
+interval = "200ms"
+
+[[probe]]
+name = "resolver"
+kind = "dns"
+hots = "localhost"
+interval = "200ms"
+
+[[probe]]
+name = "loopback"
+kind = "ping"
+host = "127.0.0.1"
+count = 1
+interval = "200ms"
+
+[[probe]]
+name = "self"
+kind = "process"
+process = "outpost"
+interval = "200ms"
+
+[[probe]]
+name = "scratch"
+kind = "filesystem"
+path = "{scratch}"
+min_free = "1MiB"
+interval = "200ms"
+"#,
+        fixture = fixture.display(),
+        replay = replay_path.display(),
+        scratch = dir.path().display(),
+    );
+    // `hots` is a typo: the agent must refuse the config and name the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, &config).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["agent", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("hots"), "{stderr}");
+    let config = config.replace("hots = ", "host = ");
+    let agent = Agent::start(dir.path(), &config, &[]);
+
+    // An application pushes its own numbers; the fourth new series is over the cap of three.
+    let (status, body) = http(
+        agent.port,
+        "POST",
+        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
+        "detections_total{class=\"person\"} 17\nconfidence 0.93\nbad line\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("stored 2 samples") && body.contains("line 3"),
+        "{body}"
+    );
+    let (status, body) = http(
+        agent.port,
+        "POST",
+        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
+        "queue_depth 4\nlatency_seconds 0.02\nconfidence 0.95\n",
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("stored 2 samples; refused 1"), "{body}");
+    let (status, _) = http(
+        agent.port,
+        "POST",
+        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
+        "confidence 0.97\n",
+    );
+    assert_eq!(status, 204, "a known series is always accepted");
+
+    let expectations = [
+        r#"probe_success{kind="http",probe="web"} 1"#,
+        r#"probe_success{kind="http",probe="web-wrong-body"} 0"#,
+        r#"probe_success{kind="http",probe="web-missing"} 0"#,
+        r#"probe_http_status_code{kind="http",probe="web-missing"} 404"#,
+        r#"probe_success{kind="tcp",probe="closed-port"} 0"#,
+        r#"probe_up{kind="tcp",probe="closed-port"} 0"#,
+        r#"probe_success{kind="tcp",probe="open-port"} 1"#,
+        r#"probe_up{kind="tcp",probe="open-port"} 1"#,
+        r#"probe_success{kind="process",probe="self"} 1"#,
+        r#"probe_success{kind="filesystem",probe="scratch"} 1"#,
+        r#"inference_fps{app="detector",exported_instance="cam",stream="0"} 29.5"#,
+        r#"outpost_scrape_up{scrape="app"} 1"#,
+        r#"confidence{site="lab"} 0.97"#,
+        r#"jetson_nvpmodel_mode 2"#,
+        r#"host_process_count{process="outpost"} 1"#,
+    ];
+    let metrics = wait_until(
+        "every probe, scrape and collector",
+        Duration::from_secs(30),
+        || {
+            let metrics = agent.metrics();
+            let complete = expectations
+                .iter()
+                .all(|line| metrics.lines().any(|l| l == *line))
+                && metrics.contains("outpost_collector_duration_seconds{collector=\"jetson\"}")
+                && metrics.contains("outpost_store_disk_bytes")
+                && metrics.contains("probe_success{kind=\"dns\",probe=\"resolver\"}")
+                && metrics.contains("probe_success{kind=\"ping\",probe=\"loopback\"}")
+                && metrics.contains("outpost_tegrastats_lines_total 48");
+            complete.then_some(metrics)
+        },
+    );
+    assert!(metric_value(&metrics, r#"detections_total{class="person",site="lab"}"#) == Some(17.0));
+    assert!(metric_value(&metrics, r#"queue_depth{site="lab"}"#) == Some(4.0));
+    assert!(
+        !metrics.contains("latency_seconds"),
+        "over the cap: {metrics}"
+    );
+
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            documented_metrics().contains(name),
+            "{name} typed but undocumented"
+        );
+    }
+
+    // The store has what /metrics showed, queried through the agent (the file is locked).
+    let (status, body) = http(
+        agent.port,
+        "GET",
+        "/api/query?match=probe_success%7Bprobe%3D%22web%22%7D&from=-5m&format=json",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert!(!result[0]["points"].as_array().unwrap().is_empty());
+    let (status, body) = http(agent.port, "GET", "/api/query?match=cpu%7B", "");
+    assert_eq!(status, 400);
+    assert!(body.starts_with("match:"), "{body}");
+    let locked = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["db", "stats", "--db"])
+        .arg(dir.path().join("agent.redb"))
+        .output()
+        .unwrap();
+    assert!(!locked.status.success());
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("/api/query"));
+
+    let (status, body) = http(agent.port, "GET", "/api/health", "");
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(health["collectors"]["jetson"]["rounds"].as_u64().unwrap() > 0);
+
+    let log = agent.stop();
+    assert!(log.contains("agent stopped"), "{log}");
+    assert!(log.contains("NVIDIA dGPU collector off") || log.contains("NVML collector on"));
+
+    // The catalogue, against everything the collectors stored (not only the latest round that
+    // /metrics shows): nothing stored that docs/metrics.md does not describe...
+    let stored = stored_series(&dir.path().join("agent.redb"));
+    let emitted: BTreeSet<String> = stored
+        .iter()
+        .map(|s| s.split('{').next().unwrap().to_string())
+        .collect();
+    let documented = documented_metrics();
+    let application: BTreeSet<&str> = [
+        "inference_fps",
+        "queue_length",
+        "detections_total",
+        "queue_depth",
+        "confidence",
+    ]
+    .into();
+    for name in &emitted {
+        assert!(
+            documented.contains(name) || application.contains(name.as_str()),
+            "{name} is emitted but not in docs/metrics.md"
+        );
+    }
+    // ...and nothing described that no collector emits, except what needs hardware or a
+    // network this machine does not have.
+    let icmp_refused = log.contains("ICMP is not allowed");
+    let needs_hardware = |name: &str| {
+        name.starts_with("nvml_") // an NVIDIA driver
+            || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
+            || name == "host_temperature_celsius" // hwmon sensors (absent in VMs)
+            || name == "host_cpu_frequency_hertz" // cpufreq (absent in some VMs)
+            || name == "probe_ssl_earliest_cert_expiry" // a TLS server with a real certificate
+    };
+    for name in &documented {
+        assert!(
+            emitted.contains(name) || needs_hardware(name),
+            "{name} is in docs/metrics.md but no collector emitted it"
+        );
+    }
+    // The agent drops what tegrastats prints but does not measure.
+    assert!(
+        !stored.iter().any(|s| s.contains(r#"sensor="PMIC""#)),
+        "the PMIC placeholder is dropped"
+    );
+}
+
+fn documented_metrics() -> BTreeSet<String> {
+    let document = std::fs::read_to_string(root().join("docs/metrics.md")).unwrap();
+    document
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string))
+        .collect()
+}
+
+/// Every series in a store that no process holds, through `outpost db query`.
+fn stored_series(store: &Path) -> Vec<String> {
+    let query = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["db", "query", "--db"])
+        .arg(store)
+        .args([
+            r#"{__name__=~".+"}"#,
+            "--from",
+            "0",
+            "--to",
+            "now",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    let result: Value = serde_json::from_slice(&query.stdout).unwrap();
+    result
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["series"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_is_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_http();
+    let agent = Agent::start(dir.path(), QUIET, &[]);
+    assert!(!agent.metrics().contains("probe_success"));
+
+    std::fs::write(dir.path().join("agent.toml"), "[host]\nintervl = \"1s\"\n").unwrap();
+    agent.signal("HUP");
+    wait_until("the reload error", Duration::from_secs(10), || {
+        agent
+            .log_text()
+            .contains("config not reloaded")
+            .then_some(())
+    });
+    assert!(agent.log_text().contains("intervl"));
+
+    let config = format!(
+        "{QUIET}\n[[probe]]\nname = \"web\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{server}/ok\"\ninterval = \"200ms\"\n"
+    );
+    std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+    agent.signal("HUP");
+    wait_until("the new probe", Duration::from_secs(10), || {
+        metric_value(
+            &agent.metrics(),
+            r#"probe_success{kind="http",probe="web"}"#,
+        )
+        .filter(|v| *v == 1.0)
+    });
+    agent.stop();
+}
+
+#[test]
+fn prometheus_scrapes_the_agent() {
+    let prometheus = std::env::var("OUTPOST_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+    let dir = tempfile::tempdir().unwrap();
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = Agent::start(
+        dir.path(),
+        "[agent]\nself_interval = \"1s\"\n",
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "1",
+        ],
+    );
+    let prometheus_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: outpost\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            agent.port
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {prometheus} ({e}): install Debian's prometheus package, or set OUTPOST_PROMETHEUS")
+        });
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut server);
+    let query = |expr: &str| -> Option<Value> {
+        let stream = TcpStream::connect(("127.0.0.1", prometheus_port)).ok()?;
+        drop(stream);
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http(
+            prometheus_port,
+            "GET",
+            &format!("/api/v1/query?query={encoded}"),
+            "",
+        );
+        if status != 200 {
+            return None;
+        }
+        let json: Value = serde_json::from_str(&body).ok()?;
+        let result = json["data"]["result"].as_array()?.clone();
+        (!result.is_empty()).then(|| Value::Array(result))
+    };
+    let up = wait_until(
+        "Prometheus to scrape the agent",
+        Duration::from_secs(60),
+        || query("up{job=\"outpost\"} == 1"),
+    );
+    assert_eq!(up[0]["value"][1], "1");
+    let total = wait_until(
+        "tegrastats series in Prometheus",
+        Duration::from_secs(30),
+        || query("jetson_ram_total_bytes"),
+    );
+    assert_eq!(total[0]["value"][1], (6834u64 * 1024 * 1024).to_string());
+    // Prometheus accepted every sample: nothing refused as malformed or duplicated.
+    let scraped = query("scrape_samples_scraped{job=\"outpost\"}").unwrap();
+    let scraped: f64 = scraped[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(scraped > 100.0, "{scraped} samples per scrape");
+    let types = query("count(jetson_engine_load_ratio)").unwrap();
+    assert!(
+        types[0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 2.0
+    );
+    agent.stop();
+}
