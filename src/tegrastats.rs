@@ -14,9 +14,8 @@
 
 use nom::branch::alt;
 use nom::bytes::complete::{tag, take_while, take_while1, take_while_m_n};
-use nom::character::complete::{char, digit1, one_of};
+use nom::character::complete::{char, one_of};
 use nom::combinator::{map, map_opt, opt, recognize};
-use nom::multi::separated_list1;
 use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
@@ -127,47 +126,80 @@ pub struct Rail<'a> {
 }
 
 // The parsers work on bytes: tegrastats prints ASCII, and skipping UTF-8 decoding of every
-// character more than doubles the speed. Names are turned back into `&str` (always valid, as
-// they are ASCII by construction) when they are kept.
+// character more than doubles the speed. Names stay byte slices of the line until `parse` turns
+// them back into `&str` by their offset in the line, which costs no validation.
 type Res<'a, T> = IResult<&'a [u8], T>;
 
-fn text(bytes: &[u8]) -> Option<&str> {
-    std::str::from_utf8(bytes).ok()
+fn fail<T>(input: &[u8], kind: nom::error::ErrorKind) -> Res<'_, T> {
+    Err(nom::Err::Error(nom::error::Error::new(input, kind)))
 }
 
-fn digits_value(digits: &[u8]) -> Option<u64> {
-    digits.iter().try_fold(0u64, |acc, d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+/// The value of the leading run of digits and its length; `None` on overflow. One pass, where
+/// `digit1` and a fold would take two: numbers are most of what a line holds.
+fn leading_digits(input: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    let mut len = 0;
+    for &c in input {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        len += 1;
+    }
+    Some((value, len))
 }
 
 fn number(input: &[u8]) -> Res<'_, u64> {
-    map_opt(digit1, digits_value).parse(input)
+    match leading_digits(input) {
+        Some((value, len)) if len > 0 => Ok((&input[len..], value)),
+        _ => fail(input, nom::error::ErrorKind::Digit),
+    }
 }
 
 fn decimal(input: &[u8]) -> Res<'_, f64> {
-    map_opt(
-        (opt(char('-')), digit1, opt(preceded(char('.'), digit1))),
-        |(sign, int, fraction): (Option<char>, &[u8], Option<&[u8]>)| {
-            // The integer of all digits over a power of ten: IEEE division is correctly rounded,
-            // so this is the f64 nearest the printed decimal, as `str::parse` would give, for up
-            // to 15 significant digits; longer numbers take the general path.
-            let fraction = fraction.unwrap_or_default();
-            let value = if int.len() + fraction.len() <= 15 {
-                let digits = digits_value(int)? * 10u64.pow(fraction.len() as u32)
-                    + digits_value(fraction).unwrap_or(0);
-                digits as f64 / 10f64.powi(fraction.len() as i32)
-            } else {
-                let mut printed = String::with_capacity(int.len() + fraction.len() + 1);
-                printed.push_str(text(int)?);
-                printed.push('.');
-                printed.push_str(text(fraction)?);
-                printed.parse::<f64>().ok()?
-            };
-            Some(if sign.is_some() { -value } else { value })
-        },
-    )
-    .parse(input)
+    let negative = input.first() == Some(&b'-');
+    let unsigned = &input[usize::from(negative)..];
+    let int_len = unsigned.iter().take_while(|c| c.is_ascii_digit()).count();
+    if int_len == 0 {
+        return fail(input, nom::error::ErrorKind::Digit);
+    }
+    let fraction_len = match unsigned.get(int_len) {
+        Some(b'.') => unsigned[int_len + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count(),
+        _ => 0,
+    };
+    let int = &unsigned[..int_len];
+    let fraction = &unsigned[int_len + 1.min(fraction_len)..][..fraction_len];
+    // The integer of all digits over a power of ten: IEEE division is correctly rounded, so this
+    // is the f64 nearest the printed decimal, as `str::parse` would give, for up to 15
+    // significant digits; longer numbers take the general path.
+    let value = if int_len + fraction_len <= 15 {
+        let (int_value, _) = leading_digits(int).expect("15 digits fit in a u64");
+        let (fraction_value, _) = leading_digits(fraction).expect("15 digits fit in a u64");
+        (int_value * 10u64.pow(fraction_len as u32) + fraction_value) as f64
+            / 10f64.powi(fraction_len as i32)
+    } else {
+        let printed: String = int
+            .iter()
+            .chain(b".")
+            .chain(fraction)
+            .map(|&c| char::from(c))
+            .collect();
+        match printed.parse::<f64>() {
+            Ok(value) => value,
+            Err(_) => return fail(input, nom::error::ErrorKind::Float),
+        }
+    };
+    let consumed = usize::from(negative)
+        + int_len
+        + if fraction_len > 0 {
+            1 + fraction_len
+        } else {
+            0
+        };
+    Ok((&input[consumed..], if negative { -value } else { value }))
 }
 
 /// A field ends at whitespace or at the end of the line.
@@ -225,8 +257,8 @@ fn used_total(input: &[u8]) -> Res<'_, (u64, u64)> {
 fn timestamp(input: &[u8]) -> Res<'_, Stamp> {
     let two = |i| {
         map_opt(
-            recognize((one_of("0123456789"), one_of("0123456789"))),
-            |d: &[u8]| u8::try_from(digits_value(d)?).ok(),
+            take_while_m_n(2, 2, |c: u8| c.is_ascii_digit()),
+            |d: &[u8]| u8::try_from(leading_digits(d)?.0).ok(),
         )
         .parse(i)
     };
@@ -236,7 +268,7 @@ fn timestamp(input: &[u8]) -> Res<'_, Stamp> {
             char('-'),
             two,
             char('-'),
-            map_opt(digit1, |d: &[u8]| u16::try_from(digits_value(d)?).ok()),
+            map_opt(number, |year| u16::try_from(year).ok()),
             spaces,
             two,
             char(':'),
@@ -340,7 +372,7 @@ fn cpus(input: &[u8]) -> Res<'_, Vec<Option<Cpu>>> {
     map(
         (
             alt((tag("CPU "), tag("cpu "))),
-            delimited(char('['), separated_list1(char(','), core), char(']')),
+            delimited(char('['), comma_list(core, 12), char(']')),
             opt(preceded(char('@'), number)),
             end_of_field,
         ),
@@ -374,11 +406,29 @@ fn mts(input: &[u8]) -> Res<'_, Mts> {
     .parse(input)
 }
 
-fn temperature(input: &[u8]) -> Res<'_, Temperature<'_>> {
-    let name = map_opt(
-        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'),
-        text,
-    );
+/// A field as parsed, names still bytes of the line.
+enum Field<'a> {
+    Ram(Ram),
+    Swap(Swap),
+    Iram(Iram),
+    Cpus(Vec<Option<Cpu>>),
+    Mts(Mts),
+    Temperature {
+        sensor: &'a [u8],
+        celsius: f64,
+        extra: Vec<f64>,
+    },
+    Rail {
+        name: &'a [u8],
+        current_mw: u64,
+        average_mw: u64,
+        extra: Vec<u64>,
+    },
+    Engine(&'a [u8], Engine),
+}
+
+fn temperature(input: &[u8]) -> Res<'_, Field<'_>> {
+    let name = take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
     map(
         (
             name,
@@ -388,7 +438,7 @@ fn temperature(input: &[u8]) -> Res<'_, Temperature<'_>> {
             repeated(delimited(char('/'), decimal, char('C'))),
             end_of_field,
         ),
-        |(sensor, _, celsius, _, extra, ())| Temperature {
+        |(sensor, _, celsius, _, extra, ())| Field::Temperature {
             sensor,
             celsius,
             extra,
@@ -397,11 +447,8 @@ fn temperature(input: &[u8]) -> Res<'_, Temperature<'_>> {
     .parse(input)
 }
 
-fn rail(input: &[u8]) -> Res<'_, Rail<'_>> {
-    let name = map_opt(
-        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_'),
-        text,
-    );
+fn rail(input: &[u8]) -> Res<'_, Field<'_>> {
+    let name = take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'_');
     let milliwatts = |i| map((number, opt(tag("mW"))), |(n, _)| n).parse(i);
     map(
         (
@@ -413,7 +460,7 @@ fn rail(input: &[u8]) -> Res<'_, Rail<'_>> {
             repeated(preceded(char('/'), milliwatts)),
             end_of_field,
         ),
-        |(name, _, current_mw, _, average_mw, extra, ())| Rail {
+        |(name, _, current_mw, _, average_mw, extra, ())| Field::Rail {
             name,
             current_mw,
             average_mw,
@@ -424,17 +471,33 @@ fn rail(input: &[u8]) -> Res<'_, Rail<'_>> {
 }
 
 fn gpc_list(input: &[u8]) -> Res<'_, Vec<u64>> {
-    delimited(tag("@["), separated_list1(char(','), number), char(']')).parse(input)
+    delimited(tag("@["), comma_list(number, 4), char(']')).parse(input)
 }
 
-fn engine(input: &[u8]) -> Res<'_, (&str, Engine)> {
-    let name = map_opt(
-        recognize((
-            take_while_m_n(1, 1, |c: u8| c.is_ascii_uppercase()),
-            take_while(|c: u8| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'),
-        )),
-        text,
-    );
+/// One or more of `item` separated by commas, like nom's `separated_list1` but with room for a
+/// typical list up front (`separated_list1` grows from nothing, three allocations for 12 cores).
+fn comma_list<'a, T>(
+    mut item: impl Parser<&'a [u8], Output = T, Error = nom::error::Error<&'a [u8]>>,
+    typical: usize,
+) -> impl Parser<&'a [u8], Output = Vec<T>, Error = nom::error::Error<&'a [u8]>> {
+    move |input: &'a [u8]| {
+        let (mut rest, first) = item.parse(input)?;
+        let mut out = Vec::with_capacity(typical);
+        out.push(first);
+        while let Some(after_comma) = rest.strip_prefix(b",") {
+            let (after, value) = item.parse(after_comma)?;
+            out.push(value);
+            rest = after;
+        }
+        Ok((rest, out))
+    }
+}
+
+fn engine(input: &[u8]) -> Res<'_, Field<'_>> {
+    let name = recognize((
+        take_while_m_n(1, 1, |c: u8| c.is_ascii_uppercase()),
+        take_while(|c: u8| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'),
+    ));
     let on = |load: Option<u64>, freq: Option<u64>| Engine::On {
         load_percent: load,
         freq_mhz: freq,
@@ -463,20 +526,9 @@ fn engine(input: &[u8]) -> Res<'_, (&str, Engine)> {
     ));
     map(
         (name, spaces, value, end_of_field),
-        |(name, _, value, ())| (name.strip_suffix("_FREQ").unwrap_or(name), value),
+        |(name, _, value, ())| Field::Engine(name.strip_suffix(b"_FREQ").unwrap_or(name), value),
     )
     .parse(input)
-}
-
-enum Field<'a> {
-    Ram(Ram),
-    Swap(Swap),
-    Iram(Iram),
-    Cpus(Vec<Option<Cpu>>),
-    Mts(Mts),
-    Temperature(Temperature<'a>),
-    Rail(Rail<'a>),
-    Engine(&'a str, Engine),
 }
 
 /// Picks the one parser that can match from the field's first token, rather than trying each in
@@ -494,21 +546,26 @@ fn field(input: &[u8]) -> Res<'_, Field<'_>> {
         b"IRAM" => map(iram, Field::Iram).parse(input),
         b"CPU" | b"cpu" if after.first() == Some(&b'[') => map(cpus, Field::Cpus).parse(input),
         b"MTS" => map(mts, Field::Mts).parse(input),
-        _ if token.ends_with(b"C") && token.contains(&b'@') => {
-            map(temperature, Field::Temperature).parse(input)
-        }
+        _ if token.ends_with(b"C") && token.contains(&b'@') => temperature(input),
         _ => {
             let value_end = after
                 .iter()
                 .position(u8::is_ascii_whitespace)
                 .unwrap_or(after.len());
             if after[..value_end].contains(&b'/') {
-                map(rail, Field::Rail).parse(input)
+                rail(input)
             } else {
-                map(engine, |(name, engine)| Field::Engine(name, engine)).parse(input)
+                engine(input)
             }
         }
     }
+}
+
+/// A name the field parsers took from `line`, as the `&str` it is there. The parsers accept only
+/// ASCII in names, so the offsets are always character boundaries; `""` is unreachable.
+fn name_in<'a>(line: &'a str, name: &[u8]) -> &'a str {
+    let start = name.as_ptr() as usize - line.as_ptr() as usize;
+    line.get(start..start + name.len()).unwrap_or_default()
 }
 
 fn skip_spaces(input: &[u8]) -> &[u8] {
@@ -547,9 +604,27 @@ pub fn parse(line: &str) -> Tegrastats<'_> {
                     Field::Iram(iram) => out.iram = Some(iram),
                     Field::Cpus(cpus) => out.cpus = Some(cpus),
                     Field::Mts(mts) => out.mts = Some(mts),
-                    Field::Temperature(t) => out.temperatures.push(t),
-                    Field::Rail(r) => out.rails.push(r),
-                    Field::Engine(name, engine) => out.engines.push((name, engine)),
+                    Field::Temperature {
+                        sensor,
+                        celsius,
+                        extra,
+                    } => out.temperatures.push(Temperature {
+                        sensor: name_in(line, sensor),
+                        celsius,
+                        extra,
+                    }),
+                    Field::Rail {
+                        name,
+                        current_mw,
+                        average_mw,
+                        extra,
+                    } => out.rails.push(Rail {
+                        name: name_in(line, name),
+                        current_mw,
+                        average_mw,
+                        extra,
+                    }),
+                    Field::Engine(name, engine) => out.engines.push((name_in(line, name), engine)),
                 }
                 rest = after;
             }

@@ -150,6 +150,9 @@ impl Sink {
         let mut text = String::with_capacity(64 * 1024);
         for (name, mut series) in families {
             series.sort_by(|a, b| a.0.cmp(b.0));
+            // Two sources can name the same series (a scraped endpoint that re-exports one of
+            // ours): Prometheus refuses a whole scrape with a duplicate, so one value is shown.
+            series.dedup_by(|a, b| a.0 == b.0);
             if let Some(doc) = catalogue::lookup(name) {
                 let _ = writeln!(
                     text,

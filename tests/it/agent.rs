@@ -700,3 +700,44 @@ fn prometheus_scrapes_the_agent() {
     );
     agent.stop();
 }
+
+/// A stand-in `tegrastats` (a real process the agent spawns): it records its arguments, prints
+/// two real Orin lines and dies, so the agent must restart it, with backoff.
+#[test]
+fn spawns_tegrastats_and_restarts_it_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tegrastats");
+    let line = "RAM 2391/7620MB (lfb 23x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,off] \
+                EMC_FREQ 0%@2133 GR3D_FREQ 12%@[1300,1290] cpu@52.5C VDD_IN 5139mW/5139mW";
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{args}'\necho '{line}'\necho '{line}'\nexit 3\n",
+            args = dir.path().join("args").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [tegrastats]\nenabled = \"on\"\npath = \"{}\"\ninterval = \"500ms\"\n",
+        script.display()
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    // Runs at 0 s, then after 1 s and 2 s of backoff: three runs, six lines, within seconds.
+    wait_until("three runs of tegrastats", Duration::from_secs(20), || {
+        metric_value(&agent.metrics(), "outpost_tegrastats_lines_total").filter(|n| *n >= 6.0)
+    });
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric_value(&metrics, r#"jetson_engine_frequency_hertz{engine="GR3D"}"#),
+        Some(1300e6)
+    );
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert!(args.lines().count() >= 3, "{args}");
+    assert!(args.lines().all(|a| a == "--interval 500"), "{args}");
+    let log = agent.stop();
+    assert!(log.contains("restarting in 1s"), "{log}");
+    assert!(log.contains("restarting in 2s"), "{log}");
+}

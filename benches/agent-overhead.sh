@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# What the agent costs the device: resident memory and CPU of `outpost agent` at 1 Hz with every
+# collector this machine supports switched on, plus a tegrastats replay at the log's own pace and
+# the Jetson sysfs collector on the Orin Nano fixture tree (together about 300 series).
+#
+# Collectors run at 1 s (the Jetson sysfs one too, although its default is 5 s), probes every
+# 10 s (their default is 30 s), and an application endpoint is scraped every 15 s (100 series).
+#
+# Usage: benches/agent-overhead.sh [SECONDS]   (default 600, after a 30 s warm-up)
+# Prints peak and final RSS (VmHWM, VmRSS from /proc) and CPU as a percentage of one core
+# (utime + stime from /proc/PID/stat over the measured window), and the series count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-600}
+warmup=30
+work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-overhead.XXXXXX")
+port=$((20000 + RANDOM % 20000))
+app_port=$((port + 1))
+cleanup() {
+  kill ${agent:-} ${app:-} 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet
+cat >"$work/agent.toml" <<EOF
+[agent]
+self_interval = "10s"
+[store]
+path = "$work/agent.redb"
+[host]
+interval = "1s"
+processes = ["outpost"]
+[jetson]
+enabled = "on"
+root = "$PWD/tests/data/sysfs/orin-nano-jp6"
+interval = "1s"
+[nvml]
+enabled = "auto"
+[tegrastats]
+replay = "$PWD/tests/data/tegrastats/tx2-jetpack4-2660s.log.zst"
+replay_speed = 1
+[[probe]]
+name = "self"
+kind = "http"
+url = "http://127.0.0.1:$port/api/health"
+interval = "10s"
+[[probe]]
+name = "self-port"
+kind = "tcp"
+address = "127.0.0.1:$port"
+interval = "10s"
+[[probe]]
+name = "resolver"
+kind = "dns"
+host = "localhost"
+interval = "10s"
+[[probe]]
+name = "agent-process"
+kind = "process"
+process = "outpost"
+interval = "10s"
+[[probe]]
+name = "scratch"
+kind = "filesystem"
+path = "$work"
+interval = "10s"
+[[scrape]]
+name = "app"
+url = "http://127.0.0.1:$app_port/metrics"
+interval = "15s"
+EOF
+
+# The application: a static exposition of 100 series served by Python's http.server.
+mkdir "$work/app"
+for i in $(seq 0 99); do echo "inference_fps{stream=\"$i\"} 29.$i"; done >"$work/app/metrics"
+python3 -m http.server --bind 127.0.0.1 --directory "$work/app" "$app_port" >/dev/null 2>&1 &
+app=$!
+
+./target/release/outpost agent --config "$work/agent.toml" --listen "127.0.0.1:$port" \
+  2>"$work/agent.log" &
+agent=$!
+sleep "$warmup"
+kill -0 "$agent" || { cat "$work/agent.log"; exit 1; }
+
+ticks() { awk '{print $14 + $15}' "/proc/$agent/stat"; }
+hz=$(getconf CLK_TCK)
+start_ticks=$(ticks)
+start=$(date +%s.%N)
+peak_rss=0
+for ((i = 0; i < seconds; i += 10)); do
+  sleep 10
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$agent/status")
+  ((rss > peak_rss)) && peak_rss=$rss
+done
+end=$(date +%s.%N)
+end_ticks=$(ticks)
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$agent/status")
+series=$(curl -s "http://127.0.0.1:$port/metrics" | grep -vc '^#' || true)
+cpu=$(echo "scale=3; 100 * ($end_ticks - $start_ticks) / $hz / ($end - $start)" | bc)
+
+echo "measured ${seconds} s after a ${warmup} s warm-up; ${series} series in /metrics"
+echo "RSS: peak sampled $((peak_rss / 1024)).$(((peak_rss % 1024) * 10 / 1024)) MiB, high-water mark (VmHWM) $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB"
+echo "CPU: ${cpu} % of one core"
