@@ -615,6 +615,23 @@ pub(crate) fn decode_samples_body(reader: &mut Reader<'_>) -> DResult<(Vec<i64>,
     Ok((timestamps, values))
 }
 
+/// Encodes a run of samples, sorted by timestamp with one sample per timestamp, as a chunk body
+/// without framing (no zstd, no checksum): for callers that compress and authenticate many runs
+/// together, as the sync protocol does with its batches.
+pub fn encode_samples(timestamps: &[i64], values: &[f64]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(timestamps.len() * 3 + 16);
+    encode_samples_body(timestamps, values, &mut body);
+    body
+}
+
+/// Decodes what [`encode_samples`] wrote. Any input gives samples or an error, never a panic.
+pub fn decode_samples(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f64>), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let decoded = decode_samples_body(&mut reader)?;
+    reader.finish()?;
+    Ok(decoded)
+}
+
 /// Encodes a sorted run of samples as a stored chunk.
 pub fn encode_chunk(timestamps: &[i64], values: &[f64], zstd_level: i32) -> Vec<u8> {
     let mut body = Vec::with_capacity(timestamps.len() * 3 + 16);

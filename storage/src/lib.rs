@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod changes;
 pub mod codec;
 mod disk;
 mod error;
@@ -40,6 +41,7 @@ mod store;
 pub mod text;
 mod wal;
 
+pub use changes::{Backlog, ChunkReceipt, DirtyChunk, HeadMark, LiveChanges};
 pub use codec::Rollup;
 pub use disk::{Disk, LogFile, RealDisk};
 pub use error::{DecodeError, Error, Result};

@@ -22,6 +22,7 @@ use redb::{
     TableDefinition,
 };
 
+use crate::changes::{Backlog, ChunkReceipt, DirtyChunk, HeadMark, LiveChanges, Tracker};
 use crate::codec::{self, Rollup};
 use crate::disk::{Disk, RealDisk};
 use crate::error::{Error, Result};
@@ -48,6 +49,12 @@ const META_NEWEST: &str = "newest_timestamp";
 const META_RAW_SAMPLES: &str = "raw_samples";
 const META_MINUTE_POINTS: &str = "minute_points";
 const META_HOUR_POINTS: &str = "hour_points";
+/// Present once the store tracks changes for a subscriber; before that, every chunk is backlog.
+const META_CHANGES_TRACKED: &str = "changes_tracked";
+/// The change feed's backlog: chunks written while some of their samples were unconfirmed,
+/// keyed `(window start, tier, series)` so that the oldest come first, valued with the log
+/// generation of the seal that last dirtied them.
+const DIRTY: TableDefinition<(i64, u8, u32), u64> = TableDefinition::new("sync.dirty");
 
 /// Chunk windows: one chunk per series per window, aligned to the epoch.
 const RAW_WINDOW: i64 = 2 * 3_600_000;
@@ -121,6 +128,9 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Where the files live: the real file system, or a simulated disk in tests.
     pub disk: Arc<dyn Disk>,
+    /// Keep a change feed for one subscriber (the agent's sync layer): see
+    /// [`Store::live_since`] and [`Store::dirty_chunks`].
+    pub track_changes: bool,
 }
 
 impl Default for Options {
@@ -136,6 +146,7 @@ impl Default for Options {
             zstd_level: 9,
             clock: Arc::new(SystemClock::default()),
             disk: Arc::new(RealDisk),
+            track_changes: false,
         }
     }
 }
@@ -317,6 +328,7 @@ struct Head {
     /// What the next log frame will hold.
     pending: Record,
     log: LogWriter,
+    tracker: Tracker,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -413,6 +425,9 @@ impl Store {
             })?;
         let generation = init_or_check_format(&db, &path, fresh)?;
         let catalogue = load_catalogue(&db, &path)?;
+        if options.track_changes {
+            start_tracking(&db)?;
+        }
 
         // Replay every log that the file has not folded in yet, oldest first.
         let mut replayed = HeadData::default();
@@ -479,6 +494,7 @@ impl Store {
                 frozen: None,
                 pending: Record::default(),
                 log,
+                tracker: Tracker::default(),
             }),
             sealed: std::sync::Condvar::new(),
             timers: Mutex::new(Timers {
@@ -667,6 +683,179 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Live samples accepted after `mark` (all of the head for `None` or a mark of an earlier
+    /// head), at most about `max_samples`, in series order, with the mark after them. Needs
+    /// [`Options::track_changes`].
+    pub fn live_since(&self, mark: Option<&HeadMark>, max_samples: usize) -> LiveChanges {
+        let head = lock(&self.shared.head);
+        let generation = head.tracker.generation;
+        let start = mark.filter(|m| m.generation == generation);
+        let mut ids: Vec<u32> = head.active.series.keys().copied().collect();
+        ids.sort_unstable();
+        let mut out = LiveChanges {
+            series: Vec::new(),
+            mark: HeadMark {
+                generation,
+                lengths: Vec::with_capacity(ids.len()),
+            },
+        };
+        let mut budget = max_samples.max(1);
+        for id in ids {
+            let samples = &head.active.series[&id];
+            let from = start.map_or(0, |m| m.length(id)).min(samples.len());
+            let to = if budget == 0 {
+                from
+            } else {
+                samples.len().min(from + budget)
+            };
+            budget -= to - from;
+            if to > from {
+                out.series.push((SeriesId(id), samples[from..to].to_vec()));
+            }
+            out.mark.lengths.push((id, to as u32));
+        }
+        out
+    }
+
+    /// The subscriber has delivered everything before `mark`. A mark of an earlier head is
+    /// ignored: its unconfirmed samples were handed on when that head was sealed.
+    pub fn confirm_live(&self, mark: &HeadMark) {
+        lock(&self.shared.head).tracker.confirm(mark);
+    }
+
+    /// Backlog chunks, oldest window first, up to about `max_bytes` (at least one). A raw chunk
+    /// whose window also has samples in the head is shipped merged with them, so that it is never
+    /// older than live data already sent.
+    pub fn dirty_chunks(&self, max_bytes: usize) -> Result<Vec<DirtyChunk>> {
+        let delivered = lock(&self.shared.head).tracker.delivered.clone();
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let dirty = match txn.open_table(DIRTY) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let chunks = txn.open_table(CHUNKS)?;
+        let mut out: Vec<DirtyChunk> = Vec::new();
+        let mut missing: Vec<((i64, u8, u32), u64)> = Vec::new();
+        let mut bytes = 0usize;
+        for entry in dirty.iter()? {
+            let (key, version) = entry?;
+            let (window, tier, series) = key.value();
+            let version = version.value();
+            if delivered.get(&(window, tier, series)) == Some(&version) {
+                continue;
+            }
+            let Some(tier_enum) = [Tier::Raw, Tier::Minute, Tier::Hour]
+                .into_iter()
+                .find(|t| *t as u8 == tier)
+            else {
+                continue;
+            };
+            let Some(stored) = chunks.get((series, tier, window))? else {
+                // Dropped by retention or the budget since: nothing left to ship.
+                missing.push(((window, tier, series), version));
+                continue;
+            };
+            let mut chunk_bytes = stored.value().to_vec();
+            if tier_enum == Tier::Raw {
+                let head_samples = self.head_samples_in(series, window, window + RAW_WINDOW);
+                if !head_samples.is_empty() {
+                    if let Ok((t, v)) = codec::decode_chunk(&chunk_bytes) {
+                        let stored: Vec<(i64, f64)> = t.into_iter().zip(v).collect();
+                        let merged = merge_sorted(&stored, &sort_last_wins(head_samples));
+                        let (t, v): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+                        chunk_bytes = codec::encode_chunk(&t, &v, self.shared.options.zstd_level);
+                    }
+                }
+            }
+            let Some(key) = self.series_key(SeriesId(series)) else {
+                continue;
+            };
+            bytes += chunk_bytes.len();
+            out.push(DirtyChunk {
+                series: SeriesId(series),
+                key,
+                tier: tier_enum,
+                window_start: window,
+                bytes: chunk_bytes,
+                version,
+            });
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        if !missing.is_empty() {
+            lock(&self.shared.head).tracker.delivered.extend(missing);
+        }
+        Ok(out)
+    }
+
+    /// The subscriber has delivered these backlog chunks; the next seal removes them from the
+    /// backlog unless a seal since dirtied them again.
+    pub fn confirm_chunks(&self, receipts: &[ChunkReceipt]) {
+        let mut head = lock(&self.shared.head);
+        for receipt in receipts {
+            head.tracker.delivered.insert(receipt.key, receipt.version);
+        }
+    }
+
+    /// How far behind the subscriber is.
+    pub fn backlog(&self) -> Result<Backlog> {
+        let (live, oldest_live, delivered) = {
+            let head = lock(&self.shared.head);
+            let mut live = 0u64;
+            let mut oldest: Option<i64> = None;
+            for (&id, samples) in &head.active.series {
+                let from = head.tracker.confirmed_length(id).min(samples.len());
+                live += (samples.len() - from) as u64;
+                if let Some(min) = samples[from..].iter().map(|s| s.0).min() {
+                    oldest = Some(oldest.map_or(min, |o| o.min(min)));
+                }
+            }
+            (live, oldest, head.tracker.delivered.clone())
+        };
+        let db = read(&self.shared.db);
+        let txn = db.begin_read()?;
+        let (mut dirty_chunks, mut oldest_dirty) = (0u64, None);
+        match txn.open_table(DIRTY) {
+            Ok(table) => {
+                for entry in table.iter()? {
+                    let (key, version) = entry?;
+                    if delivered.get(&key.value()) != Some(&version.value()) {
+                        dirty_chunks += 1;
+                        oldest_dirty.get_or_insert(key.value().0);
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let oldest_ms = match (oldest_live, oldest_dirty) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Backlog {
+            live_unconfirmed_samples: live,
+            dirty_chunks,
+            oldest_ms,
+        })
+    }
+
+    /// Head samples (frozen and active) of one series within `[from, to)`, in write order.
+    fn head_samples_in(&self, series: u32, from: i64, to: i64) -> Vec<(i64, f64)> {
+        let head = lock(&self.shared.head);
+        head.frozen
+            .iter()
+            .map(|f| &**f)
+            .chain(std::iter::once(&head.active))
+            .filter_map(|data| data.series.get(&series))
+            .flatten()
+            .filter(|(ts, _)| (from..to).contains(ts))
+            .copied()
+            .collect()
     }
 
     /// Every series that the selector matches, sorted by key.
@@ -867,6 +1056,37 @@ impl Drop for Store {
             let _ = writer.join();
         }
     }
+}
+
+/// What a seal's commit does to the change feed's backlog.
+#[derive(Debug, Default)]
+struct FeedCommit {
+    /// Delivered entries to remove, if no later seal dirtied them again.
+    delivered: crate::fasthash::FastMap<(i64, u8, u32), u64>,
+    dirty: BTreeSet<(i64, u8, u32)>,
+}
+
+/// The first time a store tracks changes, everything it already holds is backlog.
+fn start_tracking(db: &Database) -> Result<()> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        if meta.get(META_CHANGES_TRACKED)?.is_some() {
+            drop(meta);
+            txn.abort()?;
+            return Ok(());
+        }
+        let chunks = txn.open_table(CHUNKS)?;
+        let mut dirty = txn.open_table(DIRTY)?;
+        for entry in chunks.iter()? {
+            let (key, _) = entry?;
+            let (series, tier, window) = key.value();
+            dirty.insert((window, tier, series), 0)?;
+        }
+        meta.insert(META_CHANGES_TRACKED, 1)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn init_or_check_format(db: &Database, path: &Path, fresh: bool) -> Result<u64> {
@@ -1113,7 +1333,7 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
             Ok(CommandBox(command)) => Some(command),
             Err(flume::RecvTimeoutError::Timeout) => None,
             Err(flume::RecvTimeoutError::Disconnected) => {
-                if let Err(error) = shared.seal() {
+                if let Err(error) = shared.seal_with(true) {
                     tracing::error!(%error, "final seal failed");
                 }
                 return;
@@ -1316,13 +1536,19 @@ impl Shared {
 
     /// Folds the head into redb with one durable commit and starts a new log generation.
     fn seal(&self) -> Result<()> {
+        self.seal_with(false)
+    }
+
+    /// A seal; `closing` for the last one, which leaves the change feed's unconfirmed samples as
+    /// backlog rather than in a head that nobody will log.
+    fn seal_with(&self, closing: bool) -> Result<()> {
         self.check_poison()?;
         let now = self.options.clock.now();
-        let (frozen, new_generation, defs, persisted_to) = {
+        let (frozen, new_generation, defs, persisted_to, feed) = {
             let catalogue = read(&self.catalogue);
             let mut head = lock(&self.head);
             let new_defs = catalogue.keys.len() > catalogue.persisted;
-            if head.active.is_empty() && !new_defs {
+            if head.active.is_empty() && !new_defs && head.tracker.delivered.is_empty() {
                 drop(head);
                 lock(&self.timers).last_seal = now;
                 return Ok(());
@@ -1334,15 +1560,20 @@ impl Shared {
             head.log = log;
             let frozen = Arc::new(std::mem::take(&mut head.active));
             head.frozen = Some(frozen.clone());
+            let feed = if self.options.track_changes {
+                self.hand_over_tail(&mut head, &frozen, closing)
+            } else {
+                FeedCommit::default()
+            };
             self.sealed.notify_all();
             let defs: Vec<(u32, String)> = catalogue.keys[catalogue.persisted..]
                 .iter()
                 .enumerate()
                 .map(|(i, k)| ((catalogue.persisted + i) as u32, k.to_string()))
                 .collect();
-            (frozen, new_generation, defs, catalogue.keys.len())
+            (frozen, new_generation, defs, catalogue.keys.len(), feed)
         };
-        let result = self.commit_frozen(&frozen, new_generation, &defs);
+        let result = self.commit_frozen(&frozen, new_generation, &defs, &feed);
         lock(&self.head).frozen = None;
         self.sealed.notify_all();
         if let Err(error) = result {
@@ -1360,11 +1591,48 @@ impl Shared {
         self.enforce_budget()
     }
 
+    /// At a seal, what the subscriber has not confirmed of the frozen head either moves into the
+    /// new head (a short tail: it stays live) or becomes backlog (a long one). Caller holds the
+    /// head, whose active part is the new, empty generation.
+    fn hand_over_tail(&self, head: &mut Head, frozen: &HeadData, closing: bool) -> FeedCommit {
+        let mut tail: Vec<(u32, i64, f64)> = Vec::new();
+        let mut ids: Vec<u32> = frozen.series.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let samples = &frozen.series[&id];
+            let from = head.tracker.confirmed_length(id).min(samples.len());
+            tail.extend(samples[from..].iter().map(|&(ts, v)| (id, ts, v)));
+        }
+        let carry_limit = (self.options.max_head_samples / 4).clamp(1, 100_000);
+        let mut feed = FeedCommit {
+            delivered: std::mem::take(&mut head.tracker.delivered),
+            dirty: BTreeSet::new(),
+        };
+        if tail.len() <= carry_limit && !closing {
+            // Logged again in the new generation, so it survives the old log's deletion.
+            head.active.apply(&tail, &[], &[]);
+            head.pending.samples.extend(tail);
+        } else {
+            for &(id, ts, _) in &tail {
+                feed.dirty
+                    .insert((bucket_of(ts, RAW_WINDOW), Tier::Raw as u8, id));
+                feed.dirty
+                    .insert((bucket_of(ts, MINUTE_WINDOW), Tier::Minute as u8, id));
+                feed.dirty
+                    .insert((bucket_of(ts, HOUR_WINDOW), Tier::Hour as u8, id));
+            }
+        }
+        head.tracker.generation += 1;
+        head.tracker.confirmed = HeadMark::default();
+        feed
+    }
+
     fn commit_frozen(
         &self,
         frozen: &HeadData,
         new_generation: u64,
         defs: &[(u32, String)],
+        feed: &FeedCommit,
     ) -> Result<()> {
         let level = self.options.zstd_level;
         let db = read(&self.db);
@@ -1513,6 +1781,17 @@ impl Shared {
                 hour_delta -= drop_before(&mut chunks, cut(retention.hour), Tier::Hour)? as i64;
                 meta.insert(META_NEWEST, newest as u64)?;
             }
+            if self.options.track_changes {
+                let mut dirty = txn.open_table(DIRTY)?;
+                for (key, version) in &feed.delivered {
+                    if dirty.get(*key)?.map(|v| v.value()) == Some(*version) {
+                        dirty.remove(*key)?;
+                    }
+                }
+                for key in &feed.dirty {
+                    dirty.insert(*key, new_generation)?;
+                }
+            }
             add_counter(&mut meta, META_RAW_SAMPLES, raw_delta)?;
             add_counter(&mut meta, META_MINUTE_POINTS, minute_delta)?;
             add_counter(&mut meta, META_HOUR_POINTS, hour_delta)?;
@@ -1535,7 +1814,7 @@ impl Shared {
     /// After the final seal, the current log holds nothing: remove it, so that a closed store is
     /// one file.
     fn close(&self) -> Result<()> {
-        self.seal()?;
+        self.seal_with(true)?;
         let head = lock(&self.head);
         if head.pending.is_empty()
             && head.active.is_empty()

@@ -2,6 +2,7 @@
 
 mod budget;
 mod crash;
+mod feed;
 mod fixtures;
 mod fuzz_corpus;
 mod model;

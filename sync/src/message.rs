@@ -1,0 +1,792 @@
+//! The binary messages: batches (device to hub), acks and commands (hub to device).
+//!
+//! ```text
+//! frame  = "OP" kind:u8 version:u16le header-length:u32le header body mac
+//! kind   = 'B' batch | 'A' ack | 'C' command
+//! header = postcard of BatchHeader, Ack or Command
+//! body   = batches only: one zstd frame of postcard(BatchBody); empty otherwise
+//! mac    = HMAC-SHA256(device key, direction label || everything before the mac), 32 bytes
+//! ```
+//!
+//! Every message is authenticated with the device's own key, which only that device and the hub
+//! hold, so a device can neither write another's data nor forge the hub's acks or commands,
+//! whatever the broker allows. The direction label keeps a hub message from being replayed as
+//! a device one and the other way round. Decoders check sizes before allocating, verify the mac
+//! before decompressing, and cap the decompressed size: any input gives a value or an [`Error`].
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Versions this build accepts: the current one and the one before it, so that a fleet can
+/// upgrade gradually. (Version 1 is the first.)
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+const MAGIC: &[u8; 2] = b"OP";
+const MAC_LEN: usize = 32;
+/// magic, kind, version, header length.
+const PREFIX_LEN: usize = 2 + 1 + 2 + 4;
+/// No header of any message comes near this; a larger claim is hostile.
+const MAX_HEADER: usize = 16 << 10;
+
+/// Who sent a message: part of what the mac covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    DeviceToHub,
+    HubToDevice,
+}
+
+impl Direction {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Direction::DeviceToHub => b"outpost/v1 device-to-hub\0",
+            Direction::HubToDevice => b"outpost/v1 hub-to-device\0",
+        }
+    }
+}
+
+/// A device's secret key, shared with the hub.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceKey(Vec<u8>);
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceKey(..)")
+    }
+}
+
+impl DeviceKey {
+    /// At least 16 bytes: the key is the device's whole identity on a broker without ACLs.
+    pub fn new(bytes: Vec<u8>) -> Result<Self> {
+        if bytes.len() < 16 {
+            return Err(Error::Malformed {
+                what: "device key",
+                reason: format!("{} bytes, at least 16 are needed", bytes.len()),
+            });
+        }
+        Ok(DeviceKey(bytes))
+    }
+
+    /// The key as hex, for key files.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// A key from its hex form, surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = |reason: &str| Error::Malformed {
+            what: "device key",
+            reason: reason.to_string(),
+        };
+        if text.len() % 2 != 0 {
+            return Err(bad("odd number of hex digits"));
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|_| bad("not hex"))?;
+        DeviceKey::new(bytes)
+    }
+
+    fn mac(&self, direction: Direction, signed: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(direction.label());
+        mac.update(signed);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn verify(&self, direction: Direction, signed: &[u8], tag: &[u8]) -> Result<()> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(direction.label());
+        mac.update(signed);
+        // Constant-time comparison.
+        mac.verify_slice(tag).map_err(|_| Error::BadSignature)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sizes a receiver accepts. The defaults suit the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole MQTT payload. Agents build batches of at most 128 KiB by default.
+    pub max_message_bytes: usize,
+    /// A batch body after decompression: zstd bombs stop here, before any allocation past it.
+    pub max_body_bytes: usize,
+    /// Series definitions, live runs and chunks in one batch, each.
+    pub max_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1 << 20,
+            max_body_bytes: 16 << 20,
+            max_items: 100_000,
+        }
+    }
+}
+
+/// The part of a batch the hub reads before it knows the device's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    pub device: String,
+    /// Made durable at each agent start: a sequence number lost in a crash is never reused
+    /// within an epoch.
+    pub epoch: u64,
+    pub seq: u64,
+    /// The kernel's boot id, to tell the hub when the device rebooted (its clock may have jumped).
+    pub boot_id: String,
+    /// The device's wall clock at send, ms since the epoch.
+    pub sent_wall_ms: i64,
+    /// The device's time since boot at send (CLOCK_BOOTTIME), ms: with `boot_id`, what the hub
+    /// corrects a wrong wall clock from.
+    pub sent_uptime_ms: u64,
+    /// Write time of the oldest data the device has not had acknowledged: the sync lag.
+    pub oldest_unacked_ms: Option<i64>,
+    /// The body's size after decompression.
+    pub body_bytes: u32,
+}
+
+/// A series the batch refers to by the device's number for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesDef {
+    pub id: u32,
+    /// The canonical key, `name{a="x",b="y"}`.
+    pub key: String,
+}
+
+/// New samples of one series, in the store's raw chunk body encoding
+/// ([`outpost_storage::codec::encode_samples`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSamples {
+    pub series: u32,
+    #[serde(with = "serde_bytes")]
+    pub samples: Vec<u8>,
+}
+
+/// A sealed chunk as the device's store holds it (framed, compressed, checksummed): backfill
+/// ships these without re-encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChunk {
+    pub series: u32,
+    /// 0 raw, 1 one-minute rollups, 2 one-hour rollups.
+    pub tier: u8,
+    pub window_start: i64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchBody {
+    /// Definitions of the series the hub has not acknowledged yet.
+    pub defs: Vec<SeriesDef>,
+    pub live: Vec<LiveSamples>,
+    pub chunks: Vec<StoredChunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub header: BatchHeader,
+    pub body: BatchBody,
+}
+
+/// What the hub says about a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckStatus {
+    /// Stored durably (or already stored: `duplicate`); the device may forget it.
+    Stored { samples: u64, duplicate: bool },
+    /// The batch refers to series the hub has no definition of: resend with their definitions.
+    UnknownSeries { ids: Vec<u32> },
+    /// The device speaks a version the hub does not accept.
+    UnsupportedVersion { supported: Vec<u16> },
+    /// Refused for good (malformed content); the device logs it and moves on.
+    Rejected { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub status: AckStatus,
+}
+
+/// A label matcher of a silence, with the operators of the store's selectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matcher {
+    pub label: String,
+    pub op: MatchOp,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: String,
+    pub matchers: Vec<Matcher>,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub created_by: String,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Silence(Silence),
+    /// Ends a silence before its end time.
+    Expire {
+        silence_id: String,
+    },
+}
+
+/// A command from the hub. `id` grows per device: a device applies a command only when its id
+/// is above the last one it applied, so a recorded command cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub device: String,
+    pub id: u64,
+    pub issued_ms: i64,
+    /// A command still undelivered at this time is dropped by the device.
+    pub expires_ms: i64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameKind {
+    Batch = b'B' as isize,
+    Ack = b'A' as isize,
+    Command = b'C' as isize,
+}
+
+fn frame(
+    kind: FrameKind,
+    header: &[u8],
+    body: &[u8],
+    key: &DeviceKey,
+    direction: Direction,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + header.len() + body.len() + MAC_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    let mac = key.mac(direction, &out);
+    out.extend_from_slice(&mac);
+    out
+}
+
+/// A frame split into its parts, not yet authenticated.
+struct RawFrame<'a> {
+    version: u16,
+    header: &'a [u8],
+    body: &'a [u8],
+    signed: &'a [u8],
+    mac: &'a [u8],
+}
+
+fn split<'a>(bytes: &'a [u8], kind: FrameKind, limits: &Limits) -> Result<RawFrame<'a>> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(Error::TooLarge {
+            len: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    if bytes.len() < PREFIX_LEN + MAC_LEN {
+        return Err(Error::Truncated("shorter than the fixed fields"));
+    }
+    if &bytes[..2] != MAGIC || bytes[2] != kind as u8 {
+        return Err(Error::NotOutpost);
+    }
+    let version = u16::from_le_bytes([bytes[3], bytes[4]]);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: SUPPORTED_VERSIONS.to_vec(),
+        });
+    }
+    let header_len = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) as usize;
+    if header_len > MAX_HEADER {
+        return Err(Error::Malformed {
+            what: "frame",
+            reason: format!("header of {header_len} bytes"),
+        });
+    }
+    let mac_at = bytes.len() - MAC_LEN;
+    let header_end = PREFIX_LEN
+        .checked_add(header_len)
+        .filter(|end| *end <= mac_at)
+        .ok_or(Error::Truncated("header runs past the end"))?;
+    Ok(RawFrame {
+        version,
+        header: &bytes[PREFIX_LEN..header_end],
+        body: &bytes[header_end..mac_at],
+        signed: &bytes[..mac_at],
+        mac: &bytes[mac_at..],
+    })
+}
+
+fn from_postcard<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn to_postcard<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("postcard serializes every value of these types")
+}
+
+/// The protocol version a payload claims, if it has the fixed prefix at all: what the hub
+/// answers an unsupported device with.
+pub fn claimed_version(bytes: &[u8]) -> Option<u16> {
+    (bytes.len() >= PREFIX_LEN && &bytes[..2] == MAGIC)
+        .then(|| u16::from_le_bytes([bytes[3], bytes[4]]))
+}
+
+impl Batch {
+    /// Encodes and signs a batch; `header.body_bytes` is set here.
+    pub fn encode(&self, key: &DeviceKey, zstd_level: i32) -> Vec<u8> {
+        let body = to_postcard(&self.body);
+        let mut header = self.header.clone();
+        header.body_bytes = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let compressed =
+            zstd::bulk::compress(&body, zstd_level).expect("zstd compresses any input");
+        frame(
+            FrameKind::Batch,
+            &to_postcard(&header),
+            &compressed,
+            key,
+            Direction::DeviceToHub,
+        )
+    }
+
+    /// The unauthenticated header, to find the sender's key. Trust nothing in it until
+    /// [`Batch::decode`] has verified the mac.
+    pub fn peek_header(bytes: &[u8], limits: &Limits) -> Result<BatchHeader> {
+        let raw = split(bytes, FrameKind::Batch, limits)?;
+        from_postcard("batch header", raw.header)
+    }
+
+    /// Verifies, decompresses and decodes a batch published on `topic_device`'s topic.
+    pub fn decode(
+        bytes: &[u8],
+        topic_device: &str,
+        key: &DeviceKey,
+        limits: &Limits,
+    ) -> Result<Batch> {
+        let raw = split(bytes, FrameKind::Batch, limits)?;
+        debug_assert!(SUPPORTED_VERSIONS.contains(&raw.version));
+        key.verify(Direction::DeviceToHub, raw.signed, raw.mac)?;
+        let header: BatchHeader = from_postcard("batch header", raw.header)?;
+        if header.device != topic_device {
+            return Err(Error::DeviceMismatch {
+                topic: topic_device.to_string(),
+                payload: header.device,
+            });
+        }
+        let declared = header.body_bytes as usize;
+        if declared > limits.max_body_bytes {
+            return Err(Error::BodyTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
+        // `bulk::decompress` allocates exactly the capacity it is given and fails past it.
+        let body = zstd::bulk::decompress(raw.body, declared).map_err(|e| Error::Malformed {
+            what: "batch body",
+            reason: format!("zstd: {e}"),
+        })?;
+        if body.len() != declared {
+            return Err(Error::Malformed {
+                what: "batch body",
+                reason: format!("{} bytes where the header says {declared}", body.len()),
+            });
+        }
+        let body: BatchBody = from_postcard("batch body", &body)?;
+        for (what, count) in [
+            ("series definitions", body.defs.len()),
+            ("live runs", body.live.len()),
+            ("chunks", body.chunks.len()),
+        ] {
+            if count > limits.max_items {
+                return Err(Error::OverLimit {
+                    what,
+                    count,
+                    limit: limits.max_items,
+                });
+            }
+        }
+        Ok(Batch { header, body })
+    }
+}
+
+impl Ack {
+    pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
+        frame(
+            FrameKind::Ack,
+            &to_postcard(self),
+            &[],
+            key,
+            Direction::HubToDevice,
+        )
+    }
+
+    pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Ack> {
+        let raw = split(bytes, FrameKind::Ack, &Limits::default())?;
+        key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
+        let ack: Ack = from_postcard("ack", raw.header)?;
+        if ack.device != device || !raw.body.is_empty() {
+            return Err(Error::DeviceMismatch {
+                topic: device.to_string(),
+                payload: ack.device,
+            });
+        }
+        Ok(ack)
+    }
+}
+
+impl Command {
+    pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
+        frame(
+            FrameKind::Command,
+            &to_postcard(self),
+            &[],
+            key,
+            Direction::HubToDevice,
+        )
+    }
+
+    pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Command> {
+        let raw = split(bytes, FrameKind::Command, &Limits::default())?;
+        key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
+        let command: Command = from_postcard("command", raw.header)?;
+        if command.device != device || !raw.body.is_empty() {
+            return Err(Error::DeviceMismatch {
+                topic: device.to_string(),
+                payload: command.device,
+            });
+        }
+        Ok(command)
+    }
+}
+
+/// Signs a JSON object for the retained `status` and `meta` topics, which people read with
+/// their own tools: the mac goes in as a last key, `"mac":"<hex>"`, over the object's text
+/// without it, so that the text stays plain JSON.
+pub fn sign_json(json: &str, key: &DeviceKey) -> String {
+    let object = json.trim_end();
+    let inner = object.strip_suffix('}').unwrap_or(object);
+    let mac = hex(&key.mac(Direction::DeviceToHub, object.as_bytes()));
+    let separator = if inner.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    format!("{inner}{separator}\"mac\":\"{mac}\"}}")
+}
+
+/// Checks what [`sign_json`] made and returns the object's text without the mac.
+pub fn verify_json(payload: &str, key: &DeviceKey) -> Result<String> {
+    const TAIL: usize = "\"mac\":\"\"}".len() + 2 * MAC_LEN;
+    let start = payload.len().checked_sub(TAIL).ok_or(Error::BadSignature)?;
+    let (head, tail) = (
+        payload.get(..start).ok_or(Error::BadSignature)?,
+        payload.get(start..).ok_or(Error::BadSignature)?,
+    );
+    let mac_hex = tail
+        .strip_prefix("\"mac\":\"")
+        .and_then(|t| t.strip_suffix("\"}"))
+        .ok_or(Error::BadSignature)?;
+    let object = format!("{}}}", head.strip_suffix(',').unwrap_or(head));
+    let tag = (0..mac_hex.len())
+        .step_by(2)
+        .map(|i| {
+            mac_hex
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(Error::BadSignature)?;
+    key.verify(Direction::DeviceToHub, object.as_bytes(), &tag)?;
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(byte: u8) -> DeviceKey {
+        DeviceKey::new(vec![byte; 32]).unwrap()
+    }
+
+    fn header(device: &str) -> BatchHeader {
+        BatchHeader {
+            device: device.into(),
+            epoch: 2,
+            seq: 41,
+            boot_id: "5f1c2b0e".into(),
+            sent_wall_ms: 1_790_000_000_000,
+            sent_uptime_ms: 12_345,
+            oldest_unacked_ms: Some(1_789_999_990_000),
+            body_bytes: 0,
+        }
+    }
+
+    fn body_strategy() -> impl Strategy<Value = BatchBody> {
+        let defs = prop::collection::vec((any::<u32>(), ".{0,40}"), 0..5).prop_map(|d| {
+            d.into_iter()
+                .map(|(id, key)| SeriesDef { id, key })
+                .collect()
+        });
+        let live = prop::collection::vec(
+            (
+                any::<u32>(),
+                prop::collection::vec((any::<i64>(), any::<f64>()), 0..20),
+            ),
+            0..5,
+        )
+        .prop_map(|runs| {
+            runs.into_iter()
+                .map(|(series, mut points)| {
+                    points.sort_by_key(|p| p.0);
+                    points.dedup_by_key(|p| p.0);
+                    let (ts, vs): (Vec<i64>, Vec<f64>) = points.into_iter().unzip();
+                    LiveSamples {
+                        series,
+                        samples: outpost_storage::codec::encode_samples(&ts, &vs),
+                    }
+                })
+                .collect()
+        });
+        let chunks = prop::collection::vec(
+            (
+                any::<u32>(),
+                0u8..3,
+                any::<i64>(),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ),
+            0..4,
+        )
+        .prop_map(|c| {
+            c.into_iter()
+                .map(|(series, tier, window_start, bytes)| StoredChunk {
+                    series,
+                    tier,
+                    window_start,
+                    bytes,
+                })
+                .collect()
+        });
+        (defs, live, chunks).prop_map(|(defs, live, chunks)| BatchBody { defs, live, chunks })
+    }
+
+    proptest! {
+        #[test]
+        fn batches_round_trip_and_only_with_the_right_key(body in body_strategy()) {
+            let batch = Batch { header: header("dev-a"), body };
+            let payload = batch.encode(&key(1), 3);
+            let decoded = Batch::decode(&payload, "dev-a", &key(1), &Limits::default()).unwrap();
+            prop_assert_eq!(&decoded.body, &batch.body);
+            prop_assert_eq!(decoded.header.seq, 41);
+            prop_assert_eq!(Batch::peek_header(&payload, &Limits::default()).unwrap().device, "dev-a");
+            prop_assert_eq!(
+                Batch::decode(&payload, "dev-a", &key(2), &Limits::default()),
+                Err(Error::BadSignature)
+            );
+            let mismatch = matches!(
+                Batch::decode(&payload, "dev-b", &key(1), &Limits::default()),
+                Err(Error::DeviceMismatch { .. })
+            );
+            prop_assert!(mismatch);
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let limits = Limits::default();
+            let _ = Batch::peek_header(&bytes, &limits);
+            let _ = Batch::decode(&bytes, "dev-a", &key(1), &limits);
+            let _ = Ack::decode(&bytes, "dev-a", &key(1));
+            let _ = Command::decode(&bytes, "dev-a", &key(1));
+            let _ = verify_json(&String::from_utf8_lossy(&bytes), &key(1));
+            let _ = claimed_version(&bytes);
+        }
+
+        #[test]
+        fn any_changed_byte_is_refused(index in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let batch = Batch { header: header("dev-a"), body: BatchBody::default() };
+            let mut payload = batch.encode(&key(1), 3);
+            let at = index.index(payload.len());
+            payload[at] ^= flip;
+            prop_assert!(Batch::decode(&payload, "dev-a", &key(1), &Limits::default()).is_err());
+        }
+    }
+
+    #[test]
+    fn zstd_bombs_and_lying_headers_are_refused_before_allocating() {
+        // A device with a valid key can sign anything: the caps must hold on signed input too.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = zstd::bulk::compress(&zeros, 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "a small payload");
+        let mut header = header("dev-a");
+        header.body_bytes = 1024;
+        let lying = frame(
+            FrameKind::Batch,
+            &to_postcard(&header),
+            &bomb,
+            &key(1),
+            Direction::DeviceToHub,
+        );
+        assert!(matches!(
+            Batch::decode(&lying, "dev-a", &key(1), &Limits::default()),
+            Err(Error::Malformed {
+                what: "batch body",
+                ..
+            })
+        ));
+        header.body_bytes = 64 << 20;
+        let honest = frame(
+            FrameKind::Batch,
+            &to_postcard(&header),
+            &bomb,
+            &key(1),
+            Direction::DeviceToHub,
+        );
+        assert_eq!(
+            Batch::decode(&honest, "dev-a", &key(1), &Limits::default()),
+            Err(Error::BodyTooLarge { limit: 16 << 20 })
+        );
+        let limits = Limits {
+            max_message_bytes: 100,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            Batch::decode(&honest, "dev-a", &key(1), &limits),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn versions_outside_the_supported_ones_are_named() {
+        let batch = Batch {
+            header: header("dev-a"),
+            body: BatchBody::default(),
+        };
+        let mut payload = batch.encode(&key(1), 3);
+        payload[3..5].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(claimed_version(&payload), Some(7));
+        assert_eq!(
+            Batch::decode(&payload, "dev-a", &key(1), &Limits::default()),
+            Err(Error::UnsupportedVersion {
+                found: 7,
+                supported: vec![1]
+            })
+        );
+    }
+
+    #[test]
+    fn acks_and_commands_are_the_hubs_alone() {
+        let ack = Ack {
+            device: "dev-a".into(),
+            epoch: 2,
+            seq: 41,
+            status: AckStatus::Stored {
+                samples: 1050,
+                duplicate: false,
+            },
+        };
+        let payload = ack.encode(&key(1));
+        assert_eq!(Ack::decode(&payload, "dev-a", &key(1)).unwrap(), ack);
+        // Device B's key cannot make an ack for A, nor can A's ack be replayed on B's topic.
+        assert_eq!(
+            Ack::decode(&ack.encode(&key(2)), "dev-a", &key(1)),
+            Err(Error::BadSignature)
+        );
+        assert!(Ack::decode(&payload, "dev-b", &key(1)).is_err());
+        // A batch frame is not an ack, even under the same key.
+        let batch = Batch {
+            header: header("dev-a"),
+            body: BatchBody::default(),
+        }
+        .encode(&key(1), 3);
+        assert_eq!(
+            Ack::decode(&batch, "dev-a", &key(1)),
+            Err(Error::NotOutpost)
+        );
+
+        let command = Command {
+            device: "dev-a".into(),
+            id: 9,
+            issued_ms: 1,
+            expires_ms: 2,
+            action: Action::Silence(Silence {
+                id: "s1".into(),
+                matchers: vec![Matcher {
+                    label: "rule".into(),
+                    op: MatchOp::Regex,
+                    value: "cpu.*".into(),
+                }],
+                starts_ms: 1,
+                ends_ms: 2,
+                created_by: "admin".into(),
+                comment: "maintenance".into(),
+            }),
+        };
+        let payload = command.encode(&key(1));
+        assert_eq!(
+            Command::decode(&payload, "dev-a", &key(1)).unwrap(),
+            command
+        );
+        assert_eq!(
+            Command::decode(&command.encode(&key(2)), "dev-a", &key(1)),
+            Err(Error::BadSignature)
+        );
+    }
+
+    #[test]
+    fn signed_json_stays_json_and_refuses_tampering() {
+        for object in [r#"{"state":"online","device":"dev-a"}"#, "{}"] {
+            let signed = sign_json(object, &key(1));
+            let parsed: serde_json::Value = serde_json::from_str(&signed).unwrap();
+            assert_eq!(parsed["mac"].as_str().unwrap().len(), 64);
+            assert_eq!(verify_json(&signed, &key(1)).unwrap(), object);
+            assert_eq!(verify_json(&signed, &key(2)), Err(Error::BadSignature));
+            let tampered = signed.replacen("online", "offline", 1);
+            if tampered != signed {
+                assert_eq!(verify_json(&tampered, &key(1)), Err(Error::BadSignature));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_need_sixteen_bytes_and_read_back_from_hex() {
+        assert!(DeviceKey::new(vec![1; 15]).is_err());
+        let key = key(0xab);
+        assert_eq!(
+            DeviceKey::from_hex(&format!("{}\n", key.to_hex())).unwrap(),
+            key
+        );
+        assert!(DeviceKey::from_hex("abc").is_err());
+        assert!(DeviceKey::from_hex(&"zz".repeat(16)).is_err());
+        assert_eq!(format!("{key:?}"), "DeviceKey(..)");
+    }
+}
