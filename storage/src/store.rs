@@ -725,10 +725,15 @@ impl Store {
         lock(&self.shared.head).tracker.confirm(mark);
     }
 
-    /// Backlog chunks, oldest window first, up to about `max_bytes` (at least one). A raw chunk
-    /// whose window also has samples in the head is shipped merged with them, so that it is never
-    /// older than live data already sent.
-    pub fn dirty_chunks(&self, max_bytes: usize) -> Result<Vec<DirtyChunk>> {
+    /// Backlog chunks, oldest window first, up to about `max_bytes` (at least one), leaving out
+    /// those in `in_flight` (sent, not yet confirmed) unless a seal has dirtied them again since.
+    /// A raw chunk whose window also has samples in the head is shipped merged with them, so that
+    /// it is never older than live data already sent.
+    pub fn dirty_chunks(
+        &self,
+        max_bytes: usize,
+        in_flight: &std::collections::HashSet<ChunkReceipt>,
+    ) -> Result<Vec<DirtyChunk>> {
         let delivered = lock(&self.shared.head).tracker.delivered.clone();
         let db = read(&self.shared.db);
         let txn = db.begin_read()?;
@@ -745,7 +750,13 @@ impl Store {
             let (key, version) = entry?;
             let (window, tier, series) = key.value();
             let version = version.value();
-            if delivered.get(&(window, tier, series)) == Some(&version) {
+            let receipt = ChunkReceipt {
+                key: (window, tier, series),
+                version,
+            };
+            if delivered.get(&(window, tier, series)) == Some(&version)
+                || in_flight.contains(&receipt)
+            {
                 continue;
             }
             let Some(tier_enum) = [Tier::Raw, Tier::Minute, Tier::Hour]

@@ -33,7 +33,9 @@
 //! ```
 
 mod error;
+pub mod ingest;
 mod message;
+pub mod outbox;
 mod retained;
 pub mod topic;
 

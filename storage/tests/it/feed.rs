@@ -86,7 +86,7 @@ impl Sender {
     /// Sends one batch; returns whether there was nothing to send.
     fn ship(&mut self, store: &Store, replica: &mut Replica, delivered: bool, acked: bool) -> bool {
         let live = store.live_since(self.mark.as_ref(), 50);
-        let chunks = store.dirty_chunks(4096).unwrap();
+        let chunks = store.dirty_chunks(4096, &Default::default()).unwrap();
         let empty = live.samples() == 0 && chunks.is_empty();
         self.mark = Some(live.mark.clone());
         if delivered {
@@ -188,7 +188,7 @@ fn a_store_that_did_not_track_changes_ships_everything_it_holds() {
     write(&store, &[("m0", 1_000, 1.0), ("m0", 8_000_000, 2.0)]);
     store.close().unwrap();
     let store = Store::open(&path, options(1000)).unwrap();
-    let chunks = store.dirty_chunks(usize::MAX).unwrap();
+    let chunks = store.dirty_chunks(usize::MAX, &Default::default()).unwrap();
     // Two raw windows, one minute window, one hour window.
     let tiers: Vec<Tier> = chunks.iter().map(|c| c.tier).collect();
     assert_eq!(
@@ -202,12 +202,18 @@ fn a_store_that_did_not_track_changes_ships_everything_it_holds() {
         .all(|w| w[0].window_start <= w[1].window_start));
     assert_eq!(chunks[0].key, key("m0"));
     store.confirm_chunks(&chunks.iter().map(|c| c.receipt()).collect::<Vec<_>>());
-    assert!(store.dirty_chunks(usize::MAX).unwrap().is_empty());
+    assert!(store
+        .dirty_chunks(usize::MAX, &Default::default())
+        .unwrap()
+        .is_empty());
     assert_eq!(store.backlog().unwrap().dirty_chunks, 0);
     store.close().unwrap();
     // Delivered entries were removed durably by the close's seal.
     let store = Store::open(&path, options(1000)).unwrap();
-    assert!(store.dirty_chunks(usize::MAX).unwrap().is_empty());
+    assert!(store
+        .dirty_chunks(usize::MAX, &Default::default())
+        .unwrap()
+        .is_empty());
     store.close().unwrap();
 }
 

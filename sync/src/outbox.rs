@@ -1,0 +1,398 @@
+//! The agent's side: building batches from the store's change feed, keeping them until the hub
+//! acknowledges them, resending them (same epoch and sequence number, so the hub can tell) when
+//! no acknowledgement comes, and confirming to the store only what the hub has made durable, in
+//! send order. No network here: [`crate::uplink`] moves the payloads.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_storage::codec::encode_samples;
+use outpost_storage::{ChunkReceipt, HeadMark, StateTable, Store, WriteBatch};
+
+use crate::message::{
+    Ack, AckStatus, Batch, BatchBody, BatchHeader, DeviceKey, LiveSamples, SeriesDef, StoredChunk,
+};
+
+const EPOCH_KEY: &str = "epoch";
+
+/// Settings of the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxOptions {
+    /// The largest payload published (the broker's and client's packet limits are set above it).
+    pub max_batch_bytes: usize,
+    /// Batches sent and not yet acknowledged, at most.
+    pub max_in_flight: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            max_batch_bytes: 128 << 10,
+            max_in_flight: 8,
+            zstd_level: 3,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    payload: Arc<Vec<u8>>,
+    /// Where the live stream stood before and after this batch.
+    start_mark: Option<HeadMark>,
+    end_mark: HeadMark,
+    receipts: Vec<ChunkReceipt>,
+    defs: Vec<u32>,
+    sent_at: Instant,
+    acked: bool,
+    samples: usize,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Stored at the hub; `confirmed` batches are now confirmed to the store.
+    Stored { confirmed: usize },
+    /// For a batch no longer in flight (an old epoch, a resend acknowledged twice).
+    Stale,
+    /// The hub lacked series definitions: the batches in flight are rebuilt with them.
+    Rewound,
+    /// The hub refused the batch for good; it is dropped from the feed's view, logged by the caller.
+    Rejected(String),
+    /// The hub does not accept this protocol version.
+    UnsupportedVersion(Vec<u16>),
+}
+
+/// Counters for the agent's self-metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub batches_sent: u64,
+    pub batches_resent: u64,
+    pub batches_acked: u64,
+    pub bytes_sent: u64,
+    pub samples_confirmed: u64,
+}
+
+pub struct Outbox {
+    device: String,
+    key: DeviceKey,
+    boot_id: String,
+    epoch: u64,
+    next_seq: u64,
+    mark: Option<HeadMark>,
+    in_flight: VecDeque<InFlight>,
+    /// Series the hub has acknowledged a definition of in this process's lifetime.
+    known: HashSet<u32>,
+    options: OutboxOptions,
+    pub stats: OutboxStats,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("device", &self.device)
+            .field("epoch", &self.epoch)
+            .field("next_seq", &self.next_seq)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// Starts a new epoch, made durable before any batch of it is built: a sequence number that
+    /// a crash lost is never reused within an epoch.
+    pub fn open(
+        store: &Store,
+        device: &str,
+        key: DeviceKey,
+        boot_id: &str,
+        options: OutboxOptions,
+    ) -> Result<Outbox, outpost_storage::Error> {
+        let previous = store
+            .state_get(StateTable::SyncCursor, EPOCH_KEY)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes);
+        let epoch = previous + 1;
+        let mut write = WriteBatch::default();
+        write.put_state(
+            StateTable::SyncCursor,
+            EPOCH_KEY,
+            epoch.to_le_bytes().to_vec(),
+        );
+        store.write(write)?;
+        store.sync()?;
+        Ok(Outbox {
+            device: device.to_string(),
+            key,
+            boot_id: boot_id.to_string(),
+            epoch,
+            next_seq: 1,
+            mark: None,
+            in_flight: VecDeque::new(),
+            known: HashSet::new(),
+            options,
+            stats: OutboxStats::default(),
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Builds the next batch from what the store holds that is neither confirmed nor in flight:
+    /// live samples first, backlog chunks in the rest of the room. `None` when there is nothing
+    /// to send or the in-flight window is full.
+    pub fn next_batch(
+        &mut self,
+        store: &Store,
+        wall_ms: i64,
+        uptime_ms: u64,
+    ) -> Result<Option<(u64, Arc<Vec<u8>>)>, outpost_storage::Error> {
+        if self.in_flight.len() >= self.options.max_in_flight {
+            return Ok(None);
+        }
+        let in_flight_chunks: HashSet<ChunkReceipt> = self
+            .in_flight
+            .iter()
+            .flat_map(|b| b.receipts.iter().copied())
+            .collect();
+        let pending_defs: HashSet<u32> = self
+            .in_flight
+            .iter()
+            .flat_map(|b| b.defs.iter().copied())
+            .collect();
+        // A batch that comes out too large is rebuilt from less: reading the feed is idempotent.
+        let mut room = self.options.max_batch_bytes;
+        loop {
+            let live = store.live_since(self.mark.as_ref(), room / 2);
+            let chunks = store.dirty_chunks(room / 2, &in_flight_chunks)?;
+            if live.samples() == 0 && chunks.is_empty() {
+                if live.mark != self.mark.clone().unwrap_or_default() {
+                    // Only the mark moved (a seal started a new head): nothing to ship.
+                    self.mark = Some(live.mark);
+                }
+                return Ok(None);
+            }
+            let mut body = BatchBody::default();
+            let mut defs = Vec::new();
+            let mut samples = 0;
+            let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
+                if !self.known.contains(&id) && !pending_defs.contains(&id) && !defs.contains(&id) {
+                    defs.push(id);
+                    body.defs.push(SeriesDef {
+                        id,
+                        key: key.to_string(),
+                    });
+                }
+            };
+            for (id, points) in &live.series {
+                let Some(key) = store.series_key(*id) else {
+                    continue;
+                };
+                define(id.0, &key, &mut body);
+                let mut sorted = points.clone();
+                // Write order has the last write of a timestamp last; keep that one.
+                sorted.reverse();
+                sorted.sort_by_key(|p| p.0);
+                sorted.dedup_by_key(|p| p.0);
+                let (timestamps, values): (Vec<i64>, Vec<f64>) = sorted.into_iter().unzip();
+                samples += timestamps.len();
+                body.live.push(LiveSamples {
+                    series: id.0,
+                    samples: encode_samples(&timestamps, &values),
+                });
+            }
+            for chunk in &chunks {
+                define(chunk.series.0, &chunk.key, &mut body);
+                body.chunks.push(StoredChunk {
+                    series: chunk.series.0,
+                    tier: chunk.tier as u8,
+                    window_start: chunk.window_start,
+                    bytes: chunk.bytes.clone(),
+                });
+            }
+            let backlog = store.backlog()?;
+            let batch = Batch {
+                header: BatchHeader {
+                    device: self.device.clone(),
+                    epoch: self.epoch,
+                    seq: self.next_seq,
+                    boot_id: self.boot_id.clone(),
+                    sent_wall_ms: wall_ms,
+                    sent_uptime_ms: uptime_ms,
+                    oldest_unacked_ms: backlog.oldest_ms,
+                    body_bytes: 0,
+                },
+                body,
+            };
+            let payload = batch.encode(&self.key, self.options.zstd_level);
+            if payload.len() > self.options.max_batch_bytes && room > 1024 {
+                room /= 2;
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let payload = Arc::new(payload);
+            self.stats.batches_sent += 1;
+            self.stats.bytes_sent += payload.len() as u64;
+            self.in_flight.push_back(InFlight {
+                seq,
+                payload: payload.clone(),
+                start_mark: self.mark.clone(),
+                end_mark: live.mark.clone(),
+                receipts: chunks.iter().map(|c| c.receipt()).collect(),
+                defs,
+                sent_at: Instant::now(),
+                acked: false,
+                samples,
+            });
+            self.mark = Some(live.mark);
+            return Ok(Some((seq, payload)));
+        }
+    }
+
+    /// Applies the hub's answer to one batch.
+    pub fn on_ack(&mut self, store: &Store, ack: &Ack) -> AckOutcome {
+        if ack.epoch != self.epoch {
+            return AckOutcome::Stale;
+        }
+        let Some(index) = self.in_flight.iter().position(|b| b.seq == ack.seq) else {
+            return AckOutcome::Stale;
+        };
+        match &ack.status {
+            // A refused batch is confirmed too: nothing the device can change makes the hub
+            // take it, and one bad sample must not stop the whole feed. The caller logs it.
+            AckStatus::Stored { .. } | AckStatus::Rejected { .. } => {
+                self.in_flight[index].acked = true;
+                self.stats.batches_acked += 1;
+                let mut confirmed = 0;
+                while self.in_flight.front().is_some_and(|b| b.acked) {
+                    let batch = self.in_flight.pop_front().expect("front exists");
+                    store.confirm_live(&batch.end_mark);
+                    store.confirm_chunks(&batch.receipts);
+                    self.known.extend(batch.defs.iter().copied());
+                    self.stats.samples_confirmed += batch.samples as u64;
+                    confirmed += 1;
+                }
+                match &ack.status {
+                    AckStatus::Rejected { reason } => AckOutcome::Rejected(reason.clone()),
+                    _ => AckOutcome::Stored { confirmed },
+                }
+            }
+            AckStatus::UnknownSeries { ids } => {
+                for id in ids {
+                    self.known.remove(id);
+                }
+                self.rewind();
+                AckOutcome::Rewound
+            }
+            AckStatus::UnsupportedVersion { supported } => {
+                AckOutcome::UnsupportedVersion(supported.clone())
+            }
+        }
+    }
+
+    /// Forgets what is in flight and reads it again from the store, with fresh definitions.
+    fn rewind(&mut self) {
+        if let Some(first) = self.in_flight.front() {
+            self.mark = first.start_mark.clone();
+        }
+        self.in_flight.clear();
+    }
+
+    /// Batches whose acknowledgement is overdue, to publish again as they were (same epoch and
+    /// sequence number, so that the hub counts and discards the duplicate).
+    pub fn due_resends(&mut self, now: Instant, timeout: Duration) -> Vec<(u64, Arc<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for batch in self.in_flight.iter_mut().filter(|b| !b.acked) {
+            if now.duration_since(batch.sent_at) >= timeout {
+                batch.sent_at = now;
+                self.stats.batches_resent += 1;
+                self.stats.bytes_sent += batch.payload.len() as u64;
+                out.push((batch.seq, batch.payload.clone()));
+            }
+        }
+        out
+    }
+
+    /// Every unacknowledged batch, to publish again after a reconnect.
+    pub fn all_unacked(&mut self) -> Vec<(u64, Arc<Vec<u8>>)> {
+        self.due_resends(Instant::now(), Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_storage::{Options, SeriesKey};
+
+    fn write(store: &Store, from: i64, to: i64) {
+        let id = store.series_id(&SeriesKey::parse("m").unwrap()).unwrap();
+        let mut batch = WriteBatch::default();
+        for ts in from..to {
+            batch.sample(id, ts * 1000, ts as f64);
+        }
+        store.write(batch).unwrap();
+    }
+
+    fn stored(seq: u64, epoch: u64) -> Ack {
+        Ack {
+            device: "d".into(),
+            epoch,
+            seq,
+            status: AckStatus::Stored {
+                samples: 0,
+                duplicate: false,
+            },
+        }
+    }
+
+    #[test]
+    fn acks_confirm_in_send_order_only_and_epochs_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            track_changes: true,
+            ..Options::default()
+        };
+        let store = Store::open(dir.path().join("a.redb"), options.clone()).unwrap();
+        let key = DeviceKey::new(vec![1; 16]).unwrap();
+        let mut outbox =
+            Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
+        assert_eq!(outbox.epoch(), 1);
+        write(&store, 0, 5);
+        let (first, _) = outbox.next_batch(&store, 0, 0).unwrap().unwrap();
+        write(&store, 5, 10);
+        let (second, _) = outbox.next_batch(&store, 0, 0).unwrap().unwrap();
+        assert!(
+            outbox.next_batch(&store, 0, 0).unwrap().is_none(),
+            "nothing new to send"
+        );
+        // The second batch is stored, the first was lost: nothing may be confirmed yet.
+        assert_eq!(
+            outbox.on_ack(&store, &stored(second, 1)),
+            AckOutcome::Stored { confirmed: 0 }
+        );
+        assert_eq!(store.backlog().unwrap().live_unconfirmed_samples, 10);
+        assert_eq!(
+            outbox.on_ack(&store, &stored(second, 2)),
+            AckOutcome::Stale,
+            "another epoch"
+        );
+        assert_eq!(
+            outbox.on_ack(&store, &stored(first, 1)),
+            AckOutcome::Stored { confirmed: 2 }
+        );
+        assert_eq!(store.backlog().unwrap().live_unconfirmed_samples, 0);
+        assert_eq!(outbox.in_flight(), 0);
+        drop(outbox);
+        let outbox = Outbox::open(&store, "d", key, "b", OutboxOptions::default()).unwrap();
+        assert_eq!(outbox.epoch(), 2, "each start is a new epoch");
+        store.close().unwrap();
+    }
+}

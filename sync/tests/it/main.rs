@@ -1,0 +1,5 @@
+//! The protocol end to end without a network: an agent's store and outbox, a lossy,
+//! duplicating, reordering channel, the hub's ingestor and store. Real stores on real files and
+//! the real hour of host data.
+
+mod lossy;
