@@ -4,9 +4,13 @@
 mod agent;
 mod collect;
 mod db;
+mod hub;
 mod input;
+mod netaddr;
+mod sysinfo_ids;
 mod tegrastats_cmd;
 mod timearg;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -34,6 +38,12 @@ enum Command {
     /// Collectors: host (always), tegrastats and Jetson sysfs files (on Jetsons), NVML (where
     /// an NVIDIA driver is installed), health probes and application metrics from the config.
     Agent(agent::AgentArgs),
+    /// Run the hub: gather the fleet's batches over MQTT into the hub's store and serve its API.
+    ///
+    /// Runs an embedded MQTT broker by default (or uses Mosquitto or EMQX), verifies each
+    /// device's signed batches, stores them idempotently and acknowledges them once durable.
+    /// `outpost hub device add ID` enrols a device.
+    Hub(hub::HubArgs),
     /// Work with a store file: import, query, statistics, compaction.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -50,9 +60,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
+        Command::Hub(args) => hub::run(args),
         Command::Db(command) => db::run(command),
         Command::Tegrastats(command) => tegrastats_cmd::run(command),
     };

@@ -24,6 +24,7 @@ pub struct AgentConfig {
     pub jetson: JetsonSection,
     pub nvml: NvmlSection,
     pub import: ImportSection,
+    pub mqtt: MqttSection,
     #[serde(rename = "scrape")]
     pub scrapes: Vec<ScrapeConfig>,
     #[serde(rename = "probe")]
@@ -194,6 +195,55 @@ impl Default for ImportSection {
             allow_remote: false,
             max_series_per_source: 1000,
             max_body: ByteSize(4 << 20),
+        }
+    }
+}
+
+/// The connection to the hub: the sync protocol's settings (`outpost_sync::uplink`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    pub enabled: bool,
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS.
+    pub url: String,
+    pub fleet: String,
+    /// Empty: this machine's id (`/etc/machine-id`).
+    pub device: String,
+    /// Empty: the device id.
+    pub username: String,
+    /// A file holding the broker password (readable by the agent's user only).
+    pub password_file: PathBuf,
+    /// The device's signing key, hex, as `outpost hub device add` wrote it (owner-only).
+    pub key_file: PathBuf,
+    /// For `mqtts://`: the CA that signed the broker's certificate (else the system's roots),
+    /// and this device's client certificate and key, when the broker asks for one.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+    pub batch_interval: Interval,
+    pub ack_timeout: Interval,
+    pub max_batch: ByteSize,
+    /// Bytes per second for batches on average; 0 for no cap.
+    pub bandwidth: ByteSize,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            enabled: false,
+            url: "mqtt://127.0.0.1:1883".into(),
+            fleet: "default".into(),
+            device: String::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            key_file: PathBuf::from("device.key"),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
+            batch_interval: Interval::secs(10),
+            ack_timeout: Interval::secs(30),
+            max_batch: ByteSize(128 << 10),
+            bandwidth: ByteSize(0),
         }
     }
 }
@@ -413,6 +463,8 @@ impl AgentConfig {
             ("tegrastats.interval", self.tegrastats.interval),
             ("jetson.interval", self.jetson.interval),
             ("nvml.interval", self.nvml.interval),
+            ("mqtt.batch_interval", self.mqtt.batch_interval),
+            ("mqtt.ack_timeout", self.mqtt.ack_timeout),
         ];
         for (i, scrape) in self.scrapes.iter().enumerate() {
             intervals.push((leak(format!("scrape[{i}].interval")), scrape.interval));
@@ -435,6 +487,17 @@ impl AgentConfig {
         }
         if self.store.budget.0 < 4 << 20 {
             bail!("store.budget: must be at least 4MiB");
+        }
+        if self.mqtt.enabled {
+            crate::netaddr::MqttUrl::parse(&self.mqtt.url).context("mqtt.url")?;
+            outpost_sync::topic::check_id("fleet", &self.mqtt.fleet).context("mqtt.fleet")?;
+            if !self.mqtt.device.is_empty() {
+                outpost_sync::topic::check_id("device", &self.mqtt.device)
+                    .context("mqtt.device")?;
+            }
+            if self.mqtt.max_batch.0 < 4 << 10 || self.mqtt.max_batch.0 > 16 << 20 {
+                bail!("mqtt.max_batch: must be between 4KiB and 16MiB");
+            }
         }
         if self.store.max_head_samples == 0 {
             bail!("store.max_head_samples: must be greater than zero");

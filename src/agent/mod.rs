@@ -103,6 +103,8 @@ fn store_options(config: &AgentConfig) -> Options {
         max_head_samples: config.store.max_head_samples,
         budget_bytes: Some(config.store.budget.0),
         cache_bytes: usize::try_from(config.store.cache.0).unwrap_or(usize::MAX),
+        // The sync layer reads the store's change feed.
+        track_changes: config.mqtt.enabled,
         ..Options::default()
     }
 }
@@ -116,6 +118,27 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         .await?
         .with_context(|| format!("opening the store {}", config.store.path.display()))?;
     let sink = Arc::new(Sink::new(store));
+    let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
+    let uplink = if config.mqtt.enabled {
+        let uplink_config = uplink_config(&config).context("[mqtt]")?;
+        let meta = device_meta(&config, &uplink_config.topics.device, &sink.store);
+        let state = sink.uplink.clone();
+        let store = sink.store.clone();
+        tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
+        Some(tokio::spawn(async move {
+            outpost_sync::uplink::run(
+                store,
+                uplink_config,
+                meta,
+                state,
+                (crate::sysinfo_ids::wall_ms, crate::sysinfo_ids::uptime_ms),
+                uplink_stopped,
+            )
+            .await
+        }))
+    } else {
+        None
+    };
 
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
@@ -177,14 +200,25 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     collectors.shutdown().await;
     let _ = stop_http.send(());
     let _ = server.await;
+    let _ = stop_uplink.send(true);
+    if let Some(uplink) = uplink {
+        match tokio::time::timeout(Duration::from_secs(5), uplink).await {
+            Ok(Ok(Err(error))) => tracing::error!("sync stopped with an error: {error}"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("sync did not stop within 5 s"),
+        }
+    }
     // Seal what the head holds, so that a clean stop leaves nothing for recovery to replay.
     let sink_for_seal = sink.clone();
     tokio::task::spawn_blocking(move || sink_for_seal.store.seal())
         .await?
         .context("sealing the store at shutdown")?;
     drop(http_state);
-    if let Ok(sink) = Arc::try_unwrap(sink) {
-        tokio::task::spawn_blocking(move || sink.store.close()).await??;
+    let store = Arc::try_unwrap(sink)
+        .ok()
+        .and_then(|sink| Arc::try_unwrap(sink.store).ok());
+    if let Some(store) = store {
+        tokio::task::spawn_blocking(move || store.close()).await??;
     }
     tracing::info!("agent stopped");
     Ok(())
@@ -547,6 +581,51 @@ async fn self_metrics_task(interval: Duration, sink: Arc<Sink>, started: Instant
                 stats.bytes_written_since_open as f64,
             );
         }
+        if sink.store.options_track_changes() {
+            let uplink = sink.uplink.lock().expect("uplink state").clone();
+            let counters = [
+                ("outpost_sync_connected", f64::from(uplink.connected)),
+                ("outpost_sync_connects_total", uplink.connects as f64),
+                (
+                    "outpost_sync_batches_sent_total",
+                    uplink.batches_sent as f64,
+                ),
+                (
+                    "outpost_sync_batches_resent_total",
+                    uplink.batches_resent as f64,
+                ),
+                (
+                    "outpost_sync_batches_acked_total",
+                    uplink.batches_acked as f64,
+                ),
+                ("outpost_sync_sent_bytes_total", uplink.bytes_sent as f64),
+                (
+                    "outpost_sync_confirmed_samples_total",
+                    uplink.samples_confirmed as f64,
+                ),
+                ("outpost_sync_in_flight_batches", uplink.in_flight as f64),
+            ];
+            for (name, value) in counters {
+                out.add(name, &[], value);
+            }
+            let store = sink.store.clone();
+            if let Ok(Ok(backlog)) = tokio::task::spawn_blocking(move || store.backlog()).await {
+                out.add(
+                    "outpost_sync_backlog_chunks",
+                    &[],
+                    backlog.dirty_chunks as f64,
+                );
+                out.add(
+                    "outpost_sync_unconfirmed_samples",
+                    &[],
+                    backlog.live_unconfirmed_samples as f64,
+                );
+                let lag = backlog
+                    .oldest_ms
+                    .map_or(0.0, |oldest| (at - oldest).max(0) as f64 / 1000.0);
+                out.add("outpost_sync_lag_seconds", &[], lag);
+            }
+        }
         for (name, stats) in sink.collector_stats() {
             let labels = [("collector", name.as_str())];
             out.add(
@@ -575,4 +654,84 @@ fn self_io_write_bytes() -> Option<f64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The uplink's settings from `[mqtt]`, with the device's secrets read (and their file modes
+/// checked) now, so that a bad file stops the agent at start with a message that names it.
+fn uplink_config(config: &AgentConfig) -> Result<outpost_sync::uplink::UplinkConfig> {
+    let mqtt = &config.mqtt;
+    let url = crate::netaddr::MqttUrl::parse(&mqtt.url).context("url")?;
+    let device = if mqtt.device.is_empty() {
+        crate::sysinfo_ids::machine_id()
+            .context("device: empty, and this machine has no /etc/machine-id; set one")?
+    } else {
+        mqtt.device.clone()
+    };
+    let topics = outpost_sync::topic::DeviceTopics::new(&mqtt.fleet, &device)?;
+    let key = crate::sysinfo_ids::read_secret(&mqtt.key_file, "device key (mqtt.key_file)")?;
+    let key = outpost_sync::DeviceKey::from_hex(&key)
+        .with_context(|| format!("key_file {}", mqtt.key_file.display()))?;
+    let password = if mqtt.password_file.as_os_str().is_empty() {
+        String::new()
+    } else {
+        crate::sysinfo_ids::read_secret(
+            &mqtt.password_file,
+            "broker password (mqtt.password_file)",
+        )?
+    };
+    let tls = if url.tls {
+        Some(Arc::new(crate::tls::client_config(
+            &mqtt.ca_file,
+            &mqtt.cert_file,
+            &mqtt.client_key_file,
+        )?))
+    } else {
+        None
+    };
+    Ok(outpost_sync::uplink::UplinkConfig {
+        host: url.host,
+        port: url.port,
+        tls,
+        username: if mqtt.username.is_empty() {
+            device.clone()
+        } else {
+            mqtt.username.clone()
+        },
+        password,
+        topics,
+        key,
+        boot_id: crate::sysinfo_ids::boot_id(),
+        batch_interval: mqtt.batch_interval.0,
+        ack_timeout: mqtt.ack_timeout.0,
+        bandwidth: (mqtt.bandwidth.0 > 0).then_some(mqtt.bandwidth.0),
+        outbox: outpost_sync::outbox::OutboxOptions {
+            max_batch_bytes: usize::try_from(mqtt.max_batch.0).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// What the retained `meta` topic says of this device.
+fn device_meta(config: &AgentConfig, device: &str, store: &Store) -> outpost_sync::Meta {
+    let identity = collect::jetson::is_jetson(&config.jetson.root).then(|| {
+        collect::jetson::JetsonCollector::new(config.jetson.root.clone())
+            .identity()
+            .clone()
+    });
+    let series = store
+        .series(&outpost_storage::Selector::parse(r#"{__name__=~".+"}"#).expect("valid selector"));
+    let mut metrics: Vec<String> = series.iter().map(|(_, k)| k.name().to_string()).collect();
+    metrics.dedup();
+    outpost_sync::Meta {
+        device: device.to_string(),
+        model: identity.as_ref().map(|i| i.model.clone()),
+        l4t: identity.as_ref().map(|i| i.l4t.clone()),
+        jetpack: identity.as_ref().map(|i| i.jetpack.clone()),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: outpost_sync::PROTOCOL_VERSION,
+        boot_id: crate::sysinfo_ids::boot_id(),
+        series: series.len() as u64,
+        metrics,
+    }
 }

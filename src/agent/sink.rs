@@ -29,7 +29,8 @@ pub struct CollectorStats {
 }
 
 pub struct Sink {
-    pub store: Store,
+    pub store: std::sync::Arc<Store>,
+    pub uplink: std::sync::Arc<Mutex<outpost_sync::uplink::UplinkState>>,
     latest: Mutex<BTreeMap<String, Latest>>,
     collectors: Mutex<BTreeMap<String, CollectorStats>>,
     pub samples_written: AtomicU64,
@@ -42,7 +43,8 @@ const STALE_MS: i64 = 5 * 60_000;
 impl Sink {
     pub fn new(store: Store) -> Self {
         Sink {
-            store,
+            store: std::sync::Arc::new(store),
+            uplink: Default::default(),
             latest: Mutex::new(BTreeMap::new()),
             collectors: Mutex::new(BTreeMap::new()),
             samples_written: AtomicU64::new(0),

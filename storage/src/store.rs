@@ -526,6 +526,11 @@ impl Store {
         })
     }
 
+    /// Whether this store keeps a change feed ([`Options::track_changes`]).
+    pub fn options_track_changes(&self) -> bool {
+        self.shared.options.track_changes
+    }
+
     /// The path of the store file.
     pub fn path(&self) -> &Path {
         &self.shared.path

@@ -38,6 +38,7 @@ mod message;
 pub mod outbox;
 mod retained;
 pub mod topic;
+pub mod uplink;
 
 pub use error::{Error, Result};
 pub use message::{

@@ -83,7 +83,7 @@ impl DeviceKey {
             what: "device key",
             reason: reason.to_string(),
         };
-        if text.len() % 2 != 0 {
+        if !text.len().is_multiple_of(2) {
             return Err(bad("odd number of hex digits"));
         }
         let bytes = (0..text.len())

@@ -16,6 +16,9 @@ use crate::message::{
 
 const EPOCH_KEY: &str = "epoch";
 
+/// A batch ready to publish: its sequence number and payload.
+pub type Outgoing = (u64, Arc<Vec<u8>>);
+
 /// Settings of the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxOptions {
@@ -153,7 +156,7 @@ impl Outbox {
         store: &Store,
         wall_ms: i64,
         uptime_ms: u64,
-    ) -> Result<Option<(u64, Arc<Vec<u8>>)>, outpost_storage::Error> {
+    ) -> Result<Option<Outgoing>, outpost_storage::Error> {
         if self.in_flight.len() >= self.options.max_in_flight {
             return Ok(None);
         }
@@ -308,7 +311,7 @@ impl Outbox {
 
     /// Batches whose acknowledgement is overdue, to publish again as they were (same epoch and
     /// sequence number, so that the hub counts and discards the duplicate).
-    pub fn due_resends(&mut self, now: Instant, timeout: Duration) -> Vec<(u64, Arc<Vec<u8>>)> {
+    pub fn due_resends(&mut self, now: Instant, timeout: Duration) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for batch in self.in_flight.iter_mut().filter(|b| !b.acked) {
             if now.duration_since(batch.sent_at) >= timeout {
@@ -322,7 +325,7 @@ impl Outbox {
     }
 
     /// Every unacknowledged batch, to publish again after a reconnect.
-    pub fn all_unacked(&mut self) -> Vec<(u64, Arc<Vec<u8>>)> {
+    pub fn all_unacked(&mut self) -> Vec<Outgoing> {
         self.due_resends(Instant::now(), Duration::ZERO)
     }
 }

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn root() -> &'static Path {
+pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tegrastats_log(name: &str) -> PathBuf {
+pub fn tegrastats_log(name: &str) -> PathBuf {
     root().join("tests/data/tegrastats").join(name)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.1 exchange over std, so that the tests do not share the agent's client.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -53,7 +53,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
@@ -64,14 +64,14 @@ fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
-struct Agent {
-    child: Child,
-    port: u16,
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(dir: &Path, config: &str, args: &[&str]) -> Agent {
+    pub fn start(dir: &Path, config: &str, args: &[&str]) -> Agent {
         let port = free_port();
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -98,17 +98,17 @@ impl Agent {
         agent
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn metrics(&self) -> String {
+    pub fn metrics(&self) -> String {
         let (status, body) = http(self.port, "GET", "/metrics", "");
         assert_eq!(status, 200);
         body
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
@@ -117,7 +117,7 @@ impl Agent {
     }
 
     /// SIGTERM, then the exit status must be success within a few seconds.
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         self.signal("TERM");
         let status = wait_until("the agent to exit", Duration::from_secs(30), || {
             self.child.try_wait().unwrap()
@@ -136,7 +136,7 @@ impl Drop for Agent {
 }
 
 /// The value of one exposition line, `name{labels} value`.
-fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let (key, value) = line.rsplit_once(' ')?;
         (key == series).then(|| value.parse().ok())?
@@ -519,6 +519,7 @@ interval = "200ms"
     let icmp_refused = log.contains("ICMP is not allowed");
     let needs_hardware = |name: &str| {
         name.starts_with("nvml_") // an NVIDIA driver
+            || name.starts_with("outpost_sync_") // [mqtt] on: the sync tests check these
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name == "host_temperature_celsius" // hwmon sensors (absent in VMs)
             || name == "host_cpu_frequency_hertz" // cpufreq (absent in some VMs)

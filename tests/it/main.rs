@@ -4,4 +4,5 @@
 mod agent;
 mod boundaries;
 mod cli;
+mod sync;
 mod tegrastats;

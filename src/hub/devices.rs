@@ -1,0 +1,172 @@
+//! The fleet's credentials: one entry per device in a TOML file that only the hub's user may
+//! read, managed with `outpost hub device add|list|revoke|delete`. The hub re-reads it when it
+//! changes, so a revocation takes effect without a restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::sysinfo_ids::{random_bytes, read_secret, write_secret};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// The device's signing key, hex.
+    pub key: String,
+    /// SHA-256 of the broker password, hex. The password is 32 random bytes, so a fast hash
+    /// is enough: there is nothing to guess.
+    pub password_sha256: String,
+    #[serde(default)]
+    pub revoked: bool,
+    pub added_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesFile {
+    #[serde(default)]
+    pub device: BTreeMap<String, DeviceEntry>,
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl DevicesFile {
+    pub fn load(path: &Path) -> Result<DevicesFile> {
+        if !path.exists() {
+            return Ok(DevicesFile::default());
+        }
+        let text = read_secret(path, "devices file")?;
+        toml::from_str(&text).with_context(|| format!("invalid devices file {}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = format!(
+            "# Outpost hub: device credentials. Managed by `outpost hub device ...`; keep it private.\n{}",
+            toml::to_string(self)?
+        );
+        let temporary = path.with_extension("toml.tmp");
+        write_secret(&temporary, &text)?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot replace {}", path.display()))
+    }
+
+    /// Whether `password` is the live password of `device`.
+    pub fn authenticates(&self, device: &str, password: &str) -> bool {
+        self.device
+            .get(device)
+            .is_some_and(|d| !d.revoked && d.password_sha256 == sha256_hex(password))
+    }
+
+    /// The signing key of an enrolled, unrevoked device.
+    pub fn key(&self, device: &str) -> Option<outpost_sync::DeviceKey> {
+        let entry = self.device.get(device).filter(|d| !d.revoked)?;
+        outpost_sync::DeviceKey::from_hex(&entry.key).ok()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Enrol a device: create its key and broker password, and write the files it needs.
+    ///
+    /// Writes DIR/ID.key and DIR/ID.password (owner-only) and prints the agent's [mqtt] section.
+    Add {
+        id: String,
+        /// Where to write the device's key and password files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The broker address the device should use, for the printed config.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        url: String,
+        #[arg(long, default_value = "default")]
+        fleet: String,
+    },
+    /// List enrolled devices.
+    List,
+    /// Refuse a device's connections and data from now on (the running hub re-reads the file).
+    Revoke { id: String },
+    /// Forget a device's credentials entirely.
+    Delete { id: String },
+}
+
+pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::ExitCode> {
+    let mut devices = DevicesFile::load(devices_file)?;
+    match command {
+        DeviceCommand::Add {
+            id,
+            out,
+            url,
+            fleet,
+        } => {
+            outpost_sync::topic::check_id("device", &id)?;
+            if devices.device.contains_key(&id) {
+                bail!("device {id:?} is already enrolled; `outpost hub device delete {id}` first");
+            }
+            let key = outpost_sync::DeviceKey::new(random_bytes(32)?)?;
+            let password: String = random_bytes(32)?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let key_path = out.join(format!("{id}.key"));
+            let password_path = out.join(format!("{id}.password"));
+            write_secret(&key_path, &format!("{}\n", key.to_hex()))?;
+            write_secret(&password_path, &format!("{password}\n"))?;
+            devices.device.insert(
+                id.clone(),
+                DeviceEntry {
+                    key: key.to_hex(),
+                    password_sha256: sha256_hex(&password),
+                    revoked: false,
+                    added_ms: crate::timearg::now_ms(),
+                },
+            );
+            devices.save(devices_file)?;
+            println!(
+                "# Enrolled {id}. Copy {key} and {password} to the device (mode 600), then put\n\
+                 # this in its agent config:\n[mqtt]\nenabled = true\nurl = \"{url}\"\nfleet = \"{fleet}\"\n\
+                 device = \"{id}\"\nkey_file = \"/etc/outpost/{id}.key\"\npassword_file = \"/etc/outpost/{id}.password\"",
+                key = key_path.display(),
+                password = password_path.display(),
+            );
+        }
+        DeviceCommand::List => {
+            println!("{:<32} {:<8} added", "device", "state");
+            for (id, entry) in &devices.device {
+                let state = if entry.revoked { "revoked" } else { "active" };
+                let added = time::OffsetDateTime::from_unix_timestamp(entry.added_ms / 1000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                println!("{id:<32} {state:<8} {added}");
+            }
+        }
+        DeviceCommand::Revoke { id } => {
+            let entry = devices
+                .device
+                .get_mut(&id)
+                .with_context(|| format!("no device {id:?} in {}", devices_file.display()))?;
+            entry.revoked = true;
+            devices.save(devices_file)?;
+            println!("revoked {id}");
+        }
+        DeviceCommand::Delete { id } => {
+            if devices.device.remove(&id).is_none() {
+                bail!("no device {id:?} in {}", devices_file.display());
+            }
+            devices.save(devices_file)?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,536 @@
+//! `outpost hub`: gathers the fleet. It runs the embedded MQTT broker (or uses an external
+//! one), verifies and ingests every device's batches into its own store, acknowledges them once
+//! they are durable, tracks which devices are online, and serves the fleet's API.
+//!
+//! Threads: the broker's own; one async thread for MQTT and HTTP; one ingest thread that owns
+//! the ingestor and makes each group of batches durable with one `sync` before their acks go
+//! out (an ack is a promise that the data survives a power cut).
+
+pub mod config;
+pub mod devices;
+mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use outpost_storage::{Options, Store};
+use outpost_sync::topic::{self, Kind};
+use outpost_sync::{Ack, AckStatus, Batch, Limits};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use config::HubConfig;
+use devices::DevicesFile;
+use registry::Registry;
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// The hub's TOML config; without it the defaults apply (see --print-default-config).
+    #[arg(long, short, env = "OUTPOST_HUB_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Print the default config, with every key explained, and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Check the config and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Store file (overrides [store] path).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Address for the HTTP API (overrides [hub] listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of the embedded broker (overrides [mqtt] listen).
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+    /// Devices file (overrides [hub] devices_file).
+    #[arg(long, global = true)]
+    devices_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<HubCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Manage device credentials.
+    #[command(subcommand)]
+    Device(devices::DeviceCommand),
+}
+
+pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
+    if args.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let mut config = match &args.config {
+        Some(path) => HubConfig::load(path)?,
+        None => HubConfig::default(),
+    };
+    if let Some(path) = &args.devices_file {
+        config.hub.devices_file = path.clone();
+    }
+    if let Some(command) = args.command {
+        return match command {
+            HubCommand::Device(command) => devices::run(command, &config.hub.devices_file),
+        };
+    }
+    if let Some(store) = &args.store {
+        config.store.path = store.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.hub.listen = listen;
+    }
+    if let Some(listen) = args.mqtt_listen {
+        config.mqtt.listen = listen;
+    }
+    config.validate()?;
+    // Refuse a world-readable devices file now rather than at the first device.
+    DevicesFile::load(&config.hub.devices_file)?;
+    if args.check_config {
+        println!("config is valid");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(daemon(config))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The devices file as last read, re-read when its modification time changes.
+struct Devices {
+    path: PathBuf,
+    current: RwLock<(Option<std::time::SystemTime>, Arc<DevicesFile>)>,
+}
+
+impl Devices {
+    fn get(&self) -> Arc<DevicesFile> {
+        self.current.read().expect("devices lock").1.clone()
+    }
+
+    fn reload_if_changed(&self) {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if self.current.read().expect("devices lock").0 == modified {
+            return;
+        }
+        match DevicesFile::load(&self.path) {
+            Ok(file) => {
+                tracing::info!(devices = file.device.len(), file = %self.path.display(), "devices file (re)loaded");
+                *self.current.write().expect("devices lock") = (modified, Arc::new(file));
+            }
+            Err(error) => {
+                tracing::error!("devices file not reloaded, keeping the previous one: {error:#}")
+            }
+        }
+    }
+}
+
+/// One received batch, on its way to the ingest thread.
+struct Incoming {
+    device: String,
+    payload: Vec<u8>,
+}
+
+async fn daemon(config: HubConfig) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let path = config.store.path.clone();
+    let options = Options {
+        budget_bytes: Some(config.store.budget.0),
+        ..Options::default()
+    };
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&path, options))
+            .await?
+            .with_context(|| format!("opening the store {}", config.store.path.display()))?,
+    );
+    let devices = Arc::new(Devices {
+        path: config.hub.devices_file.clone(),
+        current: RwLock::new((None, Arc::new(DevicesFile::default()))),
+    });
+    devices.reload_if_changed();
+    let registry = Arc::new(Mutex::new(Registry::load(&store)));
+    let hub_password: String = crate::sysinfo_ids::random_bytes(24)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
+
+    let (host, port, username, password) = if config.mqtt.embedded {
+        start_broker(&config, devices.clone(), hub_password.clone())?;
+        (
+            config.mqtt.listen.ip().to_string(),
+            config.mqtt.listen.port(),
+            HUB_USER.to_string(),
+            hub_password.clone(),
+        )
+    } else {
+        let url = crate::netaddr::MqttUrl::parse(&config.mqtt.url)?;
+        let password = if config.mqtt.password_file.as_os_str().is_empty() {
+            String::new()
+        } else {
+            crate::sysinfo_ids::read_secret(
+                &config.mqtt.password_file,
+                "broker password (mqtt.password_file)",
+            )?
+        };
+        (url.host, url.port, config.mqtt.username.clone(), password)
+    };
+    let mut options = MqttOptions::new(
+        format!("outpost-hub-{}", std::process::id()),
+        host.clone(),
+        port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(max_packet, max_packet);
+    options.set_clean_session(true);
+    if !username.is_empty() {
+        options.set_credentials(username, password);
+    }
+    let (client, mut events) = AsyncClient::new(options, 1024);
+
+    // The ingest thread: batches in, acks out.
+    let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel::<Incoming>(1024);
+    let ingest = {
+        let (store, client, devices, registry) = (
+            store.clone(),
+            client.clone(),
+            devices.clone(),
+            registry.clone(),
+        );
+        let fleet = config.hub.fleet.clone();
+        let limits = Limits {
+            max_message_bytes: max_packet,
+            ..Limits::default()
+        };
+        std::thread::Builder::new()
+            .name("outpost-hub-ingest".into())
+            .spawn(move || {
+                ingest_loop(
+                    &store,
+                    &client,
+                    &devices,
+                    &registry,
+                    &fleet,
+                    &limits,
+                    &incoming_rx,
+                )
+            })?
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.hub.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([hub] listen)", config.hub.listen))?;
+    let http_state = Arc::new(HttpState {
+        registry: registry.clone(),
+        store: store.clone(),
+        offline_after: config.hub.offline_after.0,
+    });
+    let app = http_router(http_state);
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    tracing::info!(listen = %config.hub.listen, broker = %format!("{host}:{port}"), embedded = config.mqtt.embedded, "hub started");
+
+    let fleet = config.hub.fleet.clone();
+    let group = (!config.mqtt.shared_group.is_empty()).then_some(config.mqtt.shared_group.as_str());
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = housekeeping.tick() => {
+                devices.reload_if_changed();
+                let mut registry = registry.lock().expect("registry lock");
+                registry.persist_if_changed(&store);
+            }
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(200);
+                    for kind in [Kind::Batch, Kind::Status, Kind::Meta] {
+                        let filter = topic::fleet_filter(&fleet, kind, if kind == Kind::Batch { group } else { None });
+                        let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
+                    }
+                    tracing::info!("connected to the broker; subscribed to the fleet's topics");
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let Some((topic_fleet, device, kind)) = topic::parse(&publish.topic) else { continue };
+                    if topic_fleet != fleet {
+                        continue;
+                    }
+                    match kind {
+                        Kind::Batch => {
+                            let incoming = Incoming { device: device.to_string(), payload: publish.payload.to_vec() };
+                            if incoming_tx.send(incoming).is_err() {
+                                anyhow::bail!("the ingest thread stopped");
+                            }
+                        }
+                        Kind::Status | Kind::Meta => {
+                            let Some(key) = devices.get().key(device) else {
+                                registry.lock().expect("registry lock").rejected(device, "unknown or revoked device");
+                                continue;
+                            };
+                            let text = String::from_utf8_lossy(&publish.payload);
+                            if text.is_empty() {
+                                continue;
+                            }
+                            match outpost_sync::verify_json(&text, &key) {
+                                Ok(json) => registry.lock().expect("registry lock").retained(device, kind, &json),
+                                Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string()),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!("broker connection: {error}; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+        }
+    }
+    drop(incoming_tx);
+    let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    registry
+        .lock()
+        .expect("registry lock")
+        .persist_if_changed(&store);
+    let _ = client.try_disconnect();
+    if let Ok(store) = Arc::try_unwrap(store) {
+        tokio::task::spawn_blocking(move || store.close()).await??;
+    }
+    tracing::info!("hub stopped");
+    Ok(())
+}
+
+/// The hub's own login on its embedded broker.
+const HUB_USER: &str = "outpost-hub";
+
+fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String) -> Result<()> {
+    use std::collections::HashMap;
+    let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
+    let mut connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: max_packet,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    // Devices log in with their id and password; the hub with its own, made at each start.
+    connections.set_auth_handler(move |_client_id: String, user: String, pass: String| {
+        let devices = devices.clone();
+        let hub_password = hub_password.clone();
+        async move {
+            if user == HUB_USER {
+                return pass == hub_password;
+            }
+            devices.reload_if_changed();
+            devices.get().authenticates(&user, &pass)
+        }
+    });
+    let server = rumqttd::ServerSettings {
+        name: "outpost-embedded".into(),
+        listen: config.mqtt.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let broker_config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    // Fail here, with the key's name, rather than in the broker's thread.
+    std::net::TcpListener::bind(config.mqtt.listen)
+        .with_context(|| format!("cannot listen on {} ([mqtt] listen)", config.mqtt.listen))?;
+    std::thread::Builder::new()
+        .name("outpost-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(broker_config);
+            if let Err(error) = broker.start() {
+                tracing::error!("embedded broker stopped: {error}");
+            }
+        })?;
+    // The broker binds in its own thread: wait until it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(config.mqtt.listen).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the embedded broker did not start on {}",
+            config.mqtt.listen
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn ingest_loop(
+    store: &Store,
+    client: &AsyncClient,
+    devices: &Devices,
+    registry: &Mutex<Registry>,
+    fleet: &str,
+    limits: &Limits,
+    incoming: &std::sync::mpsc::Receiver<Incoming>,
+) {
+    let mut ingestor = outpost_sync::ingest::Ingestor::new();
+    while let Ok(first) = incoming.recv() {
+        // Everything already waiting goes into this group: one fsync for all of it.
+        let mut group = vec![first];
+        while group.len() < 256 {
+            match incoming.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut acks: Vec<(String, Vec<u8>)> = Vec::new();
+        for Incoming { device, payload } in group {
+            let outcome = ingest_one(store, &mut ingestor, devices, &device, &payload, limits);
+            let mut registry = registry.lock().expect("registry lock");
+            match outcome {
+                Ok((ack, key, batch)) => {
+                    registry.batch(&device, &batch.header, &ack.status);
+                    acks.push((device.clone(), ack.encode(&key)));
+                }
+                Err((reason, reply)) => {
+                    registry.rejected(&device, &reason);
+                    if let Some(reply) = reply {
+                        acks.push((device.clone(), reply));
+                    }
+                }
+            }
+        }
+        if let Err(error) = store.sync() {
+            // No ack without durability: the devices resend.
+            tracing::error!("hub store sync failed, batches not acknowledged: {error}");
+            continue;
+        }
+        for (device, ack) in acks {
+            let topics = topic::DeviceTopics {
+                fleet: fleet.to_string(),
+                device,
+            };
+            let _ = client.try_publish(topics.topic(Kind::Ack), QoS::AtLeastOnce, false, ack);
+        }
+    }
+}
+
+type Rejection = (String, Option<Vec<u8>>);
+
+fn ingest_one(
+    store: &Store,
+    ingestor: &mut outpost_sync::ingest::Ingestor,
+    devices: &Devices,
+    device: &str,
+    payload: &[u8],
+    limits: &Limits,
+) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch), Rejection> {
+    let Some(key) = devices.get().key(device) else {
+        return Err(("unknown or revoked device".into(), None));
+    };
+    let batch = match Batch::decode(payload, device, &key, limits) {
+        Ok(batch) => batch,
+        Err(outpost_sync::Error::UnsupportedVersion { found, supported }) => {
+            // Tell the device, signed, so that it logs why nothing is acknowledged.
+            let ack = Ack {
+                device: device.to_string(),
+                epoch: 0,
+                seq: 0,
+                status: AckStatus::UnsupportedVersion {
+                    supported: supported.clone(),
+                },
+            };
+            return Err((
+                format!("protocol version {found} is not supported"),
+                Some(ack.encode(&key)),
+            ));
+        }
+        Err(error) => return Err((error.to_string(), None)),
+    };
+    let status = match ingestor.ingest(store, &batch) {
+        Ok(ingested) => ingested.status,
+        Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
+            return Err((error.to_string(), None))
+        }
+        Err(error) => AckStatus::Rejected {
+            reason: error.to_string(),
+        },
+    };
+    let ack = Ack {
+        device: device.to_string(),
+        epoch: batch.header.epoch,
+        seq: batch.header.seq,
+        status,
+    };
+    Ok((ack, key, batch))
+}
+
+struct HttpState {
+    registry: Arc<Mutex<Registry>>,
+    store: Arc<Store>,
+    offline_after: Duration,
+}
+
+fn http_router(state: Arc<HttpState>) -> axum::Router {
+    use axum::extract::State;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    async fn devices(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+        let now = crate::timearg::now_ms();
+        let registry = state.registry.lock().expect("registry lock");
+        axum::Json(registry.to_json(now, state.offline_after)).into_response()
+    }
+    async fn health(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+        let stats = state.store.stats().ok();
+        axum::Json(serde_json::json!({
+            "status": "ok",
+            "store": stats.map(|s| serde_json::json!({"series": s.series, "disk_bytes": s.disk_bytes})),
+        }))
+        .into_response()
+    }
+    async fn metrics(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+        let now = crate::timearg::now_ms();
+        let text = state
+            .registry
+            .lock()
+            .expect("registry lock")
+            .metrics(now, state.offline_after);
+        ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    }
+    axum::Router::new()
+        .route("/api/devices", get(devices))
+        .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}

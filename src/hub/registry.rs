@@ -1,0 +1,241 @@
+//! The hub's view of its fleet: when each device was first and last seen, whether it is online
+//! (its retained `status`, its last will, and silence past `offline_after`), its metadata, how
+//! far behind its data is, how far its clock is off, and what was rejected from it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use outpost_storage::{StateTable, Store, WriteBatch};
+use outpost_sync::topic::Kind;
+use outpost_sync::{AckStatus, BatchHeader};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// From the retained `status`: `online` or `offline`.
+    pub status: Option<String>,
+    pub meta: Option<serde_json::Value>,
+    pub batches: u64,
+    pub duplicate_batches: u64,
+    pub samples: u64,
+    pub rejected: u64,
+    pub last_rejection: Option<String>,
+    /// Hub receive time minus the device's wall clock at send, ms.
+    pub clock_offset_ms: Option<i64>,
+    /// Age of the oldest data the device has not had acknowledged, as of its last batch, ms.
+    pub sync_lag_ms: Option<i64>,
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: BTreeMap<String, DeviceRecord>,
+    changed: bool,
+    /// Rejections are logged once a minute per device, not once per message.
+    last_logged: BTreeMap<String, Instant>,
+}
+
+const KEY_PREFIX: &str = "device/";
+
+/// A metric family of `/metrics`: name, type, help, and the value per device.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&DeviceRecord) -> Option<f64>,
+);
+
+impl Registry {
+    /// The registry as the store last held it.
+    pub fn load(store: &Store) -> Registry {
+        let mut registry = Registry::default();
+        if let Ok(Some(index)) = store.state_get(StateTable::DeviceRegistry, "devices") {
+            let names: Vec<String> = serde_json::from_slice(&index).unwrap_or_default();
+            for name in names {
+                if let Ok(Some(bytes)) =
+                    store.state_get(StateTable::DeviceRegistry, &format!("{KEY_PREFIX}{name}"))
+                {
+                    if let Ok(record) = serde_json::from_slice(&bytes) {
+                        registry.devices.insert(name, record);
+                    }
+                }
+            }
+        }
+        registry
+    }
+
+    pub fn persist_if_changed(&mut self, store: &Store) {
+        if !self.changed {
+            return;
+        }
+        let mut write = WriteBatch::default();
+        let names: Vec<&String> = self.devices.keys().collect();
+        write.put_state(
+            StateTable::DeviceRegistry,
+            "devices",
+            serde_json::to_vec(&names).expect("names serialize"),
+        );
+        for (name, record) in &self.devices {
+            write.put_state(
+                StateTable::DeviceRegistry,
+                format!("{KEY_PREFIX}{name}"),
+                serde_json::to_vec(record).expect("records serialize"),
+            );
+        }
+        match store.write(write) {
+            Ok(()) => self.changed = false,
+            Err(error) => tracing::warn!("device registry not saved: {error}"),
+        }
+    }
+
+    fn record(&mut self, device: &str) -> &mut DeviceRecord {
+        let now = crate::timearg::now_ms();
+        self.changed = true;
+        let record = self
+            .devices
+            .entry(device.to_string())
+            .or_insert_with(|| DeviceRecord {
+                first_seen_ms: now,
+                ..DeviceRecord::default()
+            });
+        record.last_seen_ms = now;
+        record
+    }
+
+    pub fn batch(&mut self, device: &str, header: &BatchHeader, status: &AckStatus) {
+        let now = crate::timearg::now_ms();
+        let record = self.record(device);
+        record.batches += 1;
+        record.epoch = header.epoch;
+        record.last_seq = record.last_seq.max(header.seq);
+        record.clock_offset_ms = Some(now - header.sent_wall_ms);
+        record.sync_lag_ms = header
+            .oldest_unacked_ms
+            .map(|oldest| (header.sent_wall_ms - oldest).max(0));
+        if let AckStatus::Stored { samples, duplicate } = status {
+            record.samples += samples;
+            if *duplicate {
+                record.duplicate_batches += 1;
+            }
+        }
+    }
+
+    pub fn retained(&mut self, device: &str, kind: Kind, json: &str) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+            return;
+        };
+        let record = self.record(device);
+        match kind {
+            Kind::Status => record.status = value["state"].as_str().map(str::to_string),
+            _ => record.meta = Some(value),
+        }
+    }
+
+    pub fn rejected(&mut self, device: &str, reason: &str) {
+        let log = self
+            .last_logged
+            .get(device)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if log {
+            tracing::warn!(
+                device,
+                reason,
+                "rejected a message (further ones this minute are only counted)"
+            );
+            self.last_logged.insert(device.to_string(), Instant::now());
+        }
+        // A name that was never enrolled is not given a record: a flood of made-up ids must not
+        // grow the registry.
+        if let Some(record) = self.devices.get_mut(device) {
+            record.rejected += 1;
+            record.last_rejection = Some(reason.to_string());
+            self.changed = true;
+        }
+    }
+
+    /// `online` when its status says so and it was heard from within `offline_after`.
+    fn state(record: &DeviceRecord, now: i64, offline_after: Duration) -> &'static str {
+        let silent = now - record.last_seen_ms > offline_after.as_millis() as i64;
+        match record.status.as_deref() {
+            Some("offline") => "offline",
+            _ if silent => "offline",
+            _ => "online",
+        }
+    }
+
+    pub fn to_json(&self, now: i64, offline_after: Duration) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.devices
+                .iter()
+                .map(|(name, record)| {
+                    let mut value = serde_json::to_value(record).expect("records serialize");
+                    value["device"] = name.clone().into();
+                    value["state"] = Self::state(record, now, offline_after).into();
+                    value
+                })
+                .collect(),
+        )
+    }
+
+    pub fn metrics(&self, now: i64, offline_after: Duration) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let families: [Family; 6] = [
+            (
+                "outpost_hub_device_online",
+                "gauge",
+                "1 when the device is online.",
+                |_| None,
+            ),
+            (
+                "outpost_hub_batches_total",
+                "counter",
+                "Batches received from the device.",
+                |r| Some(r.batches as f64),
+            ),
+            (
+                "outpost_hub_duplicate_batches_total",
+                "counter",
+                "Batches received again (resends) and discarded.",
+                |r| Some(r.duplicate_batches as f64),
+            ),
+            (
+                "outpost_hub_samples_total",
+                "counter",
+                "Samples ingested from the device.",
+                |r| Some(r.samples as f64),
+            ),
+            (
+                "outpost_hub_rejected_total",
+                "counter",
+                "Messages from the device that were rejected.",
+                |r| Some(r.rejected as f64),
+            ),
+            (
+                "outpost_hub_sync_lag_seconds",
+                "gauge",
+                "Age of the device's oldest unacknowledged data at its last batch.",
+                |r| r.sync_lag_ms.map(|ms| ms as f64 / 1000.0),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (device, record) in &self.devices {
+                let value = if name == "outpost_hub_device_online" {
+                    Some(f64::from(
+                        Self::state(record, now, offline_after) == "online",
+                    ))
+                } else {
+                    value(record)
+                };
+                if let Some(value) = value {
+                    let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
+                }
+            }
+        }
+        text
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's MQTT connection: one per agent, shared with the alert engine's topics. It
+//! publishes the retained `status` (its `offline` form as the last will) and `meta` on every
+//! connect, ships the [`Outbox`]'s batches every `batch_interval` under an optional bandwidth
+//! cap, resends what the hub has not acknowledged, and applies acknowledgements.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outpost_storage::Store;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+
+use crate::message::{Ack, Command, DeviceKey, PROTOCOL_VERSION};
+use crate::outbox::{AckOutcome, Outbox, OutboxOptions};
+use crate::retained::{Meta, State, Status};
+use crate::topic::{DeviceTopics, Kind};
+
+/// Where and how to connect. The binary reads it from the `[mqtt]` section of the agent config.
+#[derive(Clone)]
+pub struct UplinkConfig {
+    pub host: String,
+    pub port: u16,
+    /// TLS with these settings; plain TCP when `None`.
+    pub tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+    pub username: String,
+    pub password: String,
+    pub topics: DeviceTopics,
+    pub key: DeviceKey,
+    pub boot_id: String,
+    pub batch_interval: Duration,
+    pub ack_timeout: Duration,
+    /// Bytes per second on average for batches; `None` for no cap.
+    pub bandwidth: Option<u64>,
+    pub outbox: OutboxOptions,
+    pub agent_version: String,
+}
+
+/// What the uplink shows in the agent's self-metrics and health.
+#[derive(Debug, Clone, Default)]
+pub struct UplinkState {
+    pub connected: bool,
+    pub connects: u64,
+    pub batches_sent: u64,
+    pub batches_resent: u64,
+    pub batches_acked: u64,
+    pub bytes_sent: u64,
+    pub samples_confirmed: u64,
+    pub in_flight: usize,
+    pub last_error: Option<String>,
+    pub commands: Vec<Command>,
+}
+
+fn status(config: &UplinkConfig, state: State, now_ms: i64) -> Vec<u8> {
+    let status = Status {
+        device: config.topics.device.clone(),
+        state,
+        boot_id: config.boot_id.clone(),
+        agent_version: config.agent_version.clone(),
+        protocol: PROTOCOL_VERSION,
+        at_ms: now_ms,
+    };
+    let json = serde_json::to_string(&status).expect("status serializes");
+    crate::sign_json(&json, &config.key).into_bytes()
+}
+
+/// Milliseconds since the Unix epoch by the wall clock: the binary passes its clock in, so that
+/// this crate reads none itself.
+pub type WallClock = fn() -> i64;
+/// Milliseconds since boot.
+pub type UptimeClock = fn() -> u64;
+
+/// Runs until `shutdown` turns true; then publishes `offline` and disconnects.
+pub async fn run(
+    store: Arc<Store>,
+    config: UplinkConfig,
+    meta: Meta,
+    state: Arc<Mutex<UplinkState>>,
+    clocks: (WallClock, UptimeClock),
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), outpost_storage::Error> {
+    let (wall, uptime) = clocks;
+    let mut outbox = Outbox::open(
+        &store,
+        &config.topics.device,
+        config.key.clone(),
+        &config.boot_id,
+        config.outbox.clone(),
+    )?;
+    let client_id = format!("outpost-{}-{}", config.topics.fleet, config.topics.device);
+    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    // Room for the largest batch plus the protocol's own bytes; rumqttc's default is 10 KiB.
+    let packet_limit = config.outbox.max_batch_bytes + (16 << 10);
+    options.set_max_packet_size(packet_limit, packet_limit);
+    options.set_clean_session(true);
+    if !config.username.is_empty() {
+        options.set_credentials(config.username.clone(), config.password.clone());
+    }
+    options.set_last_will(LastWill::new(
+        config.topics.topic(Kind::Status),
+        status(&config, State::Offline, wall()),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(tls) = &config.tls {
+        options.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let ack_topic = config.topics.topic(Kind::Ack);
+    let cmd_topic = config.topics.topic(Kind::Cmd);
+    let batch_topic = config.topics.topic(Kind::Batch);
+    let mut ticker = tokio::time::interval(config.batch_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected = false;
+    let mut backoff = Duration::from_millis(500);
+    // The bandwidth cap as a budget that refills every second, up to one second's worth.
+    let mut allowance: f64 = config.bandwidth.map_or(f64::INFINITY, |b| b as f64);
+    let mut refilled = Instant::now();
+    let mut last_logged_error = String::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if connected {
+                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Offline, wall()));
+                    let _ = client.try_disconnect();
+                    // Let the event loop flush the offline status and the disconnect.
+                    let deadline = tokio::time::sleep(Duration::from_secs(2));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            event = events.poll() => if event.is_err() { break },
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    backoff = Duration::from_millis(500);
+                    tracing::info!(host = %config.host, port = config.port, "connected to the MQTT broker");
+                    let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(&cmd_topic, QoS::AtLeastOnce);
+                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Online, wall()));
+                    let meta_json = serde_json::to_string(&meta).expect("meta serializes");
+                    let _ = client.try_publish(config.topics.topic(Kind::Meta), QoS::AtLeastOnce, true, crate::sign_json(&meta_json, &config.key).into_bytes());
+                    for (_, payload) in outbox.all_unacked() {
+                        let _ = client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec());
+                    }
+                    let mut s = state.lock().expect("uplink state");
+                    s.connected = true;
+                    s.connects += 1;
+                    s.last_error = None;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if publish.topic == ack_topic {
+                        match Ack::decode(&publish.payload, &config.topics.device, &config.key) {
+                            Ok(ack) => match outbox.on_ack(&store, &ack) {
+                                AckOutcome::Rejected(reason) => tracing::error!(seq = ack.seq, %reason, "the hub refused a batch"),
+                                AckOutcome::UnsupportedVersion(supported) => tracing::error!(?supported, ours = PROTOCOL_VERSION, "the hub does not accept this agent's protocol version: upgrade the agent or the hub"),
+                                AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
+                                _ => {}
+                            },
+                            Err(error) => tracing::warn!(%error, "ignoring an ack that does not verify"),
+                        }
+                    } else if publish.topic == cmd_topic {
+                        match Command::decode(&publish.payload, &config.topics.device, &config.key) {
+                            Ok(command) => {
+                                tracing::info!(id = command.id, "command from the hub");
+                                state.lock().expect("uplink state").commands.push(command);
+                            }
+                            Err(error) => tracing::warn!(%error, "ignoring a command that does not verify"),
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let text = error.to_string();
+                    if connected || text != last_logged_error {
+                        tracing::warn!(host = %config.host, port = config.port, "MQTT connection: {text}; retrying (data stays in the store)");
+                        last_logged_error = text.clone();
+                    }
+                    connected = false;
+                    {
+                        let mut s = state.lock().expect("uplink state");
+                        s.connected = false;
+                        s.last_error = Some(text);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            },
+            _ = ticker.tick() => {
+                if !connected {
+                    continue;
+                }
+                if let Some(rate) = config.bandwidth {
+                    let elapsed = refilled.elapsed().as_secs_f64();
+                    refilled = Instant::now();
+                    allowance = (allowance + elapsed * rate as f64).min(rate as f64 * config.batch_interval.as_secs_f64().max(1.0));
+                }
+                for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout) {
+                    allowance -= payload.len() as f64;
+                    let _ = client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec());
+                }
+                while allowance > 0.0 {
+                    match outbox.next_batch(&store, wall(), uptime())? {
+                        Some((_, payload)) => {
+                            allowance -= payload.len() as f64;
+                            if client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                let mut s = state.lock().expect("uplink state");
+                s.batches_sent = outbox.stats.batches_sent;
+                s.batches_resent = outbox.stats.batches_resent;
+                s.batches_acked = outbox.stats.batches_acked;
+                s.bytes_sent = outbox.stats.bytes_sent;
+                s.samples_confirmed = outbox.stats.samples_confirmed;
+                s.in_flight = outbox.in_flight();
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Agent and hub as real processes over the hub's embedded MQTT broker: an outage, a paused hub
+//! (acks lost, batches resent and discarded as duplicates), a hub killed with SIGKILL in the
+//! middle of ingest; at the end the hub holds exactly what the agent holds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{free_port, http, metric_value, tegrastats_log, wait_until, Agent};
+
+pub struct Hub {
+    pub child: Child,
+    pub http_port: u16,
+    dir: PathBuf,
+}
+
+impl Hub {
+    pub fn start(dir: &Path, http_port: u16, mqtt_port: u16) -> Hub {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hub.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["--log", "info", "hub", "--devices-file"])
+            .arg(dir.join("devices.toml"))
+            .arg("--store")
+            .arg(dir.join("hub.redb"))
+            .args(["--listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("outpost hub starts");
+        let mut hub = Hub {
+            child,
+            http_port,
+            dir: dir.to_path_buf(),
+        };
+        wait_until("the hub's API", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = hub.child.try_wait() {
+                panic!("hub exited with {status}: {}", hub.log_text());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", http_port))
+                .ok()
+                .map(|_| ())
+        });
+        hub
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default()
+    }
+
+    pub fn devices(&self) -> Value {
+        let (status, body) = http(self.http_port, "GET", "/api/devices", "");
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn stop(mut self) {
+        self.signal("TERM");
+        let status = wait_until("the hub to exit", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "hub exited with {status}: {}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Enrols a device with the real command; returns the [mqtt] section for its agent.
+pub fn enrol(dir: &Path, device: &str, mqtt_port: u16) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "--devices-file"])
+        .arg(dir.join("devices.toml"))
+        .args(["device", "add", device, "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    format!(
+        "[mqtt]\nenabled = true\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice = \"{device}\"\n\
+         key_file = \"{key}\"\npassword_file = \"{password}\"\nbatch_interval = \"200ms\"\nack_timeout = \"1s\"\n",
+        key = dir.join(format!("{device}.key")).display(),
+        password = dir.join(format!("{device}.password")).display(),
+    )
+}
+
+/// `outpost db query` on a store no process holds, as JSON.
+fn query(store: &Path, selector: &str, extra: &[&str]) -> Vec<(String, Vec<Value>)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["db", "query", "--db"])
+        .arg(store)
+        .args([selector, "--from", "0", "--to", "now", "--format", "json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["series"].as_str().unwrap().to_string(),
+                s["points"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every series of `selector` in the agent's store, raw and in both rollup tiers, equals the
+/// hub's series with `instance` set to the device.
+pub fn assert_hub_holds_the_agents(dir: &Path, device: &str, selector: &str) -> usize {
+    let (agent, hub) = (dir.join("agent.redb"), dir.join("hub.redb"));
+    let mut points = 0;
+    for extra in [
+        &[][..],
+        &["--step", "1m", "--fn", "sum"],
+        &["--step", "1m", "--fn", "count"],
+        &["--step", "1m", "--fn", "min"],
+        &["--step", "1h", "--fn", "max"],
+        &["--step", "1h", "--fn", "last"],
+    ] {
+        let theirs = query(&agent, selector, extra);
+        let ours = query(&hub, selector, extra);
+        assert!(!theirs.is_empty());
+        assert_eq!(ours.len(), theirs.len(), "series count {extra:?}");
+        for ((agent_key, agent_points), (hub_key, hub_points)) in theirs.iter().zip(&ours) {
+            let expected_key = if agent_key.ends_with('}') {
+                format!(
+                    "{},instance=\"{device}\"}}",
+                    &agent_key[..agent_key.len() - 1]
+                )
+            } else {
+                format!("{agent_key}{{instance=\"{device}\"}}")
+            };
+            // Labels sort, and `instance` may not be last: compare the parsed label sets.
+            let normalise = |k: &str| {
+                let mut parts: Vec<String> = k
+                    .replace(['{', '}'], ",")
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                parts.sort();
+                parts
+            };
+            assert_eq!(normalise(hub_key), normalise(&expected_key));
+            assert_eq!(hub_points, agent_points, "{agent_key} {extra:?}");
+            points += agent_points.len();
+        }
+    }
+    points
+}
+
+#[test]
+fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
+    // Seals every two seconds with a small carry limit, so that the outage becomes backlog.
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_head_samples = 400\n{mqtt}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    // The broker is down: the agent collects into its store.
+    let agent = Agent::start(
+        dir.path(),
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "8",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        metric_value(&agent.metrics(), "outpost_sync_connected"),
+        Some(0.0)
+    );
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    wait_until(
+        "the device online at the hub",
+        Duration::from_secs(30),
+        || (hub.devices()[0]["batches"].as_u64()? > 0).then_some(()),
+    );
+    // Paused past the agent's ack timeout: the agent resends, and the hub later sees each
+    // batch twice.
+    hub.signal("STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    hub.signal("CONT");
+    wait_until("duplicates discarded", Duration::from_secs(30), || {
+        (hub.devices()[0]["duplicate_batches"].as_u64()? > 0).then_some(())
+    });
+    // Killed in the middle of ingest, then back.
+    let mut hub = hub;
+    hub.signal("KILL");
+    let _ = hub.child.wait();
+    drop(hub);
+    std::thread::sleep(Duration::from_millis(1500));
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    wait_until("the replay to end", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .contains("tegrastats replay finished")
+            .then_some(())
+    });
+    wait_until(
+        "the agent to have nothing left to ship",
+        Duration::from_secs(60),
+        || {
+            let metrics = agent.metrics();
+            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
+            .then_some(())
+        },
+    );
+    // One more round of self-metrics and batches, so that the last tegrastats samples are in.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = agent.metrics();
+    assert!(metric_value(&metrics, "outpost_sync_batches_resent_total").unwrap() > 0.0);
+    assert!(metric_value(&metrics, "outpost_sync_connects_total").unwrap() >= 2.0);
+    let devices = hub.devices();
+    assert_eq!(devices[0]["device"], "dev-1");
+    assert_eq!(devices[0]["state"], "online");
+    assert_eq!(devices[0]["rejected"], 0);
+    agent.stop();
+    wait_until(
+        "the device offline (its status)",
+        Duration::from_secs(10),
+        || (hub.devices()[0]["state"] == "offline").then_some(()),
+    );
+    hub.stop();
+    let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
+    assert!(points > 3000, "{points} points compared");
+}
