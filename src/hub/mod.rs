@@ -280,7 +280,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                         }
                         Kind::Status | Kind::Meta => {
                             let Some(key) = devices.get().key(device) else {
-                                registry.lock().expect("registry lock").rejected(device, "unknown or revoked device");
+                                registry.lock().expect("registry lock").rejected(device, "unknown or revoked device", false);
                                 continue;
                             };
                             let text = String::from_utf8_lossy(&publish.payload);
@@ -289,7 +289,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                             }
                             match outpost_sync::verify_json(&text, &key) {
                                 Ok(json) => registry.lock().expect("registry lock").retained(device, kind, &json),
-                                Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string()),
+                                Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string(), true),
                             }
                         }
                         _ => {}
@@ -424,7 +424,8 @@ fn ingest_loop(
                     acks.push((device.clone(), ack.encode(&key)));
                 }
                 Err((reason, reply)) => {
-                    registry.rejected(&device, &reason);
+                    let enrolled = devices.get().key(&device).is_some();
+                    registry.rejected(&device, &reason, enrolled);
                     if let Some(reply) = reply {
                         acks.push((device.clone(), reply));
                     }

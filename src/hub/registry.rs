@@ -134,7 +134,9 @@ impl Registry {
         }
     }
 
-    pub fn rejected(&mut self, device: &str, reason: &str) {
+    /// Counts a rejected message. Only enrolled devices get a record: a flood of made-up ids
+    /// must not grow the registry.
+    pub fn rejected(&mut self, device: &str, reason: &str, enrolled: bool) {
         let log = self
             .last_logged
             .get(device)
@@ -147,12 +149,12 @@ impl Registry {
             );
             self.last_logged.insert(device.to_string(), Instant::now());
         }
-        // A name that was never enrolled is not given a record: a flood of made-up ids must not
-        // grow the registry.
-        if let Some(record) = self.devices.get_mut(device) {
+        if enrolled {
+            // A rejected message does not make the device look alive.
+            self.changed = true;
+            let record = self.devices.entry(device.to_string()).or_default();
             record.rejected += 1;
             record.last_rejection = Some(reason.to_string());
-            self.changed = true;
         }
     }
 

@@ -18,6 +18,10 @@ pub struct Hub {
 
 impl Hub {
     pub fn start(dir: &Path, http_port: u16, mqtt_port: u16) -> Hub {
+        Hub::start_with(dir, http_port, mqtt_port, &[])
+    }
+
+    pub fn start_with(dir: &Path, http_port: u16, mqtt_port: u16, args: &[&str]) -> Hub {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -30,6 +34,7 @@ impl Hub {
             .arg(dir.join("hub.redb"))
             .args(["--listen", &format!("127.0.0.1:{http_port}")])
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -265,5 +270,336 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     );
     hub.stop();
     let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
+    assert!(points > 3000, "{points} points compared");
+}
+
+fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
+    devices.as_array()?.iter().find(|d| d["device"] == device)
+}
+
+/// `mosquitto_pub` with a file as the payload: an MQTT client that is not Outpost's.
+fn publish(port: u16, user: &str, password: &str, topic: &str, payload: &[u8], dir: &Path) -> bool {
+    let file = dir.join("payload.bin");
+    std::fs::write(&file, payload).unwrap();
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            user,
+            "-P",
+            password,
+            "-q",
+            "1",
+        ])
+        .args(["-t", topic, "-f"])
+        .arg(&file)
+        .status()
+        .expect("mosquitto_pub (Debian's mosquitto-clients) runs")
+        .success()
+}
+
+fn password(dir: &Path, device: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{device}.password")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn key(dir: &Path, device: &str) -> outpost_sync::DeviceKey {
+    outpost_sync::DeviceKey::from_hex(
+        &std::fs::read_to_string(dir.join(format!("{device}.key"))).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A batch of one made-up sample, signed with `key`, claiming to come from `device`.
+fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
+    outpost_sync::Batch {
+        header: outpost_sync::BatchHeader {
+            device: device.into(),
+            epoch: 1,
+            seq: 1,
+            boot_id: "forged".into(),
+            sent_wall_ms: 0,
+            sent_uptime_ms: 0,
+            oldest_unacked_ms: None,
+            body_bytes: 0,
+        },
+        body: outpost_sync::BatchBody {
+            defs: vec![outpost_sync::SeriesDef {
+                id: 0,
+                key: "forged_metric".into(),
+            }],
+            live: vec![outpost_sync::LiveSamples {
+                series: 0,
+                samples: outpost_storage::codec::encode_samples(&[1_000], &[666.0]),
+            }],
+            chunks: vec![],
+        },
+    }
+    .encode(key, 3)
+}
+
+#[test]
+fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    enrol(dir.path(), "dev-a", mqtt_port);
+    let mqtt_b = enrol(dir.path(), "dev-b", mqtt_port);
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt_b}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent_b = Agent::start(
+        dir.path(),
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "5",
+        ],
+    );
+    wait_until("dev-b online", Duration::from_secs(30), || {
+        (device_record(&hub.devices(), "dev-b")?["batches"].as_u64()? > 0).then_some(())
+    });
+    let (a_password, a_key, b_key) = (
+        password(dir.path(), "dev-a"),
+        key(dir.path(), "dev-a"),
+        key(dir.path(), "dev-b"),
+    );
+    // With A's login and key: a batch on B's topic, one claiming to be B on A's own topic, a
+    // command on B's topic, garbage, and B's own batch replayed with a changed byte.
+    let b_topic = "outpost/v1/default/dev-b";
+    assert!(publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        &format!("{b_topic}/batch"),
+        &forged_batch("dev-b", &a_key),
+        dir.path()
+    ));
+    assert!(publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        "outpost/v1/default/dev-a/batch",
+        &forged_batch("dev-b", &a_key),
+        dir.path()
+    ));
+    assert!(publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        &format!("{b_topic}/batch"),
+        b"\x00garbage",
+        dir.path()
+    ));
+    let mut tampered = forged_batch("dev-b", &b_key);
+    tampered[20] ^= 1;
+    assert!(publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        &format!("{b_topic}/batch"),
+        &tampered,
+        dir.path()
+    ));
+    let command = outpost_sync::Command {
+        device: "dev-b".into(),
+        id: 1,
+        issued_ms: 0,
+        expires_ms: i64::MAX,
+        action: outpost_sync::Action::Expire {
+            silence_id: "x".into(),
+        },
+    };
+    assert!(publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        &format!("{b_topic}/cmd"),
+        &command.encode(&a_key),
+        dir.path()
+    ));
+    // A wrong password does not even get a connection.
+    assert!(!publish(
+        mqtt_port,
+        "dev-a",
+        "wrong",
+        "outpost/v1/default/dev-a/batch",
+        b"x",
+        dir.path()
+    ));
+    wait_until("the forgeries counted", Duration::from_secs(20), || {
+        let devices = hub.devices();
+        (device_record(&devices, "dev-b")?["rejected"].as_u64()? >= 3
+            && device_record(&devices, "dev-a")?["rejected"].as_u64()? >= 1)
+            .then_some(())
+    });
+    wait_until(
+        "B refusing the forged command",
+        Duration::from_secs(20),
+        || {
+            agent_b
+                .log_text()
+                .contains("ignoring a command that does not verify")
+                .then_some(())
+        },
+    );
+    agent_b.stop();
+    hub.stop();
+    let forged = query(&dir.path().join("hub.redb"), "forged_metric", &[]);
+    assert!(
+        forged.is_empty(),
+        "forged data reached the store: {forged:?}"
+    );
+}
+
+#[test]
+fn through_mosquitto_with_the_committed_config_and_acls() {
+    let mosquitto = std::env::var("OUTPOST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
+    enrol(dir.path(), "dev-b", mqtt_port);
+    // The committed broker config and ACL, with this test's port and paths.
+    let root = crate::agent::root();
+    let conf = std::fs::read_to_string(root.join("config/mosquitto.conf"))
+        .unwrap()
+        .replace("listener 1883", &format!("listener {mqtt_port} 127.0.0.1"))
+        .replace(
+            "/etc/mosquitto/outpost.passwd",
+            &dir.path().join("passwd").display().to_string(),
+        )
+        .replace(
+            "/etc/mosquitto/outpost.acl",
+            &root.join("config/mosquitto.acl").display().to_string(),
+        )
+        .replace("/var/lib/mosquitto/", &format!("{}/", dir.path().display()));
+    // Started as root, Mosquitto drops to its own user, who cannot read this test's files.
+    let me = Command::new("id").arg("-un").output().unwrap();
+    let conf = format!(
+        "{conf}\nuser {}\n",
+        String::from_utf8_lossy(&me.stdout).trim()
+    );
+    std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+    let passwd = dir.path().join("passwd");
+    let logins = [
+        ("outpost-hub", "hub-secret".to_string()),
+        ("dev-a", password(dir.path(), "dev-a")),
+        ("dev-b", password(dir.path(), "dev-b")),
+    ];
+    for (i, (user, pass)) in logins.iter().enumerate() {
+        let mut command = Command::new("mosquitto_passwd");
+        if i == 0 {
+            command.arg("-c");
+        }
+        let status = command
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, pass.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mosquitto_passwd");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut broker = Command::new(&mosquitto)
+        .arg("-c")
+        .arg(dir.path().join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("mosquitto.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {mosquitto} ({e}): install Debian's mosquitto, or set OUTPOST_MOSQUITTO"));
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _broker = Kill(&mut broker);
+    wait_until("Mosquitto", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).ok()
+    });
+    std::fs::write(dir.path().join("hub.password"), "hub-secret\n").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("hub.password"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hub.toml"),
+        format!(
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nusername = \"outpost-hub\"\npassword_file = \"{}\"\n",
+            dir.path().join("hub.password").display()
+        ),
+    )
+    .unwrap();
+    let config_path = dir.path().join("hub.toml");
+    let hub = Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", config_path.to_str().unwrap()],
+    );
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = Agent::start(
+        dir.path(),
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "20",
+        ],
+    );
+    wait_until("the replay to end", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .contains("tegrastats replay finished")
+            .then_some(())
+    });
+    wait_until(
+        "the agent to have nothing left to ship",
+        Duration::from_secs(60),
+        || {
+            let metrics = agent.metrics();
+            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_batches_acked_total")
+                    .is_some_and(|n| n > 0.0))
+            .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Mosquitto's ACL drops A's publish on B's topic before the hub sees it.
+    let (a_password, a_key) = (password(dir.path(), "dev-a"), key(dir.path(), "dev-a"));
+    publish(
+        mqtt_port,
+        "dev-a",
+        &a_password,
+        "outpost/v1/default/dev-b/batch",
+        &forged_batch("dev-b", &a_key),
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let devices = hub.devices();
+    assert!(
+        device_record(&devices, "dev-b").is_none(),
+        "nothing of dev-b reached the hub: {devices}"
+    );
+    assert_eq!(device_record(&devices, "dev-a").unwrap()["rejected"], 0);
+    agent.stop();
+    hub.stop();
+    let points = assert_hub_holds_the_agents(dir.path(), "dev-a", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 3000, "{points} points compared");
 }
