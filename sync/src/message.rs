@@ -369,8 +369,14 @@ impl Batch {
         let body = to_postcard(&self.body);
         let mut header = self.header.clone();
         header.body_bytes = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        let compressed =
-            zstd::bulk::compress(&body, zstd_level).expect("zstd compresses any input");
+        // Live batches are a few KiB, where a high level costs little and saves bytes on the
+        // link; backfill batches are mostly chunks that are compressed already.
+        let level = if body.len() <= 32 << 10 {
+            zstd_level.max(19)
+        } else {
+            zstd_level
+        };
+        let compressed = zstd::bulk::compress(&body, level).expect("zstd compresses any input");
         frame(
             FrameKind::Batch,
             &to_postcard(&header),

@@ -603,3 +603,127 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
     let points = assert_hub_holds_the_agents(dir.path(), "dev-a", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 3000, "{points} points compared");
 }
+
+/// A TCP proxy between the agent and the broker that cuts every connection `cuts` times, at
+/// staggered moments, so that some cuts fall in the middle of a publish.
+struct CuttingProxy {
+    port: u16,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, cuts_wanted: usize) -> CuttingProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    live.lock().unwrap().push(client.try_clone().unwrap());
+                    live.lock().unwrap().push(server.try_clone().unwrap());
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        {
+            let (cuts, stop) = (cuts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut step = 0u64;
+                while !stop.load(Ordering::Relaxed) && cuts.load(Ordering::Relaxed) < cuts_wanted {
+                    // 150 to 450 ms apart: the agent publishes every 200 ms.
+                    step += 1;
+                    std::thread::sleep(Duration::from_millis(150 + (step * 97) % 300));
+                    let streams: Vec<TcpStream> = live.lock().unwrap().drain(..).collect();
+                    if !streams.is_empty() {
+                        for stream in streams {
+                            let _ = stream.shutdown(Shutdown::Both);
+                        }
+                        cuts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        CuttingProxy { port, cuts, stop }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn fifty_connection_cuts_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    let proxy = CuttingProxy::start(mqtt_port, 50);
+    let mqtt = enrol(dir.path(), "dev-1", proxy.port);
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"3s\"\nmax_head_samples = 2000\n{mqtt}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = Agent::start(
+        dir.path(),
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "5",
+        ],
+    );
+    wait_until("fifty cuts", Duration::from_secs(120), || {
+        (proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(())
+    });
+    wait_until("the replay to end", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .contains("tegrastats replay finished")
+            .then_some(())
+    });
+    wait_until(
+        "the agent to have nothing left to ship",
+        Duration::from_secs(90),
+        || {
+            let metrics = agent.metrics();
+            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
+            .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let connects = metric_value(&agent.metrics(), "outpost_sync_connects_total").unwrap();
+    assert!(connects >= 40.0, "{connects} connections");
+    assert_eq!(
+        device_record(&hub.devices(), "dev-1").unwrap()["rejected"],
+        0
+    );
+    agent.stop();
+    hub.stop();
+    let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
+    assert!(points > 3000, "{points} points compared");
+}

@@ -1,0 +1,305 @@
+//! Sync figures on the real hour of host data, in process (no broker, no sockets): what the
+//! protocol itself costs.
+//!
+//! - wire: bytes per sample at a 10 s batch interval, counting every MQTT byte a TCP stream would
+//!   carry in both directions (PUBLISH of the batch with its topic, the hub's PUBACK, the ack
+//!   PUBLISH back, the agent's PUBACK); IP and TCP headers not included.
+//! - backfill: 24 hours of 315 series (the hour, three times under other labels, 24 times over:
+//!   27 M samples) held by an agent whose hub was away, drained into a hub store.
+//! - ingest: the hub's ingest (verify, decompress, decode, write, one fsync per group of 100
+//!   batches) of 100 devices' batches, each device the hour under its own id.
+//!
+//! `cargo bench --bench sync -- [wire] [backfill] [ingest]`
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_storage::{Options, SeriesKey, Store, WriteBatch};
+use outpost_sync::ingest::Ingestor;
+use outpost_sync::outbox::{Outbox, OutboxOptions};
+use outpost_sync::{Ack, Batch, DeviceKey, Limits};
+
+/// MQTT 3.1.1 bytes of a QoS 1 PUBLISH: fixed header (1 + remaining-length varint), topic
+/// (2 + len), packet id (2), payload.
+fn publish_bytes(topic: &str, payload: usize) -> usize {
+    let remaining = 2 + topic.len() + 2 + payload;
+    let varint = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + varint + remaining
+}
+const PUBACK: usize = 4;
+
+fn agent_options() -> Options {
+    Options {
+        track_changes: true,
+        seal_interval: Duration::from_secs(24 * 3600),
+        ..Options::default()
+    }
+}
+
+/// The hour as (series, ts, value) rows, in file order.
+fn rows() -> Vec<(String, i64, f64)> {
+    common::host_text()
+        .lines()
+        .filter_map(|line| match outpost_storage::text::parse_line(line) {
+            Ok(outpost_storage::text::Line::Sample {
+                series,
+                value,
+                timestamp_ms: Some(ts),
+            }) => Some((series.to_string(), ts, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack_for(batch: &[u8], key: &DeviceKey) -> Vec<u8> {
+    let header = Batch::peek_header(batch, &Limits::default()).unwrap();
+    Ack {
+        device: header.device,
+        epoch: header.epoch,
+        seq: header.seq,
+        status: outpost_sync::AckStatus::Stored {
+            samples: 0,
+            duplicate: false,
+        },
+    }
+    .encode(key)
+}
+
+fn wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
+    let key = DeviceKey::new(vec![7; 32]).unwrap();
+    let mut outbox = Outbox::open(
+        &agent,
+        "orin-nano-0001",
+        key.clone(),
+        "boot",
+        OutboxOptions::default(),
+    )
+    .unwrap();
+    let (batch_topic, ack_topic) = (
+        "outpost/v1/default/orin-nano-0001/batch",
+        "outpost/v1/default/orin-nano-0001/ack",
+    );
+    let rows = rows();
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let (mut bytes, mut payload_bytes, mut batches) = (0usize, 0usize, 0usize);
+    let mut cursor = 0;
+    let mut window_end = start + 10_000;
+    while cursor < rows.len() {
+        let mut write = WriteBatch::default();
+        while cursor < rows.len() && rows[cursor].1 < window_end {
+            let (series, ts, value) = &rows[cursor];
+            let id = *ids
+                .entry(series.clone())
+                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
+            write.sample(id, *ts, *value);
+            cursor += 1;
+        }
+        agent.write(write).unwrap();
+        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+            let ack = ack_for(&payload, &key);
+            bytes += publish_bytes(batch_topic, payload.len())
+                + PUBACK
+                + publish_bytes(ack_topic, ack.len())
+                + PUBACK;
+            payload_bytes += payload.len();
+            batches += 1;
+            outbox.on_ack(&agent, &Ack::decode(&ack, "orin-nano-0001", &key).unwrap());
+        }
+        window_end += 10_000;
+    }
+    let samples = rows.len() as f64;
+    println!(
+        "wire: {} samples, {batches} batches of 10 s: {:.3} MQTT bytes/sample in both directions (batch payloads alone {:.3})",
+        rows.len(),
+        bytes as f64 / samples,
+        payload_bytes as f64 / samples
+    );
+    agent.close().unwrap();
+}
+
+fn backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
+    let rows = rows();
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let began = Instant::now();
+    let mut total = 0u64;
+    for hour in 0..24i64 {
+        for copy in 0..3 {
+            let mut write = WriteBatch::with_capacity(rows.len());
+            for (series, ts, value) in &rows {
+                let name = format!("{series}|{copy}");
+                let id = *ids.entry(name).or_insert_with(|| {
+                    let key = SeriesKey::parse(series).unwrap();
+                    let mut labels: Vec<(String, String)> = key.labels().to_vec();
+                    labels.push(("copy".into(), copy.to_string()));
+                    agent
+                        .series_id(&SeriesKey::new(key.name(), labels).unwrap())
+                        .unwrap()
+                });
+                write.sample(id, start + hour * 3_600_000 + (ts - start), *value);
+            }
+            total += rows.len() as u64;
+            agent.write(write).unwrap();
+        }
+        // The hub is away: every hour's seal leaves backlog.
+        agent.seal().unwrap();
+    }
+    println!(
+        "backfill: wrote {total} samples of {} series in {:.1} s",
+        ids.len(),
+        began.elapsed().as_secs_f64()
+    );
+    let key = DeviceKey::new(vec![7; 32]).unwrap();
+    let hub = Store::open(dir.path().join("hub.redb"), Options::default()).unwrap();
+    let mut ingestor = Ingestor::new();
+    let mut outbox =
+        Outbox::open(&agent, "dev", key.clone(), "boot", OutboxOptions::default()).unwrap();
+    let began = Instant::now();
+    let mut batches = 0;
+    loop {
+        let mut sent = Vec::new();
+        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+            sent.push(payload);
+        }
+        if sent.is_empty() {
+            break;
+        }
+        let mut acks = Vec::new();
+        for payload in sent {
+            let batch = Batch::decode(&payload, "dev", &key, &Limits::default()).unwrap();
+            let ingested = ingestor.ingest(&hub, &batch).unwrap();
+            acks.push(Ack {
+                device: "dev".into(),
+                epoch: batch.header.epoch,
+                seq: batch.header.seq,
+                status: ingested.status,
+            });
+            batches += 1;
+        }
+        hub.sync().unwrap();
+        for ack in acks {
+            outbox.on_ack(&agent, &ack);
+        }
+    }
+    hub.seal().unwrap();
+    let elapsed = began.elapsed().as_secs_f64();
+    let stats = hub.stats().unwrap();
+    println!(
+        "backfill: {} samples to the hub in {batches} batches, {elapsed:.1} s ({:.2} M samples/s)",
+        stats.raw_samples,
+        stats.raw_samples as f64 / elapsed / 1e6
+    );
+    agent.close().unwrap();
+    hub.close().unwrap();
+}
+
+fn ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = rows();
+    // One device's hour as 10 s batches, then re-signed under 100 device ids (the work per
+    // device is the same; building 100 agents' stores would only time the agents).
+    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
+    let key = DeviceKey::new(vec![7; 32]).unwrap();
+    let mut outbox = Outbox::open(
+        &agent,
+        "template",
+        key.clone(),
+        "boot",
+        OutboxOptions::default(),
+    )
+    .unwrap();
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let mut template = Vec::new();
+    let (mut cursor, mut window_end) = (0, start + 10_000);
+    while cursor < rows.len() {
+        let mut write = WriteBatch::default();
+        while cursor < rows.len() && rows[cursor].1 < window_end {
+            let (series, ts, value) = &rows[cursor];
+            let id = *ids
+                .entry(series.clone())
+                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
+            write.sample(id, *ts, *value);
+            cursor += 1;
+        }
+        agent.write(write).unwrap();
+        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+            let batch = Batch::decode(&payload, "template", &key, &Limits::default()).unwrap();
+            outbox.on_ack(
+                &agent,
+                &Ack::decode(&ack_for(&payload, &key), "template", &key).unwrap(),
+            );
+            template.push(batch);
+        }
+        window_end += 10_000;
+    }
+    let devices = 100;
+    let keys: Vec<DeviceKey> = (0..devices)
+        .map(|d| DeviceKey::new(vec![d as u8 + 1; 32]).unwrap())
+        .collect();
+    // Interleaved as they would arrive: batch i of every device, then batch i + 1.
+    let mut payloads = Vec::with_capacity(template.len() * devices);
+    for batch in &template {
+        for (d, key) in keys.iter().enumerate() {
+            let mut batch = batch.clone();
+            batch.header.device = format!("dev-{d:03}");
+            payloads.push((
+                batch.header.device.clone(),
+                Arc::new(batch.encode(key, 3)),
+                d,
+            ));
+        }
+    }
+    let hub = Store::open(dir.path().join("hub.redb"), Options::default()).unwrap();
+    let mut ingestor = Ingestor::new();
+    let began = Instant::now();
+    let mut samples = 0u64;
+    for group in payloads.chunks(100) {
+        for (device, payload, d) in group {
+            let batch = Batch::decode(payload, device, &keys[*d], &Limits::default()).unwrap();
+            if let outpost_sync::AckStatus::Stored { samples: n, .. } =
+                ingestor.ingest(&hub, &batch).unwrap().status
+            {
+                samples += n;
+            }
+        }
+        hub.sync().unwrap();
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    println!(
+        "ingest: {devices} devices, {} batches, {samples} samples in {elapsed:.1} s: {:.2} M samples/s",
+        payloads.len(),
+        samples as f64 / elapsed / 1e6
+    );
+    agent.close().unwrap();
+    hub.close().unwrap();
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    if run("wire") {
+        wire();
+    }
+    if run("backfill") {
+        backfill();
+    }
+    if run("ingest") {
+        ingest();
+    }
+}
