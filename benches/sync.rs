@@ -162,7 +162,11 @@ fn backfill() {
         began.elapsed().as_secs_f64()
     );
     let key = DeviceKey::new(vec![7; 32]).unwrap();
-    let hub = Store::open(dir.path().join("hub.redb"), Options::default()).unwrap();
+    let hub = Store::open(
+        dir.path().join("hub.redb"),
+        outpost_sync::ingest::hub_store_options(1 << 40),
+    )
+    .unwrap();
     let mut ingestor = Ingestor::new();
     let mut outbox =
         Outbox::open(&agent, "dev", key.clone(), "boot", OutboxOptions::default()).unwrap();
@@ -262,7 +266,11 @@ fn ingest() {
             ));
         }
     }
-    let hub = Store::open(dir.path().join("hub.redb"), Options::default()).unwrap();
+    let hub = Store::open(
+        dir.path().join("hub.redb"),
+        outpost_sync::ingest::hub_store_options(1 << 40),
+    )
+    .unwrap();
     let mut ingestor = Ingestor::new();
     let began = Instant::now();
     let mut samples = 0u64;

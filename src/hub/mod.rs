@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use outpost_storage::{Options, Store};
+use outpost_storage::Store;
 use outpost_sync::topic::{self, Kind};
 use outpost_sync::{Ack, AckStatus, Batch, Limits};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -140,10 +140,7 @@ struct Incoming {
 async fn daemon(config: HubConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let path = config.store.path.clone();
-    let options = Options {
-        budget_bytes: Some(config.store.budget.0),
-        ..Options::default()
-    };
+    let options = outpost_sync::ingest::hub_store_options(config.store.budget.0);
     let store = Arc::new(
         tokio::task::spawn_blocking(move || Store::open(&path, options))
             .await?

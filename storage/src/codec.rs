@@ -580,7 +580,23 @@ pub(crate) fn unseal(bytes: &[u8]) -> DResult<std::borrow::Cow<'_, [u8]>> {
                     limit: MAX_BODY_BYTES as u64,
                 });
             }
-            let body = zstd::bulk::decompress(reader.take(reader.remaining())?, len as usize)
+            // One decompression context per thread, as for compression: a context costs more
+            // to create than a small chunk costs to decompress.
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            let compressed = reader.take(reader.remaining())?;
+            let body = DECOMPRESSOR
+                .with(|cell| {
+                    let mut cell = cell.borrow_mut();
+                    if cell.is_none() {
+                        *cell = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    cell.as_mut()
+                        .expect("set above")
+                        .decompress(compressed, len as usize)
+                })
                 .map_err(|e| DecodeError::Zstd(e.to_string()))?;
             if body.len() as u64 != len {
                 return Err(DecodeError::Invalid(

@@ -20,6 +20,17 @@ pub const INSTANCE: &str = "instance";
 /// Where a device's own `instance` label goes, as Prometheus does.
 pub const EXPORTED_INSTANCE: &str = "exported_instance";
 
+/// How the hub opens its store. A fleet's head holds many series, each sampled every second: a
+/// larger head (8 M samples, about 130 MB) means each chunk is rewritten fewer times as it
+/// fills, which is what bounds ingest, and the hub runs where memory is not scarce.
+pub fn hub_store_options(budget_bytes: u64) -> outpost_storage::Options {
+    outpost_storage::Options {
+        budget_bytes: Some(budget_bytes),
+        max_head_samples: 8_000_000,
+        ..outpost_storage::Options::default()
+    }
+}
+
 /// Why a batch could not be ingested. The hub answers with [`AckStatus::Rejected`] and counts it.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -451,6 +451,33 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
                 .then_some(())
         },
     );
+    // Revoking B takes effect at the running hub: its batches stop being stored.
+    let revoked = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "--devices-file"])
+        .arg(dir.path().join("devices.toml"))
+        .args(["device", "revoke", "dev-b"])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    wait_until(
+        "the hub to re-read the devices file",
+        Duration::from_secs(20),
+        || (hub.log_text().matches("devices file (re)loaded").count() >= 2).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let batches = |hub: &Hub| {
+        device_record(&hub.devices(), "dev-b").unwrap()["batches"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = batches(&hub);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        before,
+        batches(&hub),
+        "a revoked device's batches are not stored"
+    );
+    assert!(metric_value(&agent_b.metrics(), "outpost_sync_in_flight_batches").unwrap() > 0.0);
     agent_b.stop();
     hub.stop();
     let forged = query(&dir.path().join("hub.redb"), "forged_metric", &[]);
