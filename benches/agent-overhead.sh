@@ -7,6 +7,8 @@
 # 10 s (their default is 30 s), and an application endpoint is scraped every 15 s (100 series).
 #
 # Usage: benches/agent-overhead.sh [SECONDS]   (default 600, after a 30 s warm-up)
+#        SYNC=1 benches/agent-overhead.sh [SECONDS]   the same with [mqtt] on, shipping every
+#        10 s to a local `outpost hub` with its embedded broker (the hub is not measured)
 # Prints peak and final RSS (VmHWM, VmRSS from /proc) and CPU as a percentage of one core
 # (utime + stime from /proc/PID/stat over the measured window), and the series count.
 set -euo pipefail
@@ -17,7 +19,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-overhead.XXXXXX")
 port=$((20000 + RANDOM % 20000))
 app_port=$((port + 1))
 cleanup() {
-  kill ${agent:-} ${app:-} 2>/dev/null || true
+  kill ${agent:-} ${app:-} ${hub:-} 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -78,6 +80,23 @@ for i in $(seq 0 99); do echo "inference_fps{stream=\"$i\"} 29.$i"; done >"$work
 python3 -m http.server --bind 127.0.0.1 --directory "$work/app" "$app_port" >/dev/null 2>&1 &
 app=$!
 
+if [ -n "${SYNC:-}" ]; then
+  mqtt_port=$((port + 2))
+  ./target/release/outpost hub --devices-file "$work/devices.toml" device add bench --out "$work" \
+    --url "mqtt://127.0.0.1:$mqtt_port" >/dev/null
+  ./target/release/outpost hub --devices-file "$work/devices.toml" --store "$work/hub.redb" \
+    --listen "127.0.0.1:$((port + 3))" --mqtt-listen "127.0.0.1:$mqtt_port" 2>"$work/hub.log" &
+  hub=$!
+  cat >>"$work/agent.toml" <<EOF
+[mqtt]
+enabled = true
+url = "mqtt://127.0.0.1:$mqtt_port"
+device = "bench"
+key_file = "$work/bench.key"
+password_file = "$work/bench.password"
+EOF
+fi
+
 ./target/release/outpost agent --config "$work/agent.toml" --listen "127.0.0.1:$port" \
   2>"$work/agent.log" &
 agent=$!
@@ -103,3 +122,6 @@ cpu=$(echo "scale=3; 100 * ($end_ticks - $start_ticks) / $hz / ($end - $start)" 
 echo "measured ${seconds} s after a ${warmup} s warm-up; ${series} series in /metrics"
 echo "RSS: peak sampled $((peak_rss / 1024)).$(((peak_rss % 1024) * 10 / 1024)) MiB, high-water mark (VmHWM) $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB"
 echo "CPU: ${cpu} % of one core"
+if [ -n "${SYNC:-}" ]; then
+  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^outpost_sync_(batches_acked_total|sent_bytes_total|connected) '
+fi
