@@ -69,6 +69,11 @@ pub struct HubMqttSection {
     /// The hub's own login on an external broker.
     pub username: String,
     pub password_file: PathBuf,
+    /// For `mqtts://`: the broker's CA (else the system's roots), and the hub's client
+    /// certificate and key when the broker asks for one.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub client_key_file: PathBuf,
     /// Subscribe as `$share/<group>/...`, so that several hubs split one fleet's batches.
     pub shared_group: String,
     /// The largest MQTT packet the broker and the hub accept.
@@ -83,6 +88,9 @@ impl Default for HubMqttSection {
             url: String::new(),
             username: String::new(),
             password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
             shared_group: String::new(),
             max_packet: ByteSize(1 << 20),
         }

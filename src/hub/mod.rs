@@ -158,6 +158,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         .collect();
     let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
 
+    let mut tls = None;
     let (host, port, username, password) = if config.mqtt.embedded {
         start_broker(&config, devices.clone(), hub_password.clone())?;
         (
@@ -176,6 +177,13 @@ async fn daemon(config: HubConfig) -> Result<()> {
                 "broker password (mqtt.password_file)",
             )?
         };
+        if url.tls {
+            tls = Some(Arc::new(crate::tls::client_config(
+                &config.mqtt.ca_file,
+                &config.mqtt.cert_file,
+                &config.mqtt.client_key_file,
+            )?));
+        }
         (url.host, url.port, config.mqtt.username.clone(), password)
     };
     let mut options = MqttOptions::new(
@@ -188,6 +196,11 @@ async fn daemon(config: HubConfig) -> Result<()> {
     options.set_clean_session(true);
     if !username.is_empty() {
         options.set_credentials(username, password);
+    }
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            tls,
+        )));
     }
     let (client, mut events) = AsyncClient::new(options, 1024);
 

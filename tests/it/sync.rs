@@ -2,6 +2,7 @@
 //! (acks lost, batches resent and discarded as duplicates), a hub killed with SIGKILL in the
 //! middle of ingest; at the end the hub holds exactly what the agent holds.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -489,146 +490,35 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
 
 #[test]
 fn through_mosquitto_with_the_committed_config_and_acls() {
-    let mosquitto = std::env::var("OUTPOST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
     let dir = tempfile::tempdir().unwrap();
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
     enrol(dir.path(), "dev-b", mqtt_port);
-    // The committed broker config and ACL, with this test's port and paths.
-    let root = crate::agent::root();
-    let conf = std::fs::read_to_string(root.join("config/mosquitto.conf"))
-        .unwrap()
-        .replace("listener 1883", &format!("listener {mqtt_port} 127.0.0.1"))
-        .replace(
-            "/etc/mosquitto/outpost.passwd",
-            &dir.path().join("passwd").display().to_string(),
-        )
-        .replace(
-            "/etc/mosquitto/outpost.acl",
-            &root.join("config/mosquitto.acl").display().to_string(),
-        )
-        .replace("/var/lib/mosquitto/", &format!("{}/", dir.path().display()));
-    // Started as root, Mosquitto drops to its own user, who cannot read this test's files.
-    let me = Command::new("id").arg("-un").output().unwrap();
-    let conf = format!(
-        "{conf}\nuser {}\n",
-        String::from_utf8_lossy(&me.stdout).trim()
+    let _broker = Mosquitto::start(dir.path(), mqtt_port, "");
+    write_hub_config(
+        dir.path(),
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
     );
-    std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-    let passwd = dir.path().join("passwd");
-    let logins = [
-        ("outpost-hub", "hub-secret".to_string()),
-        ("dev-a", password(dir.path(), "dev-a")),
-        ("dev-b", password(dir.path(), "dev-b")),
-    ];
-    for (i, (user, pass)) in logins.iter().enumerate() {
-        let mut command = Command::new("mosquitto_passwd");
-        if i == 0 {
-            command.arg("-c");
-        }
-        let status = command
-            .arg("-b")
-            .arg(&passwd)
-            .args([user, pass.as_str()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "mosquitto_passwd");
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut broker = Command::new(&mosquitto)
-        .arg("-c")
-        .arg(dir.path().join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("mosquitto.log")).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {mosquitto} ({e}): install Debian's mosquitto, or set OUTPOST_MOSQUITTO"));
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _broker = Kill(&mut broker);
-    wait_until("Mosquitto", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).ok()
+    run_agent_and_compare(dir.path(), http_port, &mqtt, |hub| {
+        // Mosquitto's ACL drops A's publish on B's topic before the hub sees it.
+        let (a_password, a_key) = (password(dir.path(), "dev-a"), key(dir.path(), "dev-a"));
+        let forged = forged_batch("dev-b", &a_key);
+        publish(
+            mqtt_port,
+            "dev-a",
+            &a_password,
+            "outpost/v1/default/dev-b/batch",
+            &forged,
+            dir.path(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let devices = hub.devices();
+        assert!(
+            device_record(&devices, "dev-b").is_none(),
+            "nothing of dev-b reached the hub: {devices}"
+        );
+        assert_eq!(device_record(&devices, "dev-a").unwrap()["rejected"], 0);
     });
-    std::fs::write(dir.path().join("hub.password"), "hub-secret\n").unwrap();
-    std::fs::set_permissions(
-        dir.path().join("hub.password"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("hub.toml"),
-        format!(
-            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nusername = \"outpost-hub\"\npassword_file = \"{}\"\n",
-            dir.path().join("hub.password").display()
-        ),
-    )
-    .unwrap();
-    let config_path = dir.path().join("hub.toml");
-    let hub = Hub::start_with(
-        dir.path(),
-        http_port,
-        mqtt_port,
-        &["--config", config_path.to_str().unwrap()],
-    );
-    let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
-    );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
-    let agent = Agent::start(
-        dir.path(),
-        &config,
-        &[
-            "--tegrastats-replay",
-            log.to_str().unwrap(),
-            "--replay-speed",
-            "20",
-        ],
-    );
-    wait_until("the replay to end", Duration::from_secs(60), || {
-        agent
-            .log_text()
-            .contains("tegrastats replay finished")
-            .then_some(())
-    });
-    wait_until(
-        "the agent to have nothing left to ship",
-        Duration::from_secs(60),
-        || {
-            let metrics = agent.metrics();
-            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_batches_acked_total")
-                    .is_some_and(|n| n > 0.0))
-            .then_some(())
-        },
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    // Mosquitto's ACL drops A's publish on B's topic before the hub sees it.
-    let (a_password, a_key) = (password(dir.path(), "dev-a"), key(dir.path(), "dev-a"));
-    publish(
-        mqtt_port,
-        "dev-a",
-        &a_password,
-        "outpost/v1/default/dev-b/batch",
-        &forged_batch("dev-b", &a_key),
-        dir.path(),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let devices = hub.devices();
-    assert!(
-        device_record(&devices, "dev-b").is_none(),
-        "nothing of dev-b reached the hub: {devices}"
-    );
-    assert_eq!(device_record(&devices, "dev-a").unwrap()["rejected"], 0);
-    agent.stop();
-    hub.stop();
-    let points = assert_hub_holds_the_agents(dir.path(), "dev-a", r#"{__name__=~"jetson_.*"}"#);
-    assert!(points > 3000, "{points} points compared");
 }
 
 /// A TCP proxy between the agent and the broker that cuts every connection `cuts` times, at
@@ -753,4 +643,222 @@ fn fifty_connection_cuts_lose_and_duplicate_nothing() {
     hub.stop();
     let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 3000, "{points} points compared");
+}
+
+/// Mosquitto with the committed config and ACL, on this test's port and paths, with logins for
+/// the hub (`hub-secret`) and every enrolled device; `extra` adds lines (TLS).
+struct Mosquitto(Child);
+
+impl Mosquitto {
+    fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
+        let mosquitto = std::env::var("OUTPOST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
+        let root = crate::agent::root();
+        let conf = std::fs::read_to_string(root.join("config/mosquitto.conf"))
+            .unwrap()
+            .replace("listener 1883", &format!("listener {port} 127.0.0.1"))
+            .replace(
+                "/etc/mosquitto/outpost.passwd",
+                &dir.join("passwd").display().to_string(),
+            )
+            .replace(
+                "/etc/mosquitto/outpost.acl",
+                &root.join("config/mosquitto.acl").display().to_string(),
+            )
+            .replace("/var/lib/mosquitto/", &format!("{}/", dir.display()));
+        // Started as root, Mosquitto drops to its own user, who cannot read this test's files.
+        let me = Command::new("id").arg("-un").output().unwrap();
+        let conf = format!(
+            "{conf}\nuser {}\n{extra}",
+            String::from_utf8_lossy(&me.stdout).trim()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let passwd = dir.join("passwd");
+        let devices = std::fs::read_to_string(dir.join("devices.toml")).unwrap_or_default();
+        let mut logins = vec![("outpost-hub".to_string(), "hub-secret".to_string())];
+        for id in ["dev-a", "dev-b", "dev-1"] {
+            if devices.contains(&format!("[device.{id}]")) {
+                logins.push((id.to_string(), password(dir, id)));
+            }
+        }
+        for (i, (user, pass)) in logins.iter().enumerate() {
+            let mut command = Command::new("mosquitto_passwd");
+            if i == 0 {
+                command.arg("-c");
+            }
+            let status = command
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, pass])
+                .status()
+                .unwrap();
+            assert!(status.success(), "mosquitto_passwd");
+        }
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let child = Command::new(&mosquitto)
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {mosquitto} ({e}): install Debian's mosquitto, or set OUTPOST_MOSQUITTO"));
+        wait_until("Mosquitto", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Mosquitto(child)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A hub config for an external broker, logged in as `outpost-hub`; `extra` adds [mqtt] keys.
+fn write_hub_config(dir: &Path, extra: &str) {
+    std::fs::write(dir.join("hub.password"), "hub-secret\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("hub.password"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("hub.toml"),
+        format!(
+            "[mqtt]\nembedded = false\nusername = \"outpost-hub\"\npassword_file = \"{}\"\n{extra}",
+            dir.join("hub.password").display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Runs a hub (on `hub.toml`) and an agent replaying the Xavier NX log until everything is
+/// shipped, then `check`, then stops both and compares the stores.
+fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnOnce(&Hub)) {
+    let config_path = dir.join("hub.toml");
+    let hub = Hub::start_with(
+        dir,
+        http_port,
+        free_port(),
+        &["--config", config_path.to_str().unwrap()],
+    );
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = Agent::start(
+        dir,
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "20",
+        ],
+    );
+    wait_until("the replay to end", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .contains("tegrastats replay finished")
+            .then_some(())
+    });
+    wait_until(
+        "the agent to have nothing left to ship",
+        Duration::from_secs(60),
+        || {
+            let metrics = agent.metrics();
+            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_batches_acked_total")
+                    .is_some_and(|n| n > 0.0))
+            .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    check(&hub);
+    agent.stop();
+    hub.stop();
+    let points = assert_hub_holds_the_agents(dir, "dev-a", r#"{__name__=~"jetson_.*"}"#);
+    assert!(points > 3000, "{points} points compared");
+}
+
+#[test]
+fn tls_with_client_certificates_through_mosquitto() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
+    // A CA, the broker's certificate, and a client certificate each for the hub and the device.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Outpost test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let issue = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        let key_path = dir.path().join(format!("{name}.key.pem"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    issue("broker", vec!["localhost".into(), "127.0.0.1".into()]);
+    issue("outpost-hub", vec![]);
+    issue("dev-a", vec![]);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let _broker = Mosquitto::start(
+        dir.path(),
+        mqtt_port,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            path("ca.pem"),
+            path("broker.pem"),
+            path("broker.key.pem")
+        ),
+    );
+    // Without a client certificate, the broker refuses the connection, password or not.
+    let refused = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port.to_string(),
+            "--cafile",
+            &path("ca.pem"),
+        ])
+        .args([
+            "-u",
+            "dev-a",
+            "-P",
+            &password(dir.path(), "dev-a"),
+            "-t",
+            "outpost/v1/default/dev-a/status",
+            "-m",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    write_hub_config(
+        dir.path(),
+        &format!(
+            "url = \"mqtts://127.0.0.1:{mqtt_port}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            path("ca.pem"),
+            path("outpost-hub.pem"),
+            path("outpost-hub.key.pem")
+        ),
+    );
+    let mqtt = mqtt.replace("mqtt://", "mqtts://")
+        + &format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            path("ca.pem"),
+            path("dev-a.pem"),
+            path("dev-a.key.pem")
+        );
+    run_agent_and_compare(dir.path(), http_port, &mqtt, |_| {});
 }
