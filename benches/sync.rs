@@ -72,6 +72,39 @@ fn ack_for(batch: &[u8], key: &DeviceKey) -> Vec<u8> {
     .encode(key)
 }
 
+/// Writes the hour into `agent` ten seconds at a time, as collection would, and after each write
+/// hands every batch the outbox builds, with the hub's ack for it, to `sent`.
+fn collect_and_ship(
+    agent: &Store,
+    outbox: &mut Outbox,
+    rows: &[(String, i64, f64)],
+    device: &str,
+    key: &DeviceKey,
+    mut sent: impl FnMut(&[u8], &[u8]),
+) {
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let (mut cursor, mut window_end) = (0, start + 10_000);
+    while cursor < rows.len() {
+        let mut write = WriteBatch::default();
+        while cursor < rows.len() && rows[cursor].1 < window_end {
+            let (series, ts, value) = &rows[cursor];
+            let id = *ids
+                .entry(series.clone())
+                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
+            write.sample(id, *ts, *value);
+            cursor += 1;
+        }
+        agent.write(write).unwrap();
+        while let Some((_, payload)) = outbox.next_batch(agent, 0, 0).unwrap() {
+            let ack = ack_for(&payload, key);
+            sent(&payload, &ack);
+            outbox.on_ack(agent, &Ack::decode(&ack, device, key).unwrap());
+        }
+        window_end += 10_000;
+    }
+}
+
 fn wire() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
@@ -89,34 +122,22 @@ fn wire() {
         "outpost/v1/default/orin-nano-0001/ack",
     );
     let rows = rows();
-    let start = rows.iter().map(|r| r.1).min().unwrap();
-    let mut ids = std::collections::HashMap::new();
     let (mut bytes, mut payload_bytes, mut batches) = (0usize, 0usize, 0usize);
-    let mut cursor = 0;
-    let mut window_end = start + 10_000;
-    while cursor < rows.len() {
-        let mut write = WriteBatch::default();
-        while cursor < rows.len() && rows[cursor].1 < window_end {
-            let (series, ts, value) = &rows[cursor];
-            let id = *ids
-                .entry(series.clone())
-                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
-            write.sample(id, *ts, *value);
-            cursor += 1;
-        }
-        agent.write(write).unwrap();
-        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
-            let ack = ack_for(&payload, &key);
+    collect_and_ship(
+        &agent,
+        &mut outbox,
+        &rows,
+        "orin-nano-0001",
+        &key,
+        |payload, ack| {
             bytes += publish_bytes(batch_topic, payload.len())
                 + PUBACK
                 + publish_bytes(ack_topic, ack.len())
                 + PUBACK;
             payload_bytes += payload.len();
             batches += 1;
-            outbox.on_ack(&agent, &Ack::decode(&ack, "orin-nano-0001", &key).unwrap());
-        }
-        window_end += 10_000;
-    }
+        },
+    );
     let samples = rows.len() as f64;
     println!(
         "wire: {} samples, {batches} batches of 10 s: {:.3} MQTT bytes/sample in both directions (batch payloads alone {:.3})",
@@ -224,31 +245,17 @@ fn ingest() {
         OutboxOptions::default(),
     )
     .unwrap();
-    let start = rows.iter().map(|r| r.1).min().unwrap();
-    let mut ids = std::collections::HashMap::new();
     let mut template = Vec::new();
-    let (mut cursor, mut window_end) = (0, start + 10_000);
-    while cursor < rows.len() {
-        let mut write = WriteBatch::default();
-        while cursor < rows.len() && rows[cursor].1 < window_end {
-            let (series, ts, value) = &rows[cursor];
-            let id = *ids
-                .entry(series.clone())
-                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
-            write.sample(id, *ts, *value);
-            cursor += 1;
-        }
-        agent.write(write).unwrap();
-        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
-            let batch = Batch::decode(&payload, "template", &key, &Limits::default()).unwrap();
-            outbox.on_ack(
-                &agent,
-                &Ack::decode(&ack_for(&payload, &key), "template", &key).unwrap(),
-            );
-            template.push(batch);
-        }
-        window_end += 10_000;
-    }
+    collect_and_ship(
+        &agent,
+        &mut outbox,
+        &rows,
+        "template",
+        &key,
+        |payload, _| {
+            template.push(Batch::decode(payload, "template", &key, &Limits::default()).unwrap());
+        },
+    );
     let devices = 100;
     let keys: Vec<DeviceKey> = (0..devices)
         .map(|d| DeviceKey::new(vec![d as u8 + 1; 32]).unwrap())

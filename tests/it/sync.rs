@@ -237,25 +237,7 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     drop(hub);
     std::thread::sleep(Duration::from_millis(1500));
     let hub = Hub::start(dir.path(), http_port, mqtt_port);
-    wait_until("the replay to end", Duration::from_secs(60), || {
-        agent
-            .log_text()
-            .contains("tegrastats replay finished")
-            .then_some(())
-    });
-    wait_until(
-        "the agent to have nothing left to ship",
-        Duration::from_secs(60),
-        || {
-            let metrics = agent.metrics();
-            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
-            .then_some(())
-        },
-    );
-    // One more round of self-metrics and batches, so that the last tegrastats samples are in.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_shipped(&agent);
     let metrics = agent.metrics();
     assert!(metric_value(&metrics, "outpost_sync_batches_resent_total").unwrap() > 0.0);
     assert!(metric_value(&metrics, "outpost_sync_connects_total").unwrap() >= 2.0);
@@ -272,6 +254,29 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     hub.stop();
     let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 3000, "{points} points compared");
+}
+
+/// Waits until the replay has ended and the agent has shipped everything, then for one more
+/// round of self-metrics and batches, so that the last tegrastats samples are at the hub.
+fn wait_until_shipped(agent: &Agent) {
+    wait_until("the replay to end", Duration::from_secs(60), || {
+        agent
+            .log_text()
+            .contains("tegrastats replay finished")
+            .then_some(())
+    });
+    wait_until(
+        "the agent to have nothing left to ship",
+        Duration::from_secs(90),
+        || {
+            let metrics = agent.metrics();
+            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
+            .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
@@ -615,24 +620,7 @@ fn fifty_connection_cuts_lose_and_duplicate_nothing() {
     wait_until("fifty cuts", Duration::from_secs(120), || {
         (proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(())
     });
-    wait_until("the replay to end", Duration::from_secs(60), || {
-        agent
-            .log_text()
-            .contains("tegrastats replay finished")
-            .then_some(())
-    });
-    wait_until(
-        "the agent to have nothing left to ship",
-        Duration::from_secs(90),
-        || {
-            let metrics = agent.metrics();
-            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
-            .then_some(())
-        },
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_shipped(&agent);
     let connects = metric_value(&agent.metrics(), "outpost_sync_connects_total").unwrap();
     assert!(connects >= 40.0, "{connects} connections");
     assert_eq!(
@@ -757,25 +745,7 @@ fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnO
             "20",
         ],
     );
-    wait_until("the replay to end", Duration::from_secs(60), || {
-        agent
-            .log_text()
-            .contains("tegrastats replay finished")
-            .then_some(())
-    });
-    wait_until(
-        "the agent to have nothing left to ship",
-        Duration::from_secs(60),
-        || {
-            let metrics = agent.metrics();
-            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_batches_acked_total")
-                    .is_some_and(|n| n > 0.0))
-            .then_some(())
-        },
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_shipped(&agent);
     check(&hub);
     agent.stop();
     hub.stop();
