@@ -47,3 +47,58 @@ pub use message::{
     StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status};
+
+/// Entry points for the fuzz targets in `sync/fuzz` and the tests that replay their corpus.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::message::{Ack, Batch, BatchBody, Command, DeviceKey, Limits};
+
+    /// The key the seeds are signed with.
+    pub const FUZZ_KEY: [u8; 32] = [7; 32];
+
+    /// Every decoder of a topic's payload; how many accepted it.
+    pub fn decode_frames(bytes: &[u8], key: &[u8; 32]) -> usize {
+        let key = DeviceKey::new(key.to_vec()).expect("32 bytes");
+        let limits = Limits::default();
+        let _ = Batch::peek_header(bytes, &limits);
+        let _ = crate::claimed_version(bytes);
+        let text = String::from_utf8_lossy(bytes);
+        [
+            Batch::decode(bytes, "fuzz", &key, &limits).is_ok(),
+            Ack::decode(bytes, "fuzz", &key).is_ok(),
+            Command::decode(bytes, "fuzz", &key).is_ok(),
+            crate::verify_json(&text, &key).is_ok(),
+        ]
+        .into_iter()
+        .filter(|ok| *ok)
+        .count()
+    }
+
+    /// A zstd-compressed batch body as the hub decodes it after authentication: the body, then
+    /// each live run and chunk with the store's decoders. Returns the samples and points read.
+    pub fn decode_body(compressed: &[u8]) -> Result<usize, String> {
+        let limit = Limits::default().max_body_bytes;
+        let body = zstd::bulk::decompress(compressed, limit).map_err(|e| e.to_string())?;
+        let body: BatchBody = postcard::from_bytes(&body).map_err(|e| e.to_string())?;
+        let mut count = 0;
+        for live in &body.live {
+            if let Ok((t, _)) = outpost_storage::codec::decode_samples(&live.samples) {
+                count += t.len();
+            }
+        }
+        for chunk in &body.chunks {
+            count += match chunk.tier {
+                0 => outpost_storage::codec::decode_chunk(&chunk.bytes).map_or(0, |(t, _)| t.len()),
+                _ => outpost_storage::codec::decode_rollup_chunk(&chunk.bytes)
+                    .map_or(0, |(b, _)| b.len()),
+            };
+        }
+        Ok(count)
+    }
+
+    /// The body of an encoded batch, compressed, as [`decode_body`] takes it: seeds.
+    pub fn compressed_body(body: &BatchBody) -> Vec<u8> {
+        zstd::bulk::compress(&postcard::to_allocvec(body).expect("serializes"), 3)
+            .expect("compresses")
+    }
+}

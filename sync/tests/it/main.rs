@@ -2,4 +2,5 @@
 //! duplicating, reordering channel, the hub's ingestor and store. Real stores on real files and
 //! the real hour of host data.
 
+mod fuzz_corpus;
 mod lossy;
