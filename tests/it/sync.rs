@@ -195,23 +195,16 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
     // Seals every two seconds with a small carry limit, so that the outage becomes backlog.
-    let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
-         [store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_head_samples = 400\n{mqtt}"
+    let store = format!(
+        "[store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_head_samples = 400\n{mqtt}"
     );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
     // The broker is down: the agent collects into its store.
-    let agent = Agent::start(
-        dir.path(),
-        &config,
-        &[
-            "--tegrastats-replay",
-            log.to_str().unwrap(),
-            "--replay-speed",
-            "8",
-        ],
+    let agent = replaying_agent(dir.path(), &store, 8);
+    wait_until(
+        "a seal to turn the outage into backlog",
+        Duration::from_secs(20),
+        || metric_value(&agent.metrics(), "outpost_sync_backlog_chunks").filter(|n| *n > 0.0),
     );
-    std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         metric_value(&agent.metrics(), "outpost_sync_connected"),
         Some(0.0)
@@ -254,6 +247,26 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     hub.stop();
     let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 3000, "{points} points compared");
+}
+
+/// An agent with only tegrastats (a replay of the Xavier NX log at `speed`) and self-metrics
+/// every second, plus `extra` config (its [mqtt] section).
+fn replaying_agent(dir: &Path, extra: &str, speed: u32) -> Agent {
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{extra}"
+    );
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let speed = speed.to_string();
+    Agent::start(
+        dir,
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            &speed,
+        ],
+    )
 }
 
 /// Waits until the replay has ended and the agent has shipped everything, then for one more
@@ -356,20 +369,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     enrol(dir.path(), "dev-a", mqtt_port);
     let mqtt_b = enrol(dir.path(), "dev-b", mqtt_port);
     let hub = Hub::start(dir.path(), http_port, mqtt_port);
-    let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt_b}"
-    );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
-    let agent_b = Agent::start(
-        dir.path(),
-        &config,
-        &[
-            "--tegrastats-replay",
-            log.to_str().unwrap(),
-            "--replay-speed",
-            "5",
-        ],
-    );
+    let agent_b = replaying_agent(dir.path(), &mqtt_b, 5);
     wait_until("dev-b online", Duration::from_secs(30), || {
         (device_record(&hub.devices(), "dev-b")?["batches"].as_u64()? > 0).then_some(())
     });
@@ -602,21 +602,10 @@ fn fifty_connection_cuts_lose_and_duplicate_nothing() {
     let hub = Hub::start(dir.path(), http_port, mqtt_port);
     let proxy = CuttingProxy::start(mqtt_port, 50);
     let mqtt = enrol(dir.path(), "dev-1", proxy.port);
-    let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
-         [store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"3s\"\nmax_head_samples = 2000\n{mqtt}"
+    let store = format!(
+        "[store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"3s\"\nmax_head_samples = 2000\n{mqtt}"
     );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
-    let agent = Agent::start(
-        dir.path(),
-        &config,
-        &[
-            "--tegrastats-replay",
-            log.to_str().unwrap(),
-            "--replay-speed",
-            "5",
-        ],
-    );
+    let agent = replaying_agent(dir.path(), &store, 5);
     wait_until("fifty cuts", Duration::from_secs(120), || {
         (proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(())
     });
@@ -731,20 +720,7 @@ fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnO
         free_port(),
         &["--config", config_path.to_str().unwrap()],
     );
-    let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
-    );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
-    let agent = Agent::start(
-        dir,
-        &config,
-        &[
-            "--tegrastats-replay",
-            log.to_str().unwrap(),
-            "--replay-speed",
-            "20",
-        ],
-    );
+    let agent = replaying_agent(dir, &mqtt, 20);
     wait_until_shipped(&agent);
     check(&hub);
     agent.stop();
