@@ -720,7 +720,7 @@ fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnO
         free_port(),
         &["--config", config_path.to_str().unwrap()],
     );
-    let agent = replaying_agent(dir, &mqtt, 20);
+    let agent = replaying_agent(dir, mqtt, 20);
     wait_until_shipped(&agent);
     check(&hub);
     agent.stop();
