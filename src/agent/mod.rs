@@ -581,7 +581,7 @@ async fn self_metrics_task(interval: Duration, sink: Arc<Sink>, started: Instant
                 stats.bytes_written_since_open as f64,
             );
         }
-        if sink.store.options_track_changes() {
+        if sink.store.tracks_changes() {
             let uplink = sink.uplink.lock().expect("uplink state").clone();
             let counters = [
                 ("outpost_sync_connected", f64::from(uplink.connected)),

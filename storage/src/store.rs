@@ -527,7 +527,7 @@ impl Store {
     }
 
     /// Whether this store keeps a change feed ([`Options::track_changes`]).
-    pub fn options_track_changes(&self) -> bool {
+    pub fn tracks_changes(&self) -> bool {
         self.shared.options.track_changes
     }
 

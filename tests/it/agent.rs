@@ -64,6 +64,21 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// Waits until a daemon that `outpost` started listens on `port`; if it exits first, fails with
+/// its log.
+pub fn wait_for_port(what: &str, child: &mut Child, port: u16, log: impl Fn() -> String) {
+    wait_until(
+        &format!("the {what} to listen on {port}"),
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited with {status}: {}", log());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        },
+    );
+}
+
 pub struct Agent {
     pub child: Child,
     pub port: u16,
@@ -89,11 +104,9 @@ impl Agent {
             .spawn()
             .expect("outpost agent starts");
         let mut agent = Agent { child, port, log };
-        wait_until("the agent's /api/health", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("agent exited with {status}: {}", agent.log_text());
-            }
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        let log = agent.log.clone();
+        wait_for_port("agent", &mut agent.child, port, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
         });
         agent
     }
@@ -185,33 +198,20 @@ fn replays_a_whole_log_into_the_store_and_stops_cleanly() {
         .collect();
     assert_eq!(expected.len(), 2240, "GR3D lines in the TX2 log");
 
-    let query = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["db", "query", "--db"])
-        .arg(dir.path().join("agent.redb"))
-        .args([
-            r#"jetson_engine_load_ratio{engine="GR3D"}"#,
-            "--from",
-            "0",
-            // At full speed the replay runs ahead of the wall clock by a millisecond a line.
-            "--to",
-            &(std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                + 3_600_000)
-                .to_string(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        query.status.success(),
-        "{}",
-        String::from_utf8_lossy(&query.stderr)
+    // At full speed the replay runs ahead of the wall clock by a millisecond a line.
+    let an_hour_ahead = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    let result = db_query(
+        &dir.path().join("agent.redb"),
+        r#"jetson_engine_load_ratio{engine="GR3D"}"#,
+        &["--to", &an_hour_ahead],
     );
-    let result: Value = serde_json::from_slice(&query.stdout).unwrap();
-    let points = result[0]["points"].as_array().expect("one series");
+    assert_eq!(result.len(), 1, "one series");
+    let points = &result[0].1;
     let stored: Vec<f64> = points
         .iter()
         .map(|p| p[1].as_str().unwrap().parse().unwrap())
@@ -546,33 +546,44 @@ fn documented_metrics() -> BTreeSet<String> {
         .collect()
 }
 
-/// Every series in a store that no process holds, through `outpost db query`.
-fn stored_series(store: &Path) -> Vec<String> {
-    let query = Command::new(env!("CARGO_BIN_EXE_outpost"))
+/// `outpost db query` on a store that no process holds, as (series, points) from its JSON; from
+/// the epoch to now unless `extra` says otherwise.
+pub fn db_query(store: &Path, selector: &str, extra: &[&str]) -> Vec<(String, Vec<Value>)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["db", "query", "--db"])
         .arg(store)
-        .args([
-            r#"{__name__=~".+"}"#,
-            "--from",
-            "0",
-            "--to",
-            "now",
-            "--format",
-            "json",
-        ])
+        .args([selector, "--from", "0", "--format", "json"])
+        .args(if extra.contains(&"--to") {
+            &[][..]
+        } else {
+            &["--to", "now"]
+        })
+        .args(extra)
         .output()
         .unwrap();
     assert!(
-        query.status.success(),
+        output.status.success(),
         "{}",
-        String::from_utf8_lossy(&query.stderr)
+        String::from_utf8_lossy(&output.stderr)
     );
-    let result: Value = serde_json::from_slice(&query.stdout).unwrap();
-    result
-        .as_array()
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    json.as_array()
         .unwrap()
         .iter()
-        .map(|s| s["series"].as_str().unwrap().to_string())
+        .map(|s| {
+            (
+                s["series"].as_str().unwrap().to_string(),
+                s["points"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every series in a store that no process holds.
+fn stored_series(store: &Path) -> Vec<String> {
+    db_query(store, r#"{__name__=~".+"}"#, &[])
+        .into_iter()
+        .map(|(series, _)| series)
         .collect()
 }
 

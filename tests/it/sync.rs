@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{free_port, http, metric_value, tegrastats_log, wait_until, Agent};
+use crate::agent::{
+    db_query, free_port, http, metric_value, tegrastats_log, wait_for_port, wait_until, Agent,
+};
 
 pub struct Hub {
     pub child: Child,
@@ -46,13 +48,9 @@ impl Hub {
             http_port,
             dir: dir.to_path_buf(),
         };
-        wait_until("the hub's API", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = hub.child.try_wait() {
-                panic!("hub exited with {status}: {}", hub.log_text());
-            }
-            std::net::TcpStream::connect(("127.0.0.1", http_port))
-                .ok()
-                .map(|_| ())
+        let log = hub.dir.join("hub.log");
+        wait_for_port("hub", &mut hub.child, http_port, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
         });
         hub
     }
@@ -117,33 +115,6 @@ pub fn enrol(dir: &Path, device: &str, mqtt_port: u16) -> String {
     )
 }
 
-/// `outpost db query` on a store no process holds, as JSON.
-fn query(store: &Path, selector: &str, extra: &[&str]) -> Vec<(String, Vec<Value>)> {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["db", "query", "--db"])
-        .arg(store)
-        .args([selector, "--from", "0", "--to", "now", "--format", "json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["series"].as_str().unwrap().to_string(),
-                s["points"].as_array().unwrap().clone(),
-            )
-        })
-        .collect()
-}
-
 /// Every series of `selector` in the agent's store, raw and in both rollup tiers, equals the
 /// hub's series with `instance` set to the device.
 pub fn assert_hub_holds_the_agents(dir: &Path, device: &str, selector: &str) -> usize {
@@ -157,8 +128,8 @@ pub fn assert_hub_holds_the_agents(dir: &Path, device: &str, selector: &str) -> 
         &["--step", "1h", "--fn", "max"],
         &["--step", "1h", "--fn", "last"],
     ] {
-        let theirs = query(&agent, selector, extra);
-        let ours = query(&hub, selector, extra);
+        let theirs = db_query(&agent, selector, extra);
+        let ours = db_query(&hub, selector, extra);
         assert!(!theirs.is_empty());
         assert_eq!(ours.len(), theirs.len(), "series count {extra:?}");
         for ((agent_key, agent_points), (hub_key, hub_points)) in theirs.iter().zip(&ours) {
@@ -486,7 +457,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     assert!(metric_value(&agent_b.metrics(), "outpost_sync_in_flight_batches").unwrap() > 0.0);
     agent_b.stop();
     hub.stop();
-    let forged = query(&dir.path().join("hub.redb"), "forged_metric", &[]);
+    let forged = db_query(&dir.path().join("hub.redb"), "forged_metric", &[]);
     assert!(
         forged.is_empty(),
         "forged data reached the store: {forged:?}"
