@@ -117,6 +117,9 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
     let samples = host_hour();
     let mut ids: BTreeMap<String, outpost_storage::SeriesId> = BTreeMap::new();
     let mut offline = false;
+    // The outbox's resend timer runs on this simulated clock, ten seconds a round, so that
+    // which batches are due never depends on how fast the machine runs the test.
+    let mut clock = Instant::now();
     for (round, chunk) in samples.chunks(1050).enumerate() {
         // Ten seconds of collection.
         let mut write = WriteBatch::default();
@@ -127,6 +130,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
             write.sample(id, *ts, *value);
         }
         agent.write(write).unwrap();
+        clock += Duration::from_secs(10);
         // The link: offline now and then for a while, lossy otherwise.
         if dice.roll(40) == 0 {
             offline = !offline;
@@ -137,10 +141,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
             }
             // The resend timer fires now and then, so that restarts catch batches in flight.
             if dice.roll(4) == 0 {
-                for (_, payload) in outbox.due_resends(
-                    Instant::now() + Duration::from_secs(60),
-                    Duration::from_secs(30),
-                ) {
+                for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30)) {
                     resent += 1;
                     to_hub.push(payload.to_vec());
                 }
@@ -186,14 +187,13 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
     // Back online for good: drain, with resends, until nothing is left.
     for round in 0.. {
         assert!(round < 100_000, "never drained");
+        // Every unacknowledged batch is overdue each round.
+        clock += Duration::from_secs(31);
         let mut sent = Vec::new();
         while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
             sent.push(payload.to_vec());
         }
-        for (_, payload) in outbox.due_resends(
-            Instant::now() + Duration::from_secs(60),
-            Duration::from_secs(30),
-        ) {
+        for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30)) {
             resent += 1;
             sent.push(payload.to_vec());
         }
