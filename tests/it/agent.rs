@@ -440,6 +440,8 @@ interval = "200ms"
                 .all(|line| metrics.lines().any(|l| l == *line))
                 && metrics.contains("outpost_collector_duration_seconds{collector=\"jetson\"}")
                 && metrics.contains("outpost_store_disk_bytes")
+                // Only after a second of uptime, which a loaded machine may not have reached yet.
+                && metrics.contains("outpost_disk_write_bytes_per_day")
                 && metrics.contains("probe_success{kind=\"dns\",probe=\"resolver\"}")
                 && metrics.contains("probe_success{kind=\"ping\",probe=\"loopback\"}")
                 && metrics.contains("outpost_tegrastats_lines_total 48");
