@@ -2,6 +2,7 @@
 //! fleet. This file holds the command line; each command lives in its own module.
 
 mod agent;
+mod alert;
 mod collect;
 mod db;
 mod hub;

@@ -236,6 +236,15 @@ impl Selector {
         self.matchers.iter().all(|m| m.matches(key))
     }
 
+    /// The labels the selector pins with `=` (the metric name as `__name__`), in its order: what
+    /// every series it matches has in common for certain.
+    pub fn equalities(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.matchers
+            .iter()
+            .filter(|m| m.op == MatchOp::Equal)
+            .map(|m| (m.label.as_str(), m.value.as_str()))
+    }
+
     /// The metric name when the selector pins it with `=`, which lets lookups skip other names.
     pub fn exact_name(&self) -> Option<&str> {
         self.matchers

@@ -690,6 +690,60 @@ impl Store {
         }
     }
 
+    /// Every entry of a state table whose key starts with `prefix`, in key order, including
+    /// writes not yet sealed.
+    pub fn state_list(&self, table: StateTable, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        // The head stays locked while the database is read, so that no seal moves operations
+        // from the head into the database unseen between the two reads.
+        let head = lock(&self.shared.head);
+        {
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let definition: TableDefinition<&str, &[u8]> =
+                TableDefinition::new(table.table_name());
+            match txn.open_table(definition) {
+                Ok(t) => {
+                    for entry in t.range(prefix..)? {
+                        let (key, value) = entry?;
+                        if !key.value().starts_with(prefix) {
+                            break;
+                        }
+                        entries.insert(key.value().to_string(), Some(value.value().to_vec()));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The head's operations are newer than the database; the frozen head's older than the
+        // active one's.
+        let ops = head
+            .frozen
+            .iter()
+            .flat_map(|f| f.state.iter())
+            .chain(head.active.state.iter());
+        for op in ops {
+            match op {
+                StateOp::Put {
+                    table: t,
+                    key,
+                    value,
+                } if *t == table && key.starts_with(prefix) => {
+                    entries.insert(key.clone(), Some(value.clone()));
+                }
+                StateOp::Delete { table: t, key } if *t == table && key.starts_with(prefix) => {
+                    entries.insert(key.clone(), None);
+                }
+                _ => {}
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
     /// Live samples accepted after `mark` (all of the head for `None` or a mark of an earlier
     /// head), at most about `max_samples`, in series order, with the mark after them. Needs
     /// [`Options::track_changes`].

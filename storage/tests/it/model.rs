@@ -414,3 +414,53 @@ fn retention_drops_old_windows_per_tier() {
     let stats = store.stats().unwrap();
     assert_eq!(stats.raw_samples as usize, raw[0].points.len());
 }
+
+#[test]
+fn state_lists_merge_the_head_over_sealed_entries_by_prefix() {
+    use outpost_storage::StateTable;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("list.redb");
+    let store = open(&path);
+    let put = |pairs: &[(&str, &str)], deletes: &[&str]| {
+        let mut batch = WriteBatch::default();
+        for (k, v) in pairs {
+            batch.put_state(StateTable::NotificationQueue, *k, v.as_bytes().to_vec());
+        }
+        for k in deletes {
+            batch.delete_state(StateTable::NotificationQueue, *k);
+        }
+        store.write(batch).unwrap();
+    };
+    put(&[("q/2", "b"), ("q/1", "a"), ("r/1", "other"), ("q/3", "c")], &[]);
+    store.seal().unwrap();
+    // After the seal: one overwritten, one deleted, one added, all still in the head.
+    put(&[("q/2", "B"), ("q/4", "d")], &["q/1"]);
+    let list = |store: &outpost_storage::Store| {
+        store
+            .state_list(StateTable::NotificationQueue, "q/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        ("q/2".to_string(), "B".to_string()),
+        ("q/3".to_string(), "c".to_string()),
+        ("q/4".to_string(), "d".to_string()),
+    ];
+    assert_eq!(list(&store), expected);
+    assert!(store
+        .state_list(StateTable::AlertState, "")
+        .unwrap()
+        .is_empty());
+    store.close().unwrap();
+    let store = open(&path);
+    assert_eq!(list(&store), expected, "after reopen");
+    assert_eq!(
+        store
+            .state_list(StateTable::NotificationQueue, "")
+            .unwrap()
+            .len(),
+        4
+    );
+}

@@ -1,0 +1,1083 @@
+//! The alert lifecycle: inactive → pending → firing → resolved, per rule and series, with the
+//! transitions, the notifications they cause and the engine's own state written to the store
+//! together, so that a crash or restart neither repeats a notification nor loses one.
+//!
+//! The engine reads no clock: every call takes `now_ms`, so that `outpost rules test` can run
+//! it over a stored history exactly as the agent runs it live.
+
+use std::collections::{BTreeMap, HashMap};
+
+use outpost_storage::{SeriesKey, StateTable, Store, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::rules::{Rule, Severity};
+use super::schedule::Silences;
+use super::template::Context;
+use super::window::Windows;
+
+/// Keys of the engine's entries in [`StateTable::AlertState`].
+const ALERT_PREFIX: &str = "a/";
+const HISTORY_PREFIX: &str = "h/";
+const EVENT_SEQ_KEY: &str = "~event_seq";
+const QUEUE_SEQ_KEY: &str = "~queue_seq";
+/// Transitions kept in the history.
+const HISTORY_LEN: u64 = 1000;
+/// How long a resolved alert is remembered (for its cooldown) when nothing happens to it.
+const FORGET_RESOLVED_MS: i64 = 24 * 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Inactive,
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Inactive => "inactive",
+            State::Pending => "pending",
+            State::Firing => "firing",
+            State::Resolved => "resolved",
+        }
+    }
+}
+
+/// What the engine keeps of one alert instance, in the store between runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub rule: String,
+    pub instance: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: State,
+    pub severity: Severity,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// When the condition began to hold (the start of `pending`).
+    pub started_ms: Option<i64>,
+    pub fired_ms: Option<i64>,
+    pub resolved_ms: Option<i64>,
+    /// The last evaluation at which the (hysteresis) condition held, for `keep_firing_for`.
+    pub last_true_ms: Option<i64>,
+    /// A firing within the rule's cooldown of the previous resolve waits until then before
+    /// the notification channels hear of it.
+    pub cooldown_until_ms: Option<i64>,
+    pub escalated: bool,
+    pub silenced: bool,
+    /// Whether the notification channels were told of this firing.
+    pub notified: bool,
+    pub last_notified_ms: Option<i64>,
+    /// The event sequence number and time of its last transition.
+    pub event_seq: u64,
+    pub changed_ms: i64,
+    pub summary: String,
+    pub description: String,
+}
+
+/// The JSON of an alert as every channel sees it: the MQTT state and event topics, webhooks,
+/// the history. `docs/alerts.md` documents each field and its JSON Schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertMessage {
+    pub device: String,
+    pub rule: String,
+    pub instance: String,
+    pub severity: Severity,
+    pub state: State,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub labels: BTreeMap<String, String>,
+    pub started_at: Option<String>,
+    pub fired_at: Option<String>,
+    pub resolved_at: Option<String>,
+    /// When this transition (or reminder) happened.
+    pub at: String,
+    pub summary: String,
+    pub description: String,
+    /// Per device, one more for every transition; reminders repeat the last one's.
+    pub event_seq: u64,
+    pub silenced: bool,
+    pub escalated: bool,
+    /// `transition`, `renotify` (a reminder of a long-firing alert) or `escalation`.
+    pub reason: Reason,
+    /// Notifications of this channel dropped, queue full, since the previous one delivered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_before: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    Transition,
+    Renotify,
+    Escalation,
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// The MQTT topics: retained state and events.
+    Mqtt,
+    /// A configured webhook, e-mail or exec channel, by name.
+    Named(String),
+}
+
+impl Channel {
+    fn queue_prefix(&self) -> String {
+        match self {
+            Channel::Mqtt => "m/".to_string(),
+            Channel::Named(name) => format!("n/{name}/"),
+        }
+    }
+}
+
+/// One queued MQTT publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// The engine's settings that are not rules.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub device: String,
+    /// `outpost/v1/<fleet>/<device>`; `None` when the agent has no MQTT connection.
+    pub mqtt_base: Option<String>,
+    /// Named notification channels and the states each wants (firing, resolved).
+    pub channels: Vec<String>,
+    /// Entries each channel's queue may hold; beyond it the oldest are dropped and counted.
+    pub max_queued: usize,
+}
+
+/// What one evaluation changed, for the agent to act on after the write is durable.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub transitions: Vec<AlertMessage>,
+    /// Channels that got new queue entries.
+    pub woken: Vec<Channel>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct QueueStats {
+    len: usize,
+    /// Keys of the entries, oldest first, to drop from when full.
+    keys: std::collections::VecDeque<String>,
+    dropped_pending: u64,
+    dropped_total: u64,
+}
+
+pub struct Engine {
+    rules: Vec<Rule>,
+    windows: Windows,
+    alerts: BTreeMap<(String, String), AlertRecord>,
+    event_seq: u64,
+    queue_seq: u64,
+    running_since_ms: i64,
+    options: EngineOptions,
+    queues: HashMap<Channel, QueueStats>,
+    pub silences: Silences,
+    pub evaluations: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &self.rules.len())
+            .field("alerts", &self.alerts.len())
+            .field("event_seq", &self.event_seq)
+            .finish()
+    }
+}
+
+/// A topic-safe, stable name for a label set: `k=v` pairs in label order, joined by `,`, every
+/// byte outside `A-Za-z0-9_.-` percent-encoded (so `/`, `+`, `#`, `,` and `=` inside values
+/// cannot break the topic or the pairs); `_` for no labels.
+pub fn instance_name(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "_".into();
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        encode_into(&mut out, k);
+        out.push('=');
+        encode_into(&mut out, v);
+    }
+    out
+}
+
+fn encode_into(out: &mut String, text: &str) {
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+impl Engine {
+    /// Loads the engine's state from `store`. Alerts of rules that no longer exist are dropped,
+    /// and their retained MQTT topics queued for clearing.
+    pub fn open(
+        store: &Store,
+        rules: Vec<Rule>,
+        options: EngineOptions,
+        silences: Silences,
+        now_ms: i64,
+    ) -> Result<Engine, outpost_storage::Error> {
+        let counter = |key: &str| -> Result<u64, outpost_storage::Error> {
+            Ok(store
+                .state_get(StateTable::AlertState, key)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes))
+        };
+        let mut engine = Engine {
+            windows: Windows::new(&rules),
+            rules,
+            alerts: BTreeMap::new(),
+            event_seq: counter(EVENT_SEQ_KEY)?,
+            queue_seq: counter(QUEUE_SEQ_KEY)?,
+            running_since_ms: now_ms,
+            options,
+            queues: HashMap::new(),
+            silences,
+            evaluations: 0,
+        };
+        let mut write = WriteBatch::default();
+        for (key, value) in store.state_list(StateTable::AlertState, ALERT_PREFIX)? {
+            let Ok(record) = serde_json::from_slice::<AlertRecord>(&value) else {
+                tracing::warn!(key, "dropping an alert state entry that does not parse");
+                write.delete_state(StateTable::AlertState, key);
+                continue;
+            };
+            if engine.rules.iter().any(|r| r.name == record.rule) {
+                engine
+                    .alerts
+                    .insert((record.rule.clone(), record.instance.clone()), record);
+            } else {
+                // The rule is gone: nobody will resolve this alert, so clear its topic now.
+                write.delete_state(StateTable::AlertState, key);
+                if record.state == State::Firing {
+                    if let Some(topic) = engine.state_topic(&record) {
+                        engine.enqueue_mail(
+                            &mut write,
+                            Mail {
+                                topic,
+                                payload: String::new(),
+                                retain: true,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut channels: Vec<Channel> = engine
+            .options
+            .channels
+            .iter()
+            .cloned()
+            .map(Channel::Named)
+            .collect();
+        channels.push(Channel::Mqtt);
+        for channel in channels {
+            let entries = store.state_list(StateTable::NotificationQueue, &channel.queue_prefix())?;
+            let stats = engine.queues.entry(channel).or_default();
+            stats.len += entries.len();
+            for (key, _) in entries {
+                stats.keys.push_back(key);
+            }
+        }
+        if !write.is_empty() {
+            store.write(write)?;
+            store.sync()?;
+        }
+        Ok(engine)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = &AlertRecord> {
+        self.alerts.values()
+    }
+
+    pub fn dropped_total(&self) -> Vec<(Channel, u64)> {
+        let mut out: Vec<(Channel, u64)> = self
+            .queues
+            .iter()
+            .map(|(c, q)| (c.clone(), q.dropped_total))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn queued(&self, channel: &Channel) -> usize {
+        self.queues.get(channel).map_or(0, |q| q.len)
+    }
+
+    /// A delivered queue entry leaves the engine's count.
+    pub fn dequeued(&mut self, channel: &Channel, key: &str) {
+        if let Some(q) = self.queues.get_mut(channel) {
+            if let Some(at) = q.keys.iter().position(|k| k == key) {
+                q.keys.remove(at);
+                q.len = q.len.saturating_sub(1);
+            }
+        }
+    }
+
+    pub fn observe(&mut self, key: &SeriesKey, ts: i64, value: f64) {
+        self.windows.observe(key, ts, value);
+    }
+
+    /// Fills the windows from what the store holds, so that a restart does not forget the
+    /// last minutes of data (a `for` in progress, an `absent` window).
+    pub fn backfill(&mut self, store: &Store, now_ms: i64) -> Result<(), outpost_storage::Error> {
+        let from = now_ms - self.windows.longest_window_ms();
+        let mut selectors: Vec<outpost_storage::Selector> = Vec::new();
+        for rule in &self.rules {
+            selectors.push(rule.select.clone());
+            if let Some((d, _)) = &rule.divide_by {
+                selectors.push(d.clone());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for selector in selectors {
+            for series in store.query_raw(&selector, from, now_ms)? {
+                if !seen.insert(series.series.clone()) {
+                    continue;
+                }
+                for (ts, v) in series.points {
+                    self.windows.observe(&series.series, ts, v);
+                }
+            }
+        }
+        // Data from before the restart counts for `absent`: the agent was watching then too.
+        self.running_since_ms = self.running_since_ms.min(from.max(self.running_since_ms - self.windows.longest_window_ms()));
+        Ok(())
+    }
+
+    /// Where `data_start_ms` is the time from which data has been watched (the first sample of a
+    /// replayed history, say), `absent` rules may judge windows that begin there.
+    pub fn set_running_since(&mut self, data_start_ms: i64) {
+        self.running_since_ms = data_start_ms;
+    }
+
+    fn state_topic(&self, record: &AlertRecord) -> Option<String> {
+        self.options
+            .mqtt_base
+            .as_ref()
+            .map(|base| format!("{base}/alerts/{}/{}", record.rule, record.instance))
+    }
+
+    fn events_topic(&self) -> Option<String> {
+        self.options
+            .mqtt_base
+            .as_ref()
+            .map(|base| format!("{base}/alert-events"))
+    }
+
+    fn next_queue_key(&mut self, channel: &Channel) -> String {
+        self.queue_seq += 1;
+        format!("{}{:020}", channel.queue_prefix(), self.queue_seq)
+    }
+
+    /// Adds a queue entry, dropping the channel's oldest when it is full. Returns how many were
+    /// dropped before this one since the last entry was added.
+    fn enqueue(&mut self, write: &mut WriteBatch, channel: Channel, value: Vec<u8>, key: String) {
+        let max = self.options.max_queued.max(1);
+        let stats = self.queues.entry(channel.clone()).or_default();
+        while stats.len >= max {
+            let Some(oldest) = stats.keys.pop_front() else {
+                break;
+            };
+            write.delete_state(StateTable::NotificationQueue, oldest);
+            stats.len -= 1;
+            stats.dropped_pending += 1;
+            stats.dropped_total += 1;
+            tracing::error!(?channel, "notification queue full: dropped its oldest entry");
+        }
+        stats.len += 1;
+        stats.keys.push_back(key.clone());
+        write.put_state(StateTable::NotificationQueue, key, value);
+    }
+
+    fn enqueue_mail(&mut self, write: &mut WriteBatch, mail: Mail) {
+        let key = self.next_queue_key(&Channel::Mqtt);
+        let value = serde_json::to_vec(&mail).expect("mail serializes");
+        self.enqueue(write, Channel::Mqtt, value, key);
+    }
+
+    fn take_dropped(&mut self, channel: &Channel) -> u64 {
+        self.queues
+            .get_mut(channel)
+            .map_or(0, |q| std::mem::take(&mut q.dropped_pending))
+    }
+
+    fn message(&self, record: &AlertRecord, reason: Reason) -> AlertMessage {
+        AlertMessage {
+            device: self.options.device.clone(),
+            rule: record.rule.clone(),
+            instance: record.instance.clone(),
+            severity: record.severity,
+            state: record.state,
+            value: record.value,
+            threshold: record.threshold,
+            labels: record.labels.clone(),
+            started_at: record.started_ms.map(rfc3339),
+            fired_at: record.fired_ms.map(rfc3339),
+            resolved_at: record.resolved_ms.map(rfc3339),
+            at: rfc3339(record.changed_ms),
+            summary: record.summary.clone(),
+            description: record.description.clone(),
+            event_seq: record.event_seq,
+            silenced: record.silenced,
+            escalated: record.escalated,
+            reason,
+            dropped_before: 0,
+        }
+    }
+
+    /// Evaluates every rule at `now_ms` and applies the transitions. The caller writes `write`
+    /// (state, history and queue entries together) and makes it durable before delivering.
+    pub fn evaluate(&mut self, now_ms: i64, write: &mut WriteBatch) -> Outcome {
+        self.evaluations += 1;
+        let mut outcome = Outcome::default();
+        let rules = std::mem::take(&mut self.rules);
+        let mut present: std::collections::HashSet<(String, String)> = Default::default();
+        for (r, rule) in rules.iter().enumerate() {
+            for evaluation in self.windows.evaluate(r, rule, now_ms, self.running_since_ms) {
+                let mut labels = evaluation.labels;
+                for (k, v) in &rule.labels {
+                    labels.insert(k.clone(), v.clone());
+                }
+                let id = (rule.name.clone(), instance_name(&labels));
+                let firing = self
+                    .alerts
+                    .get(&id)
+                    .is_some_and(|a| a.state == State::Firing);
+                let holds = if rule.reduce == super::rules::Reducer::Absent {
+                    evaluation.absent
+                } else {
+                    evaluation.value.is_some_and(|v| rule.condition(v, firing))
+                };
+                present.insert(id.clone());
+                self.step(rule, id, labels, evaluation.value, holds, now_ms, write, &mut outcome);
+            }
+        }
+        // Alerts whose series left every window: their condition no longer holds.
+        let gone: Vec<(String, String)> = self
+            .alerts
+            .keys()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            let Some(rule) = rules.iter().find(|rule| rule.name == id.0) else {
+                continue;
+            };
+            let record = &self.alerts[&id];
+            let (labels, value) = (record.labels.clone(), record.value);
+            self.step(rule, id, labels, value, false, now_ms, write, &mut outcome);
+        }
+        self.rules = rules;
+        outcome.woken.sort();
+        outcome.woken.dedup();
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        rule: &Rule,
+        id: (String, String),
+        labels: BTreeMap<String, String>,
+        value: Option<f64>,
+        holds: bool,
+        now_ms: i64,
+        write: &mut WriteBatch,
+        outcome: &mut Outcome,
+    ) {
+        let mut record = match self.alerts.get(&id) {
+            Some(record) => record.clone(),
+            None if !holds => return,
+            None => AlertRecord {
+                rule: rule.name.clone(),
+                instance: id.1.clone(),
+                labels,
+                state: State::Inactive,
+                severity: rule.severity,
+                value,
+                threshold: rule.threshold,
+                started_ms: None,
+                fired_ms: None,
+                resolved_ms: None,
+                last_true_ms: None,
+                cooldown_until_ms: None,
+                escalated: false,
+                silenced: false,
+                notified: false,
+                last_notified_ms: None,
+                event_seq: 0,
+                changed_ms: now_ms,
+                summary: String::new(),
+                description: String::new(),
+            },
+        };
+        let before = record.clone();
+        record.value = value;
+        record.threshold = rule.threshold;
+        record.silenced = self.silences.silenced(&rule.name, &record.labels, now_ms);
+        let mut transition = None;
+        let mut reason = Reason::Transition;
+        match record.state {
+            State::Inactive | State::Resolved if holds => {
+                // A firing soon after the previous resolve is a flap: the channels hear of it
+                // only if it is still firing when the cooldown ends.
+                record.cooldown_until_ms = record
+                    .resolved_ms
+                    .map(|at| at + rule.cooldown_ms)
+                    .filter(|until| rule.cooldown_ms > 0 && *until > now_ms);
+                record.started_ms = Some(now_ms);
+                record.fired_ms = None;
+                record.resolved_ms = None;
+                record.escalated = false;
+                record.notified = false;
+                record.severity = rule.severity;
+                record.last_true_ms = Some(now_ms);
+                transition = Some(if rule.for_ms == 0 {
+                    State::Firing
+                } else {
+                    State::Pending
+                });
+            }
+            State::Inactive => return,
+            State::Resolved => {
+                let forget_after = FORGET_RESOLVED_MS.max(rule.cooldown_ms);
+                if record.resolved_ms.is_none_or(|at| now_ms - at > forget_after) {
+                    self.alerts.remove(&id);
+                    write.delete_state(StateTable::AlertState, alert_key(&id));
+                }
+                return;
+            }
+            State::Pending if holds => {
+                record.last_true_ms = Some(now_ms);
+                if now_ms - record.started_ms.unwrap_or(now_ms) >= rule.for_ms {
+                    transition = Some(State::Firing);
+                }
+            }
+            State::Pending => transition = Some(State::Inactive),
+            State::Firing => {
+                if holds {
+                    record.last_true_ms = Some(now_ms);
+                }
+                let kept = record
+                    .last_true_ms
+                    .is_some_and(|t| now_ms - t < rule.keep_firing_for_ms);
+                if !holds && !kept {
+                    transition = Some(State::Resolved);
+                } else if !record.silenced
+                    && !record.escalated
+                    && rule
+                        .escalate_after_ms
+                        .is_some_and(|after| now_ms - record.fired_ms.unwrap_or(now_ms) >= after)
+                {
+                    record.escalated = true;
+                    record.severity = record.severity.max(rule.escalate_to);
+                    transition = Some(State::Firing);
+                    reason = Reason::Escalation;
+                }
+            }
+        }
+        if let Some(state) = transition {
+            record.state = state;
+            match state {
+                State::Firing if before.state != State::Firing => record.fired_ms = Some(now_ms),
+                State::Resolved => record.resolved_ms = Some(now_ms),
+                _ => {}
+            }
+            self.event_seq += 1;
+            record.event_seq = self.event_seq;
+            record.changed_ms = now_ms;
+            let severity = record.severity.to_string();
+            let context = Context {
+                value: record.value,
+                threshold: rule.threshold,
+                rule: &rule.name,
+                severity: &severity,
+                device: &self.options.device,
+                state: state.as_str(),
+                labels: &record.labels,
+                ..Context::default()
+            };
+            record.summary = rule.summary.render(&context);
+            record.description = rule.description.render(&context);
+            let mut message = self.message(&record, reason);
+            let json = serde_json::to_string(&message).expect("message serializes");
+            write.put_state(
+                StateTable::AlertState,
+                format!("{HISTORY_PREFIX}{:020}", self.event_seq),
+                json.clone().into_bytes(),
+            );
+            if self.event_seq > HISTORY_LEN {
+                write.delete_state(
+                    StateTable::AlertState,
+                    format!("{HISTORY_PREFIX}{:020}", self.event_seq - HISTORY_LEN),
+                );
+            }
+            write.put_state(
+                StateTable::AlertState,
+                EVENT_SEQ_KEY,
+                self.event_seq.to_le_bytes().to_vec(),
+            );
+            if let (Some(events), Some(topic)) = (self.events_topic(), self.state_topic(&record)) {
+                // The retained state: present while firing, cleared when it ends.
+                let retained = match state {
+                    State::Firing => Some(json.clone()),
+                    State::Resolved => Some(String::new()),
+                    _ => None,
+                };
+                if let Some(payload) = retained {
+                    self.enqueue_mail(write, Mail { topic, payload, retain: true });
+                }
+                message.dropped_before = self.take_dropped(&Channel::Mqtt);
+                let payload = serde_json::to_string(&message).expect("message serializes");
+                self.enqueue_mail(write, Mail { topic: events, payload, retain: false });
+                outcome.woken.push(Channel::Mqtt);
+            }
+            outcome.transitions.push(message);
+        }
+        // The notification channels: firings (once not silenced and past any cooldown, which
+        // may be later than the transition), escalations, reminders, and the resolve of what
+        // they were told.
+        let notify = match record.state {
+            State::Firing if record.silenced => None,
+            State::Firing if reason == Reason::Escalation && transition.is_some() => {
+                Some(Reason::Escalation)
+            }
+            State::Firing if !record.notified => record
+                .cooldown_until_ms
+                .is_none_or(|until| now_ms >= until)
+                .then_some(Reason::Transition),
+            State::Firing => rule
+                .renotify_ms
+                .filter(|every| now_ms - record.last_notified_ms.unwrap_or(now_ms) >= *every)
+                .map(|_| Reason::Renotify),
+            State::Resolved if transition.is_some() && record.notified => Some(Reason::Transition),
+            _ => None,
+        };
+        if let Some(reason) = notify {
+            record.notified = record.state == State::Firing;
+            record.last_notified_ms = Some(now_ms);
+            let channels: Vec<String> = self
+                .options
+                .channels
+                .iter()
+                .filter(|c| rule.notify.as_ref().is_none_or(|n| n.contains(c)))
+                .cloned()
+                .collect();
+            for name in channels {
+                let channel = Channel::Named(name);
+                let mut message = self.message(&record, reason);
+                message.at = rfc3339(now_ms);
+                message.dropped_before = self.take_dropped(&channel);
+                let key = self.next_queue_key(&channel);
+                let value = serde_json::to_vec(&message).expect("message serializes");
+                self.enqueue(write, channel.clone(), value, key);
+                outcome.woken.push(channel);
+            }
+        }
+        if record.state == State::Inactive {
+            self.alerts.remove(&id);
+            write.delete_state(StateTable::AlertState, alert_key(&id));
+            return;
+        }
+        // The value and the last true evaluation change every tick; they alone are not worth a
+        // write each second.
+        let unchanged = {
+            let mut a = record.clone();
+            let mut b = before;
+            (a.value, a.last_true_ms) = (None, None);
+            (b.value, b.last_true_ms) = (None, None);
+            a == b
+        };
+        if !unchanged {
+            let value = serde_json::to_vec(&record).expect("record serializes");
+            write.put_state(StateTable::AlertState, alert_key(&id), value);
+            write.put_state(
+                StateTable::AlertState,
+                QUEUE_SEQ_KEY,
+                self.queue_seq.to_le_bytes().to_vec(),
+            );
+        }
+        self.alerts.insert(id, record);
+    }
+
+    /// The retained state of every firing alert, to publish again after each connect (some
+    /// brokers lose retained messages when they restart).
+    pub fn retained_now(&self) -> Vec<Mail> {
+        let mut out = Vec::new();
+        for record in self.alerts.values().filter(|r| r.state == State::Firing) {
+            if let Some(topic) = self.state_topic(record) {
+                let message = self.message(record, Reason::Transition);
+                out.push(Mail {
+                    topic,
+                    payload: serde_json::to_string(&message).expect("message serializes"),
+                    retain: true,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn alert_key(id: &(String, String)) -> String {
+    format!("{ALERT_PREFIX}{}/{}", id.0, id.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::rules::parse;
+    use outpost_storage::Options;
+    use std::path::Path;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        engine: Engine,
+    }
+
+    fn options() -> EngineOptions {
+        EngineOptions {
+            device: "dev-1".into(),
+            mqtt_base: Some("outpost/v1/lab/dev-1".into()),
+            channels: vec!["hook".into()],
+            max_queued: 100,
+        }
+    }
+
+    fn rig(rules: &str) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("a.redb"), Options::default()).unwrap();
+        let rules = parse(Path::new("t.toml"), rules).unwrap();
+        let engine = Engine::open(&store, rules, options(), Silences::default(), 0).unwrap();
+        Rig {
+            _dir: dir,
+            store,
+            engine,
+        }
+    }
+
+    impl Rig {
+        /// One second: a sample of `value` for each key, then an evaluation.
+        fn tick(&mut self, t: i64, samples: &[(&str, f64)]) -> Vec<(String, State, Reason)> {
+            for (key, value) in samples {
+                self.engine
+                    .observe(&SeriesKey::parse(key).unwrap(), t * 1000, *value);
+            }
+            let mut write = WriteBatch::default();
+            let outcome = self.engine.evaluate(t * 1000, &mut write);
+            self.store.write(write).unwrap();
+            outcome
+                .transitions
+                .into_iter()
+                .map(|m| (m.instance, m.state, m.reason))
+                .collect()
+        }
+
+        fn queue(&self, prefix: &str) -> Vec<serde_json::Value> {
+            self.store
+                .state_list(StateTable::NotificationQueue, prefix)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+                .collect()
+        }
+
+        fn reopen(self) -> Rig {
+            let Rig {
+                _dir, store, engine, ..
+            } = self;
+            let rules = engine.rules.clone();
+            let path = store.path().to_path_buf();
+            store.close().unwrap();
+            let store = Store::open(path, Options::default()).unwrap();
+            let engine = Engine::open(&store, rules, options(), Silences::default(), 0).unwrap();
+            Rig {
+                _dir,
+                store,
+                engine,
+            }
+        }
+    }
+
+    const HOT: &str = r#"
+[[rule]]
+name = "hot"
+select = "temp"
+threshold = 80
+clear_threshold = 75
+for = "3s"
+summary = "{{labels.zone}} at {{value}}"
+"#;
+
+    #[test]
+    fn pending_fires_after_for_and_resolves_with_hysteresis() {
+        let mut rig = rig(HOT);
+        let key = r#"temp{zone="gpu"}"#;
+        assert!(rig.tick(1, &[(key, 70.0)]).is_empty());
+        let t = rig.tick(2, &[(key, 85.0)]);
+        assert_eq!(t, vec![("zone=gpu".into(), State::Pending, Reason::Transition)]);
+        assert!(rig.tick(3, &[(key, 85.0)]).is_empty());
+        assert!(rig.tick(4, &[(key, 85.0)]).is_empty());
+        let t = rig.tick(5, &[(key, 81.0)]);
+        assert_eq!(t[0].1, State::Firing, "3 s after pending began");
+        assert!(rig.tick(6, &[(key, 78.0)]).is_empty(), "above the clear threshold");
+        assert_eq!(rig.tick(7, &[(key, 74.0)])[0].1, State::Resolved);
+        // A pending that never fires ends quietly as inactive.
+        assert_eq!(rig.tick(8, &[(key, 90.0)])[0].1, State::Pending);
+        assert_eq!(rig.tick(9, &[(key, 60.0)])[0].1, State::Inactive);
+
+        let mqtt = rig.queue("m/");
+        let topics: Vec<(String, bool, bool)> = mqtt
+            .iter()
+            .map(|m| {
+                (
+                    m["topic"].as_str().unwrap().to_string(),
+                    m["retain"].as_bool().unwrap(),
+                    m["payload"].as_str().unwrap().is_empty(),
+                )
+            })
+            .collect();
+        let state = "outpost/v1/lab/dev-1/alerts/hot/zone=gpu".to_string();
+        let events = "outpost/v1/lab/dev-1/alert-events".to_string();
+        assert_eq!(
+            topics,
+            vec![
+                (events.clone(), false, false), // pending
+                (state.clone(), true, false),   // firing, retained
+                (events.clone(), false, false),
+                (state.clone(), true, true), // resolved: retained cleared
+                (events.clone(), false, false),
+                (events.clone(), false, false), // pending
+                (events.clone(), false, false), // inactive
+            ]
+        );
+        let seqs: Vec<u64> = mqtt
+            .iter()
+            .filter(|m| !m["retain"].as_bool().unwrap())
+            .map(|m| {
+                let payload: serde_json::Value =
+                    serde_json::from_str(m["payload"].as_str().unwrap()).unwrap();
+                payload["event_seq"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        let firing: serde_json::Value =
+            serde_json::from_str(mqtt[1]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(firing["summary"], "gpu at 81");
+        assert_eq!(firing["state"], "firing");
+        assert_eq!(firing["value"], 81.0);
+        assert_eq!(firing["started_at"], "1970-01-01T00:00:02Z");
+        // The channel heard of the firing and its resolve, not of the pending ones.
+        let hook: Vec<String> = rig
+            .queue("n/hook/")
+            .iter()
+            .map(|m| m["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(hook, ["firing", "resolved"]);
+    }
+
+    #[test]
+    fn a_restart_keeps_a_firing_alert_without_a_second_firing_and_still_resolves() {
+        let mut rig = rig(HOT);
+        let key = r#"temp{zone="cpu"}"#;
+        for t in 1..=5 {
+            rig.tick(t, &[(key, 90.0)]);
+        }
+        assert_eq!(rig.engine.alerts().next().unwrap().state, State::Firing);
+        let mut rig = rig.reopen();
+        assert!(rig.tick(6, &[(key, 90.0)]).is_empty(), "still firing, no new event");
+        let t = rig.tick(7, &[(key, 50.0)]);
+        assert_eq!(t[0].1, State::Resolved);
+        let events: Vec<u64> = rig
+            .queue("m/")
+            .iter()
+            .filter(|m| !m["retain"].as_bool().unwrap())
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m["payload"].as_str().unwrap()).unwrap()
+                    ["event_seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(events, vec![1, 2, 3], "pending, firing, resolved: numbering went on");
+    }
+
+    #[test]
+    fn gone_rules_clear_their_retained_topics_at_start() {
+        let mut rig = rig(HOT);
+        for t in 1..=5 {
+            rig.tick(t, &[("temp", 90.0)]);
+        }
+        let Rig {
+            _dir, store, engine, ..
+        } = rig;
+        drop(engine);
+        let other = parse(
+            Path::new("t.toml"),
+            "[[rule]]\nname = \"other\"\nselect = \"x\"\nthreshold = 1\n",
+        )
+        .unwrap();
+        let before = store.state_list(StateTable::NotificationQueue, "m/").unwrap().len();
+        let engine = Engine::open(&store, other, options(), Silences::default(), 0).unwrap();
+        assert_eq!(engine.alerts().count(), 0);
+        let queue = store.state_list(StateTable::NotificationQueue, "m/").unwrap();
+        assert_eq!(queue.len(), before + 1);
+        let last: Mail = serde_json::from_slice(&queue.last().unwrap().1).unwrap();
+        assert_eq!(last.topic, "outpost/v1/lab/dev-1/alerts/hot/_");
+        assert!(last.retain && last.payload.is_empty());
+    }
+
+    #[test]
+    fn keep_firing_for_cooldown_renotify_and_escalation() {
+        let mut rig = rig(
+            r#"
+[[rule]]
+name = "flappy"
+select = "v"
+threshold = 1
+keep_firing_for = "2s"
+cooldown = "10s"
+renotify = "1m"
+escalate_after = "2m"
+"#,
+        );
+        let hook = |rig: &Rig| -> Vec<(String, String, String)> {
+            rig.queue("n/hook/")
+                .iter()
+                .map(|m| {
+                    (
+                        m["state"].as_str().unwrap().to_string(),
+                        m["reason"].as_str().unwrap().to_string(),
+                        m["severity"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(rig.tick(1, &[("v", 5.0)])[0].1, State::Firing);
+        let t = rig.tick(2, &[("v", 0.0)]);
+        assert!(t.is_empty(), "kept firing: {t:?}");
+        assert_eq!(
+            rig.tick(3, &[("v", 0.0)])[0].1,
+            State::Resolved,
+            "2 s after it last held"
+        );
+        // A flap within the cooldown: published on MQTT, not sent to the channel...
+        assert_eq!(rig.tick(6, &[("v", 5.0)])[0].1, State::Firing);
+        assert_eq!(hook(&rig).len(), 2);
+        for t in 7..13 {
+            rig.tick(t, &[("v", 5.0)]);
+        }
+        assert_eq!(hook(&rig).len(), 2);
+        // ...until the cooldown (resolve at 3 s + 10 s) ends with it still firing.
+        rig.tick(13, &[("v", 5.0)]);
+        assert_eq!(hook(&rig).len(), 3);
+        for t in 14..=73 {
+            rig.tick(t, &[("v", 5.0)]);
+        }
+        assert_eq!(hook(&rig)[3].1, "renotify", "a minute after 13 s");
+        for t in 74..=126 {
+            rig.tick(t, &[("v", 5.0)]);
+        }
+        let all = hook(&rig);
+        let escalation = all.iter().find(|h| h.1 == "escalation").expect("escalated");
+        assert_eq!(escalation.2, "critical");
+        assert_eq!(
+            all.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(),
+            ["transition", "transition", "transition", "renotify", "escalation"]
+        );
+    }
+
+    #[test]
+    fn silences_hold_notifications_but_not_the_state() {
+        let mut rig = rig("[[rule]]\nname = \"up\"\nselect = \"v\"\nthreshold = 1\n");
+        let mut write = WriteBatch::default();
+        rig.engine
+            .silences
+            .add(
+                super::super::schedule::Silence {
+                    id: "s1".into(),
+                    matcher: r#"{alertname="up"}"#.into(),
+                    starts_ms: 0,
+                    ends_ms: 5_000,
+                    created_by: "test".into(),
+                    comment: String::new(),
+                },
+                &mut write,
+            )
+            .unwrap();
+        rig.store.write(write).unwrap();
+        assert_eq!(rig.tick(1, &[("v", 5.0)])[0].1, State::Firing);
+        let retained: serde_json::Value =
+            serde_json::from_str(rig.queue("m/")[0]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(retained["silenced"], true);
+        rig.tick(2, &[("v", 5.0)]);
+        assert!(rig.queue("n/").is_empty(), "held while silenced");
+        rig.tick(5, &[("v", 5.0)]);
+        assert_eq!(rig.queue("n/").len(), 1, "told once the silence ended");
+    }
+
+    #[test]
+    fn full_queues_drop_the_oldest_and_say_so() {
+        let mut rig = rig("[[rule]]\nname = \"up\"\nselect = \"v\"\nthreshold = 1\n");
+        rig.engine.options.max_queued = 4;
+        for t in 0..10 {
+            rig.tick(t, &[("v", if t % 2 == 0 { 5.0 } else { 0.0 })]);
+        }
+        let hook = rig.queue("n/hook/");
+        assert_eq!(hook.len(), 4);
+        assert!(hook.iter().any(|m| m["dropped_before"].as_u64().unwrap_or(0) > 0));
+        let dropped: u64 = rig.engine.dropped_total().iter().map(|d| d.1).sum();
+        assert!(dropped > 0);
+    }
+
+    #[test]
+    fn instance_names_are_topic_safe_and_distinct() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = instance_name(&labels(&[("mount", "/data/+#"), ("x", "a,b=c")]));
+        assert_eq!(a, "mount=%2Fdata%2F%2B%23,x=a%2Cb%3Dc");
+        assert!(!a.contains(['/', '+', '#']));
+        assert_ne!(
+            instance_name(&labels(&[("a", "1,b=2")])),
+            instance_name(&labels(&[("a", "1"), ("b", "2")]))
+        );
+        assert_eq!(instance_name(&labels(&[])), "_");
+    }
+}

@@ -1,0 +1,571 @@
+//! Alert rules: the TOML format of rule files and rule directories, checked at load so that
+//! every mistake is reported with the file, the rule and the key it is in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use outpost_storage::Selector;
+use serde::Deserialize;
+
+use super::template::Template;
+use crate::timearg::parse_duration_ms;
+
+/// How the samples of a window become one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reducer {
+    Last,
+    Avg,
+    Min,
+    Max,
+    /// Per-second increase of a counter, resets counted as restarts from zero.
+    Rate,
+    /// Increase of a counter over the window, resets counted as restarts from zero.
+    Increase,
+    /// True when the series has no sample in the window; the value is the seconds since its
+    /// last sample.
+    Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+    Equal,
+    NotEqual,
+}
+
+impl Op {
+    fn parse(text: &str) -> Option<Op> {
+        Some(match text {
+            ">" => Op::Greater,
+            ">=" => Op::GreaterOrEqual,
+            "<" => Op::Less,
+            "<=" => Op::LessOrEqual,
+            "==" => Op::Equal,
+            "!=" => Op::NotEqual,
+            _ => return None,
+        })
+    }
+
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Op::Greater => value > threshold,
+            Op::GreaterOrEqual => value >= threshold,
+            Op::Less => value < threshold,
+            Op::LessOrEqual => value <= threshold,
+            Op::Equal => value == threshold,
+            Op::NotEqual => value != threshold,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Greater => ">",
+            Op::GreaterOrEqual => ">=",
+            Op::Less => "<",
+            Op::LessOrEqual => "<=",
+            Op::Equal => "==",
+            Op::NotEqual => "!=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// One rule as written in a file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    select: String,
+    divide_by: Option<String>,
+    on: Option<Vec<String>>,
+    #[serde(default = "default_reduce")]
+    reduce: Reducer,
+    window: Option<String>,
+    #[serde(default = "default_op")]
+    op: String,
+    threshold: Option<f64>,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    clear_threshold: Option<f64>,
+    keep_firing_for: Option<String>,
+    #[serde(default = "default_severity")]
+    severity: Severity,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    summary: Option<String>,
+    #[serde(default)]
+    description: String,
+    renotify: Option<String>,
+    escalate_after: Option<String>,
+    escalate_to: Option<Severity>,
+    cooldown: Option<String>,
+    notify: Option<Vec<String>>,
+}
+
+fn default_reduce() -> Reducer {
+    Reducer::Last
+}
+fn default_op() -> String {
+    ">".into()
+}
+fn default_severity() -> Severity {
+    Severity::Warning
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+/// A checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// The file it came from, for messages.
+    pub file: PathBuf,
+    pub select: Selector,
+    /// The denominator of a ratio rule, and the labels both sides must agree on (`None`: all
+    /// labels but the metric name).
+    pub divide_by: Option<(Selector, Option<Vec<String>>)>,
+    pub reduce: Reducer,
+    pub window_ms: i64,
+    pub op: Op,
+    pub threshold: f64,
+    pub for_ms: i64,
+    pub clear_threshold: Option<f64>,
+    pub keep_firing_for_ms: i64,
+    pub severity: Severity,
+    pub labels: BTreeMap<String, String>,
+    pub summary: Template,
+    pub description: Template,
+    pub renotify_ms: Option<i64>,
+    pub escalate_after_ms: Option<i64>,
+    pub escalate_to: Severity,
+    pub cooldown_ms: i64,
+    /// Notification channels by name; `None` for all of them.
+    pub notify: Option<Vec<String>>,
+}
+
+impl Rule {
+    /// Whether the firing condition holds for `value`; while firing, the clear threshold (if
+    /// any) takes the threshold's place, so that a value hovering at the line does not flap.
+    pub fn condition(&self, value: f64, firing: bool) -> bool {
+        let threshold = match (firing, self.clear_threshold) {
+            (true, Some(clear)) => clear,
+            _ => self.threshold,
+        };
+        self.op.holds(value, threshold)
+    }
+}
+
+/// A rule loading error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    /// The rule's name, or its position when it has none yet.
+    pub rule: Option<String>,
+    pub key: Option<&'static str>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(rule) = &self.rule {
+            write!(f, ": rule {rule}")?;
+        }
+        if let Some(key) = self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// The rule files of `paths`: files as they are, directories for their `*.toml` files in name
+/// order. Every error of every file is returned, not only the first.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(error) => errors.push(file_error(path, format!("cannot list: {error}"))),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(error) => {
+                errors.push(file_error(&file, format!("cannot read: {error}")));
+                continue;
+            }
+        };
+        match parse(&file, &text) {
+            Ok(parsed) => {
+                for rule in parsed {
+                    if let Some(other) = names.get(&rule.name) {
+                        errors.push(RuleError {
+                            file: file.clone(),
+                            rule: Some(rule.name.clone()),
+                            key: Some("name"),
+                            message: format!("also defined in {}", other.display()),
+                        });
+                        continue;
+                    }
+                    names.insert(rule.name.clone(), file.clone());
+                    rules.push(rule);
+                }
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+fn file_error(file: &Path, message: String) -> RuleError {
+    RuleError {
+        file: file.to_path_buf(),
+        rule: None,
+        key: None,
+        message,
+    }
+}
+
+/// Parses one file's text.
+pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        vec![file_error(
+            file,
+            e.to_string().trim_end().replace('\n', "\n  "),
+        )]
+    })?;
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, raw) in raw.rule.into_iter().enumerate() {
+        let label = if raw.name.is_empty() {
+            format!("#{}", index + 1)
+        } else {
+            raw.name.clone()
+        };
+        match check(file, raw) {
+            Ok(rule) => {
+                if !seen.insert(rule.name.clone()) {
+                    errors.push(RuleError {
+                        file: file.to_path_buf(),
+                        rule: Some(label),
+                        key: Some("name"),
+                        message: "defined twice in this file".into(),
+                    });
+                } else {
+                    rules.push(rule);
+                }
+            }
+            Err((key, message)) => errors.push(RuleError {
+                file: file.to_path_buf(),
+                rule: Some(label),
+                key: Some(key),
+                message,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A rule name is one MQTT topic level and a file-name-safe word.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters long".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "{name:?}: only letters, digits, '_' and '-' are allowed (it is an MQTT topic level)"
+        ));
+    }
+    Ok(())
+}
+
+fn duration(key: &'static str, text: Option<&str>) -> Result<Option<i64>, (&'static str, String)> {
+    text.map(|t| parse_duration_ms(t).map_err(|e| (key, format!("{e:#}"))))
+        .transpose()
+}
+
+fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
+    check_name(&raw.name).map_err(|e| ("name", e))?;
+    let select = Selector::parse(&raw.select).map_err(|e| ("select", e.to_string()))?;
+    let divide_by = match &raw.divide_by {
+        Some(text) => Some((
+            Selector::parse(text).map_err(|e| ("divide_by", e.to_string()))?,
+            raw.on.clone(),
+        )),
+        None if raw.on.is_some() => {
+            return Err(("on", "only a ratio rule (with divide_by) matches labels".into()))
+        }
+        None => None,
+    };
+    let op = Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;
+    let window_ms = duration("window", raw.window.as_deref())?.unwrap_or(60_000);
+    if window_ms <= 0 {
+        return Err(("window", "must be longer than 0".into()));
+    }
+    let threshold = match (raw.reduce, raw.threshold) {
+        (Reducer::Absent, Some(_)) => {
+            return Err((
+                "threshold",
+                "an absent rule fires when the window has no sample; it takes no threshold".into(),
+            ))
+        }
+        (Reducer::Absent, None) => 0.0,
+        (_, Some(t)) if t.is_finite() => t,
+        (_, Some(_)) => return Err(("threshold", "must be a finite number".into())),
+        (_, None) => return Err(("threshold", "missing (every rule but absent needs one)".into())),
+    };
+    if raw.reduce == Reducer::Absent && divide_by.is_some() {
+        return Err(("divide_by", "an absent rule has no ratio".into()));
+    }
+    if let Some(clear) = raw.clear_threshold {
+        let on_the_right_side = match op {
+            Op::Greater | Op::GreaterOrEqual => clear <= threshold,
+            Op::Less | Op::LessOrEqual => clear >= threshold,
+            Op::Equal | Op::NotEqual => false,
+        };
+        if raw.reduce == Reducer::Absent || !on_the_right_side || !clear.is_finite() {
+            return Err((
+                "clear_threshold",
+                format!(
+                    "{clear} cannot clear `{} {threshold}`: it must be on the near side of the threshold (for > a lower value, for < a higher one)",
+                    op.as_str()
+                ),
+            ));
+        }
+    }
+    let summary = Template::parse(
+        raw.summary
+            .as_deref()
+            .unwrap_or("{{rule}}: {{value}} {{labels}}"),
+    )
+    .map_err(|e| ("summary", e))?;
+    let description = Template::parse(&raw.description).map_err(|e| ("description", e))?;
+    for name in raw.labels.keys() {
+        if name.is_empty()
+            || name.starts_with("__")
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err((
+                "labels",
+                format!("{name:?} is not a label name (letters, digits, '_', not starting with __)"),
+            ));
+        }
+    }
+    if raw.escalate_to.is_some() && raw.escalate_after.is_none() {
+        return Err(("escalate_to", "needs escalate_after".into()));
+    }
+    let renotify_ms = duration("renotify", raw.renotify.as_deref())?;
+    if renotify_ms.is_some_and(|ms| ms < 60_000) {
+        return Err(("renotify", "must be at least 1m".into()));
+    }
+    Ok(Rule {
+        name: raw.name,
+        file: file.to_path_buf(),
+        select,
+        divide_by,
+        reduce: raw.reduce,
+        window_ms,
+        op,
+        threshold,
+        for_ms: duration("for", raw.for_.as_deref())?.unwrap_or(0),
+        clear_threshold: raw.clear_threshold,
+        keep_firing_for_ms: duration("keep_firing_for", raw.keep_firing_for.as_deref())?
+            .unwrap_or(0),
+        severity: raw.severity,
+        labels: raw.labels,
+        summary,
+        description,
+        renotify_ms,
+        escalate_after_ms: duration("escalate_after", raw.escalate_after.as_deref())?,
+        escalate_to: raw.escalate_to.unwrap_or(Severity::Critical),
+        cooldown_ms: duration("cooldown", raw.cooldown.as_deref())?.unwrap_or(0),
+        notify: raw.notify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(Path::new("rules.toml"), text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_rule_loads() {
+        let rules = parse(
+            Path::new("r.toml"),
+            r#"
+[[rule]]
+name = "memory_high"
+select = "host_memory_used_bytes"
+divide_by = "host_memory_total_bytes"
+reduce = "avg"
+window = "5m"
+threshold = 0.85
+clear_threshold = 0.8
+for = "5m"
+severity = "warning"
+labels = { team = "edge" }
+summary = "memory at {{value|percent}}"
+renotify = "4h"
+escalate_after = "1h"
+cooldown = "10m"
+notify = ["ops"]
+"#,
+        )
+        .unwrap();
+        let rule = &rules[0];
+        assert_eq!(rule.window_ms, 300_000);
+        assert_eq!(rule.for_ms, 300_000);
+        assert_eq!(rule.escalate_to, Severity::Critical);
+        assert!(rule.condition(0.86, false));
+        assert!(!rule.condition(0.84, false));
+        assert!(rule.condition(0.84, true), "hysteresis while firing");
+        assert!(!rule.condition(0.79, true));
+    }
+
+    #[test]
+    fn mistakes_name_the_file_rule_and_key() {
+        let all = errors(
+            r#"
+[[rule]]
+name = "a"
+select = "x"
+[[rule]]
+name = "b"
+select = "x{"
+threshold = 1
+[[rule]]
+name = "c"
+select = "x"
+threshold = 1
+op = "=>"
+[[rule]]
+name = "d"
+select = "x"
+reduce = "absent"
+threshold = 2
+[[rule]]
+name = "e"
+select = "x"
+threshold = 0.8
+clear_threshold = 0.9
+[[rule]]
+name = "bad/name"
+select = "x"
+threshold = 1
+[[rule]]
+name = "g"
+select = "x"
+threshold = 1
+summary = "{{valu}}"
+[[rule]]
+name = "h"
+select = "x"
+threshold = 1
+for = "5 minutes"
+[[rule]]
+name = "a"
+select = "x"
+threshold = 1
+"#,
+        );
+        let expect = [
+            "rules.toml: rule a: threshold: missing",
+            "rules.toml: rule b: select:",
+            "rules.toml: rule c: op: \"=>\"",
+            "rules.toml: rule d: threshold: an absent rule",
+            "rules.toml: rule e: clear_threshold:",
+            "rules.toml: rule bad/name: name:",
+            "rules.toml: rule g: summary: unknown placeholder {{valu}}",
+            "rules.toml: rule h: for:",
+        ];
+        for (got, want) in all.iter().zip(expect) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+        assert_eq!(all.len(), expect.len(), "{all:#?}");
+        let unknown = errors("[[rule]]\nname = \"x\"\nselect = \"x\"\nthreshold = 1\nthresold = 2\n");
+        assert!(unknown[0].contains("thresold"), "{unknown:?}");
+        assert!(unknown[0].contains("line 5"), "{unknown:?}");
+    }
+
+    #[test]
+    fn directories_load_in_name_order_and_names_stay_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |name: &str| format!("[[rule]]\nname = \"{name}\"\nselect = \"x\"\nthreshold = 1\n");
+        std::fs::write(dir.path().join("b.toml"), rule("two")).unwrap();
+        std::fs::write(dir.path().join("a.toml"), rule("one")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
+        let rules = load(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+        std::fs::write(dir.path().join("c.toml"), rule("one")).unwrap();
+        let errors = load(&[dir.path().to_path_buf()]).unwrap_err();
+        assert!(errors[0].to_string().contains("also defined in"), "{errors:?}");
+        let missing = load(&[dir.path().join("nope.toml")]).unwrap_err();
+        assert!(missing[0].to_string().contains("cannot read"));
+    }
+}

@@ -1,0 +1,373 @@
+//! The samples the rules look at: for each series that some rule selects, the last window's
+//! worth, fed as the agent writes them, so that an evaluation reads memory and never the store.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use outpost_storage::SeriesKey;
+
+use super::rules::{Reducer, Rule};
+
+/// One tracked series.
+#[derive(Debug)]
+struct Tracked {
+    key: SeriesKey,
+    /// Oldest first; always at least the newest sample once there has been one.
+    samples: VecDeque<(i64, f64)>,
+    keep_ms: i64,
+}
+
+/// Which tracked series each rule reads: its `select` side and its `divide_by` side.
+#[derive(Debug, Default, Clone)]
+struct RuleSeries {
+    select: Vec<usize>,
+    divide_by: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Windows {
+    tracked: Vec<Tracked>,
+    /// Every key seen, and its tracked index if some rule selects it.
+    index: HashMap<SeriesKey, Option<usize>>,
+    per_rule: Vec<RuleSeries>,
+    rules: Vec<(outpost_storage::Selector, Option<outpost_storage::Selector>, i64)>,
+}
+
+/// One alert instance's evaluation: its labels (the series' without the metric name), its
+/// value (`None` when the window has too few samples) and whether the condition holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub labels: BTreeMap<String, String>,
+    pub value: Option<f64>,
+    /// For `absent` rules: whether the series has no sample in the window.
+    pub absent: bool,
+}
+
+impl Windows {
+    pub fn new(rules: &[Rule]) -> Windows {
+        Windows {
+            per_rule: vec![RuleSeries::default(); rules.len()],
+            rules: rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.select.clone(),
+                        r.divide_by.as_ref().map(|(s, _)| s.clone()),
+                        r.window_ms,
+                    )
+                })
+                .collect(),
+            ..Windows::default()
+        }
+    }
+
+    /// The longest window any rule reads, to backfill from the store at start.
+    pub fn longest_window_ms(&self) -> i64 {
+        self.rules.iter().map(|r| r.2).max().unwrap_or(0)
+    }
+
+    /// Takes one sample. Cheap for series no rule selects: one hash lookup.
+    pub fn observe(&mut self, key: &SeriesKey, ts: i64, value: f64) {
+        let slot = match self.index.get(key) {
+            Some(slot) => *slot,
+            None => self.track(key),
+        };
+        let Some(i) = slot else { return };
+        let tracked = &mut self.tracked[i];
+        match tracked.samples.back() {
+            // A rewrite of the newest timestamp replaces it; an out-of-order sample is kept in
+            // order, as the store keeps it.
+            Some(&(last, _)) if ts == last => {
+                tracked.samples.back_mut().expect("not empty").1 = value;
+            }
+            Some(&(last, _)) if ts < last => {
+                let at = tracked.samples.partition_point(|s| s.0 < ts);
+                if tracked.samples.get(at).is_some_and(|s| s.0 == ts) {
+                    tracked.samples[at].1 = value;
+                } else {
+                    tracked.samples.insert(at, (ts, value));
+                }
+            }
+            _ => tracked.samples.push_back((ts, value)),
+        }
+        let newest = tracked.samples.back().expect("not empty").0;
+        while tracked.samples.len() > 1
+            && tracked.samples.front().is_some_and(|s| s.0 <= newest - tracked.keep_ms)
+        {
+            tracked.samples.pop_front();
+        }
+    }
+
+    fn track(&mut self, key: &SeriesKey) -> Option<usize> {
+        let mut keep_ms = 0;
+        let mut sides = Vec::new();
+        for (r, (select, divide_by, window)) in self.rules.iter().enumerate() {
+            let in_select = select.matches(key);
+            let in_divide = divide_by.as_ref().is_some_and(|d| d.matches(key));
+            if in_select || in_divide {
+                keep_ms = keep_ms.max(*window);
+                sides.push((r, in_select, in_divide));
+            }
+        }
+        let slot = if sides.is_empty() {
+            None
+        } else {
+            let i = self.tracked.len();
+            self.tracked.push(Tracked {
+                key: key.clone(),
+                samples: VecDeque::new(),
+                keep_ms,
+            });
+            for (r, in_select, in_divide) in sides {
+                if in_select {
+                    self.per_rule[r].select.push(i);
+                }
+                if in_divide {
+                    self.per_rule[r].divide_by.push(i);
+                }
+            }
+            Some(i)
+        };
+        self.index.insert(key.clone(), slot);
+        slot
+    }
+
+    /// Evaluates rule number `r` at `now_ms`. `running_since_ms` is when data started to be
+    /// watched: an `absent` rule never fires for a window that reaches before it.
+    pub fn evaluate(
+        &self,
+        r: usize,
+        rule: &Rule,
+        now_ms: i64,
+        running_since_ms: i64,
+    ) -> Vec<Evaluation> {
+        let from = now_ms - rule.window_ms;
+        let sides = &self.per_rule[r];
+        if rule.reduce == Reducer::Absent {
+            let mut out = Vec::with_capacity(sides.select.len().max(1));
+            for &i in &sides.select {
+                let tracked = &self.tracked[i];
+                let last = tracked.samples.back().map(|s| s.0);
+                let seen_at = last.unwrap_or(running_since_ms).max(running_since_ms);
+                out.push(Evaluation {
+                    labels: labels_of(&tracked.key),
+                    value: Some((now_ms - last.unwrap_or(running_since_ms)) as f64 / 1000.0),
+                    absent: seen_at <= from,
+                });
+            }
+            if out.is_empty() {
+                // Nothing ever matched: one alert with the labels the selector pins.
+                let labels = rule
+                    .select
+                    .equalities()
+                    .filter(|(l, _)| *l != "__name__")
+                    .map(|(l, v)| (l.to_string(), v.to_string()))
+                    .collect();
+                out.push(Evaluation {
+                    labels,
+                    value: Some((now_ms - running_since_ms) as f64 / 1000.0),
+                    absent: running_since_ms <= from,
+                });
+            }
+            return out;
+        }
+        let reduce = |i: usize| {
+            let samples = &self.tracked[i].samples;
+            let start = samples.partition_point(|s| s.0 <= from);
+            let end = samples.partition_point(|s| s.0 <= now_ms);
+            reduce(rule.reduce, samples.range(start..end))
+        };
+        let Some((_, on)) = &rule.divide_by else {
+            return sides
+                .select
+                .iter()
+                .map(|&i| Evaluation {
+                    labels: labels_of(&self.tracked[i].key),
+                    value: reduce(i),
+                    absent: false,
+                })
+                .collect();
+        };
+        let join_key = |key: &SeriesKey| -> Vec<(String, String)> {
+            key.labels()
+                .iter()
+                .filter(|(l, _)| on.as_ref().is_none_or(|on| on.iter().any(|o| o == l)))
+                .cloned()
+                .collect()
+        };
+        let denominators: HashMap<Vec<(String, String)>, Option<f64>> = sides
+            .divide_by
+            .iter()
+            .map(|&i| (join_key(&self.tracked[i].key), reduce(i)))
+            .collect();
+        sides
+            .select
+            .iter()
+            .map(|&i| {
+                let key = &self.tracked[i].key;
+                let value = match (reduce(i), denominators.get(&join_key(key)).copied().flatten()) {
+                    (Some(n), Some(d)) if d != 0.0 => Some(n / d),
+                    _ => None,
+                };
+                Evaluation {
+                    labels: labels_of(key),
+                    value,
+                    absent: false,
+                }
+            })
+            .collect()
+    }
+}
+
+fn labels_of(key: &SeriesKey) -> BTreeMap<String, String> {
+    key.labels().iter().cloned().collect()
+}
+
+/// A reducer over samples in time order.
+pub fn reduce<'a>(
+    reducer: Reducer,
+    samples: impl ExactSizeIterator<Item = &'a (i64, f64)> + DoubleEndedIterator + Clone,
+) -> Option<f64> {
+    if samples.len() == 0 {
+        return None;
+    }
+    let mut values = samples.clone().map(|s| s.1);
+    match reducer {
+        Reducer::Last => values.next_back(),
+        Reducer::Avg => {
+            let n = samples.len() as f64;
+            Some(values.sum::<f64>() / n)
+        }
+        Reducer::Min => values.reduce(f64::min),
+        Reducer::Max => values.reduce(f64::max),
+        Reducer::Increase | Reducer::Rate => {
+            if samples.len() < 2 {
+                return None;
+            }
+            let mut increase = 0.0;
+            let mut previous: Option<f64> = None;
+            for v in values {
+                if let Some(p) = previous {
+                    // A counter that went down was reset: it counted up from zero since.
+                    increase += if v >= p { v - p } else { v };
+                }
+                previous = Some(v);
+            }
+            if reducer == Reducer::Increase {
+                return Some(increase);
+            }
+            let first = samples.clone().next().expect("two samples").0;
+            let last = samples.clone().next_back().expect("two samples").0;
+            (last > first).then(|| increase / ((last - first) as f64 / 1000.0))
+        }
+        Reducer::Absent => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::rules::parse;
+    use std::path::Path;
+
+    fn rules(text: &str) -> Vec<Rule> {
+        parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    fn key(text: &str) -> SeriesKey {
+        SeriesKey::parse(text).unwrap()
+    }
+
+    #[test]
+    fn reducers_follow_their_definitions() {
+        let s = [(0, 1.0), (1000, 5.0), (2000, 3.0), (3000, 1.0), (4000, 4.0)];
+        assert_eq!(reduce(Reducer::Last, s.iter()), Some(4.0));
+        assert_eq!(reduce(Reducer::Avg, s.iter()), Some(2.8));
+        assert_eq!(reduce(Reducer::Min, s.iter()), Some(1.0));
+        assert_eq!(reduce(Reducer::Max, s.iter()), Some(5.0));
+        // 1→5 +4, 5→3 reset +3, 3→1 reset +1, 1→4 +3.
+        assert_eq!(reduce(Reducer::Increase, s.iter()), Some(11.0));
+        assert_eq!(reduce(Reducer::Rate, s.iter()), Some(11.0 / 4.0));
+        assert_eq!(reduce(Reducer::Rate, s[..1].iter()), None);
+        assert_eq!(reduce(Reducer::Avg, s[..0].iter()), None);
+    }
+
+    #[test]
+    fn windows_select_per_series_and_join_ratios() {
+        let rules = rules(
+            r#"
+[[rule]]
+name = "cpu"
+select = 'cpu{core!="total"}'
+reduce = "avg"
+window = "10s"
+threshold = 0.5
+[[rule]]
+name = "mem"
+select = "used"
+divide_by = "total"
+threshold = 0.9
+[[rule]]
+name = "gone"
+select = "heartbeat"
+reduce = "absent"
+window = "5s"
+[[rule]]
+name = "never"
+select = 'missing{job="x"}'
+reduce = "absent"
+window = "5s"
+"#,
+        );
+        let mut w = Windows::new(&rules);
+        for t in 0..15 {
+            let ts = t * 1000;
+            w.observe(&key(r#"cpu{core="0"}"#), ts, if t >= 10 { 1.0 } else { 0.0 });
+            w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
+            w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
+            w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
+            w.observe(&key(r#"total{host="a"}"#), ts, 100.0);
+            w.observe(&key(r#"used{host="b"}"#), ts, 50.0);
+            w.observe(&key("unrelated"), ts, 1.0);
+            if t < 12 {
+                w.observe(&key("heartbeat"), ts, 1.0);
+            }
+        }
+        let cpu_earlier = w.evaluate(0, &rules[0], 14_000, 0);
+        assert_eq!(cpu_earlier[0].value, Some(0.5), "(4s, 14s]: five of ten at 1.0");
+        for t in 15..20 {
+            let ts = t * 1000;
+            w.observe(&key(r#"cpu{core="0"}"#), ts, if t >= 10 { 1.0 } else { 0.0 });
+            w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
+            w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
+            w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
+            w.observe(&key(r#"total{host="a"}"#), ts, 100.0);
+            w.observe(&key(r#"used{host="b"}"#), ts, 50.0);
+            w.observe(&key("unrelated"), ts, 1.0);
+            if t < 12 {
+                w.observe(&key("heartbeat"), ts, 1.0);
+            }
+        }
+        let cpu = w.evaluate(0, &rules[0], 19_000, 0);
+        assert_eq!(cpu.len(), 2, "total is excluded");
+        // (9s, 19s]: ten samples of 1.0 for core 0.
+        assert_eq!(cpu[0].value, Some(1.0));
+        assert!((cpu[1].value.unwrap() - 0.2).abs() < 1e-12);
+        let mem = w.evaluate(1, &rules[1], 19_000, 0);
+        assert_eq!(mem[0].value, Some(0.95));
+        assert_eq!(mem[1].value, None, "host b has no total");
+        let gone = w.evaluate(2, &rules[2], 19_000, 0);
+        assert!(gone[0].absent, "last sample at 11s, window (14s, 19s]");
+        assert_eq!(gone[0].value, Some(8.0));
+        assert!(!w.evaluate(2, &rules[2], 15_000, 0)[0].absent);
+        let never = w.evaluate(3, &rules[3], 19_000, 0);
+        assert_eq!(never[0].labels.get("job").map(String::as_str), Some("x"));
+        assert!(never[0].absent);
+        assert!(
+            !w.evaluate(3, &rules[3], 19_000, 16_000)[0].absent,
+            "not before a window has passed since the start"
+        );
+        let core0 = &w.tracked[w.index[&key(r#"cpu{core="0"}"#)].unwrap()];
+        assert_eq!(core0.samples.len(), 10, "trimmed to the 10 s window");
+        assert_eq!(w.index.get(&key("unrelated")), Some(&None));
+    }
+}
