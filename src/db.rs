@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use outpost_storage::text::Importer;
 use outpost_storage::{Aggregation, Options, Selector, Store};
 
-use crate::timearg::{now_ms, parse_duration_ms, parse_time};
+use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {

@@ -1,4 +1,6 @@
-//! The parts of the `outpost` binary that are worth testing and fuzzing on their own: the
-//! collectors' parsers. The command line itself lives in `main.rs`.
+//! The parts of the `outpost` binary that are worth testing, fuzzing and benchmarking on their
+//! own: the tegrastats parser and the alert engine. The command line lives in `main.rs`.
 
+pub mod alert;
 pub mod tegrastats;
+pub mod timearg;

@@ -2,15 +2,14 @@
 //! fleet. This file holds the command line; each command lives in its own module.
 
 mod agent;
-mod alert;
 mod collect;
 mod db;
 mod hub;
 mod input;
 mod netaddr;
+mod rules_cmd;
 mod sysinfo_ids;
 mod tegrastats_cmd;
-mod timearg;
 mod tls;
 
 use std::process::ExitCode;
@@ -51,6 +50,12 @@ enum Command {
     /// Work with tegrastats output: parse it as Outpost's agent does.
     #[command(subcommand)]
     Tegrastats(tegrastats_cmd::TegrastatsCommand),
+    /// Check alert rule files, and test them against a store's history.
+    ///
+    /// The agent evaluates its rules offline against its own store and publishes alert state on
+    /// MQTT topics (see docs/alerts.md). `outpost rules check default` checks the built-in pack.
+    #[command(subcommand)]
+    Rules(rules_cmd::RulesCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => hub::run(args),
         Command::Db(command) => db::run(command),
         Command::Tegrastats(command) => tegrastats_cmd::run(command),
+        Command::Rules(command) => rules_cmd::run(command),
     };
     match result {
         Ok(code) => code,

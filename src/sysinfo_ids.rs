@@ -32,7 +32,7 @@ pub fn uptime_ms() -> u64 {
 
 /// Milliseconds since the Unix epoch.
 pub fn wall_ms() -> i64 {
-    crate::timearg::now_ms()
+    outpost::timearg::now_ms()
 }
 
 /// Reads a secret, refusing a file that other users can read or write: a device's key is its

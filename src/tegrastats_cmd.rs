@@ -21,10 +21,75 @@ pub enum TegrastatsCommand {
         #[arg(default_value = "-")]
         input: String,
     },
+    /// Import a recorded tegrastats log into a store, as the agent would have stored it.
+    ///
+    /// Each line becomes the agent's `jetson_*` samples, stamped with the line's own
+    /// `MM-DD-YYYY HH:MM:SS` (read as UTC) or, for lines without one, --start plus --interval
+    /// per line. `outpost rules test` can then run alert rules over the log's history.
+    Import {
+        /// The log (plain or zstd-compressed).
+        #[arg(value_name = "LOG")]
+        file: std::path::PathBuf,
+        /// The store to write (created if missing).
+        #[arg(long)]
+        db: std::path::PathBuf,
+        /// Time of the first line without a stamp: RFC 3339 or milliseconds since the epoch.
+        #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+        start: String,
+        /// Time between lines without stamps.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
 }
 
 pub fn run(command: TegrastatsCommand) -> Result<ExitCode> {
     match command {
+        TegrastatsCommand::Import {
+            file: log,
+            db,
+            start,
+            interval,
+        } => {
+            let start = outpost::timearg::parse_time(&start, outpost::timearg::now_ms())
+                .context("--start")?;
+            let interval = outpost::timearg::parse_duration_ms(&interval).context("--interval")?;
+            let lines = crate::collect::tegrastats::read_log(&log)?;
+            let store = outpost_storage::Store::open(&db, outpost_storage::Options::default())
+                .with_context(|| format!("opening the store {}", db.display()))?;
+            let mut at = start - interval;
+            let mut samples_total = 0usize;
+            for line in &lines {
+                let parsed = tegrastats::parse(line);
+                at = parsed
+                    .timestamp
+                    .and_then(|t| {
+                        let date = time::Date::from_calendar_date(
+                            i32::from(t.year),
+                            time::Month::try_from(t.month).ok()?,
+                            t.day,
+                        )
+                        .ok()?;
+                        let at = date.with_hms(t.hour, t.minute, t.second).ok()?;
+                        Some(at.assume_utc().unix_timestamp() * 1000)
+                    })
+                    .unwrap_or(at + interval);
+                let mut samples = crate::collect::Samples::new();
+                crate::collect::tegrastats::to_samples(&parsed, &mut samples);
+                let mut batch = outpost_storage::WriteBatch::with_capacity(samples.values.len());
+                for (key, value) in &samples.values {
+                    batch.sample(store.series_id(key)?, at, *value);
+                }
+                samples_total += samples.values.len();
+                store.write(batch)?;
+            }
+            store.close()?;
+            eprintln!(
+                "imported {} lines ({samples_total} samples) into {}",
+                lines.len(),
+                db.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         TegrastatsCommand::Parse { input } => {
             let reader: Box<dyn BufRead> = if input == "-" {
                 Box::new(BufReader::new(std::io::stdin().lock()))

@@ -25,6 +25,7 @@ pub struct AgentConfig {
     pub nvml: NvmlSection,
     pub import: ImportSection,
     pub mqtt: MqttSection,
+    pub alerts: AlertsSection,
     #[serde(rename = "scrape")]
     pub scrapes: Vec<ScrapeConfig>,
     #[serde(rename = "probe")]
@@ -248,6 +249,175 @@ impl Default for MqttSection {
     }
 }
 
+/// The offline alert engine (`crate::alert`) and its notification channels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    pub enabled: bool,
+    /// The rule pack built into the agent (`config/rules.toml`); a rule of the same name in
+    /// `rules` replaces the pack's.
+    pub default_rules: bool,
+    /// Rule files, and directories whose `*.toml` files are rule files.
+    pub rules: Vec<PathBuf>,
+    /// How often every rule is evaluated.
+    pub interval: Interval,
+    /// Notifications each channel may hold while it cannot deliver; then the oldest go, counted.
+    pub max_queued: usize,
+    pub webhook: Vec<WebhookConfig>,
+    pub exec: Vec<ExecConfig>,
+    pub email: Vec<EmailConfig>,
+    pub silence: Vec<SilenceConfig>,
+    pub maintenance: Vec<MaintenanceConfig>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            enabled: true,
+            default_rules: true,
+            rules: Vec::new(),
+            interval: Interval::secs(1),
+            max_queued: 10_000,
+            webhook: Vec::new(),
+            exec: Vec::new(),
+            email: Vec::new(),
+            silence: Vec::new(),
+            maintenance: Vec::new(),
+        }
+    }
+}
+
+/// Which transitions a channel is told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Firing,
+    Resolved,
+}
+
+fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Firing, NotifyOn::Resolved]
+}
+
+/// The body a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The alert's JSON, as on the MQTT topics.
+    Json,
+    /// Slack incoming webhooks (`{"text": ...}`); Mattermost and Rocket.Chat take it too.
+    Slack,
+    /// Microsoft Teams incoming webhooks (a MessageCard).
+    Teams,
+    /// Discord webhooks (`{"content": ...}`).
+    Discord,
+    /// `template`, rendered with the alert's fields.
+    Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "default_webhook_format")]
+    pub format: WebhookFormat,
+    /// For `format = "template"`: the body, with `{{value}}`-style placeholders.
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+fn default_webhook_format() -> WebhookFormat {
+    WebhookFormat::Json
+}
+
+/// A local command run for each notification (a recovery action), with the alert in
+/// `OUTPOST_ALERT_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    pub name: String,
+    /// The program and its arguments; no shell is involved.
+    pub command: Vec<String>,
+    #[serde(default = "default_exec_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_firing_only")]
+    pub on: Vec<NotifyOn>,
+}
+
+fn default_exec_timeout() -> Interval {
+    Interval::secs(30)
+}
+
+fn default_firing_only() -> Vec<NotifyOn> {
+    vec![NotifyOn::Firing]
+}
+
+/// E-mail over SMTP: `smtps://host:465` (TLS from the start) or `smtp://host:587` (STARTTLS,
+/// required unless `insecure_plaintext`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub name: String,
+    pub server: String,
+    #[serde(default)]
+    pub username: String,
+    /// A file holding the SMTP password.
+    #[serde(default)]
+    pub password_file: PathBuf,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Only for a relay on localhost or a test server: send without TLS.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The CA that signed the server's certificate, when it is not a public one.
+    #[serde(default)]
+    pub ca_file: PathBuf,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+/// A silence written in the config: from `starts` (default: always) to `ends`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceConfig {
+    /// A selector over the alert's labels and `alertname`, e.g. `{alertname="disk_full"}`.
+    #[serde(rename = "match")]
+    pub matcher: String,
+    pub starts: Option<String>,
+    pub ends: String,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// A maintenance window: fixed (`starts`, `ends`) or weekly (`days`, `at`, `duration` in
+/// `timezone`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    pub name: String,
+    /// Which alerts it covers; all of them when absent.
+    #[serde(rename = "match")]
+    pub matcher: Option<String>,
+    pub starts: Option<String>,
+    pub ends: Option<String>,
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local time of day it opens, `HH:MM`.
+    pub at: Option<String>,
+    pub duration: Option<Interval>,
+    /// An IANA time zone name; UTC when absent.
+    pub timezone: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeConfig {
@@ -391,7 +561,7 @@ impl Interval {
 impl<'de> Deserialize<'de> for Interval {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let ms = crate::timearg::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
+        let ms = outpost::timearg::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
         Ok(Interval(Duration::from_millis(ms as u64)))
     }
 }
@@ -508,6 +678,7 @@ impl AgentConfig {
         if !(self.tegrastats.replay_speed >= 0.0 && self.tegrastats.replay_speed.is_finite()) {
             bail!("tegrastats.replay_speed: must be 0 (as fast as possible) or a positive factor");
         }
+        self.validate_alerts()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, scrape) in self.scrapes.iter().enumerate() {
             crate::collect::http::Target::parse(&scrape.url)
@@ -551,6 +722,63 @@ impl AgentConfig {
                 _ => {}
             }
         }
+        Ok(())
+    }
+}
+
+impl AgentConfig {
+    fn validate_alerts(&self) -> Result<()> {
+        let alerts = &self.alerts;
+        if alerts.interval.0 < Duration::from_millis(100) {
+            bail!("alerts.interval: must be at least 100ms");
+        }
+        if alerts.max_queued == 0 {
+            bail!("alerts.max_queued: must be at least 1");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut check_name = |key: String, name: &str| -> Result<()> {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                bail!("{key}: {name:?}: use letters, digits, '_' and '-'");
+            }
+            if !names.insert(name.to_string()) {
+                bail!("{key}: {name:?} names two channels");
+            }
+            Ok(())
+        };
+        for (i, hook) in alerts.webhook.iter().enumerate() {
+            check_name(format!("alerts.webhook[{i}].name"), &hook.name)?;
+            crate::collect::http::Target::parse(&hook.url)
+                .with_context(|| format!("alerts.webhook[{i}].url"))?;
+            if hook.format == WebhookFormat::Template {
+                outpost::alert::template::Template::parse(&hook.template)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("alerts.webhook[{i}].template"))?;
+            }
+        }
+        for (i, exec) in alerts.exec.iter().enumerate() {
+            check_name(format!("alerts.exec[{i}].name"), &exec.name)?;
+            if exec.command.is_empty() || exec.command[0].is_empty() {
+                bail!("alerts.exec[{i}].command: needs at least the program");
+            }
+        }
+        for (i, email) in alerts.email.iter().enumerate() {
+            check_name(format!("alerts.email[{i}].name"), &email.name)?;
+            crate::agent::notify::SmtpServer::parse(&email.server, email.insecure_plaintext)
+                .with_context(|| format!("alerts.email[{i}].server"))?;
+            if email.to.is_empty() {
+                bail!("alerts.email[{i}].to: needs at least one address");
+            }
+            for address in std::iter::once(&email.from).chain(&email.to) {
+                if !address.contains('@') || address.contains(['\r', '\n']) {
+                    bail!("alerts.email[{i}]: {address:?} is not an e-mail address");
+                }
+            }
+        }
+        crate::rules_cmd::silences_from_config(alerts, 0)?;
         Ok(())
     }
 }

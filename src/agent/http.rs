@@ -19,19 +19,36 @@ use super::config::ImportSection;
 use super::sink::Sink;
 use crate::collect::scrape::parse_exposition;
 use crate::db::{write_results, Format};
-use crate::timearg::{now_ms, parse_duration_ms, parse_time};
+use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
 
 pub struct HttpState {
     pub sink: Arc<Sink>,
     /// Replaced on SIGHUP.
     pub import: std::sync::RwLock<ImportSection>,
     pub started: Instant,
+    pub alerts: Option<Arc<super::alerts::AlertShared>>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
     let max_body = state.import.read().expect("import config lock").max_body.0;
     let body_limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let alert_routes = match &state.alerts {
+        Some(alerts) => {
+            use super::alerts as a;
+            Router::new()
+                .route("/api/alerts", get(a::list_alerts))
+                .route("/api/alerts/history", get(a::history))
+                .route("/api/silences", get(a::list_silences).post(a::add_silence))
+                .route(
+                    "/api/silences/{id}",
+                    axum::routing::delete(a::delete_silence),
+                )
+                .with_state(alerts.clone())
+        }
+        None => Router::new(),
+    };
     Router::new()
+        .merge(alert_routes)
         .route("/metrics", get(metrics))
         .route("/api/health", get(health))
         .route("/api/query", get(query))

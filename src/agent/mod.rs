@@ -6,9 +6,11 @@
 //! and are quick), beside the store's own writer thread: the agent has to stay small on a
 //! 4 GiB Jetson.
 
+pub mod alerts;
 pub mod catalogue;
 pub mod config;
 pub mod http;
+pub mod notify;
 pub mod sink;
 
 use std::net::SocketAddr;
@@ -23,8 +25,8 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::collect::{self, Samples};
-use crate::timearg::now_ms;
 use config::{AgentConfig, Toggle};
+use outpost::timearg::now_ms;
 use sink::Sink;
 
 #[derive(Debug, Args)]
@@ -118,12 +120,42 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         .await?
         .with_context(|| format!("opening the store {}", config.store.path.display()))?;
     let sink = Arc::new(Sink::new(store));
+    let uplink_config = if config.mqtt.enabled {
+        Some(uplink_config(&config).context("[mqtt]")?)
+    } else {
+        None
+    };
+    let mut alert_runtime = if config.alerts.enabled {
+        let device = match &uplink_config {
+            Some(u) => u.topics.device.clone(),
+            None => crate::sysinfo_ids::machine_id().unwrap_or_else(|| "local".into()),
+        };
+        let mqtt_base = uplink_config.as_ref().map(|u| {
+            format!(
+                "{}/{}/{}",
+                outpost_sync::topic::ROOT,
+                u.topics.fleet,
+                u.topics.device
+            )
+        });
+        let runtime =
+            alerts::AlertRuntime::start(&config.alerts, sink.store.clone(), device, mqtt_base)
+                .context("[alerts]")?;
+        let _ = sink.alerts.set(runtime.shared.engine.clone());
+        Some(runtime)
+    } else {
+        None
+    };
+    let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
-    let uplink = if config.mqtt.enabled {
-        let uplink_config = uplink_config(&config).context("[mqtt]")?;
+    let uplink = if let Some(uplink_config) = uplink_config {
         let meta = device_meta(&config, &uplink_config.topics.device, &sink.store);
         let state = sink.uplink.clone();
         let store = sink.store.clone();
+        let mailbox = alert_shared
+            .as_ref()
+            .and_then(|a| a.mailbox.clone())
+            .map(|m| m as Arc<dyn outpost_sync::uplink::Mailbox>);
         tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
         Some(tokio::spawn(async move {
             outpost_sync::uplink::run(
@@ -132,6 +164,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 meta,
                 state,
                 (crate::sysinfo_ids::wall_ms, crate::sysinfo_ids::uptime_ms),
+                mailbox,
                 uplink_stopped,
             )
             .await
@@ -147,6 +180,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         sink: sink.clone(),
         import: std::sync::RwLock::new(config.import.clone()),
         started,
+        alerts: alert_shared.clone(),
     });
     let app = http::router(http_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -167,8 +201,16 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let (replay_done_tx, mut replay_done) = tokio::sync::mpsc::channel::<()>(1);
-    let mut collectors = start_collectors(&config, &sink, started, replay_done_tx.clone());
+    let mut collectors = start_collectors(
+        &config,
+        &sink,
+        started,
+        replay_done_tx.clone(),
+        alert_shared.clone(),
+    );
     let mut maintenance = tokio::time::interval(Duration::from_secs(60));
+    let mut alert_ticker = tokio::time::interval(config.alerts.interval.0);
+    alert_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -179,10 +221,20 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                         if new.store != config.store || new.agent.listen != config.agent.listen {
                             tracing::warn!("[store] and [agent] listen change only at restart; the rest is reloaded");
                         }
+                        if new.alerts.enabled != config.alerts.enabled {
+                            tracing::warn!("[alerts] enabled changes only at restart");
+                        }
+                        if let Some(runtime) = alert_runtime.as_mut() {
+                            if new.alerts != config.alerts {
+                                if let Err(error) = runtime.reload(&new.alerts).await {
+                                    tracing::error!("SIGHUP: alert rules not reloaded, keeping the running ones: {error:#}");
+                                }
+                            }
+                        }
                         collectors.shutdown().await;
                         *http_state.import.write().expect("import config lock") = new.import.clone();
                         config = new;
-                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone());
+                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone());
                         tracing::info!("SIGHUP: config reloaded");
                     }
                     Err(error) => tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}"),
@@ -195,9 +247,18 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 }
             }
             _ = maintenance.tick() => sink.drop_stale(now_ms()),
+            _ = alert_ticker.tick(), if alert_shared.is_some() => {
+                let commands = std::mem::take(&mut sink.uplink.lock().expect("uplink state").commands);
+                if let Some(shared) = &alert_shared {
+                    shared.evaluate(commands).await;
+                }
+            }
         }
     }
     collectors.shutdown().await;
+    if let Some(runtime) = alert_runtime.as_mut() {
+        runtime.shutdown().await;
+    }
     let _ = stop_http.send(());
     let _ = server.await;
     let _ = stop_uplink.send(true);
@@ -229,6 +290,7 @@ fn start_collectors(
     sink: &Arc<Sink>,
     started: Instant,
     replay_done: tokio::sync::mpsc::Sender<()>,
+    alerts: Option<Arc<alerts::AlertShared>>,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     if config.host.enabled {
@@ -317,6 +379,8 @@ fn start_collectors(
         config.agent.self_interval.0,
         sink.clone(),
         started,
+        config.store.budget.0,
+        alerts,
     ));
     tasks
 }
@@ -526,7 +590,13 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
 }
 
 /// The agent's own figures: what it costs the device.
-async fn self_metrics_task(interval: Duration, sink: Arc<Sink>, started: Instant) {
+async fn self_metrics_task(
+    interval: Duration,
+    sink: Arc<Sink>,
+    started: Instant,
+    budget_bytes: u64,
+    alerts: Option<Arc<alerts::AlertShared>>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let start_written = self_io_write_bytes().unwrap_or(0.0);
@@ -547,6 +617,10 @@ async fn self_metrics_task(interval: Duration, sink: Arc<Sink>, started: Instant
         }
         let uptime = started.elapsed().as_secs_f64();
         out.add("outpost_uptime_seconds", &[], uptime);
+        out.add("outpost_store_budget_bytes", &[], budget_bytes as f64);
+        if let Some(alerts) = &alerts {
+            alerts::self_metrics(alerts, &mut out);
+        }
         if let Some(written) = self_io_write_bytes() {
             out.add("outpost_process_disk_written_bytes_total", &[], written);
             if uptime >= 1.0 {

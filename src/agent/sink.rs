@@ -35,6 +35,8 @@ pub struct Sink {
     collectors: Mutex<BTreeMap<String, CollectorStats>>,
     pub samples_written: AtomicU64,
     pub write_errors: AtomicU64,
+    /// The alert engine, which sees every sample stored.
+    pub alerts: std::sync::OnceLock<std::sync::Arc<Mutex<outpost::alert::engine::Engine>>>,
 }
 
 /// How long a pushed or scraped series stays in `/metrics` without a new value.
@@ -49,6 +51,7 @@ impl Sink {
             collectors: Mutex::new(BTreeMap::new()),
             samples_written: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            alerts: std::sync::OnceLock::new(),
         }
     }
 
@@ -90,6 +93,12 @@ impl Sink {
             return Err(error.into());
         }
         self.samples_written.fetch_add(count, Ordering::Relaxed);
+        if let Some(engine) = self.alerts.get() {
+            let mut engine = engine.lock().expect("engine lock");
+            for (key, value, at) in &samples {
+                engine.observe(key, *at, *value);
+            }
+        }
         let mut latest = self.latest.lock().expect("latest values lock");
         let entry = latest.entry(source.to_string()).or_default();
         if !merge {

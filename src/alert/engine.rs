@@ -298,9 +298,12 @@ impl Engine {
             .cloned()
             .map(Channel::Named)
             .collect();
-        channels.push(Channel::Mqtt);
+        if engine.options.mqtt_base.is_some() {
+            channels.push(Channel::Mqtt);
+        }
         for channel in channels {
-            let entries = store.state_list(StateTable::NotificationQueue, &channel.queue_prefix())?;
+            let entries =
+                store.state_list(StateTable::NotificationQueue, &channel.queue_prefix())?;
             let stats = engine.queues.entry(channel).or_default();
             stats.len += entries.len();
             for (key, _) in entries {
@@ -312,6 +315,10 @@ impl Engine {
             store.sync()?;
         }
         Ok(engine)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -358,7 +365,10 @@ impl Engine {
         for rule in &self.rules {
             selectors.push(rule.select.clone());
             if let Some((d, _)) = &rule.divide_by {
-                selectors.push(d.clone());
+                selectors.push(d.select.clone());
+            }
+            if let Some(w) = &rule.when {
+                selectors.push(w.side.select.clone());
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -373,7 +383,9 @@ impl Engine {
             }
         }
         // Data from before the restart counts for `absent`: the agent was watching then too.
-        self.running_since_ms = self.running_since_ms.min(from.max(self.running_since_ms - self.windows.longest_window_ms()));
+        self.running_since_ms = self
+            .running_since_ms
+            .min(from.max(self.running_since_ms - self.windows.longest_window_ms()));
         Ok(())
     }
 
@@ -415,7 +427,10 @@ impl Engine {
             stats.len -= 1;
             stats.dropped_pending += 1;
             stats.dropped_total += 1;
-            tracing::error!(?channel, "notification queue full: dropped its oldest entry");
+            tracing::error!(
+                ?channel,
+                "notification queue full: dropped its oldest entry"
+            );
         }
         stats.len += 1;
         stats.keys.push_back(key.clone());
@@ -466,7 +481,10 @@ impl Engine {
         let rules = std::mem::take(&mut self.rules);
         let mut present: std::collections::HashSet<(String, String)> = Default::default();
         for (r, rule) in rules.iter().enumerate() {
-            for evaluation in self.windows.evaluate(r, rule, now_ms, self.running_since_ms) {
+            for evaluation in self
+                .windows
+                .evaluate(r, rule, now_ms, self.running_since_ms)
+            {
                 let mut labels = evaluation.labels;
                 for (k, v) in &rule.labels {
                     labels.insert(k.clone(), v.clone());
@@ -479,10 +497,19 @@ impl Engine {
                 let holds = if rule.reduce == super::rules::Reducer::Absent {
                     evaluation.absent
                 } else {
-                    evaluation.value.is_some_and(|v| rule.condition(v, firing))
+                    evaluation.gate && evaluation.value.is_some_and(|v| rule.condition(v, firing))
                 };
                 present.insert(id.clone());
-                self.step(rule, id, labels, evaluation.value, holds, now_ms, write, &mut outcome);
+                self.step(
+                    rule,
+                    id,
+                    labels,
+                    evaluation.value,
+                    holds,
+                    now_ms,
+                    write,
+                    &mut outcome,
+                );
             }
         }
         // Alerts whose series left every window: their condition no longer holds.
@@ -574,7 +601,10 @@ impl Engine {
             State::Inactive => return,
             State::Resolved => {
                 let forget_after = FORGET_RESOLVED_MS.max(rule.cooldown_ms);
-                if record.resolved_ms.is_none_or(|at| now_ms - at > forget_after) {
+                if record
+                    .resolved_ms
+                    .is_none_or(|at| now_ms - at > forget_after)
+                {
                     self.alerts.remove(&id);
                     write.delete_state(StateTable::AlertState, alert_key(&id));
                 }
@@ -658,11 +688,25 @@ impl Engine {
                     _ => None,
                 };
                 if let Some(payload) = retained {
-                    self.enqueue_mail(write, Mail { topic, payload, retain: true });
+                    self.enqueue_mail(
+                        write,
+                        Mail {
+                            topic,
+                            payload,
+                            retain: true,
+                        },
+                    );
                 }
                 message.dropped_before = self.take_dropped(&Channel::Mqtt);
                 let payload = serde_json::to_string(&message).expect("message serializes");
-                self.enqueue_mail(write, Mail { topic: events, payload, retain: false });
+                self.enqueue_mail(
+                    write,
+                    Mail {
+                        topic: events,
+                        payload,
+                        retain: false,
+                    },
+                );
                 outcome.woken.push(Channel::Mqtt);
             }
             outcome.transitions.push(message);
@@ -817,7 +861,10 @@ mod tests {
 
         fn reopen(self) -> Rig {
             let Rig {
-                _dir, store, engine, ..
+                _dir,
+                store,
+                engine,
+                ..
             } = self;
             let rules = engine.rules.clone();
             let path = store.path().to_path_buf();
@@ -848,12 +895,18 @@ summary = "{{labels.zone}} at {{value}}"
         let key = r#"temp{zone="gpu"}"#;
         assert!(rig.tick(1, &[(key, 70.0)]).is_empty());
         let t = rig.tick(2, &[(key, 85.0)]);
-        assert_eq!(t, vec![("zone=gpu".into(), State::Pending, Reason::Transition)]);
+        assert_eq!(
+            t,
+            vec![("zone=gpu".into(), State::Pending, Reason::Transition)]
+        );
         assert!(rig.tick(3, &[(key, 85.0)]).is_empty());
         assert!(rig.tick(4, &[(key, 85.0)]).is_empty());
         let t = rig.tick(5, &[(key, 81.0)]);
         assert_eq!(t[0].1, State::Firing, "3 s after pending began");
-        assert!(rig.tick(6, &[(key, 78.0)]).is_empty(), "above the clear threshold");
+        assert!(
+            rig.tick(6, &[(key, 78.0)]).is_empty(),
+            "above the clear threshold"
+        );
         assert_eq!(rig.tick(7, &[(key, 74.0)])[0].1, State::Resolved);
         // A pending that never fires ends quietly as inactive.
         assert_eq!(rig.tick(8, &[(key, 90.0)])[0].1, State::Pending);
@@ -918,7 +971,10 @@ summary = "{{labels.zone}} at {{value}}"
         }
         assert_eq!(rig.engine.alerts().next().unwrap().state, State::Firing);
         let mut rig = rig.reopen();
-        assert!(rig.tick(6, &[(key, 90.0)]).is_empty(), "still firing, no new event");
+        assert!(
+            rig.tick(6, &[(key, 90.0)]).is_empty(),
+            "still firing, no new event"
+        );
         let t = rig.tick(7, &[(key, 50.0)]);
         assert_eq!(t[0].1, State::Resolved);
         let events: Vec<u64> = rig
@@ -932,7 +988,11 @@ summary = "{{labels.zone}} at {{value}}"
                     .unwrap()
             })
             .collect();
-        assert_eq!(events, vec![1, 2, 3], "pending, firing, resolved: numbering went on");
+        assert_eq!(
+            events,
+            vec![1, 2, 3],
+            "pending, firing, resolved: numbering went on"
+        );
     }
 
     #[test]
@@ -942,7 +1002,10 @@ summary = "{{labels.zone}} at {{value}}"
             rig.tick(t, &[("temp", 90.0)]);
         }
         let Rig {
-            _dir, store, engine, ..
+            _dir,
+            store,
+            engine,
+            ..
         } = rig;
         drop(engine);
         let other = parse(
@@ -950,10 +1013,15 @@ summary = "{{labels.zone}} at {{value}}"
             "[[rule]]\nname = \"other\"\nselect = \"x\"\nthreshold = 1\n",
         )
         .unwrap();
-        let before = store.state_list(StateTable::NotificationQueue, "m/").unwrap().len();
+        let before = store
+            .state_list(StateTable::NotificationQueue, "m/")
+            .unwrap()
+            .len();
         let engine = Engine::open(&store, other, options(), Silences::default(), 0).unwrap();
         assert_eq!(engine.alerts().count(), 0);
-        let queue = store.state_list(StateTable::NotificationQueue, "m/").unwrap();
+        let queue = store
+            .state_list(StateTable::NotificationQueue, "m/")
+            .unwrap();
         assert_eq!(queue.len(), before + 1);
         let last: Mail = serde_json::from_slice(&queue.last().unwrap().1).unwrap();
         assert_eq!(last.topic, "outpost/v1/lab/dev-1/alerts/hot/_");
@@ -962,8 +1030,7 @@ summary = "{{labels.zone}} at {{value}}"
 
     #[test]
     fn keep_firing_for_cooldown_renotify_and_escalation() {
-        let mut rig = rig(
-            r#"
+        let mut rig = rig(r#"
 [[rule]]
 name = "flappy"
 select = "v"
@@ -972,8 +1039,7 @@ keep_firing_for = "2s"
 cooldown = "10s"
 renotify = "1m"
 escalate_after = "2m"
-"#,
-        );
+"#);
         let hook = |rig: &Rig| -> Vec<(String, String, String)> {
             rig.queue("n/hook/")
                 .iter()
@@ -1016,7 +1082,13 @@ escalate_after = "2m"
         assert_eq!(escalation.2, "critical");
         assert_eq!(
             all.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(),
-            ["transition", "transition", "transition", "renotify", "escalation"]
+            [
+                "transition",
+                "transition",
+                "transition",
+                "renotify",
+                "escalation"
+            ]
         );
     }
 
@@ -1058,7 +1130,9 @@ escalate_after = "2m"
         }
         let hook = rig.queue("n/hook/");
         assert_eq!(hook.len(), 4);
-        assert!(hook.iter().any(|m| m["dropped_before"].as_u64().unwrap_or(0) > 0));
+        assert!(hook
+            .iter()
+            .any(|m| m["dropped_before"].as_u64().unwrap_or(0) > 0));
         let dropped: u64 = rig.engine.dropped_total().iter().map(|d| d.1).sum();
         assert!(dropped > 0);
     }

@@ -6,12 +6,12 @@
 //! - [`window`]: the in-memory windows of the series that rules select, and the reducers.
 //! - [`engine`]: the lifecycle and what each transition queues for each channel.
 //! - [`schedule`]: silences and maintenance windows.
-//! - [`notify`]: delivery of the queue: MQTT topics, webhooks, e-mail, local commands.
 //! - [`template`]: the `{{value}}` templates of summaries and webhook bodies.
+//!
+//! The engine reads no clock and does no I/O but through the store it is given; delivering
+//! the queue (MQTT, webhooks, e-mail, commands) is the agent's part.
 
-pub mod cli;
 pub mod engine;
-pub mod notify;
 pub mod rules;
 pub mod schedule;
 pub mod template;

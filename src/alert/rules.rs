@@ -92,14 +92,53 @@ impl fmt::Display for Severity {
     }
 }
 
+/// The other side of a ratio, as a selector alone (same reducer and window) or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDivisor {
+    Selector(String),
+    Table(RawSide),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSide {
+    select: String,
+    reduce: Option<Reducer>,
+    window: Option<String>,
+}
+
+/// A second condition that must hold too, on series with matching labels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    select: String,
+    #[serde(default = "default_reduce")]
+    reduce: Reducer,
+    window: Option<String>,
+    #[serde(default = "default_op")]
+    op: String,
+    threshold: f64,
+    on: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NeverSeen {
+    Fire,
+    Ignore,
+}
+
 /// One rule as written in a file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
     select: String,
-    divide_by: Option<String>,
+    divide_by: Option<RawDivisor>,
     on: Option<Vec<String>>,
+    when: Option<RawWhen>,
+    never_seen: Option<NeverSeen>,
     #[serde(default = "default_reduce")]
     reduce: Reducer,
     window: Option<String>,
@@ -141,6 +180,24 @@ struct RawFile {
     rule: Vec<RawRule>,
 }
 
+/// A selector with the reducer and window that turn its series' samples into values.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub select: Selector,
+    pub reduce: Reducer,
+    pub window_ms: i64,
+}
+
+/// A condition on other series that gates a rule: both must hold, on series whose labels agree
+/// (`on`: these labels; `None`: all labels but the metric name).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub side: Side,
+    pub op: Op,
+    pub threshold: f64,
+    pub on: Option<Vec<String>>,
+}
+
 /// A checked rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -150,7 +207,10 @@ pub struct Rule {
     pub select: Selector,
     /// The denominator of a ratio rule, and the labels both sides must agree on (`None`: all
     /// labels but the metric name).
-    pub divide_by: Option<(Selector, Option<Vec<String>>)>,
+    pub divide_by: Option<(Side, Option<Vec<String>>)>,
+    pub when: Option<Gate>,
+    /// For `absent` rules: whether a selector that never matched anything fires.
+    pub fire_if_never_seen: bool,
     pub reduce: Reducer,
     pub window_ms: i64,
     pub op: Op,
@@ -343,20 +403,66 @@ fn duration(key: &'static str, text: Option<&str>) -> Result<Option<i64>, (&'sta
 fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
     check_name(&raw.name).map_err(|e| ("name", e))?;
     let select = Selector::parse(&raw.select).map_err(|e| ("select", e.to_string()))?;
-    let divide_by = match &raw.divide_by {
-        Some(text) => Some((
-            Selector::parse(text).map_err(|e| ("divide_by", e.to_string()))?,
-            raw.on.clone(),
-        )),
-        None if raw.on.is_some() => {
-            return Err(("on", "only a ratio rule (with divide_by) matches labels".into()))
-        }
-        None => None,
-    };
-    let op = Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;
+    let op =
+        Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;
     let window_ms = duration("window", raw.window.as_deref())?.unwrap_or(60_000);
     if window_ms <= 0 {
         return Err(("window", "must be longer than 0".into()));
+    }
+    let side = |key: &'static str, select: &str, reduce: Option<Reducer>, window: Option<&str>| {
+        let select = Selector::parse(select).map_err(|e| (key, e.to_string()))?;
+        let window_ms = duration(key, window)?.unwrap_or(window_ms);
+        if window_ms <= 0 {
+            return Err((key, "window: must be longer than 0".to_string()));
+        }
+        let reduce = reduce.unwrap_or(raw.reduce);
+        if reduce == Reducer::Absent {
+            return Err((
+                key,
+                "reduce: absent works only as the rule's own reducer".to_string(),
+            ));
+        }
+        Ok(Side {
+            select,
+            reduce,
+            window_ms,
+        })
+    };
+    let divide_by = match &raw.divide_by {
+        Some(RawDivisor::Selector(text)) => {
+            Some((side("divide_by", text, None, None)?, raw.on.clone()))
+        }
+        Some(RawDivisor::Table(t)) => Some((
+            side("divide_by", &t.select, t.reduce, t.window.as_deref())?,
+            raw.on.clone(),
+        )),
+        None if raw.on.is_some() => {
+            return Err((
+                "on",
+                "only a ratio rule (with divide_by) matches labels".into(),
+            ))
+        }
+        None => None,
+    };
+    let when = match &raw.when {
+        Some(w) => {
+            if !w.threshold.is_finite() {
+                return Err(("when", "threshold: must be a finite number".into()));
+            }
+            Some(Gate {
+                side: side("when", &w.select, Some(w.reduce), w.window.as_deref())?,
+                op: Op::parse(&w.op).ok_or((
+                    "when",
+                    format!("op: {:?}: use >, >=, <, <=, == or !=", w.op),
+                ))?,
+                threshold: w.threshold,
+                on: w.on.clone(),
+            })
+        }
+        None => None,
+    };
+    if raw.never_seen.is_some() && raw.reduce != Reducer::Absent {
+        return Err(("never_seen", "only for absent rules".into()));
     }
     let threshold = match (raw.reduce, raw.threshold) {
         (Reducer::Absent, Some(_)) => {
@@ -368,7 +474,12 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
         (Reducer::Absent, None) => 0.0,
         (_, Some(t)) if t.is_finite() => t,
         (_, Some(_)) => return Err(("threshold", "must be a finite number".into())),
-        (_, None) => return Err(("threshold", "missing (every rule but absent needs one)".into())),
+        (_, None) => {
+            return Err((
+                "threshold",
+                "missing (every rule but absent needs one)".into(),
+            ))
+        }
     };
     if raw.reduce == Reducer::Absent && divide_by.is_some() {
         return Err(("divide_by", "an absent rule has no ratio".into()));
@@ -399,13 +510,13 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
     for name in raw.labels.keys() {
         if name.is_empty()
             || name.starts_with("__")
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return Err((
                 "labels",
-                format!("{name:?} is not a label name (letters, digits, '_', not starting with __)"),
+                format!(
+                    "{name:?} is not a label name (letters, digits, '_', not starting with __)"
+                ),
             ));
         }
     }
@@ -421,6 +532,8 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
         file: file.to_path_buf(),
         select,
         divide_by,
+        when,
+        fire_if_never_seen: raw.never_seen != Some(NeverSeen::Ignore),
         reduce: raw.reduce,
         window_ms,
         op,
@@ -547,7 +660,8 @@ threshold = 1
             assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
         assert_eq!(all.len(), expect.len(), "{all:#?}");
-        let unknown = errors("[[rule]]\nname = \"x\"\nselect = \"x\"\nthreshold = 1\nthresold = 2\n");
+        let unknown =
+            errors("[[rule]]\nname = \"x\"\nselect = \"x\"\nthreshold = 1\nthresold = 2\n");
         assert!(unknown[0].contains("thresold"), "{unknown:?}");
         assert!(unknown[0].contains("line 5"), "{unknown:?}");
     }
@@ -555,7 +669,8 @@ threshold = 1
     #[test]
     fn directories_load_in_name_order_and_names_stay_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let rule = |name: &str| format!("[[rule]]\nname = \"{name}\"\nselect = \"x\"\nthreshold = 1\n");
+        let rule =
+            |name: &str| format!("[[rule]]\nname = \"{name}\"\nselect = \"x\"\nthreshold = 1\n");
         std::fs::write(dir.path().join("b.toml"), rule("two")).unwrap();
         std::fs::write(dir.path().join("a.toml"), rule("one")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
@@ -564,7 +679,10 @@ threshold = 1
         assert_eq!(names, ["one", "two"]);
         std::fs::write(dir.path().join("c.toml"), rule("one")).unwrap();
         let errors = load(&[dir.path().to_path_buf()]).unwrap_err();
-        assert!(errors[0].to_string().contains("also defined in"), "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("also defined in"),
+            "{errors:?}"
+        );
         let missing = load(&[dir.path().join("nope.toml")]).unwrap_err();
         assert!(missing[0].to_string().contains("cannot read"));
     }

@@ -34,7 +34,10 @@ pub struct Silence {
 /// A recurring window in a named time zone, or a fixed one.
 #[derive(Debug, Clone)]
 pub enum When {
-    Fixed { starts_ms: i64, ends_ms: i64 },
+    Fixed {
+        starts_ms: i64,
+        ends_ms: i64,
+    },
     Weekly {
         days: Vec<Weekday>,
         start: Time,
@@ -240,7 +243,10 @@ mod tests {
         // Sunday 2026-03-29 is the day Berlin moves to summer time (UTC+2).
         assert!(!window.covers(ms("2026-03-29T20:59:00Z")));
         assert!(window.covers(ms("2026-03-29T21:00:00Z")), "23:00 CEST");
-        assert!(window.covers(ms("2026-03-29T23:59:00Z")), "Monday 01:59 still in it");
+        assert!(
+            window.covers(ms("2026-03-29T23:59:00Z")),
+            "Monday 01:59 still in it"
+        );
         assert!(!window.covers(ms("2026-03-30T00:00:00Z")));
         // A winter Sunday: 23:00 CET is 22:00 UTC.
         assert!(!window.covers(ms("2026-01-04T21:59:00Z")));

@@ -213,8 +213,9 @@ mod tests {
             "cpu_high core 3 at 93.2% (> 0.8) {{x}} cpu=\"3\""
         );
         let json = Template::parse("{\"text\": \"{{labels.cpu|json}}\"}").unwrap();
-        let quoting: BTreeMap<String, String> =
-            [("cpu".to_string(), "a\"b\n".to_string())].into_iter().collect();
+        let quoting: BTreeMap<String, String> = [("cpu".to_string(), "a\"b\n".to_string())]
+            .into_iter()
+            .collect();
         let rendered = json.render(&Context {
             labels: &quoting,
             ..context.clone()
@@ -227,7 +228,9 @@ mod tests {
     fn mistakes_are_load_errors() {
         assert!(Template::parse("{{valeu}}").unwrap_err().contains("valeu"));
         assert!(Template::parse("{{value").unwrap_err().contains("unclosed"));
-        assert!(Template::parse("{{value|pct}}").unwrap_err().contains("pct"));
+        assert!(Template::parse("{{value|pct}}")
+            .unwrap_err()
+            .contains("pct"));
         assert!(Template::parse("{{labels.}}").is_err());
     }
 

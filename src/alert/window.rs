@@ -16,11 +16,20 @@ struct Tracked {
     keep_ms: i64,
 }
 
-/// Which tracked series each rule reads: its `select` side and its `divide_by` side.
+/// Which tracked series each rule reads: its `select`, `divide_by` and `when` sides.
 #[derive(Debug, Default, Clone)]
 struct RuleSeries {
     select: Vec<usize>,
     divide_by: Vec<usize>,
+    when: Vec<usize>,
+}
+
+/// The selectors of one rule's three sides, with the longest window each needs.
+#[derive(Debug)]
+struct RuleSides {
+    select: (outpost_storage::Selector, i64),
+    divide_by: Option<(outpost_storage::Selector, i64)>,
+    when: Option<(outpost_storage::Selector, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -29,7 +38,7 @@ pub struct Windows {
     /// Every key seen, and its tracked index if some rule selects it.
     index: HashMap<SeriesKey, Option<usize>>,
     per_rule: Vec<RuleSeries>,
-    rules: Vec<(outpost_storage::Selector, Option<outpost_storage::Selector>, i64)>,
+    rules: Vec<RuleSides>,
 }
 
 /// One alert instance's evaluation: its labels (the series' without the metric name), its
@@ -40,6 +49,8 @@ pub struct Evaluation {
     pub value: Option<f64>,
     /// For `absent` rules: whether the series has no sample in the window.
     pub absent: bool,
+    /// Whether the rule's `when` condition holds for it (true without one).
+    pub gate: bool,
 }
 
 impl Windows {
@@ -48,12 +59,16 @@ impl Windows {
             per_rule: vec![RuleSeries::default(); rules.len()],
             rules: rules
                 .iter()
-                .map(|r| {
-                    (
-                        r.select.clone(),
-                        r.divide_by.as_ref().map(|(s, _)| s.clone()),
-                        r.window_ms,
-                    )
+                .map(|r| RuleSides {
+                    select: (r.select.clone(), r.window_ms),
+                    divide_by: r
+                        .divide_by
+                        .as_ref()
+                        .map(|(s, _)| (s.select.clone(), s.window_ms)),
+                    when: r
+                        .when
+                        .as_ref()
+                        .map(|w| (w.side.select.clone(), w.side.window_ms)),
                 })
                 .collect(),
             ..Windows::default()
@@ -62,7 +77,18 @@ impl Windows {
 
     /// The longest window any rule reads, to backfill from the store at start.
     pub fn longest_window_ms(&self) -> i64 {
-        self.rules.iter().map(|r| r.2).max().unwrap_or(0)
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                [
+                    Some(r.select.1),
+                    r.divide_by.as_ref().map(|d| d.1),
+                    r.when.as_ref().map(|w| w.1),
+                ]
+            })
+            .flatten()
+            .max()
+            .unwrap_or(0)
     }
 
     /// Takes one sample. Cheap for series no rule selects: one hash lookup.
@@ -91,7 +117,10 @@ impl Windows {
         }
         let newest = tracked.samples.back().expect("not empty").0;
         while tracked.samples.len() > 1
-            && tracked.samples.front().is_some_and(|s| s.0 <= newest - tracked.keep_ms)
+            && tracked
+                .samples
+                .front()
+                .is_some_and(|s| s.0 <= newest - tracked.keep_ms)
         {
             tracked.samples.pop_front();
         }
@@ -100,12 +129,21 @@ impl Windows {
     fn track(&mut self, key: &SeriesKey) -> Option<usize> {
         let mut keep_ms = 0;
         let mut sides = Vec::new();
-        for (r, (select, divide_by, window)) in self.rules.iter().enumerate() {
-            let in_select = select.matches(key);
-            let in_divide = divide_by.as_ref().is_some_and(|d| d.matches(key));
-            if in_select || in_divide {
-                keep_ms = keep_ms.max(*window);
-                sides.push((r, in_select, in_divide));
+        for (r, rule) in self.rules.iter().enumerate() {
+            let in_select = rule.select.0.matches(key);
+            let in_divide = rule.divide_by.as_ref().is_some_and(|d| d.0.matches(key));
+            let in_when = rule.when.as_ref().is_some_and(|w| w.0.matches(key));
+            if in_select {
+                keep_ms = keep_ms.max(rule.select.1);
+            }
+            if in_divide {
+                keep_ms = keep_ms.max(rule.divide_by.as_ref().map_or(0, |d| d.1));
+            }
+            if in_when {
+                keep_ms = keep_ms.max(rule.when.as_ref().map_or(0, |w| w.1));
+            }
+            if in_select || in_divide || in_when {
+                sides.push((r, in_select, in_divide, in_when));
             }
         }
         let slot = if sides.is_empty() {
@@ -117,12 +155,15 @@ impl Windows {
                 samples: VecDeque::new(),
                 keep_ms,
             });
-            for (r, in_select, in_divide) in sides {
+            for (r, in_select, in_divide, in_when) in sides {
                 if in_select {
                     self.per_rule[r].select.push(i);
                 }
                 if in_divide {
                     self.per_rule[r].divide_by.push(i);
+                }
+                if in_when {
+                    self.per_rule[r].when.push(i);
                 }
             }
             Some(i)
@@ -152,9 +193,10 @@ impl Windows {
                     labels: labels_of(&tracked.key),
                     value: Some((now_ms - last.unwrap_or(running_since_ms)) as f64 / 1000.0),
                     absent: seen_at <= from,
+                    gate: true,
                 });
             }
-            if out.is_empty() {
+            if out.is_empty() && rule.fire_if_never_seen {
                 // Nothing ever matched: one alert with the labels the selector pins.
                 let labels = rule
                     .select
@@ -166,52 +208,77 @@ impl Windows {
                     labels,
                     value: Some((now_ms - running_since_ms) as f64 / 1000.0),
                     absent: running_since_ms <= from,
+                    gate: true,
                 });
             }
             return out;
         }
-        let reduce = |i: usize| {
+        let reduce_side = |i: usize, reducer: Reducer, window_ms: i64| {
             let samples = &self.tracked[i].samples;
-            let start = samples.partition_point(|s| s.0 <= from);
+            let start = samples.partition_point(|s| s.0 <= now_ms - window_ms);
             let end = samples.partition_point(|s| s.0 <= now_ms);
-            reduce(rule.reduce, samples.range(start..end))
+            reduce(reducer, samples.range(start..end))
         };
-        let Some((_, on)) = &rule.divide_by else {
-            return sides
-                .select
-                .iter()
-                .map(|&i| Evaluation {
-                    labels: labels_of(&self.tracked[i].key),
-                    value: reduce(i),
-                    absent: false,
-                })
-                .collect();
-        };
-        let join_key = |key: &SeriesKey| -> Vec<(String, String)> {
+        let join_key = |key: &SeriesKey, on: &Option<Vec<String>>| -> Vec<(String, String)> {
             key.labels()
                 .iter()
                 .filter(|(l, _)| on.as_ref().is_none_or(|on| on.iter().any(|o| o == l)))
                 .cloned()
                 .collect()
         };
-        let denominators: HashMap<Vec<(String, String)>, Option<f64>> = sides
-            .divide_by
-            .iter()
-            .map(|&i| (join_key(&self.tracked[i].key), reduce(i)))
-            .collect();
+        let denominators: Option<(
+            HashMap<Vec<(String, String)>, Option<f64>>,
+            &Option<Vec<String>>,
+        )> = rule.divide_by.as_ref().map(|(side, on)| {
+            let values = sides
+                .divide_by
+                .iter()
+                .map(|&i| {
+                    (
+                        join_key(&self.tracked[i].key, on),
+                        reduce_side(i, side.reduce, side.window_ms),
+                    )
+                })
+                .collect();
+            (values, on)
+        });
+        let gates: Option<(HashMap<Vec<(String, String)>, bool>, &Option<Vec<String>>)> =
+            rule.when.as_ref().map(|gate| {
+                let values = sides
+                    .when
+                    .iter()
+                    .map(|&i| {
+                        let holds = reduce_side(i, gate.side.reduce, gate.side.window_ms)
+                            .is_some_and(|v| gate.op.holds(v, gate.threshold));
+                        (join_key(&self.tracked[i].key, &gate.on), holds)
+                    })
+                    .collect();
+                (values, &gate.on)
+            });
         sides
             .select
             .iter()
             .map(|&i| {
                 let key = &self.tracked[i].key;
-                let value = match (reduce(i), denominators.get(&join_key(key)).copied().flatten()) {
-                    (Some(n), Some(d)) if d != 0.0 => Some(n / d),
-                    _ => None,
+                let own = reduce_side(i, rule.reduce, rule.window_ms);
+                let value = match &denominators {
+                    None => own,
+                    Some((values, on)) => {
+                        match (own, values.get(&join_key(key, on)).copied().flatten()) {
+                            (Some(n), Some(d)) if d != 0.0 => Some(n / d),
+                            _ => None,
+                        }
+                    }
+                };
+                let gate = match &gates {
+                    None => true,
+                    Some((values, on)) => values.get(&join_key(key, on)).copied().unwrap_or(false),
                 };
                 Evaluation {
                     labels: labels_of(key),
                     value,
                     absent: false,
+                    gate,
                 }
             })
             .collect()
@@ -321,7 +388,11 @@ window = "5s"
         let mut w = Windows::new(&rules);
         for t in 0..15 {
             let ts = t * 1000;
-            w.observe(&key(r#"cpu{core="0"}"#), ts, if t >= 10 { 1.0 } else { 0.0 });
+            w.observe(
+                &key(r#"cpu{core="0"}"#),
+                ts,
+                if t >= 10 { 1.0 } else { 0.0 },
+            );
             w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
             w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
             w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
@@ -333,10 +404,18 @@ window = "5s"
             }
         }
         let cpu_earlier = w.evaluate(0, &rules[0], 14_000, 0);
-        assert_eq!(cpu_earlier[0].value, Some(0.5), "(4s, 14s]: five of ten at 1.0");
+        assert_eq!(
+            cpu_earlier[0].value,
+            Some(0.5),
+            "(4s, 14s]: five of ten at 1.0"
+        );
         for t in 15..20 {
             let ts = t * 1000;
-            w.observe(&key(r#"cpu{core="0"}"#), ts, if t >= 10 { 1.0 } else { 0.0 });
+            w.observe(
+                &key(r#"cpu{core="0"}"#),
+                ts,
+                if t >= 10 { 1.0 } else { 0.0 },
+            );
             w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
             w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
             w.observe(&key(r#"used{host="a"}"#), ts, 95.0);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -104,27 +104,63 @@ pub async fn get(
     insecure: bool,
     max_body: usize,
 ) -> Result<Response> {
-    tokio::time::timeout(timeout, get_inner(target, insecure, max_body))
+    let accept = [(
+        "accept".to_string(),
+        "text/plain;version=0.0.4;q=1,*/*;q=0.1".to_string(),
+    )];
+    let request = Request {
+        method: "GET",
+        headers: &accept,
+        body: Bytes::new(),
+    };
+    tokio::time::timeout(timeout, send_inner(target, request, insecure, max_body))
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
 }
 
-async fn get_inner(target: &Target, insecure: bool, max_body: usize) -> Result<Response> {
+/// What [`send`] sends.
+pub struct Request<'a> {
+    pub method: &'static str,
+    pub headers: &'a [(String, String)],
+    pub body: Bytes,
+}
+
+/// Sends `request` to `target`, reading at most `max_body` bytes of the answer, all within
+/// `timeout` (webhooks POST through this).
+pub async fn send(
+    target: &Target,
+    request: Request<'_>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response> {
+    tokio::time::timeout(timeout, send_inner(target, request, false, max_body))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
+}
+
+async fn send_inner(
+    target: &Target,
+    request: Request<'_>,
+    insecure: bool,
+    max_body: usize,
+) -> Result<Response> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
     tcp.set_nodelay(true).ok();
-    let request = hyper::Request::get(&target.path)
+    let mut builder = hyper::Request::builder()
+        .method(request.method)
+        .uri(&target.path)
         .header(hyper::header::HOST, target.authority())
         .header(
             hyper::header::USER_AGENT,
             concat!("outpost/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(
-            hyper::header::ACCEPT,
-            "text/plain;version=0.0.4;q=1,*/*;q=0.1",
-        )
-        .body(Empty::<Bytes>::new())
+        );
+    for (name, value) in request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let request = builder
+        .body(Full::new(request.body))
         .context("building the request")?;
     if target.tls {
         let name = ServerName::try_from(target.host.clone())
@@ -159,7 +195,7 @@ async fn get_inner(target: &Target, insecure: bool, max_body: usize) -> Result<R
 
 async fn exchange<S>(
     stream: S,
-    request: hyper::Request<Empty<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
     max_body: usize,
 ) -> Result<(u16, Bytes)>
 where

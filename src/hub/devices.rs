@@ -125,7 +125,7 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
                     key: key.to_hex(),
                     password_sha256: sha256_hex(&password),
                     revoked: false,
-                    added_ms: crate::timearg::now_ms(),
+                    added_ms: outpost::timearg::now_ms(),
                 },
             );
             devices.save(devices_file)?;

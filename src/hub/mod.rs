@@ -518,7 +518,7 @@ fn http_router(state: Arc<HttpState>) -> axum::Router {
     use axum::response::IntoResponse;
     use axum::routing::get;
     async fn devices(State(state): State<Arc<HttpState>>) -> axum::response::Response {
-        let now = crate::timearg::now_ms();
+        let now = outpost::timearg::now_ms();
         let registry = state.registry.lock().expect("registry lock");
         axum::Json(registry.to_json(now, state.offline_after)).into_response()
     }
@@ -531,7 +531,7 @@ fn http_router(state: Arc<HttpState>) -> axum::Router {
         .into_response()
     }
     async fn metrics(State(state): State<Arc<HttpState>>) -> axum::response::Response {
-        let now = crate::timearg::now_ms();
+        let now = outpost::timearg::now_ms();
         let text = state
             .registry
             .lock()

@@ -92,7 +92,7 @@ impl Registry {
     }
 
     fn record(&mut self, device: &str) -> &mut DeviceRecord {
-        let now = crate::timearg::now_ms();
+        let now = outpost::timearg::now_ms();
         self.changed = true;
         let record = self
             .devices
@@ -106,7 +106,7 @@ impl Registry {
     }
 
     pub fn batch(&mut self, device: &str, header: &BatchHeader, status: &AckStatus) {
-        let now = crate::timearg::now_ms();
+        let now = outpost::timearg::now_ms();
         let record = self.record(device);
         record.batches += 1;
         record.epoch = header.epoch;

@@ -700,8 +700,7 @@ impl Store {
         {
             let db = read(&self.shared.db);
             let txn = db.begin_read()?;
-            let definition: TableDefinition<&str, &[u8]> =
-                TableDefinition::new(table.table_name());
+            let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
             match txn.open_table(definition) {
                 Ok(t) => {
                     for entry in t.range(prefix..)? {

@@ -34,6 +34,63 @@ pub struct UplinkConfig {
     pub agent_version: String,
 }
 
+/// One message another part of the agent wants published on its behalf (the alert engine's
+/// topics), QoS 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// The sender's name for it, given back in [`Mailbox::delivered`].
+    pub id: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// A durable queue of messages the uplink publishes over its connection, in order, and reports
+/// back once the broker has acknowledged each (PUBACK). Messages still unacknowledged when the
+/// connection drops are sent again on the next one.
+pub trait Mailbox: Send + Sync {
+    /// Queued messages not yet handed to this connection's client, oldest first, at most `max`.
+    fn pending(&self, max: usize) -> Vec<Mail>;
+    /// The client took `id`; it is not offered again unless [`Mailbox::reconnected`] says so.
+    fn handed(&self, id: &str);
+    /// The broker acknowledged `id`.
+    fn delivered(&self, id: &str);
+    /// A new connection: what was handed but never acknowledged may be offered again, and these
+    /// messages (the current retained state) are published after the queued ones.
+    fn reconnected(&self) -> Vec<Mail>;
+    /// Woken when new messages are queued.
+    fn wake(&self) -> Arc<tokio::sync::Notify>;
+}
+
+/// Matches the broker's PUBACKs to what was published: the client numbers QoS 1 publishes in
+/// the order it takes them, and resends unacknowledged ones under their old number.
+#[derive(Debug, Default)]
+struct PublishTracker {
+    /// Publishes handed to the client and not yet numbered: `Some(id)` for mail.
+    requested: std::collections::VecDeque<Option<String>>,
+    in_flight: std::collections::HashMap<u16, Option<String>>,
+}
+
+impl PublishTracker {
+    fn requested(&mut self, mail: Option<String>) {
+        self.requested.push_back(mail);
+    }
+
+    fn numbered(&mut self, pkid: u16) {
+        if pkid == 0 || self.in_flight.contains_key(&pkid) {
+            // QoS 0, or a resend of a publish already numbered.
+            return;
+        }
+        if let Some(tag) = self.requested.pop_front() {
+            self.in_flight.insert(pkid, tag);
+        }
+    }
+
+    fn acknowledged(&mut self, pkid: u16) -> Option<String> {
+        self.in_flight.remove(&pkid).flatten()
+    }
+}
+
 /// What the uplink shows in the agent's self-metrics and health.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkState {
@@ -75,6 +132,7 @@ pub async fn run(
     meta: Meta,
     state: Arc<Mutex<UplinkState>>,
     clocks: (WallClock, UptimeClock),
+    mailbox: Option<Arc<dyn Mailbox>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), outpost_storage::Error> {
     let (wall, uptime) = clocks;
@@ -118,8 +176,49 @@ pub async fn run(
     let mut allowance: f64 = config.bandwidth.map_or(f64::INFINITY, |b| b as f64);
     let mut refilled = Instant::now();
     let mut last_logged_error = String::new();
+    let mut tracker = PublishTracker::default();
+    let mail_wake = mailbox.as_ref().map(|m| m.wake());
+    // Publishes the mailbox's queued messages the client can take now.
+    let send_mail = |client: &AsyncClient, tracker: &mut PublishTracker| {
+        let Some(mailbox) = &mailbox else { return };
+        for mail in mailbox.pending(32) {
+            if client
+                .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, mail.payload)
+                .is_err()
+            {
+                break;
+            }
+            mailbox.handed(&mail.id);
+            tracker.requested(Some(mail.id));
+        }
+    };
+    let publish = |client: &AsyncClient,
+                   tracker: &mut PublishTracker,
+                   topic: &str,
+                   retain: bool,
+                   payload: Vec<u8>|
+     -> bool {
+        let ok = client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_ok();
+        if ok {
+            tracker.requested(None);
+        }
+        ok
+    };
     loop {
         tokio::select! {
+            // The mailbox wakes with `notify_one`, whose permit waits for this future.
+            _ = async {
+                match &mail_wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if connected {
+                    send_mail(&client, &mut tracker);
+                }
+            }
             _ = shutdown.changed() => {
                 if connected {
                     let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Offline, wall()));
@@ -143,16 +242,29 @@ pub async fn run(
                     tracing::info!(host = %config.host, port = config.port, "connected to the MQTT broker");
                     let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
                     let _ = client.try_subscribe(&cmd_topic, QoS::AtLeastOnce);
-                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Online, wall()));
+                    publish(&client, &mut tracker, &config.topics.topic(Kind::Status), true, status(&config, State::Online, wall()));
                     let meta_json = serde_json::to_string(&meta).expect("meta serializes");
-                    let _ = client.try_publish(config.topics.topic(Kind::Meta), QoS::AtLeastOnce, true, crate::sign_json(&meta_json, &config.key).into_bytes());
+                    publish(&client, &mut tracker, &config.topics.topic(Kind::Meta), true, crate::sign_json(&meta_json, &config.key).into_bytes());
+                    if let Some(mailbox) = &mailbox {
+                        let refresh = mailbox.reconnected();
+                        send_mail(&client, &mut tracker);
+                        for mail in refresh {
+                            publish(&client, &mut tracker, &mail.topic, mail.retain, mail.payload);
+                        }
+                    }
                     for (_, payload) in outbox.all_unacked() {
-                        let _ = client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec());
+                        publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
                     }
                     let mut s = state.lock().expect("uplink state");
                     s.connected = true;
                     s.connects += 1;
                     s.last_error = None;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => tracker.numbered(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let (Some(id), Some(mailbox)) = (tracker.acknowledged(ack.pkid), &mailbox) {
+                        mailbox.delivered(&id);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if publish.topic == ack_topic {
@@ -204,15 +316,17 @@ pub async fn run(
                     refilled = Instant::now();
                     allowance = (allowance + elapsed * rate as f64).min(rate as f64 * config.batch_interval.as_secs_f64().max(1.0));
                 }
+                // Alerts first: they are small and matter more than metrics on a capped link.
+                send_mail(&client, &mut tracker);
                 for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout) {
                     allowance -= payload.len() as f64;
-                    let _ = client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec());
+                    publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
                 }
                 while allowance > 0.0 {
                     match outbox.next_batch(&store, wall(), uptime())? {
                         Some((_, payload)) => {
                             allowance -= payload.len() as f64;
-                            if client.try_publish(&batch_topic, QoS::AtLeastOnce, false, payload.to_vec()).is_err() {
+                            if !publish(&client, &mut tracker, &batch_topic, false, payload.to_vec()) {
                                 break;
                             }
                         }

@@ -431,7 +431,10 @@ fn state_lists_merge_the_head_over_sealed_entries_by_prefix() {
         }
         store.write(batch).unwrap();
     };
-    put(&[("q/2", "b"), ("q/1", "a"), ("r/1", "other"), ("q/3", "c")], &[]);
+    put(
+        &[("q/2", "b"), ("q/1", "a"), ("r/1", "other"), ("q/3", "c")],
+        &[],
+    );
     store.seal().unwrap();
     // After the seal: one overwritten, one deleted, one added, all still in the head.
     put(&[("q/2", "B"), ("q/4", "d")], &["q/1"]);

@@ -1,0 +1,494 @@
+//! The agent's side of the alert engine: builds it from `[alerts]`, feeds it every sample the
+//! sink stores, evaluates it every `interval`, makes each evaluation's writes durable before
+//! anything is delivered, applies the hub's silence commands, and serves `/api/alerts` and
+//! `/api/silences`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use outpost_storage::{StateTable, Store, WriteBatch};
+use tokio::task::JoinSet;
+
+use super::config::AlertsSection;
+use crate::agent::notify::{self, AlertMailbox, Sender, Stats};
+use outpost::alert::engine::{Channel, Engine, EngineOptions};
+use outpost::alert::schedule::Silence;
+use outpost::timearg::now_ms;
+
+/// The last hub command applied, so that a recorded one cannot be replayed.
+const LAST_COMMAND_KEY: &str = "~last_command_id";
+
+/// What the HTTP handlers, the self-metrics and the uplink share.
+pub struct AlertShared {
+    pub engine: Arc<Mutex<Engine>>,
+    pub mailbox: Option<Arc<AlertMailbox>>,
+    wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    pub stats: Stats,
+    pub last_evaluation: Mutex<std::time::Duration>,
+    store: Arc<Store>,
+}
+
+/// The engine and its delivery tasks, owned by the agent's main loop.
+pub struct AlertRuntime {
+    pub shared: Arc<AlertShared>,
+    channels: JoinSet<()>,
+    device: String,
+}
+
+impl AlertRuntime {
+    /// `mqtt_base` is the device's topic prefix when the agent has an MQTT connection.
+    pub fn start(
+        section: &AlertsSection,
+        store: Arc<Store>,
+        device: String,
+        mqtt_base: Option<String>,
+    ) -> Result<AlertRuntime> {
+        let now = now_ms();
+        let rules = crate::rules_cmd::load_rules(section)?;
+        let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
+        silences.load(&store)?;
+        let senders = senders(section);
+        let options = EngineOptions {
+            device: device.clone(),
+            mqtt_base: mqtt_base.clone(),
+            channels: senders.iter().map(|s| s.name().to_string()).collect(),
+            max_queued: section.max_queued,
+        };
+        let mut engine = Engine::open(&store, rules, options, silences, now)
+            .context("loading the alert state")?;
+        engine
+            .backfill(&store, now)
+            .context("reading recent samples")?;
+        tracing::info!(
+            rules = engine.rules().len(),
+            channels = senders.len(),
+            mqtt = mqtt_base.is_some(),
+            "alert engine on"
+        );
+        let engine = Arc::new(Mutex::new(engine));
+        let stats: Stats = Default::default();
+        let mailbox = mqtt_base
+            .is_some()
+            .then(|| AlertMailbox::new(store.clone(), engine.clone(), stats.clone()));
+        let mut runtime = AlertRuntime {
+            shared: Arc::new(AlertShared {
+                engine,
+                mailbox,
+                wakers: Mutex::new(HashMap::new()),
+                stats,
+                last_evaluation: Mutex::new(std::time::Duration::ZERO),
+                store,
+            }),
+            channels: JoinSet::new(),
+            device,
+        };
+        runtime.start_channels(senders);
+        Ok(runtime)
+    }
+
+    fn start_channels(&mut self, senders: Vec<Sender>) {
+        let shared = &self.shared;
+        let mut wakers = shared.wakers.lock().expect("wakers lock");
+        wakers.clear();
+        for sender in senders {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            wakers.insert(sender.name().to_string(), wake.clone());
+            self.channels.spawn(notify::run_channel(
+                sender,
+                shared.store.clone(),
+                shared.engine.clone(),
+                wake,
+                shared.stats.clone(),
+            ));
+        }
+    }
+
+    /// Rebuilds the engine and the channels from a reloaded config (SIGHUP).
+    pub async fn reload(&mut self, section: &AlertsSection) -> Result<()> {
+        let now = now_ms();
+        let rules = crate::rules_cmd::load_rules(section)?;
+        let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
+        silences.load(&self.shared.store)?;
+        let senders = senders(section);
+        let shared = self.shared.clone();
+        let mqtt_base = shared
+            .engine
+            .lock()
+            .expect("engine lock")
+            .options()
+            .mqtt_base
+            .clone();
+        let options = EngineOptions {
+            device: self.device.clone(),
+            mqtt_base,
+            channels: senders.iter().map(|s| s.name().to_string()).collect(),
+            max_queued: section.max_queued,
+        };
+        let mut engine = Engine::open(&shared.store, rules, options, silences, now)?;
+        engine.backfill(&shared.store, now)?;
+        self.channels.shutdown().await;
+        *shared.engine.lock().expect("engine lock") = engine;
+        self.start_channels(senders);
+        shared.wake_all();
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) {
+        self.channels.shutdown().await;
+    }
+}
+
+impl AlertShared {
+    fn wake_all(&self) {
+        for wake in self.wakers.lock().expect("wakers lock").values() {
+            wake.notify_one();
+        }
+        if let Some(mailbox) = &self.mailbox {
+            outpost_sync::uplink::Mailbox::wake(mailbox.as_ref()).notify_one();
+        }
+    }
+
+    /// One evaluation: transitions and queue entries are durable before anyone is woken to
+    /// deliver them, so that a crash right after a publish cannot make the next start publish
+    /// the same transition again.
+    pub async fn evaluate(&self, commands: Vec<outpost_sync::Command>) {
+        let started = Instant::now();
+        let now = now_ms();
+        let mut write = WriteBatch::default();
+        let outcome = {
+            let mut engine = self.engine.lock().expect("engine lock");
+            apply_commands(&mut engine, &self.store, commands, now, &mut write);
+            engine.silences.expire_ended(now, &mut write);
+            engine.evaluate(now, &mut write)
+        };
+        *self.last_evaluation.lock().expect("evaluation time lock") = started.elapsed();
+        if write.is_empty() {
+            return;
+        }
+        let durable = async {
+            self.store.write_async(write).await?;
+            self.store.sync_async().await
+        };
+        if let Err(error) = durable.await {
+            tracing::error!("storing alert state: {error}");
+            return;
+        }
+        for message in &outcome.transitions {
+            tracing::info!(rule = %message.rule, instance = %message.instance, state = message.state.as_str(), value = ?message.value, "alert");
+        }
+        for channel in outcome.woken {
+            match channel {
+                Channel::Mqtt => {
+                    if let Some(mailbox) = &self.mailbox {
+                        outpost_sync::uplink::Mailbox::wake(mailbox.as_ref()).notify_one();
+                    }
+                }
+                Channel::Named(name) => {
+                    if let Some(wake) = self.wakers.lock().expect("wakers lock").get(&name) {
+                        wake.notify_one();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn senders(section: &AlertsSection) -> Vec<Sender> {
+    section
+        .webhook
+        .iter()
+        .cloned()
+        .map(Sender::Webhook)
+        .chain(section.exec.iter().cloned().map(Sender::Exec))
+        .chain(section.email.iter().cloned().map(Sender::Email))
+        .collect()
+}
+
+/// Applies the hub's silence commands whose id is above the last one applied and that have not
+/// expired.
+fn apply_commands(
+    engine: &mut Engine,
+    store: &Store,
+    commands: Vec<outpost_sync::Command>,
+    now: i64,
+    write: &mut WriteBatch,
+) {
+    if commands.is_empty() {
+        return;
+    }
+    let mut last = store
+        .state_get(StateTable::AlertState, LAST_COMMAND_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes);
+    for command in commands {
+        if command.id <= last {
+            tracing::warn!(
+                id = command.id,
+                last,
+                "ignoring a replayed or reordered hub command"
+            );
+            continue;
+        }
+        last = command.id;
+        if command.expires_ms <= now {
+            tracing::warn!(id = command.id, "ignoring an expired hub command");
+            continue;
+        }
+        match command.action {
+            outpost_sync::Action::Silence(s) => {
+                let matchers: Vec<String> = s
+                    .matchers
+                    .iter()
+                    .map(|m| {
+                        let op = match m.op {
+                            outpost_sync::MatchOp::Equal => "=",
+                            outpost_sync::MatchOp::NotEqual => "!=",
+                            outpost_sync::MatchOp::Regex => "=~",
+                            outpost_sync::MatchOp::NotRegex => "!~",
+                        };
+                        format!(
+                            "{}{op}{}",
+                            m.label,
+                            serde_json::to_string(&m.value).expect("string")
+                        )
+                    })
+                    .collect();
+                let silence = Silence {
+                    id: s.id,
+                    matcher: format!("{{{}}}", matchers.join(",")),
+                    starts_ms: s.starts_ms,
+                    ends_ms: s.ends_ms,
+                    created_by: if s.created_by.is_empty() {
+                        "hub".into()
+                    } else {
+                        s.created_by
+                    },
+                    comment: s.comment,
+                };
+                if let Err(error) = engine.silences.add(silence, write) {
+                    tracing::warn!(id = command.id, "hub silence not applied: {error}");
+                }
+            }
+            outpost_sync::Action::Expire { silence_id } => {
+                engine.silences.expire(&silence_id, write);
+            }
+        }
+    }
+    write.put_state(
+        StateTable::AlertState,
+        LAST_COMMAND_KEY,
+        last.to_le_bytes().to_vec(),
+    );
+}
+
+// ---- HTTP ----------------------------------------------------------------------------------
+
+pub async fn list_alerts(State(runtime): State<Arc<AlertShared>>) -> Response {
+    let engine = runtime.engine.lock().expect("engine lock");
+    let alerts: Vec<&outpost::alert::engine::AlertRecord> = engine.alerts().collect();
+    Json(serde_json::json!({ "alerts": alerts })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+pub async fn history(
+    State(runtime): State<Arc<AlertShared>>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    match runtime.store.state_list(StateTable::AlertState, "h/") {
+        Ok(entries) => {
+            let events: Vec<serde_json::Value> = entries
+                .iter()
+                .rev()
+                .take(limit)
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .collect();
+            Json(serde_json::json!({ "events": events })).into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+pub async fn list_silences(State(runtime): State<Arc<AlertShared>>) -> Response {
+    let engine = runtime.engine.lock().expect("engine lock");
+    let now = now_ms();
+    let maintenance: Vec<serde_json::Value> = engine
+        .silences
+        .maintenance()
+        .iter()
+        .map(|m| serde_json::json!({ "name": m.name, "active": m.when.covers(now) }))
+        .collect();
+    Json(serde_json::json!({
+        "silences": engine.silences.list(),
+        "maintenance": maintenance,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    #[serde(rename = "match")]
+    matcher: String,
+    /// RFC 3339 or milliseconds; default now.
+    starts: Option<String>,
+    /// RFC 3339 or milliseconds; or give `duration`.
+    ends: Option<String>,
+    duration: Option<String>,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    created_by: String,
+}
+
+pub async fn add_silence(
+    State(runtime): State<Arc<AlertShared>>,
+    Json(new): Json<NewSilence>,
+) -> Response {
+    let now = now_ms();
+    let parsed = (|| -> Result<Silence> {
+        let starts_ms = match &new.starts {
+            Some(t) => outpost::timearg::parse_time(t, now).context("starts")?,
+            None => now,
+        };
+        let ends_ms = match (&new.ends, &new.duration) {
+            (Some(t), None) => outpost::timearg::parse_time(t, now).context("ends")?,
+            (None, Some(d)) => {
+                starts_ms + outpost::timearg::parse_duration_ms(d).context("duration")?
+            }
+            _ => anyhow::bail!("give ends or duration"),
+        };
+        let id = format!(
+            "api-{}",
+            crate::sysinfo_ids::random_bytes(6)?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        Ok(Silence {
+            id,
+            matcher: new.matcher.clone(),
+            starts_ms,
+            ends_ms,
+            created_by: if new.created_by.is_empty() {
+                "api".into()
+            } else {
+                new.created_by.clone()
+            },
+            comment: new.comment.clone(),
+        })
+    })();
+    let silence = match parsed {
+        Ok(s) => s,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error:#}\n")).into_response(),
+    };
+    let mut write = WriteBatch::default();
+    let added = runtime
+        .engine
+        .lock()
+        .expect("engine lock")
+        .silences
+        .add(silence.clone(), &mut write);
+    if let Err(error) = added {
+        return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+    }
+    if let Err(error) = async {
+        runtime.store.write_async(write).await?;
+        runtime.store.sync_async().await
+    }
+    .await
+    {
+        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    }
+    (StatusCode::CREATED, Json(silence)).into_response()
+}
+
+pub async fn delete_silence(
+    State(runtime): State<Arc<AlertShared>>,
+    Path(id): Path<String>,
+) -> Response {
+    let mut write = WriteBatch::default();
+    let existed = runtime
+        .engine
+        .lock()
+        .expect("engine lock")
+        .silences
+        .expire(&id, &mut write);
+    if !existed {
+        return (StatusCode::NOT_FOUND, format!("no silence {id:?}\n")).into_response();
+    }
+    match runtime.store.write_async(write).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// The engine's self-metrics, added to the agent's own round.
+pub fn self_metrics(runtime: &AlertShared, out: &mut crate::collect::Samples) {
+    let engine = runtime.engine.lock().expect("engine lock");
+    out.add("outpost_alert_rules", &[], engine.rules().len() as f64);
+    for state in ["pending", "firing"] {
+        let count = engine
+            .alerts()
+            .filter(|a| a.state.as_str() == state)
+            .count();
+        out.add("outpost_alerts", &[("state", state)], count as f64);
+    }
+    let dropped = engine.dropped_total();
+    let mut queued: Vec<(String, usize)> = Vec::new();
+    for (channel, _) in &dropped {
+        let name = match channel {
+            Channel::Mqtt => "mqtt".to_string(),
+            Channel::Named(n) => n.clone(),
+        };
+        queued.push((name, engine.queued(channel)));
+    }
+    drop(engine);
+    out.add(
+        "outpost_alert_evaluation_duration_seconds",
+        &[],
+        runtime
+            .last_evaluation
+            .lock()
+            .expect("evaluation time lock")
+            .as_secs_f64(),
+    );
+    let stats = runtime.stats.lock().expect("channel stats lock").clone();
+    for ((channel, dropped), (name, queued)) in dropped.iter().zip(&queued) {
+        let _ = channel;
+        let labels = [("channel", name.as_str())];
+        let s = stats.get(name).cloned().unwrap_or_default();
+        out.add(
+            "outpost_alert_notifications_queued",
+            &labels,
+            *queued as f64,
+        );
+        out.add(
+            "outpost_alert_notifications_delivered_total",
+            &labels,
+            s.delivered as f64,
+        );
+        out.add(
+            "outpost_alert_notifications_failed_total",
+            &labels,
+            s.failed as f64,
+        );
+        out.add(
+            "outpost_alert_notifications_dropped_total",
+            &labels,
+            *dropped as f64,
+        );
+    }
+}

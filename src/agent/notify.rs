@@ -1,0 +1,778 @@
+//! Delivery of the notification queue that the engine writes into the store: the MQTT topics
+//! through the agent's one MQTT connection, and one task per webhook, e-mail or exec channel.
+//! Each channel delivers its queue in order and removes an entry only once it is delivered (or
+//! refused for good), so an outage of days ends with everything sent, with its original times.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use outpost_storage::{StateTable, Store, WriteBatch};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::agent::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
+use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, State};
+use outpost::alert::template::{Context, Template};
+
+/// Per-channel counters for the agent's self-metrics.
+#[derive(Debug, Default, Clone)]
+pub struct ChannelStats {
+    pub delivered: u64,
+    pub failed: u64,
+    pub queued: usize,
+}
+
+pub type Stats = Arc<Mutex<HashMap<String, ChannelStats>>>;
+
+fn bump(stats: &Stats, channel: &str, f: impl FnOnce(&mut ChannelStats)) {
+    f(stats
+        .lock()
+        .expect("channel stats lock")
+        .entry(channel.to_string())
+        .or_default());
+}
+
+/// The engine's MQTT queue, as the uplink's [`outpost_sync::uplink::Mailbox`].
+pub struct AlertMailbox {
+    store: Arc<Store>,
+    engine: Arc<Mutex<Engine>>,
+    /// Queue keys handed to the MQTT client, and when.
+    handed: Mutex<HashMap<String, Instant>>,
+    wake: Arc<tokio::sync::Notify>,
+    stats: Stats,
+}
+
+impl AlertMailbox {
+    pub fn new(store: Arc<Store>, engine: Arc<Mutex<Engine>>, stats: Stats) -> Arc<Self> {
+        Arc::new(AlertMailbox {
+            store,
+            engine,
+            handed: Mutex::new(HashMap::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            stats,
+        })
+    }
+}
+
+/// A handed message still unacknowledged this long after a reconnect is offered again: the
+/// client normally resends it itself, this is for when it did not.
+const REOFFER_AFTER: Duration = Duration::from_secs(60);
+
+impl outpost_sync::uplink::Mailbox for AlertMailbox {
+    fn pending(&self, max: usize) -> Vec<outpost_sync::uplink::Mail> {
+        let entries = match self.store.state_list(StateTable::NotificationQueue, "m/") {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!("reading the alert queue: {error}");
+                return Vec::new();
+            }
+        };
+        let handed = self.handed.lock().expect("handed lock");
+        entries
+            .into_iter()
+            .filter(|(key, _)| !handed.contains_key(key))
+            .filter_map(|(key, value)| {
+                let mail: Mail = serde_json::from_slice(&value).ok()?;
+                Some(outpost_sync::uplink::Mail {
+                    id: key,
+                    topic: mail.topic,
+                    payload: mail.payload.into_bytes(),
+                    retain: mail.retain,
+                })
+            })
+            .take(max)
+            .collect()
+    }
+
+    fn handed(&self, id: &str) {
+        self.handed
+            .lock()
+            .expect("handed lock")
+            .insert(id.to_string(), Instant::now());
+    }
+
+    fn delivered(&self, id: &str) {
+        self.handed.lock().expect("handed lock").remove(id);
+        let mut write = WriteBatch::default();
+        write.delete_state(StateTable::NotificationQueue, id);
+        if let Err(error) = self.store.write(write) {
+            tracing::error!("removing a delivered alert message from the queue: {error}");
+            return;
+        }
+        let mut engine = self.engine.lock().expect("engine lock");
+        engine.dequeued(&Channel::Mqtt, id);
+        let queued = engine.queued(&Channel::Mqtt);
+        drop(engine);
+        bump(&self.stats, "mqtt", |s| {
+            s.delivered += 1;
+            s.queued = queued;
+        });
+    }
+
+    fn reconnected(&self) -> Vec<outpost_sync::uplink::Mail> {
+        let now = Instant::now();
+        self.handed
+            .lock()
+            .expect("handed lock")
+            .retain(|_, at| now.duration_since(*at) < REOFFER_AFTER);
+        self.engine
+            .lock()
+            .expect("engine lock")
+            .retained_now()
+            .into_iter()
+            .map(|mail| outpost_sync::uplink::Mail {
+                id: String::new(),
+                topic: mail.topic,
+                payload: mail.payload.into_bytes(),
+                retain: mail.retain,
+            })
+            .collect()
+    }
+
+    fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+}
+
+/// A configured channel other than MQTT.
+#[derive(Debug, Clone)]
+pub enum Sender {
+    Webhook(WebhookConfig),
+    Exec(ExecConfig),
+    Email(EmailConfig),
+}
+
+impl Sender {
+    pub fn name(&self) -> &str {
+        match self {
+            Sender::Webhook(c) => &c.name,
+            Sender::Exec(c) => &c.name,
+            Sender::Email(c) => &c.name,
+        }
+    }
+
+    fn wants(&self, message: &AlertMessage) -> bool {
+        let on = match self {
+            Sender::Webhook(c) => &c.on,
+            Sender::Exec(c) => &c.on,
+            Sender::Email(c) => &c.on,
+        };
+        match message.state {
+            State::Firing => on.contains(&NotifyOn::Firing),
+            State::Resolved => on.contains(&NotifyOn::Resolved),
+            _ => false,
+        }
+    }
+}
+
+/// How a delivery attempt ended.
+enum Attempt {
+    Delivered,
+    /// Worth trying again later (network down, server busy).
+    Retry(String),
+    /// Never going to work for this message (the server refused it); dropped and counted.
+    Refused(String),
+}
+
+/// Delivers channel `sender`'s queue, in order, until the task is dropped.
+pub async fn run_channel(
+    sender: Sender,
+    store: Arc<Store>,
+    engine: Arc<Mutex<Engine>>,
+    wake: Arc<tokio::sync::Notify>,
+    stats: Stats,
+) {
+    let name = sender.name().to_string();
+    let prefix = format!("n/{name}/");
+    let channel = Channel::Named(name.clone());
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let head = store
+            .state_list(StateTable::NotificationQueue, &prefix)
+            .map(|entries| entries.into_iter().next());
+        let (key, value) = match head {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                wake.notified().await;
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(channel = name, "reading the notification queue: {error}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let attempt = match serde_json::from_slice::<AlertMessage>(&value) {
+            Ok(message) if sender.wants(&message) => deliver(&sender, &message, &store, &key).await,
+            Ok(_) => Attempt::Delivered,
+            Err(error) => Attempt::Refused(format!("unreadable queue entry: {error}")),
+        };
+        match attempt {
+            Attempt::Retry(error) => {
+                tracing::warn!(
+                    channel = name,
+                    "notification not delivered: {error}; retrying in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+                continue;
+            }
+            Attempt::Refused(error) => {
+                tracing::error!(channel = name, "notification refused, dropped: {error}");
+                bump(&stats, &name, |s| s.failed += 1);
+            }
+            Attempt::Delivered => bump(&stats, &name, |s| s.delivered += 1),
+        }
+        backoff = Duration::from_secs(1);
+        let mut write = WriteBatch::default();
+        write.delete_state(StateTable::NotificationQueue, key.clone());
+        if let Err(error) = store.write(write) {
+            tracing::error!(channel = name, "removing a delivered notification: {error}");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        let mut engine = engine.lock().expect("engine lock");
+        engine.dequeued(&channel, &key);
+        let queued = engine.queued(&channel);
+        drop(engine);
+        bump(&stats, &name, |s| s.queued = queued);
+    }
+}
+
+async fn deliver(sender: &Sender, message: &AlertMessage, store: &Store, key: &str) -> Attempt {
+    match sender {
+        Sender::Webhook(config) => webhook(config, message).await,
+        Sender::Exec(config) => {
+            let result = exec(config, message).await;
+            // The outcome of a recovery action belongs to the alert's history.
+            let record = serde_json::json!({
+                "channel": config.name,
+                "rule": message.rule,
+                "instance": message.instance,
+                "event_seq": message.event_seq,
+                "state": message.state,
+                "at": outpost::alert::engine::rfc3339(outpost::timearg::now_ms()),
+                "exit_code": result.as_ref().ok().copied().flatten(),
+                "error": result.as_ref().err().map(|e| format!("{e:#}")),
+            });
+            let mut write = WriteBatch::default();
+            write.put_state(
+                StateTable::AlertState,
+                format!("x/{key}"),
+                record.to_string().into_bytes(),
+            );
+            if let Err(error) = store.write(write) {
+                tracing::error!("recording an exec result: {error}");
+            }
+            match result {
+                Ok(Some(0)) => Attempt::Delivered,
+                Ok(code) => Attempt::Refused(format!(
+                    "{:?} exited with {}",
+                    config.command[0],
+                    code.map_or("a signal".to_string(), |c| format!("status {c}"))
+                )),
+                Err(error) => Attempt::Refused(format!("{error:#}")),
+            }
+        }
+        Sender::Email(config) => match send_email(config, message).await {
+            Ok(()) => Attempt::Delivered,
+            Err(SmtpError::Permanent(e)) => Attempt::Refused(e),
+            Err(SmtpError::Transient(e)) => Attempt::Retry(e),
+        },
+    }
+}
+
+fn headline(message: &AlertMessage) -> String {
+    let what = match (message.state, message.reason) {
+        (State::Resolved, _) => "RESOLVED",
+        (_, outpost::alert::engine::Reason::Escalation) => "ESCALATED",
+        (_, outpost::alert::engine::Reason::Renotify) => "STILL FIRING",
+        _ => "FIRING",
+    };
+    format!(
+        "[{what}] {} on {} ({}): {}",
+        message.rule, message.device, message.severity, message.summary
+    )
+}
+
+/// The webhook's body for one message.
+pub fn webhook_body(config: &WebhookConfig, message: &AlertMessage) -> Result<String> {
+    let text = headline(message);
+    Ok(match config.format {
+        WebhookFormat::Json => serde_json::to_string(message)?,
+        WebhookFormat::Slack => serde_json::json!({ "text": text }).to_string(),
+        WebhookFormat::Discord => {
+            let content: String = text.chars().take(2000).collect();
+            serde_json::json!({ "content": content }).to_string()
+        }
+        WebhookFormat::Teams => {
+            let colour = match (message.state, message.severity) {
+                (State::Resolved, _) => "2eb886",
+                (_, outpost::alert::rules::Severity::Critical) => "d63333",
+                (_, outpost::alert::rules::Severity::Warning) => "e8a317",
+                _ => "439fe0",
+            };
+            serde_json::json!({
+                "@type": "MessageCard",
+                "@context": "https://schema.org/extensions",
+                "summary": text,
+                "themeColor": colour,
+                "title": text,
+                "text": message.description,
+            })
+            .to_string()
+        }
+        WebhookFormat::Template => {
+            let template = Template::parse(&config.template).map_err(anyhow::Error::msg)?;
+            let severity = message.severity.to_string();
+            template.render(&Context {
+                value: message.value,
+                threshold: message.threshold,
+                rule: &message.rule,
+                severity: &severity,
+                device: &message.device,
+                state: message.state.as_str(),
+                summary: &message.summary,
+                description: &message.description,
+                labels: &message.labels,
+            })
+        }
+    })
+}
+
+async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
+    let body = match webhook_body(config, message) {
+        Ok(body) => body,
+        Err(error) => return Attempt::Refused(format!("{error:#}")),
+    };
+    let target = match crate::collect::http::Target::parse(&config.url) {
+        Ok(target) => target,
+        Err(error) => return Attempt::Refused(format!("{error:#}")),
+    };
+    let mut headers: Vec<(String, String)> =
+        vec![("content-type".into(), "application/json".into())];
+    for (name, value) in &config.headers {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        headers.push((name.clone(), value.clone()));
+    }
+    let request = crate::collect::http::Request {
+        method: "POST",
+        headers: &headers,
+        body: body.into(),
+    };
+    match crate::collect::http::send(&target, request, config.timeout.0, 64 << 10).await {
+        Ok(response) if (200..300).contains(&response.status) => Attempt::Delivered,
+        // Rate limits and server trouble pass; other refusals will not.
+        Ok(response) if matches!(response.status, 408 | 429) || response.status >= 500 => {
+            Attempt::Retry(format!("{} answered {}", config.url, response.status))
+        }
+        Ok(response) => Attempt::Refused(format!(
+            "{} answered {}: {}",
+            config.url,
+            response.status,
+            String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        Err(error) => Attempt::Retry(format!("{error:#}")),
+    }
+}
+
+/// Runs the exec channel's command with the alert in its environment. `Ok(None)`: killed by a
+/// signal or the timeout.
+async fn exec(config: &ExecConfig, message: &AlertMessage) -> Result<Option<i32>> {
+    let mut command = tokio::process::Command::new(&config.command[0]);
+    command
+        .args(&config.command[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in exec_environment(message) {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", config.command[0]))?;
+    match tokio::time::timeout(config.timeout.0, child.wait()).await {
+        Ok(status) => Ok(status?.code()),
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!(
+                "{:?} still ran after {:?}: killed",
+                config.command[0],
+                config.timeout.0
+            )
+        }
+    }
+}
+
+/// The `OUTPOST_ALERT_*` variables an exec channel's command sees.
+pub fn exec_environment(message: &AlertMessage) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("OUTPOST_ALERT_RULE".to_string(), message.rule.clone()),
+        ("OUTPOST_ALERT_STATE".into(), message.state.as_str().into()),
+        (
+            "OUTPOST_ALERT_SEVERITY".into(),
+            message.severity.to_string(),
+        ),
+        (
+            "OUTPOST_ALERT_VALUE".into(),
+            message.value.map(|v| v.to_string()).unwrap_or_default(),
+        ),
+        (
+            "OUTPOST_ALERT_THRESHOLD".into(),
+            message.threshold.to_string(),
+        ),
+        ("OUTPOST_ALERT_SUMMARY".into(), message.summary.clone()),
+        ("OUTPOST_ALERT_DEVICE".into(), message.device.clone()),
+        (
+            "OUTPOST_ALERT_EVENT_SEQ".into(),
+            message.event_seq.to_string(),
+        ),
+        ("OUTPOST_ALERT_AT".into(), message.at.clone()),
+        (
+            "OUTPOST_ALERT_LABELS".into(),
+            serde_json::to_string(&message.labels).expect("labels serialize"),
+        ),
+        (
+            "OUTPOST_ALERT_JSON".into(),
+            serde_json::to_string(message).expect("message serializes"),
+        ),
+    ];
+    for (name, value) in &message.labels {
+        env.push((
+            format!("OUTPOST_ALERT_LABEL_{}", name.to_ascii_uppercase()),
+            value.clone(),
+        ));
+    }
+    env
+}
+
+/// Where an e-mail channel sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpServer {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtps://`: TLS from the first byte.
+    Tls,
+    /// `smtp://`: STARTTLS, required.
+    StartTls,
+    /// `smtp://` with `insecure_plaintext`: no TLS at all.
+    Plain,
+}
+
+impl SmtpServer {
+    pub fn parse(url: &str, insecure_plaintext: bool) -> Result<SmtpServer> {
+        let (security, rest, default_port) = if let Some(rest) = url.strip_prefix("smtps://") {
+            (SmtpSecurity::Tls, rest, 465)
+        } else if let Some(rest) = url.strip_prefix("smtp://") {
+            let security = if insecure_plaintext {
+                SmtpSecurity::Plain
+            } else {
+                SmtpSecurity::StartTls
+            };
+            (security, rest, 587)
+        } else {
+            bail!("{url:?}: use smtps://host:465 or smtp://host:587");
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .with_context(|| format!("{url:?}: bad port {port:?}"))?,
+            ),
+            None => (rest, default_port),
+        };
+        if host.is_empty() {
+            bail!("{url:?}: no host");
+        }
+        Ok(SmtpServer {
+            host: host.to_string(),
+            port,
+            security,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum SmtpError {
+    /// A 5xx answer: this message will never be accepted.
+    Permanent(String),
+    /// Connection trouble or a 4xx answer.
+    Transient(String),
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Smtp {
+    io: BufReader<Box<dyn Stream>>,
+}
+
+impl Smtp {
+    /// Reads one (possibly multi-line) reply.
+    async fn reply(&mut self) -> Result<(u16, String), SmtpError> {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self
+                .io
+                .read_line(&mut line)
+                .await
+                .map_err(|e| SmtpError::Transient(format!("reading from the server: {e}")))?;
+            if n == 0 {
+                return Err(SmtpError::Transient(
+                    "the server closed the connection".into(),
+                ));
+            }
+            if line.len() < 4 || line.len() > 1024 {
+                return Err(SmtpError::Transient(format!("not an SMTP reply: {line:?}")));
+            }
+            let code: u16 = line[..3]
+                .parse()
+                .map_err(|_| SmtpError::Transient(format!("not an SMTP reply: {line:?}")))?;
+            text.push_str(line[4..].trim_end());
+            text.push(' ');
+            if line.as_bytes()[3] != b'-' {
+                return Ok((code, text.trim_end().to_string()));
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), SmtpError> {
+        let stream = self.io.get_mut();
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| SmtpError::Transient(format!("writing to the server: {e}")))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| SmtpError::Transient(format!("writing to the server: {e}")))
+    }
+
+    /// Sends a command and checks the reply's class.
+    async fn command(&mut self, line: &str, expect: u16) -> Result<String, SmtpError> {
+        self.send(line).await?;
+        let (code, text) = self.reply().await?;
+        let shown = line.split_whitespace().next().unwrap_or("");
+        match code {
+            c if c / 100 == expect / 100 => Ok(text),
+            c if c >= 500 => Err(SmtpError::Permanent(format!("{shown}: {c} {text}"))),
+            c => Err(SmtpError::Transient(format!("{shown}: {c} {text}"))),
+        }
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The mail's text: headers and a dot-stuffed body, CRLF line ends, ending in `.`.
+pub fn email_data(config: &EmailConfig, message: &AlertMessage, date: &str) -> String {
+    let subject = headline(message).replace(['\r', '\n'], " ");
+    let mut body = format!(
+        "{}\n\n{}\n\nrule: {}\nstate: {}\nseverity: {}\nvalue: {}\nthreshold: {}\nlabels: {}\nstarted: {}\nat: {}\nevent: {}\n",
+        message.summary,
+        message.description,
+        message.rule,
+        message.state.as_str(),
+        message.severity,
+        message.value.map_or("none".into(), outpost::alert::template::format_number),
+        outpost::alert::template::format_number(message.threshold),
+        serde_json::to_string(&message.labels).expect("labels serialize"),
+        message.started_at.as_deref().unwrap_or("-"),
+        message.at,
+        message.event_seq,
+    );
+    body = body.replace("\r\n", "\n");
+    let mut data = String::new();
+    data.push_str(&format!("From: {}\r\n", config.from));
+    data.push_str(&format!("To: {}\r\n", config.to.join(", ")));
+    data.push_str(&format!("Subject: {subject}\r\n"));
+    data.push_str(&format!("Date: {date}\r\n"));
+    data.push_str(&format!(
+        "Message-ID: <outpost.{}.{}.{}@{}>\r\n",
+        message.device,
+        message.event_seq,
+        message.reason as u8,
+        config.from.rsplit('@').next().unwrap_or("localhost")
+    ));
+    data.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
+    for line in body.lines() {
+        if line.starts_with('.') {
+            data.push('.');
+        }
+        data.push_str(line);
+        data.push_str("\r\n");
+    }
+    data.push_str(".\r\n");
+    data
+}
+
+async fn send_email(config: &EmailConfig, message: &AlertMessage) -> Result<(), SmtpError> {
+    let transient = |e: anyhow::Error| SmtpError::Transient(format!("{e:#}"));
+    let server = SmtpServer::parse(&config.server, config.insecure_plaintext)
+        .map_err(|e| SmtpError::Permanent(format!("{e:#}")))?;
+    let password = if config.password_file.as_os_str().is_empty() {
+        String::new()
+    } else {
+        crate::sysinfo_ids::read_secret(&config.password_file, "SMTP password (password_file)")
+            .map_err(|e| SmtpError::Permanent(format!("{e:#}")))?
+    };
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((server.host.as_str(), server.port))
+            .await
+            .with_context(|| format!("connect to {}:{}", server.host, server.port))
+            .map_err(transient)?;
+        let stream: Box<dyn Stream> = if server.security == SmtpSecurity::Tls {
+            Box::new(
+                tls_connect(&server.host, &config.ca_file, tcp)
+                    .await
+                    .map_err(transient)?,
+            )
+        } else {
+            Box::new(tcp)
+        };
+        let mut smtp = Smtp {
+            io: BufReader::new(stream),
+        };
+        let (code, text) = smtp.reply().await?;
+        if code != 220 {
+            return Err(SmtpError::Transient(format!("greeting: {code} {text}")));
+        }
+        let mut features = smtp.command("EHLO outpost\r\n", 250).await?;
+        if server.security == SmtpSecurity::StartTls {
+            if !features.to_ascii_uppercase().contains("STARTTLS") {
+                return Err(SmtpError::Permanent(
+                    "the server does not offer STARTTLS (set insecure_plaintext only for a local relay)".into(),
+                ));
+            }
+            smtp.command("STARTTLS\r\n", 220).await?;
+            // Nothing may be buffered past the STARTTLS reply, or it was injected in clear.
+            if !smtp.io.buffer().is_empty() {
+                return Err(SmtpError::Permanent("data after STARTTLS reply".into()));
+            }
+            let plain = smtp.io.into_inner();
+            // Only a TcpStream is ever upgraded: the box holds one here.
+            let tls = tls_connect_boxed(&server.host, &config.ca_file, plain)
+                .await
+                .map_err(transient)?;
+            smtp = Smtp {
+                io: BufReader::new(Box::new(tls)),
+            };
+            features = smtp.command("EHLO outpost\r\n", 250).await?;
+        }
+        if !config.username.is_empty() {
+            if !features.to_ascii_uppercase().contains("AUTH") {
+                return Err(SmtpError::Permanent("the server offers no AUTH".into()));
+            }
+            let token = base64(format!("\0{}\0{}", config.username, password).as_bytes());
+            smtp.command(&format!("AUTH PLAIN {token}\r\n"), 235)
+                .await?;
+        }
+        smtp.command(&format!("MAIL FROM:<{}>\r\n", config.from), 250)
+            .await?;
+        for to in &config.to {
+            smtp.command(&format!("RCPT TO:<{to}>\r\n"), 250).await?;
+        }
+        smtp.command("DATA\r\n", 354).await?;
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        smtp.command(&email_data(config, message, &date), 250)
+            .await?;
+        let _ = smtp.send("QUIT\r\n").await;
+        Ok(())
+    };
+    match tokio::time::timeout(config.timeout.0, work).await {
+        Ok(result) => result,
+        Err(_) => Err(SmtpError::Transient(format!(
+            "no answer within {:?}",
+            config.timeout.0
+        ))),
+    }
+}
+
+async fn tls_connect<S>(
+    host: &str,
+    ca_file: &std::path::Path,
+    stream: S,
+) -> Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config =
+        crate::tls::client_config(ca_file, std::path::Path::new(""), std::path::Path::new(""))?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .context("TLS handshake")
+}
+
+async fn tls_connect_boxed(
+    host: &str,
+    ca_file: &std::path::Path,
+    stream: Box<dyn Stream>,
+) -> Result<tokio_rustls::client::TlsStream<Box<dyn Stream>>> {
+    tls_connect(host, ca_file, stream).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn smtp_urls() {
+        let s = SmtpServer::parse("smtps://mail.example.com", false).unwrap();
+        assert_eq!((s.port, s.security), (465, SmtpSecurity::Tls));
+        let s = SmtpServer::parse("smtp://127.0.0.1:2525", true).unwrap();
+        assert_eq!((s.port, s.security), (2525, SmtpSecurity::Plain));
+        assert_eq!(
+            SmtpServer::parse("smtp://x", false).unwrap().security,
+            SmtpSecurity::StartTls
+        );
+        assert!(SmtpServer::parse("http://x", false).is_err());
+        assert!(SmtpServer::parse("smtp://:25", false).is_err());
+    }
+}
