@@ -226,35 +226,32 @@ impl Windows {
                 .cloned()
                 .collect()
         };
-        let denominators: Option<(
-            HashMap<Vec<(String, String)>, Option<f64>>,
-            &Option<Vec<String>>,
-        )> = rule.divide_by.as_ref().map(|(side, on)| {
-            let values = sides
-                .divide_by
-                .iter()
-                .map(|&i| {
-                    (
-                        join_key(&self.tracked[i].key, on),
-                        reduce_side(i, side.reduce, side.window_ms),
-                    )
-                })
-                .collect();
-            (values, on)
-        });
-        let gates: Option<(HashMap<Vec<(String, String)>, bool>, &Option<Vec<String>>)> =
-            rule.when.as_ref().map(|gate| {
+        let denominators: Option<JoinedSide<'_, Option<f64>>> =
+            rule.divide_by.as_ref().map(|(side, on)| {
                 let values = sides
-                    .when
+                    .divide_by
                     .iter()
                     .map(|&i| {
-                        let holds = reduce_side(i, gate.side.reduce, gate.side.window_ms)
-                            .is_some_and(|v| gate.op.holds(v, gate.threshold));
-                        (join_key(&self.tracked[i].key, &gate.on), holds)
+                        (
+                            join_key(&self.tracked[i].key, on),
+                            reduce_side(i, side.reduce, side.window_ms),
+                        )
                     })
                     .collect();
-                (values, &gate.on)
+                (values, on)
             });
+        let gates: Option<JoinedSide<'_, bool>> = rule.when.as_ref().map(|gate| {
+            let values = sides
+                .when
+                .iter()
+                .map(|&i| {
+                    let holds = reduce_side(i, gate.side.reduce, gate.side.window_ms)
+                        .is_some_and(|v| gate.op.holds(v, gate.threshold));
+                    (join_key(&self.tracked[i].key, &gate.on), holds)
+                })
+                .collect();
+            (values, &gate.on)
+        });
         sides
             .select
             .iter()
@@ -284,6 +281,11 @@ impl Windows {
             .collect()
     }
 }
+
+/// Values by the labels that join one side of a rule to another.
+type Joined<T> = HashMap<Vec<(String, String)>, T>;
+/// A side's joined values and the labels it joins on.
+type JoinedSide<'a, T> = (Joined<T>, &'a Option<Vec<String>>);
 
 fn labels_of(key: &SeriesKey) -> BTreeMap<String, String> {
     key.labels().iter().cloned().collect()
