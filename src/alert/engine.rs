@@ -406,7 +406,7 @@ impl Engine {
         self.options
             .mqtt_base
             .as_ref()
-            .map(|base| format!("{base}/alert-events"))
+            .map(|base| format!("{base}/alerts/events"))
     }
 
     fn next_queue_key(&mut self, channel: &Channel) -> String {
@@ -924,7 +924,7 @@ summary = "{{labels.zone}} at {{value}}"
             })
             .collect();
         let state = "outpost/v1/lab/dev-1/alerts/hot/zone=gpu".to_string();
-        let events = "outpost/v1/lab/dev-1/alert-events".to_string();
+        let events = "outpost/v1/lab/dev-1/alerts/events".to_string();
         assert_eq!(
             topics,
             vec![

@@ -392,6 +392,9 @@ fn check_name(name: &str) -> Result<(), String> {
             "{name:?}: only letters, digits, '_' and '-' are allowed (it is an MQTT topic level)"
         ));
     }
+    if name == "events" {
+        return Err("\"events\" is reserved: alerts/events is the transitions topic".into());
+    }
     Ok(())
 }
 

@@ -522,6 +522,7 @@ interval = "200ms"
     let needs_hardware = |name: &str| {
         name.starts_with("nvml_") // an NVIDIA driver
             || name.starts_with("outpost_sync_") // [mqtt] on: the sync tests check these
+            || name.starts_with("outpost_alert_notifications_") // a channel: the alert tests
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name == "host_temperature_celsius" // hwmon sensors (absent in VMs)
             || name == "host_cpu_frequency_hertz" // cpufreq (absent in some VMs)

@@ -2,6 +2,7 @@
 //! workspace's boundaries.
 
 mod agent;
+mod alerts;
 mod boundaries;
 mod cli;
 mod sync;

@@ -595,10 +595,10 @@ fn fifty_connection_cuts_lose_and_duplicate_nothing() {
 
 /// Mosquitto with the committed config and ACL, on this test's port and paths, with logins for
 /// the hub (`hub-secret`) and every enrolled device; `extra` adds lines (TLS).
-struct Mosquitto(Child);
+pub struct Mosquitto(Child);
 
 impl Mosquitto {
-    fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
+    pub fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
         let mosquitto = std::env::var("OUTPOST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
         let root = crate::agent::root();
         let conf = std::fs::read_to_string(root.join("config/mosquitto.conf"))
@@ -622,7 +622,10 @@ impl Mosquitto {
         std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
         let passwd = dir.join("passwd");
         let devices = std::fs::read_to_string(dir.join("devices.toml")).unwrap_or_default();
-        let mut logins = vec![("outpost-hub".to_string(), "hub-secret".to_string())];
+        let mut logins = vec![
+            ("outpost-hub".to_string(), "hub-secret".to_string()),
+            ("outpost-alerts".to_string(), "alerts-secret".to_string()),
+        ];
         for id in ["dev-a", "dev-b", "dev-1"] {
             if devices.contains(&format!("[device.{id}]")) {
                 logins.push((id.to_string(), password(dir, id)));
@@ -653,6 +656,16 @@ impl Mosquitto {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
         Mosquitto(child)
+    }
+}
+
+impl Mosquitto {
+    /// SIGTERM, as a service manager stops it: Mosquitto saves its persistent sessions.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
     }
 }
 
