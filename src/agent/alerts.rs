@@ -353,10 +353,21 @@ pub struct NewSilence {
     created_by: String,
 }
 
+/// Takes the JSON whatever the request's content type says: `curl -d` sends form encoding.
 pub async fn add_silence(
     State(runtime): State<Arc<AlertShared>>,
-    Json(new): Json<NewSilence>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let new: NewSilence = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(error) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("a silence is JSON with match and duration (or ends): {error}\n"),
+            )
+                .into_response()
+        }
+    };
     let now = now_ms();
     let parsed = (|| -> Result<Silence> {
         let starts_ms = match &new.starts {

@@ -304,3 +304,301 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     agent.stop();
     drop(broker);
 }
+
+/// A webhook receiver: answers the first `failures` requests with 503, the rest with 200, and
+/// keeps every request's body.
+struct Receiver {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    fn start(failures: usize) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, r) = (bodies.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap_or(0);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = if n < failures {
+                    "503 Service Unavailable"
+                } else {
+                    b.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    "200 OK"
+                };
+                let _ = reader.get_mut().write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Receiver {
+            port,
+            bodies,
+            requests,
+        }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// Debian's aiosmtpd, with STARTTLS required, saving mail into a maildir.
+struct SmtpServer {
+    child: Child,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(dir: &Path, port: u16, cert: &Path, key: &Path) -> SmtpServer {
+        let python = std::env::var("OUTPOST_PYTHON").unwrap_or_else(|_| {
+            if Path::new("/usr/bin/python3").exists() {
+                "/usr/bin/python3".into()
+            } else {
+                "python3".into()
+            }
+        });
+        let maildir = dir.join("maildir");
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .arg("--tlscert")
+            .arg(cert)
+            .arg("--tlskey")
+            .arg(key)
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("smtp.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{python} -m aiosmtpd ({e}): install Debian's python3-aiosmtpd"));
+        wait_until("the SMTP server", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        SmtpServer { child, maildir }
+    }
+
+    /// The messages received, as text.
+    fn mail(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+                out.extend(files.iter().map(|f| std::fs::read_to_string(f).unwrap()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("smtp.pem"), dir.join("smtp.key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[test]
+fn webhooks_mail_commands_and_silences() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mqtt = enrol(dir.path(), "dev-1", port);
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let hook = Receiver::start(2);
+    let (cert, key) = self_signed(dir.path());
+    let smtp_port = free_port();
+    let smtp = SmtpServer::start(dir.path(), smtp_port, &cert, &key);
+    let exec_out = dir.path().join("exec.env");
+    let rules = ERRORS_RULE;
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let config = format!(
+        r#"{QUIET}{mqtt}
+[alerts]
+default_rules = false
+rules = ["{rules}"]
+interval = "200ms"
+[[alerts.webhook]]
+name = "chat"
+url = "http://127.0.0.1:{hook}/hooks/abc"
+format = "slack"
+[[alerts.email]]
+name = "mail"
+server = "smtp://localhost:{smtp_port}"
+from = "outpost@example.com"
+to = ["ops@example.com", "oncall@example.com"]
+ca_file = "{cert}"
+[[alerts.exec]]
+name = "fix"
+command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
+"#,
+        rules = dir.path().join("rules.toml").display(),
+        hook = hook.port,
+        cert = cert.display(),
+        exec = exec_out.display(),
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+
+    // Firing: the webhook after two 503s, the mail over STARTTLS, the command once.
+    push(&agent, "app_errors{job=\"cam/1\"} 5\n");
+    wait_until("the webhook", Duration::from_secs(30), || {
+        (hook.bodies().len() == 1).then_some(())
+    });
+    assert_eq!(hook.requests.load(std::sync::atomic::Ordering::SeqCst), 3, "two retries");
+    let slack: Value = serde_json::from_str(&hook.bodies()[0]).unwrap();
+    assert_eq!(
+        slack["text"],
+        "[FIRING] errors on dev-1 (critical): cam/1 has 5 errors"
+    );
+    wait_until("the mail", Duration::from_secs(30), || {
+        (smtp.mail().len() == 1).then_some(())
+    });
+    let mail = &smtp.mail()[0];
+    assert!(mail.contains("Subject: [FIRING] errors on dev-1 (critical): cam/1 has 5 errors"), "{mail}");
+    assert!(mail.contains("To: ops@example.com, oncall@example.com"), "{mail}");
+    assert!(mail.contains("rule: errors"), "{mail}");
+    wait_until("the command", Duration::from_secs(30), || {
+        std::fs::read_to_string(&exec_out).ok().filter(|t| t.contains("OUTPOST_ALERT_STATE"))
+    });
+    let env = std::fs::read_to_string(&exec_out).unwrap();
+    for line in [
+        "OUTPOST_ALERT_RULE=errors",
+        "OUTPOST_ALERT_STATE=firing",
+        "OUTPOST_ALERT_SEVERITY=critical",
+        "OUTPOST_ALERT_VALUE=5",
+        "OUTPOST_ALERT_LABEL_JOB=cam/1",
+        "OUTPOST_ALERT_DEVICE=dev-1",
+        "OUTPOST_ALERT_EVENT_SEQ=1",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing from\n{env}");
+    }
+    wait_until("the command's failure counted", Duration::from_secs(30), || {
+        agent
+            .metrics()
+            .contains("outpost_alert_notifications_failed_total{channel=\"fix\"} 1")
+            .then_some(())
+    });
+
+    // Resolved: webhook and mail hear of it; the command (firing only) does not run again.
+    std::fs::remove_file(&exec_out).unwrap();
+    push(&agent, "app_errors{job=\"cam/1\"} 0\n");
+    wait_until("the resolve", Duration::from_secs(30), || {
+        (hook.bodies().len() == 2 && smtp.mail().len() == 2).then_some(())
+    });
+    assert!(hook.bodies()[1].contains("[RESOLVED] errors on dev-1"));
+    assert!(!exec_out.exists(), "exec runs on firing only");
+
+    // A silence from the HTTP API: the alert fires, visibly silenced, and the channels wait
+    // until the silence is deleted.
+    let (status, body) = http(
+        agent.port,
+        "POST",
+        "/api/silences",
+        r#"{"match": "{alertname=\"errors\"}", "duration": "1h", "comment": "maintenance"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let silence: Value = serde_json::from_str(&body).unwrap();
+    push(&agent, "app_errors{job=\"cam/1\"} 6\n");
+    wait_until("the silenced firing", Duration::from_secs(20), || {
+        let (_, body) = http(agent.port, "GET", "/api/alerts", "");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let alert = v["alerts"].as_array()?.first()?.clone();
+        (alert["state"] == "firing" && alert["silenced"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(hook.bodies().len(), 2, "held while silenced");
+    let (status, _) = http(
+        agent.port,
+        "DELETE",
+        &format!("/api/silences/{}", silence["id"].as_str().unwrap()),
+        "",
+    );
+    assert_eq!(status, 204);
+    wait_until("the held firing", Duration::from_secs(20), || {
+        (hook.bodies().len() == 3).then_some(())
+    });
+    assert!(hook.bodies()[2].contains("[FIRING]"));
+
+    // A silence from the hub: a signed command on the device's cmd topic; a replay of it, or
+    // one signed with another key, is ignored.
+    let device_key = crate::sync::key(dir.path(), "dev-1");
+    let command = |id: u64, action: outpost_sync::Action| outpost_sync::Command {
+        device: "dev-1".into(),
+        id,
+        issued_ms: 0,
+        expires_ms: i64::MAX,
+        action,
+    };
+    let silence = outpost_sync::Action::Silence(outpost_sync::Silence {
+        id: "hub-1".into(),
+        matchers: vec![outpost_sync::Matcher {
+            label: "job".into(),
+            op: outpost_sync::MatchOp::Regex,
+            value: "cam/.*".into(),
+        }],
+        starts_ms: 0,
+        ends_ms: i64::MAX / 2,
+        created_by: "ops".into(),
+        comment: "hub".into(),
+    });
+    let topic = "outpost/v1/default/dev-1/cmd";
+    let publish = |payload: &[u8]| {
+        assert!(crate::sync::publish(port, "outpost-hub", "hub-secret", topic, payload, dir.path()));
+    };
+    publish(&command(7, silence.clone()).encode(&device_key));
+    let silences = || {
+        let (_, body) = http(agent.port, "GET", "/api/silences", "");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["silences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    wait_until("the hub's silence", Duration::from_secs(20), || {
+        (silences() == ["hub-1"]).then_some(())
+    });
+    // Expire it, then replay the old command: it stays expired.
+    publish(&command(8, outpost_sync::Action::Expire { silence_id: "hub-1".into() }).encode(&device_key));
+    wait_until("the expiry", Duration::from_secs(20), || silences().is_empty().then_some(()));
+    publish(&command(7, silence).encode(&device_key));
+    wait_until("the replay refused", Duration::from_secs(20), || {
+        agent
+            .log_text()
+            .contains("ignoring a replayed or reordered hub command")
+            .then_some(())
+    });
+    assert!(silences().is_empty());
+    agent.stop();
+}

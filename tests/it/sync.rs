@@ -268,7 +268,7 @@ fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
 }
 
 /// `mosquitto_pub` with a file as the payload: an MQTT client that is not Outpost's.
-fn publish(port: u16, user: &str, password: &str, topic: &str, payload: &[u8], dir: &Path) -> bool {
+pub fn publish(port: u16, user: &str, password: &str, topic: &str, payload: &[u8], dir: &Path) -> bool {
     let file = dir.join("payload.bin");
     std::fs::write(&file, payload).unwrap();
     Command::new("mosquitto_pub")
@@ -298,7 +298,7 @@ fn password(dir: &Path, device: &str) -> String {
         .to_string()
 }
 
-fn key(dir: &Path, device: &str) -> outpost_sync::DeviceKey {
+pub fn key(dir: &Path, device: &str) -> outpost_sync::DeviceKey {
     outpost_sync::DeviceKey::from_hex(
         &std::fs::read_to_string(dir.join(format!("{device}.key"))).unwrap(),
     )
