@@ -240,23 +240,36 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     }
     // Back: every transition arrives, in order, none lost; resends may repeat one.
     let broker = Mosquitto::start(dir.path(), port, "");
-    let expected: Vec<(u64, String)> = [(1, "firing"), (2, "resolved"), (3, "firing"), (4, "resolved")]
-        .iter()
-        .map(|(s, t)| (*s, t.to_string()))
-        .collect();
+    let expected: Vec<(u64, String)> = [
+        (1, "firing"),
+        (2, "resolved"),
+        (3, "firing"),
+        (4, "resolved"),
+    ]
+    .iter()
+    .map(|(s, t)| (*s, t.to_string()))
+    .collect();
     wait_until("the offline transitions", Duration::from_secs(60), || {
         (events.transitions() == expected).then_some(())
     });
     for message in events.messages() {
         check_schema(&schema, &message, "event");
     }
-    let resolved = &events.messages().into_iter().find(|m| m["event_seq"] == 2).unwrap();
+    let resolved = &events
+        .messages()
+        .into_iter()
+        .find(|m| m["event_seq"] == 2)
+        .unwrap();
     assert!(resolved["resolved_at"].is_string());
-    wait_until("the retained state to clear", Duration::from_secs(20), || {
-        retained(port, "outpost/v1/+/+/alerts/+/+")
-            .is_empty()
-            .then_some(())
-    });
+    wait_until(
+        "the retained state to clear",
+        Duration::from_secs(20),
+        || {
+            retained(port, "outpost/v1/+/+/alerts/+/+")
+                .is_empty()
+                .then_some(())
+        },
+    );
 
     // Killed while firing, restarted: no second firing, and the resolve still comes.
     push(&agent, "app_errors{job=\"cam/1+#\"} 9\n");
@@ -270,11 +283,17 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     let agent = alert_agent(dir.path(), &mqtt, ERRORS_RULE);
     // Some evaluations with the alert still firing.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(events.transitions().len(), 5, "no second firing after the restart");
+    assert_eq!(
+        events.transitions().len(),
+        5,
+        "no second firing after the restart"
+    );
     push(&agent, "app_errors{job=\"cam/1+#\"} 0\n");
-    wait_until("the resolve after the restart", Duration::from_secs(20), || {
-        (events.transitions().len() == 6).then_some(())
-    });
+    wait_until(
+        "the resolve after the restart",
+        Duration::from_secs(20),
+        || (events.transitions().len() == 6).then_some(()),
+    );
     let all = events.transitions();
     assert_eq!(all[4], (5, "firing".to_string()));
     assert_eq!(all[5], (6, "resolved".to_string()));
@@ -287,11 +306,15 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     agent.stop();
     let other = "[[rule]]\nname = \"other\"\nselect = \"unrelated\"\nthreshold = 1\n";
     let agent = alert_agent(dir.path(), &mqtt, other);
-    wait_until("the gone rule's topic to clear", Duration::from_secs(20), || {
-        retained(port, "outpost/v1/+/+/alerts/+/+")
-            .is_empty()
-            .then_some(())
-    });
+    wait_until(
+        "the gone rule's topic to clear",
+        Duration::from_secs(20),
+        || {
+            retained(port, "outpost/v1/+/+/alerts/+/+")
+                .is_empty()
+                .then_some(())
+        },
+    );
     let metrics = agent.metrics();
     for name in [
         "outpost_alert_notifications_queued{channel=\"mqtt\"}",
@@ -345,7 +368,9 @@ impl Receiver {
                 let status = if n < failures {
                     "503 Service Unavailable"
                 } else {
-                    b.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    b.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
                     "200 OK"
                 };
                 let _ = reader.get_mut().write_all(
@@ -393,7 +418,9 @@ impl SmtpServer {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("smtp.log")).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("{python} -m aiosmtpd ({e}): install Debian's python3-aiosmtpd"));
+            .unwrap_or_else(|e| {
+                panic!("{python} -m aiosmtpd ({e}): install Debian's python3-aiosmtpd")
+            });
         wait_until("the SMTP server", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -405,7 +432,8 @@ impl SmtpServer {
         let mut out = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
-                let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                let mut files: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
                 out.extend(files.iter().map(|f| std::fs::read_to_string(f).unwrap()));
             }
@@ -474,7 +502,11 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
     wait_until("the webhook", Duration::from_secs(30), || {
         (hook.bodies().len() == 1).then_some(())
     });
-    assert_eq!(hook.requests.load(std::sync::atomic::Ordering::SeqCst), 3, "two retries");
+    assert_eq!(
+        hook.requests.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "two retries"
+    );
     let slack: Value = serde_json::from_str(&hook.bodies()[0]).unwrap();
     assert_eq!(
         slack["text"],
@@ -484,11 +516,19 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         (smtp.mail().len() == 1).then_some(())
     });
     let mail = &smtp.mail()[0];
-    assert!(mail.contains("Subject: [FIRING] errors on dev-1 (critical): cam/1 has 5 errors"), "{mail}");
-    assert!(mail.contains("To: ops@example.com, oncall@example.com"), "{mail}");
+    assert!(
+        mail.contains("Subject: [FIRING] errors on dev-1 (critical): cam/1 has 5 errors"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("To: ops@example.com, oncall@example.com"),
+        "{mail}"
+    );
     assert!(mail.contains("rule: errors"), "{mail}");
     wait_until("the command", Duration::from_secs(30), || {
-        std::fs::read_to_string(&exec_out).ok().filter(|t| t.contains("OUTPOST_ALERT_STATE"))
+        std::fs::read_to_string(&exec_out)
+            .ok()
+            .filter(|t| t.contains("OUTPOST_ALERT_STATE"))
     });
     let env = std::fs::read_to_string(&exec_out).unwrap();
     for line in [
@@ -502,12 +542,16 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
     ] {
         assert!(env.lines().any(|l| l == line), "{line} missing from\n{env}");
     }
-    wait_until("the command's failure counted", Duration::from_secs(30), || {
-        agent
-            .metrics()
-            .contains("outpost_alert_notifications_failed_total{channel=\"fix\"} 1")
-            .then_some(())
-    });
+    wait_until(
+        "the command's failure counted",
+        Duration::from_secs(30),
+        || {
+            agent
+                .metrics()
+                .contains("outpost_alert_notifications_failed_total{channel=\"fix\"} 1")
+                .then_some(())
+        },
+    );
 
     // Resolved: webhook and mail hear of it; the command (firing only) does not run again.
     std::fs::remove_file(&exec_out).unwrap();
@@ -573,7 +617,14 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
     });
     let topic = "outpost/v1/default/dev-1/cmd";
     let publish = |payload: &[u8]| {
-        assert!(crate::sync::publish(port, "outpost-hub", "hub-secret", topic, payload, dir.path()));
+        assert!(crate::sync::publish(
+            port,
+            "outpost-hub",
+            "hub-secret",
+            topic,
+            payload,
+            dir.path()
+        ));
     };
     publish(&command(7, silence.clone()).encode(&device_key));
     let silences = || {
@@ -590,8 +641,18 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         (silences() == ["hub-1"]).then_some(())
     });
     // Expire it, then replay the old command: it stays expired.
-    publish(&command(8, outpost_sync::Action::Expire { silence_id: "hub-1".into() }).encode(&device_key));
-    wait_until("the expiry", Duration::from_secs(20), || silences().is_empty().then_some(()));
+    publish(
+        &command(
+            8,
+            outpost_sync::Action::Expire {
+                silence_id: "hub-1".into(),
+            },
+        )
+        .encode(&device_key),
+    );
+    wait_until("the expiry", Duration::from_secs(20), || {
+        silences().is_empty().then_some(())
+    });
     publish(&command(7, silence).encode(&device_key));
     wait_until("the replay refused", Duration::from_secs(20), || {
         agent
@@ -601,4 +662,164 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
     });
     assert!(silences().is_empty());
     agent.stop();
+}
+
+fn outpost(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rule_mistakes_are_named_and_the_pack_uses_documented_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"x\"\nselect = \"up\"\n\n[[rule]]\nname = \"y\"\nselect = \"up{\"\nthreshold = 1\n",
+    )
+    .unwrap();
+    let out = outpost(&["rules", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 errors"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml: rule x: threshold: missing"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.toml: rule y: select:"), "{stderr}");
+    for files in [
+        vec!["default"],
+        vec!["config/rules.toml"],
+        vec!["tests/data/alerts/replay-rules.toml"],
+    ] {
+        let mut args = vec!["rules", "check"];
+        args.extend(files.iter().copied());
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(&args)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{files:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every metric the pack selects is one the agent documents (and so emits).
+    let doc = std::fs::read_to_string(root().join("docs/metrics.md")).unwrap();
+    let pack: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("config/rules.toml")).unwrap())
+            .unwrap();
+    let rules = pack["rule"].as_array().unwrap();
+    assert!(rules.len() >= 10);
+    let mut names = Vec::new();
+    for rule in rules {
+        names.push(rule["select"].as_str().unwrap().to_string());
+        match rule.get("divide_by") {
+            Some(toml::Value::String(s)) => names.push(s.clone()),
+            Some(toml::Value::Table(t)) => names.push(t["select"].as_str().unwrap().to_string()),
+            _ => {}
+        }
+        if let Some(when) = rule.get("when") {
+            names.push(when["select"].as_str().unwrap().to_string());
+        }
+    }
+    for selector in names {
+        let metric = selector.split('{').next().unwrap();
+        assert!(
+            doc.contains(&format!("| `{metric}` |")),
+            "{metric} (in config/rules.toml) is not in docs/metrics.md"
+        );
+    }
+}
+
+#[test]
+fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("tests/data/alerts");
+    for log in ["tx2-jetpack4-2660s", "xavier-nx-jp5-nonroot-103s"] {
+        let db = dir.path().join(format!("{log}.redb"));
+        let path = root().join(format!("tests/data/tegrastats/{log}.log.zst"));
+        let out = outpost(&[
+            "tegrastats",
+            "import",
+            path.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (rules, suffix) in [
+            ("default".to_string(), "default"),
+            (
+                data.join("replay-rules.toml").display().to_string(),
+                "replay",
+            ),
+        ] {
+            let out = outpost(&[
+                "rules",
+                "test",
+                &rules,
+                "--db",
+                db.to_str().unwrap(),
+                "--from",
+                "start",
+                "--transitions",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got = String::from_utf8(out.stdout).unwrap();
+            let expected_path = data.join(format!("{log}.{suffix}.txt"));
+            if std::env::var_os("OUTPOST_BLESS").is_some() {
+                std::fs::write(&expected_path, &got).unwrap();
+            }
+            let expected = std::fs::read_to_string(&expected_path).unwrap();
+            if got != expected {
+                let first = got
+                    .lines()
+                    .zip(expected.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(got.lines().count().min(expected.lines().count()));
+                panic!(
+                    "{log} with {suffix} rules: transitions differ from {} at line {}:\n got: {:?}\nwant: {:?}",
+                    expected_path.display(),
+                    first + 1,
+                    got.lines().nth(first),
+                    expected.lines().nth(first)
+                );
+            }
+            if suffix == "replay" {
+                assert!(
+                    got.lines().count() > 20,
+                    "the replay rules exercise the engine"
+                );
+            }
+        }
+    }
+    // --at without --transitions: what is active at the end.
+    let db = dir.path().join("xavier-nx-jp5-nonroot-103s.redb");
+    let out = outpost(&[
+        "rules",
+        "test",
+        data.join("replay-rules.toml").to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        "start",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("at 2025-10-01T20:07:40Z: 13 active alert(s) after 106 evaluations"),
+        "{text}"
+    );
+    assert!(text.contains("firing core_offline{cpu=\"4\"}"), "{text}");
 }

@@ -268,7 +268,14 @@ fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
 }
 
 /// `mosquitto_pub` with a file as the payload: an MQTT client that is not Outpost's.
-pub fn publish(port: u16, user: &str, password: &str, topic: &str, payload: &[u8], dir: &Path) -> bool {
+pub fn publish(
+    port: u16,
+    user: &str,
+    password: &str,
+    topic: &str,
+    payload: &[u8],
+    dir: &Path,
+) -> bool {
     let file = dir.join("payload.bin");
     std::fs::write(&file, payload).unwrap();
     Command::new("mosquitto_pub")
