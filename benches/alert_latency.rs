@@ -83,7 +83,10 @@ fn main() {
         .unwrap();
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "agent did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "agent did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut options = rumqttc::MqttOptions::new("latency-bench", "127.0.0.1", mqtt_port);
@@ -108,11 +111,15 @@ fn main() {
         std::thread::sleep(Duration::from_millis(137 * round as u64 % 1000));
         let t0 = Instant::now();
         push(http_port, "bench_value 1\n");
-        let (at, state) = rx.recv_timeout(Duration::from_secs(10)).expect("firing event");
+        let (at, state) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("firing event");
         assert_eq!(state, "firing");
         latencies.push(at - t0);
         push(http_port, "bench_value 0\n");
-        let (_, state) = rx.recv_timeout(Duration::from_secs(10)).expect("resolved event");
+        let (_, state) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("resolved event");
         assert_eq!(state, "resolved");
     }
     let _ = agent.kill();

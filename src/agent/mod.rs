@@ -224,11 +224,10 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                         if new.alerts.enabled != config.alerts.enabled {
                             tracing::warn!("[alerts] enabled changes only at restart");
                         }
+                        // Rule files are read again whether or not the config names new ones.
                         if let Some(runtime) = alert_runtime.as_mut() {
-                            if new.alerts != config.alerts {
-                                if let Err(error) = runtime.reload(&new.alerts).await {
-                                    tracing::error!("SIGHUP: alert rules not reloaded, keeping the running ones: {error:#}");
-                                }
+                            if let Err(error) = runtime.reload(&new.alerts).await {
+                                tracing::error!("SIGHUP: alert rules not reloaded, keeping the running ones: {error:#}");
                             }
                         }
                         collectors.shutdown().await;

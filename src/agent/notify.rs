@@ -262,6 +262,12 @@ async fn deliver(sender: &Sender, message: &AlertMessage, store: &Store, key: &s
                 format!("x/{key}"),
                 record.to_string().into_bytes(),
             );
+            // The alert history keeps its last 1,000 transitions; the command results as many.
+            if let Ok(old) = store.state_list(StateTable::AlertState, "x/") {
+                for (old_key, _) in old.iter().take(old.len().saturating_sub(999)) {
+                    write.delete_state(StateTable::AlertState, old_key.clone());
+                }
+            }
             if let Err(error) = store.write(write) {
                 tracing::error!("recording an exec result: {error}");
             }

@@ -133,7 +133,9 @@ enum NeverSeen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     select: String,
     divide_by: Option<RawDivisor>,
     on: Option<Vec<String>>,
@@ -405,6 +407,12 @@ fn duration(key: &'static str, text: Option<&str>) -> Result<Option<i64>, (&'sta
 
 fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
     check_name(&raw.name).map_err(|e| ("name", e))?;
+    if raw.select.is_empty() {
+        return Err((
+            "select",
+            "missing (a series selector such as cpu_usage{core=\"0\"})".into(),
+        ));
+    }
     let select = Selector::parse(&raw.select).map_err(|e| ("select", e.to_string()))?;
     let op =
         Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;

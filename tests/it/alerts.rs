@@ -823,3 +823,54 @@ fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
     );
     assert!(text.contains("firing core_offline{cpu=\"4\"}"), "{text}");
 }
+
+#[test]
+fn sighup_reloads_the_rules_and_a_broken_file_keeps_the_running_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, ERRORS_RULE).unwrap();
+    let config = format!(
+        "{QUIET}[agent]\nself_interval = \"200ms\"\n[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
+        rules.display()
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    let rule_count = |agent: &Agent, n: u32| {
+        wait_until(&format!("{n} rules"), Duration::from_secs(20), || {
+            agent
+                .metrics()
+                .contains(&format!("outpost_alert_rules {n}\n"))
+                .then_some(())
+        })
+    };
+    rule_count(&agent, 1);
+    push(&agent, "app_errors{job=\"a\"} 1\n");
+    let firing = |agent: &Agent| {
+        let (_, body) = http(agent.port, "GET", "/api/alerts", "");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["alerts"].as_array().unwrap().len()
+    };
+    wait_until("firing", Duration::from_secs(20), || {
+        (firing(&agent) == 1).then_some(())
+    });
+    std::fs::write(
+        &rules,
+        format!(
+            "{ERRORS_RULE}\n[[rule]]\nname = \"more\"\nselect = \"app_errors\"\nthreshold = 100\n"
+        ),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    rule_count(&agent, 2);
+    assert_eq!(firing(&agent), 1, "the firing alert survives the reload");
+    std::fs::write(&rules, "[[rule]]\nname = \"broken\"\n").unwrap();
+    agent.signal("HUP");
+    wait_until("the refusal", Duration::from_secs(20), || {
+        agent
+            .log_text()
+            .contains("alert rules not reloaded")
+            .then_some(())
+    });
+    rule_count(&agent, 2);
+    let log = agent.stop();
+    assert!(log.contains("rules.toml: rule broken: select"), "{log}");
+}
