@@ -122,8 +122,10 @@ fn main() {
             .expect("resolved event");
         assert_eq!(state, "resolved");
     }
-    let _ = agent.kill();
-    let _ = broker.kill();
+    for child in [&mut agent, &mut broker] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
