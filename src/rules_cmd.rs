@@ -405,3 +405,56 @@ pub fn test(
         evaluations: engine.evaluations,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::AgentConfig;
+
+    #[test]
+    fn silences_and_maintenance_windows_from_the_config() {
+        let config = AgentConfig::parse(
+            r#"
+[[alerts.silence]]
+match = '{alertname="disk_full"}'
+ends = "2026-12-24T00:00:00Z"
+
+[[alerts.maintenance]]
+name = "sunday"
+days = ["sun"]
+at = "02:00"
+duration = "2h"
+timezone = "America/New_York"
+
+[[alerts.maintenance]]
+name = "move"
+match = '{alertname=~"probe_.*"}'
+starts = "2026-12-05T08:00:00Z"
+ends = "2026-12-05T12:00:00Z"
+"#,
+        )
+        .unwrap();
+        let silences = silences_from_config(&config.alerts, 0).unwrap();
+        let labels = BTreeMap::new();
+        let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        assert!(silences.silenced("disk_full", &labels, at("2026-12-01T00:00:00Z")));
+        assert!(!silences.silenced("disk_full", &labels, at("2026-12-24T00:00:00Z")));
+        // Sunday 2026-12-06, 02:00 to 04:00 in New York (UTC-5): every alert.
+        assert!(silences.silenced("cpu_high", &labels, at("2026-12-06T07:30:00Z")));
+        assert!(!silences.silenced("cpu_high", &labels, at("2026-12-06T09:00:00Z")));
+        assert!(silences.silenced("probe_down", &labels, at("2026-12-05T09:00:00Z")));
+        assert!(!silences.silenced("cpu_high", &labels, at("2026-12-05T09:00:00Z")));
+
+        for (bad, key) in [
+            ("[[alerts.silence]]\nmatch = '{x=\"1\"}'\nends = \"soon\"\n", "alerts.silence[0].ends"),
+            ("[[alerts.maintenance]]\nname = \"m\"\ndays = [\"someday\"]\nat = \"02:00\"\nduration = \"1h\"\n", "alerts.maintenance[0].days"),
+            ("[[alerts.maintenance]]\nname = \"m\"\ndays = [\"sun\"]\nat = \"02:00\"\nduration = \"1h\"\ntimezone = \"Mars/Olympus\"\n", "alerts.maintenance[0].timezone"),
+            ("[[alerts.maintenance]]\nname = \"m\"\n", "alerts.maintenance[0].name"),
+            ("[[alerts.webhook]]\nname = \"w\"\nurl = \"ftp://x\"\n", "alerts.webhook[0].url"),
+            ("[[alerts.exec]]\nname = \"x\"\ncommand = []\n", "alerts.exec[0].command"),
+        ] {
+            let error = format!("{:#}", AgentConfig::parse(bad).unwrap_err());
+            assert!(error.contains(key), "{key} not named in {error}");
+        }
+    }
+}

@@ -307,17 +307,23 @@ pub async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(100).min(1000);
-    match runtime.store.state_list(StateTable::AlertState, "h/") {
-        Ok(entries) => {
-            let events: Vec<serde_json::Value> = entries
-                .iter()
-                .rev()
-                .take(limit)
-                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                .collect();
-            Json(serde_json::json!({ "events": events })).into_response()
+    let newest = |prefix: &str| -> Result<Vec<serde_json::Value>, outpost_storage::Error> {
+        Ok(runtime
+            .store
+            .state_list(StateTable::AlertState, prefix)?
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect())
+    };
+    match (newest("h/"), newest("x/")) {
+        (Ok(events), Ok(commands)) => {
+            Json(serde_json::json!({ "events": events, "commands": commands })).into_response()
         }
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        (Err(error), _) | (_, Err(error)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+        }
     }
 }
 

@@ -753,6 +753,105 @@ async fn tls_connect_boxed(
 mod tests {
     use super::*;
 
+    fn message() -> AlertMessage {
+        AlertMessage {
+            device: "orin-1".into(),
+            rule: "gpu_hot".into(),
+            instance: "gpu=0".into(),
+            severity: outpost::alert::rules::Severity::Critical,
+            state: State::Firing,
+            value: Some(91.5),
+            threshold: 80.0,
+            labels: [("gpu".to_string(), "0\"".to_string())]
+                .into_iter()
+                .collect(),
+            started_at: Some("2026-12-01T10:00:00Z".into()),
+            fired_at: Some("2026-12-01T10:02:00Z".into()),
+            resolved_at: None,
+            at: "2026-12-01T10:02:00Z".into(),
+            summary: "GPU at 91.5 °C".into(),
+            description: "check the fan".into(),
+            event_seq: 4,
+            silenced: false,
+            escalated: false,
+            reason: outpost::alert::engine::Reason::Transition,
+            dropped_before: 0,
+        }
+    }
+
+    fn hook(format: WebhookFormat, template: &str) -> WebhookConfig {
+        WebhookConfig {
+            name: "h".into(),
+            url: "http://127.0.0.1/".into(),
+            format,
+            template: template.into(),
+            headers: Default::default(),
+            timeout: crate::agent::config::Interval::secs(1),
+            on: vec![NotifyOn::Firing],
+        }
+    }
+
+    #[test]
+    fn webhook_bodies_for_each_service() {
+        let m = message();
+        let body = |format, template: &str| -> serde_json::Value {
+            serde_json::from_str(&webhook_body(&hook(format, template), &m).unwrap()).unwrap()
+        };
+        let json = body(WebhookFormat::Json, "");
+        assert_eq!(json["rule"], "gpu_hot");
+        assert_eq!(json["event_seq"], 4);
+        let headline = "[FIRING] gpu_hot on orin-1 (critical): GPU at 91.5 °C";
+        assert_eq!(body(WebhookFormat::Slack, "")["text"], headline);
+        assert_eq!(body(WebhookFormat::Discord, "")["content"], headline);
+        let teams = body(WebhookFormat::Teams, "");
+        assert_eq!(teams["@type"], "MessageCard");
+        assert_eq!(teams["themeColor"], "d63333");
+        assert_eq!(teams["text"], "check the fan");
+        let custom = body(
+            WebhookFormat::Template,
+            r#"{"alert": "{{rule}}", "gpu": "{{labels.gpu|json}}", "v": {{value}}}"#,
+        );
+        assert_eq!(custom["gpu"], "0\"");
+        assert_eq!(custom["v"], 91.5);
+    }
+
+    #[test]
+    fn exec_sees_the_alert_in_its_environment() {
+        let env = exec_environment(&message());
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("OUTPOST_ALERT_STATE"), Some("firing"));
+        assert_eq!(get("OUTPOST_ALERT_VALUE"), Some("91.5"));
+        assert_eq!(get("OUTPOST_ALERT_LABEL_GPU"), Some("0\""));
+        assert!(get("OUTPOST_ALERT_JSON")
+            .unwrap()
+            .contains("\"event_seq\":4"));
+    }
+
+    #[test]
+    fn mail_text_is_dot_stuffed_with_crlf_lines() {
+        let mut m = message();
+        m.description = ".hidden line\nnext".into();
+        let config = EmailConfig {
+            name: "m".into(),
+            server: "smtp://x".into(),
+            username: String::new(),
+            password_file: Default::default(),
+            from: "a@example.com".into(),
+            to: vec!["b@example.com".into()],
+            insecure_plaintext: false,
+            ca_file: Default::default(),
+            timeout: crate::agent::config::Interval::secs(1),
+            on: vec![NotifyOn::Firing],
+        };
+        let data = email_data(&config, &m, "Tue, 01 Dec 2026 10:02:00 +0000");
+        assert!(data.contains("\r\n..hidden line\r\nnext\r\n"), "{data}");
+        assert!(data.ends_with("\r\n.\r\n"));
+        assert!(
+            !data.replace("\r\n", "").contains('\n'),
+            "bare LF in {data:?}"
+        );
+    }
+
     #[test]
     fn base64_matches_the_rfc_vectors() {
         for (plain, encoded) in [

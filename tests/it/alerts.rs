@@ -303,6 +303,16 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     wait_until("the retained state", Duration::from_secs(20), || {
         (retained(port, "outpost/v1/+/+/alerts/+/+").len() == 1).then_some(())
     });
+    // A broker that forgets retained messages (the embedded one, or Mosquitto without its
+    // persistence file): the agent publishes the firing state again when it reconnects.
+    broker.stop();
+    std::fs::remove_file(dir.path().join("mosquitto.db")).unwrap();
+    let broker = Mosquitto::start(dir.path(), port, "");
+    wait_until(
+        "the retained state republished",
+        Duration::from_secs(30),
+        || (retained(port, "outpost/v1/+/+/alerts/+/+").len() == 1).then_some(()),
+    );
     agent.stop();
     let other = "[[rule]]\nname = \"other\"\nselect = \"unrelated\"\nthreshold = 1\n";
     let agent = alert_agent(dir.path(), &mqtt, other);
