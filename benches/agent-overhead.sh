@@ -9,6 +9,8 @@
 # Usage: benches/agent-overhead.sh [SECONDS]   (default 600, after a 30 s warm-up)
 #        SYNC=1 benches/agent-overhead.sh [SECONDS]   the same with [mqtt] on, shipping every
 #        10 s to a local `outpost hub` with its embedded broker (the hub is not measured)
+#        ALERTS=0 benches/agent-overhead.sh [SECONDS]   without the alert engine (on by default,
+#        with the built-in rule pack)
 # Prints peak and final RSS (VmHWM, VmRSS from /proc) and CPU as a percentage of one core
 # (utime + stime from /proc/PID/stat over the measured window), and the series count.
 set -euo pipefail
@@ -72,6 +74,8 @@ interval = "10s"
 name = "app"
 url = "http://127.0.0.1:$app_port/metrics"
 interval = "15s"
+[alerts]
+enabled = $([ "${ALERTS:-1}" = 0 ] && echo false || echo true)
 EOF
 
 # The application: a static exposition of 100 series served by Python's http.server.

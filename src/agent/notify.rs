@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use outpost_storage::{StateTable, Store, WriteBatch};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::agent::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
 use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, State};
@@ -530,8 +530,9 @@ impl Smtp {
         let mut text = String::new();
         loop {
             let mut line = String::new();
-            let n = self
-                .io
+            // A line longer than any reply is refused below; `take` keeps it from growing.
+            let n = (&mut self.io)
+                .take(1025)
                 .read_line(&mut line)
                 .await
                 .map_err(|e| SmtpError::Transient(format!("reading from the server: {e}")))?;
@@ -540,15 +541,20 @@ impl Smtp {
                     "the server closed the connection".into(),
                 ));
             }
-            if line.len() < 4 || line.len() > 1024 {
-                return Err(SmtpError::Transient(format!("not an SMTP reply: {line:?}")));
+            // Bytes, not str slicing: a hostile server's multi-byte text must not panic us.
+            let bytes = line.as_bytes();
+            if bytes.len() < 4 || bytes.len() > 1024 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+                return Err(SmtpError::Transient(format!(
+                    "not an SMTP reply: {:?}",
+                    line.chars().take(80).collect::<String>()
+                )));
             }
-            let code: u16 = line[..3]
-                .parse()
-                .map_err(|_| SmtpError::Transient(format!("not an SMTP reply: {line:?}")))?;
-            text.push_str(line[4..].trim_end());
+            let code = bytes[..3]
+                .iter()
+                .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+            text.push_str(String::from_utf8_lossy(&bytes[4..]).trim_end());
             text.push(' ');
-            if line.as_bytes()[3] != b'-' {
+            if bytes[3] != b'-' {
                 return Ok((code, text.trim_end().to_string()));
             }
         }

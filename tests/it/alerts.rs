@@ -884,3 +884,42 @@ fn sighup_reloads_the_rules_and_a_broken_file_keeps_the_running_ones() {
     let log = agent.stop();
     assert!(log.contains("rules.toml: rule broken: select"), "{log}");
 }
+
+/// What `fuzz/fuzz_targets/alert_rules.rs` does to each input, over its seeds and corpus.
+#[test]
+fn the_rule_fuzzers_inputs_load_or_fail_cleanly() {
+    use outpost::alert::template::{Context, Template};
+    use outpost::alert::window::Windows;
+    let fuzz = root().join("fuzz");
+    let mut loaded = 0;
+    let mut inputs = 0;
+    for kind in ["seeds", "corpus"] {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join("alert_rules")) else {
+            continue;
+        };
+        for entry in entries {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            inputs += 1;
+            if let Ok(template) = Template::parse(&text) {
+                let _ = template.render(&Context::default());
+            }
+            let Ok(rules) = outpost::alert::rules::parse(Path::new("fuzz.toml"), &text) else {
+                continue;
+            };
+            loaded += 1;
+            let mut windows = Windows::new(&rules);
+            let key = outpost_storage::SeriesKey::parse("up").unwrap();
+            for t in 0..20 {
+                windows.observe(&key, t * 1000, t as f64);
+            }
+            for (r, rule) in rules.iter().enumerate() {
+                let _ = windows.evaluate(r, rule, 20_000, 0);
+            }
+        }
+    }
+    assert!(
+        inputs >= 2 && loaded >= 2,
+        "{inputs} inputs, {loaded} loaded"
+    );
+}
