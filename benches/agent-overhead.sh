@@ -126,6 +126,8 @@ cpu=$(echo "scale=3; 100 * ($end_ticks - $start_ticks) / $hz / ($end - $start)" 
 echo "measured ${seconds} s after a ${warmup} s warm-up; ${series} series in /metrics"
 echo "RSS: peak sampled $((peak_rss / 1024)).$(((peak_rss % 1024) * 10 / 1024)) MiB, high-water mark (VmHWM) $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB"
 echo "CPU: ${cpu} % of one core"
+# Where the resident memory is: the heap and stacks (anonymous) or the binary's own pages.
+awk '/^(Anonymous|Rss|Private_Clean|Shared_Clean):/ {printf "%s %.1f MiB  ", $1, $2 / 1024} END {print ""}' "/proc/$agent/smaps_rollup"
 if [ -n "${SYNC:-}" ]; then
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^outpost_sync_(batches_acked_total|sent_bytes_total|connected) '
 fi
