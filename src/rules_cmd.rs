@@ -16,12 +16,21 @@ use outpost::alert::schedule::{parse_weekday, Maintenance, Silence, Silences, Wh
 /// The rule pack built into the binary.
 pub const DEFAULT_RULES: &str = include_str!("../config/rules.toml");
 pub const DEFAULT_RULES_NAME: &str = "config/rules.toml (built in)";
+/// The hub's pack: rules over its view of each device.
+pub const HUB_RULES: &str = include_str!("../config/hub-rules.toml");
+pub const HUB_RULES_NAME: &str = "config/hub-rules.toml (built in)";
+
+/// A built-in rule pack: its name for messages, and its text.
+pub type Pack = (&'static str, &'static str);
+pub const AGENT_PACK: Pack = (DEFAULT_RULES_NAME, DEFAULT_RULES);
+pub const HUB_PACK: Pack = (HUB_RULES_NAME, HUB_RULES);
 
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// Check rule files (or directories of them): every error, with file, rule and key.
     Check {
-        /// Rule files or directories; `default` for the built-in pack.
+        /// Rule files or directories; `default` for the agent's built-in pack, `hub` for the
+        /// hub's.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -62,7 +71,9 @@ fn load_files(files: &[PathBuf]) -> Result<Vec<Rule>> {
     let mut paths = Vec::new();
     for file in files {
         if file.as_os_str() == "default" {
-            all.extend(parse_default()?);
+            all.extend(parse_pack(AGENT_PACK)?);
+        } else if file.as_os_str() == "hub" {
+            all.extend(parse_pack(HUB_PACK)?);
         } else {
             paths.push(file.clone());
         }
@@ -95,16 +106,15 @@ fn join_errors(errors: &[rules::RuleError]) -> String {
     )
 }
 
-fn parse_default() -> Result<Vec<Rule>> {
-    rules::parse(Path::new(DEFAULT_RULES_NAME), DEFAULT_RULES)
-        .map_err(|errors| anyhow::anyhow!(join_errors(&errors)))
+fn parse_pack((name, text): Pack) -> Result<Vec<Rule>> {
+    rules::parse(Path::new(name), text).map_err(|errors| anyhow::anyhow!(join_errors(&errors)))
 }
 
-/// The agent's rules: its files, then the built-in pack's rules of other names.
-pub fn load_rules(alerts: &AlertsSection) -> Result<Vec<Rule>> {
+/// The rules of a config: its files, then the built-in pack's rules of other names.
+pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<Vec<Rule>> {
     let mut loaded = rules::load(&alerts.rules).map_err(|e| anyhow::anyhow!(join_errors(&e)))?;
     if alerts.default_rules {
-        for rule in parse_default()? {
+        for rule in parse_pack(pack)? {
             if !loaded.iter().any(|r| r.name == rule.name) {
                 loaded.push(rule);
             }

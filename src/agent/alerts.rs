@@ -24,6 +24,17 @@ use outpost::timearg::now_ms;
 /// The last hub command applied, so that a recorded one cannot be replayed.
 const LAST_COMMAND_KEY: &str = "~last_command_id";
 
+/// The alert routes, for the agent's and the hub's HTTP servers.
+pub fn routes(shared: Arc<AlertShared>) -> axum::Router {
+    use axum::routing::{delete, get};
+    axum::Router::new()
+        .route("/api/alerts", get(list_alerts))
+        .route("/api/alerts/history", get(history))
+        .route("/api/silences", get(list_silences).post(add_silence))
+        .route("/api/silences/{id}", delete(delete_silence))
+        .with_state(shared)
+}
+
 /// What the HTTP handlers, the self-metrics and the uplink share.
 pub struct AlertShared {
     pub engine: Arc<Mutex<Engine>>,
@@ -39,18 +50,21 @@ pub struct AlertRuntime {
     pub shared: Arc<AlertShared>,
     channels: JoinSet<()>,
     device: String,
+    pack: crate::rules_cmd::Pack,
 }
 
 impl AlertRuntime {
     /// `mqtt_base` is the device's topic prefix when the agent has an MQTT connection.
+    /// `pack` is the built-in rule pack: the agent's, or the hub's.
     pub fn start(
         section: &AlertsSection,
+        pack: crate::rules_cmd::Pack,
         store: Arc<Store>,
         device: String,
         mqtt_base: Option<String>,
     ) -> Result<AlertRuntime> {
         let now = now_ms();
-        let rules = crate::rules_cmd::load_rules(section)?;
+        let rules = crate::rules_cmd::load_rules(section, pack)?;
         let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
         silences.load(&store)?;
         let senders = senders(section);
@@ -87,6 +101,7 @@ impl AlertRuntime {
             }),
             channels: JoinSet::new(),
             device,
+            pack,
         };
         runtime.start_channels(senders);
         Ok(runtime)
@@ -112,7 +127,7 @@ impl AlertRuntime {
     /// Rebuilds the engine and the channels from a reloaded config (SIGHUP).
     pub async fn reload(&mut self, section: &AlertsSection) -> Result<()> {
         let now = now_ms();
-        let rules = crate::rules_cmd::load_rules(section)?;
+        let rules = crate::rules_cmd::load_rules(section, self.pack)?;
         let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
         silences.load(&self.shared.store)?;
         let senders = senders(section);

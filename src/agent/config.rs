@@ -678,7 +678,7 @@ impl AgentConfig {
         if !(self.tegrastats.replay_speed >= 0.0 && self.tegrastats.replay_speed.is_finite()) {
             bail!("tegrastats.replay_speed: must be 0 (as fast as possible) or a positive factor");
         }
-        self.validate_alerts()?;
+        self.alerts.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, scrape) in self.scrapes.iter().enumerate() {
             crate::collect::http::Target::parse(&scrape.url)
@@ -726,9 +726,10 @@ impl AgentConfig {
     }
 }
 
-impl AgentConfig {
-    fn validate_alerts(&self) -> Result<()> {
-        let alerts = &self.alerts;
+impl AlertsSection {
+    /// Checks the section; the hub's `[alerts]` has the same keys.
+    pub fn validate(&self) -> Result<()> {
+        let alerts = self;
         if alerts.interval.0 < Duration::from_millis(100) {
             bail!("alerts.interval: must be at least 100ms");
         }

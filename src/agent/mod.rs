@@ -138,9 +138,14 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 u.topics.device
             )
         });
-        let runtime =
-            alerts::AlertRuntime::start(&config.alerts, sink.store.clone(), device, mqtt_base)
-                .context("[alerts]")?;
+        let runtime = alerts::AlertRuntime::start(
+            &config.alerts,
+            crate::rules_cmd::AGENT_PACK,
+            sink.store.clone(),
+            device,
+            mqtt_base,
+        )
+        .context("[alerts]")?;
         let _ = sink.alerts.set(runtime.shared.engine.clone());
         Some(runtime)
     } else {

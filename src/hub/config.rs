@@ -18,6 +18,9 @@ pub struct HubConfig {
     pub hub: HubSection,
     pub store: HubStoreSection,
     pub mqtt: HubMqttSection,
+    /// Alert rules over the hub's view of each device (`config/hub-rules.toml` built in), and
+    /// their channels: the same keys as the agent's `[alerts]`.
+    pub alerts: crate::agent::config::AlertsSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -131,6 +134,7 @@ impl HubConfig {
             outpost_sync::topic::check_id("shared group", &self.mqtt.shared_group)
                 .context("mqtt.shared_group")?;
         }
+        self.alerts.validate()?;
         Ok(())
     }
 }

@@ -236,10 +236,28 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.hub.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([hub] listen)", config.hub.listen))?;
+    let mut alert_runtime = if config.alerts.enabled {
+        Some(
+            crate::agent::alerts::AlertRuntime::start(
+                &config.alerts,
+                crate::rules_cmd::HUB_PACK,
+                store.clone(),
+                format!("hub:{}", config.hub.fleet),
+                None,
+            )
+            .context("[alerts]")?,
+        )
+    } else {
+        None
+    };
+    let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
+    let mut alert_ticker = tokio::time::interval(config.alerts.interval.0);
+    alert_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let http_state = Arc::new(HttpState {
         registry: registry.clone(),
         store: store.clone(),
         offline_after: config.hub.offline_after.0,
+        alerts: alert_shared.clone(),
     });
     let app = http_router(http_state);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -266,6 +284,19 @@ async fn daemon(config: HubConfig) -> Result<()> {
                 devices.reload_if_changed();
                 let mut registry = registry.lock().expect("registry lock");
                 registry.persist_if_changed(&store);
+            }
+            _ = alert_ticker.tick(), if alert_shared.is_some() => {
+                let now = outpost::timearg::now_ms();
+                let samples = registry.lock().expect("registry lock").samples(now, config.hub.offline_after.0);
+                if let Some(shared) = &alert_shared {
+                    {
+                        let mut engine = shared.engine.lock().expect("engine lock");
+                        for (key, value) in &samples {
+                            engine.observe(key, now, *value);
+                        }
+                    }
+                    shared.evaluate(Vec::new()).await;
+                }
             }
             event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -323,6 +354,12 @@ async fn daemon(config: HubConfig) -> Result<()> {
         .expect("registry lock")
         .persist_if_changed(&store);
     let _ = client.try_disconnect();
+    // The alert tasks hold the store too; they go first so that it can be closed.
+    if let Some(runtime) = alert_runtime.as_mut() {
+        runtime.shutdown().await;
+    }
+    drop(alert_runtime);
+    drop(alert_shared);
     if let Ok(store) = Arc::try_unwrap(store) {
         tokio::task::spawn_blocking(move || store.close()).await??;
     }
@@ -511,6 +548,7 @@ struct HttpState {
     registry: Arc<Mutex<Registry>>,
     store: Arc<Store>,
     offline_after: Duration,
+    alerts: Option<Arc<crate::agent::alerts::AlertShared>>,
 }
 
 fn http_router(state: Arc<HttpState>) -> axum::Router {
@@ -539,9 +577,14 @@ fn http_router(state: Arc<HttpState>) -> axum::Router {
             .metrics(now, state.offline_after);
         ([("content-type", "text/plain; version=0.0.4")], text).into_response()
     }
+    let alert_routes = match &state.alerts {
+        Some(alerts) => crate::agent::alerts::routes(alerts.clone()),
+        None => axum::Router::new(),
+    };
     axum::Router::new()
         .route("/api/devices", get(devices))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(alert_routes)
 }

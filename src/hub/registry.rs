@@ -182,10 +182,57 @@ impl Registry {
         )
     }
 
+    /// The per-device figures as samples (`instance` = device), for the hub's alert rules.
+    pub fn samples(
+        &self,
+        now: i64,
+        offline_after: Duration,
+    ) -> Vec<(outpost_storage::SeriesKey, f64)> {
+        let mut out = Vec::new();
+        for (name, _, _, value) in Self::families() {
+            for (device, record) in &self.devices {
+                let value = if name == "outpost_hub_device_online" {
+                    Some(f64::from(
+                        Self::state(record, now, offline_after) == "online",
+                    ))
+                } else {
+                    value(record)
+                };
+                let key = outpost_storage::SeriesKey::new(
+                    name,
+                    [("instance".to_string(), device.clone())],
+                );
+                if let (Some(value), Ok(key)) = (value, key) {
+                    out.push((key, value));
+                }
+            }
+        }
+        out
+    }
+
     pub fn metrics(&self, now: i64, offline_after: Duration) -> String {
         use std::fmt::Write as _;
         let mut text = String::new();
-        let families: [Family; 6] = [
+        for (name, kind, help, value) in Self::families() {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (device, record) in &self.devices {
+                let value = if name == "outpost_hub_device_online" {
+                    Some(f64::from(
+                        Self::state(record, now, offline_after) == "online",
+                    ))
+                } else {
+                    value(record)
+                };
+                if let Some(value) = value {
+                    let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
+                }
+            }
+        }
+        text
+    }
+
+    fn families() -> [Family; 6] {
+        [
             (
                 "outpost_hub_device_online",
                 "gauge",
@@ -222,22 +269,6 @@ impl Registry {
                 "Age of the device's oldest unacknowledged data at its last batch.",
                 |r| r.sync_lag_ms.map(|ms| ms as f64 / 1000.0),
             ),
-        ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (device, record) in &self.devices {
-                let value = if name == "outpost_hub_device_online" {
-                    Some(f64::from(
-                        Self::state(record, now, offline_after) == "online",
-                    ))
-                } else {
-                    value(record)
-                };
-                if let Some(value) = value {
-                    let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
-                }
-            }
-        }
-        text
+        ]
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{
-    db_query, free_port, http, metric_value, tegrastats_log, wait_for_port, wait_until, Agent,
+    db_query, free_port, http, metric_value, root, tegrastats_log, wait_for_port, wait_until, Agent,
 };
 
 pub struct Hub {
@@ -798,4 +798,65 @@ fn tls_with_client_certificates_through_mosquitto() {
             path("dev-a.key.pem")
         );
     run_agent_and_compare(dir.path(), http_port, &mqtt, |_| {});
+}
+
+#[test]
+fn the_hub_alerts_on_a_device_that_goes_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
+    // The built-in hub pack waits 5 minutes; this one does not.
+    std::fs::write(
+        dir.path().join("hub-rules.toml"),
+        "[[rule]]\nname = \"device_offline\"\nselect = \"outpost_hub_device_online\"\nop = \"==\"\nthreshold = 0\nsummary = \"{{labels.instance}} is offline\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hub.toml"),
+        format!(
+            "[alerts]\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
+            dir.path().join("hub-rules.toml").display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("hub.toml");
+    let hub = Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", config.to_str().unwrap()],
+    );
+    let alerts = || -> Vec<Value> {
+        let (status, body) = http(hub.http_port, "GET", "/api/alerts", "");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["alerts"].as_array().unwrap().clone()
+    };
+    let agent = replaying_agent(dir.path(), &mqtt, 1);
+    wait_until("the device online", Duration::from_secs(20), || {
+        let devices = hub.devices();
+        (device_record(&devices, "dev-a")?["state"] == "online").then_some(())
+    });
+    assert!(alerts().is_empty());
+    agent.stop();
+    let firing = wait_until("the offline alert", Duration::from_secs(20), || {
+        alerts().into_iter().find(|a| a["state"] == "firing")
+    });
+    assert_eq!(firing["rule"], "device_offline");
+    assert_eq!(firing["labels"]["instance"], "dev-a");
+    assert_eq!(firing["summary"], "dev-a is offline");
+    // Every metric the hub's built-in pack selects is one the hub has.
+    let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
+    assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-a\"} 0"));
+    let pack: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root().join("config/hub-rules.toml")).unwrap())
+            .unwrap();
+    for rule in pack["rule"].as_array().unwrap() {
+        let metric = rule["select"].as_str().unwrap().split('{').next().unwrap();
+        assert!(
+            metrics.contains(&format!("# TYPE {metric} ")),
+            "{metric} (config/hub-rules.toml) is not a hub metric"
+        );
+    }
+    hub.stop();
 }
