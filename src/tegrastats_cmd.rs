@@ -62,16 +62,8 @@ pub fn run(command: TegrastatsCommand) -> Result<ExitCode> {
                 let parsed = tegrastats::parse(line);
                 at = parsed
                     .timestamp
-                    .and_then(|t| {
-                        let date = time::Date::from_calendar_date(
-                            i32::from(t.year),
-                            time::Month::try_from(t.month).ok()?,
-                            t.day,
-                        )
-                        .ok()?;
-                        let at = date.with_hms(t.hour, t.minute, t.second).ok()?;
-                        Some(at.assume_utc().unix_timestamp() * 1000)
-                    })
+                    .as_ref()
+                    .and_then(crate::collect::tegrastats::stamp_ms)
                     .unwrap_or(at + interval);
                 let mut samples = crate::collect::Samples::new();
                 crate::collect::tegrastats::to_samples(&parsed, &mut samples);

@@ -388,46 +388,33 @@ window = "5s"
 "#,
         );
         let mut w = Windows::new(&rules);
-        for t in 0..15 {
-            let ts = t * 1000;
-            w.observe(
-                &key(r#"cpu{core="0"}"#),
-                ts,
-                if t >= 10 { 1.0 } else { 0.0 },
-            );
-            w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
-            w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
-            w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
-            w.observe(&key(r#"total{host="a"}"#), ts, 100.0);
-            w.observe(&key(r#"used{host="b"}"#), ts, 50.0);
-            w.observe(&key("unrelated"), ts, 1.0);
-            if t < 12 {
-                w.observe(&key("heartbeat"), ts, 1.0);
+        let feed = |w: &mut Windows, seconds: std::ops::Range<i64>| {
+            for t in seconds {
+                let ts = t * 1000;
+                w.observe(
+                    &key(r#"cpu{core="0"}"#),
+                    ts,
+                    if t >= 10 { 1.0 } else { 0.0 },
+                );
+                w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
+                w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
+                w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
+                w.observe(&key(r#"total{host="a"}"#), ts, 100.0);
+                w.observe(&key(r#"used{host="b"}"#), ts, 50.0);
+                w.observe(&key("unrelated"), ts, 1.0);
+                if t < 12 {
+                    w.observe(&key("heartbeat"), ts, 1.0);
+                }
             }
-        }
+        };
+        feed(&mut w, 0..15);
         let cpu_earlier = w.evaluate(0, &rules[0], 14_000, 0);
         assert_eq!(
             cpu_earlier[0].value,
             Some(0.5),
             "(4s, 14s]: five of ten at 1.0"
         );
-        for t in 15..20 {
-            let ts = t * 1000;
-            w.observe(
-                &key(r#"cpu{core="0"}"#),
-                ts,
-                if t >= 10 { 1.0 } else { 0.0 },
-            );
-            w.observe(&key(r#"cpu{core="1"}"#), ts, 0.2);
-            w.observe(&key(r#"cpu{core="total"}"#), ts, 0.6);
-            w.observe(&key(r#"used{host="a"}"#), ts, 95.0);
-            w.observe(&key(r#"total{host="a"}"#), ts, 100.0);
-            w.observe(&key(r#"used{host="b"}"#), ts, 50.0);
-            w.observe(&key("unrelated"), ts, 1.0);
-            if t < 12 {
-                w.observe(&key("heartbeat"), ts, 1.0);
-            }
-        }
+        feed(&mut w, 15..20);
         let cpu = w.evaluate(0, &rules[0], 19_000, 0);
         assert_eq!(cpu.len(), 2, "total is excluded");
         // (9s, 19s]: ten samples of 1.0 for core 0.

@@ -151,21 +151,23 @@ pub fn read_log(path: &Path) -> Result<Vec<String>> {
 
 /// How long to wait before emitting the next replayed line: the gap between the two lines'
 /// own stamps when both have one, else the configured interval, divided by the speed.
+/// A line's `MM-DD-YYYY HH:MM:SS` stamp in milliseconds since the epoch, read as UTC.
+pub fn stamp_ms(stamp: &outpost::tegrastats::Stamp) -> Option<i64> {
+    let date = time::Date::from_calendar_date(
+        i32::from(stamp.year),
+        time::Month::try_from(stamp.month).ok()?,
+        stamp.day,
+    )
+    .ok()?;
+    let at = date.with_hms(stamp.hour, stamp.minute, stamp.second).ok()?;
+    Some(at.assume_utc().unix_timestamp() * 1000)
+}
+
 pub fn replay_gap(previous: &str, next: &str, interval: Duration, speed: f64) -> Duration {
     if speed == 0.0 {
         return Duration::ZERO;
     }
-    let stamp_seconds = |line: &str| {
-        let stamp = tegrastats::parse(line).timestamp?;
-        let date = time::Date::from_calendar_date(
-            i32::from(stamp.year),
-            time::Month::try_from(stamp.month).ok()?,
-            stamp.day,
-        )
-        .ok()?;
-        let at = date.with_hms(stamp.hour, stamp.minute, stamp.second).ok()?;
-        Some(at.assume_utc().unix_timestamp())
-    };
+    let stamp_seconds = |line: &str| Some(stamp_ms(&tegrastats::parse(line).timestamp?)? / 1000);
     let gap = match (stamp_seconds(previous), stamp_seconds(next)) {
         // A log stitched from several runs can jump; keep a replay moving.
         (Some(a), Some(b)) if b >= a && b - a <= 60 => Duration::from_secs((b - a) as u64),

@@ -182,39 +182,10 @@ impl Registry {
         )
     }
 
-    /// The per-device figures as samples (`instance` = device), for the hub's alert rules.
-    pub fn samples(
-        &self,
-        now: i64,
-        offline_after: Duration,
-    ) -> Vec<(outpost_storage::SeriesKey, f64)> {
+    /// Every family's value per device: (family index, device, value).
+    fn values(&self, now: i64, offline_after: Duration) -> Vec<(usize, &str, f64)> {
         let mut out = Vec::new();
-        for (name, _, _, value) in Self::families() {
-            for (device, record) in &self.devices {
-                let value = if name == "outpost_hub_device_online" {
-                    Some(f64::from(
-                        Self::state(record, now, offline_after) == "online",
-                    ))
-                } else {
-                    value(record)
-                };
-                let key = outpost_storage::SeriesKey::new(
-                    name,
-                    [("instance".to_string(), device.clone())],
-                );
-                if let (Some(value), Ok(key)) = (value, key) {
-                    out.push((key, value));
-                }
-            }
-        }
-        out
-    }
-
-    pub fn metrics(&self, now: i64, offline_after: Duration) -> String {
-        use std::fmt::Write as _;
-        let mut text = String::new();
-        for (name, kind, help, value) in Self::families() {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, (name, _, _, value)) in Self::families().into_iter().enumerate() {
             for (device, record) in &self.devices {
                 let value = if name == "outpost_hub_device_online" {
                     Some(f64::from(
@@ -224,8 +195,40 @@ impl Registry {
                     value(record)
                 };
                 if let Some(value) = value {
-                    let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
+                    out.push((i, device.as_str(), value));
                 }
+            }
+        }
+        out
+    }
+
+    /// The per-device figures as samples (`instance` = device), for the hub's alert rules.
+    pub fn samples(
+        &self,
+        now: i64,
+        offline_after: Duration,
+    ) -> Vec<(outpost_storage::SeriesKey, f64)> {
+        let families = Self::families();
+        self.values(now, offline_after)
+            .into_iter()
+            .filter_map(|(i, device, value)| {
+                let labels = [("instance".to_string(), device.to_string())];
+                Some((
+                    outpost_storage::SeriesKey::new(families[i].0, labels).ok()?,
+                    value,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn metrics(&self, now: i64, offline_after: Duration) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let values = self.values(now, offline_after);
+        for (i, (name, kind, help, _)) in Self::families().into_iter().enumerate() {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (_, device, value) in values.iter().filter(|v| v.0 == i) {
+                let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
             }
         }
         text
