@@ -478,15 +478,18 @@ pub fn self_metrics(runtime: &AlertShared, out: &mut crate::collect::Samples) {
             .count();
         out.add("outpost_alerts", &[("state", state)], count as f64);
     }
-    let dropped = engine.dropped_total();
-    let mut queued: Vec<(String, usize)> = Vec::new();
-    for (channel, _) in &dropped {
-        let name = match channel {
-            Channel::Mqtt => "mqtt".to_string(),
-            Channel::Named(n) => n.clone(),
-        };
-        queued.push((name, engine.queued(channel)));
-    }
+    let channels: Vec<(String, usize, u64)> = engine
+        .dropped_total()
+        .into_iter()
+        .map(|(channel, dropped)| {
+            let queued = engine.queued(&channel);
+            let name = match channel {
+                Channel::Mqtt => "mqtt".to_string(),
+                Channel::Named(n) => n,
+            };
+            (name, queued, dropped)
+        })
+        .collect();
     drop(engine);
     out.add(
         "outpost_alert_evaluation_duration_seconds",
@@ -498,8 +501,7 @@ pub fn self_metrics(runtime: &AlertShared, out: &mut crate::collect::Samples) {
             .as_secs_f64(),
     );
     let stats = runtime.stats.lock().expect("channel stats lock").clone();
-    for ((channel, dropped), (name, queued)) in dropped.iter().zip(&queued) {
-        let _ = channel;
+    for (name, queued, dropped) in &channels {
         let labels = [("channel", name.as_str())];
         let s = stats.get(name).cloned().unwrap_or_default();
         out.add(

@@ -382,10 +382,6 @@ impl Engine {
                 }
             }
         }
-        // Data from before the restart counts for `absent`: the agent was watching then too.
-        self.running_since_ms = self
-            .running_since_ms
-            .min(from.max(self.running_since_ms - self.windows.longest_window_ms()));
         Ok(())
     }
 
