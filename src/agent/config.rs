@@ -327,6 +327,9 @@ pub struct WebhookConfig {
     pub template: String,
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// For an `https://` URL whose certificate no public CA signed: the CA that did.
+    #[serde(default)]
+    pub ca_file: PathBuf,
     #[serde(default = "default_timeout")]
     pub timeout: Interval,
     #[serde(default = "default_notify_on")]
@@ -759,6 +762,10 @@ impl AlertsSection {
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("alerts.webhook[{i}].template"))?;
             }
+            if !hook.ca_file.as_os_str().is_empty() {
+                crate::tls::client_config(&hook.ca_file, Path::new(""), Path::new(""))
+                    .with_context(|| format!("alerts.webhook[{i}].ca_file"))?;
+            }
         }
         for (i, exec) in alerts.exec.iter().enumerate() {
             check_name(format!("alerts.exec[{i}].name"), &exec.name)?;
@@ -772,6 +779,10 @@ impl AlertsSection {
                 .with_context(|| format!("alerts.email[{i}].server"))?;
             if email.to.is_empty() {
                 bail!("alerts.email[{i}].to: needs at least one address");
+            }
+            if !email.ca_file.as_os_str().is_empty() {
+                crate::tls::client_config(&email.ca_file, Path::new(""), Path::new(""))
+                    .with_context(|| format!("alerts.email[{i}].ca_file"))?;
             }
             for address in std::iter::once(&email.from).chain(&email.to) {
                 if !address.contains('@') || address.contains(['\r', '\n']) {

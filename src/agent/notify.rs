@@ -4,6 +4,7 @@
 //! refused for good), so an outage of days ends with everything sent, with its original times.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -367,7 +368,11 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         headers: &headers,
         body: body.into(),
     };
-    match crate::collect::http::send(&target, request, config.timeout.0, 64 << 10).await {
+    let tls = match crate::tls::client_config(&config.ca_file, Path::new(""), Path::new("")) {
+        Ok(tls) => Arc::new(tls),
+        Err(error) => return Attempt::Retry(format!("{error:#}")),
+    };
+    match crate::collect::http::send(&target, request, tls, config.timeout.0, 64 << 10).await {
         Ok(response) if (200..300).contains(&response.status) => Attempt::Delivered,
         // Rate limits and server trouble pass; other refusals will not.
         Ok(response) if matches!(response.status, 408 | 429) || response.status >= 500 => {
@@ -792,6 +797,7 @@ mod tests {
             format,
             template: template.into(),
             headers: Default::default(),
+            ca_file: Default::default(),
             timeout: crate::agent::config::Interval::secs(1),
             on: vec![NotifyOn::Firing],
         }

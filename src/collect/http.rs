@@ -113,9 +113,12 @@ pub async fn get(
         headers: &accept,
         body: Bytes::new(),
     };
-    tokio::time::timeout(timeout, send_inner(target, request, insecure, max_body))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
+    tokio::time::timeout(
+        timeout,
+        send_inner(target, request, tls_config(insecure), max_body),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
 }
 
 /// What [`send`] sends.
@@ -126,14 +129,16 @@ pub struct Request<'a> {
 }
 
 /// Sends `request` to `target`, reading at most `max_body` bytes of the answer, all within
-/// `timeout` (webhooks POST through this).
+/// `timeout` (webhooks POST through this). `tls` decides which servers are trusted for an
+/// `https://` target.
 pub async fn send(
     target: &Target,
     request: Request<'_>,
+    tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     max_body: usize,
 ) -> Result<Response> {
-    tokio::time::timeout(timeout, send_inner(target, request, false, max_body))
+    tokio::time::timeout(timeout, send_inner(target, request, tls, max_body))
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
 }
@@ -141,7 +146,7 @@ pub async fn send(
 async fn send_inner(
     target: &Target,
     request: Request<'_>,
-    insecure: bool,
+    tls: Arc<rustls::ClientConfig>,
     max_body: usize,
 ) -> Result<Response> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -165,7 +170,7 @@ async fn send_inner(
     if target.tls {
         let name = ServerName::try_from(target.host.clone())
             .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
-        let connector = tokio_rustls::TlsConnector::from(tls_config(insecure));
+        let connector = tokio_rustls::TlsConnector::from(tls);
         let stream = connector
             .connect(name, tcp)
             .await

@@ -339,60 +339,117 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
 }
 
 /// A webhook receiver: answers the first `failures` requests with 503, the rest with 200, and
-/// keeps every request's body.
+/// keeps every request's body. With a certificate and key it speaks HTTPS only.
 struct Receiver {
     port: u16,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Reads one HTTP request from `stream`, returns its body, and answers with `status`.
+fn answer_one<S: std::io::Read + std::io::Write>(
+    stream: S,
+    status: impl FnOnce() -> &'static str,
+) -> Option<String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream);
+    let mut length = 0usize;
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let status = status();
+    let stream = reader.get_mut();
+    let _ = stream.write_all(
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
+    let _ = stream.flush();
+    Some(String::from_utf8_lossy(&body).into_owned())
 }
 
 impl Receiver {
     fn start(failures: usize) -> Receiver {
-        use std::io::{BufRead, BufReader, Read, Write};
+        Receiver::serve(failures, None)
+    }
+
+    fn start_https(cert: &Path, key: &Path) -> Receiver {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Receiver::serve(0, Some(std::sync::Arc::new(config)))
+    }
+
+    fn serve(
+        failures: usize,
+        tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Receiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (b, r) = (bodies.clone(), requests.clone());
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, r, c) = (bodies.clone(), requests.clone(), connections.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                let mut request_line = String::new();
-                reader.read_line(&mut request_line).unwrap_or(0);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let accepted = std::cell::Cell::new(false);
+                let status = || {
+                    let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    accepted.set(n >= failures);
+                    if n < failures {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
                     }
-                    if let Some((name, value)) = line.split_once(':') {
-                        if name.eq_ignore_ascii_case("content-length") {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let status = if n < failures {
-                    "503 Service Unavailable"
-                } else {
-                    b.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&body).into_owned());
-                    "200 OK"
                 };
-                let _ = reader.get_mut().write_all(
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                );
+                let answered = match &tls {
+                    // A failed handshake (an untrusting client) reads as no request at all.
+                    Some(config) => tokio_rustls::rustls::ServerConnection::new(config.clone())
+                        .ok()
+                        .and_then(|connection| {
+                            answer_one(
+                                tokio_rustls::rustls::StreamOwned::new(connection, stream),
+                                status,
+                            )
+                        }),
+                    None => answer_one(stream, status),
+                };
+                if let (Some(body), true) = (answered, accepted.get()) {
+                    b.lock().unwrap().push(body);
+                }
             }
         });
         Receiver {
             port,
             bodies,
             requests,
+            connections,
         }
     }
 
@@ -408,7 +465,8 @@ struct SmtpServer {
 }
 
 impl SmtpServer {
-    fn start(dir: &Path, port: u16, cert: &Path, key: &Path) -> SmtpServer {
+    /// STARTTLS required, or with `smtps` TLS from the first byte.
+    fn start(dir: &Path, port: u16, cert: &Path, key: &Path, smtps: bool) -> SmtpServer {
         let python = std::env::var("OUTPOST_PYTHON").unwrap_or_else(|_| {
             if Path::new("/usr/bin/python3").exists() {
                 "/usr/bin/python3".into()
@@ -416,17 +474,22 @@ impl SmtpServer {
                 "python3".into()
             }
         });
-        let maildir = dir.join("maildir");
+        let maildir = dir.join(format!("maildir-{port}"));
+        let (cert_flag, key_flag) = if smtps {
+            ("--smtpscert", "--smtpskey")
+        } else {
+            ("--tlscert", "--tlskey")
+        };
         let child = Command::new(&python)
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .arg("--tlscert")
+            .arg(cert_flag)
             .arg(cert)
-            .arg("--tlskey")
+            .arg(key_flag)
             .arg(key)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("smtp.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("smtp-{port}.log"))).unwrap())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("{python} -m aiosmtpd ({e}): install Debian's python3-aiosmtpd")
@@ -476,7 +539,13 @@ fn webhooks_mail_commands_and_silences() {
     let hook = Receiver::start(2);
     let (cert, key) = self_signed(dir.path());
     let smtp_port = free_port();
-    let smtp = SmtpServer::start(dir.path(), smtp_port, &cert, &key);
+    let smtp = SmtpServer::start(dir.path(), smtp_port, &cert, &key, false);
+    let smtps_port = free_port();
+    let smtps = SmtpServer::start(dir.path(), smtps_port, &cert, &key, true);
+    // HTTPS: one receiver trusted through `ca_file`, one with the same certificate that the
+    // public roots do not vouch for, so the agent must refuse to talk to it.
+    let secure_hook = Receiver::start_https(&cert, &key);
+    let untrusted_hook = Receiver::start_https(&cert, &key);
     let exec_out = dir.path().join("exec.env");
     let rules = ERRORS_RULE;
     std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
@@ -490,11 +559,24 @@ interval = "200ms"
 name = "chat"
 url = "http://127.0.0.1:{hook}/hooks/abc"
 format = "slack"
+[[alerts.webhook]]
+name = "secure"
+url = "https://localhost:{secure}/in"
+ca_file = "{cert}"
+[[alerts.webhook]]
+name = "untrusted"
+url = "https://localhost:{untrusted}/in"
 [[alerts.email]]
 name = "mail"
 server = "smtp://localhost:{smtp_port}"
 from = "outpost@example.com"
 to = ["ops@example.com", "oncall@example.com"]
+ca_file = "{cert}"
+[[alerts.email]]
+name = "mail-tls"
+server = "smtps://localhost:{smtps_port}"
+from = "outpost@example.com"
+to = ["ops@example.com"]
 ca_file = "{cert}"
 [[alerts.exec]]
 name = "fix"
@@ -502,6 +584,8 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
 "#,
         rules = dir.path().join("rules.toml").display(),
         hook = hook.port,
+        secure = secure_hook.port,
+        untrusted = untrusted_hook.port,
         cert = cert.display(),
         exec = exec_out.display(),
     );
@@ -535,6 +619,40 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         "{mail}"
     );
     assert!(mail.contains("rule: errors"), "{mail}");
+    wait_until("the mail over SMTPS", Duration::from_secs(30), || {
+        (smtps.mail().len() == 1).then_some(())
+    });
+    assert!(
+        smtps.mail()[0].contains("Subject: [FIRING] errors on dev-1"),
+        "{}",
+        smtps.mail()[0]
+    );
+    wait_until("the HTTPS webhook", Duration::from_secs(30), || {
+        (secure_hook.bodies().len() == 1).then_some(())
+    });
+    let json: Value = serde_json::from_str(&secure_hook.bodies()[0]).unwrap();
+    assert_eq!(
+        (&json["rule"], &json["state"]),
+        (&"errors".into(), &"firing".into())
+    );
+    // The untrusted server was tried (and retried) but never got a request through.
+    wait_until(
+        "a retry to the untrusted server",
+        Duration::from_secs(30),
+        || {
+            (untrusted_hook
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 2)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        untrusted_hook
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     wait_until("the command", Duration::from_secs(30), || {
         std::fs::read_to_string(&exec_out)
             .ok()
