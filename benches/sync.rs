@@ -96,7 +96,7 @@ fn collect_and_ship(
             cursor += 1;
         }
         agent.write(write).unwrap();
-        while let Some((_, payload)) = outbox.next_batch(agent, 0, 0).unwrap() {
+        while let Some((_, payload)) = outbox.next_batch(agent, 0, 0, &[]).unwrap() {
             let ack = ack_for(&payload, key);
             sent(&payload, &ack);
             outbox.on_ack(agent, &Ack::decode(&ack, device, key).unwrap());
@@ -195,7 +195,7 @@ fn backfill() {
     let mut batches = 0;
     loop {
         let mut sent = Vec::new();
-        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0, &[]).unwrap() {
             sent.push(payload);
         }
         if sent.is_empty() {
@@ -204,7 +204,9 @@ fn backfill() {
         let mut acks = Vec::new();
         for payload in sent {
             let batch = Batch::decode(&payload, "dev", &key, &Limits::default()).unwrap();
-            let ingested = ingestor.ingest(&hub, &batch).unwrap();
+            let ingested = ingestor
+                .ingest(&hub, &batch, batch.header.sent_wall_ms)
+                .unwrap();
             acks.push(Ack {
                 device: "dev".into(),
                 epoch: batch.header.epoch,
@@ -284,8 +286,10 @@ fn ingest() {
     for group in payloads.chunks(100) {
         for (device, payload, d) in group {
             let batch = Batch::decode(payload, device, &keys[*d], &Limits::default()).unwrap();
-            if let outpost_sync::AckStatus::Stored { samples: n, .. } =
-                ingestor.ingest(&hub, &batch).unwrap().status
+            if let outpost_sync::AckStatus::Stored { samples: n, .. } = ingestor
+                .ingest(&hub, &batch, batch.header.sent_wall_ms)
+                .unwrap()
+                .status
             {
                 samples += n;
             }

@@ -466,9 +466,9 @@ fn ingest_loop(
             let outcome = ingest_one(store, &mut ingestor, devices, &device, &payload, limits);
             let mut registry = registry.lock().expect("registry lock");
             match outcome {
-                Ok((ack, key, batch)) => {
-                    registry.batch(&device, &batch.header, &ack.status);
-                    acks.push((device.clone(), ack.encode(&key)));
+                Ok((ack, key, batch, clock)) => {
+                    registry.batch(&device, &batch.header, &ack.status, clock, batch.version);
+                    acks.push((device.clone(), ack.encode_as(&key, batch.version)));
                 }
                 Err((reason, reply)) => {
                     let enrolled = devices.get().key(&device).is_some();
@@ -496,6 +496,9 @@ fn ingest_loop(
 
 type Rejection = (String, Option<Vec<u8>>);
 
+/// Timestamps of a batch that were corrected and that stayed implausible.
+type ClockCounts = (u64, u64);
+
 fn ingest_one(
     store: &Store,
     ingestor: &mut outpost_sync::ingest::Ingestor,
@@ -503,7 +506,7 @@ fn ingest_one(
     device: &str,
     payload: &[u8],
     limits: &Limits,
-) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch), Rejection> {
+) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch, ClockCounts), Rejection> {
     let Some(key) = devices.get().key(device) else {
         return Err(("unknown or revoked device".into(), None));
     };
@@ -526,8 +529,12 @@ fn ingest_one(
         }
         Err(error) => return Err((error.to_string(), None)),
     };
-    let status = match ingestor.ingest(store, &batch) {
-        Ok(ingested) => ingested.status,
+    let mut clock = (0, 0);
+    let status = match ingestor.ingest(store, &batch, outpost::timearg::now_ms()) {
+        Ok(ingested) => {
+            clock = (ingested.clock_corrected, ingested.implausible);
+            ingested.status
+        }
         Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
             return Err((error.to_string(), None))
         }
@@ -541,7 +548,7 @@ fn ingest_one(
         seq: batch.header.seq,
         status,
     };
-    Ok((ack, key, batch))
+    Ok((ack, key, batch, clock))
 }
 
 struct HttpState {

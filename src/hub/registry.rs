@@ -28,6 +28,15 @@ pub struct DeviceRecord {
     pub sync_lag_ms: Option<i64>,
     pub epoch: u64,
     pub last_seq: u64,
+    /// Timestamps stored corrected for the device's wrong clock.
+    #[serde(default)]
+    pub clock_corrected_samples: u64,
+    /// Timestamps stored as they came although implausible (nothing said how far off).
+    #[serde(default)]
+    pub implausible_samples: u64,
+    /// The protocol version of its last batch.
+    #[serde(default)]
+    pub protocol: u16,
 }
 
 #[derive(Debug, Default)]
@@ -105,10 +114,20 @@ impl Registry {
         record
     }
 
-    pub fn batch(&mut self, device: &str, header: &BatchHeader, status: &AckStatus) {
+    pub fn batch(
+        &mut self,
+        device: &str,
+        header: &BatchHeader,
+        status: &AckStatus,
+        (clock_corrected, implausible): (u64, u64),
+        protocol: u16,
+    ) {
         let now = outpost::timearg::now_ms();
         let record = self.record(device);
         record.batches += 1;
+        record.clock_corrected_samples += clock_corrected;
+        record.implausible_samples += implausible;
+        record.protocol = protocol;
         record.epoch = header.epoch;
         record.last_seq = record.last_seq.max(header.seq);
         record.clock_offset_ms = Some(now - header.sent_wall_ms);
@@ -234,7 +253,7 @@ impl Registry {
         text
     }
 
-    fn families() -> [Family; 6] {
+    fn families() -> [Family; 8] {
         [
             (
                 "outpost_hub_device_online",
@@ -271,6 +290,18 @@ impl Registry {
                 "gauge",
                 "Age of the device's oldest unacknowledged data at its last batch.",
                 |r| r.sync_lag_ms.map(|ms| ms as f64 / 1000.0),
+            ),
+            (
+                "outpost_hub_clock_corrected_samples_total",
+                "counter",
+                "Timestamps from the device stored corrected for its wrong clock.",
+                |r| Some(r.clock_corrected_samples as f64),
+            ),
+            (
+                "outpost_hub_implausible_samples_total",
+                "counter",
+                "Timestamps from the device stored as they came although implausible (before 2024, or in the future), with nothing to correct them by.",
+                |r| Some(r.implausible_samples as f64),
             ),
         ]
     }

@@ -1838,16 +1838,35 @@ impl Shared {
                 }
             }
 
-            // Retention by age, relative to the newest sample.
+            // Retention by age, relative to the newest sample. What the sync layer has not
+            // shipped yet is spared: age alone must not lose it (a clock that steps forward by
+            // months makes everything before look old), only the byte budget may.
             if let Some(newest) = newest {
                 let retention = self.options.retention;
                 let cut = |keep: Option<Duration>| {
                     keep.map(|d| newest.saturating_sub(d.as_millis() as i64))
                 };
-                raw_delta -= drop_before(&mut chunks, cut(retention.raw), Tier::Raw)? as i64;
+                let mut unshipped = BTreeSet::new();
+                if self.options.track_changes {
+                    if let Ok(dirty) = txn.open_table(DIRTY) {
+                        for entry in dirty.iter()? {
+                            let (key, version) = entry?;
+                            let (key, version) = (key.value(), version.value());
+                            // Confirmed with this commit: shipped.
+                            if feed.delivered.get(&key) != Some(&version) {
+                                unshipped.insert(key);
+                            }
+                        }
+                    }
+                    unshipped.extend(feed.dirty.iter().copied());
+                }
+                raw_delta -=
+                    drop_before(&mut chunks, cut(retention.raw), Tier::Raw, &unshipped)? as i64;
                 minute_delta -=
-                    drop_before(&mut chunks, cut(retention.minute), Tier::Minute)? as i64;
-                hour_delta -= drop_before(&mut chunks, cut(retention.hour), Tier::Hour)? as i64;
+                    drop_before(&mut chunks, cut(retention.minute), Tier::Minute, &unshipped)?
+                        as i64;
+                hour_delta -=
+                    drop_before(&mut chunks, cut(retention.hour), Tier::Hour, &unshipped)? as i64;
                 meta.insert(META_NEWEST, newest as u64)?;
             }
             if self.options.track_changes {
@@ -1981,7 +2000,7 @@ impl Shared {
                     cut = Some(window);
                 }
                 if let Some(cut) = cut {
-                    let dropped = drop_windows_through(&mut table, cut, tier)?;
+                    let dropped = drop_windows_through(&mut table, cut, tier, &BTreeSet::new())?;
                     add_counter(&mut meta, counter, -(dropped as i64))?;
                 }
             }
@@ -2053,21 +2072,33 @@ fn chunk_len(bytes: &[u8], tier: Tier) -> u64 {
 
 /// Removes every chunk of `tier` whose whole window ends at or before `cut`; returns the points
 /// removed.
-fn drop_before(table: &mut ChunkTable<'_>, cut: Option<i64>, tier: Tier) -> Result<u64> {
+/// Drops the chunks of `tier` that end before `cut`, except those in `spared` (keys as in the
+/// change feed: window, tier, series).
+fn drop_before(
+    table: &mut ChunkTable<'_>,
+    cut: Option<i64>,
+    tier: Tier,
+    spared: &BTreeSet<(i64, u8, u32)>,
+) -> Result<u64> {
     let Some(cut) = cut else { return Ok(0) };
     let window = window_of(tier);
     // Windows starting at or before this one end at or before `cut`.
     let last_droppable = bucket_of(cut, window).saturating_sub(window);
-    drop_windows_through(table, last_droppable, tier)
+    drop_windows_through(table, last_droppable, tier, spared)
 }
 
-fn drop_windows_through(table: &mut ChunkTable<'_>, last_window: i64, tier: Tier) -> Result<u64> {
+fn drop_windows_through(
+    table: &mut ChunkTable<'_>,
+    last_window: i64,
+    tier: Tier,
+    spared: &BTreeSet<(i64, u8, u32)>,
+) -> Result<u64> {
     let mut doomed = Vec::new();
     let mut points = 0u64;
     for entry in table.iter()? {
         let (key, value) = entry?;
         let (id, t, window) = key.value();
-        if t == tier as u8 && window <= last_window {
+        if t == tier as u8 && window <= last_window && !spared.contains(&(window, t, id)) {
             points += chunk_len(value.value(), tier);
             doomed.push((id, t, window));
         }

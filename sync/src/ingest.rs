@@ -13,7 +13,7 @@ use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples};
 use outpost_storage::{SeriesId, SeriesKey, StateTable, Store, Tier, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::message::{AckStatus, Batch};
+use crate::message::{AckStatus, Batch, ClockStep};
 
 /// The label every series gets at the hub: the device it came from.
 pub const INSTANCE: &str = "instance";
@@ -81,6 +81,30 @@ pub struct Ingested {
     pub status: AckStatus,
     /// Sequence numbers skipped before this batch (0 when in order).
     pub gap: u64,
+    /// Timestamps stored corrected for the device's wrong clock.
+    pub clock_corrected: u64,
+    /// Timestamps stored as they came although they are implausible (before
+    /// [`EARLIEST_PLAUSIBLE_MS`], or in the future by the hub's clock) and nothing said by how
+    /// much they are off.
+    pub implausible: u64,
+}
+
+/// A device clock further than this from the hub's (receive time minus the device's wall clock
+/// at send) is wrong, and what it wrote is corrected. Under it lie network delays and ordinary
+/// clock error, which are left alone.
+pub const CLOCK_TOLERANCE_MS: i64 = 60_000;
+/// 2024-01-01T00:00:00Z: no agent of this protocol wrote anything before it, so an earlier
+/// timestamp is a wrong clock's.
+pub const EARLIEST_PLAUSIBLE_MS: i64 = 1_704_067_200_000;
+
+/// A device's wrong clock as the hub measured it: within boot `boot_id`, while the device's
+/// clock put its boot at `boot_wall_ms`, its timestamps were `offset_ms` behind the hub's.
+/// Kept, so that data sent again (after an agent restart) gets the very same correction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ClockFrame {
+    boot_id: String,
+    boot_wall_ms: i64,
+    offset_ms: i64,
 }
 
 /// The hub's ingest state for the whole fleet.
@@ -89,6 +113,49 @@ pub struct Ingestor {
     /// (device, device's series id) to the hub's series id.
     series: HashMap<(String, u32), SeriesId>,
     seen: HashMap<(String, u64), Seen>,
+    clock_frames: HashMap<String, Option<ClockFrame>>,
+}
+
+/// How one batch's timestamps are corrected.
+struct Correction<'a> {
+    steps: &'a [ClockStep],
+    /// The device's clock now, with its offset: timestamps from the boot up to now by that
+    /// clock get the offset.
+    frame: Option<(i64, i64, i64)>,
+    received_ms: i64,
+    corrected: u64,
+    implausible: u64,
+}
+
+impl Correction<'_> {
+    /// The timestamp to store for `ts`, moved by whole multiples of `unit` (1 for samples,
+    /// the bucket width for rollups, which must stay aligned).
+    fn fix(&mut self, ts: i64, unit: i64) -> i64 {
+        let round = |delta: i64| (delta + unit / 2).div_euclid(unit) * unit;
+        let mut fixed = ts;
+        let mut boot: Option<&str> = None;
+        for step in self.steps {
+            // Steps chain within a boot (1970, then a saved time, then NTP), in order.
+            if boot.is_none_or(|b| b == step.boot_id) && step.covers(fixed) {
+                fixed = fixed.saturating_add(round(step.delta_ms));
+                boot = Some(&step.boot_id);
+            }
+        }
+        if boot.is_none() {
+            if let Some((from, until, offset)) = self.frame {
+                if (from..=until).contains(&ts) {
+                    fixed = ts.saturating_add(round(offset));
+                }
+            }
+        }
+        if fixed != ts {
+            self.corrected += 1;
+        }
+        if fixed < EARLIEST_PLAUSIBLE_MS || fixed > self.received_ms + CLOCK_TOLERANCE_MS {
+            self.implausible += 1;
+        }
+        fixed
+    }
 }
 
 fn series_state_key(device: &str, id: u32) -> String {
@@ -97,6 +164,10 @@ fn series_state_key(device: &str, id: u32) -> String {
 
 fn seen_state_key(device: &str, epoch: u64) -> String {
     format!("seq/{device}/{epoch}")
+}
+
+fn clock_state_key(device: &str) -> String {
+    format!("clock/{device}")
 }
 
 /// The hub's key for a device's series: `instance` set to the device, the device's own
@@ -156,9 +227,53 @@ impl Ingestor {
         Ok(self.seen.get_mut(&key).expect("inserted above"))
     }
 
+    /// The device's clock frame for this batch, the one stored when it matches (`false`) or a
+    /// new one (`true`): `None` while the device's clock is within [`CLOCK_TOLERANCE_MS`] of
+    /// the hub's.
+    fn clock_frame(
+        &mut self,
+        store: &Store,
+        batch: &Batch,
+        received_ms: i64,
+    ) -> Result<Option<(ClockFrame, bool)>, IngestError> {
+        let header = &batch.header;
+        let device = header.device.as_str();
+        if !self.clock_frames.contains_key(device) {
+            let stored = store
+                .state_get(StateTable::DeviceRegistry, &clock_state_key(device))?
+                .and_then(|bytes| postcard::from_bytes(&bytes).ok());
+            self.clock_frames.insert(device.to_string(), stored);
+        }
+        let boot_wall_ms = header
+            .sent_wall_ms
+            .saturating_sub(i64::try_from(header.sent_uptime_ms).unwrap_or(i64::MAX));
+        let offset_ms = received_ms.saturating_sub(header.sent_wall_ms);
+        let known = self.clock_frames[device].clone().filter(|frame| {
+            frame.boot_id == header.boot_id && (frame.boot_wall_ms - boot_wall_ms).abs() <= 5_000
+        });
+        if let Some(frame) = known {
+            return Ok(Some((frame, false)));
+        }
+        if offset_ms.abs() <= CLOCK_TOLERANCE_MS {
+            return Ok(None);
+        }
+        let frame = ClockFrame {
+            boot_id: header.boot_id.clone(),
+            boot_wall_ms,
+            offset_ms,
+        };
+        Ok(Some((frame, true)))
+    }
+
     /// Writes a verified batch into `store` (accepted, not yet durable: the caller syncs the
-    /// store before it sends the returned acknowledgement).
-    pub fn ingest(&mut self, store: &Store, batch: &Batch) -> Result<Ingested, IngestError> {
+    /// store before it sends the returned acknowledgement). `received_ms` is the hub's clock
+    /// when the batch came: what a device's wrong clock is measured against.
+    pub fn ingest(
+        &mut self,
+        store: &Store,
+        batch: &Batch,
+        received_ms: i64,
+    ) -> Result<Ingested, IngestError> {
         let device = batch.header.device.as_str();
         let (epoch, seq) = (batch.header.epoch, batch.header.seq);
         if self.seen(store, device, epoch)?.contains(seq) {
@@ -168,9 +283,25 @@ impl Ingestor {
                     duplicate: true,
                 },
                 gap: 0,
+                clock_corrected: 0,
+                implausible: 0,
             });
         }
         let mut write = WriteBatch::default();
+        let frame = self.clock_frame(store, batch, received_ms)?;
+        let mut correction = Correction {
+            steps: &batch.header.clock_steps,
+            frame: frame.as_ref().map(|(f, _)| {
+                (
+                    f.boot_wall_ms,
+                    batch.header.sent_wall_ms + CLOCK_TOLERANCE_MS,
+                    f.offset_ms,
+                )
+            }),
+            received_ms,
+            corrected: 0,
+            implausible: 0,
+        };
         let mut new_series: Vec<(u32, SeriesId)> = Vec::new();
         for def in &batch.body.defs {
             let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
@@ -208,6 +339,8 @@ impl Ingestor {
             return Ok(Ingested {
                 status: AckStatus::UnknownSeries { ids: unknown },
                 gap: 0,
+                clock_corrected: 0,
+                implausible: 0,
             });
         }
         let mut samples = 0u64;
@@ -221,6 +354,10 @@ impl Ingestor {
                     series: live.series,
                     reason: e.to_string(),
                 })?;
+            let timestamps: Vec<i64> = timestamps
+                .into_iter()
+                .map(|ts| correction.fix(ts, 1))
+                .collect();
             samples += timestamps.len() as u64;
             note_buckets(&mut raw_buckets, hub, &timestamps);
             for (ts, value) in timestamps.into_iter().zip(values) {
@@ -238,6 +375,10 @@ impl Ingestor {
                 0 => {
                     let (timestamps, values) =
                         decode_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
+                    let timestamps: Vec<i64> = timestamps
+                        .into_iter()
+                        .map(|ts| correction.fix(ts, 1))
+                        .collect();
                     samples += timestamps.len() as u64;
                     note_buckets(&mut raw_buckets, hub, &timestamps);
                     for (ts, value) in timestamps.into_iter().zip(values) {
@@ -252,6 +393,14 @@ impl Ingestor {
                     };
                     let (buckets, rollups) =
                         decode_rollup_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
+                    let width = tier.resolution_ms();
+                    let mut fixed: Vec<(i64, _)> = buckets
+                        .into_iter()
+                        .map(|bucket| correction.fix(bucket, width))
+                        .zip(rollups)
+                        .collect();
+                    fixed.sort_by_key(|(bucket, _)| *bucket);
+                    let (buckets, rollups): (Vec<i64>, Vec<_>) = fixed.into_iter().unzip();
                     rollup_chunks.push((hub, tier, buckets, rollups));
                 }
                 other => return Err(bad(format!("unknown tier {other}"))),
@@ -278,7 +427,24 @@ impl Ingestor {
             seen_state_key(device, epoch),
             postcard::to_allocvec(&updated).expect("postcard serializes sequence sets"),
         );
+        let new_frame = frame.filter(|(_, new)| *new).map(|(f, _)| f);
+        if let Some(frame) = &new_frame {
+            write.put_state(
+                StateTable::DeviceRegistry,
+                clock_state_key(device),
+                postcard::to_allocvec(frame).expect("postcard serializes clock frames"),
+            );
+        }
         store.write(write)?;
+        if let Some(frame) = new_frame {
+            tracing::warn!(
+                device,
+                offset_ms = frame.offset_ms,
+                boot_id = %frame.boot_id,
+                "the device's clock is off; its timestamps are stored corrected"
+            );
+            self.clock_frames.insert(device.to_string(), Some(frame));
+        }
         *self.seen(store, device, epoch)? = updated;
         for (id, hub) in new_series {
             self.series.insert((device.to_string(), id), hub);
@@ -289,6 +455,8 @@ impl Ingestor {
                 duplicate: false,
             },
             gap,
+            clock_corrected: correction.corrected,
+            implausible: correction.implausible,
         })
     }
 }
@@ -357,5 +525,178 @@ mod tests {
             hub_key("orin-01", &plain).unwrap().to_string(),
             r#"node_load1{instance="orin-01"}"#
         );
+    }
+
+    const DAY: i64 = 86_400_000;
+    /// The hub's clock in these tests: 2026-12-01.
+    const NOW: i64 = 1_796_083_200_000;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(dir.path().join("hub.redb"), hub_store_options(1 << 30)).unwrap()
+    }
+
+    /// A batch of `value` at each of `timestamps` for series `cpu`, and an hour-tier rollup
+    /// chunk at `bucket` when given.
+    fn batch(
+        epoch: u64,
+        sent_wall_ms: i64,
+        timestamps: &[i64],
+        rollup_bucket: Option<i64>,
+        clock_steps: Vec<ClockStep>,
+    ) -> Batch {
+        use crate::message::{BatchBody, BatchHeader, LiveSamples, SeriesDef, StoredChunk};
+        let values: Vec<f64> = timestamps.iter().map(|&t| (t % 1000) as f64).collect();
+        Batch {
+            header: BatchHeader {
+                device: "jetson".into(),
+                epoch,
+                seq: 1,
+                boot_id: "boot-1".into(),
+                sent_wall_ms,
+                sent_uptime_ms: 600_000,
+                oldest_unacked_ms: None,
+                body_bytes: 0,
+                clock_steps,
+            },
+            body: BatchBody {
+                defs: vec![SeriesDef {
+                    id: 1,
+                    key: "cpu".into(),
+                }],
+                live: vec![LiveSamples {
+                    series: 1,
+                    samples: outpost_storage::codec::encode_samples(timestamps, &values),
+                }],
+                chunks: rollup_bucket
+                    .map(|bucket| StoredChunk {
+                        series: 1,
+                        tier: 2,
+                        window_start: bucket,
+                        bytes: outpost_storage::codec::encode_rollup_chunk(
+                            &[bucket],
+                            &[outpost_storage::codec::Rollup::of(1.0)],
+                            3,
+                        ),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+            version: crate::PROTOCOL_VERSION,
+        }
+    }
+
+    fn stored(store: &Store) -> Vec<i64> {
+        let selector = outpost_storage::Selector::parse("cpu").unwrap();
+        store
+            .query_raw(&selector, 0, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.points.into_iter().map(|(ts, _)| ts))
+            .collect()
+    }
+
+    fn stored_hour_buckets(store: &Store) -> Vec<i64> {
+        let selector = outpost_storage::Selector::parse("cpu").unwrap();
+        store
+            .query_rollups(&selector, Tier::Hour, 0, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, points)| points.into_iter().map(|(bucket, _)| bucket))
+            .collect()
+    }
+
+    #[test]
+    fn a_clock_that_is_off_now_is_corrected_by_the_receive_time_the_same_way_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        // The device's clock is 400 days behind; it sends at what it thinks is NOW - 400 d.
+        let off = 400 * DAY;
+        let sent = NOW - off;
+        let written = [sent - 20_000, sent - 10_000, sent];
+        let mut ingestor = Ingestor::new();
+        let first = ingestor
+            .ingest(&hub, &batch(1, sent, &written, None, vec![]), NOW + 150)
+            .unwrap();
+        assert_eq!((first.clock_corrected, first.implausible), (3, 0));
+        let expected: Vec<i64> = written.iter().map(|t| t + off + 150).collect();
+        assert_eq!(stored(&hub), expected);
+        // After a hub restart, the agent sends the same data again in a new epoch, later and
+        // with another network delay: the same correction, so nothing is stored twice.
+        let mut restarted = Ingestor::new();
+        let again = restarted
+            .ingest(
+                &hub,
+                &batch(2, sent + 5_000, &written, None, vec![]),
+                NOW + 5_900,
+            )
+            .unwrap();
+        assert_eq!(again.clock_corrected, 3);
+        assert_eq!(stored(&hub), expected);
+        // A right clock is left alone: 30 s of delay is not a wrong clock.
+        let fine = [NOW + 40_000];
+        let dir2 = tempfile::tempdir().unwrap();
+        let hub2 = store(&dir2);
+        let ok = Ingestor::new()
+            .ingest(
+                &hub2,
+                &batch(1, NOW + 40_000, &fine, None, vec![]),
+                NOW + 70_000,
+            )
+            .unwrap();
+        assert_eq!((ok.clock_corrected, ok.implausible), (0, 0));
+        assert_eq!(stored(&hub2), fine);
+    }
+
+    #[test]
+    fn clock_steps_from_the_device_correct_what_the_old_clock_wrote_rollups_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        // Booted believing it was 2022-01-01; NTP set the clock 4 years forward at 60 s. The
+        // clock is right now, so only the step says what is off.
+        let wrong_boot = 1_640_995_200_000;
+        let delta = 1_796_000_000_000 - wrong_boot;
+        let step = ClockStep {
+            boot_id: "boot-1".into(),
+            from_ms: wrong_boot - 2_000,
+            until_ms: wrong_boot + 60_000,
+            delta_ms: delta,
+        };
+        let old = [wrong_boot + 30_000, wrong_boot + 59_000];
+        let new = [wrong_boot + delta + 61_000];
+        let all: Vec<i64> = old.iter().chain(&new).copied().collect();
+        let bucket = wrong_boot; // an hour bucket of the old clock's
+        let ingested = Ingestor::new()
+            .ingest(
+                &hub,
+                &batch(1, NOW, &all, Some(bucket), vec![step]),
+                NOW + 100,
+            )
+            .unwrap();
+        assert_eq!((ingested.clock_corrected, ingested.implausible), (3, 0));
+        assert_eq!(
+            stored(&hub),
+            [old[0] + delta, old[1] + delta, new[0]],
+            "the new clock's sample is not moved"
+        );
+        // The hub's own hour of the raw samples, and the device's rollup moved by whole hours.
+        let buckets = stored_hour_buckets(&hub);
+        assert!(buckets.iter().all(|b| b % 3_600_000 == 0), "still aligned");
+        assert!(buckets.iter().all(|b| *b > NOW - 2 * DAY), "{buckets:?}");
+        assert!(buckets
+            .iter()
+            .any(|b| (b - (bucket + delta)).abs() <= 1_800_000));
+    }
+
+    #[test]
+    fn implausible_timestamps_with_nothing_to_correct_them_are_kept_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        // A right clock now, old data from a boot whose clock nobody measured.
+        let stale = [1_600_000_000_000, NOW - 1_000];
+        let ingested = Ingestor::new()
+            .ingest(&hub, &batch(1, NOW, &stale, None, vec![]), NOW)
+            .unwrap();
+        assert_eq!((ingested.clock_corrected, ingested.implausible), (0, 1));
+        assert_eq!(stored(&hub), stale);
     }
 }

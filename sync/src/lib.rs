@@ -8,13 +8,15 @@
 //! and backfill as the sealed chunks themselves.
 //!
 //! ```
-//! use outpost_sync::{Batch, BatchBody, BatchHeader, DeviceKey, Limits, LiveSamples, SeriesDef};
+//! use outpost_sync::{
+//!     Batch, BatchBody, BatchHeader, DeviceKey, Limits, LiveSamples, SeriesDef, PROTOCOL_VERSION,
+//! };
 //! let key = DeviceKey::new(vec![7; 32]).unwrap();
 //! let batch = Batch {
 //!     header: BatchHeader {
 //!         device: "orin-01".into(), epoch: 3, seq: 17, boot_id: "b0".into(),
 //!         sent_wall_ms: 1_700_000_000_000, sent_uptime_ms: 60_000,
-//!         oldest_unacked_ms: None, body_bytes: 0,
+//!         oldest_unacked_ms: None, body_bytes: 0, clock_steps: vec![],
 //!     },
 //!     body: BatchBody {
 //!         defs: vec![SeriesDef { id: 0, key: r#"cpu{core="0"}"#.into() }],
@@ -24,6 +26,7 @@
 //!         }],
 //!         chunks: vec![],
 //!     },
+//!     version: PROTOCOL_VERSION,
 //! };
 //! let payload = batch.encode(&key, 3);
 //! let decoded = Batch::decode(&payload, "orin-01", &key, &Limits::default()).unwrap();
@@ -32,6 +35,7 @@
 //! assert!(Batch::decode(&payload, "orin-01", &other, &Limits::default()).is_err());
 //! ```
 
+pub mod clock;
 mod error;
 pub mod ingest;
 mod message;
@@ -43,8 +47,8 @@ pub mod uplink;
 pub use error::{Error, Result};
 pub use message::{
     claimed_version, sign_json, verify_json, Ack, AckStatus, Action, Batch, BatchBody, BatchHeader,
-    Command, DeviceKey, Direction, Limits, LiveSamples, MatchOp, Matcher, SeriesDef, Silence,
-    StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    ClockStep, Command, DeviceKey, Direction, Limits, LiveSamples, MatchOp, Matcher, SeriesDef,
+    Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status};
 

@@ -20,11 +20,12 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added the device's clock steps to the
+/// batch header; nothing else changed.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Versions this build accepts: the current one and the one before it, so that a fleet can
-/// upgrade gradually. (Version 1 is the first.)
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// upgrade gradually. The hub answers each device in the version it spoke.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 
 const MAGIC: &[u8; 2] = b"OP";
 const MAC_LEN: usize = 32;
@@ -156,8 +157,56 @@ pub struct BatchHeader {
     pub oldest_unacked_ms: Option<i64>,
     /// The body's size after decompression.
     pub body_bytes: u32,
+    /// Steps of the device's wall clock that cover timestamps in this batch (version 2 on).
+    pub clock_steps: Vec<ClockStep>,
 }
 
+/// The batch header of protocol version 1: the same, without clock steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BatchHeaderV1 {
+    device: String,
+    epoch: u64,
+    seq: u64,
+    boot_id: String,
+    sent_wall_ms: i64,
+    sent_uptime_ms: u64,
+    oldest_unacked_ms: Option<i64>,
+    body_bytes: u32,
+}
+
+impl From<BatchHeaderV1> for BatchHeader {
+    fn from(v1: BatchHeaderV1) -> BatchHeader {
+        BatchHeader {
+            device: v1.device,
+            epoch: v1.epoch,
+            seq: v1.seq,
+            boot_id: v1.boot_id,
+            sent_wall_ms: v1.sent_wall_ms,
+            sent_uptime_ms: v1.sent_uptime_ms,
+            oldest_unacked_ms: v1.oldest_unacked_ms,
+            body_bytes: v1.body_bytes,
+            clock_steps: Vec::new(),
+        }
+    }
+}
+
+/// A jump of the device's wall clock seen by the device itself: within boot `boot_id`, the wall
+/// clock minus the time since boot changed by `delta_ms` (NTP setting a clock that booted
+/// wrong, say). Timestamps the device wrote from `from_ms` to `until_ms` by the clock before
+/// the jump are `delta_ms` off: the hub adds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStep {
+    pub boot_id: String,
+    pub from_ms: i64,
+    pub until_ms: i64,
+    pub delta_ms: i64,
+}
+
+impl ClockStep {
+    pub fn covers(&self, ts: i64) -> bool {
+        (self.from_ms..=self.until_ms).contains(&ts)
+    }
+}
 /// A series the batch refers to by the device's number for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesDef {
@@ -199,6 +248,9 @@ pub struct BatchBody {
 pub struct Batch {
     pub header: BatchHeader,
     pub body: BatchBody,
+    /// The protocol version it came in, or goes out in: [`PROTOCOL_VERSION`], or the one
+    /// before it for a hub that has not been upgraded yet (which then hears of no clock steps).
+    pub version: u16,
 }
 
 /// What the hub says about a batch.
@@ -278,6 +330,7 @@ enum FrameKind {
 
 fn frame(
     kind: FrameKind,
+    version: u16,
     header: &[u8],
     body: &[u8],
     key: &DeviceKey,
@@ -286,7 +339,7 @@ fn frame(
     let mut out = Vec::with_capacity(PREFIX_LEN + header.len() + body.len() + MAC_LEN);
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(header);
     out.extend_from_slice(body);
@@ -377,9 +430,24 @@ impl Batch {
             zstd_level
         };
         let compressed = zstd::bulk::compress(&body, level).expect("zstd compresses any input");
+        let header = if self.version == 1 {
+            to_postcard(&BatchHeaderV1 {
+                device: header.device,
+                epoch: header.epoch,
+                seq: header.seq,
+                boot_id: header.boot_id,
+                sent_wall_ms: header.sent_wall_ms,
+                sent_uptime_ms: header.sent_uptime_ms,
+                oldest_unacked_ms: header.oldest_unacked_ms,
+                body_bytes: header.body_bytes,
+            })
+        } else {
+            to_postcard(&header)
+        };
         frame(
             FrameKind::Batch,
-            &to_postcard(&header),
+            self.version,
+            &header,
             &compressed,
             key,
             Direction::DeviceToHub,
@@ -390,7 +458,7 @@ impl Batch {
     /// [`Batch::decode`] has verified the mac.
     pub fn peek_header(bytes: &[u8], limits: &Limits) -> Result<BatchHeader> {
         let raw = split(bytes, FrameKind::Batch, limits)?;
-        from_postcard("batch header", raw.header)
+        batch_header(&raw)
     }
 
     /// Verifies, decompresses and decodes a batch published on `topic_device`'s topic.
@@ -403,7 +471,7 @@ impl Batch {
         let raw = split(bytes, FrameKind::Batch, limits)?;
         debug_assert!(SUPPORTED_VERSIONS.contains(&raw.version));
         key.verify(Direction::DeviceToHub, raw.signed, raw.mac)?;
-        let header: BatchHeader = from_postcard("batch header", raw.header)?;
+        let header = batch_header(&raw)?;
         if header.device != topic_device {
             return Err(Error::DeviceMismatch {
                 topic: topic_device.to_string(),
@@ -441,14 +509,32 @@ impl Batch {
                 });
             }
         }
-        Ok(Batch { header, body })
+        Ok(Batch {
+            header,
+            body,
+            version: raw.version,
+        })
+    }
+}
+
+fn batch_header(raw: &RawFrame<'_>) -> Result<BatchHeader> {
+    if raw.version == 1 {
+        Ok(from_postcard::<BatchHeaderV1>("batch header", raw.header)?.into())
+    } else {
+        from_postcard("batch header", raw.header)
     }
 }
 
 impl Ack {
     pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
+        self.encode_as(key, PROTOCOL_VERSION)
+    }
+
+    /// In protocol `version`: the hub answers a device in the version its batch came in.
+    pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
         frame(
             FrameKind::Ack,
+            version,
             &to_postcard(self),
             &[],
             key,
@@ -472,8 +558,14 @@ impl Ack {
 
 impl Command {
     pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
+        self.encode_as(key, PROTOCOL_VERSION)
+    }
+
+    /// In protocol `version`: the one the device last spoke.
+    pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
         frame(
             FrameKind::Command,
+            version,
             &to_postcard(self),
             &[],
             key,
@@ -555,6 +647,12 @@ mod tests {
             sent_uptime_ms: 12_345,
             oldest_unacked_ms: Some(1_789_999_990_000),
             body_bytes: 0,
+            clock_steps: vec![ClockStep {
+                boot_id: "5f1c2b0e".into(),
+                from_ms: 1_600_000_000_000,
+                until_ms: 1_600_000_100_000,
+                delta_ms: 189_999_900_000,
+            }],
         }
     }
 
@@ -609,7 +707,7 @@ mod tests {
     proptest! {
         #[test]
         fn batches_round_trip_and_only_with_the_right_key(body in body_strategy()) {
-            let batch = Batch { header: header("dev-a"), body };
+            let batch = Batch { header: header("dev-a"), body, version: PROTOCOL_VERSION };
             let payload = batch.encode(&key(1), 3);
             let decoded = Batch::decode(&payload, "dev-a", &key(1), &Limits::default()).unwrap();
             prop_assert_eq!(&decoded.body, &batch.body);
@@ -639,7 +737,7 @@ mod tests {
 
         #[test]
         fn any_changed_byte_is_refused(index in any::<prop::sample::Index>(), flip in 1u8..=255) {
-            let batch = Batch { header: header("dev-a"), body: BatchBody::default() };
+            let batch = Batch { header: header("dev-a"), body: BatchBody::default(), version: PROTOCOL_VERSION };
             let mut payload = batch.encode(&key(1), 3);
             let at = index.index(payload.len());
             payload[at] ^= flip;
@@ -657,6 +755,7 @@ mod tests {
         header.body_bytes = 1024;
         let lying = frame(
             FrameKind::Batch,
+            PROTOCOL_VERSION,
             &to_postcard(&header),
             &bomb,
             &key(1),
@@ -672,6 +771,7 @@ mod tests {
         header.body_bytes = 64 << 20;
         let honest = frame(
             FrameKind::Batch,
+            PROTOCOL_VERSION,
             &to_postcard(&header),
             &bomb,
             &key(1),
@@ -696,6 +796,7 @@ mod tests {
         let batch = Batch {
             header: header("dev-a"),
             body: BatchBody::default(),
+            version: PROTOCOL_VERSION,
         };
         let mut payload = batch.encode(&key(1), 3);
         payload[3..5].copy_from_slice(&7u16.to_le_bytes());
@@ -704,9 +805,59 @@ mod tests {
             Batch::decode(&payload, "dev-a", &key(1), &Limits::default()),
             Err(Error::UnsupportedVersion {
                 found: 7,
-                supported: vec![1]
+                supported: vec![1, 2]
             })
         );
+    }
+
+    /// `tests/data/batch-v1.bin` was written by the last build that spoke only version 1.
+    #[test]
+    fn the_previous_version_still_decodes() {
+        let v1 = include_bytes!("../tests/data/batch-v1.bin");
+        assert_eq!(claimed_version(v1), Some(1));
+        let batch = Batch::decode(v1, "dev-a", &key(1), &Limits::default()).unwrap();
+        assert_eq!(batch.version, 1);
+        assert_eq!(
+            (batch.header.seq, batch.header.sent_uptime_ms),
+            (41, 12_345)
+        );
+        assert!(batch.header.clock_steps.is_empty());
+        assert_eq!(batch.body.defs[0].key, "cpu_usage_percent{core=\"0\"}");
+        let (ts, values) =
+            outpost_storage::codec::decode_samples(&batch.body.live[0].samples).unwrap();
+        assert_eq!(
+            ts,
+            [1_789_999_998_000, 1_789_999_999_000, 1_790_000_000_000]
+        );
+        assert_eq!(values, [12.5, 13.0, 99.25]);
+        // Re-encoded as version 1 it is the same bytes: what an agent not yet upgraded sends.
+        assert_eq!(batch.encode(&key(1), 3), v1);
+        // The current version carries the clock steps; version 1 drops them.
+        let mut current = batch.clone();
+        current.version = PROTOCOL_VERSION;
+        current.header.clock_steps = header("dev-a").clock_steps;
+        let decoded = Batch::decode(
+            &current.encode(&key(1), 3),
+            "dev-a",
+            &key(1),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(decoded.header.clock_steps, current.header.clock_steps);
+        assert_eq!(decoded.version, 2);
+        // Acks go back in the version the device spoke.
+        let ack = Ack {
+            device: "dev-a".into(),
+            epoch: 2,
+            seq: 41,
+            status: AckStatus::Stored {
+                samples: 3,
+                duplicate: false,
+            },
+        };
+        let old = ack.encode_as(&key(1), 1);
+        assert_eq!(claimed_version(&old), Some(1));
+        assert_eq!(Ack::decode(&old, "dev-a", &key(1)).unwrap(), ack);
     }
 
     #[test]
@@ -732,6 +883,7 @@ mod tests {
         let batch = Batch {
             header: header("dev-a"),
             body: BatchBody::default(),
+            version: PROTOCOL_VERSION,
         }
         .encode(&key(1), 3);
         assert_eq!(

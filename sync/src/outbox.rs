@@ -11,7 +11,8 @@ use outpost_storage::codec::encode_samples;
 use outpost_storage::{ChunkReceipt, HeadMark, StateTable, Store, WriteBatch};
 
 use crate::message::{
-    Ack, AckStatus, Batch, BatchBody, BatchHeader, DeviceKey, LiveSamples, SeriesDef, StoredChunk,
+    Ack, AckStatus, Batch, BatchBody, BatchHeader, ClockStep, DeviceKey, LiveSamples, SeriesDef,
+    StoredChunk, PROTOCOL_VERSION,
 };
 
 const EPOCH_KEY: &str = "epoch";
@@ -151,11 +152,14 @@ impl Outbox {
     /// Builds the next batch from what the store holds that is neither confirmed nor in flight:
     /// live samples first, backlog chunks in the rest of the room. `None` when there is nothing
     /// to send or the in-flight window is full.
+    /// `clock_steps`: the device's record of its clock's steps; the batch carries those that
+    /// cover its timestamps.
     pub fn next_batch(
         &mut self,
         store: &Store,
         wall_ms: i64,
         uptime_ms: u64,
+        clock_steps: &[ClockStep],
     ) -> Result<Option<Outgoing>, outpost_storage::Error> {
         if self.in_flight.len() >= self.options.max_in_flight {
             return Ok(None);
@@ -185,6 +189,7 @@ impl Outbox {
             let mut body = BatchBody::default();
             let mut defs = Vec::new();
             let mut samples = 0;
+            let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
             let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
                 if !self.known.contains(&id) && !pending_defs.contains(&id) && !defs.contains(&id) {
                     defs.push(id);
@@ -206,6 +211,10 @@ impl Outbox {
                 sorted.dedup_by_key(|p| p.0);
                 let (timestamps, values): (Vec<i64>, Vec<f64>) = sorted.into_iter().unzip();
                 samples += timestamps.len();
+                if let (Some(&first), Some(&last)) = (timestamps.first(), timestamps.last()) {
+                    earliest = earliest.min(first);
+                    latest = latest.max(last);
+                }
                 body.live.push(LiveSamples {
                     series: id.0,
                     samples: encode_samples(&timestamps, &values),
@@ -213,6 +222,9 @@ impl Outbox {
             }
             for chunk in &chunks {
                 define(chunk.series.0, &chunk.key, &mut body);
+                // No chunk spans more than the hour tier's 30-day window.
+                earliest = earliest.min(chunk.window_start);
+                latest = latest.max(chunk.window_start.saturating_add(30 * 86_400_000));
                 body.chunks.push(StoredChunk {
                     series: chunk.series.0,
                     tier: chunk.tier as u8,
@@ -231,8 +243,14 @@ impl Outbox {
                     sent_uptime_ms: uptime_ms,
                     oldest_unacked_ms: backlog.oldest_ms,
                     body_bytes: 0,
+                    clock_steps: clock_steps
+                        .iter()
+                        .filter(|s| s.from_ms <= latest && earliest <= s.until_ms)
+                        .cloned()
+                        .collect(),
                 },
                 body,
+                version: PROTOCOL_VERSION,
             };
             let payload = batch.encode(&self.key, self.options.zstd_level);
             if payload.len() > self.options.max_batch_bytes && room > 1024 {
@@ -369,11 +387,11 @@ mod tests {
             Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
         assert_eq!(outbox.epoch(), 1);
         write(&store, 0, 5);
-        let (first, _) = outbox.next_batch(&store, 0, 0).unwrap().unwrap();
+        let (first, _) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
         write(&store, 5, 10);
-        let (second, _) = outbox.next_batch(&store, 0, 0).unwrap().unwrap();
+        let (second, _) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
         assert!(
-            outbox.next_batch(&store, 0, 0).unwrap().is_none(),
+            outbox.next_batch(&store, 0, 0, &[]).unwrap().is_none(),
             "nothing new to send"
         );
         // The second batch is stored, the first was lost: nothing may be confirmed yet.

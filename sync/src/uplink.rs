@@ -143,6 +143,11 @@ pub async fn run(
         &config.boot_id,
         config.outbox.clone(),
     )?;
+    let mut clock = crate::clock::ClockWatch::open(&store, &config.boot_id, wall(), uptime())?;
+    // Every second, so that a step of 2 s or more cannot be confused with the clock's next
+    // readings (crate::clock).
+    let mut clock_ticker = tokio::time::interval(Duration::from_secs(1));
+    clock_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let client_id = format!("outpost-{}-{}", config.topics.fleet, config.topics.device);
     let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -307,6 +312,9 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             },
+            _ = clock_ticker.tick() => {
+                clock.observe(&store, wall(), uptime())?;
+            }
             _ = ticker.tick() => {
                 if !connected {
                     continue;
@@ -323,7 +331,7 @@ pub async fn run(
                     publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
                 }
                 while allowance > 0.0 {
-                    match outbox.next_batch(&store, wall(), uptime())? {
+                    match outbox.next_batch(&store, wall(), uptime(), clock.steps())? {
                         Some((_, payload)) => {
                             allowance -= payload.len() as f64;
                             if !publish(&client, &mut tracker, &batch_topic, false, payload.to_vec()) {

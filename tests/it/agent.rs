@@ -87,6 +87,10 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, config: &str, args: &[&str]) -> Agent {
+        Agent::start_with_env(dir, config, args, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let port = free_port();
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -98,6 +102,7 @@ impl Agent {
             .arg("--store")
             .arg(dir.join("agent.redb"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -522,6 +527,7 @@ interval = "200ms"
     let needs_hardware = |name: &str| {
         name.starts_with("nvml_") // an NVIDIA driver
             || name.starts_with("outpost_sync_") // [mqtt] on: the sync tests check these
+            || name.starts_with("outpost_hub_") // the hub's: the hub alert test checks these
             || name.starts_with("outpost_alert_notifications_") // a channel: the alert tests
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name == "host_temperature_celsius" // hwmon sensors (absent in VMs)
@@ -541,7 +547,7 @@ interval = "200ms"
     );
 }
 
-fn documented_metrics() -> BTreeSet<String> {
+pub fn documented_metrics() -> BTreeSet<String> {
     let document = std::fs::read_to_string(root().join("docs/metrics.md")).unwrap();
     document
         .lines()

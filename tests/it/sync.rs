@@ -324,6 +324,7 @@ fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
             sent_uptime_ms: 0,
             oldest_unacked_ms: None,
             body_bytes: 0,
+            clock_steps: Vec::new(),
         },
         body: outpost_sync::BatchBody {
             defs: vec![outpost_sync::SeriesDef {
@@ -336,6 +337,7 @@ fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
             }],
             chunks: vec![],
         },
+        version: outpost_sync::PROTOCOL_VERSION,
     }
     .encode(key, 3)
 }
@@ -848,6 +850,11 @@ fn the_hub_alerts_on_a_device_that_goes_offline() {
     // Every metric the hub's built-in pack selects is one the hub has.
     let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
     assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-a\"} 0"));
+    let documented = crate::agent::documented_metrics();
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(documented.contains(name), "{name}: not in docs/metrics.md");
+    }
     let pack: toml::Table =
         toml::from_str(&std::fs::read_to_string(root().join("config/hub-rules.toml")).unwrap())
             .unwrap();
@@ -859,4 +866,124 @@ fn the_hub_alerts_on_a_device_that_goes_offline() {
         );
     }
     hub.stop();
+}
+
+/// Debian's libfaketime, which shifts a process's wall clock (and leaves its monotonic clocks
+/// alone with `FAKETIME_DONT_FAKE_MONOTONIC`).
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.exists())
+        .expect("libfaketime: install Debian's faketime package")
+}
+
+#[test]
+fn a_device_clock_that_boots_wrong_and_then_steps_is_corrected_at_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
+    let clock = dir.path().join("faketime");
+    // A Jetson whose clock came up 400 days behind, past the store's 30 days of raw retention.
+    std::fs::write(&clock, "-400d\n").unwrap();
+    let lib = libfaketime();
+    let env = [
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+    );
+    let real_start = outpost::timearg::now_ms();
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    let agent = Agent::start_with_env(dir.path(), &config, &[], &env);
+
+    // While the clock is wrong and the hub reachable, the hub measures the offset itself.
+    wait_until(
+        "corrected samples at the hub",
+        Duration::from_secs(30),
+        || {
+            let devices = hub.devices();
+            (device_record(&devices, "dev-1")?["clock_corrected_samples"].as_u64()? >= 20)
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Then the hub is away while NTP sets the device's clock: only the device can tell how far
+    // off the samples of those seconds are.
+    hub.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&clock, "+0d\n").unwrap();
+    wait_until("the agent to see the step", Duration::from_secs(20), || {
+        agent
+            .log_text()
+            .contains("the wall clock stepped")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    wait_until("everything shipped", Duration::from_secs(60), || {
+        let metrics = agent.metrics();
+        (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+            && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+            && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
+        .then_some(())
+    });
+    // What the agent holds now, by its own clock (its store drops shipped data past retention
+    // when it closes, so it is read through its API while it runs).
+    let series = "outpost_uptime_seconds";
+    let parse = |json: &Value| -> Vec<(i64, String)> {
+        let found = json.as_array().unwrap();
+        assert_eq!(found.len(), 1, "{json}");
+        found[0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (status, body) = http(
+        agent.port,
+        "GET",
+        &format!("/api/query?match={series}&from=0&to=now"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let agents = parse(&serde_json::from_str(&body).unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    agent.stop();
+    let devices = hub.devices();
+    let record = device_record(&devices, "dev-1").unwrap().clone();
+    hub.stop();
+    let real_end = outpost::timearg::now_ms();
+    let found = db_query(&dir.path().join("hub.redb"), series, &[]);
+    let hubs = parse(&serde_json::json!(found
+        .iter()
+        .map(|(s, p)| serde_json::json!({"series": s, "points": p}))
+        .collect::<Vec<_>>()));
+
+    let year = 365 * 86_400_000;
+    assert!(
+        agents.iter().filter(|p| p.0 < real_start - year).count() >= 6,
+        "the agent wrote by its wrong clock: {agents:?}"
+    );
+    // Everything the agent had is at the hub, with the same values in the same order; values
+    // (the agent's uptime) only grow, so a sample stored twice would show.
+    let values = |points: &[(i64, String)]| points.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
+    assert!(hubs.len() >= agents.len());
+    assert_eq!(values(&hubs[..agents.len()]), values(&agents));
+    let numbers: Vec<f64> = hubs.iter().map(|p| p.1.parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{hubs:?}");
+    for (ts, value) in &hubs {
+        assert!(
+            (real_start - 2_000..=real_end + 2_000).contains(ts),
+            "uptime {value} stored at {ts}, outside the test's real time {real_start}..{real_end}"
+        );
+    }
+    assert_eq!(record["implausible_samples"], 0, "{record}");
+    assert!(record["clock_corrected_samples"].as_u64().unwrap() >= 20);
 }

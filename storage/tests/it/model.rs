@@ -415,6 +415,45 @@ fn retention_drops_old_windows_per_tier() {
     assert_eq!(stats.raw_samples as usize, raw[0].points.len());
 }
 
+/// A clock that steps forward by a year makes everything written before it look old: with a
+/// change feed, age retention waits until that data has been shipped.
+#[test]
+fn retention_by_age_spares_what_is_not_shipped_yet() {
+    use outpost_storage::Options;
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000i64;
+    // A small head, so that the unshipped samples become backlog chunks at the seal rather than
+    // being carried over in the head.
+    let options = Options {
+        track_changes: true,
+        max_head_samples: 40,
+        ..crate::test_options()
+    };
+    let store = outpost_storage::Store::open(dir.path().join("spare.redb"), options).unwrap();
+    let old: Vec<(&str, i64, f64)> = (0..60).map(|s| ("temp", s * 1_000, s as f64)).collect();
+    crate::write(&store, &old);
+    store.seal().unwrap();
+    crate::write(&store, &[("temp", 400 * day, 1.0)]);
+    store.seal().unwrap();
+    let raw = || {
+        store
+            .query_raw(&selector("temp"), i64::MIN, i64::MAX)
+            .unwrap()[0]
+            .points
+            .len()
+    };
+    assert_eq!(raw(), 61, "400 days past raw retention, but never shipped");
+    // Shipped: the next seal applies retention.
+    let live = store.live_since(None, usize::MAX);
+    let chunks = store.dirty_chunks(usize::MAX, &Default::default()).unwrap();
+    assert!(!chunks.is_empty());
+    store.confirm_chunks(&chunks.iter().map(|c| c.receipt()).collect::<Vec<_>>());
+    store.confirm_live(&live.mark);
+    crate::write(&store, &[("temp", 400 * day + 1_000, 2.0)]);
+    store.seal().unwrap();
+    assert_eq!(raw(), 2);
+}
+
 #[test]
 fn state_lists_merge_the_head_over_sealed_entries_by_prefix() {
     use outpost_storage::StateTable;

@@ -121,8 +121,15 @@ fn write_seeds() {
                 sent_uptime_ms: 0,
                 oldest_unacked_ms: None,
                 body_bytes: 0,
+                clock_steps: vec![outpost_sync::ClockStep {
+                    boot_id: "boot".into(),
+                    from_ms: 0,
+                    until_ms: 60_000,
+                    delta_ms: 1_790_000_000_000,
+                }],
             },
             body,
+            version: outpost_sync::PROTOCOL_VERSION,
         };
         std::fs::write(
             root.join(format!("frames/valid-batch-{i}")),

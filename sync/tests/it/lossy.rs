@@ -71,7 +71,10 @@ impl Hub {
     /// One delivered payload: verify, ingest, make durable, answer.
     fn receive(&mut self, payload: &[u8]) -> Vec<u8> {
         let batch = Batch::decode(payload, "dev-1", &self.key, &Limits::default()).unwrap();
-        let ingested = self.ingestor.ingest(&self.store, &batch).unwrap();
+        let ingested = self
+            .ingestor
+            .ingest(&self.store, &batch, batch.header.sent_wall_ms)
+            .unwrap();
         if matches!(
             ingested.status,
             outpost_sync::AckStatus::Stored {
@@ -136,7 +139,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
             offline = !offline;
         }
         if !offline {
-            while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+            while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0, &[]).unwrap() {
                 to_hub.push(payload.to_vec());
             }
             // The resend timer fires now and then, so that restarts catch batches in flight.
@@ -190,7 +193,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
         // Every unacknowledged batch is overdue each round.
         clock += Duration::from_secs(31);
         let mut sent = Vec::new();
-        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0).unwrap() {
+        while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0, &[]).unwrap() {
             sent.push(payload.to_vec());
         }
         for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30)) {
@@ -199,7 +202,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
         }
         if sent.is_empty() && outbox.in_flight() == 0 {
             agent.seal().unwrap();
-            if outbox.next_batch(&agent, 0, 0).unwrap().is_none() {
+            if outbox.next_batch(&agent, 0, 0, &[]).unwrap().is_none() {
                 break;
             }
             continue;
