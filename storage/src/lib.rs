@@ -37,6 +37,7 @@ mod error;
 mod fasthash;
 mod query;
 mod series;
+mod series_buffer;
 mod store;
 pub mod text;
 mod wal;

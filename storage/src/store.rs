@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::fasthash::FastMap;
 use crate::query::{self, bucket_of, Aggregation};
 use crate::series::{Selector, SeriesKey};
+use crate::series_buffer::SeriesBuffer;
 use crate::wal::{self, LogWriter, Record, RollupWrite};
 use crate::{SeriesId, StateOp, StateTable, Tier, WriteBatch};
 
@@ -299,7 +300,7 @@ impl Catalogue {
 #[derive(Debug, Default)]
 struct HeadData {
     /// Per series, samples in write order (so the last write of a timestamp wins).
-    series: FastMap<u32, Vec<(i64, f64)>>,
+    series: FastMap<u32, SeriesBuffer>,
     samples: usize,
     state: Vec<StateOp>,
     rollups: Vec<RollupWrite>,
@@ -312,7 +313,7 @@ impl HeadData {
 
     fn apply(&mut self, samples: &[(u32, i64, f64)], state: &[StateOp], rollups: &[RollupWrite]) {
         for &(id, ts, value) in samples {
-            self.series.entry(id).or_default().push((ts, value));
+            self.series.entry(id).or_default().push(ts, value);
         }
         self.samples += samples.len();
         self.state.extend_from_slice(state);
@@ -770,7 +771,7 @@ impl Store {
             };
             budget -= to - from;
             if to > from {
-                out.series.push((SeriesId(id), samples[from..to].to_vec()));
+                out.series.push((SeriesId(id), samples.range(from, to)));
             }
             out.mark.lengths.push((id, to as u32));
         }
@@ -880,7 +881,7 @@ impl Store {
             for (&id, samples) in &head.active.series {
                 let from = head.tracker.confirmed_length(id).min(samples.len());
                 live += (samples.len() - from) as u64;
-                if let Some(min) = samples[from..].iter().map(|s| s.0).min() {
+                if let Some(min) = samples.range(from, samples.len()).iter().map(|s| s.0).min() {
                     oldest = Some(oldest.map_or(min, |o| o.min(min)));
                 }
             }
@@ -921,9 +922,8 @@ impl Store {
             .map(|f| &**f)
             .chain(std::iter::once(&head.active))
             .filter_map(|data| data.series.get(&series))
-            .flatten()
+            .flat_map(SeriesBuffer::to_vec)
             .filter(|(ts, _)| (from..to).contains(ts))
-            .copied()
             .collect()
     }
 
@@ -1670,7 +1670,12 @@ impl Shared {
         for id in ids {
             let samples = &frozen.series[&id];
             let from = head.tracker.confirmed_length(id).min(samples.len());
-            tail.extend(samples[from..].iter().map(|&(ts, v)| (id, ts, v)));
+            tail.extend(
+                samples
+                    .range(from, samples.len())
+                    .into_iter()
+                    .map(|(ts, v)| (id, ts, v)),
+            );
         }
         let carry_limit = (self.options.max_head_samples / 4).clamp(1, 100_000);
         let mut feed = FeedCommit {
@@ -1760,9 +1765,14 @@ impl Shared {
                 .chain(minute_updates.keys().copied())
                 .chain(hour_updates.keys().copied())
                 .collect();
-            let no_samples = Vec::new();
             for id in ids {
-                let samples = sort_last_wins(frozen.series.get(&id).unwrap_or(&no_samples).clone());
+                let samples = sort_last_wins(
+                    frozen
+                        .series
+                        .get(&id)
+                        .map(SeriesBuffer::to_vec)
+                        .unwrap_or_default(),
+                );
                 if let Some(last) = samples.last() {
                     newest = Some(newest.map_or(last.0, |n| n.max(last.0)));
                 }
@@ -2035,7 +2045,8 @@ impl Shared {
         for part in parts {
             for id in &wanted {
                 if let Some(samples) = part.series.get(id) {
-                    let in_range = samples.iter().filter(|s| s.0 >= from && s.0 <= to);
+                    let samples = samples.to_vec();
+                    let in_range = samples.into_iter().filter(|s| s.0 >= from && s.0 <= to);
                     snapshot.samples.entry(*id).or_default().extend(in_range);
                 }
             }
