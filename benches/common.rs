@@ -36,3 +36,109 @@ pub fn host_series() -> BTreeMap<String, (Vec<i64>, Vec<f64>)> {
     }
     series
 }
+
+/// Store settings of an agent that ships to a hub: a change feed, and no seal in the way.
+#[allow(dead_code)]
+pub fn agent_options() -> outpost_storage::Options {
+    outpost_storage::Options {
+        track_changes: true,
+        seal_interval: std::time::Duration::from_secs(24 * 3600),
+        ..outpost_storage::Options::default()
+    }
+}
+
+/// The hour as (series, ts, value) rows, in file order.
+#[allow(dead_code)]
+pub fn host_rows() -> Vec<(String, i64, f64)> {
+    host_text()
+        .lines()
+        .filter_map(|line| match outpost_storage::text::parse_line(line) {
+            Ok(outpost_storage::text::Line::Sample {
+                series,
+                value,
+                timestamp_ms: Some(ts),
+            }) => Some((series.to_string(), ts, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An agent's store holding 24 hours of 315 series (the hour, three times under a `copy`
+/// label, 24 times over: 27 M samples) that a hub never acknowledged: all of it backlog.
+#[allow(dead_code)]
+pub fn backlog_store(path: &std::path::Path) -> outpost_storage::Store {
+    use outpost_storage::{SeriesKey, WriteBatch};
+    let agent = outpost_storage::Store::open(path, agent_options()).unwrap();
+    let rows = host_rows();
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let began = std::time::Instant::now();
+    let mut total = 0u64;
+    for hour in 0..24i64 {
+        for copy in 0..3 {
+            let mut write = WriteBatch::with_capacity(rows.len());
+            for (series, ts, value) in &rows {
+                let name = format!("{series}|{copy}");
+                let id = *ids.entry(name).or_insert_with(|| {
+                    let key = SeriesKey::parse(series).unwrap();
+                    let mut labels: Vec<(String, String)> = key.labels().to_vec();
+                    labels.push(("copy".into(), copy.to_string()));
+                    agent
+                        .series_id(&SeriesKey::new(key.name(), labels).unwrap())
+                        .unwrap()
+                });
+                write.sample(id, start + hour * 3_600_000 + (ts - start), *value);
+            }
+            total += rows.len() as u64;
+            agent.write(write).unwrap();
+        }
+        // The hub is away: every hour's seal leaves backlog.
+        agent.seal().unwrap();
+    }
+    println!(
+        "backfill: wrote {total} samples of {} series in {:.1} s",
+        ids.len(),
+        began.elapsed().as_secs_f64()
+    );
+    agent
+}
+
+/// Writes `rows` into `agent` `slice_ms` of sample time at a time, as collection would, calling
+/// `after` after each write.
+#[allow(dead_code)]
+pub fn write_in_slices(
+    agent: &outpost_storage::Store,
+    rows: &[(String, i64, f64)],
+    slice_ms: i64,
+    mut after: impl FnMut(),
+) {
+    let start = rows.iter().map(|r| r.1).min().unwrap();
+    let mut ids = std::collections::HashMap::new();
+    let (mut cursor, mut window_end) = (0, start + slice_ms);
+    while cursor < rows.len() {
+        let mut write = outpost_storage::WriteBatch::default();
+        while cursor < rows.len() && rows[cursor].1 < window_end {
+            let (series, ts, value) = &rows[cursor];
+            let id = *ids.entry(series.clone()).or_insert_with(|| {
+                agent
+                    .series_id(&outpost_storage::SeriesKey::parse(series).unwrap())
+                    .unwrap()
+            });
+            write.sample(id, *ts, *value);
+            cursor += 1;
+        }
+        agent.write(write).unwrap();
+        after();
+        window_end += slice_ms;
+    }
+}
+
+/// Which parts of a bench to run: those named on the command line, or all when none is.
+#[allow(dead_code)]
+pub fn selected() -> impl Fn(&str) -> bool {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    move |name: &str| which.is_empty() || which.iter().any(|w| w == name)
+}

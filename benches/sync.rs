@@ -14,9 +14,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use outpost_storage::{Options, SeriesKey, Store, WriteBatch};
+use outpost_storage::Store;
 use outpost_sync::ingest::Ingestor;
 use outpost_sync::outbox::{Outbox, OutboxOptions};
 use outpost_sync::{Ack, Batch, DeviceKey, Limits};
@@ -34,29 +34,6 @@ fn publish_bytes(topic: &str, payload: usize) -> usize {
     1 + varint + remaining
 }
 const PUBACK: usize = 4;
-
-fn agent_options() -> Options {
-    Options {
-        track_changes: true,
-        seal_interval: Duration::from_secs(24 * 3600),
-        ..Options::default()
-    }
-}
-
-/// The hour as (series, ts, value) rows, in file order.
-fn rows() -> Vec<(String, i64, f64)> {
-    common::host_text()
-        .lines()
-        .filter_map(|line| match outpost_storage::text::parse_line(line) {
-            Ok(outpost_storage::text::Line::Sample {
-                series,
-                value,
-                timestamp_ms: Some(ts),
-            }) => Some((series.to_string(), ts, value)),
-            _ => None,
-        })
-        .collect()
-}
 
 fn ack_for(batch: &[u8], key: &DeviceKey) -> Vec<u8> {
     let header = Batch::peek_header(batch, &Limits::default()).unwrap();
@@ -82,32 +59,18 @@ fn collect_and_ship(
     key: &DeviceKey,
     mut sent: impl FnMut(&[u8], &[u8]),
 ) {
-    let start = rows.iter().map(|r| r.1).min().unwrap();
-    let mut ids = std::collections::HashMap::new();
-    let (mut cursor, mut window_end) = (0, start + 10_000);
-    while cursor < rows.len() {
-        let mut write = WriteBatch::default();
-        while cursor < rows.len() && rows[cursor].1 < window_end {
-            let (series, ts, value) = &rows[cursor];
-            let id = *ids
-                .entry(series.clone())
-                .or_insert_with(|| agent.series_id(&SeriesKey::parse(series).unwrap()).unwrap());
-            write.sample(id, *ts, *value);
-            cursor += 1;
-        }
-        agent.write(write).unwrap();
+    common::write_in_slices(agent, rows, 10_000, || {
         while let Some((_, payload)) = outbox.next_batch(agent, 0, 0, &[]).unwrap() {
             let ack = ack_for(&payload, key);
             sent(&payload, &ack);
             outbox.on_ack(agent, &Ack::decode(&ack, device, key).unwrap());
         }
-        window_end += 10_000;
-    }
+    });
 }
 
 fn wire() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
+    let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
     let key = DeviceKey::new(vec![7; 32]).unwrap();
     let mut outbox = Outbox::open(
         &agent,
@@ -121,7 +84,7 @@ fn wire() {
         "outpost/v1/default/orin-nano-0001/batch",
         "outpost/v1/default/orin-nano-0001/ack",
     );
-    let rows = rows();
+    let rows = common::host_rows();
     let (mut bytes, mut payload_bytes, mut batches) = (0usize, 0usize, 0usize);
     collect_and_ship(
         &agent,
@@ -150,38 +113,7 @@ fn wire() {
 
 fn backfill() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
-    let rows = rows();
-    let start = rows.iter().map(|r| r.1).min().unwrap();
-    let mut ids = std::collections::HashMap::new();
-    let began = Instant::now();
-    let mut total = 0u64;
-    for hour in 0..24i64 {
-        for copy in 0..3 {
-            let mut write = WriteBatch::with_capacity(rows.len());
-            for (series, ts, value) in &rows {
-                let name = format!("{series}|{copy}");
-                let id = *ids.entry(name).or_insert_with(|| {
-                    let key = SeriesKey::parse(series).unwrap();
-                    let mut labels: Vec<(String, String)> = key.labels().to_vec();
-                    labels.push(("copy".into(), copy.to_string()));
-                    agent
-                        .series_id(&SeriesKey::new(key.name(), labels).unwrap())
-                        .unwrap()
-                });
-                write.sample(id, start + hour * 3_600_000 + (ts - start), *value);
-            }
-            total += rows.len() as u64;
-            agent.write(write).unwrap();
-        }
-        // The hub is away: every hour's seal leaves backlog.
-        agent.seal().unwrap();
-    }
-    println!(
-        "backfill: wrote {total} samples of {} series in {:.1} s",
-        ids.len(),
-        began.elapsed().as_secs_f64()
-    );
+    let agent = common::backlog_store(&dir.path().join("agent.redb"));
     let key = DeviceKey::new(vec![7; 32]).unwrap();
     let hub = Store::open(
         dir.path().join("hub.redb"),
@@ -234,10 +166,10 @@ fn backfill() {
 
 fn ingest() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = rows();
+    let rows = common::host_rows();
     // One device's hour as 10 s batches, then re-signed under 100 device ids (the work per
     // device is the same; building 100 agents' stores would only time the agents).
-    let agent = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
+    let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
     let key = DeviceKey::new(vec![7; 32]).unwrap();
     let mut outbox = Outbox::open(
         &agent,
@@ -307,11 +239,7 @@ fn ingest() {
 }
 
 fn main() {
-    let which: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    let run = common::selected();
     if run("wire") {
         wire();
     }

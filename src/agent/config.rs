@@ -226,6 +226,9 @@ pub struct MqttSection {
     pub max_batch: ByteSize,
     /// Bytes per second for batches on average; 0 for no cap.
     pub bandwidth: ByteSize,
+    /// Bytes a UTC day for everything published (batches, alerts, status); past it, batches
+    /// wait for the next day and alerts still go. 0 for no budget.
+    pub daily_budget: ByteSize,
 }
 
 impl Default for MqttSection {
@@ -245,6 +248,7 @@ impl Default for MqttSection {
             ack_timeout: Interval::secs(30),
             max_batch: ByteSize(128 << 10),
             bandwidth: ByteSize(0),
+            daily_budget: ByteSize(0),
         }
     }
 }

@@ -682,6 +682,11 @@ async fn self_metrics_task(
                     uplink.samples_confirmed as f64,
                 ),
                 ("outpost_sync_in_flight_batches", uplink.in_flight as f64),
+                ("outpost_sync_sent_today_bytes", uplink.sent_today as f64),
+                (
+                    "outpost_sync_daily_budget_exhausted",
+                    f64::from(uplink.budget_exhausted),
+                ),
             ];
             for (name, value) in counters {
                 out.add(name, &[], value);
@@ -782,6 +787,7 @@ fn uplink_config(config: &AgentConfig) -> Result<outpost_sync::uplink::UplinkCon
         batch_interval: mqtt.batch_interval.0,
         ack_timeout: mqtt.ack_timeout.0,
         bandwidth: (mqtt.bandwidth.0 > 0).then_some(mqtt.bandwidth.0),
+        daily_budget: (mqtt.daily_budget.0 > 0).then_some(mqtt.daily_budget.0),
         outbox: outpost_sync::outbox::OutboxOptions {
             max_batch_bytes: usize::try_from(mqtt.max_batch.0).unwrap_or(usize::MAX),
             ..Default::default()

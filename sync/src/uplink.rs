@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outpost_storage::Store;
+use outpost_storage::{StateTable, Store, WriteBatch};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
 
 use crate::message::{Ack, Command, DeviceKey, PROTOCOL_VERSION};
@@ -30,6 +30,9 @@ pub struct UplinkConfig {
     pub ack_timeout: Duration,
     /// Bytes per second on average for batches; `None` for no cap.
     pub bandwidth: Option<u64>,
+    /// Bytes a UTC day for everything published; past it, batches wait for the next day while
+    /// alerts and status still go. `None` for no budget.
+    pub daily_budget: Option<u64>,
     pub outbox: OutboxOptions,
     pub agent_version: String,
 }
@@ -91,6 +94,49 @@ impl PublishTracker {
     }
 }
 
+const DAILY_KEY: &str = "daily_bytes";
+const DAY_MS: i64 = 86_400_000;
+
+/// Bytes published per UTC day, saved in the store so that a restart does not start the day's
+/// count again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct DailyBytes {
+    day: i64,
+    sent: u64,
+}
+
+impl DailyBytes {
+    fn load(store: &Store, now_ms: i64) -> Result<DailyBytes, outpost_storage::Error> {
+        let saved: DailyBytes = store
+            .state_get(StateTable::SyncCursor, DAILY_KEY)?
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .unwrap_or_default();
+        let mut daily = saved;
+        daily.roll(now_ms);
+        Ok(daily)
+    }
+
+    fn roll(&mut self, now_ms: i64) {
+        let today = now_ms.div_euclid(DAY_MS);
+        if self.day != today {
+            *self = DailyBytes {
+                day: today,
+                sent: 0,
+            };
+        }
+    }
+
+    fn save(&self, store: &Store) -> Result<(), outpost_storage::Error> {
+        let mut write = WriteBatch::default();
+        write.put_state(
+            StateTable::SyncCursor,
+            DAILY_KEY,
+            postcard::to_allocvec(self).expect("postcard serializes the daily count"),
+        );
+        store.write(write)
+    }
+}
+
 /// What the uplink shows in the agent's self-metrics and health.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkState {
@@ -102,6 +148,10 @@ pub struct UplinkState {
     pub bytes_sent: u64,
     pub samples_confirmed: u64,
     pub in_flight: usize,
+    /// Bytes published this UTC day (by the device's clock), kept across restarts.
+    pub sent_today: u64,
+    /// The daily budget is used up: batches wait for the next day.
+    pub budget_exhausted: bool,
     pub last_error: Option<String>,
     pub commands: Vec<Command>,
 }
@@ -182,17 +232,24 @@ pub async fn run(
     let mut refilled = Instant::now();
     let mut last_logged_error = String::new();
     let mut tracker = PublishTracker::default();
+    let mut daily = DailyBytes::load(&store, wall())?;
+    let mut daily_saved = daily;
+    let mut budget_logged_day = i64::MIN;
+    // Counted by the publishing closures, read back by the loop.
+    let published = std::sync::atomic::AtomicU64::new(0);
     let mail_wake = mailbox.as_ref().map(|m| m.wake());
     // Publishes the mailbox's queued messages the client can take now.
     let send_mail = |client: &AsyncClient, tracker: &mut PublishTracker| {
         let Some(mailbox) = &mailbox else { return };
         for mail in mailbox.pending(32) {
+            let len = mail.payload.len() as u64;
             if client
                 .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, mail.payload)
                 .is_err()
             {
                 break;
             }
+            published.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             mailbox.handed(&mail.id);
             tracker.requested(Some(mail.id));
         }
@@ -203,13 +260,32 @@ pub async fn run(
                    retain: bool,
                    payload: Vec<u8>|
      -> bool {
+        let len = payload.len() as u64;
         let ok = client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .is_ok();
         if ok {
+            published.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             tracker.requested(None);
         }
         ok
+    };
+    // Whether the day's budget leaves room for metric batches, after counting what went out.
+    let batches_allowed = |daily: &mut DailyBytes, logged_day: &mut i64| -> bool {
+        daily.roll(wall());
+        daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let Some(budget) = config.daily_budget else {
+            return true;
+        };
+        let allowed = daily.sent < budget;
+        if !allowed && *logged_day != daily.day {
+            tracing::warn!(
+                budget,
+                "the daily byte budget is used up: metric batches wait for 00:00 UTC (alerts still go)"
+            );
+            *logged_day = daily.day;
+        }
+        allowed
     };
     loop {
         tokio::select! {
@@ -257,8 +333,10 @@ pub async fn run(
                             publish(&client, &mut tracker, &mail.topic, mail.retain, mail.payload);
                         }
                     }
-                    for (_, payload) in outbox.all_unacked() {
-                        publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
+                    if batches_allowed(&mut daily, &mut budget_logged_day) {
+                        for (_, payload) in outbox.all_unacked() {
+                            publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
+                        }
                     }
                     let mut s = state.lock().expect("uplink state");
                     s.connected = true;
@@ -326,11 +404,14 @@ pub async fn run(
                 }
                 // Alerts first: they are small and matter more than metrics on a capped link.
                 send_mail(&client, &mut tracker);
-                for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout) {
-                    allowance -= payload.len() as f64;
-                    publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
+                let allowed = batches_allowed(&mut daily, &mut budget_logged_day);
+                if allowed {
+                    for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout) {
+                        allowance -= payload.len() as f64;
+                        publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
+                    }
                 }
-                while allowance > 0.0 {
+                while allowed && allowance > 0.0 {
                     match outbox.next_batch(&store, wall(), uptime(), clock.steps())? {
                         Some((_, payload)) => {
                             allowance -= payload.len() as f64;
@@ -348,6 +429,14 @@ pub async fn run(
                 s.bytes_sent = outbox.stats.bytes_sent;
                 s.samples_confirmed = outbox.stats.samples_confirmed;
                 s.in_flight = outbox.in_flight();
+                daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
+                s.sent_today = daily.sent;
+                s.budget_exhausted = !allowed;
+                drop(s);
+                if daily != daily_saved {
+                    daily.save(&store)?;
+                    daily_saved = daily;
+                }
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{free_port, http, root, wait_until, Agent};
+use crate::agent::{free_port, http, metric_value, root, wait_until, Agent};
 use crate::sync::{enrol, Mosquitto};
 
 const QUIET: &str =
@@ -336,6 +336,57 @@ fn mosquitto_subscribers_get_every_transition_in_order_across_outages_and_restar
     }
     agent.stop();
     drop(broker);
+}
+
+#[test]
+fn past_the_daily_byte_budget_batches_wait_and_alerts_still_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Nothing acknowledges the batches here (no hub): they are published all the same, which is
+    // what the budget counts.
+    let mqtt = format!(
+        "{}daily_budget = \"6KiB\"\n[agent]\nself_interval = \"200ms\"\n",
+        enrol(dir.path(), "dev-1", port)
+    );
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let events = Subscriber::start(
+        dir.path(),
+        port,
+        "outpost/v1/+/+/alerts/events",
+        "budget-test",
+    );
+    let metric = |agent: &Agent, name: &str| metric_value(&agent.metrics(), name).unwrap_or(-1.0);
+    let agent = alert_agent(dir.path(), &mqtt, ERRORS_RULE);
+    wait_until("the budget used up", Duration::from_secs(60), || {
+        (metric(&agent, "outpost_sync_daily_budget_exhausted") == 1.0).then_some(())
+    });
+    let sent_today = metric(&agent, "outpost_sync_sent_today_bytes");
+    assert!(sent_today >= 6144.0, "{sent_today}");
+    // At most the batch that crossed the line went over.
+    assert!(sent_today < 6144.0 + 128.0 * 1024.0, "{sent_today}");
+    let batches = |agent: &Agent| {
+        metric(agent, "outpost_sync_batches_sent_total")
+            + metric(agent, "outpost_sync_batches_resent_total")
+    };
+    let before = batches(&agent);
+    // An alert still goes out, and counts.
+    push(&agent, "app_errors{job=\"cam/1\"} 5\n");
+    wait_until("the alert's event", Duration::from_secs(20), || {
+        (events.transitions() == [(1, "firing".to_string())]).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(batches(&agent), before, "no batch past the budget");
+    assert!(metric(&agent, "outpost_sync_sent_today_bytes") > sent_today);
+    // The day's count survives a restart: no batch from the new process either.
+    agent.stop();
+    let agent = alert_agent(dir.path(), &mqtt, ERRORS_RULE);
+    wait_until("the budget still used up", Duration::from_secs(20), || {
+        (metric(&agent, "outpost_sync_daily_budget_exhausted") == 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(batches(&agent), 0.0);
+    assert!(metric(&agent, "outpost_sync_sent_today_bytes") > sent_today);
+    agent.stop();
 }
 
 /// A webhook receiver: answers the first `failures` requests with 503, the rest with 200, and

@@ -160,8 +160,15 @@ pub fn assert_hub_holds_the_agents(dir: &Path, device: &str, selector: &str) -> 
     points
 }
 
+/// With `OUTPOST_OUTAGE_SECONDS=600` this is the ten-minute outage of the sync bench
+/// (benches/README.md): the hub stays away that long while the agent replays the 44-minute TX2
+/// log, sped up to end within the outage.
 #[test]
 fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
+    let outage: u64 = std::env::var("OUTPOST_OUTAGE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let dir = tempfile::tempdir().unwrap();
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
@@ -170,12 +177,18 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
         "[store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_head_samples = 400\n{mqtt}"
     );
     // The broker is down: the agent collects into its store.
-    let agent = replaying_agent(dir.path(), &store, 8);
+    let agent = if outage > 0 {
+        let speed = 2660 / outage as u32 + 2;
+        replaying_agent(dir.path(), &store, "tx2-jetpack4-2660s.log.zst", speed)
+    } else {
+        replaying_agent(dir.path(), &store, XAVIER, 8)
+    };
     wait_until(
         "a seal to turn the outage into backlog",
         Duration::from_secs(20),
         || metric_value(&agent.metrics(), "outpost_sync_backlog_chunks").filter(|n| *n > 0.0),
     );
+    std::thread::sleep(Duration::from_secs(outage));
     assert_eq!(
         metric_value(&agent.metrics(), "outpost_sync_connected"),
         Some(0.0)
@@ -220,13 +233,16 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
     assert!(points > 3000, "{points} points compared");
 }
 
-/// An agent with only tegrastats (a replay of the Xavier NX log at `speed`) and self-metrics
-/// every second, plus `extra` config (its [mqtt] section).
-fn replaying_agent(dir: &Path, extra: &str, speed: u32) -> Agent {
+/// The Xavier NX log: 103 lines, a second apart.
+const XAVIER: &str = "xavier-nx-jp5-nonroot-103s.log.zst";
+
+/// An agent with only tegrastats (a replay of `log` at `speed`) and self-metrics every second,
+/// plus `extra` config (its [mqtt] section).
+fn replaying_agent(dir: &Path, extra: &str, log: &str, speed: u32) -> Agent {
     let config = format!(
         "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{extra}"
     );
-    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let log = tegrastats_log(log);
     let speed = speed.to_string();
     Agent::start(
         dir,
@@ -349,7 +365,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     enrol(dir.path(), "dev-a", mqtt_port);
     let mqtt_b = enrol(dir.path(), "dev-b", mqtt_port);
     let hub = Hub::start(dir.path(), http_port, mqtt_port);
-    let agent_b = replaying_agent(dir.path(), &mqtt_b, 5);
+    let agent_b = replaying_agent(dir.path(), &mqtt_b, XAVIER, 5);
     wait_until("dev-b online", Duration::from_secs(30), || {
         (device_record(&hub.devices(), "dev-b")?["batches"].as_u64()? > 0).then_some(())
     });
@@ -585,7 +601,7 @@ fn fifty_connection_cuts_lose_and_duplicate_nothing() {
     let store = format!(
         "[store]\nflush_interval = \"100ms\"\nsync_interval = \"200ms\"\nseal_interval = \"3s\"\nmax_head_samples = 2000\n{mqtt}"
     );
-    let agent = replaying_agent(dir.path(), &store, 5);
+    let agent = replaying_agent(dir.path(), &store, XAVIER, 5);
     wait_until("fifty cuts", Duration::from_secs(120), || {
         (proxy.cuts.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(())
     });
@@ -713,7 +729,7 @@ fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnO
         free_port(),
         &["--config", config_path.to_str().unwrap()],
     );
-    let agent = replaying_agent(dir, mqtt, 20);
+    let agent = replaying_agent(dir, mqtt, XAVIER, 20);
     wait_until_shipped(&agent);
     check(&hub);
     agent.stop();
@@ -834,7 +850,7 @@ fn the_hub_alerts_on_a_device_that_goes_offline() {
         let v: Value = serde_json::from_str(&body).unwrap();
         v["alerts"].as_array().unwrap().clone()
     };
-    let agent = replaying_agent(dir.path(), &mqtt, 1);
+    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 1);
     wait_until("the device online", Duration::from_secs(20), || {
         let devices = hub.devices();
         (device_record(&devices, "dev-a")?["state"] == "online").then_some(())
