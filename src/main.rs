@@ -4,6 +4,7 @@
 mod agent;
 mod collect;
 mod db;
+mod demo;
 mod hub;
 mod input;
 mod netaddr;
@@ -33,6 +34,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole thing on this machine: a hub and an agent sending it this machine's
+    /// metrics and a replayed Jetson TX2; prints the dashboard's address and a login.
+    Demo(demo::DemoArgs),
     /// Run the agent: collect this device's metrics into its store and serve /metrics.
     ///
     /// Collectors: host (always), tegrastats and Jetson sysfs files (on Jetsons), NVML (where
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Hub(args) => hub::run(args),
         Command::Db(command) => db::run(command),

@@ -24,17 +24,6 @@ use outpost::timearg::now_ms;
 /// The last hub command applied, so that a recorded one cannot be replayed.
 const LAST_COMMAND_KEY: &str = "~last_command_id";
 
-/// The alert routes, for the agent's and the hub's HTTP servers.
-pub fn routes(shared: Arc<AlertShared>) -> axum::Router {
-    use axum::routing::{delete, get};
-    axum::Router::new()
-        .route("/api/alerts", get(list_alerts))
-        .route("/api/alerts/history", get(history))
-        .route("/api/silences", get(list_silences).post(add_silence))
-        .route("/api/silences/{id}", delete(delete_silence))
-        .with_state(shared)
-}
-
 /// What the HTTP handlers, the self-metrics and the uplink share.
 pub struct AlertShared {
     pub engine: Arc<Mutex<Engine>>,

@@ -21,6 +21,8 @@ pub struct HubConfig {
     /// Alert rules over the hub's view of each device (`config/hub-rules.toml` built in), and
     /// their channels: the same keys as the agent's `[alerts]`.
     pub alerts: crate::agent::config::AlertsSection,
+    /// The dashboard and API: bounds, users and tokens.
+    pub web: outpost_web::WebConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -31,6 +33,8 @@ pub struct HubSection {
     pub devices_file: PathBuf,
     /// A device that sends nothing for this long is offline, last will or not.
     pub offline_after: Interval,
+    /// A connected device whose last batch is older than this is stale.
+    pub stale_after: Interval,
 }
 
 impl Default for HubSection {
@@ -40,6 +44,7 @@ impl Default for HubSection {
             fleet: "default".into(),
             devices_file: PathBuf::from("outpost-devices.toml"),
             offline_after: Interval::secs(120),
+            stale_after: Interval::secs(30),
         }
     }
 }
@@ -134,7 +139,13 @@ impl HubConfig {
             outpost_sync::topic::check_id("shared group", &self.mqtt.shared_group)
                 .context("mqtt.shared_group")?;
         }
+        if self.hub.stale_after.0.as_secs() < 1 {
+            bail!("hub.stale_after: must be at least 1s");
+        }
         self.alerts.validate()?;
+        self.web
+            .validate(self.hub.listen.ip().is_loopback())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 }

@@ -97,6 +97,40 @@ pub enum DeviceCommand {
     Delete { id: String },
 }
 
+/// Enrols `id`: a new key and broker password, written to `out/ID.key` and `out/ID.password`
+/// (owner-only), and its entry saved in the devices file. Returns the two paths.
+pub fn enrol(
+    devices: &mut DevicesFile,
+    devices_file: &Path,
+    id: &str,
+    out: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    outpost_sync::topic::check_id("device", id)?;
+    if devices.device.contains_key(id) {
+        bail!("device {id:?} is already enrolled; `outpost hub device delete {id}` first");
+    }
+    let key = outpost_sync::DeviceKey::new(random_bytes(32)?)?;
+    let password: String = random_bytes(32)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key_path = out.join(format!("{id}.key"));
+    let password_path = out.join(format!("{id}.password"));
+    write_secret(&key_path, &format!("{}\n", key.to_hex()))?;
+    write_secret(&password_path, &format!("{password}\n"))?;
+    devices.device.insert(
+        id.to_string(),
+        DeviceEntry {
+            key: key.to_hex(),
+            password_sha256: sha256_hex(&password),
+            revoked: false,
+            added_ms: outpost::timearg::now_ms(),
+        },
+    );
+    devices.save(devices_file)?;
+    Ok((key_path, password_path))
+}
+
 pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::ExitCode> {
     let mut devices = DevicesFile::load(devices_file)?;
     match command {
@@ -106,29 +140,7 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
             url,
             fleet,
         } => {
-            outpost_sync::topic::check_id("device", &id)?;
-            if devices.device.contains_key(&id) {
-                bail!("device {id:?} is already enrolled; `outpost hub device delete {id}` first");
-            }
-            let key = outpost_sync::DeviceKey::new(random_bytes(32)?)?;
-            let password: String = random_bytes(32)?
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let key_path = out.join(format!("{id}.key"));
-            let password_path = out.join(format!("{id}.password"));
-            write_secret(&key_path, &format!("{}\n", key.to_hex()))?;
-            write_secret(&password_path, &format!("{password}\n"))?;
-            devices.device.insert(
-                id.clone(),
-                DeviceEntry {
-                    key: key.to_hex(),
-                    password_sha256: sha256_hex(&password),
-                    revoked: false,
-                    added_ms: outpost::timearg::now_ms(),
-                },
-            );
-            devices.save(devices_file)?;
+            let (key_path, password_path) = enrol(&mut devices, devices_file, &id, &out)?;
             println!(
                 "# Enrolled {id}. Copy {key} and {password} to the device (mode 600), then put\n\
                  # this in its agent config:\n[mqtt]\nenabled = true\nurl = \"{url}\"\nfleet = \"{fleet}\"\n\

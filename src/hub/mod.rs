@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod devices;
+mod fleet;
 mod registry;
 
 use std::net::SocketAddr;
@@ -58,6 +59,86 @@ enum HubCommand {
     /// Manage device credentials.
     #[command(subcommand)]
     Device(devices::DeviceCommand),
+    /// Make a dashboard login: prints a [[web.users]] entry (argon2 hash) for the hub config.
+    ///
+    /// Without --password-stdin a random password is made and printed once.
+    User {
+        name: String,
+        #[arg(long, value_enum, default_value = "viewer")]
+        role: RoleArg,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Make an API token: prints it once, and the [[web.tokens]] entry (its SHA-256).
+    Token {
+        name: String,
+        #[arg(long, value_enum, default_value = "viewer")]
+        role: RoleArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    /// Reads everything.
+    Viewer,
+    /// Also silences alerts.
+    Admin,
+}
+
+impl RoleArg {
+    fn name(self) -> &'static str {
+        match self {
+            RoleArg::Viewer => "viewer",
+            RoleArg::Admin => "admin",
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    Ok(crate::sysinfo_ids::random_bytes(bytes)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn user_command(name: &str, role: RoleArg, password_stdin: bool) -> Result<()> {
+    anyhow::ensure!(!name.is_empty(), "the user name must not be empty");
+    let (password, generated) = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let password = line.trim_end_matches(['\r', '\n']).to_string();
+        anyhow::ensure!(
+            password.chars().count() >= 8,
+            "the password must have at least 8 characters"
+        );
+        (password, false)
+    } else {
+        (random_hex(12)?, true)
+    };
+    let hash = outpost_web::hash_password(&password)?;
+    if generated {
+        println!("# Password for {name} (shown once): {password}");
+    }
+    println!(
+        "# Add to the hub config:\n[[web.users]]\nname = {name:?}\nrole = \"{}\"\npassword_hash = \"{hash}\"",
+        role.name()
+    );
+    Ok(())
+}
+
+fn token_command(name: &str, role: RoleArg) -> Result<()> {
+    anyhow::ensure!(!name.is_empty(), "the token name must not be empty");
+    let token = random_hex(32)?;
+    println!("# Token for {name} (shown once; send it as Authorization: Bearer ...): {token}");
+    println!(
+        "# Add to the hub config:\n[[web.tokens]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+        role.name(),
+        outpost_web::sha256_hex(&token)
+    );
+    Ok(())
 }
 
 pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
@@ -75,6 +156,16 @@ pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
     if let Some(command) = args.command {
         return match command {
             HubCommand::Device(command) => devices::run(command, &config.hub.devices_file),
+            HubCommand::User {
+                name,
+                role,
+                password_stdin,
+            } => {
+                user_command(&name, role, password_stdin).map(|()| std::process::ExitCode::SUCCESS)
+            }
+            HubCommand::Token { name, role } => {
+                token_command(&name, role).map(|()| std::process::ExitCode::SUCCESS)
+            }
         };
     }
     if let Some(store) = &args.store {
@@ -151,7 +242,12 @@ async fn daemon(config: HubConfig) -> Result<()> {
         current: RwLock::new((None, Arc::new(DevicesFile::default()))),
     });
     devices.reload_if_changed();
-    let registry = Arc::new(Mutex::new(Registry::load(&store)));
+    let registry = Arc::new(Mutex::new({
+        let mut registry = Registry::load(&store);
+        registry.stale_after = config.hub.stale_after.0;
+        registry
+    }));
+    let (ingested, _) = tokio::sync::broadcast::channel::<String>(1024);
     let hub_password: String = crate::sysinfo_ids::random_bytes(24)?
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -207,11 +303,12 @@ async fn daemon(config: HubConfig) -> Result<()> {
     // The ingest thread: batches in, acks out.
     let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel::<Incoming>(1024);
     let ingest = {
-        let (store, client, devices, registry) = (
+        let (store, client, devices, registry, ingested) = (
             store.clone(),
             client.clone(),
             devices.clone(),
             registry.clone(),
+            ingested.clone(),
         );
         let fleet = config.hub.fleet.clone();
         let limits = Limits {
@@ -223,7 +320,10 @@ async fn daemon(config: HubConfig) -> Result<()> {
             .spawn(move || {
                 ingest_loop(
                     &store,
-                    &client,
+                    Outlets {
+                        client: &client,
+                        ingested: &ingested,
+                    },
                     &devices,
                     &registry,
                     &fleet,
@@ -253,13 +353,22 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let mut alert_ticker = tokio::time::interval(config.alerts.interval.0);
     alert_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let http_state = Arc::new(HttpState {
+    let hub_fleet = Arc::new(fleet::HubFleet {
         registry: registry.clone(),
+        devices: devices.clone(),
         store: store.clone(),
+        client: client.clone(),
+        fleet: config.hub.fleet.clone(),
         offline_after: config.hub.offline_after.0,
-        alerts: alert_shared.clone(),
+        alerts: Mutex::new(fleet::FleetAlerts::default()),
+        hub_alerts: alert_shared.clone(),
+        ingested: ingested.clone(),
     });
-    let app = http_router(http_state);
+    let app = outpost_web::router(outpost_web::Web::new(
+        store.clone(),
+        hub_fleet.clone(),
+        config.web.clone(),
+    ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -305,9 +414,14 @@ async fn daemon(config: HubConfig) -> Result<()> {
                         let filter = topic::fleet_filter(&fleet, kind, if kind == Kind::Batch { group } else { None });
                         let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
                     }
+                    let _ = client.try_subscribe(format!("outpost/v1/{fleet}/+/alerts/#"), QoS::AtLeastOnce);
                     tracing::info!("connected to the broker; subscribed to the fleet's topics");
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if let Some((device, suffix)) = fleet::alert_topic(&fleet, &publish.topic) {
+                        hub_fleet.alert_message(device, suffix, &publish.payload);
+                        continue;
+                    }
                     let Some((topic_fleet, device, kind)) = topic::parse(&publish.topic) else { continue };
                     if topic_fleet != fleet {
                         continue;
@@ -329,7 +443,12 @@ async fn daemon(config: HubConfig) -> Result<()> {
                                 continue;
                             }
                             match outpost_sync::verify_json(&text, &key) {
-                                Ok(json) => registry.lock().expect("registry lock").retained(device, kind, &json),
+                                Ok(json) => {
+                                    registry.lock().expect("registry lock").retained(device, kind, &json);
+                                    if kind == Kind::Status && json.contains("\"online\"") {
+                                        hub_fleet.resend_commands(device);
+                                    }
+                                }
                                 Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string(), true),
                             }
                         }
@@ -442,15 +561,22 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
     Ok(())
 }
 
+/// Where the ingest thread's results go: acks to the devices, news to live dashboards.
+struct Outlets<'a> {
+    client: &'a AsyncClient,
+    ingested: &'a tokio::sync::broadcast::Sender<String>,
+}
+
 fn ingest_loop(
     store: &Store,
-    client: &AsyncClient,
+    outlets: Outlets,
     devices: &Devices,
     registry: &Mutex<Registry>,
     fleet: &str,
     limits: &Limits,
     incoming: &std::sync::mpsc::Receiver<Incoming>,
 ) {
+    let Outlets { client, ingested } = outlets;
     let mut ingestor = outpost_sync::ingest::Ingestor::new();
     while let Ok(first) = incoming.recv() {
         // Everything already waiting goes into this group: one fsync for all of it.
@@ -484,12 +610,20 @@ fn ingest_loop(
             tracing::error!("hub store sync failed, batches not acknowledged: {error}");
             continue;
         }
+        let mut fed: Vec<String> = Vec::new();
         for (device, ack) in acks {
             let topics = topic::DeviceTopics {
                 fleet: fleet.to_string(),
                 device,
             };
             let _ = client.try_publish(topics.topic(Kind::Ack), QoS::AtLeastOnce, false, ack);
+            if !fed.contains(&topics.device) {
+                fed.push(topics.device);
+            }
+        }
+        for device in fed {
+            // Nobody listening (no dashboard open) is not an error.
+            let _ = ingested.send(device);
         }
     }
 }
@@ -549,49 +683,4 @@ fn ingest_one(
         status,
     };
     Ok((ack, key, batch, clock))
-}
-
-struct HttpState {
-    registry: Arc<Mutex<Registry>>,
-    store: Arc<Store>,
-    offline_after: Duration,
-    alerts: Option<Arc<crate::agent::alerts::AlertShared>>,
-}
-
-fn http_router(state: Arc<HttpState>) -> axum::Router {
-    use axum::extract::State;
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-    async fn devices(State(state): State<Arc<HttpState>>) -> axum::response::Response {
-        let now = outpost::timearg::now_ms();
-        let registry = state.registry.lock().expect("registry lock");
-        axum::Json(registry.to_json(now, state.offline_after)).into_response()
-    }
-    async fn health(State(state): State<Arc<HttpState>>) -> axum::response::Response {
-        let stats = state.store.stats().ok();
-        axum::Json(serde_json::json!({
-            "status": "ok",
-            "store": stats.map(|s| serde_json::json!({"series": s.series, "disk_bytes": s.disk_bytes})),
-        }))
-        .into_response()
-    }
-    async fn metrics(State(state): State<Arc<HttpState>>) -> axum::response::Response {
-        let now = outpost::timearg::now_ms();
-        let text = state
-            .registry
-            .lock()
-            .expect("registry lock")
-            .metrics(now, state.offline_after);
-        ([("content-type", "text/plain; version=0.0.4")], text).into_response()
-    }
-    let alert_routes = match &state.alerts {
-        Some(alerts) => crate::agent::alerts::routes(alerts.clone()),
-        None => axum::Router::new(),
-    };
-    axum::Router::new()
-        .route("/api/devices", get(devices))
-        .route("/api/health", get(health))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-        .merge(alert_routes)
 }

@@ -37,11 +37,16 @@ pub struct DeviceRecord {
     /// The protocol version of its last batch.
     #[serde(default)]
     pub protocol: u16,
+    /// When its last batch came.
+    #[serde(default)]
+    pub last_data_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
     devices: BTreeMap<String, DeviceRecord>,
+    /// A connected device whose last batch is older than this is `stale`.
+    pub stale_after: Duration,
     changed: bool,
     /// Rejections are logged once a minute per device, not once per message.
     last_logged: BTreeMap<String, Instant>,
@@ -74,6 +79,11 @@ impl Registry {
             }
         }
         registry
+    }
+
+    /// The protocol version of the device's last batch (0 before its first).
+    pub fn protocol(&self, device: &str) -> u16 {
+        self.devices.get(device).map_or(0, |r| r.protocol)
     }
 
     pub fn persist_if_changed(&mut self, store: &Store) {
@@ -125,6 +135,7 @@ impl Registry {
         let now = outpost::timearg::now_ms();
         let record = self.record(device);
         record.batches += 1;
+        record.last_data_ms = Some(now);
         record.clock_corrected_samples += clock_corrected;
         record.implausible_samples += implausible;
         record.protocol = protocol;
@@ -178,11 +189,16 @@ impl Registry {
     }
 
     /// `online` when its status says so and it was heard from within `offline_after`.
-    fn state(record: &DeviceRecord, now: i64, offline_after: Duration) -> &'static str {
+    /// and `stale` when it is connected but its data stopped more than `stale_after` ago.
+    fn state(&self, record: &DeviceRecord, now: i64, offline_after: Duration) -> &'static str {
         let silent = now - record.last_seen_ms > offline_after.as_millis() as i64;
+        let no_data = record
+            .last_data_ms
+            .is_none_or(|at| now - at > self.stale_after.as_millis() as i64);
         match record.status.as_deref() {
             Some("offline") => "offline",
             _ if silent => "offline",
+            _ if no_data => "stale",
             _ => "online",
         }
     }
@@ -194,7 +210,7 @@ impl Registry {
                 .map(|(name, record)| {
                     let mut value = serde_json::to_value(record).expect("records serialize");
                     value["device"] = name.clone().into();
-                    value["state"] = Self::state(record, now, offline_after).into();
+                    value["state"] = self.state(record, now, offline_after).into();
                     value
                 })
                 .collect(),
@@ -208,7 +224,7 @@ impl Registry {
             for (device, record) in &self.devices {
                 let value = if name == "outpost_hub_device_online" {
                     Some(f64::from(
-                        Self::state(record, now, offline_after) == "online",
+                        self.state(record, now, offline_after) != "offline",
                     ))
                 } else {
                     value(record)

@@ -236,6 +236,26 @@ impl Selector {
         self.matchers.iter().all(|m| m.matches(key))
     }
 
+    /// Every matcher as (label, operator, value), the metric name as `__name__`.
+    pub fn matchers(&self) -> impl Iterator<Item = (&str, MatchOp, &str)> {
+        self.matchers
+            .iter()
+            .map(|m| (m.label.as_str(), m.op, m.value.as_str()))
+    }
+
+    /// The selector narrowed to series whose `label` equals `value` (a dashboard scoping a
+    /// user's selector to one device, say).
+    pub fn and_equal(mut self, label: &str, value: &str) -> Selector {
+        self.text = format!("{} and {label}={value:?}", self.text);
+        self.matchers.push(Matcher {
+            label: label.to_string(),
+            op: MatchOp::Equal,
+            value: value.to_string(),
+            regex: None,
+        });
+        self
+    }
+
     /// The labels the selector pins with `=` (the metric name as `__name__`), in its order: what
     /// every series it matches has in common for certain.
     pub fn equalities(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -391,6 +411,18 @@ mod tests {
         let quoted = SeriesKey::parse(r#"m{path="a\"b\\c\nd"}"#).unwrap();
         assert_eq!(quoted.label("path"), "a\"b\\c\nd");
         assert_eq!(SeriesKey::parse(&quoted.to_string()).unwrap(), quoted);
+    }
+
+    #[test]
+    fn and_equal_narrows_a_selector() {
+        let a = SeriesKey::parse(r#"cpu{instance="a",core="0"}"#).unwrap();
+        let b = SeriesKey::parse(r#"cpu{instance="b",core="0"}"#).unwrap();
+        let selector = Selector::parse(r#"cpu{core="0"}"#).unwrap();
+        assert!(selector.matches(&a) && selector.matches(&b));
+        let narrowed = selector.and_equal("instance", "a");
+        assert!(narrowed.matches(&a));
+        assert!(!narrowed.matches(&b));
+        assert_eq!(narrowed.exact_name(), Some("cpu"));
     }
 
     #[test]

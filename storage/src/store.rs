@@ -360,6 +360,7 @@ enum Command {
     Seal(flume::Sender<Result<()>>),
     Tick(flume::Sender<Result<()>>),
     Compact(flume::Sender<Result<bool>>),
+    Backup(PathBuf, flume::Sender<Result<u64>>),
     Close(flume::Sender<Result<()>>),
     Wake,
 }
@@ -382,6 +383,22 @@ impl Debug for CommandBox {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Copies a file and makes the copy durable. Only the writer thread changes the store's file,
+/// and it is busy here, so the file is the state of its last commit.
+fn copy_synced(from: &Path, to: &Path) -> Result<u64> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let temporary = to.with_extension("partial");
+    let bytes = std::fs::copy(from, &temporary).map_err(io(&temporary))?;
+    std::fs::File::open(&temporary)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&temporary))?;
+    std::fs::rename(&temporary, to).map_err(io(to))?;
+    Ok(bytes)
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -642,6 +659,17 @@ impl Store {
         answer.recv().map_err(|_| Error::Closed)?
     }
 
+    /// Writes a consistent copy of the store to `to` while it stays open: seals, then copies the
+    /// file before the writer thread may change it again. Writes made meanwhile wait in the
+    /// head, so the copy holds everything up to the moment of the seal. Returns its size.
+    pub fn backup(&self, to: &Path) -> Result<u64> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send(CommandBox(Command::Backup(to.to_path_buf(), reply)))
+            .map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
     fn request(&self, make: fn(flume::Sender<Result<()>>) -> Command) -> Result<()> {
         let (reply, answer) = flume::bounded(1);
         self.commands
@@ -896,7 +924,13 @@ impl Store {
                     let (key, version) = entry?;
                     if delivered.get(&key.value()) != Some(&version.value()) {
                         dirty_chunks += 1;
-                        oldest_dirty.get_or_insert(key.value().0);
+                        // A rollup chunk's window starts up to 30 days before its data, and
+                        // its buckets summarise raw data that is counted here too: only raw
+                        // windows tell the age.
+                        let (start, tier, _) = key.value();
+                        if tier == Tier::Raw as u8 {
+                            oldest_dirty = Some(oldest_dirty.map_or(start, |o: i64| o.min(start)));
+                        }
                     }
                 }
             }
@@ -1433,6 +1467,9 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
             }
             Some(Command::Compact(reply)) => {
                 let _ = reply.send(shared.seal().and_then(|()| shared.compact()));
+            }
+            Some(Command::Backup(to, reply)) => {
+                let _ = reply.send(shared.seal().and_then(|()| copy_synced(&shared.path, &to)));
             }
             Some(Command::Close(reply)) => {
                 let result = shared.close();

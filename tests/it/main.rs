@@ -5,5 +5,6 @@ mod agent;
 mod alerts;
 mod boundaries;
 mod cli;
+mod dashboard;
 mod sync;
 mod tegrastats;

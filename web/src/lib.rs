@@ -1,6 +1,197 @@
-//! The hub's fleet dashboard and HTTP API.
+//! The hub's fleet dashboard and HTTP API (`docs/api.md`).
 //!
-//! This crate will serve the fleet, device and alert pages and the `/api/...` endpoints from the
-//! hub's store. It depends on `outpost-storage` only, reads the store and never writes to it, and
-//! reaches the hub's device registry through traits that the binary implements. Its
-//! implementation lands with the dashboard issue; until then it has no items.
+//! [`router`] serves the fleet, device and alert pages (bundled from `frontend/` at build time
+//! and embedded, so the hub stays one file) and the `/api/...` endpoints, reading the hub's
+//! store. The crate depends on `outpost-storage` only: what it needs from the hub (the device
+//! registry, the fleet's alerts, pushing a silence to a device, news of ingested data) it asks
+//! through the [`Fleet`] trait, which the binary implements. It never writes to the store.
+//!
+//! Every answer is bounded: a request that would return more than `web.max_points` points per
+//! series or `web.max_series` series gets a 400 that says so.
+
+mod api;
+mod assets;
+pub mod auth;
+pub mod range;
+pub mod summary;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use api::router;
+pub use auth::{hash_password, sha256_hex, Identity, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("log in first, or send a bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] outpost_storage::Error),
+    #[error("invalid [web] config: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A dashboard user: `[[web.users]]` in the hub config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// argon2id PHC string (`outpost hub user NAME` makes one).
+    pub password_hash: String,
+}
+
+/// An API token: `[[web.tokens]]`; the hub keeps only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+/// The `[web]` section of the hub config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// The most points one series may have in one answer.
+    pub max_points: usize,
+    /// The most series one answer may hold.
+    pub max_series: usize,
+    /// Serve a non-loopback address with no users and no tokens (anyone who reaches it is an
+    /// admin). Off: the hub refuses to start that way.
+    pub allow_unauthenticated: bool,
+    /// How long a browser login lasts.
+    pub session_hours: u32,
+    pub users: Vec<User>,
+    pub tokens: Vec<Token>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            max_points: 11_000,
+            max_series: 500,
+            allow_unauthenticated: false,
+            session_hours: 12,
+            users: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl WebConfig {
+    /// Checks the section; `loopback` says whether the hub listens on a loopback address only.
+    pub fn validate(&self, loopback: bool) -> Result<(), WebError> {
+        let bad = |message: String| Err(WebError::Config(message));
+        if self.max_points == 0 || self.max_points > 1_000_000 {
+            return bad("web.max_points: must be between 1 and 1000000".into());
+        }
+        if self.max_series == 0 || self.max_series > 100_000 {
+            return bad("web.max_series: must be between 1 and 100000".into());
+        }
+        if self.session_hours == 0 {
+            return bad("web.session_hours: must be at least 1".into());
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            if user.name.is_empty() {
+                return bad(format!("web.users[{i}].name: must not be empty"));
+            }
+            if let Err(reason) = auth::check_hash(&user.password_hash) {
+                return bad(format!("web.users[{i}].password_hash: {reason}"));
+            }
+            if self.users[..i].iter().any(|u| u.name == user.name) {
+                return bad(format!(
+                    "web.users[{i}].name: {:?} is there twice",
+                    user.name
+                ));
+            }
+        }
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "web.tokens[{i}].sha256: must be 64 hex digits (`outpost hub token NAME` prints it)"
+                ));
+            }
+        }
+        if !loopback
+            && self.users.is_empty()
+            && self.tokens.is_empty()
+            && !self.allow_unauthenticated
+        {
+            return bad(
+                "hub.listen is not a loopback address and [web] has no users or tokens: anyone \
+                 who reaches it could read and change everything. Add [[web.users]] \
+                 (`outpost hub user NAME`), or set web.allow_unauthenticated = true"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A silence to push to a device: `POST /api/silences`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    pub device: String,
+    /// A selector over the alert's labels plus `alertname`, e.g. `{alertname="cpu_high"}`.
+    #[serde(rename = "match")]
+    pub matcher: String,
+    /// Defaults to now.
+    #[serde(default)]
+    pub starts_ms: Option<i64>,
+    pub ends_ms: i64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// What the dashboard needs from the hub beyond its store.
+pub trait Fleet: Send + Sync + 'static {
+    /// Every device the hub knows, as JSON objects with at least `device` and `state`
+    /// (`online`, `stale` or `offline`).
+    fn devices(&self) -> Vec<serde_json::Value>;
+    /// Alerts across the fleet: `{"alerts": [...], "history": [...]}`.
+    fn alerts(&self) -> serde_json::Value;
+    /// Sends a silence to its device; what was sent, or why not.
+    fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<serde_json::Value, String>;
+    /// The hub's own metrics, Prometheus text format.
+    fn metrics(&self) -> String;
+    /// The names of devices as their data arrives (for live charts).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String>;
+    /// The wall clock, milliseconds since 1970 (this crate never reads it itself).
+    fn now_ms(&self) -> i64;
+}
+
+/// What the handlers share.
+pub struct Web {
+    pub store: Arc<outpost_storage::Store>,
+    pub fleet: Arc<dyn Fleet>,
+    pub config: WebConfig,
+    auth: auth::Auth,
+}
+
+impl Web {
+    pub fn new(
+        store: Arc<outpost_storage::Store>,
+        fleet: Arc<dyn Fleet>,
+        config: WebConfig,
+    ) -> Arc<Web> {
+        let auth = auth::Auth::new(&config);
+        Arc::new(Web {
+            store,
+            fleet,
+            config,
+            auth,
+        })
+    }
+}

@@ -455,6 +455,69 @@ fn retention_by_age_spares_what_is_not_shipped_yet() {
 }
 
 #[test]
+fn the_backlog_age_comes_from_raw_windows_not_rollup_windows() {
+    use outpost_storage::Options;
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        track_changes: true,
+        max_head_samples: 40,
+        ..crate::test_options()
+    };
+    let store = outpost_storage::Store::open(dir.path().join("age.redb"), options).unwrap();
+    // Samples 20 days into a 30-day hour window and half an hour into a 2-hour raw window.
+    let start = 20 * 86_400_000 + 1_800_000;
+    let samples: Vec<(&str, i64, f64)> = (0..60)
+        .map(|s| ("temp", start + s * 1_000, s as f64))
+        .collect();
+    crate::write(&store, &samples);
+    store.seal().unwrap();
+    let backlog = store.backlog().unwrap();
+    assert!(backlog.dirty_chunks >= 3, "raw, minute and hour chunks");
+    let oldest = backlog.oldest_ms.unwrap();
+    assert!(
+        oldest >= start - 2 * 3_600_000 && oldest <= start,
+        "oldest unshipped data at {oldest}, written from {start}"
+    );
+}
+
+#[test]
+fn a_backup_of_an_open_store_holds_everything_written_before_it() {
+    use outpost_storage::{StateTable, WriteBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        outpost_storage::Store::open(dir.path().join("live.redb"), crate::test_options()).unwrap();
+    let before: Vec<(&str, i64, f64)> = (0..500).map(|s| ("temp", s * 1_000, s as f64)).collect();
+    crate::write(&store, &before);
+    let mut state = WriteBatch::default();
+    state.put_state(StateTable::DeviceRegistry, "k", b"v".to_vec());
+    store.write(state).unwrap();
+    let copy = dir.path().join("copy.redb");
+    let bytes = store.backup(&copy).unwrap();
+    assert_eq!(bytes, std::fs::metadata(&copy).unwrap().len());
+    // Written after the backup: in the store, not in the copy.
+    crate::write(&store, &[("temp", 600_000, 1.0)]);
+    let backup = outpost_storage::Store::open(&copy, crate::test_options()).unwrap();
+    let points = &backup
+        .query_raw(&selector("temp"), i64::MIN, i64::MAX)
+        .unwrap()[0]
+        .points;
+    assert_eq!(points.len(), 500);
+    assert_eq!(points[499], (499_000, 499.0));
+    assert_eq!(
+        backup.state_get(StateTable::DeviceRegistry, "k").unwrap(),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(
+        store
+            .query_raw(&selector("temp"), i64::MIN, i64::MAX)
+            .unwrap()[0]
+            .points
+            .len(),
+        501
+    );
+}
+
+#[test]
 fn state_lists_merge_the_head_over_sealed_entries_by_prefix() {
     use outpost_storage::StateTable;
     let dir = tempfile::tempdir().unwrap();

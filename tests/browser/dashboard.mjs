@@ -1,0 +1,172 @@
+// Drives headless Chromium through the dashboard of a real hub with real ingested data.
+// Run by tests/it/dashboard.rs, which starts the hub and the agents and passes:
+//   HUB_URL, HUB_USER, HUB_PASSWORD, EXPECT_STATES (JSON: device -> state), DEVICE (one with an
+//   outage), RANGE_START, RANGE_END (ms: a window that holds the outage), SCREENSHOTS (a dir).
+// Prints one line per check; exits non-zero on the first failure.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const hub = env('HUB_URL');
+const expectStates = JSON.parse(env('EXPECT_STATES'));
+const device = env('DEVICE');
+const rangeStart = Number(env('RANGE_START'));
+const rangeEnd = Number(env('RANGE_END'));
+const shots = env('SCREENSHOTS');
+mkdirSync(shots, { recursive: true });
+
+function check(condition, message, detail) {
+  if (!condition) {
+    console.error(`FAIL ${message}${detail === undefined ? '' : `: ${JSON.stringify(detail).slice(0, 2000)}`}`);
+    process.exit(1);
+  }
+  console.log(`ok   ${message}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const failures = [];
+try {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  const page = await context.newPage();
+  page.on('pageerror', (error) => failures.push(`page error: ${error.message}`));
+  // Failed requests are logged too; the 401s this test provokes are expected.
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) failures.push(`console: ${message.text()}`);
+  });
+
+  // Login is required.
+  await page.goto(`${hub}/`);
+  await page.waitForSelector('form.login');
+  const anonymous = await page.evaluate(async () => (await fetch('/api/devices')).status);
+  check(anonymous === 401, 'the API refuses a browser that has not logged in', anonymous);
+  await page.screenshot({ path: join(shots, 'login.png') });
+  await page.fill('input[name=name]', env('HUB_USER'));
+  await page.fill('input[name=password]', 'not the password');
+  await page.click('form.login button[type=submit]');
+  await page.waitForSelector('form.login .error');
+  check(true, 'a wrong password is refused with a message');
+  await page.fill('input[name=password]', env('HUB_PASSWORD'));
+  await page.click('form.login button[type=submit]');
+
+  // The fleet page: every device, with the state the API gives and the test set up.
+  await page.waitForSelector('table.fleet tbody tr');
+  const rows = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => [tr.dataset.device, tr.dataset.state]));
+  const api = await page.evaluate(async () => (await (await fetch('/api/devices')).json()).map((d) => [d.device, d.state]));
+  const sortedPairs = (pairs) => JSON.stringify([...pairs].sort((a, b) => a[0].localeCompare(b[0])));
+  check(sortedPairs(rows) === sortedPairs(api), 'the fleet page shows every device with the API\'s state', { rows, api });
+  for (const [name, state] of Object.entries(expectStates)) {
+    check(Object.fromEntries(rows)[name] === state, `${name} is shown ${state}`, rows);
+  }
+  const badges = await page.$eval(`table.fleet tbody tr[data-device="${device}"]`, (tr) => tr.textContent);
+  check(/[1-9][0-9]* warning/.test(badges), `${device}'s firing alert is counted on the fleet page`, badges);
+  const stateText = await page.$$eval('table.fleet tbody tr td span.state', (spans) => spans.map((s) => s.textContent));
+  check(stateText.length === rows.length, 'each state is written out, not only coloured', stateText);
+  await page.fill('input[type=search]', device);
+  const filtered = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => tr.dataset.device));
+  check(filtered.length === 1 && filtered[0] === device, 'the filter narrows the list', filtered);
+  await page.fill('input[type=search]', '');
+  await page.click('th[data-key=device]');
+  await page.click('th[data-key=device]');
+  const sorted = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => tr.dataset.device));
+  check(JSON.stringify(sorted) === JSON.stringify([...sorted].sort().reverse()), 'sorting by device, descending', sorted);
+  await page.screenshot({ path: join(shots, 'fleet.png'), fullPage: true });
+
+  // The device page over a fixed window that holds an outage.
+  await page.goto(`${hub}/device/${encodeURIComponent(device)}?start=${rangeStart}&end=${rangeEnd}`);
+  await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });
+  const compared = await page.evaluate(async () => {
+    // The test's own alignment of the API's JSON, written apart from the page's code.
+    const out = { charts: 0, nulls: 0, points: 0, mismatches: [] };
+    for (const [title, chart] of Object.entries(window.outpost.charts)) {
+      out.charts += 1;
+      const answer = await (await fetch(chart.url)).json();
+      const times = [...new Set(answer.series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+      const expected = [times.map((t) => t / 1000)];
+      for (const series of answer.series) {
+        const byTime = new Map(series.points.map(([t, v]) => [t, v]));
+        expected.push(times.map((t) => (byTime.has(t) ? byTime.get(t) : undefined)));
+        out.nulls += series.points.filter((p) => p[1] === null).length;
+        out.points += series.points.length;
+      }
+      const given = chart.data;
+      const same = given.length === expected.length && given.every((column, i) => column.length === expected[i].length
+        && column.every((v, j) => Object.is(v, expected[i][j])));
+      if (!same) out.mismatches.push({ title, given: given.map((c) => c.slice(0, 20)), expected: expected.map((c) => c.slice(0, 20)) });
+    }
+    return out;
+  });
+  check(compared.charts >= 3, 'the device page draws several chart groups', compared.charts);
+  check(compared.mismatches.length === 0, 'every chart is handed exactly the API\'s arrays', compared.mismatches);
+  check(compared.nulls > 0, 'the outage reaches the charts as nulls (a gap, not a line)', compared);
+  await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
+
+  // Drag to zoom: a narrower range in the address and in every chart's request.
+  const card = page.locator('article.card:not([hidden])').first();
+  const title = await card.getAttribute('data-group');
+  const over = card.locator('.u-over');
+  const box = await over.boundingBox();
+  const before = new URL(await page.evaluate((t) => window.outpost.charts[t].url, title), hub);
+  const pagesBefore = await page.evaluate(() => window.outpost.pages);
+  await page.mouse.move(box.x + box.width * 0.3, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height / 2, { steps: 8 });
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height / 2, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForFunction((n) => window.outpost.pages > n, pagesBefore, { timeout: 30000 });
+  const address = new URL(page.url());
+  const zoomStart = Number(address.searchParams.get('start'));
+  const zoomEnd = Number(address.searchParams.get('end'));
+  check(zoomStart > rangeStart && zoomEnd < rangeEnd && zoomEnd > zoomStart, 'dragging across a chart zooms the range', { zoomStart, zoomEnd, rangeStart, rangeEnd });
+  const span = rangeEnd - rangeStart;
+  check(Math.abs((zoomEnd - zoomStart) - span * 0.3) < span * 0.05, 'the zoomed range is the dragged part of the axis', { zoomStart, zoomEnd, span });
+  const after = new URL(await page.evaluate((t) => window.outpost.charts[t]?.url ?? Object.values(window.outpost.charts)[0].url, title), hub);
+  check(Number(after.searchParams.get('start')) === zoomStart && Number(after.searchParams.get('end')) === zoomEnd
+    && Number(before.searchParams.get('start')) === rangeStart, 'the charts ask the API for the zoomed range', { before: before.search, after: after.search });
+  await page.screenshot({ path: join(shots, 'zoomed.png'), fullPage: true });
+
+  // A legend entry toggles its series.
+  const legend = card.locator('.u-legend .u-series').nth(1);
+  await legend.click();
+  const toggled = await card.locator('.u-legend .u-series').nth(1).getAttribute('class');
+  check(toggled.includes('u-off'), 'clicking a legend entry hides its series', toggled);
+
+  // The alerts page renders, with the silence form for an admin.
+  await page.goto(`${hub}/alerts`);
+  await page.waitForSelector('table.alerts-table');
+  check(await page.locator('form.silence').count() === 1, 'an admin sees the silence form');
+  const firingRows = await page.$$eval('table.firing tbody tr', (trs) => trs.map((tr) => tr.textContent));
+  check(firingRows.some((row) => row.includes(device) && row.includes('ram_in_use')), 'the alerts page lists the device\'s firing alert', firingRows);
+  await page.screenshot({ path: join(shots, 'alerts.png'), fullPage: true });
+
+  // Looking at "now", the charts follow the device's data as it arrives.
+  await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
+  await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });
+  const firstEnd = await page.evaluate(() => Number(new URL(Object.values(window.outpost.charts)[0].url, location.href).searchParams.get('end')));
+  await page.waitForFunction(() => window.outpost.pages >= 3, null, { timeout: 30000 });
+  const laterEnd = await page.evaluate(() => Number(new URL(Object.values(window.outpost.charts)[0].url, location.href).searchParams.get('end')));
+  check(laterEnd > firstEnd, 'live: new data redraws the charts with a later end', { firstEnd, laterEnd });
+
+  // A phone-sized window still shows the fleet.
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.goto(`${hub}/`);
+  await page.waitForSelector('table.fleet tbody tr');
+  await page.screenshot({ path: join(shots, 'fleet-phone.png'), fullPage: true });
+
+  check(failures.length === 0, 'no script errors in the page', failures);
+} catch (error) {
+  console.error(`FAIL ${error.message}\npage errors: ${JSON.stringify(failures)}`);
+  const pages = browser.contexts().flatMap((c) => c.pages());
+  if (pages[0]) await pages[0].screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

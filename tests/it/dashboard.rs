@@ -1,0 +1,676 @@
+//! The hub's dashboard and API with real agents sending real data over the embedded broker:
+//! the API's bounds and guards over HTTP, a silence pushed from the API to a device, and the
+//! pages in Debian's headless Chromium (driven by `tests/browser/dashboard.mjs` with
+//! playwright-core). `outpost demo` end to end.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent::{free_port, tegrastats_log, wait_until, Agent};
+use crate::sync::{enrol, Hub};
+
+const PASSWORD: &str = "correct horse battery";
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0123456789abcdef";
+const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef0123456789abcdef";
+
+/// One HTTP/1.1 exchange with extra headers.
+fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    // Chunked bodies (axum streams some) are joined back together.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || tail.len() < size {
+                break;
+            }
+            out.push_str(&tail[..size]);
+            rest = tail[size..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// A GET whose body is bytes, sent with a Content-Length.
+fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response[split + 4..].to_vec())
+}
+
+/// A query string with the characters of selectors that may not appear raw in a URL escaped.
+fn url_safe(query: &str) -> String {
+    query
+        .replace('"', "%22")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('+', "%2B")
+}
+
+fn get_json(port: u16, path: &str, token: &str) -> Value {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = http_with(port, "GET", path, &[("Authorization", &auth)], "");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+fn sha256_hex(text: &str) -> String {
+    outpost_web::sha256_hex(text)
+}
+
+/// The `[[web.users]]` entry that `outpost hub user` prints, from the password on stdin.
+fn user_entry(name: &str, role: &str, password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "user", name, "--role", role, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains(password), "the password is not printed back");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// playwright-core installed once per target directory from `tests/browser`'s lock file.
+fn browser_dir() -> PathBuf {
+    let source = crate::agent::root().join("tests/browser");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::read(source.join("package-lock.json")).unwrap();
+    let fresh = std::fs::read(dir.join("package-lock.json")).ok().as_deref() != Some(&lock[..])
+        || !dir.join("node_modules/playwright-core").exists();
+    for name in ["package.json", "package-lock.json", "dashboard.mjs"] {
+        std::fs::copy(source.join(name), dir.join(name)).unwrap();
+    }
+    if fresh {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm runs (Node.js and npm are needed for the browser test)");
+        assert!(status.success(), "npm ci in {}", dir.display());
+    }
+    dir
+}
+
+fn agent_config(mqtt: &str) -> String {
+    format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+    )
+}
+
+fn start_agent(dir: &Path, mqtt: &str) -> Agent {
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    Agent::start(
+        dir,
+        &agent_config(mqtt),
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "1",
+        ],
+    )
+}
+
+fn states(port: u16) -> Vec<(String, String)> {
+    get_json(port, "/api/devices", VIEWER_TOKEN)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device"].as_str().unwrap().to_string(),
+                d["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn samples_of(port: u16, device: &str) -> u64 {
+    get_json(port, "/api/devices", VIEWER_TOKEN)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device)
+        .and_then(|d| d["samples"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_dashboard_and_its_api_over_a_real_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt: Vec<String> = ["dev-a", "dev-b", "dev-c"]
+        .iter()
+        .map(|d| enrol(dir.path(), d, mqtt_port))
+        .collect();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nstale_after = \"3s\"\n\n[web]\nmax_series = 100\n\n{}\n\n[[web.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n\
+             [[web.tokens]]\nname = \"grafana\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+            user_entry("ada", "admin", PASSWORD),
+            sha256_hex(ADMIN_TOKEN),
+            sha256_hex(VIEWER_TOKEN),
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", config.to_str().unwrap()],
+    );
+
+    // dev-a sends, goes away for a while, and comes back: an outage in its history.
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    // dev-a also has an alert firing, which it publishes on its alert topics.
+    std::fs::write(
+        a_dir.join("rules.toml"),
+        "[[rule]]\nname = \"ram_in_use\"\nselect = \"jetson_ram_used_bytes\"\nreduce = \"last\"\n\
+         window = \"5s\"\nthreshold = 1\nseverity = \"warning\"\nsummary = \"RAM in use\"\n",
+    )
+    .unwrap();
+    let mqtt_a = format!(
+        "{}[alerts]\nrules = [\"{}\"]\ninterval = \"1s\"\n",
+        mqtt[0],
+        a_dir.join("rules.toml").display()
+    );
+    let range_start = outpost::timearg::now_ms() - 2_000;
+    let agent_a = start_agent(&a_dir, &mqtt_a);
+    wait_until("dev-a's data at the hub", Duration::from_secs(30), || {
+        (samples_of(http_port, "dev-a") > 500).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    drop(agent_a.stop());
+    std::thread::sleep(Duration::from_secs(15));
+    let agent_a = start_agent(&a_dir, &mqtt_a);
+    // dev-b sends and stops: offline. dev-c connects but sends no batch for an hour: stale.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let agent_b = start_agent(&b_dir, &mqtt[1]);
+    wait_until("dev-b's data at the hub", Duration::from_secs(30), || {
+        (samples_of(http_port, "dev-b") > 100).then_some(())
+    });
+    drop(agent_b.stop());
+    let c_dir = dir.path().join("c");
+    std::fs::create_dir_all(&c_dir).unwrap();
+    let agent_c = Agent::start(
+        &c_dir,
+        &agent_config(&mqtt[2].replace("batch_interval = \"200ms\"", "batch_interval = \"1h\"")),
+        &[],
+    );
+    let expected = vec![
+        ("dev-a".to_string(), "online".to_string()),
+        ("dev-b".to_string(), "offline".to_string()),
+        ("dev-c".to_string(), "stale".to_string()),
+    ];
+    wait_until(
+        "online, offline and stale devices",
+        Duration::from_secs(40),
+        || (states(http_port) == expected).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let range_end = outpost::timearg::now_ms();
+
+    // The device's alert, from its MQTT alert topics, is the fleet's.
+    let firing = wait_until("dev-a's alert at the hub", Duration::from_secs(20), || {
+        let alerts = get_json(http_port, "/api/alerts", VIEWER_TOKEN);
+        alerts["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["rule"] == "ram_in_use" && a["state"] == "firing")
+            .cloned()
+    });
+    assert_eq!(firing["device"], "dev-a");
+    assert_eq!(firing["source"], "device");
+    assert_eq!(firing["severity"], "warning");
+
+    // Who may do what.
+    let (status, _, _) = http_with(http_port, "GET", "/api/devices", &[], "");
+    assert_eq!(status, 401, "the API needs a login");
+    let (status, _, _) = http_with(http_port, "GET", "/api/health", &[], "");
+    assert_eq!(status, 200, "health is public");
+    let (status, head, page) = http_with(http_port, "GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(page.contains("/app.js"));
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "content-security-policy: default-src 'self'",
+    ] {
+        assert!(head.contains(header), "{header} missing: {head}");
+    }
+    assert!(
+        !head.contains("access-control-allow-origin"),
+        "no CORS by default"
+    );
+    let now = outpost::timearg::now_ms();
+    let silence = format!(
+        r#"{{"device":"dev-a","match":"{{alertname=\"jetson_hot\"}}","ends_ms":{},"comment":"maintenance"}}"#,
+        now + 3_600_000
+    );
+    let json = ("Content-Type", "application/json");
+    let viewer = format!("Bearer {VIEWER_TOKEN}");
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = http_with(
+        http_port,
+        "POST",
+        "/api/silences",
+        &[("Authorization", &viewer), json],
+        &silence,
+    );
+    assert_eq!(status, 403, "a viewer cannot silence: {body}");
+    let (status, _, _) = http_with(
+        http_port,
+        "POST",
+        "/api/silences",
+        &[("Authorization", &admin), ("Content-Type", "text/plain")],
+        &silence,
+    );
+    assert_eq!(status, 400, "a change must come as JSON");
+    let (status, _, _) = http_with(
+        http_port,
+        "POST",
+        "/api/silences",
+        &[
+            ("Authorization", &admin),
+            json,
+            ("Origin", "http://evil.example"),
+        ],
+        &silence,
+    );
+    assert_eq!(status, 403, "no changes from another origin");
+    // A silence from the API reaches the device over MQTT as a signed command.
+    let (status, _, body) = http_with(
+        http_port,
+        "POST",
+        "/api/silences",
+        &[("Authorization", &admin), json],
+        &silence,
+    );
+    assert_eq!(status, 201, "{body}");
+    let sent: Value = serde_json::from_str(&body).unwrap();
+    let silence_id = sent["silence_id"].as_str().unwrap().to_string();
+    wait_until("the silence on dev-a", Duration::from_secs(20), || {
+        let (_, body) = crate::agent::http(agent_a.port, "GET", "/api/silences", "");
+        body.contains(&silence_id).then_some(())
+    });
+
+    // The API's answers and bounds.
+    let range = |query: &str| -> (u16, String) {
+        let (status, _, body) = http_with(
+            http_port,
+            "GET",
+            &format!("/api/range?{}", url_safe(query)),
+            &[("Authorization", &viewer)],
+            "",
+        );
+        (status, body)
+    };
+    let window = format!("start={range_start}&end={range_end}");
+    let (status, body) = range(&format!(
+        "device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=2000"
+    ));
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let points = answer["series"][0]["points"].as_array().unwrap().clone();
+    assert!(points.len() >= 10, "{body}");
+    assert_eq!(answer["tier"], "raw");
+    let nulls = points.iter().filter(|p| p[1].is_null()).count();
+    assert_eq!(nulls, 1, "one gap where dev-a was away: {body}");
+    assert!(
+        points
+            .iter()
+            .all(|p| p[0].as_i64().unwrap() >= range_start - 1_000
+                && p[0].as_i64().unwrap() <= range_end),
+        "only the asked window"
+    );
+    // The whole window in at most 10 points: a coarser step, still the same device only.
+    let (_, body) = range(&format!(
+        "device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=10"
+    ));
+    let coarse: Value = serde_json::from_str(&body).unwrap();
+    assert!(coarse["series"][0]["points"].as_array().unwrap().len() <= 11);
+    assert!(coarse["step_ms"].as_i64().unwrap() >= (range_end - range_start) / 10);
+    for (query, expect) in [
+        (
+            format!("device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=999999"),
+            "web.max_points",
+        ),
+        (
+            format!("device=dev-a&match=jetson_ram_used_bytes&start=0&end={range_end}&step=1s"),
+            "web.max_points",
+        ),
+        (format!("device=dev-a&match=jetson_ram{{&{window}"), "match"),
+        (
+            format!("match={{__name__=~\".+\"}}&{window}"),
+            "web.max_series",
+        ),
+        (
+            format!("device=dev-a&match=jetson_ram_used_bytes&{window}&fn=median"),
+            "fn",
+        ),
+        (window.clone(), "give match"),
+    ] {
+        let (status, body) = range(&query);
+        let body: String = body.chars().take(500).collect();
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(expect), "{query}: {body}");
+    }
+    let (status, head, csv) = http_with(
+        http_port,
+        "GET",
+        &format!("/api/export?format=csv&device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=2000"),
+        &[("Authorization", &viewer)],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("text/csv"));
+    assert_eq!(csv.lines().next(), Some("time,timestamp_ms,series,value"));
+    assert_eq!(csv.lines().count(), points.len() + 1, "one row per point");
+    let series = get_json(http_port, "/api/series?device=dev-b", VIEWER_TOKEN);
+    let names: Vec<&str> = series["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["series"].as_str().unwrap())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("jetson_ram_used_bytes")));
+    assert!(names.iter().all(|n| n.contains("instance=\"dev-b\"")));
+    let device = get_json(http_port, "/api/devices/dev-a", VIEWER_TOKEN);
+    assert!(device["summary"]["ram"]["current"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        device["summary"]["ram"]["sparkline"]
+            .as_array()
+            .unwrap()
+            .len(),
+        60
+    );
+    let (status, _, _) = http_with(
+        http_port,
+        "GET",
+        "/api/devices/nobody",
+        &[("Authorization", &viewer)],
+        "",
+    );
+    assert_eq!(status, 404);
+    let (_, _, metrics) = http_with(
+        http_port,
+        "GET",
+        "/metrics",
+        &[("Authorization", &viewer)],
+        "",
+    );
+    assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-c\"} 1"));
+    assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-b\"} 0"));
+
+    // A consistent copy of the running hub's store, for admins only.
+    let (status, _) = http_bytes(http_port, "/api/backup", &[("Authorization", &viewer)]);
+    assert_eq!(status, 403, "a viewer cannot take the whole store");
+    let (status, copy) = http_bytes(http_port, "/api/backup", &[("Authorization", &admin)]);
+    assert_eq!(status, 200);
+    let copy_path = dir.path().join("backup.redb");
+    std::fs::write(&copy_path, &copy).unwrap();
+    let backup = outpost_storage::Store::open(&copy_path, outpost_storage::Options::default())
+        .expect("the backup opens as a store");
+    let selector =
+        outpost_storage::Selector::parse(r#"jetson_ram_used_bytes{instance="dev-a"}"#).unwrap();
+    let held = backup.query_raw(&selector, range_start, range_end).unwrap()[0]
+        .points
+        .len();
+    assert!(
+        held + 1 >= points.len() - nulls,
+        "the backup holds dev-a's data: {held}"
+    );
+    backup.close().unwrap();
+
+    // The pages, in a real browser.
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let browser = browser_dir();
+    let output = Command::new("node")
+        .arg(browser.join("dashboard.mjs"))
+        .current_dir(&browser)
+        .env("HUB_URL", format!("http://127.0.0.1:{http_port}"))
+        .env("HUB_USER", "ada")
+        .env("HUB_PASSWORD", PASSWORD)
+        .env(
+            "EXPECT_STATES",
+            serde_json::to_string(
+                &expected
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap(),
+        )
+        .env("DEVICE", "dev-a")
+        .env("RANGE_START", range_start.to_string())
+        .env("RANGE_END", range_end.to_string())
+        .env("SCREENSHOTS", &screenshots)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\nscreenshots in {}", screenshots.display());
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}\nhub log:\n{}",
+        hub.log_text()
+    );
+    for shot in [
+        "login.png",
+        "fleet.png",
+        "device.png",
+        "zoomed.png",
+        "alerts.png",
+    ] {
+        assert!(screenshots.join(shot).exists(), "{shot} kept");
+    }
+    drop(agent_c.stop());
+    drop(agent_a.stop());
+    hub.stop();
+}
+
+#[test]
+fn a_hub_on_a_public_address_needs_users_or_tokens() {
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "--listen", "0.0.0.0:9820", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allow_unauthenticated"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, "[web]\nallow_unauthenticated = true\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args([
+            "hub",
+            "--listen",
+            "0.0.0.0:9820",
+            "--check-config",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(
+        &config,
+        "[[web.users]]\nname = \"ada\"\nrole = \"admin\"\npassword_hash = \"hunter2\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("web.users[0].password_hash"), "{stderr}");
+}
+
+#[test]
+fn the_demo_runs_a_hub_and_an_agent_and_cleans_up() {
+    let (http_port, mqtt_port, agent_port) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["demo", "--duration", "40", "--replay-speed", "10"])
+        .args(["--listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The banner comes once both are up.
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buffer = [0u8; 4096];
+    while !banner.contains("Ctrl-C") && Instant::now() < deadline {
+        let n = stdout.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        banner.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{http_port}/")),
+        "{banner}"
+    );
+    let password = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("login      admin / "))
+        .expect("a login is printed")
+        .to_string();
+    let data_dir = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("data       "))
+        .and_then(|l| l.strip_suffix(" (removed at exit)"))
+        .map(PathBuf::from)
+        .expect("the data directory is printed");
+    assert!(data_dir.exists());
+    let login = format!(r#"{{"name":"admin","password":"{password}"}}"#);
+    let (status, head, _) = http_with(
+        http_port,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        &login,
+    );
+    assert_eq!(status, 200);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let device = wait_until(
+        "the demo device with host and Jetson data",
+        Duration::from_secs(30),
+        || {
+            let (status, _, body) =
+                http_with(http_port, "GET", "/api/devices", &[("Cookie", &cookie)], "");
+            assert_eq!(status, 200, "{body}");
+            let devices: Value = serde_json::from_str(&body).unwrap();
+            let device = devices.as_array()?.first()?.clone();
+            (device["state"] == "online"
+                && device["summary"]["power"]["current"].is_number()
+                && device["summary"]["cpu"]["current"].is_number())
+            .then_some(device)
+        },
+    );
+    assert_eq!(device["device"], "demo-jetson");
+    let status = wait_until(
+        "the demo to stop by itself",
+        Duration::from_secs(60),
+        || child.try_wait().unwrap(),
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(!data_dir.exists(), "the temporary data is removed");
+    assert!(
+        TcpStream::connect(("127.0.0.1", http_port)).is_err(),
+        "the hub is gone"
+    );
+}

@@ -1,0 +1,523 @@
+// Outpost's dashboard: the fleet, one device's history, the fleet's alerts. Plain DOM and uPlot;
+// every number on a page comes from the hub's /api (docs/api.md).
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+import './style.css';
+
+const main = document.getElementById('main');
+// What the browser tests read: per chart, the request, the API's answer and the arrays handed
+// to uPlot.
+window.outpost = { charts: {}, pages: 0 };
+
+// ---------- helpers ----------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === 'class') node.className = value;
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    credentials: 'same-origin',
+    ...options,
+    headers: { ...(options.body ? { 'content-type': 'application/json' } : {}), ...(options.headers || {}) },
+  });
+  if (response.status === 401) throw new Unauthorized();
+  const text = await response.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = { error: text }; }
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function go(path) {
+  history.pushState(null, '', path);
+  route();
+}
+
+document.addEventListener('click', (event) => {
+  const link = event.target.closest('a');
+  if (!link || link.target || link.hasAttribute('download')) return;
+  const url = new URL(link.href, location.href);
+  if (url.origin !== location.origin || url.pathname.startsWith('/api/')) return;
+  if (event.metaKey || event.ctrlKey || event.shiftKey) return;
+  event.preventDefault();
+  go(url.pathname + url.search);
+});
+window.addEventListener('popstate', () => route());
+
+const pct = (v) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed(0)} %`);
+const fixed = (unit, digits = 1) => (v) => (v === null || v === undefined ? '–' : `${v.toFixed(digits)} ${unit}`);
+
+function duration(ms) {
+  if (ms === null || ms === undefined) return '–';
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function ago(ms) {
+  return ms ? `${duration(Date.now() - ms)} ago` : '–';
+}
+
+function bytes(v) {
+  if (v === null || v === undefined) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function sparkline(values) {
+  const present = values.filter((v) => v !== null);
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('viewBox', '0 0 60 16');
+  svg.setAttribute('class', 'spark');
+  svg.setAttribute('aria-hidden', 'true');
+  if (present.length < 2) return svg;
+  const lo = Math.min(...present);
+  const hi = Math.max(...present);
+  const scale = hi > lo ? 14 / (hi - lo) : 0;
+  let d = '';
+  let pen = false;
+  values.forEach((v, i) => {
+    if (v === null) { pen = false; return; }
+    const y = (15 - (v - lo) * scale).toFixed(1);
+    d += `${pen ? 'L' : 'M'}${i},${y}`;
+    pen = true;
+  });
+  const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+  path.setAttribute('d', d);
+  svg.append(path);
+  return svg;
+}
+
+// ---------- login ----------
+
+function showLogin(message, name = '') {
+  document.getElementById('who').textContent = '';
+  main.replaceChildren(
+    el('form', {
+      class: 'login',
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const form = new FormData(event.target);
+        try {
+          await api('/api/login', {
+            method: 'POST',
+            body: JSON.stringify({ name: form.get('name'), password: form.get('password') }),
+          });
+          route();
+        } catch (error) {
+          showLogin(error instanceof Unauthorized ? 'Wrong name or password.' : error.message, form.get('name'));
+        }
+      },
+    },
+    el('h1', {}, 'Log in to Outpost'),
+    message ? el('p', { class: 'error', role: 'alert' }, message) : null,
+    el('label', {}, 'Name', el('input', { name: 'name', autocomplete: 'username', required: true, value: name })),
+    el('label', {}, 'Password', el('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    el('button', { type: 'submit' }, 'Log in')),
+  );
+}
+
+async function whoami() {
+  const me = await api('/api/me');
+  const who = document.getElementById('who');
+  who.replaceChildren();
+  if (me.auth && me.identity) {
+    who.append(`${me.identity.name} (${me.identity.role}) `,
+      el('button', { class: 'link', onclick: async () => { await api('/api/logout', { method: 'POST', body: '{}' }); route(); } }, 'Log out'));
+  }
+  return me;
+}
+
+// ---------- fleet ----------
+
+const STATE_ORDER = { offline: 0, stale: 1, online: 2 };
+const FLEET_COLUMNS = [
+  { key: 'device', title: 'Device', value: (d) => d.device, show: (d) => el('a', { href: `/device/${encodeURIComponent(d.device)}` }, d.device) },
+  { key: 'state', title: 'State', value: (d) => STATE_ORDER[d.state] ?? -1, show: (d) => el('span', { class: `state ${d.state}` }, d.state) },
+  { key: 'last_seen', title: 'Last seen', value: (d) => d.last_seen_ms, show: (d) => ago(d.last_seen_ms) },
+  { key: 'model', title: 'Model', value: (d) => d.meta?.model ?? '', show: (d) => d.meta?.model ?? '–' },
+  { key: 'jetpack', title: 'JetPack', value: (d) => d.meta?.jetpack ?? '', show: (d) => d.meta?.jetpack ?? '–' },
+  { key: 'uptime', title: 'Uptime', value: (d) => d.summary?.uptime?.current, show: (d) => duration(d.summary?.uptime?.current * 1000) },
+  ...[['cpu', 'CPU', pct], ['gpu', 'GPU', pct], ['ram', 'RAM', pct], ['temperature', 'Temp', fixed('°C')], ['power', 'Power', fixed('W')]].map(
+    ([key, title, format]) => ({
+      key, title, numeric: true,
+      value: (d) => d.summary?.[key]?.current,
+      show: (d) => el('span', { class: 'metric' }, format(d.summary?.[key]?.current), sparkline(d.summary?.[key]?.sparkline ?? [])),
+    })),
+  { key: 'alerts', title: 'Alerts', value: (d) => (d.alerts.critical ?? 0) * 1000 + (d.alerts.warning ?? 0) * 10 + (d.alerts.info ?? 0),
+    show: (d) => el('span', {}, ['critical', 'warning', 'info'].filter((s) => d.alerts[s]).map((s) => el('span', { class: `badge ${s}`, title: s }, `${d.alerts[s]} ${s}`))) },
+  { key: 'sync_lag', title: 'Sync lag', value: (d) => d.sync_lag_ms, show: (d) => duration(d.sync_lag_ms) },
+];
+
+async function fleetPage(view) {
+  const [devices, alerts] = await Promise.all([api('/api/devices'), api('/api/alerts')]);
+  for (const device of devices) {
+    device.alerts = {};
+    for (const alert of alerts.alerts ?? []) {
+      if (alert.device === device.device && alert.state === 'firing') {
+        device.alerts[alert.severity] = (device.alerts[alert.severity] ?? 0) + 1;
+      }
+    }
+  }
+  const params = new URLSearchParams(location.search);
+  const sort = { key: params.get('sort') || 'state', descending: params.get('desc') === '1' };
+  const filter = el('input', { type: 'search', placeholder: 'Filter: text or label=value', 'aria-label': 'Filter devices', value: params.get('q') || '' });
+  const body = el('tbody');
+  const head = el('tr', {}, FLEET_COLUMNS.map((column) => el('th', {
+    scope: 'col', 'data-key': column.key, tabindex: 0, class: column.numeric ? 'num' : '',
+    onclick: () => { sort.descending = sort.key === column.key ? !sort.descending : false; sort.key = column.key; draw(); },
+    onkeydown: (event) => { if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); event.target.click(); } },
+  }, column.title)));
+  const counts = el('p', { class: 'muted' });
+  function matches(device, text) {
+    if (!text) return true;
+    return text.split(/\s+/).every((word) => {
+      const [key, value] = word.split('=');
+      if (value !== undefined) {
+        const field = device[key] ?? device.meta?.[key];
+        return String(field ?? '').toLowerCase() === value.toLowerCase();
+      }
+      return JSON.stringify([device.device, device.state, device.meta]).toLowerCase().includes(word.toLowerCase());
+    });
+  }
+  function draw() {
+    const column = FLEET_COLUMNS.find((c) => c.key === sort.key) ?? FLEET_COLUMNS[0];
+    const shown = devices.filter((d) => matches(d, filter.value.trim()));
+    shown.sort((a, b) => {
+      const x = column.value(a); const y = column.value(b);
+      const order = x === y ? 0 : x === undefined || x === null ? 1 : y === undefined || y === null ? -1 : x < y ? -1 : 1;
+      return (sort.descending ? -order : order) || a.device.localeCompare(b.device);
+    });
+    for (const th of head.children) {
+      th.setAttribute('aria-sort', th.dataset.key === sort.key ? (sort.descending ? 'descending' : 'ascending') : 'none');
+    }
+    body.replaceChildren(...shown.map((d) => el('tr', { 'data-device': d.device, 'data-state': d.state },
+      FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))))));
+    const by = (s) => devices.filter((d) => d.state === s).length;
+    counts.textContent = `${devices.length} devices: ${by('online')} online, ${by('stale')} stale, ${by('offline')} offline; showing ${shown.length}`;
+    const query = new URLSearchParams();
+    if (filter.value) query.set('q', filter.value);
+    if (sort.key !== 'state') query.set('sort', sort.key);
+    if (sort.descending) query.set('desc', '1');
+    history.replaceState(null, '', `/${query.toString() ? `?${query}` : ''}`);
+  }
+  filter.addEventListener('input', draw);
+  view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, counts),
+    el('div', { class: 'scroll' }, el('table', { class: 'fleet' }, el('thead', {}, head), body)));
+  draw();
+  const timer = setInterval(async () => {
+    if (!view.isConnected) { clearInterval(timer); return; }
+    if (document.activeElement === filter) return;
+    fleetPage(view).catch(() => {});
+    clearInterval(timer);
+  }, 15000);
+}
+
+// ---------- device ----------
+
+// Chart groups, as jtop and node_exporter dashboards group them: what to ask for and how to show it.
+const GROUPS = [
+  { title: 'CPU load per core', match: '{__name__=~"host_cpu_usage_ratio|jetson_cpu_load_ratio",cpu!="total"}', unit: 'ratio' },
+  { title: 'CPU frequency', match: '{__name__=~"host_cpu_frequency_hertz|jetson_cpu_frequency_hertz"}', unit: 'hertz' },
+  { title: 'GPU load', match: '{__name__=~"jetson_gpu_load_ratio|nvml_gpu_utilization_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}', unit: 'ratio' },
+  { title: 'GPU frequency', match: '{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz|nvml_sm_clock_hertz",engine=~"|GR3D"}', unit: 'hertz' },
+  { title: 'EMC', match: '{__name__=~"jetson_engine_load_ratio|jetson_engine_frequency_hertz",engine="EMC"}', unit: 'mixed' },
+  { title: 'Engines', match: '{__name__="jetson_engine_load_ratio",engine!~"GR3D|EMC"}', unit: 'ratio' },
+  { title: 'Memory', match: '{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes|nvml_memory_used_bytes"}', unit: 'bytes' },
+  { title: 'Temperatures', match: '{__name__=~"jetson_temperature_celsius|host_temperature_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}', unit: 'celsius' },
+  { title: 'Power rails', match: '{__name__=~"jetson_rail_power_watts|nvml_power_watts"}', unit: 'watts' },
+  { title: 'Disk space free', match: 'host_filesystem_avail_bytes', unit: 'bytes' },
+  { title: 'Disk I/O', match: '{__name__=~"host_disk_read_bytes_total|host_disk_written_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
+  { title: 'Network', match: '{__name__=~"host_network_receive_bytes_total|host_network_transmit_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
+  { title: 'Probes', match: '{__name__=~"probe_success|probe_up"}', unit: 'ratio' },
+  { title: 'Probe duration', match: 'probe_duration_seconds', unit: 'seconds' },
+  { title: 'Application metrics', match: '{__name__!~"(host|jetson|nvml|probe|outpost)_.*"}', unit: '' },
+];
+
+const RANGES = [['15m', 900e3], ['1h', 3600e3], ['6h', 21600e3], ['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
+const COLOURS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#e377c2', '#8c564b', '#17becf', '#7f7f7f', '#bcbd22', '#ff7f0e'];
+
+function valueFormat(unit) {
+  if (unit === 'ratio') return (v) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed(1)} %`);
+  if (unit === 'bytes') return bytes;
+  if (unit === 'bytes/s') return (v) => (v === null || v === undefined ? '–' : `${bytes(v)}/s`);
+  if (unit === 'hertz') return (v) => (v === null || v === undefined ? '–' : `${(v / 1e6).toFixed(0)} MHz`);
+  if (unit === 'celsius') return fixed('°C');
+  if (unit === 'watts') return fixed('W', 2);
+  if (unit === 'seconds') return fixed('s', 3);
+  return (v) => (v === null || v === undefined ? '–' : Number(v.toPrecision(6)).toString());
+}
+
+function seriesLabel(series) {
+  const rest = Object.entries(series.labels).filter(([k]) => k !== 'instance');
+  return `${series.name}${rest.length ? `{${rest.map(([k, v]) => `${k}=${v}`).join(',')}}` : ''}`;
+}
+
+// The API's series as uPlot's aligned arrays: x is every timestamp of any series (seconds); a
+// series' null (a gap the server found) stays null, so the line breaks; where a series simply
+// has no point at another series' timestamp it is undefined, which uPlot draws across.
+export function toAligned(answer) {
+  const times = new Set();
+  for (const series of answer.series) for (const [t] of series.points) times.add(t);
+  const xs = [...times].sort((a, b) => a - b);
+  const index = new Map(xs.map((t, i) => [t, i]));
+  const data = [xs.map((t) => t / 1000)];
+  for (const series of answer.series) {
+    const ys = new Array(xs.length).fill(undefined);
+    for (const [t, v] of series.points) ys[index.get(t)] = v;
+    data.push(ys);
+  }
+  return data;
+}
+
+function rangeQuery(device, group, range, width) {
+  const query = new URLSearchParams({
+    device, match: group.match, start: String(Math.round(range.start)), end: String(Math.round(range.end)),
+    max_points: String(Math.max(50, Math.min(2000, Math.round(width)))), fn: group.fn || 'avg',
+  });
+  return query;
+}
+
+// Cards are laid out in columns of at least 420 px (style.css); hidden cards have no width of
+// their own yet, so the width comes from the grid.
+function chartWidth(grid) {
+  const total = grid.clientWidth || 800;
+  const gap = 16;
+  const columns = Math.max(1, Math.floor((total + gap) / (420 + gap)));
+  return Math.max(260, Math.floor((total - gap * (columns - 1)) / columns) - 26);
+}
+
+async function drawChart(card, device, group, range, live) {
+  const width = chartWidth(card.parentElement);
+  const query = rangeQuery(device, group, range, width);
+  const url = `/api/range?${query}`;
+  const answer = await api(url);
+  const body = card.querySelector('.chart');
+  const links = card.querySelector('.export');
+  links.replaceChildren(
+    el('a', { href: `/api/export?${query}&format=csv`, download: 'outpost.csv' }, 'CSV'), ' ',
+    el('a', { href: `/api/export?${query}&format=json`, download: 'outpost.json' }, 'JSON'));
+  if (answer.series.length === 0) {
+    card.hidden = true;
+    delete window.outpost.charts[group.title];
+    return;
+  }
+  card.hidden = false;
+  const data = toAligned(answer);
+  const format = valueFormat(group.unit);
+  const hidden = new Set(card._hidden ?? []);
+  const options = {
+    width, height: 220,
+    cursor: { drag: { x: true, y: false } },
+    scales: {
+      x: { time: true, min: range.start / 1000, max: range.end / 1000 },
+      // Ratios read best on a fixed 0-100 % axis (an idle GPU is a flat line at 0, not noise).
+      ...(group.unit === 'ratio' ? { y: { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } } : {}),
+    },
+    legend: { live: true },
+    axes: [{}, { values: (u, splits) => splits.map(format), size: 84 }],
+    series: [{ label: 'time' }, ...answer.series.map((series, i) => ({
+      label: seriesLabel(series),
+      stroke: COLOURS[i % COLOURS.length],
+      width: 1.5,
+      spanGaps: false,
+      show: !hidden.has(seriesLabel(series)),
+      value: (u, v) => format(v),
+    }))],
+    hooks: {
+      setSelect: [(u) => {
+        if (u.select.width < 5) return;
+        const start = u.posToVal(u.select.left, 'x') * 1000;
+        const end = u.posToVal(u.select.left + u.select.width, 'x') * 1000;
+        u.setSelect({ width: 0, height: 0 }, false);
+        card.dispatchEvent(new CustomEvent('zoom', { bubbles: true, detail: { start, end } }));
+      }],
+      setSeries: [(u, i) => {
+        if (i === null) return;
+        const label = u.series[i].label;
+        if (u.series[i].show) hidden.delete(label); else hidden.add(label);
+        card._hidden = [...hidden];
+      }],
+    },
+  };
+  if (card._plot) card._plot.destroy();
+  card._plot = new uPlot(options, data, body);
+  window.outpost.charts[group.title] = { url, answer, data: card._plot.data, live };
+}
+
+async function devicePage(view, id) {
+  const params = new URLSearchParams(location.search);
+  let range;
+  function rangeFromUrl() {
+    const now = Date.now();
+    if (params.get('start') && params.get('end')) {
+      return { start: Number(params.get('start')), end: Number(params.get('end')), live: false, name: 'custom' };
+    }
+    const name = params.get('range') || '1h';
+    const span = RANGES.find(([n]) => n === name)?.[1] ?? 3600e3;
+    return { start: now - span, end: now, live: true, name };
+  }
+  range = rangeFromUrl();
+  const [device, alerts] = await Promise.all([api(`/api/devices/${encodeURIComponent(id)}`), api('/api/alerts')]);
+  const meta = device.meta || {};
+  const facts = [
+    ['State', el('span', { class: `state ${device.state}` }, device.state)],
+    ['Last seen', ago(device.last_seen_ms)], ['Model', meta.model ?? '–'], ['JetPack', meta.jetpack ?? '–'],
+    ['L4T', meta.l4t ?? '–'], ['Agent', meta.agent_version ?? '–'], ['Boot', meta.boot_id ?? '–'],
+    ['Batches', device.batches], ['Samples', device.samples], ['Sync lag', duration(device.sync_lag_ms)],
+    ['Clock offset', device.clock_offset_ms === null || device.clock_offset_ms === undefined ? '–' : `${device.clock_offset_ms} ms`],
+  ];
+  const recent = (alerts.alerts ?? []).concat(alerts.history ?? []).filter((a) => a.device === id).slice(0, 20);
+  const picker = el('div', { class: 'ranges', role: 'group', 'aria-label': 'Time range' },
+    RANGES.map(([name]) => el('button', { 'data-range': name, 'aria-pressed': String(range.name === name), onclick: () => setRange({ range: name }) }, name)),
+    el('label', {}, ' from ', el('input', { type: 'datetime-local', name: 'from' })),
+    el('label', {}, ' to ', el('input', { type: 'datetime-local', name: 'to' })),
+    el('button', { onclick: () => {
+      const from = picker.querySelector('[name=from]').value; const to = picker.querySelector('[name=to]').value;
+      if (from && to) setRange({ start: new Date(from).getTime(), end: new Date(to).getTime() });
+    } }, 'Apply'),
+    el('span', { class: 'muted live' }, range.live ? 'live' : ''));
+  const charts = el('div', { class: 'charts' });
+  view.replaceChildren(
+    el('h1', {}, id),
+    el('div', { class: 'device' },
+      el('section', { class: 'main' }, picker, charts),
+      el('aside', {},
+        el('dl', {}, facts.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+        el('h2', {}, 'Recent alerts'),
+        recent.length ? el('ul', { class: 'alerts' }, recent.map((a) => el('li', {}, el('span', { class: `badge ${a.severity}` }, a.severity), ` ${a.rule} ${a.state} `, a.summary ?? ''))) : el('p', { class: 'muted' }, 'None.'))));
+  function setRange(next) {
+    const query = new URLSearchParams();
+    if (next.range) query.set('range', next.range);
+    if (next.start) { query.set('start', String(Math.round(next.start))); query.set('end', String(Math.round(next.end))); }
+    go(`/device/${encodeURIComponent(id)}?${query}`);
+  }
+  charts.addEventListener('zoom', (event) => setRange(event.detail));
+  window.outpost.charts = {};
+  const cards = GROUPS.map((group) => {
+    const card = el('article', { class: 'card', 'data-group': group.title, hidden: true },
+      el('header', {}, el('h2', {}, group.title), el('span', { class: 'export' })), el('div', { class: 'chart' }));
+    charts.append(card);
+    return { card, group };
+  });
+  async function drawAll() {
+    await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live).catch((error) => {
+      if (error instanceof Unauthorized) throw error;
+      card.hidden = false;
+      card.querySelector('.chart').replaceChildren(el('p', { class: 'error' }, error.message));
+    })));
+    window.outpost.pages += 1;
+  }
+  await drawAll();
+  if (range.live) {
+    // Redraw as the device's data arrives, at most every 2 s, while this page is shown.
+    const source = new EventSource(`/api/live?device=${encodeURIComponent(id)}`);
+    let pending = false;
+    let last = 0;
+    source.addEventListener('ingested', () => {
+      if (!view.isConnected || location.pathname !== `/device/${encodeURIComponent(id)}`) { source.close(); return; }
+      if (pending) return;
+      pending = true;
+      setTimeout(async () => {
+        const span = range.end - range.start;
+        range = { ...range, end: Date.now(), start: Date.now() - span };
+        try { await drawAll(); } finally { pending = false; last = Date.now(); }
+      }, Math.max(0, 2000 - (Date.now() - last)));
+    });
+    view._cleanup = () => source.close();
+  }
+}
+
+// ---------- alerts ----------
+
+async function alertsPage(view, me) {
+  const alerts = await api('/api/alerts');
+  const params = new URLSearchParams(location.search);
+  const filters = { severity: params.get('severity') || '', device: params.get('device') || '', rule: params.get('rule') || '' };
+  const all = (alerts.alerts ?? []).map((a) => ({ ...a, current: true })).concat(alerts.history ?? []);
+  const pick = (key) => el('select', { name: key, 'aria-label': key, onchange: (e) => { filters[key] = e.target.value; draw(); } },
+    el('option', { value: '' }, `any ${key}`),
+    [...new Set(all.map((a) => a[key]).filter(Boolean))].sort().map((v) => el('option', { value: v, selected: filters[key] === v }, v)));
+  const firing = el('tbody');
+  const history = el('tbody');
+  const row = (a) => el('tr', {},
+    el('td', {}, el('span', { class: `badge ${a.severity}` }, a.severity)), el('td', {}, a.device), el('td', {}, a.rule),
+    el('td', {}, a.state), el('td', {}, a.summary ?? ''), el('td', {}, a.started_at ?? ''), el('td', {}, a.resolved_at ?? ''),
+    el('td', {}, a.started_at ? duration((a.resolved_at ? Date.parse(a.resolved_at) : Date.now()) - Date.parse(a.started_at)) : '–'));
+  function draw() {
+    const keep = (a) => Object.entries(filters).every(([k, v]) => !v || a[k] === v);
+    firing.replaceChildren(...(alerts.alerts ?? []).filter(keep).map(row));
+    history.replaceChildren(...(alerts.history ?? []).filter(keep).map(row));
+  }
+  const head = () => el('thead', {}, el('tr', {}, ['Severity', 'Device', 'Rule', 'State', 'Summary', 'Started', 'Resolved', 'Duration'].map((t) => el('th', { scope: 'col' }, t))));
+  const admin = me.identity?.role === 'admin';
+  const message = el('p', { role: 'status' });
+  const form = el('form', {
+    class: 'silence',
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const data = new FormData(event.target);
+      const hours = Number(data.get('hours'));
+      try {
+        await api('/api/silences', { method: 'POST', body: JSON.stringify({
+          device: data.get('device'), match: data.get('match'), ends_ms: Date.now() + hours * 3600e3, comment: data.get('comment') || '',
+        }) });
+        message.textContent = `Silence sent to ${data.get('device')}.`;
+      } catch (error) { message.textContent = error.message; }
+    },
+  },
+  el('h2', {}, 'Silence'),
+  el('label', {}, 'Device ', el('input', { name: 'device', required: true })),
+  el('label', {}, 'Match ', el('input', { name: 'match', required: true, placeholder: '{alertname="cpu_high"}' })),
+  el('label', {}, 'Hours ', el('input', { name: 'hours', type: 'number', min: '0.1', step: '0.1', value: '2', required: true })),
+  el('label', {}, 'Comment ', el('input', { name: 'comment' })),
+  el('button', { type: 'submit' }, 'Silence'), message);
+  view.replaceChildren(el('h1', {}, 'Alerts'),
+    el('div', { class: 'toolbar' }, pick('severity'), pick('device'), pick('rule')),
+    el('h2', {}, 'Firing'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table firing' }, head(), firing)),
+    el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table history' }, head(), history)),
+    admin ? form : null);
+  draw();
+}
+
+// ---------- routing ----------
+
+async function route() {
+  if (main._cleanup) { main._cleanup(); main._cleanup = null; }
+  const view = el('div');
+  main.replaceChildren(view);
+  for (const link of document.querySelectorAll('[data-nav]')) {
+    link.setAttribute('aria-current', link.getAttribute('href') === location.pathname ? 'page' : 'false');
+  }
+  try {
+    const me = await whoami();
+    if (me.auth && !me.identity) { showLogin(); return; }
+    const path = location.pathname;
+    if (path.startsWith('/device/')) await devicePage(view, decodeURIComponent(path.slice('/device/'.length)));
+    else if (path === '/alerts') await alertsPage(view, me);
+    else await fleetPage(view);
+    main._cleanup = view._cleanup;
+  } catch (error) {
+    if (error instanceof Unauthorized) showLogin();
+    else view.replaceChildren(el('p', { class: 'error', role: 'alert' }, error.message));
+  }
+}
+
+route();

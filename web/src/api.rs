@@ -1,0 +1,648 @@
+//! The routes: pages, `/api/...`, `/metrics`; and the guard in front of them (who is asking,
+//! may they, security headers).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use outpost_storage::{Aggregation, Selector};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{Identity, Role, SESSION_COOKIE};
+use crate::range::{self, RangeAnswer, RangeQuery};
+use crate::{assets, summary, SilenceRequest, Web, WebError};
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::Store(_) | WebError::Config(_) | WebError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type Answer<T> = Result<T, WebError>;
+
+/// Every page and endpoint, behind the guard.
+pub fn router(web: Arc<Web>) -> axum::Router {
+    let page = get(|| async { html(assets::INDEX_HTML) });
+    axum::Router::new()
+        .route("/", page.clone())
+        .route("/alerts", page.clone())
+        .route("/login", page.clone())
+        .route("/device/{id}", page)
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", assets::APP_JS) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", assets::APP_CSS) }),
+        )
+        .route("/api/health", get(health))
+        .route("/api/me", get(me))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{id}", get(device))
+        .route("/api/series", get(series))
+        .route("/api/range", get(range_handler))
+        .route("/api/export", get(export))
+        .route("/api/alerts", get(alerts))
+        .route("/api/silences", post(silence))
+        .route("/api/live", get(live))
+        .route("/api/backup", get(backup))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { WebError::NotFound("no such page or endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
+        .with_state(web)
+}
+
+fn html(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Endpoints anyone may call: the login itself, and whether one is needed.
+const PUBLIC: &[&str] = &["/api/health", "/api/me", "/api/login", "/api/logout"];
+
+async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let protected =
+        (path.starts_with("/api/") || path == "/metrics") && !PUBLIC.contains(&path.as_str());
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let mut response = match check(&web, &request, protected, changes) {
+        Ok(identity) => {
+            if let Some(identity) = identity {
+                request.extensions_mut().insert(identity);
+            }
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+             frame-ancestors 'none'; form-action 'self'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    if path.starts_with("/api/") {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn check(
+    web: &Web,
+    request: &Request,
+    protected: bool,
+    changes: bool,
+) -> Result<Option<Identity>, WebError> {
+    let headers = request.headers();
+    if changes {
+        // A page on another site can post a form to the hub with the user's cookie; it cannot
+        // send JSON without the browser asking the hub first, and it cannot fake Origin.
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(WebError::BadRequest(
+                "send the body as application/json".into(),
+            ));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority == host);
+            if !same {
+                return Err(WebError::Forbidden(format!(
+                    "requests from {origin} are not accepted (no cross-origin changes)"
+                )));
+            }
+        }
+    }
+    if !protected {
+        return Ok(web.auth.identify(headers));
+    }
+    let identity = web.auth.identify(headers).ok_or(WebError::Unauthorized)?;
+    if changes && identity.role != Role::Admin {
+        return Err(WebError::Forbidden(format!(
+            "{} is a viewer; changes need an admin",
+            identity.name
+        )));
+    }
+    Ok(Some(identity))
+}
+
+async fn health(State(web): State<Arc<Web>>) -> Response {
+    let stats = web.store.stats().ok();
+    Json(json!({
+        "status": "ok",
+        "store": stats.map(|s| json!({"series": s.series, "disk_bytes": s.disk_bytes})),
+    }))
+    .into_response()
+}
+
+async fn me(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    Json(json!({
+        "auth": web.auth.enabled(),
+        "identity": web.auth.identify(&headers),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn login(State(web): State<Arc<Web>>, Json(form): Json<LoginForm>) -> Response {
+    let auth = web.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || auth.auth.login(&form.name, &form.password)).await;
+    match checked {
+        Ok(Some((session, identity))) => {
+            let cookie = format!(
+                "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                web.auth.session_ttl().as_secs()
+            );
+            (
+                [(header::SET_COOKIE, cookie)],
+                Json(json!({ "identity": identity })),
+            )
+                .into_response()
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "wrong name or password"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    web.auth.logout(&headers);
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Json(json!({})),
+    )
+        .into_response()
+}
+
+/// Runs a store read off the async thread: a long range query must not hold up MQTT.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, WebError> + Send + 'static,
+) -> Result<T, WebError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| WebError::Internal(format!("query task: {e}")))?
+}
+
+fn with_summary(mut device: Value, summary: &mut summary::Summary) -> Value {
+    let name = device["device"].as_str().unwrap_or_default().to_string();
+    device["summary"] = serde_json::to_value(summary.remove(&name).unwrap_or_default())
+        .expect("summaries serialize");
+    device
+}
+
+async fn devices(State(web): State<Arc<Web>>) -> Answer<Response> {
+    let store = web.store.clone();
+    let now = web.fleet.now_ms();
+    let mut summary = blocking(move || summary::summarize(&store, now, None)).await?;
+    let devices: Vec<Value> = web
+        .fleet
+        .devices()
+        .into_iter()
+        .map(|d| with_summary(d, &mut summary))
+        .collect();
+    Ok(Json(devices).into_response())
+}
+
+async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<Response> {
+    let found = web
+        .fleet
+        .devices()
+        .into_iter()
+        .find(|d| d["device"] == id.as_str())
+        .ok_or_else(|| WebError::NotFound(format!("no device {id:?}")))?;
+    let store = web.store.clone();
+    let name = id.clone();
+    let now = web.fleet.now_ms();
+    let mut summary = blocking(move || summary::summarize(&store, now, Some(&name))).await?;
+    Ok(Json(with_summary(found, &mut summary)).into_response())
+}
+
+#[derive(Deserialize)]
+struct SeriesParams {
+    device: Option<String>,
+    #[serde(rename = "match")]
+    matcher: Option<String>,
+}
+
+/// The selector of a request: `match` narrowed to `device`, or all of `device`'s series.
+fn selector(device: Option<&str>, matcher: Option<&str>) -> Answer<Selector> {
+    let device = device.filter(|d| !d.is_empty());
+    let matcher = matcher.filter(|m| !m.trim().is_empty());
+    let selector = match (matcher, device) {
+        (Some(text), _) => {
+            Selector::parse(text).map_err(|e| WebError::BadRequest(format!("match: {e}")))?
+        }
+        (None, Some(device)) => Selector::parse(&format!("{{instance={device:?}}}"))
+            .map_err(|e| WebError::BadRequest(format!("device: {e}")))?,
+        (None, None) => {
+            return Err(WebError::BadRequest(
+                "give match (a selector such as jetson_temperature_celsius{zone=\"GPU\"}) or \
+                 device"
+                    .into(),
+            ))
+        }
+    };
+    Ok(match device {
+        Some(device) => selector.and_equal("instance", device),
+        None => selector,
+    })
+}
+
+/// Most series one listing returns.
+const MAX_LISTED_SERIES: usize = 20_000;
+
+async fn series(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<SeriesParams>,
+) -> Answer<Response> {
+    let selector = selector(params.device.as_deref(), params.matcher.as_deref())?;
+    let found = web.store.series(&selector);
+    if found.len() > MAX_LISTED_SERIES {
+        return Err(WebError::BadRequest(format!(
+            "the selector matches {} series, more than {MAX_LISTED_SERIES}; narrow it",
+            found.len()
+        )));
+    }
+    let list: Vec<Value> = found
+        .iter()
+        .map(|(_, key)| {
+            json!({
+                "series": key.to_string(),
+                "name": key.name(),
+                "labels": key.labels().iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "series": list })).into_response())
+}
+
+#[derive(Deserialize)]
+struct RangeParams {
+    device: Option<String>,
+    #[serde(rename = "match")]
+    matcher: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    step: Option<String>,
+    #[serde(rename = "fn")]
+    aggregation: Option<String>,
+    max_points: Option<usize>,
+    format: Option<String>,
+}
+
+/// A time in a request: milliseconds since the epoch, `now`, or `now-15m` (s, m, h, d).
+pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = text.strip_prefix("now-") {
+        return Ok(now - parse_duration(ago)?);
+    }
+    Err(format!(
+        "{text:?} is not a time: use milliseconds since 1970, now, or now-15m"
+    ))
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`, or plain milliseconds.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: i64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m, 2h or 7d"))?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+async fn range_answer(web: &Arc<Web>, params: RangeParams) -> Answer<RangeAnswer> {
+    let selector = selector(params.device.as_deref(), params.matcher.as_deref())?;
+    let now = web.fleet.now_ms();
+    let bad = |key: &str, e: String| WebError::BadRequest(format!("{key}: {e}"));
+    let end = match &params.end {
+        Some(text) => parse_time(text, now).map_err(|e| bad("end", e))?,
+        None => now,
+    };
+    let start = match &params.start {
+        Some(text) => parse_time(text, now).map_err(|e| bad("start", e))?,
+        None => end - 3_600_000,
+    };
+    let step_ms = match &params.step {
+        Some(text) if !text.is_empty() => Some(parse_duration(text).map_err(|e| bad("step", e))?),
+        _ => None,
+    };
+    let aggregation: Aggregation = params
+        .aggregation
+        .as_deref()
+        .unwrap_or("avg")
+        .parse()
+        .map_err(|e| bad("fn", e))?;
+    let web = web.clone();
+    blocking(move || {
+        range::answer(
+            &web.store,
+            &RangeQuery {
+                selector: &selector,
+                start_ms: start,
+                end_ms: end,
+                step_ms,
+                max_points: params.max_points.unwrap_or(1000),
+                aggregation,
+                limit_points: web.config.max_points,
+                limit_series: web.config.max_series,
+            },
+        )
+    })
+    .await
+}
+
+async fn range_handler(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<RangeParams>,
+) -> Answer<Response> {
+    Ok(Json(range_answer(&web, params).await?).into_response())
+}
+
+async fn export(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<RangeParams>,
+) -> Answer<Response> {
+    let format = params.format.clone().unwrap_or_else(|| "csv".into());
+    let answer = range_answer(&web, params).await?;
+    match format.as_str() {
+        "json" => Ok((
+            [(
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"outpost-export.json\"",
+            )],
+            Json(answer),
+        )
+            .into_response()),
+        "csv" => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"outpost-export.csv\"",
+                ),
+            ],
+            to_csv(&answer),
+        )
+            .into_response()),
+        other => Err(WebError::BadRequest(format!(
+            "format: {other:?} is not csv or json"
+        ))),
+    }
+}
+
+/// One row per point: `time,timestamp_ms,series,value`, an empty value where the series has a
+/// gap. The series is quoted as CSV quotes (its label values may hold commas and quotes).
+pub fn to_csv(answer: &RangeAnswer) -> String {
+    let mut out = String::from("time,timestamp_ms,series,value\n");
+    for series in &answer.series {
+        let quoted = format!("\"{}\"", series.series.replace('"', "\"\""));
+        for (timestamp, value) in &series.points {
+            let value = value.map(|v| v.to_string()).unwrap_or_default();
+            out.push_str(&format!(
+                "{},{timestamp},{quoted},{value}\n",
+                rfc3339(*timestamp)
+            ));
+        }
+    }
+    out
+}
+
+/// UTC, millisecond precision.
+pub fn rfc3339(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+async fn alerts(State(web): State<Arc<Web>>) -> Response {
+    Json(web.fleet.alerts()).into_response()
+}
+
+async fn silence(
+    State(web): State<Arc<Web>>,
+    Extension(identity): Extension<Identity>,
+    Json(request): Json<SilenceRequest>,
+) -> Answer<Response> {
+    if request.ends_ms <= request.starts_ms.unwrap_or_else(|| web.fleet.now_ms()) {
+        return Err(WebError::BadRequest(
+            "ends_ms must be after the start".into(),
+        ));
+    }
+    Selector::parse(&request.matcher).map_err(|e| WebError::BadRequest(format!("match: {e}")))?;
+    match web.fleet.silence(request, &identity) {
+        Ok(sent) => Ok((StatusCode::CREATED, Json(sent)).into_response()),
+        Err(reason) => Err(WebError::BadRequest(reason)),
+    }
+}
+
+#[derive(Deserialize)]
+struct LiveParams {
+    device: Option<String>,
+}
+
+async fn live(State(web): State<Arc<Web>>, Query(params): Query<LiveParams>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let wanted = params.device.filter(|d| !d.is_empty());
+    let stream = tokio_stream::wrappers::BroadcastStream::new(web.fleet.subscribe()).filter_map(
+        move |device| {
+            let event = match device {
+                Ok(device) if wanted.as_ref().is_none_or(|w| *w == device) => {
+                    Some(Ok::<_, std::convert::Infallible>(
+                        Event::default().event("ingested").data(device),
+                    ))
+                }
+                _ => None,
+            };
+            std::future::ready(event)
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// A consistent copy of the hub's store, streamed as it is read from a temporary file beside the
+/// store (same file system, so there is room for it), which is unlinked at once.
+async fn backup(
+    State(web): State<Arc<Web>>,
+    Extension(identity): Extension<Identity>,
+) -> Answer<Response> {
+    use futures_util::StreamExt;
+    use std::io::Read;
+    if identity.role != Role::Admin {
+        return Err(WebError::Forbidden(format!(
+            "{} is a viewer; a backup needs an admin",
+            identity.name
+        )));
+    }
+    let store = web.store.clone();
+    let file = blocking(move || {
+        let name = format!(
+            ".{}.backup-{}",
+            store
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            crate::auth::random_hex(8)?
+        );
+        let path = store.path().with_file_name(name);
+        let bytes = store.backup(&path)?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| WebError::Internal(format!("reading the backup: {e}")));
+        let _ = std::fs::remove_file(&path);
+        Ok((file?, bytes))
+    })
+    .await?;
+    let (file, bytes) = file;
+    let file = Arc::new(std::sync::Mutex::new(file));
+    let chunks = futures_util::stream::unfold(file, |file| async move {
+        let reader = file.clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; 1 << 20];
+            let n = reader.lock().expect("backup file lock").read(&mut buffer)?;
+            buffer.truncate(n);
+            Ok::<_, std::io::Error>(buffer)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match chunk {
+            Ok(buffer) if buffer.is_empty() => None,
+            Ok(buffer) => Some((Ok(axum::body::Bytes::from(buffer)), file)),
+            Err(error) => Some((Err(error), file)),
+        }
+    })
+    .boxed();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, bytes.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"outpost-hub-backup.redb\"".to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+async fn metrics(State(web): State<Arc<Web>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        web.fleet.metrics(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(parse_time("1700000000000", 5), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("now", 5_000_000), Ok(5_000_000));
+        assert_eq!(parse_time("now-15m", 5_000_000), Ok(5_000_000 - 900_000));
+        assert!(parse_time("yesterday", 0).is_err());
+        assert_eq!(parse_duration("7d"), Ok(604_800_000));
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+    }
+}

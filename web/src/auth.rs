@@ -1,0 +1,252 @@
+//! Who is asking: bearer tokens (for scripts and scrapers) and browser sessions from the login
+//! form, each with a role. Passwords are stored as argon2id hashes; tokens are 32 random bytes,
+//! so a SHA-256 of them is enough (there is nothing to guess, and it is cheap per request).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{WebConfig, WebError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Also changes things: silences.
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub name: String,
+    pub role: Role,
+}
+
+pub const SESSION_COOKIE: &str = "outpost_session";
+
+pub struct Auth {
+    users: Vec<crate::User>,
+    tokens: Vec<crate::Token>,
+    session_ttl: Duration,
+    sessions: Mutex<HashMap<String, (Identity, Instant)>>,
+}
+
+pub fn random_hex(bytes: usize) -> Result<String, WebError> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buffer))
+        .map_err(|e| WebError::Internal(format!("reading /dev/urandom: {e}")))?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An argon2id PHC string for `password`, for `[[web.users]] password_hash`.
+pub fn hash_password(password: &str) -> Result<String, WebError> {
+    let salt = SaltString::from_b64(&base64_salt()?)
+        .map_err(|e| WebError::Internal(format!("salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| WebError::Internal(format!("hashing the password: {e}")))
+}
+
+/// 16 random bytes in the unpadded base64 that PHC salts use.
+fn base64_salt() -> Result<String, WebError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let hex = random_hex(16)?;
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a PHC string at config load, so that a typo is found before the first login.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| e.to_string())?;
+    if !parsed.algorithm.as_str().starts_with("argon2") {
+        return Err(format!(
+            "{} is not an argon2 hash; make one with `outpost hub user`",
+            parsed.algorithm
+        ));
+    }
+    Ok(())
+}
+
+impl Auth {
+    pub fn new(config: &WebConfig) -> Auth {
+        Auth {
+            users: config.users.clone(),
+            tokens: config.tokens.clone(),
+            session_ttl: Duration::from_secs(u64::from(config.session_hours) * 3600),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether anyone must log in: as soon as one user or token is configured.
+    pub fn enabled(&self) -> bool {
+        !self.users.is_empty() || !self.tokens.is_empty()
+    }
+
+    /// The caller, from a bearer token or a session cookie; everyone is an admin when
+    /// authentication is off (which the config allows on loopback, or when told to).
+    pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+        if !self.enabled() {
+            return Some(Identity {
+                name: "anonymous".into(),
+                role: Role::Admin,
+            });
+        }
+        if let Some(token) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            let digest = sha256_hex(token.trim());
+            return self
+                .tokens
+                .iter()
+                .find(|t| constant_time_eq(t.sha256.as_bytes(), digest.as_bytes()))
+                .map(|t| Identity {
+                    name: t.name.clone(),
+                    role: t.role,
+                });
+        }
+        let session = cookie(headers, SESSION_COOKIE)?;
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let now = Instant::now();
+        sessions.retain(|_, (_, expires)| *expires > now);
+        sessions.get(session).map(|(identity, _)| identity.clone())
+    }
+
+    /// A new session id for a user whose password is right.
+    pub fn login(&self, name: &str, password: &str) -> Option<(String, Identity)> {
+        let user = self.users.iter().find(|u| u.name == name)?;
+        let hash = PasswordHash::new(&user.password_hash).ok()?;
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .ok()?;
+        let id = random_hex(32).ok()?;
+        let identity = Identity {
+            name: user.name.clone(),
+            role: user.role,
+        };
+        self.sessions.lock().expect("sessions lock").insert(
+            id.clone(),
+            (identity.clone(), Instant::now() + self.session_ttl),
+        );
+        Some((id, identity))
+    }
+
+    pub fn logout(&self, headers: &HeaderMap) {
+        if let Some(session) = cookie(headers, SESSION_COOKIE) {
+            self.sessions.lock().expect("sessions lock").remove(session);
+        }
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Compares without stopping at the first difference, so timing does not tell how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> WebConfig {
+        WebConfig {
+            users: vec![crate::User {
+                name: "ada".into(),
+                role: Role::Admin,
+                password_hash: hash_password("correct horse").unwrap(),
+            }],
+            tokens: vec![crate::Token {
+                name: "scraper".into(),
+                role: Role::Viewer,
+                sha256: sha256_hex("t0ken"),
+            }],
+            ..WebConfig::default()
+        }
+    }
+
+    #[test]
+    fn passwords_tokens_and_sessions() {
+        let config = config();
+        check_hash(&config.users[0].password_hash).unwrap();
+        assert!(check_hash("plain").is_err());
+        let auth = Auth::new(&config);
+        assert!(auth.enabled());
+        assert!(auth.login("ada", "wrong").is_none());
+        assert!(auth.login("bob", "correct horse").is_none());
+        let (session, identity) = auth.login("ada", "correct horse").unwrap();
+        assert_eq!(identity.role, Role::Admin);
+        let mut headers = HeaderMap::new();
+        assert!(auth.identify(&headers).is_none());
+        headers.insert(
+            axum::http::header::COOKIE,
+            format!("theme=dark; {SESSION_COOKIE}={session}")
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(auth.identify(&headers).unwrap().name, "ada");
+        auth.logout(&headers);
+        assert!(auth.identify(&headers).is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer t0ken".parse().unwrap(),
+        );
+        assert_eq!(auth.identify(&headers).unwrap().role, Role::Viewer);
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer t0kem".parse().unwrap(),
+        );
+        assert!(auth.identify(&headers).is_none());
+    }
+
+    #[test]
+    fn without_users_or_tokens_everyone_is_admin() {
+        let auth = Auth::new(&WebConfig::default());
+        assert!(!auth.enabled());
+        assert_eq!(auth.identify(&HeaderMap::new()).unwrap().role, Role::Admin);
+    }
+}

@@ -1,0 +1,189 @@
+//! The fleet page's columns: per device, the current CPU, GPU, RAM, temperature and power and
+//! their last hour at one point a minute. Jetsons, x86 hosts and dGPU hosts name these
+//! differently, so each column lists the series that can answer it, best first.
+
+use std::collections::BTreeMap;
+
+use outpost_storage::{Aggregation, Selector, Store};
+use serde::Serialize;
+
+use crate::WebError;
+
+const MINUTE_MS: i64 = 60_000;
+/// Sparklines cover the last hour.
+pub const SPARKLINE_POINTS: usize = 60;
+
+#[derive(Clone, Copy)]
+enum Combine {
+    Mean,
+    Max,
+    Sum,
+}
+
+enum Source {
+    Single(&'static str, Combine),
+    Ratio(&'static str, &'static str),
+}
+
+/// (column, unit, sources in order of preference).
+const COLUMNS: &[(&str, &str, &[Source])] = &[
+    (
+        "cpu",
+        "ratio",
+        &[
+            Source::Single(r#"host_cpu_usage_ratio{cpu="total"}"#, Combine::Mean),
+            Source::Single("jetson_cpu_load_ratio", Combine::Mean),
+        ],
+    ),
+    (
+        "gpu",
+        "ratio",
+        &[
+            Source::Single(r#"jetson_engine_load_ratio{engine="GR3D"}"#, Combine::Max),
+            Source::Single("jetson_gpu_load_ratio", Combine::Max),
+            Source::Single("nvml_gpu_utilization_ratio", Combine::Max),
+        ],
+    ),
+    (
+        "ram",
+        "ratio",
+        &[
+            Source::Ratio("jetson_ram_used_bytes", "jetson_ram_total_bytes"),
+            Source::Ratio("host_memory_used_bytes", "host_memory_total_bytes"),
+        ],
+    ),
+    (
+        "temperature",
+        "celsius",
+        &[
+            Source::Single("jetson_temperature_celsius", Combine::Max),
+            Source::Single("host_temperature_celsius", Combine::Max),
+            Source::Single("nvml_temperature_celsius", Combine::Max),
+        ],
+    ),
+    (
+        "power",
+        "watts",
+        &[
+            Source::Single(
+                r#"jetson_rail_power_watts{rail=~"VDD_IN|POM_5V_IN"}"#,
+                Combine::Sum,
+            ),
+            Source::Single("nvml_power_watts", Combine::Sum),
+        ],
+    ),
+    (
+        "uptime",
+        "seconds",
+        &[Source::Single("host_uptime_seconds", Combine::Max)],
+    ),
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Column {
+    pub unit: &'static str,
+    /// The newest minute's value.
+    pub current: Option<f64>,
+    /// One value per minute of the last hour, oldest first, null where nothing came.
+    pub sparkline: Vec<Option<f64>>,
+}
+
+/// Per device (its `instance` label), per column.
+pub type Summary = BTreeMap<String, BTreeMap<&'static str, Column>>;
+
+/// Per device, per minute bucket: the combined value of a selector's series.
+fn per_device(
+    store: &Store,
+    device: Option<&str>,
+    selector: &str,
+    combine: Combine,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<String, BTreeMap<i64, f64>>, WebError> {
+    let mut selector = Selector::parse(selector).expect("the built-in selectors parse");
+    if let Some(device) = device {
+        selector = selector.and_equal("instance", device);
+    }
+    let mut sums: BTreeMap<String, BTreeMap<i64, (f64, u32)>> = BTreeMap::new();
+    for series in store.query_step(&selector, from, to, MINUTE_MS, Aggregation::Avg)? {
+        let device = series.series.label("instance").to_string();
+        let buckets = sums.entry(device).or_default();
+        for (bucket, value) in series.points {
+            if !value.is_finite() {
+                continue;
+            }
+            let slot = buckets.entry(bucket).or_insert((f64::NAN, 0));
+            slot.0 = match (combine, slot.1) {
+                (_, 0) => value,
+                (Combine::Max, _) => slot.0.max(value),
+                (Combine::Mean | Combine::Sum, _) => slot.0 + value,
+            };
+            slot.1 += 1;
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(device, buckets)| {
+            let values = buckets
+                .into_iter()
+                .map(|(bucket, (value, count))| match combine {
+                    Combine::Mean => (bucket, value / f64::from(count)),
+                    _ => (bucket, value),
+                })
+                .collect();
+            (device, values)
+        })
+        .collect())
+}
+
+/// Every device's columns over the hour before `now_ms`, or only `device`'s.
+pub fn summarize(store: &Store, now_ms: i64, device: Option<&str>) -> Result<Summary, WebError> {
+    let last = now_ms - now_ms.rem_euclid(MINUTE_MS);
+    let first = last - (SPARKLINE_POINTS as i64 - 1) * MINUTE_MS;
+    let mut out = Summary::new();
+    for (column, unit, sources) in COLUMNS {
+        for source in *sources {
+            let values = match source {
+                Source::Single(selector, combine) => {
+                    per_device(store, device, selector, *combine, first, now_ms)?
+                }
+                Source::Ratio(numerator, denominator) => {
+                    let top = per_device(store, device, numerator, Combine::Sum, first, now_ms)?;
+                    let bottom =
+                        per_device(store, device, denominator, Combine::Sum, first, now_ms)?;
+                    top.into_iter()
+                        .filter_map(|(device, buckets)| {
+                            let totals = bottom.get(&device)?;
+                            let ratios = buckets
+                                .into_iter()
+                                .filter_map(|(b, v)| {
+                                    let total = *totals.get(&b)?;
+                                    (total > 0.0).then(|| (b, v / total))
+                                })
+                                .collect();
+                            Some((device, ratios))
+                        })
+                        .collect()
+                }
+            };
+            for (device, buckets) in values {
+                let columns = out.entry(device).or_default();
+                if columns.contains_key(column) || buckets.is_empty() {
+                    continue;
+                }
+                let sparkline = (0..SPARKLINE_POINTS as i64)
+                    .map(|i| buckets.get(&(first + i * MINUTE_MS)).copied())
+                    .collect();
+                columns.insert(
+                    column,
+                    Column {
+                        unit,
+                        current: buckets.values().next_back().copied(),
+                        sparkline,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
