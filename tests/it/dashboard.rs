@@ -294,6 +294,15 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
     assert_eq!(firing["device"], "dev-a");
     assert_eq!(firing["source"], "device");
     assert_eq!(firing["severity"], "warning");
+    // Its transition, from the events topic, is in the history.
+    let alerts = get_json(http_port, "/api/alerts", VIEWER_TOKEN);
+    let history = alerts["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e["device"] == "dev-a" && e["rule"] == "ram_in_use" && e["state"] == "firing"),
+        "{history:?}"
+    );
 
     // Who may do what.
     let (status, _, _) = http_with(http_port, "GET", "/api/devices", &[], "");
