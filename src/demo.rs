@@ -125,10 +125,7 @@ pub fn run(args: DemoArgs) -> Result<std::process::ExitCode> {
         ),
         false => crate::hub::devices::enrol(&mut devices, &devices_file, DEVICE, &dir)?,
     };
-    let password: String = crate::sysinfo_ids::random_bytes(9)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let password = crate::sysinfo_ids::random_hex(9)?;
     let hash = outpost_web::hash_password(&password)?;
     let hub_config = dir.join("hub.toml");
     std::fs::write(

@@ -70,6 +70,14 @@ pub fn write_secret(path: &Path, text: &str) -> Result<()> {
 }
 
 /// `bytes` random bytes from the kernel.
+/// `bytes` random bytes as lowercase hex: passwords, tokens, ids.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    Ok(random_bytes(bytes)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 pub fn random_bytes(bytes: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut out = vec![0u8; bytes];

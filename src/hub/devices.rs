@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use outpost_web::sha256_hex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::sysinfo_ids::{random_bytes, read_secret, write_secret};
+use crate::sysinfo_ids::{random_bytes, random_hex, read_secret, write_secret};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,13 +30,6 @@ pub struct DeviceEntry {
 pub struct DevicesFile {
     #[serde(default)]
     pub device: BTreeMap<String, DeviceEntry>,
-}
-
-pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl DevicesFile {
@@ -110,10 +103,7 @@ pub fn enrol(
         bail!("device {id:?} is already enrolled; `outpost hub device delete {id}` first");
     }
     let key = outpost_sync::DeviceKey::new(random_bytes(32)?)?;
-    let password: String = random_bytes(32)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let password = random_hex(32)?;
     let key_path = out.join(format!("{id}.key"));
     let password_path = out.join(format!("{id}.password"));
     write_secret(&key_path, &format!("{}\n", key.to_hex()))?;

@@ -110,18 +110,24 @@ impl HubFleet {
         let Some(key) = self.devices.get().key(device) else {
             return;
         };
-        let now = self.now_ms_inner();
+        let now = outpost::timearg::now_ms();
         let prefix = format!("cmd/{device}/");
         let Ok(stored) = self.store.state_list(StateTable::DeviceRegistry, &prefix) else {
             return;
         };
         let version = self.version_of(device);
-        for (_, bytes) in stored {
-            let Ok(command) = serde_json::from_slice::<outpost_sync::Command>(&bytes) else {
-                continue;
-            };
-            if command.expires_ms > now {
-                self.publish_command(device, &command.encode_as(&key, version));
+        let mut expired = WriteBatch::default();
+        for (name, bytes) in stored {
+            match serde_json::from_slice::<outpost_sync::Command>(&bytes) {
+                Ok(command) if command.expires_ms > now => {
+                    self.publish_command(device, &command.encode_as(&key, version));
+                }
+                _ => expired.delete_state(StateTable::DeviceRegistry, name),
+            }
+        }
+        if !expired.is_empty() {
+            if let Err(error) = self.store.write(expired) {
+                tracing::warn!(device, "expired commands not removed: {error}");
             }
         }
     }
@@ -153,10 +159,6 @@ impl HubFleet {
             tracing::warn!(device, "command not queued for the broker: {error}");
         }
     }
-
-    fn now_ms_inner(&self) -> i64 {
-        outpost::timearg::now_ms()
-    }
 }
 
 fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String> {
@@ -187,7 +189,7 @@ fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String> {
 
 impl outpost_web::Fleet for HubFleet {
     fn devices(&self) -> Vec<Value> {
-        let now = self.now_ms_inner();
+        let now = outpost::timearg::now_ms();
         match self
             .registry
             .lock()
@@ -234,7 +236,7 @@ impl outpost_web::Fleet for HubFleet {
             .get()
             .key(&request.device)
             .ok_or_else(|| format!("device: {:?} is not enrolled", request.device))?;
-        let now = self.now_ms_inner();
+        let now = outpost::timearg::now_ms();
         // Ids grow per device and survive restarts: the device refuses any id it has seen.
         let counter = format!("cmd-id/{}", request.device);
         let last = self
@@ -288,7 +290,7 @@ impl outpost_web::Fleet for HubFleet {
     }
 
     fn metrics(&self) -> String {
-        let now = self.now_ms_inner();
+        let now = outpost::timearg::now_ms();
         self.registry
             .lock()
             .expect("registry lock")
@@ -300,7 +302,7 @@ impl outpost_web::Fleet for HubFleet {
     }
 
     fn now_ms(&self) -> i64 {
-        self.now_ms_inner()
+        outpost::timearg::now_ms()
     }
 }
 

@@ -95,13 +95,6 @@ impl RoleArg {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
-    Ok(crate::sysinfo_ids::random_bytes(bytes)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 fn user_command(name: &str, role: RoleArg, password_stdin: bool) -> Result<()> {
     anyhow::ensure!(!name.is_empty(), "the user name must not be empty");
     let (password, generated) = if password_stdin {
@@ -116,7 +109,7 @@ fn user_command(name: &str, role: RoleArg, password_stdin: bool) -> Result<()> {
         );
         (password, false)
     } else {
-        (random_hex(12)?, true)
+        (crate::sysinfo_ids::random_hex(12)?, true)
     };
     let hash = outpost_web::hash_password(&password)?;
     if generated {
@@ -131,7 +124,7 @@ fn user_command(name: &str, role: RoleArg, password_stdin: bool) -> Result<()> {
 
 fn token_command(name: &str, role: RoleArg) -> Result<()> {
     anyhow::ensure!(!name.is_empty(), "the token name must not be empty");
-    let token = random_hex(32)?;
+    let token = crate::sysinfo_ids::random_hex(32)?;
     println!("# Token for {name} (shown once; send it as Authorization: Bearer ...): {token}");
     println!(
         "# Add to the hub config:\n[[web.tokens]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
@@ -248,10 +241,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         registry
     }));
     let (ingested, _) = tokio::sync::broadcast::channel::<String>(1024);
-    let hub_password: String = crate::sysinfo_ids::random_bytes(24)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hub_password = crate::sysinfo_ids::random_hex(24)?;
     let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
 
     let mut tls = None;
@@ -445,7 +435,9 @@ async fn daemon(config: HubConfig) -> Result<()> {
                             match outpost_sync::verify_json(&text, &key) {
                                 Ok(json) => {
                                     registry.lock().expect("registry lock").retained(device, kind, &json);
-                                    if kind == Kind::Status && json.contains("\"online\"") {
+                                    let online = serde_json::from_str::<serde_json::Value>(&json)
+                                        .is_ok_and(|v| v["state"] == "online");
+                                    if kind == Kind::Status && online {
                                         hub_fleet.resend_commands(device);
                                     }
                                 }

@@ -11,65 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{free_port, tegrastats_log, wait_until, Agent};
+use crate::agent::{free_port, http_with, tegrastats_log, wait_until, Agent};
 use crate::sync::{enrol, Hub};
 
 const PASSWORD: &str = "correct horse battery";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0123456789abcdef";
 const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef0123456789abcdef";
-
-/// One HTTP/1.1 exchange with extra headers.
-fn http_with(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    // Chunked bodies (axum streams some) are joined back together.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if size == 0 || tail.len() < size {
-                break;
-            }
-            out.push_str(&tail[..size]);
-            rest = tail[size..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    (status, head.to_string(), body)
-}
 
 /// A GET whose body is bytes, sent with a Content-Length.
 fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
