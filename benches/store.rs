@@ -96,5 +96,71 @@ fn queries(c: &mut Criterion) {
     store.close().unwrap();
 }
 
-criterion_group!(benches, import, queries);
+/// Opening a store after a crash: the head's samples are replayed from the log. The head holds
+/// its most, `max_head_samples` (300,000 by default), as it does just before a seal. This is what
+/// the packaged units' start timeout has to allow for (docs/jetson.md).
+fn recovery(c: &mut Criterion) {
+    let crashed = bench_dir();
+    let options = Options::default();
+    let head = options.max_head_samples - 1;
+    let store = Store::open(crashed.path().join("crashed.redb"), options).expect("store");
+    let series = 300;
+    let start = 1_795_219_200_000i64;
+    let mut batch = WriteBatch::with_capacity(head);
+    for s in 0..series {
+        let id = store
+            .series_id(
+                &SeriesKey::parse(&format!("jetson_rail_power_watts{{rail=\"r{s}\"}}")).unwrap(),
+            )
+            .unwrap();
+        for i in 0..(head / series) as i64 {
+            batch.sample(
+                id,
+                start + i * 1000,
+                ((i * 31 + s as i64) % 977) as f64 / 10.0,
+            );
+        }
+    }
+    store.write(batch).unwrap();
+    store.sync().unwrap();
+    // A crash: the log is on disk, the head was never sealed, nothing is closed.
+    std::mem::forget(store);
+
+    let mut group = c.benchmark_group("store");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(head as u64));
+    group.bench_function("recover/head-300k", |b| {
+        b.iter_with_setup(
+            || {
+                let copy = bench_dir();
+                for entry in std::fs::read_dir(crashed.path()).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+                }
+                copy
+            },
+            |copy| {
+                let store =
+                    Store::open(copy.path().join("crashed.redb"), Options::default()).unwrap();
+                let points = store
+                    .query_raw(
+                        &Selector::parse(r#"jetson_rail_power_watts{rail="r7"}"#).unwrap(),
+                        0,
+                        i64::MAX,
+                    )
+                    .unwrap();
+                assert_eq!(
+                    points[0].points.len(),
+                    head / series,
+                    "every replayed sample is back"
+                );
+                store.close().unwrap();
+                copy
+            },
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, import, queries, recovery);
 criterion_main!(benches);

@@ -9,6 +9,7 @@ mod hub;
 mod input;
 mod netaddr;
 mod rules_cmd;
+mod sdnotify;
 mod sysinfo_ids;
 mod tegrastats_cmd;
 mod tls;

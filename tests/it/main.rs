@@ -7,4 +7,5 @@ mod boundaries;
 mod cli;
 mod dashboard;
 mod sync;
+mod systemd;
 mod tegrastats;

@@ -25,6 +25,16 @@ impl Hub {
     }
 
     pub fn start_with(dir: &Path, http_port: u16, mqtt_port: u16, args: &[&str]) -> Hub {
+        Hub::start_with_env(dir, http_port, mqtt_port, args, &[])
+    }
+
+    pub fn start_with_env(
+        dir: &Path,
+        http_port: u16,
+        mqtt_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Hub {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -38,6 +48,7 @@ impl Hub {
             .args(["--listen", &format!("127.0.0.1:{http_port}")])
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
