@@ -1,5 +1,6 @@
 //! What the dashboard costs the hub: the fleet page's summary (current values and hour-long
-//! sparklines of every device) for a fleet of 1,000 Jetsons, and one chart's range query.
+//! sparklines of every device) for a fleet of 1,000 Jetsons, one chart's range query, and a
+//! device page's whole set of chart queries over a day of 1 Hz data.
 //! `cargo bench --bench dashboard`.
 
 use std::time::Duration;
@@ -111,5 +112,225 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The device page's charts, as `web/frontend/src/main.js` asks for them (match, fn).
+const DEVICE_PAGE: [(&str, &str); 15] = [
+    (
+        r#"{__name__=~"host_cpu_usage_ratio|jetson_cpu_load_ratio",cpu!="total"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"host_cpu_frequency_hertz|jetson_cpu_frequency_hertz"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_gpu_load_ratio|nvml_gpu_utilization_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz|nvml_sm_clock_hertz",engine=~"|GR3D"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_engine_load_ratio|jetson_engine_frequency_hertz",engine="EMC"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__="jetson_engine_load_ratio",engine!~"GR3D|EMC"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes|nvml_memory_used_bytes"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_temperature_celsius|host_temperature_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_rail_power_watts|nvml_power_watts"}"#,
+        "avg",
+    ),
+    ("host_filesystem_avail_bytes", "avg"),
+    (
+        r#"{__name__=~"host_disk_read_bytes_total|host_disk_written_bytes_total"}"#,
+        "rate",
+    ),
+    (
+        r#"{__name__=~"host_network_receive_bytes_total|host_network_transmit_bytes_total"}"#,
+        "rate",
+    ),
+    (r#"{__name__=~"probe_success|probe_up"}"#, "avg"),
+    ("probe_duration_seconds", "avg"),
+    (
+        r#"{__name__!~"(host|jetson|nvml|probe|outpost)_.*"}"#,
+        "avg",
+    ),
+];
+
+/// One Orin's series, named as the agent names them: 92 series.
+fn orin_series() -> Vec<String> {
+    let mut out = Vec::new();
+    for cpu in 0..6 {
+        out.push(format!(r#"jetson_cpu_load_ratio{{cpu="{cpu}"}}"#));
+        out.push(format!(r#"jetson_cpu_frequency_hertz{{cpu="{cpu}"}}"#));
+        out.push(format!(r#"host_cpu_usage_ratio{{cpu="{cpu}"}}"#));
+        out.push(format!(r#"host_cpu_frequency_hertz{{cpu="{cpu}"}}"#));
+    }
+    out.push(r#"host_cpu_usage_ratio{cpu="total"}"#.into());
+    for engine in [
+        "GR3D", "EMC", "NVENC", "NVDEC", "NVJPG", "APE", "VIC", "NVDLA0", "NVDLA1",
+    ] {
+        out.push(format!(r#"jetson_engine_load_ratio{{engine="{engine}"}}"#));
+        out.push(format!(
+            r#"jetson_engine_frequency_hertz{{engine="{engine}"}}"#
+        ));
+    }
+    for name in [
+        "jetson_ram_used_bytes",
+        "jetson_swap_used_bytes",
+        "host_memory_used_bytes",
+        "host_swap_used_bytes",
+    ] {
+        out.push(name.into());
+    }
+    for sensor in [
+        "cpu", "gpu", "soc0", "soc1", "soc2", "tj", "cv0", "cv1", "cv2",
+    ] {
+        out.push(format!(
+            r#"jetson_temperature_celsius{{sensor="{sensor}"}}"#
+        ));
+        out.push(format!(
+            r#"jetson_thermal_zone_celsius{{zone="{sensor}-thermal"}}"#
+        ));
+    }
+    for rail in ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"] {
+        out.push(format!(r#"jetson_rail_power_watts{{rail="{rail}"}}"#));
+    }
+    for mountpoint in ["/", "/data", "/boot/efi"] {
+        out.push(format!(
+            r#"host_filesystem_avail_bytes{{mountpoint="{mountpoint}"}}"#
+        ));
+    }
+    for device in ["mmcblk0", "nvme0n1"] {
+        out.push(format!(
+            r#"host_disk_read_bytes_total{{device="{device}"}}"#
+        ));
+        out.push(format!(
+            r#"host_disk_written_bytes_total{{device="{device}"}}"#
+        ));
+    }
+    for device in ["eth0", "wlan0", "l4tbr0", "docker0"] {
+        out.push(format!(
+            r#"host_network_receive_bytes_total{{device="{device}"}}"#
+        ));
+        out.push(format!(
+            r#"host_network_transmit_bytes_total{{device="{device}"}}"#
+        ));
+    }
+    for probe in ["camera-rtsp", "inference-api", "hub-dns"] {
+        out.push(format!(r#"probe_success{{probe="{probe}"}}"#));
+        out.push(format!(r#"probe_duration_seconds{{probe="{probe}"}}"#));
+    }
+    for app in [
+        "frames_processed_total",
+        "inference_latency_seconds",
+        "queue_depth",
+    ] {
+        out.push(app.into());
+    }
+    out
+}
+
+/// A day of 1 Hz samples of one Orin, as the hub stores it (with `instance`).
+fn day_store(dir: &std::path::Path) -> Store {
+    let store = Store::open(dir.join("day.redb"), hub_like_options()).expect("store opens");
+    for (i, name) in orin_series().iter().enumerate() {
+        let text = match name.split_once('{') {
+            Some((metric, labels)) => format!(r#"{metric}{{instance="orin-0001",{labels}"#),
+            None => format!(r#"{name}{{instance="orin-0001"}}"#),
+        };
+        let key = SeriesKey::parse(&text).expect("valid key");
+        let id = store.series_id(&key).expect("series id");
+        let counter = name.contains("_total");
+        let mut write = WriteBatch::with_capacity(DAY_SECONDS as usize);
+        for s in 0..DAY_SECONDS {
+            let t = END_MS - (DAY_SECONDS - s) * 1000;
+            let wave = ((s * 7 + i as i64 * 13) % 100) as f64 / 100.0;
+            write.sample(
+                id,
+                t,
+                if counter {
+                    (s * 4096) as f64 + wave
+                } else {
+                    wave
+                },
+            );
+        }
+        store.write(write).expect("write");
+    }
+    store.seal().expect("seal");
+    store
+}
+
+const DAY_SECONDS: i64 = 86_400;
+
+fn range(store: &Store, matcher: &str, aggregation: &str, hours: i64) -> usize {
+    let selector = outpost_storage::Selector::parse(matcher)
+        .expect("selector")
+        .and_equal("instance", "orin-0001");
+    let answer = outpost_web::range::answer(
+        store,
+        &outpost_web::range::RangeQuery {
+            selector: &selector,
+            start_ms: END_MS - hours * 3_600_000,
+            end_ms: END_MS,
+            step_ms: None,
+            max_points: 1000,
+            aggregation: aggregation.parse().expect("aggregation"),
+            limit_points: 11_000,
+            limit_series: 500,
+        },
+    )
+    .expect("answer");
+    answer.series.len()
+}
+
+fn device_page(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = day_store(dir.path());
+    let mut group = c.benchmark_group("dashboard");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("range: one series, 24 h at 1 Hz, 1000 points", |b| {
+        b.iter(|| {
+            assert_eq!(
+                range(
+                    &store,
+                    r#"jetson_engine_load_ratio{engine="GR3D"}"#,
+                    "avg",
+                    24
+                ),
+                1
+            )
+        })
+    });
+    for hours in [1, 24] {
+        group.bench_function(
+            format!("device page: 15 charts, 84 series, {hours} h, 1000 points"),
+            |b| {
+                b.iter(|| {
+                    let series: usize = DEVICE_PAGE
+                        .iter()
+                        .map(|(matcher, aggregation)| range(&store, matcher, aggregation, hours))
+                        .sum();
+                    // Not shown: the total CPU usage and the clocks of engines other than GR3D and EMC.
+                    assert_eq!(series, 84, "series on the page");
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, device_page);
 criterion_main!(benches);

@@ -242,17 +242,45 @@ fn with_summary(mut device: Value, summary: &mut summary::Summary) -> Value {
     device
 }
 
+/// How long one fleet list is served again. The summary reads an hour of every device's series
+/// (a quarter of a second for 1,000 devices, benches/README.md), so that many open dashboards,
+/// or a script polling the list, cost one summary a second rather than one per request. The
+/// lock also makes requests that arrive while a list is being made wait for that one.
+const DEVICE_LIST_MAX_AGE_MS: i64 = 1000;
+
 async fn devices(State(web): State<Arc<Web>>) -> Answer<Response> {
-    let store = web.store.clone();
+    let mut cached = web.device_list.lock().await;
     let now = web.fleet.now_ms();
-    let mut summary = blocking(move || summary::summarize(&store, now, None)).await?;
-    let devices: Vec<Value> = web
-        .fleet
-        .devices()
-        .into_iter()
-        .map(|d| with_summary(d, &mut summary))
-        .collect();
-    Ok(Json(devices).into_response())
+    let fresh = cached
+        .as_ref()
+        .filter(|(made_at, _)| (0..DEVICE_LIST_MAX_AGE_MS).contains(&(now - made_at)));
+    let body = match fresh {
+        Some((_, body)) => body.clone(),
+        None => {
+            let store = web.store.clone();
+            let mut summary = blocking(move || summary::summarize(&store, now, None)).await?;
+            let devices: Vec<Value> = web
+                .fleet
+                .devices()
+                .into_iter()
+                .map(|d| with_summary(d, &mut summary))
+                .collect();
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(&devices).expect("device lists serialize"),
+            );
+            *cached = Some((now, body.clone()));
+            body
+        }
+    };
+    drop(cached);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<Response> {
@@ -637,6 +665,74 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(604_800_000));
         assert!(parse_duration("5w").is_err());
         assert!(parse_duration("99999999999999999d").is_err());
+    }
+
+    /// A fleet whose clock the test sets, and which counts how often it is asked for devices.
+    struct CountingFleet {
+        now_ms: std::sync::atomic::AtomicI64,
+        asked: std::sync::atomic::AtomicUsize,
+        events: tokio::sync::broadcast::Sender<String>,
+    }
+
+    impl crate::Fleet for CountingFleet {
+        fn devices(&self) -> Vec<Value> {
+            let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            vec![json!({"device": "orin-01", "asked": asked})]
+        }
+        fn alerts(&self) -> Value {
+            json!({"alerts": [], "history": []})
+        }
+        fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<Value, String> {
+            Err("not here".into())
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+            self.events.subscribe()
+        }
+        fn now_ms(&self) -> i64 {
+            self.now_ms.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fleet_list_is_made_once_a_second_however_often_it_is_asked_for() {
+        use http_body_util::BodyExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            outpost_storage::Store::open(dir.path().join("hub.redb"), Default::default()).unwrap();
+        let fleet = Arc::new(CountingFleet {
+            now_ms: 1_800_000_000_000.into(),
+            asked: 0.into(),
+            events: tokio::sync::broadcast::channel(1).0,
+        });
+        let web = Web::new(Arc::new(store), fleet.clone(), crate::WebConfig::default());
+        let body = |response: Response| async move {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()[0]["asked"].clone()
+        };
+        let first = body(devices(State(web.clone())).await.unwrap()).await;
+        fleet
+            .now_ms
+            .fetch_add(999, std::sync::atomic::Ordering::SeqCst);
+        let again = body(devices(State(web.clone())).await.unwrap()).await;
+        assert_eq!(
+            (first, again),
+            (json!(0), json!(0)),
+            "served again within the second"
+        );
+        fleet
+            .now_ms
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let later = body(devices(State(web.clone())).await.unwrap()).await;
+        assert_eq!(later, json!(1), "made anew once a second old");
+        // A clock stepped back (the hub's wall clock corrected) does not pin an old list.
+        fleet
+            .now_ms
+            .fetch_sub(60_000, std::sync::atomic::Ordering::SeqCst);
+        let stepped_back = body(devices(State(web)).await.unwrap()).await;
+        assert_eq!(stepped_back, json!(2));
     }
 
     #[test]

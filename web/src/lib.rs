@@ -178,6 +178,8 @@ pub struct Web {
     pub fleet: Arc<dyn Fleet>,
     pub config: WebConfig,
     auth: auth::Auth,
+    /// The last fleet list served, with the hub time it was made at: see `api::devices`.
+    pub(crate) device_list: tokio::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
 }
 
 impl Web {
@@ -192,6 +194,7 @@ impl Web {
             fleet,
             config,
             auth,
+            device_list: tokio::sync::Mutex::new(None),
         })
     }
 }

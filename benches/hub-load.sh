@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The hub under the dashboard's load while it ingests: a release `outpost hub` with its embedded
+# broker, DEVICES real agents (each replaying the TX2 tegrastats log at 1 Hz and syncing over
+# MQTT with its own credentials), then wrk on loopback with benches/hub-load.lua's mix for
+# SECONDS. Prints wrk's throughput and latency percentiles and what the hub ingested meanwhile;
+# then the fleet page's first render in headless Chromium with FLEET (1000) copies of the devices.
+#
+#   benches/hub-load.sh [SECONDS] [CONNECTIONS]      (DEVICES=100 by default; needs wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+connections=${2:-4}
+devices=${DEVICES:-100}
+command -v wrk >/dev/null || { echo "hub-load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release --locked --quiet -p outpost --bin outpost
+outpost=$PWD/target/release/outpost
+dir=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port)
+mqtt_port=$(free_port)
+hub_args=(--store "$dir/hub.redb" --devices-file "$dir/devices.toml")
+
+mkdir -m 700 "$dir/keys"
+for i in $(seq 0 $((devices - 1))); do
+  id=$(printf 'sim-%03d' "$i")
+  "$outpost" hub "${hub_args[@]}" device add "$id" --out "$dir/keys" --url "mqtt://127.0.0.1:$mqtt_port" \
+    | grep -v '^#' | sed "s|/etc/outpost/|$dir/keys/|" >"$dir/$id.mqtt"
+  printf '[host]\nenabled = false\n[jetson]\nenabled = "off"\n[nvml]\nenabled = "off"\n[alerts]\nenabled = false\n' \
+    | cat - "$dir/$id.mqtt" >"$dir/$id.toml"
+done
+"$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
+  2>"$dir/hub.log" &
+hub=$!
+pids+=("$hub")
+until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
+for i in $(seq 0 $((devices - 1))); do
+  id=$(printf 'sim-%03d' "$i")
+  "$outpost" --log warn agent --config "$dir/$id.toml" --store "$dir/$id.redb" --listen 127.0.0.1:0 \
+    --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 \
+    2>"$dir/$id.log" &
+  pids+=("$!")
+done
+echo "waiting for $devices devices to come online and send data..."
+online() {
+  curl -sf "127.0.0.1:$http_port/api/devices" \
+    | python3 -c 'import json, sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "online"))'
+}
+for _ in $(seq 1 120); do
+  [ "$(online)" -ge "$devices" ] && break
+  sleep 1
+done
+echo "online: $(online) of $devices; warming up for 30 s"
+sleep 30
+batches() { curl -sf "127.0.0.1:$http_port/metrics" | awk '/^outpost_hub_batches_total/ { s += $2 } END { print s + 0 }'; }
+before=$(batches)
+cpu_before=$(awk '{ print $14 + $15 }' "/proc/$hub/stat")
+DEVICES=$devices wrk -t2 -c"$connections" -d"${seconds}s" --latency -s benches/hub-load.lua "http://127.0.0.1:$http_port"
+cpu_after=$(awk '{ print $14 + $15 }' "/proc/$hub/stat")
+after=$(batches)
+echo "hub: $((after - before)) batches stored during the run; hub CPU $(( (cpu_after - cpu_before) * 100 / $(getconf CLK_TCK) / seconds )) % of one core"
+echo "online at the end: $(online) of $devices"
+
+# The fleet page with a large fleet, in a real browser (needs Node.js and Debian's chromium).
+if command -v node >/dev/null && [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  browser_dir=target/bench-browser
+  mkdir -p "$browser_dir"
+  cp tests/browser/package.json tests/browser/package-lock.json tests/browser/fleet-render.mjs "$browser_dir/"
+  (cd "$browser_dir" && npm ci --silent --no-audit --no-fund >/dev/null)
+  HUB_URL="http://127.0.0.1:$http_port" FLEET=${FLEET:-1000} node "$browser_dir/fleet-render.mjs"
+fi
