@@ -92,6 +92,46 @@ fn watchdog_timeout() -> Option<Duration> {
     (micros > 0).then(|| Duration::from_micros(micros))
 }
 
+/// A daemon's side of the protocol: ready once, a watchdog ping for its main loop to await,
+/// stopping at the end. Without systemd every call does nothing and the ping never comes due.
+pub struct Service {
+    notifier: Option<Notifier>,
+    pings: Option<tokio::time::Interval>,
+}
+
+impl Service {
+    /// Tells systemd the daemon is up.
+    pub fn ready(status: &str) -> Service {
+        let notifier = Notifier::from_env();
+        if let Some(notifier) = &notifier {
+            notifier.ready(status);
+        }
+        let pings = notifier
+            .as_ref()
+            .and_then(Notifier::watchdog_interval)
+            .map(tokio::time::interval);
+        Service { notifier, pings }
+    }
+
+    /// Completes when a watchdog ping is due and has been sent. Awaited in the daemon's main
+    /// loop, so that systemd restarts a daemon whose loop has stopped turning.
+    pub async fn watchdog(&mut self) {
+        match (&mut self.pings, &self.notifier) {
+            (Some(pings), Some(notifier)) => {
+                pings.tick().await;
+                notifier.watchdog();
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    pub fn stopping(&self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,13 +214,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         alert_shared.clone(),
     );
     let mut maintenance = tokio::time::interval(Duration::from_secs(60));
-    let notifier = crate::sdnotify::Notifier::from_env();
-    let watchdog_every = notifier.as_ref().and_then(|n| n.watchdog_interval());
-    // Pinged from this loop, so that systemd restarts an agent whose loop has stopped turning.
-    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    if let Some(notifier) = &notifier {
-        notifier.ready("collecting");
-    }
+    let mut service = crate::sdnotify::Service::ready("collecting");
     let mut alert_ticker = tokio::time::interval(config.alerts.interval.0);
     alert_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -258,11 +252,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 }
             }
             _ = maintenance.tick() => sink.drop_stale(now_ms()),
-            _ = watchdog.tick(), if watchdog_every.is_some() => {
-                if let Some(notifier) = &notifier {
-                    notifier.watchdog();
-                }
-            }
+            () = service.watchdog() => {}
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
                 let commands = std::mem::take(&mut sink.uplink.lock().expect("uplink state").commands);
                 if let Some(shared) = &alert_shared {
@@ -271,9 +261,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
             }
         }
     }
-    if let Some(notifier) = &notifier {
-        notifier.stopping();
-    }
+    service.stopping();
     collectors.shutdown().await;
     if let Some(runtime) = alert_runtime.as_mut() {
         runtime.shutdown().await;

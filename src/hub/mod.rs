@@ -375,22 +375,12 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
     let mut backoff = Duration::from_millis(200);
-    let notifier = crate::sdnotify::Notifier::from_env();
-    let watchdog_every = notifier.as_ref().and_then(|n| n.watchdog_interval());
-    // Pinged from this loop, so that systemd restarts a hub whose loop has stopped turning.
-    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    if let Some(notifier) = &notifier {
-        notifier.ready("serving");
-    }
+    let mut service = crate::sdnotify::Service::ready("serving");
     loop {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = watchdog.tick(), if watchdog_every.is_some() => {
-                if let Some(notifier) = &notifier {
-                    notifier.watchdog();
-                }
-            }
+            () = service.watchdog() => {}
             _ = housekeeping.tick() => {
                 devices.reload_if_changed();
                 let mut registry = registry.lock().expect("registry lock");
@@ -468,9 +458,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
             },
         }
     }
-    if let Some(notifier) = &notifier {
-        notifier.stopping();
-    }
+    service.stopping();
     drop(incoming_tx);
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     let _ = stop_http.send(());

@@ -20,6 +20,11 @@ fn listen(dir: &Path) -> (UnixDatagram, String) {
     (socket, path.to_str().unwrap().to_string())
 }
 
+/// What systemd sets for a `Type=notify` service with `WatchdogSec=400ms`.
+fn notify_env(path: &str) -> [(&str, &str); 2] {
+    [("NOTIFY_SOCKET", path), ("WATCHDOG_USEC", "400000")]
+}
+
 /// Every message that arrives within `window`.
 fn messages(socket: &UnixDatagram, window: Duration) -> Vec<String> {
     let deadline = Instant::now() + window;
@@ -60,12 +65,7 @@ fn assert_the_protocol(socket: &UnixDatagram, stop: impl FnOnce()) {
 fn the_agent_tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, path) = listen(dir.path());
-    let agent = Agent::start_with_env(
-        dir.path(),
-        QUIET,
-        &[],
-        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "400000")],
-    );
+    let agent = Agent::start_with_env(dir.path(), QUIET, &[], &notify_env(&path));
     assert_the_protocol(&socket, || {
         agent.stop();
     });
@@ -80,7 +80,7 @@ fn the_hub_tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops()
         free_port(),
         free_port(),
         &[],
-        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "400000")],
+        &notify_env(&path),
     );
     assert_the_protocol(&socket, || hub.stop());
 }
@@ -94,11 +94,7 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
         dir.path(),
         QUIET,
         &[],
-        &[
-            ("NOTIFY_SOCKET", &path),
-            ("WATCHDOG_USEC", "400000"),
-            ("WATCHDOG_PID", "1"),
-        ],
+        &[notify_env(&path).as_slice(), &[("WATCHDOG_PID", "1")]].concat(),
     );
     let received = messages(&socket, Duration::from_secs(2));
     assert!(
