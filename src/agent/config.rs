@@ -229,6 +229,10 @@ pub struct MqttSection {
     /// Bytes a UTC day for everything published (batches, alerts, status); past it, batches
     /// wait for the next day and alerts still go. 0 for no budget.
     pub daily_budget: ByteSize,
+    /// Several hubs split the fleet's batches (the hubs' `[mqtt] shared_group`): every batch
+    /// then carries its series' definitions, since the hub it reaches may not have seen the
+    /// batches before it. Costs bytes on the wire; off for one hub.
+    pub shared_hubs: bool,
 }
 
 impl Default for MqttSection {
@@ -249,6 +253,7 @@ impl Default for MqttSection {
             max_batch: ByteSize(128 << 10),
             bandwidth: ByteSize(0),
             daily_budget: ByteSize(0),
+            shared_hubs: false,
         }
     }
 }

@@ -793,6 +793,7 @@ fn uplink_config(config: &AgentConfig) -> Result<outpost_sync::uplink::UplinkCon
         daily_budget: (mqtt.daily_budget.0 > 0).then_some(mqtt.daily_budget.0),
         outbox: outpost_sync::outbox::OutboxOptions {
             max_batch_bytes: usize::try_from(mqtt.max_batch.0).unwrap_or(usize::MAX),
+            self_contained: mqtt.shared_hubs,
             ..Default::default()
         },
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -21,12 +21,79 @@ const MAX_ALERT_PAYLOAD: usize = 64 << 10;
 /// How long a silence command waits for its device before it is dropped.
 const COMMAND_LIFETIME_MS: i64 = 7 * 86_400_000;
 
+/// Keys of the fleet's alert history in the hub store's [`StateTable::AlertState`], beside the
+/// hub's own engine (which uses `a/`, `h/` and `~`): `f/<sequence, 20 digits>`, so that keys sort
+/// in arrival order.
+const HISTORY_PREFIX: &str = "f/";
+
 #[derive(Debug, Default)]
 pub struct FleetAlerts {
     /// What each device's retained alert topics say is firing, by (device, rule/instance).
+    /// Not stored: the devices republish it on every connect.
     current: BTreeMap<(String, String), Value>,
-    /// Firing and resolved transitions from the devices' events topics, oldest first.
-    history: VecDeque<Value>,
+    /// Firing and resolved transitions from the devices' events topics, oldest first, with the
+    /// sequence number each is stored under. Events are sent once, so this is kept in the store.
+    history: VecDeque<(u64, Value)>,
+}
+
+impl FleetAlerts {
+    /// The history a previous run stored. An entry that does not parse is dropped with a
+    /// warning rather than stopping the hub.
+    pub fn load(store: &Store) -> FleetAlerts {
+        let mut alerts = FleetAlerts::default();
+        let stored = match store.state_list(StateTable::AlertState, HISTORY_PREFIX) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!("the fleet's alert history could not be read: {error}");
+                return alerts;
+            }
+        };
+        for (key, bytes) in stored {
+            let seq = key[HISTORY_PREFIX.len()..].parse::<u64>();
+            match (seq, serde_json::from_slice::<Value>(&bytes)) {
+                (Ok(seq), Ok(event)) => alerts.history.push_back((seq, event)),
+                _ => tracing::warn!(key, "an unreadable entry in the fleet's alert history"),
+            }
+        }
+        alerts
+    }
+
+    /// Adds a device's transition to the history unless it is a resend of one already there,
+    /// and stores it; the oldest entries beyond [`HISTORY`] go. Returns whether it was new.
+    fn record_event(&mut self, store: &Store, event: Value) -> bool {
+        let seq = event["event_seq"].as_u64();
+        let device = &event["device"];
+        let duplicate =
+            seq.is_some()
+                && self.history.iter().rev().take(HISTORY).any(|(_, seen)| {
+                    &seen["device"] == device && seen["event_seq"].as_u64() == seq
+                });
+        if duplicate {
+            return false;
+        }
+        let next = self.history.back().map_or(0, |(last, _)| last + 1);
+        let mut write = WriteBatch::default();
+        write.put_state(
+            StateTable::AlertState,
+            history_key(next),
+            event.to_string().into_bytes(),
+        );
+        self.history.push_back((next, event));
+        while self.history.len() > HISTORY {
+            if let Some((old, _)) = self.history.pop_front() {
+                write.delete_state(StateTable::AlertState, history_key(old));
+            }
+        }
+        if let Err(error) = store.write(write) {
+            // Kept in memory all the same: the page still shows it until the hub restarts.
+            tracing::warn!("an alert event not stored: {error}");
+        }
+        true
+    }
+}
+
+fn history_key(seq: u64) -> String {
+    format!("{HISTORY_PREFIX}{seq:020}")
 }
 
 pub struct HubFleet {
@@ -89,16 +156,7 @@ impl HubFleet {
             if state != "firing" && state != "resolved" {
                 return;
             }
-            let seq = alert["event_seq"].as_u64();
-            let duplicate = alerts.history.iter().rev().take(200).any(|seen| {
-                seen["device"] == device && seen["event_seq"].as_u64() == seq && seq.is_some()
-            });
-            if !duplicate {
-                alerts.history.push_back(alert);
-                while alerts.history.len() > HISTORY {
-                    alerts.history.pop_front();
-                }
-            }
+            alerts.record_event(&self.store, alert);
         } else {
             alerts.current.insert(key, alert);
         }
@@ -222,7 +280,12 @@ impl outpost_web::Fleet for HubFleet {
                 current.push(value);
             }
         }
-        let history: Vec<Value> = alerts.history.iter().rev().cloned().collect();
+        let history: Vec<Value> = alerts
+            .history
+            .iter()
+            .rev()
+            .map(|(_, e)| e.clone())
+            .collect();
         json!({ "alerts": current, "history": history })
     }
 
@@ -323,6 +386,57 @@ mod tests {
         assert_eq!(alert_topic("f", "outpost/v1/g/dev/alerts/events"), None);
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/batch"), None);
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/alerts/"), None);
+    }
+
+    #[test]
+    fn the_fleet_alert_history_survives_a_restart_without_resends_or_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let event = |device: &str, seq: u64| json!({ "device": device, "event_seq": seq, "state": "firing" });
+        {
+            let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
+            let mut alerts = FleetAlerts::load(&store);
+            assert!(alerts.record_event(&store, event("a", 1)));
+            assert!(
+                alerts.record_event(&store, event("b", 1)),
+                "another device's first event"
+            );
+            assert!(!alerts.record_event(&store, event("a", 1)), "a resend");
+        }
+        let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
+        let mut alerts = FleetAlerts::load(&store);
+        let devices = |alerts: &FleetAlerts| -> Vec<(String, u64)> {
+            alerts
+                .history
+                .iter()
+                .map(|(_, e)| {
+                    (
+                        e["device"].as_str().unwrap().to_string(),
+                        e["event_seq"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(devices(&alerts), [("a".into(), 1), ("b".into(), 1)]);
+        assert!(
+            !alerts.record_event(&store, event("b", 1)),
+            "a resend after the restart"
+        );
+        for seq in 2..HISTORY as u64 + 10 {
+            assert!(alerts.record_event(&store, event("a", seq)));
+        }
+        drop(alerts);
+        drop(store);
+        let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
+        let alerts = FleetAlerts::load(&store);
+        let history = devices(&alerts);
+        assert_eq!(history.len(), HISTORY);
+        assert_eq!(history[0], ("a".into(), 10), "the oldest entries went");
+        assert_eq!(history[HISTORY - 1], ("a".into(), HISTORY as u64 + 9));
+        let stored = store
+            .state_list(StateTable::AlertState, HISTORY_PREFIX)
+            .unwrap();
+        assert_eq!(stored.len(), HISTORY, "and left the store");
     }
 
     #[test]

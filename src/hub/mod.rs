@@ -350,7 +350,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         client: client.clone(),
         fleet: config.hub.fleet.clone(),
         offline_after: config.hub.offline_after.0,
-        alerts: Mutex::new(fleet::FleetAlerts::default()),
+        alerts: Mutex::new(fleet::FleetAlerts::load(&store)),
         hub_alerts: alert_shared.clone(),
         ingested: ingested.clone(),
     });

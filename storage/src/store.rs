@@ -33,7 +33,8 @@ use crate::series_buffer::SeriesBuffer;
 use crate::wal::{self, LogWriter, Record, RollupWrite};
 use crate::{SeriesId, StateOp, StateTable, Tier, WriteBatch};
 
-/// The on-disk format this build writes. Stores of older formats are migrated on open.
+/// The on-disk format this build reads and writes. Format 1 is the first released format; a
+/// build that changes the format bumps this and migrates older stores in `init_or_check_format`.
 pub const FORMAT_VERSION: u32 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

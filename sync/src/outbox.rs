@@ -28,6 +28,10 @@ pub struct OutboxOptions {
     /// Batches sent and not yet acknowledged, at most.
     pub max_in_flight: usize,
     pub zstd_level: i32,
+    /// Every batch carries the definitions of all the series it names, not only of those no hub
+    /// has acknowledged: for several hubs splitting the fleet through a shared subscription,
+    /// where each batch may reach a hub that has not seen the ones before it.
+    pub self_contained: bool,
 }
 
 impl Default for OutboxOptions {
@@ -36,6 +40,7 @@ impl Default for OutboxOptions {
             max_batch_bytes: 128 << 10,
             max_in_flight: 8,
             zstd_level: 3,
+            self_contained: false,
         }
     }
 }
@@ -176,6 +181,7 @@ impl Outbox {
             .collect();
         // A batch that comes out too large is rebuilt from less: reading the feed is idempotent.
         let mut room = self.options.max_batch_bytes;
+        let self_contained = self.options.self_contained;
         loop {
             let live = store.live_since(self.mark.as_ref(), room / 2);
             let chunks = store.dirty_chunks(room / 2, &in_flight_chunks)?;
@@ -191,7 +197,8 @@ impl Outbox {
             let mut samples = 0;
             let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
             let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
-                if !self.known.contains(&id) && !pending_defs.contains(&id) && !defs.contains(&id) {
+                let hub_has_it = self.known.contains(&id) || pending_defs.contains(&id);
+                if (self_contained || !hub_has_it) && !defs.contains(&id) {
                     defs.push(id);
                     body.defs.push(SeriesDef {
                         id,

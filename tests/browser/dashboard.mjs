@@ -58,8 +58,8 @@ try {
   await page.click('form.login button[type=submit]');
 
   // The fleet page: every device, with the state the API gives and the test set up.
-  await page.waitForSelector('table.fleet tbody tr');
-  const rows = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => [tr.dataset.device, tr.dataset.state]));
+  await page.waitForSelector('table.fleet tbody tr[data-device]');
+  const rows = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => [tr.dataset.device, tr.dataset.state]));
   const api = await page.evaluate(async () => (await (await fetch('/api/devices')).json()).map((d) => [d.device, d.state]));
   const sortedPairs = (pairs) => JSON.stringify([...pairs].sort((a, b) => a[0].localeCompare(b[0])));
   check(sortedPairs(rows) === sortedPairs(api), 'the fleet page shows every device with the API\'s state', { rows, api });
@@ -68,15 +68,15 @@ try {
   }
   const badges = await page.$eval(`table.fleet tbody tr[data-device="${device}"]`, (tr) => tr.textContent);
   check(/[1-9][0-9]* warning/.test(badges), `${device}'s firing alert is counted on the fleet page`, badges);
-  const stateText = await page.$$eval('table.fleet tbody tr td span.state', (spans) => spans.map((s) => s.textContent));
+  const stateText = await page.$$eval('table.fleet tbody tr[data-device] td span.state', (spans) => spans.map((s) => s.textContent));
   check(stateText.length === rows.length, 'each state is written out, not only coloured', stateText);
   await page.fill('input[type=search]', device);
-  const filtered = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => tr.dataset.device));
+  const filtered = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(filtered.length === 1 && filtered[0] === device, 'the filter narrows the list', filtered);
   await page.fill('input[type=search]', '');
   await page.click('th[data-key=device]');
   await page.click('th[data-key=device]');
-  const sorted = await page.$$eval('table.fleet tbody tr', (trs) => trs.map((tr) => tr.dataset.device));
+  const sorted = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(JSON.stringify(sorted) === JSON.stringify([...sorted].sort().reverse()), 'sorting by device, descending', sorted);
   await page.screenshot({ path: join(shots, 'fleet.png'), fullPage: true });
 
@@ -158,8 +158,39 @@ try {
   // A phone-sized window still shows the fleet.
   await page.setViewportSize({ width: 390, height: 800 });
   await page.goto(`${hub}/`);
-  await page.waitForSelector('table.fleet tbody tr');
+  await page.waitForSelector('table.fleet tbody tr[data-device]');
   await page.screenshot({ path: join(shots, 'fleet-phone.png'), fullPage: true });
+
+  // A fleet of 1,000 (the hub's devices, copied under other names): the table holds only the rows
+  // near the viewport, and scrolling, sorting and filtering still reach every device.
+  await page.setViewportSize({ width: 1400, height: 1000 });
+  const real = await page.evaluate(async () => (await fetch('/api/devices')).json());
+  const fleet = Array.from({ length: 1000 }, (_, i) => ({ ...real[i % real.length], device: `big-${String(i).padStart(4, '0')}` }));
+  await page.route('**/api/devices', (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(fleet) }));
+  await page.goto(`${hub}/?sort=device`);
+  await page.waitForSelector('table.fleet tbody tr[data-device]');
+  const inDocument = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
+  check(inDocument[0] === 'big-0000' && inDocument.length < 200, 'a large fleet puts only the first rows in the document', inDocument.length);
+  const counted = await page.textContent('.toolbar p');
+  check(counted.startsWith('1000 devices'), 'and counts every device', counted);
+  await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));
+  await page.waitForFunction(() => [...document.querySelectorAll('table.fleet tbody tr[data-device]')].some((tr) => tr.dataset.device === 'big-0999'));
+  const bottom = await page.evaluate(() => {
+    const row = document.querySelector('table.fleet tbody tr[data-device="big-0999"]').getBoundingClientRect();
+    return { top: row.top, bottom: row.bottom, height: window.innerHeight };
+  });
+  check(bottom.bottom <= bottom.height + 1 && bottom.top >= 0, 'scrolled to the end, the last device is on the screen', bottom);
+  await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight / 2));
+  await page.waitForTimeout(200);
+  const middle = await page.evaluate(() => [...document.querySelectorAll('table.fleet tbody tr[data-device]')]
+    .filter((tr) => { const r = tr.getBoundingClientRect(); return r.bottom > 0 && r.top < window.innerHeight; })
+    .map((tr) => Number(tr.dataset.device.slice(4))));
+  check(middle.length > 10 && middle.every((n, i) => i === 0 || n === middle[i - 1] + 1) && middle[0] > 300 && middle[0] < 600,
+    'half way down, the rows on the screen are the middle of the fleet, in order', middle);
+  await page.fill('input[type=search]', 'big-0777');
+  const found = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
+  check(JSON.stringify(found) === '["big-0777"]', 'the filter finds a device that was never in the document', found);
+  await page.unroute('**/api/devices');
 
   check(failures.length === 0, 'no script errors in the page', failures);
 } catch (error) {

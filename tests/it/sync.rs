@@ -1014,3 +1014,118 @@ fn a_device_clock_that_boots_wrong_and_then_steps_is_corrected_at_the_hub() {
     assert_eq!(record["implausible_samples"], 0, "{record}");
     assert!(record["clock_corrected_samples"].as_u64().unwrap() >= 20);
 }
+
+/// Raw points of `selector` in a store, by series without its `instance` label, as exact text.
+fn raw_points_by_series(
+    store: &Path,
+    selector: &str,
+) -> std::collections::BTreeMap<Vec<String>, std::collections::BTreeMap<String, String>> {
+    db_query(store, selector, &[])
+        .into_iter()
+        .map(|(key, points)| {
+            let mut labels: Vec<String> = key
+                .replace(['{', '}'], ",")
+                .split(',')
+                .filter(|part| !part.is_empty() && !part.starts_with("instance="))
+                .map(str::to_string)
+                .collect();
+            labels.sort();
+            let points = points
+                .iter()
+                .map(|point| (point[0].to_string(), point[1].to_string()))
+                .collect();
+            (labels, points)
+        })
+        .collect()
+}
+
+/// Two hubs in one MQTT shared-subscription group (`[mqtt] shared_group`) on Mosquitto, and an
+/// agent with `shared_hubs`: the broker hands each batch to one of them, each stores and
+/// acknowledges what it got, and together they hold every sample the agent holds. Both still
+/// see every device's status.
+#[test]
+fn two_hubs_in_a_shared_group_split_the_batches_and_together_hold_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let mqtt_port = free_port();
+    let mqtt = enrol(&first, "dev-a", mqtt_port) + "shared_hubs = true\n";
+    let _broker = Mosquitto::start(&first, mqtt_port, "");
+    write_hub_config(
+        &first,
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\nshared_group = \"hubs\"\n"),
+    );
+    for file in ["devices.toml", "hub.toml"] {
+        std::fs::copy(first.join(file), second.join(file)).unwrap();
+    }
+    let hubs: Vec<Hub> = [&first, &second]
+        .into_iter()
+        .map(|dir| {
+            let config = dir.join("hub.toml");
+            Hub::start_with(
+                dir,
+                free_port(),
+                free_port(),
+                &["--config", config.to_str().unwrap()],
+            )
+        })
+        .collect();
+    let agent = replaying_agent(&first, &mqtt, XAVIER, 20);
+    wait_until_shipped(&agent);
+    let acked = metric_value(&agent.metrics(), "outpost_sync_batches_acked_total").unwrap();
+    let batches: Vec<f64> = hubs
+        .iter()
+        .map(|hub| {
+            let (status, metrics) = http(hub.http_port, "GET", "/metrics", "");
+            assert_eq!(status, 200);
+            metric_value(&metrics, r#"outpost_hub_batches_total{instance="dev-a"}"#).unwrap_or(0.0)
+        })
+        .collect();
+    for hub in &hubs {
+        let devices = hub.devices();
+        assert_eq!(
+            device_record(&devices, "dev-a").unwrap()["state"],
+            "online",
+            "each hub sees the device's status: {devices}"
+        );
+    }
+    let agent_log = agent.log_text();
+    agent.stop();
+    for hub in hubs {
+        hub.stop();
+    }
+    assert!(
+        batches.iter().all(|&n| n >= 1.0),
+        "the broker shares the batches between both hubs: {batches:?}"
+    );
+    // Without the group each hub would receive, and acknowledge, every batch; without
+    // `shared_hubs` a hub would ask for definitions it missed and batches would go round again.
+    assert!(
+        batches.iter().sum::<f64>() < 1.5 * acked,
+        "each batch went to one hub: {batches:?} received, {acked} acknowledged"
+    );
+    assert!(
+        !agent_log.contains("asked for series definitions again"),
+        "every batch carried its definitions: {agent_log}"
+    );
+
+    let selector = r#"{__name__=~"jetson_.*"}"#;
+    let agent_points = raw_points_by_series(&first.join("agent.redb"), selector);
+    let mut together = raw_points_by_series(&first.join("hub.redb"), selector);
+    for (series, points) in raw_points_by_series(&second.join("hub.redb"), selector) {
+        let merged = together.entry(series.clone()).or_default();
+        for (at, value) in points {
+            if let Some(other) = merged.insert(at.clone(), value.clone()) {
+                assert_eq!(other, value, "{series:?} at {at}: the two hubs disagree");
+            }
+        }
+    }
+    assert_eq!(together.len(), agent_points.len(), "series count");
+    let mut compared = 0;
+    for (series, points) in &agent_points {
+        assert_eq!(together.get(series), Some(points), "{series:?}");
+        compared += points.len();
+    }
+    assert!(compared > 3000, "{compared} points compared");
+}

@@ -242,37 +242,41 @@ fn with_summary(mut device: Value, summary: &mut summary::Summary) -> Value {
     device
 }
 
-/// How long one fleet list is served again. The summary reads an hour of every device's series
-/// (a quarter of a second for 1,000 devices, benches/README.md), so that many open dashboards,
-/// or a script polling the list, cost one summary a second rather than one per request. The
-/// lock also makes requests that arrive while a list is being made wait for that one.
+/// How long one fleet list is served. The summary reads an hour of every device's series (a
+/// quarter of a second for 1,000 devices, benches/README.md), so that many open dashboards, or a
+/// script polling the list, cost one summary a second rather than one per request.
 const DEVICE_LIST_MAX_AGE_MS: i64 = 1000;
+/// A request for a list at least this old has the next one made in the background, so that
+/// under steady requests the list is renewed before it expires and no request waits for a
+/// summary; a request for an expired list (nobody asked for a second) waits for a new one.
+const DEVICE_LIST_RENEW_AFTER_MS: i64 = 500;
 
 async fn devices(State(web): State<Arc<Web>>) -> Answer<Response> {
-    let mut cached = web.device_list.lock().await;
     let now = web.fleet.now_ms();
-    let fresh = cached
-        .as_ref()
-        .filter(|(made_at, _)| (0..DEVICE_LIST_MAX_AGE_MS).contains(&(now - made_at)));
-    let body = match fresh {
-        Some((_, body)) => body.clone(),
-        None => {
-            let store = web.store.clone();
-            let mut summary = blocking(move || summary::summarize(&store, now, None)).await?;
-            let devices: Vec<Value> = web
-                .fleet
-                .devices()
-                .into_iter()
-                .map(|d| with_summary(d, &mut summary))
-                .collect();
-            let body = axum::body::Bytes::from(
-                serde_json::to_vec(&devices).expect("device lists serialize"),
-            );
-            *cached = Some((now, body.clone()));
+    let body = match cached_device_list(&web, now) {
+        Some((age, body)) => {
+            if age >= DEVICE_LIST_RENEW_AFTER_MS {
+                if let Ok(maker) = web.device_list_maker.clone().try_lock_owned() {
+                    let web = web.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = make_device_list(&web, now).await {
+                            tracing::warn!("the fleet list was not made anew: {error:?}");
+                        }
+                        drop(maker);
+                    });
+                }
+            }
             body
         }
+        None => {
+            let _maker = web.device_list_maker.lock().await;
+            // Whoever held the lock before may have just made one.
+            match cached_device_list(&web, web.fleet.now_ms()) {
+                Some((_, body)) => body,
+                None => make_device_list(&web, now).await?,
+            }
+        }
     };
-    drop(cached);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -281,6 +285,36 @@ async fn devices(State(web): State<Arc<Web>>) -> Answer<Response> {
         body,
     )
         .into_response())
+}
+
+/// The last list made and its age, if it has not expired. A list from the future (the hub's
+/// clock was stepped back) has, so that it does not stay for as long as the step.
+fn cached_device_list(web: &Web, now: i64) -> Option<(i64, axum::body::Bytes)> {
+    let cached = web.device_list.lock().expect("device list lock");
+    let (made_at, body) = cached.as_ref()?;
+    let age = now - made_at;
+    (0..DEVICE_LIST_MAX_AGE_MS)
+        .contains(&age)
+        .then(|| (age, body.clone()))
+}
+
+async fn make_device_list(web: &Arc<Web>, now: i64) -> Result<axum::body::Bytes, WebError> {
+    let for_summary = web.clone();
+    let body = blocking(move || {
+        let mut summary = summary::summarize(&for_summary.store, now, None)?;
+        let devices: Vec<Value> = for_summary
+            .fleet
+            .devices()
+            .into_iter()
+            .map(|d| with_summary(d, &mut summary))
+            .collect();
+        Ok(axum::body::Bytes::from(
+            serde_json::to_vec(&devices).expect("device lists serialize"),
+        ))
+    })
+    .await?;
+    *web.device_list.lock().expect("device list lock") = Some((now, body.clone()));
+    Ok(body)
 }
 
 async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<Response> {
@@ -699,6 +733,7 @@ mod tests {
     #[tokio::test]
     async fn the_fleet_list_is_made_once_a_second_however_often_it_is_asked_for() {
         use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
         let store =
             outpost_storage::Store::open(dir.path().join("hub.redb"), Default::default()).unwrap();
@@ -708,31 +743,47 @@ mod tests {
             events: tokio::sync::broadcast::channel(1).0,
         });
         let web = Web::new(Arc::new(store), fleet.clone(), crate::WebConfig::default());
-        let body = |response: Response| async move {
+        let asked = |web: Arc<Web>| async move {
+            let response = devices(State(web)).await.unwrap();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             serde_json::from_slice::<Value>(&bytes).unwrap()[0]["asked"].clone()
         };
-        let first = body(devices(State(web.clone())).await.unwrap()).await;
+        assert_eq!(asked(web.clone()).await, json!(0), "the first list");
         fleet
             .now_ms
-            .fetch_add(999, std::sync::atomic::Ordering::SeqCst);
-        let again = body(devices(State(web.clone())).await.unwrap()).await;
+            .fetch_add(DEVICE_LIST_RENEW_AFTER_MS - 1, SeqCst);
+        assert_eq!(asked(web.clone()).await, json!(0), "served again");
+        assert_eq!(fleet.asked.load(SeqCst), 1, "and not renewed yet");
+
+        fleet.now_ms.fetch_add(1, SeqCst);
         assert_eq!(
-            (first, again),
-            (json!(0), json!(0)),
-            "served again within the second"
+            asked(web.clone()).await,
+            json!(0),
+            "half a second old: served while the next one is made"
         );
-        fleet
-            .now_ms
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let later = body(devices(State(web.clone())).await.unwrap()).await;
-        assert_eq!(later, json!(1), "made anew once a second old");
+        let made_at = fleet.now_ms.load(SeqCst);
+        for _ in 0..1000 {
+            if web.device_list.lock().unwrap().as_ref().unwrap().0 == made_at {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            asked(web.clone()).await,
+            json!(1),
+            "the next one, made once"
+        );
+        assert_eq!(fleet.asked.load(SeqCst), 2);
+
+        fleet.now_ms.fetch_add(DEVICE_LIST_MAX_AGE_MS, SeqCst);
+        assert_eq!(
+            asked(web.clone()).await,
+            json!(2),
+            "expired: the request waits for a new one"
+        );
         // A clock stepped back (the hub's wall clock corrected) does not pin an old list.
-        fleet
-            .now_ms
-            .fetch_sub(60_000, std::sync::atomic::Ordering::SeqCst);
-        let stepped_back = body(devices(State(web)).await.unwrap()).await;
-        assert_eq!(stepped_back, json!(2));
+        fleet.now_ms.fetch_sub(60_000, SeqCst);
+        assert_eq!(asked(web).await, json!(3));
     }
 
     #[test]

@@ -178,8 +178,10 @@ pub struct Web {
     pub fleet: Arc<dyn Fleet>,
     pub config: WebConfig,
     auth: auth::Auth,
-    /// The last fleet list served, with the hub time it was made at: see `api::devices`.
-    pub(crate) device_list: tokio::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
+    /// The last fleet list made, with the hub time it was made at: see `api::devices`.
+    pub(crate) device_list: std::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
+    /// Held by whoever is making a new fleet list, so that one is made at a time.
+    pub(crate) device_list_maker: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Web {
@@ -194,7 +196,8 @@ impl Web {
             fleet,
             config,
             auth,
-            device_list: tokio::sync::Mutex::new(None),
+            device_list: std::sync::Mutex::new(None),
+            device_list_maker: Arc::default(),
         })
     }
 }

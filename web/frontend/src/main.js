@@ -166,6 +166,9 @@ const FLEET_COLUMNS = [
   { key: 'sync_lag', title: 'Sync lag', value: (d) => d.sync_lag_ms, show: (d) => duration(d.sync_lag_ms) },
 ];
 
+// Up to this many devices the fleet table holds every row; above it, the rows near the viewport.
+const FLEET_ALL_ROWS = 100;
+
 async function fleetPage(view) {
   const [devices, alerts] = await Promise.all([api('/api/devices'), api('/api/alerts')]);
   for (const device of devices) {
@@ -197,9 +200,55 @@ async function fleetPage(view) {
       return JSON.stringify([device.device, device.state, device.meta]).toLowerCase().includes(word.toLowerCase());
     });
   }
+  // Only the rows near the viewport are in the document, between two spacer rows of the height
+  // of the rest: laying out a table of 1,000 devices with their sparklines takes the browser most
+  // of a second, and every sort, filter and refresh would pay it again.
+  let shown = [];
+  let rowHeight = 0;
+  let painted = '';
+  const spacer = () => el('tr', { class: 'spacer', 'aria-hidden': 'true' }, el('td', { colspan: FLEET_COLUMNS.length }));
+  const above = spacer();
+  const below = spacer();
+  function paint() {
+    let start = 0;
+    let end = shown.length;
+    if (shown.length > FLEET_ALL_ROWS) {
+      // Until a row has been measured, rows of at least 20 px fill the screen from the top.
+      const screens = Math.ceil(window.innerHeight / (rowHeight || 20));
+      const firstVisible = rowHeight ? Math.max(0, Math.floor(-body.getBoundingClientRect().top / rowHeight)) : 0;
+      start = Math.max(0, Math.min(firstVisible, shown.length) - screens);
+      end = Math.min(shown.length, firstVisible + 2 * screens);
+    }
+    const key = `${start}:${end}`;
+    if (key === painted) return;
+    painted = key;
+    body.replaceChildren(above, ...shown.slice(start, end).map((d) => el('tr', { 'data-device': d.device, 'data-state': d.state },
+      FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))))), below);
+    if (!rowHeight && end > start) {
+      // Once per table; the next frame then places the rows where the page is scrolled to.
+      rowHeight = body.children[1].getBoundingClientRect().height;
+      onScroll();
+    }
+    above.firstChild.style.height = `${start * rowHeight}px`;
+    below.firstChild.style.height = `${(shown.length - end) * rowHeight}px`;
+  }
+  let paintPending = false;
+  function onScroll() {
+    // A refresh builds a new table; this one's listeners go with it.
+    if (!body.isConnected) {
+      window.removeEventListener('scroll', onScroll);
+      window.removeEventListener('resize', onScroll);
+      return;
+    }
+    if (paintPending) return;
+    paintPending = true;
+    requestAnimationFrame(() => { paintPending = false; paint(); });
+  }
+  window.addEventListener('scroll', onScroll, { passive: true });
+  window.addEventListener('resize', onScroll, { passive: true });
   function draw() {
     const column = FLEET_COLUMNS.find((c) => c.key === sort.key) ?? FLEET_COLUMNS[0];
-    const shown = devices.filter((d) => matches(d, filter.value.trim()));
+    shown = devices.filter((d) => matches(d, filter.value.trim()));
     shown.sort((a, b) => {
       const x = column.value(a); const y = column.value(b);
       const order = x === y ? 0 : x === undefined || x === null ? 1 : y === undefined || y === null ? -1 : x < y ? -1 : 1;
@@ -208,8 +257,8 @@ async function fleetPage(view) {
     for (const th of head.children) {
       th.setAttribute('aria-sort', th.dataset.key === sort.key ? (sort.descending ? 'descending' : 'ascending') : 'none');
     }
-    body.replaceChildren(...shown.map((d) => el('tr', { 'data-device': d.device, 'data-state': d.state },
-      FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))))));
+    painted = '';
+    paint();
     const by = (s) => devices.filter((d) => d.state === s).length;
     counts.textContent = `${devices.length} devices: ${by('online')} online, ${by('stale')} stale, ${by('offline')} offline; showing ${shown.length}`;
     const query = new URLSearchParams();
