@@ -171,6 +171,9 @@ try {
   await page.waitForSelector('table.fleet tbody tr[data-device]');
   const inDocument = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(inDocument[0] === 'big-0000' && inDocument.length < 200, 'a large fleet puts only the first rows in the document', inDocument.length);
+  const rowIndex = await page.$eval('table.fleet tbody tr[data-device="big-0000"]', (tr) => tr.getAttribute('aria-rowindex'));
+  const rowCount = await page.$eval('table.fleet', (t) => t.getAttribute('aria-rowcount'));
+  check(rowIndex === '2' && rowCount === '1001', 'the table tells screen readers its full size', { rowIndex, rowCount });
   const counted = await page.textContent('.toolbar p');
   check(counted.startsWith('1000 devices'), 'and counts every device', counted);
   await page.evaluate(() => window.scrollTo(0, document.body.scrollHeight));

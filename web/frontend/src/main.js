@@ -183,7 +183,7 @@ async function fleetPage(view) {
   const sort = { key: params.get('sort') || 'state', descending: params.get('desc') === '1' };
   const filter = el('input', { type: 'search', placeholder: 'Filter: text or label=value', 'aria-label': 'Filter devices', value: params.get('q') || '' });
   const body = el('tbody');
-  const head = el('tr', {}, FLEET_COLUMNS.map((column) => el('th', {
+  const head = el('tr', { 'aria-rowindex': 1 }, FLEET_COLUMNS.map((column) => el('th', {
     scope: 'col', 'data-key': column.key, tabindex: 0, class: column.numeric ? 'num' : '',
     onclick: () => { sort.descending = sort.key === column.key ? !sort.descending : false; sort.key = column.key; draw(); },
     onkeydown: (event) => { if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); event.target.click(); } },
@@ -207,6 +207,7 @@ async function fleetPage(view) {
   let rowHeight = 0;
   let painted = '';
   const spacer = () => el('tr', { class: 'spacer', 'aria-hidden': 'true' }, el('td', { colspan: FLEET_COLUMNS.length }));
+  const table = el('table', { class: 'fleet' }, el('thead', {}, head), body);
   const above = spacer();
   const below = spacer();
   function paint() {
@@ -222,7 +223,9 @@ async function fleetPage(view) {
     const key = `${start}:${end}`;
     if (key === painted) return;
     painted = key;
-    body.replaceChildren(above, ...shown.slice(start, end).map((d) => el('tr', { 'data-device': d.device, 'data-state': d.state },
+    // Screen readers learn the table's real size and each row's place from the aria counts.
+    table.setAttribute('aria-rowcount', shown.length + 1);
+    body.replaceChildren(above, ...shown.slice(start, end).map((d, i) => el('tr', { 'data-device': d.device, 'data-state': d.state, 'aria-rowindex': start + i + 2 },
       FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))))), below);
     if (!rowHeight && end > start) {
       // Once per table; the next frame then places the rows where the page is scrolled to.
@@ -269,7 +272,7 @@ async function fleetPage(view) {
   }
   filter.addEventListener('input', draw);
   view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, counts),
-    el('div', { class: 'scroll' }, el('table', { class: 'fleet' }, el('thead', {}, head), body)));
+    el('div', { class: 'scroll' }, table));
   draw();
   const timer = setInterval(async () => {
     if (!view.isConnected) { clearInterval(timer); return; }
