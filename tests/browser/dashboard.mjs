@@ -190,6 +190,18 @@ try {
     .map((tr) => Number(tr.dataset.device.slice(4))));
   check(middle.length > 10 && middle.every((n, i) => i === 0 || n === middle[i - 1] + 1) && middle[0] > 300 && middle[0] < 600,
     'half way down, the rows on the screen are the middle of the fleet, in order', middle);
+  // The page refreshes the list every 15 s with a new table; the reader stays where they were.
+  const scrolled = await page.evaluate(() => window.scrollY);
+  await page.evaluate(() => { window.oldFleetTable = document.querySelector('table.fleet'); });
+  await page.waitForFunction(() => document.querySelector('table.fleet') !== window.oldFleetTable, null, { timeout: 30000 });
+  await page.waitForTimeout(200);
+  const afterRefresh = await page.evaluate(() => ({
+    y: window.scrollY,
+    first: [...document.querySelectorAll('table.fleet tbody tr[data-device]')]
+      .find((tr) => tr.getBoundingClientRect().bottom > 0)?.dataset.device,
+  }));
+  check(Math.abs(afterRefresh.y - scrolled) < 2 && Number(afterRefresh.first?.slice(4)) === middle[0],
+    'a refresh keeps the scroll position and the rows on the screen', { scrolled, afterRefresh, first: middle[0] });
   await page.fill('input[type=search]', 'big-0777');
   const found = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(JSON.stringify(found) === '["big-0777"]', 'the filter finds a device that was never in the document', found);

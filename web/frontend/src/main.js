@@ -168,6 +168,8 @@ const FLEET_COLUMNS = [
 
 // Up to this many devices the fleet table holds every row; above it, the rows near the viewport.
 const FLEET_ALL_ROWS = 100;
+// The height of a fleet table row once measured; kept for the tables of later refreshes.
+let rowHeight = 0;
 
 async function fleetPage(view) {
   const [devices, alerts] = await Promise.all([api('/api/devices'), api('/api/alerts')]);
@@ -204,7 +206,6 @@ async function fleetPage(view) {
   // of the rest: laying out a table of 1,000 devices with their sparklines takes the browser most
   // of a second, and every sort, filter and refresh would pay it again.
   let shown = [];
-  let rowHeight = 0;
   let painted = '';
   const spacer = () => el('tr', { class: 'spacer', 'aria-hidden': 'true' }, el('td', { colspan: FLEET_COLUMNS.length }));
   const table = el('table', { class: 'fleet' }, el('thead', {}, head), body);
@@ -214,6 +215,12 @@ async function fleetPage(view) {
     let start = 0;
     let end = shown.length;
     if (shown.length > FLEET_ALL_ROWS) {
+      if (rowHeight && !body.firstChild) {
+        // A refreshed table starts at its full height, so that the page keeps its scroll
+        // position while the rows to show are worked out.
+        body.replaceChildren(above, below);
+        below.firstChild.style.height = `${shown.length * rowHeight}px`;
+      }
       // Until a row has been measured, rows of at least 20 px fill the screen from the top.
       const screens = Math.ceil(window.innerHeight / (rowHeight || 20));
       const firstVisible = rowHeight ? Math.max(0, Math.floor(-body.getBoundingClientRect().top / rowHeight)) : 0;
