@@ -271,7 +271,8 @@ async fn devices(State(web): State<Arc<Web>>) -> Answer<Response> {
         None => {
             let _maker = web.device_list_maker.lock().await;
             // Whoever held the lock before may have just made one.
-            match cached_device_list(&web, web.fleet.now_ms()) {
+            let now = web.fleet.now_ms();
+            match cached_device_list(&web, now) {
                 Some((_, body)) => body,
                 None => make_device_list(&web, now).await?,
             }
