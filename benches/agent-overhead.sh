@@ -15,6 +15,10 @@
 # (utime + stime from /proc/PID/stat over the measured window), and the series count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/agent-collectors.sh
+# As the packaged service runs: with RUST_BACKTRACE set, every error (a failed probe, a refused
+# connection) captures a backtrace, which maps the unwind tables and more code into the agent.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 seconds=${1:-600}
 warmup=30
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-overhead.XXXXXX")
@@ -28,60 +32,16 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet
-cat >"$work/agent.toml" <<EOF
-[agent]
-self_interval = "10s"
-[store]
-path = "$work/agent.redb"
-[host]
-interval = "1s"
-processes = ["outpost"]
-[jetson]
-enabled = "on"
-root = "$PWD/tests/data/sysfs/orin-nano-jp6"
-interval = "1s"
-[nvml]
-enabled = "auto"
-[tegrastats]
-replay = "$PWD/tests/data/tegrastats/tx2-jetpack4-2660s.log.zst"
-replay_speed = 1
-[[probe]]
-name = "self"
-kind = "http"
-url = "http://127.0.0.1:$port/api/health"
-interval = "10s"
-[[probe]]
-name = "self-port"
-kind = "tcp"
-address = "127.0.0.1:$port"
-interval = "10s"
-[[probe]]
-name = "resolver"
-kind = "dns"
-host = "localhost"
-interval = "10s"
-[[probe]]
-name = "agent-process"
-kind = "process"
-process = "outpost"
-interval = "10s"
-[[probe]]
-name = "scratch"
-kind = "filesystem"
-path = "$work"
-interval = "10s"
-[[scrape]]
-name = "app"
-url = "http://127.0.0.1:$app_port/metrics"
-interval = "15s"
+{
+  printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\n' "$work/agent.redb"
+  bench_collectors "$port" "$work" "$app_port"
+  cat <<EOF
 [alerts]
 enabled = $([ "${ALERTS:-1}" = 0 ] && echo false || echo true)
 EOF
+} >"$work/agent.toml"
 
-# The application: a static exposition of 100 series served by Python's http.server.
-mkdir "$work/app"
-for i in $(seq 0 99); do echo "inference_fps{stream=\"$i\"} 29.$i"; done >"$work/app/metrics"
-python3 -m http.server --bind 127.0.0.1 --directory "$work/app" "$app_port" >/dev/null 2>&1 &
+serve_app_metrics "$work/app" "$app_port"
 app=$!
 
 if [ -n "${SYNC:-}" ]; then

@@ -40,9 +40,11 @@ python3 -m ziglang version >/dev/null 2>&1 || command -v zig >/dev/null \
 
 version=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "outpost"))')
-# Reproducible: no build machine paths in the binary, the commit's time in the package.
+# Reproducible: no build machine paths in the binary, the commit's time in the package. v0 symbol
+# names as in .cargo/config.toml, whose flags a RUSTFLAGS variable replaces: cross/agent-hot.ld
+# names the agent's functions that way.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/outpost --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+export RUSTFLAGS="${RUSTFLAGS:-} -C symbol-mangling-version=v0 --remap-path-prefix=$PWD=/outpost --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 
 # The packaged configs are the documented defaults with the store and keys under /var/lib.
 packaged_config() {

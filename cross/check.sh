@@ -44,6 +44,16 @@ size=$(stat -c %s "$arm")
 [ "$size" -le "$MAX_BYTES" ] || fail "$arm is $size bytes, over $MAX_BYTES"
 pass "$arm is $size bytes (limit $MAX_BYTES)"
 
+# The agent's code laid out first (build.rs, cross/agent-hot.ld): without it the agent's resident
+# code grows by megabytes, and nothing else would notice.
+for binary in "$arm" "$x86"; do
+  hex=$(readelf -SW "$binary" | sed 's/^ *\[ *[0-9]*\]//' | awk '$1 == ".text.agent" { print $5 }')
+  [ -n "$hex" ] || fail "$binary has no .text.agent section: the linker did not take cross/agent-hot.ld"
+  hot=$((16#$hex))
+  [ "$hot" -ge 1000000 ] || fail "$binary's .text.agent holds only $hot bytes: cross/agent-hot.ld matched little"
+  pass "$binary lays out $hot bytes of the agent's code first"
+done
+
 # The same answers as the x86-64 build.
 [ "$(emulated --version)" = "$("$x86" --version)" ] || fail "--version differs: $(emulated --version)"
 pass "--version under emulation: $(emulated --version)"
