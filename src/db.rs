@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
-use outpost_storage::text::Importer;
-use outpost_storage::{Aggregation, Options, Selector, Store};
+use outpost_storage::text::{Importer, TimeWindow};
+use outpost_storage::{Aggregation, Selector, Store};
 
 use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
 
@@ -22,12 +22,19 @@ pub enum DbCommand {
     /// skipped, and a sample without a timestamp is stamped with the current time. The input may
     /// be zstd-compressed. Malformed lines are reported with their line number and skipped; the
     /// exit code is non-zero if there were any.
+    ///
+    /// History of any age is accepted (retention then applies to it as to any data). A sample
+    /// timestamped further in the future than --max-future is refused as a malformed line: it is
+    /// nearly always a unit mistake (seconds, microseconds or nanoseconds for milliseconds).
     Import {
         #[command(flatten)]
         store: StoreArg,
         /// Input file, or `-` for standard input.
         #[arg(default_value = "-")]
         input: String,
+        /// How far ahead of this machine's clock a sample's timestamp may be.
+        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        max_future: String,
     },
     /// Query samples of the series that a selector matches.
     ///
@@ -91,7 +98,14 @@ pub enum Format {
 
 pub fn run(command: DbCommand) -> Result<ExitCode> {
     match command {
-        DbCommand::Import { store, input } => import(&store.path, &input),
+        DbCommand::Import {
+            store,
+            input,
+            max_future,
+        } => {
+            let max_future = parse_duration_ms(&max_future).context("--max-future")?;
+            import(&store.path, &input, max_future)
+        }
         DbCommand::Query {
             store,
             selector,
@@ -112,7 +126,7 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
         }
         DbCommand::Stats { store, json } => stats(&store.path, json),
         DbCommand::Compact { store } => {
-            let store = open_existing(&store.path)?;
+            let store = open_existing(&store.path, false)?;
             let before = store.stats()?.disk_bytes;
             store.compact()?;
             let after = store.stats()?.disk_bytes;
@@ -123,7 +137,9 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
     }
 }
 
-fn open_existing(path: &Path) -> Result<Store> {
+/// Opens a store that must exist; `read_only` for commands that only look, which then change
+/// nothing in the file or its logs.
+fn open_existing(path: &Path, read_only: bool) -> Result<Store> {
     if !path.exists() {
         bail!(
             "no store at {}: import data first with `outpost db import --db {} FILE`",
@@ -131,7 +147,11 @@ fn open_existing(path: &Path) -> Result<Store> {
             path.display()
         );
     }
-    match Store::open(path, Options::default()) {
+    let options = outpost_storage::Options {
+        read_only,
+        ..outpost::timearg::store_options()
+    };
+    match Store::open(path, options) {
         Err(error @ outpost_storage::Error::Locked { .. }) => Err(anyhow::Error::new(error)
             .context(
                 "if `outpost agent` holds it, query the agent instead: \
@@ -155,7 +175,7 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-fn import(path: &Path, input: &str) -> Result<ExitCode> {
+fn import(path: &Path, input: &str, max_future_ms: i64) -> Result<ExitCode> {
     let (raw, len): (Box<dyn Read>, Option<u64>) = if input == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {
@@ -187,8 +207,13 @@ fn import(path: &Path, input: &str) -> Result<ExitCode> {
     let mut lines = crate::input::decompressing(reader)?;
 
     let started = Instant::now();
-    let store = Store::open(path, Options::default())?;
-    let mut importer = Importer::new(&store, now_ms());
+    let store = Store::open(path, outpost::timearg::store_options())?;
+    let now = now_ms();
+    let window = TimeWindow {
+        earliest_ms: i64::MIN,
+        latest_ms: now.saturating_add(max_future_ms),
+    };
+    let mut importer = Importer::new(&store, now).with_window(window);
     let mut line = Vec::with_capacity(256);
     let mut line_number = 0u64;
     let mut reported = 0u64;
@@ -277,7 +302,7 @@ fn query(
     if from > to {
         bail!("--from ({from}) is after --to ({to})");
     }
-    let store = open_existing(path)?;
+    let store = open_existing(path, true)?;
     let results = match step {
         None => store.query_raw(&selector, from, to)?,
         Some(step) => store.query_step(&selector, from, to, step, function)?,
@@ -327,43 +352,51 @@ pub fn write_results(
 }
 
 fn stats(path: &Path, json: bool) -> Result<ExitCode> {
-    let store = open_existing(path)?;
+    let store = open_existing(path, true)?;
     let stats = store.stats()?;
     store.close()?;
+    let mut out = std::io::stdout().lock();
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "series": stats.series,
-                "raw_samples": stats.raw_samples,
-                "minute_points": stats.minute_points,
-                "hour_points": stats.hour_points,
-                "head_samples": stats.head_samples,
-                "disk_bytes": stats.disk_bytes,
-                "bytes_per_raw_sample": stats.bytes_per_raw_sample(),
-                "bytes_written_since_open": stats.bytes_written_since_open,
-                "chunk_bytes": {"raw": stats.chunk_bytes[0], "minute": stats.chunk_bytes[1], "hour": stats.chunk_bytes[2]},
-            })
-        );
+        let json = serde_json::json!({
+            "series": stats.series,
+            "raw_samples": stats.raw_samples,
+            "minute_points": stats.minute_points,
+            "hour_points": stats.hour_points,
+            "head_samples": stats.head_samples,
+            "disk_bytes": stats.disk_bytes,
+            "bytes_per_raw_sample": stats.bytes_per_raw_sample(),
+            "bytes_written_since_open": stats.bytes_written_since_open,
+            "chunk_bytes": {"raw": stats.chunk_bytes[0], "minute": stats.chunk_bytes[1], "hour": stats.chunk_bytes[2]},
+        });
+        writeln!(out, "{json}")?;
     } else {
-        println!("series                    {}", stats.series);
-        println!("raw samples               {}", stats.raw_samples);
-        println!("1-minute rollup points    {}", stats.minute_points);
-        println!("1-hour rollup points      {}", stats.hour_points);
-        println!("bytes on disk             {}", stats.disk_bytes);
-        println!(
-            "chunk bytes per tier      raw {}, 1m {}, 1h {}",
-            stats.chunk_bytes[0], stats.chunk_bytes[1], stats.chunk_bytes[2]
-        );
-        println!(
-            "bytes per raw sample      {:.3}",
-            stats.bytes_per_raw_sample()
-        );
-        println!(
-            "bytes written since open  {}",
-            stats.bytes_written_since_open
-        );
+        let lines = [
+            ("series", stats.series.to_string()),
+            ("raw samples", stats.raw_samples.to_string()),
+            ("1-minute rollup points", stats.minute_points.to_string()),
+            ("1-hour rollup points", stats.hour_points.to_string()),
+            ("bytes on disk", stats.disk_bytes.to_string()),
+            (
+                "chunk bytes per tier",
+                format!(
+                    "raw {}, 1m {}, 1h {}",
+                    stats.chunk_bytes[0], stats.chunk_bytes[1], stats.chunk_bytes[2]
+                ),
+            ),
+            (
+                "bytes per raw sample",
+                format!("{:.3}", stats.bytes_per_raw_sample()),
+            ),
+            (
+                "bytes written since open",
+                stats.bytes_written_since_open.to_string(),
+            ),
+        ];
+        for (name, value) in lines {
+            writeln!(out, "{name:<25} {value}")?;
+        }
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -303,8 +303,14 @@ pub fn test(
     if !db.exists() {
         bail!("{}: no such store", db.display());
     }
-    let data = Store::open(db, Options::default())
-        .with_context(|| format!("opening the store {}", db.display()))?;
+    let data = Store::open(
+        db,
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("opening the store {}", db.display()))?;
     // Every sample the rules can see, in time order.
     let mut points: Vec<(i64, usize, f64)> = Vec::new();
     let mut keys = Vec::new();

@@ -54,7 +54,7 @@ pub fn run(command: TegrastatsCommand) -> Result<ExitCode> {
                 .context("--start")?;
             let interval = outpost::timearg::parse_duration_ms(&interval).context("--interval")?;
             let lines = crate::collect::tegrastats::read_log(&log)?;
-            let store = outpost_storage::Store::open(&db, outpost_storage::Options::default())
+            let store = outpost_storage::Store::open(&db, outpost::timearg::store_options())
                 .with_context(|| format!("opening the store {}", db.display()))?;
             let mut at = start - interval;
             let mut samples_total = 0usize;

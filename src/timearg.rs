@@ -72,6 +72,25 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The system's wall clock, handed to stores as the trusted time that age retention is
+/// measured against.
+#[derive(Debug, Default)]
+pub struct SystemWallClock;
+
+impl outpost_storage::WallClock for SystemWallClock {
+    fn unix_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// Store options with the system's wall clock for retention, the rest default.
+pub fn store_options() -> outpost_storage::Options {
+    outpost_storage::Options {
+        wall_clock: Some(std::sync::Arc::new(SystemWallClock)),
+        ..outpost_storage::Options::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

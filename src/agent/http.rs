@@ -17,7 +17,7 @@ use outpost_storage::{Aggregation, Selector};
 
 use super::config::ImportSection;
 use super::sink::Sink;
-use crate::collect::scrape::parse_exposition;
+use crate::collect::scrape::{accepted_window, parse_exposition};
 use crate::db::{write_results, Format};
 use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
 
@@ -238,8 +238,8 @@ async fn import(
     let Ok(text) = std::str::from_utf8(&body) else {
         return bad_request("the body is not UTF-8 text");
     };
-    let parsed = parse_exposition(text, &extra);
     let now = now_ms();
+    let parsed = parse_exposition(text, &extra, accepted_window(now));
     let cap = config.max_series_per_source;
     let mut known = state.sink.source_series(&source);
     let mut refused = 0usize;

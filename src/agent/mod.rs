@@ -107,7 +107,7 @@ fn store_options(config: &AgentConfig) -> Options {
         cache_bytes: usize::try_from(config.store.cache.0).unwrap_or(usize::MAX),
         // The sync layer reads the store's change feed.
         track_changes: config.mqtt.enabled,
-        ..Options::default()
+        ..outpost::timearg::store_options()
     }
 }
 
@@ -545,7 +545,11 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
         match response {
             Ok(response) if response.status == 200 => {
                 let text = String::from_utf8_lossy(&response.body);
-                let parsed = collect::scrape::parse_exposition(&text, &config.labels);
+                let parsed = collect::scrape::parse_exposition(
+                    &text,
+                    &config.labels,
+                    collect::scrape::accepted_window(now),
+                );
                 let mut seen = std::collections::HashSet::new();
                 for (key, value, timestamp) in parsed.samples {
                     if seen.len() >= config.max_series && !seen.contains(&key) {

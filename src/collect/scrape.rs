@@ -5,8 +5,24 @@
 
 use std::collections::BTreeMap;
 
-use outpost_storage::text::{parse_line, Line};
+use std::time::Duration;
+
+use outpost_storage::text::{parse_line, Line, TimeWindow};
 use outpost_storage::SeriesKey;
+
+/// How far ahead of the agent's clock an application's timestamp may be: more is a unit mistake
+/// (seconds, microseconds, nanoseconds) or a wrong clock, and is refused.
+pub const MAX_FUTURE: Duration = Duration::from_secs(600);
+
+/// The timestamps that a push or a scrape may carry at `now_ms`: no older than the store keeps
+/// raw data, no further ahead than [`MAX_FUTURE`].
+pub fn accepted_window(now_ms: i64) -> TimeWindow {
+    TimeWindow::around(
+        now_ms,
+        outpost_storage::Retention::default().raw,
+        MAX_FUTURE,
+    )
+}
 
 /// What a payload held.
 #[derive(Debug, Default)]
@@ -18,8 +34,13 @@ pub struct Parsed {
     pub bad_lines: usize,
 }
 
-/// Parses exposition text, adding `extra_labels` to every series.
-pub fn parse_exposition(text: &str, extra_labels: &BTreeMap<String, String>) -> Parsed {
+/// Parses exposition text, adding `extra_labels` to every series. A line whose timestamp lies
+/// outside `window` is a bad line.
+pub fn parse_exposition(
+    text: &str,
+    extra_labels: &BTreeMap<String, String>,
+    window: TimeWindow,
+) -> Parsed {
     let mut parsed = Parsed::default();
     for (number, line) in text.lines().enumerate() {
         let result = parse_line(line).and_then(|line| match line {
@@ -31,6 +52,9 @@ pub fn parse_exposition(text: &str, extra_labels: &BTreeMap<String, String>) -> 
             } => {
                 let key = SeriesKey::parse(series).map_err(|e| e.to_string())?;
                 let key = relabel(key, extra_labels).map_err(|e| e.to_string())?;
+                if let Some(ts) = timestamp_ms {
+                    window.check(ts).map_err(|e| format!("{series}: {e}"))?;
+                }
                 Ok(Some((key, value, timestamp_ms)))
             }
         });
@@ -80,7 +104,7 @@ mod tests {
     fn relabels_and_reports_bad_lines() {
         let text = "# TYPE fps gauge\nfps{stream=\"0\",instance=\"x\"} 29.5\nbad line here\nqueue 3 1700000000000\n";
         let extra = BTreeMap::from([("app".to_string(), "det".to_string())]);
-        let parsed = parse_exposition(text, &extra);
+        let parsed = parse_exposition(text, &extra, TimeWindow::ANY);
         let keys: Vec<String> = parsed
             .samples
             .iter()

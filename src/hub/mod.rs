@@ -224,7 +224,10 @@ struct Incoming {
 async fn daemon(config: HubConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let path = config.store.path.clone();
-    let options = outpost_sync::ingest::hub_store_options(config.store.budget.0);
+    let options = outpost_storage::Options {
+        wall_clock: Some(Arc::new(outpost::timearg::SystemWallClock)),
+        ..outpost_sync::ingest::hub_store_options(config.store.budget.0)
+    };
     let store = Arc::new(
         tokio::task::spawn_blocking(move || Store::open(&path, options))
             .await?

@@ -17,6 +17,14 @@ pub trait Disk: Send + Sync + Debug + 'static {
     /// The redb backend for the store file, creating the file if needed, and whether the file
     /// was empty (a new store) before.
     fn database(&self, path: &Path) -> std::io::Result<(Box<dyn StorageBackend>, bool)>;
+    /// The redb backend for an existing store file, opened for reading only.
+    fn database_read_only(&self, path: &Path) -> std::io::Result<Box<dyn StorageBackend>> {
+        let _ = path;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this disk cannot open stores read-only",
+        ))
+    }
     /// Creates (or truncates) a log file, durably: after a power loss it exists.
     fn create_log(&self, path: &Path) -> std::io::Result<Arc<dyn LogFile>>;
     /// The whole content of a file.
@@ -63,6 +71,13 @@ impl Disk for RealDisk {
         let fresh = file.metadata()?.len() == 0;
         let backend = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         Ok((Box::new(backend), fresh))
+    }
+
+    fn database_read_only(&self, path: &Path) -> std::io::Result<Box<dyn StorageBackend>> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        Ok(Box::new(
+            redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?,
+        ))
     }
 
     fn create_log(&self, path: &Path) -> std::io::Result<Arc<dyn LogFile>> {

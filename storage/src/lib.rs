@@ -46,11 +46,23 @@ pub use changes::{Backlog, ChunkReceipt, DirtyChunk, HeadMark, LiveChanges};
 pub use codec::Rollup;
 pub use disk::{Disk, LogFile, RealDisk};
 pub use error::{DecodeError, Error, Result};
-pub use query::Aggregation;
+pub use query::{bucket_of as bucket_start, Aggregation};
 pub use series::{MatchOp, Selector, SeriesKey};
 pub use store::{
-    Clock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, FORMAT_VERSION,
+    Clock, ManualWallClock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, WallClock,
+    FORMAT_VERSION,
 };
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds, or the number when out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
 
 /// Entry points for the fuzz targets in `storage/fuzz` and the tests that replay their corpus:
 /// the decoders of untrusted bytes that are not public otherwise.
@@ -196,7 +208,7 @@ impl WriteBatch {
             self.rollups.push(wal::RollupWrite {
                 tier,
                 series: series.0,
-                bucket: bucket_start.div_euclid(tier.resolution_ms()) * tier.resolution_ms(),
+                bucket: query::bucket_of(bucket_start, tier.resolution_ms()),
                 rollup,
             });
         }

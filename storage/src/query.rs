@@ -60,7 +60,7 @@ impl fmt::Display for Aggregation {
 
 /// The start of the bucket of width `width` that holds `ts`. Saturates at `i64::MIN`, where the
 /// first bucket would start before the representable range.
-pub(crate) fn bucket_of(ts: i64, width: i64) -> i64 {
+pub fn bucket_of(ts: i64, width: i64) -> i64 {
     ts.saturating_sub(ts.rem_euclid(width))
 }
 

@@ -17,10 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{
-    BackendError, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
-    TableDefinition,
-};
+use redb::{BackendError, Database, Durability, ReadableTable, StorageBackend, TableDefinition};
 
 use crate::changes::{Backlog, ChunkReceipt, DirtyChunk, HeadMark, LiveChanges, Tracker};
 use crate::codec::{self, Rollup};
@@ -48,6 +45,9 @@ const META_FORMAT: &str = "format_version";
 /// Log generations below this one are folded into the file.
 const META_GENERATION: &str = "log_generation";
 const META_NEWEST: &str = "newest_timestamp";
+/// The time that age retention was last measured against (ms, two's complement): see
+/// [`Shared::retention_now`].
+const META_RETENTION_NOW: &str = "retention_now";
 const META_RAW_SAMPLES: &str = "raw_samples";
 const META_MINUTE_POINTS: &str = "minute_points";
 const META_HOUR_POINTS: &str = "hour_points";
@@ -72,6 +72,33 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn now(&self) -> Duration;
 }
 
+/// The caller's idea of the current Unix time, in milliseconds: what age retention is measured
+/// against. The store reads no clock itself; the binary passes the system's, tests a manual one.
+pub trait WallClock: Send + Sync + Debug + 'static {
+    fn unix_ms(&self) -> i64;
+}
+
+/// A wall clock that says what it was last set to: for tests, and for callers whose "now" is
+/// data rather than a clock.
+#[derive(Debug, Default)]
+pub struct ManualWallClock(std::sync::atomic::AtomicI64);
+
+impl ManualWallClock {
+    pub fn new(unix_ms: i64) -> Self {
+        ManualWallClock(std::sync::atomic::AtomicI64::new(unix_ms))
+    }
+
+    pub fn set(&self, unix_ms: i64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+}
+
+impl WallClock for ManualWallClock {
+    fn unix_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The real monotonic clock.
 #[derive(Debug)]
 pub struct SystemClock(Instant);
@@ -88,8 +115,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// How long each tier keeps data, by sample time relative to the newest sample in the store.
-/// `None` keeps data until the byte budget needs the room.
+/// How long each tier keeps data, by sample time, measured back from the store's retention time
+/// (see [`Options::wall_clock`]). `None` keeps data until the byte budget needs the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub raw: Option<Duration>,
@@ -123,6 +150,12 @@ pub struct Options {
     /// The most bytes that the store's files may occupy; `None` for no limit.
     pub budget_bytes: Option<u64>,
     pub retention: Retention,
+    /// The trusted time that age retention is measured against. Without one, only the byte
+    /// budget removes data. Retention's "now" is the earliest of this clock, the newest sample
+    /// stored and the last retention time advanced by the monotonic [`Options::clock`]: no
+    /// sample, however far in the future, and no forward step of the wall clock can make data
+    /// look older than it is (storage/FORMAT.md, "Budget and retention").
+    pub wall_clock: Option<Arc<dyn WallClock>>,
     /// redb's page cache.
     pub cache_bytes: usize,
     /// zstd level for sealed chunks (1..=22).
@@ -133,6 +166,10 @@ pub struct Options {
     /// Keep a change feed for one subscriber (the agent's sync layer): see
     /// [`Store::live_since`] and [`Store::dirty_chunks`].
     pub track_changes: bool,
+    /// Open without modifying anything: the file is not written, logs are replayed into memory
+    /// but neither folded in nor removed, and every write answers [`Error::ReadOnly`]. For
+    /// commands that only look (`outpost db stats`, `query`, `check`). The file must exist.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -144,11 +181,13 @@ impl Default for Options {
             max_head_samples: 2_000_000,
             budget_bytes: Some(1 << 30),
             retention: Retention::default(),
+            wall_clock: None,
             cache_bytes: 16 << 20,
             zstd_level: 9,
             clock: Arc::new(SystemClock::default()),
             disk: Arc::new(RealDisk),
             track_changes: false,
+            read_only: false,
         }
     }
 }
@@ -344,7 +383,7 @@ struct Timers {
 struct Shared {
     path: PathBuf,
     options: Options,
-    db: RwLock<Database>,
+    db: RwLock<Db>,
     catalogue: RwLock<Catalogue>,
     head: Mutex<Head>,
     /// Signalled when a seal finishes, for writers held back by a full head.
@@ -353,6 +392,11 @@ struct Shared {
     poison: Mutex<Option<String>>,
     db_written: Arc<AtomicU64>,
     log_written: AtomicU64,
+    /// The retention time of the last seal and the monotonic time it was taken at: retention's
+    /// "now" advances no faster than the monotonic clock from there.
+    retention_anchor: Mutex<Option<(i64, Duration)>>,
+    /// What replaying the logs at open could not recover, one line per problem.
+    replay_report: Vec<String>,
 }
 
 enum Command {
@@ -420,90 +464,47 @@ impl Store {
         options.validate()?;
         let path = path.as_ref().to_path_buf();
         let disk = options.disk.clone();
-        let (backend, fresh) = disk.database(&path).map_err(io_error(&path))?;
         let db_written = Arc::new(AtomicU64::new(0));
-        let backend = CountingBackend {
-            inner: backend,
-            written: db_written.clone(),
-        };
-        let db = redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
-                redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                    if io.kind() == std::io::ErrorKind::WouldBlock =>
-                {
-                    Error::Locked { path: path.clone() }
-                }
-                redb::DatabaseError::Storage(storage) if !fresh => Error::NotAStore {
-                    path: path.clone(),
-                    reason: storage.to_string(),
-                },
-                other => other.into(),
-            })?;
-        let generation = init_or_check_format(&db, &path, fresh)?;
-        let catalogue = load_catalogue(&db, &path)?;
-        if options.track_changes {
-            start_tracking(&db)?;
-        }
-
-        // Replay every log that the file has not folded in yet, oldest first.
-        let mut replayed = HeadData::default();
-        let mut catalogue = catalogue;
-        let mut next_generation = generation;
-        let logs = wal::list_logs(&*disk, &path).map_err(io_error(&path))?;
-        for (log_generation, log_path) in &logs {
-            if *log_generation < generation {
-                let _ = disk.remove(log_path);
-                continue;
-            }
-            let replay = match wal::read_log(&*disk, log_path) {
-                Ok(replay) => replay,
-                Err(wal::ReadLogError::Io(e)) => return Err(io_error(log_path)(e)),
-                Err(wal::ReadLogError::Header(error)) => {
-                    // A header cut short by a crash right after the file was created: nothing
-                    // was ever acknowledged from it.
-                    tracing::warn!(log = %log_path.display(), %error, "ignoring log with a bad header");
-                    continue;
-                }
+        let db = if options.read_only {
+            open_read_only(&path, &options)?
+        } else {
+            let (backend, fresh) = disk.database(&path).map_err(io_error(&path))?;
+            let backend = CountingBackend {
+                inner: backend,
+                written: db_written.clone(),
             };
-            if replay.generation != *log_generation {
-                tracing::warn!(log = %log_path.display(), header = replay.generation,
-                    "ignoring log whose header names another generation than its file name");
-                continue;
+            let db = redb::Builder::new()
+                .set_cache_size(options.cache_bytes)
+                .create_with_backend(backend)
+                .map_err(|e| open_error(e, &path, fresh))?;
+            init_format(&db, &path, fresh)?;
+            if options.track_changes {
+                start_tracking(&db)?;
             }
-            if let Some(error) = &replay.torn {
-                tracing::warn!(log = %log_path.display(), %error, valid_bytes = replay.valid_len,
-                    "log ends in a torn frame (a crash mid-write); replaying up to it");
-            }
-            for record in replay.records {
-                for (id, key) in record.defs {
-                    let key = SeriesKey::parse(&key).map_err(|e| Error::CorruptLog {
-                        path: log_path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    catalogue
-                        .define(id, key)
-                        .map_err(|reason| Error::CorruptLog {
-                            path: log_path.clone(),
-                            reason,
-                        })?;
-                }
-                let known = catalogue.keys.len() as u32;
-                let samples: Vec<_> = record.samples.into_iter().filter(|s| s.0 < known).collect();
-                let rollups: Vec<_> = record
-                    .rollups
-                    .into_iter()
-                    .filter(|r| r.series < known)
-                    .collect();
-                replayed.apply(&samples, &record.state, &rollups);
-            }
-            next_generation = next_generation.max(log_generation + 1);
+            Db::Writable(db)
+        };
+        let generation = check_format(&db, &path)?;
+        let catalogue = load_catalogue(&db, &path)?;
+        let retention_anchor =
+            read_meta(&db, META_RETENTION_NOW)?.map(|at| (at as i64, options.clock.now()));
+
+        let logs = wal::list_logs(&*disk, &path).map_err(io_error(&path))?;
+        let replay = replay_logs(&*disk, &logs, generation, catalogue, options.read_only)?;
+        let catalogue = replay.catalogue;
+        let replayed = replay.head;
+        let next_generation = replay.next_generation;
+        let replay_report = replay.report;
+        for line in &replay_report {
+            tracing::warn!(store = %path.display(), "{line}");
         }
 
-        let log = LogWriter::create(&*disk, &path, next_generation).map_err(io_error(&path))?;
+        let log = if options.read_only {
+            LogWriter::detached(&path, next_generation)
+        } else {
+            LogWriter::create(&*disk, &path, next_generation).map_err(io_error(&path))?
+        };
         let now = options.clock.now();
+        let read_only = options.read_only;
         let shared = Arc::new(Shared {
             path: path.clone(),
             db: RwLock::new(db),
@@ -524,15 +525,25 @@ impl Store {
             poison: Mutex::new(None),
             db_written,
             log_written: AtomicU64::new(0),
+            retention_anchor: Mutex::new(retention_anchor),
+            replay_report,
             options,
         });
+        let (commands, receiver) = flume::bounded::<CommandBox>(64);
+        if read_only {
+            // No writer thread: every command that would write answers `Error::ReadOnly`.
+            return Ok(Store {
+                shared,
+                commands,
+                writer: Mutex::new(None),
+            });
+        }
         // Fold what the logs held into the file now, so that a crash loop cannot grow them; then
         // every older log is either folded in or held nothing.
         if !logs.is_empty() {
             shared.seal()?;
             shared.remove_logs_before(lock(&shared.head).log.generation);
         }
-        let (commands, receiver) = flume::bounded::<CommandBox>(64);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("outpost-store-writer".into())
@@ -543,6 +554,12 @@ impl Store {
             commands,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// What replaying the write-ahead logs at open could not recover (damaged frames, samples of
+    /// series whose definition was lost), one line per problem; empty after a clean replay.
+    pub fn replay_report(&self) -> &[String] {
+        &self.shared.replay_report
     }
 
     /// Whether this store keeps a change feed ([`Options::track_changes`]).
@@ -568,6 +585,7 @@ impl Store {
         if let Some(&id) = catalogue.by_key.get(key) {
             return Ok(SeriesId(id));
         }
+        self.writable()?;
         let id = u32::try_from(catalogue.keys.len()).map_err(|_| Error::Option {
             name: "series",
             reason: "the store holds 2^32 series already".into(),
@@ -597,6 +615,7 @@ impl Store {
     /// producer faster than the disk is slowed down rather than allowed to grow memory and log
     /// without bound.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.writable()?;
         let mut batch = Some(batch);
         loop {
             let seal_due = self.shared.try_write(&mut batch)?;
@@ -617,6 +636,7 @@ impl Store {
     /// [`Store::write`] for async callers: the batch is handed to the writer thread, and the
     /// future completes when it has been accepted. Works on any executor.
     pub async fn write_async(&self, batch: WriteBatch) -> Result<()> {
+        self.writable()?;
         let (reply, answer) = flume::bounded(1);
         self.commands
             .send_async(CommandBox(Command::Write(batch, reply)))
@@ -632,6 +652,7 @@ impl Store {
 
     /// [`Store::sync`] for async callers; never blocks the executor.
     pub async fn sync_async(&self) -> Result<()> {
+        self.writable()?;
         let (reply, answer) = flume::bounded(1);
         self.commands
             .send_async(CommandBox(Command::Sync(reply)))
@@ -653,6 +674,7 @@ impl Store {
 
     /// Seals, then rewrites the file so that it holds no free pages. Waits for running queries.
     pub fn compact(&self) -> Result<bool> {
+        self.writable()?;
         let (reply, answer) = flume::bounded(1);
         self.commands
             .send(CommandBox(Command::Compact(reply)))
@@ -664,6 +686,7 @@ impl Store {
     /// file before the writer thread may change it again. Writes made meanwhile wait in the
     /// head, so the copy holds everything up to the moment of the seal. Returns its size.
     pub fn backup(&self, to: &Path) -> Result<u64> {
+        self.writable()?;
         let (reply, answer) = flume::bounded(1);
         self.commands
             .send(CommandBox(Command::Backup(to.to_path_buf(), reply)))
@@ -671,7 +694,15 @@ impl Store {
         answer.recv().map_err(|_| Error::Closed)?
     }
 
+    fn writable(&self) -> Result<()> {
+        if self.shared.options.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(())
+    }
+
     fn request(&self, make: fn(flume::Sender<Result<()>>) -> Command) -> Result<()> {
+        self.writable()?;
         let (reply, answer) = flume::bounded(1);
         self.commands
             .send(CommandBox(make(reply)))
@@ -681,6 +712,9 @@ impl Store {
 
     /// Seals the head and closes the store.
     pub fn close(self) -> Result<()> {
+        if self.shared.options.read_only {
+            return Ok(());
+        }
         let result = self.request(Command::Close);
         if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
@@ -1193,56 +1227,312 @@ fn start_tracking(db: &Database) -> Result<()> {
     Ok(())
 }
 
-fn init_or_check_format(db: &Database, path: &Path, fresh: bool) -> Result<u64> {
-    let txn = db.begin_write()?;
-    let existing = {
-        let meta = txn.open_table(META)?;
-        let version = meta.get(META_FORMAT)?.map(|v| v.value());
-        let generation = meta.get(META_GENERATION)?.map_or(0, |v| v.value());
-        (version, generation)
-    };
-    match existing {
-        (None, _) => {
-            let tables = txn.list_tables()?.count();
-            if !fresh && tables > 1 {
-                return Err(Error::NotAStore {
-                    path: path.to_path_buf(),
-                    reason: "a redb database without Outpost's metadata table".into(),
-                });
-            }
-            {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_FORMAT, u64::from(FORMAT_VERSION))?;
-                meta.insert(META_GENERATION, 0)?;
-                txn.open_table(SERIES)?;
-                txn.open_table(CHUNKS)?;
-            }
-            txn.commit()?;
-            Ok(0)
+/// The redb handle: read-write, or read-only for commands that must not modify the store.
+enum Db {
+    Writable(Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+    /// A store that was not closed cleanly, opened read-only: redb must repair its allocator
+    /// state before reading, which it does here in a copy held in memory, never in the file.
+    RepairedCopy(Database),
+}
+
+impl Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Writable(_) => "Db::Writable",
+            Db::ReadOnly(_) => "Db::ReadOnly",
+            Db::RepairedCopy(_) => "Db::RepairedCopy",
+        })
+    }
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        use redb::ReadableDatabase;
+        match self {
+            Db::Writable(db) | Db::RepairedCopy(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
         }
-        (Some(version), generation) => {
-            txn.abort()?;
-            let version = u32::try_from(version).unwrap_or(u32::MAX);
-            if version > FORMAT_VERSION {
-                return Err(Error::FormatTooNew {
-                    path: path.to_path_buf(),
-                    found: version,
-                    supported: FORMAT_VERSION,
-                });
-            }
-            if version < FORMAT_VERSION {
-                // Format 1 is the first released format; a smaller number was never written.
-                return Err(Error::NotAStore {
-                    path: path.to_path_buf(),
-                    reason: format!("format version {version} was never released"),
-                });
-            }
-            Ok(generation)
+    }
+
+    fn writable(&self) -> Result<&Database> {
+        match self {
+            Db::Writable(db) => Ok(db),
+            _ => Err(Error::ReadOnly),
+        }
+    }
+
+    fn writable_mut(&mut self) -> Result<&mut Database> {
+        match self {
+            Db::Writable(db) => Ok(db),
+            _ => Err(Error::ReadOnly),
         }
     }
 }
 
-fn load_catalogue(db: &Database, path: &Path) -> Result<Catalogue> {
+fn open_error(e: redb::DatabaseError, path: &Path, fresh: bool) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            Error::Locked {
+                path: path.to_path_buf(),
+            }
+        }
+        redb::DatabaseError::Storage(storage) if !fresh => Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: storage.to_string(),
+        },
+        other => other.into(),
+    }
+}
+
+/// Opens the file without writing to it. A file that needs redb's repair (its writer did not
+/// close it) is read into memory and repaired there.
+fn open_read_only(path: &Path, options: &Options) -> Result<Db> {
+    let backend = options
+        .disk
+        .database_read_only(path)
+        .map_err(io_error(path))?;
+    let builder = {
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(options.cache_bytes);
+        builder
+    };
+    let backend = CountingBackend {
+        inner: backend,
+        written: Arc::new(AtomicU64::new(0)),
+    };
+    match builder.open_read_only_with_backend(backend) {
+        Ok(db) => Ok(Db::ReadOnly(db)),
+        Err(redb::DatabaseError::RepairAborted) => {
+            let bytes = options.disk.read(path).map_err(io_error(path))?;
+            let memory = redb::backends::InMemoryBackend::new();
+            let write = |memory: &redb::backends::InMemoryBackend| {
+                use redb::StorageBackend;
+                memory.set_len(bytes.len() as u64)?;
+                memory.write(0, &bytes)
+            };
+            write(&memory).map_err(io_error(path))?;
+            let db = builder
+                .create_with_backend(memory)
+                .map_err(|e| open_error(e, path, false))?;
+            Ok(Db::RepairedCopy(db))
+        }
+        Err(e) => Err(open_error(e, path, false)),
+    }
+}
+
+/// Writes the metadata of a new store; refuses a redb file that is not a store.
+fn init_format(db: &Database, path: &Path, fresh: bool) -> Result<()> {
+    let txn = db.begin_write()?;
+    if txn.open_table(META)?.get(META_FORMAT)?.is_some() {
+        txn.abort()?;
+        return Ok(());
+    }
+    let tables = txn.list_tables()?.count();
+    if !fresh && tables > 1 {
+        return Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "a redb database without Outpost's metadata table".into(),
+        });
+    }
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_FORMAT, u64::from(FORMAT_VERSION))?;
+        meta.insert(META_GENERATION, 0)?;
+        txn.open_table(SERIES)?;
+        txn.open_table(CHUNKS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Checks the format version; returns the log generation the file has folded in.
+fn check_format(db: &Db, path: &Path) -> Result<u64> {
+    let not_a_store = |reason: String| Error::NotAStore {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(not_a_store("no Outpost metadata table".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(version) = meta.get(META_FORMAT)?.map(|v| v.value()) else {
+        return Err(not_a_store("no format version".into()));
+    };
+    let generation = meta.get(META_GENERATION)?.map_or(0, |v| v.value());
+    let version = u32::try_from(version).unwrap_or(u32::MAX);
+    if version > FORMAT_VERSION {
+        return Err(Error::FormatTooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < FORMAT_VERSION {
+        // Format 1 is the first released format; a smaller number was never written.
+        return Err(not_a_store(format!(
+            "format version {version} was never released"
+        )));
+    }
+    Ok(generation)
+}
+
+/// What the logs held beyond the file.
+struct Replayed {
+    catalogue: Catalogue,
+    head: HeadData,
+    next_generation: u64,
+    report: Vec<String>,
+}
+
+/// Log series ids to catalogue ids while replaying. They are the same until a damaged frame
+/// loses series definitions; from then on, definitions are matched by key, and samples of a
+/// series whose definition was lost cannot be named and are counted as lost.
+#[derive(Default)]
+struct IdMap {
+    diverged: bool,
+    remapped: HashMap<u32, u32>,
+}
+
+impl IdMap {
+    fn define(&mut self, catalogue: &mut Catalogue, id: u32, key: SeriesKey) {
+        if !self.diverged && catalogue.define(id, key.clone()).is_ok() {
+            return;
+        }
+        self.diverged = true;
+        let mapped = match catalogue.by_key.get(&key) {
+            Some(&existing) => existing,
+            None => {
+                let next = catalogue.keys.len() as u32;
+                let _ = catalogue.define(next, key);
+                next
+            }
+        };
+        self.remapped.insert(id, mapped);
+    }
+
+    fn resolve(&self, id: u32, known: u32) -> Option<u32> {
+        match self.remapped.get(&id) {
+            Some(&mapped) => Some(mapped),
+            None if !self.diverged && id < known => Some(id),
+            None => None,
+        }
+    }
+}
+
+/// Replays every log that the file has not folded in yet, oldest first. Damage is skipped and
+/// reported, never fatal: every intact frame is kept. Read-only, older logs are left alone.
+fn replay_logs(
+    disk: &dyn Disk,
+    logs: &[(u64, PathBuf)],
+    generation: u64,
+    mut catalogue: Catalogue,
+    read_only: bool,
+) -> Result<Replayed> {
+    let mut head = HeadData::default();
+    let mut next_generation = generation;
+    let mut report = Vec::new();
+    let mut ids = IdMap::default();
+    let mut unnamed_samples = 0u64;
+    for (log_generation, log_path) in logs {
+        if *log_generation < generation {
+            if !read_only {
+                let _ = disk.remove(log_path);
+            }
+            continue;
+        }
+        let replay = match wal::read_log(disk, log_path) {
+            Ok(replay) => replay,
+            Err(wal::ReadLogError::Io(e)) => return Err(io_error(log_path)(e)),
+            Err(wal::ReadLogError::Header(error)) => {
+                // A header cut short by a crash right after the file was created: nothing
+                // was ever acknowledged from it.
+                tracing::warn!(log = %log_path.display(), %error, "ignoring log with a bad header");
+                continue;
+            }
+        };
+        if replay.generation != *log_generation {
+            report.push(format!(
+                "log {} names generation {} in its header: ignored",
+                log_path.display(),
+                replay.generation
+            ));
+            continue;
+        }
+        if let Some(error) = &replay.torn {
+            tracing::warn!(log = %log_path.display(), %error, valid_bytes = replay.valid_len,
+                "log ends in a torn frame (a crash mid-write); replaying up to it");
+        }
+        for damage in &replay.damaged {
+            report.push(format!(
+                "log {}: {} damaged bytes at offset {} ({}): the samples written in them are \
+                 lost; replay resumed at the next intact frame",
+                log_path.display(),
+                damage.len,
+                damage.offset,
+                damage.error
+            ));
+        }
+        for record in replay.records {
+            for (id, key) in record.defs {
+                match SeriesKey::parse(&key) {
+                    Ok(key) => ids.define(&mut catalogue, id, key),
+                    Err(e) => report.push(format!(
+                        "log {}: series {id} has a bad key ({e}): its samples are lost",
+                        log_path.display()
+                    )),
+                }
+            }
+            let known = catalogue.keys.len() as u32;
+            let mut samples = Vec::with_capacity(record.samples.len());
+            for (id, ts, value) in record.samples {
+                match ids.resolve(id, known) {
+                    Some(id) => samples.push((id, ts, value)),
+                    None => unnamed_samples += 1,
+                }
+            }
+            let rollups: Vec<_> = record
+                .rollups
+                .into_iter()
+                .filter_map(|mut r| {
+                    r.series = ids.resolve(r.series, known)?;
+                    Some(r)
+                })
+                .collect();
+            head.apply(&samples, &record.state, &rollups);
+        }
+        next_generation = next_generation.max(log_generation + 1);
+    }
+    if unnamed_samples > 0 {
+        report.push(format!(
+            "{unnamed_samples} samples are lost: their series were defined in damaged log frames"
+        ));
+    }
+    Ok(Replayed {
+        catalogue,
+        head,
+        next_generation,
+        report,
+    })
+}
+
+fn read_meta(db: &Db, key: &str) -> Result<Option<u64>> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let value = meta.get(key)?.map(|v| v.value());
+    Ok(value)
+}
+
+fn load_catalogue(db: &Db, path: &Path) -> Result<Catalogue> {
     let txn = db.begin_read()?;
     let table = txn.open_table(SERIES)?;
     let mut catalogue = Catalogue::default();
@@ -1748,9 +2038,10 @@ impl Shared {
     ) -> Result<()> {
         let level = self.options.zstd_level;
         let db = read(&self.db);
-        let mut txn = db.begin_write()?;
+        let mut txn = db.writable()?.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::Redb(e.into()))?;
+        let retention_at;
         let catalogue_keys: Vec<SeriesKey> = read(&self.catalogue).keys.clone();
         let key_of = |id: u32| {
             catalogue_keys
@@ -1886,36 +2177,16 @@ impl Shared {
                 }
             }
 
-            // Retention by age, relative to the newest sample. What the sync layer has not
-            // shipped yet is spared: age alone must not lose it (a clock that steps forward by
-            // months makes everything before look old), only the byte budget may.
             if let Some(newest) = newest {
-                let retention = self.options.retention;
-                let cut = |keep: Option<Duration>| {
-                    keep.map(|d| newest.saturating_sub(d.as_millis() as i64))
-                };
-                let mut unshipped = BTreeSet::new();
-                if self.options.track_changes {
-                    if let Ok(dirty) = txn.open_table(DIRTY) {
-                        for entry in dirty.iter()? {
-                            let (key, version) = entry?;
-                            let (key, version) = (key.value(), version.value());
-                            // Confirmed with this commit: shipped.
-                            if feed.delivered.get(&key) != Some(&version) {
-                                unshipped.insert(key);
-                            }
-                        }
-                    }
-                    unshipped.extend(feed.dirty.iter().copied());
-                }
-                raw_delta -=
-                    drop_before(&mut chunks, cut(retention.raw), Tier::Raw, &unshipped)? as i64;
-                minute_delta -=
-                    drop_before(&mut chunks, cut(retention.minute), Tier::Minute, &unshipped)?
-                        as i64;
-                hour_delta -=
-                    drop_before(&mut chunks, cut(retention.hour), Tier::Hour, &unshipped)? as i64;
                 meta.insert(META_NEWEST, newest as u64)?;
+            }
+            retention_at = self.retention_now(newest);
+            if let Some(now) = retention_at {
+                let dropped = self.apply_retention(&txn, &mut chunks, now, feed)?;
+                raw_delta -= dropped[0];
+                minute_delta -= dropped[1];
+                hour_delta -= dropped[2];
+                meta.insert(META_RETENTION_NOW, now as u64)?;
             }
             if self.options.track_changes {
                 let mut dirty = txn.open_table(DIRTY)?;
@@ -1934,7 +2205,61 @@ impl Shared {
             meta.insert(META_GENERATION, new_generation)?;
         }
         txn.commit()?;
+        if let Some(now) = retention_at {
+            *lock(&self.retention_anchor) = Some((now, self.options.clock.now()));
+        }
         Ok(())
+    }
+
+    /// The time that age retention is measured against at this seal: the earliest of the
+    /// caller's wall clock, the newest sample stored, and the last retention time advanced by
+    /// the monotonic clock since; never earlier than the last retention time. So a sample with a
+    /// far-future timestamp cannot make others look old (the wall clock bounds it), nor can a
+    /// wall clock stepped forward (the monotonic clock bounds it). `None`: no age retention.
+    fn retention_now(&self, newest: Option<i64>) -> Option<i64> {
+        let wall = self.options.wall_clock.as_ref()?.unix_ms();
+        let mut now = wall.min(newest?);
+        if let Some((at, since)) = *lock(&self.retention_anchor) {
+            let elapsed = self.options.clock.now().saturating_sub(since);
+            let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+            now = now.min(at.saturating_add(elapsed_ms)).max(at);
+        }
+        Some(now)
+    }
+
+    /// Drops whole windows older than each tier's retention before `now`; returns how many
+    /// samples and points went, per tier. What the sync layer has not shipped yet is spared:
+    /// age alone must not lose it, only the byte budget may.
+    fn apply_retention(
+        &self,
+        txn: &redb::WriteTransaction,
+        chunks: &mut ChunkTable<'_>,
+        now: i64,
+        feed: &FeedCommit,
+    ) -> Result<[i64; 3]> {
+        let retention = self.options.retention;
+        let cut = |keep: Option<Duration>| {
+            keep.map(|d| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        };
+        let mut unshipped = BTreeSet::new();
+        if self.options.track_changes {
+            if let Ok(dirty) = txn.open_table(DIRTY) {
+                for entry in dirty.iter()? {
+                    let (key, version) = entry?;
+                    let (key, version) = (key.value(), version.value());
+                    // Confirmed with this commit: shipped.
+                    if feed.delivered.get(&key) != Some(&version) {
+                        unshipped.insert(key);
+                    }
+                }
+            }
+            unshipped.extend(feed.dirty.iter().copied());
+        }
+        Ok([
+            drop_before(chunks, cut(retention.raw), Tier::Raw, &unshipped)? as i64,
+            drop_before(chunks, cut(retention.minute), Tier::Minute, &unshipped)? as i64,
+            drop_before(chunks, cut(retention.hour), Tier::Hour, &unshipped)? as i64,
+        ])
     }
 
     fn remove_logs_before(&self, generation: u64) {
@@ -2005,7 +2330,7 @@ impl Shared {
     /// Bytes of pages in use in the store file, plus the log.
     fn live_bytes(&self) -> Result<u64> {
         let db = read(&self.db);
-        let txn = db.begin_write()?;
+        let txn = db.writable()?.begin_write()?;
         let stats = txn.stats()?;
         txn.abort()?;
         let log_bytes = lock(&self.head).log.len;
@@ -2014,7 +2339,7 @@ impl Shared {
 
     fn evict(&self, need: u64) -> Result<()> {
         let db = read(&self.db);
-        let txn = db.begin_write()?;
+        let txn = db.writable()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             let mut freed = 0u64;
@@ -2058,7 +2383,8 @@ impl Shared {
     }
 
     fn compact(&self) -> Result<bool> {
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let db = guard.writable_mut()?;
         // Each pass moves what it can; a few passes reach the fixed point without risking a loop
         // that never ends.
         let mut compacted = false;

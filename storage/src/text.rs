@@ -84,6 +84,69 @@ fn parse_value(text: &str) -> std::result::Result<f64, String> {
         .map_err(|_| format!("value {text:?} is not a number"))
 }
 
+/// The sample timestamps a door accepts (inclusive, milliseconds since the Unix epoch). A door
+/// refuses a sample outside it with [`TimeWindow::check`]'s message rather than storing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub earliest_ms: i64,
+    pub latest_ms: i64,
+}
+
+impl TimeWindow {
+    /// Every timestamp.
+    pub const ANY: TimeWindow = TimeWindow {
+        earliest_ms: i64::MIN,
+        latest_ms: i64::MAX,
+    };
+
+    /// From `past` before `now_ms` (any age when `None`) to `future` after it.
+    pub fn around(
+        now_ms: i64,
+        past: Option<std::time::Duration>,
+        future: std::time::Duration,
+    ) -> Self {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        TimeWindow {
+            earliest_ms: past.map_or(i64::MIN, |p| now_ms.saturating_sub(ms(p))),
+            latest_ms: now_ms.saturating_add(ms(future)),
+        }
+    }
+
+    pub fn contains(&self, ts: i64) -> bool {
+        (self.earliest_ms..=self.latest_ms).contains(&ts)
+    }
+
+    /// `Err` names the timestamp, the window, and the likely mistake when the timestamp is in
+    /// another unit.
+    pub fn check(&self, ts: i64) -> std::result::Result<(), String> {
+        if self.contains(ts) {
+            return Ok(());
+        }
+        let bound = |ms: i64| match ms {
+            i64::MIN => "any time".to_string(),
+            i64::MAX => "any time".to_string(),
+            ms => format!("{ms} ({})", crate::rfc3339_ms(ms)),
+        };
+        let unit = [(1_000_000, "nanoseconds"), (1_000, "microseconds")]
+            .into_iter()
+            .find(|(per_ms, _)| self.contains(ts / per_ms))
+            .map(|(_, unit)| unit)
+            .or_else(|| {
+                ts.checked_mul(1_000)
+                    .filter(|t| self.contains(*t))
+                    .map(|_| "seconds")
+            });
+        let hint = unit.map_or(String::new(), |unit| {
+            format!("; it looks like {unit}, but timestamps are milliseconds since the epoch")
+        });
+        Err(format!(
+            "timestamp {ts} is outside the accepted window from {} to {}{hint}",
+            bound(self.earliest_ms),
+            bound(self.latest_ms),
+        ))
+    }
+}
+
 /// A malformed line, reported and skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
@@ -98,6 +161,7 @@ pub struct Importer<'s> {
     batch: WriteBatch,
     batch_size: usize,
     now_ms: i64,
+    window: TimeWindow,
     pub samples: u64,
 }
 
@@ -111,8 +175,15 @@ impl<'s> Importer<'s> {
             batch: WriteBatch::with_capacity(batch_size),
             batch_size,
             now_ms,
+            window: TimeWindow::ANY,
             samples: 0,
         }
+    }
+
+    /// Refuses samples with timestamps outside `window`, as malformed lines.
+    pub fn with_window(mut self, window: TimeWindow) -> Self {
+        self.window = window;
+        self
     }
 
     /// Imports one line. A malformed line is returned as an error; the import goes on. Store errors (which stop the import) are the outer error.
@@ -139,6 +210,13 @@ impl<'s> Importer<'s> {
         else {
             return Ok(Ok(()));
         };
+        let timestamp_ms = timestamp_ms.unwrap_or(self.now_ms);
+        if let Err(message) = self.window.check(timestamp_ms) {
+            return Ok(Err(LineError {
+                line_number,
+                message: format!("{series}: {message}"),
+            }));
+        }
         let id = match self.ids.get(series) {
             Some(&id) => id,
             None => {
@@ -156,8 +234,7 @@ impl<'s> Importer<'s> {
                 id
             }
         };
-        self.batch
-            .sample(id, timestamp_ms.unwrap_or(self.now_ms), value);
+        self.batch.sample(id, timestamp_ms, value);
         self.samples += 1;
         if self.batch.len() >= self.batch_size {
             self.store.write(std::mem::replace(
@@ -214,5 +291,27 @@ mod tests {
         for bad in ["m", "m abc", "m 1 2.5", "m 1 2 3", r#"m{a="x" 1"#] {
             assert!(parse_line(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn time_windows_name_the_sample_the_window_and_the_likely_unit() {
+        let now = 1_796_456_600_000;
+        let window = TimeWindow::around(now, None, std::time::Duration::from_secs(600));
+        assert!(window.check(now).is_ok());
+        assert!(window.check(i64::MIN).is_ok(), "any age");
+        let nanos = window.check(now * 1_000_000).unwrap_err();
+        assert!(nanos.contains("1796456600000000000"), "{nanos}");
+        assert!(nanos.contains("2026-12-05T"), "{nanos}");
+        assert!(nanos.contains("like nanoseconds"), "{nanos}");
+        let max = window.check(i64::MAX).unwrap_err();
+        assert!(!max.contains("like"), "{max}");
+        let recent = TimeWindow::around(
+            now,
+            Some(std::time::Duration::from_secs(86_400)),
+            std::time::Duration::ZERO,
+        );
+        let seconds = recent.check(now / 1_000).unwrap_err();
+        assert!(seconds.contains("like seconds"), "{seconds}");
+        assert!(seconds.contains("from 1796370200000"), "{seconds}");
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! File: `b"OUTPOSTL"`, format version (u32 LE), generation (u64 LE), then frames. Frame: body
 //! length (u32 LE) and a sealed body (see [`crate::codec`]: tag, optional zstd, CRC-32). A frame
-//! whose length runs past the end of the file or whose checksum fails is a torn write from a
-//! crash: replay stops there and the tail is cut off.
+//! that fails its checksum or runs past the end of the file is damage: replay skips it and
+//! resumes at the next intact frame, and when nothing intact follows, it is the torn tail of a
+//! crash and is cut off.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -253,6 +254,19 @@ pub(crate) fn list_logs(
     Ok(logs)
 }
 
+#[derive(Debug)]
+struct NoLog;
+
+impl LogFile for NoLog {
+    fn append(&self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("the store is open read-only"))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An open log file, appended to by the store's writer.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
@@ -287,6 +301,17 @@ impl LogWriter {
         })
     }
 
+    /// A writer for a store opened read-only: it holds no file, and appending fails.
+    pub(crate) fn detached(store_path: &Path, generation: u64) -> Self {
+        LogWriter {
+            generation,
+            path: log_path(store_path, generation),
+            file: Arc::new(NoLog),
+            len: HEADER_LEN as u64,
+            unsynced: 0,
+        }
+    }
+
     /// Appends one frame; returns the bytes written.
     pub(crate) fn append(&mut self, record: &Record, zstd_level: i32) -> std::io::Result<u64> {
         let sealed = codec::seal(&record.encode(), zstd_level);
@@ -309,6 +334,17 @@ pub(crate) struct Replay {
     pub valid_len: u64,
     /// Set when the file ended in a torn or corrupt frame, which replay cut off.
     pub torn: Option<DecodeError>,
+    /// Damaged stretches in the middle of the file that replay skipped, resuming at the next
+    /// intact frame.
+    pub damaged: Vec<Damage>,
+}
+
+/// A stretch of a log that holds no readable frame: its frames' samples are lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub offset: u64,
+    pub len: u64,
+    pub error: DecodeError,
 }
 
 pub(crate) fn read_log(disk: &dyn Disk, path: &Path) -> Result<Replay, ReadLogError> {
@@ -322,7 +358,47 @@ pub(crate) enum ReadLogError {
     Header(DecodeError),
 }
 
-/// Parses a whole log file. Only a bad header is an error; a bad frame ends the replay.
+/// The frame at the start of `bytes`, and its length with its length prefix.
+fn frame_at(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let len_bytes = reader.take(4)?;
+    let len = u32::from_le_bytes(
+        len_bytes
+            .try_into()
+            .map_err(|_| DecodeError::Invalid("frame length"))?,
+    );
+    if len > MAX_FRAME_BYTES {
+        return Err(DecodeError::Invalid("frame length beyond the limit"));
+    }
+    let sealed = reader.take(len as usize)?;
+    let body = codec::unseal(sealed)?;
+    Ok((Record::decode(&body)?, 4 + len as usize))
+}
+
+/// Where the next intact frame after a damaged one at `from` begins, if any: first where the
+/// damaged frame's own length says (damage inside its body), else the first offset at which a
+/// whole frame checks out. A frame's CRC-32 and its decoding both have to pass, so a false
+/// match inside damaged bytes is as unlikely as a CRC collision.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    let claimed = bytes
+        .get(from..from + 4)
+        .map(|b| from + 4 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if let Some(next) = claimed.filter(|&n| n < bytes.len()) {
+        if frame_at(&bytes[next..]).is_ok() {
+            return Some(next);
+        }
+    }
+    (from + 1..bytes.len().saturating_sub(4)).find(|&at| {
+        // Cheap checks first: a plausible length and a known chunk tag.
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let fits = (len as usize) <= bytes.len() - at - 4 && len >= 5;
+        fits && matches!(bytes[at + 4], 1 | 2) && frame_at(&bytes[at..]).is_ok()
+    })
+}
+
+/// Parses a whole log file. Only a bad header is an error. A bad frame in the middle is skipped
+/// (recorded in [`Replay::damaged`]) and replay goes on at the next intact frame; a bad frame
+/// with nothing intact after it is the torn tail of a crash.
 pub(crate) fn parse_log(bytes: &[u8]) -> Result<Replay, DecodeError> {
     let mut reader = Reader::new(bytes);
     if reader.take(8)? != MAGIC {
@@ -343,31 +419,30 @@ pub(crate) fn parse_log(bytes: &[u8]) -> Result<Replay, DecodeError> {
         records: Vec::new(),
         valid_len: HEADER_LEN as u64,
         torn: None,
+        damaged: Vec::new(),
     };
-    while reader.remaining() > 0 {
-        let frame = (|| {
-            let len_bytes = reader.take(4)?;
-            let len = u32::from_le_bytes(
-                len_bytes
-                    .try_into()
-                    .map_err(|_| DecodeError::Invalid("frame length"))?,
-            );
-            if len > MAX_FRAME_BYTES {
-                return Err(DecodeError::Invalid("frame length beyond the limit"));
-            }
-            let sealed = reader.take(len as usize)?;
-            let body = codec::unseal(sealed)?;
-            Ok((Record::decode(&body)?, 4 + u64::from(len)))
-        })();
-        match frame {
+    let mut at = HEADER_LEN;
+    while at < bytes.len() {
+        match frame_at(&bytes[at..]) {
             Ok((record, len)) => {
                 replay.records.push(record);
-                replay.valid_len += len;
+                at += len;
+                replay.valid_len = at as u64;
             }
-            Err(error) => {
-                replay.torn = Some(error);
-                break;
-            }
+            Err(error) => match resync(bytes, at) {
+                Some(next) => {
+                    replay.damaged.push(Damage {
+                        offset: at as u64,
+                        len: (next - at) as u64,
+                        error,
+                    });
+                    at = next;
+                }
+                None => {
+                    replay.torn = Some(error);
+                    break;
+                }
+            },
         }
     }
     Ok(replay)
@@ -440,6 +515,53 @@ mod tests {
         }
         assert_eq!(parse_log(&bytes).unwrap().records.len(), 2);
         assert_eq!(list_logs(&disk, &store).unwrap(), vec![(7, path)]);
+    }
+
+    fn three_frame_log() -> (Vec<u8>, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.redb");
+        let mut log = LogWriter::create(&crate::disk::RealDisk, &store, 3).unwrap();
+        let mut ends = Vec::new();
+        for _ in 0..3 {
+            log.append(&sample_record(), 3).unwrap();
+            ends.push(log.len);
+        }
+        drop(log);
+        (std::fs::read(log_path(&store, 3)).unwrap(), ends)
+    }
+
+    #[test]
+    fn a_damaged_frame_loses_only_itself() {
+        let (bytes, ends) = three_frame_log();
+        let start = HEADER_LEN as u64;
+        let frames = [(start, ends[0]), (ends[0], ends[1]), (ends[1], ends[2])];
+        // Every single byte of every frame, flipped: the other frames survive.
+        for (damaged, &(from, to)) in frames.iter().enumerate() {
+            for at in from..to {
+                let mut bad = bytes.clone();
+                bad[at as usize] ^= 0x5a;
+                let replay = parse_log(&bad).unwrap();
+                assert_eq!(replay.records.len(), 2, "byte {at} of frame {damaged}");
+                let want = format!("{:?}", parse_log(&bytes).unwrap().records[0]);
+                assert!(replay.records.iter().all(|r| format!("{r:?}") == want));
+                if damaged < 2 {
+                    assert_eq!(replay.damaged.len(), 1, "byte {at}");
+                    assert_eq!(replay.damaged[0].offset, from);
+                    assert_eq!(replay.damaged[0].offset + replay.damaged[0].len, to);
+                    assert!(replay.torn.is_none());
+                } else {
+                    assert!(replay.torn.is_some() && replay.damaged.is_empty());
+                }
+            }
+        }
+        // A zeroed stretch over the end of frame 0 and the start of frame 1.
+        let mut bad = bytes.clone();
+        for b in &mut bad[ends[0] as usize - 3..ends[0] as usize + 6] {
+            *b = 0;
+        }
+        let replay = parse_log(&bad).unwrap();
+        assert_eq!(replay.records.len(), 1, "frame 2 survives");
+        assert_eq!(replay.damaged[0].offset + replay.damaged[0].len, ends[1]);
     }
 
     proptest::proptest! {

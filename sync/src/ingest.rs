@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples};
-use outpost_storage::{SeriesId, SeriesKey, StateTable, Store, Tier, WriteBatch};
+use outpost_storage::{bucket_start, SeriesId, SeriesKey, StateTable, Store, Tier, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::message::{AckStatus, Batch, ClockStep};
@@ -131,7 +131,7 @@ impl Correction<'_> {
     /// The timestamp to store for `ts`, moved by whole multiples of `unit` (1 for samples,
     /// the bucket width for rollups, which must stay aligned).
     fn fix(&mut self, ts: i64, unit: i64) -> i64 {
-        let round = |delta: i64| (delta + unit / 2).div_euclid(unit) * unit;
+        let round = |delta: i64| bucket_start(delta.saturating_add(unit / 2), unit);
         let mut fixed = ts;
         let mut boot: Option<&str> = None;
         for step in self.steps {
@@ -468,7 +468,7 @@ fn note_buckets(
 ) {
     for (tier, width) in [(Tier::Minute, 60_000i64), (Tier::Hour, 3_600_000)] {
         let set = out.entry((hub, tier as u8)).or_default();
-        set.extend(timestamps.iter().map(|ts| ts.div_euclid(width) * width));
+        set.extend(timestamps.iter().map(|ts| bucket_start(*ts, width)));
     }
 }
 
@@ -491,7 +491,7 @@ fn hub_raw_buckets(
         .flat_map(|s| {
             s.points
                 .into_iter()
-                .map(move |(ts, _)| ts.div_euclid(width) * width)
+                .map(move |(ts, _)| bucket_start(ts, width))
         })
         .collect())
 }
@@ -685,6 +685,37 @@ mod tests {
         assert!(buckets
             .iter()
             .any(|b| (b - (bucket + delta)).abs() <= 1_800_000));
+    }
+
+    /// A signed batch with absurd timestamps used to erase the whole fleet's data at the hub's
+    /// next seal: they are stored and counted, and cannot drive retention.
+    #[test]
+    fn absurd_timestamps_in_a_signed_batch_delete_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = outpost_storage::Options {
+            wall_clock: Some(std::sync::Arc::new(outpost_storage::ManualWallClock::new(
+                NOW,
+            ))),
+            ..hub_store_options(1 << 30)
+        };
+        let hub = Store::open(dir.path().join("hub.redb"), options).unwrap();
+        let history: Vec<i64> = (0..1_000).map(|i| NOW - DAY + i * 60_000).collect();
+        let mut ingestor = Ingestor::new();
+        ingestor
+            .ingest(&hub, &batch(1, NOW, &history, None, vec![]), NOW)
+            .unwrap();
+        hub.seal().unwrap();
+        let absurd = [i64::MIN, 0, i64::MAX];
+        let ingested = ingestor
+            .ingest(&hub, &batch(2, NOW, &absurd, None, vec![]), NOW)
+            .unwrap();
+        assert_eq!(ingested.implausible, 3);
+        hub.seal().unwrap();
+        let kept: Vec<i64> = stored(&hub)
+            .into_iter()
+            .filter(|t| (NOW - DAY..=NOW).contains(t))
+            .collect();
+        assert_eq!(kept, history);
     }
 
     #[test]

@@ -253,3 +253,70 @@ fn help_and_version_explain_themselves() {
     let out = outpost(&["db", "query", "--help"], None);
     assert!(text(&out.stdout).contains("=~"), "{}", text(&out.stdout));
 }
+
+fn raw_samples(store: &str) -> u64 {
+    let out = outpost(&["db", "stats", "--db", store, "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    stats["raw_samples"].as_u64().unwrap()
+}
+
+/// One absurd timestamp used to make every other window "expired" at the next seal.
+#[test]
+fn a_far_future_timestamp_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = db(dir.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut history = String::new();
+    for series in 0..10 {
+        for i in 0..2_000i64 {
+            let at = now - 20_000_000 + i * 10_000;
+            history.push_str(&format!("temp{{zone=\"{series}\"}} {i} {at}\n"));
+        }
+    }
+    let out = outpost(
+        &["db", "import", "--db", &store, "-"],
+        Some(history.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(raw_samples(&store), 20_000);
+
+    let out = outpost(
+        &["db", "import", "--db", &store, "-"],
+        Some(b"evil 1 9223372036854775807\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .contains("line 1: evil: timestamp 9223372036854775807 is outside the accepted window"),
+        "{stderr}"
+    );
+    assert_eq!(raw_samples(&store), 20_000);
+
+    // Let through on purpose, a nanosecond timestamp still cannot drive retention.
+    let nanos = format!("app_latency_seconds 0.25 {}\n", now * 1_000_000);
+    let out = outpost(
+        &[
+            "db",
+            "import",
+            "--db",
+            &store,
+            "--max-future",
+            "100000000000d",
+            "-",
+        ],
+        Some(nanos.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(raw_samples(&store), 20_001);
+    // Old history stays importable.
+    let out = outpost(
+        &["db", "import", "--db", &store, "-"],
+        Some(b"old 1 1000\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -2,16 +2,35 @@
 
 mod budget;
 mod crash;
+mod damage;
 mod feed;
 mod fixtures;
 mod fuzz_corpus;
 mod model;
 mod power;
+mod retention;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use outpost_storage::{Options, Selector, SeriesKey, Store, WriteBatch};
+use outpost_storage::{Clock, Options, Selector, SeriesKey, Store, WriteBatch};
+
+/// A monotonic clock that moves only when a test says so.
+#[derive(Debug, Default)]
+pub struct ManualClock(pub AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
 
 /// Options that make a test store seal and flush often, so that tests cross every boundary.
 pub fn test_options() -> Options {

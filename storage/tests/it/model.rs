@@ -371,6 +371,9 @@ fn retention_drops_old_windows_per_tier() {
             minute: Some(Duration::from_secs(5 * 86_400)),
             hour: None,
         },
+        wall_clock: Some(std::sync::Arc::new(outpost_storage::ManualWallClock::new(
+            10 * day,
+        ))),
         ..crate::test_options()
     };
     let store = outpost_storage::Store::open(dir.path().join("retention.redb"), options).unwrap();
@@ -415,24 +418,31 @@ fn retention_drops_old_windows_per_tier() {
     assert_eq!(stats.raw_samples as usize, raw[0].points.len());
 }
 
-/// A clock that steps forward by a year makes everything written before it look old: with a
-/// change feed, age retention waits until that data has been shipped.
+/// A device that was off the network for a year: everything it wrote before looks old, but
+/// with a change feed, age retention waits until that data has been shipped.
 #[test]
 fn retention_by_age_spares_what_is_not_shipped_yet() {
     use outpost_storage::Options;
+    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let day = 86_400_000i64;
+    let mono = Arc::new(crate::ManualClock::default());
     // A small head, so that the unshipped samples become backlog chunks at the seal rather than
     // being carried over in the head.
     let options = Options {
         track_changes: true,
         max_head_samples: 40,
+        wall_clock: Some(Arc::new(outpost_storage::ManualWallClock::new(
+            400 * day + 10_000,
+        ))),
+        clock: mono.clone(),
         ..crate::test_options()
     };
     let store = outpost_storage::Store::open(dir.path().join("spare.redb"), options).unwrap();
     let old: Vec<(&str, i64, f64)> = (0..60).map(|s| ("temp", s * 1_000, s as f64)).collect();
     crate::write(&store, &old);
     store.seal().unwrap();
+    mono.advance(std::time::Duration::from_secs(400 * 86_400));
     crate::write(&store, &[("temp", 400 * day, 1.0)]);
     store.seal().unwrap();
     let raw = || {

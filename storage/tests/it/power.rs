@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_storage::{Clock, Disk, LogFile, Options, Store, WriteBatch};
+use outpost_storage::{Disk, LogFile, Options, Store, WriteBatch};
 use redb::{BackendError, StorageBackend};
 
-use crate::{key, selector};
+use crate::{key, selector, ManualClock};
 
 #[derive(Debug, Default, Clone)]
 struct SimFile {
@@ -173,15 +173,6 @@ impl Disk for SimDiskRef {
             .unwrap()
             .get(path)
             .map_or(0, |f| f.current.len() as u64)
-    }
-}
-
-#[derive(Debug, Default)]
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::SeqCst))
     }
 }
 
