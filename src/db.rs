@@ -76,6 +76,24 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Read every chunk, log frame and state entry, and report what is damaged.
+    ///
+    /// Changes nothing. Exits 0 when everything could be read, 1 when something could not.
+    Check {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Copy everything still readable from a damaged store into a new one.
+    ///
+    /// Reads series by series, so damage costs only the data stored in the damaged part; the
+    /// original is not changed. Prints what could not be read, and exits 1 if anything was lost.
+    Salvage {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Path of the new store (must not exist yet).
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+    },
     /// Seal pending data and rewrite the store file without free pages, shrinking it.
     Compact {
         #[command(flatten)]
@@ -125,6 +143,8 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
             query(&store.path, &selector, from, to, step, function, format)
         }
         DbCommand::Stats { store, json } => stats(&store.path, json),
+        DbCommand::Check { store } => check(&store.path),
+        DbCommand::Salvage { store, to } => salvage(&store.path, &to),
         DbCommand::Compact { store } => {
             let store = open_existing(&store.path, false)?;
             let before = store.stats()?.disk_bytes;
@@ -349,6 +369,52 @@ pub fn write_results(
         }
     }
     Ok(())
+}
+
+fn print_report(report: &outpost_storage::CheckReport) -> ExitCode {
+    eprintln!(
+        "{} series; readable: {} raw chunks ({} samples), {} 1-minute and {} 1-hour rollup chunks, \
+         {} samples from the logs, {} state entries",
+        report.series,
+        report.chunks_ok[0],
+        report.points_ok[0],
+        report.chunks_ok[1],
+        report.chunks_ok[2],
+        report.head_samples,
+        report.state_entries
+    );
+    for problem in &report.problems {
+        eprintln!("damaged: {problem}");
+    }
+    if report.is_clean() {
+        eprintln!("no damage found");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} problems", report.problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn check(path: &Path) -> Result<ExitCode> {
+    let store = open_existing(path, true)?;
+    let report = store.check()?;
+    Ok(print_report(&report))
+}
+
+fn salvage(path: &Path, to: &Path) -> Result<ExitCode> {
+    if to.exists() {
+        bail!(
+            "{} exists already: salvage writes a new store",
+            to.display()
+        );
+    }
+    let store = open_existing(path, true)?;
+    let target = Store::open(to, outpost::timearg::store_options())
+        .with_context(|| format!("creating {}", to.display()))?;
+    let report = store.salvage_into(&target)?;
+    target.close()?;
+    eprintln!("salvaged into {}", to.display());
+    Ok(print_report(&report))
 }
 
 fn stats(path: &Path, json: bool) -> Result<ExitCode> {

@@ -72,6 +72,8 @@ pub enum Error {
     UnknownSeries(u32),
     #[error("the store is closed")]
     Closed,
+    #[error("store {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
     #[error("the store is open read-only")]
     ReadOnly,
     #[error("I/O on {path}: {source}")]

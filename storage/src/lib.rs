@@ -31,6 +31,7 @@
 //! ```
 
 mod changes;
+mod check;
 pub mod codec;
 mod disk;
 mod error;
@@ -43,6 +44,7 @@ pub mod text;
 mod wal;
 
 pub use changes::{Backlog, ChunkReceipt, DirtyChunk, HeadMark, LiveChanges};
+pub use check::CheckReport;
 pub use codec::Rollup;
 pub use disk::{Disk, LogFile, RealDisk};
 pub use error::{DecodeError, Error, Result};
@@ -94,6 +96,45 @@ pub mod fuzzing {
     /// Decodes one log record body; returns how many samples it held.
     pub fn decode_log_record(bytes: &[u8]) -> Result<usize, DecodeError> {
         crate::wal::Record::decode(bytes).map(|record| record.samples.len())
+    }
+
+    /// `store` with `damage` applied (5-byte steps: offset u32 LE, then a byte XORed in there),
+    /// written to a scratch file, opened read-only and checked. Returns the problems found, or
+    /// the error that stopped the open; panics only if the store failed to contain one.
+    pub fn check_damaged_store(store: &[u8], damage: &[u8]) -> Result<usize, crate::Error> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut file = store.to_vec();
+        for step in damage.chunks_exact(5) {
+            let offset = u32::from_le_bytes([step[0], step[1], step[2], step[3]]) as usize;
+            if let Some(byte) = file.get_mut(offset % store.len().max(1)) {
+                *byte ^= step[4];
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "outpost-fuzz-{}-{}.redb",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, &file).map_err(|source| crate::Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let options = crate::Options {
+            read_only: true,
+            ..crate::Options::default()
+        };
+        let result = crate::Store::open(&path, options).and_then(|store| {
+            let report = store.check()?;
+            let _ = store.query_raw(
+                &crate::Selector::parse("{__name__=~\".+\"}")?,
+                i64::MIN,
+                i64::MAX,
+            );
+            Ok(report.problems.len())
+        });
+        let _ = std::fs::remove_file(&path);
+        result
     }
 }
 

@@ -35,10 +35,10 @@ use crate::{SeriesId, StateOp, StateTable, Tier, WriteBatch};
 pub const FORMAT_VERSION: u32 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SERIES: TableDefinition<u32, &str> = TableDefinition::new("series");
+pub(crate) const SERIES: TableDefinition<u32, &str> = TableDefinition::new("series");
 /// Every tier's chunks, keyed `(series, tier, window start)`: a series' raw and rollup chunks sit
 /// side by side, so a seal rewrites few pages and a query reads neighbouring ones.
-const CHUNKS: TableDefinition<(u32, u8, i64), &[u8]> = TableDefinition::new("chunks");
+pub(crate) const CHUNKS: TableDefinition<(u32, u8, i64), &[u8]> = TableDefinition::new("chunks");
 type ChunkTable<'t> = redb::Table<'t, (u32, u8, i64), &'static [u8]>;
 
 const META_FORMAT: &str = "format_version";
@@ -461,8 +461,12 @@ impl Store {
     /// Opens the store at `path`, creating it if the file does not exist, replaying its log after
     /// a crash. Fails with [`Error::Locked`] if another process has it open.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store> {
-        options.validate()?;
         let path = path.as_ref().to_path_buf();
+        contain(&path, || Store::open_unguarded(path.clone(), options))
+    }
+
+    fn open_unguarded(path: PathBuf, options: Options) -> Result<Store> {
+        options.validate()?;
         let disk = options.disk.clone();
         let db_written = Arc::new(AtomicU64::new(0));
         let db = if options.read_only {
@@ -694,6 +698,31 @@ impl Store {
         answer.recv().map_err(|_| Error::Closed)?
     }
 
+    fn contain<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        contain(&self.shared.path, f)
+    }
+
+    pub(crate) fn read_db(&self) -> RwLockReadGuard<'_, Db> {
+        read(&self.shared.db)
+    }
+
+    /// Every series the catalogue knows, by id.
+    pub(crate) fn all_series(&self) -> Vec<(u32, SeriesKey)> {
+        read(&self.shared.catalogue)
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(id, key)| (id as u32, key.clone()))
+            .collect()
+    }
+
+    /// The samples of a series that are in the head, not yet in chunks.
+    pub(crate) fn head_points(&self, id: u32) -> Vec<(i64, f64)> {
+        self.shared
+            .head_snapshot(&[id], i64::MIN, i64::MAX)
+            .samples(id)
+    }
+
     fn writable(&self) -> Result<()> {
         if self.shared.options.read_only {
             return Err(Error::ReadOnly);
@@ -724,87 +753,92 @@ impl Store {
 
     /// The value of a state table entry, including writes not yet sealed.
     pub fn state_get(&self, table: StateTable, key: &str) -> Result<Option<Vec<u8>>> {
-        {
-            let head = lock(&self.shared.head);
-            let newest = head
-                .active
-                .state
-                .iter()
-                .rev()
-                .chain(head.frozen.iter().flat_map(|f| f.state.iter().rev()))
-                .find(|op| match op {
-                    StateOp::Put {
-                        table: t, key: k, ..
-                    }
-                    | StateOp::Delete { table: t, key: k } => *t == table && k == key,
-                });
-            match newest {
-                Some(StateOp::Put { value, .. }) => return Ok(Some(value.clone())),
-                Some(StateOp::Delete { .. }) => return Ok(None),
-                None => {}
+        self.contain(|| {
+            {
+                let head = lock(&self.shared.head);
+                let newest = head
+                    .active
+                    .state
+                    .iter()
+                    .rev()
+                    .chain(head.frozen.iter().flat_map(|f| f.state.iter().rev()))
+                    .find(|op| match op {
+                        StateOp::Put {
+                            table: t, key: k, ..
+                        }
+                        | StateOp::Delete { table: t, key: k } => *t == table && k == key,
+                    });
+                match newest {
+                    Some(StateOp::Put { value, .. }) => return Ok(Some(value.clone())),
+                    Some(StateOp::Delete { .. }) => return Ok(None),
+                    None => {}
+                }
             }
-        }
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
-        match txn.open_table(definition) {
-            Ok(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+            match txn.open_table(definition) {
+                Ok(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
     }
 
     /// Every entry of a state table whose key starts with `prefix`, in key order, including
     /// writes not yet sealed.
     pub fn state_list(&self, table: StateTable, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        // The head stays locked while the database is read, so that no seal moves operations
-        // from the head into the database unseen between the two reads.
-        let head = lock(&self.shared.head);
-        {
-            let db = read(&self.shared.db);
-            let txn = db.begin_read()?;
-            let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
-            match txn.open_table(definition) {
-                Ok(t) => {
-                    for entry in t.range(prefix..)? {
-                        let (key, value) = entry?;
-                        if !key.value().starts_with(prefix) {
-                            break;
+        self.contain(|| {
+            let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            // The head stays locked while the database is read, so that no seal moves operations
+            // from the head into the database unseen between the two reads.
+            let head = lock(&self.shared.head);
+            {
+                let db = read(&self.shared.db);
+                let txn = db.begin_read()?;
+                let definition: TableDefinition<&str, &[u8]> =
+                    TableDefinition::new(table.table_name());
+                match txn.open_table(definition) {
+                    Ok(t) => {
+                        for entry in t.range(prefix..)? {
+                            let (key, value) = entry?;
+                            if !key.value().starts_with(prefix) {
+                                break;
+                            }
+                            entries.insert(key.value().to_string(), Some(value.value().to_vec()));
                         }
-                        entries.insert(key.value().to_string(), Some(value.value().to_vec()));
                     }
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(e.into()),
             }
-        }
-        // The head's operations are newer than the database; the frozen head's older than the
-        // active one's.
-        let ops = head
-            .frozen
-            .iter()
-            .flat_map(|f| f.state.iter())
-            .chain(head.active.state.iter());
-        for op in ops {
-            match op {
-                StateOp::Put {
-                    table: t,
-                    key,
-                    value,
-                } if *t == table && key.starts_with(prefix) => {
-                    entries.insert(key.clone(), Some(value.clone()));
+            // The head's operations are newer than the database; the frozen head's older than the
+            // active one's.
+            let ops = head
+                .frozen
+                .iter()
+                .flat_map(|f| f.state.iter())
+                .chain(head.active.state.iter());
+            for op in ops {
+                match op {
+                    StateOp::Put {
+                        table: t,
+                        key,
+                        value,
+                    } if *t == table && key.starts_with(prefix) => {
+                        entries.insert(key.clone(), Some(value.clone()));
+                    }
+                    StateOp::Delete { table: t, key } if *t == table && key.starts_with(prefix) => {
+                        entries.insert(key.clone(), None);
+                    }
+                    _ => {}
                 }
-                StateOp::Delete { table: t, key } if *t == table && key.starts_with(prefix) => {
-                    entries.insert(key.clone(), None);
-                }
-                _ => {}
             }
-        }
-        Ok(entries
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect())
+            Ok(entries
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect())
+        })
     }
 
     /// Live samples accepted after `mark` (all of the head for `None` or a mark of an earlier
@@ -856,74 +890,77 @@ impl Store {
         max_bytes: usize,
         in_flight: &std::collections::HashSet<ChunkReceipt>,
     ) -> Result<Vec<DirtyChunk>> {
-        let delivered = lock(&self.shared.head).tracker.delivered.clone();
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let dirty = match txn.open_table(DIRTY) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let chunks = txn.open_table(CHUNKS)?;
-        let mut out: Vec<DirtyChunk> = Vec::new();
-        let mut missing: Vec<((i64, u8, u32), u64)> = Vec::new();
-        let mut bytes = 0usize;
-        for entry in dirty.iter()? {
-            let (key, version) = entry?;
-            let (window, tier, series) = key.value();
-            let version = version.value();
-            let receipt = ChunkReceipt {
-                key: (window, tier, series),
-                version,
+        self.contain(|| {
+            let delivered = lock(&self.shared.head).tracker.delivered.clone();
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let dirty = match txn.open_table(DIRTY) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
             };
-            if delivered.get(&(window, tier, series)) == Some(&version)
-                || in_flight.contains(&receipt)
-            {
-                continue;
-            }
-            let Some(tier_enum) = [Tier::Raw, Tier::Minute, Tier::Hour]
-                .into_iter()
-                .find(|t| *t as u8 == tier)
-            else {
-                continue;
-            };
-            let Some(stored) = chunks.get((series, tier, window))? else {
-                // Dropped by retention or the budget since: nothing left to ship.
-                missing.push(((window, tier, series), version));
-                continue;
-            };
-            let mut chunk_bytes = stored.value().to_vec();
-            if tier_enum == Tier::Raw {
-                let head_samples = self.head_samples_in(series, window, window + RAW_WINDOW);
-                if !head_samples.is_empty() {
-                    if let Ok((t, v)) = codec::decode_chunk(&chunk_bytes) {
-                        let stored: Vec<(i64, f64)> = t.into_iter().zip(v).collect();
-                        let merged = merge_sorted(&stored, &sort_last_wins(head_samples));
-                        let (t, v): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
-                        chunk_bytes = codec::encode_chunk(&t, &v, self.shared.options.zstd_level);
+            let chunks = txn.open_table(CHUNKS)?;
+            let mut out: Vec<DirtyChunk> = Vec::new();
+            let mut missing: Vec<((i64, u8, u32), u64)> = Vec::new();
+            let mut bytes = 0usize;
+            for entry in dirty.iter()? {
+                let (key, version) = entry?;
+                let (window, tier, series) = key.value();
+                let version = version.value();
+                let receipt = ChunkReceipt {
+                    key: (window, tier, series),
+                    version,
+                };
+                if delivered.get(&(window, tier, series)) == Some(&version)
+                    || in_flight.contains(&receipt)
+                {
+                    continue;
+                }
+                let Some(tier_enum) = [Tier::Raw, Tier::Minute, Tier::Hour]
+                    .into_iter()
+                    .find(|t| *t as u8 == tier)
+                else {
+                    continue;
+                };
+                let Some(stored) = chunks.get((series, tier, window))? else {
+                    // Dropped by retention or the budget since: nothing left to ship.
+                    missing.push(((window, tier, series), version));
+                    continue;
+                };
+                let mut chunk_bytes = stored.value().to_vec();
+                if tier_enum == Tier::Raw {
+                    let head_samples = self.head_samples_in(series, window, window + RAW_WINDOW);
+                    if !head_samples.is_empty() {
+                        if let Ok((t, v)) = codec::decode_chunk(&chunk_bytes) {
+                            let stored: Vec<(i64, f64)> = t.into_iter().zip(v).collect();
+                            let merged = merge_sorted(&stored, &sort_last_wins(head_samples));
+                            let (t, v): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+                            chunk_bytes =
+                                codec::encode_chunk(&t, &v, self.shared.options.zstd_level);
+                        }
                     }
                 }
+                let Some(key) = self.series_key(SeriesId(series)) else {
+                    continue;
+                };
+                bytes += chunk_bytes.len();
+                out.push(DirtyChunk {
+                    series: SeriesId(series),
+                    key,
+                    tier: tier_enum,
+                    window_start: window,
+                    bytes: chunk_bytes,
+                    version,
+                });
+                if bytes >= max_bytes {
+                    break;
+                }
             }
-            let Some(key) = self.series_key(SeriesId(series)) else {
-                continue;
-            };
-            bytes += chunk_bytes.len();
-            out.push(DirtyChunk {
-                series: SeriesId(series),
-                key,
-                tier: tier_enum,
-                window_start: window,
-                bytes: chunk_bytes,
-                version,
-            });
-            if bytes >= max_bytes {
-                break;
+            if !missing.is_empty() {
+                lock(&self.shared.head).tracker.delivered.extend(missing);
             }
-        }
-        if !missing.is_empty() {
-            lock(&self.shared.head).tracker.delivered.extend(missing);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The subscriber has delivered these backlog chunks; the next seal removes them from the
@@ -937,49 +974,53 @@ impl Store {
 
     /// How far behind the subscriber is.
     pub fn backlog(&self) -> Result<Backlog> {
-        let (live, oldest_live, delivered) = {
-            let head = lock(&self.shared.head);
-            let mut live = 0u64;
-            let mut oldest: Option<i64> = None;
-            for (&id, samples) in &head.active.series {
-                let from = head.tracker.confirmed_length(id).min(samples.len());
-                live += (samples.len() - from) as u64;
-                if let Some(min) = samples.range(from, samples.len()).iter().map(|s| s.0).min() {
-                    oldest = Some(oldest.map_or(min, |o| o.min(min)));
+        self.contain(|| {
+            let (live, oldest_live, delivered) = {
+                let head = lock(&self.shared.head);
+                let mut live = 0u64;
+                let mut oldest: Option<i64> = None;
+                for (&id, samples) in &head.active.series {
+                    let from = head.tracker.confirmed_length(id).min(samples.len());
+                    live += (samples.len() - from) as u64;
+                    if let Some(min) = samples.range(from, samples.len()).iter().map(|s| s.0).min()
+                    {
+                        oldest = Some(oldest.map_or(min, |o| o.min(min)));
+                    }
                 }
-            }
-            (live, oldest, head.tracker.delivered.clone())
-        };
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let (mut dirty_chunks, mut oldest_dirty) = (0u64, None);
-        match txn.open_table(DIRTY) {
-            Ok(table) => {
-                for entry in table.iter()? {
-                    let (key, version) = entry?;
-                    if delivered.get(&key.value()) != Some(&version.value()) {
-                        dirty_chunks += 1;
-                        // A rollup chunk's window starts up to 30 days before its data, and
-                        // its buckets summarise raw data that is counted here too: only raw
-                        // windows tell the age.
-                        let (start, tier, _) = key.value();
-                        if tier == Tier::Raw as u8 {
-                            oldest_dirty = Some(oldest_dirty.map_or(start, |o: i64| o.min(start)));
+                (live, oldest, head.tracker.delivered.clone())
+            };
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let (mut dirty_chunks, mut oldest_dirty) = (0u64, None);
+            match txn.open_table(DIRTY) {
+                Ok(table) => {
+                    for entry in table.iter()? {
+                        let (key, version) = entry?;
+                        if delivered.get(&key.value()) != Some(&version.value()) {
+                            dirty_chunks += 1;
+                            // A rollup chunk's window starts up to 30 days before its data, and
+                            // its buckets summarise raw data that is counted here too: only raw
+                            // windows tell the age.
+                            let (start, tier, _) = key.value();
+                            if tier == Tier::Raw as u8 {
+                                oldest_dirty =
+                                    Some(oldest_dirty.map_or(start, |o: i64| o.min(start)));
+                            }
                         }
                     }
                 }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let oldest_ms = match (oldest_live, oldest_dirty) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok(Backlog {
-            live_unconfirmed_samples: live,
-            dirty_chunks,
-            oldest_ms,
+            let oldest_ms = match (oldest_live, oldest_dirty) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(Backlog {
+                live_unconfirmed_samples: live,
+                dirty_chunks,
+                oldest_ms,
+            })
         })
     }
 
@@ -1013,23 +1054,25 @@ impl Store {
 
     /// Raw samples with `from <= timestamp <= to` of every matching series.
     pub fn query_raw(&self, selector: &Selector, from: i64, to: i64) -> Result<Vec<SeriesPoints>> {
-        let series = self.series(selector);
-        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
-        let head = self.shared.head_snapshot(&ids, from, to);
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let reader = TierReader::new(&txn)?;
-        series
-            .into_iter()
-            .map(|(id, key)| {
-                let stored = reader.raw(id.0, from, to, &key)?;
-                let points = overlay(stored, head.samples(id.0));
-                Ok(SeriesPoints {
-                    series: key,
-                    points,
+        self.contain(|| {
+            let series = self.series(selector);
+            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+            let head = self.shared.head_snapshot(&ids, from, to);
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let reader = TierReader::new(&txn)?;
+            series
+                .into_iter()
+                .map(|(id, key)| {
+                    let stored = reader.raw(id.0, from, to, &key)?;
+                    let points = overlay(stored, head.samples(id.0));
+                    Ok(SeriesPoints {
+                        series: key,
+                        points,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// One value per `step`-wide bucket, buckets aligned to multiples of `step` since the epoch.
@@ -1045,65 +1088,68 @@ impl Store {
         step_ms: i64,
         aggregation: Aggregation,
     ) -> Result<Vec<SeriesPoints>> {
-        if step_ms <= 0 {
-            return Err(Error::Option {
-                name: "step",
-                reason: "must be positive".into(),
-            });
-        }
-        let tier = if step_ms % HOUR_MS == 0 {
-            Tier::Hour
-        } else if step_ms % MINUTE_MS == 0 {
-            Tier::Minute
-        } else {
-            Tier::Raw
-        };
-        let first = bucket_of(from, step_ms);
-        let end = bucket_of(to, step_ms).saturating_add(step_ms - 1);
-        // A rate needs each bucket's first sample's predecessor.
-        let data_from = if aggregation == Aggregation::Rate {
-            first.saturating_sub(step_ms)
-        } else {
-            first
-        };
-        let series = self.series(selector);
-        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
-        let head = self.shared.head_snapshot(&ids, data_from, end);
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let reader = TierReader::new(&txn)?;
-        let mut out = Vec::with_capacity(series.len());
-        for (id, key) in series {
-            let mut points = match (tier, aggregation) {
-                (Tier::Raw, Aggregation::Rate) => {
-                    let samples =
-                        overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
-                    query::rate(&samples, step_ms)
-                }
-                (Tier::Raw, _) => {
-                    let samples =
-                        overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
-                    query::reduce(&query::rollups_from_samples(&samples, step_ms), aggregation)
-                }
-                (_, Aggregation::Rate) => {
-                    let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
-                    let lasts: Vec<(i64, f64)> = points.iter().map(|(b, r)| (*b, r.last)).collect();
-                    query::rate(&lasts, step_ms)
-                }
-                (_, _) => {
-                    let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
-                    query::reduce(&query::coarsen(&points, step_ms), aggregation)
-                }
-            };
-            points.retain(|(bucket, _)| *bucket >= first && *bucket <= to);
-            if !points.is_empty() {
-                out.push(SeriesPoints {
-                    series: key,
-                    points,
+        self.contain(|| {
+            if step_ms <= 0 {
+                return Err(Error::Option {
+                    name: "step",
+                    reason: "must be positive".into(),
                 });
             }
-        }
-        Ok(out)
+            let tier = if step_ms % HOUR_MS == 0 {
+                Tier::Hour
+            } else if step_ms % MINUTE_MS == 0 {
+                Tier::Minute
+            } else {
+                Tier::Raw
+            };
+            let first = bucket_of(from, step_ms);
+            let end = bucket_of(to, step_ms).saturating_add(step_ms - 1);
+            // A rate needs each bucket's first sample's predecessor.
+            let data_from = if aggregation == Aggregation::Rate {
+                first.saturating_sub(step_ms)
+            } else {
+                first
+            };
+            let series = self.series(selector);
+            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+            let head = self.shared.head_snapshot(&ids, data_from, end);
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let reader = TierReader::new(&txn)?;
+            let mut out = Vec::with_capacity(series.len());
+            for (id, key) in series {
+                let mut points = match (tier, aggregation) {
+                    (Tier::Raw, Aggregation::Rate) => {
+                        let samples =
+                            overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                        query::rate(&samples, step_ms)
+                    }
+                    (Tier::Raw, _) => {
+                        let samples =
+                            overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                        query::reduce(&query::rollups_from_samples(&samples, step_ms), aggregation)
+                    }
+                    (_, Aggregation::Rate) => {
+                        let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                        let lasts: Vec<(i64, f64)> =
+                            points.iter().map(|(b, r)| (*b, r.last)).collect();
+                        query::rate(&lasts, step_ms)
+                    }
+                    (_, _) => {
+                        let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                        query::reduce(&query::coarsen(&points, step_ms), aggregation)
+                    }
+                };
+                points.retain(|(bucket, _)| *bucket >= first && *bucket <= to);
+                if !points.is_empty() {
+                    out.push(SeriesPoints {
+                        series: key,
+                        points,
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Rollup points of one tier, exactly as stored plus the head's contribution.
@@ -1114,66 +1160,70 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<SeriesRollups>> {
-        let series = self.series(selector);
-        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
-        let width = tier.resolution_ms();
-        let (from, to) = (
-            bucket_of(from, width),
-            bucket_of(to, width).saturating_add(width - 1),
-        );
-        let head = self.shared.head_snapshot(&ids, from, to);
-        let db = read(&self.shared.db);
-        let txn = db.begin_read()?;
-        let reader = TierReader::new(&txn)?;
-        series
-            .into_iter()
-            .map(|(id, key)| {
-                let points = match tier {
-                    Tier::Raw => {
-                        let samples =
-                            overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
-                        samples
-                            .into_iter()
-                            .map(|(t, v)| (t, Rollup::of(v)))
-                            .collect()
-                    }
-                    _ => reader.tier_points(id.0, tier, from, to, &key, &head)?,
-                };
-                Ok((key, points))
-            })
-            .collect()
+        self.contain(|| {
+            let series = self.series(selector);
+            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+            let width = tier.resolution_ms();
+            let (from, to) = (
+                bucket_of(from, width),
+                bucket_of(to, width).saturating_add(width - 1),
+            );
+            let head = self.shared.head_snapshot(&ids, from, to);
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let reader = TierReader::new(&txn)?;
+            series
+                .into_iter()
+                .map(|(id, key)| {
+                    let points = match tier {
+                        Tier::Raw => {
+                            let samples =
+                                overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
+                            samples
+                                .into_iter()
+                                .map(|(t, v)| (t, Rollup::of(v)))
+                                .collect()
+                        }
+                        _ => reader.tier_points(id.0, tier, from, to, &key, &head)?,
+                    };
+                    Ok((key, points))
+                })
+                .collect()
+        })
     }
 
     pub fn stats(&self) -> Result<Stats> {
-        let shared = &self.shared;
-        let (head_samples, generation) = {
-            let head = lock(&shared.head);
-            let frozen = head.frozen.as_ref().map_or(0, |f| f.samples);
-            ((head.active.samples + frozen) as u64, head.log.generation)
-        };
-        let db = read(&shared.db);
-        let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let get = |key: &str| -> Result<u64> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
-        let mut chunk_bytes = [0u64; 3];
-        for entry in txn.open_table(CHUNKS)?.iter()? {
-            let (key, value) = entry?;
-            if let Some(slot) = chunk_bytes.get_mut(usize::from(key.value().1)) {
-                *slot += value.value().len() as u64;
+        self.contain(|| {
+            let shared = &self.shared;
+            let (head_samples, generation) = {
+                let head = lock(&shared.head);
+                let frozen = head.frozen.as_ref().map_or(0, |f| f.samples);
+                ((head.active.samples + frozen) as u64, head.log.generation)
+            };
+            let db = read(&shared.db);
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let get = |key: &str| -> Result<u64> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
+            let mut chunk_bytes = [0u64; 3];
+            for entry in txn.open_table(CHUNKS)?.iter()? {
+                let (key, value) = entry?;
+                if let Some(slot) = chunk_bytes.get_mut(usize::from(key.value().1)) {
+                    *slot += value.value().len() as u64;
+                }
             }
-        }
-        Ok(Stats {
-            series: read(&shared.catalogue).keys.len() as u64,
-            raw_samples: get(META_RAW_SAMPLES)? + head_samples,
-            minute_points: get(META_MINUTE_POINTS)?,
-            hour_points: get(META_HOUR_POINTS)?,
-            head_samples,
-            disk_bytes: shared.disk_bytes(),
-            bytes_written_since_open: shared.db_written.load(Ordering::Relaxed)
-                + shared.log_written.load(Ordering::Relaxed),
-            log_bytes_written_since_open: shared.log_written.load(Ordering::Relaxed),
-            log_generation: generation,
-            chunk_bytes,
+            Ok(Stats {
+                series: read(&shared.catalogue).keys.len() as u64,
+                raw_samples: get(META_RAW_SAMPLES)? + head_samples,
+                minute_points: get(META_MINUTE_POINTS)?,
+                hour_points: get(META_HOUR_POINTS)?,
+                head_samples,
+                disk_bytes: shared.disk_bytes(),
+                bytes_written_since_open: shared.db_written.load(Ordering::Relaxed)
+                    + shared.log_written.load(Ordering::Relaxed),
+                log_bytes_written_since_open: shared.log_written.load(Ordering::Relaxed),
+                log_generation: generation,
+                chunk_bytes,
+            })
         })
     }
 }
@@ -1228,7 +1278,7 @@ fn start_tracking(db: &Database) -> Result<()> {
 }
 
 /// The redb handle: read-write, or read-only for commands that must not modify the store.
-enum Db {
+pub(crate) enum Db {
     Writable(Database),
     ReadOnly(redb::ReadOnlyDatabase),
     /// A store that was not closed cleanly, opened read-only: redb must repair its allocator
@@ -1247,7 +1297,9 @@ impl Debug for Db {
 }
 
 impl Db {
-    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+    pub(crate) fn begin_read(
+        &self,
+    ) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
         use redb::ReadableDatabase;
         match self {
             Db::Writable(db) | Db::RepairedCopy(db) => db.begin_read(),
@@ -1280,6 +1332,12 @@ fn open_error(e: redb::DatabaseError, path: &Path, fresh: bool) -> Error {
         {
             Error::Locked {
                 path: path.to_path_buf(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) if !fresh => {
+            Error::Damaged {
+                path: path.to_path_buf(),
+                detail,
             }
         }
         redb::DatabaseError::Storage(storage) if !fresh => Error::NotAStore {
@@ -1720,14 +1778,85 @@ impl TierReader {
 // ---------------------------------------------------------------------------------------------
 // The writer side
 
+/// Runs `f`, turning a panic inside it (redb panics on some damaged pages) into
+/// [`Error::Damaged`]: no damaged file may take the process down.
+pub(crate) fn contain<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the database engine failed".into());
+            Err(Error::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            })
+        }
+    }
+}
+
+/// The writer thread's work, with a panic contained: the store is poisoned instead of left
+/// without a writer.
+fn guarded<T>(shared: &Shared, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    contain(&shared.path, f).map_err(|error| match error {
+        Error::Damaged { .. } => shared.poisoned(error),
+        other => other,
+    })
+}
+
+/// Failing background maintenance (a full disk, a poisoned store): retried with a growing
+/// delay rather than in a busy loop, and logged at most once a minute.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Duration,
+    last_logged: Option<Duration>,
+    suppressed: u64,
+}
+
+impl Backoff {
+    /// How long until the next try, from `now`.
+    fn wait(&self, now: Duration) -> Duration {
+        self.retry_at.saturating_sub(now)
+    }
+
+    fn failed(&mut self, error: &Error, now: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = Duration::from_millis(100) * (1u32 << self.failures.min(9));
+        self.retry_at = now + delay.min(Duration::from_secs(30));
+        if self
+            .last_logged
+            .is_some_and(|at| now.saturating_sub(at) < Duration::from_secs(60))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::error!(%error, repeated = self.suppressed, "store maintenance failed");
+        self.last_logged = Some(now);
+        self.suppressed = 0;
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "store maintenance works again");
+        }
+        *self = Backoff::default();
+    }
+}
+
 fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
+    let mut backoff = Backoff::default();
     loop {
-        let timeout = shared.time_to_next_deadline();
+        let timeout = shared
+            .time_to_next_deadline()
+            .max(backoff.wait(shared.options.clock.now()));
         let command = match commands.recv_timeout(timeout) {
             Ok(CommandBox(command)) => Some(command),
             Err(flume::RecvTimeoutError::Timeout) => None,
             Err(flume::RecvTimeoutError::Disconnected) => {
-                if let Err(error) = shared.seal_with(true) {
+                if let Err(error) = guarded(shared, || shared.seal_with(true)) {
                     tracing::error!(%error, "final seal failed");
                 }
                 return;
@@ -1738,39 +1867,51 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
                 // A full head refuses the batch; the writer seals it itself (rather than wait
                 // for itself) and tries once more, into the emptied head.
                 let mut batch = Some(batch);
-                let mut result = shared.try_write(&mut batch).map(|_| ());
+                let mut result = guarded(shared, || shared.try_write(&mut batch).map(|_| ()));
                 if result.is_ok() && batch.is_some() {
-                    result = shared
-                        .seal()
-                        .and_then(|()| shared.try_write(&mut batch).map(|_| ()));
+                    result = guarded(shared, || {
+                        shared
+                            .seal()
+                            .and_then(|()| shared.try_write(&mut batch).map(|_| ()))
+                    });
                 }
                 let _ = reply.send(result);
             }
             Some(Command::Sync(reply)) => {
-                let _ = reply.send(shared.sync());
+                let _ = reply.send(guarded(shared, || shared.sync()));
             }
             Some(Command::Seal(reply)) => {
-                let _ = reply.send(shared.seal());
+                let _ = reply.send(guarded(shared, || shared.seal()));
             }
             Some(Command::Tick(reply)) => {
-                let _ = reply.send(shared.run_due());
+                let _ = reply.send(guarded(shared, || shared.run_due()));
                 continue;
             }
             Some(Command::Compact(reply)) => {
-                let _ = reply.send(shared.seal().and_then(|()| shared.compact()));
+                let _ = reply.send(guarded(shared, || {
+                    shared.seal().and_then(|()| shared.compact())
+                }));
             }
             Some(Command::Backup(to, reply)) => {
-                let _ = reply.send(shared.seal().and_then(|()| copy_synced(&shared.path, &to)));
+                let _ = reply.send(guarded(shared, || {
+                    shared.seal().and_then(|()| copy_synced(&shared.path, &to))
+                }));
             }
             Some(Command::Close(reply)) => {
-                let result = shared.close();
+                let result = guarded(shared, || shared.close());
                 let _ = reply.send(result);
                 return;
             }
             Some(Command::Wake) | None => {}
         }
-        if let Err(error) = shared.run_due() {
-            tracing::error!(%error, "store maintenance failed");
+        let now = shared.options.clock.now();
+        if !backoff.wait(now).is_zero() {
+            // A command woke the writer before maintenance's retry time.
+            continue;
+        }
+        match guarded(shared, || shared.run_due()) {
+            Ok(()) => backoff.succeeded(),
+            Err(error) => backoff.failed(&error, now),
         }
     }
 }

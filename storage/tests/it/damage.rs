@@ -117,3 +117,50 @@ fn a_read_only_open_of_a_missing_store_creates_nothing() {
     assert!(Store::open(&path, read_only()).is_err());
     assert!(!path.exists());
 }
+
+/// The store-file fuzzer's check, run here on random damage to its seed (a real store): any
+/// damage gives a report or an error, never a panic. `cargo fuzz run store_file` explores
+/// further.
+mod store_file {
+    use proptest::prelude::*;
+
+    fn seed() -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/store_file.redb");
+        std::fs::read(path).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_damage_is_reported_not_a_panic(
+            damage in proptest::collection::vec(any::<u8>(), 5..5 * 200)
+        ) {
+            let _ = outpost_storage::fuzzing::check_damaged_store(&seed(), &damage);
+        }
+    }
+
+    #[test]
+    fn the_seed_itself_is_clean() {
+        assert_eq!(
+            outpost_storage::fuzzing::check_damaged_store(&seed(), &[]).unwrap(),
+            0
+        );
+    }
+
+    /// Whole zeroed 4 KiB pages, as a failed flash block leaves them.
+    #[test]
+    fn zeroed_pages_are_reported_not_a_panic() {
+        let seed = seed();
+        for page in 1..seed.len() / 4096 {
+            let mut damage = Vec::new();
+            for (at, &byte) in seed.iter().enumerate().skip(page * 4096).take(4096) {
+                if byte != 0 {
+                    damage.extend_from_slice(&(at as u32).to_le_bytes());
+                    damage.push(byte);
+                }
+            }
+            let _ = outpost_storage::fuzzing::check_damaged_store(&seed, &damage);
+        }
+    }
+}
