@@ -132,7 +132,9 @@ pub fn silences_from_config(alerts: &AlertsSection, now_ms: i64) -> Result<Silen
     for (i, s) in alerts.silence.iter().enumerate() {
         let starts_ms = match &s.starts {
             Some(text) => time(format!("alerts.silence[{i}].starts"), text)?,
-            None => i64::MIN / 2,
+            // "Always": the epoch, which every API prints as a real time (no sample is older
+            // than it, and it shows as 1970-01-01T00:00:00Z rather than an absurd number).
+            None => 0,
         };
         let ends_ms = time(format!("alerts.silence[{i}].ends"), &s.ends)?;
         outpost_storage::Selector::parse(&s.matcher)
@@ -455,6 +457,8 @@ ends = "2026-12-05T12:00:00Z"
         let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_millisecond();
         assert!(silences.silenced("disk_full", &labels, at("2026-12-01T00:00:00Z")));
         assert!(!silences.silenced("disk_full", &labels, at("2026-12-24T00:00:00Z")));
+        // A silence without `starts` holds from the epoch, not from an absurd negative time.
+        assert_eq!(silences.list()[0].starts_ms, 0);
         // Sunday 2026-12-06, 02:00 to 04:00 in New York (UTC-5): every alert.
         assert!(silences.silenced("cpu_high", &labels, at("2026-12-06T07:30:00Z")));
         assert!(!silences.silenced("cpu_high", &labels, at("2026-12-06T09:00:00Z")));

@@ -20,12 +20,15 @@ const NICE_STEPS_MS: &[i64] = &[
 pub fn step_for(start_ms: i64, end_ms: i64, max_points: usize) -> i64 {
     let span = end_ms.saturating_sub(start_ms).max(1);
     let per = max_points.max(1) as i64;
-    let wanted = (span + per - 1) / per;
+    let wanted = span / per + i64::from(span % per != 0);
     NICE_STEPS_MS
         .iter()
         .copied()
         .find(|step| *step >= wanted)
-        .unwrap_or_else(|| (wanted + 86_399_999) / 86_400_000 * 86_400_000)
+        .unwrap_or_else(|| {
+            let days = wanted / 86_400_000 + i64::from(wanted % 86_400_000 != 0);
+            days.saturating_mul(86_400_000)
+        })
 }
 
 /// Which tier the store answers a step from (`Store::query_step`'s rule).
@@ -97,7 +100,8 @@ pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError
             return Err(WebError::BadRequest("step must be positive".into()))
         }
         Some(step) => {
-            let buckets = (query.end_ms - query.start_ms) / step + 1;
+            // Saturating: an absurd range must be refused, not wrap around to a small count.
+            let buckets = (query.end_ms.saturating_sub(query.start_ms) / step).saturating_add(1);
             if buckets > query.limit_points as i64 {
                 return Err(WebError::BadRequest(format!(
                     "a step of {step} ms gives {buckets} points per series over this range, more \
@@ -217,6 +221,37 @@ mod tests {
         let sparse: Vec<(i64, f64)> = (0..50).map(|i| (i * 5000, 1.0)).collect();
         assert!(with_gaps(&sparse, 1000).iter().all(|(_, v)| v.is_some()));
         assert_eq!(with_gaps(&[(0, f64::NAN)], 1000), vec![(0, None)]);
+    }
+
+    /// `end - start` once wrapped around for a range to `i64::MAX`, so that a 1 ms step over it
+    /// passed the points bound.
+    #[test]
+    fn absurd_ranges_are_refused_by_the_points_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("s.redb"),
+            outpost_storage::Options::default(),
+        )
+        .unwrap();
+        let selector = Selector::parse("up").unwrap();
+        for (start_ms, end_ms) in [(0, i64::MAX), (i64::MIN, i64::MAX), (i64::MIN, 0)] {
+            let query = RangeQuery {
+                selector: &selector,
+                start_ms,
+                end_ms,
+                step_ms: Some(1),
+                max_points: 1000,
+                aggregation: Aggregation::Avg,
+                limit_points: 11_000,
+                limit_series: 100,
+            };
+            let refused = answer(&store, &query);
+            assert!(
+                matches!(refused, Err(WebError::BadRequest(_))),
+                "{start_ms}..{end_ms}"
+            );
+            assert!(step_for(start_ms, end_ms, 1000) > 0);
+        }
     }
 
     proptest! {
