@@ -277,7 +277,7 @@ fn import(path: &Path, input: &str, max_future_ms: i64) -> Result<ExitCode> {
         if errors > 100 {
             eprintln!("({} more malformed lines not shown)", errors - 100);
         }
-        eprintln!("{errors} malformed lines skipped");
+        eprintln!("{errors} lines skipped (malformed, or timestamped past --max-future)");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

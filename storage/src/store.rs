@@ -2709,3 +2709,37 @@ fn window_of(tier: Tier) -> i64 {
         Tier::Hour => HOUR_WINDOW,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk made the writer retry maintenance in a busy loop, logging each failure.
+    #[test]
+    fn failing_maintenance_waits_longer_each_time_and_logs_once_a_minute() {
+        let mut backoff = Backoff::default();
+        let error = Error::Closed;
+        let mut now = Duration::ZERO;
+        let mut waits = Vec::new();
+        let mut logged = Vec::new();
+        for _ in 0..12 {
+            backoff.failed(&error, now);
+            if backoff.last_logged == Some(now) {
+                logged.push(now);
+            }
+            let wait = backoff.wait(now);
+            waits.push(wait);
+            now += wait;
+        }
+        assert!(waits[0] >= Duration::from_millis(100), "{waits:?}");
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap(), Duration::from_secs(30));
+        // 12 failures over about three minutes, logged at most once a minute.
+        assert!(logged.len() <= 4, "{logged:?}");
+        assert!(logged
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_secs(60)));
+        backoff.succeeded();
+        assert_eq!(backoff.wait(now), Duration::ZERO);
+    }
+}

@@ -52,7 +52,7 @@ fn import_reports_bad_lines_and_keeps_the_rest() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("line 5:"), "{stderr}");
     assert!(stderr.contains("line 9:"), "{stderr}");
-    assert!(stderr.contains("2 malformed lines skipped"), "{stderr}");
+    assert!(stderr.contains("2 lines skipped (malformed"), "{stderr}");
 
     let out = outpost(
         &[
