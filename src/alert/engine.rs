@@ -116,6 +116,9 @@ pub enum Reason {
     Transition,
     Renotify,
     Escalation,
+    /// The alert's `silenced` changed (a silence began, ended or was deleted); its state did
+    /// not.
+    Silence,
 }
 
 /// Where a notification goes.
@@ -529,6 +532,85 @@ impl Engine {
         outcome
     }
 
+    /// Records a transition (or a change of `silenced`) of `record`: a new event number, the
+    /// history, the retained state and the events topic.
+    fn publish(
+        &mut self,
+        rule: &Rule,
+        record: &mut AlertRecord,
+        reason: Reason,
+        now_ms: i64,
+        write: &mut WriteBatch,
+        outcome: &mut Outcome,
+    ) {
+        let state = record.state;
+        self.event_seq += 1;
+        record.event_seq = self.event_seq;
+        record.changed_ms = now_ms;
+        let severity = record.severity.to_string();
+        let context = Context {
+            value: record.value,
+            threshold: rule.threshold,
+            rule: &rule.name,
+            severity: &severity,
+            device: &self.options.device,
+            state: state.as_str(),
+            labels: &record.labels,
+            ..Context::default()
+        };
+        // The default summary ends in the labels, which may be none.
+        record.summary = rule.summary.render(&context).trim_end().to_string();
+        record.description = rule.description.render(&context);
+        let mut message = self.message(record, reason);
+        let json = serde_json::to_string(&message).expect("message serializes");
+        write.put_state(
+            StateTable::AlertState,
+            format!("{HISTORY_PREFIX}{:020}", self.event_seq),
+            json.clone().into_bytes(),
+        );
+        if self.event_seq > HISTORY_LEN {
+            write.delete_state(
+                StateTable::AlertState,
+                format!("{HISTORY_PREFIX}{:020}", self.event_seq - HISTORY_LEN),
+            );
+        }
+        write.put_state(
+            StateTable::AlertState,
+            EVENT_SEQ_KEY,
+            self.event_seq.to_le_bytes().to_vec(),
+        );
+        if let (Some(events), Some(topic)) = (self.events_topic(), self.state_topic(record)) {
+            // The retained state: present while firing, cleared when it ends.
+            let retained = match state {
+                State::Firing => Some(json.clone()),
+                State::Resolved => Some(String::new()),
+                _ => None,
+            };
+            if let Some(payload) = retained {
+                self.enqueue_mail(
+                    write,
+                    Mail {
+                        topic,
+                        payload,
+                        retain: true,
+                    },
+                );
+            }
+            message.dropped_before = self.take_dropped(&Channel::Mqtt);
+            let payload = serde_json::to_string(&message).expect("message serializes");
+            self.enqueue_mail(
+                write,
+                Mail {
+                    topic: events,
+                    payload,
+                    retain: false,
+                },
+            );
+            outcome.woken.push(Channel::Mqtt);
+        }
+        outcome.transitions.push(message);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
@@ -635,6 +717,11 @@ impl Engine {
                 }
             }
         }
+        // A silence beginning or ending is news to whoever shows the alert (the retained state
+        // and the hub), though the state itself did not change.
+        let silence_changed = transition.is_none()
+            && record.silenced != before.silenced
+            && matches!(record.state, State::Pending | State::Firing);
         if let Some(state) = transition {
             record.state = state;
             match state {
@@ -642,70 +729,14 @@ impl Engine {
                 State::Resolved => record.resolved_ms = Some(now_ms),
                 _ => {}
             }
-            self.event_seq += 1;
-            record.event_seq = self.event_seq;
-            record.changed_ms = now_ms;
-            let severity = record.severity.to_string();
-            let context = Context {
-                value: record.value,
-                threshold: rule.threshold,
-                rule: &rule.name,
-                severity: &severity,
-                device: &self.options.device,
-                state: state.as_str(),
-                labels: &record.labels,
-                ..Context::default()
+        }
+        if transition.is_some() || silence_changed {
+            let reason = if silence_changed {
+                Reason::Silence
+            } else {
+                reason
             };
-            record.summary = rule.summary.render(&context);
-            record.description = rule.description.render(&context);
-            let mut message = self.message(&record, reason);
-            let json = serde_json::to_string(&message).expect("message serializes");
-            write.put_state(
-                StateTable::AlertState,
-                format!("{HISTORY_PREFIX}{:020}", self.event_seq),
-                json.clone().into_bytes(),
-            );
-            if self.event_seq > HISTORY_LEN {
-                write.delete_state(
-                    StateTable::AlertState,
-                    format!("{HISTORY_PREFIX}{:020}", self.event_seq - HISTORY_LEN),
-                );
-            }
-            write.put_state(
-                StateTable::AlertState,
-                EVENT_SEQ_KEY,
-                self.event_seq.to_le_bytes().to_vec(),
-            );
-            if let (Some(events), Some(topic)) = (self.events_topic(), self.state_topic(&record)) {
-                // The retained state: present while firing, cleared when it ends.
-                let retained = match state {
-                    State::Firing => Some(json.clone()),
-                    State::Resolved => Some(String::new()),
-                    _ => None,
-                };
-                if let Some(payload) = retained {
-                    self.enqueue_mail(
-                        write,
-                        Mail {
-                            topic,
-                            payload,
-                            retain: true,
-                        },
-                    );
-                }
-                message.dropped_before = self.take_dropped(&Channel::Mqtt);
-                let payload = serde_json::to_string(&message).expect("message serializes");
-                self.enqueue_mail(
-                    write,
-                    Mail {
-                        topic: events,
-                        payload,
-                        retain: false,
-                    },
-                );
-                outcome.woken.push(Channel::Mqtt);
-            }
-            outcome.transitions.push(message);
+            self.publish(rule, &mut record, reason, now_ms, write, outcome);
         }
         // The notification channels: firings (once not silenced and past any cooldown, which
         // may be later than the transition), escalations, reminders, and the resolve of what
@@ -739,7 +770,13 @@ impl Engine {
             for name in channels {
                 let channel = Channel::Named(name);
                 let mut message = self.message(&record, reason);
-                message.at = rfc3339(now_ms);
+                // A reminder happens now; a firing or resolve told late (after a cooldown or a
+                // silence) keeps the time it happened, as on MQTT.
+                message.at = rfc3339(match (reason, record.state) {
+                    (Reason::Transition, State::Firing) => record.fired_ms.unwrap_or(now_ms),
+                    (Reason::Transition, State::Resolved) => record.resolved_ms.unwrap_or(now_ms),
+                    _ => now_ms,
+                });
                 message.dropped_before = self.take_dropped(&channel);
                 let key = self.next_queue_key(&channel);
                 let value = serde_json::to_vec(&message).expect("message serializes");
@@ -1113,8 +1150,79 @@ escalate_after = "2m"
         assert_eq!(retained["silenced"], true);
         rig.tick(2, &[("v", 5.0)]);
         assert!(rig.queue("n/").is_empty(), "held while silenced");
-        rig.tick(5, &[("v", 5.0)]);
+        let transitions = rig.tick(5, &[("v", 5.0)]);
         assert_eq!(rig.queue("n/").len(), 1, "told once the silence ended");
+        let told = &rig.queue("n/")[0];
+        assert_eq!(told["silenced"], false);
+        assert_eq!(
+            told["at"], told["fired_at"],
+            "a deferred notification is stamped with the transition it tells of"
+        );
+        // The end of the silence is news on MQTT too: the retained state and an event.
+        assert_eq!(
+            transitions,
+            vec![("_".into(), State::Firing, Reason::Silence)]
+        );
+        let mqtt = rig.queue("m/");
+        let (retained, events): (Vec<_>, Vec<_>) = mqtt.iter().partition(|m| m["retain"] == true);
+        let last_retained: serde_json::Value =
+            serde_json::from_str(retained.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(last_retained["silenced"], false);
+        let last_event: serde_json::Value =
+            serde_json::from_str(events.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(last_event["silenced"], false);
+        assert_eq!(last_event["reason"], "silence");
+        assert!(last_event["event_seq"].as_u64() > retained_first_seq(&retained));
+    }
+
+    fn retained_first_seq(retained: &[&serde_json::Value]) -> Option<u64> {
+        let first: serde_json::Value =
+            serde_json::from_str(retained[0]["payload"].as_str().unwrap()).unwrap();
+        first["event_seq"].as_u64()
+    }
+
+    #[test]
+    fn a_silence_added_to_a_firing_alert_is_published() {
+        let mut rig = rig("[[rule]]\nname = \"up\"\nselect = \"v\"\nthreshold = 1\n");
+        assert_eq!(rig.tick(1, &[("v", 5.0)])[0].1, State::Firing);
+        let mut write = WriteBatch::default();
+        rig.engine
+            .silences
+            .add(
+                super::super::schedule::Silence {
+                    id: "s1".into(),
+                    matcher: r#"{alertname="up"}"#.into(),
+                    starts_ms: 0,
+                    ends_ms: 60_000,
+                    created_by: "test".into(),
+                    comment: String::new(),
+                },
+                &mut write,
+            )
+            .unwrap();
+        rig.store.write(write).unwrap();
+        assert_eq!(
+            rig.tick(2, &[("v", 5.0)]),
+            vec![("_".into(), State::Firing, Reason::Silence)]
+        );
+        assert!(rig.tick(3, &[("v", 5.0)]).is_empty(), "published once");
+        let retained: Vec<serde_json::Value> = rig
+            .queue("m/")
+            .into_iter()
+            .filter(|m| m["retain"] == true)
+            .collect();
+        let last: serde_json::Value =
+            serde_json::from_str(retained.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(last["silenced"], true);
+        assert_eq!(
+            last["summary"], "up: 5",
+            "the default summary, without labels"
+        );
+        assert_eq!(
+            rig.queue("n/").len(),
+            1,
+            "the firing told before the silence, nothing more"
+        );
     }
 
     #[test]

@@ -758,6 +758,16 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         let alert = v["alerts"].as_array()?.first()?.clone();
         (alert["state"] == "firing" && alert["silenced"] == true).then_some(())
     });
+    let retained_silenced = || {
+        let held = retained(port, "outpost/v1/+/dev-1/alerts/errors/+");
+        let state: Value = serde_json::from_str(&held.first()?.1).ok()?;
+        state["silenced"].as_bool()
+    };
+    wait_until(
+        "the silenced state retained",
+        Duration::from_secs(20),
+        || (retained_silenced() == Some(true)).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(hook.bodies().len(), 2, "held while silenced");
     let (status, _) = http(
@@ -771,6 +781,12 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         (hook.bodies().len() == 3).then_some(())
     });
     assert!(hook.bodies()[2].contains("[FIRING]"));
+    // Whoever shows the alert from MQTT (the hub) learns that the silence is over.
+    wait_until(
+        "the unsilenced state retained",
+        Duration::from_secs(20),
+        || (retained_silenced() == Some(false)).then_some(()),
+    );
 
     // A silence from the hub: a signed command on the device's cmd topic; a replay of it, or
     // one signed with another key, is ignored.
