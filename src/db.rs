@@ -75,6 +75,9 @@ pub enum DbCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also read every chunk to add up the bytes of each tier (slow on a large store).
+        #[arg(long)]
+        full: bool,
     },
     /// Read every chunk, log frame and state entry, and report what is damaged.
     ///
@@ -142,7 +145,7 @@ pub fn run(command: DbCommand) -> Result<ExitCode> {
                 .context("--step")?;
             query(&store.path, &selector, from, to, step, function, format)
         }
-        DbCommand::Stats { store, json } => stats(&store.path, json),
+        DbCommand::Stats { store, json, full } => stats(&store.path, json, full),
         DbCommand::Check { store } => check(&store.path),
         DbCommand::Salvage { store, to } => salvage(&store.path, &to),
         DbCommand::Compact { store } => {
@@ -417,13 +420,18 @@ fn salvage(path: &Path, to: &Path) -> Result<ExitCode> {
     Ok(print_report(&report))
 }
 
-fn stats(path: &Path, json: bool) -> Result<ExitCode> {
+fn stats(path: &Path, json: bool, full: bool) -> Result<ExitCode> {
     let store = open_existing(path, true)?;
     let stats = store.stats()?;
+    let chunk_bytes = if full {
+        Some(store.chunk_bytes()?)
+    } else {
+        None
+    };
     store.close()?;
     let mut out = std::io::stdout().lock();
     if json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "series": stats.series,
             "raw_samples": stats.raw_samples,
             "minute_points": stats.minute_points,
@@ -432,23 +440,18 @@ fn stats(path: &Path, json: bool) -> Result<ExitCode> {
             "disk_bytes": stats.disk_bytes,
             "bytes_per_raw_sample": stats.bytes_per_raw_sample(),
             "bytes_written_since_open": stats.bytes_written_since_open,
-            "chunk_bytes": {"raw": stats.chunk_bytes[0], "minute": stats.chunk_bytes[1], "hour": stats.chunk_bytes[2]},
         });
+        if let Some([raw, minute, hour]) = chunk_bytes {
+            json["chunk_bytes"] = serde_json::json!({"raw": raw, "minute": minute, "hour": hour});
+        }
         writeln!(out, "{json}")?;
     } else {
-        let lines = [
+        let mut lines = vec![
             ("series", stats.series.to_string()),
             ("raw samples", stats.raw_samples.to_string()),
             ("1-minute rollup points", stats.minute_points.to_string()),
             ("1-hour rollup points", stats.hour_points.to_string()),
             ("bytes on disk", stats.disk_bytes.to_string()),
-            (
-                "chunk bytes per tier",
-                format!(
-                    "raw {}, 1m {}, 1h {}",
-                    stats.chunk_bytes[0], stats.chunk_bytes[1], stats.chunk_bytes[2]
-                ),
-            ),
             (
                 "bytes per raw sample",
                 format!("{:.3}", stats.bytes_per_raw_sample()),
@@ -458,6 +461,12 @@ fn stats(path: &Path, json: bool) -> Result<ExitCode> {
                 stats.bytes_written_since_open.to_string(),
             ),
         ];
+        if let Some([raw, minute, hour]) = chunk_bytes {
+            lines.push((
+                "chunk bytes per tier",
+                format!("raw {raw}, 1m {minute}, 1h {hour}"),
+            ));
+        }
         for (name, value) in lines {
             writeln!(out, "{name:<25} {value}")?;
         }

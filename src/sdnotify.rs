@@ -24,7 +24,10 @@ impl Notifier {
                 return None;
             }
         };
-        let socket = match UnixDatagram::unbound() {
+        // Never blocking: a manager that is slow to read (its queue full) must not stall the
+        // daemon's async thread; a ping that cannot be sent at once is dropped.
+        let socket = match UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s))
+        {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!("cannot create the socket for NOTIFY_SOCKET: {error}");
@@ -113,13 +116,18 @@ impl Service {
         Service { notifier, pings }
     }
 
-    /// Completes when a watchdog ping is due and has been sent. Awaited in the daemon's main
-    /// loop, so that systemd restarts a daemon whose loop has stopped turning.
-    pub async fn watchdog(&mut self) {
+    /// Completes when a watchdog ping is due, and sends it if `alive()` says every essential
+    /// task is. Awaited in the daemon's main loop, so that systemd restarts a daemon whose loop
+    /// has stopped turning or whose tasks keep dying.
+    pub async fn watchdog(&mut self, alive: impl FnOnce() -> bool) {
         match (&mut self.pings, &self.notifier) {
             (Some(pings), Some(notifier)) => {
                 pings.tick().await;
-                notifier.watchdog();
+                if alive() {
+                    notifier.watchdog();
+                } else {
+                    tracing::error!("a task keeps failing: not feeding systemd's watchdog");
+                }
             }
             _ => std::future::pending().await,
         }

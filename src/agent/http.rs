@@ -27,6 +27,7 @@ pub struct HttpState {
     pub import: std::sync::RwLock<ImportSection>,
     pub started: Instant,
     pub alerts: Option<Arc<super::alerts::AlertShared>>,
+    pub tasks: Arc<super::supervise::Tasks>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -87,25 +88,40 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
             )
         })
         .collect();
-    let store = state.sink.store.stats();
-    let (status, store_json) = match &store {
-        Ok(stats) => (
-            "ok",
-            serde_json::json!({"series": stats.series, "disk_bytes": stats.disk_bytes}),
-        ),
-        Err(error) => ("failing", serde_json::json!({"error": error.to_string()})),
-    };
-    let code = if store.is_ok() {
-        StatusCode::OK
+    // From memory only: a health check must not wait for the disk.
+    let store = state.sink.store.health();
+    let crash_looping = state.tasks.crash_looping(Instant::now());
+    let (status, code) = if store.write_failure.is_none() && crash_looping.is_empty() {
+        ("ok", StatusCode::OK)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        ("degraded", StatusCode::SERVICE_UNAVAILABLE)
     };
+    let tasks: serde_json::Map<String, serde_json::Value> = state
+        .tasks
+        .restarts()
+        .into_iter()
+        .map(|(name, restarts)| {
+            let failing = crash_looping
+                .iter()
+                .find(|(looping, _)| *looping == name)
+                .map(|(_, why)| why.clone());
+            let value = serde_json::json!({"restarts": restarts, "crash_loop": failing});
+            (name, value)
+        })
+        .collect();
+    let store_json = serde_json::json!({
+        "series": store.series,
+        "disk_bytes": store.disk_bytes,
+        "write_failure": store.write_failure,
+        "write_errors": state.sink.write_errors.load(std::sync::atomic::Ordering::Relaxed),
+    });
     let body = serde_json::json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "store": store_json,
         "collectors": collectors,
+        "tasks": tasks,
     });
     (code, axum::Json(body)).into_response()
 }

@@ -9,9 +9,11 @@
 pub mod alerts;
 pub mod catalogue;
 pub mod config;
+mod fault;
 pub mod http;
 pub mod notify;
 pub mod sink;
+mod supervise;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,7 +155,9 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     };
     let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
-    let uplink = if let Some(uplink_config) = uplink_config {
+    let tasks = Arc::new(supervise::Tasks::default());
+    let mut uplink = JoinSet::new();
+    if let Some(uplink_config) = uplink_config {
         let meta = device_meta(&config, &uplink_config.topics.device, &sink.store);
         let state = sink.uplink.clone();
         let store = sink.store.clone();
@@ -162,21 +166,19 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
             .and_then(|a| a.mailbox.clone())
             .map(|m| m as Arc<dyn outpost_sync::uplink::Mailbox>);
         tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
-        Some(tokio::spawn(async move {
-            outpost_sync::uplink::run(
-                store,
-                uplink_config,
-                meta,
-                state,
+        supervise::spawn(&mut uplink, &tasks, "uplink", move || {
+            let run = outpost_sync::uplink::run(
+                store.clone(),
+                uplink_config.clone(),
+                meta.clone(),
+                state.clone(),
                 (crate::sysinfo_ids::wall_ms, crate::sysinfo_ids::uptime_ms),
-                mailbox,
-                uplink_stopped,
-            )
-            .await
-        }))
-    } else {
-        None
-    };
+                mailbox.clone(),
+                uplink_stopped.clone(),
+            );
+            async move { Ok(run.await?) }
+        });
+    }
 
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
@@ -186,6 +188,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         import: std::sync::RwLock::new(config.import.clone()),
         started,
         alerts: alert_shared.clone(),
+        tasks: tasks.clone(),
     });
     let app = http::router(http_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -212,6 +215,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         started,
         replay_done_tx.clone(),
         alert_shared.clone(),
+        &tasks,
     );
     let mut maintenance = tokio::time::interval(Duration::from_secs(60));
     let mut service = crate::sdnotify::Service::ready("collecting");
@@ -239,7 +243,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                         collectors.shutdown().await;
                         *http_state.import.write().expect("import config lock") = new.import.clone();
                         config = new;
-                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone());
+                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone(), &tasks);
                         tracing::info!("SIGHUP: config reloaded");
                     }
                     Err(error) => tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}"),
@@ -252,7 +256,8 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 }
             }
             _ = maintenance.tick() => sink.drop_stale(now_ms()),
-            () = service.watchdog() => {}
+            // A task in a crash loop withholds the ping, so that systemd restarts the agent.
+            () = service.watchdog(|| tasks.crash_looping(Instant::now()).is_empty()) => {}
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
                 let commands = std::mem::take(&mut sink.uplink.lock().expect("uplink state").commands);
                 if let Some(shared) = &alert_shared {
@@ -269,13 +274,14 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     let _ = stop_http.send(());
     let _ = server.await;
     let _ = stop_uplink.send(true);
-    if let Some(uplink) = uplink {
-        match tokio::time::timeout(Duration::from_secs(5), uplink).await {
-            Ok(Ok(Err(error))) => tracing::error!("sync stopped with an error: {error}"),
-            Ok(_) => {}
-            Err(_) => tracing::warn!("sync did not stop within 5 s"),
-        }
+    if !uplink.is_empty()
+        && tokio::time::timeout(Duration::from_secs(5), uplink.join_next())
+            .await
+            .is_err()
+    {
+        tracing::warn!("sync did not stop within 5 s");
     }
+    uplink.shutdown().await;
     // Seal what the head holds, so that a clean stop leaves nothing for recovery to replay.
     let sink_for_seal = sink.clone();
     tokio::task::spawn_blocking(move || sink_for_seal.store.seal())
@@ -298,19 +304,19 @@ fn start_collectors(
     started: Instant,
     replay_done: tokio::sync::mpsc::Sender<()>,
     alerts: Option<Arc<alerts::AlertShared>>,
+    tasks: &Arc<supervise::Tasks>,
 ) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
+    let mut set = JoinSet::new();
     if config.host.enabled {
-        let mut host = collect::host::HostCollector::new(config.host.clone());
-        tasks.spawn(periodic(
-            "host",
-            config.host.interval.0,
-            sink.clone(),
-            move |out| {
+        let (host_config, interval, sink) =
+            (config.host.clone(), config.host.interval.0, sink.clone());
+        supervise::spawn(&mut set, tasks, "host", move || {
+            let mut host = collect::host::HostCollector::new(host_config.clone());
+            periodic("host", interval, sink.clone(), move |out| {
                 host.collect(out);
                 Ok(())
-            },
-        ));
+            })
+        });
     }
     let jetson_root = config.jetson.root.clone();
     let jetson_on = match config.jetson.enabled {
@@ -319,29 +325,41 @@ fn start_collectors(
         Toggle::Auto => collect::jetson::is_jetson(&jetson_root),
     };
     if jetson_on {
-        let mut jetson = collect::jetson::JetsonCollector::new(jetson_root);
-        let id = jetson.identity().clone();
+        let id = collect::jetson::JetsonCollector::new(jetson_root.clone())
+            .identity()
+            .clone();
         tracing::info!(model = %id.model, l4t = %id.l4t, jetpack = %id.jetpack, "Jetson collector on");
-        tasks.spawn(periodic(
-            "jetson",
-            config.jetson.interval.0,
-            sink.clone(),
-            move |out| {
+        let (interval, sink) = (config.jetson.interval.0, sink.clone());
+        supervise::spawn(&mut set, tasks, "jetson", move || {
+            let mut jetson = collect::jetson::JetsonCollector::new(jetson_root.clone());
+            periodic("jetson", interval, sink.clone(), move |out| {
                 jetson.collect(out);
                 Ok(())
-            },
-        ));
+            })
+        });
     }
     if config.nvml.enabled != Toggle::Off {
         match collect::nvml::NvmlCollector::open(&config.nvml.library) {
-            Ok(mut nvml) => {
+            Ok(nvml) => {
                 tracing::info!("NVML collector on: {}", nvml.describe());
-                tasks.spawn(periodic(
-                    "nvml",
+                let (library, interval, sink) = (
+                    config.nvml.library.clone(),
                     config.nvml.interval.0,
                     sink.clone(),
-                    move |out| nvml.collect(out),
-                ));
+                );
+                let mut opened = Some(nvml);
+                supervise::spawn(&mut set, tasks, "nvml", move || {
+                    // The first run uses the library opened to decide; a restart opens it again.
+                    let opened = opened.take();
+                    let (library, sink) = (library.clone(), sink.clone());
+                    async move {
+                        let mut nvml = match opened {
+                            Some(nvml) => nvml,
+                            None => collect::nvml::NvmlCollector::open(&library)?,
+                        };
+                        periodic("nvml", interval, sink, move |out| nvml.collect(out)).await
+                    }
+                });
             }
             Err(error) if config.nvml.enabled == Toggle::On => {
                 tracing::error!("{error:#}; NVIDIA dGPU collector off");
@@ -349,8 +367,65 @@ fn start_collectors(
             Err(error) => tracing::info!("{error:#}; NVIDIA dGPU collector off"),
         }
     }
-    let tegrastats = &config.tegrastats;
-    let source = match (&tegrastats.replay, tegrastats.enabled) {
+    if let Some(source) = tegrastats_source(&config.tegrastats) {
+        let (interval, sink) = (config.tegrastats.interval.0, sink.clone());
+        supervise::spawn(&mut set, tasks, "tegrastats", move || {
+            let task = tegrastats_task(source.clone(), interval, sink.clone(), replay_done.clone());
+            async move {
+                task.await;
+                Ok(())
+            }
+        });
+    }
+    for probe in &config.probes {
+        let (probe, sink) = (probe.clone(), sink.clone());
+        let name = format!("probe:{}", probe.name);
+        supervise::spawn(&mut set, tasks, &name, move || {
+            let task = probe_task(probe.clone(), sink.clone());
+            async move {
+                task.await;
+                Ok(())
+            }
+        });
+    }
+    for scrape in &config.scrapes {
+        let (scrape, sink) = (scrape.clone(), sink.clone());
+        let name = format!("scrape:{}", scrape.name);
+        supervise::spawn(&mut set, tasks, &name, move || {
+            let task = scrape_task(scrape.clone(), sink.clone());
+            async move {
+                task.await;
+                Ok(())
+            }
+        });
+    }
+    let (interval, sink, budget, supervised) = (
+        config.agent.self_interval.0,
+        sink.clone(),
+        config.store.budget.0,
+        tasks.clone(),
+    );
+    supervise::spawn(&mut set, tasks, "self", move || {
+        let task = self_metrics_task(
+            interval,
+            sink.clone(),
+            started,
+            budget,
+            alerts.clone(),
+            supervised.clone(),
+        );
+        async move {
+            task.await;
+            Ok(())
+        }
+    });
+    set
+}
+
+fn tegrastats_source(
+    tegrastats: &config::TegrastatsSection,
+) -> Option<collect::tegrastats::Source> {
+    match (&tegrastats.replay, tegrastats.enabled) {
         (_, Toggle::Off) => None,
         (Some(path), _) => Some(collect::tegrastats::Source::Replay {
             path: path.clone(),
@@ -367,33 +442,16 @@ fn start_collectors(
             })
         }
         (None, Toggle::Auto) => None,
-    };
-    if let Some(source) = source {
-        tasks.spawn(tegrastats_task(
-            source,
-            tegrastats.interval.0,
-            sink.clone(),
-            replay_done,
-        ));
     }
-    for probe in &config.probes {
-        tasks.spawn(probe_task(probe.clone(), sink.clone()));
-    }
-    for scrape in &config.scrapes {
-        tasks.spawn(scrape_task(scrape.clone(), sink.clone()));
-    }
-    tasks.spawn(self_metrics_task(
-        config.agent.self_interval.0,
-        sink.clone(),
-        started,
-        config.store.budget.0,
-        alerts,
-    ));
-    tasks
 }
 
 /// Runs a synchronous collector every `interval` and stores what it returns.
-async fn periodic<F>(name: &'static str, interval: Duration, sink: Arc<Sink>, mut collect: F)
+async fn periodic<F>(
+    name: &'static str,
+    interval: Duration,
+    sink: Arc<Sink>,
+    mut collect: F,
+) -> Result<()>
 where
     F: FnMut(&mut Samples) -> Result<()> + Send + 'static,
 {
@@ -607,6 +665,7 @@ async fn self_metrics_task(
     started: Instant,
     budget_bytes: u64,
     alerts: Option<Arc<alerts::AlertShared>>,
+    tasks: Arc<supervise::Tasks>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -715,6 +774,13 @@ async fn self_metrics_task(
                     .map_or(0.0, |oldest| (at - oldest).max(0) as f64 / 1000.0);
                 out.add("outpost_sync_lag_seconds", &[], lag);
             }
+        }
+        for (task, restarts) in tasks.restarts() {
+            out.add(
+                "outpost_task_restarts_total",
+                &[("task", task.as_str())],
+                restarts as f64,
+            );
         }
         for (name, stats) in sink.collector_stats() {
             let labels = [("collector", name.as_str())];

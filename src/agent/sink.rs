@@ -83,16 +83,24 @@ impl Sink {
         merge: bool,
     ) -> Result<()> {
         let mut batch = WriteBatch::with_capacity(samples.len());
-        for (key, value, at) in &samples {
-            let id = self.store.series_id(key)?;
-            batch.sample(id, *at, *value);
-        }
         let count = samples.len() as u64;
-        if let Err(error) = self.store.write_async(batch).await {
+        let ids: Result<(), outpost_storage::Error> =
+            samples.iter().try_for_each(|(key, value, at)| {
+                batch.sample(self.store.series_id(key)?, *at, *value);
+                Ok(())
+            });
+        let written = match ids {
+            Ok(()) => self.store.write_async(batch).await,
+            Err(error) => Err(error),
+        };
+        if written.is_ok() {
+            self.samples_written.fetch_add(count, Ordering::Relaxed);
+        } else {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(error.into());
         }
-        self.samples_written.fetch_add(count, Ordering::Relaxed);
+        // Samples the store refused still reach the alert engine and `/metrics`: a full disk
+        // must not blind the rules (`store_write_errors` among them) or hide the counter that
+        // says the store is failing.
         if let Some(engine) = self.alerts.get() {
             let mut engine = engine.lock().expect("engine lock");
             for (key, value, at) in &samples {
@@ -108,7 +116,7 @@ impl Sink {
             entry.values.insert(key, value);
         }
         entry.updated_ms = now_ms;
-        Ok(())
+        Ok(written?)
     }
 
     /// Series a source has shown in `/metrics`, to enforce per-source caps on pushes.

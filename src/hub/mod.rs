@@ -383,7 +383,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            () = service.watchdog() => {}
+            () = service.watchdog(|| true) => {}
             _ = housekeeping.tick() => {
                 devices.reload_if_changed();
                 let mut registry = registry.lock().expect("registry lock");
@@ -594,18 +594,22 @@ fn ingest_loop(
                     registry.batch(&device, &batch.header, &ack.status, clock, batch.version);
                     acks.push((device.clone(), ack.encode_as(&key, batch.version)));
                 }
-                Err((reason, reply)) => {
+                Err(Refused::Device(reason, reply)) => {
                     let enrolled = devices.get().key(&device).is_some();
                     registry.rejected(&device, &reason, enrolled);
                     if let Some(reply) = reply {
                         acks.push((device.clone(), reply));
                     }
                 }
+                Err(Refused::Hub(error)) => registry.store_failed(&device, &error),
             }
         }
         if let Err(error) = store.sync() {
             // No ack without durability: the devices resend.
-            tracing::error!("hub store sync failed, batches not acknowledged: {error}");
+            let mut registry = registry.lock().expect("registry lock");
+            for (device, _) in &acks {
+                registry.store_failed(device, &error.to_string());
+            }
             continue;
         }
         let mut fed: Vec<String> = Vec::new();
@@ -626,7 +630,14 @@ fn ingest_loop(
     }
 }
 
-type Rejection = (String, Option<Vec<u8>>);
+/// Why a batch was not stored.
+enum Refused {
+    /// The device's fault (a bad signature, a malformed batch): counted against it, with a
+    /// signed reply where the device needs one to know why.
+    Device(String, Option<Vec<u8>>),
+    /// The hub's own store failed: not the device's fault; no ack, so the device resends.
+    Hub(String),
+}
 
 /// Timestamps of a batch that were corrected and that stayed implausible.
 type ClockCounts = (u64, u64);
@@ -638,9 +649,9 @@ fn ingest_one(
     device: &str,
     payload: &[u8],
     limits: &Limits,
-) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch, ClockCounts), Rejection> {
+) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch, ClockCounts), Refused> {
     let Some(key) = devices.get().key(device) else {
-        return Err(("unknown or revoked device".into(), None));
+        return Err(Refused::Device("unknown or revoked device".into(), None));
     };
     let batch = match Batch::decode(payload, device, &key, limits) {
         Ok(batch) => batch,
@@ -654,12 +665,12 @@ fn ingest_one(
                     supported: supported.clone(),
                 },
             };
-            return Err((
+            return Err(Refused::Device(
                 format!("protocol version {found} is not supported"),
                 Some(ack.encode(&key)),
             ));
         }
-        Err(error) => return Err((error.to_string(), None)),
+        Err(error) => return Err(Refused::Device(error.to_string(), None)),
     };
     let mut clock = (0, 0);
     let status = match ingestor.ingest(store, &batch, outpost::timearg::now_ms()) {
@@ -668,7 +679,7 @@ fn ingest_one(
             ingested.status
         }
         Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
-            return Err((error.to_string(), None))
+            return Err(Refused::Hub(error.to_string()))
         }
         Err(error) => AckStatus::Rejected {
             reason: error.to_string(),

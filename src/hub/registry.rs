@@ -50,6 +50,9 @@ pub struct Registry {
     changed: bool,
     /// Rejections are logged once a minute per device, not once per message.
     last_logged: BTreeMap<String, Instant>,
+    /// Batches the hub could not store (its own disk full or failing): the hub's fault, not the
+    /// device's, so not counted as rejected; the device resends them.
+    store_write_errors: u64,
 }
 
 const KEY_PREFIX: &str = "device/";
@@ -166,6 +169,15 @@ impl Registry {
 
     /// Counts a rejected message. Only enrolled devices get a record: a flood of made-up ids
     /// must not grow the registry.
+    /// A batch that the hub's own store refused: counted for the hub, the device not blamed.
+    pub fn store_failed(&mut self, device: &str, error: &str) {
+        self.store_write_errors += 1;
+        tracing::error!(
+            device,
+            "the hub's store refused a batch, not acknowledged (the device resends it): {error}"
+        );
+    }
+
     pub fn rejected(&mut self, device: &str, reason: &str, enrolled: bool) {
         let log = self
             .last_logged
@@ -266,6 +278,11 @@ impl Registry {
                 let _ = writeln!(text, "{name}{{instance=\"{device}\"}} {value}");
             }
         }
+        let _ = writeln!(
+            text,
+            "# HELP outpost_hub_store_write_errors_total Batches the hub's own store refused (full disk, I/O error); not acknowledged, so the devices resend them.\n# TYPE outpost_hub_store_write_errors_total counter\noutpost_hub_store_write_errors_total {}",
+            self.store_write_errors
+        );
         text
     }
 

@@ -49,10 +49,14 @@ pub enum Error {
     #[error("{path} is not an Outpost store: {reason}")]
     NotAStore { path: PathBuf, reason: String },
     #[error(
-        "the store stopped accepting writes after an I/O failure ({cause}); \
-         restart the process to recover from the last durable state"
+        "the store refuses writes since {cause}; {}",
+        if *heals {
+            "it tries again by itself and resumes once the disk works, keeping everything it accepted before"
+        } else {
+            "restart the process once the file is repaired"
+        }
     )]
-    Poisoned { cause: String },
+    Poisoned { cause: String, heals: bool },
     #[error("corrupt {what} for series {series}: {source}")]
     CorruptChunk {
         what: &'static str,

@@ -51,8 +51,8 @@ pub use error::{DecodeError, Error, Result};
 pub use query::{bucket_of as bucket_start, Aggregation};
 pub use series::{MatchOp, Selector, SeriesKey};
 pub use store::{
-    Clock, ManualWallClock, Options, Retention, SeriesPoints, Stats, Store, SystemClock, WallClock,
-    FORMAT_VERSION,
+    Clock, Health, ManualWallClock, Options, Retention, SeriesPoints, Stats, Store, SystemClock,
+    WallClock, FORMAT_VERSION,
 };
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds, or the number when out of range.

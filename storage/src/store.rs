@@ -6,7 +6,9 @@
 //!   head never hides data from them.
 //! - Only the writer thread opens redb write transactions.
 //! - A log generation is deleted only after a durable commit recorded that it was folded in.
-//! - After a failed log write, fsync or commit, the store is poisoned and refuses writes.
+//! - After a failed log write, fsync or commit, the store is poisoned and refuses writes until it
+//!   heals: a failed seal's data goes back into the head, so that healing (reopening redb, a new
+//!   log generation, a seal) commits everything the store ever accepted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -249,8 +251,17 @@ pub struct Stats {
     /// Of those, the bytes written to the write-ahead log.
     pub log_bytes_written_since_open: u64,
     pub log_generation: u64,
-    /// Bytes of encoded chunks per tier (raw, 1-minute, 1-hour), before redb's page overhead.
-    pub chunk_bytes: [u64; 3],
+}
+
+/// What a health check needs, from memory only: it never waits for the disk or for a seal, so
+/// that a health endpoint stays cheap whatever the store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub series: u64,
+    /// [`Stats::disk_bytes`] as of the writer's last maintenance (a second or so ago).
+    pub disk_bytes: u64,
+    /// Why the store refuses writes, while it does ([`Store::write_failure`]).
+    pub write_failure: Option<String>,
 }
 
 impl Stats {
@@ -337,7 +348,7 @@ impl Catalogue {
 }
 
 /// Data accepted but not yet sealed into redb.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct HeadData {
     /// Per series, samples in write order (so the last write of a timestamp wins).
     series: FastMap<u32, SeriesBuffer>,
@@ -359,6 +370,35 @@ impl HeadData {
         self.state.extend_from_slice(state);
         self.rollups.extend_from_slice(rollups);
     }
+
+    /// Adds what was written after this, keeping write order.
+    fn append(&mut self, newer: HeadData) {
+        for (id, buffer) in newer.series {
+            let into = self.series.entry(id).or_default();
+            for (ts, value) in buffer.range(0, buffer.len()) {
+                into.push(ts, value);
+            }
+        }
+        self.samples += newer.samples;
+        self.state.extend(newer.state);
+        self.rollups.extend(newer.rollups);
+    }
+}
+
+/// Puts a seal whose commit failed back into the head, before what was written since, so that
+/// nothing it held is lost while the store heals. The feed sees all of it as unconfirmed again:
+/// a subscriber may get some samples twice, never none. (A small unconfirmed tail that the seal
+/// had carried into the new head is then there twice; a timestamp's last write wins, and both
+/// writes are the same.)
+fn restore_unsealed(head: &mut Head, frozen: Arc<HeadData>, feed: FeedCommit) {
+    let newer = std::mem::take(&mut head.active);
+    let mut restored = Arc::try_unwrap(frozen).unwrap_or_else(|shared| (*shared).clone());
+    restored.append(newer);
+    head.active = restored;
+    for (key, version) in feed.delivered {
+        let kept = head.tracker.delivered.entry(key).or_insert(version);
+        *kept = (*kept).max(version);
+    }
 }
 
 #[derive(Debug)]
@@ -371,6 +411,20 @@ struct Head {
     log: LogWriter,
     tracker: Tracker,
 }
+
+/// Why the store refuses writes.
+#[derive(Debug, Clone)]
+struct Poison {
+    cause: String,
+    /// An I/O failure (a full disk, a device that went away) may pass; a damaged file does not.
+    heals: bool,
+    /// When it happened (or when healing last failed), by the store's clock.
+    at: Duration,
+}
+
+/// How long a poisoned store waits before its first try to heal: a failure that repeats at once
+/// (a disk still full) should not make the writer spin.
+const HEAL_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Timers {
@@ -389,9 +443,11 @@ struct Shared {
     /// Signalled when a seal finishes, for writers held back by a full head.
     sealed: std::sync::Condvar,
     timers: Mutex<Timers>,
-    poison: Mutex<Option<String>>,
+    poison: Mutex<Option<Poison>>,
     db_written: Arc<AtomicU64>,
     log_written: AtomicU64,
+    /// [`Shared::disk_bytes`] as of the last maintenance.
+    disk_bytes: AtomicU64,
     /// The retention time of the last seal and the monotonic time it was taken at: retention's
     /// "now" advances no faster than the monotonic clock from there.
     retention_anchor: Mutex<Option<(i64, Duration)>>,
@@ -529,6 +585,7 @@ impl Store {
             poison: Mutex::new(None),
             db_written,
             log_written: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
             retention_anchor: Mutex::new(retention_anchor),
             replay_report,
             options,
@@ -548,6 +605,9 @@ impl Store {
             shared.seal()?;
             shared.remove_logs_before(lock(&shared.head).log.generation);
         }
+        shared
+            .disk_bytes
+            .store(shared.disk_bytes(), Ordering::Relaxed);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("outpost-store-writer".into())
@@ -567,6 +627,12 @@ impl Store {
     }
 
     /// Whether this store keeps a change feed ([`Options::track_changes`]).
+    /// Why the store refuses writes, while it does: after an I/O failure (a full disk) until it
+    /// heals by itself, or for good after finding its file damaged.
+    pub fn write_failure(&self) -> Option<String> {
+        self.shared.write_failure()
+    }
+
     pub fn tracks_changes(&self) -> bool {
         self.shared.options.track_changes
     }
@@ -1204,13 +1270,6 @@ impl Store {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let get = |key: &str| -> Result<u64> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
-            let mut chunk_bytes = [0u64; 3];
-            for entry in txn.open_table(CHUNKS)?.iter()? {
-                let (key, value) = entry?;
-                if let Some(slot) = chunk_bytes.get_mut(usize::from(key.value().1)) {
-                    *slot += value.value().len() as u64;
-                }
-            }
             Ok(Stats {
                 series: read(&shared.catalogue).keys.len() as u64,
                 raw_samples: get(META_RAW_SAMPLES)? + head_samples,
@@ -1222,9 +1281,34 @@ impl Store {
                     + shared.log_written.load(Ordering::Relaxed),
                 log_bytes_written_since_open: shared.log_written.load(Ordering::Relaxed),
                 log_generation: generation,
-                chunk_bytes,
             })
         })
+    }
+
+    /// Bytes of encoded chunks per tier (raw, 1-minute, 1-hour), before redb's page overhead.
+    /// Reads every chunk: for `outpost db stats --full`, not for anything that runs often.
+    pub fn chunk_bytes(&self) -> Result<[u64; 3]> {
+        self.contain(|| {
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let mut chunk_bytes = [0u64; 3];
+            for entry in txn.open_table(CHUNKS)?.iter()? {
+                let (key, value) = entry?;
+                if let Some(slot) = chunk_bytes.get_mut(usize::from(key.value().1)) {
+                    *slot += value.value().len() as u64;
+                }
+            }
+            Ok(chunk_bytes)
+        })
+    }
+
+    /// The store's health from memory: cheap enough for any health endpoint.
+    pub fn health(&self) -> Health {
+        Health {
+            series: read(&self.shared.catalogue).keys.len() as u64,
+            disk_bytes: self.shared.disk_bytes.load(Ordering::Relaxed),
+            write_failure: self.shared.write_failure(),
+        }
     }
 }
 
@@ -1284,6 +1368,9 @@ pub(crate) enum Db {
     /// A store that was not closed cleanly, opened read-only: redb must repair its allocator
     /// state before reading, which it does here in a copy held in memory, never in the file.
     RepairedCopy(Database),
+    /// Between dropping a database that failed and opening it again (redb latches an I/O
+    /// failure until then), or after that reopening failed.
+    Closed,
 }
 
 impl Debug for Db {
@@ -1292,6 +1379,7 @@ impl Debug for Db {
             Db::Writable(_) => "Db::Writable",
             Db::ReadOnly(_) => "Db::ReadOnly",
             Db::RepairedCopy(_) => "Db::RepairedCopy",
+            Db::Closed => "Db::Closed",
         })
     }
 }
@@ -1304,6 +1392,9 @@ impl Db {
         match self {
             Db::Writable(db) | Db::RepairedCopy(db) => db.begin_read(),
             Db::ReadOnly(db) => db.begin_read(),
+            Db::Closed => Err(redb::TransactionError::Storage(
+                redb::StorageError::DatabaseClosed,
+            )),
         }
     }
 
@@ -1919,18 +2010,107 @@ fn writer_loop(shared: &Shared, commands: &flume::Receiver<CommandBox>) {
 impl Shared {
     fn check_poison(&self) -> Result<()> {
         match &*lock(&self.poison) {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
+            Some(poison) => Err(Error::Poisoned {
+                cause: poison.cause.clone(),
+                heals: poison.heals,
             }),
             None => Ok(()),
         }
     }
 
     fn poisoned(&self, error: Error) -> Error {
-        tracing::error!(%error, "store poisoned: refusing further writes");
         let mut poison = lock(&self.poison);
-        poison.get_or_insert_with(|| error.to_string());
+        if poison.is_none() {
+            tracing::error!(%error, "store refusing writes until it heals");
+            *poison = Some(Poison {
+                cause: error.to_string(),
+                heals: !matches!(error, Error::Damaged { .. }),
+                at: self.options.clock.now(),
+            });
+        }
         error
+    }
+
+    /// Heals a store poisoned by an I/O failure once [`HEAL_AFTER`] has passed since the failure
+    /// (or since the last try): every try that fails waits as long again.
+    fn heal_if_due(&self) -> Result<()> {
+        let Some(poison) = lock(&self.poison).clone() else {
+            return Ok(());
+        };
+        let now = self.options.clock.now();
+        if !poison.heals || now < poison.at + HEAL_AFTER {
+            return Err(Error::Poisoned {
+                cause: poison.cause,
+                heals: poison.heals,
+            });
+        }
+        match self.heal() {
+            Ok(()) => {
+                tracing::info!(was = %poison.cause, "store healed: accepting writes again");
+                Ok(())
+            }
+            Err(error) => {
+                let mut current = lock(&self.poison);
+                let heals = current.as_ref().is_none_or(|p| p.heals);
+                *current = Some(Poison {
+                    cause: poison.cause,
+                    heals: heals && !matches!(error, Error::Damaged { .. }),
+                    at: now,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// After an I/O failure: reopens redb if the failure reached it (it refuses every call until
+    /// then, and rolls back to its last durable commit, which is all that the head needs on top),
+    /// starts a new log generation (the old one may end in a torn frame, or have lost pages to a
+    /// failed fsync) and seals, which commits everything the head holds, including what the
+    /// broken log never got.
+    fn heal(&self) -> Result<()> {
+        let database_works = matches!(
+            read(&self.db)
+                .writable()
+                .map(|db| db.begin_write().map(|txn| txn.abort())),
+            Ok(Ok(Ok(())))
+        );
+        if !database_works {
+            self.reopen_database()?;
+        }
+        {
+            let mut head = lock(&self.head);
+            let generation = head.log.generation + 1;
+            head.log = LogWriter::create(&*self.options.disk, &self.path, generation)
+                .map_err(io_error(&self.path))?;
+        }
+        *lock(&self.poison) = None;
+        self.seal()
+    }
+
+    fn reopen_database(&self) -> Result<()> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Dropped first: the open database holds the file's lock.
+        *db = Db::Closed;
+        let (backend, _) = self
+            .options
+            .disk
+            .database(&self.path)
+            .map_err(io_error(&self.path))?;
+        let backend = CountingBackend {
+            inner: backend,
+            written: self.db_written.clone(),
+        };
+        let reopened = redb::Builder::new()
+            .set_cache_size(self.options.cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(e, &self.path, false))?;
+        *db = Db::Writable(reopened);
+        Ok(())
+    }
+
+    /// Why the store refuses writes, while it does.
+    fn write_failure(&self) -> Option<String> {
+        lock(&self.poison).as_ref().map(|p| p.cause.clone())
     }
 
     /// Accepts a batch; returns whether a seal is due because the head is full.
@@ -2008,6 +2188,13 @@ impl Shared {
     }
 
     fn run_due(&self) -> Result<()> {
+        let result = self.run_due_unmeasured();
+        self.disk_bytes.store(self.disk_bytes(), Ordering::Relaxed);
+        result
+    }
+
+    fn run_due_unmeasured(&self) -> Result<()> {
+        self.heal_if_due()?;
         let now = self.options.clock.now();
         let timers = *lock(&self.timers);
         let head_full = self.head_full(&lock(&self.head));
@@ -2112,7 +2299,13 @@ impl Shared {
             (frozen, new_generation, defs, catalogue.keys.len(), feed)
         };
         let result = self.commit_frozen(&frozen, new_generation, &defs, &feed);
-        lock(&self.head).frozen = None;
+        {
+            let mut head = lock(&self.head);
+            head.frozen = None;
+            if result.is_err() {
+                restore_unsealed(&mut head, frozen, feed);
+            }
+        }
         self.sealed.notify_all();
         if let Err(error) = result {
             return Err(self.poisoned(error));

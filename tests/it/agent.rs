@@ -123,16 +123,39 @@ impl Agent {
     }
 
     pub fn start_with_env(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_wrapped(dir, config, args, env, &dir.join("agent.redb"), &[])
+    }
+
+    /// An agent started through `wrapper` (a command that execs its arguments), with its store
+    /// at `store`.
+    pub fn start_wrapped(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        store: &Path,
+        wrapper: &[&str],
+    ) -> Agent {
         let port = free_port();
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command
+                    .args(wrapper_args)
+                    .arg(env!("CARGO_BIN_EXE_outpost"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_outpost")),
+        };
+        let child = command
             .args(["--log", "info", "agent", "--config"])
             .arg(&config_path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--store")
-            .arg(dir.join("agent.redb"))
+            .arg(store)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -587,6 +610,7 @@ interval = "200ms"
             || name.starts_with("outpost_sync_") // [mqtt] on: the sync tests check these
             || name.starts_with("outpost_hub_") // the hub's: the hub alert test checks these
             || name.starts_with("outpost_alert_notifications_") // a channel: the alert tests
+            || name == "outpost_task_restarts_total" // a task that failed: the supervision tests
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name == "host_temperature_celsius" // hwmon sensors (absent in VMs)
             || name == "host_cpu_frequency_hertz" // cpufreq (absent in some VMs)
@@ -819,4 +843,192 @@ fn spawns_tegrastats_and_restarts_it_when_it_dies() {
     let log = agent.stop();
     assert!(log.contains("restarting in 1s"), "{log}");
     assert!(log.contains("restarting in 2s"), "{log}");
+}
+
+/// A full disk: the agent's store on a 4 MiB tmpfs (mounted in a user and mount namespace of its
+/// own, so no privilege is needed) that the test fills and then frees through
+/// `/proc/PID/root`. While full: writes are refused with an error, `/api/health` is 503 and says
+/// why, the error counter counts and the log stays small. Once freed: the agent heals by itself
+/// and holds every sample it acknowledged, before and after.
+#[test]
+fn a_full_disk_degrades_health_and_the_agent_resumes_by_itself_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let data_text = data.to_str().unwrap().to_string();
+    let mount = "mount -t tmpfs -o size=4m tmpfs \"$0\" && exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        mount,
+        &data_text,
+    ];
+    let agent = Agent::start_wrapped(
+        dir.path(),
+        QUIET,
+        &[],
+        &[],
+        &data.join("agent.redb"),
+        &wrapper,
+    );
+    // The store's directory as the agent sees it: the tmpfs.
+    let inside = PathBuf::from(format!("/proc/{}/root{}", agent.child.id(), data_text));
+    assert!(
+        inside.join("agent.redb").exists(),
+        "the store is on the tmpfs"
+    );
+    assert!(!data.join("agent.redb").exists(), "and only there");
+
+    let mut acknowledged: Vec<i64> = Vec::new();
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut next = 0i64;
+    // A hundred samples a push, so that the log needs new pages of the file system often.
+    let mut push = |acknowledged: &mut Vec<i64>| -> (u16, String) {
+        let values: Vec<i64> = (next + 1..=next + 100).collect();
+        next += 100;
+        // Values and timestamps that do not compress: the integer part is the sample's number.
+        let scramble = |v: i64| (v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+        let body: String = values
+            .iter()
+            .map(|&v| {
+                let noise = (scramble(v) % 1_000_000) as f64 / 1e6;
+                let ts = start_ms + 2 * v + (scramble(v) % 2) as i64;
+                format!("full_disk_probe {} {ts}\n", v as f64 + noise)
+            })
+            .collect();
+        let (status, text) = http(agent.port, "POST", "/api/v1/import/prometheus", &body);
+        if status == 204 {
+            acknowledged.extend(values);
+        }
+        (status, text)
+    };
+    for _ in 0..50 {
+        assert_eq!(push(&mut acknowledged).0, 204);
+    }
+
+    // Fill the file system to the last byte.
+    let filler_path = inside.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    while filler.write_all(&block).is_ok() {}
+    let mut small = [0u8; 512];
+    small.fill(0x5a);
+    while filler.write_all(&small[..1]).is_ok() {}
+    drop(filler);
+
+    let refused = wait_until("a refused write", Duration::from_secs(30), || {
+        let (status, body) = push(&mut acknowledged);
+        (status != 204).then_some((status, body))
+    });
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    assert!(refused.1.contains("store"), "{}", refused.1);
+    let (status, body) = http(agent.port, "GET", "/api/health", "");
+    assert_eq!(status, 503, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded");
+    let failure = health["store"]["write_failure"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        failure.contains("No space left") || failure.contains("space"),
+        "{failure}"
+    );
+    // Hammer it: every refusal is counted, few are logged.
+    for _ in 0..300 {
+        push(&mut acknowledged);
+    }
+    // Counted in the self-metrics, which the next self-metrics round shows although the store
+    // refuses to keep them.
+    wait_until("the write errors counted", Duration::from_secs(30), || {
+        metric_value(&agent.metrics(), "outpost_store_write_errors_total")
+            .filter(|errors| *errors >= 300.0)
+    });
+    let log = agent.log_text();
+    assert!(
+        log.len() < 64 << 10,
+        "the log grew by {} bytes: {}",
+        log.len(),
+        &log[log.len().saturating_sub(2000)..]
+    );
+
+    // Space returns: the agent heals by itself.
+    std::fs::remove_file(&filler_path).unwrap();
+    wait_until("health ok again", Duration::from_secs(60), || {
+        let (status, _) = http(agent.port, "GET", "/api/health", "");
+        (status == 200).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(push(&mut acknowledged).0, 204);
+    }
+    let (status, body) = http(
+        agent.port,
+        "GET",
+        &format!(
+            "/api/query?match=full_disk_probe&from={}&to={}&format=json",
+            start_ms,
+            start_ms + 2 * next + 2
+        ),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    let stored: Vec<i64> = result[0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_str().unwrap().parse::<f64>().unwrap().floor() as i64)
+        .collect();
+    assert_eq!(
+        stored, acknowledged,
+        "every acknowledged sample, nothing else"
+    );
+    agent.stop();
+}
+
+/// Supervision: the host collector panics on its first run and the uplink's first run returns an
+/// error; both are logged, counted and started again, and the host collector's samples keep
+/// coming. Before, a panicked collector stopped for good while the agent looked healthy.
+#[test]
+fn a_collector_that_panics_and_an_uplink_that_fails_are_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // An uplink with nowhere to connect: it keeps trying, which is a healthy run.
+    let mqtt = crate::sync::enrol(dir.path(), "dev-1", free_port());
+    let config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+    );
+    let agent = Agent::start_with_env(
+        dir.path(),
+        &config,
+        &[],
+        &[
+            ("OUTPOST_FAULT", "panic:host,fail:uplink"),
+            ("RUST_BACKTRACE", "0"),
+        ],
+    );
+    wait_until("both restarts counted", Duration::from_secs(30), || {
+        let metrics = agent.metrics();
+        (metric_value(&metrics, r#"outpost_task_restarts_total{task="host"}"#) == Some(1.0)
+            && metric_value(&metrics, r#"outpost_task_restarts_total{task="uplink"}"#) == Some(1.0))
+        .then_some(())
+    });
+    wait_until(
+        "host samples after the restart",
+        Duration::from_secs(30),
+        || metric_value(&agent.metrics(), "host_load1"),
+    );
+    let (status, body) = http(agent.port, "GET", "/api/health", "");
+    assert_eq!(status, 200, "one failure is not a crash loop: {body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["tasks"]["host"]["restarts"], 1);
+    let log = agent.stop();
+    assert!(log.contains("task failed"), "{log}");
+    assert!(log.contains("panicked: fault injected"), "{log}");
 }

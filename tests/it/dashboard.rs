@@ -19,7 +19,7 @@ const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0123456789abcdef";
 const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef0123456789abcdef";
 
 /// A GET whose body is bytes, sent with a Content-Length.
-fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+pub fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let extra: String = headers
         .iter()

@@ -2,6 +2,7 @@
 //! (acks lost, batches resent and discarded as duplicates), a hub killed with SIGKILL in the
 //! middle of ingest; at the end the hub holds exactly what the agent holds.
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,16 +36,40 @@ impl Hub {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Hub {
+        let ports = (http_port, mqtt_port);
+        Hub::start_wrapped(dir, ports, args, env, &dir.join("hub.redb"), &[])
+    }
+
+    /// A hub started through `wrapper` (a command that execs its arguments), with its store at
+    /// `store`.
+    pub fn start_wrapped(
+        dir: &Path,
+        (http_port, mqtt_port): (u16, u16),
+        args: &[&str],
+        env: &[(&str, &str)],
+        store: &Path,
+        wrapper: &[&str],
+    ) -> Hub {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("hub.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command
+                    .args(wrapper_args)
+                    .arg(env!("CARGO_BIN_EXE_outpost"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_outpost")),
+        };
+        let child = command
             .args(["--log", "info", "hub", "--devices-file"])
             .arg(dir.join("devices.toml"))
             .arg("--store")
-            .arg(dir.join("hub.redb"))
+            .arg(store)
             .args(["--listen", &format!("127.0.0.1:{http_port}")])
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
             .args(args)
@@ -1128,4 +1153,94 @@ fn two_hubs_in_a_shared_group_split_the_batches_and_together_hold_everything() {
         compared += points.len();
     }
     assert!(compared > 3000, "{compared} points compared");
+}
+
+/// A full disk at the hub: its store on a 16 MiB tmpfs of its own (a user and mount namespace,
+/// no privilege needed) that the test fills through `/proc/PID/root` while an agent syncs. The
+/// hub says it is degraded and counts its own failures, never blaming the device; once the
+/// space is back it heals by itself, and in the end holds exactly what the agent holds.
+#[test]
+fn a_full_disk_at_the_hub_is_the_hubs_fault_and_it_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let data_text = data.to_str().unwrap().to_string();
+    let mount = "mount -t tmpfs -o size=16m tmpfs \"$0\" && exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        mount,
+        &data_text,
+    ];
+    let hub = Hub::start_wrapped(
+        dir.path(),
+        (http_port, mqtt_port),
+        &[],
+        &[],
+        &data.join("hub.redb"),
+        &wrapper,
+    );
+    let inside = PathBuf::from(format!("/proc/{}/root{}", hub.child.id(), data_text));
+    assert!(
+        inside.join("hub.redb").exists(),
+        "the hub's store is on the tmpfs"
+    );
+    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 4);
+    wait_until("batches at the hub", Duration::from_secs(30), || {
+        (hub.devices()[0]["batches"].as_u64()? > 0).then_some(())
+    });
+
+    let filler_path = inside.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    while filler.write_all(&block).is_ok() {}
+    while filler.write_all(&[0x5a]).is_ok() {}
+    drop(filler);
+    let hub_metric = |name: &str| {
+        let (status, body) = http(http_port, "GET", "/metrics", "");
+        assert_eq!(status, 200);
+        metric_value(&body, name)
+    };
+    let health = wait_until("the hub degraded", Duration::from_secs(60), || {
+        let (status, body) = http(http_port, "GET", "/api/health", "");
+        (status == 503).then_some(body)
+    });
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert!(health["store"]["write_failure"].is_string(), "{health}");
+    wait_until(
+        "the hub's own failures counted",
+        Duration::from_secs(60),
+        || hub_metric("outpost_hub_store_write_errors_total").filter(|n| *n > 0.0),
+    );
+    assert_eq!(
+        hub_metric(r#"outpost_hub_rejected_total{instance="dev-1"}"#),
+        Some(0.0),
+        "the device is not blamed"
+    );
+
+    std::fs::remove_file(&filler_path).unwrap();
+    wait_until("the hub healthy again", Duration::from_secs(60), || {
+        let (status, _) = http(http_port, "GET", "/api/health", "");
+        (status == 200).then_some(())
+    });
+    wait_until_shipped(&agent);
+    assert_eq!(
+        device_record(&hub.devices(), "dev-1").unwrap()["rejected"],
+        0
+    );
+    // The hub's store lives and dies with its namespace: compare a backup of it.
+    let (status, copy) = crate::dashboard::http_bytes(http_port, "/api/backup", &[]);
+    assert_eq!(status, 200);
+    std::fs::write(dir.path().join("hub.redb"), copy).unwrap();
+    agent.stop();
+    hub.stop();
+    let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
+    assert!(points > 1000, "{points} points compared");
 }

@@ -107,3 +107,46 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
     );
     agent.stop();
 }
+
+/// A collector that dies at every start: restarted with a growing delay each time, until the
+/// third failure within five minutes makes it a crash loop; then `/api/health` is degraded and
+/// the watchdog pings stop, so that systemd restarts the agent.
+#[test]
+fn a_task_in_a_crash_loop_stops_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, path) = listen(dir.path());
+    let config = "[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    let agent = Agent::start_with_env(
+        dir.path(),
+        config,
+        &[],
+        &[
+            notify_env(&path).as_slice(),
+            &[("OUTPOST_FAULT", "crashloop:host"), ("RUST_BACKTRACE", "0")],
+        ]
+        .concat(),
+    );
+    // Failures at 0 s, 1 s and 3 s (backoff 1 s, then 2 s). Without RUST_BACKTRACE from the test
+    // runner: symbolising a debug build's backtrace at each panic takes seconds.
+    let health = crate::agent::wait_until("a crash loop", Duration::from_secs(30), || {
+        let (status, body) = crate::agent::http(agent.port, "GET", "/api/health", "");
+        (status == 503).then_some(body)
+    });
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        health["tasks"]["host"]["crash_loop"]
+            .as_str()
+            .is_some_and(|why| why.contains("panicked")),
+        "{health}"
+    );
+    // Whatever was on its way, then a whole second (five ping intervals) without a ping.
+    messages(&socket, Duration::from_millis(300));
+    let received = messages(&socket, Duration::from_secs(1));
+    assert!(
+        !received.iter().any(|m| m == "WATCHDOG=1\n"),
+        "{received:?}"
+    );
+    let log = agent.stop();
+    assert!(log.contains("not feeding systemd's watchdog"), "{log}");
+}

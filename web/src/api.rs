@@ -167,13 +167,23 @@ fn check(
     Ok(Some(identity))
 }
 
+/// From memory only: anyone who can reach the port may call it, so it must not wait for the
+/// disk. A store that refuses writes makes the hub degraded (503), saying why.
 async fn health(State(web): State<Arc<Web>>) -> Response {
-    let stats = web.store.stats().ok();
-    Json(json!({
-        "status": "ok",
-        "store": stats.map(|s| json!({"series": s.series, "disk_bytes": s.disk_bytes})),
-    }))
-    .into_response()
+    let store = web.store.health();
+    let (status, code) = match &store.write_failure {
+        None => ("ok", StatusCode::OK),
+        Some(_) => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let body = json!({
+        "status": status,
+        "store": {
+            "series": store.series,
+            "disk_bytes": store.disk_bytes,
+            "write_failure": store.write_failure,
+        },
+    });
+    (code, Json(body)).into_response()
 }
 
 async fn me(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
