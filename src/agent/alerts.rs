@@ -38,6 +38,7 @@ pub struct AlertShared {
 pub struct AlertRuntime {
     pub shared: Arc<AlertShared>,
     channels: JoinSet<()>,
+    tasks: Arc<super::supervise::Tasks>,
     device: String,
     pack: crate::rules_cmd::Pack,
 }
@@ -51,6 +52,7 @@ impl AlertRuntime {
         store: Arc<Store>,
         device: String,
         mqtt_base: Option<String>,
+        tasks: Arc<super::supervise::Tasks>,
     ) -> Result<AlertRuntime> {
         let now = now_ms();
         let rules = crate::rules_cmd::load_rules(section, pack)?;
@@ -89,6 +91,7 @@ impl AlertRuntime {
                 store,
             }),
             channels: JoinSet::new(),
+            tasks,
             device,
             pack,
         };
@@ -103,13 +106,25 @@ impl AlertRuntime {
         for sender in senders {
             let wake = Arc::new(tokio::sync::Notify::new());
             wakers.insert(sender.name().to_string(), wake.clone());
-            self.channels.spawn(notify::run_channel(
-                sender,
+            let name = format!("channel:{}", sender.name());
+            let (store, engine, stats) = (
                 shared.store.clone(),
                 shared.engine.clone(),
-                wake,
                 shared.stats.clone(),
-            ));
+            );
+            super::supervise::spawn(&mut self.channels, &self.tasks, &name, move || {
+                let run = notify::run_channel(
+                    sender.clone(),
+                    store.clone(),
+                    engine.clone(),
+                    wake.clone(),
+                    stats.clone(),
+                );
+                async move {
+                    run.await;
+                    Ok(())
+                }
+            });
         }
     }
 

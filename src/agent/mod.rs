@@ -13,7 +13,7 @@ mod fault;
 pub mod http;
 pub mod notify;
 pub mod sink;
-mod supervise;
+pub mod supervise;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +127,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     } else {
         None
     };
+    let tasks = Arc::new(supervise::Tasks::default());
     let mut alert_runtime = if config.alerts.enabled {
         let device = match &uplink_config {
             Some(u) => u.topics.device.clone(),
@@ -146,6 +147,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
             sink.store.clone(),
             device,
             mqtt_base,
+            tasks.clone(),
         )
         .context("[alerts]")?;
         let _ = sink.alerts.set(runtime.shared.engine.clone());
@@ -155,7 +157,6 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     };
     let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
-    let tasks = Arc::new(supervise::Tasks::default());
     let mut uplink = JoinSet::new();
     if let Some(uplink_config) = uplink_config {
         let meta = device_meta(&config, &uplink_config.topics.device, &sink.store);

@@ -337,6 +337,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                 store.clone(),
                 format!("hub:{}", config.hub.fleet),
                 None,
+                Arc::default(),
             )
             .context("[alerts]")?,
         )
