@@ -39,7 +39,7 @@ pub struct AlertMailbox {
     store: Arc<Store>,
     engine: Arc<Mutex<Engine>>,
     /// Queue keys handed to the MQTT client, and when.
-    handed: Mutex<HashMap<String, Instant>>,
+    handed: Arc<Mutex<HashMap<String, Instant>>>,
     wake: Arc<tokio::sync::Notify>,
     stats: Stats,
 }
@@ -49,7 +49,7 @@ impl AlertMailbox {
         Arc::new(AlertMailbox {
             store,
             engine,
-            handed: Mutex::new(HashMap::new()),
+            handed: Arc::default(),
             wake: Arc::new(tokio::sync::Notify::new()),
             stats,
         })
@@ -94,21 +94,36 @@ impl outpost_sync::uplink::Mailbox for AlertMailbox {
     }
 
     fn delivered(&self, id: &str) {
-        self.handed.lock().expect("handed lock").remove(id);
-        let mut write = WriteBatch::default();
-        write.delete_state(StateTable::NotificationQueue, id);
-        if let Err(error) = self.store.write(write) {
-            tracing::error!("removing a delivered alert message from the queue: {error}");
-            return;
-        }
-        let mut engine = self.engine.lock().expect("engine lock");
-        engine.dequeued(&Channel::Mqtt, id);
-        let queued = engine.queued(&Channel::Mqtt);
-        drop(engine);
-        bump(&self.stats, "mqtt", |s| {
-            s.delivered += 1;
-            s.queued = queued;
-        });
+        // Off the uplink's thread, and durable at once (an fsync, milliseconds): a crash after
+        // the broker's PUBACK publishes the message again only within that window. Until the
+        // removal is done the key stays handed, so it is not offered again meanwhile.
+        let (store, engine, stats, handed) = (
+            self.store.clone(),
+            self.engine.clone(),
+            self.stats.clone(),
+            self.handed.clone(),
+        );
+        let id = id.to_string();
+        let remove = async move {
+            let mut write = WriteBatch::default();
+            write.delete_state(StateTable::NotificationQueue, id.clone());
+            let removed = durably(&store, write).await;
+            handed.lock().expect("handed lock").remove(&id);
+            if let Err(error) = removed {
+                tracing::error!("removing a delivered alert message from the queue: {error}");
+                return;
+            }
+            let mut engine = engine.lock().expect("engine lock");
+            engine.dequeued(&Channel::Mqtt, &id);
+            let queued = engine.queued(&Channel::Mqtt);
+            drop(engine);
+            bump(&stats, "mqtt", |s| {
+                s.delivered += 1;
+                s.queued = queued;
+            });
+        };
+        // The uplink calls this from its task, inside the agent's runtime.
+        tokio::spawn(remove);
     }
 
     fn reconnected(&self) -> Vec<outpost_sync::uplink::Mail> {
@@ -228,7 +243,14 @@ pub async fn run_channel(
         backoff = Duration::from_secs(1);
         let mut write = WriteBatch::default();
         write.delete_state(StateTable::NotificationQueue, key.clone());
-        if let Err(error) = store.write(write) {
+        // Durable at once (an fsync of the log, milliseconds): a crash after this cannot make the
+        // next start deliver the message again; only one between the receiver's answer and here
+        // can.
+        let removed = async {
+            store.write_async(write).await?;
+            store.sync_async().await
+        };
+        if let Err(error) = removed.await {
             tracing::error!(channel = name, "removing a delivered notification: {error}");
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
@@ -244,44 +266,7 @@ pub async fn run_channel(
 async fn deliver(sender: &Sender, message: &AlertMessage, store: &Store, key: &str) -> Attempt {
     match sender {
         Sender::Webhook(config) => webhook(config, message).await,
-        Sender::Exec(config) => {
-            let result = exec(config, message).await;
-            // The outcome of a recovery action belongs to the alert's history.
-            let record = serde_json::json!({
-                "channel": config.name,
-                "rule": message.rule,
-                "instance": message.instance,
-                "event_seq": message.event_seq,
-                "state": message.state,
-                "at": outpost::alert::engine::rfc3339(outpost::timearg::now_ms()),
-                "exit_code": result.as_ref().ok().copied().flatten(),
-                "error": result.as_ref().err().map(|e| format!("{e:#}")),
-            });
-            let mut write = WriteBatch::default();
-            write.put_state(
-                StateTable::AlertState,
-                format!("x/{key}"),
-                record.to_string().into_bytes(),
-            );
-            // The alert history keeps its last 1,000 transitions; the command results as many.
-            if let Ok(old) = store.state_list(StateTable::AlertState, "x/") {
-                for (old_key, _) in old.iter().take(old.len().saturating_sub(999)) {
-                    write.delete_state(StateTable::AlertState, old_key.clone());
-                }
-            }
-            if let Err(error) = store.write(write) {
-                tracing::error!("recording an exec result: {error}");
-            }
-            match result {
-                Ok(Some(0)) => Attempt::Delivered,
-                Ok(code) => Attempt::Refused(format!(
-                    "{:?} exited with {}",
-                    config.command[0],
-                    code.map_or("a signal".to_string(), |c| format!("status {c}"))
-                )),
-                Err(error) => Attempt::Refused(format!("{error:#}")),
-            }
-        }
+        Sender::Exec(config) => run_exec_once(config, message, store, key).await,
         Sender::Email(config) => match send_email(config, message).await {
             Ok(()) => Attempt::Delivered,
             Err(SmtpError::Permanent(e)) => Attempt::Refused(e),
@@ -348,6 +333,149 @@ pub fn webhook_body(config: &WebhookConfig, message: &AlertMessage) -> Result<St
     })
 }
 
+/// Runs an exec channel's command at most once per queued notification: that it is starting is
+/// made durable before it starts, so that after a crash while it ran (or before its result was
+/// recorded) the next start reports it instead of running it again. Its outcome is kept beside
+/// the alert history (`x/<queue key>`, the last 1,000).
+async fn run_exec_once(
+    config: &ExecConfig,
+    message: &AlertMessage,
+    store: &Store,
+    key: &str,
+) -> Attempt {
+    let record_key = format!("x/{key}");
+    let record = |status: &str, exit_code: Option<i32>, error: Option<String>| {
+        serde_json::json!({
+            "channel": config.name,
+            "rule": message.rule,
+            "instance": message.instance,
+            "event_seq": message.event_seq,
+            "state": message.state,
+            "at": outpost::alert::engine::rfc3339(outpost::timearg::now_ms()),
+            "status": status,
+            "exit_code": exit_code,
+            "error": error,
+        })
+    };
+    match store.state_get(StateTable::AlertState, &record_key) {
+        Ok(Some(earlier)) => {
+            return earlier_exec_outcome(config, &earlier, store, &record_key, &record).await
+        }
+        Ok(None) => {}
+        Err(error) => return Attempt::Retry(format!("reading the exec record: {error}")),
+    }
+    let mut starting = WriteBatch::default();
+    starting.put_state(
+        StateTable::AlertState,
+        record_key.clone(),
+        record("started", None, None).to_string().into_bytes(),
+    );
+    // The history keeps its last 1,000 transitions; the command records as many.
+    if let Ok(old) = store.state_list(StateTable::AlertState, "x/") {
+        for (old_key, _) in old.iter().take(old.len().saturating_sub(999)) {
+            starting.delete_state(StateTable::AlertState, old_key.clone());
+        }
+    }
+    if let Err(error) = durably(store, starting).await {
+        return Attempt::Retry(format!(
+            "recording that {:?} starts: {error}",
+            config.command[0]
+        ));
+    }
+    let result = exec(config, message).await;
+    let finished = record(
+        "finished",
+        result.as_ref().ok().copied().flatten(),
+        result.as_ref().err().map(|e| format!("{e:#}")),
+    );
+    let mut write = WriteBatch::default();
+    write.put_state(
+        StateTable::AlertState,
+        record_key,
+        finished.to_string().into_bytes(),
+    );
+    if let Err(error) = durably(store, write).await {
+        tracing::error!("recording an exec result: {error}");
+    }
+    match result {
+        Ok(Some(0)) => Attempt::Delivered,
+        Ok(code) => Attempt::Refused(format!(
+            "{:?} exited with {}",
+            config.command[0],
+            code.map_or("a signal".to_string(), |c| format!("status {c}"))
+        )),
+        Err(error) => Attempt::Refused(format!("{error:#}")),
+    }
+}
+
+/// A queued exec notification that already has a record: it started before a restart. Never
+/// run again; a run whose end was not recorded is recorded as interrupted.
+async fn earlier_exec_outcome(
+    config: &ExecConfig,
+    earlier: &[u8],
+    store: &Store,
+    record_key: &str,
+    record: &(dyn Fn(&str, Option<i32>, Option<String>) -> serde_json::Value + Sync),
+) -> Attempt {
+    let earlier: serde_json::Value = serde_json::from_slice(earlier).unwrap_or_default();
+    if earlier["status"] == "finished" {
+        return match (earlier["exit_code"].as_i64(), earlier["error"].as_str()) {
+            (Some(0), _) => Attempt::Delivered,
+            (_, Some(error)) => Attempt::Refused(error.to_string()),
+            (code, None) => Attempt::Refused(format!(
+                "{:?} exited with {}",
+                config.command[0],
+                code.map_or("a signal".to_string(), |c| format!("status {c}"))
+            )),
+        };
+    }
+    let why = format!(
+        "{:?} was running when the agent stopped; not run again",
+        config.command[0]
+    );
+    let mut write = WriteBatch::default();
+    write.put_state(
+        StateTable::AlertState,
+        record_key.to_string(),
+        record("interrupted", None, Some(why.clone()))
+            .to_string()
+            .into_bytes(),
+    );
+    if let Err(error) = durably(store, write).await {
+        tracing::error!("recording an interrupted exec: {error}");
+    }
+    Attempt::Refused(why)
+}
+
+async fn durably(store: &Store, write: WriteBatch) -> Result<(), outpost_storage::Error> {
+    store.write_async(write).await?;
+    store.sync_async().await
+}
+
+/// A notification's idempotency key, the same at every attempt to deliver it, across restarts:
+/// the device, the event number, why it was sent and when (a reminder repeats its alert's event
+/// number, not its time). Webhooks get it as `Idempotency-Key`, mail in its `Message-ID`, exec
+/// commands as `OUTPOST_ALERT_ID`: a receiver that has seen it can drop a repeat.
+pub fn notification_id(message: &AlertMessage) -> String {
+    let device: String = message
+        .device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let at: String = message.at.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{device}.{}.{}.{at}",
+        message.event_seq,
+        message.reason.as_str()
+    )
+}
+
 async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
     let body = match webhook_body(config, message) {
         Ok(body) => body,
@@ -357,8 +485,10 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         Ok(target) => target,
         Err(error) => return Attempt::Refused(format!("{error:#}")),
     };
-    let mut headers: Vec<(String, String)> =
-        vec![("content-type".into(), "application/json".into())];
+    let mut headers: Vec<(String, String)> = vec![
+        ("content-type".into(), "application/json".into()),
+        ("idempotency-key".into(), notification_id(message)),
+    ];
     for (name, value) in &config.headers {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         headers.push((name.clone(), value.clone()));
@@ -444,6 +574,7 @@ pub fn exec_environment(message: &AlertMessage) -> Vec<(String, String)> {
             message.event_seq.to_string(),
         ),
         ("OUTPOST_ALERT_AT".into(), message.at.clone()),
+        ("OUTPOST_ALERT_ID".into(), notification_id(message)),
         (
             "OUTPOST_ALERT_LABELS".into(),
             serde_json::to_string(&message.labels).expect("labels serialize"),
@@ -632,10 +763,8 @@ pub fn email_data(config: &EmailConfig, message: &AlertMessage, date: &str) -> S
     data.push_str(&format!("Subject: {subject}\r\n"));
     data.push_str(&format!("Date: {date}\r\n"));
     data.push_str(&format!(
-        "Message-ID: <outpost.{}.{}.{}@{}>\r\n",
-        message.device,
-        message.event_seq,
-        message.reason as u8,
+        "Message-ID: <outpost.{}@{}>\r\n",
+        notification_id(message),
         config.from.rsplit('@').next().unwrap_or("localhost")
     ));
     data.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");

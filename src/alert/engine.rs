@@ -121,6 +121,17 @@ pub enum Reason {
     Silence,
 }
 
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Transition => "transition",
+            Reason::Renotify => "renotify",
+            Reason::Escalation => "escalation",
+            Reason::Silence => "silence",
+        }
+    }
+}
+
 /// Where a notification goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Channel {

@@ -394,18 +394,21 @@ fn past_the_daily_byte_budget_batches_wait_and_alerts_still_go() {
 struct Receiver {
     port: u16,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Reads one HTTP request from `stream`, returns its body, and answers with `status`.
+/// Reads one HTTP request from `stream`, returns its body and its `Idempotency-Key`, and
+/// answers with `status`.
 fn answer_one<S: std::io::Read + std::io::Write>(
     stream: S,
     status: impl FnOnce() -> &'static str,
-) -> Option<String> {
+) -> Option<(String, Option<String>)> {
     use std::io::{BufRead, BufReader, Read};
     let mut reader = BufReader::new(stream);
     let mut length = 0usize;
+    let mut key = None;
     let mut request_line = String::new();
     reader.read_line(&mut request_line).ok()?;
     loop {
@@ -417,6 +420,9 @@ fn answer_one<S: std::io::Read + std::io::Write>(
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap_or(0);
             }
+            if name.eq_ignore_ascii_case("idempotency-key") {
+                key = Some(value.trim().to_string());
+            }
         }
     }
     let mut body = vec![0; length];
@@ -427,7 +433,7 @@ fn answer_one<S: std::io::Read + std::io::Write>(
         format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
     );
     let _ = stream.flush();
-    Some(String::from_utf8_lossy(&body).into_owned())
+    Some((String::from_utf8_lossy(&body).into_owned(), key))
 }
 
 impl Receiver {
@@ -464,7 +470,13 @@ impl Receiver {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (b, r, c) = (bodies.clone(), requests.clone(), connections.clone());
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (b, r, c, k) = (
+            bodies.clone(),
+            requests.clone(),
+            connections.clone(),
+            keys.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
@@ -491,14 +503,16 @@ impl Receiver {
                         }),
                     None => answer_one(stream, status),
                 };
-                if let (Some(body), true) = (answered, accepted.get()) {
+                if let (Some((body, key)), true) = (answered, accepted.get()) {
                     b.lock().unwrap().push(body);
+                    k.lock().unwrap().push(key.unwrap_or_default());
                 }
             }
         });
         Receiver {
             port,
             bodies,
+            keys,
             requests,
             connections,
         }
@@ -506,6 +520,11 @@ impl Receiver {
 
     fn bodies(&self) -> Vec<String> {
         self.bodies.lock().unwrap().clone()
+    }
+
+    /// The `Idempotency-Key` of each accepted request, in order.
+    fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
     }
 }
 
@@ -1107,4 +1126,104 @@ fn the_rule_fuzzers_inputs_load_or_fail_cleanly() {
         inputs >= 2 && loaded >= 2,
         "{inputs} inputs, {loaded} loaded"
     );
+}
+
+/// SIGKILL at random moments around deliveries, many times over: an exec command never runs
+/// twice for one notification; the webhook gets every notification that the agent decided on,
+/// each repeat carrying the same `Idempotency-Key`, and at most one repeat per kill.
+#[test]
+fn sigkills_around_deliveries_never_run_a_command_twice_or_lose_a_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Receiver::start(0);
+    let exec_log = dir.path().join("exec.log");
+    std::fs::write(dir.path().join("rules.toml"), ERRORS_RULE).unwrap();
+    let config = format!(
+        r#"{QUIET}
+[alerts]
+default_rules = false
+rules = ["{rules}"]
+interval = "100ms"
+[[alerts.webhook]]
+name = "hook"
+url = "http://127.0.0.1:{port}/in"
+[[alerts.exec]]
+name = "fix"
+command = ["sh", "-c", "echo \"$OUTPOST_ALERT_ID\" >> {log}; sleep 0.3"]
+"#,
+        rules = dir.path().join("rules.toml").display(),
+        port = hook.port,
+        log = exec_log.display(),
+    );
+    // A fixed seed: the kill moments differ from round to round, the same on every run.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next_delay = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        Duration::from_millis(rng % 900)
+    };
+    let kills = 16;
+    for round in 0..kills {
+        let mut agent = Agent::start(dir.path(), &config, &[]);
+        let value = if round % 2 == 0 { 5 } else { 0 };
+        push(&agent, &format!("app_errors{{job=\"cam\"}} {value}\n"));
+        std::thread::sleep(next_delay());
+        agent.signal("KILL");
+        agent.child.wait().unwrap();
+    }
+    let agent = Agent::start(dir.path(), &config, &[]);
+    wait_until("the queues drained", Duration::from_secs(60), || {
+        let metrics = agent.metrics();
+        (metric_value(
+            &metrics,
+            r#"outpost_alert_notifications_queued{channel="hook"}"#,
+        ) == Some(0.0)
+            && metric_value(
+                &metrics,
+                r#"outpost_alert_notifications_queued{channel="fix"}"#,
+            ) == Some(0.0))
+        .then_some(())
+    });
+    let decided: Vec<Value> = history(&agent)
+        .into_iter()
+        .filter(|e| e["state"] == "firing" || e["state"] == "resolved")
+        .collect();
+    agent.stop();
+    assert!(
+        decided.len() >= 4,
+        "too few transitions to mean anything: {decided:?}"
+    );
+
+    let ran = std::fs::read_to_string(&exec_log).unwrap_or_default();
+    let ran: Vec<&str> = ran.lines().collect();
+    let distinct: BTreeSet<&str> = ran.iter().copied().collect();
+    assert_eq!(distinct.len(), ran.len(), "a command ran twice: {ran:?}");
+    let firings = decided.iter().filter(|e| e["state"] == "firing").count();
+    assert!(ran.len() <= firings, "{ran:?} for {firings} firings");
+
+    let keys = hook.keys();
+    let received: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    let expected: BTreeSet<String> = decided
+        .iter()
+        .map(|e| {
+            let at: String = e["at"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            format!(
+                "{}.{}.transition.{at}",
+                e["device"].as_str().unwrap(),
+                e["event_seq"]
+            )
+        })
+        .collect();
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(
+        received, expected,
+        "every decided notification, nothing else"
+    );
+    let repeats = keys.len() - received.len();
+    assert!(repeats <= kills, "{repeats} repeats for {kills} kills");
 }
