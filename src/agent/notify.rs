@@ -409,7 +409,7 @@ async fn run_exec_once(
 }
 
 /// Makes an exec record: status, exit code, error.
-type ExecRecord = dyn Fn(&str, Option<i32>, Option<String>) -> serde_json::Value + Sync;
+type ExecRecord<'a> = dyn Fn(&str, Option<i32>, Option<String>) -> serde_json::Value + Sync + 'a;
 
 /// A queued exec notification that already has a record: it started before a restart. Never
 /// run again; a run whose end was not recorded is recorded as interrupted.
@@ -418,7 +418,7 @@ async fn earlier_exec_outcome(
     earlier: &[u8],
     store: &Store,
     record_key: &str,
-    record: &ExecRecord,
+    record: &ExecRecord<'_>,
 ) -> Attempt {
     let earlier: serde_json::Value = serde_json::from_slice(earlier).unwrap_or_default();
     if earlier["status"] == "finished" {
