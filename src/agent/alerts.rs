@@ -3,6 +3,8 @@
 //! anything is delivered, applies the hub's silence commands, and serves `/api/alerts` and
 //! `/api/silences`.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -2,6 +2,8 @@
 //! `outpost db query` cannot open while the agent holds it) and
 //! `POST /api/v1/import/prometheus` (VictoriaMetrics' path and format, so existing clients work).
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -188,6 +190,7 @@ async fn query(State(state): State<Arc<HttpState>>, RawQuery(raw): RawQuery) -> 
         other => return bad_request(format!("format: {other:?} is not csv or json")),
     };
     let sink = state.sink.clone();
+    #[allow(clippy::disallowed_methods)] // on the blocking pool
     let result = tokio::task::spawn_blocking(move || match step {
         None => sink.store.query_raw(&selector, from, to),
         Some(step) => sink.store.query_step(&selector, from, to, step, function),

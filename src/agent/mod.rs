@@ -6,6 +6,8 @@
 //! and are quick), beside the store's own writer thread: the agent has to stay small on a
 //! 4 GiB Jetson.
 
+#![deny(clippy::disallowed_methods)]
+
 pub mod alerts;
 pub mod catalogue;
 pub mod config;
@@ -285,6 +287,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     uplink.shutdown().await;
     // Seal what the head holds, so that a clean stop leaves nothing for recovery to replay.
     let sink_for_seal = sink.clone();
+    #[allow(clippy::disallowed_methods)] // on the blocking pool
     tokio::task::spawn_blocking(move || sink_for_seal.store.seal())
         .await?
         .context("sealing the store at shutdown")?;
@@ -293,6 +296,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         .ok()
         .and_then(|sink| Arc::try_unwrap(sink.store).ok());
     if let Some(store) = store {
+        #[allow(clippy::disallowed_methods)] // on the blocking pool
         tokio::task::spawn_blocking(move || store.close()).await??;
     }
     tracing::info!("agent stopped");
@@ -714,9 +718,9 @@ async fn self_metrics_task(
             sink.write_errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
         let sink_for_stats = sink.clone();
-        if let Ok(Ok(stats)) =
-            tokio::task::spawn_blocking(move || sink_for_stats.store.stats()).await
-        {
+        #[allow(clippy::disallowed_methods)] // on the blocking pool
+        let stats = tokio::task::spawn_blocking(move || sink_for_stats.store.stats()).await;
+        if let Ok(Ok(stats)) = stats {
             out.add("outpost_store_series", &[], stats.series as f64);
             out.add("outpost_store_disk_bytes", &[], stats.disk_bytes as f64);
             out.add("outpost_store_head_samples", &[], stats.head_samples as f64);
@@ -759,7 +763,9 @@ async fn self_metrics_task(
                 out.add(name, &[], value);
             }
             let store = sink.store.clone();
-            if let Ok(Ok(backlog)) = tokio::task::spawn_blocking(move || store.backlog()).await {
+            #[allow(clippy::disallowed_methods)] // on the blocking pool
+            let backlog = tokio::task::spawn_blocking(move || store.backlog()).await;
+            if let Ok(Ok(backlog)) = backlog {
                 out.add(
                     "outpost_sync_backlog_chunks",
                     &[],

@@ -3,6 +3,8 @@
 //! Each channel delivers its queue in order and removes an entry only once it is delivered (or
 //! refused for good), so an outage of days ends with everything sent, with its original times.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

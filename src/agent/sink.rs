@@ -1,6 +1,8 @@
 //! Where every collector's samples go: the store, and the latest value of each series for
 //! `/metrics`. Also keeps the per-collector figures that become self-metrics.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,6 +3,8 @@
 //! while the rest of the agent carries on. A task that keeps failing (a crash loop) makes the
 //! agent stop feeding systemd's watchdog, so that systemd restarts the whole process.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

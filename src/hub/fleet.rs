@@ -2,6 +2,8 @@
 //! as the devices publish them on their alert topics, silences sent to a device as signed
 //! commands, and news of ingested data for live charts.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,9 +60,9 @@ impl FleetAlerts {
         alerts
     }
 
-    /// Adds a device's transition to the history unless it is a resend of one already there,
-    /// and stores it; the oldest entries beyond [`HISTORY`] go. Returns whether it was new.
-    fn record_event(&mut self, store: &Store, event: Value) -> bool {
+    /// Adds a device's transition to the history unless it is a resend of one already there;
+    /// the oldest entries beyond [`HISTORY`] go. Returns what to store, if it was new.
+    fn record_event(&mut self, event: Value) -> Option<WriteBatch> {
         let seq = event["event_seq"].as_u64();
         let device = &event["device"];
         let duplicate =
@@ -69,7 +71,7 @@ impl FleetAlerts {
                     &seen["device"] == device && seen["event_seq"].as_u64() == seq
                 });
         if duplicate {
-            return false;
+            return None;
         }
         let next = self.history.back().map_or(0, |(last, _)| last + 1);
         let mut write = WriteBatch::default();
@@ -84,11 +86,7 @@ impl FleetAlerts {
                 write.delete_state(StateTable::AlertState, history_key(old));
             }
         }
-        if let Err(error) = store.write(write) {
-            // Kept in memory all the same: the page still shows it until the hub restarts.
-            tracing::warn!("an alert event not stored: {error}");
-        }
-        true
+        Some(write)
     }
 }
 
@@ -104,6 +102,9 @@ pub struct HubFleet {
     pub fleet: String,
     pub offline_after: Duration,
     pub alerts: Mutex<FleetAlerts>,
+    /// Held while a command is numbered and stored: silences arrive on the blocking pool, in
+    /// parallel, and each must get its own id.
+    pub commands: Mutex<()>,
     pub hub_alerts: Option<Arc<crate::agent::alerts::AlertShared>>,
     pub ingested: tokio::sync::broadcast::Sender<String>,
 }
@@ -156,7 +157,10 @@ impl HubFleet {
             if state != "firing" && state != "resolved" {
                 return;
             }
-            alerts.record_event(&self.store, alert);
+            if let Some(write) = alerts.record_event(alert) {
+                // Kept in memory all the same: the page shows it even if the write fails.
+                super::write_in_background(&self.store, write, "an alert event");
+            }
         } else {
             alerts.current.insert(key, alert);
         }
@@ -184,9 +188,7 @@ impl HubFleet {
             }
         }
         if !expired.is_empty() {
-            if let Err(error) = self.store.write(expired) {
-                tracing::warn!(device, "expired commands not removed: {error}");
-            }
+            super::write_in_background(&self.store, expired, "the removal of expired commands");
         }
     }
 
@@ -289,6 +291,7 @@ impl outpost_web::Fleet for HubFleet {
         json!({ "alerts": current, "history": history })
     }
 
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
     fn silence(
         &self,
         request: outpost_web::SilenceRequest,
@@ -300,6 +303,7 @@ impl outpost_web::Fleet for HubFleet {
             .key(&request.device)
             .ok_or_else(|| format!("device: {:?} is not enrolled", request.device))?;
         let now = outpost::timearg::now_ms();
+        let _numbering = self.commands.lock().expect("commands lock");
         // Ids grow per device and survive restarts: the device refuses any id it has seen.
         let counter = format!("cmd-id/{}", request.device);
         let last = self
@@ -370,6 +374,7 @@ impl outpost_web::Fleet for HubFleet {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests, not on an async thread
 mod tests {
     use super::*;
 
@@ -388,6 +393,14 @@ mod tests {
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/alerts/"), None);
     }
 
+    /// Records an event and stores it at once; whether it was new.
+    fn record(store: &Store, alerts: &mut FleetAlerts, event: Value) -> bool {
+        alerts
+            .record_event(event)
+            .map(|write| store.write(write).unwrap())
+            .is_some()
+    }
+
     #[test]
     fn the_fleet_alert_history_survives_a_restart_without_resends_or_overflow() {
         let dir = tempfile::tempdir().unwrap();
@@ -396,12 +409,12 @@ mod tests {
         {
             let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
             let mut alerts = FleetAlerts::load(&store);
-            assert!(alerts.record_event(&store, event("a", 1)));
+            assert!(record(&store, &mut alerts, event("a", 1)));
             assert!(
-                alerts.record_event(&store, event("b", 1)),
+                record(&store, &mut alerts, event("b", 1)),
                 "another device's first event"
             );
-            assert!(!alerts.record_event(&store, event("a", 1)), "a resend");
+            assert!(!record(&store, &mut alerts, event("a", 1)), "a resend");
         }
         let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
         let mut alerts = FleetAlerts::load(&store);
@@ -419,11 +432,11 @@ mod tests {
         };
         assert_eq!(devices(&alerts), [("a".into(), 1), ("b".into(), 1)]);
         assert!(
-            !alerts.record_event(&store, event("b", 1)),
+            !record(&store, &mut alerts, event("b", 1)),
             "a resend after the restart"
         );
         for seq in 2..HISTORY as u64 + 10 {
-            assert!(alerts.record_event(&store, event("a", seq)));
+            assert!(record(&store, &mut alerts, event("a", seq)));
         }
         drop(alerts);
         drop(store);

@@ -6,6 +6,8 @@
 //! the ingestor and makes each group of batches durable with one `sync` before their acks go
 //! out (an ack is a promise that the data survives a power cut).
 
+#![deny(clippy::disallowed_methods)]
+
 pub mod config;
 pub mod devices;
 mod fleet;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use outpost_storage::Store;
+use outpost_storage::{Store, WriteBatch};
 use outpost_sync::topic::{self, Kind};
 use outpost_sync::{Ack, AckStatus, Batch, Limits};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -294,7 +296,9 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let (client, mut events) = AsyncClient::new(options, 1024);
 
     // The ingest thread: batches in, acks out.
-    let (incoming_tx, incoming_rx) = std::sync::mpsc::sync_channel::<Incoming>(1024);
+    // Bounded: a hub whose disk is slow pushes back on the broker, not into its memory; and
+    // awaited, so that a full queue makes the event loop wait without stopping the API.
+    let (incoming_tx, incoming_rx) = flume::bounded::<Incoming>(1024);
     let ingest = {
         let (store, client, devices, registry, ingested) = (
             store.clone(),
@@ -355,6 +359,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         fleet: config.hub.fleet.clone(),
         offline_after: config.hub.offline_after.0,
         alerts: Mutex::new(fleet::FleetAlerts::load(&store)),
+        commands: Mutex::new(()),
         hub_alerts: alert_shared.clone(),
         ingested: ingested.clone(),
     });
@@ -425,7 +430,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                     match kind {
                         Kind::Batch => {
                             let incoming = Incoming { device: device.to_string(), payload: publish.payload.to_vec() };
-                            if incoming_tx.send(incoming).is_err() {
+                            if incoming_tx.send_async(incoming).await.is_err() {
                                 anyhow::bail!("the ingest thread stopped");
                             }
                         }
@@ -479,6 +484,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
     drop(alert_runtime);
     drop(alert_shared);
     if let Ok(store) = Arc::try_unwrap(store) {
+        #[allow(clippy::disallowed_methods)] // on the blocking pool
         tokio::task::spawn_blocking(move || store.close()).await??;
     }
     tracing::info!("hub stopped");
@@ -560,12 +566,24 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
     Ok(())
 }
 
+/// Writes `write` off the async thread (the store's writer may be busy sealing for a while, and
+/// the event loop and the API must keep turning); a failure is logged as `what` not stored.
+pub(crate) fn write_in_background(store: &Arc<Store>, write: WriteBatch, what: &'static str) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(error) = store.write_async(write).await {
+            tracing::warn!("{what} not stored: {error}");
+        }
+    });
+}
+
 /// Where the ingest thread's results go: acks to the devices, news to live dashboards.
 struct Outlets<'a> {
     client: &'a AsyncClient,
     ingested: &'a tokio::sync::broadcast::Sender<String>,
 }
 
+#[allow(clippy::disallowed_methods)] // its own thread: it waits for the disk so that the loop does not
 fn ingest_loop(
     store: &Store,
     outlets: Outlets,
@@ -573,7 +591,7 @@ fn ingest_loop(
     registry: &Mutex<Registry>,
     fleet: &str,
     limits: &Limits,
-    incoming: &std::sync::mpsc::Receiver<Incoming>,
+    incoming: &flume::Receiver<Incoming>,
 ) {
     let Outlets { client, ingested } = outlets;
     let mut ingestor = outpost_sync::ingest::Ingestor::new();

@@ -2,6 +2,8 @@
 //! (its retained `status`, its last will, and silence past `offline_after`), its metadata, how
 //! far behind its data is, how far its clock is off, and what was rejected from it.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -89,7 +91,7 @@ impl Registry {
         self.devices.get(device).map_or(0, |r| r.protocol)
     }
 
-    pub fn persist_if_changed(&mut self, store: &Store) {
+    pub fn persist_if_changed(&mut self, store: &std::sync::Arc<Store>) {
         if !self.changed {
             return;
         }
@@ -107,10 +109,9 @@ impl Registry {
                 serde_json::to_vec(record).expect("records serialize"),
             );
         }
-        match store.write(write) {
-            Ok(()) => self.changed = false,
-            Err(error) => tracing::warn!("device registry not saved: {error}"),
-        }
+        // Every record goes each time, so a write that fails is made good by the next one.
+        self.changed = false;
+        super::write_in_background(store, write, "the device registry");
     }
 
     fn record(&mut self, device: &str) -> &mut DeviceRecord {

@@ -3,6 +3,8 @@
 //! connect, ships the [`Outbox`]'s batches every `batch_interval` under an optional bandwidth
 //! cap, resends what the hub has not acknowledged, and applies acknowledgements.
 
+#![deny(clippy::disallowed_methods)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,14 +128,14 @@ impl DailyBytes {
         }
     }
 
-    fn save(&self, store: &Store) -> Result<(), outpost_storage::Error> {
+    async fn save(&self, store: &Store) -> Result<(), outpost_storage::Error> {
         let mut write = WriteBatch::default();
         write.put_state(
             StateTable::SyncCursor,
             DAILY_KEY,
             postcard::to_allocvec(self).expect("postcard serializes the daily count"),
         );
-        store.write(write)
+        store.write_async(write).await
     }
 }
 
@@ -422,19 +424,20 @@ pub async fn run(
                         None => break,
                     }
                 }
-                let mut s = state.lock().expect("uplink state");
-                s.batches_sent = outbox.stats.batches_sent;
-                s.batches_resent = outbox.stats.batches_resent;
-                s.batches_acked = outbox.stats.batches_acked;
-                s.bytes_sent = outbox.stats.bytes_sent;
-                s.samples_confirmed = outbox.stats.samples_confirmed;
-                s.in_flight = outbox.in_flight();
-                daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
-                s.sent_today = daily.sent;
-                s.budget_exhausted = !allowed;
-                drop(s);
+                {
+                    let mut s = state.lock().expect("uplink state");
+                    s.batches_sent = outbox.stats.batches_sent;
+                    s.batches_resent = outbox.stats.batches_resent;
+                    s.batches_acked = outbox.stats.batches_acked;
+                    s.bytes_sent = outbox.stats.bytes_sent;
+                    s.samples_confirmed = outbox.stats.samples_confirmed;
+                    s.in_flight = outbox.in_flight();
+                    daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    s.sent_today = daily.sent;
+                    s.budget_exhausted = !allowed;
+                }
                 if daily != daily_saved {
-                    daily.save(&store)?;
+                    daily.save(&store).await?;
                     daily_saved = daily;
                 }
             }

@@ -1,6 +1,8 @@
 //! The routes: pages, `/api/...`, `/metrics`; and the guard in front of them (who is asking,
 //! may they, security headers).
 
+#![deny(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -570,7 +572,11 @@ async fn silence(
         ));
     }
     Selector::parse(&request.matcher).map_err(|e| WebError::BadRequest(format!("match: {e}")))?;
-    match web.fleet.silence(request, &identity) {
+    let fleet = web.fleet.clone();
+    let sent = tokio::task::spawn_blocking(move || fleet.silence(request, &identity))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    match sent {
         Ok(sent) => Ok((StatusCode::CREATED, Json(sent)).into_response()),
         Err(reason) => Err(WebError::BadRequest(reason)),
     }
@@ -629,6 +635,7 @@ async fn backup(
             crate::auth::random_hex(8)?
         );
         let path = store.path().with_file_name(name);
+        #[allow(clippy::disallowed_methods)] // on the blocking pool
         let bytes = store.backup(&path)?;
         let file = std::fs::File::open(&path)
             .map_err(|e| WebError::Internal(format!("reading the backup: {e}")));

@@ -162,7 +162,8 @@ pub trait Fleet: Send + Sync + 'static {
     fn devices(&self) -> Vec<serde_json::Value>;
     /// Alerts across the fleet: `{"alerts": [...], "history": [...]}`.
     fn alerts(&self) -> serde_json::Value;
-    /// Sends a silence to its device; what was sent, or why not.
+    /// Sends a silence to its device; what was sent, or why not. It makes the command durable
+    /// first, so it blocks: the handler calls it on the blocking pool.
     fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<serde_json::Value, String>;
     /// The hub's own metrics, Prometheus text format.
     fn metrics(&self) -> String;

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The hub's cheap paths on a month-old store while it ingests: a release `outpost hub` whose store
+# holds 30 days of 300 series (10 devices x 30 series, a sample every 30 s: 25.9 M samples),
+# DEVICES real agents syncing to it over MQTT (each replaying the TX2 tegrastats log at 1 Hz),
+# then wrk on loopback for SECONDS against `GET /api/health` and then against `GET /api/devices`
+# (the fleet request), with CONNECTIONS connections. Prints wrk's latency percentiles and what
+# the hub ingested meanwhile. Target (issue 18, item 7): both within 5 ms at the 99th percentile.
+#
+#   benches/hub-health.sh [SECONDS] [CONNECTIONS]      (DEVICES=10 by default; needs wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-20}
+connections=${2:-4}
+devices=${DEVICES:-10}
+command -v wrk >/dev/null || { echo "hub-health.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release --locked --quiet -p outpost --bin outpost
+outpost=$PWD/target/release/outpost
+dir=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port)
+mqtt_port=$(free_port)
+hub_args=(--store "$dir/hub.redb" --devices-file "$dir/devices.toml")
+
+mkdir -m 700 "$dir/keys"
+for i in $(seq 0 $((devices - 1))); do
+  id=$(printf 'sim-%03d' "$i")
+  "$outpost" hub "${hub_args[@]}" device add "$id" --out "$dir/keys" --url "mqtt://127.0.0.1:$mqtt_port" \
+    | grep -v '^#' | sed "s|/etc/outpost/|$dir/keys/|" >"$dir/$id.mqtt"
+  printf '[host]\nenabled = false\n[jetson]\nenabled = "off"\n[nvml]\nenabled = "off"\n[alerts]\nenabled = false\n' \
+    | cat - "$dir/$id.mqtt" >"$dir/$id.toml"
+done
+echo "seeding the hub's store with 30 days of 300 series..."
+started=$(date +%s)
+python3 <<'PY' | "$outpost" db import --db "$dir/hub.redb" - >/dev/null
+import math, sys, time
+end = (int(time.time()) - 120) * 1000
+step_ms, days = 30_000, 30
+steps = days * 86_400_000 // step_ms
+out = sys.stdout
+for block in range(0, steps, 2880):
+    lines = []
+    for step in range(block, min(block + 2880, steps)):
+        stamp = end - (steps - step) * step_ms
+        for device in range(10):
+            for series in range(30):
+                value = round(50 + 40 * math.sin((step + 97 * series + 13 * device) / 360), 2)
+                lines.append(f'bench_load{{series="{series}",instance="bench-{device:02d}"}} {value} {stamp}\n')
+    out.write("".join(lines))
+PY
+echo "seeded in $(( $(date +%s) - started )) s: $("$outpost" db stats --db "$dir/hub.redb" | grep -E 'raw samples|bytes on disk' | tr -s ' ' | paste -sd ';')"
+"$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
+  2>"$dir/hub.log" &
+hub=$!
+pids+=("$hub")
+until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
+for i in $(seq 0 $((devices - 1))); do
+  id=$(printf 'sim-%03d' "$i")
+  "$outpost" --log warn agent --config "$dir/$id.toml" --store "$dir/$id.redb" --listen 127.0.0.1:0 \
+    --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 \
+    2>"$dir/$id.log" &
+  pids+=("$!")
+done
+online() {
+  curl -sf "127.0.0.1:$http_port/api/devices" \
+    | python3 -c 'import json, sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "online"))'
+}
+for _ in $(seq 1 120); do
+  [ "$(online)" -ge "$devices" ] && break
+  sleep 1
+done
+echo "online: $(online) of $devices; warming up for 10 s"
+sleep 10
+samples() { curl -sf "127.0.0.1:$http_port/metrics" | awk '/^outpost_hub_samples_total/ { s += $2 } END { print s + 0 }'; }
+for path in /api/health /api/devices; do
+  before=$(samples)
+  echo "== GET $path, $connections connections, $seconds s, while the hub ingests"
+  wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$http_port$path" \
+    | grep -E 'Latency|50%|90%|99%|Requests/sec'
+  echo "hub: $(( $(samples) - before )) samples ingested during the run; online at the end: $(online) of $devices"
+done
