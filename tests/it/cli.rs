@@ -494,3 +494,109 @@ fn stats_into_a_closed_pipe_exits_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+/// The agent on a damaged store (the same damage as above): it exits at once, non-zero and
+/// saying why, or it serves and stops cleanly at SIGTERM; never a panic, never a hang.
+#[test]
+fn an_agent_on_a_damaged_store_fails_cleanly_or_serves_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine.redb");
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/host/host-1h.prom.zst"
+    );
+    let out = outpost(
+        &["db", "import", "--db", pristine.to_str().unwrap(), data],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&pristine).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n",
+    )
+    .unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let limit = std::time::Duration::from_secs(30);
+    for case in 0..6 {
+        let mut damaged = bytes.clone();
+        if case % 3 == 2 {
+            let page = 16 + (next() as usize % ((damaged.len() - 65_536) / 4096));
+            damaged[page * 4096..(page + 1) * 4096].fill(0);
+        } else {
+            for _ in 0..200 {
+                let at = 65_536 + next() as usize % (damaged.len() - 65_536);
+                damaged[at] ^= 1 << (next() % 8);
+            }
+        }
+        let store = dir.path().join(format!("agent-{case}.redb"));
+        std::fs::write(&store, &damaged).unwrap();
+        let log_path = dir.path().join(format!("agent-{case}.log"));
+        let port = crate::agent::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["--log", "info", "agent", "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(&store)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("outpost agent runs");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let deadline = std::time::Instant::now() + limit;
+        let exited = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break None;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "case {case}: neither serving nor exited: {}",
+                log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = match exited {
+            Some(status) => {
+                assert!(
+                    log().contains("rror"),
+                    "case {case}: exited {status} without saying why: {}",
+                    log()
+                );
+                status
+            }
+            None => {
+                let killed = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(killed.success());
+                let deadline = std::time::Instant::now() + limit;
+                loop {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        break status;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        child.kill().unwrap();
+                        panic!("case {case}: ignored SIGTERM: {}", log());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
+        assert_ne!(status.code(), Some(101), "case {case} panicked: {}", log());
+        assert!(!log().contains("panicked at"), "case {case}: {}", log());
+    }
+}
