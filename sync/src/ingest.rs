@@ -97,9 +97,11 @@ pub const CLOCK_TOLERANCE_MS: i64 = 60_000;
 /// timestamp is a wrong clock's.
 pub const EARLIEST_PLAUSIBLE_MS: i64 = 1_704_067_200_000;
 
-/// A device's wrong clock as the hub measured it: within boot `boot_id`, while the device's
-/// clock put its boot at `boot_wall_ms`, its timestamps were `offset_ms` behind the hub's.
-/// Kept, so that data sent again (after an agent restart) gets the very same correction.
+/// One reading of a device's clock as the hub measured it: within boot `boot_id`, while the
+/// device's clock put its boot at `boot_wall_ms` (a step moves it), its timestamps were
+/// `offset_ms` behind the hub's (0 for a clock within [`CLOCK_TOLERANCE_MS`]). Kept, so that
+/// data sent again (after an agent restart) gets the very same correction, and so that the data
+/// of an earlier boot gets its last clock's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ClockFrame {
     boot_id: String,
@@ -107,53 +109,117 @@ struct ClockFrame {
     offset_ms: i64,
 }
 
+/// Clock frames kept per device: a device steps once or twice a boot.
+const KEEP_FRAMES: usize = 16;
+/// What a step's range is widened by at its start (the agent's noise threshold): a frame that
+/// begins at a step may have written this much before the step was seen.
+const STEP_MARGIN_MS: i64 = 2_000;
+
 /// The hub's ingest state for the whole fleet.
 #[derive(Debug, Default)]
 pub struct Ingestor {
     /// (device, device's series id) to the hub's series id.
     series: HashMap<(String, u32), SeriesId>,
     seen: HashMap<(String, u64), Seen>,
-    clock_frames: HashMap<String, Option<ClockFrame>>,
+    /// Per device, the frames measured, oldest first.
+    clock_frames: HashMap<String, Vec<ClockFrame>>,
 }
 
-/// How one batch's timestamps are corrected.
+/// How one batch's timestamps are corrected. Each timestamp was written by one reading of the
+/// device's clock, a frame: the one the batch was sent in (from the last step of its boot to
+/// now), or one that a recorded step ended. A timestamp of an ended frame gets the delta of
+/// that step and of every later step of its boot, which brings it to the boot's last clock, and
+/// then that clock's offset as the hub measured it.
 struct Correction<'a> {
+    /// Every step the device recorded, in the order they happened.
     steps: &'a [ClockStep],
-    /// The device's clock now, with its offset: timestamps from the boot up to now by that
-    /// clock get the offset.
-    frame: Option<(i64, i64, i64)>,
+    boot_id: &'a str,
+    /// The current frame: where it began by its own clock, and up to where it may have written.
+    current: (i64, i64),
+    /// The offset of the batch's boot's current clock.
+    current_offset_ms: i64,
+    /// The last measured offset of each boot's clock.
+    boot_offsets: HashMap<String, i64>,
     received_ms: i64,
     corrected: u64,
     implausible: u64,
 }
 
 impl Correction<'_> {
-    /// The timestamp to store for `ts`, moved by whole multiples of `unit` (1 for samples,
-    /// the bucket width for rollups, which must stay aligned).
-    fn fix(&mut self, ts: i64, unit: i64) -> i64 {
-        let round = |delta: i64| bucket_start(delta.saturating_add(unit / 2), unit);
-        let mut fixed = ts;
-        let mut boot: Option<&str> = None;
-        for step in self.steps {
-            // Steps chain within a boot (1970, then a saved time, then NTP), in order.
-            if boot.is_none_or(|b| b == step.boot_id) && step.covers(fixed) {
-                fixed = fixed.saturating_add(round(step.delta_ms));
-                boot = Some(&step.boot_id);
-            }
+    /// By how much `ts` is off.
+    fn delta(&self, ts: i64) -> i64 {
+        if (self.current.0..=self.current.1).contains(&ts) {
+            return self.current_offset_ms;
         }
-        if boot.is_none() {
-            if let Some((from, until, offset)) = self.frame {
-                if (from..=until).contains(&ts) {
-                    fixed = ts.saturating_add(round(offset));
-                }
-            }
-        }
+        // Ranges of frames overlap only where a clock stepped back by less than a frame lasted:
+        // the later frame wins (see sync/PROTOCOL.md, Clocks).
+        self.steps
+            .iter()
+            .rposition(|step| step.covers(ts))
+            .map_or(0, |ended| self.ended_frame_delta(ended))
+    }
+
+    /// By how much the timestamps of the frame that step `ended` ended are off: that step's
+    /// delta and every later one's of its boot, then the offset of the boot's last clock.
+    fn ended_frame_delta(&self, ended: usize) -> i64 {
+        let boot = &self.steps[ended].boot_id;
+        let chained = self.steps[ended..]
+            .iter()
+            .filter(|step| step.boot_id == *boot)
+            .fold(0i64, |sum, step| sum.saturating_add(step.delta_ms));
+        let last_offset = if boot == self.boot_id {
+            self.current_offset_ms
+        } else {
+            self.boot_offsets.get(boot).copied().unwrap_or(0)
+        };
+        chained.saturating_add(last_offset)
+    }
+
+    /// By how much a rollup bucket `[bucket, bucket + width)` is off: the delta of every frame
+    /// that could have written into it, if they agree; `None` when the bucket mixes clocks that
+    /// are off by different amounts, which no shift can fix.
+    fn bucket_delta(&self, bucket: i64, width: i64) -> Option<i64> {
+        let end = bucket.saturating_add(width - 1);
+        let overlaps = |from: i64, until: i64| from <= end && bucket <= until;
+        let current = overlaps(self.current.0, self.current.1).then_some(self.current_offset_ms);
+        let ended = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| overlaps(step.from_ms, step.until_ms))
+            .map(|(i, _)| self.ended_frame_delta(i));
+        let mut deltas = current.into_iter().chain(ended);
+        let first = deltas.next().unwrap_or(0);
+        deltas.all(|delta| delta == first).then_some(first)
+    }
+
+    /// The bucket to store for a device's rollup bucket, moved by whole buckets; `None` for a
+    /// bucket that mixes clocks (the hub computes its own from the raw samples, which are placed
+    /// one by one).
+    fn fix_bucket(&mut self, bucket: i64, width: i64) -> Option<i64> {
+        let delta = self.bucket_delta(bucket, width)?;
+        let fixed = if delta == 0 {
+            bucket
+        } else {
+            bucket.saturating_add(bucket_start(delta.saturating_add(width / 2), width))
+        };
+        self.count(bucket, fixed);
+        Some(fixed)
+    }
+
+    fn count(&mut self, ts: i64, fixed: i64) {
         if fixed != ts {
             self.corrected += 1;
         }
         if fixed < EARLIEST_PLAUSIBLE_MS || fixed > self.received_ms + CLOCK_TOLERANCE_MS {
             self.implausible += 1;
         }
+    }
+
+    /// The timestamp to store for a sample written at `ts`.
+    fn fix(&mut self, ts: i64) -> i64 {
+        let fixed = ts.saturating_add(self.delta(ts));
+        self.count(ts, fixed);
         fixed
     }
 }
@@ -227,42 +293,98 @@ impl Ingestor {
         Ok(self.seen.get_mut(&key).expect("inserted above"))
     }
 
-    /// The device's clock frame for this batch, the one stored when it matches (`false`) or a
-    /// new one (`true`): `None` while the device's clock is within [`CLOCK_TOLERANCE_MS`] of
-    /// the hub's.
+    /// The device's clock frames as stored, loaded once. A store of an earlier version holds
+    /// one frame, not a list.
+    fn frames(&mut self, store: &Store, device: &str) -> Result<&mut Vec<ClockFrame>, IngestError> {
+        if !self.clock_frames.contains_key(device) {
+            let stored = store.state_get(StateTable::DeviceRegistry, &clock_state_key(device))?;
+            let frames = stored
+                .map(|bytes| {
+                    postcard::from_bytes::<Vec<ClockFrame>>(&bytes)
+                        .or_else(|_| postcard::from_bytes::<ClockFrame>(&bytes).map(|f| vec![f]))
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            self.clock_frames.insert(device.to_string(), frames);
+        }
+        Ok(self.clock_frames.get_mut(device).expect("inserted above"))
+    }
+
+    /// The offset of the clock this batch was sent by: the one stored for its frame, or measured
+    /// now (the receive time minus the send time; 0 within [`CLOCK_TOLERANCE_MS`]), with the
+    /// frame list to store when the frame is new.
     fn clock_frame(
         &mut self,
         store: &Store,
         batch: &Batch,
         received_ms: i64,
-    ) -> Result<Option<(ClockFrame, bool)>, IngestError> {
+    ) -> Result<(i64, Option<Vec<ClockFrame>>), IngestError> {
         let header = &batch.header;
-        let device = header.device.as_str();
-        if !self.clock_frames.contains_key(device) {
-            let stored = store
-                .state_get(StateTable::DeviceRegistry, &clock_state_key(device))?
-                .and_then(|bytes| postcard::from_bytes(&bytes).ok());
-            self.clock_frames.insert(device.to_string(), stored);
-        }
         let boot_wall_ms = header
             .sent_wall_ms
             .saturating_sub(i64::try_from(header.sent_uptime_ms).unwrap_or(i64::MAX));
-        let offset_ms = received_ms.saturating_sub(header.sent_wall_ms);
-        let known = self.clock_frames[device].clone().filter(|frame| {
-            frame.boot_id == header.boot_id && (frame.boot_wall_ms - boot_wall_ms).abs() <= 5_000
-        });
-        if let Some(frame) = known {
-            return Ok(Some((frame, false)));
+        let frames = self.frames(store, &header.device)?;
+        if let Some(known) = frames.iter().rev().find(|frame| {
+            frame.boot_id == header.boot_id && frame.boot_wall_ms.abs_diff(boot_wall_ms) <= 5_000
+        }) {
+            return Ok((known.offset_ms, None));
         }
-        if offset_ms.abs() <= CLOCK_TOLERANCE_MS {
-            return Ok(None);
-        }
-        let frame = ClockFrame {
+        let measured = received_ms.saturating_sub(header.sent_wall_ms);
+        let offset_ms = if measured.abs() <= CLOCK_TOLERANCE_MS {
+            0
+        } else {
+            measured
+        };
+        let mut updated = frames.clone();
+        updated.push(ClockFrame {
             boot_id: header.boot_id.clone(),
             boot_wall_ms,
             offset_ms,
+        });
+        if updated.len() > KEEP_FRAMES {
+            updated.remove(0);
+        }
+        Ok((offset_ms, Some(updated)))
+    }
+
+    /// The correction of one batch's timestamps.
+    fn correction<'a>(
+        &self,
+        batch: &'a Batch,
+        current_offset_ms: i64,
+        frames: &[ClockFrame],
+        received_ms: i64,
+    ) -> Correction<'a> {
+        let header = &batch.header;
+        let steps = &header.clock_steps;
+        let since = match steps.iter().rfind(|step| step.boot_id == header.boot_id) {
+            // The new clock's reading when the step was seen, less what it may have written
+            // before.
+            Some(last) => last
+                .until_ms
+                .saturating_add(last.delta_ms)
+                .saturating_sub(STEP_MARGIN_MS),
+            None => header
+                .sent_wall_ms
+                .saturating_sub(i64::try_from(header.sent_uptime_ms).unwrap_or(i64::MAX)),
         };
-        Ok(Some((frame, true)))
+        let mut boot_offsets = HashMap::new();
+        for frame in frames {
+            boot_offsets.insert(frame.boot_id.clone(), frame.offset_ms);
+        }
+        Correction {
+            steps,
+            boot_id: &header.boot_id,
+            current: (
+                since,
+                header.sent_wall_ms.saturating_add(CLOCK_TOLERANCE_MS),
+            ),
+            current_offset_ms,
+            boot_offsets,
+            received_ms,
+            corrected: 0,
+            implausible: 0,
+        }
     }
 
     /// Writes a verified batch into `store` (accepted, not yet durable: the caller syncs the
@@ -288,20 +410,11 @@ impl Ingestor {
             });
         }
         let mut write = WriteBatch::default();
-        let frame = self.clock_frame(store, batch, received_ms)?;
-        let mut correction = Correction {
-            steps: &batch.header.clock_steps,
-            frame: frame.as_ref().map(|(f, _)| {
-                (
-                    f.boot_wall_ms,
-                    batch.header.sent_wall_ms + CLOCK_TOLERANCE_MS,
-                    f.offset_ms,
-                )
-            }),
-            received_ms,
-            corrected: 0,
-            implausible: 0,
-        };
+        let (current_offset_ms, new_frames) = self.clock_frame(store, batch, received_ms)?;
+        let frames = new_frames
+            .clone()
+            .unwrap_or_else(|| self.clock_frames[device].clone());
+        let mut correction = self.correction(batch, current_offset_ms, &frames, received_ms);
         let mut new_series: Vec<(u32, SeriesId)> = Vec::new();
         for def in &batch.body.defs {
             let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
@@ -356,7 +469,7 @@ impl Ingestor {
                 })?;
             let timestamps: Vec<i64> = timestamps
                 .into_iter()
-                .map(|ts| correction.fix(ts, 1))
+                .map(|ts| correction.fix(ts))
                 .collect();
             samples += timestamps.len() as u64;
             note_buckets(&mut raw_buckets, hub, &timestamps);
@@ -377,7 +490,7 @@ impl Ingestor {
                         decode_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
                     let timestamps: Vec<i64> = timestamps
                         .into_iter()
-                        .map(|ts| correction.fix(ts, 1))
+                        .map(|ts| correction.fix(ts))
                         .collect();
                     samples += timestamps.len() as u64;
                     note_buckets(&mut raw_buckets, hub, &timestamps);
@@ -396,8 +509,10 @@ impl Ingestor {
                     let width = tier.resolution_ms();
                     let mut fixed: Vec<(i64, _)> = buckets
                         .into_iter()
-                        .map(|bucket| correction.fix(bucket, width))
                         .zip(rollups)
+                        .filter_map(|(bucket, rollup)| {
+                            Some((correction.fix_bucket(bucket, width)?, rollup))
+                        })
                         .collect();
                     fixed.sort_by_key(|(bucket, _)| *bucket);
                     let (buckets, rollups): (Vec<i64>, Vec<_>) = fixed.into_iter().unzip();
@@ -427,23 +542,24 @@ impl Ingestor {
             seen_state_key(device, epoch),
             postcard::to_allocvec(&updated).expect("postcard serializes sequence sets"),
         );
-        let new_frame = frame.filter(|(_, new)| *new).map(|(f, _)| f);
-        if let Some(frame) = &new_frame {
+        if let Some(frames) = &new_frames {
             write.put_state(
                 StateTable::DeviceRegistry,
                 clock_state_key(device),
-                postcard::to_allocvec(frame).expect("postcard serializes clock frames"),
+                postcard::to_allocvec(frames).expect("postcard serializes clock frames"),
             );
         }
         store.write(write)?;
-        if let Some(frame) = new_frame {
-            tracing::warn!(
-                device,
-                offset_ms = frame.offset_ms,
-                boot_id = %frame.boot_id,
-                "the device's clock is off; its timestamps are stored corrected"
-            );
-            self.clock_frames.insert(device.to_string(), Some(frame));
+        if let Some(frames) = new_frames {
+            if current_offset_ms != 0 {
+                tracing::warn!(
+                    device,
+                    offset_ms = current_offset_ms,
+                    boot_id = %batch.header.boot_id,
+                    "the device's clock is off; its timestamps are stored corrected"
+                );
+            }
+            self.clock_frames.insert(device.to_string(), frames);
         }
         *self.seen(store, device, epoch)? = updated;
         for (id, hub) in new_series {

@@ -48,7 +48,12 @@ impl Default for OutboxOptions {
 #[derive(Debug)]
 struct InFlight {
     seq: u64,
-    payload: Arc<Vec<u8>>,
+    /// Kept to be sent again with the clock of the moment (`sent_wall_ms`, `sent_uptime_ms`
+    /// and the steps recorded by then): the hub measures the device's clock by the send time,
+    /// and a batch sent again minutes later with its first send time would read as a clock
+    /// minutes behind.
+    batch: Batch,
+    payload_bytes: usize,
     /// Where the live stream stood before and after this batch.
     start_mark: Option<HeadMark>,
     end_mark: HeadMark,
@@ -157,8 +162,9 @@ impl Outbox {
     /// Builds the next batch from what the store holds that is neither confirmed nor in flight:
     /// live samples first, backlog chunks in the rest of the room. `None` when there is nothing
     /// to send or the in-flight window is full.
-    /// `clock_steps`: the device's record of its clock's steps; the batch carries those that
-    /// cover its timestamps.
+    /// `clock_steps`: the device's record of its clock's steps, which the batch carries whole:
+    /// the hub corrects a timestamp of an earlier clock by every step after it, not only by
+    /// the one whose range holds it.
     pub fn next_batch(
         &mut self,
         store: &Store,
@@ -250,11 +256,7 @@ impl Outbox {
                     sent_uptime_ms: uptime_ms,
                     oldest_unacked_ms: backlog.oldest_ms,
                     body_bytes: 0,
-                    clock_steps: clock_steps
-                        .iter()
-                        .filter(|s| s.from_ms <= latest && earliest <= s.until_ms)
-                        .cloned()
-                        .collect(),
+                    clock_steps: clock_steps.to_vec(),
                 },
                 body,
                 version: PROTOCOL_VERSION,
@@ -271,7 +273,8 @@ impl Outbox {
             self.stats.bytes_sent += payload.len() as u64;
             self.in_flight.push_back(InFlight {
                 seq,
-                payload: payload.clone(),
+                payload_bytes: payload.len(),
+                batch,
                 start_mark: self.mark.clone(),
                 end_mark: live.mark.clone(),
                 receipts: chunks.iter().map(|c| c.receipt()).collect(),
@@ -334,24 +337,37 @@ impl Outbox {
         self.in_flight.clear();
     }
 
-    /// Batches whose acknowledgement is overdue, to publish again as they were (same epoch and
-    /// sequence number, so that the hub counts and discards the duplicate).
-    pub fn due_resends(&mut self, now: Instant, timeout: Duration) -> Vec<Outgoing> {
+    /// Batches whose acknowledgement is overdue, to publish again: the same content, epoch and
+    /// sequence number (so that the hub counts and discards a duplicate), stamped with the
+    /// clock of now (`clock`: wall, uptime and the steps recorded so far) and signed again.
+    pub fn due_resends(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        clock: (i64, u64, &[ClockStep]),
+    ) -> Vec<Outgoing> {
+        let (wall_ms, uptime_ms, steps) = clock;
         let mut out = Vec::new();
-        for batch in self.in_flight.iter_mut().filter(|b| !b.acked) {
-            if now.duration_since(batch.sent_at) >= timeout {
-                batch.sent_at = now;
+        for in_flight in self.in_flight.iter_mut().filter(|b| !b.acked) {
+            if now.duration_since(in_flight.sent_at) >= timeout {
+                in_flight.sent_at = now;
+                let header = &mut in_flight.batch.header;
+                header.sent_wall_ms = wall_ms;
+                header.sent_uptime_ms = uptime_ms;
+                header.clock_steps = steps.to_vec();
+                let payload = in_flight.batch.encode(&self.key, self.options.zstd_level);
+                in_flight.payload_bytes = payload.len();
                 self.stats.batches_resent += 1;
-                self.stats.bytes_sent += batch.payload.len() as u64;
-                out.push((batch.seq, batch.payload.clone()));
+                self.stats.bytes_sent += payload.len() as u64;
+                out.push((in_flight.seq, Arc::new(payload)));
             }
         }
         out
     }
 
     /// Every unacknowledged batch, to publish again after a reconnect.
-    pub fn all_unacked(&mut self) -> Vec<Outgoing> {
-        self.due_resends(Instant::now(), Duration::ZERO)
+    pub fn all_unacked(&mut self, clock: (i64, u64, &[ClockStep])) -> Vec<Outgoing> {
+        self.due_resends(Instant::now(), Duration::ZERO, clock)
     }
 }
 

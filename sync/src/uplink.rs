@@ -336,7 +336,9 @@ pub async fn run(
                         }
                     }
                     if batches_allowed(&mut daily, &mut budget_logged_day) {
-                        for (_, payload) in outbox.all_unacked() {
+                        let (wall_ms, uptime_ms) = (wall(), uptime());
+                        clock.observe(&store, wall_ms, uptime_ms)?;
+                        for (_, payload) in outbox.all_unacked((wall_ms, uptime_ms, clock.steps())) {
                             publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
                         }
                     }
@@ -407,14 +409,18 @@ pub async fn run(
                 // Alerts first: they are small and matter more than metrics on a capped link.
                 send_mail(&client, &mut tracker);
                 let allowed = batches_allowed(&mut daily, &mut budget_logged_day);
+                // One reading of the clocks for everything sent now, and any step up to it
+                // recorded first: a batch stamped by a new clock must carry the step to it.
+                let (wall_ms, uptime_ms) = (wall(), uptime());
+                clock.observe(&store, wall_ms, uptime_ms)?;
                 if allowed {
-                    for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout) {
+                    for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout, (wall_ms, uptime_ms, clock.steps())) {
                         allowance -= payload.len() as f64;
                         publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
                     }
                 }
                 while allowed && allowance > 0.0 {
-                    match outbox.next_batch(&store, wall(), uptime(), clock.steps())? {
+                    match outbox.next_batch(&store, wall_ms, uptime_ms, clock.steps())? {
                         Some((_, payload)) => {
                             allowance -= payload.len() as f64;
                             if !publish(&client, &mut tracker, &batch_topic, false, payload.to_vec()) {

@@ -144,7 +144,8 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
             }
             // The resend timer fires now and then, so that restarts catch batches in flight.
             if dice.roll(4) == 0 {
-                for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30)) {
+                for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30), (0, 0, &[]))
+                {
                     resent += 1;
                     to_hub.push(payload.to_vec());
                 }
@@ -196,7 +197,7 @@ fn the_hub_ends_with_exactly_what_the_agent_holds() {
         while let Some((_, payload)) = outbox.next_batch(&agent, 0, 0, &[]).unwrap() {
             sent.push(payload.to_vec());
         }
-        for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30)) {
+        for (_, payload) in outbox.due_resends(clock, Duration::from_secs(30), (0, 0, &[])) {
             resent += 1;
             sent.push(payload.to_vec());
         }

@@ -2,5 +2,6 @@
 //! duplicating, reordering channel, the hub's ingestor and store. Real stores on real files and
 //! the real hour of host data.
 
+mod clock_steps;
 mod fuzz_corpus;
 mod lossy;
