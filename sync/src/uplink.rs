@@ -229,6 +229,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
     let mut backoff = Duration::from_millis(500);
+    let mut reconnect_at = tokio::time::Instant::now();
     // The bandwidth cap as a budget that refills every second, up to one second's worth.
     let mut allowance: f64 = config.bandwidth.map_or(f64::INFINITY, |b| b as f64);
     let mut refilled = Instant::now();
@@ -318,7 +319,10 @@ pub async fn run(
                 }
                 return Ok(());
             }
-            event = events.poll() => match event {
+            // After a failed connection the next try waits for the backoff, without blocking
+            // the loop: the clock must still be watched every second while the hub is away.
+            () = tokio::time::sleep_until(reconnect_at), if !connected && tokio::time::Instant::now() < reconnect_at => {}
+            event = events.poll(), if connected || tokio::time::Instant::now() >= reconnect_at => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(500);
@@ -356,12 +360,20 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if publish.topic == ack_topic {
                         match Ack::decode(&publish.payload, &config.topics.device, &config.key) {
-                            Ok(ack) => match outbox.on_ack(&store, &ack) {
-                                AckOutcome::Rejected(reason) => tracing::error!(seq = ack.seq, %reason, "the hub refused a batch"),
-                                AckOutcome::UnsupportedVersion(supported) => tracing::error!(?supported, ours = PROTOCOL_VERSION, "the hub does not accept this agent's protocol version: upgrade the agent or the hub"),
-                                AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
-                                _ => {}
-                            },
+                            Ok(ack) => {
+                                match outbox.on_ack(&store, &ack) {
+                                    AckOutcome::Rejected(reason) => tracing::error!(seq = ack.seq, %reason, "the hub refused a batch"),
+                                    AckOutcome::UnsupportedVersion(supported) => tracing::error!(?supported, ours = PROTOCOL_VERSION, "the hub does not accept this agent's protocol version: upgrade the agent or the hub"),
+                                    AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
+                                    _ => {}
+                                }
+                                // As the ack comes, not at the next batch: with a long batch
+                                // interval the figures would otherwise always show one in flight.
+                                let mut s = state.lock().expect("uplink state");
+                                s.batches_acked = outbox.stats.batches_acked;
+                                s.samples_confirmed = outbox.stats.samples_confirmed;
+                                s.in_flight = outbox.in_flight();
+                            }
                             Err(error) => tracing::warn!(%error, "ignoring an ack that does not verify"),
                         }
                     } else if publish.topic == cmd_topic {
@@ -387,10 +399,7 @@ pub async fn run(
                         s.connected = false;
                         s.last_error = Some(text);
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(()),
-                    }
+                    reconnect_at = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             },

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod boundaries;
 mod cli;
+mod clocks;
 mod dashboard;
 mod sync;
 mod systemd;

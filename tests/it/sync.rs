@@ -315,7 +315,7 @@ fn wait_until_shipped(agent: &Agent) {
     std::thread::sleep(Duration::from_secs(2));
 }
 
-fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
+pub fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> {
     devices.as_array()?.iter().find(|d| d["device"] == device)
 }
 
@@ -922,7 +922,7 @@ fn the_hub_alerts_on_a_device_that_goes_offline() {
 
 /// Debian's libfaketime, which shifts a process's wall clock (and leaves its monotonic clocks
 /// alone with `FAKETIME_DONT_FAKE_MONOTONIC`).
-fn libfaketime() -> PathBuf {
+pub fn libfaketime() -> PathBuf {
     std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
