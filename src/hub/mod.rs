@@ -370,11 +370,14 @@ async fn daemon(config: HubConfig) -> Result<()> {
     ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = http_stopped.await;
+        })
+        .await
     });
     tracing::info!(listen = %config.hub.listen, broker = %format!("{host}:{port}"), embedded = config.mqtt.embedded, "hub started");
 

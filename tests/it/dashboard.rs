@@ -630,3 +630,67 @@ fn the_demo_runs_a_hub_and_an_agent_and_cleans_up() {
         "the hub is gone"
     );
 }
+
+/// Logins against a real hub: the token scheme in any case; an unknown name costs the same
+/// argon2 work as a known one (so names cannot be probed by timing); and after five failures
+/// from one address, attempts from it are refused with 429 and Retry-After, even with the right
+/// password, without checking it.
+#[test]
+fn logins_are_throttled_and_do_not_tell_names_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n\n[[web.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+            user_entry("ada", "admin", PASSWORD),
+            sha256_hex(ADMIN_TOKEN),
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", config.to_str().unwrap()],
+    );
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} {ADMIN_TOKEN}");
+        let (status, _, body) = http_with(
+            http_port,
+            "GET",
+            "/api/devices",
+            &[("Authorization", &auth)],
+            "",
+        );
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let login = |name: &str, password: &str| {
+        let body = format!(r#"{{"name":"{name}","password":"{password}"}}"#);
+        let started = Instant::now();
+        let (status, head, _) = http_with(
+            http_port,
+            "POST",
+            "/api/login",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        (status, head, started.elapsed())
+    };
+    // Two tries each, within the five free failures.
+    let unknown: Vec<Duration> = (0..2).map(|_| login("nobody", "guess").2).collect();
+    let known: Vec<Duration> = (0..2).map(|_| login("ada", "guess").2).collect();
+    let (unknown, known) = (unknown.iter().min().unwrap(), known.iter().min().unwrap());
+    assert!(
+        *unknown * 4 >= *known,
+        "an unknown name answered in {unknown:?}, a known one in {known:?}"
+    );
+    let (status, _, _) = login("ada", "guess");
+    assert_eq!(status, 401, "the fifth failure is still answered");
+    let (status, head, took) = login("ada", PASSWORD);
+    assert_eq!(status, 429, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    assert!(took < *known, "refused without an argon2 check: {took:?}");
+    hub.stop();
+}

@@ -15,7 +15,7 @@ use outpost_storage::{Aggregation, Selector};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Identity, Role, SESSION_COOKIE};
+use crate::auth::{Identity, Login, Role, SESSION_COOKIE};
 use crate::range::{self, RangeAnswer, RangeQuery};
 use crate::{assets, summary, SilenceRequest, Web, WebError};
 
@@ -202,12 +202,21 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(State(web): State<Arc<Web>>, Json(form): Json<LoginForm>) -> Response {
+async fn login(
+    State(web): State<Arc<Web>>,
+    extensions: axum::http::Extensions,
+    Json(form): Json<LoginForm>,
+) -> Response {
+    // The address, when the server was started with connection info (the hub's is).
+    let from = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
     let auth = web.clone();
     let checked =
-        tokio::task::spawn_blocking(move || auth.auth.login(&form.name, &form.password)).await;
+        tokio::task::spawn_blocking(move || auth.auth.login(&form.name, &form.password, from))
+            .await;
     match checked {
-        Ok(Some((session, identity))) => {
+        Ok(Login::Accepted(session, identity)) => {
             let cookie = format!(
                 "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
                 web.auth.session_ttl().as_secs()
@@ -215,6 +224,17 @@ async fn login(State(web): State<Arc<Web>>, Json(form): Json<LoginForm>) -> Resp
             (
                 [(header::SET_COOKIE, cookie)],
                 Json(json!({ "identity": identity })),
+            )
+                .into_response()
+        }
+        Ok(Login::Throttled(wait)) => {
+            let seconds = wait.as_secs().max(1);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, seconds.to_string())],
+                Json(json!({
+                    "error": format!("too many failed logins from this address or for this name: try again in {seconds} s")
+                })),
             )
                 .into_response()
         }

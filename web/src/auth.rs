@@ -35,6 +35,85 @@ pub struct Auth {
     tokens: Vec<crate::Token>,
     session_ttl: Duration,
     sessions: Mutex<HashMap<String, (Identity, Instant)>>,
+    throttle: Mutex<Throttle>,
+    /// Verified against for a name that is no user's, so that an unknown name costs the same
+    /// argon2 work as a known one and names cannot be told apart by timing.
+    decoy_hash: Option<String>,
+}
+
+/// What a login attempt came to.
+#[derive(Debug)]
+pub enum Login {
+    Accepted(String, Identity),
+    Refused,
+    /// Too many failures from this address or for this name: try again after this long.
+    Throttled(Duration),
+}
+
+/// Failed logins are free up to this many per address and per name; then each further attempt
+/// waits, from [`FIRST_WAIT`] doubling up to [`MAX_WAIT`], until a login succeeds.
+const FREE_FAILURES: u32 = 5;
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// A record untouched this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Records kept at most: an attacker with many addresses cannot grow the map without bound.
+const MAX_RECORDS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    blocked_until: Instant,
+    last: Instant,
+}
+
+/// Failed logins per client address and per user name.
+#[derive(Debug, Default)]
+struct Throttle {
+    records: HashMap<String, Failures>,
+}
+
+impl Throttle {
+    /// How long `key` must still wait, if it must.
+    fn wait(&self, key: &str, now: Instant) -> Option<Duration> {
+        self.records
+            .get(key)
+            .map(|f| f.blocked_until.saturating_duration_since(now))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    fn failed(&mut self, key: String, now: Instant) {
+        if self.records.len() >= MAX_RECORDS && !self.records.contains_key(&key) {
+            self.records
+                .retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
+            if self.records.len() >= MAX_RECORDS {
+                if let Some(oldest) = self
+                    .records
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.records.remove(&oldest);
+                }
+            }
+        }
+        let record = self.records.entry(key).or_insert(Failures {
+            count: 0,
+            blocked_until: now,
+            last: now,
+        });
+        record.count += 1;
+        record.last = now;
+        if record.count >= FREE_FAILURES {
+            let doublings = (record.count - FREE_FAILURES).min(16);
+            let wait = FIRST_WAIT.saturating_mul(1 << doublings).min(MAX_WAIT);
+            record.blocked_until = now + wait;
+        }
+    }
+
+    fn succeeded(&mut self, key: &str) {
+        self.records.remove(key);
+    }
 }
 
 pub fn random_hex(bytes: usize) -> Result<String, WebError> {
@@ -102,6 +181,10 @@ impl Auth {
             tokens: config.tokens.clone(),
             session_ttl: Duration::from_secs(u64::from(config.session_hours) * 3600),
             sessions: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
+            decoy_hash: (!config.users.is_empty())
+                .then(|| hash_password("not anybody's password").ok())
+                .flatten(),
         }
     }
 
@@ -119,10 +202,13 @@ impl Auth {
                 role: Role::Admin,
             });
         }
+        // The scheme is case-insensitive (RFC 9110, 11.1).
         if let Some(token) = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         {
             let digest = sha256_hex(token.trim());
             return self
@@ -141,13 +227,51 @@ impl Auth {
         sessions.get(session).map(|(identity, _)| identity.clone())
     }
 
-    /// A new session id for a user whose password is right.
-    pub fn login(&self, name: &str, password: &str) -> Option<(String, Identity)> {
-        let user = self.users.iter().find(|u| u.name == name)?;
-        let hash = PasswordHash::new(&user.password_hash).ok()?;
-        argon2::Argon2::default()
+    /// A new session for a user whose password is right. `from` is the client's address, when
+    /// known: failures are counted per address and per name, and past [`FREE_FAILURES`] an
+    /// attempt is refused without checking the password until the wait is over. Blocking: an
+    /// argon2 verification takes milliseconds.
+    pub fn login(&self, name: &str, password: &str, from: Option<std::net::IpAddr>) -> Login {
+        let keys: Vec<String> = from
+            .map(|address| format!("address:{address}"))
+            .into_iter()
+            .chain(std::iter::once(format!("user:{name}")))
+            .collect();
+        let now = Instant::now();
+        {
+            let throttle = self.throttle.lock().expect("throttle lock");
+            if let Some(wait) = keys.iter().filter_map(|k| throttle.wait(k, now)).max() {
+                return Login::Throttled(wait);
+            }
+        }
+        match self.verify(name, password) {
+            Some((id, identity)) => {
+                let mut throttle = self.throttle.lock().expect("throttle lock");
+                for key in &keys {
+                    throttle.succeeded(key);
+                }
+                Login::Accepted(id, identity)
+            }
+            None => {
+                let mut throttle = self.throttle.lock().expect("throttle lock");
+                for key in keys {
+                    throttle.failed(key, now);
+                }
+                Login::Refused
+            }
+        }
+    }
+
+    fn verify(&self, name: &str, password: &str) -> Option<(String, Identity)> {
+        let user = self.users.iter().find(|u| u.name == name);
+        let stored = user
+            .map(|u| u.password_hash.as_str())
+            .or(self.decoy_hash.as_deref())?;
+        let hash = PasswordHash::new(stored).ok()?;
+        let matches = argon2::Argon2::default()
             .verify_password(password.as_bytes(), &hash)
-            .ok()?;
+            .is_ok();
+        let user = user.filter(|_| matches)?;
         let id = random_hex(32).ok()?;
         let identity = Identity {
             name: user.name.clone(),
@@ -215,9 +339,14 @@ mod tests {
         assert!(check_hash("plain").is_err());
         let auth = Auth::new(&config);
         assert!(auth.enabled());
-        assert!(auth.login("ada", "wrong").is_none());
-        assert!(auth.login("bob", "correct horse").is_none());
-        let (session, identity) = auth.login("ada", "correct horse").unwrap();
+        assert!(matches!(auth.login("ada", "wrong", None), Login::Refused));
+        assert!(matches!(
+            auth.login("bob", "correct horse", None),
+            Login::Refused
+        ));
+        let Login::Accepted(session, identity) = auth.login("ada", "correct horse", None) else {
+            panic!("the right password is accepted");
+        };
         assert_eq!(identity.role, Role::Admin);
         let mut headers = HeaderMap::new();
         assert!(auth.identify(&headers).is_none());
@@ -241,6 +370,73 @@ mod tests {
             "Bearer t0kem".parse().unwrap(),
         );
         assert!(auth.identify(&headers).is_none());
+        // The scheme's case does not matter.
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                format!("{scheme} t0ken").parse().unwrap(),
+            );
+            assert_eq!(
+                auth.identify(&headers).unwrap().role,
+                Role::Viewer,
+                "{scheme}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_logins_are_free_five_times_then_wait_longer_and_longer() {
+        let mut throttle = Throttle::default();
+        let start = Instant::now();
+        for i in 0..FREE_FAILURES - 1 {
+            throttle.failed("user:ada".into(), start);
+            assert_eq!(
+                throttle.wait("user:ada", start),
+                None,
+                "failure {i} is free"
+            );
+        }
+        throttle.failed("user:ada".into(), start);
+        assert_eq!(throttle.wait("user:ada", start), Some(FIRST_WAIT));
+        assert_eq!(throttle.wait("user:bob", start), None, "per name");
+        let later = start + FIRST_WAIT;
+        assert_eq!(throttle.wait("user:ada", later), None);
+        throttle.failed("user:ada".into(), later);
+        assert_eq!(throttle.wait("user:ada", later), Some(FIRST_WAIT * 2));
+        for _ in 0..40 {
+            throttle.failed("user:ada".into(), later);
+        }
+        assert_eq!(throttle.wait("user:ada", later), Some(MAX_WAIT));
+        throttle.succeeded("user:ada");
+        assert_eq!(throttle.wait("user:ada", later), None);
+        // Many addresses cannot grow it without bound.
+        for n in 0..MAX_RECORDS + 100 {
+            throttle.failed(format!("address:{n}"), later);
+        }
+        assert!(throttle.records.len() <= MAX_RECORDS);
+    }
+
+    #[test]
+    fn a_throttled_login_is_refused_before_its_password_is_checked() {
+        let auth = Auth::new(&config());
+        let from = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+        for _ in 0..FREE_FAILURES {
+            assert!(matches!(
+                auth.login("mallory", "guess", from),
+                Login::Refused
+            ));
+        }
+        // The address is throttled, whatever name it tries, the right password included.
+        assert!(matches!(
+            auth.login("ada", "correct horse", from),
+            Login::Throttled(_)
+        ));
+        // Another address may still log in as ada.
+        let other = Some(std::net::IpAddr::from([192, 0, 2, 8]));
+        assert!(matches!(
+            auth.login("ada", "correct horse", other),
+            Login::Accepted(..)
+        ));
     }
 
     #[test]
