@@ -39,6 +39,20 @@ pub struct AgentSection {
     pub listen: SocketAddr,
     /// How often the agent's own metrics are recorded.
     pub self_interval: Interval,
+    /// Bearer tokens for the API (their SHA-256, as `outpost hub token` prints them): with one,
+    /// every request but `/api/health` needs one of them.
+    pub tokens: Vec<AgentToken>,
+    /// Serve a non-loopback address without tokens: anyone who reaches it reads everything, but
+    /// changes (silences) are still taken from loopback only.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentToken {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token.
+    pub sha256: String,
 }
 
 impl Default for AgentSection {
@@ -46,7 +60,35 @@ impl Default for AgentSection {
         AgentSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 9810)),
             self_interval: Interval::secs(10),
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
         }
+    }
+}
+
+impl AgentSection {
+    /// An API open to the network must say who may use it.
+    fn validate(&self) -> Result<()> {
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.sha256.len() != 64
+                || !token
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                bail!("agent.tokens[{i}].sha256: expected 64 lowercase hex digits (the SHA-256 that `outpost hub token` prints)");
+            }
+        }
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() && !self.allow_unauthenticated
+        {
+            bail!(
+                "agent.listen: {} is reachable from other machines, and the API has no tokens: \
+                 add [[agent.tokens]] (make one with `outpost hub token NAME`), or set \
+                 agent.allow_unauthenticated = true to serve it open (changes stay loopback-only)",
+                self.listen
+            );
+        }
+        Ok(())
     }
 }
 
@@ -637,6 +679,7 @@ impl AgentConfig {
 
     /// Checks what serde cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<()> {
+        self.agent.validate()?;
         let min = Duration::from_millis(100);
         let mut intervals = vec![
             ("agent.self_interval", self.agent.self_interval),

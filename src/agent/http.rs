@@ -30,6 +30,8 @@ pub struct HttpState {
     pub started: Instant,
     pub alerts: Option<Arc<super::alerts::AlertShared>>,
     pub tasks: Arc<super::supervise::Tasks>,
+    /// `[[agent.tokens]]`: with any, every request but `/api/health` needs one.
+    pub tokens: Vec<super::config::AgentToken>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -59,7 +61,76 @@ pub fn router(state: Arc<HttpState>) -> Router {
             "/api/v1/import/prometheus",
             post(import).layer(DefaultBodyLimit::max(body_limit)),
         )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// Who may do what: with tokens, every request but `/api/health` must carry one; without,
+/// reads are open to whoever reaches the listener (loopback unless the config says otherwise)
+/// and changes come from this machine only. The import endpoint has its own rule
+/// (`[import] allow_remote`).
+async fn guard(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    match access(
+        &state.tokens,
+        peer,
+        request.method(),
+        path,
+        request.headers(),
+    ) {
+        Ok(()) => next.run(request).await,
+        Err((status, message)) => (status, message).into_response(),
+    }
+}
+
+fn access(
+    tokens: &[super::config::AgentToken],
+    peer: SocketAddr,
+    method: &axum::http::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    if path == "/api/health" {
+        return Ok(());
+    }
+    if !tokens.is_empty() {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| outpost_web::sha256_hex(token.trim()));
+        let known = presented.is_some_and(|digest| {
+            tokens
+                .iter()
+                .any(|t| constant_time_eq(t.sha256.as_bytes(), digest.as_bytes()))
+        });
+        return if known {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "this agent's API needs a bearer token (Authorization: Bearer ..., [[agent.tokens]])\n",
+            ))
+        };
+    }
+    let change = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    if change && !peer.ip().is_loopback() && path != "/api/v1/import/prometheus" {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "changes are taken from this machine only unless the agent has [[agent.tokens]]\n",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
@@ -347,6 +418,53 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_asks_for_a_token_when_it_has_any_and_takes_changes_from_loopback_otherwise() {
+        use axum::http::{HeaderMap, Method};
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        // No tokens: reads from anywhere, changes from loopback only, pushes by [import].
+        assert!(access(&[], remote, &Method::GET, "/api/query", &none).is_ok());
+        assert!(access(&[], local, &Method::POST, "/api/silences", &none).is_ok());
+        let refused = access(&[], remote, &Method::POST, "/api/silences", &none);
+        assert_eq!(refused.unwrap_err().0, StatusCode::FORBIDDEN);
+        assert!(access(&[], remote, &Method::DELETE, "/api/silences/x", &none).is_err());
+        assert!(access(
+            &[],
+            remote,
+            &Method::POST,
+            "/api/v1/import/prometheus",
+            &none
+        )
+        .is_ok());
+        // With a token: every request but health carries it, any case of the scheme.
+        let tokens = [super::super::config::AgentToken {
+            name: "grafana".into(),
+            sha256: outpost_web::sha256_hex("s3cret"),
+        }];
+        assert!(access(&tokens, local, &Method::GET, "/api/health", &none).is_ok());
+        let missing = access(&tokens, local, &Method::GET, "/metrics", &none);
+        assert_eq!(missing.unwrap_err().0, StatusCode::UNAUTHORIZED);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        for good in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+            assert!(
+                access(&tokens, remote, &Method::POST, "/api/silences", &with(good)).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["Bearer s3cre", "Basic s3cret", "s3cret", "Bearer"] {
+            assert!(
+                access(&tokens, remote, &Method::GET, "/api/query", &with(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn decodes_query_strings() {

@@ -192,6 +192,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         started,
         alerts: alert_shared.clone(),
         tasks: tasks.clone(),
+        tokens: config.agent.tokens.clone(),
     });
     let app = http::router(http_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -207,6 +208,12 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
         store = %config.store.path.display(),
         "agent started"
     );
+    if !config.agent.listen.ip().is_loopback() && config.agent.tokens.is_empty() {
+        tracing::warn!(
+            listen = %config.agent.listen,
+            "the API is open to every machine that reaches this address (agent.allow_unauthenticated); changes are taken from loopback only"
+        );
+    }
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

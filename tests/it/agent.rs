@@ -1032,3 +1032,100 @@ fn a_collector_that_panics_and_an_uplink_that_fails_are_started_again() {
     assert!(log.contains("task failed"), "{log}");
     assert!(log.contains("panicked: fault injected"), "{log}");
 }
+
+/// The agent's API on the network: an address other machines can reach is refused without
+/// tokens unless the config says it may be open; with a token, every request but health needs
+/// it (the scheme in any case).
+#[test]
+fn the_agents_api_needs_a_token_or_an_explicit_opt_in_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("open.toml");
+    std::fs::write(&config, QUIET).unwrap();
+    let port = free_port();
+    let refused = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
+        .arg(dir.path().join("open.redb"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agent.listen") && stderr.contains("agent.allow_unauthenticated"),
+        "{stderr}"
+    );
+
+    // Opted in: it starts on every address, says so, and serves reads.
+    std::fs::write(
+        &config,
+        format!("{QUIET}[agent]\nallow_unauthenticated = true\n"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("open.log");
+    let mut open = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["--log", "info", "agent", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
+        .arg(dir.path().join("open.redb"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port("the open agent", &mut open, port, || {
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    });
+    let (status, _) = http(port, "GET", "/api/query?match=up", "");
+    assert_eq!(status, 200);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &open.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(open.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("the API is open to every machine"), "{log}");
+
+    // With a token (on loopback here; the rule is the same anywhere).
+    let token = "agent-token-0123456789abcdef";
+    let secured_dir = dir.path().join("secured");
+    std::fs::create_dir(&secured_dir).unwrap();
+    let secured = Agent::start(
+        &secured_dir,
+        &format!(
+            "{QUIET}[[agent.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\n",
+            outpost_web::sha256_hex(token)
+        ),
+        &[],
+    );
+    let (status, _) = http(secured.port, "GET", "/api/health", "");
+    assert_eq!(status, 200, "health stays open");
+    for path in ["/metrics", "/api/query?match=up", "/api/silences"] {
+        let (status, body) = http(secured.port, "GET", path, "");
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let silence = r#"{"match": "{alertname=\"x\"}", "duration": "1h"}"#;
+    let (status, _) = http(secured.port, "POST", "/api/silences", silence);
+    assert_eq!(status, 401);
+    for scheme in ["Bearer", "bearer"] {
+        let auth = format!("{scheme} {token}");
+        let (status, _, body) = http_with(
+            secured.port,
+            "GET",
+            "/api/query?match=up",
+            &[("Authorization", &auth)],
+            "",
+        );
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, _, body) = http_with(
+        secured.port,
+        "POST",
+        "/api/silences",
+        &[("Authorization", &format!("Bearer {token}"))],
+        silence,
+    );
+    assert_eq!(status, 201, "{body}");
+    secured.stop();
+}
