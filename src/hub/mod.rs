@@ -278,7 +278,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         (url.host, url.port, config.mqtt.username.clone(), password)
     };
     let mut options = MqttOptions::new(
-        format!("outpost-hub-{}", std::process::id()),
+        format!("{HUB_CLIENT_PREFIX}{}", std::process::id()),
         host.clone(),
         port,
     );
@@ -496,6 +496,13 @@ async fn daemon(config: HubConfig) -> Result<()> {
 
 /// The hub's own login on its embedded broker.
 const HUB_USER: &str = "outpost-hub";
+/// The start of the hub's client ids (the rest is its process id).
+const HUB_CLIENT_PREFIX: &str = "outpost-hub-";
+
+/// The one client id a device's login may use: the agent's (`outpost_sync::uplink`).
+fn device_client_id(fleet: &str, device: &str) -> String {
+    format!("outpost-{fleet}-{device}")
+}
 
 fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String) -> Result<()> {
     use std::collections::HashMap;
@@ -509,12 +516,24 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
         dynamic_filters: true,
     };
     // Devices log in with their id and password; the hub with its own, made at each start.
-    connections.set_auth_handler(move |_client_id: String, user: String, pass: String| {
+    // Each login may use its own client id only: a client id is a session, and a second
+    // connection with it would evict the first (one device's login taking over another's).
+    let fleet = config.hub.fleet.clone();
+    connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
         let devices = devices.clone();
         let hub_password = hub_password.clone();
+        let fleet = fleet.clone();
         async move {
             if user == HUB_USER {
-                return pass == hub_password;
+                return client_id.starts_with(HUB_CLIENT_PREFIX) && pass == hub_password;
+            }
+            if client_id != device_client_id(&fleet, &user) {
+                tracing::warn!(
+                    login = user,
+                    client_id,
+                    "refused a connection whose client id is not its login's"
+                );
+                return false;
             }
             devices.reload_if_changed();
             devices.get().authenticates(&user, &pass)

@@ -319,11 +319,24 @@ pub fn device_record<'a>(devices: &'a Value, device: &str) -> Option<&'a Value> 
     devices.as_array()?.iter().find(|d| d["device"] == device)
 }
 
-/// `mosquitto_pub` with a file as the payload: an MQTT client that is not Outpost's.
+/// `mosquitto_pub` with a file as the payload: an MQTT client that is not Outpost's, with the
+/// client id that the login owns (the embedded broker refuses any other).
 pub fn publish(
     port: u16,
     user: &str,
     password: &str,
+    topic: &str,
+    payload: &[u8],
+    dir: &Path,
+) -> bool {
+    let client_id = format!("outpost-default-{user}");
+    publish_as(port, (user, password, &client_id), topic, payload, dir)
+}
+
+/// The same with a client id of the caller's choosing.
+pub fn publish_as(
+    port: u16,
+    (user, password, client_id): (&str, &str, &str),
     topic: &str,
     payload: &[u8],
     dir: &Path,
@@ -340,6 +353,8 @@ pub fn publish(
             user,
             "-P",
             password,
+            "-i",
+            client_id,
             "-q",
             "1",
         ])
@@ -464,6 +479,27 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
         &command.encode(&a_key),
         dir.path()
     ));
+    // A's login with B's client id (B's session): refused at connect, so B is never evicted.
+    let connects = || metric_value(&agent_b.metrics(), "outpost_sync_connects_total");
+    let connected_before = wait_until("B's connection counted", Duration::from_secs(20), || {
+        connects().filter(|n| *n >= 1.0)
+    });
+    for _ in 0..3 {
+        assert!(!publish_as(
+            mqtt_port,
+            ("dev-a", &a_password, "outpost-default-dev-b"),
+            "outpost/v1/default/dev-a/status",
+            b"x",
+            dir.path()
+        ));
+    }
+    // An eviction would show as a reconnect within the agent's first backoff (0.5 s).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(connects(), Some(connected_before), "B kept its connection");
+    assert_eq!(
+        metric_value(&agent_b.metrics(), "outpost_sync_connected"),
+        Some(1.0)
+    );
     // A wrong password does not even get a connection.
     assert!(!publish(
         mqtt_port,
