@@ -107,6 +107,8 @@ pub struct HubFleet {
     pub commands: Mutex<()>,
     pub hub_alerts: Option<Arc<crate::agent::alerts::AlertShared>>,
     pub ingested: tokio::sync::broadcast::Sender<String>,
+    /// What the embedded broker's gate refused, per login.
+    pub refusals: Arc<super::gate::Refusals>,
 }
 
 /// Alert topics below a device: `alerts/events` or `alerts/<rule>/<instance>`; the part after
@@ -357,11 +359,28 @@ impl outpost_web::Fleet for HubFleet {
     }
 
     fn metrics(&self) -> String {
+        use std::fmt::Write as _;
         let now = outpost::timearg::now_ms();
-        self.registry
+        let mut text = self
+            .registry
             .lock()
             .expect("registry lock")
-            .metrics(now, self.offline_after)
+            .metrics(now, self.offline_after);
+        let _ = writeln!(
+            text,
+            "# HELP outpost_hub_broker_refusals_total Connections the embedded broker's gate closed for a packet outside the login's rights (another's topic, too large, malformed), per login.\n# TYPE outpost_hub_broker_refusals_total counter"
+        );
+        for (login, count) in self.refusals.snapshot() {
+            let login = login
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                text,
+                "outpost_hub_broker_refusals_total{{login=\"{login}\"}} {count}"
+            );
+        }
+        text
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod devices;
 mod fleet;
+mod gate;
 mod registry;
 
 use std::net::SocketAddr;
@@ -250,11 +251,13 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
 
     let mut tls = None;
+    let refusals = Arc::new(gate::Refusals::default());
     let (host, port, username, password) = if config.mqtt.embedded {
-        start_broker(&config, devices.clone(), hub_password.clone())?;
+        // The hub itself talks to the broker behind the gate.
+        let broker = start_broker(&config, devices.clone(), hub_password.clone(), &refusals)?;
         (
-            config.mqtt.listen.ip().to_string(),
-            config.mqtt.listen.port(),
+            broker.ip().to_string(),
+            broker.port(),
             HUB_USER.to_string(),
             hub_password.clone(),
         )
@@ -362,6 +365,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         commands: Mutex::new(()),
         hub_alerts: alert_shared.clone(),
         ingested: ingested.clone(),
+        refusals: refusals.clone(),
     });
     let app = outpost_web::router(outpost_web::Web::new(
         store.clone(),
@@ -504,7 +508,14 @@ fn device_client_id(fleet: &str, device: &str) -> String {
     format!("outpost-{fleet}-{device}")
 }
 
-fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String) -> Result<()> {
+/// Starts rumqttd on a loopback port of its own and the gate (`gate.rs`) on `[mqtt] listen` in
+/// front of it; returns the broker's own address.
+fn start_broker(
+    config: &HubConfig,
+    devices: Arc<Devices>,
+    hub_password: String,
+    refusals: &Arc<gate::Refusals>,
+) -> Result<SocketAddr> {
     use std::collections::HashMap;
     let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
     let mut connections = rumqttd::ConnectionSettings {
@@ -539,9 +550,15 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
             devices.get().authenticates(&user, &pass)
         }
     });
+    // Fail here, with the key's name, rather than in the broker's thread.
+    let public = std::net::TcpListener::bind(config.mqtt.listen)
+        .with_context(|| format!("cannot listen on {} ([mqtt] listen)", config.mqtt.listen))?;
+    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a loopback port for the embedded broker")?;
     let server = rumqttd::ServerSettings {
         name: "outpost-embedded".into(),
-        listen: config.mqtt.listen,
+        listen: internal,
         tls: None,
         next_connection_delay_ms: 1,
         connections,
@@ -564,9 +581,6 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
         prometheus: None,
         metrics: None,
     };
-    // Fail here, with the key's name, rather than in the broker's thread.
-    std::net::TcpListener::bind(config.mqtt.listen)
-        .with_context(|| format!("cannot listen on {} ([mqtt] listen)", config.mqtt.listen))?;
     std::thread::Builder::new()
         .name("outpost-broker".into())
         .spawn(move || {
@@ -577,15 +591,26 @@ fn start_broker(config: &HubConfig, devices: Arc<Devices>, hub_password: String)
         })?;
     // The broker binds in its own thread: wait until it accepts connections.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(config.mqtt.listen).is_err() {
+    while std::net::TcpStream::connect(internal).is_err() {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the embedded broker did not start on {}",
-            config.mqtt.listen
+            "the embedded broker did not start on {internal}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    public.set_nonblocking(true)?;
+    let public = tokio::net::TcpListener::from_std(public)?;
+    let fleet = config.hub.fleet.clone();
+    let rights_of: Arc<dyn Fn(&str) -> gate::Rights + Send + Sync> =
+        Arc::new(move |login: &str| gate::rights(login, HUB_USER, &fleet));
+    tokio::spawn(gate::serve(
+        public,
+        internal,
+        rights_of,
+        max_packet.saturating_add(16 << 10),
+        refusals.clone(),
+    ));
+    Ok(internal)
 }
 
 /// Writes `write` off the async thread (the store's writer may be busy sealing for a while, and
