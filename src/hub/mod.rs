@@ -568,8 +568,13 @@ fn start_broker(
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
+            // rumqttd keeps every filter's publications in a log of segments, whatever has
+            // been delivered: these bound it (a few filters, each at most four segments), so
+            // that a login flooding its own topics cannot grow the hub's memory without end.
+            // A subscriber that falls further behind loses the oldest messages, which for
+            // batches means a resend after the agent's ack timeout.
+            max_segment_size: (4 << 20).max(2 * max_packet),
+            max_segment_count: 4,
             ..Default::default()
         },
         v4: Some(HashMap::from([("v4".to_string(), server)])),
