@@ -25,11 +25,23 @@ pub struct DeviceEntry {
     pub added_ms: i64,
 }
 
+/// A read-only broker login for people's own tools: it may subscribe to the fleet's alert and
+/// status topics and nothing else (`hub/gate.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderEntry {
+    /// SHA-256 of the broker password (32 random bytes), hex.
+    pub password_sha256: String,
+    pub added_ms: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevicesFile {
     #[serde(default)]
     pub device: BTreeMap<String, DeviceEntry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reader: BTreeMap<String, ReaderEntry>,
 }
 
 impl DevicesFile {
@@ -50,6 +62,13 @@ impl DevicesFile {
         write_secret(&temporary, &text)?;
         std::fs::rename(&temporary, path)
             .with_context(|| format!("cannot replace {}", path.display()))
+    }
+
+    /// Whether `password` is the password of reader `name`.
+    pub fn authenticates_reader(&self, name: &str, password: &str) -> bool {
+        self.reader
+            .get(name)
+            .is_some_and(|r| r.password_sha256 == sha256_hex(password))
     }
 
     /// Whether `password` is the live password of `device`.
@@ -101,6 +120,9 @@ pub fn enrol(
     outpost_sync::topic::check_id("device", id)?;
     if devices.device.contains_key(id) {
         bail!("device {id:?} is already enrolled; `outpost hub device delete {id}` first");
+    }
+    if devices.reader.contains_key(id) {
+        bail!("{id:?} is a reader's login; a device needs a name of its own");
     }
     let key = outpost_sync::DeviceKey::new(random_bytes(32)?)?;
     let password = random_hex(32)?;
@@ -168,6 +190,64 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
             }
             devices.save(devices_file)?;
             println!("deleted {id}");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReaderCommand {
+    /// Make a read-only broker login for your own tools (alert and status topics only).
+    ///
+    /// Writes DIR/NAME.password (owner-only). Its client id must not start with `outpost-`.
+    Add {
+        name: String,
+        /// Where to write the password file.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// List readers.
+    List,
+    /// Forget a reader (the running hub refuses its next connections).
+    Delete { name: String },
+}
+
+pub fn run_reader(command: ReaderCommand, devices_file: &Path) -> Result<std::process::ExitCode> {
+    let mut devices = DevicesFile::load(devices_file)?;
+    match command {
+        ReaderCommand::Add { name, out } => {
+            outpost_sync::topic::check_id("reader", &name)?;
+            if devices.device.contains_key(&name) || devices.reader.contains_key(&name) {
+                bail!("{name:?} is already a device's or a reader's login");
+            }
+            let password = random_hex(32)?;
+            let password_path = out.join(format!("{name}.password"));
+            write_secret(&password_path, &format!("{password}\n"))?;
+            devices.reader.insert(
+                name.clone(),
+                ReaderEntry {
+                    password_sha256: sha256_hex(&password),
+                    added_ms: outpost::timearg::now_ms(),
+                },
+            );
+            devices.save(devices_file)?;
+            println!(
+                "# Reader {name}: its password is in {path}. For example:\n\
+                 mosquitto_sub -u {name} -P \"$(cat {path})\" -i {name}-1 -q 1 -c -t 'outpost/v1/+/+/alerts/events'",
+                path = password_path.display(),
+            );
+        }
+        ReaderCommand::List => {
+            for name in devices.reader.keys() {
+                println!("{name}");
+            }
+        }
+        ReaderCommand::Delete { name } => {
+            if devices.reader.remove(&name).is_none() {
+                bail!("no reader {name:?} in {}", devices_file.display());
+            }
+            devices.save(devices_file)?;
+            println!("deleted {name}");
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

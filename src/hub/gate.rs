@@ -24,6 +24,9 @@ pub enum Rights {
     Everything,
     /// A device: its own topics under `prefix` (`outpost/v1/<fleet>/<device>/`).
     Device { prefix: String },
+    /// A person's tool: reads the alert and status topics under `fleet` (`outpost/v1/<fleet>/`)
+    /// of any device, publishes nothing.
+    Reader { fleet: String },
 }
 
 /// Refusals per login, for the hub's `/metrics`.
@@ -66,6 +69,7 @@ impl Rights {
     pub fn may_publish(&self, topic: &str) -> bool {
         match self {
             Rights::Everything => true,
+            Rights::Reader { .. } => false,
             Rights::Device { prefix } => {
                 topic.len() > prefix.len()
                     && topic.starts_with(prefix.as_str())
@@ -77,6 +81,15 @@ impl Rights {
     pub fn may_subscribe(&self, filter: &str) -> bool {
         match self {
             Rights::Everything => true,
+            // `<device or +>/status` or `<device or +>/alerts/...`.
+            Rights::Reader { fleet } => filter
+                .strip_prefix(fleet.as_str())
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(device, tail)| {
+                    !device.is_empty()
+                        && device != "#"
+                        && (tail == "status" || tail == "alerts/#" || tail.starts_with("alerts/"))
+                }),
             Rights::Device { prefix } => filter
                 .strip_prefix(prefix.as_str())
                 .is_some_and(|rest| rest == "ack" || rest == "cmd"),
@@ -374,6 +387,28 @@ mod tests {
         assert!(!rights.may_subscribe("#"));
         let hub = super::rights("outpost-hub", "outpost-hub", "default");
         assert!(hub.may_subscribe("outpost/v1/default/+/batch"));
+        let reader = Rights::Reader {
+            fleet: "outpost/v1/default/".into(),
+        };
+        for allowed in [
+            "outpost/v1/default/+/alerts/events",
+            "outpost/v1/default/+/alerts/#",
+            "outpost/v1/default/dev-a/alerts/+/+",
+            "outpost/v1/default/+/status",
+        ] {
+            assert!(reader.may_subscribe(allowed), "{allowed}");
+        }
+        for refused in [
+            "outpost/v1/default/+/batch",
+            "outpost/v1/default/#",
+            "outpost/v1/default/+/#",
+            "outpost/v1/default/dev-a/cmd",
+            "outpost/v1/other/+/status",
+            "#",
+        ] {
+            assert!(!reader.may_subscribe(refused), "{refused}");
+        }
+        assert!(!reader.may_publish("outpost/v1/default/dev-a/alerts/events"));
     }
 
     #[test]

@@ -62,6 +62,9 @@ enum HubCommand {
     /// Manage device credentials.
     #[command(subcommand)]
     Device(devices::DeviceCommand),
+    /// Manage read-only broker logins for people's tools (embedded broker).
+    #[command(subcommand)]
+    Reader(devices::ReaderCommand),
     /// Make a dashboard login: prints a [[web.users]] entry (argon2 hash) for the hub config.
     ///
     /// Without --password-stdin a random password is made and printed once.
@@ -152,6 +155,7 @@ pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
     if let Some(command) = args.command {
         return match command {
             HubCommand::Device(command) => devices::run(command, &config.hub.devices_file),
+            HubCommand::Reader(command) => devices::run_reader(command, &config.hub.devices_file),
             HubCommand::User {
                 name,
                 role,
@@ -530,6 +534,7 @@ fn start_broker(
     // Each login may use its own client id only: a client id is a session, and a second
     // connection with it would evict the first (one device's login taking over another's).
     let fleet = config.hub.fleet.clone();
+    let devices_for_gate = devices.clone();
     connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
         let devices = devices.clone();
         let hub_password = hub_password.clone();
@@ -537,6 +542,12 @@ fn start_broker(
         async move {
             if user == HUB_USER {
                 return client_id.starts_with(HUB_CLIENT_PREFIX) && pass == hub_password;
+            }
+            devices.reload_if_changed();
+            if devices.get().reader.contains_key(&user) {
+                // Client ids starting `outpost-` are the devices' and the hub's sessions.
+                return !client_id.starts_with("outpost-")
+                    && devices.get().authenticates_reader(&user, &pass);
             }
             if client_id != device_client_id(&fleet, &user) {
                 tracing::warn!(
@@ -607,7 +618,15 @@ fn start_broker(
     let public = tokio::net::TcpListener::from_std(public)?;
     let fleet = config.hub.fleet.clone();
     let rights_of: Arc<dyn Fn(&str) -> gate::Rights + Send + Sync> =
-        Arc::new(move |login: &str| gate::rights(login, HUB_USER, &fleet));
+        Arc::new(move |login: &str| {
+            if devices_for_gate.get().reader.contains_key(login) {
+                gate::Rights::Reader {
+                    fleet: format!("outpost/v1/{fleet}/"),
+                }
+            } else {
+                gate::rights(login, HUB_USER, &fleet)
+            }
+        });
     tokio::spawn(gate::serve(
         public,
         internal,

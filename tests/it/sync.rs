@@ -482,6 +482,53 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
         "{}",
         String::from_utf8_lossy(&subscribed.stdout)
     );
+    // A reader's login, for people's tools: the fleet's status and alert topics, nothing else.
+    let made = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["hub", "--devices-file"])
+        .arg(dir.path().join("devices.toml"))
+        .args(["reader", "add", "ops-tool", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let reader_password = password(dir.path(), "ops-tool");
+    let read = |topic: &str| {
+        let output = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+            .args(["-u", "ops-tool", "-P", &reader_password, "-i", "ops-tool-1"])
+            .args(["-t", topic, "-C", "1", "-W", "5", "-v"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let status = read("outpost/v1/default/+/status");
+    assert!(
+        status.contains("\"online\""),
+        "the reader sees status: {status}"
+    );
+    assert!(
+        read(&format!("{b_topic}/batch")).is_empty(),
+        "but no batches"
+    );
+    assert!(!publish_as(
+        mqtt_port,
+        ("ops-tool", &reader_password, "ops-tool-1"),
+        "outpost/v1/default/ops-tool/status",
+        b"x",
+        dir.path()
+    ));
+    // Nor may it take a device's session.
+    assert!(!publish_as(
+        mqtt_port,
+        ("ops-tool", &reader_password, "outpost-default-dev-b"),
+        "outpost/v1/default/dev-b/status",
+        b"x",
+        dir.path()
+    ));
     // On A's own topic, a batch claiming to be B: the gate lets it through (A may publish
     // there), the hub's signature check refuses it, against A.
     assert!(publish(
@@ -505,6 +552,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
         || {
             let devices = hub.devices();
             (refusals("dev-a")? >= 8.0
+                && refusals("ops-tool")? >= 2.0
                 && device_record(&devices, "dev-a")?["rejected"].as_u64()? >= 1)
                 .then_some(())
         },
