@@ -18,6 +18,10 @@ use super::Devices;
 
 /// Transitions kept for the alerts page's history.
 const HISTORY: usize = 2000;
+/// Of those, one device's at most: a noisy or hostile device cannot push the others' out.
+const HISTORY_PER_DEVICE: usize = HISTORY / 4;
+/// Alert instances one device may show as firing at once.
+const INSTANCES_PER_DEVICE: usize = 1000;
 /// An alert payload larger than this is not an alert.
 const MAX_ALERT_PAYLOAD: usize = 64 << 10;
 /// How long a silence command waits for its device before it is dropped.
@@ -75,6 +79,20 @@ impl FleetAlerts {
         }
         let next = self.history.back().map_or(0, |(last, _)| last + 1);
         let mut write = WriteBatch::default();
+        let mine = self
+            .history
+            .iter()
+            .filter(|(_, seen)| &seen["device"] == device)
+            .count();
+        if mine >= HISTORY_PER_DEVICE {
+            let oldest = self
+                .history
+                .iter()
+                .position(|(_, seen)| &seen["device"] == device);
+            if let Some((old, _)) = oldest.and_then(|index| self.history.remove(index)) {
+                write.delete_state(StateTable::AlertState, history_key(old));
+            }
+        }
         write.put_state(
             StateTable::AlertState,
             history_key(next),
@@ -164,6 +182,18 @@ impl HubFleet {
                 super::write_in_background(&self.store, write, "an alert event");
             }
         } else {
+            let instances = alerts
+                .current
+                .range((device.to_string(), String::new())..(format!("{device}\0"), String::new()));
+            if !alerts.current.contains_key(&key) && instances.count() >= INSTANCES_PER_DEVICE {
+                drop(alerts);
+                self.registry.lock().expect("registry lock").rejected(
+                    device,
+                    "more alert instances than a device may show at once",
+                    true,
+                );
+                return;
+            }
             alerts.current.insert(key, alert);
         }
     }
@@ -454,6 +484,7 @@ mod tests {
             !record(&store, &mut alerts, event("b", 1)),
             "a resend after the restart"
         );
+        // A flood from one device keeps its newest quarter of the history, and the others'.
         for seq in 2..HISTORY as u64 + 10 {
             assert!(record(&store, &mut alerts, event("a", seq)));
         }
@@ -462,13 +493,18 @@ mod tests {
         let store = Store::open(&path, outpost_storage::Options::default()).unwrap();
         let alerts = FleetAlerts::load(&store);
         let history = devices(&alerts);
-        assert_eq!(history.len(), HISTORY);
-        assert_eq!(history[0], ("a".into(), 10), "the oldest entries went");
-        assert_eq!(history[HISTORY - 1], ("a".into(), HISTORY as u64 + 9));
+        assert_eq!(history.len(), HISTORY_PER_DEVICE + 1);
+        assert_eq!(history[0], ("b".into(), 1), "B's transition stays");
+        let first_a = HISTORY as u64 + 10 - HISTORY_PER_DEVICE as u64;
+        assert_eq!(history[1], ("a".into(), first_a), "A's oldest went");
+        assert_eq!(
+            history[HISTORY_PER_DEVICE],
+            ("a".into(), HISTORY as u64 + 9)
+        );
         let stored = store
             .state_list(StateTable::AlertState, HISTORY_PREFIX)
             .unwrap();
-        assert_eq!(stored.len(), HISTORY, "and left the store");
+        assert_eq!(stored.len(), HISTORY_PER_DEVICE + 1, "and left the store");
     }
 
     #[test]
