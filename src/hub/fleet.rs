@@ -40,6 +40,9 @@ pub struct FleetAlerts {
     /// Firing and resolved transitions from the devices' events topics, oldest first, with the
     /// sequence number each is stored under. Events are sent once, so this is kept in the store.
     history: VecDeque<(u64, Value)>,
+    /// Devices whose alert messages have come signed: from then on an unsigned one is refused.
+    /// (Agents from before alerts were signed send them unsigned.)
+    signing: std::collections::BTreeSet<String>,
 }
 
 impl FleetAlerts {
@@ -62,6 +65,70 @@ impl FleetAlerts {
             }
         }
         alerts
+    }
+
+    /// Takes one alert message of `device` (the topic says whose): verified with the device's
+    /// key when it carries a mac (and refused unsigned once the device has signed one), a
+    /// retained state older than the one shown refused as a replay, and at most
+    /// [`INSTANCES_PER_DEVICE`] shown per device.
+    fn admit(
+        &mut self,
+        device: &str,
+        device_key: &outpost_sync::DeviceKey,
+        suffix: &str,
+        payload: &[u8],
+    ) -> Result<Admitted, &'static str> {
+        let key = (device.to_string(), suffix.to_string());
+        if payload.is_empty() {
+            self.current.remove(&key);
+            return Ok(Admitted::Cleared);
+        }
+        let text = (payload.len() <= MAX_ALERT_PAYLOAD)
+            .then(|| std::str::from_utf8(payload).ok())
+            .flatten()
+            .ok_or("an alert message that is too large or not text")?;
+        let (signed, object) = match outpost_sync::verify_json(text, device_key) {
+            Ok(object) => (true, object),
+            Err(_) if !text.contains("\"mac\"") && !self.signing.contains(device) => {
+                (false, text.to_string())
+            }
+            Err(_) => return Err("an alert message whose signature does not verify"),
+        };
+        let mut alert = serde_json::from_str::<Value>(&object)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or("an alert message that is not a JSON object")?;
+        if signed {
+            self.signing.insert(device.to_string());
+        }
+        alert["signed"] = signed.into();
+        // The topic, which the broker ties to the device's login, says whose it is.
+        alert["device"] = device.into();
+        alert["source"] = "device".into();
+        if suffix == "events" {
+            let state = alert["state"].as_str().unwrap_or_default();
+            if state != "firing" && state != "resolved" {
+                return Ok(Admitted::Ignored);
+            }
+            return Ok(self
+                .record_event(alert)
+                .map_or(Admitted::Ignored, Admitted::Event));
+        }
+        if let Some(shown) = self.current.get(&key) {
+            if shown["event_seq"].as_u64() > alert["event_seq"].as_u64() {
+                return Err("an alert state older than the one shown (a replay)");
+            }
+        } else {
+            let shown = self
+                .current
+                .range((device.to_string(), String::new())..(format!("{device}\0"), String::new()))
+                .count();
+            if shown >= INSTANCES_PER_DEVICE {
+                return Err("more alert instances than a device may show at once");
+            }
+        }
+        self.current.insert(key, alert);
+        Ok(Admitted::Shown)
     }
 
     /// Adds a device's transition to the history unless it is a resend of one already there;
@@ -108,6 +175,19 @@ impl FleetAlerts {
     }
 }
 
+/// What came of an admitted alert message.
+#[derive(Debug)]
+enum Admitted {
+    /// A retained state, now shown.
+    Shown,
+    /// A resolved alert's retained state cleared.
+    Cleared,
+    /// A new transition for the history, to store.
+    Event(WriteBatch),
+    /// Nothing to do: a pending or inactive transition, or an event already recorded.
+    Ignored,
+}
+
 fn history_key(seq: u64) -> String {
     format!("{HISTORY_PREFIX}{seq:020}")
 }
@@ -142,59 +222,28 @@ pub fn alert_topic<'a>(fleet: &str, topic: &'a str) -> Option<(&'a str, &'a str)
 impl HubFleet {
     /// An alert message from a device: the retained state of one alert, or an event.
     pub fn alert_message(&self, device: &str, suffix: &str, payload: &[u8]) {
-        if self.devices.get().key(device).is_none() {
+        let Some(device_key) = self.devices.get().key(device) else {
             self.registry.lock().expect("registry lock").rejected(
                 device,
                 "alert from an unknown or revoked device",
                 false,
             );
             return;
-        }
-        let mut alerts = self.alerts.lock().expect("alerts lock");
-        let key = (device.to_string(), suffix.to_string());
-        if payload.is_empty() {
-            alerts.current.remove(&key);
-            return;
-        }
-        let parsed = (payload.len() <= MAX_ALERT_PAYLOAD)
-            .then(|| serde_json::from_slice::<Value>(payload).ok())
-            .flatten()
-            .filter(Value::is_object);
-        let Some(mut alert) = parsed else {
-            drop(alerts);
-            self.registry.lock().expect("registry lock").rejected(
-                device,
-                "an alert message that is not a JSON object",
-                true,
-            );
-            return;
         };
-        // The topic, which the broker's ACL ties to the device, says whose it is.
-        alert["device"] = device.into();
-        alert["source"] = "device".into();
-        if suffix == "events" {
-            let state = alert["state"].as_str().unwrap_or_default();
-            if state != "firing" && state != "resolved" {
-                return;
-            }
-            if let Some(write) = alerts.record_event(alert) {
+        let mut alerts = self.alerts.lock().expect("alerts lock");
+        match alerts.admit(device, &device_key, suffix, payload) {
+            Ok(Admitted::Shown | Admitted::Cleared | Admitted::Ignored) => {}
+            Ok(Admitted::Event(write)) => {
                 // Kept in memory all the same: the page shows it even if the write fails.
                 super::write_in_background(&self.store, write, "an alert event");
             }
-        } else {
-            let instances = alerts
-                .current
-                .range((device.to_string(), String::new())..(format!("{device}\0"), String::new()));
-            if !alerts.current.contains_key(&key) && instances.count() >= INSTANCES_PER_DEVICE {
+            Err(reason) => {
                 drop(alerts);
-                self.registry.lock().expect("registry lock").rejected(
-                    device,
-                    "more alert instances than a device may show at once",
-                    true,
-                );
-                return;
+                self.registry
+                    .lock()
+                    .expect("registry lock")
+                    .rejected(device, reason, true);
             }
-            alerts.current.insert(key, alert);
         }
     }
 
@@ -440,6 +489,57 @@ mod tests {
         assert_eq!(alert_topic("f", "outpost/v1/g/dev/alerts/events"), None);
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/batch"), None);
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/alerts/"), None);
+    }
+
+    #[test]
+    fn alert_messages_are_verified_and_replays_refused() {
+        let key = outpost_sync::DeviceKey::new(vec![3; 32]).unwrap();
+        let other = outpost_sync::DeviceKey::new(vec![4; 32]).unwrap();
+        let state = |seq: u64| {
+            format!(r#"{{"rule":"disk_full","state":"firing","event_seq":{seq},"summary":"x"}}"#)
+        };
+        let signed = |seq: u64, key: &outpost_sync::DeviceKey| {
+            outpost_sync::sign_json(&state(seq), key).into_bytes()
+        };
+        let mut alerts = FleetAlerts::default();
+        let topic = "disk_full/_";
+        // Before the device has signed anything, an unsigned state is taken (an older agent).
+        assert!(matches!(
+            alerts.admit("b", &key, topic, state(1).as_bytes()),
+            Ok(Admitted::Shown)
+        ));
+        assert_eq!(alerts.current[&("b".into(), topic.into())]["signed"], false);
+        assert!(matches!(
+            alerts.admit("b", &key, topic, &signed(2, &key)),
+            Ok(Admitted::Shown)
+        ));
+        let shown = &alerts.current[&("b".into(), topic.into())];
+        assert_eq!(shown["signed"], true);
+        assert!(shown.get("mac").is_none(), "the mac is not shown");
+        // From then on: unsigned, signed with another key, or an older state are refused.
+        assert!(alerts.admit("b", &key, topic, state(3).as_bytes()).is_err());
+        assert!(alerts.admit("b", &key, topic, &signed(3, &other)).is_err());
+        assert!(alerts.admit("b", &key, topic, &signed(1, &key)).is_err());
+        assert_eq!(alerts.current[&("b".into(), topic.into())]["event_seq"], 2);
+        // A forged event with the device's next number does not take the real one's place.
+        let event = |seq: u64, key: &outpost_sync::DeviceKey| {
+            outpost_sync::sign_json(
+                &format!(r#"{{"rule":"r","state":"firing","event_seq":{seq}}}"#),
+                key,
+            )
+            .into_bytes()
+        };
+        assert!(alerts
+            .admit("b", &key, "events", &event(5, &other))
+            .is_err());
+        assert!(matches!(
+            alerts.admit("b", &key, "events", &event(5, &key)),
+            Ok(Admitted::Event(_))
+        ));
+        // Garbage of any kind is an error, never a panic.
+        for bytes in [&b"\xff\xfe"[..], b"[1,2]", b"{", b"{\"mac\":\"00\"}"] {
+            assert!(alerts.admit("c", &key, topic, bytes).is_err(), "{bytes:?}");
+        }
     }
 
     /// Records an event and stores it at once; whether it was new.

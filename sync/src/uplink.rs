@@ -242,12 +242,24 @@ pub async fn run(
     let published = std::sync::atomic::AtomicU64::new(0);
     let mail_wake = mailbox.as_ref().map(|m| m.wake());
     // Publishes the mailbox's queued messages the client can take now.
+    // Alert messages are signed like status and meta (a last `"mac"` key that subscribers may
+    // ignore), so that the hub can tell the device's own from a forgery; an empty message (which
+    // clears a retained alert) has nothing to sign.
+    let sign = |payload: Vec<u8>| -> Vec<u8> {
+        match std::str::from_utf8(&payload) {
+            Ok(text) if text.trim_start().starts_with('{') => {
+                crate::sign_json(text, &config.key).into_bytes()
+            }
+            _ => payload,
+        }
+    };
     let send_mail = |client: &AsyncClient, tracker: &mut PublishTracker| {
         let Some(mailbox) = &mailbox else { return };
         for mail in mailbox.pending(32) {
-            let len = mail.payload.len() as u64;
+            let payload = sign(mail.payload);
+            let len = payload.len() as u64;
             if client
-                .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, mail.payload)
+                .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, payload)
                 .is_err()
             {
                 break;
@@ -336,7 +348,7 @@ pub async fn run(
                         let refresh = mailbox.reconnected();
                         send_mail(&client, &mut tracker);
                         for mail in refresh {
-                            publish(&client, &mut tracker, &mail.topic, mail.retain, mail.payload);
+                            publish(&client, &mut tracker, &mail.topic, mail.retain, sign(mail.payload));
                         }
                     }
                     if batches_allowed(&mut daily, &mut budget_logged_day) {
