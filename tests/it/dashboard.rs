@@ -241,7 +241,10 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
     assert_eq!(firing["device"], "dev-a");
     assert_eq!(firing["source"], "device");
     assert_eq!(firing["severity"], "warning");
-    assert_eq!(firing["signed"], true, "signed by the device, verified by the hub");
+    assert_eq!(
+        firing["signed"], true,
+        "signed by the device, verified by the hub"
+    );
     assert!(firing.get("mac").is_none());
     // Its transition, from the events topic, is in the history.
     let alerts = get_json(http_port, "/api/alerts", VIEWER_TOKEN);
