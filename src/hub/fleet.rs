@@ -542,6 +542,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a device's alert topics carry, signed or not: an answer, never a panic.
+        #[test]
+        fn any_alert_payload_is_admitted_or_refused(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            sign in proptest::prelude::any::<bool>(),
+            events in proptest::prelude::any::<bool>(),
+        ) {
+            let key = outpost_sync::DeviceKey::new(vec![3; 32]).unwrap();
+            let payload = match (sign, String::from_utf8(payload.clone())) {
+                (true, Ok(text)) => outpost_sync::sign_json(&text, &key).into_bytes(),
+                _ => payload,
+            };
+            let suffix = if events { "events" } else { "r/_" };
+            let _ = FleetAlerts::default().admit("d", &key, suffix, &payload);
+        }
+    }
+
     /// Records an event and stores it at once; whether it was new.
     fn record(store: &Store, alerts: &mut FleetAlerts, event: Value) -> bool {
         alerts
