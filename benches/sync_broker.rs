@@ -139,7 +139,7 @@ impl Device {
             DeviceKey::from_hex(&std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap())
                 .unwrap();
         let password = std::fs::read_to_string(dir.join(format!("{name}.password"))).unwrap();
-        let mut options = MqttOptions::new(format!("bench-{name}"), "127.0.0.1", port);
+        let mut options = MqttOptions::new(format!("outpost-default-{name}"), "127.0.0.1", port);
         options.set_credentials(name, password.trim());
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);

@@ -645,7 +645,7 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
         dir.path(),
         &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
     );
-    run_agent_and_compare(dir.path(), http_port, &mqtt, |hub| {
+    run_agent_and_compare(dir.path(), http_port, &mqtt, |hub, agent| {
         // Mosquitto's ACL drops A's publish on B's topic before the hub sees it.
         let (a_password, a_key) = (password(dir.path(), "dev-a"), key(dir.path(), "dev-a"));
         let forged = forged_batch("dev-b", &a_key);
@@ -664,6 +664,26 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
             "nothing of dev-b reached the hub: {devices}"
         );
         assert_eq!(device_record(&devices, "dev-a").unwrap()["rejected"], 0);
+        // B's login with A's client id: the broker uses B's login as the client id, so A's
+        // session is not taken over.
+        let connects = || metric_value(&agent.metrics(), "outpost_sync_connects_total");
+        let before = wait_until("A's connection counted", Duration::from_secs(20), || {
+            connects().filter(|n| *n >= 1.0)
+        });
+        publish_as(
+            mqtt_port,
+            (
+                "dev-b",
+                &password(dir.path(), "dev-b"),
+                "outpost-default-dev-a",
+            ),
+            "outpost/v1/default/dev-b/status",
+            b"x",
+            dir.path(),
+        );
+        // A takeover would show as a reconnect within the agent's first backoff (0.5 s).
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(connects(), Some(before), "A kept its session");
     });
 }
 
@@ -780,7 +800,7 @@ impl Mosquitto {
             )
             .replace(
                 "/etc/mosquitto/outpost.acl",
-                &root.join("config/mosquitto.acl").display().to_string(),
+                &dir.join("outpost.acl").display().to_string(),
             )
             .replace("/var/lib/mosquitto/", &format!("{}/", dir.display()));
         // Started as root, Mosquitto drops to its own user, who cannot read this test's files.
@@ -790,10 +810,21 @@ impl Mosquitto {
             String::from_utf8_lossy(&me.stdout).trim()
         );
         std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        // The committed ACL, with the second hub's login that it describes.
+        let acl = std::fs::read_to_string(root.join("config/mosquitto.acl")).unwrap();
+        std::fs::write(
+            dir.join("outpost.acl"),
+            acl.replace(
+                "# user outpost-hub-2\n# topic readwrite outpost/v1/#",
+                "user outpost-hub-2\ntopic readwrite outpost/v1/#",
+            ),
+        )
+        .unwrap();
         let passwd = dir.join("passwd");
         let devices = std::fs::read_to_string(dir.join("devices.toml")).unwrap_or_default();
         let mut logins = vec![
             ("outpost-hub".to_string(), "hub-secret".to_string()),
+            ("outpost-hub-2".to_string(), "hub-2-secret".to_string()),
             ("outpost-alerts".to_string(), "alerts-secret".to_string()),
         ];
         for id in ["dev-a", "dev-b", "dev-1"] {
@@ -866,7 +897,7 @@ fn write_hub_config(dir: &Path, extra: &str) {
 
 /// Runs a hub (on `hub.toml`) and an agent replaying the Xavier NX log until everything is
 /// shipped, then `check`, then stops both and compares the stores.
-fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnOnce(&Hub)) {
+fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnOnce(&Hub, &Agent)) {
     let config_path = dir.join("hub.toml");
     let hub = Hub::start_with(
         dir,
@@ -876,7 +907,7 @@ fn run_agent_and_compare(dir: &Path, http_port: u16, mqtt: &str, check: impl FnO
     );
     let agent = replaying_agent(dir, mqtt, XAVIER, 20);
     wait_until_shipped(&agent);
-    check(&hub);
+    check(&hub, &agent);
     agent.stop();
     hub.stop();
     let points = assert_hub_holds_the_agents(dir, "dev-a", r#"{__name__=~"jetson_.*"}"#);
@@ -960,7 +991,7 @@ fn tls_with_client_certificates_through_mosquitto() {
             path("dev-a.pem"),
             path("dev-a.key.pem")
         );
-    run_agent_and_compare(dir.path(), http_port, &mqtt, |_| {});
+    run_agent_and_compare(dir.path(), http_port, &mqtt, |_, _| {});
 }
 
 #[test]
@@ -1190,9 +1221,19 @@ fn two_hubs_in_a_shared_group_split_the_batches_and_together_hold_everything() {
         &first,
         &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\nshared_group = \"hubs\"\n"),
     );
-    for file in ["devices.toml", "hub.toml"] {
-        std::fs::copy(first.join(file), second.join(file)).unwrap();
-    }
+    std::fs::copy(first.join("devices.toml"), second.join("devices.toml")).unwrap();
+    // Each hub logs in as itself: the broker uses the login as the client id.
+    write_hub_config(
+        &second,
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\nshared_group = \"hubs\"\n"),
+    );
+    std::fs::write(second.join("hub.password"), "hub-2-secret\n").unwrap();
+    let second_config = std::fs::read_to_string(second.join("hub.toml")).unwrap();
+    std::fs::write(
+        second.join("hub.toml"),
+        second_config.replace("username = \"outpost-hub\"", "username = \"outpost-hub-2\""),
+    )
+    .unwrap();
     let hubs: Vec<Hub> = [&first, &second]
         .into_iter()
         .map(|dir| {
