@@ -1394,3 +1394,75 @@ fn a_full_disk_at_the_hub_is_the_hubs_fault_and_it_resumes_by_itself() {
     let points = assert_hub_holds_the_agents(dir.path(), "dev-1", r#"{__name__=~"jetson_.*"}"#);
     assert!(points > 1000, "{points} points compared");
 }
+
+/// Item 5 of issue 19: one device's login floods the embedded broker with 1 MB payloads on its
+/// own batch topic (the gate lets them through; the hub refuses them as unsigned). The hub's
+/// memory stays bounded, and another device's data keeps flowing. Before the broker's logs
+/// were bounded, the same flood grew the hub by about 1 MB a payload, for good.
+#[test]
+fn a_flood_from_one_login_leaves_the_hubs_memory_bounded_and_others_data_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    enrol(dir.path(), "dev-a", mqtt_port);
+    let mqtt_b = enrol(dir.path(), "dev-b", mqtt_port);
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    let agent_b = replaying_agent(dir.path(), &mqtt_b, XAVIER, 1);
+    let batches_of_b = || {
+        device_record(&hub.devices(), "dev-b")
+            .and_then(|d| d["batches"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until("dev-b online", Duration::from_secs(30), || {
+        (batches_of_b() > 0).then_some(())
+    });
+    let resident = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", hub.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let before = (resident(), batches_of_b());
+    let payload = dir.path().join("flood.bin");
+    let bytes: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&payload, bytes).unwrap();
+    let password = password(dir.path(), "dev-a");
+    let flooded = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+        .args([
+            "-u",
+            "dev-a",
+            "-P",
+            &password,
+            "-i",
+            "outpost-default-dev-a",
+            "-q",
+            "1",
+        ])
+        .args(["-t", "outpost/v1/default/dev-a/batch", "-f"])
+        .arg(&payload)
+        .args(["--repeat", "300"])
+        .status()
+        .unwrap();
+    assert!(
+        flooded.success(),
+        "the gate lets a login publish on its own topic"
+    );
+    let grown = resident().saturating_sub(before.0);
+    assert!(
+        grown < 100 << 20,
+        "300 MB of flood grew the hub by {} MiB",
+        grown >> 20
+    );
+    wait_until(
+        "dev-b's batches still stored",
+        Duration::from_secs(20),
+        || (batches_of_b() > before.1 + 3).then_some(()),
+    );
+    agent_b.stop();
+    hub.stop();
+}
