@@ -226,6 +226,9 @@ impl Devices {
 struct Incoming {
     device: String,
     payload: Vec<u8>,
+    /// When the broker handed it over: what the device's clock is measured against and when
+    /// its data came, however long it then waited for the ingest thread.
+    received_ms: i64,
 }
 
 async fn daemon(config: HubConfig) -> Result<()> {
@@ -440,7 +443,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                     }
                     match kind {
                         Kind::Batch => {
-                            let incoming = Incoming { device: device.to_string(), payload: publish.payload.to_vec() };
+                            let incoming = Incoming { device: device.to_string(), payload: publish.payload.to_vec(), received_ms: outpost::timearg::now_ms() };
                             if incoming_tx.send_async(incoming).await.is_err() {
                                 anyhow::bail!("the ingest thread stopped");
                             }
@@ -676,12 +679,24 @@ fn ingest_loop(
             }
         }
         let mut acks: Vec<(String, Vec<u8>)> = Vec::new();
-        for Incoming { device, payload } in group {
-            let outcome = ingest_one(store, &mut ingestor, devices, &device, &payload, limits);
+        for incoming in group {
+            let Incoming {
+                device,
+                payload,
+                received_ms,
+            } = incoming;
+            let outcome = ingest_one(
+                store,
+                &mut ingestor,
+                (devices, &device),
+                (&payload, received_ms),
+                limits,
+            );
             let mut registry = registry.lock().expect("registry lock");
             match outcome {
                 Ok((ack, key, batch, clock)) => {
-                    registry.batch(&device, &batch.header, &ack.status, clock, batch.version);
+                    let what = (&batch.header, &ack.status, clock, batch.version);
+                    registry.batch(&device, what, received_ms);
                     acks.push((device.clone(), ack.encode_as(&key, batch.version)));
                 }
                 Err(Refused::Device(reason, reply)) => {
@@ -735,9 +750,8 @@ type ClockCounts = (u64, u64);
 fn ingest_one(
     store: &Store,
     ingestor: &mut outpost_sync::ingest::Ingestor,
-    devices: &Devices,
-    device: &str,
-    payload: &[u8],
+    (devices, device): (&Devices, &str),
+    (payload, received_ms): (&[u8], i64),
     limits: &Limits,
 ) -> std::result::Result<(Ack, outpost_sync::DeviceKey, Batch, ClockCounts), Refused> {
     let Some(key) = devices.get().key(device) else {
@@ -763,7 +777,7 @@ fn ingest_one(
         Err(error) => return Err(Refused::Device(error.to_string(), None)),
     };
     let mut clock = (0, 0);
-    let status = match ingestor.ingest(store, &batch, outpost::timearg::now_ms()) {
+    let status = match ingestor.ingest(store, &batch, received_ms) {
         Ok(ingested) => {
             clock = (ingested.clock_corrected, ingested.implausible);
             ingested.status

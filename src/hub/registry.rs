@@ -18,6 +18,9 @@ pub struct DeviceRecord {
     pub last_seen_ms: i64,
     /// From the retained `status`: `online` or `offline`.
     pub status: Option<String>,
+    /// When that status came (the hub's clock).
+    #[serde(default)]
+    pub status_ms: Option<i64>,
     pub meta: Option<serde_json::Value>,
     pub batches: u64,
     pub duplicate_batches: u64,
@@ -128,15 +131,18 @@ impl Registry {
         record
     }
 
+    /// A batch stored (or refused) for `device`, received at `now` (the hub's clock).
     pub fn batch(
         &mut self,
         device: &str,
-        header: &BatchHeader,
-        status: &AckStatus,
-        (clock_corrected, implausible): (u64, u64),
-        protocol: u16,
+        (header, status, (clock_corrected, implausible), protocol): (
+            &BatchHeader,
+            &AckStatus,
+            (u64, u64),
+            u16,
+        ),
+        now: i64,
     ) {
-        let now = outpost::timearg::now_ms();
         let record = self.record(device);
         record.batches += 1;
         record.last_data_ms = Some(now);
@@ -163,7 +169,10 @@ impl Registry {
         };
         let record = self.record(device);
         match kind {
-            Kind::Status => record.status = value["state"].as_str().map(str::to_string),
+            Kind::Status => {
+                record.status = value["state"].as_str().map(str::to_string);
+                record.status_ms = Some(outpost::timearg::now_ms());
+            }
             _ => record.meta = Some(value),
         }
     }
@@ -208,8 +217,14 @@ impl Registry {
         let no_data = record
             .last_data_ms
             .is_none_or(|at| now - at > self.stale_after.as_millis() as i64);
+        // Data that came after an `offline` status says the device is connected after all (an
+        // old status sent again, or its last will delivered late).
+        let data_since_status = record
+            .last_data_ms
+            .zip(record.status_ms)
+            .is_some_and(|(data, status)| data > status);
         match record.status.as_deref() {
-            Some("offline") => "offline",
+            Some("offline") if !data_since_status => "offline",
             _ if silent => "offline",
             _ if no_data => "stale",
             _ => "online",
@@ -338,5 +353,33 @@ impl Registry {
                 |r| Some(r.implausible_samples as f64),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_status_followed_by_data_does_not_hide_a_connected_device() {
+        let mut registry = Registry {
+            devices: BTreeMap::new(),
+            stale_after: Duration::from_secs(60),
+            changed: false,
+            last_logged: BTreeMap::new(),
+            store_write_errors: 0,
+        };
+        let offline_after = Duration::from_secs(300);
+        let record = registry.record("dev-b");
+        record.last_seen_ms = 10_000;
+        record.last_data_ms = Some(9_000);
+        record.status = Some("offline".into());
+        record.status_ms = Some(10_000);
+        let state =
+            |registry: &Registry| registry.state(&registry.devices["dev-b"], 20_000, offline_after);
+        assert_eq!(state(&registry), "offline");
+        // A batch after the status: the device is there.
+        registry.record("dev-b").last_data_ms = Some(11_000);
+        assert_eq!(state(&registry), "online");
     }
 }
