@@ -57,12 +57,13 @@ pub enum Error {
         }
     )]
     Poisoned { cause: String, heals: bool },
-    #[error("corrupt {what} for series {series}: {source}")]
+    // Each cause is in the message and is not also the error's `source()`, so that a chain
+    // printed whole (anyhow's `{:#}`) says it once.
+    #[error("corrupt {what} for series {series}: {cause}")]
     CorruptChunk {
         what: &'static str,
         series: String,
-        #[source]
-        source: DecodeError,
+        cause: DecodeError,
     },
     #[error("corrupt write-ahead log {path}: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -80,14 +81,19 @@ pub enum Error {
     Damaged { path: PathBuf, detail: String },
     #[error("the store is open read-only")]
     ReadOnly,
-    #[error("I/O on {path}: {source}")]
+    #[error("I/O on {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("redb: {0}")]
-    Redb(#[from] redb::Error),
+    Redb(redb::Error),
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Redb(e)
+    }
 }
 
 impl From<redb::DatabaseError> for Error {

@@ -116,9 +116,9 @@ pub mod fuzzing {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&path, &file).map_err(|source| crate::Error::Io {
+        std::fs::write(&path, &file).map_err(|cause| crate::Error::Io {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let options = crate::Options {
             read_only: true,

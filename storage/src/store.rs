@@ -491,7 +491,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn copy_synced(from: &Path, to: &Path) -> Result<u64> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+        move |cause| Error::Io { path, cause }
     };
     let temporary = to.with_extension("partial");
     let bytes = std::fs::copy(from, &temporary).map_err(io(&temporary))?;
@@ -507,9 +507,9 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
+    move |cause| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -1787,10 +1787,10 @@ impl TierReader {
         {
             let (_, chunk) = entry?;
             let (timestamps, values) =
-                codec::decode_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
+                codec::decode_chunk(chunk.value()).map_err(|cause| Error::CorruptChunk {
                     what: "raw chunk",
                     series: key.to_string(),
-                    source,
+                    cause,
                 })?;
             let start = timestamps.partition_point(|&t| t < from);
             let end = timestamps.partition_point(|&t| t <= to);
@@ -2221,9 +2221,9 @@ impl Shared {
                 self.log_written.fetch_add(bytes, Ordering::Relaxed);
                 Ok(())
             }
-            Err(source) => Err(self.poisoned(Error::Io {
+            Err(cause) => Err(self.poisoned(Error::Io {
                 path: head.log.path.clone(),
-                source,
+                cause,
             })),
         }
     }
@@ -2251,7 +2251,7 @@ impl Shared {
             (head.log.file.clone(), head.log.path.clone())
         };
         file.sync()
-            .map_err(|source| self.poisoned(Error::Io { path, source }))?;
+            .map_err(|cause| self.poisoned(Error::Io { path, cause }))?;
         let now = self.options.clock.now();
         let mut timers = lock(&self.timers);
         timers.last_sync = now;
@@ -2836,10 +2836,10 @@ fn read_rollups(
     for entry in table.range((id, t, bucket_of(from, window_of(tier)))..=(id, t, to))? {
         let (_, chunk) = entry?;
         let (buckets, rollups) =
-            codec::decode_rollup_chunk(chunk.value()).map_err(|source| Error::CorruptChunk {
+            codec::decode_rollup_chunk(chunk.value()).map_err(|cause| Error::CorruptChunk {
                 what: "rollup chunk",
                 series: series(),
-                source,
+                cause,
             })?;
         out.extend(
             buckets

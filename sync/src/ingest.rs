@@ -40,8 +40,16 @@ pub enum IngestError {
     BadSamples { series: u32, reason: String },
     #[error("chunk of series {series}: {reason}")]
     BadChunk { series: u32, reason: String },
+    // The store's error in the message, not also as `source()`: a chain printed whole says it
+    // once.
     #[error("hub store: {0}")]
-    Store(#[from] outpost_storage::Error),
+    Store(outpost_storage::Error),
+}
+
+impl From<outpost_storage::Error> for IngestError {
+    fn from(e: outpost_storage::Error) -> Self {
+        IngestError::Store(e)
+    }
 }
 
 /// Seen sequence numbers of one (device, epoch): all up to `low`, and some above it.

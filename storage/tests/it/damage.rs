@@ -164,3 +164,38 @@ mod store_file {
         }
     }
 }
+
+/// An error's chain, as `anyhow` prints it with `{:#}`: each message, then its source's.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Each cause is printed once, whether the error is shown alone or as a chain.
+#[test]
+fn errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no such dir").join("s.redb");
+    let error = outpost_storage::Store::open(&missing, crate::test_options()).unwrap_err();
+    let text = chain(&error);
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("no such dir"), "{text}");
+    // And a damaged chunk's decoding error, through the hub's ingest error.
+    let decode = outpost_storage::Error::CorruptChunk {
+        what: "raw chunk",
+        series: "up".into(),
+        cause: outpost_storage::DecodeError::Truncated { needed: 3 },
+    };
+    let text = chain(&decode);
+    assert_eq!(text.matches("3 bytes early").count(), 1, "{text}");
+}
