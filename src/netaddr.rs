@@ -1,6 +1,41 @@
-//! Broker addresses as users write them: `mqtt://host:port` and `mqtts://host:port`.
+//! Addresses as users write them: the `host[:port]` part of every URL the binary takes (HTTP(S)
+//! probes and webhooks, MQTT brokers, SMTP servers), and broker URLs, `mqtt://host:port` and
+//! `mqtts://host:port`. One parser of ours rather than the `url` crate: these URLs have no
+//! user info, and only the host and port are needed.
 
 use anyhow::{bail, Context, Result};
+
+/// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`); the
+/// host without brackets. `url` is the whole URL, for the error messages.
+pub fn host_port(url: &str, authority: &str, default_port: u16) -> Result<(String, u16)> {
+    if authority.contains('@') {
+        bail!("{url:?}: credentials in URLs are not supported");
+    }
+    let port = |text: &str| {
+        text.parse::<u16>()
+            .with_context(|| format!("{url:?}: port {text:?} is not a number"))
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed
+                .split_once(']')
+                .with_context(|| format!("{url:?}: unclosed [ in the host"))?;
+            match after.strip_prefix(':') {
+                Some(text) => (host, port(text)?),
+                None if after.is_empty() => (host, default_port),
+                None => bail!("{url:?}: unexpected {after:?} after the host"),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, text)) => (host, port(text)?),
+            None => (authority, default_port),
+        },
+    };
+    if host.is_empty() || host.contains(['/', '[', ']']) {
+        bail!("{url:?}: no host name");
+    }
+    Ok((host.to_string(), port))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttUrl {
@@ -18,24 +53,12 @@ impl MqttUrl {
         } else {
             bail!("{url:?}: must start with mqtt:// or mqtts://");
         };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-                host,
-                port.parse::<u16>()
-                    .with_context(|| format!("{url:?}: port {port:?} is not a number"))?,
-            ),
-            _ => (rest, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') {
-            bail!("{url:?}: no host name");
-        }
-        Ok(MqttUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
+        let (host, port) = host_port(
+            url,
+            rest.trim_end_matches('/'),
+            if tls { 8883 } else { 1883 },
+        )?;
+        Ok(MqttUrl { tls, host, port })
     }
 }
 
@@ -53,6 +76,14 @@ mod tests {
             (true, "hub.example.net", 8883)
         );
         assert_eq!(MqttUrl::parse("mqtt://[::1]:1883").unwrap().host, "::1");
+        // An IPv6 literal without a port used to read "1]" as the port.
+        let u = MqttUrl::parse("mqtt://[::1]").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1883));
+        let u = MqttUrl::parse("mqtts://[fe80::1]/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("fe80::1", 8883));
+        assert!(MqttUrl::parse("mqtt://[::1").is_err());
+        assert!(MqttUrl::parse("mqtt://::1").is_err());
+        assert!(MqttUrl::parse("mqtt://user@host").is_err());
         assert!(MqttUrl::parse("http://x").is_err());
         assert!(MqttUrl::parse("mqtt://:1883").is_err());
         assert!(MqttUrl::parse("mqtt://x:port").is_err());

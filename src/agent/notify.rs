@@ -630,20 +630,10 @@ impl SmtpServer {
         } else {
             bail!("{url:?}: use smtps://host:465 or smtp://host:587");
         };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .with_context(|| format!("{url:?}: bad port {port:?}"))?,
-            ),
-            None => (rest, default_port),
-        };
-        if host.is_empty() {
-            bail!("{url:?}: no host");
-        }
+        let (host, port) =
+            crate::netaddr::host_port(url, rest.trim_end_matches('/'), default_port)?;
         Ok(SmtpServer {
-            host: host.to_string(),
+            host,
             port,
             security,
         })
@@ -1025,5 +1015,10 @@ mod tests {
         );
         assert!(SmtpServer::parse("http://x", false).is_err());
         assert!(SmtpServer::parse("smtp://:25", false).is_err());
+        // An IPv6 literal, with and without a port.
+        let s = SmtpServer::parse("smtp://[::1]", false).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 587));
+        let s = SmtpServer::parse("smtps://[2001:db8::25]:2465", false).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("2001:db8::25", 2465));
     }
 }

@@ -41,33 +41,7 @@ impl Target {
         } else {
             path.to_string()
         };
-        if authority.contains('@') {
-            bail!("{url:?}: credentials in URLs are not supported");
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .with_context(|| format!("{url:?}: unclosed [ in the host"))?;
-            let port = match after.strip_prefix(':') {
-                Some(port) => port.parse().with_context(|| format!("{url:?}: bad port"))?,
-                None if after.is_empty() => default_port,
-                None => bail!("{url:?}: unexpected {after:?} after the host"),
-            };
-            (host.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (
-                    host.to_string(),
-                    port.parse()
-                        .with_context(|| format!("{url:?}: bad port {port:?}"))?,
-                ),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            bail!("{url:?}: no host");
-        }
+        let (host, port) = crate::netaddr::host_port(url, authority, if tls { 443 } else { 80 })?;
         Ok(Target {
             tls,
             host,
@@ -304,6 +278,11 @@ mod tests {
         assert_eq!(
             (t.port, t.path.as_str(), t.authority().as_str()),
             (443, "/", "example.net")
+        );
+        let t = Target::parse("https://[::1]/hook").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 443, "/hook")
         );
         let t = Target::parse("http://[::1]:8080/").unwrap();
         assert_eq!(
