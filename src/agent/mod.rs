@@ -690,11 +690,15 @@ async fn self_metrics_task(
             .ok()
             .and_then(|stat| collect::host::process_stat(&stat))
         {
-            out.add("outpost_process_cpu_seconds_total", &[], ticks / 100.0);
+            out.add(
+                "outpost_process_cpu_seconds_total",
+                &[],
+                ticks / collect::host::ticks_per_second(),
+            );
             out.add(
                 "outpost_process_resident_memory_bytes",
                 &[],
-                rss_pages * 4096.0,
+                rss_pages * collect::host::page_bytes(),
             );
         }
         let uptime = started.elapsed().as_secs_f64();

@@ -41,6 +41,16 @@ const PSEUDO_FILESYSTEMS: &[&str] = &[
 /// Processes are looked up by name this often; their counters are read every round.
 const PROCESS_RESCAN: Duration = Duration::from_secs(30);
 
+/// `/proc`'s clock ticks per second (USER_HZ), from the kernel's auxiliary vector.
+pub fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// The page size that `/proc` counts memory in: 4 KiB on x86, 4 or 64 KiB on arm64 kernels.
+pub fn page_bytes() -> f64 {
+    rustix::param::page_size() as f64
+}
+
 pub struct HostCollector {
     system: System,
     disks: Disks,
@@ -69,10 +79,8 @@ impl HostCollector {
             proc_root: PathBuf::from("/proc"),
             watched: HashMap::new(),
             last_scan: None,
-            // Linux has reported clock ticks at 100 Hz to user space on every architecture
-            // Jetsons and x86 hosts use (USER_HZ); reading it needs sysconf, which needs unsafe.
-            ticks_per_second: 100.0,
-            page_bytes: 4096.0,
+            ticks_per_second: ticks_per_second(),
+            page_bytes: page_bytes(),
         }
     }
 
