@@ -1,9 +1,11 @@
 //! The MQTT batch protocol between Outpost agents and the hub: topics, the signed binary
 //! messages (batches, acks, commands) and the retained JSON ones (status, meta).
 //!
-//! The protocol is specified in `sync/PROTOCOL.md`. This crate knows nothing of the network or
-//! of redb: it turns values into payloads and back, and refuses anything that does not
-//! authenticate or decode, with an [`Error`] and never a panic (its decoders are fuzzed). Samples
+//! The protocol is specified in `sync/PROTOCOL.md`. The messages (`message.rs`), topics, the
+//! outbox and the hub's ingest know nothing of the network or of redb: they turn values into
+//! payloads and back against a [`outpost_storage::Store`], and refuse anything that does not
+//! authenticate or decode, with an [`Error`] and never a panic (its decoders are fuzzed). The
+//! network lives in one module, `uplink.rs`, the agent's MQTT client (rumqttc). Samples
 //! travel in the store's own encodings ([`outpost_storage::codec`]), live runs as chunk bodies
 //! and backfill as the sealed chunks themselves.
 //!
