@@ -1,6 +1,6 @@
 //! Parsing of the times and durations that commands take.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// A point in time as milliseconds since the Unix epoch: RFC 3339 (`2026-11-21T10:00:00Z`),
 /// an integer of milliseconds, or `now`.
@@ -22,45 +22,7 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64> {
 
 /// A duration in milliseconds: `500ms`, `30s`, `5m`, `1h`, `7d`, or combinations (`1h30m`).
 pub fn parse_duration_ms(text: &str) -> Result<i64> {
-    let text = text.trim();
-    if text.is_empty() {
-        bail!("empty duration");
-    }
-    let mut total: i64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            bail!(
-                "{text:?} is not a duration: expected a number at {rest:?} (like 30s, 5m, 1h, 7d)"
-            );
-        }
-        let number: i64 = rest[..digits]
-            .parse()
-            .with_context(|| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            "" => bail!("{text:?} needs a unit: ms, s, m, h, d or w"),
-            unit => bail!("{text:?}: unknown unit {unit:?}; use ms, s, m, h, d or w"),
-        };
-        total = number
-            .checked_mul(factor)
-            .and_then(|v| total.checked_add(v))
-            .with_context(|| format!("{text:?} is too long"))?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    outpost_storage::parse_duration_ms(text).map_err(|e| anyhow::anyhow!(e.to_string()))
 }
 
 /// Milliseconds since the Unix epoch, now. The binary owns the wall clock; the libraries are

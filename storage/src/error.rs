@@ -73,6 +73,8 @@ pub enum Error {
     SeriesKey { key: String, reason: String },
     #[error("invalid option {name}: {reason}")]
     Option { name: &'static str, reason: String },
+    #[error("{0}")]
+    Duration(String),
     #[error("unknown series id {0}")]
     UnknownSeries(u32),
     #[error("the store is closed")]

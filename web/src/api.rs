@@ -454,27 +454,14 @@ pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
     ))
 }
 
-/// `500ms`, `30s`, `5m`, `2h`, `7d`, or plain milliseconds.
+/// A duration in the grammar of the command line and the configs (`500ms`, `30s`, `1h30m`,
+/// `2w`; `outpost_storage::parse_duration_ms`), or, as this API always took, plain milliseconds.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: i64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m, 2h or 7d"))?;
-    let scale = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| format!("{text:?} is too long"));
+    }
+    outpost_storage::parse_duration_ms(text).map_err(|e| e.to_string())
 }
 
 async fn range_answer(web: &Arc<Web>, params: RangeParams) -> Answer<RangeAnswer> {
@@ -715,7 +702,13 @@ mod tests {
         assert_eq!(parse_time("now-15m", 5_000_000), Ok(5_000_000 - 900_000));
         assert!(parse_time("yesterday", 0).is_err());
         assert_eq!(parse_duration("7d"), Ok(604_800_000));
-        assert!(parse_duration("5w").is_err());
+        assert_eq!(parse_duration("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert_eq!(
+            parse_duration("1500"),
+            Ok(1_500),
+            "plain milliseconds, as before"
+        );
         assert!(parse_duration("99999999999999999d").is_err());
     }
 
