@@ -894,6 +894,26 @@ mod tests {
                 .collect()
         }
 
+        /// A silence of rule `up` from the epoch to `ends_ms`, stored.
+        fn silence_up_until(&mut self, ends_ms: i64) {
+            let mut write = WriteBatch::default();
+            self.engine
+                .silences
+                .add(
+                    super::super::schedule::Silence {
+                        id: "s1".into(),
+                        matcher: r#"{alertname="up"}"#.into(),
+                        starts_ms: 0,
+                        ends_ms,
+                        created_by: "test".into(),
+                        comment: String::new(),
+                    },
+                    &mut write,
+                )
+                .unwrap();
+            self.store.write(write).unwrap();
+        }
+
         fn queue(&self, prefix: &str) -> Vec<serde_json::Value> {
             self.store
                 .state_list(StateTable::NotificationQueue, prefix)
@@ -1139,22 +1159,7 @@ escalate_after = "2m"
     #[test]
     fn silences_hold_notifications_but_not_the_state() {
         let mut rig = rig("[[rule]]\nname = \"up\"\nselect = \"v\"\nthreshold = 1\n");
-        let mut write = WriteBatch::default();
-        rig.engine
-            .silences
-            .add(
-                super::super::schedule::Silence {
-                    id: "s1".into(),
-                    matcher: r#"{alertname="up"}"#.into(),
-                    starts_ms: 0,
-                    ends_ms: 5_000,
-                    created_by: "test".into(),
-                    comment: String::new(),
-                },
-                &mut write,
-            )
-            .unwrap();
-        rig.store.write(write).unwrap();
+        rig.silence_up_until(5_000);
         assert_eq!(rig.tick(1, &[("v", 5.0)])[0].1, State::Firing);
         let retained: serde_json::Value =
             serde_json::from_str(rig.queue("m/")[0]["payload"].as_str().unwrap()).unwrap();
@@ -1196,22 +1201,7 @@ escalate_after = "2m"
     fn a_silence_added_to_a_firing_alert_is_published() {
         let mut rig = rig("[[rule]]\nname = \"up\"\nselect = \"v\"\nthreshold = 1\n");
         assert_eq!(rig.tick(1, &[("v", 5.0)])[0].1, State::Firing);
-        let mut write = WriteBatch::default();
-        rig.engine
-            .silences
-            .add(
-                super::super::schedule::Silence {
-                    id: "s1".into(),
-                    matcher: r#"{alertname="up"}"#.into(),
-                    starts_ms: 0,
-                    ends_ms: 60_000,
-                    created_by: "test".into(),
-                    comment: String::new(),
-                },
-                &mut write,
-            )
-            .unwrap();
-        rig.store.write(write).unwrap();
+        rig.silence_up_until(60_000);
         assert_eq!(
             rig.tick(2, &[("v", 5.0)]),
             vec![("_".into(), State::Firing, Reason::Silence)]

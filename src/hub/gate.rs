@@ -224,6 +224,12 @@ pub fn check(rights: &Rights, kind: u8, flags: u8, body: &[u8]) -> Result<(), Re
     Ok(())
 }
 
+/// Connections served at once, as many as the broker takes: the rest wait in the listen
+/// queue, so that idle sockets cannot exhaust the hub.
+const MAX_CONNECTIONS: usize = 10_000;
+/// How long a new connection may take to send its CONNECT, as rumqttd allows.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the gate on `listener`, passing allowed traffic to the broker at `broker`.
 pub async fn serve(
     listener: TcpListener,
@@ -232,12 +238,17 @@ pub async fn serve(
     max_packet: usize,
     refusals: Arc<Refusals>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((client, peer)) = listener.accept().await else {
             continue;
         };
         let (rights_of, refusals) = (rights_of.clone(), refusals.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(error) = pass(client, broker, &*rights_of, max_packet, &refusals).await {
                 tracing::debug!(%peer, "MQTT connection ended: {error}");
             }
@@ -283,8 +294,10 @@ async fn pass(
 ) -> std::io::Result<()> {
     let (mut from_client, mut to_client) = client.into_split();
     let mut buffer = Vec::new();
-    let Some((kind, _, header, length)) =
-        read_packet(&mut from_client, &mut buffer, max_packet).await?
+    let first = read_packet(&mut from_client, &mut buffer, max_packet);
+    let Some((kind, _, header, length)) = tokio::time::timeout(CONNECT_TIMEOUT, first)
+        .await
+        .map_err(|_| std::io::Error::other("no CONNECT within 10 s"))??
     else {
         return Ok(());
     };

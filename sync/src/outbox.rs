@@ -53,7 +53,6 @@ struct InFlight {
     /// and a batch sent again minutes later with its first send time would read as a clock
     /// minutes behind.
     batch: Batch,
-    payload_bytes: usize,
     /// Where the live stream stood before and after this batch.
     start_mark: Option<HeadMark>,
     end_mark: HeadMark,
@@ -201,7 +200,6 @@ impl Outbox {
             let mut body = BatchBody::default();
             let mut defs = Vec::new();
             let mut samples = 0;
-            let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
             let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
                 let hub_has_it = self.known.contains(&id) || pending_defs.contains(&id);
                 if (self_contained || !hub_has_it) && !defs.contains(&id) {
@@ -224,10 +222,6 @@ impl Outbox {
                 sorted.dedup_by_key(|p| p.0);
                 let (timestamps, values): (Vec<i64>, Vec<f64>) = sorted.into_iter().unzip();
                 samples += timestamps.len();
-                if let (Some(&first), Some(&last)) = (timestamps.first(), timestamps.last()) {
-                    earliest = earliest.min(first);
-                    latest = latest.max(last);
-                }
                 body.live.push(LiveSamples {
                     series: id.0,
                     samples: encode_samples(&timestamps, &values),
@@ -235,9 +229,6 @@ impl Outbox {
             }
             for chunk in &chunks {
                 define(chunk.series.0, &chunk.key, &mut body);
-                // No chunk spans more than the hour tier's 30-day window.
-                earliest = earliest.min(chunk.window_start);
-                latest = latest.max(chunk.window_start.saturating_add(30 * 86_400_000));
                 body.chunks.push(StoredChunk {
                     series: chunk.series.0,
                     tier: chunk.tier as u8,
@@ -273,7 +264,6 @@ impl Outbox {
             self.stats.bytes_sent += payload.len() as u64;
             self.in_flight.push_back(InFlight {
                 seq,
-                payload_bytes: payload.len(),
                 batch,
                 start_mark: self.mark.clone(),
                 end_mark: live.mark.clone(),
@@ -356,7 +346,6 @@ impl Outbox {
                 header.sent_uptime_ms = uptime_ms;
                 header.clock_steps = steps.to_vec();
                 let payload = in_flight.batch.encode(&self.key, self.options.zstd_level);
-                in_flight.payload_bytes = payload.len();
                 self.stats.batches_resent += 1;
                 self.stats.bytes_sent += payload.len() as u64;
                 out.push((in_flight.seq, Arc::new(payload)));

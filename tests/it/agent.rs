@@ -845,6 +845,40 @@ fn spawns_tegrastats_and_restarts_it_when_it_dies() {
     assert!(log.contains("restarting in 2s"), "{log}");
 }
 
+/// A command that runs its arguments with a tmpfs of `size` mounted on `dir`, in a user and
+/// mount namespace of its own (no privilege needed): for `Agent::start_wrapped` and
+/// `Hub::start_wrapped`.
+pub fn tmpfs_wrapper(dir: &Path, size: &str) -> Vec<String> {
+    let mount = format!("mount -t tmpfs -o size={size} tmpfs \"$0\" && exec \"$@\"");
+    [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .chain([mount, dir.to_str().unwrap().to_string()])
+    .collect()
+}
+
+/// `dir` as process `pid` sees it (through its mount namespace).
+pub fn as_seen_by(pid: u32, dir: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{}", dir.display()))
+}
+
+/// Fills the file system of `dir` to the last byte; returns the filler file, to free it.
+pub fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut filler = std::fs::File::create(&path).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    while filler.write_all(&block).is_ok() {}
+    while filler.write_all(&[0x5a]).is_ok() {}
+    path
+}
+
 /// A full disk: the agent's store on a 4 MiB tmpfs (mounted in a user and mount namespace of its
 /// own, so no privilege is needed) that the test fills and then frees through
 /// `/proc/PID/root`. While full: writes are refused with an error, `/api/health` is 503 and says
@@ -855,18 +889,8 @@ fn a_full_disk_degrades_health_and_the_agent_resumes_by_itself_when_space_return
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let data_text = data.to_str().unwrap().to_string();
-    let mount = "mount -t tmpfs -o size=4m tmpfs \"$0\" && exec \"$@\"";
-    let wrapper = [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        mount,
-        &data_text,
-    ];
+    let wrapper = tmpfs_wrapper(&data, "4m");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_wrapped(
         dir.path(),
         QUIET,
@@ -876,7 +900,7 @@ fn a_full_disk_degrades_health_and_the_agent_resumes_by_itself_when_space_return
         &wrapper,
     );
     // The store's directory as the agent sees it: the tmpfs.
-    let inside = PathBuf::from(format!("/proc/{}/root{}", agent.child.id(), data_text));
+    let inside = as_seen_by(agent.child.id(), &data);
     assert!(
         inside.join("agent.redb").exists(),
         "the store is on the tmpfs"
@@ -913,15 +937,7 @@ fn a_full_disk_degrades_health_and_the_agent_resumes_by_itself_when_space_return
         assert_eq!(push(&mut acknowledged).0, 204);
     }
 
-    // Fill the file system to the last byte.
-    let filler_path = inside.join("filler");
-    let mut filler = std::fs::File::create(&filler_path).unwrap();
-    let block = vec![0xa5u8; 64 << 10];
-    while filler.write_all(&block).is_ok() {}
-    let mut small = [0u8; 512];
-    small.fill(0x5a);
-    while filler.write_all(&small[..1]).is_ok() {}
-    drop(filler);
+    let filler_path = fill(&inside);
 
     let refused = wait_until("a refused write", Duration::from_secs(30), || {
         let (status, body) = push(&mut acknowledged);

@@ -345,6 +345,47 @@ fn outpost_within(args: &[&str], limit: std::time::Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A store of the real host hour at `path`, imported with the real command; its bytes.
+fn imported_host_hour(path: &Path) -> Vec<u8> {
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/host/host-1h.prom.zst"
+    );
+    let out = outpost(
+        &["db", "import", "--db", path.to_str().unwrap(), data],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::read(path).unwrap()
+}
+
+/// Six damaged copies of a store, from `seed`: 200 random bytes flipped past the first 64 KiB,
+/// or (every third) a zeroed 4 KiB page.
+fn damaged_copies(bytes: &[u8], seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng as usize
+    };
+    (0..6)
+        .map(|case| {
+            let mut damaged = bytes.to_vec();
+            if case % 3 == 2 {
+                let page = 16 + next() % ((damaged.len() - 65_536) / 4096);
+                damaged[page * 4096..(page + 1) * 4096].fill(0);
+            } else {
+                for _ in 0..200 {
+                    let at = 65_536 + next() % (damaged.len() - 65_536);
+                    damaged[at] ^= 1 << (next() % 8);
+                }
+            }
+            damaged
+        })
+        .collect()
+}
+
 /// A real store damaged as flash wears out or a copy goes wrong: random bytes flipped past the
 /// first 64 KiB, or a zeroed 4 KiB page. Every command fails cleanly or reads what it can, and
 /// salvage copies what is readable into a store that opens.
@@ -352,35 +393,12 @@ fn outpost_within(args: &[&str], limit: std::time::Duration) -> Output {
 fn damaged_store_files_give_errors_not_panics_or_hangs() {
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine.redb");
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/host/host-1h.prom.zst"
-    );
-    let out = outpost(
-        &["db", "import", "--db", pristine.to_str().unwrap(), data],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let bytes = std::fs::read(&pristine).unwrap();
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let bytes = imported_host_hour(&pristine);
     let limit = std::time::Duration::from_secs(60);
-    for case in 0..6 {
-        let mut damaged = bytes.clone();
-        if case % 3 == 2 {
-            let page = 16 + (next() as usize % ((damaged.len() - 65_536) / 4096));
-            damaged[page * 4096..(page + 1) * 4096].fill(0);
-        } else {
-            for _ in 0..200 {
-                let at = 65_536 + next() as usize % (damaged.len() - 65_536);
-                damaged[at] ^= 1 << (next() % 8);
-            }
-        }
+    for (case, damaged) in damaged_copies(&bytes, 0x2545_f491_4f6c_dd1d)
+        .into_iter()
+        .enumerate()
+    {
         let path = dir.path().join(format!("damaged-{case}.redb"));
         std::fs::write(&path, &damaged).unwrap();
         let store = path.to_str().unwrap();
@@ -501,41 +519,18 @@ fn stats_into_a_closed_pipe_exits_quietly() {
 fn an_agent_on_a_damaged_store_fails_cleanly_or_serves_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine.redb");
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/host/host-1h.prom.zst"
-    );
-    let out = outpost(
-        &["db", "import", "--db", pristine.to_str().unwrap(), data],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let bytes = std::fs::read(&pristine).unwrap();
+    let bytes = imported_host_hour(&pristine);
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
         "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n",
     )
     .unwrap();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     let limit = std::time::Duration::from_secs(30);
-    for case in 0..6 {
-        let mut damaged = bytes.clone();
-        if case % 3 == 2 {
-            let page = 16 + (next() as usize % ((damaged.len() - 65_536) / 4096));
-            damaged[page * 4096..(page + 1) * 4096].fill(0);
-        } else {
-            for _ in 0..200 {
-                let at = 65_536 + next() as usize % (damaged.len() - 65_536);
-                damaged[at] ^= 1 << (next() % 8);
-            }
-        }
+    for (case, damaged) in damaged_copies(&bytes, 0x9e37_79b9_7f4a_7c15)
+        .into_iter()
+        .enumerate()
+    {
         let store = dir.path().join(format!("agent-{case}.redb"));
         std::fs::write(&store, &damaged).unwrap();
         let log_path = dir.path().join(format!("agent-{case}.log"));

@@ -2,7 +2,6 @@
 //! (acks lost, batches resent and discarded as duplicates), a hub killed with SIGKILL in the
 //! middle of ingest; at the end the hub holds exactly what the agent holds.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1316,18 +1315,8 @@ fn a_full_disk_at_the_hub_is_the_hubs_fault_and_it_resumes_by_itself() {
     let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let data_text = data.to_str().unwrap().to_string();
-    let mount = "mount -t tmpfs -o size=16m tmpfs \"$0\" && exec \"$@\"";
-    let wrapper = [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        mount,
-        &data_text,
-    ];
+    let wrapper = crate::agent::tmpfs_wrapper(&data, "16m");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let hub = Hub::start_wrapped(
         dir.path(),
         (http_port, mqtt_port),
@@ -1336,7 +1325,7 @@ fn a_full_disk_at_the_hub_is_the_hubs_fault_and_it_resumes_by_itself() {
         &data.join("hub.redb"),
         &wrapper,
     );
-    let inside = PathBuf::from(format!("/proc/{}/root{}", hub.child.id(), data_text));
+    let inside = crate::agent::as_seen_by(hub.child.id(), &data);
     assert!(
         inside.join("hub.redb").exists(),
         "the hub's store is on the tmpfs"
@@ -1346,12 +1335,7 @@ fn a_full_disk_at_the_hub_is_the_hubs_fault_and_it_resumes_by_itself() {
         (hub.devices()[0]["batches"].as_u64()? > 0).then_some(())
     });
 
-    let filler_path = inside.join("filler");
-    let mut filler = std::fs::File::create(&filler_path).unwrap();
-    let block = vec![0xa5u8; 64 << 10];
-    while filler.write_all(&block).is_ok() {}
-    while filler.write_all(&[0x5a]).is_ok() {}
-    drop(filler);
+    let filler_path = crate::agent::fill(&inside);
     let hub_metric = |name: &str| {
         let (status, body) = http(http_port, "GET", "/metrics", "");
         assert_eq!(status, 200);

@@ -232,10 +232,11 @@ impl Auth {
     /// attempt is refused without checking the password until the wait is over. Blocking: an
     /// argon2 verification takes milliseconds.
     pub fn login(&self, name: &str, password: &str, from: Option<std::net::IpAddr>) -> Login {
+        // The name as its hash: a record's size must not be the caller's to choose.
         let keys: Vec<String> = from
             .map(|address| format!("address:{address}"))
             .into_iter()
-            .chain(std::iter::once(format!("user:{name}")))
+            .chain(std::iter::once(format!("user:{}", sha256_hex(name))))
             .collect();
         let now = Instant::now();
         {

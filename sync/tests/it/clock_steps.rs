@@ -51,26 +51,8 @@ fn agent_options() -> Options {
 
 impl Device {
     fn start(true_ms: i64, offset_ms: i64) -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
         let key = DeviceKey::new(vec![9; 32]).unwrap();
-        let (wall, uptime) = clocks(true_ms, offset_ms);
-        let watch = ClockWatch::open(&store, "boot-1", wall, uptime).unwrap();
-        let outbox = Outbox::open(
-            &store,
-            "dev",
-            key.clone(),
-            "boot-1",
-            OutboxOptions::default(),
-        )
-        .unwrap();
-        Device {
-            dir,
-            store,
-            watch,
-            outbox,
-            key,
-        }
+        Device::open(tempfile::tempdir().unwrap(), key, true_ms, offset_ms)
     }
 
     /// The agent stops and starts again (same boot), its clock now `offset_ms` off.
@@ -79,17 +61,17 @@ impl Device {
             dir, store, key, ..
         } = self;
         store.close().unwrap();
+        Device::open(dir, key, true_ms, offset_ms)
+    }
+
+    /// The agent's start: its store, its record of the clock (which finds a step made while it
+    /// was stopped) and a new outbox epoch.
+    fn open(dir: tempfile::TempDir, key: DeviceKey, true_ms: i64, offset_ms: i64) -> Device {
         let store = Store::open(dir.path().join("agent.redb"), agent_options()).unwrap();
         let (wall, uptime) = clocks(true_ms, offset_ms);
         let watch = ClockWatch::open(&store, "boot-1", wall, uptime).unwrap();
-        let outbox = Outbox::open(
-            &store,
-            "dev",
-            key.clone(),
-            "boot-1",
-            OutboxOptions::default(),
-        )
-        .unwrap();
+        let options = OutboxOptions::default();
+        let outbox = Outbox::open(&store, "dev", key.clone(), "boot-1", options).unwrap();
         Device {
             dir,
             store,
