@@ -40,9 +40,6 @@ pub struct FleetAlerts {
     /// Firing and resolved transitions from the devices' events topics, oldest first, with the
     /// sequence number each is stored under. Events are sent once, so this is kept in the store.
     history: VecDeque<(u64, Value)>,
-    /// Devices whose alert messages have come signed: from then on an unsigned one is refused.
-    /// (Agents from before alerts were signed send them unsigned.)
-    signing: std::collections::BTreeSet<String>,
 }
 
 impl FleetAlerts {
@@ -68,20 +65,20 @@ impl FleetAlerts {
     }
 
     /// Takes one alert message of `device` (the topic says whose): verified with the device's
-    /// key when it carries a mac (and refused unsigned once the device has signed one), a
-    /// retained state older than the one shown refused as a replay, and at most
-    /// [`INSTANCES_PER_DEVICE`] shown per device.
+    /// key when it carries a mac (and refused unsigned if `signs`: once the device has signed
+    /// one), a retained state older than the one shown refused as a replay, and at most
+    /// [`INSTANCES_PER_DEVICE`] shown per device. Returns what came of it and whether it was
+    /// signed.
     fn admit(
         &mut self,
-        device: &str,
-        device_key: &outpost_sync::DeviceKey,
+        (device, device_key, signs): (&str, &outpost_sync::DeviceKey, bool),
         suffix: &str,
         payload: &[u8],
-    ) -> Result<Admitted, &'static str> {
+    ) -> Result<(Admitted, bool), &'static str> {
         let key = (device.to_string(), suffix.to_string());
         if payload.is_empty() {
             self.current.remove(&key);
-            return Ok(Admitted::Cleared);
+            return Ok((Admitted::Cleared, false));
         }
         let text = (payload.len() <= MAX_ALERT_PAYLOAD)
             .then(|| std::str::from_utf8(payload).ok())
@@ -94,11 +91,8 @@ impl FleetAlerts {
             .filter(Value::is_object)
             .ok_or("an alert message that is not a JSON object")?;
         // Unsigned is an agent from before alerts were signed: taken until the device signs.
-        if !signed && (alert.get("mac").is_some() || self.signing.contains(device)) {
+        if !signed && (alert.get("mac").is_some() || signs) {
             return Err("an alert message whose signature does not verify");
-        }
-        if signed {
-            self.signing.insert(device.to_string());
         }
         alert["signed"] = signed.into();
         // The topic, which the broker ties to the device's login, says whose it is.
@@ -107,11 +101,12 @@ impl FleetAlerts {
         if suffix == "events" {
             let state = alert["state"].as_str().unwrap_or_default();
             if state != "firing" && state != "resolved" {
-                return Ok(Admitted::Ignored);
+                return Ok((Admitted::Ignored, signed));
             }
-            return Ok(self
+            let admitted = self
                 .record_event(alert)
-                .map_or(Admitted::Ignored, Admitted::Event));
+                .map_or(Admitted::Ignored, Admitted::Event);
+            return Ok((admitted, signed));
         }
         if let Some(shown) = self.current.get(&key) {
             if shown["event_seq"].as_u64() > alert["event_seq"].as_u64() {
@@ -127,7 +122,7 @@ impl FleetAlerts {
             }
         }
         self.current.insert(key, alert);
-        Ok(Admitted::Shown)
+        Ok((Admitted::Shown, signed))
     }
 
     /// Adds a device's transition to the history unless it is a resend of one already there;
@@ -229,20 +224,28 @@ impl HubFleet {
             );
             return;
         };
-        let mut alerts = self.alerts.lock().expect("alerts lock");
-        match alerts.admit(device, &device_key, suffix, payload) {
-            Ok(Admitted::Shown | Admitted::Cleared | Admitted::Ignored) => {}
-            Ok(Admitted::Event(write)) => {
-                // Kept in memory all the same: the page shows it even if the write fails.
-                super::write_in_background(&self.store, write, "an alert event");
+        let signs = self
+            .registry
+            .lock()
+            .expect("registry lock")
+            .signs_alerts(device);
+        let admitted = (self.alerts.lock().expect("alerts lock")).admit(
+            (device, &device_key, signs),
+            suffix,
+            payload,
+        );
+        let mut registry = self.registry.lock().expect("registry lock");
+        match admitted {
+            Ok((admitted, signed)) => {
+                if signed {
+                    registry.mark_signs_alerts(device);
+                }
+                if let Admitted::Event(write) = admitted {
+                    // Kept in memory all the same: the page shows it even if the write fails.
+                    super::write_in_background(&self.store, write, "an alert event");
+                }
             }
-            Err(reason) => {
-                drop(alerts);
-                self.registry
-                    .lock()
-                    .expect("registry lock")
-                    .rejected(device, reason, true);
-            }
+            Err(reason) => registry.rejected(device, reason, true),
         }
     }
 
@@ -474,6 +477,7 @@ impl outpost_web::Fleet for HubFleet {
 #[allow(clippy::disallowed_methods)] // tests, not on an async thread
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn alert_topics_are_recognised() {
@@ -490,6 +494,24 @@ mod tests {
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/alerts/"), None);
     }
 
+    /// What the hub does around `admit`: remembers which devices have signed (the registry's
+    /// `signs_alerts`).
+    fn admit(
+        alerts: &mut FleetAlerts,
+        signing: &mut BTreeSet<String>,
+        device: &str,
+        key: &outpost_sync::DeviceKey,
+        suffix: &str,
+        payload: &[u8],
+    ) -> Result<Admitted, &'static str> {
+        let (admitted, signed) =
+            alerts.admit((device, key, signing.contains(device)), suffix, payload)?;
+        if signed {
+            signing.insert(device.to_string());
+        }
+        Ok(admitted)
+    }
+
     #[test]
     fn alert_messages_are_verified_and_replays_refused() {
         let key = outpost_sync::DeviceKey::new(vec![3; 32]).unwrap();
@@ -501,24 +523,63 @@ mod tests {
             outpost_sync::sign_json(&state(seq), key).into_bytes()
         };
         let mut alerts = FleetAlerts::default();
+        let mut signing = BTreeSet::new();
         let topic = "disk_full/_";
         // Before the device has signed anything, an unsigned state is taken (an older agent).
         assert!(matches!(
-            alerts.admit("b", &key, topic, state(1).as_bytes()),
+            admit(
+                &mut alerts,
+                &mut signing,
+                "b",
+                &key,
+                topic,
+                state(1).as_bytes()
+            ),
             Ok(Admitted::Shown)
         ));
         assert_eq!(alerts.current[&("b".into(), topic.into())]["signed"], false);
         assert!(matches!(
-            alerts.admit("b", &key, topic, &signed(2, &key)),
+            admit(
+                &mut alerts,
+                &mut signing,
+                "b",
+                &key,
+                topic,
+                &signed(2, &key)
+            ),
             Ok(Admitted::Shown)
         ));
         let shown = &alerts.current[&("b".into(), topic.into())];
         assert_eq!(shown["signed"], true);
         assert!(shown.get("mac").is_none(), "the mac is not shown");
         // From then on: unsigned, signed with another key, or an older state are refused.
-        assert!(alerts.admit("b", &key, topic, state(3).as_bytes()).is_err());
-        assert!(alerts.admit("b", &key, topic, &signed(3, &other)).is_err());
-        assert!(alerts.admit("b", &key, topic, &signed(1, &key)).is_err());
+        assert!(admit(
+            &mut alerts,
+            &mut signing,
+            "b",
+            &key,
+            topic,
+            state(3).as_bytes()
+        )
+        .is_err());
+        assert!(admit(
+            &mut alerts,
+            &mut signing,
+            "b",
+            &key,
+            topic,
+            &signed(3, &other)
+        )
+        .is_err());
+        assert!(admit(
+            &mut alerts,
+            &mut signing,
+            "b",
+            &key,
+            topic,
+            &signed(1, &key)
+        )
+        .is_err());
         assert_eq!(alerts.current[&("b".into(), topic.into())]["event_seq"], 2);
         // A forged event with the device's next number does not take the real one's place.
         let event = |seq: u64, key: &outpost_sync::DeviceKey| {
@@ -528,22 +589,38 @@ mod tests {
             )
             .into_bytes()
         };
-        assert!(alerts
-            .admit("b", &key, "events", &event(5, &other))
-            .is_err());
+        assert!(admit(
+            &mut alerts,
+            &mut signing,
+            "b",
+            &key,
+            "events",
+            &event(5, &other)
+        )
+        .is_err());
         assert!(matches!(
-            alerts.admit("b", &key, "events", &event(5, &key)),
+            admit(
+                &mut alerts,
+                &mut signing,
+                "b",
+                &key,
+                "events",
+                &event(5, &key)
+            ),
             Ok(Admitted::Event(_))
         ));
         // An older agent's unsigned alert whose text happens to say "mac" is still taken.
         let old = br#"{"rule":"r","state":"firing","event_seq":1,"summary":"mac"}"#;
         assert!(matches!(
-            alerts.admit("old", &key, topic, old),
+            admit(&mut alerts, &mut signing, "old", &key, topic, old),
             Ok(Admitted::Shown)
         ));
         // Garbage of any kind is an error, never a panic.
         for bytes in [&b"\xff\xfe"[..], b"[1,2]", b"{", b"{\"mac\":\"00\"}"] {
-            assert!(alerts.admit("c", &key, topic, bytes).is_err(), "{bytes:?}");
+            assert!(
+                admit(&mut alerts, &mut signing, "c", &key, topic, bytes).is_err(),
+                "{bytes:?}"
+            );
         }
     }
 
@@ -561,7 +638,7 @@ mod tests {
                 _ => payload,
             };
             let suffix = if events { "events" } else { "r/_" };
-            let _ = FleetAlerts::default().admit("d", &key, suffix, &payload);
+            let _ = FleetAlerts::default().admit(("d", &key, sign), suffix, &payload);
         }
     }
 

@@ -224,21 +224,38 @@ pub fn check(rights: &Rights, kind: u8, flags: u8, body: &[u8]) -> Result<(), Re
     Ok(())
 }
 
-/// Connections served at once, as many as the broker takes: the rest wait in the listen
-/// queue, so that idle sockets cannot exhaust the hub.
-const MAX_CONNECTIONS: usize = 10_000;
-/// How long a new connection may take to send its CONNECT, as rumqttd allows.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// What one client, and all of them together, may take of the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once: the rest wait in the listen queue, so that idle sockets
+    /// cannot exhaust the hub.
+    pub connections: usize,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: std::time::Duration,
+    /// The largest packet, in bytes of its body.
+    pub max_packet: usize,
+}
+
+impl Limits {
+    /// As many connections as the broker takes, and as long for the CONNECT as rumqttd allows.
+    pub fn embedded(max_packet: usize) -> Limits {
+        Limits {
+            connections: 10_000,
+            connect_timeout: std::time::Duration::from_secs(10),
+            max_packet,
+        }
+    }
+}
 
 /// Serves the gate on `listener`, passing allowed traffic to the broker at `broker`.
 pub async fn serve(
     listener: TcpListener,
     broker: SocketAddr,
     rights_of: Arc<dyn Fn(&str) -> Rights + Send + Sync>,
-    max_packet: usize,
+    limits: Limits,
     refusals: Arc<Refusals>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -249,7 +266,7 @@ pub async fn serve(
         let (rights_of, refusals) = (rights_of.clone(), refusals.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(error) = pass(client, broker, &*rights_of, max_packet, &refusals).await {
+            if let Err(error) = pass(client, broker, &*rights_of, limits, &refusals).await {
                 tracing::debug!(%peer, "MQTT connection ended: {error}");
             }
         });
@@ -289,15 +306,16 @@ async fn pass(
     client: TcpStream,
     broker: SocketAddr,
     rights_of: &(dyn Fn(&str) -> Rights + Send + Sync),
-    max_packet: usize,
+    limits: Limits,
     refusals: &Refusals,
 ) -> std::io::Result<()> {
+    let max_packet = limits.max_packet;
     let (mut from_client, mut to_client) = client.into_split();
     let mut buffer = Vec::new();
     let first = read_packet(&mut from_client, &mut buffer, max_packet);
-    let Some((kind, _, header, length)) = tokio::time::timeout(CONNECT_TIMEOUT, first)
+    let Some((kind, _, header, length)) = tokio::time::timeout(limits.connect_timeout, first)
         .await
-        .map_err(|_| std::io::Error::other("no CONNECT within 10 s"))??
+        .map_err(|_| std::io::Error::other("no CONNECT in time"))??
     else {
         return Ok(());
     };
@@ -481,5 +499,80 @@ mod tests {
             let _ = parse_connect(&bytes);
             let _ = fixed_header(&bytes);
         }
+    }
+
+    /// A whole CONNECT packet, fixed header and all.
+    fn framed_connect(login: &str) -> Vec<u8> {
+        let body = connect_packet(Some(login), None);
+        let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    /// The gate in front of a stand-in broker that only counts the connections reaching it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_are_capped_and_slow_or_huge_ones_closed() {
+        use std::time::{Duration, Instant};
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let broker = upstream.local_addr().unwrap();
+        let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = upstream.accept().await {
+                let _ = reached_tx.send(socket);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 2,
+            connect_timeout: Duration::from_millis(300),
+            max_packet: 1024,
+        };
+        tokio::spawn(serve(
+            listener,
+            broker,
+            Arc::new(|login: &str| rights(login, "hub", "default")),
+            limits,
+            Arc::new(Refusals::default()),
+        ));
+        let closed_within = |mut socket: TcpStream, limit: Duration| async move {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(limit, socket.read(&mut byte)).await;
+            matches!(read, Ok(Ok(0) | Err(_)))
+        };
+
+        // A connection that says nothing is closed after the CONNECT timeout, not before.
+        let started = Instant::now();
+        let silent = TcpStream::connect(gate).await.unwrap();
+        assert!(closed_within(silent, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // One that announces a packet over the limit is closed at once, before it is read.
+        let mut huge = TcpStream::connect(gate).await.unwrap();
+        huge.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f])
+            .await
+            .unwrap();
+        assert!(closed_within(huge, Duration::from_secs(1)).await);
+
+        // Two connections take both places; a third waits until one of them leaves.
+        let mut first = TcpStream::connect(gate).await.unwrap();
+        first.write_all(&framed_connect("dev-a")).await.unwrap();
+        let _first_upstream = reached.recv().await.unwrap();
+        let mut second = TcpStream::connect(gate).await.unwrap();
+        second.write_all(&framed_connect("dev-b")).await.unwrap();
+        let _second_upstream = reached.recv().await.unwrap();
+        let mut third = TcpStream::connect(gate).await.unwrap();
+        third.write_all(&framed_connect("dev-c")).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), reached.recv())
+                .await
+                .is_err(),
+            "a third connection was let through"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), reached.recv())
+            .await
+            .expect("the third connection is served once a place is free")
+            .unwrap();
     }
 }

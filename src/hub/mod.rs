@@ -459,11 +459,17 @@ async fn daemon(config: HubConfig) -> Result<()> {
                             }
                             match outpost_sync::verify_json(&text, &key) {
                                 Ok(json) => {
-                                    registry.lock().expect("registry lock").retained(device, kind, &json);
-                                    let online = serde_json::from_str::<serde_json::Value>(&json)
-                                        .is_ok_and(|v| v["state"] == "online");
-                                    if kind == Kind::Status && online {
-                                        hub_fleet.resend_commands(device);
+                                    let taken = registry.lock().expect("registry lock").retained(device, kind, &json);
+                                    match taken {
+                                        Ok(true) => {
+                                            let online = serde_json::from_str::<serde_json::Value>(&json)
+                                                .is_ok_and(|v| v["state"] == "online");
+                                            if kind == Kind::Status && online {
+                                                hub_fleet.resend_commands(device);
+                                            }
+                                        }
+                                        Ok(false) => {}
+                                        Err(reason) => registry.lock().expect("registry lock").rejected(device, reason, true),
                                     }
                                 }
                                 Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string(), true),
@@ -622,6 +628,8 @@ fn start_broker(
     let fleet = config.hub.fleet.clone();
     let rights_of: Arc<dyn Fn(&str) -> gate::Rights + Send + Sync> =
         Arc::new(move |login: &str| {
+            // A reader added while the hub runs is known from its first connection.
+            devices_for_gate.reload_if_changed();
             if devices_for_gate.get().reader.contains_key(login) {
                 gate::Rights::Reader {
                     fleet: format!("outpost/v1/{fleet}/"),
@@ -634,7 +642,7 @@ fn start_broker(
         public,
         internal,
         rights_of,
-        max_packet.saturating_add(16 << 10),
+        gate::Limits::embedded(max_packet.saturating_add(16 << 10)),
         refusals.clone(),
     ));
     Ok(internal)

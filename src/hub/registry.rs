@@ -45,6 +45,18 @@ pub struct DeviceRecord {
     /// When its last batch came.
     #[serde(default)]
     pub last_data_ms: Option<i64>,
+    /// The boot and number of its last status taken, so that an older one is refused.
+    #[serde(default)]
+    pub status_order: outpost_sync::StatusOrder,
+    /// Statuses refused as older than one taken: a last will that came late, or an old
+    /// status published again. Not counted as rejected: a flaky link makes them too.
+    #[serde(default)]
+    pub stale_statuses: u64,
+    /// Its alert messages have come signed: from then on an unsigned one is refused. (Agents
+    /// from before alerts were signed send them unsigned.) Kept here so that a restart of the
+    /// hub does not forget it.
+    #[serde(default)]
+    pub signs_alerts: bool,
 }
 
 #[derive(Debug, Default)]
@@ -163,17 +175,59 @@ impl Registry {
         }
     }
 
-    pub fn retained(&mut self, device: &str, kind: Kind, json: &str) {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-            return;
-        };
-        let record = self.record(device);
-        match kind {
-            Kind::Status => {
-                record.status = value["state"].as_str().map(str::to_string);
+    /// A verified `status` or `meta` message of `device`. A status is taken only if it is
+    /// newer than the last one taken ([`outpost_sync::StatusOrder`]); an older one is counted
+    /// in `stale_statuses`. Returns whether it was taken, or why it is malformed.
+    pub fn retained(&mut self, device: &str, kind: Kind, json: &str) -> Result<bool, &'static str> {
+        let value = serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|_| "a status or meta message that is not JSON")?;
+        if kind != Kind::Status {
+            self.record(device).meta = Some(value);
+            return Ok(true);
+        }
+        let status = serde_json::from_value::<outpost_sync::Status>(value)
+            .map_err(|_| "a status message without the status fields")?;
+        // Judged before the record is touched: a refused status does not make the device look
+        // alive.
+        let mut order = self
+            .devices
+            .get(device)
+            .map(|record| record.status_order.clone())
+            .unwrap_or_default();
+        match order.admit(&status) {
+            outpost_sync::StatusVerdict::Take => {
+                let record = self.record(device);
+                record.status_order = order;
+                record.status = Some(
+                    match status.state {
+                        outpost_sync::State::Online => "online",
+                        outpost_sync::State::Offline => "offline",
+                    }
+                    .to_string(),
+                );
                 record.status_ms = Some(outpost::timearg::now_ms());
+                Ok(true)
             }
-            _ => record.meta = Some(value),
+            outpost_sync::StatusVerdict::Again => Ok(false),
+            outpost_sync::StatusVerdict::Replay(reason) => {
+                tracing::debug!(device, reason, "a status refused");
+                if let Some(record) = self.devices.get_mut(device) {
+                    record.stale_statuses += 1;
+                    self.changed = true;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn signs_alerts(&self, device: &str) -> bool {
+        self.devices.get(device).is_some_and(|r| r.signs_alerts)
+    }
+
+    /// `device` has sent a signed alert message.
+    pub fn mark_signs_alerts(&mut self, device: &str) {
+        if !self.signs_alerts(device) {
+            self.record(device).signs_alerts = true;
         }
     }
 
@@ -237,6 +291,10 @@ impl Registry {
                 .iter()
                 .map(|(name, record)| {
                     let mut value = serde_json::to_value(record).expect("records serialize");
+                    if let Some(fields) = value.as_object_mut() {
+                        // Bookkeeping for replays, not for people.
+                        fields.remove("status_order");
+                    }
                     value["device"] = name.clone().into();
                     value["state"] = self.state(record, now, offline_after).into();
                     value
@@ -302,7 +360,7 @@ impl Registry {
         text
     }
 
-    fn families() -> [Family; 8] {
+    fn families() -> [Family; 9] {
         [
             (
                 "outpost_hub_device_online",
@@ -333,6 +391,12 @@ impl Registry {
                 "counter",
                 "Messages from the device that were rejected.",
                 |r| Some(r.rejected as f64),
+            ),
+            (
+                "outpost_hub_stale_statuses_total",
+                "counter",
+                "Status messages refused as older than one already taken (a late last will, or a replay).",
+                |r| Some(r.stale_statuses as f64),
             ),
             (
                 "outpost_hub_sync_lag_seconds",
@@ -381,5 +445,42 @@ mod tests {
         // A batch after the status: the device is there.
         registry.record("dev-b").last_data_ms = Some(11_000);
         assert_eq!(state(&registry), "online");
+    }
+
+    /// What keeps old messages out must outlive a restart of the hub: the status order and
+    /// whether the device signs its alerts come back from the store.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replay_protection_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let store =
+            std::sync::Arc::new(Store::open(&path, outpost_storage::Options::default()).unwrap());
+        let status = |seq: u64| {
+            format!(
+                r#"{{"device":"d","state":"online","boot_id":"b","agent_version":"0","protocol":2,"at_ms":0,"seq":{seq}}}"#
+            )
+        };
+        let mut registry = Registry::default();
+        assert_eq!(registry.retained("d", Kind::Status, &status(10)), Ok(true));
+        registry.mark_signs_alerts("d");
+        registry.persist_if_changed(&store);
+        let mut tries = 0;
+        let mut loaded = loop {
+            let loaded = Registry::load(&store);
+            if loaded.signs_alerts("d") {
+                break loaded;
+            }
+            tries += 1;
+            assert!(tries < 100_000, "the registry was never stored");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(loaded.retained("d", Kind::Status, &status(8)), Ok(false));
+        assert_eq!(loaded.devices["d"].stale_statuses, 1);
+        assert_eq!(loaded.devices["d"].status.as_deref(), Some("online"));
+        assert_eq!(loaded.retained("d", Kind::Status, &status(12)), Ok(true));
+        // A signed message without a status's fields is malformed, not stale.
+        assert!(loaded
+            .retained("d", Kind::Status, r#"{"state":"offline"}"#)
+            .is_err());
     }
 }

@@ -52,7 +52,7 @@ pub use message::{
     ClockStep, Command, DeviceKey, Direction, Limits, LiveSamples, MatchOp, Matcher, SeriesDef,
     Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
-pub use retained::{Meta, State, Status};
+pub use retained::{Meta, State, Status, StatusOrder, StatusVerdict};
 
 /// Entry points for the fuzz targets in `sync/fuzz` and the tests that replay their corpus.
 #[doc(hidden)]

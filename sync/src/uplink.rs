@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_storage::{StateTable, Store, WriteBatch};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 
 use crate::message::{Ack, Command, DeviceKey, PROTOCOL_VERSION};
 use crate::outbox::{AckOutcome, Outbox, OutboxOptions};
@@ -158,8 +158,9 @@ pub struct UplinkState {
     pub commands: Vec<Command>,
 }
 
-fn status(config: &UplinkConfig, state: State, now_ms: i64) -> Vec<u8> {
+fn status(config: &UplinkConfig, state: State, now_ms: i64, connection: u64) -> Vec<u8> {
     let status = Status {
+        seq: Some(Status::seq_of(connection, state)),
         device: config.topics.device.clone(),
         state,
         boot_id: config.boot_id.clone(),
@@ -169,6 +170,53 @@ fn status(config: &UplinkConfig, state: State, now_ms: i64) -> Vec<u8> {
     };
     let json = serde_json::to_string(&status).expect("status serializes");
     crate::sign_json(&json, &config.key).into_bytes()
+}
+
+/// One event of the MQTT connection, with the number of the connection it belongs to.
+type Polled = (u64, Result<Event, rumqttc::ConnectionError>);
+
+/// Aborts the task when dropped, on every way out of [`run`].
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls the MQTT event loop in a task of its own and hands its events over with the number of
+/// their connection. `EventLoop::poll` must not be cancelled while it connects: a dropped
+/// attempt leaves the broker a session whose last will (`offline`) fires, and the uplink's loop
+/// selects over many things. After a failure the next try waits for the backoff here, without
+/// holding up the uplink (which must watch the clock every second while the hub is away), and
+/// gets a later number and its own last will, so that the hub takes its statuses.
+fn spawn_event_loop(
+    mut events: EventLoop,
+    mut connection: u64,
+    last_will: impl Fn(u64) -> LastWill + Send + 'static,
+    uptime: UptimeClock,
+) -> (tokio::sync::mpsc::Receiver<Polled>, AbortOnDrop) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let event = events.poll().await;
+            let failed = event.is_err();
+            if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+                backoff = Duration::from_millis(500);
+            }
+            if sender.send((connection, event)).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                connection = uptime().max(connection + 1);
+                events.mqtt_options.set_last_will(last_will(connection));
+            }
+        }
+    });
+    (receiver, AbortOnDrop(task))
 }
 
 /// Milliseconds since the Unix epoch by the wall clock: the binary passes its clock in, so that
@@ -210,26 +258,33 @@ pub async fn run(
     if !config.username.is_empty() {
         options.set_credentials(config.username.clone(), config.password.clone());
     }
-    options.set_last_will(LastWill::new(
-        config.topics.topic(Kind::Status),
-        status(&config, State::Offline, wall()),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    // Each connection gets its number (crate::retained::Status::seq) and its own last will.
+    let mut connection = uptime();
+    let last_will = {
+        let config = config.clone();
+        move |connection: u64| {
+            LastWill::new(
+                config.topics.topic(Kind::Status),
+                status(&config, State::Offline, wall(), connection),
+                QoS::AtLeastOnce,
+                true,
+            )
+        }
+    };
+    options.set_last_will(last_will(connection));
     if let Some(tls) = &config.tls {
         options.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(
             tls.clone(),
         )));
     }
-    let (client, mut events) = AsyncClient::new(options, 64);
+    let (client, events) = AsyncClient::new(options, 64);
+    let (mut polled, _event_loop) = spawn_event_loop(events, connection, last_will, uptime);
     let ack_topic = config.topics.topic(Kind::Ack);
     let cmd_topic = config.topics.topic(Kind::Cmd);
     let batch_topic = config.topics.topic(Kind::Batch);
     let mut ticker = tokio::time::interval(config.batch_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected = false;
-    let mut backoff = Duration::from_millis(500);
-    let mut reconnect_at = tokio::time::Instant::now();
     // The bandwidth cap as a budget that refills every second, up to one second's worth.
     let mut allowance: f64 = config.bandwidth.map_or(f64::INFINITY, |b| b as f64);
     let mut refilled = Instant::now();
@@ -317,7 +372,7 @@ pub async fn run(
             }
             _ = shutdown.changed() => {
                 if connected {
-                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Offline, wall()));
+                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Offline, wall(), connection));
                     let _ = client.try_disconnect();
                     // Let the event loop flush the offline status and the disconnect.
                     let deadline = tokio::time::sleep(Duration::from_secs(2));
@@ -325,23 +380,24 @@ pub async fn run(
                     loop {
                         tokio::select! {
                             _ = &mut deadline => break,
-                            event = events.poll() => if event.is_err() { break },
+                            event = polled.recv() => if !matches!(event, Some((_, Ok(_)))) { break },
                         }
                     }
                 }
                 return Ok(());
             }
-            // After a failed connection the next try waits for the backoff, without blocking
-            // the loop: the clock must still be watched every second while the hub is away.
-            () = tokio::time::sleep_until(reconnect_at), if !connected && tokio::time::Instant::now() < reconnect_at => {}
-            event = events.poll(), if connected || tokio::time::Instant::now() >= reconnect_at => match event {
+            polled_event = polled.recv() => {
+            // The task ends only with a panic in the MQTT client; the agent's supervisor
+            // restarts the uplink on a panic.
+            let (number, event) = polled_event.expect("the MQTT event loop task ended");
+            match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    backoff = Duration::from_millis(500);
+                    connection = number;
                     tracing::info!(host = %config.host, port = config.port, "connected to the MQTT broker");
                     let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
                     let _ = client.try_subscribe(&cmd_topic, QoS::AtLeastOnce);
-                    publish(&client, &mut tracker, &config.topics.topic(Kind::Status), true, status(&config, State::Online, wall()));
+                    publish(&client, &mut tracker, &config.topics.topic(Kind::Status), true, status(&config, State::Online, wall(), connection));
                     let meta_json = serde_json::to_string(&meta).expect("meta serializes");
                     publish(&client, &mut tracker, &config.topics.topic(Kind::Meta), true, crate::sign_json(&meta_json, &config.key).into_bytes());
                     if let Some(mailbox) = &mailbox {
@@ -411,9 +467,8 @@ pub async fn run(
                         s.connected = false;
                         s.last_error = Some(text);
                     }
-                    reconnect_at = tokio::time::Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
+            }
             },
             _ = clock_ticker.tick() => {
                 clock.observe(&store, wall(), uptime())?;
