@@ -243,17 +243,28 @@ impl Registry {
     }
 
     pub fn rejected(&mut self, device: &str, reason: &str, enrolled: bool) {
+        // Names that are not enrolled share one line a minute: anyone may make up any number
+        // of them, and none may grow this map.
+        let log_key = if enrolled { device } else { "" };
         let log = self
             .last_logged
-            .get(device)
+            .get(log_key)
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
         if log {
-            tracing::warn!(
-                device,
-                reason,
-                "rejected a message (further ones this minute are only counted)"
-            );
-            self.last_logged.insert(device.to_string(), Instant::now());
+            if enrolled {
+                tracing::warn!(
+                    device,
+                    reason,
+                    "rejected a message (further ones this minute are only counted)"
+                );
+            } else {
+                tracing::warn!(
+                    device,
+                    reason,
+                    "rejected a message for a device that is not enrolled (further ones this minute, for any such name, are dropped)"
+                );
+            }
+            self.last_logged.insert(log_key.to_string(), Instant::now());
         }
         if enrolled {
             // A rejected message does not make the device look alive.
@@ -445,6 +456,60 @@ mod tests {
         // A batch after the status: the device is there.
         registry.record("dev-b").last_data_ms = Some(11_000);
         assert_eq!(state(&registry), "online");
+    }
+
+    proptest::proptest! {
+        /// Whatever a device's status and meta topics carry, signed or not, the hub's path for
+        /// them (verify, then judge): an answer, never a panic.
+        #[test]
+        fn any_status_or_meta_payload_is_taken_or_refused(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            sign in proptest::prelude::any::<bool>(),
+            meta in proptest::prelude::any::<bool>(),
+        ) {
+            let key = outpost_sync::DeviceKey::new(vec![3; 32]).unwrap();
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            let text = if sign { outpost_sync::sign_json(&text, &key) } else { text };
+            let mut registry = Registry::default();
+            if let Ok(json) = outpost_sync::verify_json(&text, &key) {
+                let kind = if meta { Kind::Meta } else { Kind::Status };
+                let _ = registry.retained("d", kind, &json);
+            }
+        }
+
+        /// Statuses with any numbers and boots in any order: never a panic, and the one taken
+        /// is the one shown.
+        #[test]
+        fn statuses_with_any_numbers_and_boots(
+            statuses in proptest::collection::vec(
+                (0..3u8, proptest::option::of(proptest::prelude::any::<u64>()), proptest::prelude::any::<bool>()),
+                0..30,
+            ),
+        ) {
+            let mut registry = Registry::default();
+            for (boot, seq, online) in statuses {
+                let seq = seq.map_or(String::new(), |seq| format!(r#","seq":{seq}"#));
+                let state = if online { "online" } else { "offline" };
+                let json = format!(
+                    r#"{{"device":"d","state":"{state}","boot_id":"b{boot}","agent_version":"0","protocol":2,"at_ms":0{seq}}}"#
+                );
+                if registry.retained("d", Kind::Status, &json) == Ok(true) {
+                    proptest::prop_assert_eq!(registry.devices["d"].status.as_deref(), Some(state));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn made_up_device_names_neither_grow_the_registry_nor_flood_the_log() {
+        let mut registry = Registry::default();
+        for i in 0..200 {
+            registry.rejected(&format!("made-up-{i}"), "unknown or revoked device", false);
+        }
+        assert!(registry.devices.is_empty());
+        assert_eq!(registry.last_logged.len(), 1);
+        registry.rejected("enrolled", "bad signature", true);
+        assert_eq!(registry.devices["enrolled"].rejected, 1);
     }
 
     /// What keeps old messages out must outlive a restart of the hub: the status order and

@@ -408,6 +408,46 @@ fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
     .encode(key, 3)
 }
 
+/// What an attacker's login and key try on a victim's topics: a batch, garbage, the victim's
+/// own batch with a changed byte, a command, a forged retained alert, an empty retained message
+/// (which would clear the victim's alert), a forged event, a status.
+fn attacks_on(
+    victim: &str,
+    attacker_key: &outpost_sync::DeviceKey,
+    victim_key: &outpost_sync::DeviceKey,
+) -> Vec<(String, Vec<u8>)> {
+    let (a_key, b_key) = (attacker_key, victim_key);
+    let b_topic = format!("outpost/v1/default/{victim}");
+    let mut tampered = forged_batch(victim, b_key);
+    tampered[20] ^= 1;
+    let command = outpost_sync::Command {
+        device: victim.into(),
+        id: 1,
+        issued_ms: 0,
+        expires_ms: i64::MAX,
+        action: outpost_sync::Action::Expire {
+            silence_id: "x".into(),
+        },
+    };
+    let forged_alert = br#"{"alertname":"disk_full","state":"firing","summary":"FORGED"}"#;
+    vec![
+        (format!("{b_topic}/batch"), forged_batch(victim, a_key)),
+        (format!("{b_topic}/batch"), b"\x00garbage".to_vec()),
+        (format!("{b_topic}/batch"), tampered),
+        (format!("{b_topic}/cmd"), command.encode(a_key)),
+        (
+            format!("{b_topic}/alerts/disk_full/_"),
+            forged_alert.to_vec(),
+        ),
+        (format!("{b_topic}/alerts/disk_full/_"), Vec::new()),
+        (format!("{b_topic}/alerts/events"), forged_alert.to_vec()),
+        (
+            format!("{b_topic}/status"),
+            b"{\"state\":\"offline\"}".to_vec(),
+        ),
+    ]
+}
+
 #[test]
 fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,33 +469,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     // B's alert), a replayed status. The broker's gate refuses every one: nothing reaches the
     // hub or B, and the refusals count against A, not B.
     let b_topic = "outpost/v1/default/dev-b";
-    let mut tampered = forged_batch("dev-b", &b_key);
-    tampered[20] ^= 1;
-    let command = outpost_sync::Command {
-        device: "dev-b".into(),
-        id: 1,
-        issued_ms: 0,
-        expires_ms: i64::MAX,
-        action: outpost_sync::Action::Expire {
-            silence_id: "x".into(),
-        },
-    };
-    let forged_alert = br#"{"alertname":"disk_full","state":"firing","summary":"FORGED"}"#;
-    let attacks: [(String, Vec<u8>); 7] = [
-        (format!("{b_topic}/batch"), forged_batch("dev-b", &a_key)),
-        (format!("{b_topic}/batch"), b"\x00garbage".to_vec()),
-        (format!("{b_topic}/batch"), tampered),
-        (format!("{b_topic}/cmd"), command.encode(&a_key)),
-        (
-            format!("{b_topic}/alerts/disk_full/_"),
-            forged_alert.to_vec(),
-        ),
-        (format!("{b_topic}/alerts/events"), forged_alert.to_vec()),
-        (
-            format!("{b_topic}/status"),
-            b"{\"state\":\"offline\"}".to_vec(),
-        ),
-    ];
+    let attacks = attacks_on("dev-b", &a_key, &b_key);
     for (topic, payload) in &attacks {
         assert!(
             !publish(mqtt_port, "dev-a", &a_password, topic, payload, dir.path()),
@@ -708,24 +722,64 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
         &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
     );
     run_agent_and_compare(dir.path(), http_port, &mqtt, |hub, agent| {
-        // Mosquitto's ACL drops A's publish on B's topic before the hub sees it.
-        let (a_password, a_key) = (password(dir.path(), "dev-a"), key(dir.path(), "dev-a"));
-        let forged = forged_batch("dev-b", &a_key);
-        publish(
+        // Mosquitto's ACL drops B's publishes on A's topics before the hub sees them (and
+        // answers them as if taken: MQTT 3.1.1 has no way to say no).
+        let (b_password, b_key) = (password(dir.path(), "dev-b"), key(dir.path(), "dev-b"));
+        for (topic, payload) in attacks_on("dev-a", &b_key, &key(dir.path(), "dev-a")) {
+            publish(
+                mqtt_port,
+                "dev-b",
+                &b_password,
+                &topic,
+                &payload,
+                dir.path(),
+            );
+        }
+        // A reader's login (`outpost-alerts` in the committed ACL) sees status and alert
+        // topics, and neither batches nor commands; what it publishes is dropped.
+        let reader = ("outpost-alerts", "alerts-secret");
+        let status = read_one(mqtt_port, reader, "outpost/v1/default/+/status");
+        assert!(status.contains("\"online\""), "{status}");
+        assert!(read_one(mqtt_port, reader, "outpost/v1/default/+/batch").is_empty());
+        publish_as(
             mqtt_port,
-            "dev-a",
-            &a_password,
-            "outpost/v1/default/dev-b/batch",
-            &forged,
+            (reader.0, reader.1, reader.0),
+            "outpost/v1/default/dev-a/alerts/disk_full/_",
+            br#"{"alertname":"disk_full","state":"firing","summary":"FORGED"}"#,
             dir.path(),
         );
-        std::thread::sleep(Duration::from_secs(1));
+        // A's own signed event, published after the attacks (by the unused second hub's
+        // login: A's own would take over A's session): once it is at the hub, the attacks would
+        // have been too.
+        let marker = outpost_sync::sign_json(
+            r#"{"alertname":"marker","state":"resolved","event_seq":0}"#,
+            &key(dir.path(), "dev-a"),
+        );
+        publish_as(
+            mqtt_port,
+            ("outpost-hub-2", "hub-2-secret", "outpost-hub-2"),
+            "outpost/v1/default/dev-a/alerts/events",
+            marker.as_bytes(),
+            dir.path(),
+        );
+        wait_until(
+            "the marker event at the hub",
+            Duration::from_secs(20),
+            || {
+                let (_, alerts) = http(http_port, "GET", "/api/alerts", "");
+                alerts.contains("marker").then_some(())
+            },
+        );
+        let (_, alerts) = http(http_port, "GET", "/api/alerts", "");
+        assert!(!alerts.contains("FORGED"), "{alerts}");
         let devices = hub.devices();
         assert!(
             device_record(&devices, "dev-b").is_none(),
             "nothing of dev-b reached the hub: {devices}"
         );
-        assert_eq!(device_record(&devices, "dev-a").unwrap()["rejected"], 0);
+        let a = device_record(&devices, "dev-a").unwrap();
+        assert_eq!(a["rejected"], 0, "{a}");
+        assert_eq!(a["state"], "online", "{a}");
         // B's login with A's client id: the broker uses B's login as the client id, so A's
         // session is not taken over.
         let connects = || metric_value(&agent.metrics(), "outpost_sync_connects_total");
