@@ -735,6 +735,11 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
                 dir.path(),
             );
         }
+        // Nor may B read A's topics: the retained status and meta would come at once.
+        assert_eq!(
+            read_one(mqtt_port, ("dev-b", &b_password), "outpost/v1/default/dev-a/#"),
+            ""
+        );
         // A reader's login (`outpost-alerts` in the committed ACL) sees status and alert
         // topics, and neither batches nor commands; what it publishes is dropped.
         let reader = ("outpost-alerts", "alerts-secret");
