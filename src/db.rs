@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use outpost_storage::text::{Importer, TimeWindow};
 use outpost_storage::{Aggregation, Selector, Store};
 
 use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
+
+use crate::results::{write_results, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
@@ -109,12 +111,6 @@ pub struct StoreArg {
     /// Path of the store file.
     #[arg(long = "db", env = "OUTPOST_DB", value_name = "PATH")]
     path: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Csv,
-    Json,
 }
 
 pub fn run(command: DbCommand) -> Result<ExitCode> {
@@ -286,32 +282,6 @@ fn import(path: &Path, input: &str, max_future_ms: i64) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a value so that it parses back to the identical f64: Rust's shortest round-trip form,
-/// Prometheus' spelling of infinities, and the bits of a NaN that is not the canonical one.
-pub fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        if value.to_bits() == f64::NAN.to_bits() {
-            "NaN".into()
-        } else {
-            format!("NaN(0x{:016x})", value.to_bits())
-        }
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{value:?}")
-    }
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
 fn query(
     path: &Path,
     selector: &str,
@@ -336,42 +306,6 @@ fn query(
     write_results(&mut out, &results, format)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes query results as `outpost db query` prints them (the agent's `/api/query` too).
-pub fn write_results(
-    out: &mut impl Write,
-    results: &[outpost_storage::SeriesPoints],
-    format: Format,
-) -> std::io::Result<()> {
-    match format {
-        Format::Csv => {
-            writeln!(out, "series,timestamp_ms,value")?;
-            for series in results {
-                let name = csv_field(&series.series.to_string());
-                for (ts, value) in &series.points {
-                    writeln!(out, "{name},{ts},{}", format_value(*value))?;
-                }
-            }
-        }
-        Format::Json => {
-            // Values are strings, as in Prometheus' API, because JSON has no NaN or infinity.
-            let json: Vec<serde_json::Value> = results
-                .iter()
-                .map(|series| {
-                    serde_json::json!({
-                        "series": series.series.to_string(),
-                        "points": series.points.iter()
-                            .map(|(ts, v)| serde_json::json!([ts, format_value(*v)]))
-                            .collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            serde_json::to_writer(&mut *out, &json)?;
-            writeln!(out)?;
-        }
-    }
-    Ok(())
 }
 
 fn print_report(report: &outpost_storage::CheckReport) -> ExitCode {
@@ -473,31 +407,4 @@ fn stats(path: &Path, json: bool, full: bool) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printed_values_parse_back_bit_exact() {
-        for value in [
-            0.1,
-            -0.0,
-            1e300,
-            5e-324,
-            111.11,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-        ] {
-            let text = format_value(value);
-            let back: f64 = text.parse().unwrap();
-            assert_eq!(back.to_bits(), value.to_bits(), "{text}");
-        }
-        assert_eq!(
-            format_value(f64::from_bits(0x7ff8_0000_0000_0001)),
-            "NaN(0x7ff8000000000001)"
-        );
-    }
 }

@@ -2,15 +2,20 @@
 //! fleet. This file holds the command line; each command lives in its own module.
 
 mod agent;
+mod alerting;
 mod collect;
+mod config_values;
 mod db;
 mod demo;
+mod http_client;
 mod hub;
 mod input;
 mod netaddr;
 mod repeat_limit;
+mod results;
 mod rules_cmd;
 mod sdnotify;
+mod supervise;
 mod sysinfo_ids;
 mod tegrastats_cmd;
 mod tls;

@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::alerting::config::AlertsSection;
+use crate::collect::host::HostSection;
+use crate::collect::probes::{ProbeCheck, ProbeConfig};
+use crate::config_values::{ByteSize, Interval, Toggle};
 
 /// The commented default config, printed by `outpost agent --print-default-config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/agent.toml");
@@ -121,31 +126,6 @@ impl Default for StoreSection {
             seal_interval: Interval::secs(900),
             max_head_samples: 300_000,
             cache: ByteSize(2 << 20),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostSection {
-    pub enabled: bool,
-    pub interval: Interval,
-    /// Process names (as in `ps -o comm`) whose CPU and memory are recorded.
-    pub processes: Vec<String>,
-    /// Mount points whose file systems are left out (pseudo file systems are always left out).
-    pub ignore_mounts: Vec<String>,
-    /// Network interfaces left out, by exact name.
-    pub ignore_interfaces: Vec<String>,
-}
-
-impl Default for HostSection {
-    fn default() -> Self {
-        HostSection {
-            enabled: true,
-            interval: Interval::secs(1),
-            processes: Vec::new(),
-            ignore_mounts: Vec::new(),
-            ignore_interfaces: vec!["lo".into()],
         }
     }
 }
@@ -300,178 +280,6 @@ impl Default for MqttSection {
     }
 }
 
-/// The offline alert engine (`crate::alert`) and its notification channels.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertsSection {
-    pub enabled: bool,
-    /// The rule pack built into the agent (`config/rules.toml`); a rule of the same name in
-    /// `rules` replaces the pack's.
-    pub default_rules: bool,
-    /// Rule files, and directories whose `*.toml` files are rule files.
-    pub rules: Vec<PathBuf>,
-    /// How often every rule is evaluated.
-    pub interval: Interval,
-    /// Notifications each channel may hold while it cannot deliver; then the oldest go, counted.
-    pub max_queued: usize,
-    pub webhook: Vec<WebhookConfig>,
-    pub exec: Vec<ExecConfig>,
-    pub email: Vec<EmailConfig>,
-    pub silence: Vec<SilenceConfig>,
-    pub maintenance: Vec<MaintenanceConfig>,
-}
-
-impl Default for AlertsSection {
-    fn default() -> Self {
-        AlertsSection {
-            enabled: true,
-            default_rules: true,
-            rules: Vec::new(),
-            interval: Interval::secs(1),
-            max_queued: 10_000,
-            webhook: Vec::new(),
-            exec: Vec::new(),
-            email: Vec::new(),
-            silence: Vec::new(),
-            maintenance: Vec::new(),
-        }
-    }
-}
-
-/// Which transitions a channel is told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotifyOn {
-    Firing,
-    Resolved,
-}
-
-fn default_notify_on() -> Vec<NotifyOn> {
-    vec![NotifyOn::Firing, NotifyOn::Resolved]
-}
-
-/// The body a webhook gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    /// The alert's JSON, as on the MQTT topics.
-    Json,
-    /// Slack incoming webhooks (`{"text": ...}`); Mattermost and Rocket.Chat take it too.
-    Slack,
-    /// Microsoft Teams incoming webhooks (a MessageCard).
-    Teams,
-    /// Discord webhooks (`{"content": ...}`).
-    Discord,
-    /// `template`, rendered with the alert's fields.
-    Template,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub name: String,
-    pub url: String,
-    #[serde(default = "default_webhook_format")]
-    pub format: WebhookFormat,
-    /// For `format = "template"`: the body, with `{{value}}`-style placeholders.
-    #[serde(default)]
-    pub template: String,
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// For an `https://` URL whose certificate no public CA signed: the CA that did.
-    #[serde(default)]
-    pub ca_file: PathBuf,
-    #[serde(default = "default_timeout")]
-    pub timeout: Interval,
-    #[serde(default = "default_notify_on")]
-    pub on: Vec<NotifyOn>,
-}
-
-fn default_webhook_format() -> WebhookFormat {
-    WebhookFormat::Json
-}
-
-/// A local command run for each notification (a recovery action), with the alert in
-/// `OUTPOST_ALERT_*` environment variables.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecConfig {
-    pub name: String,
-    /// The program and its arguments; no shell is involved.
-    pub command: Vec<String>,
-    #[serde(default = "default_exec_timeout")]
-    pub timeout: Interval,
-    #[serde(default = "default_firing_only")]
-    pub on: Vec<NotifyOn>,
-}
-
-fn default_exec_timeout() -> Interval {
-    Interval::secs(30)
-}
-
-fn default_firing_only() -> Vec<NotifyOn> {
-    vec![NotifyOn::Firing]
-}
-
-/// E-mail over SMTP: `smtps://host:465` (TLS from the start) or `smtp://host:587` (STARTTLS,
-/// required unless `insecure_plaintext`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    pub name: String,
-    pub server: String,
-    #[serde(default)]
-    pub username: String,
-    /// A file holding the SMTP password.
-    #[serde(default)]
-    pub password_file: PathBuf,
-    pub from: String,
-    pub to: Vec<String>,
-    /// Only for a relay on localhost or a test server: send without TLS.
-    #[serde(default)]
-    pub insecure_plaintext: bool,
-    /// The CA that signed the server's certificate, when it is not a public one.
-    #[serde(default)]
-    pub ca_file: PathBuf,
-    #[serde(default = "default_timeout")]
-    pub timeout: Interval,
-    #[serde(default = "default_notify_on")]
-    pub on: Vec<NotifyOn>,
-}
-
-/// A silence written in the config: from `starts` (default: always) to `ends`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SilenceConfig {
-    /// A selector over the alert's labels and `alertname`, e.g. `{alertname="disk_full"}`.
-    #[serde(rename = "match")]
-    pub matcher: String,
-    pub starts: Option<String>,
-    pub ends: String,
-    #[serde(default)]
-    pub comment: String,
-}
-
-/// A maintenance window: fixed (`starts`, `ends`) or weekly (`days`, `at`, `duration` in
-/// `timezone`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceConfig {
-    pub name: String,
-    /// Which alerts it covers; all of them when absent.
-    #[serde(rename = "match")]
-    pub matcher: Option<String>,
-    pub starts: Option<String>,
-    pub ends: Option<String>,
-    #[serde(default)]
-    pub days: Vec<String>,
-    /// Local time of day it opens, `HH:MM`.
-    pub at: Option<String>,
-    pub duration: Option<Interval>,
-    /// An IANA time zone name; UTC when absent.
-    pub timezone: Option<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScrapeConfig {
@@ -499,168 +307,6 @@ fn default_timeout() -> Interval {
 }
 fn default_scrape_series() -> usize {
     1000
-}
-fn default_probe_interval() -> Interval {
-    Interval::secs(30)
-}
-fn default_failures() -> u32 {
-    3
-}
-
-// No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened
-// check refuses unknown keys instead.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ProbeConfig {
-    /// The `probe` label of the probe's metrics.
-    pub name: String,
-    #[serde(flatten)]
-    pub check: ProbeCheck,
-    #[serde(default = "default_probe_interval")]
-    pub interval: Interval,
-    #[serde(default = "default_timeout")]
-    pub timeout: Interval,
-    /// Further attempts within one round before the round counts as failed.
-    #[serde(default)]
-    pub retries: u32,
-    /// Consecutive failed rounds before `probe_up` drops to 0 (an outage).
-    #[serde(default = "default_failures")]
-    pub failures_before_down: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ProbeCheck {
-    Http {
-        url: String,
-        /// Status codes that count as success; by default 200-399.
-        #[serde(default)]
-        expect_status: Vec<u16>,
-        /// A regular expression the body must match.
-        #[serde(default)]
-        body_pattern: Option<String>,
-        /// Accept any certificate (self-signed devices on a lab network); expiry is still
-        /// reported.
-        #[serde(default)]
-        insecure: bool,
-    },
-    Tcp {
-        address: String,
-    },
-    Dns {
-        /// The name to resolve, with the system's resolver.
-        host: String,
-    },
-    Ping {
-        host: String,
-        #[serde(default = "default_ping_count")]
-        count: u32,
-    },
-    Process {
-        /// Process name, as in `ps -o comm`.
-        process: String,
-    },
-    Filesystem {
-        path: PathBuf,
-        /// The round fails when less than this is free.
-        #[serde(default)]
-        min_free: ByteSize,
-    },
-}
-
-fn default_ping_count() -> u32 {
-    3
-}
-
-/// `auto`, `on` or `off` (`true`/`false` also accepted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Toggle {
-    Auto,
-    On,
-    Off,
-}
-
-impl<'de> Deserialize<'de> for Toggle {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bool(true) => Ok(Toggle::On),
-            Raw::Bool(false) => Ok(Toggle::Off),
-            Raw::Text(text) => match text.as_str() {
-                "auto" => Ok(Toggle::Auto),
-                "on" => Ok(Toggle::On),
-                "off" => Ok(Toggle::Off),
-                other => Err(serde::de::Error::custom(format!(
-                    "{other:?} is not one of \"auto\", \"on\", \"off\""
-                ))),
-            },
-        }
-    }
-}
-
-/// A duration written as in the command line: `500ms`, `1s`, `5m`, `1h30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interval(pub Duration);
-
-impl Interval {
-    pub const fn secs(secs: u64) -> Self {
-        Interval(Duration::from_secs(secs))
-    }
-}
-
-impl<'de> Deserialize<'de> for Interval {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let ms = outpost::timearg::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
-        Ok(Interval(Duration::from_millis(ms as u64)))
-    }
-}
-
-/// A size: a number of bytes, or text with a binary unit (`512KiB`, `64MiB`, `1GiB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<Self> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let number: u64 = text[..split]
-            .parse()
-            .with_context(|| format!("{text:?} is not a size like 512MiB"))?;
-        let factor: u64 = match text[split..].trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            unit => bail!("{text:?}: unknown unit {unit:?}; use B, KiB, MiB, GiB or TiB"),
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .with_context(|| format!("{text:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 impl AgentConfig {
@@ -736,7 +382,7 @@ impl AgentConfig {
         self.alerts.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, scrape) in self.scrapes.iter().enumerate() {
-            crate::collect::http::Target::parse(&scrape.url)
+            crate::http_client::Target::parse(&scrape.url)
                 .with_context(|| format!("scrape[{i}].url"))?;
             if !names.insert(("scrape", scrape.name.as_str())) {
                 bail!("scrape[{i}].name: {:?} is used twice", scrape.name);
@@ -761,7 +407,7 @@ impl AgentConfig {
                 ProbeCheck::Http {
                     url, body_pattern, ..
                 } => {
-                    crate::collect::http::Target::parse(url)
+                    crate::http_client::Target::parse(url)
                         .with_context(|| format!("probe[{i}].url"))?;
                     if let Some(pattern) = body_pattern {
                         regex::Regex::new(pattern)
@@ -777,72 +423,6 @@ impl AgentConfig {
                 _ => {}
             }
         }
-        Ok(())
-    }
-}
-
-impl AlertsSection {
-    /// Checks the section; the hub's `[alerts]` has the same keys.
-    pub fn validate(&self) -> Result<()> {
-        let alerts = self;
-        if alerts.interval.0 < Duration::from_millis(100) {
-            bail!("alerts.interval: must be at least 100ms");
-        }
-        if alerts.max_queued == 0 {
-            bail!("alerts.max_queued: must be at least 1");
-        }
-        let mut names = std::collections::BTreeSet::new();
-        let mut check_name = |key: String, name: &str| -> Result<()> {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                bail!("{key}: {name:?}: use letters, digits, '_' and '-'");
-            }
-            if !names.insert(name.to_string()) {
-                bail!("{key}: {name:?} names two channels");
-            }
-            Ok(())
-        };
-        for (i, hook) in alerts.webhook.iter().enumerate() {
-            check_name(format!("alerts.webhook[{i}].name"), &hook.name)?;
-            crate::collect::http::Target::parse(&hook.url)
-                .with_context(|| format!("alerts.webhook[{i}].url"))?;
-            if hook.format == WebhookFormat::Template {
-                outpost::alert::template::Template::parse(&hook.template)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("alerts.webhook[{i}].template"))?;
-            }
-            if !hook.ca_file.as_os_str().is_empty() {
-                crate::tls::client_config(&hook.ca_file, Path::new(""), Path::new(""))
-                    .with_context(|| format!("alerts.webhook[{i}].ca_file"))?;
-            }
-        }
-        for (i, exec) in alerts.exec.iter().enumerate() {
-            check_name(format!("alerts.exec[{i}].name"), &exec.name)?;
-            if exec.command.is_empty() || exec.command[0].is_empty() {
-                bail!("alerts.exec[{i}].command: needs at least the program");
-            }
-        }
-        for (i, email) in alerts.email.iter().enumerate() {
-            check_name(format!("alerts.email[{i}].name"), &email.name)?;
-            crate::agent::notify::SmtpServer::parse(&email.server, email.insecure_plaintext)
-                .with_context(|| format!("alerts.email[{i}].server"))?;
-            if email.to.is_empty() {
-                bail!("alerts.email[{i}].to: needs at least one address");
-            }
-            if !email.ca_file.as_os_str().is_empty() {
-                crate::tls::client_config(&email.ca_file, Path::new(""), Path::new(""))
-                    .with_context(|| format!("alerts.email[{i}].ca_file"))?;
-            }
-            for address in std::iter::once(&email.from).chain(&email.to) {
-                if !address.contains('@') || address.contains(['\r', '\n']) {
-                    bail!("alerts.email[{i}]: {address:?} is not an e-mail address");
-                }
-            }
-        }
-        crate::rules_cmd::silences_from_config(alerts, 0)?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use outpost_storage::{Aggregation, Selector};
 use super::config::ImportSection;
 use super::sink::Sink;
 use crate::collect::scrape::{accepted_window, parse_exposition};
-use crate::db::{write_results, Format};
+use crate::results::{write_results, Format};
 use outpost::timearg::{now_ms, parse_duration_ms, parse_time};
 
 pub struct HttpState {
@@ -28,8 +28,8 @@ pub struct HttpState {
     /// Replaced on SIGHUP.
     pub import: std::sync::RwLock<ImportSection>,
     pub started: Instant,
-    pub alerts: Option<Arc<super::alerts::AlertShared>>,
-    pub tasks: Arc<super::supervise::Tasks>,
+    pub alerts: Option<Arc<crate::alerting::runtime::AlertShared>>,
+    pub tasks: Arc<crate::supervise::Tasks>,
     /// `[[agent.tokens]]`: with any, every request but `/api/health` needs one.
     pub tokens: Vec<super::config::AgentToken>,
 }
@@ -39,7 +39,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     let body_limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let alert_routes = match &state.alerts {
         Some(alerts) => {
-            use super::alerts as a;
+            use crate::alerting::runtime as a;
             Router::new()
                 .route("/api/alerts", get(a::list_alerts))
                 .route("/api/alerts/history", get(a::history))

@@ -8,14 +8,10 @@
 
 #![deny(clippy::disallowed_methods)]
 
-pub mod alerts;
 pub mod catalogue;
 pub mod config;
-mod fault;
 pub mod http;
-pub mod notify;
 pub mod sink;
-pub mod supervise;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +25,8 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::collect::{self, Samples};
-use config::{AgentConfig, Toggle};
+use crate::config_values::Toggle;
+use config::AgentConfig;
 use outpost::timearg::now_ms;
 use sink::Sink;
 
@@ -129,7 +126,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
     } else {
         None
     };
-    let tasks = Arc::new(supervise::Tasks::default());
+    let tasks = Arc::new(crate::supervise::Tasks::default());
     let mut alert_runtime = if config.alerts.enabled {
         let device = match &uplink_config {
             Some(u) => u.topics.device.clone(),
@@ -143,9 +140,9 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
                 u.topics.device
             )
         });
-        let runtime = alerts::AlertRuntime::start(
+        let runtime = crate::alerting::runtime::AlertRuntime::start(
             &config.alerts,
-            crate::rules_cmd::AGENT_PACK,
+            crate::alerting::pack::AGENT_PACK,
             sink.store.clone(),
             device,
             mqtt_base,
@@ -169,7 +166,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
             .and_then(|a| a.mailbox.clone())
             .map(|m| m as Arc<dyn outpost_sync::uplink::Mailbox>);
         tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
-        supervise::spawn(&mut uplink, &tasks, "uplink", move || {
+        crate::supervise::spawn(&mut uplink, &tasks, "uplink", move || {
             let run = outpost_sync::uplink::run(
                 store.clone(),
                 uplink_config.clone(),
@@ -315,14 +312,14 @@ fn start_collectors(
     sink: &Arc<Sink>,
     started: Instant,
     replay_done: tokio::sync::mpsc::Sender<()>,
-    alerts: Option<Arc<alerts::AlertShared>>,
-    tasks: &Arc<supervise::Tasks>,
+    alerts: Option<Arc<crate::alerting::runtime::AlertShared>>,
+    tasks: &Arc<crate::supervise::Tasks>,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
     if config.host.enabled {
         let (host_config, interval, sink) =
             (config.host.clone(), config.host.interval.0, sink.clone());
-        supervise::spawn(&mut set, tasks, "host", move || {
+        crate::supervise::spawn(&mut set, tasks, "host", move || {
             let mut host = collect::host::HostCollector::new(host_config.clone());
             periodic("host", interval, sink.clone(), move |out| {
                 host.collect(out);
@@ -342,7 +339,7 @@ fn start_collectors(
             .clone();
         tracing::info!(model = %id.model, l4t = %id.l4t, jetpack = %id.jetpack, "Jetson collector on");
         let (interval, sink) = (config.jetson.interval.0, sink.clone());
-        supervise::spawn(&mut set, tasks, "jetson", move || {
+        crate::supervise::spawn(&mut set, tasks, "jetson", move || {
             let mut jetson = collect::jetson::JetsonCollector::new(jetson_root.clone());
             periodic("jetson", interval, sink.clone(), move |out| {
                 jetson.collect(out);
@@ -360,7 +357,7 @@ fn start_collectors(
                     sink.clone(),
                 );
                 let mut opened = Some(nvml);
-                supervise::spawn(&mut set, tasks, "nvml", move || {
+                crate::supervise::spawn(&mut set, tasks, "nvml", move || {
                     // The first run uses the library opened to decide; a restart opens it again.
                     let opened = opened.take();
                     let (library, sink) = (library.clone(), sink.clone());
@@ -381,7 +378,7 @@ fn start_collectors(
     }
     if let Some(source) = tegrastats_source(&config.tegrastats) {
         let (interval, sink) = (config.tegrastats.interval.0, sink.clone());
-        supervise::spawn(&mut set, tasks, "tegrastats", move || {
+        crate::supervise::spawn(&mut set, tasks, "tegrastats", move || {
             let task = tegrastats_task(source.clone(), interval, sink.clone(), replay_done.clone());
             async move {
                 task.await;
@@ -392,7 +389,7 @@ fn start_collectors(
     for probe in &config.probes {
         let (probe, sink) = (probe.clone(), sink.clone());
         let name = format!("probe:{}", probe.name);
-        supervise::spawn(&mut set, tasks, &name, move || {
+        crate::supervise::spawn(&mut set, tasks, &name, move || {
             let task = probe_task(probe.clone(), sink.clone());
             async move {
                 task.await;
@@ -403,7 +400,7 @@ fn start_collectors(
     for scrape in &config.scrapes {
         let (scrape, sink) = (scrape.clone(), sink.clone());
         let name = format!("scrape:{}", scrape.name);
-        supervise::spawn(&mut set, tasks, &name, move || {
+        crate::supervise::spawn(&mut set, tasks, &name, move || {
             let task = scrape_task(scrape.clone(), sink.clone());
             async move {
                 task.await;
@@ -417,7 +414,7 @@ fn start_collectors(
         config.store.budget.0,
         tasks.clone(),
     );
-    supervise::spawn(&mut set, tasks, "self", move || {
+    crate::supervise::spawn(&mut set, tasks, "self", move || {
         let task = self_metrics_task(
             interval,
             sink.clone(),
@@ -580,7 +577,7 @@ async fn tegrastats_task(
     let _ = replay_done.send(()).await;
 }
 
-async fn probe_task(config: config::ProbeConfig, sink: Arc<Sink>) {
+async fn probe_task(config: collect::probes::ProbeConfig, sink: Arc<Sink>) {
     let mut ticker = tokio::time::interval(config.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let source = format!("probe:{}", config.name);
@@ -600,7 +597,7 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
     let mut ticker = tokio::time::interval(config.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let source = format!("scrape:{}", config.name);
-    let Ok(target) = collect::http::Target::parse(&config.url) else {
+    let Ok(target) = crate::http_client::Target::parse(&config.url) else {
         return;
     };
     let mut dropped_total = 0u64;
@@ -609,7 +606,7 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
         ticker.tick().await;
         let started = Instant::now();
         let now = now_ms();
-        let response = collect::http::get(&target, config.timeout.0, false, 16 << 20).await;
+        let response = crate::http_client::get(&target, config.timeout.0, false, 16 << 20).await;
         let mut up = false;
         let mut samples: Vec<(outpost_storage::SeriesKey, f64, i64)> = Vec::new();
         match response {
@@ -676,8 +673,8 @@ async fn self_metrics_task(
     sink: Arc<Sink>,
     started: Instant,
     budget_bytes: u64,
-    alerts: Option<Arc<alerts::AlertShared>>,
-    tasks: Arc<supervise::Tasks>,
+    alerts: Option<Arc<crate::alerting::runtime::AlertShared>>,
+    tasks: Arc<crate::supervise::Tasks>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -705,7 +702,7 @@ async fn self_metrics_task(
         out.add("outpost_uptime_seconds", &[], uptime);
         out.add("outpost_store_budget_bytes", &[], budget_bytes as f64);
         if let Some(alerts) = &alerts {
-            alerts::self_metrics(alerts, &mut out);
+            crate::alerting::runtime::self_metrics(alerts, &mut out);
         }
         if let Some(written) = self_io_write_bytes() {
             out.add("outpost_process_disk_written_bytes_total", &[], written);

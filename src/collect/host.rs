@@ -9,7 +9,35 @@ use std::time::{Duration, Instant};
 use sysinfo::{Components, CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
 use super::Samples;
-use crate::agent::config::HostSection;
+use serde::Deserialize;
+
+use crate::config_values::Interval;
+
+/// The agent's `[host]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    pub enabled: bool,
+    pub interval: Interval,
+    /// Process names (as in `ps -o comm`) whose CPU and memory are recorded.
+    pub processes: Vec<String>,
+    /// Mount points whose file systems are left out (pseudo file systems are always left out).
+    pub ignore_mounts: Vec<String>,
+    /// Network interfaces left out, by exact name.
+    pub ignore_interfaces: Vec<String>,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection {
+            enabled: true,
+            interval: Interval::secs(1),
+            processes: Vec::new(),
+            ignore_mounts: Vec::new(),
+            ignore_interfaces: vec!["lo".into()],
+        }
+    }
+}
 
 /// Pseudo and virtual file systems: their sizes say nothing about the device's storage.
 const PSEUDO_FILESYSTEMS: &[&str] = &[

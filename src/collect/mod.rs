@@ -3,7 +3,6 @@
 //! stores them and shows the latest in `/metrics`.
 
 pub mod host;
-pub mod http;
 pub mod jetson;
 pub mod nvml;
 pub mod probes;

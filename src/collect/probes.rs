@@ -3,14 +3,92 @@
 //! `failures_before_down` consecutive failed rounds, so one lost packet does not page anyone.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::http::{self, Target};
+use serde::Deserialize;
+
 use super::Samples;
-use crate::agent::config::{ProbeCheck, ProbeConfig};
+use crate::config_values::{ByteSize, Interval};
+use crate::http_client::{self as http, Target};
+
+/// One `[[probes]]` entry of the agent's config.
+// No `deny_unknown_fields` here: serde does not support it beside `flatten`; the flattened
+// check refuses unknown keys instead.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ProbeConfig {
+    /// The `probe` label of the probe's metrics.
+    pub name: String,
+    #[serde(flatten)]
+    pub check: ProbeCheck,
+    #[serde(default = "default_probe_interval")]
+    pub interval: Interval,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    /// Further attempts within one round before the round counts as failed.
+    #[serde(default)]
+    pub retries: u32,
+    /// Consecutive failed rounds before `probe_up` drops to 0 (an outage).
+    #[serde(default = "default_failures")]
+    pub failures_before_down: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProbeCheck {
+    Http {
+        url: String,
+        /// Status codes that count as success; by default 200-399.
+        #[serde(default)]
+        expect_status: Vec<u16>,
+        /// A regular expression the body must match.
+        #[serde(default)]
+        body_pattern: Option<String>,
+        /// Accept any certificate (self-signed devices on a lab network); expiry is still
+        /// reported.
+        #[serde(default)]
+        insecure: bool,
+    },
+    Tcp {
+        address: String,
+    },
+    Dns {
+        /// The name to resolve, with the system's resolver.
+        host: String,
+    },
+    Ping {
+        host: String,
+        #[serde(default = "default_ping_count")]
+        count: u32,
+    },
+    Process {
+        /// Process name, as in `ps -o comm`.
+        process: String,
+    },
+    Filesystem {
+        path: PathBuf,
+        /// The round fails when less than this is free.
+        #[serde(default)]
+        min_free: ByteSize,
+    },
+}
+
+fn default_ping_count() -> u32 {
+    3
+}
+
+fn default_probe_interval() -> Interval {
+    Interval::secs(30)
+}
+fn default_failures() -> u32 {
+    3
+}
+
+fn default_timeout() -> Interval {
+    Interval::secs(5)
+}
 
 /// The result of one attempt.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::agent::config::{ByteSize, Interval};
+use crate::config_values::{ByteSize, Interval};
 
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/hub.toml");
 
@@ -20,7 +20,7 @@ pub struct HubConfig {
     pub mqtt: HubMqttSection,
     /// Alert rules over the hub's view of each device (`config/hub-rules.toml` built in), and
     /// their channels: the same keys as the agent's `[alerts]`.
-    pub alerts: crate::agent::config::AlertsSection,
+    pub alerts: crate::alerting::config::AlertsSection,
     /// The dashboard and API: bounds, users and tokens.
     pub web: outpost_web::WebConfig,
 }

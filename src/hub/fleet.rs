@@ -197,7 +197,7 @@ pub struct HubFleet {
     /// Held while a command is numbered and stored: silences arrive on the blocking pool, in
     /// parallel, and each must get its own id.
     pub commands: Mutex<()>,
-    pub hub_alerts: Option<Arc<crate::agent::alerts::AlertShared>>,
+    pub hub_alerts: Option<Arc<crate::alerting::runtime::AlertShared>>,
     pub ingested: tokio::sync::broadcast::Sender<String>,
     /// What the embedded broker's gate refused, per login.
     pub refusals: Arc<super::gate::Refusals>,

@@ -345,9 +345,9 @@ async fn daemon(config: HubConfig) -> Result<()> {
         .with_context(|| format!("cannot listen on {} ([hub] listen)", config.hub.listen))?;
     let mut alert_runtime = if config.alerts.enabled {
         Some(
-            crate::agent::alerts::AlertRuntime::start(
+            crate::alerting::runtime::AlertRuntime::start(
                 &config.alerts,
-                crate::rules_cmd::HUB_PACK,
+                crate::alerting::pack::HUB_PACK,
                 store.clone(),
                 format!("hub:{}", config.hub.fleet),
                 None,

@@ -737,7 +737,11 @@ fn through_mosquitto_with_the_committed_config_and_acls() {
         }
         // Nor may B read A's topics: the retained status and meta would come at once.
         assert_eq!(
-            read_one(mqtt_port, ("dev-b", &b_password), "outpost/v1/default/dev-a/#"),
+            read_one(
+                mqtt_port,
+                ("dev-b", &b_password),
+                "outpost/v1/default/dev-a/#"
+            ),
             ""
         );
         // A reader's login (`outpost-alerts` in the committed ACL) sees status and alert

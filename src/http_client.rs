@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 GET client for probes and scrapes: hyper over a TCP or rustls stream that
-//! the probe holds itself, so that it can read the server's certificate (expiry) and time the
-//! whole exchange.
+//! The one HTTP/1.1 client of the binary, for probes, scrapes and webhooks: hyper over a TCP or
+//! rustls stream that the caller holds itself, so that a probe can read the server's certificate
+//! (expiry) and time the whole exchange.
 
 use std::sync::Arc;
 use std::time::Duration;

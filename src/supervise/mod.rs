@@ -1,4 +1,4 @@
-//! Long-lived tasks (collectors, the uplink) under supervision: a task that panics or returns an
+//! Long-lived tasks (collectors, the uplink, alert channels) under supervision: a task that panics or returns an
 //! error is logged, counted and started again after a growing delay, instead of ending silently
 //! while the rest of the agent carries on. A task that keeps failing (a crash loop) makes the
 //! agent stop feeding systemd's watchdog, so that systemd restarts the whole process.
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::task::{JoinHandle, JoinSet};
+
+mod fault;
 
 /// The first restart's delay; it doubles up to [`MAX_BACKOFF`], and starts over once a run has
 /// lasted [`HEALTHY_RUN`].
@@ -106,7 +108,7 @@ where
             let run = make();
             let task_name = name.clone();
             let mut handle = AbortOnDrop(tokio::spawn(async move {
-                super::fault::inject(&task_name)?;
+                fault::inject(&task_name)?;
                 run.await
             }));
             let why = match (&mut handle.0).await {

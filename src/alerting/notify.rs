@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use outpost_storage::{StateTable, Store, WriteBatch};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::agent::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
+use super::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
 use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, State};
 use outpost::alert::template::{Context, Template};
 
@@ -486,7 +486,7 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         Ok(body) => body,
         Err(error) => return Attempt::Refused(format!("{error:#}")),
     };
-    let target = match crate::collect::http::Target::parse(&config.url) {
+    let target = match crate::http_client::Target::parse(&config.url) {
         Ok(target) => target,
         Err(error) => return Attempt::Refused(format!("{error:#}")),
     };
@@ -498,7 +498,7 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         headers.push((name.clone(), value.clone()));
     }
-    let request = crate::collect::http::Request {
+    let request = crate::http_client::Request {
         method: "POST",
         headers: &headers,
         body: body.into(),
@@ -507,7 +507,7 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         Ok(tls) => Arc::new(tls),
         Err(error) => return Attempt::Retry(format!("{error:#}")),
     };
-    match crate::collect::http::send(&target, request, tls, config.timeout.0, 64 << 10).await {
+    match crate::http_client::send(&target, request, tls, config.timeout.0, 64 << 10).await {
         Ok(response) if (200..300).contains(&response.status) => Attempt::Delivered,
         // Rate limits and server trouble pass; other refusals will not.
         Ok(response) if matches!(response.status, 408 | 429) || response.status >= 500 => {
@@ -922,7 +922,7 @@ mod tests {
             template: template.into(),
             headers: Default::default(),
             ca_file: Default::default(),
-            timeout: crate::agent::config::Interval::secs(1),
+            timeout: crate::config_values::Interval::secs(1),
             on: vec![NotifyOn::Firing],
         }
     }
@@ -976,7 +976,7 @@ mod tests {
             to: vec!["b@example.com".into()],
             insecure_plaintext: false,
             ca_file: Default::default(),
-            timeout: crate::agent::config::Interval::secs(1),
+            timeout: crate::config_values::Interval::secs(1),
             on: vec![NotifyOn::Firing],
         };
         let data = email_data(&config, &m, "Tue, 01 Dec 2026 10:02:00 +0000");

@@ -18,7 +18,8 @@ use outpost_storage::{StateTable, Store, WriteBatch};
 use tokio::task::JoinSet;
 
 use super::config::AlertsSection;
-use crate::agent::notify::{self, AlertMailbox, Sender, Stats};
+use super::notify::{self, AlertMailbox, Sender, Stats};
+use super::pack::{self, Pack};
 use outpost::alert::engine::{Channel, Engine, EngineOptions};
 use outpost::alert::schedule::Silence;
 use outpost::timearg::now_ms;
@@ -40,9 +41,9 @@ pub struct AlertShared {
 pub struct AlertRuntime {
     pub shared: Arc<AlertShared>,
     channels: JoinSet<()>,
-    tasks: Arc<super::supervise::Tasks>,
+    tasks: Arc<crate::supervise::Tasks>,
     device: String,
-    pack: crate::rules_cmd::Pack,
+    pack: Pack,
 }
 
 impl AlertRuntime {
@@ -50,15 +51,15 @@ impl AlertRuntime {
     /// `pack` is the built-in rule pack: the agent's, or the hub's.
     pub fn start(
         section: &AlertsSection,
-        pack: crate::rules_cmd::Pack,
+        pack: Pack,
         store: Arc<Store>,
         device: String,
         mqtt_base: Option<String>,
-        tasks: Arc<super::supervise::Tasks>,
+        tasks: Arc<crate::supervise::Tasks>,
     ) -> Result<AlertRuntime> {
         let now = now_ms();
-        let rules = crate::rules_cmd::load_rules(section, pack)?;
-        let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
+        let rules = pack::load_rules(section, pack)?;
+        let mut silences = pack::silences_from_config(section, now)?;
         silences.load(&store)?;
         let senders = senders(section);
         let options = EngineOptions {
@@ -114,7 +115,7 @@ impl AlertRuntime {
                 shared.engine.clone(),
                 shared.stats.clone(),
             );
-            super::supervise::spawn(&mut self.channels, &self.tasks, &name, move || {
+            crate::supervise::spawn(&mut self.channels, &self.tasks, &name, move || {
                 let run = notify::run_channel(
                     sender.clone(),
                     store.clone(),
@@ -133,8 +134,8 @@ impl AlertRuntime {
     /// Rebuilds the engine and the channels from a reloaded config (SIGHUP).
     pub async fn reload(&mut self, section: &AlertsSection) -> Result<()> {
         let now = now_ms();
-        let rules = crate::rules_cmd::load_rules(section, self.pack)?;
-        let mut silences = crate::rules_cmd::silences_from_config(section, now)?;
+        let rules = pack::load_rules(section, self.pack)?;
+        let mut silences = pack::silences_from_config(section, now)?;
         silences.load(&self.shared.store)?;
         let senders = senders(section);
         let shared = self.shared.clone();

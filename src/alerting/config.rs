@@ -1,0 +1,183 @@
+//! The `[alerts]` section, the same in the agent's config and the hub's.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config_values::Interval;
+
+/// The offline alert engine (`crate::alert`) and its notification channels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    pub enabled: bool,
+    /// The rule pack built into the agent (`config/rules.toml`); a rule of the same name in
+    /// `rules` replaces the pack's.
+    pub default_rules: bool,
+    /// Rule files, and directories whose `*.toml` files are rule files.
+    pub rules: Vec<PathBuf>,
+    /// How often every rule is evaluated.
+    pub interval: Interval,
+    /// Notifications each channel may hold while it cannot deliver; then the oldest go, counted.
+    pub max_queued: usize,
+    pub webhook: Vec<WebhookConfig>,
+    pub exec: Vec<ExecConfig>,
+    pub email: Vec<EmailConfig>,
+    pub silence: Vec<SilenceConfig>,
+    pub maintenance: Vec<MaintenanceConfig>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            enabled: true,
+            default_rules: true,
+            rules: Vec::new(),
+            interval: Interval::secs(1),
+            max_queued: 10_000,
+            webhook: Vec::new(),
+            exec: Vec::new(),
+            email: Vec::new(),
+            silence: Vec::new(),
+            maintenance: Vec::new(),
+        }
+    }
+}
+
+/// Which transitions a channel is told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Firing,
+    Resolved,
+}
+
+fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Firing, NotifyOn::Resolved]
+}
+
+/// The body a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The alert's JSON, as on the MQTT topics.
+    Json,
+    /// Slack incoming webhooks (`{"text": ...}`); Mattermost and Rocket.Chat take it too.
+    Slack,
+    /// Microsoft Teams incoming webhooks (a MessageCard).
+    Teams,
+    /// Discord webhooks (`{"content": ...}`).
+    Discord,
+    /// `template`, rendered with the alert's fields.
+    Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "default_webhook_format")]
+    pub format: WebhookFormat,
+    /// For `format = "template"`: the body, with `{{value}}`-style placeholders.
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// For an `https://` URL whose certificate no public CA signed: the CA that did.
+    #[serde(default)]
+    pub ca_file: PathBuf,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+fn default_webhook_format() -> WebhookFormat {
+    WebhookFormat::Json
+}
+
+/// A local command run for each notification (a recovery action), with the alert in
+/// `OUTPOST_ALERT_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    pub name: String,
+    /// The program and its arguments; no shell is involved.
+    pub command: Vec<String>,
+    #[serde(default = "default_exec_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_firing_only")]
+    pub on: Vec<NotifyOn>,
+}
+
+fn default_exec_timeout() -> Interval {
+    Interval::secs(30)
+}
+
+fn default_firing_only() -> Vec<NotifyOn> {
+    vec![NotifyOn::Firing]
+}
+
+/// E-mail over SMTP: `smtps://host:465` (TLS from the start) or `smtp://host:587` (STARTTLS,
+/// required unless `insecure_plaintext`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub name: String,
+    pub server: String,
+    #[serde(default)]
+    pub username: String,
+    /// A file holding the SMTP password.
+    #[serde(default)]
+    pub password_file: PathBuf,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Only for a relay on localhost or a test server: send without TLS.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The CA that signed the server's certificate, when it is not a public one.
+    #[serde(default)]
+    pub ca_file: PathBuf,
+    #[serde(default = "default_timeout")]
+    pub timeout: Interval,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+/// A silence written in the config: from `starts` (default: always) to `ends`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceConfig {
+    /// A selector over the alert's labels and `alertname`, e.g. `{alertname="disk_full"}`.
+    #[serde(rename = "match")]
+    pub matcher: String,
+    pub starts: Option<String>,
+    pub ends: String,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// A maintenance window: fixed (`starts`, `ends`) or weekly (`days`, `at`, `duration` in
+/// `timezone`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    pub name: String,
+    /// Which alerts it covers; all of them when absent.
+    #[serde(rename = "match")]
+    pub matcher: Option<String>,
+    pub starts: Option<String>,
+    pub ends: Option<String>,
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local time of day it opens, `HH:MM`.
+    pub at: Option<String>,
+    pub duration: Option<Interval>,
+    /// An IANA time zone name; UTC when absent.
+    pub timezone: Option<String>,
+}
+
+fn default_timeout() -> Interval {
+    Interval::secs(5)
+}
