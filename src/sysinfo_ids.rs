@@ -79,10 +79,7 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 }
 
 pub fn random_bytes(bytes: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
     let mut out = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut out))
-        .context("reading /dev/urandom")?;
+    getrandom::getrandom(&mut out).context("the kernel's random source")?;
     Ok(out)
 }

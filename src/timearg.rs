@@ -12,12 +12,10 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .with_context(|| {
-            format!("{text:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), milliseconds since the epoch, or now")
-        })?;
-    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
-        .with_context(|| format!("{text:?} is out of range"))
+    let parsed: jiff::Timestamp = text.parse().with_context(|| {
+        format!("{text:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), milliseconds since the epoch, or now")
+    })?;
+    Ok(parsed.as_millisecond())
 }
 
 /// A duration in milliseconds: `500ms`, `30s`, `5m`, `1h`, `7d`, or combinations (`1h30m`).
@@ -70,6 +68,20 @@ mod tests {
         assert_eq!(parse_time("1795257761024", 0).unwrap(), 1_795_257_761_024);
         assert_eq!(parse_time("now", 42).unwrap(), 42);
         assert!(parse_time("yesterday", 0).is_err());
+        // Milliseconds survive, and what is printed parses back.
+        let ms = parse_time("2026-11-21T00:00:00.250Z", 0).unwrap();
+        assert_eq!(ms, 1_795_219_200_250);
+        let printed = crate::alert::engine::rfc3339(ms);
+        assert_eq!(printed, "2026-11-21T00:00:00.25Z");
+        assert_eq!(parse_time(&printed, 0).unwrap(), ms);
+        assert_eq!(
+            crate::alert::engine::rfc3339(1_795_219_200_000),
+            "2026-11-21T00:00:00Z"
+        );
+        assert_eq!(
+            outpost_storage::rfc3339_ms(1_795_219_200_000),
+            "2026-11-21T00:00:00.000Z"
+        );
     }
 
     #[test]

@@ -153,14 +153,18 @@ pub fn read_log(path: &Path) -> Result<Vec<String>> {
 /// own stamps when both have one, else the configured interval, divided by the speed.
 /// A line's `MM-DD-YYYY HH:MM:SS` stamp in milliseconds since the epoch, read as UTC.
 pub fn stamp_ms(stamp: &outpost::tegrastats::Stamp) -> Option<i64> {
-    let date = time::Date::from_calendar_date(
-        i32::from(stamp.year),
-        time::Month::try_from(stamp.month).ok()?,
-        stamp.day,
+    let at = jiff::civil::DateTime::new(
+        i16::try_from(stamp.year).ok()?,
+        i8::try_from(stamp.month).ok()?,
+        i8::try_from(stamp.day).ok()?,
+        i8::try_from(stamp.hour).ok()?,
+        i8::try_from(stamp.minute).ok()?,
+        i8::try_from(stamp.second).ok()?,
+        0,
     )
     .ok()?;
-    let at = date.with_hms(stamp.hour, stamp.minute, stamp.second).ok()?;
-    Some(at.assume_utc().unix_timestamp() * 1000)
+    let at = at.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    Some(at.timestamp().as_millisecond())
 }
 
 pub fn replay_gap(previous: &str, next: &str, interval: Duration, speed: f64) -> Duration {

@@ -165,12 +165,8 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
             println!("{:<32} {:<8} added", "device", "state");
             for (id, entry) in &devices.device {
                 let state = if entry.revoked { "revoked" } else { "active" };
-                let added = time::OffsetDateTime::from_unix_timestamp(entry.added_ms / 1000)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
+                let added = jiff::Timestamp::from_second(entry.added_ms / 1000)
+                    .map(|t| t.to_string())
                     .unwrap_or_default();
                 println!("{id:<32} {state:<8} {added}");
             }

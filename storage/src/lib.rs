@@ -59,13 +59,9 @@ pub use store::{
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds, or the number when out of range.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| format!("{ms} ms"))
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
 /// Entry points for the fuzz targets in `storage/fuzz` and the tests that replay their corpus:

@@ -117,49 +117,32 @@ impl Throttle {
 }
 
 pub fn random_hex(bytes: usize) -> Result<String, WebError> {
-    use std::io::Read;
+    Ok(hex(&random_bytes(bytes)?))
+}
+
+fn random_bytes(bytes: usize) -> Result<Vec<u8>, WebError> {
     let mut buffer = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buffer))
-        .map_err(|e| WebError::Internal(format!("reading /dev/urandom: {e}")))?;
-    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+    getrandom::getrandom(&mut buffer)
+        .map_err(|e| WebError::Internal(format!("the kernel's random source: {e}")))?;
+    Ok(buffer)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// An argon2id PHC string for `password`, for `[[web.users]] password_hash`.
 pub fn hash_password(password: &str) -> Result<String, WebError> {
-    let salt = SaltString::from_b64(&base64_salt()?)
+    let salt = SaltString::encode_b64(&random_bytes(16)?)
         .map_err(|e| WebError::Internal(format!("salt: {e}")))?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| WebError::Internal(format!("hashing the password: {e}")))
-}
-
-/// 16 random bytes in the unpadded base64 that PHC salts use.
-fn base64_salt() -> Result<String, WebError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let hex = random_hex(16)?;
-    let bytes: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    Ok(out)
 }
 
 /// Checks a PHC string at config load, so that a typo is found before the first login.
@@ -331,6 +314,14 @@ mod tests {
             }],
             ..WebConfig::default()
         }
+    }
+
+    #[test]
+    fn each_hash_has_its_own_salt() {
+        let (first, second) = (hash_password("pw").unwrap(), hash_password("pw").unwrap());
+        assert_ne!(first, second);
+        check_hash(&first).unwrap();
+        assert_eq!(random_hex(16).unwrap().len(), 32);
     }
 
     #[test]
