@@ -5,6 +5,7 @@ mod agent;
 mod alerting;
 mod collect;
 mod config_values;
+mod daemon;
 mod db;
 mod demo;
 mod http_client;

@@ -35,15 +35,8 @@ pub struct AgentArgs {
     /// The agent's TOML config; without it the defaults apply (see --print-default-config).
     #[arg(long, short, env = "OUTPOST_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// Print the default config, with every key explained, and exit.
-    #[arg(long)]
-    print_default_config: bool,
-    /// Check the config and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Store file (overrides [store] path).
-    #[arg(long)]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: crate::daemon::DaemonFlags,
     /// Address for /metrics and the API (overrides [agent] listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -59,21 +52,12 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
-    if args.print_default_config {
-        print!("{}", config::DEFAULT_CONFIG);
-        return Ok(std::process::ExitCode::SUCCESS);
-    }
-    let config = load_config(&args)?;
-    if args.check_config {
-        println!("config is valid");
-        return Ok(std::process::ExitCode::SUCCESS);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(daemon(args, config))?;
-    Ok(std::process::ExitCode::SUCCESS)
+    crate::daemon::start(
+        &args.daemon,
+        config::DEFAULT_CONFIG,
+        || load_config(&args),
+        |config| daemon(&args, config),
+    )
 }
 
 fn load_config(args: &AgentArgs) -> Result<AgentConfig> {
@@ -81,7 +65,7 @@ fn load_config(args: &AgentArgs) -> Result<AgentConfig> {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
-    if let Some(store) = &args.store {
+    if let Some(store) = &args.daemon.store {
         config.store.path = store.clone();
     }
     if let Some(listen) = args.listen {
@@ -112,7 +96,7 @@ fn store_options(config: &AgentConfig) -> Options {
     }
 }
 
-async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
+async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
     let path = config.store.path.clone();
@@ -233,7 +217,7 @@ async fn daemon(args: AgentArgs, mut config: AgentConfig) -> Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hangup.recv() => {
-                match load_config(&args) {
+                match load_config(args) {
                     Ok(new) => {
                         if new.store != config.store || new.agent.listen != config.agent.listen {
                             tracing::warn!("[store] and [agent] listen change only at restart; the rest is reloaded");

@@ -35,15 +35,8 @@ pub struct HubArgs {
     /// The hub's TOML config; without it the defaults apply (see --print-default-config).
     #[arg(long, short, env = "OUTPOST_HUB_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Print the default config, with every key explained, and exit.
-    #[arg(long)]
-    print_default_config: bool,
-    /// Check the config and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Store file (overrides [store] path).
-    #[arg(long)]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: crate::daemon::DaemonFlags,
     /// Address for the HTTP API (overrides [hub] listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -141,7 +134,7 @@ fn token_command(name: &str, role: RoleArg) -> Result<()> {
 }
 
 pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
-    if args.print_default_config {
+    if args.daemon.print_default_config {
         print!("{}", config::DEFAULT_CONFIG);
         return Ok(std::process::ExitCode::SUCCESS);
     }
@@ -168,28 +161,22 @@ pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
             }
         };
     }
-    if let Some(store) = &args.store {
-        config.store.path = store.clone();
-    }
-    if let Some(listen) = args.listen {
-        config.hub.listen = listen;
-    }
-    if let Some(listen) = args.mqtt_listen {
-        config.mqtt.listen = listen;
-    }
-    config.validate()?;
-    // Refuse a world-readable devices file now rather than at the first device.
-    DevicesFile::load(&config.hub.devices_file)?;
-    if args.check_config {
-        println!("config is valid");
-        return Ok(std::process::ExitCode::SUCCESS);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(daemon(config))?;
-    Ok(std::process::ExitCode::SUCCESS)
+    let load = || {
+        if let Some(store) = &args.daemon.store {
+            config.store.path = store.clone();
+        }
+        if let Some(listen) = args.listen {
+            config.hub.listen = listen;
+        }
+        if let Some(listen) = args.mqtt_listen {
+            config.mqtt.listen = listen;
+        }
+        config.validate()?;
+        // Refuse a world-readable devices file now rather than at the first device.
+        DevicesFile::load(&config.hub.devices_file)?;
+        Ok(config)
+    };
+    crate::daemon::start(&args.daemon, config::DEFAULT_CONFIG, load, daemon)
 }
 
 /// The devices file as last read, re-read when its modification time changes.
