@@ -236,30 +236,8 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), outpost_storage::Error> {
     let (wall, uptime) = clocks;
-    let mut outbox = Outbox::open(
-        &store,
-        &config.topics.device,
-        config.key.clone(),
-        &config.boot_id,
-        config.outbox.clone(),
-    )?;
-    let mut clock = crate::clock::ClockWatch::open(&store, &config.boot_id, wall(), uptime())?;
-    // Every second, so that a step of 2 s or more cannot be confused with the clock's next
-    // readings (crate::clock).
-    let mut clock_ticker = tokio::time::interval(Duration::from_secs(1));
-    clock_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let client_id = format!("outpost-{}-{}", config.topics.fleet, config.topics.device);
-    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    // Room for the largest batch plus the protocol's own bytes; rumqttc's default is 10 KiB.
-    let packet_limit = config.outbox.max_batch_bytes + (16 << 10);
-    options.set_max_packet_size(packet_limit, packet_limit);
-    options.set_clean_session(true);
-    if !config.username.is_empty() {
-        options.set_credentials(config.username.clone(), config.password.clone());
-    }
     // Each connection gets its number (crate::retained::Status::seq) and its own last will.
-    let mut connection = uptime();
+    let connection = uptime();
     let last_will = {
         let config = config.clone();
         move |connection: u64| {
@@ -271,92 +249,18 @@ pub async fn run(
             )
         }
     };
+    let mut options = mqtt_options(&config);
     options.set_last_will(last_will(connection));
-    if let Some(tls) = &config.tls {
-        options.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
     let (client, events) = AsyncClient::new(options, 64);
     let (mut polled, _event_loop) = spawn_event_loop(events, connection, last_will, uptime);
-    let ack_topic = config.topics.topic(Kind::Ack);
-    let cmd_topic = config.topics.topic(Kind::Cmd);
-    let batch_topic = config.topics.topic(Kind::Batch);
-    let mut ticker = tokio::time::interval(config.batch_interval);
+    let mut uplink = Uplink::open(store, config, (client, connection), clocks, mailbox)?;
+    // Every second, so that a step of 2 s or more cannot be confused with the clock's next
+    // readings (crate::clock).
+    let mut clock_ticker = tokio::time::interval(Duration::from_secs(1));
+    clock_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = tokio::time::interval(uplink.config.batch_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connected = false;
-    // The bandwidth cap as a budget that refills every second, up to one second's worth.
-    let mut allowance: f64 = config.bandwidth.map_or(f64::INFINITY, |b| b as f64);
-    let mut refilled = Instant::now();
-    let mut last_logged_error = String::new();
-    let mut tracker = PublishTracker::default();
-    let mut daily = DailyBytes::load(&store, wall())?;
-    let mut daily_saved = daily;
-    let mut budget_logged_day = i64::MIN;
-    // Counted by the publishing closures, read back by the loop.
-    let published = std::sync::atomic::AtomicU64::new(0);
-    let mail_wake = mailbox.as_ref().map(|m| m.wake());
-    // Publishes the mailbox's queued messages the client can take now.
-    // Alert messages are signed like status and meta (a last `"mac"` key that subscribers may
-    // ignore), so that the hub can tell the device's own from a forgery; an empty message (which
-    // clears a retained alert) has nothing to sign.
-    let sign = |payload: Vec<u8>| -> Vec<u8> {
-        match std::str::from_utf8(&payload) {
-            Ok(text) if text.trim_start().starts_with('{') => {
-                crate::sign_json(text, &config.key).into_bytes()
-            }
-            _ => payload,
-        }
-    };
-    let send_mail = |client: &AsyncClient, tracker: &mut PublishTracker| {
-        let Some(mailbox) = &mailbox else { return };
-        for mail in mailbox.pending(32) {
-            let payload = sign(mail.payload);
-            let len = payload.len() as u64;
-            if client
-                .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, payload)
-                .is_err()
-            {
-                break;
-            }
-            published.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            mailbox.handed(&mail.id);
-            tracker.requested(Some(mail.id));
-        }
-    };
-    let publish = |client: &AsyncClient,
-                   tracker: &mut PublishTracker,
-                   topic: &str,
-                   retain: bool,
-                   payload: Vec<u8>|
-     -> bool {
-        let len = payload.len() as u64;
-        let ok = client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .is_ok();
-        if ok {
-            published.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            tracker.requested(None);
-        }
-        ok
-    };
-    // Whether the day's budget leaves room for metric batches, after counting what went out.
-    let batches_allowed = |daily: &mut DailyBytes, logged_day: &mut i64| -> bool {
-        daily.roll(wall());
-        daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let Some(budget) = config.daily_budget else {
-            return true;
-        };
-        let allowed = daily.sent < budget;
-        if !allowed && *logged_day != daily.day {
-            tracing::warn!(
-                budget,
-                "the daily byte budget is used up: metric batches wait for 00:00 UTC (alerts still go)"
-            );
-            *logged_day = daily.day;
-        }
-        allowed
-    };
+    let mail_wake = uplink.mailbox.as_ref().map(|m| m.wake());
     loop {
         tokio::select! {
             // The mailbox wakes with `notify_one`, whose permit waits for this future.
@@ -366,162 +270,378 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                if connected {
-                    send_mail(&client, &mut tracker);
+                if uplink.connected {
+                    uplink.send_mail();
                 }
             }
             _ = shutdown.changed() => {
-                if connected {
-                    let _ = client.try_publish(config.topics.topic(Kind::Status), QoS::AtLeastOnce, true, status(&config, State::Offline, wall(), connection));
-                    let _ = client.try_disconnect();
-                    // Let the event loop flush the offline status and the disconnect.
-                    let deadline = tokio::time::sleep(Duration::from_secs(2));
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            _ = &mut deadline => break,
-                            event = polled.recv() => if !matches!(event, Some((_, Ok(_)))) { break },
-                        }
-                    }
-                }
+                uplink.stop(&mut polled).await;
                 return Ok(());
             }
             polled_event = polled.recv() => {
-            // The task ends only with a panic in the MQTT client; the agent's supervisor
-            // restarts the uplink on a panic.
-            let (number, event) = polled_event.expect("the MQTT event loop task ended");
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    connection = number;
-                    tracing::info!(host = %config.host, port = config.port, "connected to the MQTT broker");
-                    let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
-                    let _ = client.try_subscribe(&cmd_topic, QoS::AtLeastOnce);
-                    publish(&client, &mut tracker, &config.topics.topic(Kind::Status), true, status(&config, State::Online, wall(), connection));
-                    let meta_json = serde_json::to_string(&meta).expect("meta serializes");
-                    publish(&client, &mut tracker, &config.topics.topic(Kind::Meta), true, crate::sign_json(&meta_json, &config.key).into_bytes());
-                    if let Some(mailbox) = &mailbox {
-                        let refresh = mailbox.reconnected();
-                        send_mail(&client, &mut tracker);
-                        for mail in refresh {
-                            publish(&client, &mut tracker, &mail.topic, mail.retain, sign(mail.payload));
-                        }
-                    }
-                    if batches_allowed(&mut daily, &mut budget_logged_day) {
-                        let (wall_ms, uptime_ms) = (wall(), uptime());
-                        clock.observe(&store, wall_ms, uptime_ms)?;
-                        for (_, payload) in outbox.all_unacked((wall_ms, uptime_ms, clock.steps())) {
-                            publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
-                        }
-                    }
-                    let mut s = state.lock().expect("uplink state");
-                    s.connected = true;
-                    s.connects += 1;
-                    s.last_error = None;
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => tracker.numbered(pkid),
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let (Some(id), Some(mailbox)) = (tracker.acknowledged(ack.pkid), &mailbox) {
-                        mailbox.delivered(&id);
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if publish.topic == ack_topic {
-                        match Ack::decode(&publish.payload, &config.topics.device, &config.key) {
-                            Ok(ack) => {
-                                match outbox.on_ack(&store, &ack) {
-                                    AckOutcome::Rejected(reason) => tracing::error!(seq = ack.seq, %reason, "the hub refused a batch"),
-                                    AckOutcome::UnsupportedVersion(supported) => tracing::error!(?supported, ours = PROTOCOL_VERSION, "the hub does not accept this agent's protocol version: upgrade the agent or the hub"),
-                                    AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
-                                    _ => {}
-                                }
-                                // As the ack comes, not at the next batch: with a long batch
-                                // interval the figures would otherwise always show one in flight.
-                                let mut s = state.lock().expect("uplink state");
-                                s.batches_acked = outbox.stats.batches_acked;
-                                s.samples_confirmed = outbox.stats.samples_confirmed;
-                                s.in_flight = outbox.in_flight();
-                            }
-                            Err(error) => tracing::warn!(%error, "ignoring an ack that does not verify"),
-                        }
-                    } else if publish.topic == cmd_topic {
-                        match Command::decode(&publish.payload, &config.topics.device, &config.key) {
-                            Ok(command) => {
-                                tracing::info!(id = command.id, "command from the hub");
-                                state.lock().expect("uplink state").commands.push(command);
-                            }
-                            Err(error) => tracing::warn!(%error, "ignoring a command that does not verify"),
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    let text = error.to_string();
-                    if connected || text != last_logged_error {
-                        tracing::warn!(host = %config.host, port = config.port, "MQTT connection: {text}; retrying (data stays in the store)");
-                        last_logged_error = text.clone();
-                    }
-                    connected = false;
-                    {
-                        let mut s = state.lock().expect("uplink state");
-                        s.connected = false;
-                        s.last_error = Some(text);
-                    }
+                // The task ends only with a panic in the MQTT client; the agent's supervisor
+                // restarts the uplink on a panic.
+                let (number, event) = polled_event.expect("the MQTT event loop task ended");
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => uplink.connected(number, &meta, &state)?,
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => uplink.tracker.numbered(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => uplink.acknowledged(ack.pkid),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => uplink.message(&publish, &state),
+                    Ok(_) => {}
+                    Err(error) => uplink.disconnected(&error.to_string(), &state),
                 }
             }
-            },
             _ = clock_ticker.tick() => {
-                clock.observe(&store, wall(), uptime())?;
+                uplink.clock.observe(&uplink.store, wall(), uptime())?;
             }
             _ = ticker.tick() => {
-                if !connected {
-                    continue;
+                if uplink.connected {
+                    uplink.ship(&state).await?;
                 }
-                if let Some(rate) = config.bandwidth {
-                    let elapsed = refilled.elapsed().as_secs_f64();
-                    refilled = Instant::now();
-                    allowance = (allowance + elapsed * rate as f64).min(rate as f64 * config.batch_interval.as_secs_f64().max(1.0));
+            }
+        }
+    }
+}
+
+/// How the agent connects: its client id, keepalive, packet size, login and TLS.
+fn mqtt_options(config: &UplinkConfig) -> MqttOptions {
+    let client_id = format!("outpost-{}-{}", config.topics.fleet, config.topics.device);
+    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    // Room for the largest batch plus the protocol's own bytes; rumqttc's default is 10 KiB.
+    let packet_limit = config.outbox.max_batch_bytes + (16 << 10);
+    options.set_max_packet_size(packet_limit, packet_limit);
+    options.set_clean_session(true);
+    if !config.username.is_empty() {
+        options.set_credentials(config.username.clone(), config.password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        options.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
+    options
+}
+
+/// What the uplink's loop keeps between events, and what it does on each.
+struct Uplink {
+    store: Arc<Store>,
+    config: UplinkConfig,
+    clocks: (WallClock, UptimeClock),
+    mailbox: Option<Arc<dyn Mailbox>>,
+    client: AsyncClient,
+    outbox: Outbox,
+    clock: crate::clock::ClockWatch,
+    tracker: PublishTracker,
+    /// Whether the broker has accepted the current connection, and that connection's number.
+    connected: bool,
+    connection: u64,
+    /// The bandwidth cap as a budget that refills every second, up to one second's worth.
+    allowance: f64,
+    refilled: Instant,
+    daily: DailyBytes,
+    daily_saved: DailyBytes,
+    budget_logged_day: i64,
+    /// Bytes handed to the client since they were last added to `daily`.
+    published: u64,
+    last_logged_error: String,
+    topics: [String; 3],
+}
+
+impl Uplink {
+    fn open(
+        store: Arc<Store>,
+        config: UplinkConfig,
+        (client, connection): (AsyncClient, u64),
+        clocks: (WallClock, UptimeClock),
+        mailbox: Option<Arc<dyn Mailbox>>,
+    ) -> Result<Uplink, outpost_storage::Error> {
+        let (wall, uptime) = clocks;
+        let outbox = Outbox::open(
+            &store,
+            &config.topics.device,
+            config.key.clone(),
+            &config.boot_id,
+            config.outbox.clone(),
+        )?;
+        let clock = crate::clock::ClockWatch::open(&store, &config.boot_id, wall(), uptime())?;
+        let daily = DailyBytes::load(&store, wall())?;
+        let topics = [Kind::Ack, Kind::Cmd, Kind::Batch].map(|kind| config.topics.topic(kind));
+        Ok(Uplink {
+            allowance: config.bandwidth.map_or(f64::INFINITY, |b| b as f64),
+            store,
+            config,
+            clocks,
+            mailbox,
+            client,
+            outbox,
+            clock,
+            tracker: PublishTracker::default(),
+            connected: false,
+            connection,
+            refilled: Instant::now(),
+            daily,
+            daily_saved: daily,
+            budget_logged_day: i64::MIN,
+            published: 0,
+            last_logged_error: String::new(),
+            topics,
+        })
+    }
+
+    /// Alert messages are signed like status and meta (a last `"mac"` key that subscribers may
+    /// ignore), so that the hub can tell the device's own from a forgery; an empty message
+    /// (which clears a retained alert) has nothing to sign.
+    fn sign(&self, payload: Vec<u8>) -> Vec<u8> {
+        match std::str::from_utf8(&payload) {
+            Ok(text) if text.trim_start().starts_with('{') => {
+                crate::sign_json(text, &self.config.key).into_bytes()
+            }
+            _ => payload,
+        }
+    }
+
+    /// Publishes the mailbox's queued messages the client can take now.
+    fn send_mail(&mut self) {
+        let Some(mailbox) = self.mailbox.clone() else {
+            return;
+        };
+        for mail in mailbox.pending(32) {
+            let payload = self.sign(mail.payload);
+            let len = payload.len() as u64;
+            if self
+                .client
+                .try_publish(&mail.topic, QoS::AtLeastOnce, mail.retain, payload)
+                .is_err()
+            {
+                break;
+            }
+            self.published += len;
+            mailbox.handed(&mail.id);
+            self.tracker.requested(Some(mail.id));
+        }
+    }
+
+    fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
+        let len = payload.len() as u64;
+        let ok = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_ok();
+        if ok {
+            self.published += len;
+            self.tracker.requested(None);
+        }
+        ok
+    }
+
+    /// Whether the day's budget leaves room for metric batches, after counting what went out.
+    fn batches_allowed(&mut self) -> bool {
+        self.daily.roll((self.clocks.0)());
+        self.daily.sent += std::mem::take(&mut self.published);
+        let Some(budget) = self.config.daily_budget else {
+            return true;
+        };
+        let allowed = self.daily.sent < budget;
+        if !allowed && self.budget_logged_day != self.daily.day {
+            tracing::warn!(
+                budget,
+                "the daily byte budget is used up: metric batches wait for 00:00 UTC (alerts still go)"
+            );
+            self.budget_logged_day = self.daily.day;
+        }
+        allowed
+    }
+
+    /// The broker accepted connection `number`: subscribe, announce the device, and send
+    /// what waits.
+    fn connected(
+        &mut self,
+        number: u64,
+        meta: &Meta,
+        state: &Mutex<UplinkState>,
+    ) -> Result<(), outpost_storage::Error> {
+        self.connected = true;
+        self.connection = number;
+        tracing::info!(host = %self.config.host, port = self.config.port, "connected to the MQTT broker");
+        let [ack_topic, cmd_topic, batch_topic] = self.topics.clone();
+        let _ = self.client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
+        let _ = self.client.try_subscribe(&cmd_topic, QoS::AtLeastOnce);
+        let wall = self.clocks.0;
+        let online = status(&self.config, State::Online, wall(), number);
+        self.publish(&self.config.topics.topic(Kind::Status), true, online);
+        let meta_json = serde_json::to_string(meta).expect("meta serializes");
+        let signed_meta = crate::sign_json(&meta_json, &self.config.key).into_bytes();
+        self.publish(&self.config.topics.topic(Kind::Meta), true, signed_meta);
+        if let Some(mailbox) = self.mailbox.clone() {
+            let refresh = mailbox.reconnected();
+            self.send_mail();
+            for mail in refresh {
+                let payload = self.sign(mail.payload);
+                self.publish(&mail.topic, mail.retain, payload);
+            }
+        }
+        if self.batches_allowed() {
+            let (wall_ms, uptime_ms) = (wall(), (self.clocks.1)());
+            self.clock.observe(&self.store, wall_ms, uptime_ms)?;
+            let unacked: Vec<Vec<u8>> = self
+                .outbox
+                .all_unacked((wall_ms, uptime_ms, self.clock.steps()))
+                .into_iter()
+                .map(|(_, payload)| payload.to_vec())
+                .collect();
+            for payload in unacked {
+                self.publish(&batch_topic, false, payload);
+            }
+        }
+        let mut s = state.lock().expect("uplink state");
+        s.connected = true;
+        s.connects += 1;
+        s.last_error = None;
+        Ok(())
+    }
+
+    fn acknowledged(&mut self, pkid: u16) {
+        if let (Some(id), Some(mailbox)) = (self.tracker.acknowledged(pkid), &self.mailbox) {
+            mailbox.delivered(&id);
+        }
+    }
+
+    /// A message on the device's `ack` or `cmd` topic.
+    fn message(&mut self, publish: &rumqttc::Publish, state: &Mutex<UplinkState>) {
+        let device = &self.config.topics.device;
+        if publish.topic == self.topics[0] {
+            let ack = match Ack::decode(&publish.payload, device, &self.config.key) {
+                Ok(ack) => ack,
+                Err(error) => {
+                    tracing::warn!(%error, "ignoring an ack that does not verify");
+                    return;
                 }
-                // Alerts first: they are small and matter more than metrics on a capped link.
-                send_mail(&client, &mut tracker);
-                let allowed = batches_allowed(&mut daily, &mut budget_logged_day);
-                // One reading of the clocks for everything sent now, and any step up to it
-                // recorded first: a batch stamped by a new clock must carry the step to it.
-                let (wall_ms, uptime_ms) = (wall(), uptime());
-                clock.observe(&store, wall_ms, uptime_ms)?;
-                if allowed {
-                    for (_, payload) in outbox.due_resends(Instant::now(), config.ack_timeout, (wall_ms, uptime_ms, clock.steps())) {
-                        allowance -= payload.len() as f64;
-                        publish(&client, &mut tracker, &batch_topic, false, payload.to_vec());
-                    }
+            };
+            match self.outbox.on_ack(&self.store, &ack) {
+                AckOutcome::Rejected(reason) => tracing::error!(seq = ack.seq, %reason, "the hub refused a batch"),
+                AckOutcome::UnsupportedVersion(supported) => tracing::error!(?supported, ours = PROTOCOL_VERSION, "the hub does not accept this agent's protocol version: upgrade the agent or the hub"),
+                AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
+                _ => {}
+            }
+            // As the ack comes, not at the next batch: with a long batch interval the figures
+            // would otherwise always show one in flight.
+            let mut s = state.lock().expect("uplink state");
+            s.batches_acked = self.outbox.stats.batches_acked;
+            s.samples_confirmed = self.outbox.stats.samples_confirmed;
+            s.in_flight = self.outbox.in_flight();
+        } else if publish.topic == self.topics[1] {
+            match Command::decode(&publish.payload, device, &self.config.key) {
+                Ok(command) => {
+                    tracing::info!(id = command.id, "command from the hub");
+                    state.lock().expect("uplink state").commands.push(command);
                 }
-                while allowed && allowance > 0.0 {
-                    match outbox.next_batch(&store, wall_ms, uptime_ms, clock.steps())? {
-                        Some((_, payload)) => {
-                            allowance -= payload.len() as f64;
-                            if !publish(&client, &mut tracker, &batch_topic, false, payload.to_vec()) {
-                                break;
-                            }
-                        }
-                        None => break,
-                    }
-                }
-                {
-                    let mut s = state.lock().expect("uplink state");
-                    s.batches_sent = outbox.stats.batches_sent;
-                    s.batches_resent = outbox.stats.batches_resent;
-                    s.batches_acked = outbox.stats.batches_acked;
-                    s.bytes_sent = outbox.stats.bytes_sent;
-                    s.samples_confirmed = outbox.stats.samples_confirmed;
-                    s.in_flight = outbox.in_flight();
-                    daily.sent += published.swap(0, std::sync::atomic::Ordering::Relaxed);
-                    s.sent_today = daily.sent;
-                    s.budget_exhausted = !allowed;
-                }
-                if daily != daily_saved {
-                    daily.save(&store).await?;
-                    daily_saved = daily;
-                }
+                Err(error) => tracing::warn!(%error, "ignoring a command that does not verify"),
+            }
+        }
+    }
+
+    /// The connection failed or could not be made; the event loop's task tries again.
+    fn disconnected(&mut self, error: &str, state: &Mutex<UplinkState>) {
+        if self.connected || error != self.last_logged_error {
+            tracing::warn!(host = %self.config.host, port = self.config.port, "MQTT connection: {error}; retrying (data stays in the store)");
+            self.last_logged_error = error.to_string();
+        }
+        self.connected = false;
+        let mut s = state.lock().expect("uplink state");
+        s.connected = false;
+        s.last_error = Some(error.to_string());
+    }
+
+    /// One batch tick: alerts, then resends that are due, then new batches, within the
+    /// bandwidth cap and the daily budget.
+    async fn ship(&mut self, state: &Mutex<UplinkState>) -> Result<(), outpost_storage::Error> {
+        if let Some(rate) = self.config.bandwidth {
+            let elapsed = self.refilled.elapsed().as_secs_f64();
+            self.refilled = Instant::now();
+            let ceiling = rate as f64 * self.config.batch_interval.as_secs_f64().max(1.0);
+            self.allowance = (self.allowance + elapsed * rate as f64).min(ceiling);
+        }
+        // Alerts first: they are small and matter more than metrics on a capped link.
+        self.send_mail();
+        let allowed = self.batches_allowed();
+        // One reading of the clocks for everything sent now, and any step up to it recorded
+        // first: a batch stamped by a new clock must carry the step to it.
+        let (wall_ms, uptime_ms) = ((self.clocks.0)(), (self.clocks.1)());
+        self.clock.observe(&self.store, wall_ms, uptime_ms)?;
+        let batch_topic = self.topics[2].clone();
+        if allowed {
+            let due: Vec<Vec<u8>> = self
+                .outbox
+                .due_resends(
+                    Instant::now(),
+                    self.config.ack_timeout,
+                    (wall_ms, uptime_ms, self.clock.steps()),
+                )
+                .into_iter()
+                .map(|(_, payload)| payload.to_vec())
+                .collect();
+            for payload in due {
+                self.allowance -= payload.len() as f64;
+                self.publish(&batch_topic, false, payload);
+            }
+        }
+        while allowed && self.allowance > 0.0 {
+            let steps = self.clock.steps();
+            let Some((_, payload)) =
+                self.outbox
+                    .next_batch(&self.store, wall_ms, uptime_ms, steps)?
+            else {
+                break;
+            };
+            self.allowance -= payload.len() as f64;
+            if !self.publish(&batch_topic, false, payload.to_vec()) {
+                break;
+            }
+        }
+        self.report(state, allowed);
+        if self.daily != self.daily_saved {
+            self.daily.save(&self.store).await?;
+            self.daily_saved = self.daily;
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, state: &Mutex<UplinkState>, allowed: bool) {
+        let mut s = state.lock().expect("uplink state");
+        s.batches_sent = self.outbox.stats.batches_sent;
+        s.batches_resent = self.outbox.stats.batches_resent;
+        s.batches_acked = self.outbox.stats.batches_acked;
+        s.bytes_sent = self.outbox.stats.bytes_sent;
+        s.samples_confirmed = self.outbox.stats.samples_confirmed;
+        s.in_flight = self.outbox.in_flight();
+        self.daily.sent += std::mem::take(&mut self.published);
+        s.sent_today = self.daily.sent;
+        s.budget_exhausted = !allowed;
+    }
+
+    /// A clean stop: `offline`, then a disconnect that the event loop flushes (2 s at most).
+    async fn stop(&mut self, polled: &mut tokio::sync::mpsc::Receiver<Polled>) {
+        if !self.connected {
+            return;
+        }
+        let offline = status(
+            &self.config,
+            State::Offline,
+            (self.clocks.0)(),
+            self.connection,
+        );
+        let topic = self.config.topics.topic(Kind::Status);
+        let _ = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, offline);
+        let _ = self.client.try_disconnect();
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                event = polled.recv() => if !matches!(event, Some((_, Ok(_)))) { break },
             }
         }
     }
