@@ -111,59 +111,15 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         None
     };
     let tasks = Arc::new(crate::supervise::Tasks::default());
-    let mut alert_runtime = if config.alerts.enabled {
-        let device = match &uplink_config {
-            Some(u) => u.topics.device.clone(),
-            None => crate::sysinfo_ids::machine_id().unwrap_or_else(|| "local".into()),
-        };
-        let mqtt_base = uplink_config.as_ref().map(|u| {
-            format!(
-                "{}/{}/{}",
-                outpost_sync::topic::ROOT,
-                u.topics.fleet,
-                u.topics.device
-            )
-        });
-        let runtime = crate::alerting::runtime::AlertRuntime::start(
-            &config.alerts,
-            crate::alerting::pack::AGENT_PACK,
-            sink.store.clone(),
-            device,
-            mqtt_base,
-            tasks.clone(),
-        )
-        .context("[alerts]")?;
-        let _ = sink.alerts.set(runtime.shared.engine.clone());
-        Some(runtime)
-    } else {
-        None
-    };
+    let mut alert_runtime = start_alerts(&config, uplink_config.as_ref(), &sink, &tasks)?;
     let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let (stop_uplink, uplink_stopped) = tokio::sync::watch::channel(false);
     let mut uplink = JoinSet::new();
     if let Some(uplink_config) = uplink_config {
-        let meta = device_meta(&config, &uplink_config.topics.device, &sink.store);
-        let state = sink.uplink.clone();
-        let store = sink.store.clone();
-        let mailbox = alert_shared
-            .as_ref()
-            .and_then(|a| a.mailbox.clone())
-            .map(|m| m as Arc<dyn outpost_sync::uplink::Mailbox>);
-        tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
-        crate::supervise::spawn(&mut uplink, &tasks, "uplink", move || {
-            let run = outpost_sync::uplink::run(
-                store.clone(),
-                uplink_config.clone(),
-                meta.clone(),
-                state.clone(),
-                (crate::sysinfo_ids::wall_ms, crate::sysinfo_ids::uptime_ms),
-                mailbox.clone(),
-                uplink_stopped.clone(),
-            );
-            async move { Ok(run.await?) }
-        });
+        let mailbox = alert_shared.as_ref().and_then(|a| a.mailbox.clone());
+        let run = (&config, &sink, &tasks);
+        start_uplink(run, uplink_config, mailbox, uplink_stopped, &mut uplink);
     }
-
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([agent] listen)", config.agent.listen))?;
@@ -175,15 +131,7 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         tasks: tasks.clone(),
         tokens: config.agent.tokens.clone(),
     });
-    let app = http::router(http_state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let (stop_http, server) = serve_http(listener, http_state.clone());
     tracing::info!(
         listen = %config.agent.listen,
         store = %config.store.path.display(),
@@ -217,28 +165,25 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hangup.recv() => {
-                match load_config(args) {
-                    Ok(new) => {
-                        if new.store != config.store || new.agent.listen != config.agent.listen {
-                            tracing::warn!("[store] and [agent] listen change only at restart; the rest is reloaded");
-                        }
-                        if new.alerts.enabled != config.alerts.enabled {
-                            tracing::warn!("[alerts] enabled changes only at restart");
-                        }
-                        // Rule files are read again whether or not the config names new ones.
-                        if let Some(runtime) = alert_runtime.as_mut() {
-                            if let Err(error) = runtime.reload(&new.alerts).await {
-                                tracing::error!("SIGHUP: alert rules not reloaded, keeping the running ones: {error:#}");
-                            }
-                        }
-                        collectors.shutdown().await;
-                        *http_state.import.write().expect("import config lock") = new.import.clone();
-                        config = new;
-                        collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone(), &tasks);
-                        tracing::info!("SIGHUP: config reloaded");
+                let new = match load_config(args) {
+                    Ok(new) => new,
+                    Err(error) => {
+                        tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}");
+                        continue;
                     }
-                    Err(error) => tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}"),
+                };
+                warn_of_restart_only_keys(&config, &new);
+                // Rule files are read again whether or not the config names new ones.
+                if let Some(runtime) = alert_runtime.as_mut() {
+                    if let Err(error) = runtime.reload(&new.alerts).await {
+                        tracing::error!("SIGHUP: alert rules not reloaded, keeping the running ones: {error:#}");
+                    }
                 }
+                collectors.shutdown().await;
+                *http_state.import.write().expect("import config lock") = new.import.clone();
+                config = new;
+                collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone(), &tasks);
+                tracing::info!("SIGHUP: config reloaded");
             }
             Some(()) = replay_done.recv() => {
                 if args.exit_after_replay {
@@ -273,13 +218,107 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         tracing::warn!("sync did not stop within 5 s");
     }
     uplink.shutdown().await;
-    // Seal what the head holds, so that a clean stop leaves nothing for recovery to replay.
+    drop(http_state);
+    seal_and_close(sink).await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// The alert runtime, when `[alerts]` is enabled; its engine sees every stored sample.
+fn start_alerts(
+    config: &AgentConfig,
+    uplink_config: Option<&outpost_sync::uplink::UplinkConfig>,
+    sink: &Arc<Sink>,
+    tasks: &Arc<crate::supervise::Tasks>,
+) -> Result<Option<crate::alerting::runtime::AlertRuntime>> {
+    if !config.alerts.enabled {
+        return Ok(None);
+    }
+    let device = match uplink_config {
+        Some(u) => u.topics.device.clone(),
+        None => crate::sysinfo_ids::machine_id().unwrap_or_else(|| "local".into()),
+    };
+    let mqtt_base = uplink_config.map(|u| {
+        let root = outpost_sync::topic::ROOT;
+        format!("{root}/{}/{}", u.topics.fleet, u.topics.device)
+    });
+    let runtime = crate::alerting::runtime::AlertRuntime::start(
+        &config.alerts,
+        crate::alerting::pack::AGENT_PACK,
+        sink.store.clone(),
+        device,
+        mqtt_base,
+        tasks.clone(),
+    )
+    .context("[alerts]")?;
+    let _ = sink.alerts.set(runtime.shared.engine.clone());
+    Ok(Some(runtime))
+}
+
+/// The uplink, supervised, until `stopped` turns true.
+fn start_uplink(
+    (config, sink, tasks): (&AgentConfig, &Arc<Sink>, &Arc<crate::supervise::Tasks>),
+    uplink_config: outpost_sync::uplink::UplinkConfig,
+    mailbox: Option<Arc<crate::alerting::notify::AlertMailbox>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    set: &mut JoinSet<()>,
+) {
+    let meta = device_meta(config, &uplink_config.topics.device, &sink.store);
+    let state = sink.uplink.clone();
+    let store = sink.store.clone();
+    let mailbox = mailbox.map(|m| m as Arc<dyn outpost_sync::uplink::Mailbox>);
+    tracing::info!(url = %config.mqtt.url, device = %uplink_config.topics.device, "syncing to the hub");
+    crate::supervise::spawn(set, tasks, "uplink", move || {
+        let run = outpost_sync::uplink::run(
+            store.clone(),
+            uplink_config.clone(),
+            meta.clone(),
+            state.clone(),
+            (crate::sysinfo_ids::wall_ms, crate::sysinfo_ids::uptime_ms),
+            mailbox.clone(),
+            stopped.clone(),
+        );
+        async move { Ok(run.await?) }
+    });
+}
+
+/// `/metrics` and the API, until `stop` is sent.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: Arc<http::HttpState>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, server)
+}
+
+fn warn_of_restart_only_keys(running: &AgentConfig, new: &AgentConfig) {
+    if new.store != running.store || new.agent.listen != running.agent.listen {
+        tracing::warn!("[store] and [agent] listen change only at restart; the rest is reloaded");
+    }
+    if new.alerts.enabled != running.alerts.enabled {
+        tracing::warn!("[alerts] enabled changes only at restart");
+    }
+}
+
+/// Seals what the head holds, so that a clean stop leaves nothing for recovery to replay, and
+/// closes the store once nothing else holds it.
+async fn seal_and_close(sink: Arc<Sink>) -> Result<()> {
     let sink_for_seal = sink.clone();
     #[allow(clippy::disallowed_methods)] // on the blocking pool
     tokio::task::spawn_blocking(move || sink_for_seal.store.seal())
         .await?
         .context("sealing the store at shutdown")?;
-    drop(http_state);
     let store = Arc::try_unwrap(sink)
         .ok()
         .and_then(|sink| Arc::try_unwrap(sink.store).ok());
@@ -287,7 +326,6 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         #[allow(clippy::disallowed_methods)] // on the blocking pool
         tokio::task::spawn_blocking(move || store.close()).await??;
     }
-    tracing::info!("agent stopped");
     Ok(())
 }
 

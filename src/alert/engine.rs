@@ -239,6 +239,146 @@ fn encode_into(out: &mut String, text: &str) {
     }
 }
 
+/// What one evaluation saw of an alert instance.
+struct Observed {
+    labels: BTreeMap<String, String>,
+    value: Option<f64>,
+    /// Whether the rule's condition holds.
+    holds: bool,
+}
+
+/// What one evaluation does to an alert's state.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Nothing: an inactive alert stays so.
+    Unchanged,
+    /// A resolved alert old enough to be forgotten.
+    Forget,
+    /// Its bookkeeping moved on, and it may change state (escalation is a `Firing` again).
+    Step(Option<State>, Reason),
+}
+
+impl AlertRecord {
+    fn new(rule: &Rule, instance: String, labels: BTreeMap<String, String>, now_ms: i64) -> Self {
+        AlertRecord {
+            rule: rule.name.clone(),
+            instance,
+            labels,
+            state: State::Inactive,
+            severity: rule.severity,
+            value: None,
+            threshold: rule.threshold,
+            started_ms: None,
+            fired_ms: None,
+            resolved_ms: None,
+            last_true_ms: None,
+            cooldown_until_ms: None,
+            escalated: false,
+            silenced: false,
+            notified: false,
+            last_notified_ms: None,
+            event_seq: 0,
+            changed_ms: now_ms,
+            summary: String::new(),
+            description: String::new(),
+        }
+    }
+}
+
+/// The lifecycle: a pure function of the record (its bookkeeping updated here), the rule,
+/// whether the condition holds, and the time. The record's `state` itself is left for the
+/// caller to set from the result.
+fn next_state(record: &mut AlertRecord, rule: &Rule, holds: bool, now_ms: i64) -> Next {
+    let mut transition = None;
+    let mut reason = Reason::Transition;
+    match record.state {
+        State::Inactive | State::Resolved if holds => {
+            // A firing soon after the previous resolve is a flap: the channels hear of it only
+            // if it is still firing when the cooldown ends.
+            record.cooldown_until_ms = record
+                .resolved_ms
+                .map(|at| at + rule.cooldown_ms)
+                .filter(|until| rule.cooldown_ms > 0 && *until > now_ms);
+            record.started_ms = Some(now_ms);
+            record.fired_ms = None;
+            record.resolved_ms = None;
+            record.escalated = false;
+            record.notified = false;
+            record.severity = rule.severity;
+            record.last_true_ms = Some(now_ms);
+            transition = Some(if rule.for_ms == 0 {
+                State::Firing
+            } else {
+                State::Pending
+            });
+        }
+        State::Inactive => return Next::Unchanged,
+        State::Resolved => {
+            let forget_after = FORGET_RESOLVED_MS.max(rule.cooldown_ms);
+            let old = record
+                .resolved_ms
+                .is_none_or(|at| now_ms - at > forget_after);
+            return if old { Next::Forget } else { Next::Unchanged };
+        }
+        State::Pending if holds => {
+            record.last_true_ms = Some(now_ms);
+            if now_ms - record.started_ms.unwrap_or(now_ms) >= rule.for_ms {
+                transition = Some(State::Firing);
+            }
+        }
+        State::Pending => transition = Some(State::Inactive),
+        State::Firing => {
+            if holds {
+                record.last_true_ms = Some(now_ms);
+            }
+            let kept = record
+                .last_true_ms
+                .is_some_and(|t| now_ms - t < rule.keep_firing_for_ms);
+            if !holds && !kept {
+                transition = Some(State::Resolved);
+            } else if !record.silenced
+                && !record.escalated
+                && rule
+                    .escalate_after_ms
+                    .is_some_and(|after| now_ms - record.fired_ms.unwrap_or(now_ms) >= after)
+            {
+                record.escalated = true;
+                record.severity = record.severity.max(rule.escalate_to);
+                transition = Some(State::Firing);
+                reason = Reason::Escalation;
+            }
+        }
+    }
+    Next::Step(transition, reason)
+}
+
+/// Whether the notification channels hear of `record` now, and why: firings (once not
+/// silenced and past any cooldown, which may be later than the transition), escalations,
+/// reminders, and the resolve of what they were told.
+fn notification(
+    record: &AlertRecord,
+    rule: &Rule,
+    (transition, reason): (Option<State>, Reason),
+    now_ms: i64,
+) -> Option<Reason> {
+    match record.state {
+        State::Firing if record.silenced => None,
+        State::Firing if reason == Reason::Escalation && transition.is_some() => {
+            Some(Reason::Escalation)
+        }
+        State::Firing if !record.notified => record
+            .cooldown_until_ms
+            .is_none_or(|until| now_ms >= until)
+            .then_some(Reason::Transition),
+        State::Firing => rule
+            .renotify_ms
+            .filter(|every| now_ms - record.last_notified_ms.unwrap_or(now_ms) >= *every)
+            .map(|_| Reason::Renotify),
+        State::Resolved if transition.is_some() && record.notified => Some(Reason::Transition),
+        _ => None,
+    }
+}
+
 pub fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
@@ -504,16 +644,12 @@ impl Engine {
                     evaluation.gate && evaluation.value.is_some_and(|v| rule.condition(v, firing))
                 };
                 present.insert(id.clone());
-                self.step(
-                    rule,
-                    id,
+                let observed = Observed {
                     labels,
-                    evaluation.value,
+                    value: evaluation.value,
                     holds,
-                    now_ms,
-                    write,
-                    &mut outcome,
-                );
+                };
+                self.step(rule, id, observed, now_ms, (write, &mut outcome));
             }
         }
         // Alerts whose series left every window: their condition no longer holds.
@@ -528,8 +664,12 @@ impl Engine {
                 continue;
             };
             let record = &self.alerts[&id];
-            let (labels, value) = (record.labels.clone(), record.value);
-            self.step(rule, id, labels, value, false, now_ms, write, &mut outcome);
+            let observed = Observed {
+                labels: record.labels.clone(),
+                value: record.value,
+                holds: false,
+            };
+            self.step(rule, id, observed, now_ms, (write, &mut outcome));
         }
         self.rules = rules;
         outcome.woken.sort();
@@ -616,112 +756,35 @@ impl Engine {
         outcome.transitions.push(message);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One evaluation of one alert instance: its next state (`next_state`), what is
+    /// published and told (`notification`), and what is stored.
     fn step(
         &mut self,
         rule: &Rule,
-        id: (String, String),
-        labels: BTreeMap<String, String>,
-        value: Option<f64>,
-        holds: bool,
+        (id, labels): (String, String),
+        observed: Observed,
         now_ms: i64,
-        write: &mut WriteBatch,
-        outcome: &mut Outcome,
+        (write, outcome): (&mut WriteBatch, &mut Outcome),
     ) {
+        let id = (id, labels);
         let mut record = match self.alerts.get(&id) {
             Some(record) => record.clone(),
-            None if !holds => return,
-            None => AlertRecord {
-                rule: rule.name.clone(),
-                instance: id.1.clone(),
-                labels,
-                state: State::Inactive,
-                severity: rule.severity,
-                value,
-                threshold: rule.threshold,
-                started_ms: None,
-                fired_ms: None,
-                resolved_ms: None,
-                last_true_ms: None,
-                cooldown_until_ms: None,
-                escalated: false,
-                silenced: false,
-                notified: false,
-                last_notified_ms: None,
-                event_seq: 0,
-                changed_ms: now_ms,
-                summary: String::new(),
-                description: String::new(),
-            },
+            None if !observed.holds => return,
+            None => AlertRecord::new(rule, id.1.clone(), observed.labels.clone(), now_ms),
         };
         let before = record.clone();
-        record.value = value;
+        record.value = observed.value;
         record.threshold = rule.threshold;
         record.silenced = self.silences.silenced(&rule.name, &record.labels, now_ms);
-        let mut transition = None;
-        let mut reason = Reason::Transition;
-        match record.state {
-            State::Inactive | State::Resolved if holds => {
-                // A firing soon after the previous resolve is a flap: the channels hear of it
-                // only if it is still firing when the cooldown ends.
-                record.cooldown_until_ms = record
-                    .resolved_ms
-                    .map(|at| at + rule.cooldown_ms)
-                    .filter(|until| rule.cooldown_ms > 0 && *until > now_ms);
-                record.started_ms = Some(now_ms);
-                record.fired_ms = None;
-                record.resolved_ms = None;
-                record.escalated = false;
-                record.notified = false;
-                record.severity = rule.severity;
-                record.last_true_ms = Some(now_ms);
-                transition = Some(if rule.for_ms == 0 {
-                    State::Firing
-                } else {
-                    State::Pending
-                });
-            }
-            State::Inactive => return,
-            State::Resolved => {
-                let forget_after = FORGET_RESOLVED_MS.max(rule.cooldown_ms);
-                if record
-                    .resolved_ms
-                    .is_none_or(|at| now_ms - at > forget_after)
-                {
-                    self.alerts.remove(&id);
-                    write.delete_state(StateTable::AlertState, alert_key(&id));
-                }
+        let (transition, reason) = match next_state(&mut record, rule, observed.holds, now_ms) {
+            Next::Unchanged => return,
+            Next::Forget => {
+                self.alerts.remove(&id);
+                write.delete_state(StateTable::AlertState, alert_key(&id));
                 return;
             }
-            State::Pending if holds => {
-                record.last_true_ms = Some(now_ms);
-                if now_ms - record.started_ms.unwrap_or(now_ms) >= rule.for_ms {
-                    transition = Some(State::Firing);
-                }
-            }
-            State::Pending => transition = Some(State::Inactive),
-            State::Firing => {
-                if holds {
-                    record.last_true_ms = Some(now_ms);
-                }
-                let kept = record
-                    .last_true_ms
-                    .is_some_and(|t| now_ms - t < rule.keep_firing_for_ms);
-                if !holds && !kept {
-                    transition = Some(State::Resolved);
-                } else if !record.silenced
-                    && !record.escalated
-                    && rule
-                        .escalate_after_ms
-                        .is_some_and(|after| now_ms - record.fired_ms.unwrap_or(now_ms) >= after)
-                {
-                    record.escalated = true;
-                    record.severity = record.severity.max(rule.escalate_to);
-                    transition = Some(State::Firing);
-                    reason = Reason::Escalation;
-                }
-            }
-        }
+            Next::Step(transition, reason) => (transition, reason),
+        };
         // A silence beginning or ending is news to whoever shows the alert (the retained state
         // and the hub), though the state itself did not change.
         let silence_changed = transition.is_none()
@@ -743,59 +806,63 @@ impl Engine {
             };
             self.publish(rule, &mut record, reason, now_ms, write, outcome);
         }
-        // The notification channels: firings (once not silenced and past any cooldown, which
-        // may be later than the transition), escalations, reminders, and the resolve of what
-        // they were told.
-        let notify = match record.state {
-            State::Firing if record.silenced => None,
-            State::Firing if reason == Reason::Escalation && transition.is_some() => {
-                Some(Reason::Escalation)
-            }
-            State::Firing if !record.notified => record
-                .cooldown_until_ms
-                .is_none_or(|until| now_ms >= until)
-                .then_some(Reason::Transition),
-            State::Firing => rule
-                .renotify_ms
-                .filter(|every| now_ms - record.last_notified_ms.unwrap_or(now_ms) >= *every)
-                .map(|_| Reason::Renotify),
-            State::Resolved if transition.is_some() && record.notified => Some(Reason::Transition),
-            _ => None,
-        };
-        if let Some(reason) = notify {
-            record.notified = record.state == State::Firing;
-            record.last_notified_ms = Some(now_ms);
-            let channels: Vec<String> = self
-                .options
-                .channels
-                .iter()
-                .filter(|c| rule.notify.as_ref().is_none_or(|n| n.contains(c)))
-                .cloned()
-                .collect();
-            for name in channels {
-                let channel = Channel::Named(name);
-                let mut message = self.message(&record, reason);
-                // A reminder happens now; a firing or resolve told late (after a cooldown or a
-                // silence) keeps the time it happened, as on MQTT.
-                message.at = rfc3339(match (reason, record.state) {
-                    (Reason::Transition, State::Firing) => record.fired_ms.unwrap_or(now_ms),
-                    (Reason::Transition, State::Resolved) => record.resolved_ms.unwrap_or(now_ms),
-                    _ => now_ms,
-                });
-                message.dropped_before = self.take_dropped(&channel);
-                let key = self.next_queue_key(&channel);
-                let value = serde_json::to_vec(&message).expect("message serializes");
-                self.enqueue(write, channel.clone(), value, key);
-                outcome.woken.push(channel);
-            }
+        if let Some(reason) = notification(&record, rule, (transition, reason), now_ms) {
+            self.notify(rule, &mut record, reason, now_ms, (write, outcome));
         }
         if record.state == State::Inactive {
             self.alerts.remove(&id);
             write.delete_state(StateTable::AlertState, alert_key(&id));
             return;
         }
-        // The value and the last true evaluation change every tick; they alone are not worth a
-        // write each second.
+        self.store_record(&id, &record, before, write);
+        self.alerts.insert(id, record);
+    }
+
+    /// Queues a notification of `record` for every channel the rule names.
+    fn notify(
+        &mut self,
+        rule: &Rule,
+        record: &mut AlertRecord,
+        reason: Reason,
+        now_ms: i64,
+        (write, outcome): (&mut WriteBatch, &mut Outcome),
+    ) {
+        record.notified = record.state == State::Firing;
+        record.last_notified_ms = Some(now_ms);
+        let channels: Vec<String> = self
+            .options
+            .channels
+            .iter()
+            .filter(|c| rule.notify.as_ref().is_none_or(|n| n.contains(c)))
+            .cloned()
+            .collect();
+        for name in channels {
+            let channel = Channel::Named(name);
+            let mut message = self.message(record, reason);
+            // A reminder happens now; a firing or resolve told late (after a cooldown or a
+            // silence) keeps the time it happened, as on MQTT.
+            message.at = rfc3339(match (reason, record.state) {
+                (Reason::Transition, State::Firing) => record.fired_ms.unwrap_or(now_ms),
+                (Reason::Transition, State::Resolved) => record.resolved_ms.unwrap_or(now_ms),
+                _ => now_ms,
+            });
+            message.dropped_before = self.take_dropped(&channel);
+            let key = self.next_queue_key(&channel);
+            let value = serde_json::to_vec(&message).expect("message serializes");
+            self.enqueue(write, channel.clone(), value, key);
+            outcome.woken.push(channel);
+        }
+    }
+
+    /// Writes `record` unless only its value and last true evaluation changed: those change
+    /// every tick and alone are not worth a write each second.
+    fn store_record(
+        &self,
+        id: &(String, String),
+        record: &AlertRecord,
+        before: AlertRecord,
+        write: &mut WriteBatch,
+    ) {
         let unchanged = {
             let mut a = record.clone();
             let mut b = before;
@@ -804,15 +871,14 @@ impl Engine {
             a == b
         };
         if !unchanged {
-            let value = serde_json::to_vec(&record).expect("record serializes");
-            write.put_state(StateTable::AlertState, alert_key(&id), value);
+            let value = serde_json::to_vec(record).expect("record serializes");
+            write.put_state(StateTable::AlertState, alert_key(id), value);
             write.put_state(
                 StateTable::AlertState,
                 QUEUE_SEQ_KEY,
                 self.queue_seq.to_le_bytes().to_vec(),
             );
         }
-        self.alerts.insert(id, record);
     }
 
     /// The retained state of every firing alert, to publish again after each connect (some
@@ -843,6 +909,87 @@ mod tests {
     use crate::alert::rules::parse;
     use outpost_storage::Options;
     use std::path::Path;
+
+    /// The lifecycle alone, without a store: pending for `for`, firing, kept firing for
+    /// `keep_firing_for`, resolved, and a flap within the cooldown told only after it.
+    #[test]
+    fn the_lifecycle_is_a_function_of_record_rule_and_time() {
+        let rules = parse(
+            Path::new("t.toml"),
+            "[[rule]]\nname = \"r\"\nselect = 'm'\nthreshold = 1.0\nfor = \"10s\"\nkeep_firing_for = \"5s\"\ncooldown = \"1m\"\n",
+        )
+        .unwrap();
+        let rule = &rules[0];
+        let mut record = AlertRecord::new(rule, "_".into(), BTreeMap::new(), 0);
+        let at = |record: &mut AlertRecord, holds: bool, now: i64| {
+            let next = next_state(record, rule, holds, now);
+            if let Next::Step(Some(state), _) = next {
+                record.state = state;
+                match state {
+                    State::Firing => record.fired_ms = Some(now),
+                    State::Resolved => record.resolved_ms = Some(now),
+                    _ => {}
+                }
+            }
+            next
+        };
+        assert_eq!(at(&mut record, false, 0), Next::Unchanged);
+        assert_eq!(
+            at(&mut record, true, 1_000),
+            Next::Step(Some(State::Pending), Reason::Transition)
+        );
+        assert_eq!(
+            at(&mut record, true, 10_999),
+            Next::Step(None, Reason::Transition)
+        );
+        assert_eq!(
+            at(&mut record, true, 11_000),
+            Next::Step(Some(State::Firing), Reason::Transition)
+        );
+        assert_eq!(
+            notification(
+                &record,
+                rule,
+                (Some(State::Firing), Reason::Transition),
+                11_000
+            ),
+            Some(Reason::Transition)
+        );
+        record.notified = true;
+        // Kept firing for 5 s after the condition stops holding.
+        assert_eq!(
+            at(&mut record, false, 15_000),
+            Next::Step(None, Reason::Transition)
+        );
+        assert_eq!(
+            at(&mut record, false, 16_000),
+            Next::Step(Some(State::Resolved), Reason::Transition)
+        );
+        // Firing again within the cooldown: not told until it ends, still firing.
+        at(&mut record, true, 20_000);
+        at(&mut record, true, 30_000);
+        assert_eq!(record.state, State::Firing);
+        record.notified = false;
+        assert_eq!(
+            notification(&record, rule, (None, Reason::Transition), 30_000),
+            None
+        );
+        assert_eq!(
+            notification(&record, rule, (None, Reason::Transition), 76_000),
+            Some(Reason::Transition)
+        );
+        // A resolved alert is forgotten once old enough.
+        at(&mut record, false, 100_000);
+        assert_eq!(record.state, State::Resolved);
+        assert_eq!(
+            at(
+                &mut record,
+                false,
+                100_000 + FORGET_RESOLVED_MS.max(60_000) + 1
+            ),
+            Next::Forget
+        );
+    }
 
     struct Rig {
         _dir: tempfile::TempDir,

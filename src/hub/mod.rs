@@ -28,7 +28,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use config::HubConfig;
 use devices::DevicesFile;
-use registry::Registry;
+use registry::{Registry, Taken};
 
 #[derive(Debug, Args)]
 pub struct HubArgs {
@@ -220,16 +220,7 @@ struct Incoming {
 
 async fn daemon(config: HubConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let path = config.store.path.clone();
-    let options = outpost_storage::Options {
-        wall_clock: Some(Arc::new(outpost::timearg::SystemWallClock)),
-        ..outpost_sync::ingest::hub_store_options(config.store.budget.0)
-    };
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&path, options))
-            .await?
-            .with_context(|| format!("opening the store {}", config.store.path.display()))?,
-    );
+    let store = open_store(&config).await?;
     let devices = Arc::new(Devices {
         path: config.hub.devices_file.clone(),
         current: RwLock::new((None, Arc::new(DevicesFile::default()))),
@@ -241,107 +232,27 @@ async fn daemon(config: HubConfig) -> Result<()> {
         registry
     }));
     let (ingested, _) = tokio::sync::broadcast::channel::<String>(1024);
-    let hub_password = crate::sysinfo_ids::random_hex(24)?;
-    let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
-
-    let mut tls = None;
     let refusals = Arc::new(gate::Refusals::default());
-    let (host, port, username, password) = if config.mqtt.embedded {
-        // The hub itself talks to the broker behind the gate.
-        let broker = start_broker(&config, devices.clone(), hub_password.clone(), &refusals)?;
-        (
-            broker.ip().to_string(),
-            broker.port(),
-            HUB_USER.to_string(),
-            hub_password.clone(),
-        )
-    } else {
-        let url = crate::netaddr::MqttUrl::parse(&config.mqtt.url)?;
-        let password = if config.mqtt.password_file.as_os_str().is_empty() {
-            String::new()
-        } else {
-            crate::sysinfo_ids::read_secret(
-                &config.mqtt.password_file,
-                "broker password (mqtt.password_file)",
-            )?
-        };
-        if url.tls {
-            tls = Some(Arc::new(crate::tls::client_config(
-                &config.mqtt.ca_file,
-                &config.mqtt.cert_file,
-                &config.mqtt.client_key_file,
-            )?));
-        }
-        (url.host, url.port, config.mqtt.username.clone(), password)
+    let (options, broker) = broker_options(&config, &devices, &refusals)?;
+    let (client, events) = AsyncClient::new(options, 1024);
+    let (mut polled, _event_loop) = spawn_event_loop(events);
+    let (incoming_tx, ingest) = {
+        let shared = (&store, &client, &devices, &registry, &ingested);
+        spawn_ingest(&config, shared)?
     };
-    let mut options = MqttOptions::new(
-        format!("{HUB_CLIENT_PREFIX}{}", std::process::id()),
-        host.clone(),
-        port,
-    );
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(max_packet, max_packet);
-    options.set_clean_session(true);
-    if !username.is_empty() {
-        options.set_credentials(username, password);
-    }
-    if let Some(tls) = tls {
-        options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-            tls,
-        )));
-    }
-    let (client, mut events) = AsyncClient::new(options, 1024);
-
-    // The ingest thread: batches in, acks out.
-    // Bounded: a hub whose disk is slow pushes back on the broker, not into its memory; and
-    // awaited, so that a full queue makes the event loop wait without stopping the API.
-    let (incoming_tx, incoming_rx) = flume::bounded::<Incoming>(1024);
-    let ingest = {
-        let (store, client, devices, registry, ingested) = (
-            store.clone(),
-            client.clone(),
-            devices.clone(),
-            registry.clone(),
-            ingested.clone(),
-        );
-        let fleet = config.hub.fleet.clone();
-        let limits = Limits {
-            max_message_bytes: max_packet,
-            ..Limits::default()
-        };
-        std::thread::Builder::new()
-            .name("outpost-hub-ingest".into())
-            .spawn(move || {
-                ingest_loop(
-                    &store,
-                    Outlets {
-                        client: &client,
-                        ingested: &ingested,
-                    },
-                    &devices,
-                    &registry,
-                    &fleet,
-                    &limits,
-                    &incoming_rx,
-                )
-            })?
-    };
-
     let listener = tokio::net::TcpListener::bind(config.hub.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([hub] listen)", config.hub.listen))?;
     let mut alert_runtime = if config.alerts.enabled {
-        Some(
-            crate::alerting::runtime::AlertRuntime::start(
-                &config.alerts,
-                crate::alerting::pack::HUB_PACK,
-                store.clone(),
-                format!("hub:{}", config.hub.fleet),
-                None,
-                Arc::default(),
-            )
-            .context("[alerts]")?,
-        )
+        let runtime = crate::alerting::runtime::AlertRuntime::start(
+            &config.alerts,
+            crate::alerting::pack::HUB_PACK,
+            store.clone(),
+            format!("hub:{}", config.hub.fleet),
+            None,
+            Arc::default(),
+        );
+        Some(runtime.context("[alerts]")?)
     } else {
         None
     };
@@ -361,30 +272,18 @@ async fn daemon(config: HubConfig) -> Result<()> {
         ingested: ingested.clone(),
         refusals: refusals.clone(),
     });
-    let app = outpost_web::router(outpost_web::Web::new(
-        store.clone(),
-        hub_fleet.clone(),
-        config.web.clone(),
-    ));
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = http_stopped.await;
-        })
-        .await
-    });
-    tracing::info!(listen = %config.hub.listen, broker = %format!("{host}:{port}"), embedded = config.mqtt.embedded, "hub started");
-
-    let fleet = config.hub.fleet.clone();
-    let group = (!config.mqtt.shared_group.is_empty()).then_some(config.mqtt.shared_group.as_str());
+    let (stop_http, server) = serve_http(listener, &store, hub_fleet.clone(), &config);
+    tracing::info!(listen = %config.hub.listen, %broker, embedded = config.mqtt.embedded, "hub started");
+    let router = Router {
+        fleet: config.hub.fleet.clone(),
+        group: config.mqtt.shared_group.clone(),
+        client: client.clone(),
+        hub_fleet,
+        incoming: incoming_tx,
+    };
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
-    let mut backoff = Duration::from_millis(200);
     let mut service = crate::sdnotify::Service::ready("serving");
     loop {
         tokio::select! {
@@ -393,89 +292,23 @@ async fn daemon(config: HubConfig) -> Result<()> {
             () = service.watchdog(|| true) => {}
             _ = housekeeping.tick() => {
                 devices.reload_if_changed();
-                let mut registry = registry.lock().expect("registry lock");
-                registry.persist_if_changed(&store);
+                registry.lock().expect("registry lock").persist_if_changed(&store);
             }
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
-                let now = outpost::timearg::now_ms();
-                let samples = registry.lock().expect("registry lock").samples(now, config.hub.offline_after.0);
                 if let Some(shared) = &alert_shared {
-                    {
-                        let mut engine = shared.engine.lock().expect("engine lock");
-                        for (key, value) in &samples {
-                            engine.observe(key, now, *value);
-                        }
-                    }
-                    shared.evaluate(Vec::new()).await;
+                    evaluate_hub_alerts(&registry, shared, config.hub.offline_after.0).await;
                 }
             }
-            event = events.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(200);
-                    for kind in [Kind::Batch, Kind::Status, Kind::Meta] {
-                        let filter = topic::fleet_filter(&fleet, kind, if kind == Kind::Batch { group } else { None });
-                        let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
-                    }
-                    let _ = client.try_subscribe(format!("outpost/v1/{fleet}/+/alerts/#"), QoS::AtLeastOnce);
-                    tracing::info!("connected to the broker; subscribed to the fleet's topics");
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if let Some((device, suffix)) = fleet::alert_topic(&fleet, &publish.topic) {
-                        hub_fleet.alert_message(device, suffix, &publish.payload);
-                        continue;
-                    }
-                    let Some((topic_fleet, device, kind)) = topic::parse(&publish.topic) else { continue };
-                    if topic_fleet != fleet {
-                        continue;
-                    }
-                    match kind {
-                        Kind::Batch => {
-                            let incoming = Incoming { device: device.to_string(), payload: publish.payload.to_vec(), received_ms: outpost::timearg::now_ms() };
-                            if incoming_tx.send_async(incoming).await.is_err() {
-                                anyhow::bail!("the ingest thread stopped");
-                            }
-                        }
-                        Kind::Status | Kind::Meta => {
-                            let Some(key) = devices.get().key(device) else {
-                                registry.lock().expect("registry lock").rejected(device, "unknown or revoked device", false);
-                                continue;
-                            };
-                            let text = String::from_utf8_lossy(&publish.payload);
-                            if text.is_empty() {
-                                continue;
-                            }
-                            match outpost_sync::verify_json(&text, &key) {
-                                Ok(json) => {
-                                    let taken = registry.lock().expect("registry lock").retained(device, kind, &json);
-                                    match taken {
-                                        Ok(true) => {
-                                            let online = serde_json::from_str::<serde_json::Value>(&json)
-                                                .is_ok_and(|v| v["state"] == "online");
-                                            if kind == Kind::Status && online {
-                                                hub_fleet.resend_commands(device);
-                                            }
-                                        }
-                                        Ok(false) => {}
-                                        Err(reason) => registry.lock().expect("registry lock").rejected(device, reason, true),
-                                    }
-                                }
-                                Err(error) => registry.lock().expect("registry lock").rejected(device, &error.to_string(), true),
-                            }
-                        }
-                        _ => {}
-                    }
-                }
+            event = polled.recv() => match event.expect("the MQTT event loop task ended") {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => router.subscribe(),
+                Ok(Event::Incoming(Packet::Publish(publish))) => router.route(&publish).await?,
                 Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!("broker connection: {error}; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+                Err(error) => tracing::warn!("broker connection: {error}; retrying"),
             },
         }
     }
     service.stopping();
-    drop(incoming_tx);
+    drop(router);
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     let _ = stop_http.send(());
     let _ = server.await;
@@ -496,6 +329,294 @@ async fn daemon(config: HubConfig) -> Result<()> {
     }
     tracing::info!("hub stopped");
     Ok(())
+}
+
+async fn open_store(config: &HubConfig) -> Result<Arc<Store>> {
+    let path = config.store.path.clone();
+    let options = outpost_storage::Options {
+        wall_clock: Some(Arc::new(outpost::timearg::SystemWallClock)),
+        ..outpost_sync::ingest::hub_store_options(config.store.budget.0)
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, options))
+        .await?
+        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// How the hub reaches its broker: the embedded one (started here, behind the gate) or the
+/// one `[mqtt] url` names. Returns the options and the broker's address for the log.
+fn broker_options(
+    config: &HubConfig,
+    devices: &Arc<Devices>,
+    refusals: &Arc<gate::Refusals>,
+) -> Result<(MqttOptions, String)> {
+    let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
+    let mut tls = None;
+    let (host, port, username, password) = if config.mqtt.embedded {
+        // The hub itself talks to the broker behind the gate, with a password made at each
+        // start.
+        let hub_password = crate::sysinfo_ids::random_hex(24)?;
+        let broker = start_broker(config, devices.clone(), hub_password.clone(), refusals)?;
+        let host = broker.ip().to_string();
+        (host, broker.port(), HUB_USER.to_string(), hub_password)
+    } else {
+        let url = crate::netaddr::MqttUrl::parse(&config.mqtt.url)?;
+        let password = if config.mqtt.password_file.as_os_str().is_empty() {
+            String::new()
+        } else {
+            crate::sysinfo_ids::read_secret(
+                &config.mqtt.password_file,
+                "broker password (mqtt.password_file)",
+            )?
+        };
+        if url.tls {
+            tls = Some(Arc::new(crate::tls::client_config(
+                &config.mqtt.ca_file,
+                &config.mqtt.cert_file,
+                &config.mqtt.client_key_file,
+            )?));
+        }
+        (url.host, url.port, config.mqtt.username.clone(), password)
+    };
+    let address = format!("{host}:{port}");
+    let client_id = format!("{HUB_CLIENT_PREFIX}{}", std::process::id());
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(max_packet, max_packet);
+    options.set_clean_session(true);
+    if !username.is_empty() {
+        options.set_credentials(username, password);
+    }
+    if let Some(tls) = tls {
+        let tls = rumqttc::TlsConfiguration::Rustls(tls);
+        options.set_transport(rumqttc::Transport::Tls(tls));
+    }
+    Ok((options, address))
+}
+
+/// Polls the broker connection in a task of its own, so that no connection attempt is
+/// cancelled half-way by the daemon's loop, and waits out a growing backoff after a failure
+/// without holding up that loop (signals, the watchdog, the API's housekeeping).
+fn spawn_event_loop(
+    mut events: rumqttc::EventLoop,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+    AbortOnDrop,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let event = events.poll().await;
+            let failed = event.is_err();
+            if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+                backoff = Duration::from_millis(200);
+            }
+            if sender.send(event).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    });
+    (receiver, AbortOnDrop(task))
+}
+
+/// Aborts the task when dropped, on every way out of [`daemon`].
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the ingest thread shares with the daemon.
+type IngestShared<'a> = (
+    &'a Arc<Store>,
+    &'a AsyncClient,
+    &'a Arc<Devices>,
+    &'a Arc<Mutex<Registry>>,
+    &'a tokio::sync::broadcast::Sender<String>,
+);
+
+/// The ingest thread: batches in, acks out. Its queue is bounded: a hub whose disk is slow
+/// pushes back on the broker, not into its memory; and awaited, so that a full queue makes the
+/// event loop wait without stopping the API.
+fn spawn_ingest(
+    config: &HubConfig,
+    (store, client, devices, registry, ingested): IngestShared,
+) -> Result<(flume::Sender<Incoming>, std::thread::JoinHandle<()>)> {
+    let (incoming_tx, incoming_rx) = flume::bounded::<Incoming>(1024);
+    let (store, client, devices, registry, ingested) = (
+        store.clone(),
+        client.clone(),
+        devices.clone(),
+        registry.clone(),
+        ingested.clone(),
+    );
+    let fleet = config.hub.fleet.clone();
+    let limits = Limits {
+        max_message_bytes: usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX),
+        ..Limits::default()
+    };
+    let thread = std::thread::Builder::new()
+        .name("outpost-hub-ingest".into())
+        .spawn(move || {
+            let outlets = Outlets {
+                client: &client,
+                ingested: &ingested,
+            };
+            ingest_loop(
+                &store,
+                outlets,
+                &devices,
+                &registry,
+                &fleet,
+                &limits,
+                &incoming_rx,
+            )
+        })?;
+    Ok((incoming_tx, thread))
+}
+
+/// The dashboard and API, until `stop` is sent.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    store: &Arc<Store>,
+    hub_fleet: Arc<fleet::HubFleet>,
+    config: &HubConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let app = outpost_web::router(outpost_web::Web::new(
+        store.clone(),
+        hub_fleet,
+        config.web.clone(),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, server)
+}
+
+/// One evaluation of the hub's own rules over its view of each device.
+async fn evaluate_hub_alerts(
+    registry: &Mutex<Registry>,
+    shared: &crate::alerting::runtime::AlertShared,
+    offline_after: Duration,
+) {
+    let now = outpost::timearg::now_ms();
+    let samples = registry
+        .lock()
+        .expect("registry lock")
+        .samples(now, offline_after);
+    {
+        let mut engine = shared.engine.lock().expect("engine lock");
+        for (key, value) in &samples {
+            engine.observe(key, now, *value);
+        }
+    }
+    shared.evaluate(Vec::new()).await;
+}
+
+/// Where each message from the broker goes: batches to the ingest thread, status and meta to
+/// the registry, alert messages to the fleet's alerts.
+struct Router {
+    fleet: String,
+    /// `[mqtt] shared_group`: batches come through a shared subscription when set.
+    group: String,
+    client: AsyncClient,
+    hub_fleet: Arc<fleet::HubFleet>,
+    incoming: flume::Sender<Incoming>,
+}
+
+impl Router {
+    fn subscribe(&self) {
+        let fleet = &self.fleet;
+        let group = (!self.group.is_empty()).then_some(self.group.as_str());
+        for kind in [Kind::Batch, Kind::Status, Kind::Meta] {
+            let group = if kind == Kind::Batch { group } else { None };
+            let filter = topic::fleet_filter(fleet, kind, group);
+            let _ = self.client.try_subscribe(filter, QoS::AtLeastOnce);
+        }
+        let alerts = format!("outpost/v1/{fleet}/+/alerts/#");
+        let _ = self.client.try_subscribe(alerts, QoS::AtLeastOnce);
+        tracing::info!("connected to the broker; subscribed to the fleet's topics");
+    }
+
+    async fn route(&self, publish: &rumqttc::Publish) -> Result<()> {
+        if let Some((device, suffix)) = fleet::alert_topic(&self.fleet, &publish.topic) {
+            self.hub_fleet
+                .alert_message(device, suffix, &publish.payload);
+            return Ok(());
+        }
+        let Some((topic_fleet, device, kind)) = topic::parse(&publish.topic) else {
+            return Ok(());
+        };
+        if topic_fleet != self.fleet {
+            return Ok(());
+        }
+        match kind {
+            Kind::Batch => {
+                let incoming = Incoming {
+                    device: device.to_string(),
+                    payload: publish.payload.to_vec(),
+                    received_ms: outpost::timearg::now_ms(),
+                };
+                if self.incoming.send_async(incoming).await.is_err() {
+                    anyhow::bail!("the ingest thread stopped");
+                }
+            }
+            Kind::Status | Kind::Meta => self.retained(device, kind, &publish.payload),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A device's `status` or `meta`: verified with its key, then judged by the registry.
+    fn retained(&self, device: &str, kind: Kind, payload: &[u8]) {
+        let hub_fleet = &self.hub_fleet;
+        let Some(key) = hub_fleet.devices.get().key(device) else {
+            let mut registry = hub_fleet.registry.lock().expect("registry lock");
+            registry.rejected(device, "unknown or revoked device", false);
+            return;
+        };
+        let text = String::from_utf8_lossy(payload);
+        if text.is_empty() {
+            return;
+        }
+        let taken = match outpost_sync::verify_json(&text, &key) {
+            Ok(json) => {
+                let mut registry = hub_fleet.registry.lock().expect("registry lock");
+                registry.retained(device, kind, &json)
+            }
+            Err(error) => {
+                let mut registry = hub_fleet.registry.lock().expect("registry lock");
+                registry.rejected(device, &error.to_string(), true);
+                return;
+            }
+        };
+        match taken {
+            Ok(Taken::Online) => hub_fleet.resend_commands(device),
+            Ok(Taken::Other | Taken::Nothing) => {}
+            Err(reason) => {
+                let mut registry = hub_fleet.registry.lock().expect("registry lock");
+                registry.rejected(device, reason, true);
+            }
+        }
+    }
 }
 
 /// The hub's own login on its embedded broker.

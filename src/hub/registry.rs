@@ -59,6 +59,17 @@ pub struct DeviceRecord {
     pub signs_alerts: bool,
 }
 
+/// What came of a verified `status` or `meta` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// A status saying the device is online: it may have missed commands.
+    Online,
+    /// Any other status, or meta.
+    Other,
+    /// Nothing new: the same status again, or an older one (counted as stale).
+    Nothing,
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     devices: BTreeMap<String, DeviceRecord>,
@@ -178,12 +189,17 @@ impl Registry {
     /// A verified `status` or `meta` message of `device`. A status is taken only if it is
     /// newer than the last one taken ([`outpost_sync::StatusOrder`]); an older one is counted
     /// in `stale_statuses`. Returns whether it was taken, or why it is malformed.
-    pub fn retained(&mut self, device: &str, kind: Kind, json: &str) -> Result<bool, &'static str> {
+    pub fn retained(
+        &mut self,
+        device: &str,
+        kind: Kind,
+        json: &str,
+    ) -> Result<Taken, &'static str> {
         let value = serde_json::from_str::<serde_json::Value>(json)
             .map_err(|_| "a status or meta message that is not JSON")?;
         if kind != Kind::Status {
             self.record(device).meta = Some(value);
-            return Ok(true);
+            return Ok(Taken::Other);
         }
         let status = serde_json::from_value::<outpost_sync::Status>(value)
             .map_err(|_| "a status message without the status fields")?;
@@ -198,24 +214,22 @@ impl Registry {
             outpost_sync::StatusVerdict::Take => {
                 let record = self.record(device);
                 record.status_order = order;
-                record.status = Some(
-                    match status.state {
-                        outpost_sync::State::Online => "online",
-                        outpost_sync::State::Offline => "offline",
-                    }
-                    .to_string(),
-                );
+                let (text, taken) = match status.state {
+                    outpost_sync::State::Online => ("online", Taken::Online),
+                    outpost_sync::State::Offline => ("offline", Taken::Other),
+                };
+                record.status = Some(text.to_string());
                 record.status_ms = Some(outpost::timearg::now_ms());
-                Ok(true)
+                Ok(taken)
             }
-            outpost_sync::StatusVerdict::Again => Ok(false),
+            outpost_sync::StatusVerdict::Again => Ok(Taken::Nothing),
             outpost_sync::StatusVerdict::Replay(reason) => {
                 tracing::debug!(device, reason, "a status refused");
                 if let Some(record) = self.devices.get_mut(device) {
                     record.stale_statuses += 1;
                     self.changed = true;
                 }
-                Ok(false)
+                Ok(Taken::Nothing)
             }
         }
     }
@@ -493,7 +507,7 @@ mod tests {
                 let json = format!(
                     r#"{{"device":"d","state":"{state}","boot_id":"b{boot}","agent_version":"0","protocol":2,"at_ms":0{seq}}}"#
                 );
-                if registry.retained("d", Kind::Status, &json) == Ok(true) {
+                if let Ok(Taken::Online | Taken::Other) = registry.retained("d", Kind::Status, &json) {
                     proptest::prop_assert_eq!(registry.devices["d"].status.as_deref(), Some(state));
                 }
             }
@@ -526,7 +540,10 @@ mod tests {
             )
         };
         let mut registry = Registry::default();
-        assert_eq!(registry.retained("d", Kind::Status, &status(10)), Ok(true));
+        assert_eq!(
+            registry.retained("d", Kind::Status, &status(10)),
+            Ok(Taken::Online)
+        );
         registry.mark_signs_alerts("d");
         registry.persist_if_changed(&store);
         let mut tries = 0;
@@ -539,10 +556,16 @@ mod tests {
             assert!(tries < 100_000, "the registry was never stored");
             tokio::task::yield_now().await;
         };
-        assert_eq!(loaded.retained("d", Kind::Status, &status(8)), Ok(false));
+        assert_eq!(
+            loaded.retained("d", Kind::Status, &status(8)),
+            Ok(Taken::Nothing)
+        );
         assert_eq!(loaded.devices["d"].stale_statuses, 1);
         assert_eq!(loaded.devices["d"].status.as_deref(), Some("online"));
-        assert_eq!(loaded.retained("d", Kind::Status, &status(12)), Ok(true));
+        assert_eq!(
+            loaded.retained("d", Kind::Status, &status(12)),
+            Ok(Taken::Online)
+        );
         // A signed message without a status's fields is malformed, not stale.
         assert!(loaded
             .retained("d", Kind::Status, r#"{"state":"offline"}"#)
