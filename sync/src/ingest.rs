@@ -423,125 +423,19 @@ impl Ingestor {
             .clone()
             .unwrap_or_else(|| self.clock_frames[device].clone());
         let mut correction = self.correction(batch, current_offset_ms, &frames, received_ms);
-        let mut new_series: Vec<(u32, SeriesId)> = Vec::new();
-        for def in &batch.body.defs {
-            let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
-            let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
-            let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
-            let hub = store.series_id(&key)?;
-            write.put_state(
-                StateTable::DeviceRegistry,
-                series_state_key(device, def.id),
-                key.to_string().into_bytes(),
-            );
-            new_series.push((def.id, hub));
-        }
-        let mut lookup: HashMap<u32, SeriesId> = new_series.iter().copied().collect();
-        let mut unknown = Vec::new();
-        let referenced: BTreeSet<u32> = batch
-            .body
-            .live
-            .iter()
-            .map(|l| l.series)
-            .chain(batch.body.chunks.iter().map(|c| c.series))
-            .collect();
-        for id in referenced {
-            if lookup.contains_key(&id) {
-                continue;
+        let new_series = define_series(store, device, &batch.body.defs, &mut write)?;
+        let lookup = match self.lookup(store, device, batch, &new_series)? {
+            Ok(lookup) => lookup,
+            Err(unknown) => {
+                return Ok(Ingested {
+                    status: AckStatus::UnknownSeries { ids: unknown },
+                    gap: 0,
+                    clock_corrected: 0,
+                    implausible: 0,
+                })
             }
-            match self.resolve(store, device, id)? {
-                Some(hub) => {
-                    lookup.insert(id, hub);
-                }
-                None => unknown.push(id),
-            }
-        }
-        if !unknown.is_empty() {
-            return Ok(Ingested {
-                status: AckStatus::UnknownSeries { ids: unknown },
-                gap: 0,
-                clock_corrected: 0,
-                implausible: 0,
-            });
-        }
-        let mut samples = 0u64;
-        // Buckets with raw samples in this batch, per hub series: rollups from the device do not
-        // override what the hub can compute from raw data.
-        let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
-        for live in &batch.body.live {
-            let hub = lookup[&live.series];
-            let (timestamps, values) =
-                decode_samples(&live.samples).map_err(|e| IngestError::BadSamples {
-                    series: live.series,
-                    reason: e.to_string(),
-                })?;
-            let timestamps: Vec<i64> = timestamps
-                .into_iter()
-                .map(|ts| correction.fix(ts))
-                .collect();
-            samples += timestamps.len() as u64;
-            note_buckets(&mut raw_buckets, hub, &timestamps);
-            for (ts, value) in timestamps.into_iter().zip(values) {
-                write.sample(hub, ts, value);
-            }
-        }
-        let mut rollup_chunks = Vec::new();
-        for chunk in &batch.body.chunks {
-            let hub = lookup[&chunk.series];
-            let bad = |reason: String| IngestError::BadChunk {
-                series: chunk.series,
-                reason,
-            };
-            match chunk.tier {
-                0 => {
-                    let (timestamps, values) =
-                        decode_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
-                    let timestamps: Vec<i64> = timestamps
-                        .into_iter()
-                        .map(|ts| correction.fix(ts))
-                        .collect();
-                    samples += timestamps.len() as u64;
-                    note_buckets(&mut raw_buckets, hub, &timestamps);
-                    for (ts, value) in timestamps.into_iter().zip(values) {
-                        write.sample(hub, ts, value);
-                    }
-                }
-                1 | 2 => {
-                    let tier = if chunk.tier == 1 {
-                        Tier::Minute
-                    } else {
-                        Tier::Hour
-                    };
-                    let (buckets, rollups) =
-                        decode_rollup_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
-                    let width = tier.resolution_ms();
-                    let mut fixed: Vec<(i64, _)> = buckets
-                        .into_iter()
-                        .zip(rollups)
-                        .filter_map(|(bucket, rollup)| {
-                            Some((correction.fix_bucket(bucket, width)?, rollup))
-                        })
-                        .collect();
-                    fixed.sort_by_key(|(bucket, _)| *bucket);
-                    let (buckets, rollups): (Vec<i64>, Vec<_>) = fixed.into_iter().unzip();
-                    rollup_chunks.push((hub, tier, buckets, rollups));
-                }
-                other => return Err(bad(format!("unknown tier {other}"))),
-            }
-        }
-        for (hub, tier, buckets, rollups) in rollup_chunks {
-            let (Some(&first), Some(&last)) = (buckets.first(), buckets.last()) else {
-                continue;
-            };
-            let width = tier.resolution_ms();
-            let covered = hub_raw_buckets(store, hub, first, last.saturating_add(width), width)?;
-            let in_batch = raw_buckets.get(&(hub, tier as u8));
-            for (bucket, rollup) in buckets.into_iter().zip(rollups) {
-                if !covered.contains(&bucket) && !in_batch.is_some_and(|b| b.contains(&bucket)) {
-                    write.rollup(hub, tier, bucket, rollup);
-                }
-            }
-        }
+        };
+        let samples = write_batch_body(store, batch, &lookup, &mut correction, &mut write)?;
         let seen = self.seen(store, device, epoch)?;
         let mut updated = seen.clone();
         let gap = updated.insert(seq);
@@ -583,6 +477,147 @@ impl Ingestor {
             implausible: correction.implausible,
         })
     }
+}
+
+impl Ingestor {
+    /// The hub's series for every device series the batch names; the ids it cannot resolve
+    /// (definitions the hub never got) as the error.
+    fn lookup(
+        &mut self,
+        store: &Store,
+        device: &str,
+        batch: &Batch,
+        new_series: &[(u32, SeriesId)],
+    ) -> Result<Result<HashMap<u32, SeriesId>, Vec<u32>>, IngestError> {
+        let mut lookup: HashMap<u32, SeriesId> = new_series.iter().copied().collect();
+        let mut unknown = Vec::new();
+        let referenced: BTreeSet<u32> = batch
+            .body
+            .live
+            .iter()
+            .map(|l| l.series)
+            .chain(batch.body.chunks.iter().map(|c| c.series))
+            .collect();
+        for id in referenced {
+            if lookup.contains_key(&id) {
+                continue;
+            }
+            match self.resolve(store, device, id)? {
+                Some(hub) => {
+                    lookup.insert(id, hub);
+                }
+                None => unknown.push(id),
+            }
+        }
+        Ok(if unknown.is_empty() {
+            Ok(lookup)
+        } else {
+            Err(unknown)
+        })
+    }
+}
+
+/// The batch's series definitions, as hub series (relabelled with the device), recorded in
+/// `write`.
+fn define_series(
+    store: &Store,
+    device: &str,
+    defs: &[crate::message::SeriesDef],
+    write: &mut WriteBatch,
+) -> Result<Vec<(u32, SeriesId)>, IngestError> {
+    let mut new_series = Vec::new();
+    for def in defs {
+        let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
+        let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
+        let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
+        let hub = store.series_id(&key)?;
+        write.put_state(
+            StateTable::DeviceRegistry,
+            series_state_key(device, def.id),
+            key.to_string().into_bytes(),
+        );
+        new_series.push((def.id, hub));
+    }
+    Ok(new_series)
+}
+
+/// A rollup chunk from the device, its buckets corrected: hub series, tier, buckets, rollups.
+type RollupChunk = (SeriesId, Tier, Vec<i64>, Vec<outpost_storage::Rollup>);
+
+/// Writes the batch's live samples and chunks into `write`, timestamps corrected; returns how
+/// many raw samples it held.
+fn write_batch_body(
+    store: &Store,
+    batch: &Batch,
+    lookup: &HashMap<u32, SeriesId>,
+    correction: &mut Correction,
+    write: &mut WriteBatch,
+) -> Result<u64, IngestError> {
+    let mut samples = 0u64;
+    // Buckets with raw samples in this batch, per hub series: rollups from the device do not
+    // override what the hub can compute from raw data.
+    let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
+    let mut write_raw = |hub: SeriesId, timestamps: Vec<i64>, values: Vec<f64>| {
+        let timestamps: Vec<i64> = timestamps
+            .into_iter()
+            .map(|ts| correction.fix(ts))
+            .collect();
+        samples += timestamps.len() as u64;
+        note_buckets(&mut raw_buckets, hub, &timestamps);
+        for (ts, value) in timestamps.into_iter().zip(values) {
+            write.sample(hub, ts, value);
+        }
+    };
+    for live in &batch.body.live {
+        let (timestamps, values) =
+            decode_samples(&live.samples).map_err(|e| IngestError::BadSamples {
+                series: live.series,
+                reason: e.to_string(),
+            })?;
+        write_raw(lookup[&live.series], timestamps, values);
+    }
+    let mut rollup_chunks: Vec<RollupChunk> = Vec::new();
+    for chunk in &batch.body.chunks {
+        let hub = lookup[&chunk.series];
+        let bad = |reason: String| IngestError::BadChunk {
+            series: chunk.series,
+            reason,
+        };
+        let tier = match chunk.tier {
+            0 => {
+                let (timestamps, values) =
+                    decode_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
+                write_raw(hub, timestamps, values);
+                continue;
+            }
+            1 => Tier::Minute,
+            2 => Tier::Hour,
+            other => return Err(bad(format!("unknown tier {other}"))),
+        };
+        let (buckets, rollups) =
+            decode_rollup_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
+        rollup_chunks.push((hub, tier, buckets, rollups));
+    }
+    for (hub, tier, buckets, rollups) in rollup_chunks {
+        let width = tier.resolution_ms();
+        let mut fixed: Vec<(i64, _)> = buckets
+            .into_iter()
+            .zip(rollups)
+            .filter_map(|(bucket, rollup)| Some((correction.fix_bucket(bucket, width)?, rollup)))
+            .collect();
+        fixed.sort_by_key(|(bucket, _)| *bucket);
+        let (Some(&(first, _)), Some(&(last, _))) = (fixed.first(), fixed.last()) else {
+            continue;
+        };
+        let covered = hub_raw_buckets(store, hub, first, last.saturating_add(width), width)?;
+        let in_batch = raw_buckets.get(&(hub, tier as u8));
+        for (bucket, rollup) in fixed {
+            if !covered.contains(&bucket) && !in_batch.is_some_and(|b| b.contains(&bucket)) {
+                write.rollup(hub, tier, bucket, rollup);
+            }
+        }
+    }
+    Ok(samples)
 }
 
 fn note_buckets(
