@@ -2395,30 +2395,8 @@ impl Shared {
             let mut newest = meta.get(META_NEWEST)?.map(|v| v.value() as i64);
 
             // Direct rollup writes first; raw samples of the same seal override their buckets.
-            let mut minute_updates: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
-            let mut hour_updates: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
-            let mut dirty_hours: HashMap<u32, BTreeSet<i64>> = HashMap::new();
-            for write in &frozen.rollups {
-                match write.tier {
-                    Tier::Minute => {
-                        minute_updates
-                            .entry(write.series)
-                            .or_default()
-                            .insert(write.bucket, write.rollup);
-                        dirty_hours
-                            .entry(write.series)
-                            .or_default()
-                            .insert(bucket_of(write.bucket, HOUR_MS));
-                    }
-                    _ => {
-                        hour_updates
-                            .entry(write.series)
-                            .or_default()
-                            .insert(write.bucket, write.rollup);
-                    }
-                }
-            }
-
+            let (mut minute_updates, mut hour_updates, mut dirty_hours) =
+                rollup_writes_by_series(&frozen.rollups);
             // Series by series, raw then minute then hour chunks: writing in key order keeps
             // redb's leaves full.
             let ids: BTreeSet<u32> = frozen
@@ -2439,77 +2417,17 @@ impl Shared {
                 if let Some(last) = samples.last() {
                     newest = Some(newest.map_or(last.0, |n| n.max(last.0)));
                 }
-                let mut minutes = minute_updates.remove(&id).unwrap_or_default();
-                let mut hours_dirty = dirty_hours.remove(&id).unwrap_or_default();
-                let mut start = 0;
-                while start < samples.len() {
-                    let window = bucket_of(samples[start].0, RAW_WINDOW);
-                    let end = start
-                        + samples[start..]
-                            .partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
-                    let new = &samples[start..end];
-                    start = end;
-                    let existing = match chunks.get((id, Tier::Raw as u8, window))? {
-                        Some(chunk) => match codec::decode_chunk(chunk.value()) {
-                            Ok((t, v)) => t.into_iter().zip(v).collect(),
-                            Err(error) => {
-                                tracing::error!(series = %key_of(id), window, %error,
-                                    "corrupt raw chunk replaced by the new samples of its window");
-                                Vec::new()
-                            }
-                        },
-                        None => Vec::new(),
-                    };
-                    let merged = merge_sorted(&existing, new);
-                    raw_delta += merged.len() as i64 - existing.len() as i64;
-                    let (timestamps, values): (Vec<i64>, Vec<f64>) = merged.iter().copied().unzip();
-                    chunks.insert(
-                        (id, Tier::Raw as u8, window),
-                        codec::encode_chunk(&timestamps, &values, level).as_slice(),
-                    )?;
-                    let dirty: BTreeSet<i64> =
-                        new.iter().map(|s| bucket_of(s.0, MINUTE_MS)).collect();
-                    for (bucket, rollup) in query::rollups_from_samples(&merged, MINUTE_MS) {
-                        if dirty.contains(&bucket) {
-                            minutes.insert(bucket, rollup);
-                        }
-                    }
-                    hours_dirty.extend(dirty.iter().map(|&m| bucket_of(m, HOUR_MS)));
-                }
-                minute_delta +=
-                    apply_rollups(&mut chunks, id, Tier::Minute, &minutes, level, &key_of)?;
-                let mut hours = hour_updates.remove(&id).unwrap_or_default();
-                for hour in hours_dirty {
-                    let points = read_rollups(
-                        &chunks,
-                        id,
-                        Tier::Minute,
-                        hour,
-                        hour.saturating_add(HOUR_MS - 1),
-                        &|| key_of(id),
-                    )?;
-                    if let Some((_, rollup)) = query::coarsen(&points, HOUR_MS).into_iter().next() {
-                        hours.insert(hour, rollup);
-                    }
-                }
-                hour_delta += apply_rollups(&mut chunks, id, Tier::Hour, &hours, level, &key_of)?;
+                let rollups = SealRollups {
+                    minutes: minute_updates.remove(&id).unwrap_or_default(),
+                    hours: hour_updates.remove(&id).unwrap_or_default(),
+                    hours_dirty: dirty_hours.remove(&id).unwrap_or_default(),
+                };
+                let deltas = merge_series(&mut chunks, id, &samples, rollups, (level, &key_of))?;
+                raw_delta += deltas[0];
+                minute_delta += deltas[1];
+                hour_delta += deltas[2];
             }
-
-            for op in &frozen.state {
-                match op {
-                    StateOp::Put { table, key, value } => {
-                        let definition: TableDefinition<&str, &[u8]> =
-                            TableDefinition::new(table.table_name());
-                        txn.open_table(definition)?
-                            .insert(key.as_str(), value.as_slice())?;
-                    }
-                    StateOp::Delete { table, key } => {
-                        let definition: TableDefinition<&str, &[u8]> =
-                            TableDefinition::new(table.table_name());
-                        txn.open_table(definition)?.remove(key.as_str())?;
-                    }
-                }
-            }
+            apply_state_ops(&txn, &frozen.state)?;
 
             if let Some(newest) = newest {
                 meta.insert(META_NEWEST, newest as u64)?;
@@ -2523,15 +2441,7 @@ impl Shared {
                 meta.insert(META_RETENTION_NOW, now as u64)?;
             }
             if self.options.track_changes {
-                let mut dirty = txn.open_table(DIRTY)?;
-                for (key, version) in &feed.delivered {
-                    if dirty.get(*key)?.map(|v| v.value()) == Some(*version) {
-                        dirty.remove(*key)?;
-                    }
-                }
-                for key in &feed.dirty {
-                    dirty.insert(*key, new_generation)?;
-                }
+                update_feed(&txn, feed, new_generation)?;
             }
             add_counter(&mut meta, META_RAW_SAMPLES, raw_delta)?;
             add_counter(&mut meta, META_MINUTE_POINTS, minute_delta)?;
@@ -2852,6 +2762,142 @@ fn read_rollups(
 }
 
 /// Replaces rollup buckets of one series; returns the change in the number of stored points.
+/// A seal's direct rollup writes by series and tier, and the hours that minute writes make
+/// stale.
+#[allow(clippy::type_complexity)] // three maps of the same shape, named where they are used
+fn rollup_writes_by_series(
+    writes: &[RollupWrite],
+) -> (
+    HashMap<u32, BTreeMap<i64, Rollup>>,
+    HashMap<u32, BTreeMap<i64, Rollup>>,
+    HashMap<u32, BTreeSet<i64>>,
+) {
+    let mut minutes: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
+    let mut hours: HashMap<u32, BTreeMap<i64, Rollup>> = HashMap::new();
+    let mut dirty_hours: HashMap<u32, BTreeSet<i64>> = HashMap::new();
+    for write in writes {
+        match write.tier {
+            Tier::Minute => {
+                minutes
+                    .entry(write.series)
+                    .or_default()
+                    .insert(write.bucket, write.rollup);
+                dirty_hours
+                    .entry(write.series)
+                    .or_default()
+                    .insert(bucket_of(write.bucket, HOUR_MS));
+            }
+            _ => {
+                hours
+                    .entry(write.series)
+                    .or_default()
+                    .insert(write.bucket, write.rollup);
+            }
+        }
+    }
+    (minutes, hours, dirty_hours)
+}
+
+/// One series' rollups for a seal: written directly, and the hours to recompute.
+struct SealRollups {
+    minutes: BTreeMap<i64, Rollup>,
+    hours: BTreeMap<i64, Rollup>,
+    hours_dirty: BTreeSet<i64>,
+}
+
+/// Merges one series' frozen samples (sorted, last write wins) into its raw chunks, then
+/// rewrites the minute and hour rollups they touch; returns the change in raw samples, minute
+/// points and hour points.
+fn merge_series(
+    chunks: &mut ChunkTable<'_>,
+    id: u32,
+    samples: &[(i64, f64)],
+    mut rollups: SealRollups,
+    (level, key_of): (i32, &dyn Fn(u32) -> String),
+) -> Result<[i64; 3]> {
+    let mut raw_delta = 0i64;
+    let mut start = 0;
+    while start < samples.len() {
+        let window = bucket_of(samples[start].0, RAW_WINDOW);
+        let end =
+            start + samples[start..].partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
+        let new = &samples[start..end];
+        start = end;
+        let existing = match chunks.get((id, Tier::Raw as u8, window))? {
+            Some(chunk) => match codec::decode_chunk(chunk.value()) {
+                Ok((t, v)) => t.into_iter().zip(v).collect(),
+                Err(error) => {
+                    tracing::error!(series = %key_of(id), window, %error,
+                        "corrupt raw chunk replaced by the new samples of its window");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let merged = merge_sorted(&existing, new);
+        raw_delta += merged.len() as i64 - existing.len() as i64;
+        let (timestamps, values): (Vec<i64>, Vec<f64>) = merged.iter().copied().unzip();
+        chunks.insert(
+            (id, Tier::Raw as u8, window),
+            codec::encode_chunk(&timestamps, &values, level).as_slice(),
+        )?;
+        let dirty: BTreeSet<i64> = new.iter().map(|s| bucket_of(s.0, MINUTE_MS)).collect();
+        for (bucket, rollup) in query::rollups_from_samples(&merged, MINUTE_MS) {
+            if dirty.contains(&bucket) {
+                rollups.minutes.insert(bucket, rollup);
+            }
+        }
+        rollups
+            .hours_dirty
+            .extend(dirty.iter().map(|&m| bucket_of(m, HOUR_MS)));
+    }
+    let minute_delta = apply_rollups(chunks, id, Tier::Minute, &rollups.minutes, level, key_of)?;
+    for hour in rollups.hours_dirty {
+        let last = hour.saturating_add(HOUR_MS - 1);
+        let points = read_rollups(chunks, id, Tier::Minute, hour, last, &|| key_of(id))?;
+        if let Some((_, rollup)) = query::coarsen(&points, HOUR_MS).into_iter().next() {
+            rollups.hours.insert(hour, rollup);
+        }
+    }
+    let hour_delta = apply_rollups(chunks, id, Tier::Hour, &rollups.hours, level, key_of)?;
+    Ok([raw_delta, minute_delta, hour_delta])
+}
+
+/// The state tables' puts and deletes of a seal.
+fn apply_state_ops(txn: &redb::WriteTransaction, ops: &[StateOp]) -> Result<()> {
+    for op in ops {
+        match op {
+            StateOp::Put { table, key, value } => {
+                let definition: TableDefinition<&str, &[u8]> =
+                    TableDefinition::new(table.table_name());
+                txn.open_table(definition)?
+                    .insert(key.as_str(), value.as_slice())?;
+            }
+            StateOp::Delete { table, key } => {
+                let definition: TableDefinition<&str, &[u8]> =
+                    TableDefinition::new(table.table_name());
+                txn.open_table(definition)?.remove(key.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The change feed's part of a seal: what the sync layer confirmed goes (unless written again
+/// since), and what the seal folded into chunks is marked for it.
+fn update_feed(txn: &redb::WriteTransaction, feed: &FeedCommit, generation: u64) -> Result<()> {
+    let mut dirty = txn.open_table(DIRTY)?;
+    for (key, version) in &feed.delivered {
+        if dirty.get(*key)?.map(|v| v.value()) == Some(*version) {
+            dirty.remove(*key)?;
+        }
+    }
+    for key in &feed.dirty {
+        dirty.insert(*key, generation)?;
+    }
+    Ok(())
+}
+
 fn apply_rollups(
     table: &mut ChunkTable<'_>,
     id: u32,
