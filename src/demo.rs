@@ -116,43 +116,7 @@ pub fn run(args: DemoArgs) -> Result<std::process::ExitCode> {
         }
     };
 
-    let devices_file = dir.join("devices.toml");
-    let mut devices = crate::hub::devices::DevicesFile::load(&devices_file)?;
-    let (key_file, password_file) = match devices.device.contains_key(DEVICE) {
-        true => (
-            dir.join(format!("{DEVICE}.key")),
-            dir.join(format!("{DEVICE}.password")),
-        ),
-        false => crate::hub::devices::enrol(&mut devices, &devices_file, DEVICE, &dir)?,
-    };
-    let password = crate::sysinfo_ids::random_hex(9)?;
-    let hash = outpost_web::hash_password(&password)?;
-    let hub_config = dir.join("hub.toml");
-    std::fs::write(
-        &hub_config,
-        format!(
-            "[hub]\nlisten = \"{listen}\"\ndevices_file = {devices}\n\n[store]\npath = {store}\nbudget = \"1GiB\"\n\n\
-             [mqtt]\nlisten = \"{mqtt}\"\n\n[[web.users]]\nname = \"admin\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n",
-            listen = args.listen,
-            devices = toml_path(&devices_file),
-            store = toml_path(&dir.join("hub.redb")),
-            mqtt = args.mqtt_listen,
-        ),
-    )?;
-    let agent_config = dir.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "[agent]\nlisten = \"{agent}\"\n\n[store]\npath = {store}\n\n\
-             # The replay stands in for this machine's tegrastats.\n[jetson]\nenabled = \"off\"\n\n\
-             [mqtt]\nenabled = true\nurl = \"mqtt://{mqtt}\"\ndevice = \"{DEVICE}\"\nkey_file = {key}\npassword_file = {password}\n",
-            agent = args.agent_listen,
-            store = toml_path(&dir.join("agent.redb")),
-            mqtt = args.mqtt_listen,
-            key = toml_path(&key_file),
-            password = toml_path(&password_file),
-        ),
-    )?;
+    let (hub_config, agent_config, password) = write_configs(&args, &dir)?;
 
     let exe = std::env::current_exe().context("finding this program")?;
     let spawn = |name: &'static str, args: &[&std::ffi::OsStr]| -> Result<Child> {
@@ -193,27 +157,85 @@ pub fn run(args: DemoArgs) -> Result<std::process::ExitCode> {
     ));
     wait_for(args.agent_listen, &mut children, &dir)?;
 
-    println!("Outpost demo: a hub with its embedded broker, and one agent ({DEVICE}) sending");
-    println!("this machine's host metrics and a Jetson TX2's tegrastats, replayed.\n");
-    println!("  dashboard  http://{}/", args.listen);
-    println!("  login      admin / {password}");
-    println!("  agent      http://{}/metrics", args.agent_listen);
-    println!("  broker     mqtt://{}", args.mqtt_listen);
-    match &args.data_dir {
-        Some(_) => println!("  data       {} (kept)", dir.display()),
-        None => println!("  data       {} (removed at exit)", dir.display()),
-    }
-    println!("\nLogs are hub.log and agent.log there. Ctrl-C stops both.");
+    print_banner(&args, &dir, &password);
 
+    let stopped_by = wait_until_stopped(args.duration, &mut children)?;
+    drop(children);
+    match stopped_by {
+        None => {
+            println!("stopped");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Some((name, status)) => {
+            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!(
+                "the {name} stopped ({status}); the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Enrols the demo device (once) and writes the hub's and the agent's configs into `dir`;
+/// returns their paths and the dashboard's admin password.
+fn write_configs(args: &DemoArgs, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let devices_file = dir.join("devices.toml");
+    let mut devices = crate::hub::devices::DevicesFile::load(&devices_file)?;
+    let (key_file, password_file) = match devices.device.contains_key(DEVICE) {
+        true => (
+            dir.join(format!("{DEVICE}.key")),
+            dir.join(format!("{DEVICE}.password")),
+        ),
+        false => crate::hub::devices::enrol(&mut devices, &devices_file, DEVICE, dir)?,
+    };
+    let password = crate::sysinfo_ids::random_hex(9)?;
+    let hash = outpost_web::hash_password(&password)?;
+    let hub_config = dir.join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            "[hub]\nlisten = \"{listen}\"\ndevices_file = {devices}\n\n[store]\npath = {store}\nbudget = \"1GiB\"\n\n\
+             [mqtt]\nlisten = \"{mqtt}\"\n\n[[web.users]]\nname = \"admin\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n",
+            listen = args.listen,
+            devices = toml_path(&devices_file),
+            store = toml_path(&dir.join("hub.redb")),
+            mqtt = args.mqtt_listen,
+        ),
+    )?;
+    let agent_config = dir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "[agent]\nlisten = \"{agent}\"\n\n[store]\npath = {store}\n\n\
+             # The replay stands in for this machine's tegrastats.\n[jetson]\nenabled = \"off\"\n\n\
+             [mqtt]\nenabled = true\nurl = \"mqtt://{mqtt}\"\ndevice = \"{DEVICE}\"\nkey_file = {key}\npassword_file = {password}\n",
+            agent = args.agent_listen,
+            store = toml_path(&dir.join("agent.redb")),
+            mqtt = args.mqtt_listen,
+            key = toml_path(&key_file),
+            password = toml_path(&password_file),
+        ),
+    )?;
+
+    Ok((hub_config, agent_config, password))
+}
+
+/// Runs until a signal, `duration` seconds (0: no limit), or a child's exit, which it returns.
+fn wait_until_stopped(
+    duration: u64,
+    children: &mut Children,
+) -> Result<Option<(&'static str, std::process::ExitStatus)>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let stopped_by = runtime.block_on(async {
+    runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let limit = async {
-            match args.duration {
+            match duration {
                 0 => std::future::pending::<()>().await,
                 seconds => tokio::time::sleep(Duration::from_secs(seconds)).await,
             }
@@ -234,23 +256,21 @@ pub fn run(args: DemoArgs) -> Result<std::process::ExitCode> {
                 }
             }
         }
-    })?;
-    drop(children);
-    match stopped_by {
-        None => {
-            println!("stopped");
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        Some((name, status)) => {
-            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            eprintln!(
-                "the {name} stopped ({status}); the end of its log:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-            Ok(std::process::ExitCode::FAILURE)
-        }
+    })
+}
+
+fn print_banner(args: &DemoArgs, dir: &Path, password: &str) {
+    println!("Outpost demo: a hub with its embedded broker, and one agent ({DEVICE}) sending");
+    println!("this machine's host metrics and a Jetson TX2's tegrastats, replayed.\n");
+    println!("  dashboard  http://{}/", args.listen);
+    println!("  login      admin / {password}");
+    println!("  agent      http://{}/metrics", args.agent_listen);
+    println!("  broker     mqtt://{}", args.mqtt_listen);
+    match &args.data_dir {
+        Some(_) => println!("  data       {} (kept)", dir.display()),
+        None => println!("  data       {} (removed at exit)", dir.display()),
     }
+    println!("\nLogs are hub.log and agent.log there. Ctrl-C stops both.");
 }
 
 /// Waits until `address` accepts connections, or says which child died and why.
