@@ -12,7 +12,7 @@ use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::{Device, Nvml};
 
 use super::Samples;
 
@@ -59,163 +59,191 @@ impl NvmlCollector {
             let gpu = index.to_string();
             let name = device.name().unwrap_or_default();
             let uuid = device.uuid().unwrap_or_default();
-            let labels = [("gpu", gpu.as_str())];
             out.add(
                 "nvml_gpu_info",
                 &[("gpu", &gpu), ("name", &name), ("uuid", &uuid)],
                 1.0,
             );
-            let unsupported = &mut self.unsupported;
-            let mut try_read =
-                |metric: &'static str,
-                 read: &mut dyn FnMut(
-                    &mut Samples,
-                )
-                    -> Result<(), nvml_wrapper::error::NvmlError>| {
-                    if unsupported.contains(&(index, metric)) {
-                        return;
-                    }
-                    if let Err(error) = read(out) {
-                        tracing::debug!(gpu = index, metric, %error, "NVML field not available");
-                        unsupported.insert((index, metric));
-                    }
-                };
-            try_read("utilization", &mut |out| {
-                let u = device.utilization_rates()?;
-                out.add(
-                    "nvml_gpu_utilization_ratio",
-                    &labels,
-                    f64::from(u.gpu) / 100.0,
-                );
-                out.add(
-                    "nvml_memory_utilization_ratio",
-                    &labels,
-                    f64::from(u.memory) / 100.0,
-                );
-                Ok(())
-            });
-            try_read("encoder", &mut |out| {
-                let u = device.encoder_utilization()?;
-                out.add(
-                    "nvml_encoder_utilization_ratio",
-                    &labels,
-                    f64::from(u.utilization) / 100.0,
-                );
-                Ok(())
-            });
-            try_read("decoder", &mut |out| {
-                let u = device.decoder_utilization()?;
-                out.add(
-                    "nvml_decoder_utilization_ratio",
-                    &labels,
-                    f64::from(u.utilization) / 100.0,
-                );
-                Ok(())
-            });
-            try_read("memory", &mut |out| {
-                let m = device.memory_info()?;
-                out.add("nvml_memory_used_bytes", &labels, m.used as f64);
-                out.add("nvml_memory_total_bytes", &labels, m.total as f64);
-                Ok(())
-            });
-            try_read("temperature", &mut |out| {
-                let t = device.temperature(TemperatureSensor::Gpu)?;
-                out.add("nvml_temperature_celsius", &labels, f64::from(t));
-                Ok(())
-            });
-            try_read("power", &mut |out| {
-                let mw = device.power_usage()?;
-                out.add("nvml_power_watts", &labels, f64::from(mw) / 1000.0);
-                Ok(())
-            });
-            try_read("power_limit", &mut |out| {
-                let mw = device.enforced_power_limit()?;
-                out.add("nvml_power_limit_watts", &labels, f64::from(mw) / 1000.0);
-                Ok(())
-            });
-            try_read("sm_clock", &mut |out| {
-                let mhz = device.clock_info(Clock::SM)?;
-                out.add("nvml_sm_clock_hertz", &labels, f64::from(mhz) * 1e6);
-                Ok(())
-            });
-            try_read("memory_clock", &mut |out| {
-                let mhz = device.clock_info(Clock::Memory)?;
-                out.add("nvml_memory_clock_hertz", &labels, f64::from(mhz) * 1e6);
-                Ok(())
-            });
-            try_read("fan", &mut |out| {
-                let fans = device.num_fans()?;
-                for fan in 0..fans {
-                    let percent = device.fan_speed(fan)?;
-                    let fan = fan.to_string();
-                    out.add(
-                        "nvml_fan_speed_ratio",
-                        &[("gpu", &gpu), ("fan", &fan)],
-                        f64::from(percent) / 100.0,
-                    );
-                }
-                Ok(())
-            });
-            try_read("pcie", &mut |out| {
-                // NVML reports KB/s over a 20 ms sample.
-                let tx = device.pcie_throughput(PcieUtilCounter::Send)?;
-                let rx = device.pcie_throughput(PcieUtilCounter::Receive)?;
-                out.add(
-                    "nvml_pcie_transmit_bytes_per_second",
-                    &labels,
-                    f64::from(tx) * 1024.0,
-                );
-                out.add(
-                    "nvml_pcie_receive_bytes_per_second",
-                    &labels,
-                    f64::from(rx) * 1024.0,
-                );
-                Ok(())
-            });
-            try_read("ecc", &mut |out| {
-                let corrected =
-                    device.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)?;
-                let uncorrected =
-                    device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)?;
-                out.add("nvml_ecc_corrected_errors_total", &labels, corrected as f64);
-                out.add(
-                    "nvml_ecc_uncorrected_errors_total",
-                    &labels,
-                    uncorrected as f64,
-                );
-                Ok(())
-            });
-            try_read("clock_events", &mut |out| {
-                let reasons = device.current_throttle_reasons()?;
-                for (reason, flag) in
-                    nvml_wrapper::bitmasks::device::ThrottleReasons::all().iter_names()
-                {
-                    out.add(
-                        "nvml_clock_event_active",
-                        &[("gpu", &gpu), ("reason", &reason.to_ascii_lowercase())],
-                        f64::from(reasons.contains(flag)),
-                    );
-                }
-                Ok(())
-            });
-            try_read("processes", &mut |out| {
-                let mut processes = device.running_compute_processes()?;
-                processes.extend(device.running_graphics_processes().unwrap_or_default());
-                let mut pids = HashSet::new();
-                let mut memory = 0u64;
-                for process in &processes {
-                    pids.insert(process.pid);
-                    if let UsedGpuMemory::Used(bytes) = process.used_gpu_memory {
-                        memory += bytes;
-                    }
-                }
-                out.add("nvml_processes", &labels, pids.len() as f64);
-                out.add("nvml_process_memory_used_bytes", &labels, memory as f64);
-                Ok(())
-            });
+            let mut fields = Fields {
+                unsupported: &mut self.unsupported,
+                index,
+                out,
+            };
+            read_activity(&device, &gpu, &mut fields);
+            read_power_and_clocks(&device, &gpu, &mut fields);
+            read_health(&device, &gpu, &mut fields);
         }
         Ok(())
     }
+}
+
+/// Reads the fields of one GPU, and remembers those it does not support so that they are not
+/// asked again.
+struct Fields<'a> {
+    unsupported: &'a mut HashSet<(u32, &'static str)>,
+    index: u32,
+    out: &'a mut Samples,
+}
+
+impl Fields<'_> {
+    fn read(
+        &mut self,
+        metric: &'static str,
+        read: impl FnOnce(&mut Samples) -> Result<(), nvml_wrapper::error::NvmlError>,
+    ) {
+        if self.unsupported.contains(&(self.index, metric)) {
+            return;
+        }
+        if let Err(error) = read(self.out) {
+            tracing::debug!(gpu = self.index, metric, %error, "NVML field not available");
+            self.unsupported.insert((self.index, metric));
+        }
+    }
+}
+
+/// How busy the GPU, its encoders and its memory are.
+fn read_activity(device: &Device, gpu: &str, fields: &mut Fields) {
+    let labels = [("gpu", gpu)];
+    fields.read("utilization", |out| {
+        let u = device.utilization_rates()?;
+        out.add(
+            "nvml_gpu_utilization_ratio",
+            &labels,
+            f64::from(u.gpu) / 100.0,
+        );
+        out.add(
+            "nvml_memory_utilization_ratio",
+            &labels,
+            f64::from(u.memory) / 100.0,
+        );
+        Ok(())
+    });
+    fields.read("encoder", |out| {
+        let u = device.encoder_utilization()?;
+        out.add(
+            "nvml_encoder_utilization_ratio",
+            &labels,
+            f64::from(u.utilization) / 100.0,
+        );
+        Ok(())
+    });
+    fields.read("decoder", |out| {
+        let u = device.decoder_utilization()?;
+        out.add(
+            "nvml_decoder_utilization_ratio",
+            &labels,
+            f64::from(u.utilization) / 100.0,
+        );
+        Ok(())
+    });
+    fields.read("memory", |out| {
+        let m = device.memory_info()?;
+        out.add("nvml_memory_used_bytes", &labels, m.used as f64);
+        out.add("nvml_memory_total_bytes", &labels, m.total as f64);
+        Ok(())
+    });
+}
+
+/// Temperature, power, clocks and fans.
+fn read_power_and_clocks(device: &Device, gpu: &str, fields: &mut Fields) {
+    let labels = [("gpu", gpu)];
+    fields.read("temperature", |out| {
+        let t = device.temperature(TemperatureSensor::Gpu)?;
+        out.add("nvml_temperature_celsius", &labels, f64::from(t));
+        Ok(())
+    });
+    fields.read("power", |out| {
+        let mw = device.power_usage()?;
+        out.add("nvml_power_watts", &labels, f64::from(mw) / 1000.0);
+        Ok(())
+    });
+    fields.read("power_limit", |out| {
+        let mw = device.enforced_power_limit()?;
+        out.add("nvml_power_limit_watts", &labels, f64::from(mw) / 1000.0);
+        Ok(())
+    });
+    fields.read("sm_clock", |out| {
+        let mhz = device.clock_info(Clock::SM)?;
+        out.add("nvml_sm_clock_hertz", &labels, f64::from(mhz) * 1e6);
+        Ok(())
+    });
+    fields.read("memory_clock", |out| {
+        let mhz = device.clock_info(Clock::Memory)?;
+        out.add("nvml_memory_clock_hertz", &labels, f64::from(mhz) * 1e6);
+        Ok(())
+    });
+    fields.read("fan", |out| {
+        let fans = device.num_fans()?;
+        for fan in 0..fans {
+            let percent = device.fan_speed(fan)?;
+            let fan = fan.to_string();
+            out.add(
+                "nvml_fan_speed_ratio",
+                &[("gpu", gpu), ("fan", &fan)],
+                f64::from(percent) / 100.0,
+            );
+        }
+        Ok(())
+    });
+}
+
+/// PCIe traffic, ECC errors, what holds the clocks down, and the processes on the GPU.
+fn read_health(device: &Device, gpu: &str, fields: &mut Fields) {
+    let labels = [("gpu", gpu)];
+    fields.read("pcie", |out| {
+        // NVML reports KB/s over a 20 ms sample.
+        let tx = device.pcie_throughput(PcieUtilCounter::Send)?;
+        let rx = device.pcie_throughput(PcieUtilCounter::Receive)?;
+        out.add(
+            "nvml_pcie_transmit_bytes_per_second",
+            &labels,
+            f64::from(tx) * 1024.0,
+        );
+        out.add(
+            "nvml_pcie_receive_bytes_per_second",
+            &labels,
+            f64::from(rx) * 1024.0,
+        );
+        Ok(())
+    });
+    fields.read("ecc", |out| {
+        let corrected = device.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)?;
+        let uncorrected =
+            device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)?;
+        out.add("nvml_ecc_corrected_errors_total", &labels, corrected as f64);
+        out.add(
+            "nvml_ecc_uncorrected_errors_total",
+            &labels,
+            uncorrected as f64,
+        );
+        Ok(())
+    });
+    fields.read("clock_events", |out| {
+        let reasons = device.current_throttle_reasons()?;
+        for (reason, flag) in nvml_wrapper::bitmasks::device::ThrottleReasons::all().iter_names() {
+            out.add(
+                "nvml_clock_event_active",
+                &[("gpu", gpu), ("reason", &reason.to_ascii_lowercase())],
+                f64::from(reasons.contains(flag)),
+            );
+        }
+        Ok(())
+    });
+    fields.read("processes", |out| {
+        let mut processes = device.running_compute_processes()?;
+        processes.extend(device.running_graphics_processes().unwrap_or_default());
+        let mut pids = HashSet::new();
+        let mut memory = 0u64;
+        for process in &processes {
+            pids.insert(process.pid);
+            if let UsedGpuMemory::Used(bytes) = process.used_gpu_memory {
+                memory += bytes;
+            }
+        }
+        out.add("nvml_processes", &labels, pids.len() as f64);
+        out.add("nvml_process_memory_used_bytes", &labels, memory as f64);
+        Ok(())
+    });
 }
 
 #[cfg(test)]
