@@ -369,35 +369,7 @@ fn start_collectors(
             })
         });
     }
-    if config.nvml.enabled != Toggle::Off {
-        match collect::nvml::NvmlCollector::open(&config.nvml.library) {
-            Ok(nvml) => {
-                tracing::info!("NVML collector on: {}", nvml.describe());
-                let (library, interval, sink) = (
-                    config.nvml.library.clone(),
-                    config.nvml.interval.0,
-                    sink.clone(),
-                );
-                let mut opened = Some(nvml);
-                crate::supervise::spawn(&mut set, tasks, "nvml", move || {
-                    // The first run uses the library opened to decide; a restart opens it again.
-                    let opened = opened.take();
-                    let (library, sink) = (library.clone(), sink.clone());
-                    async move {
-                        let mut nvml = match opened {
-                            Some(nvml) => nvml,
-                            None => collect::nvml::NvmlCollector::open(&library)?,
-                        };
-                        periodic("nvml", interval, sink, move |out| nvml.collect(out)).await
-                    }
-                });
-            }
-            Err(error) if config.nvml.enabled == Toggle::On => {
-                tracing::error!("{error:#}; NVIDIA dGPU collector off");
-            }
-            Err(error) => tracing::info!("{error:#}; NVIDIA dGPU collector off"),
-        }
-    }
+    start_nvml(config, sink, tasks, &mut set);
     if let Some(source) = tegrastats_source(&config.tegrastats) {
         let (interval, sink) = (config.tegrastats.interval.0, sink.clone());
         crate::supervise::spawn(&mut set, tasks, "tegrastats", move || {
@@ -451,6 +423,45 @@ fn start_collectors(
         }
     });
     set
+}
+
+/// The NVIDIA dGPU collector, when NVML loads (or `[nvml] enabled = "on"` insists).
+fn start_nvml(
+    config: &AgentConfig,
+    sink: &Arc<Sink>,
+    tasks: &Arc<crate::supervise::Tasks>,
+    set: &mut JoinSet<()>,
+) {
+    if config.nvml.enabled == Toggle::Off {
+        return;
+    }
+    match collect::nvml::NvmlCollector::open(&config.nvml.library) {
+        Ok(nvml) => {
+            tracing::info!("NVML collector on: {}", nvml.describe());
+            let (library, interval, sink) = (
+                config.nvml.library.clone(),
+                config.nvml.interval.0,
+                sink.clone(),
+            );
+            let mut opened = Some(nvml);
+            crate::supervise::spawn(set, tasks, "nvml", move || {
+                // The first run uses the library opened to decide; a restart opens it again.
+                let opened = opened.take();
+                let (library, sink) = (library.clone(), sink.clone());
+                async move {
+                    let mut nvml = match opened {
+                        Some(nvml) => nvml,
+                        None => collect::nvml::NvmlCollector::open(&library)?,
+                    };
+                    periodic("nvml", interval, sink, move |out| nvml.collect(out)).await
+                }
+            });
+        }
+        Err(error) if config.nvml.enabled == Toggle::On => {
+            tracing::error!("{error:#}; NVIDIA dGPU collector off");
+        }
+        Err(error) => tracing::info!("{error:#}; NVIDIA dGPU collector off"),
+    }
 }
 
 fn tegrastats_source(
@@ -705,127 +716,23 @@ async fn self_metrics_task(
         ticker.tick().await;
         let mut out = Samples::new();
         let at = now_ms();
-        if let Some((ticks, rss_pages)) = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|stat| collect::host::process_stat(&stat))
-        {
-            out.add(
-                "outpost_process_cpu_seconds_total",
-                &[],
-                ticks / collect::host::ticks_per_second(),
-            );
-            out.add(
-                "outpost_process_resident_memory_bytes",
-                &[],
-                rss_pages * collect::host::page_bytes(),
-            );
-        }
-        let uptime = started.elapsed().as_secs_f64();
-        out.add("outpost_uptime_seconds", &[], uptime);
+        process_figures(&mut out, started.elapsed().as_secs_f64(), start_written);
         out.add("outpost_store_budget_bytes", &[], budget_bytes as f64);
         if let Some(alerts) = &alerts {
             crate::alerting::runtime::self_metrics(alerts, &mut out);
         }
-        if let Some(written) = self_io_write_bytes() {
-            out.add("outpost_process_disk_written_bytes_total", &[], written);
-            if uptime >= 1.0 {
-                out.add(
-                    "outpost_disk_write_bytes_per_day",
-                    &[],
-                    (written - start_written).max(0.0) / uptime * 86_400.0,
-                );
-            }
-        }
-        out.add(
-            "outpost_store_samples_written_total",
-            &[],
-            sink.samples_written
-                .load(std::sync::atomic::Ordering::Relaxed) as f64,
-        );
-        out.add(
-            "outpost_store_write_errors_total",
-            &[],
-            sink.write_errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        );
-        let sink_for_stats = sink.clone();
-        #[allow(clippy::disallowed_methods)] // on the blocking pool
-        let stats = tokio::task::spawn_blocking(move || sink_for_stats.store.stats()).await;
-        if let Ok(Ok(stats)) = stats {
-            out.add("outpost_store_series", &[], stats.series as f64);
-            out.add("outpost_store_disk_bytes", &[], stats.disk_bytes as f64);
-            out.add("outpost_store_head_samples", &[], stats.head_samples as f64);
-            out.add(
-                "outpost_store_written_bytes_total",
-                &[],
-                stats.bytes_written_since_open as f64,
-            );
-        }
+        store_figures(&sink, &mut out).await;
         if sink.store.tracks_changes() {
-            let uplink = sink.uplink.lock().expect("uplink state").clone();
-            let counters = [
-                ("outpost_sync_connected", f64::from(uplink.connected)),
-                ("outpost_sync_connects_total", uplink.connects as f64),
-                (
-                    "outpost_sync_batches_sent_total",
-                    uplink.batches_sent as f64,
-                ),
-                (
-                    "outpost_sync_batches_resent_total",
-                    uplink.batches_resent as f64,
-                ),
-                (
-                    "outpost_sync_batches_acked_total",
-                    uplink.batches_acked as f64,
-                ),
-                ("outpost_sync_sent_bytes_total", uplink.bytes_sent as f64),
-                (
-                    "outpost_sync_confirmed_samples_total",
-                    uplink.samples_confirmed as f64,
-                ),
-                ("outpost_sync_in_flight_batches", uplink.in_flight as f64),
-                ("outpost_sync_sent_today_bytes", uplink.sent_today as f64),
-                (
-                    "outpost_sync_daily_budget_exhausted",
-                    f64::from(uplink.budget_exhausted),
-                ),
-            ];
-            for (name, value) in counters {
-                out.add(name, &[], value);
-            }
-            let store = sink.store.clone();
-            #[allow(clippy::disallowed_methods)] // on the blocking pool
-            let backlog = tokio::task::spawn_blocking(move || store.backlog()).await;
-            if let Ok(Ok(backlog)) = backlog {
-                out.add(
-                    "outpost_sync_backlog_chunks",
-                    &[],
-                    backlog.dirty_chunks as f64,
-                );
-                out.add(
-                    "outpost_sync_unconfirmed_samples",
-                    &[],
-                    backlog.live_unconfirmed_samples as f64,
-                );
-                let lag = backlog
-                    .oldest_ms
-                    .map_or(0.0, |oldest| (at - oldest).max(0) as f64 / 1000.0);
-                out.add("outpost_sync_lag_seconds", &[], lag);
-            }
+            sync_figures(&sink, &mut out, at).await;
         }
         for (task, restarts) in tasks.restarts() {
-            out.add(
-                "outpost_task_restarts_total",
-                &[("task", task.as_str())],
-                restarts as f64,
-            );
+            let labels = [("task", task.as_str())];
+            out.add("outpost_task_restarts_total", &labels, restarts as f64);
         }
         for (name, stats) in sink.collector_stats() {
             let labels = [("collector", name.as_str())];
-            out.add(
-                "outpost_collector_duration_seconds",
-                &labels,
-                stats.last_duration.as_secs_f64(),
-            );
+            let duration = stats.last_duration.as_secs_f64();
+            out.add("outpost_collector_duration_seconds", &labels, duration);
             out.add(
                 "outpost_collector_errors_total",
                 &labels,
@@ -835,6 +742,97 @@ async fn self_metrics_task(
         if let Err(error) = sink.write("self", at, out, false).await {
             tracing::warn!("storing self-metrics: {error:#}");
         }
+    }
+}
+
+/// CPU, memory, uptime and disk writes of this process.
+fn process_figures(out: &mut Samples, uptime: f64, start_written: f64) {
+    if let Some((ticks, rss_pages)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| collect::host::process_stat(&stat))
+    {
+        let cpu = ticks / collect::host::ticks_per_second();
+        out.add("outpost_process_cpu_seconds_total", &[], cpu);
+        let rss = rss_pages * collect::host::page_bytes();
+        out.add("outpost_process_resident_memory_bytes", &[], rss);
+    }
+    out.add("outpost_uptime_seconds", &[], uptime);
+    if let Some(written) = self_io_write_bytes() {
+        out.add("outpost_process_disk_written_bytes_total", &[], written);
+        if uptime >= 1.0 {
+            let per_day = (written - start_written).max(0.0) / uptime * 86_400.0;
+            out.add("outpost_disk_write_bytes_per_day", &[], per_day);
+        }
+    }
+}
+
+/// What the store holds and how much was written to it.
+async fn store_figures(sink: &Arc<Sink>, out: &mut Samples) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let written = sink.samples_written.load(Relaxed) as f64;
+    out.add("outpost_store_samples_written_total", &[], written);
+    let errors = sink.write_errors.load(Relaxed) as f64;
+    out.add("outpost_store_write_errors_total", &[], errors);
+    let sink_for_stats = sink.clone();
+    #[allow(clippy::disallowed_methods)] // on the blocking pool
+    let stats = tokio::task::spawn_blocking(move || sink_for_stats.store.stats()).await;
+    if let Ok(Ok(stats)) = stats {
+        out.add("outpost_store_series", &[], stats.series as f64);
+        out.add("outpost_store_disk_bytes", &[], stats.disk_bytes as f64);
+        out.add("outpost_store_head_samples", &[], stats.head_samples as f64);
+        let written = stats.bytes_written_since_open as f64;
+        out.add("outpost_store_written_bytes_total", &[], written);
+    }
+}
+
+/// The uplink's counters and how far the hub is behind.
+async fn sync_figures(sink: &Arc<Sink>, out: &mut Samples, at: i64) {
+    let uplink = sink.uplink.lock().expect("uplink state").clone();
+    let counters = [
+        ("outpost_sync_connected", f64::from(uplink.connected)),
+        ("outpost_sync_connects_total", uplink.connects as f64),
+        (
+            "outpost_sync_batches_sent_total",
+            uplink.batches_sent as f64,
+        ),
+        (
+            "outpost_sync_batches_resent_total",
+            uplink.batches_resent as f64,
+        ),
+        (
+            "outpost_sync_batches_acked_total",
+            uplink.batches_acked as f64,
+        ),
+        ("outpost_sync_sent_bytes_total", uplink.bytes_sent as f64),
+        (
+            "outpost_sync_confirmed_samples_total",
+            uplink.samples_confirmed as f64,
+        ),
+        ("outpost_sync_in_flight_batches", uplink.in_flight as f64),
+        ("outpost_sync_sent_today_bytes", uplink.sent_today as f64),
+        (
+            "outpost_sync_daily_budget_exhausted",
+            f64::from(uplink.budget_exhausted),
+        ),
+    ];
+    for (name, value) in counters {
+        out.add(name, &[], value);
+    }
+    let store = sink.store.clone();
+    #[allow(clippy::disallowed_methods)] // on the blocking pool
+    let backlog = tokio::task::spawn_blocking(move || store.backlog()).await;
+    if let Ok(Ok(backlog)) = backlog {
+        out.add(
+            "outpost_sync_backlog_chunks",
+            &[],
+            backlog.dirty_chunks as f64,
+        );
+        let unconfirmed = backlog.live_unconfirmed_samples as f64;
+        out.add("outpost_sync_unconfirmed_samples", &[], unconfirmed);
+        let lag = backlog
+            .oldest_ms
+            .map_or(0.0, |oldest| (at - oldest).max(0) as f64 / 1000.0);
+        out.add("outpost_sync_lag_seconds", &[], lag);
     }
 }
 
