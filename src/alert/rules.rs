@@ -405,46 +405,50 @@ fn duration(key: &'static str, text: Option<&str>) -> Result<Option<i64>, (&'sta
         .transpose()
 }
 
-fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
-    check_name(&raw.name).map_err(|e| ("name", e))?;
-    if raw.select.is_empty() {
+/// A selector on the side of a rule (its divisor, its gate): its reducer and window default
+/// to the rule's.
+fn side(
+    key: &'static str,
+    (select, reduce, window): (&str, Option<Reducer>, Option<&str>),
+    (rule_reduce, rule_window_ms): (Reducer, i64),
+) -> Result<Side, (&'static str, String)> {
+    let select = Selector::parse(select).map_err(|e| (key, e.to_string()))?;
+    let window_ms = duration(key, window)?.unwrap_or(rule_window_ms);
+    if window_ms <= 0 {
+        return Err((key, "window: must be longer than 0".to_string()));
+    }
+    let reduce = reduce.unwrap_or(rule_reduce);
+    if reduce == Reducer::Absent {
         return Err((
-            "select",
-            "missing (a series selector such as cpu_usage{core=\"0\"})".into(),
+            key,
+            "reduce: absent works only as the rule's own reducer".to_string(),
         ));
     }
-    let select = Selector::parse(&raw.select).map_err(|e| ("select", e.to_string()))?;
-    let op =
-        Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;
-    let window_ms = duration("window", raw.window.as_deref())?.unwrap_or(60_000);
-    if window_ms <= 0 {
-        return Err(("window", "must be longer than 0".into()));
-    }
-    let side = |key: &'static str, select: &str, reduce: Option<Reducer>, window: Option<&str>| {
-        let select = Selector::parse(select).map_err(|e| (key, e.to_string()))?;
-        let window_ms = duration(key, window)?.unwrap_or(window_ms);
-        if window_ms <= 0 {
-            return Err((key, "window: must be longer than 0".to_string()));
-        }
-        let reduce = reduce.unwrap_or(raw.reduce);
-        if reduce == Reducer::Absent {
-            return Err((
-                key,
-                "reduce: absent works only as the rule's own reducer".to_string(),
-            ));
-        }
-        Ok(Side {
-            select,
-            reduce,
-            window_ms,
-        })
-    };
-    let divide_by = match &raw.divide_by {
-        Some(RawDivisor::Selector(text)) => {
-            Some((side("divide_by", text, None, None)?, raw.on.clone()))
-        }
+    Ok(Side {
+        select,
+        reduce,
+        window_ms,
+    })
+}
+
+/// `divide_by` (and the `on` labels it matches by), for a ratio rule.
+#[allow(clippy::type_complexity)] // the rule's own field type
+fn check_divisor(
+    raw: &RawRule,
+    window_ms: i64,
+) -> Result<Option<(Side, Option<Vec<String>>)>, (&'static str, String)> {
+    let defaults = (raw.reduce, window_ms);
+    Ok(match &raw.divide_by {
+        Some(RawDivisor::Selector(text)) => Some((
+            side("divide_by", (text, None, None), defaults)?,
+            raw.on.clone(),
+        )),
         Some(RawDivisor::Table(t)) => Some((
-            side("divide_by", &t.select, t.reduce, t.window.as_deref())?,
+            side(
+                "divide_by",
+                (&t.select, t.reduce, t.window.as_deref()),
+                defaults,
+            )?,
             raw.on.clone(),
         )),
         None if raw.on.is_some() => {
@@ -454,27 +458,32 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
             ))
         }
         None => None,
+    })
+}
+
+/// `when`: a second condition that must hold too.
+fn check_gate(raw: &RawRule, window_ms: i64) -> Result<Option<Gate>, (&'static str, String)> {
+    let Some(w) = &raw.when else {
+        return Ok(None);
     };
-    let when = match &raw.when {
-        Some(w) => {
-            if !w.threshold.is_finite() {
-                return Err(("when", "threshold: must be a finite number".into()));
-            }
-            Some(Gate {
-                side: side("when", &w.select, Some(w.reduce), w.window.as_deref())?,
-                op: Op::parse(&w.op).ok_or((
-                    "when",
-                    format!("op: {:?}: use >, >=, <, <=, == or !=", w.op),
-                ))?,
-                threshold: w.threshold,
-                on: w.on.clone(),
-            })
-        }
-        None => None,
-    };
-    if raw.never_seen.is_some() && raw.reduce != Reducer::Absent {
-        return Err(("never_seen", "only for absent rules".into()));
+    if !w.threshold.is_finite() {
+        return Err(("when", "threshold: must be a finite number".into()));
     }
+    let selected = (w.select.as_str(), Some(w.reduce), w.window.as_deref());
+    Ok(Some(Gate {
+        side: side("when", selected, (raw.reduce, window_ms))?,
+        op: Op::parse(&w.op).ok_or((
+            "when",
+            format!("op: {:?}: use >, >=, <, <=, == or !=", w.op),
+        ))?,
+        threshold: w.threshold,
+        on: w.on.clone(),
+    }))
+}
+
+/// The threshold, and the clear threshold on its near side; an absent rule takes neither
+/// (nor a ratio).
+fn check_threshold(raw: &RawRule, op: Op, ratio: bool) -> Result<f64, (&'static str, String)> {
     let threshold = match (raw.reduce, raw.threshold) {
         (Reducer::Absent, Some(_)) => {
             return Err((
@@ -492,7 +501,7 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
             ))
         }
     };
-    if raw.reduce == Reducer::Absent && divide_by.is_some() {
+    if raw.reduce == Reducer::Absent && ratio {
         return Err(("divide_by", "an absent rule has no ratio".into()));
     }
     if let Some(clear) = raw.clear_threshold {
@@ -511,14 +520,11 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
             ));
         }
     }
-    let summary = Template::parse(
-        raw.summary
-            .as_deref()
-            .unwrap_or("{{rule}}: {{value}} {{labels}}"),
-    )
-    .map_err(|e| ("summary", e))?;
-    let description = Template::parse(&raw.description).map_err(|e| ("description", e))?;
-    for name in raw.labels.keys() {
+    Ok(threshold)
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+    for name in labels.keys() {
         if name.is_empty()
             || name.starts_with("__")
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -531,6 +537,38 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
             ));
         }
     }
+    Ok(())
+}
+
+fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
+    check_name(&raw.name).map_err(|e| ("name", e))?;
+    if raw.select.is_empty() {
+        return Err((
+            "select",
+            "missing (a series selector such as cpu_usage{core=\"0\"})".into(),
+        ));
+    }
+    let select = Selector::parse(&raw.select).map_err(|e| ("select", e.to_string()))?;
+    let op =
+        Op::parse(&raw.op).ok_or(("op", format!("{:?}: use >, >=, <, <=, == or !=", raw.op)))?;
+    let window_ms = duration("window", raw.window.as_deref())?.unwrap_or(60_000);
+    if window_ms <= 0 {
+        return Err(("window", "must be longer than 0".into()));
+    }
+    let divide_by = check_divisor(&raw, window_ms)?;
+    let when = check_gate(&raw, window_ms)?;
+    if raw.never_seen.is_some() && raw.reduce != Reducer::Absent {
+        return Err(("never_seen", "only for absent rules".into()));
+    }
+    let threshold = check_threshold(&raw, op, divide_by.is_some())?;
+    let summary = Template::parse(
+        raw.summary
+            .as_deref()
+            .unwrap_or("{{rule}}: {{value}} {{labels}}"),
+    )
+    .map_err(|e| ("summary", e))?;
+    let description = Template::parse(&raw.description).map_err(|e| ("description", e))?;
+    check_labels(&raw.labels)?;
     if raw.escalate_to.is_some() && raw.escalate_after.is_none() {
         return Err(("escalate_to", "needs escalate_after".into()));
     }
