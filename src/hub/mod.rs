@@ -637,7 +637,6 @@ fn start_broker(
     hub_password: String,
     refusals: &Arc<gate::Refusals>,
 ) -> Result<SocketAddr> {
-    use std::collections::HashMap;
     let max_packet = usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX);
     let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
@@ -647,11 +646,67 @@ fn start_broker(
         external_auth: None,
         dynamic_filters: true,
     };
-    // Devices log in with their id and password; the hub with its own, made at each start.
-    // Each login may use its own client id only: a client id is a session, and a second
-    // connection with it would evict the first (one device's login taking over another's).
-    let fleet = config.hub.fleet.clone();
     let devices_for_gate = devices.clone();
+    set_logins(
+        &mut connections,
+        devices,
+        hub_password,
+        config.hub.fleet.clone(),
+    );
+    // Fail here, with the key's name, rather than in the broker's thread.
+    let public = std::net::TcpListener::bind(config.mqtt.listen)
+        .with_context(|| format!("cannot listen on {} ([mqtt] listen)", config.mqtt.listen))?;
+    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a loopback port for the embedded broker")?;
+    let server = rumqttd::ServerSettings {
+        name: "outpost-embedded".into(),
+        listen: internal,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let broker_config = rumqttd_config(server, max_packet);
+    std::thread::Builder::new()
+        .name("outpost-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(broker_config);
+            if let Err(error) = broker.start() {
+                tracing::error!("embedded broker stopped: {error}");
+            }
+        })?;
+    // The broker binds in its own thread: wait until it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(internal).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the embedded broker did not start on {internal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    public.set_nonblocking(true)?;
+    let public = tokio::net::TcpListener::from_std(public)?;
+    let rights_of = login_rights(devices_for_gate, config.hub.fleet.clone());
+    tokio::spawn(gate::serve(
+        public,
+        internal,
+        rights_of,
+        gate::Limits::embedded(max_packet.saturating_add(16 << 10)),
+        refusals.clone(),
+    ));
+    Ok(internal)
+}
+
+/// Who may log in to the embedded broker, and with which client id: devices with their id
+/// and password, readers with theirs, the hub with its own (made at each start). Each login may
+/// use its own client id only: a client id is a session, and a second connection with it
+/// would evict the first (one device's login taking over another's).
+fn set_logins(
+    connections: &mut rumqttd::ConnectionSettings,
+    devices: Arc<Devices>,
+    hub_password: String,
+    fleet: String,
+) {
     connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
         let devices = devices.clone();
         let hub_password = hub_password.clone();
@@ -678,20 +733,12 @@ fn start_broker(
             devices.get().authenticates(&user, &pass)
         }
     });
-    // Fail here, with the key's name, rather than in the broker's thread.
-    let public = std::net::TcpListener::bind(config.mqtt.listen)
-        .with_context(|| format!("cannot listen on {} ([mqtt] listen)", config.mqtt.listen))?;
-    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .context("finding a loopback port for the embedded broker")?;
-    let server = rumqttd::ServerSettings {
-        name: "outpost-embedded".into(),
-        listen: internal,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let broker_config = rumqttd::Config {
+}
+
+/// rumqttd's settings: one plain MQTT 3.1.1 server, and bounded logs.
+fn rumqttd_config(server: rumqttd::ServerSettings, max_packet: usize) -> rumqttd::Config {
+    use std::collections::HashMap;
+    rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
@@ -713,47 +760,25 @@ fn start_broker(
         bridge: None,
         prometheus: None,
         metrics: None,
-    };
-    std::thread::Builder::new()
-        .name("outpost-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(broker_config);
-            if let Err(error) = broker.start() {
-                tracing::error!("embedded broker stopped: {error}");
-            }
-        })?;
-    // The broker binds in its own thread: wait until it accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(internal).is_err() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the embedded broker did not start on {internal}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
-    public.set_nonblocking(true)?;
-    let public = tokio::net::TcpListener::from_std(public)?;
-    let fleet = config.hub.fleet.clone();
-    let rights_of: Arc<dyn Fn(&str) -> gate::Rights + Send + Sync> =
-        Arc::new(move |login: &str| {
-            // A reader added while the hub runs is known from its first connection.
-            devices_for_gate.reload_if_changed();
-            if devices_for_gate.get().reader.contains_key(login) {
-                gate::Rights::Reader {
-                    fleet: format!("outpost/v1/{fleet}/"),
-                }
-            } else {
-                gate::rights(login, HUB_USER, &fleet)
+}
+
+/// What each login may publish and subscribe to, for the gate.
+fn login_rights(
+    devices: Arc<Devices>,
+    fleet: String,
+) -> Arc<dyn Fn(&str) -> gate::Rights + Send + Sync> {
+    Arc::new(move |login: &str| {
+        // A reader added while the hub runs is known from its first connection.
+        devices.reload_if_changed();
+        if devices.get().reader.contains_key(login) {
+            gate::Rights::Reader {
+                fleet: format!("outpost/v1/{fleet}/"),
             }
-        });
-    tokio::spawn(gate::serve(
-        public,
-        internal,
-        rights_of,
-        gate::Limits::embedded(max_packet.saturating_add(16 << 10)),
-        refusals.clone(),
-    ));
-    Ok(internal)
+        } else {
+            gate::rights(login, HUB_USER, &fleet)
+        }
+    })
 }
 
 /// Writes `write` off the async thread (the store's writer may be busy sealing for a while, and
