@@ -167,13 +167,13 @@ pub struct TestResult {
 }
 
 /// Runs `rules` over the history in `db` as the agent would have.
-pub fn test(
+/// Every sample in `db` that the rules can see, in time order: the series keys, and
+/// (timestamp, key index, value).
+#[allow(clippy::type_complexity)] // two parallel lists, named where they are used
+fn selected_history(
     rules: &[Rule],
     db: &Path,
-    at: &str,
-    from: Option<&str>,
-    step_ms: i64,
-) -> Result<TestResult> {
+) -> Result<(Vec<outpost_storage::SeriesKey>, Vec<(i64, usize, f64)>)> {
     if !db.exists() {
         bail!("{}: no such store", db.display());
     }
@@ -185,7 +185,6 @@ pub fn test(
         },
     )
     .with_context(|| format!("opening the store {}", db.display()))?;
-    // Every sample the rules can see, in time order.
     let mut points: Vec<(i64, usize, f64)> = Vec::new();
     let mut keys = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -206,6 +205,30 @@ pub fn test(
     }
     data.close()?;
     points.sort_by_key(|p| (p.0, p.1));
+    Ok((keys, points))
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress_bar(steps: u64) -> indicatif::ProgressBar {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(steps).with_style(
+            indicatif::ProgressStyle::with_template("evaluating [{bar:40}] {pos}/{len} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+pub fn test(
+    rules: &[Rule],
+    db: &Path,
+    at: &str,
+    from: Option<&str>,
+    step_ms: i64,
+) -> Result<TestResult> {
+    let (keys, mut points) = selected_history(rules, db)?;
     let (Some(oldest), Some(newest)) = (points.first().map(|p| p.0), points.last().map(|p| p.0))
     else {
         bail!("{}: no series that the rules select", db.display());
@@ -251,15 +274,7 @@ pub fn test(
     let mut transitions = Vec::new();
     let mut next = 0;
     let mut t = from_ms;
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(((at_ms - from_ms) / step_ms + 1) as u64).with_style(
-            indicatif::ProgressStyle::with_template("evaluating [{bar:40}] {pos}/{len} ({eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(((at_ms - from_ms) / step_ms + 1) as u64);
     loop {
         while next < points.len() && points[next].0 <= t {
             let (ts, key, value) = points[next];

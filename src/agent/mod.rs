@@ -96,6 +96,9 @@ fn store_options(config: &AgentConfig) -> Options {
     }
 }
 
+// Longer than most: one `select!` over every event the agent waits for (signals, the replay's
+// end, upkeep, the watchdog, the alert tick), with the start before it and the stop, whose
+// order matters, after it; each step calls out to a function of its own.
 async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();

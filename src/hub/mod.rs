@@ -218,6 +218,9 @@ struct Incoming {
     received_ms: i64,
 }
 
+// Longer than most: the start, one `select!` over every event the hub waits for (signals,
+// the watchdog, upkeep, the alert tick, the broker), and the stop, whose order matters; each
+// step calls out to a function of its own.
 async fn daemon(config: HubConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let store = open_store(&config).await?;
