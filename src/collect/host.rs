@@ -113,6 +113,33 @@ impl HostCollector {
     }
 
     pub fn collect(&mut self, out: &mut Samples) {
+        self.cpu_and_memory(out);
+        self.filesystems_and_temperatures(out);
+        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("diskstats")) {
+            diskstats(
+                &text,
+                |device| Path::new("/sys/block").join(device).exists(),
+                out,
+            );
+        }
+        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("net/dev")) {
+            net_dev(&text, &self.config.ignore_interfaces, out);
+        }
+        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("stat")) {
+            proc_stat(&text, out);
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.proc_root) {
+            let count = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_str().is_some_and(is_pid))
+                .count();
+            out.add("host_processes", &[], count as f64);
+        }
+        self.watched_processes(out);
+    }
+
+    /// CPU use and frequency, load, memory, swap, uptime: from sysinfo.
+    fn cpu_and_memory(&mut self, out: &mut Samples) {
         self.system
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_cpu_usage().with_frequency());
         self.system.refresh_memory();
@@ -165,7 +192,10 @@ impl HostCollector {
         out.add("host_swap_used_bytes", &[], self.system.used_swap() as f64);
         out.add("host_uptime_seconds", &[], System::uptime() as f64);
         out.add("host_boot_time_seconds", &[], System::boot_time() as f64);
+    }
 
+    /// File systems (pseudo ones and `ignore_mounts` left out) and temperature sensors.
+    fn filesystems_and_temperatures(&mut self, out: &mut Samples) {
         self.disks.refresh(true);
         for disk in self.disks.list() {
             let fstype = disk.file_system().to_string_lossy();
@@ -203,28 +233,6 @@ impl HostCollector {
                 );
             }
         }
-
-        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("diskstats")) {
-            diskstats(
-                &text,
-                |device| Path::new("/sys/block").join(device).exists(),
-                out,
-            );
-        }
-        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("net/dev")) {
-            net_dev(&text, &self.config.ignore_interfaces, out);
-        }
-        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("stat")) {
-            proc_stat(&text, out);
-        }
-        if let Ok(entries) = std::fs::read_dir(&self.proc_root) {
-            let count = entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_str().is_some_and(is_pid))
-                .count();
-            out.add("host_processes", &[], count as f64);
-        }
-        self.watched_processes(out);
     }
 
     fn watched_processes(&mut self, out: &mut Samples) {
