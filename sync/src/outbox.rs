@@ -186,7 +186,6 @@ impl Outbox {
             .collect();
         // A batch that comes out too large is rebuilt from less: reading the feed is idempotent.
         let mut room = self.options.max_batch_bytes;
-        let self_contained = self.options.self_contained;
         loop {
             let live = store.live_since(self.mark.as_ref(), room / 2);
             let chunks = store.dirty_chunks(room / 2, &in_flight_chunks)?;
@@ -197,45 +196,7 @@ impl Outbox {
                 }
                 return Ok(None);
             }
-            let mut body = BatchBody::default();
-            let mut defs = Vec::new();
-            let mut samples = 0;
-            let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
-                let hub_has_it = self.known.contains(&id) || pending_defs.contains(&id);
-                if (self_contained || !hub_has_it) && !defs.contains(&id) {
-                    defs.push(id);
-                    body.defs.push(SeriesDef {
-                        id,
-                        key: key.to_string(),
-                    });
-                }
-            };
-            for (id, points) in &live.series {
-                let Some(key) = store.series_key(*id) else {
-                    continue;
-                };
-                define(id.0, &key, &mut body);
-                let mut sorted = points.clone();
-                // Write order has the last write of a timestamp last; keep that one.
-                sorted.reverse();
-                sorted.sort_by_key(|p| p.0);
-                sorted.dedup_by_key(|p| p.0);
-                let (timestamps, values): (Vec<i64>, Vec<f64>) = sorted.into_iter().unzip();
-                samples += timestamps.len();
-                body.live.push(LiveSamples {
-                    series: id.0,
-                    samples: encode_samples(&timestamps, &values),
-                });
-            }
-            for chunk in &chunks {
-                define(chunk.series.0, &chunk.key, &mut body);
-                body.chunks.push(StoredChunk {
-                    series: chunk.series.0,
-                    tier: chunk.tier as u8,
-                    window_start: chunk.window_start,
-                    bytes: chunk.bytes.clone(),
-                });
-            }
+            let (body, defs, samples) = self.batch_body(store, &live, &chunks, &pending_defs);
             let backlog = store.backlog()?;
             let batch = Batch {
                 header: BatchHeader {
@@ -276,6 +237,58 @@ impl Outbox {
             self.mark = Some(live.mark);
             return Ok(Some((seq, payload)));
         }
+    }
+
+    /// The body of a batch from `live` samples and backlog `chunks`, with the definitions of the
+    /// series the hub may not have; the ids defined, and how many live samples it holds.
+    fn batch_body(
+        &self,
+        store: &Store,
+        live: &outpost_storage::LiveChanges,
+        chunks: &[outpost_storage::DirtyChunk],
+        pending_defs: &HashSet<u32>,
+    ) -> (BatchBody, Vec<u32>, usize) {
+        let self_contained = self.options.self_contained;
+        let mut body = BatchBody::default();
+        let mut defs = Vec::new();
+        let mut samples = 0;
+        let mut define = |id: u32, key: &outpost_storage::SeriesKey, body: &mut BatchBody| {
+            let hub_has_it = self.known.contains(&id) || pending_defs.contains(&id);
+            if (self_contained || !hub_has_it) && !defs.contains(&id) {
+                defs.push(id);
+                body.defs.push(SeriesDef {
+                    id,
+                    key: key.to_string(),
+                });
+            }
+        };
+        for (id, points) in &live.series {
+            let Some(key) = store.series_key(*id) else {
+                continue;
+            };
+            define(id.0, &key, &mut body);
+            let mut sorted = points.clone();
+            // Write order has the last write of a timestamp last; keep that one.
+            sorted.reverse();
+            sorted.sort_by_key(|p| p.0);
+            sorted.dedup_by_key(|p| p.0);
+            let (timestamps, values): (Vec<i64>, Vec<f64>) = sorted.into_iter().unzip();
+            samples += timestamps.len();
+            body.live.push(LiveSamples {
+                series: id.0,
+                samples: encode_samples(&timestamps, &values),
+            });
+        }
+        for chunk in chunks {
+            define(chunk.series.0, &chunk.key, &mut body);
+            body.chunks.push(StoredChunk {
+                series: chunk.series.0,
+                tier: chunk.tier as u8,
+                window_start: chunk.window_start,
+                bytes: chunk.bytes.clone(),
+            });
+        }
+        (body, defs, samples)
     }
 
     /// Applies the hub's answer to one batch.
