@@ -179,6 +179,52 @@ impl Probe {
         }
     }
 
+    /// An HTTP(S) GET: the status (200-399 or `expect_status`), the body's pattern, and the
+    /// certificate's expiry.
+    async fn http(
+        &self,
+        url: &str,
+        expect_status: &[u16],
+        insecure: bool,
+        timeout: Duration,
+    ) -> Outcome {
+        let target = match Target::parse(url) {
+            Ok(target) => target,
+            Err(e) => return Outcome::failed(format!("{e:#}"), vec![]),
+        };
+        match http::get(&target, timeout, insecure, 1 << 20).await {
+            Ok(response) => {
+                let mut figures = vec![("probe_http_status_code", f64::from(response.status))];
+                if let Some(expiry) = response.certificate_expiry {
+                    figures.push(("probe_ssl_earliest_cert_expiry", expiry as f64));
+                }
+                let status_ok = if expect_status.is_empty() {
+                    (200..400).contains(&response.status)
+                } else {
+                    expect_status.contains(&response.status)
+                };
+                if !status_ok {
+                    return Outcome::failed(format!("status {}", response.status), figures);
+                }
+                if let Some(pattern) = &self.body_pattern {
+                    let body = String::from_utf8_lossy(&response.body);
+                    if !pattern.is_match(&body) {
+                        return Outcome::failed(
+                            format!("body does not match {:?}", pattern.as_str()),
+                            figures,
+                        );
+                    }
+                }
+                Outcome {
+                    success: true,
+                    figures,
+                    error: None,
+                }
+            }
+            Err(e) => Outcome::failed(format!("{e:#}"), vec![]),
+        }
+    }
+
     async fn attempt(&self) -> Outcome {
         let timeout = self.config.timeout.0;
         match &self.config.check {
@@ -187,44 +233,7 @@ impl Probe {
                 expect_status,
                 insecure,
                 ..
-            } => {
-                let target = match Target::parse(url) {
-                    Ok(target) => target,
-                    Err(e) => return Outcome::failed(format!("{e:#}"), vec![]),
-                };
-                match http::get(&target, timeout, *insecure, 1 << 20).await {
-                    Ok(response) => {
-                        let mut figures =
-                            vec![("probe_http_status_code", f64::from(response.status))];
-                        if let Some(expiry) = response.certificate_expiry {
-                            figures.push(("probe_ssl_earliest_cert_expiry", expiry as f64));
-                        }
-                        let status_ok = if expect_status.is_empty() {
-                            (200..400).contains(&response.status)
-                        } else {
-                            expect_status.contains(&response.status)
-                        };
-                        if !status_ok {
-                            return Outcome::failed(format!("status {}", response.status), figures);
-                        }
-                        if let Some(pattern) = &self.body_pattern {
-                            let body = String::from_utf8_lossy(&response.body);
-                            if !pattern.is_match(&body) {
-                                return Outcome::failed(
-                                    format!("body does not match {:?}", pattern.as_str()),
-                                    figures,
-                                );
-                            }
-                        }
-                        Outcome {
-                            success: true,
-                            figures,
-                            error: None,
-                        }
-                    }
-                    Err(e) => Outcome::failed(format!("{e:#}"), vec![]),
-                }
-            }
+            } => self.http(url, expect_status, *insecure, timeout).await,
             ProbeCheck::Tcp { address } => {
                 let connect = tokio::net::TcpStream::connect(address.as_str());
                 match tokio::time::timeout(timeout, connect).await {
