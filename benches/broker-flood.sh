@@ -13,23 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 command -v mosquitto_pub >/dev/null || { echo "broker-flood.sh: needs mosquitto_pub" >&2; exit 1; }
-cargo build --release --locked --quiet -p outpost --bin outpost
-outpost=$PWD/target/release/outpost
-dir=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-http_port=$(free_port)
-mqtt_port=$(free_port)
-hub_args=(--store "$dir/hub.redb" --devices-file "$dir/devices.toml")
-mkdir -m 700 "$dir/keys"
-for id in dev-a dev-b; do
-  "$outpost" hub "${hub_args[@]}" device add "$id" --out "$dir/keys" --url "mqtt://127.0.0.1:$mqtt_port" \
-    | grep -v '^#' | sed "s|/etc/outpost/|$dir/keys/|" >"$dir/$id.mqtt"
-done
-printf '[host]\nenabled = false\n[jetson]\nenabled = "off"\n[nvml]\nenabled = "off"\n[alerts]\nenabled = false\n' \
-  | cat - "$dir/dev-b.mqtt" >"$dir/dev-b.toml"
+# shellcheck source=benches/hub-common.sh
+source benches/hub-common.sh
+enrol dev-a dev-b
 # A batch a second, so that the flood's effect on dev-b's data shows within seconds.
 printf 'batch_interval = "1s"\n' >>"$dir/dev-b.toml"
 "$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \

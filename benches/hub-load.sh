@@ -16,25 +16,10 @@ seconds=${1:-60}
 connections=${2:-4}
 devices=${DEVICES:-100}
 command -v wrk >/dev/null || { echo "hub-load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --locked --quiet -p outpost --bin outpost
-outpost=$PWD/target/release/outpost
-dir=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-http_port=$(free_port)
-mqtt_port=$(free_port)
-hub_args=(--store "$dir/hub.redb" --devices-file "$dir/devices.toml")
+# shellcheck source=benches/hub-common.sh
+source benches/hub-common.sh
 
-mkdir -m 700 "$dir/keys"
-for i in $(seq 0 $((devices - 1))); do
-  id=$(printf 'sim-%03d' "$i")
-  "$outpost" hub "${hub_args[@]}" device add "$id" --out "$dir/keys" --url "mqtt://127.0.0.1:$mqtt_port" \
-    | grep -v '^#' | sed "s|/etc/outpost/|$dir/keys/|" >"$dir/$id.mqtt"
-  printf '[host]\nenabled = false\n[jetson]\nenabled = "off"\n[nvml]\nenabled = "off"\n[alerts]\nenabled = false\n' \
-    | cat - "$dir/$id.mqtt" >"$dir/$id.toml"
-done
+enrol $(seq -f 'sim-%03g' 0 $((devices - 1)))
 echo "seeding the hub's store with a day of CPU load per device..."
 python3 - "$devices" <<'PY' | "$outpost" db import --db "$dir/hub.redb" -
 import re, subprocess, sys, time

@@ -532,27 +532,16 @@ impl Ack {
 
     /// In protocol `version`: the hub answers a device in the version its batch came in.
     pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
-        frame(
-            FrameKind::Ack,
-            version,
-            &to_postcard(self),
-            &[],
-            key,
-            Direction::HubToDevice,
-        )
+        to_device(FrameKind::Ack, version, self, key)
     }
 
     pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Ack> {
-        let raw = split(bytes, FrameKind::Ack, &Limits::default())?;
-        key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
-        let ack: Ack = from_postcard("ack", raw.header)?;
-        if ack.device != device || !raw.body.is_empty() {
-            return Err(Error::DeviceMismatch {
-                topic: device.to_string(),
-                payload: ack.device,
-            });
-        }
-        Ok(ack)
+        from_hub(
+            bytes,
+            (FrameKind::Ack, "ack"),
+            (device, key),
+            |ack: &Ack| ack.device.clone(),
+        )
     }
 }
 
@@ -563,28 +552,51 @@ impl Command {
 
     /// In protocol `version`: the one the device last spoke.
     pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
-        frame(
-            FrameKind::Command,
-            version,
-            &to_postcard(self),
-            &[],
-            key,
-            Direction::HubToDevice,
-        )
+        to_device(FrameKind::Command, version, self, key)
     }
 
     pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Command> {
-        let raw = split(bytes, FrameKind::Command, &Limits::default())?;
-        key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
-        let command: Command = from_postcard("command", raw.header)?;
-        if command.device != device || !raw.body.is_empty() {
-            return Err(Error::DeviceMismatch {
-                topic: device.to_string(),
-                payload: command.device,
-            });
-        }
-        Ok(command)
+        let addressee = |command: &Command| command.device.clone();
+        from_hub(
+            bytes,
+            (FrameKind::Command, "command"),
+            (device, key),
+            addressee,
+        )
     }
+}
+
+/// A hub-to-device frame: the message in the header, no body.
+fn to_device<T: Serialize>(kind: FrameKind, version: u16, message: &T, key: &DeviceKey) -> Vec<u8> {
+    frame(
+        kind,
+        version,
+        &to_postcard(message),
+        &[],
+        key,
+        Direction::HubToDevice,
+    )
+}
+
+/// Reads a hub-to-device frame, verified with the device's key, that is addressed to
+/// `device` and has no body.
+fn from_hub<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    (kind, what): (FrameKind, &'static str),
+    (device, key): (&str, &DeviceKey),
+    addressee: impl Fn(&T) -> String,
+) -> Result<T> {
+    let raw = split(bytes, kind, &Limits::default())?;
+    key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
+    let message: T = from_postcard(what, raw.header)?;
+    let to = addressee(&message);
+    if to != device || !raw.body.is_empty() {
+        return Err(Error::DeviceMismatch {
+            topic: device.to_string(),
+            payload: to,
+        });
+    }
+    Ok(message)
 }
 
 /// Signs a JSON object for the retained `status` and `meta` topics, which people read with

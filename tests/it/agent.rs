@@ -117,6 +117,20 @@ pub struct Agent {
     log: PathBuf,
 }
 
+/// The `outpost` binary, run through `wrapper` (a command that execs its arguments) if any.
+pub fn outpost_through(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command
+                .args(wrapper_args)
+                .arg(env!("CARGO_BIN_EXE_outpost"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_outpost")),
+    }
+}
+
 impl Agent {
     pub fn start(dir: &Path, config: &str, args: &[&str]) -> Agent {
         Agent::start_with_env(dir, config, args, &[])
@@ -140,17 +154,7 @@ impl Agent {
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("agent.log");
-        let mut command = match wrapper.split_first() {
-            Some((program, wrapper_args)) => {
-                let mut command = Command::new(program);
-                command
-                    .args(wrapper_args)
-                    .arg(env!("CARGO_BIN_EXE_outpost"));
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_outpost")),
-        };
-        let child = command
+        let child = outpost_through(wrapper)
             .args(["--log", "info", "agent", "--config"])
             .arg(&config_path)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -54,17 +54,7 @@ impl Hub {
             .append(true)
             .open(dir.join("hub.log"))
             .unwrap();
-        let mut command = match wrapper.split_first() {
-            Some((program, wrapper_args)) => {
-                let mut command = Command::new(program);
-                command
-                    .args(wrapper_args)
-                    .arg(env!("CARGO_BIN_EXE_outpost"));
-                command
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_outpost")),
-        };
-        let child = command
+        let child = crate::agent::outpost_through(wrapper)
             .args(["--log", "info", "hub", "--devices-file"])
             .arg(dir.join("devices.toml"))
             .arg("--store")

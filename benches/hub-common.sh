@@ -1,0 +1,25 @@
+# Sourced by the hub benches (hub-health.sh, hub-load.sh, broker-flood.sh): a release build, a
+# scratch directory removed at exit with every process in `pids`, two free ports, and
+# `enrol ID...`, which enrols devices and writes each one's agent config ($dir/ID.toml) with
+# only what the bench needs (no host, Jetson, NVML or alert collectors) and its [mqtt] section.
+cargo build --release --locked --quiet -p outpost --bin outpost
+outpost=$PWD/target/release/outpost
+dir=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port)
+mqtt_port=$(free_port)
+hub_args=(--store "$dir/hub.redb" --devices-file "$dir/devices.toml")
+mkdir -m 700 "$dir/keys"
+
+enrol() {
+  local id
+  for id in "$@"; do
+    "$outpost" hub "${hub_args[@]}" device add "$id" --out "$dir/keys" --url "mqtt://127.0.0.1:$mqtt_port" \
+      | grep -v '^#' | sed "s|/etc/outpost/|$dir/keys/|" >"$dir/$id.mqtt"
+    printf '[host]\nenabled = false\n[jetson]\nenabled = "off"\n[nvml]\nenabled = "off"\n[alerts]\nenabled = false\n' \
+      | cat - "$dir/$id.mqtt" >"$dir/$id.toml"
+  done
+}
