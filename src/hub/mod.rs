@@ -238,7 +238,10 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let refusals = Arc::new(gate::Refusals::default());
     let (options, broker) = broker_options(&config, &devices, &refusals)?;
     let (client, events) = AsyncClient::new(options, 1024);
-    let (mut polled, _event_loop) = spawn_event_loop(events);
+    // In a task of its own, so that no connection attempt is cancelled half-way by the loop
+    // below, and the backoff after a failure holds up neither signals, the watchdog nor upkeep.
+    let backoff = (Duration::from_millis(200), Duration::from_secs(10));
+    let (mut polled, _event_loop) = outpost_sync::uplink::poll_in_task(events, 0, backoff, |_| 0);
     let (incoming_tx, ingest) = {
         let shared = (&store, &client, &devices, &registry, &ingested);
         spawn_ingest(&config, shared)?
@@ -302,7 +305,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
                     evaluate_hub_alerts(&registry, shared, config.hub.offline_after.0).await;
                 }
             }
-            event = polled.recv() => match event.expect("the MQTT event loop task ended") {
+            event = polled.recv() => match event.expect("the MQTT event loop task ended").1 {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => router.subscribe(),
                 Ok(Event::Incoming(Packet::Publish(publish))) => router.route(&publish).await?,
                 Ok(_) => {}
@@ -395,45 +398,6 @@ fn broker_options(
         options.set_transport(rumqttc::Transport::Tls(tls));
     }
     Ok((options, address))
-}
-
-/// Polls the broker connection in a task of its own, so that no connection attempt is
-/// cancelled half-way by the daemon's loop, and waits out a growing backoff after a failure
-/// without holding up that loop (signals, the watchdog, the API's housekeeping).
-fn spawn_event_loop(
-    mut events: rumqttc::EventLoop,
-) -> (
-    tokio::sync::mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
-    AbortOnDrop,
-) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(1024);
-    let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let event = events.poll().await;
-            let failed = event.is_err();
-            if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
-                backoff = Duration::from_millis(200);
-            }
-            if sender.send(event).await.is_err() {
-                return;
-            }
-            if failed {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    });
-    (receiver, AbortOnDrop(task))
-}
-
-/// Aborts the task when dropped, on every way out of [`daemon`].
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What the ingest thread shares with the daemon.

@@ -172,51 +172,50 @@ fn status(config: &UplinkConfig, state: State, now_ms: i64, connection: u64) -> 
     crate::sign_json(&json, &config.key).into_bytes()
 }
 
-/// One event of the MQTT connection, with the number of the connection it belongs to.
-type Polled = (u64, Result<Event, rumqttc::ConnectionError>);
+/// One event of an MQTT connection, with the number of the connection it belongs to.
+pub type Polled = (u64, Result<Event, rumqttc::ConnectionError>);
 
-/// Aborts the task when dropped, on every way out of [`run`].
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The task of [`poll_in_task`]; dropping it stops the task.
+pub struct PollTask(tokio::task::JoinHandle<()>);
 
-impl Drop for AbortOnDrop {
+impl Drop for PollTask {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-/// Polls the MQTT event loop in a task of its own and hands its events over with the number of
-/// their connection. `EventLoop::poll` must not be cancelled while it connects: a dropped
-/// attempt leaves the broker a session whose last will (`offline`) fires, and the uplink's loop
-/// selects over many things. After a failure the next try waits for the backoff here, without
-/// holding up the uplink (which must watch the clock every second while the hub is away), and
-/// gets a later number and its own last will, so that the hub takes its statuses.
-fn spawn_event_loop(
+/// Polls an MQTT event loop in a task of its own and hands its events over, each with the
+/// number of its connection (`first`, then what `renew` returns). `EventLoop::poll` must not be
+/// cancelled while it connects: a dropped attempt leaves the broker a session whose last will
+/// fires; and a loop that selects over many things would cancel it. After a failure the next
+/// try waits out a backoff growing from `backoff.0` to `backoff.1` here, without holding up
+/// the caller's loop, and `renew` may prepare it (a last will of its own).
+pub fn poll_in_task(
     mut events: EventLoop,
-    mut connection: u64,
-    last_will: impl Fn(u64) -> LastWill + Send + 'static,
-    uptime: UptimeClock,
-) -> (tokio::sync::mpsc::Receiver<Polled>, AbortOnDrop) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    first: u64,
+    (shortest, longest): (Duration, Duration),
+    mut renew: impl FnMut(&mut EventLoop) -> u64 + Send + 'static,
+) -> (tokio::sync::mpsc::Receiver<Polled>, PollTask) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1024);
     let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(500);
+        let (mut connection, mut backoff) = (first, shortest);
         loop {
             let event = events.poll().await;
             let failed = event.is_err();
             if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
-                backoff = Duration::from_millis(500);
+                backoff = shortest;
             }
             if sender.send((connection, event)).await.is_err() {
                 return;
             }
             if failed {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                connection = uptime().max(connection + 1);
-                events.mqtt_options.set_last_will(last_will(connection));
+                backoff = (backoff * 2).min(longest);
+                connection = renew(&mut events);
             }
         }
     });
-    (receiver, AbortOnDrop(task))
+    (receiver, PollTask(task))
 }
 
 /// Milliseconds since the Unix epoch by the wall clock: the binary passes its clock in, so that
@@ -252,7 +251,16 @@ pub async fn run(
     let mut options = mqtt_options(&config);
     options.set_last_will(last_will(connection));
     let (client, events) = AsyncClient::new(options, 64);
-    let (mut polled, _event_loop) = spawn_event_loop(events, connection, last_will, uptime);
+    // The next try is a new connection, with a later number than this one's statuses and a
+    // last will of its own, so that the hub takes them.
+    let mut number = connection;
+    let renew = move |events: &mut EventLoop| {
+        number = uptime().max(number + 1);
+        events.mqtt_options.set_last_will(last_will(number));
+        number
+    };
+    let backoff = (Duration::from_millis(500), Duration::from_secs(30));
+    let (mut polled, _event_loop) = poll_in_task(events, connection, backoff, renew);
     let mut uplink = Uplink::open(store, config, (client, connection), clocks, mailbox)?;
     // Every second, so that a step of 2 s or more cannot be confused with the clock's next
     // readings (crate::clock).
