@@ -379,20 +379,18 @@ impl outpost_web::Fleet for HubFleet {
         &self,
         request: outpost_web::SilenceRequest,
         by: &outpost_web::Identity,
-    ) -> Result<Value, String> {
-        let key = self
-            .devices
-            .get()
-            .key(&request.device)
-            .ok_or_else(|| format!("device: {:?} is not enrolled", request.device))?;
+    ) -> Result<outpost_web::SilenceSent, outpost_web::WebError> {
+        use outpost_web::WebError;
+        let key = self.devices.get().key(&request.device).ok_or_else(|| {
+            WebError::BadRequest(format!("device: {:?} is not enrolled", request.device))
+        })?;
         let now = outpost::timearg::now_ms();
         let _numbering = self.commands.lock().expect("commands lock");
         // Ids grow per device and survive restarts: the device refuses any id it has seen.
         let counter = format!("cmd-id/{}", request.device);
         let last = self
             .store
-            .state_get(StateTable::DeviceRegistry, &counter)
-            .map_err(|e| e.to_string())?
+            .state_get(StateTable::DeviceRegistry, &counter)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(0, u64::from_le_bytes);
         // A fresh hub store must still count above what the device applied: start at the time.
@@ -405,7 +403,7 @@ impl outpost_web::Fleet for HubFleet {
             expires_ms: now + COMMAND_LIFETIME_MS,
             action: outpost_sync::Action::Silence(outpost_sync::Silence {
                 id: silence_id.clone(),
-                matchers: matchers(&request.matcher)?,
+                matchers: matchers(&request.matcher).map_err(WebError::BadRequest)?,
                 starts_ms: request.starts_ms.unwrap_or(now),
                 ends_ms: request.ends_ms,
                 created_by: by.name.clone(),
@@ -421,22 +419,23 @@ impl outpost_web::Fleet for HubFleet {
         write.put_state(
             StateTable::DeviceRegistry,
             format!("cmd/{}/{id:020}", request.device),
-            serde_json::to_vec(&command).map_err(|e| e.to_string())?,
+            serde_json::to_vec(&command).expect("commands serialize"),
         );
-        self.store.write(write).map_err(|e| e.to_string())?;
-        self.store.sync().map_err(|e| e.to_string())?;
+        // The hub's own disk failing is its fault (a 500), not the request's.
+        self.store.write(write)?;
+        self.store.sync()?;
         let version = self.version_of(&request.device);
         self.publish_command(&request.device, &command.encode_as(&key, version));
         tracing::info!(device = request.device, id, by = by.name, "silence sent");
-        Ok(json!({
-            "device": request.device,
-            "command_id": id,
-            "silence_id": silence_id,
-            "match": request.matcher,
-            "starts_ms": request.starts_ms.unwrap_or(now),
-            "ends_ms": request.ends_ms,
-            "created_by": by.name,
-        }))
+        Ok(outpost_web::SilenceSent {
+            starts_ms: request.starts_ms.unwrap_or(now),
+            device: request.device,
+            command_id: id,
+            silence_id,
+            matcher: request.matcher,
+            ends_ms: request.ends_ms,
+            created_by: by.name.clone(),
+        })
     }
 
     fn metrics(&self) -> String {

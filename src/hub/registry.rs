@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use outpost_storage::{StateTable, Store, WriteBatch};
 use outpost_sync::topic::Kind;
 use outpost_sync::{AckStatus, BatchHeader};
+use outpost_web::DeviceState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    /// From the retained `status`: `online` or `offline`.
-    pub status: Option<String>,
+    /// From the retained `status`.
+    pub status: Option<outpost_sync::State>,
     /// When that status came (the hub's clock).
     #[serde(default)]
     pub status_ms: Option<i64>,
@@ -214,11 +215,11 @@ impl Registry {
             outpost_sync::StatusVerdict::Take => {
                 let record = self.record(device);
                 record.status_order = order;
-                let (text, taken) = match status.state {
-                    outpost_sync::State::Online => ("online", Taken::Online),
-                    outpost_sync::State::Offline => ("offline", Taken::Other),
+                let taken = match status.state {
+                    outpost_sync::State::Online => Taken::Online,
+                    outpost_sync::State::Offline => Taken::Other,
                 };
-                record.status = Some(text.to_string());
+                record.status = Some(status.state);
                 record.status_ms = Some(outpost::timearg::now_ms());
                 Ok(taken)
             }
@@ -291,7 +292,7 @@ impl Registry {
 
     /// `online` when its status says so and it was heard from within `offline_after`.
     /// and `stale` when it is connected but its data stopped more than `stale_after` ago.
-    fn state(&self, record: &DeviceRecord, now: i64, offline_after: Duration) -> &'static str {
+    fn state(&self, record: &DeviceRecord, now: i64, offline_after: Duration) -> DeviceState {
         let silent = now - record.last_seen_ms > offline_after.as_millis() as i64;
         let no_data = record
             .last_data_ms
@@ -302,11 +303,11 @@ impl Registry {
             .last_data_ms
             .zip(record.status_ms)
             .is_some_and(|(data, status)| data > status);
-        match record.status.as_deref() {
-            Some("offline") if !data_since_status => "offline",
-            _ if silent => "offline",
-            _ if no_data => "stale",
-            _ => "online",
+        match record.status {
+            Some(outpost_sync::State::Offline) if !data_since_status => DeviceState::Offline,
+            _ if silent => DeviceState::Offline,
+            _ if no_data => DeviceState::Stale,
+            _ => DeviceState::Online,
         }
     }
 
@@ -321,7 +322,8 @@ impl Registry {
                         fields.remove("status_order");
                     }
                     value["device"] = name.clone().into();
-                    value["state"] = self.state(record, now, offline_after).into();
+                    value["state"] = serde_json::to_value(self.state(record, now, offline_after))
+                        .expect("states serialize");
                     value
                 })
                 .collect(),
@@ -335,7 +337,7 @@ impl Registry {
             for (device, record) in &self.devices {
                 let value = if name == "outpost_hub_device_online" {
                     Some(f64::from(
-                        self.state(record, now, offline_after) != "offline",
+                        self.state(record, now, offline_after) != DeviceState::Offline,
                     ))
                 } else {
                     value(record)
@@ -462,14 +464,14 @@ mod tests {
         let record = registry.record("dev-b");
         record.last_seen_ms = 10_000;
         record.last_data_ms = Some(9_000);
-        record.status = Some("offline".into());
+        record.status = Some(outpost_sync::State::Offline);
         record.status_ms = Some(10_000);
         let state =
             |registry: &Registry| registry.state(&registry.devices["dev-b"], 20_000, offline_after);
-        assert_eq!(state(&registry), "offline");
+        assert_eq!(state(&registry), DeviceState::Offline);
         // A batch after the status: the device is there.
         registry.record("dev-b").last_data_ms = Some(11_000);
-        assert_eq!(state(&registry), "online");
+        assert_eq!(state(&registry), DeviceState::Online);
     }
 
     proptest::proptest! {
@@ -503,12 +505,16 @@ mod tests {
             let mut registry = Registry::default();
             for (boot, seq, online) in statuses {
                 let seq = seq.map_or(String::new(), |seq| format!(r#","seq":{seq}"#));
-                let state = if online { "online" } else { "offline" };
+                let (state, typed) = if online {
+                    ("online", outpost_sync::State::Online)
+                } else {
+                    ("offline", outpost_sync::State::Offline)
+                };
                 let json = format!(
                     r#"{{"device":"d","state":"{state}","boot_id":"b{boot}","agent_version":"0","protocol":2,"at_ms":0{seq}}}"#
                 );
                 if let Ok(Taken::Online | Taken::Other) = registry.retained("d", Kind::Status, &json) {
-                    proptest::prop_assert_eq!(registry.devices["d"].status.as_deref(), Some(state));
+                    proptest::prop_assert_eq!(registry.devices["d"].status, Some(typed));
                 }
             }
         }
@@ -561,7 +567,10 @@ mod tests {
             Ok(Taken::Nothing)
         );
         assert_eq!(loaded.devices["d"].stale_statuses, 1);
-        assert_eq!(loaded.devices["d"].status.as_deref(), Some("online"));
+        assert_eq!(
+            loaded.devices["d"].status,
+            Some(outpost_sync::State::Online)
+        );
         assert_eq!(
             loaded.retained("d", Kind::Status, &status(12)),
             Ok(Taken::Online)

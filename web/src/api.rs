@@ -583,10 +583,7 @@ async fn silence(
     let sent = tokio::task::spawn_blocking(move || fleet.silence(request, &identity))
         .await
         .map_err(|e| WebError::Internal(e.to_string()))?;
-    match sent {
-        Ok(sent) => Ok((StatusCode::CREATED, Json(sent)).into_response()),
-        Err(reason) => Err(WebError::BadRequest(reason)),
-    }
+    Ok((StatusCode::CREATED, Json(sent?)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -727,8 +724,8 @@ mod tests {
         fn alerts(&self) -> Value {
             json!({"alerts": [], "history": []})
         }
-        fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<Value, String> {
-            Err("not here".into())
+        fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<crate::SilenceSent, WebError> {
+            Err(WebError::BadRequest("not here".into()))
         }
         fn metrics(&self) -> String {
             String::new()

@@ -155,6 +155,30 @@ pub struct SilenceRequest {
     pub comment: String,
 }
 
+/// Where a device stands, as the fleet page shows it: `online`, `stale` (connected, but its
+/// data stopped) or `offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Online,
+    Stale,
+    Offline,
+}
+
+/// A silence on its way to its device, as `POST /api/silences` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SilenceSent {
+    pub device: String,
+    /// The signed command's number: the device applies each number once.
+    pub command_id: u64,
+    pub silence_id: String,
+    #[serde(rename = "match")]
+    pub matcher: String,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub created_by: String,
+}
+
 /// What the dashboard needs from the hub beyond its store.
 pub trait Fleet: Send + Sync + 'static {
     /// Every device the hub knows, as JSON objects with at least `device` and `state`
@@ -164,7 +188,7 @@ pub trait Fleet: Send + Sync + 'static {
     fn alerts(&self) -> serde_json::Value;
     /// Sends a silence to its device; what was sent, or why not. It makes the command durable
     /// first, so it blocks: the handler calls it on the blocking pool.
-    fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<serde_json::Value, String>;
+    fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceSent, WebError>;
     /// The hub's own metrics, Prometheus text format.
     fn metrics(&self) -> String;
     /// The names of devices as their data arrives (for live charts).
