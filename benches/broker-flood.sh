@@ -18,14 +18,8 @@ source benches/hub-common.sh
 enrol dev-a dev-b
 # A batch a second, so that the flood's effect on dev-b's data shows within seconds.
 printf 'batch_interval = "1s"\n' >>"$dir/dev-b.toml"
-"$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
-  2>"$dir/hub.log" &
-hub=$!
-pids+=("$hub")
-until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
-"$outpost" --log warn agent --config "$dir/dev-b.toml" --store "$dir/dev-b.redb" --listen 127.0.0.1:0 \
-  --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 2>"$dir/dev-b.log" &
-pids+=("$!")
+start_hub
+start_agents dev-b
 batches() {
   curl -sf "127.0.0.1:$http_port/api/devices" \
     | python3 -c 'import json, sys; print(sum(d.get("batches", 0) for d in json.load(sys.stdin) if d["device"] == "dev-b"))'

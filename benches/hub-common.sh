@@ -23,3 +23,37 @@ enrol() {
       | cat - "$dir/$id.mqtt" >"$dir/$id.toml"
   done
 }
+
+# The hub on the two ports, with its embedded broker; returns once its API answers.
+start_hub() {
+  "$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
+    2>"$dir/hub.log" &
+  hub=$!
+  pids+=("$hub")
+  until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
+}
+
+# An agent for each enrolled ID, replaying the TX2 tegrastats log at its own pace and syncing.
+start_agents() {
+  local id
+  for id in "$@"; do
+    "$outpost" --log warn agent --config "$dir/$id.toml" --store "$dir/$id.redb" --listen 127.0.0.1:0 \
+      --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 \
+      2>"$dir/$id.log" &
+    pids+=("$!")
+  done
+}
+
+# How many devices the hub shows online.
+online() {
+  curl -sf "127.0.0.1:$http_port/api/devices" \
+    | python3 -c 'import json, sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "online"))'
+}
+
+# Waits up to two minutes for N devices online.
+wait_online() {
+  for _ in $(seq 1 120); do
+    [ "$(online)" -ge "$1" ] && break
+    sleep 1
+  done
+}

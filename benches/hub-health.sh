@@ -36,26 +36,9 @@ for block in range(0, steps, 2880):
     out.write("".join(lines))
 PY
 echo "seeded in $(( $(date +%s) - started )) s: $("$outpost" db stats --db "$dir/hub.redb" | grep -E 'raw samples|bytes on disk' | tr -s ' ' | paste -sd ';')"
-"$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
-  2>"$dir/hub.log" &
-hub=$!
-pids+=("$hub")
-until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
-for i in $(seq 0 $((devices - 1))); do
-  id=$(printf 'sim-%03d' "$i")
-  "$outpost" --log warn agent --config "$dir/$id.toml" --store "$dir/$id.redb" --listen 127.0.0.1:0 \
-    --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 \
-    2>"$dir/$id.log" &
-  pids+=("$!")
-done
-online() {
-  curl -sf "127.0.0.1:$http_port/api/devices" \
-    | python3 -c 'import json, sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "online"))'
-}
-for _ in $(seq 1 120); do
-  [ "$(online)" -ge "$devices" ] && break
-  sleep 1
-done
+start_hub
+start_agents $(seq -f 'sim-%03g' 0 $((devices - 1)))
+wait_online "$devices"
 echo "online: $(online) of $devices; warming up for 10 s"
 sleep 10
 samples() { curl -sf "127.0.0.1:$http_port/metrics" | awk '/^outpost_hub_samples_total/ { s += $2 } END { print s + 0 }'; }

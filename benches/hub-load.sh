@@ -38,27 +38,10 @@ for device in range(devices):
         out.write("".join(f'jetson_cpu_load_ratio{{cpu="{cpu}",instance="{instance}"}} {value} {stamp}\n'
                           for cpu, value in enumerate(cores)))
 PY
-"$outpost" hub "${hub_args[@]}" --listen "127.0.0.1:$http_port" --mqtt-listen "127.0.0.1:$mqtt_port" \
-  2>"$dir/hub.log" &
-hub=$!
-pids+=("$hub")
-until curl -sf "127.0.0.1:$http_port/api/health" >/dev/null; do sleep 0.2; done
-for i in $(seq 0 $((devices - 1))); do
-  id=$(printf 'sim-%03d' "$i")
-  "$outpost" --log warn agent --config "$dir/$id.toml" --store "$dir/$id.redb" --listen 127.0.0.1:0 \
-    --tegrastats-replay tests/data/tegrastats/tx2-jetpack4-2660s.log.zst --replay-speed 1 \
-    2>"$dir/$id.log" &
-  pids+=("$!")
-done
+start_hub
+start_agents $(seq -f 'sim-%03g' 0 $((devices - 1)))
 echo "waiting for $devices devices to come online and send data..."
-online() {
-  curl -sf "127.0.0.1:$http_port/api/devices" \
-    | python3 -c 'import json, sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "online"))'
-}
-for _ in $(seq 1 120); do
-  [ "$(online)" -ge "$devices" ] && break
-  sleep 1
-done
+wait_online "$devices"
 echo "online: $(online) of $devices; warming up for 30 s"
 sleep 30
 points=$(curl -sf "127.0.0.1:$http_port/api/range?device=sim-000&match=jetson_cpu_load_ratio&start=now-24h&max_points=1000" \

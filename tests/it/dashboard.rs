@@ -284,42 +284,19 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
     let json = ("Content-Type", "application/json");
     let viewer = format!("Bearer {VIEWER_TOKEN}");
     let admin = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _, body) = http_with(
-        http_port,
-        "POST",
-        "/api/silences",
-        &[("Authorization", &viewer), json],
-        &silence,
-    );
+    let post_silence = |headers: &[(&str, &str)]| {
+        let (status, _, body) = http_with(http_port, "POST", "/api/silences", headers, &silence);
+        (status, body)
+    };
+    let (status, body) = post_silence(&[("Authorization", &viewer), json]);
     assert_eq!(status, 403, "a viewer cannot silence: {body}");
-    let (status, _, _) = http_with(
-        http_port,
-        "POST",
-        "/api/silences",
-        &[("Authorization", &admin), ("Content-Type", "text/plain")],
-        &silence,
-    );
+    let (status, _) = post_silence(&[("Authorization", &admin), ("Content-Type", "text/plain")]);
     assert_eq!(status, 400, "a change must come as JSON");
-    let (status, _, _) = http_with(
-        http_port,
-        "POST",
-        "/api/silences",
-        &[
-            ("Authorization", &admin),
-            json,
-            ("Origin", "http://evil.example"),
-        ],
-        &silence,
-    );
+    let evil = ("Origin", "http://evil.example");
+    let (status, _) = post_silence(&[("Authorization", &admin), json, evil]);
     assert_eq!(status, 403, "no changes from another origin");
     // A silence from the API reaches the device over MQTT as a signed command.
-    let (status, _, body) = http_with(
-        http_port,
-        "POST",
-        "/api/silences",
-        &[("Authorization", &admin), json],
-        &silence,
-    );
+    let (status, body) = post_silence(&[("Authorization", &admin), json]);
     assert_eq!(status, 201, "{body}");
     let sent: Value = serde_json::from_str(&body).unwrap();
     let silence_id = sent["silence_id"].as_str().unwrap().to_string();
