@@ -15,11 +15,65 @@ use super::schedule::Silences;
 use super::template::Context;
 use super::window::Windows;
 
-/// Keys of the engine's entries in [`StateTable::AlertState`].
-const ALERT_PREFIX: &str = "a/";
-const HISTORY_PREFIX: &str = "h/";
-const EVENT_SEQ_KEY: &str = "~event_seq";
-const QUEUE_SEQ_KEY: &str = "~queue_seq";
+/// The engine's keys in the store's `AlertState` table: each alert's record, the transition
+/// history and the two counters.
+#[derive(Debug, Clone, Copy)]
+pub enum EngineKey<'a> {
+    Alert(&'a (String, String)),
+    Alerts,
+    History(u64),
+    AllHistory,
+    EventSeq,
+    QueueSeq,
+}
+
+impl std::fmt::Display for EngineKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineKey::Alert((rule, instance)) => write!(f, "a/{rule}/{instance}"),
+            EngineKey::Alerts => f.write_str("a/"),
+            EngineKey::History(seq) => write!(f, "h/{seq:020}"),
+            EngineKey::AllHistory => f.write_str("h/"),
+            EngineKey::EventSeq => f.write_str("~event_seq"),
+            EngineKey::QueueSeq => f.write_str("~queue_seq"),
+        }
+    }
+}
+
+impl outpost_storage::StateKey for EngineKey<'_> {
+    const TABLE: StateTable = StateTable::AlertState;
+    const OWNED: &'static [&'static str] = &["a/", "h/", "~event_seq", "~queue_seq"];
+}
+
+/// The notification queues' keys in the store's `NotificationQueue` table: one run of keys per
+/// channel, in the order the entries were queued.
+#[derive(Debug, Clone, Copy)]
+pub enum QueueKey<'a> {
+    Entry(&'a Channel, u64),
+    Channel(&'a Channel),
+}
+
+impl std::fmt::Display for QueueKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (channel, seq) = match self {
+            QueueKey::Entry(channel, seq) => (channel, Some(seq)),
+            QueueKey::Channel(channel) => (channel, None),
+        };
+        match channel {
+            Channel::Mqtt => f.write_str("m/")?,
+            Channel::Named(name) => write!(f, "n/{name}/")?,
+        }
+        match seq {
+            Some(seq) => write!(f, "{seq:020}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl outpost_storage::StateKey for QueueKey<'_> {
+    const TABLE: StateTable = StateTable::NotificationQueue;
+    const OWNED: &'static [&'static str] = &["m/", "n/"];
+}
 /// Transitions kept in the history.
 const HISTORY_LEN: u64 = 1000;
 /// How long a resolved alert is remembered (for its cooldown) when nothing happens to it.
@@ -143,10 +197,7 @@ pub enum Channel {
 
 impl Channel {
     fn queue_prefix(&self) -> String {
-        match self {
-            Channel::Mqtt => "m/".to_string(),
-            Channel::Named(name) => format!("n/{name}/"),
-        }
+        QueueKey::Channel(self).to_string()
     }
 }
 
@@ -393,9 +444,9 @@ impl Engine {
         silences: Silences,
         now_ms: i64,
     ) -> Result<Engine, outpost_storage::Error> {
-        let counter = |key: &str| -> Result<u64, outpost_storage::Error> {
+        let counter = |key: EngineKey| -> Result<u64, outpost_storage::Error> {
             Ok(store
-                .state_get(StateTable::AlertState, key)?
+                .get(&key)?
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes))
         };
@@ -403,8 +454,8 @@ impl Engine {
             windows: Windows::new(&rules),
             rules,
             alerts: BTreeMap::new(),
-            event_seq: counter(EVENT_SEQ_KEY)?,
-            queue_seq: counter(QUEUE_SEQ_KEY)?,
+            event_seq: counter(EngineKey::EventSeq)?,
+            queue_seq: counter(EngineKey::QueueSeq)?,
             running_since_ms: now_ms,
             options,
             queues: HashMap::new(),
@@ -412,7 +463,7 @@ impl Engine {
             evaluations: 0,
         };
         let mut write = WriteBatch::default();
-        for (key, value) in store.state_list(StateTable::AlertState, ALERT_PREFIX)? {
+        for (key, value) in store.list(&EngineKey::Alerts)? {
             let Ok(record) = serde_json::from_slice::<AlertRecord>(&value) else {
                 tracing::warn!(key, "dropping an alert state entry that does not parse");
                 write.delete_state(StateTable::AlertState, key);
@@ -555,7 +606,7 @@ impl Engine {
 
     fn next_queue_key(&mut self, channel: &Channel) -> String {
         self.queue_seq += 1;
-        format!("{}{:020}", channel.queue_prefix(), self.queue_seq)
+        QueueKey::Entry(channel, self.queue_seq).to_string()
     }
 
     /// Adds a queue entry, dropping the channel's oldest when it is full. Returns how many were
@@ -708,22 +759,14 @@ impl Engine {
         record.description = rule.description.render(&context);
         let mut message = self.message(record, reason);
         let json = serde_json::to_string(&message).expect("message serializes");
-        write.put_state(
-            StateTable::AlertState,
-            format!("{HISTORY_PREFIX}{:020}", self.event_seq),
+        write.put(
+            &EngineKey::History(self.event_seq),
             json.clone().into_bytes(),
         );
         if self.event_seq > HISTORY_LEN {
-            write.delete_state(
-                StateTable::AlertState,
-                format!("{HISTORY_PREFIX}{:020}", self.event_seq - HISTORY_LEN),
-            );
+            write.remove(&EngineKey::History(self.event_seq - HISTORY_LEN));
         }
-        write.put_state(
-            StateTable::AlertState,
-            EVENT_SEQ_KEY,
-            self.event_seq.to_le_bytes().to_vec(),
-        );
+        write.put(&EngineKey::EventSeq, self.event_seq.to_le_bytes().to_vec());
         if let (Some(events), Some(topic)) = (self.events_topic(), self.state_topic(record)) {
             // The retained state: present while firing, cleared when it ends.
             let retained = match state {
@@ -780,7 +823,7 @@ impl Engine {
             Next::Unchanged => return,
             Next::Forget => {
                 self.alerts.remove(&id);
-                write.delete_state(StateTable::AlertState, alert_key(&id));
+                write.remove(&EngineKey::Alert(&id));
                 return;
             }
             Next::Step(transition, reason) => (transition, reason),
@@ -811,7 +854,7 @@ impl Engine {
         }
         if record.state == State::Inactive {
             self.alerts.remove(&id);
-            write.delete_state(StateTable::AlertState, alert_key(&id));
+            write.remove(&EngineKey::Alert(&id));
             return;
         }
         self.store_record(&id, &record, before, write);
@@ -872,12 +915,8 @@ impl Engine {
         };
         if !unchanged {
             let value = serde_json::to_vec(record).expect("record serializes");
-            write.put_state(StateTable::AlertState, alert_key(id), value);
-            write.put_state(
-                StateTable::AlertState,
-                QUEUE_SEQ_KEY,
-                self.queue_seq.to_le_bytes().to_vec(),
-            );
+            write.put(&EngineKey::Alert(id), value);
+            write.put(&EngineKey::QueueSeq, self.queue_seq.to_le_bytes().to_vec());
         }
     }
 
@@ -897,10 +936,6 @@ impl Engine {
         }
         out
     }
-}
-
-fn alert_key(id: &(String, String)) -> String {
-    format!("{ALERT_PREFIX}{}/{}", id.0, id.1)
 }
 
 #[cfg(test)]

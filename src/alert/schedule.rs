@@ -12,7 +12,26 @@ use jiff::tz::TimeZone;
 use outpost_storage::{Selector, SeriesKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-const SILENCE_PREFIX: &str = "s/";
+/// The silences' keys in the store's `AlertState` table.
+#[derive(Debug, Clone, Copy)]
+pub enum SilenceKey<'a> {
+    Silence(&'a str),
+    All,
+}
+
+impl std::fmt::Display for SilenceKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SilenceKey::Silence(id) => write!(f, "s/{id}"),
+            SilenceKey::All => f.write_str("s/"),
+        }
+    }
+}
+
+impl outpost_storage::StateKey for SilenceKey<'_> {
+    const TABLE: StateTable = StateTable::AlertState;
+    const OWNED: &'static [&'static str] = &["s/"];
+}
 /// The pseudo-label that carries the rule's name when silences match.
 pub const RULE_LABEL: &str = "alertname";
 
@@ -136,7 +155,7 @@ impl Silences {
 
     /// The silences kept in the store (set through the API or by the hub), added to these.
     pub fn load(&mut self, store: &Store) -> Result<(), outpost_storage::Error> {
-        for (key, value) in store.state_list(StateTable::AlertState, SILENCE_PREFIX)? {
+        for (key, value) in store.list(&SilenceKey::All)? {
             match serde_json::from_slice::<Silence>(&value) {
                 Ok(silence) => {
                     if let Err(error) = self.insert(silence) {
@@ -163,7 +182,7 @@ impl Silences {
     /// Adds or replaces a silence and queues its durable record into `write`.
     pub fn add(&mut self, silence: Silence, write: &mut WriteBatch) -> Result<(), String> {
         let value = serde_json::to_vec(&silence).expect("silence serializes");
-        let key = format!("{SILENCE_PREFIX}{}", silence.id);
+        let key = SilenceKey::Silence(&silence.id).to_string();
         self.insert(silence)?;
         write.put_state(StateTable::AlertState, key, value);
         Ok(())
@@ -173,7 +192,7 @@ impl Silences {
     pub fn expire(&mut self, id: &str, write: &mut WriteBatch) -> bool {
         let before = self.silences.len();
         self.silences.retain(|(s, _)| s.id != id);
-        write.delete_state(StateTable::AlertState, format!("{SILENCE_PREFIX}{id}"));
+        write.remove(&SilenceKey::Silence(id));
         self.silences.len() != before
     }
 

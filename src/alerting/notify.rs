@@ -16,8 +16,31 @@ use outpost_storage::{StateTable, Store, WriteBatch};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
-use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, State};
+use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, QueueKey, State};
 use outpost::alert::template::{Context, Template};
+
+/// The exec channel's records of the commands it ran, in the store's `AlertState` table (so
+/// that a command runs at most once, `run_exec`).
+#[derive(Debug, Clone, Copy)]
+pub enum ExecKey<'a> {
+    /// The record of the queue entry `key`.
+    Record(&'a str),
+    All,
+}
+
+impl std::fmt::Display for ExecKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecKey::Record(key) => write!(f, "x/{key}"),
+            ExecKey::All => f.write_str("x/"),
+        }
+    }
+}
+
+impl outpost_storage::StateKey for ExecKey<'_> {
+    const TABLE: StateTable = StateTable::AlertState;
+    const OWNED: &'static [&'static str] = &["x/"];
+}
 
 /// Per-channel counters for the agent's self-metrics.
 #[derive(Debug, Default, Clone)]
@@ -65,7 +88,7 @@ const REOFFER_AFTER: Duration = Duration::from_secs(60);
 
 impl outpost_sync::uplink::Mailbox for AlertMailbox {
     fn pending(&self, max: usize) -> Vec<outpost_sync::uplink::Mail> {
-        let entries = match self.store.state_list(StateTable::NotificationQueue, "m/") {
+        let entries = match self.store.list(&QueueKey::Channel(&Channel::Mqtt)) {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::error!("reading the alert queue: {error}");
@@ -203,8 +226,8 @@ pub async fn run_channel(
     stats: Stats,
 ) {
     let name = sender.name().to_string();
-    let prefix = format!("n/{name}/");
     let channel = Channel::Named(name.clone());
+    let prefix = QueueKey::Channel(&channel).to_string();
     let mut backoff = Duration::from_secs(1);
     loop {
         let head = store
@@ -346,7 +369,7 @@ async fn run_exec_once(
     store: &Store,
     key: &str,
 ) -> Attempt {
-    let record_key = format!("x/{key}");
+    let record_key = ExecKey::Record(key).to_string();
     let record = |status: &str, exit_code: Option<i32>, error: Option<String>| {
         serde_json::json!({
             "channel": config.name,
@@ -374,7 +397,7 @@ async fn run_exec_once(
         record("started", None, None).to_string().into_bytes(),
     );
     // The history keeps its last 1,000 transitions; the command records as many.
-    if let Ok(old) = store.state_list(StateTable::AlertState, "x/") {
+    if let Ok(old) = store.list(&ExecKey::All) {
         for (old_key, _) in old.iter().take(old.len().saturating_sub(999)) {
             starting.delete_state(StateTable::AlertState, old_key.clone());
         }

@@ -25,7 +25,20 @@ use outpost::alert::schedule::Silence;
 use outpost::timearg::now_ms;
 
 /// The last hub command applied, so that a recorded one cannot be replayed.
-const LAST_COMMAND_KEY: &str = "~last_command_id";
+/// The last hub command applied, in the store's `AlertState` table.
+#[derive(Debug, Clone, Copy)]
+pub struct LastCommandKey;
+
+impl std::fmt::Display for LastCommandKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("~last_command_id")
+    }
+}
+
+impl outpost_storage::StateKey for LastCommandKey {
+    const TABLE: StateTable = StateTable::AlertState;
+    const OWNED: &'static [&'static str] = &["~last_command_id"];
+}
 
 /// What the HTTP handlers, the self-metrics and the uplink share.
 pub struct AlertShared {
@@ -245,7 +258,7 @@ fn apply_commands(
         return;
     }
     let mut last = store
-        .state_get(StateTable::AlertState, LAST_COMMAND_KEY)
+        .get(&LastCommandKey)
         .ok()
         .flatten()
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
@@ -304,11 +317,7 @@ fn apply_commands(
             }
         }
     }
-    write.put_state(
-        StateTable::AlertState,
-        LAST_COMMAND_KEY,
-        last.to_le_bytes().to_vec(),
-    );
+    write.put(&LastCommandKey, last.to_le_bytes().to_vec());
 }
 
 // ---- HTTP ----------------------------------------------------------------------------------
@@ -329,17 +338,21 @@ pub async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(100).min(1000);
-    let newest = |prefix: &str| -> Result<Vec<serde_json::Value>, outpost_storage::Error> {
-        Ok(runtime
-            .store
-            .state_list(StateTable::AlertState, prefix)?
-            .iter()
-            .rev()
-            .take(limit)
-            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-            .collect())
-    };
-    match (newest("h/"), newest("x/")) {
+    let newest =
+        |prefix: &dyn std::fmt::Display| -> Result<Vec<serde_json::Value>, outpost_storage::Error> {
+            Ok(runtime
+                .store
+                .state_list(StateTable::AlertState, &prefix.to_string())?
+                .iter()
+                .rev()
+                .take(limit)
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .collect())
+        };
+    match (
+        newest(&outpost::alert::engine::EngineKey::AllHistory),
+        newest(&super::notify::ExecKey::All),
+    ) {
         (Ok(events), Ok(commands)) => {
             Json(serde_json::json!({ "events": events, "commands": commands })).into_response()
         }

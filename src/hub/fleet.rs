@@ -13,6 +13,7 @@ use outpost_sync::topic::{DeviceTopics, Kind};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{json, Value};
 
+use super::keys::{FleetHistoryKey, RegistryKey};
 use super::registry::Registry;
 use super::Devices;
 
@@ -26,11 +27,6 @@ const INSTANCES_PER_DEVICE: usize = 1000;
 const MAX_ALERT_PAYLOAD: usize = 64 << 10;
 /// How long a silence command waits for its device before it is dropped.
 const COMMAND_LIFETIME_MS: i64 = 7 * 86_400_000;
-
-/// Keys of the fleet's alert history in the hub store's [`StateTable::AlertState`], beside the
-/// hub's own engine (which uses `a/`, `h/` and `~`): `f/<sequence, 20 digits>`, so that keys sort
-/// in arrival order.
-const HISTORY_PREFIX: &str = "f/";
 
 #[derive(Debug, Default)]
 pub struct FleetAlerts {
@@ -47,7 +43,7 @@ impl FleetAlerts {
     /// warning rather than stopping the hub.
     pub fn load(store: &Store) -> FleetAlerts {
         let mut alerts = FleetAlerts::default();
-        let stored = match store.state_list(StateTable::AlertState, HISTORY_PREFIX) {
+        let stored = match store.list(&FleetHistoryKey::All) {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::warn!("the fleet's alert history could not be read: {error}");
@@ -55,7 +51,7 @@ impl FleetAlerts {
             }
         };
         for (key, bytes) in stored {
-            let seq = key[HISTORY_PREFIX.len()..].parse::<u64>();
+            let seq = key[FleetHistoryKey::All.to_string().len()..].parse::<u64>();
             match (seq, serde_json::from_slice::<Value>(&bytes)) {
                 (Ok(seq), Ok(event)) => alerts.history.push_back((seq, event)),
                 _ => tracing::warn!(key, "an unreadable entry in the fleet's alert history"),
@@ -151,18 +147,17 @@ impl FleetAlerts {
                 .iter()
                 .position(|(_, seen)| &seen["device"] == device);
             if let Some((old, _)) = oldest.and_then(|index| self.history.remove(index)) {
-                write.delete_state(StateTable::AlertState, history_key(old));
+                write.remove(&FleetHistoryKey::Entry(old));
             }
         }
-        write.put_state(
-            StateTable::AlertState,
-            history_key(next),
+        write.put(
+            &FleetHistoryKey::Entry(next),
             event.to_string().into_bytes(),
         );
         self.history.push_back((next, event));
         while self.history.len() > HISTORY {
             if let Some((old, _)) = self.history.pop_front() {
-                write.delete_state(StateTable::AlertState, history_key(old));
+                write.remove(&FleetHistoryKey::Entry(old));
             }
         }
         Some(write)
@@ -180,10 +175,6 @@ enum Admitted {
     Event(WriteBatch),
     /// Nothing to do: a pending or inactive transition, or an event already recorded.
     Ignored,
-}
-
-fn history_key(seq: u64) -> String {
-    format!("{HISTORY_PREFIX}{seq:020}")
 }
 
 pub struct HubFleet {
@@ -256,8 +247,7 @@ impl HubFleet {
             return;
         };
         let now = outpost::timearg::now_ms();
-        let prefix = format!("cmd/{device}/");
-        let Ok(stored) = self.store.state_list(StateTable::DeviceRegistry, &prefix) else {
+        let Ok(stored) = self.store.list(&RegistryKey::Commands(device)) else {
             return;
         };
         let version = self.version_of(device);
@@ -387,10 +377,10 @@ impl outpost_web::Fleet for HubFleet {
         let now = outpost::timearg::now_ms();
         let _numbering = self.commands.lock().expect("commands lock");
         // Ids grow per device and survive restarts: the device refuses any id it has seen.
-        let counter = format!("cmd-id/{}", request.device);
+        let counter = RegistryKey::CommandCounter(&request.device);
         let last = self
             .store
-            .state_get(StateTable::DeviceRegistry, &counter)?
+            .get(&counter)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(0, u64::from_le_bytes);
         // A fresh hub store must still count above what the device applied: start at the time.
@@ -411,14 +401,10 @@ impl outpost_web::Fleet for HubFleet {
             }),
         };
         let mut write = WriteBatch::default();
-        write.put_state(
-            StateTable::DeviceRegistry,
-            counter,
-            id.to_le_bytes().to_vec(),
-        );
-        write.put_state(
-            StateTable::DeviceRegistry,
-            format!("cmd/{}/{id:020}", request.device),
+        write.put(&counter, id.to_le_bytes().to_vec());
+        let device = &request.device;
+        write.put(
+            &RegistryKey::Command { device, id },
             serde_json::to_vec(&command).expect("commands serialize"),
         );
         // The hub's own disk failing is its fault (a 500), not the request's.
@@ -700,9 +686,7 @@ mod tests {
             history[HISTORY_PER_DEVICE],
             ("a".into(), HISTORY as u64 + 9)
         );
-        let stored = store
-            .state_list(StateTable::AlertState, HISTORY_PREFIX)
-            .unwrap();
+        let stored = store.list(&FleetHistoryKey::All).unwrap();
         assert_eq!(stored.len(), HISTORY_PER_DEVICE + 1, "and left the store");
     }
 

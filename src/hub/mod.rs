@@ -12,6 +12,7 @@ pub mod config;
 pub mod devices;
 mod fleet;
 mod gate;
+mod keys;
 mod registry;
 
 use std::net::SocketAddr;

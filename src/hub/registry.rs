@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use outpost_storage::{StateTable, Store, WriteBatch};
+use outpost_storage::{Store, WriteBatch};
+
+use super::keys::RegistryKey;
 use outpost_sync::topic::Kind;
 use outpost_sync::{AckStatus, BatchHeader};
 use outpost_web::DeviceState;
@@ -84,8 +86,6 @@ pub struct Registry {
     store_write_errors: u64,
 }
 
-const KEY_PREFIX: &str = "device/";
-
 /// A metric family of `/metrics`: name, type, help, and the value per device.
 type Family = (
     &'static str,
@@ -98,12 +98,10 @@ impl Registry {
     /// The registry as the store last held it.
     pub fn load(store: &Store) -> Registry {
         let mut registry = Registry::default();
-        if let Ok(Some(index)) = store.state_get(StateTable::DeviceRegistry, "devices") {
+        if let Ok(Some(index)) = store.get(&RegistryKey::Index) {
             let names: Vec<String> = serde_json::from_slice(&index).unwrap_or_default();
             for name in names {
-                if let Ok(Some(bytes)) =
-                    store.state_get(StateTable::DeviceRegistry, &format!("{KEY_PREFIX}{name}"))
-                {
+                if let Ok(Some(bytes)) = store.get(&RegistryKey::Device(&name)) {
                     if let Ok(record) = serde_json::from_slice(&bytes) {
                         registry.devices.insert(name, record);
                     }
@@ -124,15 +122,13 @@ impl Registry {
         }
         let mut write = WriteBatch::default();
         let names: Vec<&String> = self.devices.keys().collect();
-        write.put_state(
-            StateTable::DeviceRegistry,
-            "devices",
+        write.put(
+            &RegistryKey::Index,
             serde_json::to_vec(&names).expect("names serialize"),
         );
         for (name, record) in &self.devices {
-            write.put_state(
-                StateTable::DeviceRegistry,
-                format!("{KEY_PREFIX}{name}"),
+            write.put(
+                &RegistryKey::Device(name),
                 serde_json::to_vec(record).expect("records serialize"),
             );
         }

@@ -176,6 +176,37 @@ pub enum StateTable {
     DeviceRegistry,
 }
 
+/// A key of a state table, built by the one module that owns its kind of entry: its table, and
+/// the prefixes its keys start with (`OWNED`, a key that is a whole word counts as its own
+/// prefix), so that a test can show that no two owners' keys in one table meet.
+pub trait StateKey: std::fmt::Display {
+    const TABLE: StateTable;
+    const OWNED: &'static [&'static str];
+}
+
+/// An owner of state keys and one of its prefixes.
+pub type OwnedPrefix<'a> = (&'a str, &'a str);
+
+/// Where the owners of one table's keys collide: a pair of prefixes, one of which starts the
+/// other, that belong to different owners (`owners`: a name and its `OWNED` each).
+pub fn colliding_prefixes<'a>(
+    owners: &[(&'a str, &'a [&'a str])],
+) -> Vec<(OwnedPrefix<'a>, OwnedPrefix<'a>)> {
+    let mut out = Vec::new();
+    for (i, (a, a_prefixes)) in owners.iter().enumerate() {
+        for (b, b_prefixes) in &owners[i + 1..] {
+            for pa in *a_prefixes {
+                for pb in *b_prefixes {
+                    if pa.starts_with(pb) || pb.starts_with(pa) {
+                        out.push(((*a, *pa), (*b, *pb)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 impl StateTable {
     pub const ALL: [StateTable; 4] = [
         StateTable::AlertState,
@@ -253,6 +284,16 @@ impl WriteBatch {
         }
     }
 
+    /// Puts `key`'s entry in its state table.
+    pub fn put<K: StateKey>(&mut self, key: &K, value: Vec<u8>) {
+        self.put_state(K::TABLE, key.to_string(), value);
+    }
+
+    /// Deletes `key`'s entry from its state table.
+    pub fn remove<K: StateKey>(&mut self, key: &K) {
+        self.delete_state(K::TABLE, key.to_string());
+    }
+
     pub fn put_state(&mut self, table: StateTable, key: impl Into<String>, value: Vec<u8>) {
         self.state.push(StateOp::Put {
             table,
@@ -274,5 +315,28 @@ impl WriteBatch {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_that_start_one_another_collide() {
+        let owners: [(&str, &[&str]); 3] = [
+            ("engine", &["a/", "~event_seq"]),
+            ("fleet", &["f/"]),
+            ("runtime", &["~event_seq_x", "f"]),
+        ];
+        let found = colliding_prefixes(&owners);
+        assert_eq!(
+            found,
+            vec![
+                (("engine", "~event_seq"), ("runtime", "~event_seq_x")),
+                (("fleet", "f/"), ("runtime", "f")),
+            ]
+        );
+        assert!(colliding_prefixes(&owners[..2]).is_empty());
     }
 }

@@ -817,6 +817,16 @@ impl Store {
         result
     }
 
+    /// The value of `key`'s entry, including writes not yet sealed.
+    pub fn get<K: crate::StateKey>(&self, key: &K) -> Result<Option<Vec<u8>>> {
+        self.state_get(K::TABLE, &key.to_string())
+    }
+
+    /// Every entry of `prefix`'s table whose key starts with `prefix`, in key order.
+    pub fn list<K: crate::StateKey>(&self, prefix: &K) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_list(K::TABLE, &prefix.to_string())
+    }
+
     /// The value of a state table entry, including writes not yet sealed.
     pub fn state_get(&self, table: StateTable, key: &str) -> Result<Option<Vec<u8>>> {
         self.contain(|| {

@@ -10,12 +10,13 @@
 //! them. The record is kept in the store, so that a step made while the agent was not running
 //! is noticed at its next start within the same boot.
 
-use outpost_storage::{StateTable, Store, WriteBatch};
+use outpost_storage::{Store, WriteBatch};
+
+use crate::state_keys::AgentKey;
 use serde::{Deserialize, Serialize};
 
 use crate::message::ClockStep;
 
-const STATE_KEY: &str = "clock";
 /// A change of the boot's wall time under this is noise: the two clocks are read one after the
 /// other, and the time since boot has a resolution of 10 ms.
 const STEP_THRESHOLD_MS: i64 = 2_000;
@@ -57,7 +58,7 @@ impl ClockWatch {
         uptime_ms: u64,
     ) -> Result<ClockWatch, outpost_storage::Error> {
         let saved: Saved = store
-            .state_get(StateTable::SyncCursor, STATE_KEY)?
+            .get(&AgentKey::Clock)?
             .and_then(|bytes| postcard::from_bytes(&bytes).ok())
             .unwrap_or_default();
         let boot_wall_ms = wall_ms - uptime_ms as i64;
@@ -131,9 +132,8 @@ impl ClockWatch {
 
     fn save(&self, store: &Store) -> Result<(), outpost_storage::Error> {
         let mut write = WriteBatch::default();
-        write.put_state(
-            StateTable::SyncCursor,
-            STATE_KEY,
+        write.put(
+            &AgentKey::Clock,
             postcard::to_allocvec(&self.saved).expect("postcard serializes the clock record"),
         );
         store.write(write)

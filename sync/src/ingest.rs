@@ -10,7 +10,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples};
-use outpost_storage::{bucket_start, SeriesId, SeriesKey, StateTable, Store, Tier, WriteBatch};
+use outpost_storage::{bucket_start, SeriesId, SeriesKey, Store, Tier, WriteBatch};
+
+use crate::state_keys::IngestKey;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{AckStatus, Batch, ClockStep};
@@ -232,18 +234,6 @@ impl Correction<'_> {
     }
 }
 
-fn series_state_key(device: &str, id: u32) -> String {
-    format!("series/{device}/{id}")
-}
-
-fn seen_state_key(device: &str, epoch: u64) -> String {
-    format!("seq/{device}/{epoch}")
-}
-
-fn clock_state_key(device: &str) -> String {
-    format!("clock/{device}")
-}
-
 /// The hub's key for a device's series: `instance` set to the device, the device's own
 /// `instance` kept as `exported_instance`.
 pub fn hub_key(device: &str, key: &SeriesKey) -> Result<SeriesKey, outpost_storage::Error> {
@@ -278,9 +268,7 @@ impl Ingestor {
         if let Some(hub) = self.series.get(&(device.to_string(), id)) {
             return Ok(Some(*hub));
         }
-        let Some(stored) =
-            store.state_get(StateTable::DeviceRegistry, &series_state_key(device, id))?
-        else {
+        let Some(stored) = store.get(&IngestKey::Series { device, id })? else {
             return Ok(None);
         };
         let key = SeriesKey::parse(&String::from_utf8_lossy(&stored))?;
@@ -293,7 +281,7 @@ impl Ingestor {
         let key = (device.to_string(), epoch);
         if !self.seen.contains_key(&key) {
             let seen = store
-                .state_get(StateTable::DeviceRegistry, &seen_state_key(device, epoch))?
+                .get(&IngestKey::Seen { device, epoch })?
                 .and_then(|bytes| postcard::from_bytes(&bytes).ok())
                 .unwrap_or_default();
             self.seen.insert(key.clone(), seen);
@@ -305,7 +293,7 @@ impl Ingestor {
     /// one frame, not a list.
     fn frames(&mut self, store: &Store, device: &str) -> Result<&mut Vec<ClockFrame>, IngestError> {
         if !self.clock_frames.contains_key(device) {
-            let stored = store.state_get(StateTable::DeviceRegistry, &clock_state_key(device))?;
+            let stored = store.get(&IngestKey::Clock { device })?;
             let frames = stored
                 .map(|bytes| {
                     postcard::from_bytes::<Vec<ClockFrame>>(&bytes)
@@ -439,15 +427,13 @@ impl Ingestor {
         let seen = self.seen(store, device, epoch)?;
         let mut updated = seen.clone();
         let gap = updated.insert(seq);
-        write.put_state(
-            StateTable::DeviceRegistry,
-            seen_state_key(device, epoch),
+        write.put(
+            &IngestKey::Seen { device, epoch },
             postcard::to_allocvec(&updated).expect("postcard serializes sequence sets"),
         );
         if let Some(frames) = &new_frames {
-            write.put_state(
-                StateTable::DeviceRegistry,
-                clock_state_key(device),
+            write.put(
+                &IngestKey::Clock { device },
                 postcard::to_allocvec(frames).expect("postcard serializes clock frames"),
             );
         }
@@ -531,9 +517,8 @@ fn define_series(
         let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
         let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
         let hub = store.series_id(&key)?;
-        write.put_state(
-            StateTable::DeviceRegistry,
-            series_state_key(device, def.id),
+        write.put(
+            &IngestKey::Series { device, id: def.id },
             key.to_string().into_bytes(),
         );
         new_series.push((def.id, hub));

@@ -43,6 +43,7 @@ pub mod ingest;
 mod message;
 pub mod outbox;
 mod retained;
+pub mod state_keys;
 pub mod topic;
 pub mod uplink;
 

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_storage::codec::encode_samples;
-use outpost_storage::{ChunkReceipt, HeadMark, StateTable, Store, WriteBatch};
+use outpost_storage::{ChunkReceipt, HeadMark, Store, WriteBatch};
+
+use crate::state_keys::AgentKey;
 
 use crate::message::{
     Ack, AckStatus, Batch, BatchBody, BatchHeader, ClockStep, DeviceKey, LiveSamples, SeriesDef,
     StoredChunk, PROTOCOL_VERSION,
 };
-
-const EPOCH_KEY: &str = "epoch";
 
 /// A batch ready to publish: its sequence number and payload.
 pub type Outgoing = (u64, Arc<Vec<u8>>);
@@ -124,16 +124,12 @@ impl Outbox {
         options: OutboxOptions,
     ) -> Result<Outbox, outpost_storage::Error> {
         let previous = store
-            .state_get(StateTable::SyncCursor, EPOCH_KEY)?
+            .get(&AgentKey::Epoch)?
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map_or(0, u64::from_le_bytes);
         let epoch = previous + 1;
         let mut write = WriteBatch::default();
-        write.put_state(
-            StateTable::SyncCursor,
-            EPOCH_KEY,
-            epoch.to_le_bytes().to_vec(),
-        );
+        write.put(&AgentKey::Epoch, epoch.to_le_bytes().to_vec());
         store.write(write)?;
         store.sync()?;
         Ok(Outbox {

@@ -8,7 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outpost_storage::{StateTable, Store, WriteBatch};
+use outpost_storage::{Store, WriteBatch};
+
+use crate::state_keys::AgentKey;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 
 use crate::message::{Ack, Command, DeviceKey, PROTOCOL_VERSION};
@@ -96,7 +98,6 @@ impl PublishTracker {
     }
 }
 
-const DAILY_KEY: &str = "daily_bytes";
 const DAY_MS: i64 = 86_400_000;
 
 /// Bytes published per UTC day, saved in the store so that a restart does not start the day's
@@ -110,7 +111,7 @@ struct DailyBytes {
 impl DailyBytes {
     fn load(store: &Store, now_ms: i64) -> Result<DailyBytes, outpost_storage::Error> {
         let saved: DailyBytes = store
-            .state_get(StateTable::SyncCursor, DAILY_KEY)?
+            .get(&AgentKey::DailyBytes)?
             .and_then(|bytes| postcard::from_bytes(&bytes).ok())
             .unwrap_or_default();
         let mut daily = saved;
@@ -130,9 +131,8 @@ impl DailyBytes {
 
     async fn save(&self, store: &Store) -> Result<(), outpost_storage::Error> {
         let mut write = WriteBatch::default();
-        write.put_state(
-            StateTable::SyncCursor,
-            DAILY_KEY,
+        write.put(
+            &AgentKey::DailyBytes,
             postcard::to_allocvec(self).expect("postcard serializes the daily count"),
         );
         store.write_async(write).await
