@@ -321,17 +321,10 @@ fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String> {
 }
 
 impl outpost_web::Fleet for HubFleet {
-    fn devices(&self) -> Vec<Value> {
+    fn devices(&self) -> Vec<outpost_web::DeviceView> {
         let now = outpost::timearg::now_ms();
-        match self
-            .registry
-            .lock()
-            .expect("registry lock")
-            .to_json(now, self.offline_after)
-        {
-            Value::Array(devices) => devices,
-            _ => Vec::new(),
-        }
+        let registry = self.registry.lock().expect("registry lock");
+        registry.views(now, self.offline_after)
     }
 
     fn alerts(&self) -> Value {

@@ -307,23 +307,24 @@ impl Registry {
         }
     }
 
-    pub fn to_json(&self, now: i64, offline_after: Duration) -> serde_json::Value {
-        serde_json::Value::Array(
-            self.devices
-                .iter()
-                .map(|(name, record)| {
-                    let mut value = serde_json::to_value(record).expect("records serialize");
-                    if let Some(fields) = value.as_object_mut() {
-                        // Bookkeeping for replays, not for people.
-                        fields.remove("status_order");
-                    }
-                    value["device"] = name.clone().into();
-                    value["state"] = serde_json::to_value(self.state(record, now, offline_after))
-                        .expect("states serialize");
-                    value
-                })
-                .collect(),
-        )
+    /// Every device, as the dashboard shows it.
+    pub fn views(&self, now: i64, offline_after: Duration) -> Vec<outpost_web::DeviceView> {
+        self.devices
+            .iter()
+            .map(|(name, record)| {
+                let mut fields = match serde_json::to_value(record) {
+                    Ok(serde_json::Value::Object(fields)) => fields,
+                    _ => serde_json::Map::new(),
+                };
+                // Bookkeeping for replays, not for people.
+                fields.remove("status_order");
+                outpost_web::DeviceView {
+                    device: name.clone(),
+                    state: self.state(record, now, offline_after),
+                    record: fields,
+                }
+            })
+            .collect()
     }
 
     /// Every family's value per device: (family index, device, value).

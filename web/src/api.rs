@@ -267,10 +267,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| WebError::Internal(format!("query task: {e}")))?
 }
 
-fn with_summary(mut device: Value, summary: &mut summary::Summary) -> Value {
-    let name = device["device"].as_str().unwrap_or_default().to_string();
-    device["summary"] = serde_json::to_value(summary.remove(&name).unwrap_or_default())
-        .expect("summaries serialize");
+fn with_summary(device: crate::DeviceView, summary: &mut summary::Summary) -> Value {
+    let found = summary.remove(&device.device).unwrap_or_default();
+    let mut device = serde_json::to_value(device).expect("devices serialize");
+    device["summary"] = serde_json::to_value(found).expect("summaries serialize");
     device
 }
 
@@ -355,7 +355,7 @@ async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<R
         .fleet
         .devices()
         .into_iter()
-        .find(|d| d["device"] == id.as_str())
+        .find(|d| d.device == id)
         .ok_or_else(|| WebError::NotFound(format!("no device {id:?}")))?;
     let store = web.store.clone();
     let name = id.clone();
@@ -717,9 +717,15 @@ mod tests {
     }
 
     impl crate::Fleet for CountingFleet {
-        fn devices(&self) -> Vec<Value> {
+        fn devices(&self) -> Vec<crate::DeviceView> {
             let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            vec![json!({"device": "orin-01", "asked": asked})]
+            let mut record = serde_json::Map::new();
+            record.insert("asked".into(), asked.into());
+            vec![crate::DeviceView {
+                device: "orin-01".into(),
+                state: crate::DeviceState::Online,
+                record,
+            }]
         }
         fn alerts(&self) -> Value {
             json!({"alerts": [], "history": []})

@@ -165,6 +165,16 @@ pub enum DeviceState {
     Offline,
 }
 
+/// One device as the hub knows it: its name and standing, typed, and the rest of its record
+/// (what `GET /api/devices` shows, docs/api.md) as the hub gives it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceView {
+    pub device: String,
+    pub state: DeviceState,
+    #[serde(flatten)]
+    pub record: serde_json::Map<String, serde_json::Value>,
+}
+
 /// A silence on its way to its device, as `POST /api/silences` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SilenceSent {
@@ -181,9 +191,8 @@ pub struct SilenceSent {
 
 /// What the dashboard needs from the hub beyond its store.
 pub trait Fleet: Send + Sync + 'static {
-    /// Every device the hub knows, as JSON objects with at least `device` and `state`
-    /// (`online`, `stale` or `offline`).
-    fn devices(&self) -> Vec<serde_json::Value>;
+    /// Every device the hub knows.
+    fn devices(&self) -> Vec<DeviceView>;
     /// Alerts across the fleet: `{"alerts": [...], "history": [...]}`.
     fn alerts(&self) -> serde_json::Value;
     /// Sends a silence to its device; what was sent, or why not. It makes the command durable
