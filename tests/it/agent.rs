@@ -117,6 +117,17 @@ pub struct Agent {
     log: PathBuf,
 }
 
+/// Runs `command` and returns what it wrote; a failure fails the test with its stderr.
+pub fn succeed(command: &mut Command) -> std::process::Output {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// The `outpost` binary, run through `wrapper` (a command that execs its arguments) if any.
 pub fn outpost_through(wrapper: &[&str]) -> Command {
     match wrapper.split_first() {
@@ -644,22 +655,17 @@ pub fn documented_metrics() -> BTreeSet<String> {
 /// `outpost db query` on a store that no process holds, as (series, points) from its JSON; from
 /// the epoch to now unless `extra` says otherwise.
 pub fn db_query(store: &Path, selector: &str, extra: &[&str]) -> Vec<(String, Vec<Value>)> {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["db", "query", "--db"])
-        .arg(store)
-        .args([selector, "--from", "0", "--format", "json"])
-        .args(if extra.contains(&"--to") {
-            &[][..]
-        } else {
-            &["--to", "now"]
-        })
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeed(
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["db", "query", "--db"])
+            .arg(store)
+            .args([selector, "--from", "0", "--format", "json"])
+            .args(if extra.contains(&"--to") {
+                &[][..]
+            } else {
+                &["--to", "now"]
+            })
+            .args(extra),
     );
     let json: Value = serde_json::from_slice(&output.stdout).unwrap();
     json.as_array()

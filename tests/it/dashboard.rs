@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{free_port, http_with, tegrastats_log, wait_until, Agent};
+use crate::agent::{free_port, http_with, succeed, tegrastats_log, wait_until, Agent};
 use crate::sync::{enrol, Hub};
 
 const PASSWORD: &str = "correct horse battery";
@@ -492,21 +492,16 @@ fn a_hub_on_a_public_address_needs_users_or_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hub.toml");
     std::fs::write(&config, "[web]\nallow_unauthenticated = true\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args([
-            "hub",
-            "--listen",
-            "0.0.0.0:9820",
-            "--check-config",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args([
+                "hub",
+                "--listen",
+                "0.0.0.0:9820",
+                "--check-config",
+                "--config",
+            ])
+            .arg(&config),
     );
     std::fs::write(
         &config,

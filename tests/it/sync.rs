@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{
-    db_query, free_port, http, metric_value, root, tegrastats_log, wait_for_port, wait_until, Agent,
+    db_query, free_port, http, metric_value, root, succeed, tegrastats_log, wait_for_port,
+    wait_until, Agent,
 };
 
 pub struct Hub {
@@ -120,17 +121,12 @@ impl Drop for Hub {
 
 /// Enrols a device with the real command; returns the [mqtt] section for its agent.
 pub fn enrol(dir: &Path, device: &str, mqtt_port: u16) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["hub", "--devices-file"])
-        .arg(dir.join("devices.toml"))
-        .args(["device", "add", device, "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["hub", "--devices-file"])
+            .arg(dir.join("devices.toml"))
+            .args(["device", "add", device, "--out"])
+            .arg(dir),
     );
     format!(
         "[mqtt]\nenabled = true\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice = \"{device}\"\n\
@@ -620,17 +616,12 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
 
 /// A reader's login (`outpost hub reader add NAME`); its password.
 fn add_reader(dir: &Path, name: &str) -> String {
-    let made = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["hub", "--devices-file"])
-        .arg(dir.join("devices.toml"))
-        .args(["reader", "add", name, "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["hub", "--devices-file"])
+            .arg(dir.join("devices.toml"))
+            .args(["reader", "add", name, "--out"])
+            .arg(dir),
     );
     password(dir, name)
 }
