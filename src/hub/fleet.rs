@@ -11,7 +11,7 @@ use std::time::Duration;
 use outpost_storage::{StateTable, Store, WriteBatch};
 use outpost_sync::topic::{DeviceTopics, Kind};
 use rumqttc::{AsyncClient, QoS};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::keys::{FleetHistoryKey, RegistryKey};
 use super::registry::Registry;
@@ -327,7 +327,7 @@ impl outpost_web::Fleet for HubFleet {
         registry.views(now, self.offline_after)
     }
 
-    fn alerts(&self) -> Value {
+    fn alerts(&self) -> outpost_web::FleetAlerts {
         let alerts = self.alerts.lock().expect("alerts lock");
         let mut current: Vec<Value> = alerts.current.values().cloned().collect();
         if let Some(hub) = &self.hub_alerts {
@@ -354,7 +354,10 @@ impl outpost_web::Fleet for HubFleet {
             .rev()
             .map(|(_, e)| e.clone())
             .collect();
-        json!({ "alerts": current, "history": history })
+        outpost_web::FleetAlerts {
+            alerts: current,
+            history,
+        }
     }
 
     #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
@@ -455,6 +458,7 @@ impl outpost_web::Fleet for HubFleet {
 #[allow(clippy::disallowed_methods)] // tests, not on an async thread
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeSet;
 
     #[test]

@@ -727,8 +727,8 @@ mod tests {
                 record,
             }]
         }
-        fn alerts(&self) -> Value {
-            json!({"alerts": [], "history": []})
+        fn alerts(&self) -> crate::FleetAlerts {
+            crate::FleetAlerts::default()
         }
         fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<crate::SilenceSent, WebError> {
             Err(WebError::BadRequest("not here".into()))

@@ -175,6 +175,14 @@ pub struct DeviceView {
     pub record: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fleet's alerts, as `GET /api/alerts` answers: what fires now (each alert as its device,
+/// or the hub's own engine, published it) and the transitions, newest first.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct FleetAlerts {
+    pub alerts: Vec<serde_json::Value>,
+    pub history: Vec<serde_json::Value>,
+}
+
 /// A silence on its way to its device, as `POST /api/silences` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SilenceSent {
@@ -193,8 +201,8 @@ pub struct SilenceSent {
 pub trait Fleet: Send + Sync + 'static {
     /// Every device the hub knows.
     fn devices(&self) -> Vec<DeviceView>;
-    /// Alerts across the fleet: `{"alerts": [...], "history": [...]}`.
-    fn alerts(&self) -> serde_json::Value;
+    /// Alerts across the fleet.
+    fn alerts(&self) -> FleetAlerts;
     /// Sends a silence to its device; what was sent, or why not. It makes the command durable
     /// first, so it blocks: the handler calls it on the blocking pool.
     fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceSent, WebError>;
