@@ -254,13 +254,9 @@ fn rails_hwmon(hwmon: &Path, out: &mut Samples) {
         {
             continue;
         }
-        let labels = [("rail", label.as_str())];
-        if let Some(mv) = read_number(&hwmon.join(format!("in{channel}_input"))) {
-            out.add("jetson_rail_voltage_volts", &labels, mv / 1000.0);
-        }
-        if let Some(ma) = read_number(&hwmon.join(format!("curr{channel}_input"))) {
-            out.add("jetson_rail_current_amperes", &labels, ma / 1000.0);
-        }
+        let millivolts = read_number(&hwmon.join(format!("in{channel}_input")));
+        let milliamperes = read_number(&hwmon.join(format!("curr{channel}_input")));
+        add_rail(out, &label, millivolts, milliamperes);
     }
 }
 
@@ -279,13 +275,20 @@ fn rails_iio(iio: &Path, out: &mut Samples) {
         let Some(label) = read_text(&entry) else {
             continue;
         };
-        let labels = [("rail", label.as_str())];
-        if let Some(mv) = read_number(&iio.join(format!("in_voltage{channel}_input"))) {
-            out.add("jetson_rail_voltage_volts", &labels, mv / 1000.0);
-        }
-        if let Some(ma) = read_number(&iio.join(format!("in_current{channel}_input"))) {
-            out.add("jetson_rail_current_amperes", &labels, ma / 1000.0);
-        }
+        let millivolts = read_number(&iio.join(format!("in_voltage{channel}_input")));
+        let milliamperes = read_number(&iio.join(format!("in_current{channel}_input")));
+        add_rail(out, &label, millivolts, milliamperes);
+    }
+}
+
+/// One INA3221 rail's voltage and current, as the driver gives them (mV, mA).
+fn add_rail(out: &mut Samples, rail: &str, millivolts: Option<f64>, milliamperes: Option<f64>) {
+    let labels = [("rail", rail)];
+    if let Some(mv) = millivolts {
+        out.add("jetson_rail_voltage_volts", &labels, mv / 1000.0);
+    }
+    if let Some(ma) = milliamperes {
+        out.add("jetson_rail_current_amperes", &labels, ma / 1000.0);
     }
 }
 

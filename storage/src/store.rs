@@ -2833,16 +2833,10 @@ fn merge_series(
             start + samples[start..].partition_point(|s| bucket_of(s.0, RAW_WINDOW) == window);
         let new = &samples[start..end];
         start = end;
-        let existing = match chunks.get((id, Tier::Raw as u8, window))? {
-            Some(chunk) => match codec::decode_chunk(chunk.value()) {
-                Ok((t, v)) => t.into_iter().zip(v).collect(),
-                Err(error) => {
-                    tracing::error!(series = %key_of(id), window, %error,
-                        "corrupt raw chunk replaced by the new samples of its window");
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
+        let existing: Vec<(i64, f64)> = {
+            let stored = chunks.get((id, Tier::Raw as u8, window))?;
+            let stored = stored.as_ref().map(|chunk| chunk.value());
+            decoded_or_empty(stored, codec::decode_chunk, (&|| key_of(id), window))
         };
         let merged = merge_sorted(&existing, new);
         raw_delta += merged.len() as i64 - existing.len() as i64;
@@ -2908,6 +2902,27 @@ fn update_feed(txn: &redb::WriteTransaction, feed: &FeedCommit, generation: u64)
     Ok(())
 }
 
+/// A chunk decoder: timestamps (or buckets) and their values.
+type Decoder<V> = fn(&[u8]) -> std::result::Result<(Vec<i64>, Vec<V>), crate::DecodeError>;
+
+/// A stored chunk's points, or none where there is no chunk. A chunk that does not decode is
+/// logged and counts as empty: the seal replaces it with what it writes into its window.
+fn decoded_or_empty<V, C: FromIterator<(i64, V)>>(
+    stored: Option<&[u8]>,
+    decode: Decoder<V>,
+    (series, window): (&dyn Fn() -> String, i64),
+) -> C {
+    match stored.map(decode) {
+        Some(Ok((timestamps, values))) => timestamps.into_iter().zip(values).collect(),
+        Some(Err(error)) => {
+            tracing::error!(series = %series(), window, %error,
+                "corrupt chunk replaced by what the seal writes into its window");
+            std::iter::empty().collect()
+        }
+        None => std::iter::empty().collect(),
+    }
+}
+
 fn apply_rollups(
     table: &mut ChunkTable<'_>,
     id: u32,
@@ -2927,16 +2942,10 @@ fn apply_rollups(
             .push((bucket, rollup));
     }
     for (start, changes) in by_window {
-        let mut points: BTreeMap<i64, Rollup> = match table.get((id, t, start))? {
-            Some(chunk) => match codec::decode_rollup_chunk(chunk.value()) {
-                Ok((b, r)) => b.into_iter().zip(r).collect(),
-                Err(error) => {
-                    tracing::error!(series = %key_of(id), start, %error,
-                        "corrupt rollup chunk replaced by the new points of its window");
-                    BTreeMap::new()
-                }
-            },
-            None => BTreeMap::new(),
+        let mut points: BTreeMap<i64, Rollup> = {
+            let stored = table.get((id, t, start))?;
+            let stored = stored.as_ref().map(|chunk| chunk.value());
+            decoded_or_empty(stored, codec::decode_rollup_chunk, (&|| key_of(id), start))
         };
         let before = points.len() as i64;
         points.extend(changes);
