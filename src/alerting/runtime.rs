@@ -245,6 +245,44 @@ fn senders(section: &AlertsSection) -> Vec<Sender> {
         .collect()
 }
 
+/// A silence the hub sent, as the engine keeps it: its matchers written as a selector, in the
+/// selector's own grammar; `None` for matchers no selector can hold (a label that is not a
+/// label name, a regular expression that does not compile).
+fn silence_from_hub(s: outpost_sync::Silence) -> Option<Silence> {
+    use outpost_storage::MatchOp;
+    let matchers = s.matchers.iter().map(|m| {
+        let op = match m.op {
+            outpost_sync::MatchOp::Equal => MatchOp::Equal,
+            outpost_sync::MatchOp::NotEqual => MatchOp::NotEqual,
+            outpost_sync::MatchOp::Regex => MatchOp::Regex,
+            outpost_sync::MatchOp::NotRegex => MatchOp::NotRegex,
+        };
+        (m.label.as_str(), op, m.value.as_str())
+    });
+    let selector = match outpost_storage::Selector::from_matchers(matchers) {
+        Ok(selector) => selector,
+        Err(error) => {
+            tracing::warn!(
+                id = s.id,
+                "ignoring a hub silence whose matchers do not parse: {error}"
+            );
+            return None;
+        }
+    };
+    Some(Silence {
+        id: s.id,
+        matcher: selector.to_string(),
+        starts_ms: s.starts_ms,
+        ends_ms: s.ends_ms,
+        created_by: if s.created_by.is_empty() {
+            "hub".into()
+        } else {
+            s.created_by
+        },
+        comment: s.comment,
+    })
+}
+
 /// Applies the hub's silence commands whose id is above the last one applied and that have not
 /// expired.
 fn apply_commands(
@@ -279,34 +317,8 @@ fn apply_commands(
         }
         match command.action {
             outpost_sync::Action::Silence(s) => {
-                let matchers: Vec<String> = s
-                    .matchers
-                    .iter()
-                    .map(|m| {
-                        let op = match m.op {
-                            outpost_sync::MatchOp::Equal => "=",
-                            outpost_sync::MatchOp::NotEqual => "!=",
-                            outpost_sync::MatchOp::Regex => "=~",
-                            outpost_sync::MatchOp::NotRegex => "!~",
-                        };
-                        format!(
-                            "{}{op}{}",
-                            m.label,
-                            serde_json::to_string(&m.value).expect("string")
-                        )
-                    })
-                    .collect();
-                let silence = Silence {
-                    id: s.id,
-                    matcher: format!("{{{}}}", matchers.join(",")),
-                    starts_ms: s.starts_ms,
-                    ends_ms: s.ends_ms,
-                    created_by: if s.created_by.is_empty() {
-                        "hub".into()
-                    } else {
-                        s.created_by
-                    },
-                    comment: s.comment,
+                let Some(silence) = silence_from_hub(s) else {
+                    continue;
                 };
                 if let Err(error) = engine.silences.add(silence, write) {
                     tracing::warn!(id = command.id, "hub silence not applied: {error}");
@@ -544,5 +556,63 @@ pub fn self_metrics(runtime: &AlertShared, out: &mut crate::collect::Samples) {
             &labels,
             *dropped as f64,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the hub matched on is what the device silences, whatever the values hold: the
+    /// matchers go through the selector's own text, not another language's escaping.
+    #[test]
+    fn a_silence_from_the_hub_matches_what_the_hub_asked() {
+        let matchers = [
+            ("alertname", outpost_sync::MatchOp::Equal, "disk_full"),
+            (
+                "mountpoint",
+                outpost_sync::MatchOp::Equal,
+                "/mnt/a\tb \"quoted\"\\",
+            ),
+            (
+                "note",
+                outpost_sync::MatchOp::NotEqual,
+                "tab\there\nnewline\rcr",
+            ),
+            ("device", outpost_sync::MatchOp::Regex, r"sd[a-z]\d+"),
+            ("path", outpost_sync::MatchOp::NotRegex, "ünïcode/ä"),
+        ];
+        let silence = silence_from_hub(outpost_sync::Silence {
+            id: "hub-1".into(),
+            matchers: matchers
+                .iter()
+                .map(|(label, op, value)| outpost_sync::Matcher {
+                    label: (*label).into(),
+                    op: *op,
+                    value: (*value).into(),
+                })
+                .collect(),
+            starts_ms: 0,
+            ends_ms: 1,
+            created_by: String::new(),
+            comment: String::new(),
+        })
+        .unwrap();
+        let selector = outpost_storage::Selector::parse(&silence.matcher).unwrap();
+        let parsed: Vec<(&str, outpost_storage::MatchOp, &str)> = selector.matchers().collect();
+        let wanted: Vec<(&str, outpost_storage::MatchOp, &str)> = matchers
+            .iter()
+            .map(|(label, op, value)| {
+                let op = match op {
+                    outpost_sync::MatchOp::Equal => outpost_storage::MatchOp::Equal,
+                    outpost_sync::MatchOp::NotEqual => outpost_storage::MatchOp::NotEqual,
+                    outpost_sync::MatchOp::Regex => outpost_storage::MatchOp::Regex,
+                    outpost_sync::MatchOp::NotRegex => outpost_storage::MatchOp::NotRegex,
+                };
+                (*label, op, *value)
+            })
+            .collect();
+        assert_eq!(parsed, wanted, "{}", silence.matcher);
+        assert_eq!(silence.created_by, "hub");
     }
 }

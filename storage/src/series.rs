@@ -179,6 +179,34 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The selector of these label matchers (no metric name), through the same text that
+    /// [`Selector::parse`] reads: each value is quoted with this grammar's escapes (`\\`,
+    /// `\"`, `\n`), so that any value comes back as it went in.
+    pub fn from_matchers<'a>(
+        matchers: impl IntoIterator<Item = (&'a str, MatchOp, &'a str)>,
+    ) -> Result<Self> {
+        let mut text = String::from("{");
+        for (i, (label, op, value)) in matchers.into_iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(label);
+            text.push_str(&op.to_string());
+            text.push('"');
+            for c in value.chars() {
+                match c {
+                    '\\' => text.push_str("\\\\"),
+                    '"' => text.push_str("\\\""),
+                    '\n' => text.push_str("\\n"),
+                    c => text.push(c),
+                }
+            }
+            text.push('"');
+        }
+        text.push('}');
+        Selector::parse(&text)
+    }
+
     pub fn parse(text: &str) -> Result<Self> {
         let error = |reason: String| Error::Selector {
             selector: text.to_string(),
@@ -460,5 +488,26 @@ mod tests {
         check("node_load1", false);
         assert!(Selector::parse(r#"{mode=~".*"}"#).is_err());
         assert!(Selector::parse(r#"m{a=~"("}"#).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any values, through a selector's text and back, come out as they went in.
+        #[test]
+        fn matchers_survive_the_selector_text(
+            values in proptest::collection::vec(proptest::prelude::any::<String>(), 1..4),
+            negate in proptest::prelude::any::<bool>(),
+        ) {
+            let labels = ["b_2", "c", "d"];
+            let op = if negate { MatchOp::NotEqual } else { MatchOp::Equal };
+            // A selector must have a matcher that the empty string does not satisfy.
+            let matchers: Vec<(&str, MatchOp, &str)> = std::iter::once(("a", MatchOp::Equal, "x"))
+                .chain(values.iter().enumerate().map(|(i, value)| (labels[i], op, value.as_str())))
+                .collect();
+            let selector = Selector::from_matchers(matchers.clone()).unwrap();
+            let back: Vec<(&str, MatchOp, &str)> = selector.matchers().collect();
+            proptest::prop_assert_eq!(back, matchers);
+            let reparsed = Selector::parse(&selector.to_string()).unwrap();
+            proptest::prop_assert_eq!(reparsed.matchers().count(), values.len() + 1);
+        }
     }
 }
