@@ -476,22 +476,25 @@ mod tests {
         assert_eq!(alert_topic("f", "outpost/v1/f/dev/alerts/"), None);
     }
 
-    /// What the hub does around `admit`: remembers which devices have signed (the registry's
-    /// `signs_alerts`).
-    fn admit(
-        alerts: &mut FleetAlerts,
-        signing: &mut BTreeSet<String>,
-        device: &str,
-        key: &outpost_sync::DeviceKey,
-        suffix: &str,
-        payload: &[u8],
-    ) -> Result<Admitted, &'static str> {
-        let (admitted, signed) =
-            alerts.admit((device, key, signing.contains(device)), suffix, payload)?;
-        if signed {
-            signing.insert(device.to_string());
+    /// The fleet's alerts with what the hub keeps around `admit`: which devices have signed
+    /// (the registry's `signs_alerts`). Every device's key is `key`.
+    struct Admitting {
+        alerts: FleetAlerts,
+        signing: BTreeSet<String>,
+        key: outpost_sync::DeviceKey,
+    }
+
+    impl Admitting {
+        fn admit(&mut self, device: &str, suffix: &str, payload: &[u8]) -> Result<Admitted, &str> {
+            let signs = self.signing.contains(device);
+            let (admitted, signed) =
+                self.alerts
+                    .admit((device, &self.key, signs), suffix, payload)?;
+            if signed {
+                self.signing.insert(device.to_string());
+            }
+            Ok(admitted)
         }
-        Ok(admitted)
     }
 
     #[test]
@@ -504,65 +507,36 @@ mod tests {
         let signed = |seq: u64, key: &outpost_sync::DeviceKey| {
             outpost_sync::sign_json(&state(seq), key).into_bytes()
         };
-        let mut alerts = FleetAlerts::default();
-        let mut signing = BTreeSet::new();
+        let mut hub = Admitting {
+            alerts: FleetAlerts::default(),
+            signing: BTreeSet::new(),
+            key: key.clone(),
+        };
         let topic = "disk_full/_";
         // Before the device has signed anything, an unsigned state is taken (an older agent).
         assert!(matches!(
-            admit(
-                &mut alerts,
-                &mut signing,
-                "b",
-                &key,
-                topic,
-                state(1).as_bytes()
-            ),
+            hub.admit("b", topic, state(1).as_bytes()),
             Ok(Admitted::Shown)
         ));
-        assert_eq!(alerts.current[&("b".into(), topic.into())]["signed"], false);
+        assert_eq!(
+            hub.alerts.current[&("b".into(), topic.into())]["signed"],
+            false
+        );
         assert!(matches!(
-            admit(
-                &mut alerts,
-                &mut signing,
-                "b",
-                &key,
-                topic,
-                &signed(2, &key)
-            ),
+            hub.admit("b", topic, &signed(2, &key)),
             Ok(Admitted::Shown)
         ));
-        let shown = &alerts.current[&("b".into(), topic.into())];
+        let shown = &hub.alerts.current[&("b".into(), topic.into())];
         assert_eq!(shown["signed"], true);
         assert!(shown.get("mac").is_none(), "the mac is not shown");
         // From then on: unsigned, signed with another key, or an older state are refused.
-        assert!(admit(
-            &mut alerts,
-            &mut signing,
-            "b",
-            &key,
-            topic,
-            state(3).as_bytes()
-        )
-        .is_err());
-        assert!(admit(
-            &mut alerts,
-            &mut signing,
-            "b",
-            &key,
-            topic,
-            &signed(3, &other)
-        )
-        .is_err());
-        assert!(admit(
-            &mut alerts,
-            &mut signing,
-            "b",
-            &key,
-            topic,
-            &signed(1, &key)
-        )
-        .is_err());
-        assert_eq!(alerts.current[&("b".into(), topic.into())]["event_seq"], 2);
+        assert!(hub.admit("b", topic, state(3).as_bytes()).is_err());
+        assert!(hub.admit("b", topic, &signed(3, &other)).is_err());
+        assert!(hub.admit("b", topic, &signed(1, &key)).is_err());
+        assert_eq!(
+            hub.alerts.current[&("b".into(), topic.into())]["event_seq"],
+            2
+        );
         // A forged event with the device's next number does not take the real one's place.
         let event = |seq: u64, key: &outpost_sync::DeviceKey| {
             outpost_sync::sign_json(
@@ -571,38 +545,17 @@ mod tests {
             )
             .into_bytes()
         };
-        assert!(admit(
-            &mut alerts,
-            &mut signing,
-            "b",
-            &key,
-            "events",
-            &event(5, &other)
-        )
-        .is_err());
+        assert!(hub.admit("b", "events", &event(5, &other)).is_err());
         assert!(matches!(
-            admit(
-                &mut alerts,
-                &mut signing,
-                "b",
-                &key,
-                "events",
-                &event(5, &key)
-            ),
+            hub.admit("b", "events", &event(5, &key)),
             Ok(Admitted::Event(_))
         ));
         // An older agent's unsigned alert whose text happens to say "mac" is still taken.
         let old = br#"{"rule":"r","state":"firing","event_seq":1,"summary":"mac"}"#;
-        assert!(matches!(
-            admit(&mut alerts, &mut signing, "old", &key, topic, old),
-            Ok(Admitted::Shown)
-        ));
+        assert!(matches!(hub.admit("old", topic, old), Ok(Admitted::Shown)));
         // Garbage of any kind is an error, never a panic.
         for bytes in [&b"\xff\xfe"[..], b"[1,2]", b"{", b"{\"mac\":\"00\"}"] {
-            assert!(
-                admit(&mut alerts, &mut signing, "c", &key, topic, bytes).is_err(),
-                "{bytes:?}"
-            );
+            assert!(hub.admit("c", topic, bytes).is_err(), "{bytes:?}");
         }
     }
 

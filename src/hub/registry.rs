@@ -220,6 +220,7 @@ impl Registry {
                 Ok(taken)
             }
             outpost_sync::StatusVerdict::Again => Ok(Taken::Nothing),
+            outpost_sync::StatusVerdict::Malformed(reason) => Err(reason),
             outpost_sync::StatusVerdict::Replay(reason) => {
                 tracing::debug!(device, reason, "a status refused");
                 if let Some(record) = self.devices.get_mut(device) {

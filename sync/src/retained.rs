@@ -30,6 +30,9 @@ impl Status {
 
 /// Boots remembered per device, to refuse their statuses later.
 pub const EARLIER_BOOTS: usize = 16;
+/// The longest boot id a status may name (Linux's are 36 characters): the hub remembers the
+/// last [`EARLIER_BOOTS`] of them per device, and that must stay small.
+pub const MAX_BOOT_ID: usize = 64;
 
 /// Where one device's statuses stand at the hub: the boot and sequence number of the last one
 /// taken, and the boots before it. A status is taken only if it is newer: a higher number in
@@ -53,11 +56,16 @@ pub enum StatusVerdict {
     Again,
     /// Older than one already taken.
     Replay(&'static str),
+    /// Not a status this protocol writes.
+    Malformed(&'static str),
 }
 
 impl StatusOrder {
     /// Judges `status` and, if it is taken, moves the order on.
     pub fn admit(&mut self, status: &Status) -> StatusVerdict {
+        if status.boot_id.len() > MAX_BOOT_ID {
+            return StatusVerdict::Malformed("a status whose boot id is longer than 64 bytes");
+        }
         let Some(seq) = status.seq else {
             // An agent from before statuses were numbered; once the device numbers them, an
             // unnumbered one is an old message.
@@ -163,6 +171,11 @@ mod tests {
         let mut unnumbered = status("b2", 8, State::Offline);
         unnumbered.seq = None;
         assert!(matches!(order.admit(&unnumbered), StatusVerdict::Replay(_)));
+        // A boot id that is not one is refused, and remembered nowhere.
+        let mut huge = status("b3", 1, State::Online);
+        huge.boot_id = "x".repeat(MAX_BOOT_ID + 1);
+        assert!(matches!(order.admit(&huge), StatusVerdict::Malformed(_)));
+        assert!(!order.earlier_boots.contains(&huge.boot_id));
         // An older agent's, before any numbered one: taken.
         assert_eq!(
             StatusOrder::default().admit(&unnumbered),
