@@ -10,11 +10,10 @@
 #
 #   benches/broker-flood.sh [ROUNDS]      (needs mosquitto_pub, from Debian's mosquitto-clients)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-rounds=${1:-3}
-command -v mosquitto_pub >/dev/null || { echo "broker-flood.sh: needs mosquitto_pub" >&2; exit 1; }
 # shellcheck source=benches/hub-common.sh
-source benches/hub-common.sh
+source "$(dirname "$0")/hub-common.sh"
+rounds=${1:-3}
+need mosquitto_pub "Debian's mosquitto-clients"
 enrol dev-a dev-b
 # A batch a second, so that the flood's effect on dev-b's data shows within seconds.
 printf 'batch_interval = "1s"\n' >>"$dir/dev-b.toml"

@@ -22,17 +22,10 @@ pub fn host_text() -> String {
 #[allow(dead_code)]
 pub fn host_series() -> BTreeMap<String, (Vec<i64>, Vec<f64>)> {
     let mut series: BTreeMap<String, (Vec<i64>, Vec<f64>)> = BTreeMap::new();
-    for line in host_text().lines() {
-        if let Ok(outpost_storage::text::Line::Sample {
-            series: name,
-            value,
-            timestamp_ms: Some(ts),
-        }) = outpost_storage::text::parse_line(line)
-        {
-            let entry = series.entry(name.to_string()).or_default();
-            entry.0.push(ts);
-            entry.1.push(value);
-        }
+    for (name, ts, value) in outpost_storage::text::timestamped_samples(&host_text()) {
+        let entry = series.entry(name.to_string()).or_default();
+        entry.0.push(ts);
+        entry.1.push(value);
     }
     series
 }
@@ -50,16 +43,8 @@ pub fn agent_options() -> outpost_storage::Options {
 /// The hour as (series, ts, value) rows, in file order.
 #[allow(dead_code)]
 pub fn host_rows() -> Vec<(String, i64, f64)> {
-    host_text()
-        .lines()
-        .filter_map(|line| match outpost_storage::text::parse_line(line) {
-            Ok(outpost_storage::text::Line::Sample {
-                series,
-                value,
-                timestamp_ms: Some(ts),
-            }) => Some((series.to_string(), ts, value)),
-            _ => None,
-        })
+    outpost_storage::text::timestamped_samples(&host_text())
+        .map(|(series, ts, value)| (series.to_string(), ts, value))
         .collect()
 }
 
@@ -133,12 +118,27 @@ pub fn write_in_slices(
     }
 }
 
-/// Which parts of a bench to run: those named on the command line, or all when none is.
+/// Runs the parts of a bench named on the command line, or all of them when none is.
 #[allow(dead_code)]
-pub fn selected() -> impl Fn(&str) -> bool {
+pub fn run_selected(parts: &[(&str, fn())]) {
     let which: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    move |name: &str| which.is_empty() || which.iter().any(|w| w == name)
+    for (name, part) in parts {
+        if which.is_empty() || which.iter().any(|w| w == name) {
+            part();
+        }
+    }
+}
+
+/// The device's outbox over `store`, as the agent opens it, in a boot named `boot`.
+#[allow(dead_code)]
+pub fn outbox(
+    store: &outpost_storage::Store,
+    device: &str,
+    key: &outpost_sync::DeviceKey,
+) -> outpost_sync::outbox::Outbox {
+    let options = outpost_sync::outbox::OutboxOptions::default();
+    outpost_sync::outbox::Outbox::open(store, device, key.clone(), "boot", options).unwrap()
 }

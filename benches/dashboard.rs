@@ -71,12 +71,20 @@ fn hub_like_options() -> outpost_storage::Options {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = fleet_store(dir.path());
+/// The group every dashboard bench is in: ten samples over 20 s, as each answer takes long.
+fn dashboard_group(
+    c: &mut Criterion,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
     let mut group = c.benchmark_group("dashboard");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    group
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = fleet_store(dir.path());
+    let mut group = dashboard_group(c);
     group.bench_function("fleet summary, 1000 devices x 17 series, last hour", |b| {
         b.iter(|| {
             let summary = outpost_web::summary::summarize(&store, END_MS, None).expect("summary");
@@ -298,9 +306,7 @@ fn range(store: &Store, matcher: &str, aggregation: &str, hours: i64) -> usize {
 fn device_page(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = day_store(dir.path());
-    let mut group = c.benchmark_group("dashboard");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(20));
+    let mut group = dashboard_group(c);
     group.bench_function("range: one series, 24 h at 1 Hz, 1000 points", |b| {
         b.iter(|| {
             assert_eq!(

@@ -1,7 +1,29 @@
-# Sourced by the hub benches (hub-health.sh, hub-load.sh, broker-flood.sh): a release build, a
-# scratch directory removed at exit with every process in `pids`, two free ports, and
-# `enrol ID...`, which enrols devices and writes each one's agent config ($dir/ID.toml) with
-# only what the bench needs (no host, Jetson, NVML or alert collectors) and its [mqtt] section.
+# Sourced by the hub benches (hub-health.sh, hub-load.sh, broker-flood.sh): the checkout as the
+# working directory, a release build, a scratch directory removed at exit with every process in
+# `pids`, two free ports, and `enrol ID...`, which enrols devices and writes each one's agent
+# config ($dir/ID.toml) with only what the bench needs (no host, Jetson, NVML or alert
+# collectors) and its [mqtt] section.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Stops the bench with a message when a program it needs is missing.
+need() {
+  command -v "$1" >/dev/null || { echo "$(basename "$0"): needs $1${2:+ ($2)}" >&2; exit 1; }
+}
+
+# The names of N simulated devices: sim-000, sim-001...
+sim_ids() { seq -f 'sim-%03g' 0 $(($1 - 1)); }
+
+# For the wrk benches: `wrk_fleet DEFAULT_SECONDS DEFAULT_DEVICES [SECONDS] [CONNECTIONS]` sets
+# `seconds`, `connections` (4 by default) and `devices` ($DEVICES or the default), and enrols
+# that many simulated devices.
+wrk_fleet() {
+  need wrk "apt-get install wrk"
+  seconds=${3:-$1}
+  connections=${4:-4}
+  devices=${DEVICES:-$2}
+  enrol $(sim_ids "$devices")
+}
+
 cargo build --release --locked --quiet -p outpost --bin outpost
 outpost=$PWD/target/release/outpost
 dir=$(mktemp -d)

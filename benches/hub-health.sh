@@ -8,15 +8,9 @@
 #
 #   benches/hub-health.sh [SECONDS] [CONNECTIONS]      (DEVICES=10 by default; needs wrk)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-seconds=${1:-20}
-connections=${2:-4}
-devices=${DEVICES:-10}
-command -v wrk >/dev/null || { echo "hub-health.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 # shellcheck source=benches/hub-common.sh
-source benches/hub-common.sh
-
-enrol $(seq -f 'sim-%03g' 0 $((devices - 1)))
+source "$(dirname "$0")/hub-common.sh"
+wrk_fleet 20 10 "$@"
 echo "seeding the hub's store with 30 days of 300 series..."
 started=$(date +%s)
 python3 <<'PY' | "$outpost" db import --db "$dir/hub.redb" - >/dev/null
@@ -37,7 +31,7 @@ for block in range(0, steps, 2880):
 PY
 echo "seeded in $(( $(date +%s) - started )) s: $("$outpost" db stats --db "$dir/hub.redb" | grep -E 'raw samples|bytes on disk' | tr -s ' ' | paste -sd ';')"
 start_hub
-start_agents $(seq -f 'sim-%03g' 0 $((devices - 1)))
+start_agents $(sim_ids "$devices")
 wait_online "$devices"
 echo "online: $(online) of $devices; warming up for 10 s"
 sleep 10

@@ -11,15 +11,9 @@
 #
 #   benches/hub-load.sh [SECONDS] [CONNECTIONS]      (DEVICES=100 by default; needs wrk)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-seconds=${1:-60}
-connections=${2:-4}
-devices=${DEVICES:-100}
-command -v wrk >/dev/null || { echo "hub-load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 # shellcheck source=benches/hub-common.sh
-source benches/hub-common.sh
-
-enrol $(seq -f 'sim-%03g' 0 $((devices - 1)))
+source "$(dirname "$0")/hub-common.sh"
+wrk_fleet 60 100 "$@"
 echo "seeding the hub's store with a day of CPU load per device..."
 python3 - "$devices" <<'PY' | "$outpost" db import --db "$dir/hub.redb" -
 import re, subprocess, sys, time
@@ -39,7 +33,7 @@ for device in range(devices):
                           for cpu, value in enumerate(cores)))
 PY
 start_hub
-start_agents $(seq -f 'sim-%03g' 0 $((devices - 1)))
+start_agents $(sim_ids "$devices")
 echo "waiting for $devices devices to come online and send data..."
 wait_online "$devices"
 echo "online: $(online) of $devices; warming up for 30 s"

@@ -13,12 +13,13 @@
 
 mod common;
 
+use outpost_sync::HubToDevice;
 use std::sync::Arc;
 use std::time::Instant;
 
 use outpost_storage::Store;
 use outpost_sync::ingest::Ingestor;
-use outpost_sync::outbox::{Outbox, OutboxOptions};
+use outpost_sync::outbox::Outbox;
 use outpost_sync::{Ack, Batch, DeviceKey, Limits};
 
 /// MQTT 3.1.1 bytes of a QoS 1 PUBLISH: fixed header (1 + remaining-length varint), topic
@@ -72,14 +73,7 @@ fn wire() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
     let key = DeviceKey::new(vec![7; 32]).unwrap();
-    let mut outbox = Outbox::open(
-        &agent,
-        "orin-nano-0001",
-        key.clone(),
-        "boot",
-        OutboxOptions::default(),
-    )
-    .unwrap();
+    let mut outbox = common::outbox(&agent, "orin-nano-0001", &key);
     let (batch_topic, ack_topic) = (
         "outpost/v1/default/orin-nano-0001/batch",
         "outpost/v1/default/orin-nano-0001/ack",
@@ -121,8 +115,7 @@ fn backfill() {
     )
     .unwrap();
     let mut ingestor = Ingestor::new();
-    let mut outbox =
-        Outbox::open(&agent, "dev", key.clone(), "boot", OutboxOptions::default()).unwrap();
+    let mut outbox = common::outbox(&agent, "dev", &key);
     let began = Instant::now();
     let mut batches = 0;
     loop {
@@ -171,14 +164,7 @@ fn ingest() {
     // device is the same; building 100 agents' stores would only time the agents).
     let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
     let key = DeviceKey::new(vec![7; 32]).unwrap();
-    let mut outbox = Outbox::open(
-        &agent,
-        "template",
-        key.clone(),
-        "boot",
-        OutboxOptions::default(),
-    )
-    .unwrap();
+    let mut outbox = common::outbox(&agent, "template", &key);
     let mut template = Vec::new();
     collect_and_ship(
         &agent,
@@ -239,14 +225,5 @@ fn ingest() {
 }
 
 fn main() {
-    let run = common::selected();
-    if run("wire") {
-        wire();
-    }
-    if run("backfill") {
-        backfill();
-    }
-    if run("ingest") {
-        ingest();
-    }
+    common::run_selected(&[("wire", wire), ("backfill", backfill), ("ingest", ingest)]);
 }

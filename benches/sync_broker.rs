@@ -17,6 +17,7 @@
 
 mod common;
 
+use outpost_sync::HubToDevice;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_storage::Store;
-use outpost_sync::outbox::{Outbox, OutboxOptions};
+use outpost_sync::outbox::Outbox;
 use outpost_sync::{Ack, AckStatus, Batch, DeviceKey, Limits};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -254,14 +255,7 @@ fn wire() {
     let runtime = runtime();
     let mut device = runtime.block_on(Device::connect(dir.path(), &name, proxy.port));
     let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
-    let mut outbox = Outbox::open(
-        &agent,
-        &name,
-        device.key.clone(),
-        "boot",
-        OutboxOptions::default(),
-    )
-    .unwrap();
+    let mut outbox = common::outbox(&agent, &name, &device.key);
     let rows = common::host_rows();
     let mut batches = 0;
     common::write_in_slices(&agent, &rows, 10_000, || {
@@ -285,14 +279,7 @@ fn backfill() {
     let (_hub, mqtt) = Hub::start(dir.path(), std::slice::from_ref(&name));
     let runtime = runtime();
     let mut device = runtime.block_on(Device::connect(dir.path(), &name, mqtt));
-    let mut outbox = Outbox::open(
-        &agent,
-        &name,
-        device.key.clone(),
-        "boot",
-        OutboxOptions::default(),
-    )
-    .unwrap();
+    let mut outbox = common::outbox(&agent, &name, &device.key);
     let samples = agent.stats().unwrap().raw_samples;
     let began = Instant::now();
     let batches = runtime.block_on(drain(&mut device, &agent, &mut outbox));
@@ -313,14 +300,7 @@ fn ingest() {
     // 100 agents' stores here would only time the agents.
     let template_key = DeviceKey::new(vec![7; 32]).unwrap();
     let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
-    let mut outbox = Outbox::open(
-        &agent,
-        "template",
-        template_key.clone(),
-        "boot",
-        OutboxOptions::default(),
-    )
-    .unwrap();
+    let mut outbox = common::outbox(&agent, "template", &template_key);
     let mut template = Vec::new();
     let rows = common::host_rows();
     common::write_in_slices(&agent, &rows, 10_000, || {
@@ -400,14 +380,5 @@ fn ingest() {
 }
 
 fn main() {
-    let run = common::selected();
-    if run("wire") {
-        wire();
-    }
-    if run("backfill") {
-        backfill();
-    }
-    if run("ingest") {
-        ingest();
-    }
+    common::run_selected(&[("wire", wire), ("backfill", backfill), ("ingest", ingest)]);
 }

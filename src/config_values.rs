@@ -6,6 +6,26 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 
+/// A config file (the agent's, the hub's): TOML, read and then checked for what serde cannot
+/// check, with the file named in every error.
+pub trait ConfigFile: serde::de::DeserializeOwned {
+    /// Checks what serde cannot: ranges and relations between keys.
+    fn validate(&self) -> Result<()>;
+
+    /// Reads and validates a config file.
+    fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 /// `auto`, `on` or `off` (`true`/`false` also accepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Toggle {

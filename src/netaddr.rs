@@ -7,6 +7,19 @@ use anyhow::{bail, Context, Result};
 
 /// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`); the
 /// host without brackets. `url` is the whole URL, for the error messages.
+/// Whether `url` is the TLS form of `plain` (`mqtts` of `mqtt`, `https` of `http`), and what
+/// follows the `://`; an error for any other scheme.
+pub fn scheme<'u>(url: &'u str, plain: &str) -> Result<(bool, &'u str)> {
+    let rest = |scheme: &str| url.strip_prefix(scheme)?.strip_prefix("://");
+    if let Some(rest) = rest(plain) {
+        Ok((false, rest))
+    } else if let Some(rest) = rest(&format!("{plain}s")) {
+        Ok((true, rest))
+    } else {
+        bail!("{url:?}: must start with {plain}:// or {plain}s://")
+    }
+}
+
 pub fn host_port(url: &str, authority: &str, default_port: u16) -> Result<(String, u16)> {
     if authority.contains('@') {
         bail!("{url:?}: credentials in URLs are not supported");
@@ -46,13 +59,7 @@ pub struct MqttUrl {
 
 impl MqttUrl {
     pub fn parse(url: &str) -> Result<MqttUrl> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else {
-            bail!("{url:?}: must start with mqtt:// or mqtts://");
-        };
+        let (tls, rest) = scheme(url, "mqtt")?;
         let (host, port) = host_port(
             url,
             rest.trim_end_matches('/'),

@@ -13,18 +13,22 @@ pub enum Format {
 /// Prints a value so that it parses back to the identical f64: Rust's shortest round-trip form,
 /// Prometheus' spelling of infinities, and the bits of a NaN that is not the canonical one.
 pub fn format_value(value: f64) -> String {
+    if value.is_nan() && value.to_bits() != f64::NAN.to_bits() {
+        return format!("NaN(0x{:016x})", value.to_bits());
+    }
+    special_value(value).map_or_else(|| format!("{value:?}"), str::to_string)
+}
+
+/// Prometheus' spelling of the values that have no digits (`NaN`, `+Inf`, `-Inf`).
+pub fn special_value(value: f64) -> Option<&'static str> {
     if value.is_nan() {
-        if value.to_bits() == f64::NAN.to_bits() {
-            "NaN".into()
-        } else {
-            format!("NaN(0x{:016x})", value.to_bits())
-        }
+        Some("NaN")
     } else if value == f64::INFINITY {
-        "+Inf".into()
+        Some("+Inf")
     } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
+        Some("-Inf")
     } else {
-        format!("{value:?}")
+        None
     }
 }
 

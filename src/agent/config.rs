@@ -5,7 +5,7 @@
 //! turn a collector off), and values are checked at load with messages that name the key.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::alerting::config::AlertsSection;
 use crate::collect::host::HostSection;
 use crate::collect::probes::{ProbeCheck, ProbeConfig};
-use crate::config_values::{ByteSize, Interval, Toggle};
+use crate::config_values::{ByteSize, ConfigFile, Interval, Toggle};
 
 /// The commented default config, printed by `outpost agent --print-default-config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/agent.toml");
@@ -309,22 +309,8 @@ fn default_scrape_series() -> usize {
     1000
 }
 
-impl AgentConfig {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<Self> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks what serde cannot: ranges and relations between keys.
-    pub fn validate(&self) -> Result<()> {
+impl ConfigFile for AgentConfig {
+    fn validate(&self) -> Result<()> {
         self.agent.validate()?;
         let min = Duration::from_millis(100);
         let mut intervals = vec![

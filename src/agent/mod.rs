@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::collect::{self, Samples};
-use crate::config_values::Toggle;
+use crate::config_values::{ConfigFile, Toggle};
 use config::AgentConfig;
 use outpost::timearg::now_ms;
 use sink::Sink;
@@ -375,34 +375,22 @@ fn start_collectors(
     start_nvml(config, sink, tasks, &mut set);
     if let Some(source) = tegrastats_source(&config.tegrastats) {
         let (interval, sink) = (config.tegrastats.interval.0, sink.clone());
-        crate::supervise::spawn(&mut set, tasks, "tegrastats", move || {
-            let task = tegrastats_task(source.clone(), interval, sink.clone(), replay_done.clone());
-            async move {
-                task.await;
-                Ok(())
-            }
+        crate::supervise::spawn_loop(&mut set, tasks, "tegrastats", move || {
+            tegrastats_task(source.clone(), interval, sink.clone(), replay_done.clone())
         });
     }
     for probe in &config.probes {
         let (probe, sink) = (probe.clone(), sink.clone());
         let name = format!("probe:{}", probe.name);
-        crate::supervise::spawn(&mut set, tasks, &name, move || {
-            let task = probe_task(probe.clone(), sink.clone());
-            async move {
-                task.await;
-                Ok(())
-            }
+        crate::supervise::spawn_loop(&mut set, tasks, &name, move || {
+            probe_task(probe.clone(), sink.clone())
         });
     }
     for scrape in &config.scrapes {
         let (scrape, sink) = (scrape.clone(), sink.clone());
         let name = format!("scrape:{}", scrape.name);
-        crate::supervise::spawn(&mut set, tasks, &name, move || {
-            let task = scrape_task(scrape.clone(), sink.clone());
-            async move {
-                task.await;
-                Ok(())
-            }
+        crate::supervise::spawn_loop(&mut set, tasks, &name, move || {
+            scrape_task(scrape.clone(), sink.clone())
         });
     }
     let (interval, sink, budget, supervised) = (
@@ -411,19 +399,9 @@ fn start_collectors(
         config.store.budget.0,
         tasks.clone(),
     );
-    crate::supervise::spawn(&mut set, tasks, "self", move || {
-        let task = self_metrics_task(
-            interval,
-            sink.clone(),
-            started,
-            budget,
-            alerts.clone(),
-            supervised.clone(),
-        );
-        async move {
-            task.await;
-            Ok(())
-        }
+    crate::supervise::spawn_loop(&mut set, tasks, "self", move || {
+        let (sink, alerts, supervised) = (sink.clone(), alerts.clone(), supervised.clone());
+        self_metrics_task(interval, sink, started, budget, alerts, supervised)
     });
     set
 }

@@ -191,14 +191,6 @@ impl Sink {
 }
 
 fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        // Rust's shortest round-trip form; Prometheus parses it back exactly.
-        format!("{value}")
-    }
+    // Rust's shortest round-trip form; Prometheus parses it back exactly.
+    crate::results::special_value(value).map_or_else(|| format!("{value}"), str::to_string)
 }

@@ -102,31 +102,43 @@ impl State {
 /// What the engine keeps of one alert instance, in the store between runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
+    /// The rule's name.
     pub rule: String,
+    /// Which of the rule's series this is: its labels as text.
     pub instance: String,
+    /// The series' labels and the rule's own.
     pub labels: BTreeMap<String, String>,
     pub state: State,
     pub severity: Severity,
+    /// The value at the last evaluation; `None` when the series had no data.
     pub value: Option<f64>,
+    /// The rule's threshold, as it was when the state changed.
     pub threshold: f64,
     /// When the condition began to hold (the start of `pending`).
     pub started_ms: Option<i64>,
+    /// When it began to fire.
     pub fired_ms: Option<i64>,
+    /// When it last resolved.
     pub resolved_ms: Option<i64>,
     /// The last evaluation at which the (hysteresis) condition held, for `keep_firing_for`.
     pub last_true_ms: Option<i64>,
     /// A firing within the rule's cooldown of the previous resolve waits until then before
     /// the notification channels hear of it.
     pub cooldown_until_ms: Option<i64>,
+    /// Its severity was raised by the rule's `escalate_after`.
     pub escalated: bool,
+    /// A silence or maintenance window covers it: the channels are not told.
     pub silenced: bool,
     /// Whether the notification channels were told of this firing.
     pub notified: bool,
+    /// When the channels were last told (firing, resolve or reminder).
     pub last_notified_ms: Option<i64>,
     /// The event sequence number and time of its last transition.
     pub event_seq: u64,
     pub changed_ms: i64,
+    /// The rule's summary, rendered for this instance.
     pub summary: String,
+    /// The rule's description, rendered for this instance.
     pub description: String,
 }
 
@@ -134,6 +146,7 @@ pub struct AlertRecord {
 /// the history. `docs/alerts.md` documents each field and its JSON Schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertMessage {
+    /// The device the alert is on.
     pub device: String,
     pub rule: String,
     pub instance: String,
@@ -142,6 +155,7 @@ pub struct AlertMessage {
     pub value: Option<f64>,
     pub threshold: f64,
     pub labels: BTreeMap<String, String>,
+    /// RFC 3339 times of those moments; absent when not yet reached.
     pub started_at: Option<String>,
     pub fired_at: Option<String>,
     pub resolved_at: Option<String>,
@@ -151,7 +165,9 @@ pub struct AlertMessage {
     pub description: String,
     /// Per device, one more for every transition; reminders repeat the last one's.
     pub event_seq: u64,
+    /// A silence or maintenance window covers it.
     pub silenced: bool,
+    /// Its severity was raised by the rule's `escalate_after`.
     pub escalated: bool,
     /// `transition`, `renotify` (a reminder of a long-firing alert) or `escalation`.
     pub reason: Reason,

@@ -206,27 +206,38 @@ pub struct Rule {
     pub name: String,
     /// The file it came from, for messages.
     pub file: PathBuf,
+    /// The series the rule watches.
     pub select: Selector,
     /// The denominator of a ratio rule, and the labels both sides must agree on (`None`: all
     /// labels but the metric name).
     pub divide_by: Option<(Side, Option<Vec<String>>)>,
+    /// A second condition that must hold too (`when = ...` in the file).
     pub when: Option<Gate>,
     /// For `absent` rules: whether a selector that never matched anything fires.
     pub fire_if_never_seen: bool,
+    /// How a window of samples becomes the value compared.
     pub reduce: Reducer,
+    /// The window `reduce` runs over; 0 for the latest sample.
     pub window_ms: i64,
     pub op: Op,
     pub threshold: f64,
+    /// How long the condition must hold before pending becomes firing.
     pub for_ms: i64,
+    /// Hysteresis: once firing, it resolves only past this threshold.
     pub clear_threshold: Option<f64>,
+    /// How long it keeps firing after the condition stops holding.
     pub keep_firing_for_ms: i64,
     pub severity: Severity,
+    /// Labels added to every instance's alert.
     pub labels: BTreeMap<String, String>,
     pub summary: Template,
     pub description: Template,
+    /// While firing, the channels are reminded this often.
     pub renotify_ms: Option<i64>,
+    /// Firing this long raises the severity to `escalate_to`.
     pub escalate_after_ms: Option<i64>,
     pub escalate_to: Severity,
+    /// A firing this soon after a resolve waits this long before the channels hear of it.
     pub cooldown_ms: i64,
     /// Notification channels by name; `None` for all of them.
     pub notify: Option<Vec<String>>,

@@ -10,6 +10,7 @@ use crate::config_values::Interval;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsSection {
+    /// Evaluate rules and notify; off, the agent only stores.
     pub enabled: bool,
     /// The rule pack built into the agent (`config/rules.toml`); a rule of the same name in
     /// `rules` replaces the pack's.
@@ -20,10 +21,13 @@ pub struct AlertsSection {
     pub interval: Interval,
     /// Notifications each channel may hold while it cannot deliver; then the oldest go, counted.
     pub max_queued: usize,
+    /// Channels: `[[alerts.webhook]]`, `[[alerts.exec]]`, `[[alerts.email]]`.
     pub webhook: Vec<WebhookConfig>,
     pub exec: Vec<ExecConfig>,
     pub email: Vec<EmailConfig>,
+    /// Silences from the config file, besides those sent by the hub.
     pub silence: Vec<SilenceConfig>,
+    /// Recurring windows in which matching alerts are silenced.
     pub maintenance: Vec<MaintenanceConfig>,
 }
 
@@ -126,6 +130,12 @@ fn default_firing_only() -> Vec<NotifyOn> {
 pub struct EmailConfig {
     pub name: String,
     pub server: String,
+    /// Only for a relay on localhost or a test server: send without TLS.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The CA that signed the server's certificate, when it is not a public one.
+    #[serde(default)]
+    pub ca_file: PathBuf,
     #[serde(default)]
     pub username: String,
     /// A file holding the SMTP password.
@@ -133,12 +143,6 @@ pub struct EmailConfig {
     pub password_file: PathBuf,
     pub from: String,
     pub to: Vec<String>,
-    /// Only for a relay on localhost or a test server: send without TLS.
-    #[serde(default)]
-    pub insecure_plaintext: bool,
-    /// The CA that signed the server's certificate, when it is not a public one.
-    #[serde(default)]
-    pub ca_file: PathBuf,
     #[serde(default = "default_timeout")]
     pub timeout: Interval,
     #[serde(default = "default_notify_on")]

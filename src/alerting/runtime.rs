@@ -458,44 +458,51 @@ pub async fn add_silence(
         Ok(s) => s,
         Err(error) => return (StatusCode::BAD_REQUEST, format!("{error:#}\n")).into_response(),
     };
-    let mut write = WriteBatch::default();
-    let added = runtime
-        .engine
-        .lock()
-        .expect("engine lock")
-        .silences
-        .add(silence.clone(), &mut write);
+    let (added, write) = change_silences(&runtime, |silences, write| {
+        silences.add(silence.clone(), write)
+    });
     if let Err(error) = added {
         return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
     }
-    if let Err(error) = async {
+    match store_durably(&runtime, write).await {
+        Ok(()) => (StatusCode::CREATED, Json(silence)).into_response(),
+        Err(error) => error,
+    }
+}
+
+/// Changes the engine's silences: the change's answer, and what it would store.
+fn change_silences<T>(
+    runtime: &AlertShared,
+    change: impl FnOnce(&mut outpost::alert::schedule::Silences, &mut WriteBatch) -> T,
+) -> (T, WriteBatch) {
+    let mut write = WriteBatch::default();
+    let mut engine = runtime.engine.lock().expect("engine lock");
+    let answer = change(&mut engine.silences, &mut write);
+    (answer, write)
+}
+
+/// Stores a change of the silences before the API answers that it is made.
+async fn store_durably(runtime: &AlertShared, write: WriteBatch) -> Result<(), Response> {
+    let stored = async {
         runtime.store.write_async(write).await?;
         runtime.store.sync_async().await
-    }
-    .await
-    {
-        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
-    }
-    (StatusCode::CREATED, Json(silence)).into_response()
+    };
+    stored
+        .await
+        .map_err(|error| (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response())
 }
 
 pub async fn delete_silence(
     State(runtime): State<Arc<AlertShared>>,
     Path(id): Path<String>,
 ) -> Response {
-    let mut write = WriteBatch::default();
-    let existed = runtime
-        .engine
-        .lock()
-        .expect("engine lock")
-        .silences
-        .expire(&id, &mut write);
+    let (existed, write) = change_silences(&runtime, |silences, write| silences.expire(&id, write));
     if !existed {
         return (StatusCode::NOT_FOUND, format!("no silence {id:?}\n")).into_response();
     }
-    match runtime.store.write_async(write).await {
+    match store_durably(&runtime, write).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        Err(error) => error,
     }
 }
 

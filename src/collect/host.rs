@@ -17,7 +17,9 @@ use crate::config_values::Interval;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostSection {
+    /// Collect host metrics (CPU, memory, disks, network, processes).
     pub enabled: bool,
+    /// How often they are sampled.
     pub interval: Interval,
     /// Process names (as in `ps -o comm`) whose CPU and memory are recorded.
     pub processes: Vec<String>,
@@ -169,27 +171,16 @@ impl HostCollector {
         out.add("host_load1", &[], load.one);
         out.add("host_load5", &[], load.five);
         out.add("host_load15", &[], load.fifteen);
-        out.add(
-            "host_memory_total_bytes",
-            &[],
-            self.system.total_memory() as f64,
-        );
+        let memory = &self.system;
+        out.add("host_memory_total_bytes", &[], memory.total_memory() as f64);
         out.add(
             "host_memory_available_bytes",
             &[],
-            self.system.available_memory() as f64,
+            memory.available_memory() as f64,
         );
-        out.add(
-            "host_memory_used_bytes",
-            &[],
-            self.system.used_memory() as f64,
-        );
-        out.add(
-            "host_swap_total_bytes",
-            &[],
-            self.system.total_swap() as f64,
-        );
-        out.add("host_swap_used_bytes", &[], self.system.used_swap() as f64);
+        out.add("host_memory_used_bytes", &[], memory.used_memory() as f64);
+        out.add("host_swap_total_bytes", &[], memory.total_swap() as f64);
+        out.add("host_swap_used_bytes", &[], memory.used_swap() as f64);
         out.add("host_uptime_seconds", &[], System::uptime() as f64);
         out.add("host_boot_time_seconds", &[], System::boot_time() as f64);
     }

@@ -399,6 +399,15 @@ mod tests {
         (collector.identity().clone(), lines)
     }
 
+    /// What a fixture's collection must give, one sample a line, beside the fixture.
+    fn expected(fixture: &str) -> Vec<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/sysfs")
+            .join(format!("{fixture}.expected.prom"));
+        let text = std::fs::read_to_string(&path).expect("the expected samples");
+        text.lines().map(str::to_string).collect()
+    }
+
     #[test]
     fn orin_nano_on_jetpack_6() {
         let (identity, lines) = collect("orin-nano-jp6");
@@ -411,30 +420,7 @@ mod tests {
                 soc: "tegra234".into(),
             }
         );
-        let expected = [
-            r#"jetson_info{jetpack="6.2",l4t="36.4.3",model="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",soc="tegra234"} 1"#,
-            "jetson_nvpmodel_mode 2",
-            "jetson_clocks_active 0",
-            r#"jetson_gpu_load_ratio{gpu="gpu"} 0.612"#,
-            r#"jetson_gpu_frequency_hertz{gpu="gpu"} 1020000000"#,
-            r#"jetson_gpu_min_frequency_hertz{gpu="gpu"} 306000000"#,
-            r#"jetson_gpu_max_frequency_hertz{gpu="gpu"} 1020000000"#,
-            r#"jetson_fan_rpm{fan="pwm_tach"} 2487"#,
-            r#"jetson_fan_speed_ratio{fan="pwmfan"} 0.4"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_IN"} 5.072"#,
-            r#"jetson_rail_current_amperes{rail="VDD_IN"} 1.36"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_CPU_GPU_CV"} 5.064"#,
-            r#"jetson_rail_current_amperes{rail="VDD_CPU_GPU_CV"} 0.488"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_SOC"} 5.064"#,
-            r#"jetson_rail_current_amperes{rail="VDD_SOC"} 0.376"#,
-            r#"jetson_thermal_zone_celsius{zone="cpu-thermal"} 51.375"#,
-            r#"jetson_thermal_zone_celsius{zone="gpu-thermal"} 49.062"#,
-            r#"jetson_thermal_zone_celsius{zone="soc0-thermal"} 48.562"#,
-            r#"jetson_thermal_zone_celsius{zone="soc1-thermal"} 49.343"#,
-            r#"jetson_thermal_zone_celsius{zone="soc2-thermal"} 47.812"#,
-            r#"jetson_thermal_zone_celsius{zone="tj-thermal"} 51.375"#,
-        ];
-        assert_eq!(lines, expected);
+        assert_eq!(lines, expected("orin-nano-jp6"));
     }
 
     #[test]
@@ -448,30 +434,7 @@ mod tests {
             ),
             ("32.7.4", "4.6.4", "tegra186")
         );
-        let expected = [
-            r#"jetson_info{jetpack="4.6.4",l4t="32.7.4",model="quill",soc="tegra186"} 1"#,
-            "jetson_clocks_active 1",
-            r#"jetson_gpu_load_ratio{gpu="gp10b"} 0"#,
-            r#"jetson_gpu_frequency_hertz{gpu="gp10b"} 1300500000"#,
-            r#"jetson_gpu_min_frequency_hertz{gpu="gp10b"} 1300500000"#,
-            r#"jetson_gpu_max_frequency_hertz{gpu="gp10b"} 1300500000"#,
-            r#"jetson_fan_speed_ratio{fan="pwm-fan"} 1"#,
-            r#"jetson_fan_rpm{fan="pwm-fan"} 4732"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_SYS_GPU"} 19.144"#,
-            r#"jetson_rail_current_amperes{rail="VDD_SYS_GPU"} 0.152"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_SYS_SOC"} 19.136"#,
-            r#"jetson_rail_current_amperes{rail="VDD_SYS_SOC"} 0.456"#,
-            r#"jetson_rail_voltage_volts{rail="VDD_4V0_WIFI"} 19.144"#,
-            r#"jetson_rail_current_amperes{rail="VDD_4V0_WIFI"} 0"#,
-            r#"jetson_thermal_zone_celsius{zone="BCPU-therm"} 40.5"#,
-            r#"jetson_thermal_zone_celsius{zone="MCPU-therm"} 40.5"#,
-            r#"jetson_thermal_zone_celsius{zone="GPU-therm"} 38.5"#,
-            r#"jetson_thermal_zone_celsius{zone="PLL-therm"} 37"#,
-            r#"jetson_thermal_zone_celsius{zone="Tboard_tegra"} 35"#,
-            r#"jetson_thermal_zone_celsius{zone="Tdiode_tegra"} 36.25"#,
-            r#"jetson_thermal_zone_celsius{zone="thermal-fan-est"} 38.5"#,
-        ];
-        assert_eq!(lines, expected);
+        assert_eq!(lines, expected("tx2-jp4"));
     }
 
     #[test]

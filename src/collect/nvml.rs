@@ -12,6 +12,7 @@ use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
 use super::Samples;
@@ -89,7 +90,7 @@ impl Fields<'_> {
     fn read(
         &mut self,
         metric: &'static str,
-        read: impl FnOnce(&mut Samples) -> Result<(), nvml_wrapper::error::NvmlError>,
+        read: impl FnOnce(&mut Samples) -> Result<(), NvmlError>,
     ) {
         if self.unsupported.contains(&(self.index, metric)) {
             return;
@@ -101,39 +102,37 @@ impl Fields<'_> {
     }
 }
 
-/// How busy the GPU, its encoders and its memory are.
+/// The fields that are one number each: the field, its metric, and how to read it.
+type Gauge = (
+    &'static str,
+    &'static str,
+    fn(&Device) -> Result<f64, NvmlError>,
+);
+
+// One line a field, so that the table reads as one.
+#[rustfmt::skip]
+const GAUGES: [Gauge; 7] = [
+    ("encoder", "nvml_encoder_utilization_ratio", |d| Ok(percent(d.encoder_utilization()?.utilization))),
+    ("decoder", "nvml_decoder_utilization_ratio", |d| Ok(percent(d.decoder_utilization()?.utilization))),
+    ("temperature", "nvml_temperature_celsius", |d| Ok(f64::from(d.temperature(TemperatureSensor::Gpu)?))),
+    ("power", "nvml_power_watts", |d| Ok(f64::from(d.power_usage()?) / 1000.0)), // from mW
+    ("power_limit", "nvml_power_limit_watts", |d| Ok(f64::from(d.enforced_power_limit()?) / 1000.0)),
+    ("sm_clock", "nvml_sm_clock_hertz", |d| Ok(f64::from(d.clock_info(Clock::SM)?) * 1e6)), // from MHz
+    ("memory_clock", "nvml_memory_clock_hertz", |d| Ok(f64::from(d.clock_info(Clock::Memory)?) * 1e6)),
+];
+
+/// A percentage as a ratio.
+fn percent(value: u32) -> f64 {
+    f64::from(value) / 100.0
+}
+
+/// How busy the GPU and its memory are.
 fn read_activity(device: &Device, gpu: &str, fields: &mut Fields) {
     let labels = [("gpu", gpu)];
     fields.read("utilization", |out| {
         let u = device.utilization_rates()?;
-        out.add(
-            "nvml_gpu_utilization_ratio",
-            &labels,
-            f64::from(u.gpu) / 100.0,
-        );
-        out.add(
-            "nvml_memory_utilization_ratio",
-            &labels,
-            f64::from(u.memory) / 100.0,
-        );
-        Ok(())
-    });
-    fields.read("encoder", |out| {
-        let u = device.encoder_utilization()?;
-        out.add(
-            "nvml_encoder_utilization_ratio",
-            &labels,
-            f64::from(u.utilization) / 100.0,
-        );
-        Ok(())
-    });
-    fields.read("decoder", |out| {
-        let u = device.decoder_utilization()?;
-        out.add(
-            "nvml_decoder_utilization_ratio",
-            &labels,
-            f64::from(u.utilization) / 100.0,
-        );
+        out.add("nvml_gpu_utilization_ratio", &labels, percent(u.gpu));
+        out.add("nvml_memory_utilization_ratio", &labels, percent(u.memory));
         Ok(())
     });
     fields.read("memory", |out| {
@@ -144,43 +143,24 @@ fn read_activity(device: &Device, gpu: &str, fields: &mut Fields) {
     });
 }
 
-/// Temperature, power, clocks and fans.
+/// Encoders, temperature, power, clocks ([`GAUGES`]) and fans.
 fn read_power_and_clocks(device: &Device, gpu: &str, fields: &mut Fields) {
     let labels = [("gpu", gpu)];
-    fields.read("temperature", |out| {
-        let t = device.temperature(TemperatureSensor::Gpu)?;
-        out.add("nvml_temperature_celsius", &labels, f64::from(t));
-        Ok(())
-    });
-    fields.read("power", |out| {
-        let mw = device.power_usage()?;
-        out.add("nvml_power_watts", &labels, f64::from(mw) / 1000.0);
-        Ok(())
-    });
-    fields.read("power_limit", |out| {
-        let mw = device.enforced_power_limit()?;
-        out.add("nvml_power_limit_watts", &labels, f64::from(mw) / 1000.0);
-        Ok(())
-    });
-    fields.read("sm_clock", |out| {
-        let mhz = device.clock_info(Clock::SM)?;
-        out.add("nvml_sm_clock_hertz", &labels, f64::from(mhz) * 1e6);
-        Ok(())
-    });
-    fields.read("memory_clock", |out| {
-        let mhz = device.clock_info(Clock::Memory)?;
-        out.add("nvml_memory_clock_hertz", &labels, f64::from(mhz) * 1e6);
-        Ok(())
-    });
+    for (field, metric, read) in GAUGES {
+        fields.read(field, |out| {
+            out.add(metric, &labels, read(device)?);
+            Ok(())
+        });
+    }
     fields.read("fan", |out| {
         let fans = device.num_fans()?;
         for fan in 0..fans {
-            let percent = device.fan_speed(fan)?;
+            let speed = device.fan_speed(fan)?;
             let fan = fan.to_string();
             out.add(
                 "nvml_fan_speed_ratio",
                 &[("gpu", gpu), ("fan", &fan)],
-                f64::from(percent) / 100.0,
+                percent(speed),
             );
         }
         Ok(())

@@ -3,12 +3,12 @@
 //! are errors, and values are checked at load with messages that name the key.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::config_values::{ByteSize, Interval};
+use crate::config_values::{ByteSize, ConfigFile, Interval};
 
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/hub.toml");
 
@@ -105,20 +105,8 @@ impl Default for HubMqttSection {
     }
 }
 
-impl HubConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<Self> {
-        let config: HubConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    pub fn validate(&self) -> Result<()> {
+impl ConfigFile for HubConfig {
+    fn validate(&self) -> Result<()> {
         outpost_sync::topic::check_id("fleet", &self.hub.fleet).context("hub.fleet")?;
         if self.hub.offline_after.0.as_secs() < 1 {
             bail!("hub.offline_after: must be at least 1s");

@@ -181,14 +181,27 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
             println!("revoked {id}");
         }
         DeviceCommand::Delete { id } => {
-            if devices.device.remove(&id).is_none() {
-                bail!("no device {id:?} in {}", devices_file.display());
-            }
-            devices.save(devices_file)?;
-            println!("deleted {id}");
+            let remove = |devices: &mut DevicesFile| devices.device.remove(&id).map(drop);
+            delete(&mut devices, devices_file, ("device", &id), remove)?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Deletes a device or a reader (`what`, `name`) with `remove`, which finds nothing when it is
+/// not there; then saves the file.
+fn delete(
+    devices: &mut DevicesFile,
+    file: &Path,
+    (what, name): (&str, &str),
+    remove: impl FnOnce(&mut DevicesFile) -> Option<()>,
+) -> Result<()> {
+    if remove(devices).is_none() {
+        bail!("no {what} {name:?} in {}", file.display());
+    }
+    devices.save(file)?;
+    println!("deleted {name}");
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,11 +252,8 @@ pub fn run_reader(command: ReaderCommand, devices_file: &Path) -> Result<std::pr
             }
         }
         ReaderCommand::Delete { name } => {
-            if devices.reader.remove(&name).is_none() {
-                bail!("no reader {name:?} in {}", devices_file.display());
-            }
-            devices.save(devices_file)?;
-            println!("deleted {name}");
+            let remove = |devices: &mut DevicesFile| devices.reader.remove(&name).map(drop);
+            delete(&mut devices, devices_file, ("reader", &name), remove)?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

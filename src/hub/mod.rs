@@ -14,7 +14,11 @@ mod fleet;
 mod gate;
 mod keys;
 mod registry;
+#[cfg(test)]
+mod test_payloads;
 
+use crate::config_values::ConfigFile;
+use outpost_sync::HubToDevice;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

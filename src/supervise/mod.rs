@@ -92,6 +92,22 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// [`spawn`] for a task that runs until it is stopped and has no error to return (a collector's
+/// loop): only a panic ends a run early, and the task is started again.
+pub fn spawn_loop<F, Fut>(set: &mut JoinSet<()>, tasks: &Arc<Tasks>, name: &str, mut make: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    spawn(set, tasks, name, move || {
+        let run = make();
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
+}
+
 /// Runs `make()`'s task in `set` under supervision. A run that ends with `Ok` (a replay that
 /// reached its end, a stop that was asked for) ends the supervision.
 pub fn spawn<F, Fut>(set: &mut JoinSet<()>, tasks: &Arc<Tasks>, name: &str, mut make: F)

@@ -98,36 +98,25 @@ impl From<redb::Error> for Error {
     }
 }
 
-impl From<redb::DatabaseError> for Error {
-    fn from(e: redb::DatabaseError) -> Self {
-        Error::Redb(e.into())
-    }
+/// redb's narrower errors, each through `redb::Error`.
+macro_rules! from_redb {
+    ($($kind:ty),*) => {
+        $(impl From<$kind> for Error {
+            fn from(e: $kind) -> Self {
+                Error::Redb(e.into())
+            }
+        })*
+    };
 }
-impl From<redb::TransactionError> for Error {
-    fn from(e: redb::TransactionError) -> Self {
-        Error::Redb(e.into())
-    }
-}
-impl From<redb::TableError> for Error {
-    fn from(e: redb::TableError) -> Self {
-        Error::Redb(e.into())
-    }
-}
-impl From<redb::StorageError> for Error {
-    fn from(e: redb::StorageError) -> Self {
-        Error::Redb(e.into())
-    }
-}
-impl From<redb::CommitError> for Error {
-    fn from(e: redb::CommitError) -> Self {
-        Error::Redb(e.into())
-    }
-}
-impl From<redb::CompactionError> for Error {
-    fn from(e: redb::CompactionError) -> Self {
-        Error::Redb(e.into())
-    }
-}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError
+);
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

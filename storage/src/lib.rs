@@ -70,6 +70,40 @@ pub fn rfc3339_ms(ms: i64) -> String {
 pub mod fuzzing {
     use crate::DecodeError;
 
+    /// A fuzz target's inputs, for the tests that replay them without the fuzzer: its
+    /// hand-made seeds (`FUZZ_DIR/seeds/TARGET`), checked to be at least `min_seeds`, then what
+    /// the fuzzer kept (`FUZZ_DIR/corpus/TARGET`); each folder's files by name, hidden ones left
+    /// out.
+    pub fn inputs(
+        fuzz_dir: &std::path::Path,
+        target: &str,
+        min_seeds: usize,
+    ) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        let seeds = folder(&fuzz_dir.join("seeds").join(target))?;
+        if seeds.len() < min_seeds {
+            let found = seeds.len();
+            let message = format!("{target}: {found} seeds, fewer than {min_seeds}");
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, message));
+        }
+        let kept = folder(&fuzz_dir.join("corpus").join(target))?;
+        Ok(seeds.into_iter().chain(kept).collect())
+    }
+
+    fn folder(dir: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(named)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with('.') {
+                files.push((name.into_owned(), std::fs::read(&path)?));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
     /// Parses a whole write-ahead log file; returns how many frames were valid.
     pub fn decode_log(bytes: &[u8]) -> Result<usize, DecodeError> {
         crate::wal::parse_log(bytes).map(|replay| replay.records.len())

@@ -1128,20 +1128,36 @@ impl Store {
         out
     }
 
+    /// A read of `series` over `from..=to`: the stored tiers as of now (in `db`, which the
+    /// caller holds for as long as it reads) and the head's data not yet in them.
+    fn range_read(
+        &self,
+        db: &Db,
+        series: &[(SeriesId, SeriesKey)],
+        from: i64,
+        to: i64,
+    ) -> Result<RangeRead> {
+        let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
+        let head = self.shared.head_snapshot(&ids, from, to);
+        let reader = TierReader::new(&db.begin_read()?)?;
+        Ok(RangeRead {
+            reader,
+            head,
+            from,
+            to,
+        })
+    }
+
     /// Raw samples with `from <= timestamp <= to` of every matching series.
     pub fn query_raw(&self, selector: &Selector, from: i64, to: i64) -> Result<Vec<SeriesPoints>> {
         self.contain(|| {
             let series = self.series(selector);
-            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
-            let head = self.shared.head_snapshot(&ids, from, to);
             let db = read(&self.shared.db);
-            let txn = db.begin_read()?;
-            let reader = TierReader::new(&txn)?;
+            let range = self.range_read(&db, &series, from, to)?;
             series
                 .into_iter()
                 .map(|(id, key)| {
-                    let stored = reader.raw(id.0, from, to, &key)?;
-                    let points = overlay(stored, head.samples(id.0));
+                    let points = range.raw(id, &key)?;
                     Ok(SeriesPoints {
                         series: key,
                         points,
@@ -1187,32 +1203,24 @@ impl Store {
                 first
             };
             let series = self.series(selector);
-            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
-            let head = self.shared.head_snapshot(&ids, data_from, end);
             let db = read(&self.shared.db);
-            let txn = db.begin_read()?;
-            let reader = TierReader::new(&txn)?;
+            let range = self.range_read(&db, &series, data_from, end)?;
             let mut out = Vec::with_capacity(series.len());
             for (id, key) in series {
                 let mut points = match (tier, aggregation) {
-                    (Tier::Raw, Aggregation::Rate) => {
-                        let samples =
-                            overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
-                        query::rate(&samples, step_ms)
-                    }
+                    (Tier::Raw, Aggregation::Rate) => query::rate(&range.raw(id, &key)?, step_ms),
                     (Tier::Raw, _) => {
-                        let samples =
-                            overlay(reader.raw(id.0, data_from, end, &key)?, head.samples(id.0));
+                        let samples = range.raw(id, &key)?;
                         query::reduce(&query::rollups_from_samples(&samples, step_ms), aggregation)
                     }
                     (_, Aggregation::Rate) => {
-                        let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                        let points = range.tier(id, tier, &key)?;
                         let lasts: Vec<(i64, f64)> =
                             points.iter().map(|(b, r)| (*b, r.last)).collect();
                         query::rate(&lasts, step_ms)
                     }
                     (_, _) => {
-                        let points = reader.tier_points(id.0, tier, data_from, end, &key, &head)?;
+                        let points = range.tier(id, tier, &key)?;
                         query::reduce(&query::coarsen(&points, step_ms), aggregation)
                     }
                 };
@@ -1238,29 +1246,25 @@ impl Store {
     ) -> Result<Vec<SeriesRollups>> {
         self.contain(|| {
             let series = self.series(selector);
-            let ids: Vec<u32> = series.iter().map(|s| s.0 .0).collect();
             let width = tier.resolution_ms();
             let (from, to) = (
                 bucket_of(from, width),
                 bucket_of(to, width).saturating_add(width - 1),
             );
-            let head = self.shared.head_snapshot(&ids, from, to);
             let db = read(&self.shared.db);
-            let txn = db.begin_read()?;
-            let reader = TierReader::new(&txn)?;
+            let range = self.range_read(&db, &series, from, to)?;
             series
                 .into_iter()
                 .map(|(id, key)| {
                     let points = match tier {
                         Tier::Raw => {
-                            let samples =
-                                overlay(reader.raw(id.0, from, to, &key)?, head.samples(id.0));
+                            let samples = range.raw(id, &key)?;
                             samples
                                 .into_iter()
                                 .map(|(t, v)| (t, Rollup::of(v)))
                                 .collect()
                         }
-                        _ => reader.tier_points(id.0, tier, from, to, &key, &head)?,
+                        _ => range.tier(id, tier, &key)?,
                     };
                     Ok((key, points))
                 })
@@ -1774,6 +1778,29 @@ impl HeadSnapshot {
 }
 
 /// Read access to the stored tiers inside one read transaction.
+/// The stored tiers and the head's data of some series over `from..=to`, for one query.
+struct RangeRead {
+    reader: TierReader,
+    head: HeadSnapshot,
+    from: i64,
+    to: i64,
+}
+
+impl RangeRead {
+    /// Raw samples of a series, the head's in place of stored ones at the same time.
+    fn raw(&self, id: SeriesId, key: &SeriesKey) -> Result<Vec<(i64, f64)>> {
+        let stored = self.reader.raw(id.0, self.from, self.to, key)?;
+        Ok(overlay(stored, self.head.samples(id.0)))
+    }
+
+    /// The points of a series in a rollup tier, with the head's contribution.
+    fn tier(&self, id: SeriesId, tier: Tier, key: &SeriesKey) -> Result<Vec<(i64, Rollup)>> {
+        let (from, to) = (self.from, self.to);
+        self.reader
+            .tier_points(id.0, tier, from, to, key, &self.head)
+    }
+}
+
 struct TierReader {
     chunks: redb::ReadOnlyTable<(u32, u8, i64), &'static [u8]>,
 }
@@ -1814,17 +1841,6 @@ impl TierReader {
         Ok(out)
     }
 
-    fn stored_rollups(
-        &self,
-        id: u32,
-        tier: Tier,
-        from: i64,
-        to: i64,
-        key: &SeriesKey,
-    ) -> Result<Vec<(i64, Rollup)>> {
-        read_rollups(&self.chunks, id, tier, from, to, &|| key.to_string())
-    }
-
     /// Rollup points of `tier` in `[from, to]` (bucket-aligned), with the buckets that the head
     /// touches recomputed as the next seal will compute them.
     fn tier_points(
@@ -1836,10 +1852,8 @@ impl TierReader {
         key: &SeriesKey,
         head: &HeadSnapshot,
     ) -> Result<Vec<(i64, Rollup)>> {
-        let mut points: BTreeMap<i64, Rollup> = self
-            .stored_rollups(id, tier, from, to, key)?
-            .into_iter()
-            .collect();
+        let stored = read_rollups(&self.chunks, id, tier, from, to, &|| key.to_string())?;
+        let mut points: BTreeMap<i64, Rollup> = stored.into_iter().collect();
         let head_samples = head.samples(id);
         let head_rollups = head.rollups.get(&id);
         // Direct writes first: raw data in the same bucket overrides them, as in a seal.

@@ -54,6 +54,20 @@ pub fn parse_line(line: &str) -> std::result::Result<Line<'_>, String> {
     })
 }
 
+/// The samples of `text` that carry their own timestamp, as (series, timestamp ms, value), in
+/// the text's order. Comments, malformed lines and samples without a timestamp are passed over:
+/// this reads recorded data, where [`Importer`] is the way to take input and report each line.
+pub fn timestamped_samples(text: &str) -> impl Iterator<Item = (&str, i64, f64)> {
+    text.lines().filter_map(|line| match parse_line(line) {
+        Ok(Line::Sample {
+            series,
+            value,
+            timestamp_ms: Some(ts),
+        }) => Some((series, ts, value)),
+        _ => None,
+    })
+}
+
 /// The byte offset where the series part ends: after the closing `}` of the labels (skipping
 /// quoted values, which may hold braces and spaces), or at the first whitespace.
 fn series_end(line: &str) -> std::result::Result<usize, String> {

@@ -50,15 +50,15 @@ pub mod uplink;
 pub use error::{Error, Result};
 pub use message::{
     claimed_version, sign_json, verify_json, Ack, AckStatus, Action, Batch, BatchBody, BatchHeader,
-    ClockStep, Command, DeviceKey, Direction, Limits, LiveSamples, MatchOp, Matcher, SeriesDef,
-    Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveSamples, MatchOp,
+    Matcher, SeriesDef, Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status, StatusOrder, StatusVerdict};
 
 /// Entry points for the fuzz targets in `sync/fuzz` and the tests that replay their corpus.
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::message::{Ack, Batch, BatchBody, Command, DeviceKey, Limits};
+    use crate::message::{Ack, Batch, BatchBody, Command, DeviceKey, HubToDevice, Limits};
 
     /// The key the seeds are signed with.
     pub const FUZZ_KEY: [u8; 32] = [7; 32];

@@ -321,8 +321,9 @@ pub struct Command {
     pub action: Action,
 }
 
+/// The frame's kind byte: a frame of one kind never decodes as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FrameKind {
+pub enum FrameKind {
     Batch = b'B' as isize,
     Ack = b'A' as isize,
     Command = b'C' as isize,
@@ -525,44 +526,45 @@ fn batch_header(raw: &RawFrame<'_>) -> Result<BatchHeader> {
     }
 }
 
-impl Ack {
-    pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
-        self.encode_as(key, PROTOCOL_VERSION)
-    }
+/// A message the hub sends one device: signed with that device's key, addressed to it by name,
+/// its frame carrying the message in the header and no body.
+pub trait HubToDevice: Serialize + serde::de::DeserializeOwned {
+    const KIND: FrameKind;
+    const WHAT: &'static str;
 
-    /// In protocol `version`: the hub answers a device in the version its batch came in.
-    pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
-        to_device(FrameKind::Ack, version, self, key)
-    }
+    /// The device the message is for.
+    fn addressee(&self) -> &str;
 
-    pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Ack> {
-        from_hub(
-            bytes,
-            (FrameKind::Ack, "ack"),
-            (device, key),
-            |ack: &Ack| ack.device.clone(),
-        )
-    }
-}
-
-impl Command {
-    pub fn encode(&self, key: &DeviceKey) -> Vec<u8> {
+    fn encode(&self, key: &DeviceKey) -> Vec<u8> {
         self.encode_as(key, PROTOCOL_VERSION)
     }
 
     /// In protocol `version`: the one the device last spoke.
-    pub fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
-        to_device(FrameKind::Command, version, self, key)
+    fn encode_as(&self, key: &DeviceKey, version: u16) -> Vec<u8> {
+        to_device(Self::KIND, version, self, key)
     }
 
-    pub fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Command> {
-        let addressee = |command: &Command| command.device.clone();
-        from_hub(
-            bytes,
-            (FrameKind::Command, "command"),
-            (device, key),
-            addressee,
-        )
+    /// Verified with the device's key, and addressed to `device`.
+    fn decode(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<Self> {
+        from_hub(bytes, device, key)
+    }
+}
+
+impl HubToDevice for Ack {
+    const KIND: FrameKind = FrameKind::Ack;
+    const WHAT: &'static str = "ack";
+
+    fn addressee(&self) -> &str {
+        &self.device
+    }
+}
+
+impl HubToDevice for Command {
+    const KIND: FrameKind = FrameKind::Command;
+    const WHAT: &'static str = "command";
+
+    fn addressee(&self) -> &str {
+        &self.device
     }
 }
 
@@ -580,20 +582,15 @@ fn to_device<T: Serialize>(kind: FrameKind, version: u16, message: &T, key: &Dev
 
 /// Reads a hub-to-device frame, verified with the device's key, that is addressed to
 /// `device` and has no body.
-fn from_hub<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    (kind, what): (FrameKind, &'static str),
-    (device, key): (&str, &DeviceKey),
-    addressee: impl Fn(&T) -> String,
-) -> Result<T> {
-    let raw = split(bytes, kind, &Limits::default())?;
+fn from_hub<T: HubToDevice>(bytes: &[u8], device: &str, key: &DeviceKey) -> Result<T> {
+    let raw = split(bytes, T::KIND, &Limits::default())?;
     key.verify(Direction::HubToDevice, raw.signed, raw.mac)?;
-    let message: T = from_postcard(what, raw.header)?;
-    let to = addressee(&message);
+    let message: T = from_postcard(T::WHAT, raw.header)?;
+    let to = message.addressee();
     if to != device || !raw.body.is_empty() {
         return Err(Error::DeviceMismatch {
             topic: device.to_string(),
-            payload: to,
+            payload: to.to_string(),
         });
     }
     Ok(message)
@@ -763,16 +760,20 @@ mod tests {
         let zeros = vec![0u8; 64 << 20];
         let bomb = zstd::bulk::compress(&zeros, 19).unwrap();
         assert!(bomb.len() < 64 << 10, "a small payload");
+        let signed = |header: &BatchHeader| {
+            let header = to_postcard(header);
+            frame(
+                FrameKind::Batch,
+                PROTOCOL_VERSION,
+                &header,
+                &bomb,
+                &key(1),
+                Direction::DeviceToHub,
+            )
+        };
         let mut header = header("dev-a");
         header.body_bytes = 1024;
-        let lying = frame(
-            FrameKind::Batch,
-            PROTOCOL_VERSION,
-            &to_postcard(&header),
-            &bomb,
-            &key(1),
-            Direction::DeviceToHub,
-        );
+        let lying = signed(&header);
         assert!(matches!(
             Batch::decode(&lying, "dev-a", &key(1), &Limits::default()),
             Err(Error::Malformed {
@@ -781,14 +782,7 @@ mod tests {
             })
         ));
         header.body_bytes = 64 << 20;
-        let honest = frame(
-            FrameKind::Batch,
-            PROTOCOL_VERSION,
-            &to_postcard(&header),
-            &bomb,
-            &key(1),
-            Direction::DeviceToHub,
-        );
+        let honest = signed(&header);
         assert_eq!(
             Batch::decode(&honest, "dev-a", &key(1), &Limits::default()),
             Err(Error::BodyTooLarge { limit: 16 << 20 })

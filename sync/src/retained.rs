@@ -109,14 +109,19 @@ pub enum State {
 /// `meta`: what the device is, republished on every connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The device's enrolled name.
     pub device: String,
     /// The module, from the device tree (`NVIDIA Jetson Orin Nano Developer Kit`), or the host's
     /// product name.
     pub model: Option<String>,
+    /// The L4T release (`36.4.3`), on a Jetson.
     pub l4t: Option<String>,
+    /// The JetPack release that L4T release belongs to.
     pub jetpack: Option<String>,
     pub agent_version: String,
+    /// The newest batch protocol version the agent speaks.
     pub protocol: u16,
+    /// The boot this meta was sent in.
     pub boot_id: String,
     /// How many series the device's store holds, and the metric names among them (the
     /// catalogue; the full series keys travel with the batches that first use them).

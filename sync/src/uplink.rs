@@ -13,7 +13,7 @@ use outpost_storage::{Store, WriteBatch};
 use crate::state_keys::AgentKey;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 
-use crate::message::{Ack, Command, DeviceKey, PROTOCOL_VERSION};
+use crate::message::{Ack, Command, DeviceKey, HubToDevice, PROTOCOL_VERSION};
 use crate::outbox::{AckOutcome, Outbox, OutboxOptions};
 use crate::retained::{Meta, State, Status};
 use crate::topic::{DeviceTopics, Kind};
@@ -25,12 +25,19 @@ pub struct UplinkConfig {
     pub port: u16,
     /// TLS with these settings; plain TCP when `None`.
     pub tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+    /// The device's broker login: its name, as enrolled.
     pub username: String,
+    /// The device's broker password (its secret, derived at enrolment).
     pub password: String,
+    /// The device's topics under the fleet's prefix.
     pub topics: DeviceTopics,
+    /// Signs batches, statuses and alerts; verifies the hub's acks and commands.
     pub key: DeviceKey,
+    /// This boot of the device: it orders statuses across reboots.
     pub boot_id: String,
+    /// How often the outbox is drained into batches while connected.
     pub batch_interval: Duration,
+    /// A batch not acknowledged within this is sent again.
     pub ack_timeout: Duration,
     /// Bytes per second on average for batches; `None` for no cap.
     pub bandwidth: Option<u64>,
@@ -38,6 +45,7 @@ pub struct UplinkConfig {
     /// alerts and status still go. `None` for no budget.
     pub daily_budget: Option<u64>,
     pub outbox: OutboxOptions,
+    /// Said in the status and meta, for the fleet's dashboard.
     pub agent_version: String,
 }
 
@@ -142,19 +150,28 @@ impl DailyBytes {
 /// What the uplink shows in the agent's self-metrics and health.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkState {
+    /// Connected to the broker now.
     pub connected: bool,
+    /// Connections made since the agent started.
     pub connects: u64,
+    /// Batches published for the first time.
     pub batches_sent: u64,
+    /// Batches published again after their ack did not come in time.
     pub batches_resent: u64,
+    /// Batches the hub acknowledged.
     pub batches_acked: u64,
     pub bytes_sent: u64,
+    /// Samples in acknowledged batches.
     pub samples_confirmed: u64,
+    /// Batches published and not yet acknowledged.
     pub in_flight: usize,
     /// Bytes published this UTC day (by the device's clock), kept across restarts.
     pub sent_today: u64,
     /// The daily budget is used up: batches wait for the next day.
     pub budget_exhausted: bool,
+    /// The last connection or publish error, until the next success.
     pub last_error: Option<String>,
+    /// Commands from the hub not yet taken by the agent.
     pub commands: Vec<Command>,
 }
 

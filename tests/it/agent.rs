@@ -32,6 +32,32 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Sends one HTTP/1.1 request on a new connection to 127.0.0.1 and reads the whole response.
+pub fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let length = body.len();
+    request.push_str(&format!(
+        "Connection: close\r\nContent-Length: {length}\r\n\r\n{body}"
+    ));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    response
+}
+
 /// The same with extra headers; returns the status, the head and the body (chunked bodies
 /// joined back together).
 pub fn http_with(
@@ -41,22 +67,7 @@ pub fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    let response = exchange(port, method, path, headers, body);
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split_whitespace()
@@ -128,6 +139,41 @@ pub fn succeed(command: &mut Command) -> std::process::Output {
     output
 }
 
+/// Runs a command that must fail as `outpost` fails on an error (exit status 1, not a crash);
+/// its standard error.
+pub fn fail(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// From a JSON array of objects: each object's `name` (a string) and its `field`.
+pub fn named_fields(items: &Value, name: &str, field: &str) -> Vec<(String, Value)> {
+    let items = items.as_array().expect("an array");
+    let name_of = |item: &Value| item[name].as_str().expect("a name").to_string();
+    items
+        .iter()
+        .map(|item| (name_of(item), item[field].clone()))
+        .collect()
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `HUP`...) to a child process.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `outpost` with `args`.
+pub fn outpost(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command.args(args);
+    command
+}
+
 /// The `outpost` binary, run through `wrapper` (a command that execs its arguments) if any.
 pub fn outpost_through(wrapper: &[&str]) -> Command {
     match wrapper.split_first() {
@@ -197,11 +243,7 @@ impl Agent {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.child, signal);
     }
 
     /// SIGTERM, then the exit status must be success within a few seconds.
@@ -449,43 +491,26 @@ interval = "200ms"
     // `hots` is a typo: the agent must refuse the config and name the key.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, &config).unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["agent", "--check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = fail(outpost(&["agent", "--check-config", "--config"]).arg(&bad));
     assert!(stderr.contains("hots"), "{stderr}");
     let config = config.replace("hots = ", "host = ");
     let agent = Agent::start(dir.path(), &config, &[]);
 
     // An application pushes its own numbers; the fourth new series is over the cap of three.
-    let (status, body) = http(
-        agent.port,
-        "POST",
-        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
-        "detections_total{class=\"person\"} 17\nconfidence 0.93\nbad line\n",
-    );
+    let push = |body: &str| {
+        let path = "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab";
+        http(agent.port, "POST", path, body)
+    };
+    let (status, body) = push("detections_total{class=\"person\"} 17\nconfidence 0.93\nbad line\n");
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("stored 2 samples") && body.contains("line 3"),
         "{body}"
     );
-    let (status, body) = http(
-        agent.port,
-        "POST",
-        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
-        "queue_depth 4\nlatency_seconds 0.02\nconfidence 0.95\n",
-    );
+    let (status, body) = push("queue_depth 4\nlatency_seconds 0.02\nconfidence 0.95\n");
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("stored 2 samples; refused 1"), "{body}");
-    let (status, _) = http(
-        agent.port,
-        "POST",
-        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
-        "confidence 0.97\n",
-    );
+    let (status, _) = push("confidence 0.97\n");
     assert_eq!(status, 204, "a known series is always accepted");
     // A nanosecond timestamp (which once made retention delete the whole store) is refused,
     // named, with the window it missed.
@@ -493,15 +518,7 @@ interval = "200ms"
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let (status, body) = http(
-        agent.port,
-        "POST",
-        "/api/v1/import/prometheus?source=detector&extra_label=site%3Dlab",
-        &format!(
-            "confidence 0.5 {nanos}
-"
-        ),
-    );
+    let (status, body) = push(&format!("confidence 0.5 {nanos}\n"));
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("stored 0 samples")
@@ -577,13 +594,8 @@ interval = "200ms"
     let (status, body) = http(agent.port, "GET", "/api/query?match=cpu%7B", "");
     assert_eq!(status, 400);
     assert!(body.starts_with("match:"), "{body}");
-    let locked = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["db", "stats", "--db"])
-        .arg(dir.path().join("agent.redb"))
-        .output()
-        .unwrap();
-    assert!(!locked.status.success());
-    assert!(String::from_utf8_lossy(&locked.stderr).contains("/api/query"));
+    let locked = fail(outpost(&["db", "stats", "--db"]).arg(dir.path().join("agent.redb")));
+    assert!(locked.contains("/api/query"), "{locked}");
 
     let (status, body) = http(agent.port, "GET", "/api/health", "");
     assert_eq!(status, 200);
@@ -668,15 +680,9 @@ pub fn db_query(store: &Path, selector: &str, extra: &[&str]) -> Vec<(String, Ve
             .args(extra),
     );
     let json: Value = serde_json::from_slice(&output.stdout).unwrap();
-    json.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["series"].as_str().unwrap().to_string(),
-                s["points"].as_array().unwrap().clone(),
-            )
-        })
+    named_fields(&json, "series", "points")
+        .into_iter()
+        .map(|(series, points)| (series, points.as_array().unwrap().clone()))
         .collect()
 }
 
@@ -1068,15 +1074,12 @@ fn the_agents_api_needs_a_token_or_an_explicit_opt_in_off_loopback() {
     let config = dir.path().join("open.toml");
     std::fs::write(&config, QUIET).unwrap();
     let port = free_port();
-    let refused = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["agent", "--config"])
-        .arg(&config)
-        .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
-        .arg(dir.path().join("open.redb"))
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = fail(
+        outpost(&["agent", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
+            .arg(dir.path().join("open.redb")),
+    );
     assert!(
         stderr.contains("agent.listen") && stderr.contains("agent.allow_unauthenticated"),
         "{stderr}"

@@ -2,6 +2,7 @@
 //! ACL, Mosquitto's own `mosquitto_sub` as the subscriber, a real SMTP server (Debian's
 //! aiosmtpd), real processes killed and restarted.
 
+use outpost_sync::HubToDevice;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{free_port, http, metric_value, root, wait_until, Agent};
+use crate::agent::{
+    fail, free_port, http, metric_value, outpost, root, succeed, wait_until, Agent,
+};
 use crate::sync::{enrol, Mosquitto};
 
 const QUIET: &str =
@@ -178,13 +181,18 @@ severity = "critical"
 summary = "{{labels.job}} has {{value}} errors"
 "#;
 
+/// Writes `rules` to `rules.toml` in `dir`; the `[alerts]` section that evaluates just them,
+/// every `interval`.
+fn alerts_section(dir: &Path, rules: &str, interval: &str) -> String {
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, rules).unwrap();
+    let path = path.display();
+    format!("[alerts]\ndefault_rules = false\nrules = [\"{path}\"]\ninterval = \"{interval}\"\n")
+}
+
 fn alert_agent(dir: &Path, mqtt: &str, rules: &str) -> Agent {
-    std::fs::write(dir.join("rules.toml"), rules).unwrap();
-    let config = format!(
-        "{QUIET}{mqtt}[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
-        dir.join("rules.toml").display()
-    );
-    Agent::start(dir, &config, &[])
+    let alerts = alerts_section(dir, rules, "200ms");
+    Agent::start(dir, &format!("{QUIET}{mqtt}{alerts}"), &[])
 }
 
 #[test]
@@ -617,14 +625,9 @@ fn webhooks_mail_commands_and_silences() {
     let secure_hook = Receiver::start_https(&cert, &key);
     let untrusted_hook = Receiver::start_https(&cert, &key);
     let exec_out = dir.path().join("exec.env");
-    let rules = ERRORS_RULE;
-    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let alerts = alerts_section(dir.path(), ERRORS_RULE, "200ms");
     let config = format!(
-        r#"{QUIET}{mqtt}
-[alerts]
-default_rules = false
-rules = ["{rules}"]
-interval = "200ms"
+        r#"{QUIET}{mqtt}{alerts}
 [[alerts.webhook]]
 name = "chat"
 url = "http://127.0.0.1:{hook}/hooks/abc"
@@ -652,7 +655,6 @@ ca_file = "{cert}"
 name = "fix"
 command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
 "#,
-        rules = dir.path().join("rules.toml").display(),
         hook = hook.port,
         secure = secure_hook.port,
         untrusted = untrusted_hook.port,
@@ -878,13 +880,6 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
     agent.stop();
 }
 
-fn outpost(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn rule_mistakes_are_named_and_the_pack_uses_documented_metrics() {
     let dir = tempfile::tempdir().unwrap();
@@ -894,9 +889,7 @@ fn rule_mistakes_are_named_and_the_pack_uses_documented_metrics() {
         "[[rule]]\nname = \"x\"\nselect = \"up\"\n\n[[rule]]\nname = \"y\"\nselect = \"up{\"\nthreshold = 1\n",
     )
     .unwrap();
-    let out = outpost(&["rules", "check", bad.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fail(&mut outpost(&["rules", "check", bad.to_str().unwrap()]));
     assert!(stderr.contains("2 errors"), "{stderr}");
     assert!(
         stderr.contains("bad.toml: rule x: threshold: missing"),
@@ -910,16 +903,7 @@ fn rule_mistakes_are_named_and_the_pack_uses_documented_metrics() {
     ] {
         let mut args = vec!["rules", "check"];
         args.extend(files.iter().copied());
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(&args)
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{files:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeed(outpost(&args).current_dir(root()));
     }
 
     // Every metric the pack selects is one the agent documents (and so emits).
@@ -957,18 +941,14 @@ fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
     for log in ["tx2-jetpack4-2660s", "xavier-nx-jp5-nonroot-103s"] {
         let db = dir.path().join(format!("{log}.redb"));
         let path = root().join(format!("tests/data/tegrastats/{log}.log.zst"));
-        let out = outpost(&[
+        let (path, db_path) = (path.to_str().unwrap(), db.to_str().unwrap());
+        succeed(&mut outpost(&[
             "tegrastats",
             "import",
-            path.to_str().unwrap(),
+            path,
             "--db",
-            db.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            db_path,
+        ]));
         for (rules, suffix) in [
             ("default".to_string(), "default"),
             (
@@ -976,21 +956,16 @@ fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
                 "replay",
             ),
         ] {
-            let out = outpost(&[
+            let out = succeed(&mut outpost(&[
                 "rules",
                 "test",
                 &rules,
                 "--db",
-                db.to_str().unwrap(),
+                db_path,
                 "--from",
                 "start",
                 "--transitions",
-            ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ]));
             let got = String::from_utf8(out.stdout).unwrap();
             let expected_path = data.join(format!("{log}.{suffix}.txt"));
             if std::env::var_os("OUTPOST_BLESS").is_some() {
@@ -1029,7 +1004,9 @@ fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
         db.to_str().unwrap(),
         "--from",
         "start",
-    ]);
+    ])
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("at 2025-10-01T20:07:40Z: 13 active alert(s) after 106 evaluations"),
@@ -1042,11 +1019,8 @@ fn replaying_the_recorded_logs_fires_exactly_the_committed_alerts() {
 fn sighup_reloads_the_rules_and_a_broken_file_keeps_the_running_ones() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, ERRORS_RULE).unwrap();
-    let config = format!(
-        "{QUIET}[agent]\nself_interval = \"200ms\"\n[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
-        rules.display()
-    );
+    let alerts = alerts_section(dir.path(), ERRORS_RULE, "200ms");
+    let config = format!("{QUIET}[agent]\nself_interval = \"200ms\"\n{alerts}");
     let agent = Agent::start(dir.path(), &config, &[]);
     let rule_count = |agent: &Agent, n: u32| {
         wait_until(&format!("{n} rules"), Duration::from_secs(20), || {
@@ -1136,13 +1110,9 @@ fn sigkills_around_deliveries_never_run_a_command_twice_or_lose_a_notification()
     let dir = tempfile::tempdir().unwrap();
     let hook = Receiver::start(0);
     let exec_log = dir.path().join("exec.log");
-    std::fs::write(dir.path().join("rules.toml"), ERRORS_RULE).unwrap();
+    let alerts = alerts_section(dir.path(), ERRORS_RULE, "100ms");
     let config = format!(
-        r#"{QUIET}
-[alerts]
-default_rules = false
-rules = ["{rules}"]
-interval = "100ms"
+        r#"{QUIET}{alerts}
 [[alerts.webhook]]
 name = "hook"
 url = "http://127.0.0.1:{port}/in"
@@ -1150,7 +1120,6 @@ url = "http://127.0.0.1:{port}/in"
 name = "fix"
 command = ["sh", "-c", "echo \"$OUTPOST_ALERT_ID\" >> {log}; sleep 0.3"]
 "#,
-        rules = dir.path().join("rules.toml").display(),
         port = hook.port,
         log = exec_log.display(),
     );

@@ -4,28 +4,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
-    let output = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = crate::agent::succeed(
+        std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
     );
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let names: BTreeMap<String, String> = metadata["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["id"].as_str().unwrap().to_string(),
-                p["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let names: BTreeMap<String, String> =
+        crate::agent::named_fields(&metadata["packages"], "id", "name")
+            .into_iter()
+            .map(|(id, name)| (id, name.as_str().unwrap().to_string()))
+            .collect();
     // Everything each workspace crate pulls in, transitively, for normal (non-dev) builds.
     let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
     let direct: BTreeMap<String, Vec<String>> = nodes

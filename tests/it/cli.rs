@@ -25,6 +25,11 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `outpost db import` of `input` on stdin into `store`.
+fn import(store: &str, input: &[u8]) -> Output {
+    outpost(&["db", "import", "--db", store, "-"], Some(input))
+}
+
 fn db(dir: &Path) -> String {
     dir.join("store.redb").to_string_lossy().into_owned()
 }
@@ -44,10 +49,7 @@ temp{zone=\"cpu\"} 54 3000\n";
 fn import_reports_bad_lines_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = db(dir.path());
-    let out = outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(SAMPLE_INPUT.as_bytes()),
-    );
+    let out = import(&store, SAMPLE_INPUT.as_bytes());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("line 5:"), "{stderr}");
@@ -90,10 +92,7 @@ fn stepped_queries_json_stats_and_compact() {
             1_700_000_000_000i64 + i * 1000
         ));
     }
-    let out = outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(input.as_bytes()),
-    );
+    let out = import(&store, input.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let query = |extra: &[&str]| {
@@ -197,45 +196,34 @@ fn the_real_host_hour_round_trips_exactly() {
 fn errors_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.redb");
-    let out = outpost(&["db", "stats", "--db", missing.to_str().unwrap()], None);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no store at"),
-        "{}",
-        text(&out.stderr)
+    let refused = |args: &[&str], message: &str| {
+        let out = outpost(args, None);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{args:?}: {stderr}"
+        );
+    };
+    refused(
+        &["db", "stats", "--db", missing.to_str().unwrap()],
+        "no store at",
     );
     assert!(!missing.exists(), "a query must not create a store");
 
     let store = db(dir.path());
-    outpost(&["db", "import", "--db", &store, "-"], Some(b"up 1 1\n"));
-    let out = outpost(
-        &["db", "query", "--db", &store, "up{job=", "--from", "0"],
-        None,
+    import(&store, b"up 1 1\n");
+    let query = ["db", "query", "--db", &store];
+    refused(
+        &[&query[..], &["up{job=", "--from", "0"]].concat(),
+        "invalid selector",
     );
-    assert!(
-        text(&out.stderr).contains("invalid selector"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &[&query[..], &["up", "--from", "yesterday"]].concat(),
+        "--from",
     );
-    let out = outpost(
-        &["db", "query", "--db", &store, "up", "--from", "yesterday"],
-        None,
-    );
-    assert!(
-        text(&out.stderr).contains("--from"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = outpost(
-        &[
-            "db", "query", "--db", &store, "up", "--from", "0", "--step", "5",
-        ],
-        None,
-    );
-    assert!(
-        text(&out.stderr).contains("needs a unit"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &[&query[..], &["up", "--from", "0", "--step", "5"]].concat(),
+        "needs a unit",
     );
 }
 
@@ -277,17 +265,11 @@ fn a_far_future_timestamp_is_refused_and_deletes_nothing() {
             history.push_str(&format!("temp{{zone=\"{series}\"}} {i} {at}\n"));
         }
     }
-    let out = outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(history.as_bytes()),
-    );
+    let out = import(&store, history.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(raw_samples(&store), 20_000);
 
-    let out = outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(b"evil 1 9223372036854775807\n"),
-    );
+    let out = import(&store, b"evil 1 9223372036854775807\n");
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
@@ -314,10 +296,7 @@ fn a_far_future_timestamp_is_refused_and_deletes_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(raw_samples(&store), 20_001);
     // Old history stays importable.
-    let out = outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(b"old 1 1000\n"),
-    );
+    let out = import(&store, b"old 1 1000\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -459,10 +438,7 @@ fn damaged_store_files_give_errors_not_panics_or_hangs() {
 fn check_and_salvage_of_an_intact_store_keep_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = db(dir.path());
-    outpost(
-        &["db", "import", "--db", &store, "-"],
-        Some(SAMPLE_INPUT.as_bytes()),
-    );
+    import(&store, SAMPLE_INPUT.as_bytes());
     let out = outpost(&["db", "check", "--db", &store], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -500,7 +476,7 @@ fn check_and_salvage_of_an_intact_store_keep_everything() {
 fn stats_into_a_closed_pipe_exits_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let store = db(dir.path());
-    outpost(&["db", "import", "--db", &store, "-"], Some(b"up 1 1\n"));
+    import(&store, b"up 1 1\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["db", "stats", "--db", &store])
         .stdout(Stdio::piped())

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agent::{free_port, http_with, succeed, tegrastats_log, wait_until, Agent};
+use crate::agent::{
+    fail, free_port, http_with, named_fields, outpost, succeed, tegrastats_log, wait_until, Agent,
+};
 use crate::sync::{enrol, Hub};
 
 const PASSWORD: &str = "correct horse battery";
@@ -20,18 +22,7 @@ const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef0123456789abcdef";
 
 /// A GET whose body is bytes, sent with a Content-Length.
 pub fn http_bytes(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    let response = crate::agent::exchange(port, "GET", path, headers, "");
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -54,15 +45,45 @@ fn url_safe(query: &str) -> String {
         .replace('+', "%2B")
 }
 
+/// GET `path` with `authorization` (a whole header value): status, head and body.
+fn get_as(port: u16, path: &str, authorization: &str) -> (u16, String, String) {
+    http_with(port, "GET", path, &[("Authorization", authorization)], "")
+}
+
 fn get_json(port: u16, path: &str, token: &str) -> Value {
-    let auth = format!("Bearer {token}");
-    let (status, _, body) = http_with(port, "GET", path, &[("Authorization", &auth)], "");
+    let (status, _, body) = get_as(port, path, &format!("Bearer {token}"));
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
 fn sha256_hex(text: &str) -> String {
     outpost_web::sha256_hex(text)
+}
+
+/// `POST /api/login` with a name and password: the status and the head (with its cookie).
+fn log_in(port: u16, name: &str, password: &str) -> (u16, String) {
+    let body = serde_json::json!({ "name": name, "password": password }).to_string();
+    let json = [("Content-Type", "application/json")];
+    let (status, head, _) = http_with(port, "POST", "/api/login", &json, &body);
+    (status, head)
+}
+
+/// A `[[web.tokens]]` entry for `token`.
+fn token_entry(name: &str, role: &str, token: &str) -> String {
+    let sha256 = sha256_hex(token);
+    format!("\n[[web.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n")
+}
+
+/// A hub started with `config` as its `hub.toml`.
+fn hub_with_config(dir: &Path, (http_port, mqtt_port): (u16, u16), config: &str) -> Hub {
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, config).unwrap();
+    Hub::start_with(
+        dir,
+        http_port,
+        mqtt_port,
+        &["--config", path.to_str().unwrap()],
+    )
 }
 
 /// The `[[web.users]]` entry that `outpost hub user` prints, from the password on stdin.
@@ -127,16 +148,10 @@ fn start_agent(dir: &Path, mqtt: &str) -> Agent {
 }
 
 fn states(port: u16) -> Vec<(String, String)> {
-    get_json(port, "/api/devices", VIEWER_TOKEN)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["device"].as_str().unwrap().to_string(),
-                d["state"].as_str().unwrap().to_string(),
-            )
-        })
+    let devices = get_json(port, "/api/devices", VIEWER_TOKEN);
+    named_fields(&devices, "device", "state")
+        .into_iter()
+        .map(|(device, state)| (device, state.as_str().unwrap().to_string()))
         .collect()
 }
 
@@ -158,24 +173,13 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
         .iter()
         .map(|d| enrol(dir.path(), d, mqtt_port))
         .collect();
-    let config = dir.path().join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[hub]\nstale_after = \"3s\"\n\n[web]\nmax_series = 100\n\n{}\n\n[[web.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n\
-             [[web.tokens]]\nname = \"grafana\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
-            user_entry("ada", "admin", PASSWORD),
-            sha256_hex(ADMIN_TOKEN),
-            sha256_hex(VIEWER_TOKEN),
-        ),
-    )
-    .unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        http_port,
-        mqtt_port,
-        &["--config", config.to_str().unwrap()],
+    let config = format!(
+        "[hub]\nstale_after = \"3s\"\n\n[web]\nmax_series = 100\n\n{}{}{}",
+        user_entry("ada", "admin", PASSWORD),
+        token_entry("ops", "admin", ADMIN_TOKEN),
+        token_entry("grafana", "viewer", VIEWER_TOKEN),
     );
+    let hub = hub_with_config(dir.path(), (http_port, mqtt_port), &config);
 
     // dev-a sends, goes away for a while, and comes back: an outage in its history.
     let a_dir = dir.path().join("a");
@@ -307,12 +311,10 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
 
     // The API's answers and bounds.
     let range = |query: &str| -> (u16, String) {
-        let (status, _, body) = http_with(
+        let (status, _, body) = get_as(
             http_port,
-            "GET",
             &format!("/api/range?{}", url_safe(query)),
-            &[("Authorization", &viewer)],
-            "",
+            &viewer,
         );
         (status, body)
     };
@@ -366,13 +368,7 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(expect), "{query}: {body}");
     }
-    let (status, head, csv) = http_with(
-        http_port,
-        "GET",
-        &format!("/api/export?format=csv&device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=2000"),
-        &[("Authorization", &viewer)],
-        "",
-    );
+    let (status, head, csv) = get_as(http_port, &format!("/api/export?format=csv&device=dev-a&match=jetson_ram_used_bytes&{window}&max_points=2000"), &viewer);
     assert_eq!(status, 200);
     assert!(head.to_ascii_lowercase().contains("text/csv"));
     assert_eq!(csv.lines().next(), Some("time,timestamp_ms,series,value"));
@@ -395,21 +391,9 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
             .len(),
         60
     );
-    let (status, _, _) = http_with(
-        http_port,
-        "GET",
-        "/api/devices/nobody",
-        &[("Authorization", &viewer)],
-        "",
-    );
+    let (status, _, _) = get_as(http_port, "/api/devices/nobody", &viewer);
     assert_eq!(status, 404);
-    let (_, _, metrics) = http_with(
-        http_port,
-        "GET",
-        "/metrics",
-        &[("Authorization", &viewer)],
-        "",
-    );
+    let (_, _, metrics) = get_as(http_port, "/metrics", &viewer);
     assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-c\"} 1"));
     assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-b\"} 0"));
 
@@ -482,12 +466,12 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
 
 #[test]
 fn a_hub_on_a_public_address_needs_users_or_tokens() {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["hub", "--listen", "0.0.0.0:9820", "--check-config"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fail(&mut outpost(&[
+        "hub",
+        "--listen",
+        "0.0.0.0:9820",
+        "--check-config",
+    ]));
     assert!(stderr.contains("allow_unauthenticated"), "{stderr}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hub.toml");
@@ -508,12 +492,7 @@ fn a_hub_on_a_public_address_needs_users_or_tokens() {
         "[[web.users]]\nname = \"ada\"\nrole = \"admin\"\npassword_hash = \"hunter2\"\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["hub", "--check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fail(outpost(&["hub", "--check-config", "--config"]).arg(&config));
     assert!(stderr.contains("web.users[0].password_hash"), "{stderr}");
 }
 
@@ -557,14 +536,7 @@ fn the_demo_runs_a_hub_and_an_agent_and_cleans_up() {
         .map(PathBuf::from)
         .expect("the data directory is printed");
     assert!(data_dir.exists());
-    let login = format!(r#"{{"name":"admin","password":"{password}"}}"#);
-    let (status, head, _) = http_with(
-        http_port,
-        "POST",
-        "/api/login",
-        &[("Content-Type", "application/json")],
-        &login,
-    );
+    let (status, head) = log_in(http_port, "admin", &password);
     assert_eq!(status, 200);
     let cookie = head
         .lines()
@@ -616,43 +588,16 @@ fn the_demo_runs_a_hub_and_an_agent_and_cleans_up() {
 fn logins_are_throttled_and_do_not_tell_names_apart() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, mqtt_port) = (free_port(), free_port());
-    let config = dir.path().join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n\n[[web.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
-            user_entry("ada", "admin", PASSWORD),
-            sha256_hex(ADMIN_TOKEN),
-        ),
-    )
-    .unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        http_port,
-        mqtt_port,
-        &["--config", config.to_str().unwrap()],
-    );
+    let config = user_entry("ada", "admin", PASSWORD) + &token_entry("ops", "admin", ADMIN_TOKEN);
+    let hub = hub_with_config(dir.path(), (http_port, mqtt_port), &config);
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let auth = format!("{scheme} {ADMIN_TOKEN}");
-        let (status, _, body) = http_with(
-            http_port,
-            "GET",
-            "/api/devices",
-            &[("Authorization", &auth)],
-            "",
-        );
+        let (status, _, body) = get_as(http_port, "/api/devices", &auth);
         assert_eq!(status, 200, "{scheme}: {body}");
     }
     let login = |name: &str, password: &str| {
-        let body = format!(r#"{{"name":"{name}","password":"{password}"}}"#);
         let started = Instant::now();
-        let (status, head, _) = http_with(
-            http_port,
-            "POST",
-            "/api/login",
-            &[("Content-Type", "application/json")],
-            &body,
-        );
+        let (status, head) = log_in(http_port, name, password);
         (status, head, started.elapsed())
     };
     // Two tries each, within the five free failures.

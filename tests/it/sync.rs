@@ -2,6 +2,7 @@
 //! (acks lost, batches resent and discarded as duplicates), a hub killed with SIGKILL in the
 //! middle of ingest; at the end the hub holds exactly what the agent holds.
 
+use outpost_sync::HubToDevice;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -92,11 +93,7 @@ impl Hub {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        crate::agent::send_signal(&self.child, signal);
     }
 
     pub fn stop(mut self) {
@@ -186,10 +183,8 @@ pub fn assert_hub_holds_the_agents(dir: &Path, device: &str, selector: &str) -> 
 /// log, sped up to end within the outage.
 #[test]
 fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
-    let outage: u64 = std::env::var("OUTPOST_OUTAGE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let outage = std::env::var("OUTPOST_OUTAGE_SECONDS").map_or(Ok(0), |s| s.parse::<u64>());
+    let outage = outage.expect("OUTPOST_OUTAGE_SECONDS: a number of seconds");
     let dir = tempfile::tempdir().unwrap();
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-1", mqtt_port);

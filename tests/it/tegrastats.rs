@@ -165,67 +165,31 @@ fn values_agree_with_jetson_stats_wherever_jtop_is_right() {
             assert_eq!(a, b, "{what} differs from jtop in {line}");
             1
         };
-        if let Some(ram) = theirs["ram"].as_object().filter(|o| !o.is_empty()) {
-            let ours = ours.ram.expect("RAM");
-            let unit = unit_bytes(&ram["unit"]);
-            same(
-                "RAM used",
-                ours.used_bytes,
-                ram["use"].as_u64().unwrap() * unit,
-            );
-            same(
-                "RAM total",
-                ours.total_bytes,
-                ram["tot"].as_u64().unwrap() * unit,
-            );
-            same(
-                "RAM lfb blocks",
-                ours.lfb_blocks,
-                ram["lfb"]["nblock"].as_u64().unwrap(),
-            );
-            same(
-                "RAM lfb size",
-                ours.lfb_block_bytes,
-                ram["lfb"]["size"].as_u64().unwrap() * unit_bytes(&ram["lfb"]["unit"]),
-            );
+        // jtop's sizes: a number and the unit beside it.
+        let size = |object: &Value, field: &str| {
+            object[field].as_u64().unwrap() * unit_bytes(&object["unit"])
+        };
+        let present = |name: &str| theirs[name].as_object().is_some_and(|o| !o.is_empty());
+        if present("ram") {
+            let (ram, ours) = (&theirs["ram"], ours.ram.expect("RAM"));
+            let (lfb, blocks) = (&ram["lfb"], ram["lfb"]["nblock"].as_u64().unwrap());
+            same("RAM used", ours.used_bytes, size(ram, "use"));
+            same("RAM total", ours.total_bytes, size(ram, "tot"));
+            same("RAM lfb blocks", ours.lfb_blocks, blocks);
+            same("RAM lfb size", ours.lfb_block_bytes, size(lfb, "size"));
         }
-        if let Some(swap) = theirs["swap"].as_object().filter(|o| !o.is_empty()) {
-            let ours = ours.swap.expect("SWAP");
-            let unit = unit_bytes(&swap["unit"]);
-            same(
-                "SWAP used",
-                ours.used_bytes,
-                swap["use"].as_u64().unwrap() * unit,
-            );
-            same(
-                "SWAP total",
-                ours.total_bytes,
-                swap["tot"].as_u64().unwrap() * unit,
-            );
-            same(
-                "SWAP cached",
-                ours.cached_bytes,
-                swap["cached"]["size"].as_u64().unwrap() * unit_bytes(&swap["cached"]["unit"]),
-            );
+        if present("swap") {
+            let (swap, ours) = (&theirs["swap"], ours.swap.expect("SWAP"));
+            let cached = &swap["cached"];
+            same("SWAP used", ours.used_bytes, size(swap, "use"));
+            same("SWAP total", ours.total_bytes, size(swap, "tot"));
+            same("SWAP cached", ours.cached_bytes, size(cached, "size"));
         }
-        if let Some(iram) = theirs["iram"].as_object().filter(|o| !o.is_empty()) {
-            let ours = ours.iram.expect("IRAM");
-            let unit = unit_bytes(&iram["unit"]);
-            same(
-                "IRAM used",
-                ours.used_bytes,
-                iram["use"].as_u64().unwrap() * unit,
-            );
-            same(
-                "IRAM total",
-                ours.total_bytes,
-                iram["tot"].as_u64().unwrap() * unit,
-            );
-            same(
-                "IRAM lfb",
-                ours.lfb_bytes,
-                iram["lfb"]["size"].as_u64().unwrap() * unit_bytes(&iram["lfb"]["unit"]),
-            );
+        if present("iram") {
+            let (iram, ours) = (&theirs["iram"], ours.iram.expect("IRAM"));
+            same("IRAM used", ours.used_bytes, size(iram, "use"));
+            same("IRAM total", ours.total_bytes, size(iram, "tot"));
+            same("IRAM lfb", ours.lfb_bytes, size(&iram["lfb"], "size"));
         }
         if let Some(mts) = theirs["mts"].as_object().filter(|o| !o.is_empty()) {
             // jtop copies fg into bg; only fg is comparable.
@@ -284,19 +248,13 @@ fn values_agree_with_jetson_stats_wherever_jtop_is_right() {
             }
         }
         for (sensor, celsius) in theirs["temperatures"].as_object().unwrap() {
-            let ours = ours
-                .temperatures
-                .iter()
-                .find(|t| t.sensor == sensor)
-                .unwrap_or_else(|| panic!("sensor {sensor} missing in {line}"));
+            let ours = ours.temperatures.iter().find(|t| t.sensor == sensor);
+            let ours = ours.unwrap_or_else(|| panic!("sensor {sensor} missing in {line}"));
             temperatures += same_f64(sensor, ours.celsius, celsius.as_f64().unwrap());
         }
         for (name, rail) in theirs["rails"].as_object().unwrap() {
-            let ours = ours
-                .rails
-                .iter()
-                .find(|r| r.name == name)
-                .unwrap_or_else(|| panic!("rail {name} missing in {line}"));
+            let ours = ours.rails.iter().find(|r| r.name == name);
+            let ours = ours.unwrap_or_else(|| panic!("rail {name} missing in {line}"));
             same(
                 "rail current",
                 ours.current_mw,

@@ -72,7 +72,9 @@ pub struct WebConfig {
     pub allow_unauthenticated: bool,
     /// How long a browser login lasts.
     pub session_hours: u32,
+    /// People who log in to the dashboard: `[[web.users]]`.
     pub users: Vec<User>,
+    /// API tokens for scripts and Grafana: `[[web.tokens]]`.
     pub tokens: Vec<Token>,
 }
 

@@ -3,7 +3,7 @@
 
 use outpost_storage::{Aggregation, Options, Retention, Store, WriteBatch};
 
-use crate::{key, selector};
+use crate::selector;
 
 #[test]
 fn the_store_stays_within_its_byte_budget() {
@@ -23,13 +23,7 @@ fn the_store_stays_within_its_byte_budget() {
     };
     let store = Store::open(&path, options).unwrap();
     let series = 20usize;
-    let ids: Vec<_> = (0..series)
-        .map(|s| {
-            store
-                .series_id(&key(&format!("noise{{s=\"{s}\"}}")))
-                .unwrap()
-        })
-        .collect();
+    let ids: Vec<_> = crate::numbered_series(&store, "noise", series);
     // Six-digit decimals from a xorshift generator: about 3 bytes per sample after compression,
     // so 80 hours of 20 series (5.8 M samples) need about four times the budget.
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use outpost_storage::{Options, Store, WriteBatch};
 
-use crate::{key, selector};
+use crate::selector;
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Scheduling noise on a loaded two-core CI machine, on top of the flush interval.
@@ -43,13 +43,7 @@ fn child() {
         .parse()
         .unwrap();
     let store = Store::open(&path, child_options()).unwrap();
-    let ids: Vec<_> = (0..SERIES)
-        .map(|s| {
-            store
-                .series_id(&key(&format!("crash{{s=\"{s}\"}}")))
-                .unwrap()
-        })
-        .collect();
+    let ids: Vec<_> = crate::numbered_series(&store, "crash", SERIES);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for n in start.. {
@@ -68,10 +62,8 @@ fn child() {
 
 #[test]
 fn kill_9_loses_at_most_flush_interval() {
-    let iterations: u64 = std::env::var("OUTPOST_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let iterations = std::env::var("OUTPOST_CRASH_ITERATIONS").map_or(Ok(20), |v| v.parse::<u64>());
+    let iterations = iterations.expect("OUTPOST_CRASH_ITERATIONS: a number");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
     let exe = std::env::current_exe().unwrap();

@@ -8,9 +8,7 @@ use outpost_storage::codec::decode_chunk;
 use outpost_storage::{DirtyChunk, HeadMark, LiveChanges, Options, Store, Tier};
 use proptest::prelude::*;
 
-use crate::{key, raw_bits, test_options, write};
-
-const SERIES: [&str; 3] = ["m0", r#"m1{core="0"}"#, r#"m1{core="1"}"#];
+use crate::{key, raw_bits, test_options, write, MODEL_SERIES as SERIES};
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use outpost_storage::codec::{decode_chunk, decode_rollup_chunk};
-use outpost_storage::fuzzing::{decode_chunk_body, decode_log, decode_log_record};
+use outpost_storage::fuzzing::{decode_chunk_body, decode_log, decode_log_record, inputs};
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -17,32 +17,12 @@ use outpost_storage::codec::{encode_chunk, encode_rollup_chunk};
 use outpost_storage::fuzzing::encode_chunk_body;
 use outpost_storage::{Options, Rollup, SeriesKey, StateTable, Store, WriteBatch};
 
-fn files(kind: &str, target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz")
-        .join(kind)
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
+/// The fuzz targets' seeds and kept corpora.
+const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz");
 
 #[test]
 fn chunk_corpus_decodes_or_fails_cleanly() {
-    let seeds = files("seeds", "chunk_decoder");
-    assert!(seeds.len() >= 10, "the seeds are missing");
-    let files: Vec<_> = seeds
-        .into_iter()
-        .chain(files("corpus", "chunk_decoder"))
-        .collect();
-    for (name, bytes) in &files {
+    for (name, bytes) in &inputs(Path::new(FUZZ_DIR), "chunk_decoder", 10).unwrap() {
         let raw = decode_chunk(bytes);
         let rollup = decode_rollup_chunk(bytes);
         let body = decode_chunk_body(bytes);
@@ -61,13 +41,7 @@ fn chunk_corpus_decodes_or_fails_cleanly() {
 
 #[test]
 fn log_corpus_decodes_or_fails_cleanly() {
-    let seeds = files("seeds", "log_decoder");
-    assert!(!seeds.is_empty(), "the seeds are missing");
-    let files: Vec<_> = seeds
-        .into_iter()
-        .chain(files("corpus", "log_decoder"))
-        .collect();
-    for (name, bytes) in &files {
+    for (name, bytes) in &inputs(Path::new(FUZZ_DIR), "log_decoder", 1).unwrap() {
         let frames = decode_log(bytes);
         let _ = decode_log_record(bytes);
         if name == "log-5-frames" {

@@ -44,6 +44,24 @@ pub fn test_options() -> Options {
     }
 }
 
+/// The series the model-based tests write: one bare name, and one name under two labels.
+pub const MODEL_SERIES: [&str; 3] = ["m0", r#"m1{core="0"}"#, r#"m1{core="1"}"#];
+
+/// The ids of `count` series `name{s="0"}`, `name{s="1"}`... in `store`.
+pub fn numbered_series(
+    store: &outpost_storage::Store,
+    name: &str,
+    count: usize,
+) -> Vec<outpost_storage::SeriesId> {
+    (0..count)
+        .map(|s| {
+            store
+                .series_id(&key(&format!("{name}{{s=\"{s}\"}}")))
+                .unwrap()
+        })
+        .collect()
+}
+
 pub fn key(text: &str) -> SeriesKey {
     SeriesKey::parse(text).expect("valid series key")
 }

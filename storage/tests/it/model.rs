@@ -7,9 +7,7 @@ use outpost_storage::codec::add_decimal;
 use outpost_storage::{Aggregation, Rollup, Tier, WriteBatch};
 use proptest::prelude::*;
 
-use crate::{key, open, selector};
-
-const SERIES: [&str; 3] = ["m0", r#"m1{core="0"}"#, r#"m1{core="1"}"#];
+use crate::{key, open, selector, MODEL_SERIES as SERIES};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -77,6 +75,20 @@ fn model_value(r: &Rollup, aggregation: Aggregation) -> f64 {
         Aggregation::Count => r.count as f64,
         _ => r.last,
     }
+}
+
+/// [`model_rate`] over the buckets of `from..=to`, from the points in and just around them.
+fn model_rate_between(points: &[(i64, f64)], from: i64, to: i64, step: i64) -> Vec<(i64, f64)> {
+    let first = bucket(from, step);
+    let lookback: Vec<(i64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= first - step && *t < bucket(to, step) + step)
+        .collect();
+    model_rate(&lookback, step)
+        .into_iter()
+        .filter(|(b, _)| *b >= first && *b <= to)
+        .collect()
 }
 
 fn model_rate(samples: &[(i64, f64)], step: i64) -> Vec<(i64, f64)> {
@@ -164,39 +176,16 @@ fn check(store: &outpost_storage::Store, model: &Model) {
 
         // Rate from raw samples (90 s) and from the minute tier's last values (5 m).
         let raw_points: Vec<(i64, f64)> = samples.iter().map(|(t, v)| (*t, *v)).collect();
-        let step = 90_000;
-        let first = bucket(from, step);
-        let lookback: Vec<(i64, f64)> = raw_points
-            .iter()
-            .copied()
-            .filter(|(t, _)| *t >= first - step && *t < bucket(to, step) + step)
-            .collect();
-        let want: Vec<(i64, f64)> = model_rate(&lookback, step)
-            .into_iter()
-            .filter(|(b, _)| *b >= first && *b <= to)
-            .collect();
-        let got = store
-            .query_step(&exact, from, to, step, Aggregation::Rate)
-            .unwrap();
-        let got: Vec<(i64, f64)> = got.first().map(|s| s.points.clone()).unwrap_or_default();
-        assert_eq!(bits(&got), bits(&want), "raw rate of {name}");
-
-        let step = 300_000;
-        let first = bucket(from, step);
-        let lasts: Vec<(i64, f64)> = minutes
-            .iter()
-            .filter(|(b, _)| *b >= first - step && *b < bucket(to, step) + step)
-            .map(|(b, r)| (*b, r.last))
-            .collect();
-        let want: Vec<(i64, f64)> = model_rate(&lasts, step)
-            .into_iter()
-            .filter(|(b, _)| *b >= first && *b <= to)
-            .collect();
-        let got = store
-            .query_step(&exact, from, to, step, Aggregation::Rate)
-            .unwrap();
-        let got: Vec<(i64, f64)> = got.first().map(|s| s.points.clone()).unwrap_or_default();
-        assert_eq!(bits(&got), bits(&want), "tier rate of {name}");
+        let got = |step| {
+            let got = store
+                .query_step(&exact, from, to, step, Aggregation::Rate)
+                .unwrap();
+            bits(&got.first().map(|s| s.points.clone()).unwrap_or_default())
+        };
+        let want = |points: &[(i64, f64)], step| bits(&model_rate_between(points, from, to, step));
+        assert_eq!(got(90_000), want(&raw_points, 90_000), "raw rate of {name}");
+        let lasts: Vec<(i64, f64)> = minutes.iter().map(|(b, r)| (*b, r.last)).collect();
+        assert_eq!(got(300_000), want(&lasts, 300_000), "tier rate of {name}");
     }
 }
 

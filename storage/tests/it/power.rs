@@ -207,13 +207,7 @@ fn power_loss_loses_at_most_sync_interval() {
     let mut checked = 0usize;
     for cut in 0..30 {
         let store = Store::open(&path, options()).unwrap();
-        let ids: Vec<_> = (0..SERIES)
-            .map(|s| {
-                store
-                    .series_id(&key(&format!("power{{s=\"{s}\"}}")))
-                    .unwrap()
-            })
-            .collect();
+        let ids: Vec<_> = crate::numbered_series(&store, "power", SERIES);
         // Run for a random while: writes, time passing, the store's timers.
         for _ in 0..random(400) {
             let mut batch = WriteBatch::default();

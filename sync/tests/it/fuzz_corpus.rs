@@ -4,7 +4,10 @@
 //! `cargo fuzz run -O frames fuzz/corpus/frames fuzz/seeds/frames` (cargo-fuzz; on a stable
 //! toolchain with `RUSTC_BOOTSTRAP=1`), and likewise `batch_body`.
 
+use outpost_sync::HubToDevice;
 use std::path::Path;
+
+use outpost_storage::fuzzing::inputs;
 
 use outpost_storage::codec::encode_samples;
 use outpost_sync::fuzzing::{compressed_body, decode_body, decode_frames, FUZZ_KEY};
@@ -12,31 +15,12 @@ use outpost_sync::{
     Ack, AckStatus, Batch, BatchBody, BatchHeader, DeviceKey, LiveSamples, SeriesDef,
 };
 
-fn files(kind: &str, target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz")
-        .join(kind)
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            (
-                path.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&path).unwrap(),
-            )
-        })
-        .filter(|(name, _)| !name.starts_with('.'))
-        .collect();
-    files.sort();
-    files
-}
+/// The fuzz targets' seeds and kept corpora.
+const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz");
 
 #[test]
 fn frame_corpus_decodes_or_fails_cleanly() {
-    let seeds = files("seeds", "frames");
-    assert!(seeds.len() >= 3, "the seeds are missing");
-    for (name, bytes) in seeds.iter().chain(&files("corpus", "frames")) {
+    for (name, bytes) in &inputs(Path::new(FUZZ_DIR), "frames", 3).unwrap() {
         let accepted = decode_frames(bytes, &FUZZ_KEY);
         if name.starts_with("valid-") {
             assert_eq!(accepted, 1, "{name}");
@@ -46,9 +30,7 @@ fn frame_corpus_decodes_or_fails_cleanly() {
 
 #[test]
 fn body_corpus_decodes_or_fails_cleanly() {
-    let seeds = files("seeds", "batch_body");
-    assert!(!seeds.is_empty(), "the seeds are missing");
-    for (name, bytes) in seeds.iter().chain(&files("corpus", "batch_body")) {
+    for (name, bytes) in &inputs(Path::new(FUZZ_DIR), "batch_body", 1).unwrap() {
         let decoded = decode_body(bytes);
         if name.starts_with("valid-") {
             assert!(decoded.unwrap() > 100, "{name}");
@@ -62,18 +44,12 @@ fn host_bodies() -> Vec<BatchBody> {
     let text =
         String::from_utf8(zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()).unwrap();
     let mut series: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
-    for line in text.lines().take(6_300) {
-        if let Ok(outpost_storage::text::Line::Sample {
-            series: name,
-            value,
-            timestamp_ms: Some(ts),
-        }) = outpost_storage::text::parse_line(line)
-        {
-            series
-                .entry(name.to_string())
-                .or_default()
-                .push((ts, value));
-        }
+    let first_minute = text.lines().take(6_300).collect::<Vec<_>>().join("\n");
+    for (name, ts, value) in outpost_storage::text::timestamped_samples(&first_minute) {
+        series
+            .entry(name.to_string())
+            .or_default()
+            .push((ts, value));
     }
     let start = series.values().flatten().map(|p| p.0).min().unwrap();
     (0..6)

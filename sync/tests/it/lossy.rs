@@ -2,11 +2,12 @@
 //! once it drains the hub holds every sample of every series the agent holds, bit for bit, and
 //! the same rollups in both tiers.
 
+use outpost_sync::HubToDevice;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use outpost_storage::text::{parse_line, Line};
+use outpost_storage::text::timestamped_samples;
 use outpost_storage::{Options, Selector, SeriesKey, Store, Tier, WriteBatch};
 use outpost_sync::ingest::{hub_key, Ingestor};
 use outpost_sync::outbox::{Outbox, OutboxOptions};
@@ -17,15 +18,8 @@ fn host_hour() -> Vec<(String, i64, f64)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/host/host-1h.prom.zst");
     let text =
         String::from_utf8(zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()).unwrap();
-    text.lines()
-        .filter_map(|line| match parse_line(line) {
-            Ok(Line::Sample {
-                series,
-                value,
-                timestamp_ms: Some(ts),
-            }) => Some((series.to_string(), ts, value)),
-            _ => None,
-        })
+    timestamped_samples(&text)
+        .map(|(series, ts, value)| (series.to_string(), ts, value))
         .collect()
 }
 
