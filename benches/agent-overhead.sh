@@ -11,6 +11,8 @@
 #        10 s to a local `outpost hub` with its embedded broker (the hub is not measured)
 #        ALERTS=0 benches/agent-overhead.sh [SECONDS]   without the alert engine (on by default,
 #        with the built-in rule pack)
+#        OUTPOST_BINARY=target/dist/outpost-VERSION-x86_64 benches/agent-overhead.sh [SECONDS]
+#        the packaged build (cross/build.sh) instead of this checkout's release build
 # Prints peak and final RSS (VmHWM, VmRSS from /proc) and CPU as a percentage of one core
 # (utime + stime from /proc/PID/stat over the measured window), and the series count.
 set -euo pipefail
@@ -31,7 +33,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet
+# OUTPOST_BINARY measures another build, such as a package's (cross/build.sh).
+binary=${OUTPOST_BINARY:-}
+if [ -z "$binary" ]; then
+  cargo build --release --quiet
+  binary=./target/release/outpost
+fi
 {
   printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\n' "$work/agent.redb"
   bench_collectors "$port" "$work" "$app_port"
@@ -46,9 +53,9 @@ app=$!
 
 if [ -n "${SYNC:-}" ]; then
   mqtt_port=$((port + 2))
-  ./target/release/outpost hub --devices-file "$work/devices.toml" device add bench --out "$work" \
+  "$binary" hub --devices-file "$work/devices.toml" device add bench --out "$work" \
     --url "mqtt://127.0.0.1:$mqtt_port" >/dev/null
-  ./target/release/outpost hub --devices-file "$work/devices.toml" --store "$work/hub.redb" \
+  "$binary" hub --devices-file "$work/devices.toml" --store "$work/hub.redb" \
     --listen "127.0.0.1:$((port + 3))" --mqtt-listen "127.0.0.1:$mqtt_port" 2>"$work/hub.log" &
   hub=$!
   cat >>"$work/agent.toml" <<EOF
@@ -61,7 +68,7 @@ password_file = "$work/bench.password"
 EOF
 fi
 
-./target/release/outpost agent --config "$work/agent.toml" --listen "127.0.0.1:$port" \
+"$binary" agent --config "$work/agent.toml" --listen "127.0.0.1:$port" \
   2>"$work/agent.log" &
 agent=$!
 sleep "$warmup"
@@ -87,7 +94,7 @@ echo "measured ${seconds} s after a ${warmup} s warm-up; ${series} series in /me
 echo "RSS: peak sampled $((peak_rss / 1024)).$(((peak_rss % 1024) * 10 / 1024)) MiB, high-water mark (VmHWM) $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB"
 echo "CPU: ${cpu} % of one core"
 # Where the resident memory is: the heap and stacks (anonymous) or the binary's own pages.
-awk '/^(Anonymous|Rss|Private_Clean|Shared_Clean):/ {printf "%s %.1f MiB  ", $1, $2 / 1024} END {print ""}' "/proc/$agent/smaps_rollup"
+awk '/^(Anonymous|Rss|Pss|Private_Clean|Shared_Clean):/ {printf "%s %.1f MiB  ", $1, $2 / 1024} END {print ""}' "/proc/$agent/smaps_rollup"
 if [ -n "${SYNC:-}" ]; then
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^outpost_sync_(batches_acked_total|sent_bytes_total|connected) '
 fi

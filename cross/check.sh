@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks what cross/build.sh made, the aarch64 binary under emulation (qemu-aarch64-static):
 #  - no glibc symbol newer than 2.27 in either binary, and the aarch64 one within 15 MB;
+#  - both with the agent's code laid out first, and the x86-64 agent running within that layout
+#    (cross/layout-check.sh);
 #  - `--version`, and every tegrastats line in tests/data/tegrastats/samples.tsv parsed exactly as
 #    the x86-64 build parses it;
 #  - the agent replays the whole TX2 log at full speed into a store, and `db query` on that store
@@ -53,6 +55,11 @@ for binary in "$arm" "$x86"; do
   [ "$hot" -ge 1000000 ] || fail "$binary's .text.agent holds only $hot bytes: cross/agent-hot.ld matched little"
   pass "$binary lays out $hot bytes of the agent's code first"
 done
+# ...and the agent still runs within it: a profile that no longer matches the code shows as code
+# mapped outside the section (cross/README.md, "Code layout"). Native binaries only: under the
+# emulator the pages mapped are qemu's.
+bash cross/layout-check.sh "$x86" 40 || fail "the x86-64 agent runs outside its code layout"
+pass "the x86-64 agent runs within its code layout"
 
 # The same answers as the x86-64 build.
 [ "$(emulated --version)" = "$("$x86" --version)" ] || fail "--version differs: $(emulated --version)"

@@ -8,7 +8,8 @@
 #   cross/hot-functions.sh --from FILE...     write the script from callgrind profiles kept before
 #                                             (KEEP=1 keeps the profiling run's folder)
 #
-# Builds the release profile with symbols (target/profiling), then runs two agents at once under
+# Builds the release profile with symbols as cross/build.sh builds the x86-64 package (zig, glibc
+# 2.27; target/x86_64-unknown-linux-gnu/profiling), then runs two agents at once under
 # valgrind's callgrind for SECONDS:
 #  - standalone: every collector of benches/agent-overhead.sh, the alert engine with the built-in
 #    pack, a probe that fails (so that warnings are logged), /metrics scraped and the import
@@ -16,7 +17,7 @@
 #  - synced: the same collectors, a rule that fires and resolves, sync to a local `outpost hub`
 #    over its embedded broker, and a seal every minute.
 # Every function of the binary that ran in either gets a line in the script, the busiest first.
-# Needs valgrind, python3 and curl.
+# Needs valgrind, python3, curl and cross/build.sh's tools (cargo-zigbuild, zig).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/agent-collectors.sh
@@ -105,10 +106,17 @@ for tool in valgrind curl python3; do
   command -v "$tool" >/dev/null || { echo "cross/hot-functions.sh: $tool is missing" >&2; exit 1; }
 done
 
-# The profile does not depend on the layout: build without it, so that a new script does not
-# relink the profiled binary.
-OUTPOST_NO_CODE_LAYOUT=1 cargo build --profile profiling --locked --quiet -p outpost --bin outpost
-binary=$PWD/target/profiling/outpost
+for tool in cargo-zigbuild; do
+  command -v "$tool" >/dev/null || { echo "cross/hot-functions.sh: $tool is missing (cross/build.sh --install-tools)" >&2; exit 1; }
+done
+# The profiled binary is built as cross/build.sh builds the packaged ones, with zig: the C code
+# (zstd, ring) is then compiled by the same compiler, whose inlining decides which functions
+# exist and what they are called. The profile does not depend on the layout: build without it,
+# so that a new script does not relink the profiled binary.
+export RUSTFLAGS="${RUSTFLAGS:-} -C symbol-mangling-version=v0"
+OUTPOST_NO_CODE_LAYOUT=1 cargo zigbuild --profile profiling --locked --quiet \
+  --target x86_64-unknown-linux-gnu.2.27 -p outpost --bin outpost
+binary=$PWD/target/x86_64-unknown-linux-gnu/profiling/outpost
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-hot.XXXXXX")
 port=$((20000 + RANDOM % 20000))

@@ -312,30 +312,7 @@ fn default_scrape_series() -> usize {
 impl ConfigFile for AgentConfig {
     fn validate(&self) -> Result<()> {
         self.agent.validate()?;
-        let min = Duration::from_millis(100);
-        let mut intervals = vec![
-            ("agent.self_interval", self.agent.self_interval),
-            ("store.flush_interval", self.store.flush_interval),
-            ("host.interval", self.host.interval),
-            ("tegrastats.interval", self.tegrastats.interval),
-            ("jetson.interval", self.jetson.interval),
-            ("nvml.interval", self.nvml.interval),
-            ("mqtt.batch_interval", self.mqtt.batch_interval),
-            ("mqtt.ack_timeout", self.mqtt.ack_timeout),
-        ];
-        for (i, scrape) in self.scrapes.iter().enumerate() {
-            intervals.push((leak(format!("scrape[{i}].interval")), scrape.interval));
-            intervals.push((leak(format!("scrape[{i}].timeout")), scrape.timeout));
-        }
-        for (i, probe) in self.probes.iter().enumerate() {
-            intervals.push((leak(format!("probe[{i}].interval")), probe.interval));
-            intervals.push((leak(format!("probe[{i}].timeout")), probe.timeout));
-        }
-        for (key, interval) in intervals {
-            if interval.0 < min {
-                bail!("{key}: must be at least 100ms");
-            }
-        }
+        self.validate_intervals()?;
         if self.store.sync_interval.0 < self.store.flush_interval.0 {
             bail!("store.sync_interval: must be at least store.flush_interval");
         }
@@ -366,6 +343,41 @@ impl ConfigFile for AgentConfig {
             bail!("tegrastats.replay_speed: must be 0 (as fast as possible) or a positive factor");
         }
         self.alerts.validate()?;
+        self.validate_scrapes_and_probes()
+    }
+}
+
+impl AgentConfig {
+    /// Every interval and timeout at least 100 ms: less would make the agent the load it measures.
+    fn validate_intervals(&self) -> Result<()> {
+        let mut intervals = vec![
+            ("agent.self_interval".to_string(), self.agent.self_interval),
+            ("store.flush_interval".into(), self.store.flush_interval),
+            ("host.interval".into(), self.host.interval),
+            ("tegrastats.interval".into(), self.tegrastats.interval),
+            ("jetson.interval".into(), self.jetson.interval),
+            ("nvml.interval".into(), self.nvml.interval),
+            ("mqtt.batch_interval".into(), self.mqtt.batch_interval),
+            ("mqtt.ack_timeout".into(), self.mqtt.ack_timeout),
+        ];
+        for (i, scrape) in self.scrapes.iter().enumerate() {
+            intervals.push((format!("scrape[{i}].interval"), scrape.interval));
+            intervals.push((format!("scrape[{i}].timeout"), scrape.timeout));
+        }
+        for (i, probe) in self.probes.iter().enumerate() {
+            intervals.push((format!("probe[{i}].interval"), probe.interval));
+            intervals.push((format!("probe[{i}].timeout"), probe.timeout));
+        }
+        for (key, interval) in intervals {
+            if interval.0 < Duration::from_millis(100) {
+                bail!("{key}: must be at least 100ms");
+            }
+        }
+        Ok(())
+    }
+
+    /// Names unique among scrapes and probes, and each target one that can be reached.
+    fn validate_scrapes_and_probes(&self) -> Result<()> {
         let mut names = std::collections::BTreeSet::new();
         for (i, scrape) in self.scrapes.iter().enumerate() {
             crate::http_client::Target::parse(&scrape.url)
@@ -411,12 +423,6 @@ impl ConfigFile for AgentConfig {
         }
         Ok(())
     }
-}
-
-/// Validation messages name keys built at run time; the config is validated a handful of times
-/// per process, so the leak is bounded.
-fn leak(text: String) -> &'static str {
-    Box::leak(text.into_boxed_str())
 }
 
 #[cfg(test)]

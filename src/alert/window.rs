@@ -172,6 +172,46 @@ impl Windows {
         slot
     }
 
+    /// An `absent` rule: how long each selected series has been silent, and whether that is
+    /// its whole window.
+    fn evaluate_absent(
+        &self,
+        sides: &RuleSeries,
+        rule: &Rule,
+        now_ms: i64,
+        running_since_ms: i64,
+    ) -> Vec<Evaluation> {
+        let from = now_ms - rule.window_ms;
+        let mut out = Vec::with_capacity(sides.select.len().max(1));
+        for &i in &sides.select {
+            let tracked = &self.tracked[i];
+            let last = tracked.samples.back().map(|s| s.0);
+            let seen_at = last.unwrap_or(running_since_ms).max(running_since_ms);
+            out.push(Evaluation {
+                labels: labels_of(&tracked.key),
+                value: Some((now_ms - last.unwrap_or(running_since_ms)) as f64 / 1000.0),
+                absent: seen_at <= from,
+                gate: true,
+            });
+        }
+        if out.is_empty() && rule.fire_if_never_seen {
+            // Nothing ever matched: one alert with the labels the selector pins.
+            let labels = rule
+                .select
+                .equalities()
+                .filter(|(l, _)| *l != "__name__")
+                .map(|(l, v)| (l.to_string(), v.to_string()))
+                .collect();
+            out.push(Evaluation {
+                labels,
+                value: Some((now_ms - running_since_ms) as f64 / 1000.0),
+                absent: running_since_ms <= from,
+                gate: true,
+            });
+        }
+        out
+    }
+
     /// Evaluates rule number `r` at `now_ms`. `running_since_ms` is when data started to be
     /// watched: an `absent` rule never fires for a window that reaches before it.
     pub fn evaluate(
@@ -181,37 +221,9 @@ impl Windows {
         now_ms: i64,
         running_since_ms: i64,
     ) -> Vec<Evaluation> {
-        let from = now_ms - rule.window_ms;
         let sides = &self.per_rule[r];
         if rule.reduce == Reducer::Absent {
-            let mut out = Vec::with_capacity(sides.select.len().max(1));
-            for &i in &sides.select {
-                let tracked = &self.tracked[i];
-                let last = tracked.samples.back().map(|s| s.0);
-                let seen_at = last.unwrap_or(running_since_ms).max(running_since_ms);
-                out.push(Evaluation {
-                    labels: labels_of(&tracked.key),
-                    value: Some((now_ms - last.unwrap_or(running_since_ms)) as f64 / 1000.0),
-                    absent: seen_at <= from,
-                    gate: true,
-                });
-            }
-            if out.is_empty() && rule.fire_if_never_seen {
-                // Nothing ever matched: one alert with the labels the selector pins.
-                let labels = rule
-                    .select
-                    .equalities()
-                    .filter(|(l, _)| *l != "__name__")
-                    .map(|(l, v)| (l.to_string(), v.to_string()))
-                    .collect();
-                out.push(Evaluation {
-                    labels,
-                    value: Some((now_ms - running_since_ms) as f64 / 1000.0),
-                    absent: running_since_ms <= from,
-                    gate: true,
-                });
-            }
-            return out;
+            return self.evaluate_absent(sides, rule, now_ms, running_since_ms);
         }
         let reduce_side = |i: usize, reducer: Reducer, window_ms: i64| {
             let samples = &self.tracked[i].samples;
