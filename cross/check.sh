@@ -58,8 +58,13 @@ done
 # ...and the agent still runs within it: a profile that no longer matches the code shows as code
 # mapped outside the section (cross/README.md, "Code layout"). Native binaries only: under the
 # emulator the pages mapped are qemu's.
-bash cross/layout-check.sh "$x86" 40 || fail "the x86-64 agent runs outside its code layout"
-pass "the x86-64 agent runs within its code layout"
+layout=0
+bash cross/layout-check.sh "$x86" 40 || layout=$?
+case $layout in
+  0) pass "the x86-64 agent runs within its code layout" ;;
+  2) echo "warning: the code layout could not be measured on this machine" >&2 ;;
+  *) fail "the x86-64 agent runs outside its code layout" ;;
+esac
 
 # The same answers as the x86-64 build.
 [ "$(emulated --version)" = "$("$x86" --version)" ] || fail "--version differs: $(emulated --version)"

@@ -10,6 +10,9 @@
 #
 #   cross/layout-check.sh BINARY [SECONDS]
 #
+# Exits 1 when the layout no longer matches, 2 when this machine cannot tell which pages are
+# mapped (a kernel that hides /proc/PID/pagemap's present bits).
+#
 # After a failure, regenerate the script with cross/hot-functions.sh (cross/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +98,10 @@ with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pa
                 resident.append(offset + i * page)
 
 hot_pages = sum(1 for p in resident if hot[0] <= p < hot[1])
+if hot_pages == 0:
+    # The agent runs code there every second: none mapped means this kernel does not say.
+    print(f"cannot measure: /proc/{pid}/pagemap shows none of the agent's code mapped")
+    sys.exit(2)
 cold = [p for p in resident if any(a <= p < b for a, b in code)]
 kib = lambda pages: pages * page // 1024
 print(f".text.agent: {kib(hot_pages)} of {(hot[1] - hot[0]) // 1024} KiB resident; "
