@@ -5,8 +5,6 @@
 
 use anyhow::{bail, Context, Result};
 
-/// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`); the
-/// host without brackets. `url` is the whole URL, for the error messages.
 /// Whether `url` is the TLS form of `plain` (`mqtts` of `mqtt`, `https` of `http`), and what
 /// follows the `://`; an error for any other scheme.
 pub fn scheme<'u>(url: &'u str, plain: &str) -> Result<(bool, &'u str)> {
@@ -20,6 +18,8 @@ pub fn scheme<'u>(url: &'u str, plain: &str) -> Result<(bool, &'u str)> {
     }
 }
 
+/// The host and port of a URL's authority (`host`, `host:port`, `[v6]`, `[v6]:port`); the
+/// host without brackets. `url` is the whole URL, for the error messages.
 pub fn host_port(url: &str, authority: &str, default_port: u16) -> Result<(String, u16)> {
     if authority.contains('@') {
         bail!("{url:?}: credentials in URLs are not supported");
@@ -94,5 +94,16 @@ mod tests {
         assert!(MqttUrl::parse("http://x").is_err());
         assert!(MqttUrl::parse("mqtt://:1883").is_err());
         assert!(MqttUrl::parse("mqtt://x:port").is_err());
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(scheme("https://h/p", "http").unwrap(), (true, "h/p"));
+        assert_eq!(scheme("http://h", "http").unwrap(), (false, "h"));
+        // A scheme that only starts like the right one is another scheme.
+        for other in ["httpx://h", "http:/h", "mqtt://h", "h", ""] {
+            let error = scheme(other, "http").unwrap_err().to_string();
+            assert!(error.contains("must start with http:// or https://"), "{error}");
+        }
     }
 }
