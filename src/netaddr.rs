@@ -103,7 +103,10 @@ mod tests {
         // A scheme that only starts like the right one is another scheme.
         for other in ["httpx://h", "http:/h", "mqtt://h", "h", ""] {
             let error = scheme(other, "http").unwrap_err().to_string();
-            assert!(error.contains("must start with http:// or https://"), "{error}");
+            assert!(
+                error.contains("must start with http:// or https://"),
+                "{error}"
+            );
         }
     }
 }
