@@ -96,18 +96,12 @@ fn store_options(config: &AgentConfig) -> Options {
     }
 }
 
-// Longer than most: one `select!` over every event the agent waits for (signals, the replay's
-// end, upkeep, the watchdog, the alert tick), with the start before it and the stop, whose
-// order matters, after it; each step calls out to a function of its own.
+/// The agent: its start, one `select!` over every event it waits for (signals, the replay's end,
+/// upkeep, the watchdog, the alert tick), and its stop, whose order matters.
 async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
-    let path = config.store.path.clone();
-    let options = store_options(&config);
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, options))
-        .await?
-        .with_context(|| format!("opening the store {}", config.store.path.display()))?;
-    let sink = Arc::new(Sink::new(store));
+    let sink = Arc::new(Sink::new(open_store(&config).await?));
     let uplink_config = if config.mqtt.enabled {
         Some(uplink_config(&config).context("[mqtt]")?)
     } else {
@@ -123,9 +117,6 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         let run = (&config, &sink, &tasks);
         start_uplink(run, uplink_config, mailbox, uplink_stopped, &mut uplink);
     }
-    let listener = tokio::net::TcpListener::bind(config.agent.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} ([agent] listen)", config.agent.listen))?;
     let http_state = Arc::new(http::HttpState {
         sink: sink.clone(),
         import: std::sync::RwLock::new(config.import.clone()),
@@ -134,18 +125,7 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         tasks: tasks.clone(),
         tokens: config.agent.tokens.clone(),
     });
-    let (stop_http, server) = serve_http(listener, http_state.clone());
-    tracing::info!(
-        listen = %config.agent.listen,
-        store = %config.store.path.display(),
-        "agent started"
-    );
-    if !config.agent.listen.ip().is_loopback() && config.agent.tokens.is_empty() {
-        tracing::warn!(
-            listen = %config.agent.listen,
-            "the API is open to every machine that reaches this address (agent.allow_unauthenticated); changes are taken from loopback only"
-        );
-    }
+    let (stop_http, server) = start_http(&config, http_state.clone()).await?;
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -168,13 +148,7 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hangup.recv() => {
-                let new = match load_config(args) {
-                    Ok(new) => new,
-                    Err(error) => {
-                        tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}");
-                        continue;
-                    }
-                };
+                let Some(new) = reload_config(args) else { continue };
                 warn_of_restart_only_keys(&config, &new);
                 // Rule files are read again whether or not the config names new ones.
                 if let Some(runtime) = alert_runtime.as_mut() {
@@ -212,7 +186,25 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
     }
     let _ = stop_http.send(());
     let _ = server.await;
-    let _ = stop_uplink.send(true);
+    stop_sync(stop_uplink, uplink).await;
+    drop(http_state);
+    seal_and_close(sink).await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// The config again, for SIGHUP; `None`, said in the log, when it does not load.
+fn reload_config(args: &AgentArgs) -> Option<AgentConfig> {
+    load_config(args)
+        .map_err(|error| {
+            tracing::error!("SIGHUP: config not reloaded, keeping the running one: {error:#}");
+        })
+        .ok()
+}
+
+/// Tells the uplink to stop, and waits up to 5 s for it (it says `offline` and disconnects).
+async fn stop_sync(stop: tokio::sync::watch::Sender<bool>, mut uplink: JoinSet<()>) {
+    let _ = stop.send(true);
     if !uplink.is_empty()
         && tokio::time::timeout(Duration::from_secs(5), uplink.join_next())
             .await
@@ -221,10 +213,39 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
         tracing::warn!("sync did not stop within 5 s");
     }
     uplink.shutdown().await;
-    drop(http_state);
-    seal_and_close(sink).await?;
-    tracing::info!("agent stopped");
-    Ok(())
+}
+
+/// The store, opened off the runtime's thread (a replay of its log can take a while).
+async fn open_store(config: &AgentConfig) -> Result<Store> {
+    let path = config.store.path.clone();
+    let options = store_options(config);
+    tokio::task::spawn_blocking(move || Store::open(&path, options))
+        .await?
+        .with_context(|| format!("opening the store {}", config.store.path.display()))
+}
+
+/// The API on `[agent] listen`; says that the agent started, and warns when the API is open to
+/// other machines without tokens.
+async fn start_http(
+    config: &AgentConfig,
+    state: Arc<http::HttpState>,
+) -> Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listen = config.agent.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([agent] listen)"))?;
+    let serving = serve_http(listener, state);
+    tracing::info!(%listen, store = %config.store.path.display(), "agent started");
+    if !listen.ip().is_loopback() && config.agent.tokens.is_empty() {
+        tracing::warn!(
+            %listen,
+            "the API is open to every machine that reaches this address (agent.allow_unauthenticated); changes are taken from loopback only"
+        );
+    }
+    Ok(serving)
 }
 
 /// The alert runtime, when `[alerts]` is enabled; its engine sees every stored sample.

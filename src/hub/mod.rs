@@ -223,22 +223,12 @@ struct Incoming {
     received_ms: i64,
 }
 
-// Longer than most: the start, one `select!` over every event the hub waits for (signals,
-// the watchdog, upkeep, the alert tick, the broker), and the stop, whose order matters; each
-// step calls out to a function of its own.
+/// The hub: its start, one `select!` over every event it waits for (signals, the watchdog,
+/// upkeep, the alert tick, the broker), and its stop, whose order matters.
 async fn daemon(config: HubConfig) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let store = open_store(&config).await?;
-    let devices = Arc::new(Devices {
-        path: config.hub.devices_file.clone(),
-        current: RwLock::new((None, Arc::new(DevicesFile::default()))),
-    });
-    devices.reload_if_changed();
-    let registry = Arc::new(Mutex::new({
-        let mut registry = Registry::load(&store);
-        registry.stale_after = config.hub.stale_after.0;
-        registry
-    }));
+    let (devices, registry) = fleet_state(&config, &store);
     let (ingested, _) = tokio::sync::broadcast::channel::<String>(1024);
     let refusals = Arc::new(gate::Refusals::default());
     let (options, broker) = broker_options(&config, &devices, &refusals)?;
@@ -254,19 +244,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.hub.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([hub] listen)", config.hub.listen))?;
-    let mut alert_runtime = if config.alerts.enabled {
-        let runtime = crate::alerting::runtime::AlertRuntime::start(
-            &config.alerts,
-            crate::alerting::pack::HUB_PACK,
-            store.clone(),
-            format!("hub:{}", config.hub.fleet),
-            None,
-            Arc::default(),
-        );
-        Some(runtime.context("[alerts]")?)
-    } else {
-        None
-    };
+    let mut alert_runtime = start_alerts(&config, &store)?;
     let alert_shared = alert_runtime.as_ref().map(|r| r.shared.clone());
     let mut alert_ticker = tokio::time::interval(config.alerts.interval.0);
     alert_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,6 +318,37 @@ async fn daemon(config: HubConfig) -> Result<()> {
     }
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// The enrolled devices (from the devices file) and what the hub knows of each (from its store).
+fn fleet_state(config: &HubConfig, store: &Store) -> (Arc<Devices>, Arc<Mutex<Registry>>) {
+    let devices = Arc::new(Devices {
+        path: config.hub.devices_file.clone(),
+        current: RwLock::new((None, Arc::new(DevicesFile::default()))),
+    });
+    devices.reload_if_changed();
+    let mut registry = Registry::load(store);
+    registry.stale_after = config.hub.stale_after.0;
+    (devices, Arc::new(Mutex::new(registry)))
+}
+
+/// The hub's own alert rules (`HUB_PACK` and `[alerts] rules`), when `[alerts]` is enabled.
+fn start_alerts(
+    config: &HubConfig,
+    store: &Arc<Store>,
+) -> Result<Option<crate::alerting::runtime::AlertRuntime>> {
+    if !config.alerts.enabled {
+        return Ok(None);
+    }
+    let runtime = crate::alerting::runtime::AlertRuntime::start(
+        &config.alerts,
+        crate::alerting::pack::HUB_PACK,
+        store.clone(),
+        format!("hub:{}", config.hub.fleet),
+        None,
+        Arc::default(),
+    );
+    Ok(Some(runtime.context("[alerts]")?))
 }
 
 async fn open_store(config: &HubConfig) -> Result<Arc<Store>> {
