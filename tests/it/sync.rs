@@ -116,15 +116,19 @@ impl Drop for Hub {
     }
 }
 
+/// `outpost hub` on the devices file in `dir`, with `args` (`device add ...`, `reader add ...`).
+fn devices_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    command
+        .args(["hub", "--devices-file"])
+        .arg(dir.join("devices.toml"))
+        .args(args);
+    command
+}
+
 /// Enrols a device with the real command; returns the [mqtt] section for its agent.
 pub fn enrol(dir: &Path, device: &str, mqtt_port: u16) -> String {
-    succeed(
-        Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["hub", "--devices-file"])
-            .arg(dir.join("devices.toml"))
-            .args(["device", "add", device, "--out"])
-            .arg(dir),
-    );
+    succeed(devices_command(dir, &["device", "add", device, "--out"]).arg(dir));
     format!(
         "[mqtt]\nenabled = true\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice = \"{device}\"\n\
          key_file = \"{key}\"\npassword_file = \"{password}\"\nbatch_interval = \"200ms\"\nack_timeout = \"1s\"\n",
@@ -574,13 +578,10 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
     );
     // Revoking B takes effect at the running hub: its batches stop being stored.
     let loads = hub.log_text().matches("devices file (re)loaded").count();
-    let revoked = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["hub", "--devices-file"])
-        .arg(dir.path().join("devices.toml"))
-        .args(["device", "revoke", "dev-b"])
-        .output()
-        .unwrap();
-    assert!(revoked.status.success());
+    succeed(&mut devices_command(
+        dir.path(),
+        &["device", "revoke", "dev-b"],
+    ));
     wait_until(
         "the hub to re-read the devices file",
         Duration::from_secs(20),
@@ -611,13 +612,7 @@ fn one_devices_credentials_cannot_write_anothers_data_or_command_it() {
 
 /// A reader's login (`outpost hub reader add NAME`); its password.
 fn add_reader(dir: &Path, name: &str) -> String {
-    succeed(
-        Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["hub", "--devices-file"])
-            .arg(dir.join("devices.toml"))
-            .args(["reader", "add", name, "--out"])
-            .arg(dir),
-    );
+    succeed(devices_command(dir, &["reader", "add", name, "--out"]).arg(dir));
     password(dir, name)
 }
 
