@@ -37,6 +37,7 @@ mod disk;
 mod duration;
 mod error;
 mod fasthash;
+pub mod promql;
 mod query;
 mod series;
 mod series_buffer;

@@ -7,6 +7,7 @@ mod boundaries;
 mod cli;
 mod clocks;
 mod dashboard;
+mod promql;
 mod sync;
 mod systemd;
 mod tegrastats;

@@ -66,6 +66,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/live", get(live))
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
+        .merge(crate::prometheus::routes::<Web>())
         .fallback(|| async { WebError::NotFound("no such page or endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
         .with_state(web)
@@ -93,7 +94,9 @@ async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) ->
     let path = request.uri().path().to_string();
     let protected =
         (path.starts_with("/api/") || path == "/metrics") && !PUBLIC.contains(&path.as_str());
-    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    // Prometheus' API takes queries by POST too (Grafana's default): those read.
+    let changes =
+        !matches!(*request.method(), Method::GET | Method::HEAD) && !path.starts_with("/api/v1/");
     let mut response = match check(&web, &request, protected, changes) {
         Ok(identity) => {
             if let Some(identity) = identity {

@@ -12,6 +12,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod prometheus;
 pub mod range;
 pub mod summary;
 
@@ -243,5 +244,15 @@ impl Web {
             device_list: std::sync::Mutex::new(None),
             device_list_maker: Arc::default(),
         })
+    }
+}
+
+impl prometheus::PromContext for Web {
+    fn store(&self) -> &Arc<outpost_storage::Store> {
+        &self.store
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.fleet.now_ms()
     }
 }

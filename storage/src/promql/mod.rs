@@ -1,0 +1,265 @@
+//! PromQL over the store, with the semantics of Prometheus 2.x for float samples: what a query
+//! answers here is what Prometheus answers on the same samples (checked by the differential
+//! test against a real Prometheus, `tests/it/promql.rs`).
+//!
+//! The parser is the `promql-parser` crate's; the evaluator is ours. Evaluation follows
+//! Prometheus' model: every instant-vector expression is evaluated once over the whole grid of
+//! steps into a set of series, and operators combine those step by step. That keeps range
+//! queries to one read of the store per selector, and makes "at each step" rules (a label set
+//! may appear once per step, lookback, range windows) easy to state once.
+
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+mod labels;
+
+use std::time::Instant;
+
+pub use labels::Labels;
+use promql_parser::label::Matcher;
+pub use promql_parser::parser::Expr;
+
+use crate::{Selector, Store};
+
+/// How a query is evaluated and what bounds it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How far back an instant selector looks for a sample (Prometheus: 5 minutes).
+    pub lookback_ms: i64,
+    /// Samples a query may hold at once, read and computed (Prometheus: `--query.max-samples`).
+    pub max_samples: usize,
+    /// Series one selector may select.
+    pub max_series: usize,
+    /// A subquery's step when it gives none (Prometheus: the global evaluation interval).
+    pub subquery_step_ms: i64,
+    /// Steps a range query may have (Prometheus refuses more than 11,000).
+    pub max_steps: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lookback_ms: 5 * 60_000,
+            max_samples: 20_000_000,
+            max_series: 100_000,
+            subquery_step_ms: 60_000,
+            max_steps: 11_000,
+        }
+    }
+}
+
+/// Why a query has no answer. Each maps onto one of Prometheus' API error types.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The expression or a parameter is malformed (`bad_data`).
+    #[error("{0}")]
+    BadData(String),
+    /// The expression is well formed but cannot be evaluated on this data (`execution`).
+    #[error("{0}")]
+    Execution(String),
+    /// A bound of [`Options`] was hit (`execution`).
+    #[error("query processing would load too many samples into memory in {0}")]
+    TooManySamples(&'static str),
+    #[error("query timed out in {0}")]
+    Timeout(&'static str),
+    /// The store failed (`internal`).
+    #[error("reading the store: {0}")]
+    Storage(#[from] crate::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where selectors read their samples.
+pub trait Source {
+    /// Every series matching all `matchers`, with its samples in `from..=to`, sorted by time.
+    fn select(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Series>>;
+}
+
+impl Source for Store {
+    fn select(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Series>> {
+        let selector = store_selector(matchers)?;
+        #[allow(clippy::disallowed_methods)] // callers run queries off the async threads
+        let found = self.query_raw(&selector, from, to)?;
+        Ok(found
+            .into_iter()
+            .map(|s| Series {
+                labels: Labels::from_key(&s.series),
+                points: s.points,
+            })
+            .collect())
+    }
+}
+
+/// The store's selector for PromQL's matchers (both anchor regexes the same way).
+pub fn store_selector(matchers: &[Matcher]) -> Result<Selector> {
+    use promql_parser::label::MatchOp as P;
+    let converted = matchers.iter().map(|m| {
+        let op = match m.op {
+            P::Equal => crate::MatchOp::Equal,
+            P::NotEqual => crate::MatchOp::NotEqual,
+            P::Re(_) => crate::MatchOp::Regex,
+            P::NotRe(_) => crate::MatchOp::NotRegex,
+        };
+        (m.name.as_str(), op, m.value.as_str())
+    });
+    Selector::from_matchers(converted).map_err(|e| Error::BadData(e.to_string()))
+}
+
+/// One sample of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Labels,
+    pub t: i64,
+    pub v: f64,
+}
+
+/// One series of a range vector: points sorted by time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// What a query evaluates to, in Prometheus' four result types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar { t: i64, v: f64 },
+    String { t: i64, v: String },
+    Vector(Vec<Sample>),
+    Matrix(Vec<Series>),
+}
+
+impl Value {
+    /// Prometheus' name of the type (`resultType`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Scalar { .. } => "scalar",
+            Value::String { .. } => "string",
+            Value::Vector(_) => "vector",
+            Value::Matrix(_) => "matrix",
+        }
+    }
+}
+
+/// A result and what the caller should know about how it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub value: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Parses an expression, with Prometheus' checks of types and arguments.
+pub fn parse(text: &str) -> Result<Expr> {
+    if text.trim().is_empty() {
+        return Err(Error::BadData("empty query".into()));
+    }
+    register_prometheus_2_functions();
+    let expr = promql_parser::parser::parse(text).map_err(Error::BadData)?;
+    eval::check_supported(&expr)?;
+    Ok(expr)
+}
+
+/// A series selector (`match[]`), as the store reads it.
+pub fn parse_selector(text: &str) -> Result<Selector> {
+    match parse(text)? {
+        Expr::VectorSelector(vs) => store_selector(&eval::selector_matchers(&vs)),
+        _ => Err(Error::BadData(format!(
+            "{text:?} is not a series selector (like up{{job=\"node\"}})"
+        ))),
+    }
+}
+
+/// The expression laid out as Prometheus' `format_query` lays it out.
+pub fn prettify(text: &str) -> Result<String> {
+    Ok(parse(text)?.prettify())
+}
+
+/// Functions of Prometheus 2.x that the parser, which follows Prometheus 3, no longer knows.
+fn register_prometheus_2_functions() {
+    use promql_parser::parser::{value::ValueType, Function};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let holt_winters = Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        // It fails only on a name already taken, which would be the parser knowing it again.
+        let _ = promql_parser::parser::register_extra_functions(vec![holt_winters]);
+    });
+}
+
+/// Evaluates `text` at one instant (Unix milliseconds).
+pub fn instant(
+    source: &dyn Source,
+    text: &str,
+    at_ms: i64,
+    options: &Options,
+    deadline: Option<Instant>,
+) -> Result<Answer> {
+    let expr = parse(text)?;
+    eval::Evaluator::new(source, options, deadline, at_ms, at_ms).instant(&expr, at_ms)
+}
+
+/// Evaluates `text` at `start`, `start + step`, ... up to `end` (milliseconds).
+pub fn range(
+    source: &dyn Source,
+    text: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    options: &Options,
+    deadline: Option<Instant>,
+) -> Result<Answer> {
+    if end < start {
+        return Err(Error::BadData(
+            "end timestamp must not be before start time".into(),
+        ));
+    }
+    if step <= 0 {
+        return Err(Error::BadData(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer"
+                .into(),
+        ));
+    }
+    if (end - start) / step > options.max_steps {
+        return Err(Error::BadData(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query \
+             resolution (?step=XX)",
+            options.max_steps
+        )));
+    }
+    let expr = parse(text)?;
+    eval::Evaluator::new(source, options, deadline, start, end).range(&expr, start, end, step)
+}
+
+/// Prometheus' spelling of a sample value: shortest round-trip decimal, `NaN`, `+Inf`, `-Inf`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else if v != 0.0 && (v.abs() >= 1e21 || v.abs() < 1e-6) {
+        format_exponent(v)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Go's `%e`-style shortest form (`1e+21`, `1.5e-05`), which Prometheus' JSON uses for very large
+/// and very small values.
+fn format_exponent(v: f64) -> String {
+    let text = format!("{v:e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.abs())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,499 @@
+//! PromQL and the Prometheus HTTP API, checked against a real Prometheus: the same samples (the
+//! host hour in `tests/data/host/`, a replayed Jetson TX2 log, a generated classic histogram)
+//! go into an Outpost store served by `outpost hub` and, through `promtool tsdb
+//! create-blocks-from openmetrics`, into a `prometheus` process; every expression of
+//! `tests/data/promql/corpus.promql` is asked of both, at several instants and over several
+//! ranges, and the answers must be the same.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{free_port, http, outpost, root, succeed, tegrastats_log, wait_until};
+use crate::sync::Hub;
+
+/// The host hour's first and last sample as recorded (Unix milliseconds).
+const RECORDED_HOST_START: i64 = 1_795_257_761_024;
+const RECORDED_HOST_END: i64 = 1_795_261_360_024;
+/// Lines in the TX2 log, replayed one a second.
+const JETSON_LINES: i64 = 2660;
+
+/// Where the data sets lie in time (Unix seconds). The store keeps raw samples for 30 days, so
+/// the data is moved by whole days to end two days before the test runs.
+#[derive(Clone, Copy)]
+struct Times {
+    shift_ms: i64,
+    host_start: f64,
+    host_end: f64,
+    jetson_start: f64,
+    jetson_end: f64,
+}
+
+impl Times {
+    fn now() -> Times {
+        const DAY: i64 = 86_400_000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let shift_ms = (now - 2 * DAY - RECORDED_HOST_END).div_euclid(DAY) * DAY;
+        let host_start = (RECORDED_HOST_START + shift_ms) as f64 / 1000.0;
+        // The Jetson log plays the day before, from a whole hour.
+        let jetson_start = ((RECORDED_HOST_START + shift_ms - DAY) / 3_600_000 * 3600) as f64;
+        Times {
+            shift_ms,
+            host_start,
+            host_end: (RECORDED_HOST_END + shift_ms) as f64 / 1000.0,
+            jetson_start,
+            jetson_end: jetson_start + (JETSON_LINES - 1) as f64,
+        }
+    }
+}
+
+/// Every sample of the three data sets as Prometheus text with millisecond timestamps.
+fn samples_text(dir: &Path, times: Times) -> String {
+    let mut recorded = String::new();
+    zstd::stream::read::Decoder::new(
+        std::fs::File::open(root().join("tests/data/host/host-1h.prom.zst")).unwrap(),
+    )
+    .unwrap()
+    .read_to_string(&mut recorded)
+    .unwrap();
+    let mut text = String::with_capacity(recorded.len() * 2);
+    for line in recorded.lines().filter(|l| !l.starts_with('#')) {
+        let (rest, timestamp) = line.rsplit_once(' ').unwrap();
+        let ms: i64 = timestamp.parse().unwrap();
+        writeln!(text, "{rest} {}", ms + times.shift_ms).unwrap();
+    }
+    let jetson = dir.join("jetson.redb");
+    succeed(
+        outpost(&["tegrastats", "import", "--db"])
+            .arg(&jetson)
+            .arg("--start")
+            .arg(((times.jetson_start * 1000.0) as i64).to_string())
+            .arg(tegrastats_log("tx2-jetpack4-2660s.log.zst")),
+    );
+    let csv = succeed(
+        outpost(&[
+            "db",
+            "query",
+            "--from",
+            "0",
+            "--to",
+            "2000000000000",
+            "--db",
+        ])
+        .arg(&jetson)
+        .arg("{__name__=~\"jetson_.+\"}"),
+    );
+    for line in String::from_utf8(csv.stdout).unwrap().lines().skip(1) {
+        // `"name{a=""x""}",timestamp,value`, or `name,timestamp,value`
+        let (rest, value) = line.rsplit_once(',').unwrap();
+        let (series, timestamp) = rest.rsplit_once(',').unwrap();
+        let series = series.trim_matches('"').replace("\"\"", "\"");
+        writeln!(text, "{series} {value} {timestamp}").unwrap();
+    }
+    text.push_str(&histogram_text(times));
+    text
+}
+
+/// A classic histogram of request durations for two handlers over the host hour, every 15 s,
+/// with a counter reset half-way for one of them (a restarted process).
+fn histogram_text(times: Times) -> String {
+    const BOUNDS: [&str; 6] = ["0.05", "0.1", "0.25", "0.5", "1", "+Inf"];
+    let mut text = String::new();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for handler in ["api", "static"] {
+        let mut buckets = [0u64; 6];
+        let mut sum = 0.0f64;
+        let mut t = (times.host_start * 1000.0) as i64;
+        while t <= (times.host_end * 1000.0) as i64 {
+            if handler == "static" && t > ((times.host_start + 1800.0) * 1000.0) as i64 && sum > 0.0
+            {
+                buckets = [0; 6];
+                sum = 0.0;
+            }
+            for _ in 0..(state % 7) {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let duration = (state >> 40) as f64 / (1u64 << 24) as f64 * 1.5;
+                sum += duration;
+                for (i, bound) in BOUNDS.iter().enumerate() {
+                    if *bound == "+Inf" || duration <= bound.parse::<f64>().unwrap() {
+                        buckets[i] += 1;
+                    }
+                }
+            }
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            for (i, bound) in BOUNDS.iter().enumerate() {
+                writeln!(
+                    text,
+                    "demo_request_duration_seconds_bucket{{handler=\"{handler}\",le=\"{bound}\"}} {} {t}",
+                    buckets[i]
+                )
+                .unwrap();
+            }
+            writeln!(
+                text,
+                "demo_request_duration_seconds_sum{{handler=\"{handler}\"}} {sum} {t}"
+            )
+            .unwrap();
+            writeln!(
+                text,
+                "demo_request_duration_seconds_count{{handler=\"{handler}\"}} {} {t}",
+                buckets[5]
+            )
+            .unwrap();
+            t += 15_000;
+        }
+    }
+    text
+}
+
+/// The same samples in OpenMetrics, which promtool reads: timestamps in seconds, `# EOF`.
+fn openmetrics(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (rest, timestamp) = line.rsplit_once(' ').unwrap();
+        let ms: i64 = timestamp.parse().unwrap();
+        writeln!(
+            out,
+            "{rest} {}.{:03}",
+            ms.div_euclid(1000),
+            ms.rem_euclid(1000)
+        )
+        .unwrap();
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A `prometheus` process serving a TSDB made by promtool from `text`.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, text: &str) -> Prometheus {
+        let prometheus =
+            std::env::var("OUTPOST_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+        let promtool = std::env::var("OUTPOST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+        let input = dir.join("samples.om");
+        std::fs::write(&input, openmetrics(text)).unwrap();
+        let tsdb = dir.join("tsdb");
+        let made = Command::new(&promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&input)
+            .arg(&tsdb)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {promtool} ({e}): install Debian's prometheus package")
+            });
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = free_port();
+        let child = Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {prometheus} ({e})"));
+        let server = Prometheus { child, port };
+        wait_until("Prometheus to be ready", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            (http(port, "GET", "/-/ready", "").0 == 200).then_some(())
+        });
+        server
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One question asked of both servers: the endpoint and its parameters.
+#[derive(Clone)]
+struct Ask {
+    path: &'static str,
+    params: Vec<(&'static str, String)>,
+}
+
+impl Ask {
+    fn query_string(&self) -> String {
+        self.params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    fn get(&self, port: u16) -> Value {
+        let (status, body) = http(
+            port,
+            "GET",
+            &format!("{}?{}", self.path, self.query_string()),
+            "",
+        );
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("status {status}, not JSON ({e}): {body}"))
+    }
+}
+
+fn questions(expression: &str, times: Times) -> Vec<Ask> {
+    let Times {
+        host_start,
+        host_end,
+        jetson_start,
+        jetson_end,
+        ..
+    } = times;
+    let mut asks = Vec::new();
+    let instants = [
+        host_start + 30.0,
+        host_start + 299.5,
+        host_start + 1800.0,
+        host_end - 0.5,
+        host_end + 120.0,
+        host_end + 301.0,
+        jetson_start + 600.0,
+        jetson_end + 100.0,
+    ];
+    for t in instants {
+        asks.push(Ask {
+            path: "/api/v1/query",
+            params: vec![
+                ("query", expression.to_string()),
+                ("time", format!("{t:.3}")),
+            ],
+        });
+    }
+    let ranges = [
+        (host_start, host_end, "60"),
+        (host_start + 120.0, host_start + 1320.0, "15"),
+        (host_start + 61.7, host_end + 600.0, "137.5"),
+        (jetson_start - 300.0, jetson_end + 400.0, "1m"),
+    ];
+    for (start, end, step) in ranges {
+        asks.push(Ask {
+            path: "/api/v1/query_range",
+            params: vec![
+                ("query", expression.to_string()),
+                ("start", format!("{start:.3}")),
+                ("end", format!("{end:.3}")),
+                ("step", step.to_string()),
+            ],
+        });
+    }
+    asks
+}
+
+fn number(value: &Value) -> f64 {
+    match value.as_str() {
+        Some("NaN") => f64::NAN,
+        Some("+Inf") => f64::INFINITY,
+        Some("-Inf") => f64::NEG_INFINITY,
+        Some(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {text}")),
+        None => value.as_f64().expect("a number"),
+    }
+}
+
+fn same_number(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+/// Equal within the tolerance, and spelled alike where equal exactly.
+fn same_value(a: f64, b: f64, a_text: &str, b_text: &str) -> bool {
+    same_number(a, b) && (a.to_bits() != b.to_bits() || a_text == b_text)
+}
+
+/// Points as (timestamp, value, value as written) per label set.
+type Points = Vec<(f64, f64, String)>;
+
+fn by_labels(result: &Value, key: &str) -> BTreeMap<String, Points> {
+    let mut out = BTreeMap::new();
+    for item in result.as_array().expect("a result list") {
+        let labels = item["metric"].to_string();
+        let points = match key {
+            "value" => vec![&item["value"]],
+            _ => item["values"].as_array().unwrap().iter().collect(),
+        };
+        let points = points
+            .into_iter()
+            .map(|p| (p[0].as_f64().unwrap(), number(&p[1]), p[1].to_string()))
+            .collect();
+        assert!(
+            out.insert(labels, points).is_none(),
+            "a label set twice: {result}"
+        );
+    }
+    out
+}
+
+/// Why two answers differ, or nothing when they agree.
+fn difference(expression: &str, ours: &Value, theirs: &Value) -> Option<String> {
+    if theirs["status"] != ours["status"] {
+        return Some(format!("Prometheus: {theirs}\nOutpost:    {ours}"));
+    }
+    if theirs["status"] == "error" {
+        return (theirs["errorType"] != ours["errorType"])
+            .then(|| format!("error types differ: {theirs} / {ours}"));
+    }
+    let (data, ours_data) = (&theirs["data"], &ours["data"]);
+    if data["resultType"] != ours_data["resultType"] {
+        return Some(format!("result types differ: {theirs} / {ours}"));
+    }
+    let kind = data["resultType"].as_str().unwrap();
+    let agree = match kind {
+        "scalar" | "string" => {
+            let (a, b) = (&data["result"], &ours_data["result"]);
+            a[0] == b[0]
+                && if kind == "scalar" {
+                    same_number(number(&a[1]), number(&b[1]))
+                } else {
+                    a[1] == b[1]
+                }
+        }
+        _ => {
+            let key = if kind == "vector" { "value" } else { "values" };
+            let (a, b) = (
+                by_labels(&data["result"], key),
+                by_labels(&ours_data["result"], key),
+            );
+            let same_series = a.len() == b.len()
+                && a.iter().zip(&b).all(|((la, pa), (lb, pb))| {
+                    la == lb
+                        && pa.len() == pb.len()
+                        && pa
+                            .iter()
+                            .zip(pb)
+                            .all(|(x, y)| x.0 == y.0 && same_value(x.1, y.1, &x.2, &y.2))
+                });
+            let ordered = !expression.starts_with("sort") || {
+                let order = |r: &Value| -> Vec<String> {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i["value"][1].to_string())
+                        .collect()
+                };
+                order(&data["result"]) == order(&ours_data["result"])
+            };
+            same_series && ordered
+        }
+    };
+    (!agree).then(|| format!("Prometheus: {theirs}\nOutpost:    {ours}"))
+}
+
+fn corpus() -> Vec<String> {
+    std::fs::read_to_string(root().join("tests/data/promql/corpus.promql"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The hub and Prometheus, both loaded with the same samples.
+fn servers(dir: &Path, times: Times) -> (Hub, Prometheus) {
+    let text = samples_text(dir, times);
+    let file: PathBuf = dir.join("samples.prom");
+    std::fs::write(&file, &text).unwrap();
+    succeed(
+        outpost(&["db", "import", "--db"])
+            .arg(dir.join("hub.redb"))
+            .arg(&file),
+    );
+    let prometheus = Prometheus::start(dir, &text);
+    let hub = Hub::start(dir, free_port(), free_port());
+    (hub, prometheus)
+}
+
+#[test]
+fn answers_as_prometheus_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let times = Times::now();
+    let (hub, prometheus) = servers(dir.path(), times);
+    let corpus = corpus();
+    assert!(corpus.len() >= 300, "{} expressions", corpus.len());
+    let work: Vec<(String, Ask)> = corpus
+        .iter()
+        .flat_map(|e| questions(e, times).into_iter().map(move |a| (e.clone(), a)))
+        .collect();
+    let chunks: Vec<Vec<(String, Ask)>> = work
+        .chunks(work.len().div_ceil(4))
+        .map(<[_]>::to_vec)
+        .collect();
+    let (hub_port, prometheus_port) = (hub.http_port, prometheus.port);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for (expression, ask) in chunk {
+                        let theirs = ask.get(prometheus_port);
+                        let ours = ask.get(hub_port);
+                        if let Some(why) = difference(&expression, &ours, &theirs) {
+                            failures.push(format!("{} {}\n{why}", ask.path, ask.query_string()));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let asked = work.len();
+    assert!(
+        failures.is_empty(),
+        "{} of {asked} answers differ from Prometheus'; the first:\n\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+    drop(hub);
+}

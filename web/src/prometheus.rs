@@ -1,0 +1,572 @@
+//! Prometheus' HTTP API (`/api/v1/...`) over a store: what Grafana, promtool and other
+//! Prometheus clients speak. The hub serves it over the fleet, the agent over its own store.
+//! Answers and errors have Prometheus' JSON shapes and status codes
+//! ([docs/api.md](../../docs/api.md) lists the endpoints).
+
+#![deny(clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use outpost_storage::promql::{self, Answer, Value};
+use outpost_storage::{Selector, Store};
+use serde_json::{json, Value as Json};
+
+/// What the API needs from the process that serves it.
+pub trait PromContext: Send + Sync + 'static {
+    fn store(&self) -> &Arc<Store>;
+    /// The wall clock (milliseconds): the default query time.
+    fn now_ms(&self) -> i64;
+    /// Evaluation settings and bounds.
+    fn query_options(&self) -> promql::Options {
+        promql::Options::default()
+    }
+    /// `/api/v1/rules`: `{"groups": [...]}` in Prometheus' shape.
+    fn rules(&self) -> Json {
+        json!({ "groups": [] })
+    }
+    /// `/api/v1/alerts`: `{"alerts": [...]}` in Prometheus' shape.
+    fn alerts(&self) -> Json {
+        json!({ "alerts": [] })
+    }
+    /// `/api/v1/metadata`: (metric, type, help, unit) for the metrics it knows.
+    fn metadata(&self) -> Vec<(String, String, String, String)> {
+        Vec::new()
+    }
+}
+
+/// The routes, for the caller to merge under its own guard.
+pub fn routes<C: PromContext>() -> axum::Router<Arc<C>> {
+    axum::Router::new()
+        .route("/api/v1/query", get(query::<C>).post(query::<C>))
+        .route(
+            "/api/v1/query_range",
+            get(query_range::<C>).post(query_range::<C>),
+        )
+        .route("/api/v1/series", get(series::<C>).post(series::<C>))
+        .route("/api/v1/labels", get(labels::<C>).post(labels::<C>))
+        .route("/api/v1/label/{name}/values", get(label_values::<C>))
+        .route("/api/v1/metadata", get(metadata::<C>))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+        .route("/api/v1/rules", get(rules::<C>))
+        .route("/api/v1/alerts", get(alerts::<C>))
+}
+
+/// An API error: Prometheus' `errorType` and the status code it goes with.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_data(message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind: "bad_data",
+            message: message.into(),
+        }
+    }
+
+    fn parameter(name: &str, reason: impl std::fmt::Display) -> ApiError {
+        ApiError::bad_data(format!("invalid parameter {name:?}: {reason}"))
+    }
+}
+
+impl From<promql::Error> for ApiError {
+    fn from(error: promql::Error) -> ApiError {
+        let kind = match &error {
+            promql::Error::BadData(_) => "bad_data",
+            promql::Error::Execution(_) | promql::Error::TooManySamples(_) => "execution",
+            promql::Error::Timeout(_) => "timeout",
+            promql::Error::Storage(_) => "internal",
+        };
+        ApiError {
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.kind {
+            "bad_data" => StatusCode::BAD_REQUEST,
+            "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+            "timeout" | "canceled" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "not_found" => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = json!({ "status": "error", "errorType": self.kind, "error": self.message });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn success(data: &str, warnings: &[String]) -> Response {
+    let mut body = String::with_capacity(data.len() + 64);
+    body.push_str("{\"status\":\"success\",\"data\":");
+    body.push_str(data);
+    if !warnings.is_empty() {
+        body.push_str(",\"warnings\":");
+        body.push_str(&Json::from(warnings.to_vec()).to_string());
+    }
+    body.push('}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The request's parameters, from the query string and a form body alike (as Prometheus
+/// reads them), in order.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn of(raw: Option<String>, body: &Bytes) -> Params {
+        let mut pairs: Vec<(String, String)> = raw
+            .as_deref()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        pairs.extend(form_urlencoded::parse(body).into_owned());
+        Params(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn time(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|text| parse_time(text).map_err(|reason| ApiError::parameter(name, reason)))
+            .transpose()
+    }
+
+    fn duration(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|text| parse_duration(text).map_err(|reason| ApiError::parameter(name, reason)))
+            .transpose()
+    }
+
+    fn limit(&self) -> Result<Option<usize>, ApiError> {
+        match self.get("limit") {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n > 0 => Ok(Some(n as usize)),
+                Ok(_) => Ok(None),
+                Err(_) => Err(ApiError::bad_data("limit must be a number")),
+            },
+        }
+    }
+
+    fn expression(&self) -> Result<String, ApiError> {
+        self.get("query")
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::parameter("query", "no query given"))
+    }
+
+    /// When to give up: the `timeout` asked for, never more than two minutes.
+    fn deadline(&self) -> Result<Instant, ApiError> {
+        const MOST: i64 = 120_000;
+        let timeout = self.duration("timeout")?.unwrap_or(MOST).clamp(1, MOST);
+        Ok(Instant::now() + Duration::from_millis(timeout as u64))
+    }
+}
+
+/// Unix seconds (with a fraction) or RFC 3339, as Prometheus takes times, in milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    // About 292,000 years either way: past that, millisecond arithmetic could overflow.
+    const LIMIT: f64 = 9.2e12;
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds.abs() < LIMIT {
+            let whole = seconds.trunc();
+            let fraction = ((seconds - whole) * 1000.0).round();
+            return Ok(whole as i64 * 1000 + fraction as i64);
+        }
+        return Err(format!("cannot parse {text:?} to a valid timestamp"));
+    }
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| format!("cannot parse {text:?} to a valid timestamp"))
+}
+
+/// Seconds (with a fraction) or Prometheus' duration text (`5m`, `1h30m`), in milliseconds.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        let ms = seconds * 1000.0;
+        if !ms.is_finite() || ms.abs() > 9.2e18 {
+            return Err(format!(
+                "cannot parse {text:?} to a valid duration. It overflows int64"
+            ));
+        }
+        return Ok(ms.round() as i64);
+    }
+    outpost_storage::parse_duration_ms(text)
+        .map_err(|_| format!("cannot parse {text:?} to a valid duration"))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError {
+            kind: "internal",
+            message: format!("query task failed: {e}"),
+        })?
+}
+
+async fn query<C: PromContext>(
+    State(context): State<Arc<C>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let params = Params::of(raw, &body);
+    let expression = params.expression()?;
+    let at = params.time("time")?.unwrap_or_else(|| context.now_ms());
+    let deadline = params.deadline()?;
+    let answer = blocking(move || {
+        let options = context.query_options();
+        Ok(promql::instant(
+            context.store().as_ref(),
+            &expression,
+            at,
+            &options,
+            Some(deadline),
+        )?)
+    })
+    .await?;
+    Ok(success(&result_json(&answer), &answer.warnings))
+}
+
+async fn query_range<C: PromContext>(
+    State(context): State<Arc<C>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let params = Params::of(raw, &body);
+    let expression = params.expression()?;
+    let start = params
+        .time("start")?
+        .ok_or_else(|| ApiError::parameter("start", "missing"))?;
+    let end = params
+        .time("end")?
+        .ok_or_else(|| ApiError::parameter("end", "missing"))?;
+    let step = params
+        .duration("step")?
+        .ok_or_else(|| ApiError::parameter("step", "missing"))?;
+    let deadline = params.deadline()?;
+    let answer = blocking(move || {
+        let options = context.query_options();
+        Ok(promql::range(
+            context.store().as_ref(),
+            &expression,
+            start,
+            end,
+            step,
+            &options,
+            Some(deadline),
+        )?)
+    })
+    .await?;
+    Ok(success(&result_json(&answer), &answer.warnings))
+}
+
+/// The series that `match[]` selects (every series without it, when `required` is false).
+fn matching_series(
+    store: &Store,
+    params: &Params,
+    required: bool,
+) -> Result<Vec<outpost_storage::SeriesKey>, ApiError> {
+    let matches = params.all("match[]");
+    if matches.is_empty() && required {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let mut selectors = Vec::with_capacity(matches.len().max(1));
+    for text in matches {
+        selectors
+            .push(promql::parse_selector(text).map_err(|e| ApiError::parameter("match[]", e))?);
+    }
+    if selectors.is_empty() {
+        selectors.push(Selector::parse("{__name__=~\".+\"}").expect("a valid selector"));
+    }
+    let mut found = BTreeSet::new();
+    for selector in &selectors {
+        found.extend(store.series(selector).into_iter().map(|(_, key)| key));
+    }
+    Ok(found.into_iter().collect())
+}
+
+fn label_set_json(key: &outpost_storage::SeriesKey) -> String {
+    let mut out = String::from("{\"__name__\":");
+    out.push_str(&Json::from(key.name()).to_string());
+    for (name, value) in key.labels() {
+        let _ = write!(
+            out,
+            ",{}:{}",
+            Json::from(name.as_str()),
+            Json::from(value.as_str())
+        );
+    }
+    out.push('}');
+    out
+}
+
+async fn series<C: PromContext>(
+    State(context): State<Arc<C>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let params = Params::of(raw, &body);
+    let limit = params.limit()?;
+    params.time("start")?;
+    params.time("end")?;
+    let mut keys = matching_series(context.store(), &params, true)?;
+    let warnings = truncate(&mut keys, limit);
+    let items: Vec<String> = keys.iter().map(label_set_json).collect();
+    Ok(success(&format!("[{}]", items.join(",")), &warnings))
+}
+
+fn truncate<T>(items: &mut Vec<T>, limit: Option<usize>) -> Vec<String> {
+    match limit {
+        Some(limit) if items.len() > limit => {
+            items.truncate(limit);
+            vec!["results truncated due to limit".to_string()]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn strings_json(items: &[String]) -> String {
+    Json::from(items.to_vec()).to_string()
+}
+
+async fn labels<C: PromContext>(
+    State(context): State<Arc<C>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let params = Params::of(raw, &body);
+    let limit = params.limit()?;
+    params.time("start")?;
+    params.time("end")?;
+    let keys = matching_series(context.store(), &params, false)?;
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for key in &keys {
+        names.insert("__name__".to_string());
+        names.extend(key.labels().iter().map(|(name, _)| name.clone()));
+    }
+    let mut names: Vec<String> = names.into_iter().collect();
+    let warnings = truncate(&mut names, limit);
+    Ok(success(&strings_json(&names), &warnings))
+}
+
+async fn label_values<C: PromContext>(
+    State(context): State<Arc<C>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let params = Params::of(raw, &Bytes::new());
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let limit = params.limit()?;
+    params.time("start")?;
+    params.time("end")?;
+    let keys = matching_series(context.store(), &params, false)?;
+    let values: BTreeSet<String> = keys
+        .iter()
+        .map(|key| key.label(&name).to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let mut values: Vec<String> = values.into_iter().collect();
+    let warnings = truncate(&mut values, limit);
+    Ok(success(&strings_json(&values), &warnings))
+}
+
+async fn metadata<C: PromContext>(
+    State(context): State<Arc<C>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let params = Params::of(raw, &Bytes::new());
+    let limit = params.limit()?;
+    let metric = params.get("metric");
+    let mut out = serde_json::Map::new();
+    for (name, kind, help, unit) in context.metadata() {
+        if metric.is_some_and(|m| m != name) {
+            continue;
+        }
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        out.insert(name, json!([{ "type": kind, "help": help, "unit": unit }]));
+    }
+    Ok(success(&Json::Object(out).to_string(), &[]))
+}
+
+/// The Prometheus version whose API and PromQL this one answers as.
+pub const PROMETHEUS_VERSION: &str = "2.42.0";
+
+async fn buildinfo() -> ApiResult {
+    let data = json!({
+        "version": PROMETHEUS_VERSION,
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "application": format!("outpost {}", env!("CARGO_PKG_VERSION")),
+    });
+    Ok(success(&data.to_string(), &[]))
+}
+
+async fn exemplars(RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
+    let params = Params::of(raw, &body);
+    promql::parse(&params.expression()?)?;
+    Ok(success("[]", &[]))
+}
+
+async fn format_query(RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
+    let params = Params::of(raw, &body);
+    let pretty = promql::prettify(&params.expression()?)?;
+    Ok(success(&Json::from(pretty).to_string(), &[]))
+}
+
+async fn rules<C: PromContext>(State(context): State<Arc<C>>) -> ApiResult {
+    Ok(success(&context.rules().to_string(), &[]))
+}
+
+async fn alerts<C: PromContext>(State(context): State<Arc<C>>) -> ApiResult {
+    Ok(success(&context.alerts().to_string(), &[]))
+}
+
+/// `data` of a query answer, written directly (values as Prometheus spells them, timestamps
+/// as seconds with at most three decimals).
+pub fn result_json(answer: &Answer) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{{\"resultType\":\"{}\",\"result\":",
+        answer.value.type_name()
+    );
+    match &answer.value {
+        Value::Scalar { t, v } => point(&mut out, *t, &promql::format_value(*v)),
+        Value::String { t, v } => point(&mut out, *t, v),
+        Value::Vector(samples) => {
+            out.push('[');
+            for (i, sample) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                labels_json(&mut out, &sample.labels);
+                out.push_str(",\"value\":");
+                point(&mut out, sample.t, &promql::format_value(sample.v));
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Matrix(series) => {
+            out.push('[');
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                labels_json(&mut out, &s.labels);
+                out.push_str(",\"values\":[");
+                for (j, (t, v)) in s.points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    point(&mut out, *t, &promql::format_value(*v));
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+    out
+}
+
+fn labels_json(out: &mut String, labels: &promql::Labels) {
+    out.push('{');
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{}:{}", Json::from(name), Json::from(value));
+    }
+    out.push('}');
+}
+
+fn point(out: &mut String, t: i64, value: &str) {
+    out.push('[');
+    if t < 0 {
+        out.push('-');
+    }
+    let t = t.unsigned_abs();
+    let _ = write!(out, "{}", t / 1000);
+    let fraction = t % 1000;
+    if fraction != 0 {
+        let digits = format!("{fraction:03}");
+        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+    }
+    let _ = write!(out, ",{}]", Json::from(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_as_prometheus_reads_them() {
+        assert_eq!(parse_time("1700000000.123"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("-1.5"), Ok(-1_500));
+        assert!(parse_time("soon").is_err());
+        assert!(parse_time("1e300").is_err());
+        assert!(parse_time("NaN").is_err());
+        assert_eq!(parse_duration("15"), Ok(15_000));
+        assert_eq!(parse_duration("0.5"), Ok(500));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert!(parse_duration("1e30").is_err());
+    }
+
+    #[test]
+    fn points_keep_milliseconds_without_float_noise() {
+        let mut out = String::new();
+        point(&mut out, 1_795_257_761_024, "1");
+        assert_eq!(out, "[1795257761.024,\"1\"]");
+        out.clear();
+        point(&mut out, 1_795_257_761_100, "NaN");
+        assert_eq!(out, "[1795257761.1,\"NaN\"]");
+        out.clear();
+        point(&mut out, -1_500, "2");
+        assert_eq!(out, "[-1.5,\"2\"]");
+    }
+}
