@@ -57,6 +57,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/health", get(health))
         .route("/api/query", get(query))
+        .merge(outpost_web::prometheus::routes::<HttpState>())
         .route(
             "/api/v1/import/prometheus",
             post(import).layer(DefaultBodyLimit::max(body_limit)),
@@ -119,7 +120,10 @@ fn access(
             ))
         };
     }
-    let change = !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    // Prometheus' API takes queries by POST too (Grafana's default): those read.
+    let prometheus_read = path.starts_with("/api/v1/") && path != "/api/v1/import/prometheus";
+    let change =
+        !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD) && !prometheus_read;
     if change && !peer.ip().is_loopback() && path != "/api/v1/import/prometheus" {
         return Err((
             StatusCode::FORBIDDEN,
@@ -127,6 +131,49 @@ fn access(
         ));
     }
     Ok(())
+}
+
+impl outpost_web::prometheus::PromContext for HttpState {
+    fn store(&self) -> &Arc<outpost_storage::Store> {
+        &self.sink.store
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn rules(&self) -> serde_json::Value {
+        match &self.alerts {
+            Some(alerts) => {
+                crate::alerting::prometheus::rules(&alerts.engine.lock().expect("engine lock"))
+            }
+            None => serde_json::json!({ "groups": [] }),
+        }
+    }
+
+    fn alerts(&self) -> serde_json::Value {
+        match &self.alerts {
+            Some(alerts) => {
+                crate::alerting::prometheus::alerts(&alerts.engine.lock().expect("engine lock"))
+            }
+            None => serde_json::json!({ "alerts": [] }),
+        }
+    }
+
+    fn metadata(&self) -> Vec<(String, String, String, String)> {
+        super::catalogue::parse(super::catalogue::DOCUMENT)
+            .into_iter()
+            .map(|m| {
+                let unit = m.unit.trim_matches('`').to_string();
+                (
+                    m.name.to_string(),
+                    m.kind.to_string(),
+                    m.description.to_string(),
+                    unit,
+                )
+            })
+            .collect()
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

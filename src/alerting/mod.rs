@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 pub mod config;
 pub mod notify;
 pub mod pack;
+pub mod prometheus;
 pub mod runtime;
 
 use config::{AlertsSection, WebhookFormat};

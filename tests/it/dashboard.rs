@@ -87,7 +87,7 @@ fn hub_with_config(dir: &Path, (http_port, mqtt_port): (u16, u16), config: &str)
 }
 
 /// The `[[web.users]]` entry that `outpost hub user` prints, from the password on stdin.
-fn user_entry(name: &str, role: &str, password: &str) -> String {
+pub fn user_entry(name: &str, role: &str, password: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["hub", "user", name, "--role", role, "--password-stdin"])
         .stdin(Stdio::piped())

@@ -497,3 +497,239 @@ fn answers_as_prometheus_does() {
     );
     drop(hub);
 }
+
+/// Only the host hour, moved as [`Times`] says, in a store served by a hub started with `args`.
+fn host_hub(dir: &Path, times: Times, args: &[&str]) -> Hub {
+    let text = samples_text_host_only(times);
+    let file = dir.join("host.prom");
+    std::fs::write(&file, text).unwrap();
+    succeed(
+        outpost(&["db", "import", "--db"])
+            .arg(dir.join("hub.redb"))
+            .arg(&file),
+    );
+    Hub::start_with(dir, free_port(), free_port(), args)
+}
+
+fn samples_text_host_only(times: Times) -> String {
+    let mut recorded = String::new();
+    zstd::stream::read::Decoder::new(
+        std::fs::File::open(root().join("tests/data/host/host-1h.prom.zst")).unwrap(),
+    )
+    .unwrap()
+    .read_to_string(&mut recorded)
+    .unwrap();
+    let mut text = String::with_capacity(recorded.len());
+    for line in recorded.lines().filter(|l| !l.starts_with('#')) {
+        let (rest, timestamp) = line.rsplit_once(' ').unwrap();
+        let ms: i64 = timestamp.parse().unwrap();
+        writeln!(text, "{rest} {}", ms + times.shift_ms).unwrap();
+    }
+    text
+}
+
+fn promtool(args: &[&str]) -> String {
+    let promtool = std::env::var("OUTPOST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let output = Command::new(&promtool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {promtool} ({e})"));
+    assert!(
+        output.status.success(),
+        "promtool {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn promtool_queries_the_hub_and_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let times = Times::now();
+    let hub = host_hub(dir.path(), times, &[]);
+    let server = format!("http://127.0.0.1:{}", hub.http_port);
+    let at = format!("{:.3}", times.host_end);
+    let instant = promtool(&[
+        "query",
+        "instant",
+        "--time",
+        &at,
+        &server,
+        "sum by (mode) (rate(node_cpu_seconds_total[1m]))",
+    ]);
+    assert_eq!(instant.lines().count(), 8, "{instant}");
+    assert!(instant.contains("{mode=\"idle\"} =>"), "{instant}");
+    let range = promtool(&[
+        "query",
+        "range",
+        "--start",
+        &format!("{:.3}", times.host_end - 600.0),
+        "--end",
+        &at,
+        "--step",
+        "1m",
+        &server,
+        "node_load1",
+    ]);
+    assert!(range.starts_with("node_load1 =>"), "{range}");
+    assert_eq!(range.matches(" @[").count(), 11, "{range}");
+    let series = promtool(&["query", "series", "--match", "node_load1", &server]);
+    assert_eq!(series.trim(), "{__name__=\"node_load1\"}");
+    let labels = promtool(&["query", "labels", &server, "mode"]);
+    assert!(labels.lines().any(|l| l == "iowait"), "{labels}");
+    drop(hub);
+
+    // The agent answers the same API over its own store.
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = crate::agent::Agent::start(
+        &agent_dir,
+        "",
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "1",
+        ],
+    );
+    let server = format!("http://127.0.0.1:{}", agent.port);
+    let total = wait_until(
+        "tegrastats samples in the agent",
+        Duration::from_secs(30),
+        || {
+            let text = promtool(&["query", "instant", &server, "jetson_ram_total_bytes"]);
+            (!text.trim().is_empty()).then_some(text)
+        },
+    );
+    assert!(
+        total.contains(&format!("=> {} @[", 6834u64 * 1024 * 1024)),
+        "{total}"
+    );
+    let labels = promtool(&["query", "labels", &server, "__name__"]);
+    assert!(
+        labels.lines().any(|l| l == "jetson_ram_total_bytes"),
+        "{labels}"
+    );
+    agent.stop();
+}
+
+/// What Grafana sends to a Prometheus data source: the "Save & test" check (`1+1` by POST form,
+/// then the build information), the query editor's lookups, and a panel's range query by POST
+/// form with float seconds.
+fn grafana_session(port: u16, auth: &[(&str, &str)], times: Times) -> Vec<(u16, Value)> {
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let headers: Vec<(&str, &str)> = auth.iter().chain(form.iter()).copied().collect();
+    let (start, end) = (times.host_end - 3600.0, times.host_end);
+    let requests: Vec<(&str, String, String)> = vec![
+        (
+            "POST",
+            "/api/v1/query".into(),
+            format!("query=1%2B1&time={end}"),
+        ),
+        ("GET", "/api/v1/status/buildinfo".into(), String::new()),
+        (
+            "GET",
+            format!("/api/v1/label/__name__/values?start={start}&end={end}"),
+            String::new(),
+        ),
+        ("GET", "/api/v1/metadata".into(), String::new()),
+        (
+            "GET",
+            format!("/api/v1/labels?start={start}&end={end}"),
+            String::new(),
+        ),
+        (
+            "GET",
+            format!("/api/v1/series?match%5B%5D=node_load1&start={start}&end={end}&limit=40000"),
+            String::new(),
+        ),
+        (
+            "POST",
+            "/api/v1/query_range".into(),
+            format!(
+                "query={}&start={start}&end={end}&step=15",
+                encode("sum by (mode) (rate(node_cpu_seconds_total[1m]))")
+            ),
+        ),
+    ];
+    requests
+        .into_iter()
+        .map(|(method, path, body)| {
+            let (status, _, text) = crate::agent::http_with(port, method, &path, &headers, &body);
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
+#[test]
+fn grafana_reads_the_hub_with_a_password_or_a_token_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let times = Times::now();
+    let token_text = succeed(&mut outpost(&["hub", "token", "grafana"])).stdout;
+    let token_text = String::from_utf8(token_text).unwrap();
+    let token = token_text
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .to_string();
+    let entries: String = token_text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = format!(
+        "{}\n{entries}\n",
+        crate::dashboard::user_entry("grafana-reader", "viewer", "correct horse")
+    );
+    let path = dir.path().join("hub.toml");
+    std::fs::write(&path, config).unwrap();
+    let hub = host_hub(dir.path(), times, &["--config", path.to_str().unwrap()]);
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("grafana-reader:correct horse")
+    );
+    let bearer = format!("Bearer {token}");
+    for auth in [basic.as_str(), bearer.as_str()] {
+        let answers = grafana_session(hub.http_port, &[("Authorization", auth)], times);
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{auth}: {body}");
+            assert_eq!(body["status"], "success", "{body}");
+        }
+        assert_eq!(answers[0].1["data"]["resultType"], "scalar");
+        assert_eq!(answers[0].1["data"]["result"][1], "2");
+        assert!(answers[1].1["data"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("2."));
+        let names = answers[2].1["data"].as_array().unwrap();
+        assert!(names.iter().any(|n| n == "node_load1"), "{names:?}");
+        let labels = answers[4].1["data"].as_array().unwrap();
+        assert!(labels.iter().any(|n| n == "mode"), "{labels:?}");
+        assert_eq!(
+            answers[5].1["data"],
+            serde_json::json!([{"__name__": "node_load1"}])
+        );
+        let panel = answers[6].1["data"]["result"].as_array().unwrap();
+        assert_eq!(panel.len(), 8);
+        // 241 steps, the first a second before the hour's first sample.
+        assert_eq!(panel[0]["values"].as_array().unwrap().len(), 240);
+    }
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("grafana-reader:wrong")
+    );
+    for auth in [&[][..], &[("Authorization", wrong.as_str())][..]] {
+        let answers = grafana_session(hub.http_port, auth, times);
+        // Refused; past a few wrong passwords, refused without checking (429).
+        assert!(
+            answers
+                .iter()
+                .all(|(status, _)| *status == 401 || *status == 429),
+            "{answers:?}"
+        );
+        assert_eq!(answers[0].0, 401);
+    }
+}

@@ -92,6 +92,14 @@ const PUBLIC: &[&str] = &["/api/health", "/api/me", "/api/login", "/api/logout"]
 
 async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
+    let from = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let basic = crate::auth::basic_credentials(request.headers());
+    if let Some(refused) = verify_basic_login(&web, basic, from).await {
+        return refused;
+    }
     let protected =
         (path.starts_with("/api/") || path == "/metrics") && !PUBLIC.contains(&path.as_str());
     // Prometheus' API takes queries by POST too (Grafana's default): those read.
@@ -106,7 +114,15 @@ async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) ->
         }
         Err(error) => error.into_response(),
     };
+    let status_unauthorized = response.status() == StatusCode::UNAUTHORIZED;
     let headers = response.headers_mut();
+    if status_unauthorized && path.starts_with("/api/v1/") {
+        // Prometheus clients (curl, scripts) answer this with HTTP basic credentials.
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"outpost\""),
+        );
+    }
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
@@ -123,6 +139,38 @@ async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) ->
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Verifies an HTTP basic login that is not yet remembered (off the async threads: argon2),
+/// so that `check` finds it; the answer when it is throttled.
+async fn verify_basic_login(
+    web: &Arc<Web>,
+    basic: Option<(String, String)>,
+    from: Option<std::net::IpAddr>,
+) -> Option<Response> {
+    let (name, password) = basic?;
+    if !web.auth.enabled() || web.auth.basic_cached(&name, &password).is_some() {
+        return None;
+    }
+    let auth = web.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || auth.auth.basic_login(&name, &password, from)).await;
+    match checked {
+        Ok(Login::Throttled(wait)) => {
+            let seconds = wait.as_secs().max(1);
+            Some(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, seconds.to_string())],
+                    Json(json!({
+                        "error": format!("too many failed logins from this address or for this name: try again in {seconds} s")
+                    })),
+                )
+                    .into_response(),
+            )
+        }
+        _ => None,
+    }
 }
 
 fn check(

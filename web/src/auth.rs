@@ -39,6 +39,38 @@ pub struct Auth {
     /// Verified against for a name that is no user's, so that an unknown name costs the same
     /// argon2 work as a known one and names cannot be told apart by timing.
     decoy_hash: Option<String>,
+    /// HTTP basic logins recently verified, by the SHA-256 of name and password: a client that
+    /// sends them with every request (Grafana) costs one argon2 verification per
+    /// [`BASIC_TTL`], not one per request.
+    basic: Mutex<HashMap<String, (Identity, Instant)>>,
+}
+
+/// How long a verified basic login is taken without verifying it again.
+const BASIC_TTL: Duration = Duration::from_secs(300);
+/// Basic logins remembered at most; past it the memory starts over.
+const BASIC_MAX: usize = 1024;
+
+/// The name and password of an `Authorization: Basic ...` header.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim_start()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))?
+        .1
+        .trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let (name, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((name.to_string(), password.to_string()))
+}
+
+fn basic_key(name: &str, password: &str) -> String {
+    sha256_hex(&format!("{name}\0{password}"))
 }
 
 /// What a login attempt came to.
@@ -168,6 +200,7 @@ impl Auth {
             decoy_hash: (!config.users.is_empty())
                 .then(|| hash_password("not anybody's password").ok())
                 .flatten(),
+            basic: Mutex::new(HashMap::new()),
         }
     }
 
@@ -203,6 +236,9 @@ impl Auth {
                     role: t.role,
                 });
         }
+        if let Some((name, password)) = basic_credentials(headers) {
+            return self.basic_cached(&name, &password);
+        }
         let session = cookie(headers, SESSION_COOKIE)?;
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let now = Instant::now();
@@ -215,6 +251,51 @@ impl Auth {
     /// attempt is refused without checking the password until the wait is over. Blocking: an
     /// argon2 verification takes milliseconds.
     pub fn login(&self, name: &str, password: &str, from: Option<std::net::IpAddr>) -> Login {
+        match self.checked(name, password, from) {
+            Login::Accepted(_, identity) => match random_hex(32) {
+                Ok(id) => {
+                    self.sessions.lock().expect("sessions lock").insert(
+                        id.clone(),
+                        (identity.clone(), Instant::now() + self.session_ttl),
+                    );
+                    Login::Accepted(id, identity)
+                }
+                Err(_) => Login::Refused,
+            },
+            other => other,
+        }
+    }
+
+    /// A basic login already verified within [`BASIC_TTL`].
+    pub fn basic_cached(&self, name: &str, password: &str) -> Option<Identity> {
+        let basic = self.basic.lock().expect("basic lock");
+        basic
+            .get(&basic_key(name, password))
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(identity, _)| identity.clone())
+    }
+
+    /// Verifies a basic login (throttled as a login is) and remembers it for [`BASIC_TTL`].
+    /// Blocking: an argon2 verification takes milliseconds.
+    pub fn basic_login(&self, name: &str, password: &str, from: Option<std::net::IpAddr>) -> Login {
+        let checked = self.checked(name, password, from);
+        if let Login::Accepted(_, identity) = &checked {
+            let mut basic = self.basic.lock().expect("basic lock");
+            let now = Instant::now();
+            basic.retain(|_, (_, expires)| *expires > now);
+            if basic.len() >= BASIC_MAX {
+                basic.clear();
+            }
+            basic.insert(
+                basic_key(name, password),
+                (identity.clone(), now + BASIC_TTL),
+            );
+        }
+        checked
+    }
+
+    /// The password checked, with failures counted against the address and the name.
+    fn checked(&self, name: &str, password: &str, from: Option<std::net::IpAddr>) -> Login {
         // The name as its hash: a record's size must not be the caller's to choose.
         let keys: Vec<String> = from
             .map(|address| format!("address:{address}"))
@@ -229,12 +310,12 @@ impl Auth {
             }
         }
         match self.verify(name, password) {
-            Some((id, identity)) => {
+            Some(identity) => {
                 let mut throttle = self.throttle.lock().expect("throttle lock");
                 for key in &keys {
                     throttle.succeeded(key);
                 }
-                Login::Accepted(id, identity)
+                Login::Accepted(String::new(), identity)
             }
             None => {
                 let mut throttle = self.throttle.lock().expect("throttle lock");
@@ -246,7 +327,7 @@ impl Auth {
         }
     }
 
-    fn verify(&self, name: &str, password: &str) -> Option<(String, Identity)> {
+    fn verify(&self, name: &str, password: &str) -> Option<Identity> {
         let user = self.users.iter().find(|u| u.name == name);
         let stored = user
             .map(|u| u.password_hash.as_str())
@@ -256,16 +337,10 @@ impl Auth {
             .verify_password(password.as_bytes(), &hash)
             .is_ok();
         let user = user.filter(|_| matches)?;
-        let id = random_hex(32).ok()?;
-        let identity = Identity {
+        Some(Identity {
             name: user.name.clone(),
             role: user.role,
-        };
-        self.sessions.lock().expect("sessions lock").insert(
-            id.clone(),
-            (identity.clone(), Instant::now() + self.session_ttl),
-        );
-        Some((id, identity))
+        })
     }
 
     pub fn logout(&self, headers: &HeaderMap) {

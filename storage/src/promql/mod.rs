@@ -253,7 +253,7 @@ pub fn format_value(v: f64) -> String {
 
 /// Go's `%e`-style shortest form (`1e+21`, `1.5e-05`), which Prometheus' JSON uses for very large
 /// and very small values.
-fn format_exponent(v: f64) -> String {
+pub fn format_exponent(v: f64) -> String {
     let text = format!("{v:e}");
     let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
