@@ -91,7 +91,9 @@ fn library_crates_never_read_the_wall_clock() {
         "UNIX_EPOCH.elapsed",
     ];
     for krate in ["storage", "sync", "web"] {
-        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(krate).join("src")];
+        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(krate)
+            .join("src")];
         let mut checked = 0;
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {

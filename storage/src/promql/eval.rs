@@ -380,9 +380,14 @@ pub(super) fn selector_matchers(vs: &VectorSelector) -> Vec<Matcher> {
     matchers
 }
 
-/// Refuses what parses but that Prometheus 2.x does not evaluate.
-pub(super) fn check_supported(expr: &Expr) -> Result<()> {
+/// Refuses what parses but that Prometheus 2.x does not evaluate, and what nests deeper
+/// than [`super::MAX_DEPTH`].
+pub(super) fn check_supported(expr: &Expr, depth: usize) -> Result<()> {
     let unsupported = |what: &str| Err(Error::BadData(format!("{what} is not supported")));
+    if depth > super::MAX_DEPTH {
+        return Err(super::too_deep());
+    }
+    let check_supported = |e: &Expr| check_supported(e, depth + 1);
     match expr {
         Expr::VectorSelector(vs) if !vs.matchers.or_matchers.is_empty() => {
             unsupported("\"or\" inside a selector")

@@ -149,14 +149,39 @@ pub struct Answer {
     pub warnings: Vec<String>,
 }
 
+/// The longest expression taken: far beyond any dashboard's, well short of what could exhaust
+/// the parser.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// The most bytes outside string literals: the parser recurses once per operator of a chain
+/// (`a + b + ...`), so this bounds its depth; long regular expressions stay possible.
+pub const MAX_CODE_BYTES: usize = 16 * 1024;
+/// The deepest nesting of an expression's parts: evaluation recurses once per level.
+pub const MAX_DEPTH: usize = 200;
+
 /// Parses an expression, with Prometheus' checks of types and arguments.
 pub fn parse(text: &str) -> Result<Expr> {
     if text.trim().is_empty() {
         return Err(Error::BadData("empty query".into()));
     }
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(Error::BadData(format!(
+            "the query is {} bytes long; at most {MAX_QUERY_BYTES} are taken",
+            text.len()
+        )));
+    }
+    let (depth, code_bytes) = nesting(text);
+    if code_bytes > MAX_CODE_BYTES {
+        return Err(Error::BadData(format!(
+            "the query has {code_bytes} bytes outside string literals; at most {MAX_CODE_BYTES} \
+             are taken"
+        )));
+    }
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     register_prometheus_2_functions();
     let expr = promql_parser::parser::parse(text).map_err(Error::BadData)?;
-    eval::check_supported(&expr)?;
+    eval::check_supported(&expr, 0)?;
     Ok(expr)
 }
 
@@ -173,6 +198,53 @@ pub fn parse_selector(text: &str) -> Result<Selector> {
 /// The expression laid out as Prometheus' `format_query` lays it out.
 pub fn prettify(text: &str) -> Result<String> {
     Ok(parse(text)?.prettify())
+}
+
+fn too_deep() -> Error {
+    Error::BadData(format!(
+        "the expression nests deeper than {MAX_DEPTH} levels"
+    ))
+}
+
+/// How deep brackets of any kind nest outside string literals, or how many signs follow one
+/// another (each a unary operator), and how many bytes lie outside string literals: checked
+/// before parsing, because the parser recurses as deep.
+fn nesting(text: &str) -> (usize, usize) {
+    let (mut depth, mut deepest, mut code_bytes, mut signs) = (0usize, 0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q != '`' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        code_bytes += c.len_utf8();
+        if c == '-' || c == '+' {
+            signs += 1;
+            deepest = deepest.max(signs);
+            continue;
+        }
+        signs = 0;
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (deepest, code_bytes)
 }
 
 /// Functions of Prometheus 2.x that the parser, which follows Prometheus 3, no longer knows.

@@ -151,3 +151,252 @@ fn values_are_spelled_as_prometheus_spells_them() {
         assert_eq!(format_value(v), text);
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of PromQL, so that random sequences often parse and reach the evaluator.
+    const TOKENS: &[&str] = &[
+        "requests_total",
+        "errors_total",
+        "{instance=\"a\"}",
+        "{instance=~\"a|b\"}",
+        "{__name__=~\".+\"}",
+        "[1m]",
+        "[5m:30s]",
+        "[10s:]",
+        " offset 1m",
+        " offset -30s",
+        " @ 300",
+        " @ start()",
+        " @ end()",
+        "(",
+        ")",
+        ",",
+        " + ",
+        " - ",
+        " * ",
+        " / ",
+        " % ",
+        " ^ ",
+        " == ",
+        " != ",
+        " > bool ",
+        " < ",
+        " and ",
+        " or ",
+        " unless ",
+        " atan2 ",
+        " on(instance) ",
+        " ignoring(instance) ",
+        " group_left ",
+        " group_right(x) ",
+        "sum",
+        "avg",
+        "max",
+        "topk(2,",
+        "bottomk(-1,",
+        "quantile(0.5,",
+        "count_values(\"v\",",
+        " by (instance) ",
+        " without (instance) ",
+        "rate(",
+        "irate(",
+        "increase(",
+        "deriv(",
+        "predict_linear(",
+        "holt_winters(",
+        "quantile_over_time(0.9,",
+        "absent(",
+        "absent_over_time(",
+        "label_replace(",
+        "label_join(",
+        "histogram_quantile(0.9,",
+        "clamp(",
+        "round(",
+        "scalar(",
+        "vector(",
+        "time()",
+        "timestamp(",
+        "sort(",
+        "hour(",
+        "1",
+        "0",
+        "-1",
+        "1e308",
+        "NaN",
+        "Inf",
+        "0.5",
+        "\"x\"",
+        "\"(\"",
+        "-",
+    ];
+
+    fn expression() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(TOKENS), 1..24).prop_map(|t| t.concat())
+    }
+
+    /// Well-formed expressions built from PromQL's grammar, so that the evaluator is reached.
+    fn grammatical() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("requests_total".to_string()),
+            Just("errors_total{instance=~\"a|c\"}".to_string()),
+            Just("requests_total offset 1m".to_string()),
+            Just("requests_total @ 120".to_string()),
+            (-3.0f64..3.0).prop_map(|v| format!("{v}")),
+            Just("NaN".to_string()),
+            Just("time()".to_string()),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            let ranged = prop_oneof![
+                Just("rate"),
+                Just("irate"),
+                Just("increase"),
+                Just("delta"),
+                Just("idelta"),
+                Just("deriv"),
+                Just("resets"),
+                Just("changes"),
+                Just("avg_over_time"),
+                Just("max_over_time"),
+                Just("stddev_over_time"),
+                Just("last_over_time"),
+                Just("absent_over_time"),
+                Just("count_over_time"),
+            ];
+            let window = prop_oneof![Just("[1m]"), Just("[5m]"), Just("[15s]")];
+            prop_oneof![
+                (ranged.clone(), window.clone())
+                    .prop_map(|(f, w)| format!("{f}(requests_total{w})")),
+                (ranged, inner.clone()).prop_map(|(f, e)| format!("{f}(({e})[2m:20s])")),
+                (
+                    prop_oneof![
+                        Just("abs"),
+                        Just("ln"),
+                        Just("sort"),
+                        Just("absent"),
+                        Just("timestamp"),
+                        Just("scalar"),
+                        Just("vector"),
+                        Just("hour")
+                    ],
+                    inner.clone()
+                )
+                    .prop_map(|(f, e)| format!("{f}({e})")),
+                (
+                    prop_oneof![
+                        Just("sum"),
+                        Just("avg"),
+                        Just("count"),
+                        Just("stdvar"),
+                        Just("group")
+                    ],
+                    prop_oneof![
+                        Just(""),
+                        Just(" by (instance)"),
+                        Just(" without (instance)")
+                    ],
+                    inner.clone()
+                )
+                    .prop_map(|(a, g, e)| format!("{a}{g} ({e})")),
+                (
+                    prop_oneof![Just("topk"), Just("bottomk"), Just("quantile")],
+                    -1.0f64..4.0,
+                    inner.clone()
+                )
+                    .prop_map(|(a, k, e)| format!("{a}({k}, {e})")),
+                (
+                    inner.clone(),
+                    prop_oneof![
+                        Just(" + "),
+                        Just(" / "),
+                        Just(" > bool "),
+                        Just(" and "),
+                        Just(" or "),
+                        Just(" unless "),
+                        Just(" * on(instance) "),
+                        Just(" % "),
+                        Just(" - ignoring(instance) group_left "),
+                        Just(" ^ ")
+                    ],
+                    inner.clone()
+                )
+                    .prop_map(|(l, op, r)| format!("({l}){op}({r})")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!(
+                    "label_replace({a}, \"x\", \"$1\", \"instance\", \"(.*)\") - clamp({b}, 0, 1)"
+                )),
+            ]
+        })
+    }
+
+    fn bounded() -> Options {
+        Options {
+            max_samples: 200_000,
+            ..Options::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any expression: an answer or an error, never a panic, within the bounds.
+        #[test]
+        fn expressions_never_panic(text in expression(), at in -1_000_000i64..2_000_000) {
+            let source = fixture();
+            let deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
+            let _ = instant(&source, &text, at, &bounded(), deadline);
+            let _ = range(&source, &text, at, at + 600_000, 7_000, &bounded(), deadline);
+        }
+
+        /// Well-formed expressions: every one is answered or refused with a clean error.
+        #[test]
+        fn grammatical_expressions_never_panic(text in grammatical(), at in 0i64..1_000_000) {
+            let source = fixture();
+            let deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
+            let _ = instant(&source, &text, at, &bounded(), deadline);
+            let _ = range(&source, &text, at, at + 300_000, 15_000, &bounded(), deadline);
+        }
+
+        /// Any text at all, bytes that are not PromQL included.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in ".{0,200}") {
+            let _ = parse(&text);
+            let _ = parse_selector(&text);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_or_an_answer_not_a_crash() {
+        for depth in [100, 1_000, 5_000, 30_000] {
+            let text = format!("{}1{}", "(".repeat(depth), ")".repeat(depth));
+            let _ = instant(&fixture(), &text, 0, &bounded(), None);
+            let text = format!("{}requests_total", "-".repeat(depth));
+            let _ = instant(&fixture(), &text, 0, &bounded(), None);
+            let text = vec!["requests_total"; depth].join(" + ");
+            let _ = instant(&fixture(), &text, 0, &bounded(), None);
+            let text = format!(
+                "{}requests_total{}",
+                "sum(".repeat(depth),
+                ")".repeat(depth)
+            );
+            let _ = instant(&fixture(), &text, 0, &bounded(), None);
+        }
+        let deep = format!("{}1{}", "(".repeat(300), ")".repeat(300));
+        let error = instant(&fixture(), &deep, 0, &bounded(), None).unwrap_err();
+        assert!(error.to_string().contains("deeper than"), "{error}");
+    }
+
+    #[test]
+    fn a_huge_subquery_is_refused_before_it_is_evaluated() {
+        let error = instant(
+            &fixture(),
+            "max_over_time(vector(1)[1000d:1ms])",
+            0,
+            &bounded(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(error, Error::TooManySamples(_)), "{error}");
+    }
+}
