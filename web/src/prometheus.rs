@@ -542,6 +542,166 @@ fn point(out: &mut String, t: i64, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use tower::ServiceExt as _;
+
+    /// A store with one counter, at a fixed time.
+    struct Context {
+        store: Arc<Store>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl PromContext for Context {
+        fn store(&self) -> &Arc<Store> {
+            &self.store
+        }
+        fn now_ms(&self) -> i64 {
+            600_000
+        }
+    }
+
+    fn context() -> Arc<Context> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let key = outpost_storage::SeriesKey::new(
+            "requests_total",
+            [("instance".to_string(), "a".to_string())],
+        )
+        .unwrap();
+        let id = store.series_id(&key).unwrap();
+        let mut batch = outpost_storage::WriteBatch::default();
+        for i in 0..40 {
+            batch.sample(id, i * 15_000, i as f64);
+        }
+        #[allow(clippy::disallowed_methods)] // a test, not an async thread
+        store.write(batch).unwrap();
+        Arc::new(Context {
+            store: Arc::new(store),
+            _dir: dir,
+        })
+    }
+
+    fn ask(context: &Arc<Context>, method: &str, uri: &str, body: &str) -> (StatusCode, Json) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let app = routes::<Context>().with_state(context.clone());
+        runtime.block_on(async {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Json::Null))
+        })
+    }
+
+    #[test]
+    fn answers_and_errors_in_prometheus_shapes() {
+        let context = context();
+        let (status, body) = ask(
+            &context,
+            "POST",
+            "/api/v1/query",
+            "query=sum(requests_total)",
+        );
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"]["result"][0]["value"], json!([600, "39"]));
+        let (status, body) = ask(&context, "GET", "/api/v1/query?query=sum(", "");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errorType"], "bad_data");
+        let (status, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/query?query=requests_total%2Bon()%20group_left%20requests_total%20or%20label_replace(requests_total,%22x%22,%22y%22,%22%22,%22%22)",
+            "",
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/query?query=label_replace(requests_total,%22x%22,%22y%22,%22%22,%22(%22)",
+            "",
+        );
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errorType"], "execution");
+        let (status, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/query_range?query=1&start=10&end=0&step=1",
+            "",
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("end timestamp"),
+            "{body}"
+        );
+        let (status, body) = ask(&context, "GET", "/api/v1/series", "");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("no match[] parameter provided")
+            )
+        );
+        let (_, body) = ask(&context, "GET", "/api/v1/label/instance/values", "");
+        assert_eq!(body["data"], json!(["a"]));
+        let (_, body) = ask(
+            &context,
+            "POST",
+            "/api/v1/format_query",
+            "query=sum(rate(x[5m]))by(a)",
+        );
+        assert_eq!(body["data"], "sum by (a) (rate(x[5m]))");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the parameters, the answer is Prometheus' JSON: success, or an error with
+        /// its type; never a panic or another shape.
+        #[test]
+        fn any_parameters_get_a_prometheus_answer(
+            path in prop::sample::select(vec![
+                "/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels",
+                "/api/v1/label/instance/values", "/api/v1/format_query", "/api/v1/metadata",
+            ]),
+            pairs in prop::collection::vec(
+                (prop::sample::select(vec!["query", "time", "start", "end", "step", "timeout",
+                    "limit", "match[]", "metric"]),
+                 prop_oneof![
+                    Just("requests_total".to_string()), Just("rate(requests_total[1m])".to_string()),
+                    Just("1e308".to_string()), Just("-1".to_string()), Just("NaN".to_string()),
+                    Just("2026-01-01T00:00:00Z".to_string()), Just("1m".to_string()),
+                    Just("0".to_string()), Just("0.001".to_string()), ".{0,12}",
+                 ]),
+                0..6),
+            post in any::<bool>(),
+        ) {
+            let context = context();
+            let encoded: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+                .finish();
+            // Prometheus takes these two by GET only.
+            let post = post && !path.contains("/label/") && !path.ends_with("metadata");
+            let (status, body) = if post {
+                ask(&context, "POST", path, &encoded)
+            } else {
+                ask(&context, "GET", &format!("{path}?{encoded}"), "")
+            };
+            let shaped = body["status"] == "success"
+                || (body["status"] == "error" && body["errorType"].is_string());
+            prop_assert!(shaped, "{status} {body}");
+            prop_assert!(status != StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        }
+    }
 
     #[test]
     fn times_and_durations_as_prometheus_reads_them() {
