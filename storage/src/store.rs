@@ -1236,6 +1236,36 @@ impl Store {
         })
     }
 
+    /// Where each matching series' raw samples begin in the store: the start of its oldest raw
+    /// chunk's window, else its first sample in the head; `None` when it has no raw samples.
+    /// Rollups before it stand for raw samples that retention or the budget removed.
+    pub fn raw_starts(&self, selector: &Selector) -> Result<Vec<(SeriesKey, Option<i64>)>> {
+        self.contain(|| {
+            let series = self.series(selector);
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let reader = TierReader::new(&txn)?;
+            let raw = Tier::Raw as u8;
+            let mut out = Vec::with_capacity(series.len());
+            for (id, key) in series {
+                let stored = reader
+                    .chunks
+                    .range((id.0, raw, i64::MIN)..=(id.0, raw, i64::MAX))?
+                    .next()
+                    .transpose()?
+                    .map(|(k, _)| k.value().2);
+                let start = stored.or_else(|| {
+                    self.head_samples_in(id.0, i64::MIN, i64::MAX)
+                        .iter()
+                        .map(|(t, _)| *t)
+                        .min()
+                });
+                out.push((key, start));
+            }
+            Ok(out)
+        })
+    }
+
     /// Rollup points of one tier, exactly as stored plus the head's contribution.
     pub fn query_rollups(
         &self,

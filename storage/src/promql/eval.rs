@@ -9,7 +9,7 @@ use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
 use super::labels::{Labels, METRIC_NAME};
 use super::{aggregate, binary, functions};
-use super::{Answer, Error, Options, Result, Sample, Series, Source, Value};
+use super::{Answer, Bucket, Error, Options, Result, Sample, Series, Source, Value};
 
 /// The instants an expression is evaluated at: `start`, `start + step`, ..., up to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,22 +52,45 @@ pub(super) enum Val {
 /// A matrix selector's or subquery's series, and how to cut each step's window from them.
 pub(super) struct RangeArg {
     pub series: Vec<Series>,
+    /// Per series, the rollup buckets that stand in for raw samples aged out (before the
+    /// first raw point); empty for a subquery.
+    pub buckets: Vec<Vec<Bucket>>,
     pub range: i64,
     pub offset: i64,
     pub at: Option<i64>,
 }
 
 impl RangeArg {
+    /// The first and last instant of the window that ends at step `ts`.
+    pub fn bounds(&self, ts: i64) -> (i64, i64) {
+        let end = self.at.unwrap_or(ts).saturating_sub(self.offset);
+        (end.saturating_sub(self.range), end)
+    }
+
     /// The points of `series` in the window that ends at step `ts`: `[end - range, end]`.
     pub fn window<'s>(&self, series: &'s Series, ts: i64) -> &'s [(i64, f64)] {
-        let end = self.at.unwrap_or(ts).saturating_sub(self.offset);
-        let start = end.saturating_sub(self.range);
+        let (start, end) = self.bounds(ts);
         let points = &series.points;
         let from = points.partition_point(|(t, _)| *t < start);
         let to = points.partition_point(|(t, _)| *t <= end);
         &points[from..to.max(from)]
     }
+
+    /// The buckets of series `i` that overlap the window of step `ts`.
+    pub fn buckets_in(&self, i: usize, ts: i64) -> &[Bucket] {
+        let Some(buckets) = self.buckets.get(i) else {
+            return &[];
+        };
+        let (start, end) = self.bounds(ts);
+        let from = buckets.partition_point(|b| b.end() < start);
+        let to = buckets.partition_point(|b| b.start <= end);
+        &buckets[from..to.max(from)]
+    }
 }
+
+/// What the answer says when rollups stood in for raw samples that had aged out.
+pub(super) const APPROXIMATE: &str = "some raw samples had aged out of retention: values come \
+     from the 1-minute and 1-hour rollups and are approximate (see docs/promql.md)";
 
 /// Prometheus' staleness marker, which a scraped store may hold: no sample.
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
@@ -85,6 +108,7 @@ pub(super) struct Evaluator<'a> {
     query_end: i64,
     /// Samples read or computed so far, against `options.max_samples`.
     samples: usize,
+    pub warnings: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -102,6 +126,7 @@ impl<'a> Evaluator<'a> {
             query_start,
             query_end,
             samples: 0,
+            warnings: Default::default(),
         }
     }
 
@@ -115,21 +140,11 @@ impl<'a> Evaluator<'a> {
             Val::Scalar(values) => Value::Scalar { t, v: values[0] },
             Val::Str(v) => Value::String { t, v },
             Val::Vector(series) => Value::Vector(instant_vector(expr, series, t)),
-            Val::Range(range) => Value::Matrix(
-                range
-                    .series
-                    .iter()
-                    .map(|s| Series {
-                        labels: s.labels.clone(),
-                        points: range.window(s, t).to_vec(),
-                    })
-                    .filter(|s| !s.points.is_empty())
-                    .collect(),
-            ),
+            Val::Range(range) => Value::Matrix(self.raw_windows(&range, t)),
         };
         Ok(Answer {
             value,
-            warnings: Vec::new(),
+            warnings: std::mem::take(&mut self.warnings).into_iter().collect(),
         })
     }
 
@@ -160,8 +175,33 @@ impl<'a> Evaluator<'a> {
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(Answer {
             value: Value::Matrix(series),
-            warnings: Vec::new(),
+            warnings: std::mem::take(&mut self.warnings).into_iter().collect(),
         })
+    }
+
+    /// A range vector's windows at `t` as a matrix; rollup buckets show as their last value at
+    /// their end.
+    fn raw_windows(&mut self, range: &RangeArg, t: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for (i, s) in range.series.iter().enumerate() {
+            let buckets = range.buckets_in(i, t);
+            let mut points: Vec<(i64, f64)> = buckets
+                .iter()
+                .map(|b| (b.end(), b.rollup.last))
+                .filter(|(end, _)| *end <= range.bounds(t).1)
+                .collect();
+            if !points.is_empty() {
+                self.warnings.insert(APPROXIMATE.to_string());
+            }
+            points.extend_from_slice(range.window(s, t));
+            if !points.is_empty() {
+                out.push(Series {
+                    labels: s.labels.clone(),
+                    points,
+                });
+            }
+        }
+        out
     }
 
     pub fn check_deadline(&self) -> Result<()> {
@@ -227,7 +267,45 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn select(&mut self, vs: &VectorSelector, from: i64, to: i64) -> Result<Vec<Series>> {
+    /// The series a selector reads over `from..=to`: raw samples, and for each the rollup
+    /// buckets that stand in for raw samples aged out before its first one.
+    fn select(
+        &mut self,
+        vs: &VectorSelector,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(Series, Vec<Bucket>)>> {
+        let raw = self.select_raw(vs, from, to)?;
+        // A series whose raw samples start late in the range (or are gone) may have rollups.
+        let missing_until = raw
+            .iter()
+            .filter_map(|s| match s.points.first() {
+                None => Some(to),
+                Some(&(t, _)) if t > from.saturating_add(60_000) => Some(t - 1),
+                Some(_) => None,
+            })
+            .max();
+        let mut rollups: HashMap<Labels, Vec<Bucket>> = match missing_until {
+            Some(until) => self
+                .source
+                .select_rollups(&selector_matchers(vs), from, until)?
+                .into_iter()
+                .map(|r| (r.labels, r.buckets))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for series in raw {
+            let first_raw = series.points.first().map_or(i64::MAX, |(t, _)| *t);
+            let mut buckets = rollups.remove(&series.labels).unwrap_or_default();
+            buckets.retain(|b| b.end() < first_raw && b.end() >= from && b.start <= to);
+            self.hold(buckets.len())?;
+            out.push((series, buckets));
+        }
+        Ok(out)
+    }
+
+    fn select_raw(&mut self, vs: &VectorSelector, from: i64, to: i64) -> Result<Vec<Series>> {
         let matchers = selector_matchers(vs);
         let mut found = self.source.select(&matchers, from, to)?;
         if found.len() > self.options.max_series {
@@ -265,16 +343,16 @@ impl<'a> Evaluator<'a> {
         };
         let raw = self.select(vs, first.saturating_sub(lookback), last)?;
         let mut out = Vec::with_capacity(raw.len());
-        for series in raw {
+        for (series, buckets) in raw {
             let mut points = Vec::new();
             for ts in grid.times() {
                 let reference = at.unwrap_or(ts).saturating_sub(offset);
-                let before = series.points.partition_point(|(t, _)| *t <= reference);
-                if before == 0 {
-                    continue;
-                }
-                let (t, v) = series.points[before - 1];
-                if t >= reference.saturating_sub(lookback) {
+                let found = latest(&series.points, reference, lookback).or_else(|| {
+                    let (t, v) = latest_bucket(&buckets, reference, lookback)?;
+                    self.warnings.insert(APPROXIMATE.to_string());
+                    Some((t, v))
+                });
+                if let Some((t, v)) = found {
                     points.push((ts, if timestamps { t as f64 / 1000.0 } else { v }));
                 }
             }
@@ -297,9 +375,13 @@ impl<'a> Evaluator<'a> {
             None => (grid.start, grid.end),
         };
         let from = first.saturating_sub(offset).saturating_sub(range);
-        let series = self.select(vs, from, last.saturating_sub(offset))?;
+        let (series, buckets) = self
+            .select(vs, from, last.saturating_sub(offset))?
+            .into_iter()
+            .unzip();
         Ok(RangeArg {
             series,
+            buckets,
             range,
             offset,
             at,
@@ -359,11 +441,28 @@ impl<'a> Evaluator<'a> {
         };
         Ok(RangeArg {
             series,
+            buckets: Vec::new(),
             range,
             offset,
             at,
         })
     }
+}
+
+/// The latest raw sample at or before `reference`, within the lookback.
+fn latest(points: &[(i64, f64)], reference: i64, lookback: i64) -> Option<(i64, f64)> {
+    let before = points.partition_point(|(t, _)| *t <= reference);
+    let (t, v) = *points.get(before.checked_sub(1)?)?;
+    (t >= reference.saturating_sub(lookback)).then_some((t, v))
+}
+
+/// The last value of the latest bucket that ended by `reference`, stamped at its end; the
+/// lookback stretches to a bucket's width, so that hour buckets leave no gaps.
+fn latest_bucket(buckets: &[Bucket], reference: i64, lookback: i64) -> Option<(i64, f64)> {
+    let before = buckets.partition_point(|b| b.end() <= reference);
+    let bucket = buckets.get(before.checked_sub(1)?)?;
+    let reach = lookback.max(bucket.width);
+    (bucket.end() >= reference.saturating_sub(reach)).then_some((bucket.end(), bucket.rollup.last))
 }
 
 /// Every matcher of a selector, its metric name included.

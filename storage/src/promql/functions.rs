@@ -6,7 +6,7 @@ use promql_parser::parser::{Call, Expr};
 
 use super::eval::{check_distinct, merge_same_labels, Evaluator, Grid, RangeArg, Val};
 use super::labels::Labels;
-use super::{Error, Result, Series};
+use super::{Bucket, Error, Result, Series};
 
 /// Functions over a range vector, each given one series' window at one step.
 const RANGE_FUNCTIONS: &[&str] = &[
@@ -590,16 +590,25 @@ fn range_function(ev: &mut Evaluator, name: &str, args: &[&Expr], grid: Grid) ->
         _ => return Err(Error::BadData(format!("{name}() needs a range vector"))),
     };
     let mut out = Vec::with_capacity(range.series.len());
-    for series in &range.series {
+    for (i, series) in range.series.iter().enumerate() {
         ev.check_deadline()?;
         let mut points = Vec::new();
         for (step, ts) in grid.times().enumerate() {
             let window = range.window(series, ts);
-            if window.is_empty() {
-                continue;
-            }
+            let buckets = range.buckets_in(i, ts);
             let extra = |k: usize| scalars[k][step];
-            if let Some(v) = over_window(name, window, &range, ts, extra)? {
+            let value = if !buckets.is_empty() {
+                let (value, exact) = over_buckets(name, window, buckets, &range, ts, extra)?;
+                if !exact {
+                    ev.warnings.insert(super::eval::APPROXIMATE.to_string());
+                }
+                value
+            } else if window.is_empty() {
+                continue;
+            } else {
+                over_window(name, window, &range, ts, extra)?
+            };
+            if let Some(v) = value {
                 points.push((ts, v));
             }
         }
@@ -618,6 +627,65 @@ fn range_function(ev: &mut Evaluator, name: &str, args: &[&Expr], grid: Grid) ->
     }
     check_distinct(&out)?;
     Ok(Val::Vector(out))
+}
+
+/// A range function over a window that reaches back into rollups (`buckets`, all before
+/// `raw`), and whether the answer is the one the raw samples would have given: aggregates
+/// over whole buckets are; anything that needs the samples themselves is approximated from
+/// each bucket's last value at its end.
+fn over_buckets(
+    name: &str,
+    raw: &[(i64, f64)],
+    buckets: &[Bucket],
+    range: &RangeArg,
+    ts: i64,
+    extra: impl Fn(usize) -> f64,
+) -> Result<(Option<f64>, bool)> {
+    let (start, end) = range.bounds(ts);
+    let whole = buckets.iter().all(|b| b.start >= start && b.end() <= end);
+    let count = buckets.iter().map(|b| b.rollup.count as f64).sum::<f64>() + raw.len() as f64;
+    let sum = || {
+        let (sum, c) = buckets
+            .iter()
+            .map(|b| b.rollup.sum)
+            .chain(raw.iter().map(|(_, v)| *v))
+            .fold((0.0, 0.0), |(s, c), v| kahan_add(v, s, c));
+        if sum.is_infinite() {
+            sum
+        } else {
+            sum + c
+        }
+    };
+    let extreme = |pick: fn(f64, f64) -> bool, of: fn(&Bucket) -> f64| {
+        buckets
+            .iter()
+            .map(of)
+            .chain(raw.iter().map(|(_, v)| *v))
+            .reduce(|m, v| if pick(v, m) || m.is_nan() { v } else { m })
+    };
+    Ok(match name {
+        "count_over_time" => (Some(count), whole),
+        "sum_over_time" => (Some(sum()), whole),
+        "avg_over_time" => (Some(sum() / count), whole),
+        "min_over_time" => (extreme(|v, m| v < m, |b| b.rollup.min), whole),
+        "max_over_time" => (extreme(|v, m| v > m, |b| b.rollup.max), whole),
+        "present_over_time" | "absent_over_time" => (Some(1.0), true),
+        "last_over_time" => match raw.last() {
+            Some((_, v)) => (Some(*v), true),
+            None => {
+                let last = buckets[buckets.len() - 1];
+                (Some(last.rollup.last), last.end() <= end)
+            }
+        },
+        _ => {
+            let mut points: Vec<(i64, f64)> = buckets
+                .iter()
+                .map(|b| (b.end().min(end), b.rollup.last))
+                .collect();
+            points.extend_from_slice(raw);
+            (over_window(name, &points, range, ts, extra)?, false)
+        }
+    })
 }
 
 /// One series at one step: `1` where no series had a sample in the window.

@@ -20,7 +20,7 @@ pub use labels::Labels;
 use promql_parser::label::Matcher;
 pub use promql_parser::parser::Expr;
 
-use crate::{Selector, Store};
+use crate::{Rollup, Selector, Store, Tier};
 
 /// How a query is evaluated and what bounds it.
 #[derive(Debug, Clone)]
@@ -74,6 +74,35 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub trait Source {
     /// Every series matching all `matchers`, with its samples in `from..=to`, sorted by time.
     fn select(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Series>>;
+
+    /// The rollups of the series matching `matchers` whose buckets start in `from..=to`, the
+    /// finest kept for each time: what answers for raw samples that retention removed.
+    fn select_rollups(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Rollups>> {
+        let _ = (matchers, from, to);
+        Ok(Vec::new())
+    }
+}
+
+/// One bucket of a rollup tier: what the samples in `start..start + width` came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub start: i64,
+    pub width: i64,
+    pub rollup: Rollup,
+}
+
+impl Bucket {
+    /// The last instant the bucket covers.
+    pub fn end(&self) -> i64 {
+        self.start + self.width - 1
+    }
+}
+
+/// A series' rollup buckets, sorted by start, none overlapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollups {
+    pub labels: Labels,
+    pub buckets: Vec<Bucket>,
 }
 
 impl Source for Store {
@@ -87,6 +116,55 @@ impl Source for Store {
                 labels: Labels::from_key(&s.series),
                 points: s.points,
             })
+            .collect())
+    }
+
+    fn select_rollups(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Rollups>> {
+        let selector = store_selector(matchers)?;
+        #[allow(clippy::disallowed_methods)] // callers run queries off the async threads
+        let (minutes, hours) = (
+            self.query_rollups(&selector, Tier::Minute, from, to)?,
+            self.query_rollups(&selector, Tier::Hour, from, to)?,
+        );
+        let mut hours: std::collections::HashMap<crate::SeriesKey, Vec<(i64, Rollup)>> =
+            hours.into_iter().collect();
+        #[allow(clippy::disallowed_methods)] // callers run queries off the async threads
+        let raw_starts: std::collections::HashMap<crate::SeriesKey, Option<i64>> =
+            self.raw_starts(&selector)?.into_iter().collect();
+        let (minute, hour) = (Tier::Minute.resolution_ms(), Tier::Hour.resolution_ms());
+        Ok(minutes
+            .into_iter()
+            .map(|(key, minutes)| {
+                // Buckets stand in only for raw samples that are gone.
+                let raw_start = raw_starts.get(&key).copied().flatten().unwrap_or(i64::MAX);
+                let minutes: Vec<(i64, Rollup)> = minutes
+                    .into_iter()
+                    .filter(|(start, _)| start + minute <= raw_start)
+                    .collect();
+                // Hours only where the minutes are gone: before the first minute's hour.
+                let first_minute = minutes.first().map_or(i64::MAX, |(start, _)| *start);
+                let mut buckets: Vec<Bucket> = hours
+                    .remove(&key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(start, _)| start + hour <= first_minute.min(raw_start))
+                    .map(|(start, rollup)| Bucket {
+                        start,
+                        width: hour,
+                        rollup,
+                    })
+                    .collect();
+                buckets.extend(minutes.into_iter().map(|(start, rollup)| Bucket {
+                    start,
+                    width: minute,
+                    rollup,
+                }));
+                Rollups {
+                    labels: Labels::from_key(&key),
+                    buckets,
+                }
+            })
+            .filter(|r| !r.buckets.is_empty())
             .collect())
     }
 }

@@ -400,3 +400,100 @@ mod fuzz {
         assert!(matches!(error, Error::TooManySamples(_)), "{error}");
     }
 }
+
+mod rollups {
+    use super::*;
+    use crate::{ManualWallClock, Retention, SeriesKey, WriteBatch};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// 2 h windows of raw chunks are dropped whole: the first of three is gone after this.
+    const BASE: i64 = 1_000 * 3_600_000;
+    const HOUR: i64 = 3_600_000;
+
+    fn gauge(i: i64) -> f64 {
+        ((i * 7919) % 100) as f64 + 0.25
+    }
+
+    /// A store whose first two hours of raw samples (every 10 s) aged out, leaving rollups.
+    fn aged_store(dir: &std::path::Path) -> Store {
+        let options = crate::Options {
+            retention: Retention {
+                raw: Some(Duration::from_secs(3 * 3600)),
+                minute: None,
+                hour: None,
+            },
+            wall_clock: Some(Arc::new(ManualWallClock::new(BASE + 6 * HOUR))),
+            ..crate::Options::default()
+        };
+        let store = Store::open(dir.join("aged.redb"), options).unwrap();
+        let g = store.series_id(&SeriesKey::new("g", []).unwrap()).unwrap();
+        let c = store
+            .series_id(&SeriesKey::new("c_total", []).unwrap())
+            .unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..(6 * 360) {
+            batch.sample(g, BASE + i * 10_000, gauge(i));
+            batch.sample(c, BASE + i * 10_000, i as f64 * 1.5);
+        }
+        store.write(batch).unwrap();
+        store.seal().unwrap();
+        store.seal().unwrap();
+        store
+    }
+
+    fn expected(from: i64, to: i64) -> Vec<f64> {
+        (0..(6 * 360))
+            .filter(|i| (from..=to).contains(&(BASE + i * 10_000)))
+            .map(gauge)
+            .collect()
+    }
+
+    fn one(store: &Store, text: &str, at: i64) -> (f64, Vec<String>) {
+        let answer = instant(store, text, at, &Options::default(), None).unwrap();
+        match answer.value {
+            Value::Vector(v) if v.len() == 1 => (v[0].v, answer.warnings),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn aged_out_samples_are_answered_from_rollups_exactly_where_that_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = aged_store(dir.path());
+        let raw = store
+            .query_raw(&crate::Selector::parse("g").unwrap(), BASE, BASE + HOUR)
+            .unwrap();
+        assert!(
+            raw[0].points.is_empty(),
+            "the first hour's raw samples are gone"
+        );
+
+        let at = BASE + 2 * HOUR;
+        let values = expected(at - HOUR, at);
+        let (max, warnings) = one(&store, "max_over_time(g[1h])", at);
+        assert_eq!(max, values.iter().cloned().fold(f64::MIN, f64::max));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (avg, warnings) = one(&store, "avg_over_time(g[1h])", at);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!((avg - mean).abs() <= 1e-9 * mean, "{avg} {mean}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (count, _) = one(&store, "count_over_time(g[1h])", at);
+        assert_eq!(count, values.len() as f64);
+
+        // A window that cuts a bucket, a rate, an instant value: approximations, said so.
+        let (_, warnings) = one(&store, "max_over_time(g[90s])", BASE + HOUR + 30_000);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let (rate, warnings) = one(&store, "rate(c_total[5m])", BASE + HOUR);
+        // From each minute's last value: near, not equal (five buckets extrapolated).
+        assert!((rate - 0.15).abs() < 0.025, "{rate}");
+        assert!(!warnings.is_empty());
+        let (value, warnings) = one(&store, "g", BASE + HOUR + 65_000);
+        assert_eq!(value, gauge(365), "the last sample of the minute before");
+        assert!(!warnings.is_empty());
+
+        // Raw samples answer where they are kept, without a warning.
+        let (value, warnings) = one(&store, "g", BASE + 5 * HOUR);
+        assert_eq!((value, warnings.len()), (gauge(5 * 360), 0));
+    }
+}
