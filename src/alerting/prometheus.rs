@@ -115,6 +115,32 @@ pub fn alerts(engine: &Engine) -> Value {
     json!({ "alerts": alerts })
 }
 
+/// A device's alert as the hub received it (the engine's event JSON) in Prometheus' shape, if
+/// it is pending or firing.
+pub fn device_alert(event: &Value) -> Option<Value> {
+    let state = event["state"].as_str()?;
+    if state != "firing" && state != "pending" {
+        return None;
+    }
+    let mut labels = event["labels"].as_object().cloned().unwrap_or_default();
+    for (label, field) in [
+        ("alertname", "rule"),
+        ("instance", "device"),
+        ("severity", "severity"),
+    ] {
+        if let Some(value) = event[field].as_str() {
+            labels.insert(label.into(), value.into());
+        }
+    }
+    Some(json!({
+        "labels": labels,
+        "annotations": { "summary": event["summary"], "description": event["description"] },
+        "state": state,
+        "activeAt": event["started_at"],
+        "value": go_exponent(event["value"].as_f64().unwrap_or(f64::NAN)),
+    }))
+}
+
 /// `/api/v1/rules`' data: one group per rule file, each rule with its active alerts.
 pub fn rules(engine: &Engine) -> Value {
     let mut groups: std::collections::BTreeMap<String, Vec<Value>> = Default::default();

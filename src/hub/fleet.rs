@@ -367,6 +367,33 @@ impl outpost_web::Fleet for HubFleet {
         }
     }
 
+    fn prometheus_alerts(&self) -> Value {
+        let mut alerts: Vec<Value> = {
+            let alerts = self.alerts.lock().expect("alerts lock");
+            alerts
+                .current
+                .values()
+                .filter_map(crate::alerting::prometheus::device_alert)
+                .collect()
+        };
+        if let Some(hub) = &self.hub_alerts {
+            let engine = hub.engine.lock().expect("engine lock");
+            if let Some(own) = crate::alerting::prometheus::alerts(&engine)["alerts"].as_array() {
+                alerts.extend(own.iter().cloned());
+            }
+        }
+        serde_json::json!({ "alerts": alerts })
+    }
+
+    fn prometheus_rules(&self) -> Value {
+        match &self.hub_alerts {
+            Some(hub) => {
+                crate::alerting::prometheus::rules(&hub.engine.lock().expect("engine lock"))
+            }
+            None => serde_json::json!({ "groups": [] }),
+        }
+    }
+
     #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
     fn silence(
         &self,

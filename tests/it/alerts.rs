@@ -181,6 +181,47 @@ severity = "critical"
 summary = "{{labels.job}} has {{value}} errors"
 "#;
 
+/// `/api/v1/alerts` and `/api/v1/rules` show the firing `errors` rule as Prometheus would, and
+/// the rule's query is PromQL that the agent answers.
+fn prometheus_clients_see_the_firing_rule(port: u16) {
+    let get = |path: &str| -> Value {
+        let (status, body) = http(port, "GET", path, "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let alerts = get("/api/v1/alerts");
+    let alert = &alerts["data"]["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "errors", "{alerts}");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["state"], "firing");
+    assert!(
+        alert["activeAt"].as_str().unwrap().ends_with('Z'),
+        "{alert}"
+    );
+    let rules = get("/api/v1/rules");
+    let rule = &rules["data"]["groups"][0]["rules"][0];
+    assert_eq!(
+        (&rule["name"], &rule["state"], &rule["type"]),
+        (&"errors".into(), &"firing".into(), &"alerting".into()),
+        "{rules}"
+    );
+    let query = rule["query"].as_str().unwrap();
+    assert!(query.contains("app_errors"), "{query}");
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let answer = get(&format!("/api/v1/query?query={encoded}"));
+    assert_eq!(answer["status"], "success", "{query}: {answer}");
+    assert!(
+        !answer["data"]["result"].as_array().unwrap().is_empty(),
+        "{query}: {answer}"
+    );
+}
+
 /// Writes `rules` to `rules.toml` in `dir`; the `[alerts]` section that evaluates just them,
 /// every `interval`.
 fn alerts_section(dir: &Path, rules: &str, interval: &str) -> String {
@@ -779,6 +820,7 @@ command = ["sh", "-c", "env | grep ^OUTPOST_ALERT_ | sort > {exec}; exit 3"]
         let alert = v["alerts"].as_array()?.first()?.clone();
         (alert["state"] == "firing" && alert["silenced"] == true).then_some(())
     });
+    prometheus_clients_see_the_firing_rule(agent.port);
     let retained_silenced = || {
         let held = retained(port, "outpost/v1/+/dev-1/alerts/errors/+");
         let state: Value = serde_json::from_str(&held.first()?.1).ok()?;

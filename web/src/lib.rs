@@ -215,6 +215,14 @@ pub trait Fleet: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String>;
     /// The wall clock, milliseconds since 1970 (this crate never reads it itself).
     fn now_ms(&self) -> i64;
+    /// Pending and firing alerts in Prometheus' `/api/v1/alerts` shape.
+    fn prometheus_alerts(&self) -> serde_json::Value {
+        serde_json::json!({ "alerts": [] })
+    }
+    /// The hub's rules in Prometheus' `/api/v1/rules` shape.
+    fn prometheus_rules(&self) -> serde_json::Value {
+        serde_json::json!({ "groups": [] })
+    }
 }
 
 /// What the handlers share.
@@ -254,5 +262,13 @@ impl prometheus::PromContext for Web {
 
     fn now_ms(&self) -> i64 {
         self.fleet.now_ms()
+    }
+
+    fn rules(&self) -> serde_json::Value {
+        self.fleet.prometheus_rules()
+    }
+
+    fn alerts(&self) -> serde_json::Value {
+        self.fleet.prometheus_alerts()
     }
 }
