@@ -127,7 +127,7 @@ const DEVICE_PAGE: [(&str, &str); 15] = [
         "avg",
     ),
     (
-        r#"{__name__=~"host_cpu_frequency_hertz|jetson_cpu_frequency_hertz"}"#,
+        r#"{__name__=~"node_cpu_scaling_frequency_hertz|jetson_cpu_frequency_hertz"}"#,
         "avg",
     ),
     (
@@ -151,20 +151,20 @@ const DEVICE_PAGE: [(&str, &str); 15] = [
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_temperature_celsius|host_temperature_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}"#,
+        r#"{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}"#,
         "avg",
     ),
     (
         r#"{__name__=~"jetson_rail_power_watts|nvml_power_watts"}"#,
         "avg",
     ),
-    ("host_filesystem_avail_bytes", "avg"),
+    ("node_filesystem_avail_bytes", "avg"),
     (
-        r#"{__name__=~"host_disk_read_bytes_total|host_disk_written_bytes_total"}"#,
+        r#"{__name__=~"node_disk_read_bytes_total|node_disk_written_bytes_total"}"#,
         "rate",
     ),
     (
-        r#"{__name__=~"host_network_receive_bytes_total|host_network_transmit_bytes_total"}"#,
+        r#"{__name__=~"node_network_receive_bytes_total|node_network_transmit_bytes_total"}"#,
         "rate",
     ),
     (r#"{__name__=~"probe_success|probe_up"}"#, "avg"),
@@ -182,7 +182,9 @@ fn orin_series() -> Vec<String> {
         out.push(format!(r#"jetson_cpu_load_ratio{{cpu="{cpu}"}}"#));
         out.push(format!(r#"jetson_cpu_frequency_hertz{{cpu="{cpu}"}}"#));
         out.push(format!(r#"host_cpu_usage_ratio{{cpu="{cpu}"}}"#));
-        out.push(format!(r#"host_cpu_frequency_hertz{{cpu="{cpu}"}}"#));
+        out.push(format!(
+            r#"node_cpu_scaling_frequency_hertz{{cpu="{cpu}"}}"#
+        ));
     }
     out.push(r#"host_cpu_usage_ratio{cpu="total"}"#.into());
     for engine in [
@@ -216,23 +218,23 @@ fn orin_series() -> Vec<String> {
     }
     for mountpoint in ["/", "/data", "/boot/efi"] {
         out.push(format!(
-            r#"host_filesystem_avail_bytes{{mountpoint="{mountpoint}"}}"#
+            r#"node_filesystem_avail_bytes{{mountpoint="{mountpoint}"}}"#
         ));
     }
     for device in ["mmcblk0", "nvme0n1"] {
         out.push(format!(
-            r#"host_disk_read_bytes_total{{device="{device}"}}"#
+            r#"node_disk_read_bytes_total{{device="{device}"}}"#
         ));
         out.push(format!(
-            r#"host_disk_written_bytes_total{{device="{device}"}}"#
+            r#"node_disk_written_bytes_total{{device="{device}"}}"#
         ));
     }
     for device in ["eth0", "wlan0", "l4tbr0", "docker0"] {
         out.push(format!(
-            r#"host_network_receive_bytes_total{{device="{device}"}}"#
+            r#"node_network_receive_bytes_total{{device="{device}"}}"#
         ));
         out.push(format!(
-            r#"host_network_transmit_bytes_total{{device="{device}"}}"#
+            r#"node_network_transmit_bytes_total{{device="{device}"}}"#
         ));
     }
     for probe in ["camera-rtsp", "inference-api", "hub-dns"] {

@@ -24,7 +24,8 @@ pub fn parse(document: &'static str) -> Vec<MetricDoc> {
         let Some(row) = line.strip_prefix("| `") else {
             continue;
         };
-        let cells: Vec<&'static str> = row.split(" | ").map(str::trim).collect();
+        // Four cells, then the description, which may itself hold `|`; a cell may be empty.
+        let cells: Vec<&'static str> = row.splitn(5, '|').map(str::trim).collect();
         if cells.len() < 5 {
             continue;
         }
@@ -44,14 +45,49 @@ pub fn parse(document: &'static str) -> Vec<MetricDoc> {
 
 pub fn lookup(name: &str) -> Option<&'static MetricDoc> {
     static INDEX: OnceLock<HashMap<&'static str, MetricDoc>> = OnceLock::new();
-    INDEX
-        .get_or_init(|| parse(DOCUMENT).into_iter().map(|m| (m.name, m)).collect())
-        .get(name)
+    let index = INDEX.get_or_init(|| parse(DOCUMENT).into_iter().map(|m| (m.name, m)).collect());
+    index.get(name).or_else(|| {
+        // A family row such as `node_memory_<Field>_bytes`; the longest pattern that fits.
+        index
+            .values()
+            .filter(|m| pattern_matches(m.name, name))
+            .max_by_key(|m| m.name.len())
+    })
+}
+
+/// Whether `name` fits a documented name with one `<placeholder>` (a run of letters, digits
+/// and `_`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (Some(open), Some(close)) = (pattern.find('<'), pattern.find('>')) else {
+        return false;
+    };
+    let (prefix, suffix) = (&pattern[..open], &pattern[close + 1..]);
+    name.len() > prefix.len() + suffix.len()
+        && name.starts_with(prefix)
+        && name.ends_with(suffix)
+        && name[prefix.len()..name.len() - suffix.len()]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn family_rows_describe_the_names_they_stand_for() {
+        assert_eq!(
+            lookup("node_memory_Active_anon_bytes").map(|m| m.name),
+            Some("node_memory_<Field>_bytes")
+        );
+        assert_eq!(
+            lookup("node_memory_HugePages_Total").map(|m| m.name),
+            Some("node_memory_<Field>")
+        );
+        assert!(lookup("node_memory_").is_none());
+        assert!(lookup("node_memory_a{b}").is_none());
+        assert!(lookup("node_load1").is_some_and(|m| m.name == "node_load1"));
+    }
 
     #[test]
     fn every_documented_metric_is_well_formed() {

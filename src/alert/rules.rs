@@ -634,7 +634,7 @@ mod tests {
 [[rule]]
 name = "memory_high"
 select = "host_memory_used_bytes"
-divide_by = "host_memory_total_bytes"
+divide_by = "node_memory_MemTotal_bytes"
 reduce = "avg"
 window = "5m"
 threshold = 0.85

@@ -49,7 +49,7 @@ const COLUMNS: &[(&str, &str, &[Source])] = &[
         "ratio",
         &[
             Source::Ratio("jetson_ram_used_bytes", "jetson_ram_total_bytes"),
-            Source::Ratio("host_memory_used_bytes", "host_memory_total_bytes"),
+            Source::Ratio("host_memory_used_bytes", "node_memory_MemTotal_bytes"),
         ],
     ),
     (
@@ -57,7 +57,7 @@ const COLUMNS: &[(&str, &str, &[Source])] = &[
         "celsius",
         &[
             Source::Single("jetson_temperature_celsius", Combine::Max),
-            Source::Single("host_temperature_celsius", Combine::Max),
+            Source::Single("node_hwmon_temp_celsius", Combine::Max),
             Source::Single("nvml_temperature_celsius", Combine::Max),
         ],
     ),
