@@ -420,14 +420,24 @@ fn difference(expression: &str, ours: &Value, theirs: &Value) -> Option<String> 
     (!agree).then(|| format!("Prometheus: {theirs}\nOutpost:    {ours}"))
 }
 
+/// The corpus, and every panel query of the Grafana dashboards (the data here has no
+/// `instance` label: the device variable matches its absence).
 fn corpus() -> Vec<String> {
-    std::fs::read_to_string(root().join("tests/data/promql/corpus.promql"))
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect()
+    let mut corpus: Vec<String> =
+        std::fs::read_to_string(root().join("tests/data/promql/corpus.promql"))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+    for (_, _, expr) in dashboard_queries() {
+        let query = substitute(&expr.replace("=~\"$instance\"", "=~\".*\""), "");
+        if !corpus.contains(&query) {
+            corpus.push(query);
+        }
+    }
+    corpus
 }
 
 /// The hub and Prometheus, both loaded with the same samples.
@@ -732,4 +742,134 @@ fn grafana_reads_the_hub_with_a_password_or_a_token_and_nothing_else() {
         );
         assert_eq!(answers[0].0, 401);
     }
+}
+
+/// Every panel query of `config/grafana/dashboards/*.json`: (dashboard, panel title, expression).
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    fn walk(panels: &Value, file: &str, out: &mut Vec<(String, String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    let title = panel["title"].as_str().unwrap_or_default().to_string();
+                    out.push((file.to_string(), title, expr.to_string()));
+                }
+            }
+            walk(&panel["panels"], file, out);
+        }
+    }
+    let mut out = Vec::new();
+    let dir = root().join("config/grafana/dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        walk(&board["panels"], &file, &mut out);
+    }
+    assert!(out.len() > 40, "only {} panel queries", out.len());
+    out
+}
+
+/// Grafana's variables as Grafana fills them in for a panel over the last hour.
+fn substitute(expr: &str, instance: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$__interval", "15s")
+        .replace("$__range", "1h")
+        .replace("$instance", instance)
+}
+
+/// Metric names an expression selects (`name{` ...), for telling which panels need hardware.
+fn selected_metrics(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let mut names = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b != b'{' {
+            continue;
+        }
+        let start = bytes[..i]
+            .iter()
+            .rposition(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b':'))
+            .map_or(0, |p| p + 1);
+        if start < i {
+            names.push(expr[start..i].to_string());
+        }
+    }
+    names
+}
+
+#[test]
+fn every_grafana_panel_answers_over_a_real_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = crate::sync::enrol(dir.path(), "jetson-1", mqtt_port);
+    let hub = Hub::start(dir.path(), http_port, mqtt_port);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = crate::agent::Agent::start(
+        &agent_dir,
+        &format!("[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"),
+        &["--tegrastats-replay", log.to_str().unwrap(), "--replay-speed", "1"],
+    );
+    let get = |path: String| -> Value {
+        let (_, body) = http(http_port, "GET", &path, "");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    };
+    // Enough history for the rate windows: 30 s of the device's samples at the hub.
+    wait_until(
+        "30 s of the device's samples at the hub",
+        Duration::from_secs(90),
+        || {
+            let answer = get(format!(
+                "/api/v1/query?query={}",
+                encode("count_over_time(jetson_ram_total_bytes{instance=\"jetson-1\"}[1m]) >= 30")
+            ));
+            (!answer["data"]["result"].as_array()?.is_empty()).then_some(())
+        },
+    );
+    // The dashboards' device variable finds it.
+    let devices = get(format!(
+        "/api/v1/label/instance/values?match%5B%5D={}",
+        encode("jetson_ram_total_bytes")
+    ));
+    assert_eq!(
+        devices["data"],
+        serde_json::json!(["jetson-1"]),
+        "{devices}"
+    );
+    let names: Vec<String> = get("/api/v1/label/__name__/values".into())["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let end = outpost::timearg::now_ms() as f64 / 1000.0;
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    for (file, title, expr) in dashboard_queries() {
+        let query = substitute(&expr, "jetson-1");
+        let answer = get(format!(
+            "/api/v1/query_range?query={}&start={:.3}&end={end:.3}&step=15",
+            encode(&query),
+            end - 300.0
+        ));
+        let emitted = selected_metrics(&query).iter().all(|m| names.contains(m));
+        let empty = answer["data"]["result"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        if answer["status"] != "success" || (emitted && empty) {
+            failures.push(format!("{file} / {title}: {query}\n{answer}"));
+        } else if !empty {
+            answered += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(answered > 30, "only {answered} panel queries had data");
+    agent.stop();
+    drop(hub);
 }
