@@ -3,6 +3,7 @@
 
 mod agent;
 mod alerting;
+mod catalogue;
 mod collect;
 mod config_values;
 mod daemon;

@@ -161,18 +161,7 @@ impl outpost_web::prometheus::PromContext for HttpState {
     }
 
     fn metadata(&self) -> Vec<(String, String, String, String)> {
-        super::catalogue::parse(super::catalogue::DOCUMENT)
-            .into_iter()
-            .map(|m| {
-                let unit = m.unit.trim_matches('`').to_string();
-                (
-                    m.name.to_string(),
-                    m.kind.to_string(),
-                    m.description.to_string(),
-                    unit,
-                )
-            })
-            .collect()
+        crate::catalogue::prometheus_metadata()
     }
 }
 

@@ -8,7 +8,6 @@
 
 #![deny(clippy::disallowed_methods)]
 
-pub mod catalogue;
 pub mod config;
 pub mod http;
 pub mod sink;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use outpost_storage::{SeriesKey, Store, WriteBatch};
 
-use super::catalogue;
+use crate::catalogue;
 use crate::collect::Samples;
 
 /// The latest values of one source.

@@ -385,6 +385,10 @@ impl outpost_web::Fleet for HubFleet {
         serde_json::json!({ "alerts": alerts })
     }
 
+    fn metadata(&self) -> Vec<(String, String, String, String)> {
+        crate::catalogue::prometheus_metadata()
+    }
+
     fn prometheus_rules(&self) -> Value {
         match &self.hub_alerts {
             Some(hub) => {

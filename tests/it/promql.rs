@@ -716,6 +716,9 @@ fn grafana_reads_the_hub_with_a_password_or_a_token_and_nothing_else() {
             .starts_with("2."));
         let names = answers[2].1["data"].as_array().unwrap();
         assert!(names.iter().any(|n| n == "node_load1"), "{names:?}");
+        let metadata = &answers[3].1["data"];
+        assert_eq!(metadata["node_load1"][0]["type"], "gauge", "{metadata}");
+        assert_eq!(metadata["node_cpu_seconds_total"][0]["type"], "counter");
         let labels = answers[4].1["data"].as_array().unwrap();
         assert!(labels.iter().any(|n| n == "mode"), "{labels:?}");
         assert_eq!(

@@ -219,6 +219,10 @@ pub trait Fleet: Send + Sync + 'static {
     fn prometheus_alerts(&self) -> serde_json::Value {
         serde_json::json!({ "alerts": [] })
     }
+    /// (metric, type, help, unit) for `/api/v1/metadata`.
+    fn metadata(&self) -> Vec<(String, String, String, String)> {
+        Vec::new()
+    }
     /// The hub's rules in Prometheus' `/api/v1/rules` shape.
     fn prometheus_rules(&self) -> serde_json::Value {
         serde_json::json!({ "groups": [] })
@@ -266,6 +270,10 @@ impl prometheus::PromContext for Web {
 
     fn rules(&self) -> serde_json::Value {
         self.fleet.prometheus_rules()
+    }
+
+    fn metadata(&self) -> Vec<(String, String, String, String)> {
+        self.fleet.metadata()
     }
 
     fn alerts(&self) -> serde_json::Value {

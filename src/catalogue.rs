@@ -1,11 +1,12 @@
 //! The metric catalogue, read from `docs/metrics.md` at build time: the document is the single
-//! list of what the agent (and, in its last section, the hub) emits, `/metrics` takes its `# HELP` and `# TYPE` lines from it, and a
+//! list of what the agent (and, in its last section, the hub) emits; the agent's `/metrics`
+//! takes its `# HELP` and `# TYPE` lines from it, both roles' `/api/v1/metadata` its rows, and a
 //! test checks that the collectors emit nothing it does not describe.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub const DOCUMENT: &str = include_str!("../../docs/metrics.md");
+pub const DOCUMENT: &str = include_str!("../docs/metrics.md");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricDoc {
@@ -41,6 +42,23 @@ pub fn parse(document: &'static str) -> Vec<MetricDoc> {
         });
     }
     metrics
+}
+
+/// Every documented metric as `/api/v1/metadata` lists it: (name, type, help, unit); a family
+/// row (`node_memory_<Field>_bytes`) is left out, as it names no metric.
+pub fn prometheus_metadata() -> Vec<(String, String, String, String)> {
+    parse(DOCUMENT)
+        .into_iter()
+        .filter(|m| !m.name.contains('<'))
+        .map(|m| {
+            (
+                m.name.to_string(),
+                m.kind.to_string(),
+                m.description.to_string(),
+                m.unit.trim_matches('`').to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn lookup(name: &str) -> Option<&'static MetricDoc> {
