@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// The device page's charts, as `web/frontend/src/main.js` asks for them (match, fn).
-const DEVICE_PAGE: [(&str, &str); 15] = [
+const DEVICE_PAGE: [(&str, &str); 18] = [
     (
         r#"{__name__=~"host_cpu_usage_ratio|jetson_cpu_load_ratio",cpu!="total"}"#,
         "avg",
@@ -131,11 +131,23 @@ const DEVICE_PAGE: [(&str, &str); 15] = [
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_gpu_load_ratio|nvml_gpu_utilization_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}"#,
+        r#"{__name__=~"jetson_gpu_load_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}"#,
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz|nvml_sm_clock_hertz",engine=~"|GR3D"}"#,
+        r#"{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_MEM_COPY_UTIL"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"DCGM_FI_DEV_FB_USED|DCGM_FI_DEV_FB_TOTAL"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"DCGM_FI_DEV_SM_CLOCK|DCGM_FI_DEV_MEM_CLOCK"}"#,
+        "avg",
+    ),
+    (
+        r#"{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz",engine=~"|GR3D"}"#,
         "avg",
     ),
     (
@@ -147,15 +159,15 @@ const DEVICE_PAGE: [(&str, &str); 15] = [
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes|nvml_memory_used_bytes"}"#,
+        r#"{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes"}"#,
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}"#,
+        r#"{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|DCGM_FI_DEV_GPU_TEMP|jetson_thermal_zone_celsius"}"#,
         "avg",
     ),
     (
-        r#"{__name__=~"jetson_rail_power_watts|nvml_power_watts"}"#,
+        r#"{__name__=~"jetson_rail_power_watts|DCGM_FI_DEV_POWER_USAGE"}"#,
         "avg",
     ),
     ("node_filesystem_avail_bytes", "avg"),
@@ -170,7 +182,7 @@ const DEVICE_PAGE: [(&str, &str); 15] = [
     (r#"{__name__=~"probe_success|probe_up"}"#, "avg"),
     ("probe_duration_seconds", "avg"),
     (
-        r#"{__name__!~"(host|jetson|nvml|probe|outpost)_.*"}"#,
+        r#"{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost)_.*"}"#,
         "avg",
     ),
 ];

@@ -1,5 +1,7 @@
 //! NVIDIA dGPU metrics through NVML, loaded at run time so that one binary runs with and without
-//! a driver. A field the device does not support (most of them on a Jetson's NVML, JetPack 6
+//! a driver. What NVIDIA's dcgm-exporter also exports carries its names, units and labels
+//! (`DCGM_FI_DEV_GPU_UTIL{gpu,UUID,device,modelName}` in percent, memory in MiB, clocks in MHz),
+//! so that NVIDIA's GPU dashboards work against the hub; the rest keeps Outpost's `nvml_*`. A field the device does not support (most of them on a Jetson's NVML, JetPack 6
 //! on) is skipped silently for that device after its first failure, so each metric comes from
 //! whichever source works there: tegrastats and sysfs cover the Jetson's GPU.
 
@@ -65,13 +67,24 @@ impl NvmlCollector {
                 &[("gpu", &gpu), ("name", &name), ("uuid", &uuid)],
                 1.0,
             );
+            // dcgm-exporter's labels: the index, the UUID, the device node, the product.
+            let node = device
+                .minor_number()
+                .map(|n| format!("nvidia{n}"))
+                .unwrap_or_default();
+            let dcgm = [
+                ("gpu", gpu.as_str()),
+                ("UUID", uuid.as_str()),
+                ("device", node.as_str()),
+                ("modelName", name.as_str()),
+            ];
             let mut fields = Fields {
                 unsupported: &mut self.unsupported,
                 index,
                 out,
             };
-            read_activity(&device, &gpu, &mut fields);
-            read_power_and_clocks(&device, &gpu, &mut fields);
+            read_activity(&device, &dcgm, &mut fields);
+            read_power_and_clocks(&device, &dcgm, &mut fields);
             read_health(&device, &gpu, &mut fields);
         }
         Ok(())
@@ -112,46 +125,51 @@ type Gauge = (
 // One line a field, so that the table reads as one.
 #[rustfmt::skip]
 const GAUGES: [Gauge; 7] = [
-    ("encoder", "nvml_encoder_utilization_ratio", |d| Ok(percent(d.encoder_utilization()?.utilization))),
-    ("decoder", "nvml_decoder_utilization_ratio", |d| Ok(percent(d.decoder_utilization()?.utilization))),
-    ("temperature", "nvml_temperature_celsius", |d| Ok(f64::from(d.temperature(TemperatureSensor::Gpu)?))),
-    ("power", "nvml_power_watts", |d| Ok(f64::from(d.power_usage()?) / 1000.0)), // from mW
-    ("power_limit", "nvml_power_limit_watts", |d| Ok(f64::from(d.enforced_power_limit()?) / 1000.0)),
-    ("sm_clock", "nvml_sm_clock_hertz", |d| Ok(f64::from(d.clock_info(Clock::SM)?) * 1e6)), // from MHz
-    ("memory_clock", "nvml_memory_clock_hertz", |d| Ok(f64::from(d.clock_info(Clock::Memory)?) * 1e6)),
+    ("encoder", "DCGM_FI_DEV_ENC_UTIL", |d| Ok(f64::from(d.encoder_utilization()?.utilization))), // percent
+    ("decoder", "DCGM_FI_DEV_DEC_UTIL", |d| Ok(f64::from(d.decoder_utilization()?.utilization))),
+    ("temperature", "DCGM_FI_DEV_GPU_TEMP", |d| Ok(f64::from(d.temperature(TemperatureSensor::Gpu)?))),
+    ("power", "DCGM_FI_DEV_POWER_USAGE", |d| Ok(f64::from(d.power_usage()?) / 1000.0)), // from mW
+    ("power_limit", "DCGM_FI_DEV_POWER_MGMT_LIMIT", |d| Ok(f64::from(d.enforced_power_limit()?) / 1000.0)),
+    ("sm_clock", "DCGM_FI_DEV_SM_CLOCK", |d| Ok(f64::from(d.clock_info(Clock::SM)?))), // MHz
+    ("memory_clock", "DCGM_FI_DEV_MEM_CLOCK", |d| Ok(f64::from(d.clock_info(Clock::Memory)?))),
 ];
+
+/// Bytes in DCGM's unit for frame-buffer memory, the MiB it calls MB.
+fn mebibytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
 
 /// A percentage as a ratio.
 fn percent(value: u32) -> f64 {
     f64::from(value) / 100.0
 }
 
-/// How busy the GPU and its memory are.
-fn read_activity(device: &Device, gpu: &str, fields: &mut Fields) {
-    let labels = [("gpu", gpu)];
+/// How busy the GPU and its memory are (percent), and its memory (MiB), as DCGM names them.
+fn read_activity(device: &Device, labels: &[(&str, &str)], fields: &mut Fields) {
     fields.read("utilization", |out| {
         let u = device.utilization_rates()?;
-        out.add("nvml_gpu_utilization_ratio", &labels, percent(u.gpu));
-        out.add("nvml_memory_utilization_ratio", &labels, percent(u.memory));
+        out.add("DCGM_FI_DEV_GPU_UTIL", labels, f64::from(u.gpu));
+        out.add("DCGM_FI_DEV_MEM_COPY_UTIL", labels, f64::from(u.memory));
         Ok(())
     });
     fields.read("memory", |out| {
         let m = device.memory_info()?;
-        out.add("nvml_memory_used_bytes", &labels, m.used as f64);
-        out.add("nvml_memory_total_bytes", &labels, m.total as f64);
+        out.add("DCGM_FI_DEV_FB_USED", labels, mebibytes(m.used));
+        out.add("DCGM_FI_DEV_FB_FREE", labels, mebibytes(m.free));
+        out.add("DCGM_FI_DEV_FB_TOTAL", labels, mebibytes(m.total));
         Ok(())
     });
 }
 
 /// Encoders, temperature, power, clocks ([`GAUGES`]) and fans.
-fn read_power_and_clocks(device: &Device, gpu: &str, fields: &mut Fields) {
-    let labels = [("gpu", gpu)];
+fn read_power_and_clocks(device: &Device, labels: &[(&str, &str)], fields: &mut Fields) {
     for (field, metric, read) in GAUGES {
         fields.read(field, |out| {
-            out.add(metric, &labels, read(device)?);
+            out.add(metric, labels, read(device)?);
             Ok(())
         });
     }
+    let gpu = labels[0].1;
     fields.read("fan", |out| {
         let fans = device.num_fans()?;
         for fan in 0..fans {

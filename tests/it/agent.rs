@@ -631,7 +631,7 @@ interval = "200ms"
     // network this machine does not have.
     let icmp_refused = log.contains("ICMP is not allowed");
     let needs_hardware = |name: &str| {
-        name.starts_with("nvml_") // an NVIDIA driver
+        name.starts_with("nvml_") || name.starts_with("DCGM_") // an NVIDIA driver
             || name.starts_with("outpost_sync_") // [mqtt] on: the sync tests check these
             || name.starts_with("outpost_hub_") // the hub's: the hub alert test checks these
             || name.starts_with("outpost_alert_notifications_") // a channel: the alert tests

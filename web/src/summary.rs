@@ -22,6 +22,8 @@ enum Combine {
 
 enum Source {
     Single(&'static str, Combine),
+    /// A percentage (DCGM's utilisation), shown as a ratio like the others.
+    Percent(&'static str, Combine),
     Ratio(&'static str, &'static str),
 }
 
@@ -41,7 +43,7 @@ const COLUMNS: &[(&str, &str, &[Source])] = &[
         &[
             Source::Single(r#"jetson_engine_load_ratio{engine="GR3D"}"#, Combine::Max),
             Source::Single("jetson_gpu_load_ratio", Combine::Max),
-            Source::Single("nvml_gpu_utilization_ratio", Combine::Max),
+            Source::Percent("DCGM_FI_DEV_GPU_UTIL", Combine::Max),
         ],
     ),
     (
@@ -58,7 +60,7 @@ const COLUMNS: &[(&str, &str, &[Source])] = &[
         &[
             Source::Single("jetson_temperature_celsius", Combine::Max),
             Source::Single("node_hwmon_temp_celsius", Combine::Max),
-            Source::Single("nvml_temperature_celsius", Combine::Max),
+            Source::Single("DCGM_FI_DEV_GPU_TEMP", Combine::Max),
         ],
     ),
     (
@@ -69,7 +71,7 @@ const COLUMNS: &[(&str, &str, &[Source])] = &[
                 r#"jetson_rail_power_watts{rail=~"VDD_IN|POM_5V_IN"}"#,
                 Combine::Sum,
             ),
-            Source::Single("nvml_power_watts", Combine::Sum),
+            Source::Single("DCGM_FI_DEV_POWER_USAGE", Combine::Sum),
         ],
     ),
     (
@@ -146,6 +148,15 @@ pub fn summarize(store: &Store, now_ms: i64, device: Option<&str>) -> Result<Sum
             let values = match source {
                 Source::Single(selector, combine) => {
                     per_device(store, device, selector, *combine, first, now_ms)?
+                }
+                Source::Percent(selector, combine) => {
+                    let mut values = per_device(store, device, selector, *combine, first, now_ms)?;
+                    for buckets in values.values_mut() {
+                        for value in buckets.values_mut() {
+                            *value /= 100.0;
+                        }
+                    }
+                    values
                 }
                 Source::Ratio(numerator, denominator) => {
                     let top = per_device(store, device, numerator, Combine::Sum, first, now_ms)?;

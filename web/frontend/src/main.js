@@ -295,19 +295,22 @@ async function fleetPage(view) {
 const GROUPS = [
   { title: 'CPU load per core', match: '{__name__=~"host_cpu_usage_ratio|jetson_cpu_load_ratio",cpu!="total"}', unit: 'ratio' },
   { title: 'CPU frequency', match: '{__name__=~"node_cpu_scaling_frequency_hertz|jetson_cpu_frequency_hertz"}', unit: 'hertz' },
-  { title: 'GPU load', match: '{__name__=~"jetson_gpu_load_ratio|nvml_gpu_utilization_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}', unit: 'ratio' },
-  { title: 'GPU frequency', match: '{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz|nvml_sm_clock_hertz",engine=~"|GR3D"}', unit: 'hertz' },
+  { title: 'GPU load', match: '{__name__=~"jetson_gpu_load_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}', unit: 'ratio' },
+  { title: 'GPU utilisation (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_MEM_COPY_UTIL"}', unit: 'percent' },
+  { title: 'GPU memory (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_FB_USED|DCGM_FI_DEV_FB_TOTAL"}', unit: 'mebibytes' },
+  { title: 'GPU clocks (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_SM_CLOCK|DCGM_FI_DEV_MEM_CLOCK"}', unit: 'megahertz' },
+  { title: 'GPU frequency', match: '{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz",engine=~"|GR3D"}', unit: 'hertz' },
   { title: 'EMC', match: '{__name__=~"jetson_engine_load_ratio|jetson_engine_frequency_hertz",engine="EMC"}', unit: 'mixed' },
   { title: 'Engines', match: '{__name__="jetson_engine_load_ratio",engine!~"GR3D|EMC"}', unit: 'ratio' },
-  { title: 'Memory', match: '{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes|nvml_memory_used_bytes"}', unit: 'bytes' },
-  { title: 'Temperatures', match: '{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|nvml_temperature_celsius|jetson_thermal_zone_celsius"}', unit: 'celsius' },
-  { title: 'Power rails', match: '{__name__=~"jetson_rail_power_watts|nvml_power_watts"}', unit: 'watts' },
+  { title: 'Memory', match: '{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes"}', unit: 'bytes' },
+  { title: 'Temperatures', match: '{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|DCGM_FI_DEV_GPU_TEMP|jetson_thermal_zone_celsius"}', unit: 'celsius' },
+  { title: 'Power rails', match: '{__name__=~"jetson_rail_power_watts|DCGM_FI_DEV_POWER_USAGE"}', unit: 'watts' },
   { title: 'Disk space free', match: 'node_filesystem_avail_bytes', unit: 'bytes' },
   { title: 'Disk I/O', match: '{__name__=~"node_disk_read_bytes_total|node_disk_written_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
   { title: 'Network', match: '{__name__=~"node_network_receive_bytes_total|node_network_transmit_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
   { title: 'Probes', match: '{__name__=~"probe_success|probe_up"}', unit: 'ratio' },
   { title: 'Probe duration', match: 'probe_duration_seconds', unit: 'seconds' },
-  { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|probe|outpost)_.*"}', unit: '' },
+  { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost)_.*"}', unit: '' },
 ];
 
 const RANGES = [['15m', 900e3], ['1h', 3600e3], ['6h', 21600e3], ['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
@@ -317,6 +320,9 @@ function valueFormat(unit) {
   if (unit === 'ratio') return (v) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed(1)} %`);
   if (unit === 'bytes') return bytes;
   if (unit === 'bytes/s') return (v) => (v === null || v === undefined ? '–' : `${bytes(v)}/s`);
+  if (unit === 'percent') return (v) => (v === null || v === undefined ? '–' : `${v.toFixed(1)} %`);
+  if (unit === 'mebibytes') return (v) => (v === null || v === undefined ? '–' : bytes(v * 1048576));
+  if (unit === 'megahertz') return (v) => (v === null || v === undefined ? '–' : `${v.toFixed(0)} MHz`);
   if (unit === 'hertz') return (v) => (v === null || v === undefined ? '–' : `${(v / 1e6).toFixed(0)} MHz`);
   if (unit === 'celsius') return fixed('°C');
   if (unit === 'watts') return fixed('W', 2);
