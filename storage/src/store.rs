@@ -1236,6 +1236,48 @@ impl Store {
         })
     }
 
+    /// The matching series that have data between `from` and `to`, sorted by key: a stored
+    /// chunk of any tier whose window overlaps the range, or a sample in the head within it.
+    /// Chunk windows make this as coarse as they are (2 hours of raw samples, a day of minutes,
+    /// 30 days of hours), as Prometheus' blocks (2 hours to a month) make its own lookups.
+    pub fn series_between(
+        &self,
+        selector: &Selector,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(SeriesId, SeriesKey)>> {
+        self.contain(|| {
+            let series = self.series(selector);
+            let db = read(&self.shared.db);
+            let txn = db.begin_read()?;
+            let reader = TierReader::new(&txn)?;
+            let mut out = Vec::with_capacity(series.len());
+            for (id, key) in series {
+                let mut stored = false;
+                for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
+                    let first = bucket_of(from, window_of(tier));
+                    if reader
+                        .chunks
+                        .range((id.0, tier as u8, first)..=(id.0, tier as u8, to))?
+                        .next()
+                        .is_some()
+                    {
+                        stored = true;
+                        break;
+                    }
+                }
+                if stored
+                    || !self
+                        .head_samples_in(id.0, from, to.saturating_add(1))
+                        .is_empty()
+                {
+                    out.push((id, key));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Where each matching series' raw samples begin in the store: the start of its oldest raw
     /// chunk's window, else its first sample in the head; `None` when it has no raw samples.
     /// Rollups before it stand for raw samples that retention or the budget removed.

@@ -290,12 +290,14 @@ async fn query_range<C: PromContext>(
     Ok(success(&result_json(&answer), &answer.warnings))
 }
 
-/// The series that `match[]` selects (every series without it, when `required` is false).
+/// The series that `match[]` selects (every series without it, when `required` is false), with
+/// data between `start` and `end` when either is given.
 fn matching_series(
     store: &Store,
     params: &Params,
     required: bool,
 ) -> Result<Vec<outpost_storage::SeriesKey>, ApiError> {
+    let (start, end) = (params.time("start")?, params.time("end")?);
     let matches = params.all("match[]");
     if matches.is_empty() && required {
         return Err(ApiError::bad_data("no match[] parameter provided"));
@@ -310,7 +312,22 @@ fn matching_series(
     }
     let mut found = BTreeSet::new();
     for selector in &selectors {
-        found.extend(store.series(selector).into_iter().map(|(_, key)| key));
+        let series = match (start, end) {
+            (None, None) => store.series(selector),
+            (start, end) => {
+                #[allow(clippy::disallowed_methods)] // called on the blocking pool
+                let between = store.series_between(
+                    selector,
+                    start.unwrap_or(i64::MIN / 2),
+                    end.unwrap_or(i64::MAX / 2),
+                );
+                between.map_err(|e| ApiError {
+                    kind: "internal",
+                    message: e.to_string(),
+                })?
+            }
+        };
+        found.extend(series.into_iter().map(|(_, key)| key));
     }
     Ok(found.into_iter().collect())
 }
@@ -337,9 +354,7 @@ async fn series<C: PromContext>(
 ) -> ApiResult {
     let params = Params::of(raw, &body);
     let limit = params.limit()?;
-    params.time("start")?;
-    params.time("end")?;
-    let mut keys = matching_series(context.store(), &params, true)?;
+    let mut keys = blocking(move || matching_series(context.store(), &params, true)).await?;
     let warnings = truncate(&mut keys, limit);
     let items: Vec<String> = keys.iter().map(label_set_json).collect();
     Ok(success(&format!("[{}]", items.join(",")), &warnings))
@@ -366,9 +381,7 @@ async fn labels<C: PromContext>(
 ) -> ApiResult {
     let params = Params::of(raw, &body);
     let limit = params.limit()?;
-    params.time("start")?;
-    params.time("end")?;
-    let keys = matching_series(context.store(), &params, false)?;
+    let keys = blocking(move || matching_series(context.store(), &params, false)).await?;
     let mut names: BTreeSet<String> = BTreeSet::new();
     for key in &keys {
         names.insert("__name__".to_string());
@@ -394,9 +407,7 @@ async fn label_values<C: PromContext>(
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
     }
     let limit = params.limit()?;
-    params.time("start")?;
-    params.time("end")?;
-    let keys = matching_series(context.store(), &params, false)?;
+    let keys = blocking(move || matching_series(context.store(), &params, false)).await?;
     let values: BTreeSet<String> = keys
         .iter()
         .map(|key| key.label(&name).to_string())
@@ -653,6 +664,31 @@ mod tests {
         );
         let (_, body) = ask(&context, "GET", "/api/v1/label/instance/values", "");
         assert_eq!(body["data"], json!(["a"]));
+        // Only series with data between start and end.
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/series?match[]=requests_total&start=100&end=200",
+            "",
+        );
+        assert_eq!(
+            body["data"],
+            json!([{"__name__": "requests_total", "instance": "a"}])
+        );
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/series?match[]=requests_total&start=100000",
+            "",
+        );
+        assert_eq!(body["data"], json!([]));
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/label/instance/values?end=-100",
+            "",
+        );
+        assert_eq!(body["data"], json!([]));
         let (_, body) = ask(
             &context,
             "POST",

@@ -492,6 +492,26 @@ mod rollups {
         assert_eq!(value, gauge(365), "the last sample of the minute before");
         assert!(!warnings.is_empty());
 
+        // Series lookups by time see the rollups of aged-out hours too, and nothing past the data.
+        let g = crate::Selector::parse("g").unwrap();
+        assert_eq!(
+            store.series_between(&g, BASE, BASE + HOUR).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            store
+                .series_between(&g, BASE + 5 * HOUR, BASE + 6 * HOUR)
+                .unwrap()
+                .len(),
+            1
+        );
+        // As coarse as the tiers' chunk windows (30 days for hours), and no coarser.
+        let later = BASE + 61 * 24 * HOUR;
+        assert!(store
+            .series_between(&g, later, later + HOUR)
+            .unwrap()
+            .is_empty());
+
         // Raw samples answer where they are kept, without a warning.
         let (value, warnings) = one(&store, "g", BASE + 5 * HOUR);
         assert_eq!((value, warnings.len()), (gauge(5 * 360), 0));
