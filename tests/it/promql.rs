@@ -420,6 +420,48 @@ fn difference(expression: &str, ours: &Value, theirs: &Value) -> Option<String> 
     (!agree).then(|| format!("Prometheus: {theirs}\nOutpost:    {ours}"))
 }
 
+/// `series`, `labels` and `label/<name>/values`, with and without a time range, on both servers:
+/// the same sets (as JSON values, in any order).
+fn lookups_differ(hub: u16, prometheus: u16, times: Times) -> Vec<String> {
+    let range = format!("&start={:.3}&end={:.3}", times.host_start, times.host_end);
+    let paths = [
+        "/api/v1/series?match[]=node_cpu_seconds_total".to_string(),
+        format!(
+            "/api/v1/series?match[]=node_load1&match[]={}{range}",
+            encode("{__name__=~\"jetson_rail.*\",rail=\"VDD_IN\"}")
+        ),
+        "/api/v1/labels".to_string(),
+        format!("/api/v1/labels?match[]=node_network_receive_bytes_total{range}"),
+        "/api/v1/label/__name__/values".to_string(),
+        format!(
+            "/api/v1/label/device/values?match[]={}",
+            encode("{__name__=~\"node_disk.*\"}")
+        ),
+        "/api/v1/label/le/values".to_string(),
+    ];
+    let mut differ = Vec::new();
+    for path in paths {
+        let path = path.replace("match[]", "match%5B%5D");
+        let set = |port: u16| -> Vec<String> {
+            let (_, body) = http(port, "GET", &path, "");
+            let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let mut items: Vec<String> = value["data"]
+                .as_array()
+                .map(|a| a.iter().map(Value::to_string).collect())
+                .unwrap_or_else(|| vec![format!("no list: {body}")]);
+            items.sort();
+            items
+        };
+        let (ours, theirs) = (set(hub), set(prometheus));
+        if ours != theirs {
+            differ.push(format!(
+                "{path}\nPrometheus: {theirs:?}\nOutpost:    {ours:?}"
+            ));
+        }
+    }
+    differ
+}
+
 /// The corpus, and every panel query of the Grafana dashboards (the data here has no
 /// `instance` label: the device variable matches its absence).
 fn corpus() -> Vec<String> {
@@ -493,6 +535,12 @@ fn answers_as_prometheus_does() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
+    let lookups = lookups_differ(hub_port, prometheus_port, times);
+    assert!(
+        lookups.is_empty(),
+        "series and label lookups differ:\n{}",
+        lookups.join("\n")
+    );
     let asked = work.len();
     assert!(
         failures.is_empty(),
