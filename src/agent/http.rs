@@ -142,6 +142,14 @@ impl outpost_web::prometheus::PromContext for HttpState {
         now_ms()
     }
 
+    /// A quarter of the hub's bound on held samples: a Jetson Nano has 4 GB for everything.
+    fn query_options(&self) -> outpost_storage::promql::Options {
+        outpost_storage::promql::Options {
+            max_samples: 5_000_000,
+            ..outpost_storage::promql::Options::default()
+        }
+    }
+
     fn rules(&self) -> serde_json::Value {
         match &self.alerts {
             Some(alerts) => {

@@ -57,19 +57,7 @@ impl Times {
 
 /// Every sample of the three data sets as Prometheus text with millisecond timestamps.
 fn samples_text(dir: &Path, times: Times) -> String {
-    let mut recorded = String::new();
-    zstd::stream::read::Decoder::new(
-        std::fs::File::open(root().join("tests/data/host/host-1h.prom.zst")).unwrap(),
-    )
-    .unwrap()
-    .read_to_string(&mut recorded)
-    .unwrap();
-    let mut text = String::with_capacity(recorded.len() * 2);
-    for line in recorded.lines().filter(|l| !l.starts_with('#')) {
-        let (rest, timestamp) = line.rsplit_once(' ').unwrap();
-        let ms: i64 = timestamp.parse().unwrap();
-        writeln!(text, "{rest} {}", ms + times.shift_ms).unwrap();
-    }
+    let mut text = samples_text_host_only(times);
     let jetson = dir.join("jetson.redb");
     succeed(
         outpost(&["tegrastats", "import", "--db"])

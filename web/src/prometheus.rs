@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -128,6 +128,21 @@ fn success(data: &str, warnings: &[String]) -> Response {
 /// reads them), in order.
 struct Params(Vec<(String, String)>);
 
+/// The most a form body may hold: far more than any query, little enough to read whole.
+const MAX_FORM_BYTES: usize = 4 << 20;
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, _: &S) -> Result<Params, ApiError> {
+        let raw = request.uri().query().map(str::to_string);
+        let body = axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES)
+            .await
+            .map_err(|e| ApiError::bad_data(format!("error parsing form values: {e}")))?;
+        Ok(Params::of(raw, &body))
+    }
+}
+
 impl Params {
     fn of(raw: Option<String>, body: &Bytes) -> Params {
         let mut pairs: Vec<(String, String)> = raw
@@ -234,12 +249,7 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-async fn query<C: PromContext>(
-    State(context): State<Arc<C>>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn query<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let expression = params.expression()?;
     let at = params.time("time")?.unwrap_or_else(|| context.now_ms());
     let deadline = params.deadline()?;
@@ -257,12 +267,7 @@ async fn query<C: PromContext>(
     Ok(success(&result_json(&answer), &answer.warnings))
 }
 
-async fn query_range<C: PromContext>(
-    State(context): State<Arc<C>>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn query_range<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let expression = params.expression()?;
     let start = params
         .time("start")?
@@ -347,12 +352,7 @@ fn label_set_json(key: &outpost_storage::SeriesKey) -> String {
     out
 }
 
-async fn series<C: PromContext>(
-    State(context): State<Arc<C>>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn series<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let limit = params.limit()?;
     let mut keys = blocking(move || matching_series(context.store(), &params, true)).await?;
     let warnings = truncate(&mut keys, limit);
@@ -374,12 +374,7 @@ fn strings_json(items: &[String]) -> String {
     Json::from(items.to_vec()).to_string()
 }
 
-async fn labels<C: PromContext>(
-    State(context): State<Arc<C>>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn labels<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let limit = params.limit()?;
     let keys = blocking(move || matching_series(context.store(), &params, false)).await?;
     let mut names: BTreeSet<String> = BTreeSet::new();
@@ -395,9 +390,8 @@ async fn labels<C: PromContext>(
 async fn label_values<C: PromContext>(
     State(context): State<Arc<C>>,
     Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::of(raw, &Bytes::new());
     let valid = name
         .chars()
         .next()
@@ -418,11 +412,7 @@ async fn label_values<C: PromContext>(
     Ok(success(&strings_json(&values), &warnings))
 }
 
-async fn metadata<C: PromContext>(
-    State(context): State<Arc<C>>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    let params = Params::of(raw, &Bytes::new());
+async fn metadata<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let limit = params.limit()?;
     let metric = params.get("metric");
     let mut out = serde_json::Map::new();
@@ -454,14 +444,12 @@ async fn buildinfo() -> ApiResult {
     Ok(success(&data.to_string(), &[]))
 }
 
-async fn exemplars(RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn exemplars(params: Params) -> ApiResult {
     promql::parse(&params.expression()?)?;
     Ok(success("[]", &[]))
 }
 
-async fn format_query(RawQuery(raw): RawQuery, body: Bytes) -> ApiResult {
-    let params = Params::of(raw, &body);
+async fn format_query(params: Params) -> ApiResult {
     let pretty = promql::prettify(&params.expression()?)?;
     Ok(success(&Json::from(pretty).to_string(), &[]))
 }
@@ -486,42 +474,37 @@ pub fn result_json(answer: &Answer) -> String {
     match &answer.value {
         Value::Scalar { t, v } => point(&mut out, *t, &promql::format_value(*v)),
         Value::String { t, v } => point(&mut out, *t, v),
-        Value::Vector(samples) => {
-            out.push('[');
-            for (i, sample) in samples.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str("{\"metric\":");
-                labels_json(&mut out, &sample.labels);
-                out.push_str(",\"value\":");
-                point(&mut out, sample.t, &promql::format_value(sample.v));
-                out.push('}');
-            }
-            out.push(']');
-        }
-        Value::Matrix(series) => {
-            out.push('[');
-            for (i, s) in series.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str("{\"metric\":");
-                labels_json(&mut out, &s.labels);
-                out.push_str(",\"values\":[");
-                for (j, (t, v)) in s.points.iter().enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    point(&mut out, *t, &promql::format_value(*v));
-                }
-                out.push_str("]}");
-            }
-            out.push(']');
-        }
+        Value::Vector(samples) => list(&mut out, samples, |out, sample| {
+            out.push_str("{\"metric\":");
+            labels_json(out, &sample.labels);
+            out.push_str(",\"value\":");
+            point(out, sample.t, &promql::format_value(sample.v));
+            out.push('}');
+        }),
+        Value::Matrix(series) => list(&mut out, series, |out, s| {
+            out.push_str("{\"metric\":");
+            labels_json(out, &s.labels);
+            out.push_str(",\"values\":");
+            list(out, &s.points, |out, (t, v)| {
+                point(out, *t, &promql::format_value(*v))
+            });
+            out.push('}');
+        }),
     }
     out.push('}');
     out
+}
+
+/// `[a,b,...]`, each item written by `write`.
+fn list<T>(out: &mut String, items: &[T], write: impl Fn(&mut String, &T)) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write(out, item);
+    }
+    out.push(']');
 }
 
 fn labels_json(out: &mut String, labels: &promql::Labels) {
@@ -665,30 +648,19 @@ mod tests {
         let (_, body) = ask(&context, "GET", "/api/v1/label/instance/values", "");
         assert_eq!(body["data"], json!(["a"]));
         // Only series with data between start and end.
-        let (_, body) = ask(
-            &context,
-            "GET",
-            "/api/v1/series?match[]=requests_total&start=100&end=200",
-            "",
-        );
-        assert_eq!(
-            body["data"],
-            json!([{"__name__": "requests_total", "instance": "a"}])
-        );
-        let (_, body) = ask(
-            &context,
-            "GET",
-            "/api/v1/series?match[]=requests_total&start=100000",
-            "",
-        );
-        assert_eq!(body["data"], json!([]));
-        let (_, body) = ask(
-            &context,
-            "GET",
-            "/api/v1/label/instance/values?end=-100",
-            "",
-        );
-        assert_eq!(body["data"], json!([]));
+        for (path, expected) in [
+            (
+                "/api/v1/series?match[]=requests_total&start=100&end=200",
+                json!([{"__name__": "requests_total", "instance": "a"}]),
+            ),
+            (
+                "/api/v1/series?match[]=requests_total&start=100000",
+                json!([]),
+            ),
+            ("/api/v1/label/instance/values?end=-100", json!([])),
+        ] {
+            assert_eq!(ask(&context, "GET", path, "").1["data"], expected, "{path}");
+        }
         let (_, body) = ask(
             &context,
             "POST",
