@@ -274,6 +274,7 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         from: i64,
         to: i64,
+        resolution_ms: i64,
     ) -> Result<Vec<(Series, Vec<Bucket>)>> {
         let raw = self.select_raw(vs, from, to)?;
         // A series whose raw samples start late in the range (or are gone) may have rollups.
@@ -288,7 +289,7 @@ impl<'a> Evaluator<'a> {
         let mut rollups: HashMap<Labels, Vec<Bucket>> = match missing_until {
             Some(until) => self
                 .source
-                .select_rollups(&selector_matchers(vs), from, until)?
+                .select_rollups(&selector_matchers(vs), from, until, resolution_ms)?
                 .into_iter()
                 .map(|r| (r.labels, r.buckets))
                 .collect(),
@@ -341,7 +342,7 @@ impl<'a> Evaluator<'a> {
                 grid.end.saturating_sub(offset),
             ),
         };
-        let raw = self.select(vs, first.saturating_sub(lookback), last)?;
+        let raw = self.select(vs, first.saturating_sub(lookback), last, grid.step)?;
         let mut out = Vec::with_capacity(raw.len());
         for (series, buckets) in raw {
             let mut points = Vec::new();
@@ -376,7 +377,7 @@ impl<'a> Evaluator<'a> {
         };
         let from = first.saturating_sub(offset).saturating_sub(range);
         let (series, buckets) = self
-            .select(vs, from, last.saturating_sub(offset))?
+            .select(vs, from, last.saturating_sub(offset), grid.step.min(range))?
             .into_iter()
             .unzip();
         Ok(RangeArg {

@@ -75,10 +75,18 @@ pub trait Source {
     /// Every series matching all `matchers`, with its samples in `from..=to`, sorted by time.
     fn select(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Series>>;
 
-    /// The rollups of the series matching `matchers` whose buckets start in `from..=to`, the
-    /// finest kept for each time: what answers for raw samples that retention removed.
-    fn select_rollups(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Rollups>> {
-        let _ = (matchers, from, to);
+    /// The rollups of the series matching `matchers` whose buckets start in `from..=to`: what
+    /// answers for raw samples that retention removed. `resolution_ms` is the coarsest bucket
+    /// the caller can use (the step, or a window if shorter): the hour tier answers where it
+    /// fits, so that a month at a 1-hour step reads hours, not minutes; else the finest kept.
+    fn select_rollups(
+        &self,
+        matchers: &[Matcher],
+        from: i64,
+        to: i64,
+        resolution_ms: i64,
+    ) -> Result<Vec<Rollups>> {
+        let _ = (matchers, from, to, resolution_ms);
         Ok(Vec::new())
     }
 }
@@ -119,53 +127,101 @@ impl Source for Store {
             .collect())
     }
 
-    fn select_rollups(&self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<Rollups>> {
+    fn select_rollups(
+        &self,
+        matchers: &[Matcher],
+        from: i64,
+        to: i64,
+        resolution_ms: i64,
+    ) -> Result<Vec<Rollups>> {
+        #![allow(clippy::disallowed_methods)] // callers run queries off the async threads
+        use std::collections::HashMap;
         let selector = store_selector(matchers)?;
-        #[allow(clippy::disallowed_methods)] // callers run queries off the async threads
-        let (minutes, hours) = (
-            self.query_rollups(&selector, Tier::Minute, from, to)?,
-            self.query_rollups(&selector, Tier::Hour, from, to)?,
-        );
-        let mut hours: std::collections::HashMap<crate::SeriesKey, Vec<(i64, Rollup)>> =
-            hours.into_iter().collect();
-        #[allow(clippy::disallowed_methods)] // callers run queries off the async threads
-        let raw_starts: std::collections::HashMap<crate::SeriesKey, Option<i64>> =
-            self.raw_starts(&selector)?.into_iter().collect();
         let (minute, hour) = (Tier::Minute.resolution_ms(), Tier::Hour.resolution_ms());
-        Ok(minutes
+        // Buckets stand in only for raw samples that are gone.
+        let raw_starts: HashMap<crate::SeriesKey, i64> = self
+            .raw_starts(&selector)?
             .into_iter()
-            .map(|(key, minutes)| {
-                // Buckets stand in only for raw samples that are gone.
-                let raw_start = raw_starts.get(&key).copied().flatten().unwrap_or(i64::MAX);
-                let minutes: Vec<(i64, Rollup)> = minutes
-                    .into_iter()
-                    .filter(|(start, _)| start + minute <= raw_start)
-                    .collect();
-                // Hours only where the minutes are gone: before the first minute's hour.
-                let first_minute = minutes.first().map_or(i64::MAX, |(start, _)| *start);
-                let mut buckets: Vec<Bucket> = hours
-                    .remove(&key)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(start, _)| start + hour <= first_minute.min(raw_start))
-                    .map(|(start, rollup)| Bucket {
-                        start,
-                        width: hour,
-                        rollup,
+            .map(|(key, start)| (key, start.unwrap_or(i64::MAX)))
+            .collect();
+        let before_raw = |key: &crate::SeriesKey, start: i64, width: i64| {
+            start + width <= raw_starts.get(key).copied().unwrap_or(i64::MAX)
+        };
+        let keep =
+            |tier: Vec<crate::store::SeriesRollups>, width: i64| -> HashMap<_, Vec<Bucket>> {
+                tier.into_iter()
+                    .map(|(key, points)| {
+                        let buckets = points
+                            .into_iter()
+                            .filter(|(start, _)| before_raw(&key, *start, width))
+                            .map(|(start, rollup)| Bucket {
+                                start,
+                                width,
+                                rollup,
+                            })
+                            .collect::<Vec<_>>();
+                        (key, buckets)
                     })
-                    .collect();
-                buckets.extend(minutes.into_iter().map(|(start, rollup)| Bucket {
-                    start,
-                    width: minute,
-                    rollup,
-                }));
-                Rollups {
+                    .collect()
+            };
+        // The coarse tier where the caller can use it (then minutes only after its last
+        // bucket); else minutes, and hours only before the first minute kept.
+        let (mut first, second) = if resolution_ms >= hour {
+            let hours = keep(self.query_rollups(&selector, Tier::Hour, from, to)?, hour);
+            let covered = hours
+                .values()
+                .map(|b| b.last().map_or(from, |b| b.start + hour))
+                .min()
+                .unwrap_or(from);
+            let minutes = keep(
+                self.query_rollups(&selector, Tier::Minute, covered, to)?,
+                minute,
+            );
+            (hours, minutes)
+        } else {
+            let minutes = keep(
+                self.query_rollups(&selector, Tier::Minute, from, to)?,
+                minute,
+            );
+            let uncovered = minutes
+                .values()
+                .map(|b| b.first().map_or(to, |b| b.start))
+                .max()
+                .unwrap_or(to);
+            let hours = keep(
+                self.query_rollups(&selector, Tier::Hour, from, uncovered)?,
+                hour,
+            );
+            (hours, minutes)
+        };
+        let mut second = second;
+        let mut out = Vec::with_capacity(first.len().max(second.len()));
+        let keys: std::collections::BTreeSet<crate::SeriesKey> =
+            first.keys().chain(second.keys()).cloned().collect();
+        for key in keys {
+            // Hours first, then the minutes after the last hour; whichever the caller prefers,
+            // no instant is covered twice.
+            let mut hours = first.remove(&key).unwrap_or_default();
+            let mut minutes = second.remove(&key).unwrap_or_default();
+            let buckets = if resolution_ms >= hour {
+                let until = hours.last().map_or(i64::MIN, |b| b.start + hour);
+                minutes.retain(|b| b.start >= until);
+                hours.extend(minutes);
+                hours
+            } else {
+                let since = minutes.first().map_or(i64::MAX, |b| b.start);
+                hours.retain(|b| b.start + hour <= since);
+                hours.extend(minutes);
+                hours
+            };
+            if !buckets.is_empty() {
+                out.push(Rollups {
                     labels: Labels::from_key(&key),
                     buckets,
-                }
-            })
-            .filter(|r| !r.buckets.is_empty())
-            .collect())
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

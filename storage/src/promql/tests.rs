@@ -492,6 +492,23 @@ mod rollups {
         assert_eq!(value, gauge(365), "the last sample of the minute before");
         assert!(!warnings.is_empty());
 
+        // A caller that steps by hours reads hour buckets; by minutes, minute buckets.
+        let matchers = [Matcher::new(
+            promql_parser::label::MatchOp::Equal,
+            "__name__",
+            "g",
+        )];
+        let widths = |resolution: i64| -> Vec<i64> {
+            let found = store
+                .select_rollups(&matchers, BASE, BASE + 2 * HOUR, resolution)
+                .unwrap();
+            let mut widths: Vec<i64> = found[0].buckets.iter().map(|b| b.width).collect();
+            widths.dedup();
+            widths
+        };
+        assert_eq!(widths(HOUR), vec![HOUR]);
+        assert_eq!(widths(15_000), vec![60_000]);
+
         // Series lookups by time see the rollups of aged-out hours too, and nothing past the data.
         let g = crate::Selector::parse("g").unwrap();
         assert_eq!(
