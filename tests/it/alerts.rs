@@ -207,13 +207,7 @@ fn prometheus_clients_see_the_firing_rule(port: u16) {
     );
     let query = rule["query"].as_str().unwrap();
     assert!(query.contains("app_errors"), "{query}");
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = crate::promql::encode(query);
     let answer = get(&format!("/api/v1/query?query={encoded}"));
     assert_eq!(answer["status"], "success", "{query}: {answer}");
     assert!(

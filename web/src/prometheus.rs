@@ -295,6 +295,9 @@ async fn query_range<C: PromContext>(State(context): State<Arc<C>>, params: Para
     Ok(success(&result_json(&answer), &answer.warnings))
 }
 
+/// The most `match[]` selectors one lookup takes.
+const MAX_MATCHES: usize = 1000;
+
 /// The series that `match[]` selects (every series without it, when `required` is false), with
 /// data between `start` and `end` when either is given.
 fn matching_series(
@@ -306,6 +309,13 @@ fn matching_series(
     let matches = params.all("match[]");
     if matches.is_empty() && required {
         return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    // Each selector scans the catalogue: a bound keeps one request from scanning it endlessly.
+    if matches.len() > MAX_MATCHES {
+        return Err(ApiError::bad_data(format!(
+            "{} match[] parameters; at most {MAX_MATCHES} are taken",
+            matches.len()
+        )));
     }
     let mut selectors = Vec::with_capacity(matches.len().max(1));
     for text in matches {
@@ -392,11 +402,7 @@ async fn label_values<C: PromContext>(
     Path(name): Path<String>,
     params: Params,
 ) -> ApiResult {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let valid = promql::is_label_name(&name);
     if !valid {
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
     }
@@ -648,6 +654,9 @@ mod tests {
         let (_, body) = ask(&context, "GET", "/api/v1/label/instance/values", "");
         assert_eq!(body["data"], json!(["a"]));
         // Only series with data between start and end.
+        let many = "match[]=requests_total&".repeat(MAX_MATCHES + 1);
+        let (status, body) = ask(&context, "POST", "/api/v1/series", &many);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         for (path, expected) in [
             (
                 "/api/v1/series?match[]=requests_total&start=100&end=200",

@@ -12,6 +12,7 @@ use super::eval::{Evaluator, Grid, Val};
 use super::functions::{quantile, scalar_arg, string_arg, vector_arg};
 use super::labels::{Labels, METRIC_NAME};
 use super::{format_value, Error, Result, Series};
+use crate::series::is_label_name;
 
 pub(super) fn supported(op: TokenId) -> bool {
     matches!(
@@ -305,10 +306,4 @@ fn count_value_text(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -191,7 +191,7 @@ impl<'a> Evaluator<'a> {
                 .filter(|(end, _)| *end <= range.bounds(t).1)
                 .collect();
             if !points.is_empty() {
-                self.warnings.insert(APPROXIMATE.to_string());
+                self.approximate();
             }
             points.extend_from_slice(range.window(s, t));
             if !points.is_empty() {
@@ -210,6 +210,13 @@ impl<'a> Evaluator<'a> {
                 Err(Error::Timeout("expression evaluation"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Says in the answer that rollups stood in for aged-out samples (once, however often).
+    pub fn approximate(&mut self) {
+        if !self.warnings.contains(APPROXIMATE) {
+            self.warnings.insert(APPROXIMATE.to_string());
         }
     }
 
@@ -350,7 +357,7 @@ impl<'a> Evaluator<'a> {
                 let reference = at.unwrap_or(ts).saturating_sub(offset);
                 let found = latest(&series.points, reference, lookback).or_else(|| {
                     let (t, v) = latest_bucket(&buckets, reference, lookback)?;
-                    self.warnings.insert(APPROXIMATE.to_string());
+                    self.approximate();
                     Some((t, v))
                 });
                 if let Some((t, v)) = found {

@@ -7,6 +7,7 @@ use promql_parser::parser::{Call, Expr};
 use super::eval::{check_distinct, merge_same_labels, Evaluator, Grid, RangeArg, Val};
 use super::labels::Labels;
 use super::{Bucket, Error, Result, Series};
+use crate::series::is_label_name;
 
 /// Functions over a range vector, each given one series' window at one step.
 const RANGE_FUNCTIONS: &[&str] = &[
@@ -379,12 +380,6 @@ fn absent_labels(expr: &Expr) -> Labels {
     labels
 }
 
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Renames every series with `relabel` (computed once per series), keeping the metric name.
 fn relabel(series: Vec<Series>, mut relabel: impl FnMut(&Labels) -> Labels) -> Result<Val> {
     let renamed = series
@@ -462,7 +457,8 @@ fn histogram_quantile(ev: &mut Evaluator, args: &[&Expr], grid: Grid) -> Result<
     let mut members: Vec<(usize, f64)> = Vec::new();
     let mut group_labels: Vec<Labels> = Vec::new();
     for s in &series {
-        let Some(bound) = parse_go_float(s.labels.get("le")) else {
+        // Go's ParseFloat takes what `le` holds: `+Inf`, `0.5`, `1e3`.
+        let Ok(bound) = s.labels.get("le").parse::<f64>() else {
             members.push((usize::MAX, 0.0));
             continue;
         };
@@ -506,14 +502,6 @@ fn histogram_quantile(ev: &mut Evaluator, args: &[&Expr], grid: Grid) -> Result<
         }
     }
     Ok(Val::Vector(merge_same_labels(out)?))
-}
-
-/// Go's `strconv.ParseFloat` for the values `le` takes (`+Inf`, `0.5`, `1e3`).
-fn parse_go_float(text: &str) -> Option<f64> {
-    if text.is_empty() {
-        return None;
-    }
-    text.parse::<f64>().ok()
 }
 
 /// The φ-quantile of classic histogram buckets (upper bound, cumulative count), interpolated
@@ -600,7 +588,7 @@ fn range_function(ev: &mut Evaluator, name: &str, args: &[&Expr], grid: Grid) ->
             let value = if !buckets.is_empty() {
                 let (value, exact) = over_buckets(name, window, buckets, &range, ts, extra)?;
                 if !exact {
-                    ev.warnings.insert(super::eval::APPROXIMATE.to_string());
+                    ev.approximate();
                 }
                 value
             } else if window.is_empty() {

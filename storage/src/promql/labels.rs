@@ -36,10 +36,6 @@ impl Labels {
             .unwrap_or("")
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Sets `name` to `value`, or removes it when `value` is empty.
     pub fn set(&mut self, name: &str, value: &str) {
         match self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
@@ -74,10 +70,6 @@ impl Labels {
                 .cloned()
                 .collect(),
         )
-    }
-
-    pub fn into_pairs(self) -> Vec<(String, String)> {
-        self.0
     }
 }
 

@@ -16,6 +16,7 @@ mod labels;
 
 use std::time::Instant;
 
+pub use crate::series::is_label_name;
 pub use labels::Labels;
 use promql_parser::label::Matcher;
 pub use promql_parser::parser::Expr;
@@ -166,18 +167,16 @@ impl Source for Store {
             };
         // The coarse tier where the caller can use it (then minutes only after its last
         // bucket); else minutes, and hours only before the first minute kept.
-        let (mut first, second) = if resolution_ms >= hour {
+        let prefer_hours = resolution_ms >= hour;
+        let (mut hours, mut minutes) = if prefer_hours {
             let hours = keep(self.query_rollups(&selector, Tier::Hour, from, to)?, hour);
             let covered = hours
                 .values()
                 .map(|b| b.last().map_or(from, |b| b.start + hour))
                 .min()
                 .unwrap_or(from);
-            let minutes = keep(
-                self.query_rollups(&selector, Tier::Minute, covered, to)?,
-                minute,
-            );
-            (hours, minutes)
+            let minutes = self.query_rollups(&selector, Tier::Minute, covered, to)?;
+            (hours, keep(minutes, minute))
         } else {
             let minutes = keep(
                 self.query_rollups(&selector, Tier::Minute, from, to)?,
@@ -188,32 +187,24 @@ impl Source for Store {
                 .map(|b| b.first().map_or(to, |b| b.start))
                 .max()
                 .unwrap_or(to);
-            let hours = keep(
-                self.query_rollups(&selector, Tier::Hour, from, uncovered)?,
-                hour,
-            );
-            (hours, minutes)
+            let hours = self.query_rollups(&selector, Tier::Hour, from, uncovered)?;
+            (keep(hours, hour), minutes)
         };
-        let mut second = second;
-        let mut out = Vec::with_capacity(first.len().max(second.len()));
         let keys: std::collections::BTreeSet<crate::SeriesKey> =
-            first.keys().chain(second.keys()).cloned().collect();
+            hours.keys().chain(minutes.keys()).cloned().collect();
+        let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            // Hours first, then the minutes after the last hour; whichever the caller prefers,
-            // no instant is covered twice.
-            let mut hours = first.remove(&key).unwrap_or_default();
-            let mut minutes = second.remove(&key).unwrap_or_default();
-            let buckets = if resolution_ms >= hour {
-                let until = hours.last().map_or(i64::MIN, |b| b.start + hour);
-                minutes.retain(|b| b.start >= until);
-                hours.extend(minutes);
-                hours
+            let mut buckets = hours.remove(&key).unwrap_or_default();
+            let mut later = minutes.remove(&key).unwrap_or_default();
+            // Hours, then the minutes after them; no instant is covered twice.
+            if prefer_hours {
+                let until = buckets.last().map_or(i64::MIN, |b| b.start + hour);
+                later.retain(|b| b.start >= until);
             } else {
-                let since = minutes.first().map_or(i64::MAX, |b| b.start);
-                hours.retain(|b| b.start + hour <= since);
-                hours.extend(minutes);
-                hours
-            };
+                let since = later.first().map_or(i64::MAX, |b| b.start);
+                buckets.retain(|b| b.start + hour <= since);
+            }
+            buckets.extend(later);
             if !buckets.is_empty() {
                 out.push(Rollups {
                     labels: Labels::from_key(&key),
