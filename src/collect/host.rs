@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{CpuRefreshKind, RefreshKind, System};
 
-use super::Samples;
+use super::{kernel, Samples};
 use serde::Deserialize;
 
 use crate::config_values::Interval;
@@ -175,6 +175,7 @@ impl HostCollector {
         if let Some(text) = self.read(&proc_root, "mounts") {
             self.filesystems(&text, out);
         }
+        self.kernel(out);
         cpufreq(&self.sys_root, out);
         hwmon(&self.sys_root.join("class/hwmon"), out);
         thermal_zones(&self.sys_root.join("class/thermal"), out);
@@ -193,6 +194,44 @@ impl HostCollector {
             out.add("node_processes_pids", &[], count as f64);
         }
         self.watched_processes(out);
+    }
+
+    /// The kernel's counters that node_exporter's other default collectors read (see
+    /// `kernel`).
+    fn kernel(&self, out: &mut Samples) {
+        let proc_root = &self.proc_root;
+        let read = |file: &str| self.read(proc_root, file);
+        if let Some(text) = read("vmstat") {
+            kernel::vmstat(&text, out);
+        }
+        if let Some(text) = read("sys/fs/file-nr") {
+            kernel::filefd(&text, out);
+        }
+        for file in ["net/sockstat", "net/sockstat6"] {
+            if let Some(text) = read(file) {
+                kernel::sockstat(&text, self.page_bytes, out);
+            }
+        }
+        for file in ["net/netstat", "net/snmp"] {
+            if let Some(text) = read(file) {
+                kernel::netstat(&text, out);
+            }
+        }
+        if let Some(text) = read("net/snmp6") {
+            kernel::snmp6(&text, out);
+        }
+        if let Some(text) = read("net/softnet_stat") {
+            kernel::softnet(&text, out);
+        }
+        if let Some(text) = read("net/arp") {
+            kernel::arp(&text, out);
+        }
+        kernel::sysctls(proc_root, out);
+        kernel::netclass(
+            &self.sys_root.join("class/net"),
+            &self.config.ignore_interfaces,
+            out,
+        );
     }
 
     /// Busy share of each core and of all: Outpost's own (node_exporter leaves the ratio to
@@ -224,14 +263,18 @@ impl HostCollector {
             {
                 continue;
             }
-            let Ok(stat) = rustix::fs::statvfs(Path::new(&mountpoint)) else {
-                continue;
-            };
             let labels = [
                 ("device", device.as_str()),
                 ("fstype", fstype.as_str()),
                 ("mountpoint", mountpoint.as_str()),
             ];
+            // A file system that cannot be asked (a dead network mount, a vanished device)
+            // is reported, not skipped: its absence would hide the fault.
+            let Ok(stat) = rustix::fs::statvfs(Path::new(&mountpoint)) else {
+                out.add("node_filesystem_device_error", &labels, 1.0);
+                continue;
+            };
+            out.add("node_filesystem_device_error", &labels, 0.0);
             let block = stat.f_frsize as f64;
             out.add(
                 "node_filesystem_size_bytes",
@@ -347,7 +390,8 @@ pub fn process_stat(stat: &str) -> Option<(f64, f64)> {
 /// diskstats figures. Sectors are always 512 bytes there, whatever the device's sector size.
 pub fn diskstats(text: &str, is_disk: impl Fn(&str) -> bool, out: &mut Samples) {
     // (field, metric, scale): fields counted from 0 after major, minor and name.
-    const FIELDS: [(usize, &str, f64); 11] = [
+    // Discards (kernel 4.18) and flushes (5.5) only where the kernel has them.
+    const FIELDS: [(usize, &str, f64); 17] = [
         (0, "node_disk_reads_completed_total", 1.0),
         (1, "node_disk_reads_merged_total", 1.0),
         (2, "node_disk_read_bytes_total", 512.0),
@@ -359,6 +403,12 @@ pub fn diskstats(text: &str, is_disk: impl Fn(&str) -> bool, out: &mut Samples) 
         (8, "node_disk_io_now", 1.0),
         (9, "node_disk_io_time_seconds_total", 0.001),
         (10, "node_disk_io_time_weighted_seconds_total", 0.001),
+        (11, "node_disk_discards_completed_total", 1.0),
+        (12, "node_disk_discards_merged_total", 1.0),
+        (13, "node_disk_discarded_sectors_total", 1.0),
+        (14, "node_disk_discard_time_seconds_total", 0.001),
+        (15, "node_disk_flush_requests_total", 1.0),
+        (16, "node_disk_flush_requests_time_seconds_total", 0.001),
     ];
     for line in text.lines() {
         let fields: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -373,7 +423,7 @@ pub fn diskstats(text: &str, is_disk: impl Fn(&str) -> bool, out: &mut Samples) 
             continue;
         }
         for (field, metric, scale) in FIELDS {
-            if let Ok(value) = fields[3 + field].parse::<f64>() {
+            if let Some(Ok(value)) = fields.get(3 + field).map(|f| f.parse::<f64>()) {
                 out.add(metric, &[("device", device)], value * scale);
             }
         }

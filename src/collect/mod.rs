@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod jetson;
+pub mod kernel;
 pub mod nvml;
 pub mod probes;
 pub mod scrape;

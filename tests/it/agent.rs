@@ -642,6 +642,11 @@ interval = "200ms"
             || name == "node_cpu_scaling_frequency_hertz" // cpufreq (absent in some VMs)
             || name.starts_with("node_pressure_") // PSI (kernels from 4.20, when enabled)
             || name == "node_memory_<Field>" // unitless meminfo lines (kernel-dependent)
+            || name.starts_with("node_nf_conntrack_") // the netfilter module, where loaded
+            || name == "node_arp_entries" // an empty neighbour table
+            || name.starts_with("node_network_carrier") // a link with a carrier (not in every sandbox)
+            || name == "node_network_speed_bytes" // a driver that reports a speed
+            || name.starts_with("node_disk_flush_requests") // kernels from 5.5
             || name == "probe_ssl_earliest_cert_expiry" // a TLS server with a real certificate
     };
     for name in &documented {
