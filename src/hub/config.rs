@@ -23,6 +23,8 @@ pub struct HubConfig {
     pub alerts: crate::alerting::config::AlertsSection,
     /// The dashboard and API: bounds, users and tokens.
     pub web: outpost_web::WebConfig,
+    /// The fleet's samples in another engine (Prometheus remote_write) instead of this store.
+    pub remote_write: super::remote::RemoteWriteSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -131,6 +133,7 @@ impl ConfigFile for HubConfig {
             bail!("hub.stale_after: must be at least 1s");
         }
         self.alerts.validate()?;
+        self.remote_write.validate()?;
         self.web
             .validate(self.hub.listen.ip().is_loopback())
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -89,6 +89,7 @@ mod tests {
             owner::<LastCommandKey>("alert runtime"),
             owner::<FleetHistoryKey>("fleet history"),
             owner::<QueueKey>("notification queues"),
+            owner::<super::super::remote::DeadLetterKey>("remote storage dead letters"),
         ];
         for table in StateTable::ALL {
             let in_table: Vec<_> = owners

@@ -14,6 +14,7 @@ mod fleet;
 mod gate;
 mod keys;
 mod registry;
+pub mod remote;
 #[cfg(test)]
 mod test_payloads;
 
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use outpost_storage::{Store, WriteBatch};
 use outpost_sync::topic::{self, Kind};
@@ -79,6 +80,15 @@ enum HubCommand {
         name: String,
         #[arg(long, value_enum, default_value = "viewer")]
         role: RoleArg,
+    },
+    /// Send the samples that the remote storage ([remote_write]) refused again, now that the
+    /// engine may take them (for example after enabling its out-of-order window). The
+    /// running hub does this by itself every `resend_every`; this command is for a stopped
+    /// hub, as it opens the hub's store.
+    ResendRefused {
+        /// The hub's store (overrides [store] path).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -164,6 +174,7 @@ pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
             HubCommand::Token { name, role } => {
                 token_command(&name, role).map(|()| std::process::ExitCode::SUCCESS)
             }
+            HubCommand::ResendRefused { store } => resend_refused_command(config, store),
         };
     }
     let load = || {
@@ -182,6 +193,48 @@ pub fn run(args: HubArgs) -> Result<std::process::ExitCode> {
         Ok(config)
     };
     crate::daemon::start(&args.daemon, config::DEFAULT_CONFIG, load, daemon)
+}
+
+fn resend_refused_command(
+    mut config: HubConfig,
+    store: Option<PathBuf>,
+) -> Result<std::process::ExitCode> {
+    if let Some(store) = store {
+        config.store.path = store;
+    }
+    config.validate()?;
+    if !config.remote_write.enabled() {
+        bail!("[remote_write] url is not set: this hub keeps its samples in its own store");
+    }
+    let store = Store::open(
+        &config.store.path,
+        outpost_sync::ingest::hub_store_options(config.store.budget.0),
+    )
+    .with_context(|| {
+        format!(
+            "opening the store {} (a running hub holds it, and resends refused samples itself \
+             every remote_write.resend_every)",
+            config.store.path.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut writer =
+        remote::RemoteWriter::new(&config.remote_write, &store, runtime.handle().clone())?;
+    // The writer blocks on the runtime's handle from a thread of its own while this thread
+    // drives the runtime's I/O (a current-thread runtime has no other thread to).
+    let (taken, refused) = runtime
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || writer.resend_refused(&store)).await
+        })?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{taken} samples taken by the engine; {refused} still refused");
+    Ok(if refused == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 /// The devices file as last read, re-read when its modification time changes.
@@ -439,6 +492,22 @@ fn spawn_ingest(
         ingested.clone(),
     );
     let fleet = config.hub.fleet.clone();
+    let remote = if config.remote_write.enabled() {
+        let writer = remote::RemoteWriter::new(
+            &config.remote_write,
+            &store,
+            tokio::runtime::Handle::current(),
+        )?;
+        let waiting = remote::RemoteWriter::refused_per_device(&store)?;
+        registry
+            .lock()
+            .expect("registry lock")
+            .set_refused(&waiting);
+        tracing::info!(url = %config.remote_write.url, "samples go to the remote storage");
+        Some((writer, config.remote_write.resend_every.0))
+    } else {
+        None
+    };
     let limits = Limits {
         max_message_bytes: usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX),
         ..Limits::default()
@@ -453,10 +522,9 @@ fn spawn_ingest(
             ingest_loop(
                 &store,
                 outlets,
-                &devices,
-                &registry,
-                &fleet,
-                &limits,
+                remote,
+                (&devices, &registry),
+                (&fleet, &limits),
                 &incoming_rx,
             )
         })?;
@@ -783,15 +851,26 @@ struct Outlets<'a> {
 fn ingest_loop(
     store: &Store,
     outlets: Outlets,
-    devices: &Devices,
-    registry: &Mutex<Registry>,
-    fleet: &str,
-    limits: &Limits,
+    mut remote: Option<(remote::RemoteWriter, Duration)>,
+    (devices, registry): (&Devices, &Mutex<Registry>),
+    (fleet, limits): (&str, &Limits),
     incoming: &flume::Receiver<Incoming>,
 ) {
     let Outlets { client, ingested } = outlets;
     let mut ingestor = outpost_sync::ingest::Ingestor::new();
-    while let Ok(first) = incoming.recv() {
+    let mut last_resend = Instant::now();
+    loop {
+        if let Some((writer, every)) = &mut remote {
+            if last_resend.elapsed() >= *every {
+                last_resend = Instant::now();
+                resend_refused(store, writer, registry);
+            }
+        }
+        let first = match incoming.recv_timeout(Duration::from_secs(5)) {
+            Ok(first) => first,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
         // Everything already waiting goes into this group: one fsync for all of it.
         let mut group = vec![first];
         while group.len() < 256 {
@@ -807,9 +886,17 @@ fn ingest_loop(
                 payload,
                 received_ms,
             } = incoming;
+            let mut refused = 0;
+            let mut deliver = |device: &str, write: &mut WriteBatch| match &mut remote {
+                Some((writer, _)) => {
+                    refused = writer.deliver(store, device, write, received_ms)?;
+                    Ok(())
+                }
+                None => Ok(()),
+            };
             let outcome = ingest_one(
                 store,
-                &mut ingestor,
+                (&mut ingestor, &mut deliver),
                 (devices, &device),
                 (&payload, received_ms),
                 limits,
@@ -819,6 +906,9 @@ fn ingest_loop(
                 Ok((ack, key, batch, clock)) => {
                     let what = (&batch.header, &ack.status, clock, batch.version);
                     registry.batch(&device, what, received_ms);
+                    if refused > 0 {
+                        registry.refused(&device, refused);
+                    }
                     acks.push((device.clone(), ack.encode_as(&key, batch.version)));
                 }
                 Err(Refused::Device(reason, reply)) => {
@@ -857,6 +947,27 @@ fn ingest_loop(
     }
 }
 
+/// Sends the dead letters again; what the engine takes now leaves the per-device counts.
+fn resend_refused(store: &Store, writer: &mut remote::RemoteWriter, registry: &Mutex<Registry>) {
+    match writer.resend_refused(store) {
+        Ok((0, 0)) => {}
+        Ok((taken, refused)) => {
+            tracing::info!(
+                taken,
+                refused,
+                "refused samples sent to the remote storage again"
+            );
+            if let Ok(waiting) = remote::RemoteWriter::refused_per_device(store) {
+                registry
+                    .lock()
+                    .expect("registry lock")
+                    .set_refused(&waiting);
+            }
+        }
+        Err(error) => tracing::warn!("refused samples not sent again: {error}"),
+    }
+}
+
 /// Why a batch was not stored.
 enum Refused {
     /// The device's fault (a bad signature, a malformed batch): counted against it, with a
@@ -869,9 +980,12 @@ enum Refused {
 /// Timestamps of a batch that were corrected and that stayed implausible.
 type ClockCounts = (u64, u64);
 
+/// Where a batch's points go before its bookkeeping is written (see `Ingestor::ingest_via`).
+type Deliver<'a> = dyn FnMut(&str, &mut WriteBatch) -> std::result::Result<(), String> + 'a;
+
 fn ingest_one(
     store: &Store,
-    ingestor: &mut outpost_sync::ingest::Ingestor,
+    (ingestor, deliver): (&mut outpost_sync::ingest::Ingestor, &mut Deliver),
     (devices, device): (&Devices, &str),
     (payload, received_ms): (&[u8], i64),
     limits: &Limits,
@@ -899,14 +1013,15 @@ fn ingest_one(
         Err(error) => return Err(Refused::Device(error.to_string(), None)),
     };
     let mut clock = (0, 0);
-    let status = match ingestor.ingest(store, &batch, received_ms) {
+    let status = match ingestor.ingest_via(store, &batch, received_ms, deliver) {
         Ok(ingested) => {
             clock = (ingested.clock_corrected, ingested.implausible);
             ingested.status
         }
-        Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
-            return Err(Refused::Hub(error.to_string()))
-        }
+        Err(
+            error @ (outpost_sync::ingest::IngestError::Store(_)
+            | outpost_sync::ingest::IngestError::Deliver(_)),
+        ) => return Err(Refused::Hub(error.to_string())),
         Err(error) => AckStatus::Rejected {
             reason: error.to_string(),
         },

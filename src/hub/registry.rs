@@ -70,6 +70,10 @@ pub struct DeviceRecord {
     /// hub does not forget it.
     #[serde(default)]
     pub signs_alerts: bool,
+    /// Its samples that the remote storage refused for good, waiting in the hub's
+    /// dead-letter table to be sent again.
+    #[serde(default)]
+    pub refused_samples: u64,
 }
 
 /// What came of a verified `status` or `meta` message.
@@ -253,6 +257,41 @@ impl Registry {
         }
     }
 
+    /// `samples` of `device` went to the dead-letter table.
+    pub fn refused(&mut self, device: &str, samples: u64) {
+        self.record(device).refused_samples += samples;
+        let log_key = format!("refused/{device}");
+        let log = self
+            .last_logged
+            .get(&log_key)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if log {
+            self.last_logged.insert(log_key, Instant::now());
+            tracing::warn!(
+                device,
+                samples,
+                "the remote storage refused samples for good; kept in the hub's dead-letter table \
+                 (docs/scale.md says which engine settings take them)"
+            );
+        }
+    }
+
+    /// The dead-letter table's counts per device, as the table holds them now.
+    pub fn set_refused(&mut self, waiting: &BTreeMap<String, u64>) {
+        let names: Vec<String> = self.devices.keys().cloned().collect();
+        for name in names {
+            let now = waiting.get(&name).copied().unwrap_or(0);
+            if self.devices[&name].refused_samples != now {
+                self.record(&name).refused_samples = now;
+            }
+        }
+        for (name, samples) in waiting {
+            if !self.devices.contains_key(name) {
+                self.record(name).refused_samples = *samples;
+            }
+        }
+    }
+
     /// Counts a rejected message. Only enrolled devices get a record: a flood of made-up ids
     /// must not grow the registry.
     /// A batch that the hub's own store refused: counted for the hub, the device not blamed.
@@ -398,7 +437,7 @@ impl Registry {
     /// The per-device families: name, type, help, and the value from the device's record. One
     /// line a family, so that the table reads as one.
     #[rustfmt::skip]
-    fn families() -> [Family; 9] {
+    fn families() -> [Family; 10] {
         [
             ("outpost_hub_device_online", "gauge", "1 when the device is online.", |_| None),
             ("outpost_hub_batches_total", "counter", "Batches received from the device.", |r| Some(r.batches as f64)),
@@ -409,6 +448,7 @@ impl Registry {
             ("outpost_hub_sync_lag_seconds", "gauge", "Age of the device's oldest unacknowledged data at its last batch.", |r| r.sync_lag_ms.map(|ms| ms as f64 / 1000.0)),
             ("outpost_hub_clock_corrected_samples_total", "counter", "Timestamps from the device stored corrected for its wrong clock.", |r| Some(r.clock_corrected_samples as f64)),
             ("outpost_hub_implausible_samples_total", "counter", "Timestamps from the device stored as they came although implausible (before 2024, or in the future), with nothing to correct them by.", |r| Some(r.implausible_samples as f64)),
+            ("outpost_hub_remote_refused_samples", "gauge", "Samples of the device that the remote storage refused for good, waiting in the hub's dead-letter table to be sent again.", |r| Some(r.refused_samples as f64)),
         ]
     }
 }

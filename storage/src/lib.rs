@@ -282,6 +282,14 @@ pub enum StateOp {
     },
 }
 
+/// What [`WriteBatch::take_points`] took: samples as (series, timestamp, value), rollups as
+/// (series, tier, bucket start, rollup).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TakenPoints {
+    pub samples: Vec<(SeriesId, i64, f64)>,
+    pub rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
+}
+
 /// Samples and state changes that the store accepts together: after a crash, either all of a
 /// batch is recovered or none of it.
 #[derive(Debug, Clone, Default)]
@@ -296,6 +304,21 @@ impl WriteBatch {
         WriteBatch {
             samples: Vec::with_capacity(samples),
             ..Default::default()
+        }
+    }
+
+    /// Takes the batch's samples and rollup points out, leaving its state writes: for a hub
+    /// that keeps the fleet's samples in another engine and only its bookkeeping here.
+    pub fn take_points(&mut self) -> TakenPoints {
+        TakenPoints {
+            samples: std::mem::take(&mut self.samples)
+                .into_iter()
+                .map(|(series, ts, value)| (SeriesId(series), ts, value))
+                .collect(),
+            rollups: std::mem::take(&mut self.rollups)
+                .into_iter()
+                .map(|r| (SeriesId(r.series), r.tier, r.bucket, r.rollup))
+                .collect(),
         }
     }
 

@@ -46,6 +46,9 @@ pub enum IngestError {
     // once.
     #[error("hub store: {0}")]
     Store(outpost_storage::Error),
+    /// The engine the samples go to did not take them (not the device's fault: no ack).
+    #[error("remote storage: {0}")]
+    Deliver(String),
 }
 
 impl From<outpost_storage::Error> for IngestError {
@@ -392,6 +395,20 @@ impl Ingestor {
         batch: &Batch,
         received_ms: i64,
     ) -> Result<Ingested, IngestError> {
+        self.ingest_via(store, batch, received_ms, &mut |_, _| Ok(()))
+    }
+
+    /// [`Ingestor::ingest`], with `deliver` handed the batch's writes just before they are
+    /// written: a hub that keeps the fleet's samples in another engine takes the points out
+    /// there (and may add state writes of its own); an error leaves the batch unwritten and
+    /// unacknowledged.
+    pub fn ingest_via(
+        &mut self,
+        store: &Store,
+        batch: &Batch,
+        received_ms: i64,
+        deliver: &mut dyn FnMut(&str, &mut WriteBatch) -> Result<(), String>,
+    ) -> Result<Ingested, IngestError> {
         let device = batch.header.device.as_str();
         let (epoch, seq) = (batch.header.epoch, batch.header.seq);
         if self.seen(store, device, epoch)?.contains(seq) {
@@ -437,6 +454,7 @@ impl Ingestor {
                 postcard::to_allocvec(frames).expect("postcard serializes clock frames"),
             );
         }
+        deliver(device, &mut write).map_err(IngestError::Deliver)?;
         store.write(write)?;
         if let Some(frames) = new_frames {
             if current_offset_ms != 0 {

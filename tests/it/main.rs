@@ -8,6 +8,7 @@ mod cli;
 mod clocks;
 mod dashboard;
 mod promql;
+mod remote;
 mod sync;
 mod systemd;
 mod tegrastats;

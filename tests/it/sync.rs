@@ -254,11 +254,11 @@ fn an_outage_a_paused_hub_and_a_killed_hub_lose_and_duplicate_nothing() {
 }
 
 /// The Xavier NX log: 103 lines, a second apart.
-const XAVIER: &str = "xavier-nx-jp5-nonroot-103s.log.zst";
+pub const XAVIER: &str = "xavier-nx-jp5-nonroot-103s.log.zst";
 
 /// An agent with only tegrastats (a replay of `log` at `speed`) and self-metrics every second,
 /// plus `extra` config (its [mqtt] section).
-fn replaying_agent(dir: &Path, extra: &str, log: &str, speed: u32) -> Agent {
+pub fn replaying_agent(dir: &Path, extra: &str, log: &str, speed: u32) -> Agent {
     let config = format!(
         "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{extra}"
     );
@@ -278,7 +278,7 @@ fn replaying_agent(dir: &Path, extra: &str, log: &str, speed: u32) -> Agent {
 
 /// Waits until the replay has ended and the agent has shipped everything, then for one more
 /// round of self-metrics and batches, so that the last tegrastats samples are at the hub.
-fn wait_until_shipped(agent: &Agent) {
+pub fn wait_until_shipped(agent: &Agent) {
     wait_until("the replay to end", Duration::from_secs(60), || {
         agent
             .log_text()

@@ -1,0 +1,678 @@
+//! Remote storage: the fleet's samples written to an engine that takes Prometheus remote_write
+//! 1.0 (protobuf and snappy), such as VictoriaMetrics, Mimir, Thanos Receive, Cortex or
+//! Prometheus' receiver, instead of the hub's own store, which then keeps only its bookkeeping.
+//!
+//! A batch is acknowledged only after the engine answered 2xx for its samples. A 5xx, a 429 or
+//! a connection error is retried with backoff for `retry_for`; after that the batch is left
+//! unacknowledged and its device sends it again. Samples the engine refuses for good (another
+//! 4xx: out of order, too old) are isolated by splitting the request, kept in a dead-letter
+//! table of the hub's store in the same write as the batch's bookkeeping, counted per device,
+//! and sent again every `resend_every` or by `outpost hub resend-refused`. When that table is
+//! full, batches with refused samples are not acknowledged: the devices keep them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use outpost_storage::{Rollup, SeriesId, StateKey, StateTable, Store, Tier, WriteBatch};
+use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls;
+
+use crate::config_values::{ByteSize, Interval};
+use crate::http_client::{self, Target};
+
+/// The hub's `[remote_write]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteSection {
+    /// The engine's remote_write URL; empty keeps the samples in the hub's own store.
+    pub url: String,
+    /// Extra request headers: a tenant (`X-Scope-OrgID` for Mimir and Cortex, `THANOS-TENANT`
+    /// for Thanos Receive).
+    pub headers: BTreeMap<String, String>,
+    /// HTTP basic auth: the user, and a file holding the password.
+    pub username: String,
+    pub password_file: PathBuf,
+    /// A file holding a bearer token.
+    pub bearer_token_file: PathBuf,
+    /// For `https://`: the engine's CA (else the system's roots).
+    pub ca_file: PathBuf,
+    /// One request's time limit.
+    pub timeout: Interval,
+    /// How long 5xx, 429 and connection errors are retried before the batch is left to its
+    /// device to send again.
+    pub retry_for: Interval,
+    /// Samples per request.
+    pub max_samples_per_request: usize,
+    /// Room for refused samples in the hub's store.
+    pub dead_letter_budget: ByteSize,
+    /// How often the hub sends refused samples again by itself.
+    pub resend_every: Interval,
+}
+
+impl Default for RemoteWriteSection {
+    fn default() -> Self {
+        RemoteWriteSection {
+            url: String::new(),
+            headers: BTreeMap::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            bearer_token_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            timeout: Interval::secs(30),
+            retry_for: Interval::secs(60),
+            max_samples_per_request: 10_000,
+            dead_letter_budget: ByteSize(256 << 20),
+            resend_every: Interval::secs(3600),
+        }
+    }
+}
+
+impl RemoteWriteSection {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        Target::parse(&self.url).context("remote_write.url")?;
+        for (name, value) in &self.headers {
+            let valid = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && hyper::header::HeaderValue::from_str(value).is_ok();
+            if !valid {
+                bail!("remote_write.headers: {name:?} is not a valid HTTP header");
+            }
+        }
+        if !self.username.is_empty() && !self.bearer_token_file.as_os_str().is_empty() {
+            bail!("remote_write: username and bearer_token_file exclude each other");
+        }
+        if !(1..=1_000_000).contains(&self.max_samples_per_request) {
+            bail!("remote_write.max_samples_per_request: must be from 1 to 1000000");
+        }
+        if self.timeout.0 < Duration::from_secs(1) {
+            bail!("remote_write.timeout: must be at least 1s");
+        }
+        if self.dead_letter_budget.0 < 1 << 20 {
+            bail!("remote_write.dead_letter_budget: must be at least 1MiB");
+        }
+        if self.resend_every.0 < Duration::from_secs(10) {
+            bail!("remote_write.resend_every: must be at least 10s");
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus' `prompb` messages, as far as remote_write 1.0 needs them.
+mod prompb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+
+    #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+pub use prompb::{Label, Sample, TimeSeries, WriteRequest};
+
+/// A series' labels as remote_write wants them: `__name__` among them, sorted by name.
+pub fn labels_of(key: &outpost_storage::SeriesKey, name: &str) -> Vec<Label> {
+    let mut labels: Vec<Label> = key
+        .labels()
+        .iter()
+        .map(|(name, value)| Label {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    labels.push(Label {
+        name: "__name__".into(),
+        value: name.into(),
+    });
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}
+
+/// How a rollup bucket reaches the engine: one series per figure, named
+/// `<name>:<figure>_<tier>` (`node_load1:max_1h`), as Prometheus names recorded aggregates, at
+/// the bucket's start. docs/scale.md lists them.
+pub fn rollup_series(
+    key: &outpost_storage::SeriesKey,
+    tier: Tier,
+    bucket: i64,
+    rollup: &Rollup,
+) -> Vec<TimeSeries> {
+    let width = match tier {
+        Tier::Hour => "1h",
+        _ => "1m",
+    };
+    [
+        ("min", rollup.min),
+        ("max", rollup.max),
+        ("sum", rollup.sum),
+        ("count", rollup.count as f64),
+        ("last", rollup.last),
+    ]
+    .into_iter()
+    .map(|(figure, value)| TimeSeries {
+        labels: labels_of(key, &format!("{}:{figure}_{width}", key.name())),
+        samples: vec![Sample {
+            value,
+            timestamp: bucket,
+        }],
+    })
+    .collect()
+}
+
+/// What one request came to.
+#[derive(Debug)]
+enum Answer {
+    Accepted,
+    /// A 4xx other than 429: sending it again changes nothing until the engine changes.
+    Refused(String),
+}
+
+/// A refused part of a request: the samples, and the engine's words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub device: String,
+    pub reason: String,
+    pub refused_ms: i64,
+    pub samples: u64,
+    /// The request as protobuf (not compressed).
+    pub request: Vec<u8>,
+}
+
+/// The dead-letter table's keys, in `DeviceRegistry` beside the registry's.
+#[derive(Debug, Clone, Copy)]
+pub enum DeadLetterKey {
+    Entry(u64),
+    All,
+}
+
+impl fmt::Display for DeadLetterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadLetterKey::Entry(n) => write!(f, "refused/{n:020}"),
+            DeadLetterKey::All => f.write_str("refused/"),
+        }
+    }
+}
+
+impl StateKey for DeadLetterKey {
+    const TABLE: StateTable = StateTable::DeviceRegistry;
+    const OWNED: &'static [&'static str] = &["refused/"];
+}
+
+/// Refused parts smaller than this are not split further: a backlog refused whole (days
+/// offline, an engine without an out-of-order window) costs a request per this many samples,
+/// not one per sample.
+const SMALLEST_SPLIT: usize = 64;
+
+/// The connection to the engine, and what the hub knows of its dead letters.
+pub struct RemoteWriter {
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+    headers: Vec<(String, String)>,
+    config: RemoteWriteSection,
+    runtime: tokio::runtime::Handle,
+    /// The next dead letter's number, and the bytes the table holds.
+    next_letter: u64,
+    letter_bytes: u64,
+}
+
+impl RemoteWriter {
+    pub fn new(
+        config: &RemoteWriteSection,
+        store: &Store,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let target = Target::parse(&config.url).context("remote_write.url")?;
+        let tls = Arc::new(
+            crate::tls::client_config(&config.ca_file, &PathBuf::new(), &PathBuf::new())
+                .context("remote_write.ca_file")?,
+        );
+        let mut headers = vec![
+            ("content-type".into(), "application/x-protobuf".into()),
+            ("content-encoding".into(), "snappy".into()),
+            (
+                "x-prometheus-remote-write-version".into(),
+                "0.1.0".to_string(),
+            ),
+        ];
+        headers.extend(config.headers.clone());
+        if !config.username.is_empty() {
+            let password = crate::sysinfo_ids::read_secret(
+                &config.password_file,
+                "remote storage password (remote_write.password_file)",
+            )?;
+            use base64::Engine as _;
+            let pair = format!("{}:{}", config.username, password.trim_end());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            headers.push(("authorization".into(), format!("Basic {encoded}")));
+        } else if !config.bearer_token_file.as_os_str().is_empty() {
+            let token = crate::sysinfo_ids::read_secret(
+                &config.bearer_token_file,
+                "remote storage token (remote_write.bearer_token_file)",
+            )?;
+            headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+        }
+        let letters =
+            store.state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())?;
+        let next_letter = letters
+            .last()
+            .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
+            .map_or(0, |n| n + 1);
+        let letter_bytes = letters.iter().map(|(_, v)| v.len() as u64).sum();
+        Ok(RemoteWriter {
+            target,
+            tls,
+            headers,
+            config: config.clone(),
+            runtime,
+            next_letter,
+            letter_bytes,
+        })
+    }
+
+    /// Samples waiting in the dead-letter table, per device.
+    pub fn refused_per_device(store: &Store) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (_, value) in
+            store.state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())?
+        {
+            if let Ok(letter) = postcard::from_bytes::<DeadLetter>(&value) {
+                *out.entry(letter.device).or_default() += letter.samples;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a batch's points (taken out of `write`) to the engine; the parts it refuses for
+    /// good go into `write` as dead letters. Returns the samples refused; an error when the
+    /// engine could not be reached within `retry_for` or the dead-letter table is full.
+    pub fn deliver(
+        &mut self,
+        store: &Store,
+        device: &str,
+        write: &mut WriteBatch,
+        now_ms: i64,
+    ) -> std::result::Result<u64, String> {
+        let points = write.take_points();
+        let series = group_by_series(store, points.samples, points.rollups);
+        let refused = self.runtime.block_on(self.send_all(series))?;
+        let mut refused_samples = 0;
+        for (series, reason) in refused {
+            let samples: u64 = series.iter().map(|s| s.samples.len() as u64).sum();
+            let request = prost::Message::encode_to_vec(&WriteRequest { timeseries: series });
+            let letter = DeadLetter {
+                device: device.to_string(),
+                reason,
+                refused_ms: now_ms,
+                samples,
+                request,
+            };
+            let bytes = postcard::to_allocvec(&letter).map_err(|e| e.to_string())?;
+            if self.letter_bytes + bytes.len() as u64 > self.config.dead_letter_budget.0 {
+                return Err(format!(
+                    "the engine refused {samples} samples ({}) and the dead-letter table is full \
+                     (remote_write.dead_letter_budget); the device keeps them until there is room",
+                    letter.reason
+                ));
+            }
+            self.letter_bytes += bytes.len() as u64;
+            write.put(&DeadLetterKey::Entry(self.next_letter), bytes);
+            self.next_letter += 1;
+            refused_samples += samples;
+        }
+        Ok(refused_samples)
+    }
+
+    /// Sends every dead letter again; those the engine takes now are deleted. Returns (samples
+    /// taken, samples still refused); an error when the engine cannot be reached.
+    #[allow(clippy::disallowed_methods)] // on the ingest thread or the command's: off the async loop
+    pub fn resend_refused(&mut self, store: &Store) -> std::result::Result<(u64, u64), String> {
+        let letters = store
+            .state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())
+            .map_err(|e| e.to_string())?;
+        let (mut taken, mut still) = (0, 0);
+        for (key, value) in letters {
+            let Ok(letter) = postcard::from_bytes::<DeadLetter>(&value) else {
+                continue;
+            };
+            let request = <WriteRequest as prost::Message>::decode(letter.request.as_slice())
+                .map_err(|e| format!("dead letter {key}: {e}"))?;
+            let refused = self.runtime.block_on(self.send_all(request.timeseries))?;
+            if refused.is_empty() {
+                let mut write = WriteBatch::default();
+                write.delete_state(StateTable::DeviceRegistry, key);
+                store.write(write).map_err(|e| e.to_string())?;
+                self.letter_bytes = self.letter_bytes.saturating_sub(value.len() as u64);
+                taken += letter.samples;
+            } else {
+                still += letter.samples;
+            }
+        }
+        store.sync().map_err(|e| e.to_string())?;
+        Ok((taken, still))
+    }
+
+    /// Sends `series` in requests of at most `max_samples_per_request`; returns the parts
+    /// refused for good, each with the engine's reason.
+    async fn send_all(
+        &self,
+        series: Vec<TimeSeries>,
+    ) -> std::result::Result<Vec<(Vec<TimeSeries>, String)>, String> {
+        let mut pending = split_requests(series, self.config.max_samples_per_request);
+        pending.reverse();
+        let mut refused = Vec::new();
+        while let Some(request) = pending.pop() {
+            let Answer::Refused(reason) = self.post(&request).await? else {
+                continue;
+            };
+            // Engines refuse a whole request for one bad sample (Prometheus rolls it back):
+            // halves find the samples it refuses and let the rest through.
+            match halve(request) {
+                Ok((first, second)) => {
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(small) => refused.push((small, reason)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// One request, retried with backoff through 5xx, 429 and connection errors for
+    /// `retry_for`.
+    async fn post(&self, series: &[TimeSeries]) -> std::result::Result<Answer, String> {
+        let request = WriteRequest {
+            timeseries: series.to_vec(),
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&prost::Message::encode_to_vec(&request))
+            .map_err(|e| format!("snappy: {e}"))?;
+        let body = hyper::body::Bytes::from(body);
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let sent = http_client::send(
+                &self.target,
+                http_client::Request {
+                    method: "POST",
+                    headers: &self.headers,
+                    body: body.clone(),
+                },
+                self.tls.clone(),
+                self.config.timeout.0,
+                64 << 10,
+            )
+            .await;
+            let failure = match sent {
+                Ok(response) if (200..300).contains(&response.status) => {
+                    return Ok(Answer::Accepted)
+                }
+                Ok(response) if response.status != 429 && (400..500).contains(&response.status) => {
+                    let text = String::from_utf8_lossy(&response.body);
+                    return Ok(Answer::Refused(format!(
+                        "{}: {}",
+                        response.status,
+                        text.trim().chars().take(500).collect::<String>()
+                    )));
+                }
+                Ok(response) => format!(
+                    "{} answered {}: {}",
+                    self.config.url,
+                    response.status,
+                    String::from_utf8_lossy(&response.body).trim()
+                ),
+                Err(error) => format!("{}: {error:#}", self.config.url),
+            };
+            if started.elapsed() + backoff > self.config.retry_for.0 {
+                return Err(failure);
+            }
+            tracing::debug!("remote storage, retrying in {backoff:?}: {failure}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The batch's points as remote_write series: each hub series' samples in time order, and
+/// each rollup bucket as its figures' series.
+fn group_by_series(
+    store: &Store,
+    samples: Vec<(SeriesId, i64, f64)>,
+    rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
+) -> Vec<TimeSeries> {
+    let mut per_series: BTreeMap<u32, Vec<Sample>> = BTreeMap::new();
+    for (series, timestamp, value) in samples {
+        per_series
+            .entry(series.0)
+            .or_default()
+            .push(Sample { value, timestamp });
+    }
+    let mut out = Vec::new();
+    for (series, mut samples) in per_series {
+        let Some(key) = store.series_key(SeriesId(series)) else {
+            continue;
+        };
+        samples.sort_by_key(|s| s.timestamp);
+        // A later write of a timestamp replaces an earlier one, as in the store.
+        samples.dedup_by(|later, earlier| {
+            let same = later.timestamp == earlier.timestamp;
+            if same {
+                earlier.value = later.value;
+            }
+            same
+        });
+        out.push(TimeSeries {
+            labels: labels_of(&key, key.name()),
+            samples,
+        });
+    }
+    for (series, tier, bucket, rollup) in rollups {
+        if let Some(key) = store.series_key(series) {
+            out.extend(rollup_series(&key, tier, bucket, &rollup));
+        }
+    }
+    out
+}
+
+/// `series` cut into requests of at most `max` samples (a long series split across them).
+fn split_requests(series: Vec<TimeSeries>, max: usize) -> Vec<Vec<TimeSeries>> {
+    let mut requests = Vec::new();
+    let mut current: Vec<TimeSeries> = Vec::new();
+    let mut in_current = 0;
+    for series in series {
+        let mut samples = series.samples.as_slice();
+        while !samples.is_empty() {
+            let take = samples.len().min(max - in_current);
+            current.push(TimeSeries {
+                labels: series.labels.clone(),
+                samples: samples[..take].to_vec(),
+            });
+            in_current += take;
+            samples = &samples[take..];
+            if in_current == max {
+                requests.push(std::mem::take(&mut current));
+                in_current = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        requests.push(current);
+    }
+    requests
+}
+
+/// A refused request in two halves (by series, or a lone series by its samples); the request
+/// itself when it is too small to be worth splitting.
+fn halve(
+    mut request: Vec<TimeSeries>,
+) -> std::result::Result<(Vec<TimeSeries>, Vec<TimeSeries>), Vec<TimeSeries>> {
+    if request.len() > 1 {
+        let second = request.split_off(request.len() / 2);
+        return Ok((request, second));
+    }
+    let Some(only) = request.first_mut() else {
+        return Err(request);
+    };
+    if only.samples.len() <= SMALLEST_SPLIT {
+        return Err(request);
+    }
+    let later = only.samples.split_off(only.samples.len() / 2);
+    let second = vec![TimeSeries {
+        labels: only.labels.clone(),
+        samples: later,
+    }];
+    Ok((request, second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(name: &str, timestamps: std::ops::Range<i64>) -> TimeSeries {
+        TimeSeries {
+            labels: vec![Label {
+                name: "__name__".into(),
+                value: name.into(),
+            }],
+            samples: timestamps
+                .map(|timestamp| Sample {
+                    value: timestamp as f64,
+                    timestamp,
+                })
+                .collect(),
+        }
+    }
+
+    fn count(requests: &[Vec<TimeSeries>]) -> usize {
+        requests.iter().flatten().map(|s| s.samples.len()).sum()
+    }
+
+    #[test]
+    fn requests_are_cut_at_the_sample_limit_without_losing_or_reordering_any() {
+        let all = vec![series("a", 0..25), series("b", 0..3), series("c", 100..140)];
+        let requests = split_requests(all.clone(), 10);
+        assert_eq!(count(&requests), 68);
+        assert!(requests
+            .iter()
+            .all(|r| r.iter().map(|s| s.samples.len()).sum::<usize>() <= 10));
+        assert_eq!(requests.len(), 7);
+        // Put back together, each series is what it was.
+        for original in &all {
+            let joined: Vec<Sample> = requests
+                .iter()
+                .flatten()
+                .filter(|s| s.labels == original.labels)
+                .flat_map(|s| s.samples.clone())
+                .collect();
+            assert_eq!(joined, original.samples);
+        }
+    }
+
+    #[test]
+    fn halving_stops_at_small_single_series() {
+        let (a, b) = halve(vec![
+            series("a", 0..5),
+            series("b", 0..5),
+            series("c", 0..5),
+        ])
+        .unwrap();
+        assert_eq!((a.len(), b.len()), (1, 2));
+        let (a, b) = halve(vec![series("a", 0..200)]).unwrap();
+        assert_eq!((a[0].samples.len(), b[0].samples.len()), (100, 100));
+        assert_eq!(b[0].samples[0].timestamp, 100);
+        assert!(halve(vec![series("a", 0..64)]).is_err());
+        assert!(halve(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn labels_are_sorted_with_the_name_among_them() {
+        let key = outpost_storage::SeriesKey::parse(
+            r#"DCGM_FI_DEV_GPU_UTIL{UUID="GPU-1",gpu="0",instance="d"}"#,
+        )
+        .unwrap();
+        let labels = labels_of(&key, key.name());
+        let names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["UUID", "__name__", "gpu", "instance"]);
+        let rollup = Rollup {
+            min: 1.0,
+            max: 3.0,
+            sum: 4.0,
+            count: 2,
+            last: 3.0,
+        };
+        let figures = rollup_series(&key, Tier::Hour, 3_600_000, &rollup);
+        let named: Vec<(String, f64)> = figures
+            .iter()
+            .map(|s| {
+                let name = s.labels.iter().find(|l| l.name == "__name__").unwrap();
+                (name.value.clone(), s.samples[0].value)
+            })
+            .collect();
+        assert!(named.contains(&("DCGM_FI_DEV_GPU_UTIL:max_1h".into(), 3.0)));
+        assert!(named.contains(&("DCGM_FI_DEV_GPU_UTIL:count_1h".into(), 2.0)));
+        assert!(figures.iter().all(|s| s.samples[0].timestamp == 3_600_000));
+    }
+
+    #[test]
+    fn the_request_is_prometheus_wire_format() {
+        // Field numbers and types as prompb's: a decoder that knows only the .proto's layout
+        // (prost over the same tags) and snappy's block format give back what was sent.
+        let request = WriteRequest {
+            timeseries: vec![series("up", 1_700_000_000_000..1_700_000_000_003)],
+        };
+        let bytes = prost::Message::encode_to_vec(&request);
+        // timeseries (1, length-delimited) > labels (1, length-delimited) > name (1) "__name__".
+        assert_eq!(bytes[0], 0x0a);
+        assert_eq!(&bytes[4..6], &[0x0a, 0x08]);
+        assert_eq!(&bytes[6..14], b"__name__");
+        let compressed = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
+        let back = snap::raw::Decoder::new()
+            .decompress_vec(&compressed)
+            .unwrap();
+        assert_eq!(
+            <WriteRequest as prost::Message>::decode(back.as_slice()).unwrap(),
+            request
+        );
+    }
+
+    #[test]
+    fn dead_letter_keys_sort_in_arrival_order() {
+        assert_eq!(
+            DeadLetterKey::Entry(7).to_string(),
+            "refused/00000000000000000007"
+        );
+        assert!(DeadLetterKey::Entry(10).to_string() > DeadLetterKey::Entry(9).to_string());
+    }
+}

@@ -1,0 +1,341 @@
+//! The hub as a bridge to remote storage ([remote_write]): real engines (Debian's
+//! `victoria-metrics`, and `prometheus` with its remote-write receiver) as separate processes,
+//! a real agent replaying a real Jetson log, the engine stopped and restarted mid-stream, and
+//! refused samples kept, alerted and resent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{db_query, free_port, http, metric_value, wait_for_port, wait_until, Agent};
+use crate::sync::{enrol, replaying_agent, wait_until_shipped, Hub, XAVIER};
+
+/// An engine process, killed when dropped.
+struct Engine {
+    child: Child,
+    port: u16,
+}
+
+impl Engine {
+    fn start(program: &str, args: &[String], port: u16, log: &Path) -> Engine {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} starts (apt-get install it): {e}"));
+        wait_for_port(program, &mut child, port, || {
+            std::fs::read_to_string(log).unwrap_or_default()
+        });
+        Engine { child, port }
+    }
+
+    /// Stops it cleanly (SIGTERM), so that what it acknowledged is on its disk.
+    fn stop(mut self) {
+        crate::agent::send_signal(&self.child, "TERM");
+        wait_until("the engine to exit", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap()
+        });
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn victoria_metrics(dir: &Path, port: u16) -> Engine {
+    let args = [
+        format!("-storageDataPath={}", dir.join("vm").display()),
+        format!("-httpListenAddr=127.0.0.1:{port}"),
+        "-retentionPeriod=100y".into(),
+        "-dedup.minScrapeInterval=1ms".into(),
+    ];
+    Engine::start("victoria-metrics", &args, port, &dir.join("vm.log"))
+}
+
+/// A series as a canonical text: its labels, `__name__` among them, sorted.
+fn canonical(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    parts.join(",")
+}
+
+/// The agent's series of `selector` as the hub names them (`instance` = `device`), with their
+/// (timestamp, value) points.
+fn agent_series(store: &Path, device: &str, selector: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+    db_query(store, selector, &[])
+        .into_iter()
+        .map(|(key, points)| {
+            let key = outpost_storage::SeriesKey::parse(&key).unwrap();
+            let mut labels: BTreeMap<String, String> = key.labels().iter().cloned().collect();
+            labels.insert("__name__".into(), key.name().to_string());
+            labels.insert("instance".into(), device.to_string());
+            let points = points
+                .iter()
+                .map(|p| (p[0].as_i64().unwrap(), number(&p[1])))
+                .collect();
+            (canonical(&labels), points)
+        })
+        .collect()
+}
+
+/// A value as `outpost db query` prints it (a string, to keep every bit) or as a JSON number.
+fn number(value: &Value) -> f64 {
+    value
+        .as_f64()
+        .or_else(|| value.as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+/// Every raw sample VictoriaMetrics holds for `selector`, by series.
+fn exported(port: u16, selector: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+    let (status, _) = http(port, "GET", "/internal/force_flush", "");
+    assert_eq!(status, 200);
+    let query = format!("match[]={}", crate::promql::encode(selector));
+    let (status, body) = http(port, "GET", &format!("/api/v1/export?{query}"), "");
+    assert_eq!(status, 200, "{body}");
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let labels: BTreeMap<String, String> = row["metric"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let timestamps = row["timestamps"].as_array().unwrap();
+        let values = row["values"].as_array().unwrap();
+        let points: Vec<(i64, f64)> = timestamps
+            .iter()
+            .zip(values)
+            .map(|(t, v)| (t.as_i64().unwrap(), number(v)))
+            .collect();
+        out.insert(canonical(&labels), points);
+    }
+    out
+}
+
+fn hub_config(dir: &Path, remote_write: &str) -> String {
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, format!("[remote_write]\n{remote_write}")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The fleet's samples go to VictoriaMetrics and not into the hub's store; the engine stopped
+/// for a while in the middle loses nothing (the hub does not acknowledge what the engine did
+/// not take, so the agent keeps it and sends it again) and duplicates nothing.
+#[test]
+fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port, vm_port) = (free_port(), free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
+    let engine = victoria_metrics(dir.path(), vm_port);
+    let config = hub_config(
+        dir.path(),
+        &format!("url = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nretry_for = \"2s\"\n"),
+    );
+    let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
+    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 10);
+    wait_until("batches at the hub", Duration::from_secs(30), || {
+        (hub.devices()[0]["batches"].as_u64()? > 3).then_some(())
+    });
+    engine.stop();
+    // Nothing is acknowledged while the engine is away: the agent's backlog waits.
+    wait_until(
+        "the hub to give batches back to the agent",
+        Duration::from_secs(30),
+        || hub.log_text().contains("remote storage").then_some(()),
+    );
+    wait_until("unacknowledged batches", Duration::from_secs(30), || {
+        let metrics = agent.metrics();
+        (metric_value(&metrics, "outpost_sync_batches_resent_total")? > 0.0).then_some(())
+    });
+    let engine = victoria_metrics(dir.path(), vm_port);
+    wait_until_shipped(&agent);
+    agent.stop();
+    hub.stop();
+
+    let selector = r#"{__name__=~"jetson_.*"}"#;
+    let expected = agent_series(&dir.path().join("agent.redb"), "dev-a", selector);
+    let held = exported(engine.port, selector);
+    assert!(expected.len() > 10, "{} series", expected.len());
+    assert_eq!(
+        held.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    let mut points = 0;
+    for (series, theirs) in &expected {
+        // Equal lists: the same count, no timestamp twice, the same values.
+        assert_eq!(&held[series], theirs, "{series}");
+        points += theirs.len();
+    }
+    assert!(points > 3000, "{points} points compared");
+    // The hub's own store kept the bookkeeping, not the samples.
+    let local: usize = db_query(&dir.path().join("hub.redb"), selector, &[])
+        .iter()
+        .map(|(_, p)| p.len())
+        .sum();
+    assert_eq!(local, 0, "samples in the hub's store");
+}
+
+fn prometheus(dir: &Path, port: u16, out_of_order_window: Option<&str>) -> Engine {
+    let config = dir.join("prometheus.yml");
+    let storage = out_of_order_window
+        .map(|w| format!("storage:\n  tsdb:\n    out_of_order_time_window: {w}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1h\n{storage}"),
+    )
+    .unwrap();
+    let args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--web.enable-remote-write-receiver".into(),
+    ];
+    Engine::start("prometheus", &args, port, &dir.join("prometheus.log"))
+}
+
+/// Points of `selector` in Prometheus over the last `hours`, by timestamp.
+fn prometheus_points(port: u16, selector: &str, hours: u32) -> Vec<(i64, String)> {
+    let query = format!(
+        "query={}",
+        crate::promql::encode(&format!("{selector}[{hours}h]"))
+    );
+    let (status, body) = http(port, "GET", &format!("/api/v1/query?{query}"), "");
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    json["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|series| series["values"].as_array().unwrap().clone())
+        .map(|p| {
+            (
+                (p[0].as_f64().unwrap() * 1000.0) as i64,
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Prometheus without an out-of-order window refuses a device's older sample: the hub keeps
+/// it in its dead-letter table, counts it against the device and alerts, lets the rest of the
+/// batch through, and `outpost hub resend-refused` lands it once Prometheus takes late samples.
+#[test]
+fn samples_prometheus_refuses_wait_in_the_dead_letter_table_until_it_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port, prom_port) = (free_port(), free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-a", mqtt_port);
+    let engine = prometheus(dir.path(), prom_port, None);
+    let config = hub_config(
+        dir.path(),
+        &format!(
+            "url = \"http://127.0.0.1:{prom_port}/api/v1/write\"\nretry_for = \"2s\"\n\
+             [alerts]\ninterval = \"1s\"\n"
+        ),
+    );
+    let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
+    let agent_config = format!(
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n\
+         [nvml]\nenabled = \"off\"\n{mqtt}"
+    );
+    let agent = Agent::start(dir.path(), &agent_config, &[]);
+    let now_ms = outpost::timearg::now_ms();
+    let push = |value: u32, ts: i64| {
+        let body = format!("backfill_probe {value} {ts}\n");
+        let (status, body) = http(agent.port, "POST", "/api/v1/import/prometheus", &body);
+        assert!((200..300).contains(&status), "{status} {body}");
+    };
+    push(1, now_ms - 60_000);
+    wait_until(
+        "the newer sample in Prometheus",
+        Duration::from_secs(30),
+        || (prometheus_points(engine.port, "backfill_probe", 3).len() == 1).then_some(()),
+    );
+    // An older sample of the same series: out of order for an engine without a window.
+    push(2, now_ms - 2 * 3_600_000);
+    wait_until(
+        "the refused sample counted against the device",
+        Duration::from_secs(30),
+        || {
+            let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
+            let line = metrics.lines().find(|l| {
+                l.starts_with("outpost_hub_remote_refused_samples{instance=\"dev-a\"}")
+            })?;
+            (line.ends_with(" 1")).then_some(())
+        },
+    );
+    wait_until("the hub's alert", Duration::from_secs(30), || {
+        let (_, alerts) = http(hub.http_port, "GET", "/api/v1/alerts", "");
+        alerts
+            .contains("remote_storage_refused_samples")
+            .then_some(())
+    });
+    // The agent's own figures went on arriving: one refused sample holds back nothing else.
+    let before = prometheus_points(engine.port, "outpost_uptime_seconds", 1).len();
+    wait_until(
+        "later samples in Prometheus",
+        Duration::from_secs(30),
+        || {
+            (prometheus_points(engine.port, "outpost_uptime_seconds", 1).len() > before)
+                .then_some(())
+        },
+    );
+    assert_eq!(prometheus_points(engine.port, "backfill_probe", 3).len(), 1);
+    agent.stop();
+    hub.stop();
+    engine.stop();
+
+    // Still refused: the command says so and keeps it.
+    let engine = prometheus(dir.path(), prom_port, None);
+    let resend = || {
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["hub", "resend-refused", "--config", &config, "--store"])
+            .arg(dir.path().join("hub.redb"))
+            .output()
+            .unwrap()
+    };
+    let output = resend();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("1 still refused"), "{text}");
+    engine.stop();
+    // With a window, it lands, and leaves the table.
+    let engine = prometheus(dir.path(), prom_port, Some("1d"));
+    let output = resend();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("1 samples taken"), "{text}");
+    let points = prometheus_points(engine.port, "backfill_probe", 3);
+    assert_eq!(
+        points,
+        [
+            (now_ms - 2 * 3_600_000, "2".to_string()),
+            (now_ms - 60_000, "1".to_string())
+        ]
+    );
+    let output = resend();
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("0 samples taken by the engine; 0 still refused"));
+}
