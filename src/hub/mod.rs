@@ -602,6 +602,12 @@ impl Router {
         }
         let alerts = format!("outpost/v1/{fleet}/+/alerts/#");
         let _ = self.client.try_subscribe(alerts, QoS::AtLeastOnce);
+        if group.is_some() {
+            // The other hubs' acks say when each device's data last arrived, so that every
+            // hub of the group tells online from stale alike.
+            let acks = topic::fleet_filter(fleet, Kind::Ack, None);
+            let _ = self.client.try_subscribe(acks, QoS::AtMostOnce);
+        }
         tracing::info!("connected to the broker; subscribed to the fleet's topics");
     }
 
@@ -629,9 +635,25 @@ impl Router {
                 }
             }
             Kind::Status | Kind::Meta => self.retained(device, kind, &publish.payload),
+            Kind::Ack if !self.group.is_empty() => self.acked(device, &publish.payload),
             _ => {}
         }
         Ok(())
+    }
+
+    /// An ack a hub of the group sent (this one's too): the device's data arrived now. Verified
+    /// with the device's key, as the device verifies it.
+    fn acked(&self, device: &str, payload: &[u8]) {
+        let Some(key) = self.hub_fleet.devices.get().key(device) else {
+            return;
+        };
+        let Ok(ack) = Ack::decode(payload, device, &key) else {
+            return;
+        };
+        if matches!(ack.status, AckStatus::Stored { .. }) {
+            let mut registry = self.hub_fleet.registry.lock().expect("registry lock");
+            registry.data_arrived(device, outpost::timearg::now_ms());
+        }
     }
 
     /// A device's `status` or `meta`: verified with its key, then judged by the registry.

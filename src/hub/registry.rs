@@ -257,6 +257,13 @@ impl Registry {
         }
     }
 
+    /// Another hub of the shared group took a batch of `device` at `now`: its data flows, as
+    /// this hub would know had the broker handed the batch here. Counts stay this hub's own.
+    pub fn data_arrived(&mut self, device: &str, now: i64) {
+        let record = self.record(device);
+        record.last_data_ms = Some(record.last_data_ms.map_or(now, |at| at.max(now)));
+    }
+
     /// `samples` of `device` went to the dead-letter table.
     pub fn refused(&mut self, device: &str, samples: u64) {
         self.record(device).refused_samples += samples;
@@ -478,6 +485,32 @@ mod tests {
         // A batch after the status: the device is there.
         registry.record("dev-b").last_data_ms = Some(11_000);
         assert_eq!(state(&registry), DeviceState::Online);
+    }
+
+    /// A hub of a shared group that takes none of a device's batches for a while hears of them
+    /// through the other hubs' acks: the device stays online there, not stale; and an ack
+    /// never moves the last data back in time or counts as this hub's batch.
+    #[test]
+    fn data_taken_by_another_hub_keeps_the_device_online_here() {
+        let mut registry = Registry {
+            stale_after: Duration::from_secs(30),
+            ..Registry::default()
+        };
+        let offline_after = Duration::from_secs(120);
+        let record = registry.record("dev-a");
+        record.last_data_ms = Some(1_000);
+        record.status = Some(outpost_sync::State::Online);
+        record.status_ms = Some(500);
+        let now = outpost::timearg::now_ms();
+        registry.record("dev-a").last_seen_ms = now;
+        let state =
+            |registry: &Registry| registry.state(&registry.devices["dev-a"], now, offline_after);
+        assert_eq!(state(&registry), DeviceState::Stale);
+        registry.data_arrived("dev-a", now - 1_000);
+        assert_eq!(state(&registry), DeviceState::Online);
+        registry.data_arrived("dev-a", 2_000);
+        assert_eq!(registry.devices["dev-a"].last_data_ms, Some(now - 1_000));
+        assert_eq!(registry.devices["dev-a"].batches, 0);
     }
 
     proptest::proptest! {

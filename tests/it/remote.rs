@@ -339,3 +339,164 @@ fn samples_prometheus_refuses_wait_in_the_dead_letter_table_until_it_takes_them(
     assert!(String::from_utf8_lossy(&output.stdout)
         .contains("0 samples taken by the engine; 0 still refused"));
 }
+
+/// Three hubs on one Mosquitto shared subscription, writing to one VictoriaMetrics, and three
+/// agents replaying real Jetson logs (one of them also collecting this host, and offline at
+/// first so that it backfills). One hub is killed with SIGKILL mid-stream and the engine is
+/// stopped and restarted: in the end the engine holds every agent's samples exactly once, and
+/// the hubs left agree on every device's state.
+#[test]
+fn three_hubs_share_a_fleet_into_one_engine_through_a_killed_hub_and_an_engine_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mqtt_port, vm_port) = (free_port(), free_port());
+    let devices = ["dev-a", "dev-b", "dev-c"];
+    let sections: Vec<String> = devices
+        .iter()
+        .map(|d| enrol(root, d, mqtt_port) + "shared_hubs = true\n")
+        .collect();
+    let engine = victoria_metrics(root, vm_port);
+    // dev-c starts before the broker: it collects offline, then backfills.
+    let agent_dir = |name: &str| {
+        let path = root.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let replay = |name: &str, section: &str, log: &str, speed: u32, host: bool| {
+        let agent = if host {
+            // This machine's host metrics too, every second.
+            let config = format!(
+                "[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n\
+                 [jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{section}"
+            );
+            let log = crate::agent::tegrastats_log(log);
+            let speed = speed.to_string();
+            let args = [
+                "--tegrastats-replay",
+                log.to_str().unwrap(),
+                "--replay-speed",
+                &speed,
+            ];
+            Agent::start(&agent_dir(name), &config, &args)
+        } else {
+            replaying_agent(&agent_dir(name), section, log, speed)
+        };
+        (name.to_string(), agent)
+    };
+    let late = replay("dev-c", &sections[2], XAVIER, 4, false);
+    wait_until("dev-c to hold a backlog", Duration::from_secs(30), || {
+        let metrics = late.1.metrics();
+        (metric_value(&metrics, "outpost_sync_connected")? == 0.0
+            && metric_value(&metrics, "outpost_store_samples_written_total")? > 500.0)
+            .then_some(())
+    });
+    let _broker = crate::sync::Mosquitto::start(root, mqtt_port, "");
+    let mut hubs: Vec<Hub> = (1..=3)
+        .map(|n| {
+            let hub_dir = agent_dir(&format!("hub-{n}"));
+            std::fs::copy(root.join("devices.toml"), hub_dir.join("devices.toml")).unwrap();
+            let (login, secret) = match n {
+                1 => ("outpost-hub".to_string(), "hub-secret".to_string()),
+                n => (format!("outpost-hub-{n}"), format!("hub-{n}-secret")),
+            };
+            let password = hub_dir.join("hub.password");
+            std::fs::write(&password, format!("{secret}\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let config = hub_dir.join("hub.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
+                     username = \"{login}\"\npassword_file = \"{}\"\nshared_group = \"hubs\"\n\
+                     [remote_write]\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\n\
+                     retry_for = \"2s\"\n",
+                    password.display()
+                ),
+            )
+            .unwrap();
+            Hub::start_with(
+                &hub_dir,
+                free_port(),
+                free_port(),
+                &["--config", config.to_str().unwrap()],
+            )
+        })
+        .collect();
+    let mut agents = vec![
+        replay("dev-a", &sections[0], XAVIER, 4, false),
+        replay(
+            "dev-b",
+            &sections[1],
+            "tx2-jetpack4-2660s.log.zst",
+            100,
+            true,
+        ),
+        late,
+    ];
+    let batches = |hub: &Hub| -> f64 {
+        let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("outpost_hub_batches_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_until("every hub to take batches", Duration::from_secs(60), || {
+        hubs.iter().all(|hub| batches(hub) > 2.0).then_some(())
+    });
+    // SIGKILL: what it had not acknowledged goes to the others.
+    let mut killed = hubs.remove(0);
+    killed.signal("KILL");
+    let _ = killed.child.wait();
+    engine.stop();
+    wait_until(
+        "batches left unacknowledged",
+        Duration::from_secs(30),
+        || {
+            agents
+                .iter()
+                .any(|(_, a)| {
+                    metric_value(&a.metrics(), "outpost_sync_batches_resent_total")
+                        .is_some_and(|n| n > 0.0)
+                })
+                .then_some(())
+        },
+    );
+    let engine = victoria_metrics(root, vm_port);
+    for (_, agent) in &agents {
+        wait_until_shipped(agent);
+    }
+    // Every hub left knows every device, in the same state (the device online: its data flows,
+    // though each hub takes only its share of the batches).
+    for hub in &hubs {
+        let listed = hub.devices();
+        for device in devices {
+            let record = crate::sync::device_record(&listed, device)
+                .unwrap_or_else(|| panic!("{device} missing: {listed}"));
+            assert_eq!(record["state"], "online", "{device}: {listed}");
+        }
+    }
+    let selector = r#"{__name__=~"jetson_.*"}"#;
+    let held = exported(engine.port, selector);
+    let mut points = 0;
+    let mut series = 0;
+    for (name, agent) in agents.drain(..) {
+        agent.stop();
+        let expected = agent_series(&root.join(&name).join("agent.redb"), &name, selector);
+        assert!(!expected.is_empty(), "{name}");
+        for (key, theirs) in &expected {
+            assert_eq!(held.get(key), Some(theirs), "{key}");
+            points += theirs.len();
+            series += 1;
+        }
+    }
+    assert_eq!(held.len(), series, "series in the engine that no agent has");
+    assert!(points > 5000, "{points} points compared");
+    // dev-b's host metrics went the same way.
+    let host = exported(engine.port, r#"node_cpu_seconds_total{instance="dev-b"}"#);
+    assert!(!host.is_empty());
+    for hub in hubs {
+        hub.stop();
+    }
+}

@@ -912,7 +912,8 @@ impl Mosquitto {
             dir.join("outpost.acl"),
             acl.replace(
                 "# user outpost-hub-2\n# topic readwrite outpost/v1/#",
-                "user outpost-hub-2\ntopic readwrite outpost/v1/#",
+                "user outpost-hub-2\ntopic readwrite outpost/v1/#\n\
+                 user outpost-hub-3\ntopic readwrite outpost/v1/#",
             ),
         )
         .unwrap();
@@ -921,9 +922,10 @@ impl Mosquitto {
         let mut logins = vec![
             ("outpost-hub".to_string(), "hub-secret".to_string()),
             ("outpost-hub-2".to_string(), "hub-2-secret".to_string()),
+            ("outpost-hub-3".to_string(), "hub-3-secret".to_string()),
             ("outpost-alerts".to_string(), "alerts-secret".to_string()),
         ];
-        for id in ["dev-a", "dev-b", "dev-1"] {
+        for id in ["dev-a", "dev-b", "dev-c", "dev-1"] {
             if devices.contains(&format!("[device.{id}]")) {
                 logins.push((id.to_string(), password(dir, id)));
             }
