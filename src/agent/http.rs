@@ -57,7 +57,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/health", get(health))
         .route("/api/query", get(query))
-        .merge(outpost_web::prometheus::routes::<HttpState>())
+        .merge(outpost_web::prometheus::routes(state.clone()))
         .route(
             "/api/v1/import/prometheus",
             post(import).layer(DefaultBodyLimit::max(body_limit)),

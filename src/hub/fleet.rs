@@ -199,6 +199,8 @@ pub struct HubFleet {
     pub ingested: tokio::sync::broadcast::Sender<String>,
     /// What the embedded broker's gate refused, per login.
     pub refusals: Arc<super::gate::Refusals>,
+    /// `[remote_write] query_url`: the engine that answers the Prometheus API's reads.
+    pub query_engine: Option<Arc<dyn outpost_web::prometheus::QueryEngine>>,
 }
 
 /// Alert topics below a device: `alerts/events` or `alerts/<rule>/<instance>`; the part after
@@ -387,6 +389,10 @@ impl outpost_web::Fleet for HubFleet {
 
     fn metadata(&self) -> Vec<(String, String, String, String)> {
         crate::catalogue::prometheus_metadata()
+    }
+
+    fn query_engine(&self) -> Option<Arc<dyn outpost_web::prometheus::QueryEngine>> {
+        self.query_engine.clone()
     }
 
     fn prometheus_rules(&self) -> Value {

@@ -313,6 +313,8 @@ async fn daemon(config: HubConfig) -> Result<()> {
         hub_alerts: alert_shared.clone(),
         ingested: ingested.clone(),
         refusals: refusals.clone(),
+        query_engine: remote::RemoteQuery::from_config(&config.remote_write)?
+            .map(|engine| Arc::new(engine) as Arc<dyn outpost_web::prometheus::QueryEngine>),
     });
     let (stop_http, server) = serve_http(listener, &store, hub_fleet.clone(), &config);
     tracing::info!(listen = %config.hub.listen, %broker, embedded = config.mqtt.embedded, "hub started");

@@ -30,6 +30,9 @@ use crate::http_client::{self, Target};
 pub struct RemoteWriteSection {
     /// The engine's remote_write URL; empty keeps the samples in the hub's own store.
     pub url: String,
+    /// The root of the engine's Prometheus query API (`/api/v1/query` is under it), which
+    /// then answers the hub's `/api/v1` reads; empty: the hub's own store answers them.
+    pub query_url: String,
     /// Extra request headers: a tenant (`X-Scope-OrgID` for Mimir and Cortex, `THANOS-TENANT`
     /// for Thanos Receive).
     pub headers: BTreeMap<String, String>,
@@ -57,6 +60,7 @@ impl Default for RemoteWriteSection {
     fn default() -> Self {
         RemoteWriteSection {
             url: String::new(),
+            query_url: String::new(),
             headers: BTreeMap::new(),
             username: String::new(),
             password_file: PathBuf::new(),
@@ -77,6 +81,9 @@ impl RemoteWriteSection {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if !self.query_url.is_empty() {
+            Target::parse(&self.query_url).context("remote_write.query_url")?;
+        }
         if !self.enabled() {
             return Ok(());
         }
@@ -104,6 +111,94 @@ impl RemoteWriteSection {
             bail!("remote_write.resend_every: must be at least 10s");
         }
         Ok(())
+    }
+}
+
+/// The tenant and credentials every request to the engine carries, writes and reads alike.
+fn identity_headers(config: &RemoteWriteSection) -> Result<Vec<(String, String)>> {
+    let mut headers: Vec<(String, String)> = config.headers.clone().into_iter().collect();
+    if !config.username.is_empty() {
+        let password = crate::sysinfo_ids::read_secret(
+            &config.password_file,
+            "remote storage password (remote_write.password_file)",
+        )?;
+        use base64::Engine as _;
+        let pair = format!("{}:{}", config.username, password.trim_end());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        headers.push(("authorization".into(), format!("Basic {encoded}")));
+    } else if !config.bearer_token_file.as_os_str().is_empty() {
+        let token = crate::sysinfo_ids::read_secret(
+            &config.bearer_token_file,
+            "remote storage token (remote_write.bearer_token_file)",
+        )?;
+        headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+    }
+    Ok(headers)
+}
+
+/// The engine's Prometheus query API, answering the hub's `/api/v1` reads.
+pub struct RemoteQuery {
+    root: Target,
+    tls: Arc<rustls::ClientConfig>,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+/// The largest answer relayed from the engine: the hub's own bounds stop a query at 11,000
+/// points per series and 500 series on its dashboard, but Grafana may ask for more here.
+const MAX_ANSWER: usize = 256 << 20;
+
+impl RemoteQuery {
+    pub fn from_config(config: &RemoteWriteSection) -> Result<Option<RemoteQuery>> {
+        if config.query_url.is_empty() {
+            return Ok(None);
+        }
+        let mut root = Target::parse(&config.query_url).context("remote_write.query_url")?;
+        root.path = root.path.trim_end_matches('/').to_string();
+        let tls = Arc::new(
+            crate::tls::client_config(&config.ca_file, &PathBuf::new(), &PathBuf::new())
+                .context("remote_write.ca_file")?,
+        );
+        Ok(Some(RemoteQuery {
+            root,
+            tls,
+            headers: identity_headers(config)?,
+            // A query may take as long as the hub would let its own run.
+            timeout: config.timeout.0.max(Duration::from_secs(120)),
+        }))
+    }
+}
+
+impl outpost_web::prometheus::QueryEngine for RemoteQuery {
+    fn forward(
+        &self,
+        path_and_query: &str,
+        form: Option<hyper::body::Bytes>,
+    ) -> outpost_web::prometheus::Forwarded {
+        let mut target = self.root.clone();
+        target.path = format!("{}{path_and_query}", self.root.path);
+        let mut headers = self.headers.clone();
+        let method = if form.is_some() {
+            headers.push((
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ));
+            "POST"
+        } else {
+            "GET"
+        };
+        let (tls, timeout) = (self.tls.clone(), self.timeout);
+        Box::pin(async move {
+            let request = http_client::Request {
+                method,
+                headers: &headers,
+                body: form.unwrap_or_default(),
+            };
+            http_client::send(&target, request, tls, timeout, MAX_ANSWER)
+                .await
+                .map(|response| (response.status, response.body))
+                .map_err(|e| format!("{e:#}"))
+        })
     }
 }
 
@@ -267,23 +362,7 @@ impl RemoteWriter {
                 "0.1.0".to_string(),
             ),
         ];
-        headers.extend(config.headers.clone());
-        if !config.username.is_empty() {
-            let password = crate::sysinfo_ids::read_secret(
-                &config.password_file,
-                "remote storage password (remote_write.password_file)",
-            )?;
-            use base64::Engine as _;
-            let pair = format!("{}:{}", config.username, password.trim_end());
-            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-            headers.push(("authorization".into(), format!("Basic {encoded}")));
-        } else if !config.bearer_token_file.as_os_str().is_empty() {
-            let token = crate::sysinfo_ids::read_secret(
-                &config.bearer_token_file,
-                "remote storage token (remote_write.bearer_token_file)",
-            )?;
-            headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
-        }
+        headers.extend(identity_headers(config)?);
         let letters =
             store.state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())?;
         let next_letter = letters

@@ -61,6 +61,8 @@ fn victoria_metrics(dir: &Path, port: u16) -> Engine {
         format!("-httpListenAddr=127.0.0.1:{port}"),
         "-retentionPeriod=100y".into(),
         "-dedup.minScrapeInterval=1ms".into(),
+        // Queries see samples at once, not 30 s later (its default, for scrapes in flight).
+        "-search.latencyOffset=0s".into(),
     ];
     Engine::start("victoria-metrics", &args, port, &dir.join("vm.log"))
 }
@@ -143,7 +145,10 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
     let engine = victoria_metrics(dir.path(), vm_port);
     let config = hub_config(
         dir.path(),
-        &format!("url = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nretry_for = \"2s\"\n"),
+        &format!(
+            "url = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nretry_for = \"2s\"\n\
+             query_url = \"http://127.0.0.1:{vm_port}/\"\n"
+        ),
     );
     let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
     let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 10);
@@ -164,6 +169,7 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
     let engine = victoria_metrics(dir.path(), vm_port);
     wait_until_shipped(&agent);
     agent.stop();
+    the_hub_answers_prometheus_reads_from_the_engine(hub.http_port, engine.port);
     hub.stop();
 
     let selector = r#"{__name__=~"jetson_.*"}"#;
@@ -187,6 +193,48 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
         .map(|(_, p)| p.len())
         .sum();
     assert_eq!(local, 0, "samples in the hub's store");
+}
+
+/// The hub's `/api/v1` reads, GET and POST, answered by the engine (`query_url`) after the
+/// hub's own checks: the same data as asking the engine directly.
+fn the_hub_answers_prometheus_reads_from_the_engine(hub: u16, engine: u16) {
+    let (status, _) = http(engine, "GET", "/internal/force_flush", "");
+    assert_eq!(status, 200);
+    let data = |port: u16, method: &str, path: &str, body: &str| -> Value {
+        let headers = [("Content-Type", "application/x-www-form-urlencoded")];
+        let (status, _, text) = crate::agent::http_with(port, method, path, &headers, body);
+        assert_eq!(status, 200, "{path}: {text}");
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["status"], "success", "{text}");
+        json["data"].clone()
+    };
+    let count = format!(
+        "query={}",
+        crate::promql::encode(r#"count(count_over_time({__name__=~"jetson_.*"}[10m]))"#)
+    );
+    let asked = data(hub, "GET", &format!("/api/v1/query?{count}"), "");
+    assert_eq!(
+        asked["result"],
+        data(engine, "GET", &format!("/api/v1/query?{count}"), "")["result"]
+    );
+    let counted = asked["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n > 10.0), "{asked}");
+    let series = format!(
+        "match[]={}",
+        crate::promql::encode(r#"{__name__=~"jetson_.*"}"#)
+    );
+    let listed = data(hub, "POST", "/api/v1/series", &series);
+    assert_eq!(listed, data(engine, "POST", "/api/v1/series", &series));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["instance"] == "dev-a"));
+    // The hub's own parts stay the hub's.
+    let (status, body) = http(hub, "GET", "/api/v1/status/buildinfo", "");
+    assert!(status == 200 && body.contains("outpost"), "{body}");
 }
 
 fn prometheus(dir: &Path, port: u16, out_of_order_window: Option<&str>) -> Engine {

@@ -66,7 +66,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/live", get(live))
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
-        .merge(crate::prometheus::routes::<Web>())
+        .merge(crate::prometheus::routes(web.clone()))
         .fallback(|| async { WebError::NotFound("no such page or endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
         .with_state(web)

@@ -227,6 +227,10 @@ pub trait Fleet: Send + Sync + 'static {
     fn prometheus_rules(&self) -> serde_json::Value {
         serde_json::json!({ "groups": [] })
     }
+    /// The engine that holds the fleet's samples, when it is not the hub's store.
+    fn query_engine(&self) -> Option<Arc<dyn prometheus::QueryEngine>> {
+        None
+    }
 }
 
 /// What the handlers share.
@@ -278,5 +282,9 @@ impl prometheus::PromContext for Web {
 
     fn alerts(&self) -> serde_json::Value {
         self.fleet.prometheus_alerts()
+    }
+
+    fn engine(&self) -> Option<Arc<dyn prometheus::QueryEngine>> {
+        self.fleet.query_engine()
     }
 }

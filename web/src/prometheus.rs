@@ -40,11 +40,32 @@ pub trait PromContext: Send + Sync + 'static {
     fn metadata(&self) -> Vec<(String, String, String, String)> {
         Vec::new()
     }
+    /// An engine that answers the reads (queries, series, labels, metadata) in the store's
+    /// place: the hub whose samples go to remote storage.
+    fn engine(&self) -> Option<Arc<dyn QueryEngine>> {
+        None
+    }
 }
 
-/// The routes, for the caller to merge under its own guard.
-pub fn routes<C: PromContext>() -> axum::Router<Arc<C>> {
-    axum::Router::new()
+/// What a forwarded request came to: the engine's status and JSON body, or why it could not
+/// be asked.
+pub type Forwarded =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u16, Bytes), String>> + Send>>;
+
+/// An engine that speaks Prometheus' HTTP API.
+pub trait QueryEngine: Send + Sync {
+    /// Sends a read to the engine: the path with its query string, and for a POST the form
+    /// body.
+    fn forward(&self, path_and_query: &str, form: Option<Bytes>) -> Forwarded;
+}
+
+/// The largest form a forwarded POST may carry (what Grafana sends is a few KiB).
+const MAX_FORWARDED_FORM: usize = 1 << 20;
+
+/// The routes, for the caller to merge under its own guard. With an engine (`engine()`), the
+/// reads go to it; rules, alerts, build information and formatting stay here.
+pub fn routes<C: PromContext>(context: Arc<C>) -> axum::Router<Arc<C>> {
+    let reads = axum::Router::new()
         .route("/api/v1/query", get(query::<C>).post(query::<C>))
         .route(
             "/api/v1/query_range",
@@ -54,11 +75,55 @@ pub fn routes<C: PromContext>() -> axum::Router<Arc<C>> {
         .route("/api/v1/labels", get(labels::<C>).post(labels::<C>))
         .route("/api/v1/label/{name}/values", get(label_values::<C>))
         .route("/api/v1/metadata", get(metadata::<C>))
-        .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route_layer(axum::middleware::from_fn_with_state(
+            context,
+            forward_to_engine::<C>,
+        ));
+    axum::Router::new()
+        .merge(reads)
+        .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/format_query", get(format_query).post(format_query))
         .route("/api/v1/rules", get(rules::<C>))
         .route("/api/v1/alerts", get(alerts::<C>))
+}
+
+/// Hands a read to the engine, when there is one, and its answer back as it came.
+async fn forward_to_engine<C: PromContext>(
+    State(context): State<Arc<C>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(engine) = context.engine() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
+    let form = if request.method() == axum::http::Method::POST {
+        match axum::body::to_bytes(request.into_body(), MAX_FORWARDED_FORM).await {
+            Ok(body) => Some(body),
+            Err(error) => {
+                return ApiError::bad_data(format!("reading the form: {error}")).into_response()
+            }
+        }
+    } else {
+        None
+    };
+    match engine.forward(&path, form).await {
+        Ok((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(message) => ApiError {
+            kind: "unavailable",
+            message: format!("the remote storage's query API: {message}"),
+        }
+        .into_response(),
+    }
 }
 
 /// An API error: Prometheus' `errorType` and the status code it goes with.
@@ -592,7 +657,7 @@ mod tests {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(axum::body::Body::from(body.to_string()))
             .unwrap();
-        let app = routes::<Context>().with_state(context.clone());
+        let app = routes(context.clone()).with_state(context.clone());
         runtime.block_on(async {
             let response = app.oneshot(request).await.unwrap();
             let status = response.status();
