@@ -13,7 +13,11 @@
 //!   publishing the hour as 10 s batches (8 in flight each); from the first publish to the last
 //!   ack.
 //!
-//! `cargo bench --bench sync_broker -- [wire] [backfill] [ingest]`
+//! - remote: the hub with `[remote_write]` to VictoriaMetrics against vmagent forwarding the
+//!   same samples, CPU per million samples and peak RSS (`fn remote`). Needs Debian's
+//!   `victoria-metrics` (with `vmagent`); not in the default run.
+//!
+//! `cargo bench --bench sync_broker -- [wire] [backfill] [ingest] [remote]`
 
 mod common;
 
@@ -44,6 +48,11 @@ struct Hub(Child);
 
 impl Hub {
     fn start(dir: &Path, devices: &[String]) -> (Hub, u16) {
+        Hub::start_with(dir, devices, &[])
+    }
+
+    /// With `args` after `hub` (`--config FILE`).
+    fn start_with(dir: &Path, devices: &[String], args: &[&str]) -> (Hub, u16) {
         let outpost = env!("CARGO_BIN_EXE_outpost");
         let devices_file = dir.join("devices.toml");
         for device in devices {
@@ -65,6 +74,7 @@ impl Hub {
             .arg(dir.join("hub.redb"))
             .args(["--listen", &format!("127.0.0.1:{http}")])
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("hub.log")).unwrap())
@@ -296,10 +306,19 @@ fn ingest() {
     let count = 100;
     let names: Vec<String> = (0..count).map(|d| format!("dev-{d:03}")).collect();
     let (_hub, mqtt) = Hub::start(dir.path(), &names);
-    // The hour as 10 s batches once, then re-signed under each device's id and key: building
-    // 100 agents' stores here would only time the agents.
+    let template = hour_batches(dir.path(), usize::MAX);
+    let (batches, samples, elapsed) = ship_fleet(dir.path(), &names, mqtt, &template);
+    println!(
+        "ingest: {count} devices over their own MQTT connections, {batches} batches, {samples} samples stored and acknowledged in {elapsed:.1} s: {:.2} M samples/s",
+        samples as f64 / elapsed / 1e6
+    );
+}
+
+/// The hour of host data as 10 s batches (at most `limit`), once: each device re-signs them
+/// under its own id and key, as building a store per device would only time the agents.
+fn hour_batches(dir: &Path, limit: usize) -> Vec<Batch> {
     let template_key = DeviceKey::new(vec![7; 32]).unwrap();
-    let agent = Store::open(dir.path().join("agent.redb"), common::agent_options()).unwrap();
+    let agent = Store::open(dir.join("agent.redb"), common::agent_options()).unwrap();
     let mut outbox = common::outbox(&agent, "template", &template_key);
     let mut template = Vec::new();
     let rows = common::host_rows();
@@ -323,11 +342,18 @@ fn ingest() {
         }
     });
     agent.close().unwrap();
+    template.truncate(limit);
+    template
+}
+
+/// Every device publishes the template's batches (8 in flight each) until each is
+/// acknowledged: (batches, samples acknowledged, seconds).
+fn ship_fleet(dir: &Path, names: &[String], mqtt: u16, template: &[Batch]) -> (usize, u64, f64) {
     let runtime = runtime();
     let devices: Vec<Device> = runtime.block_on(async {
         let mut devices = Vec::new();
-        for name in &names {
-            devices.push(Device::connect(dir.path(), name, mqtt).await);
+        for name in names {
+            devices.push(Device::connect(dir, name, mqtt).await);
         }
         devices
     });
@@ -371,14 +397,272 @@ fn ingest() {
         }
         total
     });
-    let elapsed = began.elapsed().as_secs_f64();
-    println!(
-        "ingest: {count} devices over their own MQTT connections, {} batches, {samples} samples stored and acknowledged in {elapsed:.1} s: {:.2} M samples/s",
-        template.len() * count,
-        samples as f64 / elapsed / 1e6
+    (
+        template.len() * names.len(),
+        samples,
+        began.elapsed().as_secs_f64(),
+    )
+}
+
+/// A process of the engine's side (VictoriaMetrics, vmagent), killed when dropped.
+struct Peer(Child);
+
+impl Peer {
+    fn start(program: &str, args: &[String], port: u16, log: &Path) -> Peer {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} ({e}): apt-get install victoria-metrics"));
+        let peer = Peer(child);
+        for _ in 0..400 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return peer;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{program} did not come up");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process's CPU seconds so far (user and system) and its peak resident memory, MiB.
+fn cpu_and_peak(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `after` starts at field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (ticks / 100.0, peak / 1024.0)
+}
+
+/// A counter of VictoriaMetrics' own `/metrics`, summed over its label sets.
+fn vm_counter(port: u16, name: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, &[], &[])
+}
+
+/// One HTTP/1.1 exchange on a connection of its own.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The hub as a bridge to remote storage, against vmagent forwarding the same samples: DEVICES
+/// devices (default 100) publish the first MINUTES (default 20) of the host hour as 10 s
+/// batches to a hub with `[remote_write]` to VictoriaMetrics; each batch is acknowledged only
+/// after the engine's 2xx. Then vmagent receives the same samples as remote_write requests (one
+/// per batch, 8 devices' worth at a time) and forwards them to the same engine. Each side's CPU
+/// seconds per million samples and its peak RSS.
+fn remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let count: usize = std::env::var("DEVICES").map_or(100, |v| v.parse().unwrap());
+    let minutes: usize = std::env::var("MINUTES").map_or(20, |v| v.parse().unwrap());
+    let names: Vec<String> = (0..count).map(|d| format!("dev-{d:04}")).collect();
+    let vm_port = free_port();
+    let _engine = Peer::start(
+        "victoria-metrics",
+        &[
+            format!("-storageDataPath={}", dir.path().join("vm").display()),
+            format!("-httpListenAddr=127.0.0.1:{vm_port}"),
+            "-retentionPeriod=100y".into(),
+            "-dedup.minScrapeInterval=1ms".into(),
+        ],
+        vm_port,
+        &dir.path().join("vm.log"),
+    );
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!("[remote_write]\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\n"),
+    )
+    .unwrap();
+    let (hub, mqtt) = Hub::start_with(dir.path(), &names, &["--config", config.to_str().unwrap()]);
+    let template = hour_batches(dir.path(), minutes * 6);
+    let inserted = |port| vm_counter(port, "vm_rows_inserted_total{type=\"promremotewrite\"}");
+    let (cpu_before, _) = cpu_and_peak(hub.0.id());
+    let (batches, samples, elapsed) = ship_fleet(dir.path(), &names, mqtt, &template);
+    let (cpu_after, hub_peak) = cpu_and_peak(hub.0.id());
+    let hub_cpu = cpu_after - cpu_before;
+    assert!(
+        inserted(vm_port) >= samples as f64,
+        "the engine has fewer rows than were acknowledged"
+    );
+    drop(hub);
+
+    // The same samples as remote_write requests, under the same `instance` labels.
+    // Series are defined in the first batch that carries them.
+    let keys: std::collections::HashMap<u32, String> = template
+        .iter()
+        .flat_map(|batch| batch.body.defs.iter().map(|d| (d.id, d.key.clone())))
+        .collect();
+    let requests: Vec<Vec<u8>> = names
+        .iter()
+        .flat_map(|name| template.iter().map(move |batch| (name, batch)))
+        .map(|(name, batch)| {
+            outpost::prompb::encode_request(&batch_request(batch, &keys, name)).unwrap()
+        })
+        .collect();
+    let agent_port = free_port();
+    let vmagent = Peer::start(
+        "vmagent",
+        &[
+            format!("-httpListenAddr=127.0.0.1:{agent_port}"),
+            format!("-remoteWrite.url=http://127.0.0.1:{vm_port}/api/v1/write"),
+            format!(
+                "-remoteWrite.tmpDataPath={}",
+                dir.path().join("vmagent").display()
+            ),
+        ],
+        agent_port,
+        &dir.path().join("vmagent.log"),
+    );
+    let before = inserted(vm_port);
+    let (cpu_before, _) = cpu_and_peak(vmagent.0.id());
+    let began = Instant::now();
+    let next = std::sync::Mutex::new(requests.iter());
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| loop {
+                let Some(body) = next.lock().unwrap().next() else {
+                    break;
+                };
+                let headers = [
+                    "Content-Encoding: snappy",
+                    "Content-Type: application/x-protobuf",
+                ];
+                let (status, text) =
+                    http_request(agent_port, "POST", "/api/v1/write", &headers, body);
+                assert!((200..300).contains(&status), "vmagent: {status} {text}");
+            });
+        }
+    });
+    while inserted(vm_port) < before + samples as f64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vmagent_elapsed = began.elapsed().as_secs_f64();
+    let (cpu_after, vmagent_peak) = cpu_and_peak(vmagent.0.id());
+    let vmagent_cpu = cpu_after - cpu_before;
+    let millions = samples as f64 / 1e6;
+    println!(
+        "remote: {count} devices, {batches} batches, {samples} samples from MQTT to the engine's 2xx"
+    );
+    println!("| forwarder | wall s | M samples/s | CPU s | CPU s per M samples | peak RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| outpost hub | {elapsed:.1} | {:.2} | {hub_cpu:.1} | {:.2} | {hub_peak:.0} |",
+        millions / elapsed,
+        hub_cpu / millions
+    );
+    println!(
+        "| vmagent | {vmagent_elapsed:.1} | {:.2} | {vmagent_cpu:.1} | {:.2} | {vmagent_peak:.0} |",
+        millions / vmagent_elapsed,
+        vmagent_cpu / millions
+    );
+    println!(
+        "hub CPU per sample / vmagent's: {:.2}",
+        hub_cpu / vmagent_cpu
+    );
+}
+
+/// A batch's samples as a remote_write request, its series named as the hub names them.
+fn batch_request(
+    batch: &Batch,
+    keys: &std::collections::HashMap<u32, String>,
+    device: &str,
+) -> outpost::prompb::WriteRequest {
+    use outpost::prompb::{Label, Sample, TimeSeries, WriteRequest};
+    assert!(
+        batch.body.chunks.is_empty(),
+        "the template is live data only"
+    );
+    let mut timeseries = Vec::new();
+    for live in &batch.body.live {
+        let key = outpost_storage::SeriesKey::parse(&keys[&live.series]).unwrap();
+        let (timestamps, values) = outpost_storage::codec::decode_samples(&live.samples).unwrap();
+        let mut labels: Vec<Label> = key
+            .labels()
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .chain([
+                Label {
+                    name: "__name__".into(),
+                    value: key.name().into(),
+                },
+                Label {
+                    name: "instance".into(),
+                    value: device.into(),
+                },
+            ])
+            .collect();
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        let samples = timestamps
+            .into_iter()
+            .zip(values)
+            .map(|(timestamp, value)| Sample { value, timestamp })
+            .collect();
+        timeseries.push(TimeSeries { labels, samples });
+    }
+    WriteRequest { timeseries }
 }
 
 fn main() {
     common::run_selected(&[("wire", wire), ("backfill", backfill), ("ingest", ingest)]);
+    // Only when named: it needs VictoriaMetrics and vmagent.
+    if std::env::args().skip(1).any(|a| a == "remote") {
+        remote();
+    }
 }

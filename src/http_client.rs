@@ -166,6 +166,106 @@ async fn send_inner(
     }
 }
 
+/// One connection kept open across requests to the same target (HTTP/1.1 keep-alive), opened
+/// again after any failure: what a client that sends many requests to one server (the hub's
+/// remote storage) uses, so that each request does not pay for a TCP and TLS handshake.
+pub struct KeptAlive {
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl KeptAlive {
+    pub fn new(target: Target, tls: Arc<rustls::ClientConfig>) -> KeptAlive {
+        KeptAlive {
+            target,
+            tls,
+            sender: None,
+        }
+    }
+
+    /// Sends `request`, reading at most `max_body` bytes of the answer, all within `timeout`.
+    pub async fn send(
+        &mut self,
+        request: Request<'_>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(u16, Bytes)> {
+        let sent = tokio::time::timeout(timeout, self.send_inner(request, max_body)).await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(_) => Err(anyhow::anyhow!("timed out after {timeout:?}")),
+        };
+        if answer.is_err() {
+            // The connection's state is unknown after a failure: the next request opens anew.
+            self.sender = None;
+        }
+        answer
+    }
+
+    async fn send_inner(&mut self, request: Request<'_>, max_body: usize) -> Result<(u16, Bytes)> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.sender = Some(self.connect().await?);
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        sender.ready().await.context("HTTP connection")?;
+        let mut builder = hyper::Request::builder()
+            .method(request.method)
+            .uri(&self.target.path)
+            .header(hyper::header::HOST, self.target.authority())
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("outpost/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let built = builder
+            .body(Full::new(request.body))
+            .context("building the request")?;
+        let response = sender.send_request(built).await.context("HTTP request")?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let target = &self.target;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
+        tcp.set_nodelay(true).ok();
+        if target.tls {
+            let name = ServerName::try_from(target.host.clone())
+                .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
+            let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .context("TLS handshake")?;
+            handshake(stream).await
+        } else {
+            handshake(tcp).await
+        }
+    }
+}
+
+/// An HTTP/1.1 connection over `stream`, its driver running as a task of its own (it ends when
+/// the sender is dropped or the server closes).
+async fn handshake<S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 async fn exchange<S>(
     stream: S,
     request: hyper::Request<Full<Bytes>>,

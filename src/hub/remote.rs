@@ -69,7 +69,7 @@ impl Default for RemoteWriteSection {
             timeout: Interval::secs(30),
             retry_for: Interval::secs(60),
             max_samples_per_request: 10_000,
-            dead_letter_budget: ByteSize(256 << 20),
+            dead_letter_budget: ByteSize(64 << 20),
             resend_every: Interval::secs(3600),
         }
     }
@@ -202,40 +202,7 @@ impl outpost_web::prometheus::QueryEngine for RemoteQuery {
     }
 }
 
-/// Prometheus' `prompb` messages, as far as remote_write 1.0 needs them.
-mod prompb {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WriteRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub timeseries: Vec<TimeSeries>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
-    }
-
-    #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
-    pub struct Label {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
-}
-
-pub use prompb::{Label, Sample, TimeSeries, WriteRequest};
+pub use outpost::prompb::{Label, Sample, TimeSeries, WriteRequest};
 
 /// A series' labels as remote_write wants them: `__name__` among them, sorted by name.
 pub fn labels_of(key: &outpost_storage::SeriesKey, name: &str) -> Vec<Label> {
@@ -333,8 +300,8 @@ const SMALLEST_SPLIT: usize = 64;
 
 /// The connection to the engine, and what the hub knows of its dead letters.
 pub struct RemoteWriter {
-    target: Target,
-    tls: Arc<rustls::ClientConfig>,
+    /// One connection to the engine, kept open between requests.
+    connection: tokio::sync::Mutex<http_client::KeptAlive>,
     headers: Vec<(String, String)>,
     config: RemoteWriteSection,
     runtime: tokio::runtime::Handle,
@@ -371,8 +338,7 @@ impl RemoteWriter {
             .map_or(0, |n| n + 1);
         let letter_bytes = letters.iter().map(|(_, v)| v.len() as u64).sum();
         Ok(RemoteWriter {
-            target,
-            tls,
+            connection: tokio::sync::Mutex::new(http_client::KeptAlive::new(target, tls)),
             headers,
             config: config.clone(),
             runtime,
@@ -495,42 +461,35 @@ impl RemoteWriter {
         let request = WriteRequest {
             timeseries: series.to_vec(),
         };
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&prost::Message::encode_to_vec(&request))
-            .map_err(|e| format!("snappy: {e}"))?;
+        let body = outpost::prompb::encode_request(&request).map_err(|e| format!("snappy: {e}"))?;
         let body = hyper::body::Bytes::from(body);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
         loop {
-            let sent = http_client::send(
-                &self.target,
-                http_client::Request {
-                    method: "POST",
-                    headers: &self.headers,
-                    body: body.clone(),
-                },
-                self.tls.clone(),
-                self.config.timeout.0,
-                64 << 10,
-            )
-            .await;
+            let request = http_client::Request {
+                method: "POST",
+                headers: &self.headers,
+                body: body.clone(),
+            };
+            let sent = self
+                .connection
+                .lock()
+                .await
+                .send(request, self.config.timeout.0, 64 << 10)
+                .await;
             let failure = match sent {
-                Ok(response) if (200..300).contains(&response.status) => {
-                    return Ok(Answer::Accepted)
-                }
-                Ok(response) if response.status != 429 && (400..500).contains(&response.status) => {
-                    let text = String::from_utf8_lossy(&response.body);
+                Ok((status, _)) if (200..300).contains(&status) => return Ok(Answer::Accepted),
+                Ok((status, body)) if status != 429 && (400..500).contains(&status) => {
+                    let text = String::from_utf8_lossy(&body);
                     return Ok(Answer::Refused(format!(
-                        "{}: {}",
-                        response.status,
+                        "{status}: {}",
                         text.trim().chars().take(500).collect::<String>()
                     )));
                 }
-                Ok(response) => format!(
-                    "{} answered {}: {}",
+                Ok((status, body)) => format!(
+                    "{} answered {status}: {}",
                     self.config.url,
-                    response.status,
-                    String::from_utf8_lossy(&response.body).trim()
+                    String::from_utf8_lossy(&body).trim()
                 ),
                 Err(error) => format!("{}: {error:#}", self.config.url),
             };

@@ -1,0 +1,40 @@
+//! Prometheus' remote_write 1.0 messages (`prompb`), as far as writing samples needs them: the
+//! hub's remote storage sends them, and the benchmarks feed the same samples to `vmagent`.
+//! Field numbers and types as in Prometheus' `types.proto` and `remote.proto`; the body of a
+//! request is this protobuf, snappy-compressed (block format).
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeries>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+pub struct Label {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sample {
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+/// A request as it goes on the wire: protobuf, then snappy's block format (which refuses
+/// inputs of 4 GiB and more).
+pub fn encode_request(request: &WriteRequest) -> Result<Vec<u8>, snap::Error> {
+    snap::raw::Encoder::new().compress_vec(&prost::Message::encode_to_vec(request))
+}
