@@ -943,6 +943,7 @@ fn ingest_loop(
                     }
                 }
                 Err(Refused::Hub(error)) => registry.store_failed(&device, &error),
+                Err(Refused::Remote(error)) => registry.remote_failed(&device, &error),
             }
         }
         if let Err(error) = store.sync() {
@@ -999,6 +1000,9 @@ enum Refused {
     Device(String, Option<Vec<u8>>),
     /// The hub's own store failed: not the device's fault; no ack, so the device resends.
     Hub(String),
+    /// The remote storage did not take the samples (unreachable, overloaded, or no room for
+    /// what it refused): no ack either.
+    Remote(String),
 }
 
 /// Timestamps of a batch that were corrected and that stayed implausible.
@@ -1042,10 +1046,12 @@ fn ingest_one(
             clock = (ingested.clock_corrected, ingested.implausible);
             ingested.status
         }
-        Err(
-            error @ (outpost_sync::ingest::IngestError::Store(_)
-            | outpost_sync::ingest::IngestError::Deliver(_)),
-        ) => return Err(Refused::Hub(error.to_string())),
+        Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
+            return Err(Refused::Hub(error.to_string()))
+        }
+        Err(outpost_sync::ingest::IngestError::Deliver(error)) => {
+            return Err(Refused::Remote(error))
+        }
         Err(error) => AckStatus::Rejected {
             reason: error.to_string(),
         },

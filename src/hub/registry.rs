@@ -98,6 +98,8 @@ pub struct Registry {
     /// Batches the hub could not store (its own disk full or failing): the hub's fault, not the
     /// device's, so not counted as rejected; the device resends them.
     store_write_errors: u64,
+    /// Batches the remote storage did not take within `retry_for`: left to their devices.
+    remote_write_errors: u64,
 }
 
 /// A metric family of `/metrics`: name, type, help, and the value per device.
@@ -310,6 +312,25 @@ impl Registry {
         );
     }
 
+    /// A batch the remote storage did not take: the hub's (or the engine's) fault, not the
+    /// device's; the device keeps it and sends it again.
+    pub fn remote_failed(&mut self, device: &str, error: &str) {
+        self.remote_write_errors += 1;
+        let log = self
+            .last_logged
+            .get("remote")
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if log {
+            self.last_logged.insert("remote".into(), Instant::now());
+            tracing::error!(
+                device,
+                failures = self.remote_write_errors,
+                "the remote storage did not take a batch, not acknowledged (the device keeps it \
+                 and sends it again): {error}"
+            );
+        }
+    }
+
     pub fn rejected(&mut self, device: &str, reason: &str, enrolled: bool) {
         // Names that are not enrolled share one line a minute: anyone may make up any number
         // of them, and none may grow this map.
@@ -411,6 +432,23 @@ impl Registry {
         offline_after: Duration,
     ) -> Vec<(outpost_storage::SeriesKey, f64)> {
         let families = Self::families();
+        let hub_wide = [
+            (
+                "outpost_hub_store_write_errors_total",
+                self.store_write_errors,
+            ),
+            (
+                "outpost_hub_remote_write_errors_total",
+                self.remote_write_errors,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                outpost_storage::SeriesKey::new(name, Vec::new()).ok()?,
+                value as f64,
+            ))
+        });
         self.values(now, offline_after)
             .into_iter()
             .filter_map(|(i, device, value)| {
@@ -420,6 +458,7 @@ impl Registry {
                     value,
                 ))
             })
+            .chain(hub_wide)
             .collect()
     }
 
@@ -437,6 +476,11 @@ impl Registry {
             text,
             "# HELP outpost_hub_store_write_errors_total Batches the hub's own store refused (full disk, I/O error); not acknowledged, so the devices resend them.\n# TYPE outpost_hub_store_write_errors_total counter\noutpost_hub_store_write_errors_total {}",
             self.store_write_errors
+        );
+        let _ = writeln!(
+            text,
+            "# HELP outpost_hub_remote_write_errors_total Batches the remote storage did not take within remote_write.retry_for; not acknowledged, so the devices resend them.\n# TYPE outpost_hub_remote_write_errors_total counter\noutpost_hub_remote_write_errors_total {}",
+            self.remote_write_errors
         );
         text
     }
@@ -472,6 +516,7 @@ mod tests {
             changed: false,
             last_logged: BTreeMap::new(),
             store_write_errors: 0,
+            remote_write_errors: 0,
         };
         let offline_after = Duration::from_secs(300);
         let record = registry.record("dev-b");

@@ -147,7 +147,7 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
         dir.path(),
         &format!(
             "url = \"http://127.0.0.1:{vm_port}/api/v1/write\"\nretry_for = \"2s\"\n\
-             query_url = \"http://127.0.0.1:{vm_port}/\"\n"
+             query_url = \"http://127.0.0.1:{vm_port}/\"\n[alerts]\ninterval = \"1s\"\n"
         ),
     );
     let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
@@ -156,12 +156,20 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
         (hub.devices()[0]["batches"].as_u64()? > 3).then_some(())
     });
     engine.stop();
-    // Nothing is acknowledged while the engine is away: the agent's backlog waits.
+    // Nothing is acknowledged while the engine is away: the agent's backlog waits, and the hub
+    // counts and alerts.
     wait_until(
         "the hub to give batches back to the agent",
         Duration::from_secs(30),
-        || hub.log_text().contains("remote storage").then_some(()),
+        || {
+            let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
+            (metric_value(&metrics, "outpost_hub_remote_write_errors_total")? > 0.0).then_some(())
+        },
     );
+    wait_until("the hub's alert", Duration::from_secs(30), || {
+        let (_, alerts) = http(hub.http_port, "GET", "/api/v1/alerts", "");
+        alerts.contains("remote_storage_failing").then_some(())
+    });
     wait_until("unacknowledged batches", Duration::from_secs(30), || {
         let metrics = agent.metrics();
         (metric_value(&metrics, "outpost_sync_batches_resent_total")? > 0.0).then_some(())
