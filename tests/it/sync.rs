@@ -1549,3 +1549,47 @@ fn a_flood_from_one_login_leaves_the_hubs_memory_bounded_and_others_data_flowing
     agent_b.stop();
     hub.stop();
 }
+
+/// config/emqx/acl.conf (not runnable here: EMQX is not packaged for Debian) gives each device
+/// exactly the topics config/mosquitto.acl gives it, and every hub login the whole tree.
+#[test]
+fn the_emqx_acl_grants_devices_what_the_mosquitto_acl_grants() {
+    let root = crate::agent::root();
+    let mosquitto = std::fs::read_to_string(root.join("config/mosquitto.acl")).unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    for line in mosquitto.lines().filter(|l| l.starts_with("pattern ")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let topic = parts[2].replace("%u", "${username}");
+        if parts[1].contains("write") {
+            expected.insert(("publish", topic.clone()));
+        }
+        if parts[1].contains("read") {
+            expected.insert(("subscribe", topic));
+        }
+    }
+    let emqx = std::fs::read_to_string(root.join("config/emqx/acl.conf")).unwrap();
+    let rules: Vec<String> = emqx
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("%%"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .split("}.")
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in &rules {
+        for action in ["publish", "subscribe"] {
+            if rule.starts_with(&format!("{{allow, all, {action},")) {
+                for topic in rule.split('"').skip(1).step_by(2) {
+                    granted.insert((action, topic.to_string()));
+                }
+            }
+        }
+    }
+    assert_eq!(granted, expected);
+    assert!(rules
+        .iter()
+        .any(|r| r.contains("^outpost-hub(-[0-9]+)?$") && r.contains("\"outpost/v1/#\"")));
+    assert_eq!(rules.last().map(String::as_str), Some("{deny, all"));
+}
