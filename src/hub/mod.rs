@@ -904,19 +904,21 @@ fn ingest_loop(
             }
         }
         let mut acks: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut taken: Vec<TakenBatch> = Vec::new();
+        // With remote storage, the group's writes wait here until the engine took its samples.
+        let mut pending = WriteBatch::default();
+        let remote_on = remote.is_some();
         for incoming in group {
             let Incoming {
                 device,
                 payload,
                 received_ms,
             } = incoming;
-            let mut refused = 0;
-            let mut deliver = |device: &str, write: &mut WriteBatch| match &mut remote {
-                Some((writer, _)) => {
-                    refused = writer.deliver(store, device, write, received_ms)?;
-                    Ok(())
+            let mut deliver = |_: &str, write: &mut WriteBatch| {
+                if remote_on {
+                    pending.extend(std::mem::take(write));
                 }
-                None => Ok(()),
+                Ok(())
             };
             let outcome = ingest_one(
                 store,
@@ -927,14 +929,15 @@ fn ingest_loop(
             );
             let mut registry = registry.lock().expect("registry lock");
             match outcome {
-                Ok((ack, key, batch, clock)) => {
-                    let what = (&batch.header, &ack.status, clock, batch.version);
-                    registry.batch(&device, what, received_ms);
-                    if refused > 0 {
-                        registry.refused(&device, refused);
-                    }
-                    acks.push((device.clone(), ack.encode_as(&key, batch.version)));
-                }
+                Ok((ack, key, batch, clock)) => taken.push(TakenBatch {
+                    ack: ack.encode_as(&key, batch.version),
+                    device,
+                    header: batch.header,
+                    status: ack.status,
+                    clock,
+                    version: batch.version,
+                    received_ms,
+                }),
                 Err(Refused::Device(reason, reply)) => {
                     let enrolled = devices.get().key(&device).is_some();
                     registry.rejected(&device, &reason, enrolled);
@@ -944,6 +947,21 @@ fn ingest_loop(
                 }
                 Err(Refused::Hub(error)) => registry.store_failed(&device, &error),
                 Err(Refused::Remote(error)) => registry.remote_failed(&device, &error),
+            }
+        }
+        if let Some((writer, _)) = &mut remote {
+            if !send_group(store, writer, pending, (&taken, registry)) {
+                // The ingestor's memory ran ahead of the store: it reads the store again.
+                ingestor = outpost_sync::ingest::Ingestor::new();
+                taken.clear();
+            }
+        }
+        {
+            let mut registry = registry.lock().expect("registry lock");
+            for batch in taken {
+                let what = (&batch.header, &batch.status, batch.clock, batch.version);
+                registry.batch(&batch.device, what, batch.received_ms);
+                acks.push((batch.device, batch.ack));
             }
         }
         if let Err(error) = store.sync() {
@@ -970,6 +988,58 @@ fn ingest_loop(
             let _ = ingested.send(device);
         }
     }
+}
+
+/// A batch ingested, its ack waiting for the group to be durable (and, with remote storage,
+/// for the engine's 2xx).
+struct TakenBatch {
+    device: String,
+    ack: Vec<u8>,
+    header: outpost_sync::BatchHeader,
+    status: AckStatus,
+    clock: ClockCounts,
+    version: u16,
+    received_ms: i64,
+}
+
+/// Sends a group's samples to the remote storage and writes the group's bookkeeping (and dead
+/// letters) once it took them. False when nothing of the group may be acknowledged: the engine
+/// was not reached, the dead-letter table is full, or the hub's store refused the write.
+#[allow(clippy::disallowed_methods)] // on the ingest thread, which waits for the disk
+fn send_group(
+    store: &Store,
+    writer: &mut remote::RemoteWriter,
+    pending: WriteBatch,
+    (taken, registry): (&[TakenBatch], &Mutex<Registry>),
+) -> bool {
+    let failed = |error: &str, remote: bool| {
+        let mut registry = registry.lock().expect("registry lock");
+        for batch in taken {
+            if remote {
+                registry.remote_failed(&batch.device, error);
+            } else {
+                registry.store_failed(&batch.device, error);
+            }
+        }
+        false
+    };
+    if taken.is_empty() && pending.is_empty() {
+        return true;
+    }
+    let (write, refused) = match writer.deliver_group(store, pending, outpost::timearg::now_ms()) {
+        Ok(delivered) => delivered,
+        Err(error) => return failed(&error, true),
+    };
+    if !write.is_empty() {
+        if let Err(error) = store.write(write) {
+            return failed(&error.to_string(), false);
+        }
+    }
+    let mut registry = registry.lock().expect("registry lock");
+    for (device, samples) in refused {
+        registry.refused(&device, samples);
+    }
+    true
 }
 
 /// Sends the dead letters again; what the engine takes now leaves the per-device counts.

@@ -360,44 +360,57 @@ impl RemoteWriter {
         Ok(out)
     }
 
-    /// Sends a batch's points (taken out of `write`) to the engine; the parts it refuses for
-    /// good go into `write` as dead letters. Returns the samples refused; an error when the
-    /// engine could not be reached within `retry_for` or the dead-letter table is full.
-    pub fn deliver(
+    /// Sends the points of a group of batches (taken out of `group`, which holds their
+    /// writes) to the engine, and puts the parts it refuses for good into `group` as dead
+    /// letters. Returns the group's writes, to be written and synced before any ack, and the
+    /// samples refused per device; an error when the engine could not be reached within
+    /// `retry_for` or the dead-letter table is full (then nothing of the group may be written).
+    pub fn deliver_group(
         &mut self,
         store: &Store,
-        device: &str,
-        write: &mut WriteBatch,
+        mut group: WriteBatch,
         now_ms: i64,
-    ) -> std::result::Result<u64, String> {
-        let points = write.take_points();
+    ) -> std::result::Result<(WriteBatch, BTreeMap<String, u64>), String> {
+        let points = group.take_points();
         let series = group_by_series(store, points.samples, points.rollups);
         let refused = self.runtime.block_on(self.send_all(series))?;
-        let mut refused_samples = 0;
+        let mut per_device: BTreeMap<String, u64> = BTreeMap::new();
+        let mut letter_bytes = self.letter_bytes;
+        let mut letters = Vec::new();
         for (series, reason) in refused {
             let samples: u64 = series.iter().map(|s| s.samples.len() as u64).sum();
-            let request = prost::Message::encode_to_vec(&WriteRequest { timeseries: series });
+            // A refused part is one series (halving splits any request of several).
+            let device = series
+                .first()
+                .and_then(|s| s.labels.iter().find(|l| l.name == "instance"))
+                .map(|l| l.value.clone())
+                .unwrap_or_default();
             let letter = DeadLetter {
-                device: device.to_string(),
+                device: device.clone(),
                 reason,
                 refused_ms: now_ms,
                 samples,
-                request,
+                request: prost::Message::encode_to_vec(&WriteRequest { timeseries: series }),
             };
             let bytes = postcard::to_allocvec(&letter).map_err(|e| e.to_string())?;
-            if self.letter_bytes + bytes.len() as u64 > self.config.dead_letter_budget.0 {
+            letter_bytes += bytes.len() as u64;
+            if letter_bytes > self.config.dead_letter_budget.0 {
                 return Err(format!(
-                    "the engine refused {samples} samples ({}) and the dead-letter table is full \
-                     (remote_write.dead_letter_budget); the device keeps them until there is room",
+                    "the engine refused {samples} samples of {device} ({}) and the dead-letter \
+                     table is full (remote_write.dead_letter_budget); the devices keep them \
+                     until there is room",
                     letter.reason
                 ));
             }
-            self.letter_bytes += bytes.len() as u64;
-            write.put(&DeadLetterKey::Entry(self.next_letter), bytes);
-            self.next_letter += 1;
-            refused_samples += samples;
+            letters.push(bytes);
+            *per_device.entry(device).or_default() += samples;
         }
-        Ok(refused_samples)
+        for bytes in letters {
+            group.put(&DeadLetterKey::Entry(self.next_letter), bytes);
+            self.next_letter += 1;
+        }
+        self.letter_bytes = letter_bytes;
+        Ok((group, per_device))
     }
 
     /// Sends every dead letter again; those the engine takes now are deleted. Returns (samples

@@ -307,6 +307,14 @@ impl WriteBatch {
         }
     }
 
+    /// Appends `other`'s writes after this batch's, in order (a later write of the same key
+    /// still wins).
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.samples.extend(other.samples);
+        self.state.extend(other.state);
+        self.rollups.extend(other.rollups);
+    }
+
     /// Takes the batch's samples and rollup points out, leaving its state writes: for a hub
     /// that keeps the fleet's samples in another engine and only its bookkeeping here.
     pub fn take_points(&mut self) -> TakenPoints {

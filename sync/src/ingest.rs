@@ -399,9 +399,11 @@ impl Ingestor {
     }
 
     /// [`Ingestor::ingest`], with `deliver` handed the batch's writes just before they are
-    /// written: a hub that keeps the fleet's samples in another engine takes the points out
-    /// there (and may add state writes of its own); an error leaves the batch unwritten and
-    /// unacknowledged.
+    /// written: a hub that keeps the fleet's samples in another engine may take them all (and
+    /// write them itself once the engine took the samples; this ingestor's memory then runs
+    /// ahead of the store, so if they are never written the caller must start a new
+    /// ingestor, which reads its state from the store again); an error leaves the batch
+    /// unwritten and unacknowledged.
     pub fn ingest_via(
         &mut self,
         store: &Store,
@@ -455,7 +457,9 @@ impl Ingestor {
             );
         }
         deliver(device, &mut write).map_err(IngestError::Deliver)?;
-        store.write(write)?;
+        if !write.is_empty() {
+            store.write(write)?;
+        }
         if let Some(frames) = new_frames {
             if current_offset_ms != 0 {
                 tracing::warn!(
