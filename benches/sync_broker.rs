@@ -621,7 +621,7 @@ fn batch_request(
     keys: &std::collections::HashMap<u32, String>,
     device: &str,
 ) -> outpost::prompb::WriteRequest {
-    use outpost::prompb::{Label, Sample, TimeSeries, WriteRequest};
+    use outpost::prompb::{Sample, TimeSeries, WriteRequest};
     assert!(
         batch.body.chunks.is_empty(),
         "the template is live data only"
@@ -629,26 +629,10 @@ fn batch_request(
     let mut timeseries = Vec::new();
     for live in &batch.body.live {
         let key = outpost_storage::SeriesKey::parse(&keys[&live.series]).unwrap();
+        // As the hub names it: `instance` is the device.
+        let key = outpost_sync::ingest::hub_key(device, &key).unwrap();
         let (timestamps, values) = outpost_storage::codec::decode_samples(&live.samples).unwrap();
-        let mut labels: Vec<Label> = key
-            .labels()
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.clone(),
-                value: v.clone(),
-            })
-            .chain([
-                Label {
-                    name: "__name__".into(),
-                    value: key.name().into(),
-                },
-                Label {
-                    name: "instance".into(),
-                    value: device.into(),
-                },
-            ])
-            .collect();
-        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        let labels = outpost::prompb::labels_of(&key, key.name());
         let samples = timestamps
             .into_iter()
             .zip(values)

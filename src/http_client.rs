@@ -117,32 +117,10 @@ async fn send_inner(
     tls: Arc<rustls::ClientConfig>,
     max_body: usize,
 ) -> Result<Response> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
-    tcp.set_nodelay(true).ok();
-    let mut builder = hyper::Request::builder()
-        .method(request.method)
-        .uri(&target.path)
-        .header(hyper::header::HOST, target.authority())
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("outpost/", env!("CARGO_PKG_VERSION")),
-        );
-    for (name, value) in request.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let request = builder
-        .body(Full::new(request.body))
-        .context("building the request")?;
+    let tcp = connect_tcp(target).await?;
+    let request = build_request(target, request)?;
     if target.tls {
-        let name = ServerName::try_from(target.host.clone())
-            .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
-        let connector = tokio_rustls::TlsConnector::from(tls);
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .context("TLS handshake")?;
+        let stream = connect_tls(target, tls, tcp).await?;
         let certificate_expiry = stream
             .get_ref()
             .1
@@ -164,6 +142,58 @@ async fn send_inner(
             certificate_expiry: None,
         })
     }
+}
+
+async fn connect_tcp(target: &Target) -> Result<TcpStream> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
+    tcp.set_nodelay(true).ok();
+    Ok(tcp)
+}
+
+async fn connect_tls(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = ServerName::try_from(target.host.clone())
+        .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")
+}
+
+fn build_request(target: &Target, request: Request<'_>) -> Result<hyper::Request<Full<Bytes>>> {
+    let mut builder = hyper::Request::builder()
+        .method(request.method)
+        .uri(&target.path)
+        .header(hyper::header::HOST, target.authority())
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("outpost/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(request.body))
+        .context("building the request")
+}
+
+/// The status and at most `max_body` bytes of the body.
+async fn read_answer(
+    response: hyper::Response<hyper::body::Incoming>,
+    max_body: usize,
+) -> Result<(u16, Bytes)> {
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// One connection kept open across requests to the same target (HTTP/1.1 keep-alive), opened
@@ -207,46 +237,17 @@ impl KeptAlive {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.sender = Some(self.connect().await?);
         }
+        let built = build_request(&self.target, request)?;
         let sender = self.sender.as_mut().expect("connected above");
         sender.ready().await.context("HTTP connection")?;
-        let mut builder = hyper::Request::builder()
-            .method(request.method)
-            .uri(&self.target.path)
-            .header(hyper::header::HOST, self.target.authority())
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("outpost/", env!("CARGO_PKG_VERSION")),
-            );
-        for (name, value) in request.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        let built = builder
-            .body(Full::new(request.body))
-            .context("building the request")?;
         let response = sender.send_request(built).await.context("HTTP request")?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), max_body)
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
-            .to_bytes();
-        Ok((status, body))
+        read_answer(response, max_body).await
     }
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let target = &self.target;
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .with_context(|| format!("connect to {}:{}", target.host, target.port))?;
-        tcp.set_nodelay(true).ok();
-        if target.tls {
-            let name = ServerName::try_from(target.host.clone())
-                .with_context(|| format!("{:?} is not a valid TLS server name", target.host))?;
-            let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .context("TLS handshake")?;
-            handshake(stream).await
+        let tcp = connect_tcp(&self.target).await?;
+        if self.target.tls {
+            handshake(connect_tls(&self.target, self.tls.clone(), tcp).await?).await
         } else {
             handshake(tcp).await
         }
@@ -279,14 +280,9 @@ where
         .context("HTTP handshake")?;
     let driver = tokio::spawn(connection);
     let response = sender.send_request(request).await.context("HTTP request")?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), max_body)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
-        .to_bytes();
+    let answer = read_answer(response, max_body).await;
     driver.abort();
-    Ok((status, body))
+    answer
 }
 
 fn tls_config(insecure: bool) -> Arc<rustls::ClientConfig> {

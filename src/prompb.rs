@@ -38,3 +38,21 @@ pub struct Sample {
 pub fn encode_request(request: &WriteRequest) -> Result<Vec<u8>, snap::Error> {
     snap::raw::Encoder::new().compress_vec(&prost::Message::encode_to_vec(request))
 }
+
+/// A series' labels as remote_write wants them: `__name__` among them, sorted by name.
+pub fn labels_of(key: &outpost_storage::SeriesKey, name: &str) -> Vec<Label> {
+    let mut labels: Vec<Label> = key
+        .labels()
+        .iter()
+        .map(|(name, value)| Label {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    labels.push(Label {
+        name: "__name__".into(),
+        value: name.into(),
+    });
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}

@@ -646,7 +646,7 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
     found.into_iter().map(|(_, n, p)| (n, p)).collect()
 }
 
-fn read_number(path: &Path) -> Option<f64> {
+pub(super) fn read_number(path: &Path) -> Option<f64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
@@ -769,14 +769,7 @@ pub fn thermal_zones(class_dir: &Path, out: &mut Samples) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn render(samples: Samples) -> Vec<String> {
-        samples
-            .values
-            .into_iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect()
-    }
+    use crate::collect::render;
 
     fn has(got: &[String], line: &str) -> bool {
         got.iter().any(|l| l == line)

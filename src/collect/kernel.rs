@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use super::host::read_number;
 use super::Samples;
 
 /// `/proc/vmstat`: the fields node_exporter keeps by default (paging, swapping, faults, OOM
@@ -179,10 +180,6 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-fn read_f64(path: &Path) -> Option<f64> {
-    read_trimmed(path)?.parse().ok()
-}
-
 /// `/proc/sys`: entropy, and connection tracking where the module is loaded.
 pub fn sysctls(proc_root: &Path, out: &mut Samples) {
     for (file, metric) in [
@@ -200,7 +197,7 @@ pub fn sysctls(proc_root: &Path, out: &mut Samples) {
             "node_nf_conntrack_entries_limit",
         ),
     ] {
-        if let Some(value) = read_f64(&proc_root.join(file)) {
+        if let Some(value) = read_number(&proc_root.join(file)) {
             out.add(metric, &[], value);
         }
     }
@@ -246,7 +243,7 @@ pub fn netclass(class_dir: &Path, ignore: &[String], out: &mut Samples) {
             ("speed", "node_network_speed_bytes", 125_000.0),
             ("tx_queue_len", "node_network_transmit_queue_length", 1.0),
         ] {
-            if let Some(value) = read_f64(&dir.join(file)) {
+            if let Some(value) = read_number(&dir.join(file)) {
                 out.add(metric, &labels, value * scale);
             }
         }
@@ -256,14 +253,7 @@ pub fn netclass(class_dir: &Path, ignore: &[String], out: &mut Samples) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn render(samples: Samples) -> Vec<String> {
-        samples
-            .values
-            .into_iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect()
-    }
+    use crate::collect::render;
 
     fn assert_has(got: &[String], lines: &[&str]) {
         for line in lines {

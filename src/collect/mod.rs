@@ -53,3 +53,13 @@ pub fn read_text(path: &std::path::Path) -> Option<String> {
 pub fn read_number(path: &std::path::Path) -> Option<f64> {
     read_text(path)?.parse::<f64>().ok()
 }
+
+/// A round's samples as `name{labels} value` lines, for the collectors' tests.
+#[cfg(test)]
+pub fn render(samples: Samples) -> Vec<String> {
+    samples
+        .values
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect()
+}

@@ -20,6 +20,7 @@ mod test_payloads;
 
 use crate::config_values::ConfigFile;
 use outpost_sync::HubToDevice;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -220,17 +221,20 @@ fn resend_refused_command(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut writer =
+    let (mut writer, _) =
         remote::RemoteWriter::new(&config.remote_write, &store, runtime.handle().clone())?;
     // The writer blocks on the runtime's handle from a thread of its own while this thread
     // drives the runtime's I/O (a current-thread runtime has no other thread to).
-    let (taken, refused) = runtime
+    let resent = runtime
         .block_on(async move {
             tokio::task::spawn_blocking(move || writer.resend_refused(&store)).await
         })?
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{taken} samples taken by the engine; {refused} still refused");
-    Ok(if refused == 0 {
+    println!(
+        "{} samples taken by the engine; {} still refused",
+        resent.taken, resent.refused
+    );
+    Ok(if resent.refused == 0 {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
@@ -495,12 +499,11 @@ fn spawn_ingest(
     );
     let fleet = config.hub.fleet.clone();
     let remote = if config.remote_write.enabled() {
-        let writer = remote::RemoteWriter::new(
+        let (writer, waiting) = remote::RemoteWriter::new(
             &config.remote_write,
             &store,
             tokio::runtime::Handle::current(),
         )?;
-        let waiting = remote::RemoteWriter::refused_per_device(&store)?;
         registry
             .lock()
             .expect("registry lock")
@@ -905,8 +908,9 @@ fn ingest_loop(
         }
         let mut acks: Vec<(String, Vec<u8>)> = Vec::new();
         let mut taken: Vec<TakenBatch> = Vec::new();
-        // With remote storage, the group's writes wait here until the engine took its samples.
-        let mut pending = WriteBatch::default();
+        // With remote storage, the group's writes wait here, per device, until the engine took
+        // its samples.
+        let mut pending: BTreeMap<String, WriteBatch> = BTreeMap::new();
         let remote_on = remote.is_some();
         for incoming in group {
             let Incoming {
@@ -914,11 +918,11 @@ fn ingest_loop(
                 payload,
                 received_ms,
             } = incoming;
-            let mut deliver = |_: &str, write: &mut WriteBatch| {
+            let mut deliver = |device: &str, write: &mut WriteBatch| {
                 if remote_on {
-                    pending.extend(std::mem::take(write));
+                    let held = pending.entry(device.to_string()).or_default();
+                    held.extend(std::mem::take(write));
                 }
-                Ok(())
             };
             let outcome = ingest_one(
                 store,
@@ -946,14 +950,13 @@ fn ingest_loop(
                     }
                 }
                 Err(Refused::Hub(error)) => registry.store_failed(&device, &error),
-                Err(Refused::Remote(error)) => registry.remote_failed(&device, &error),
             }
         }
         if let Some((writer, _)) = &mut remote {
-            if !send_group(store, writer, pending, (&taken, registry)) {
-                // The ingestor's memory ran ahead of the store: it reads the store again.
+            if !send_group(store, writer, pending, (&mut taken, registry)) {
+                // The ingestor's memory ran ahead of the store for the batches left out: it
+                // reads the store again.
                 ingestor = outpost_sync::ingest::Ingestor::new();
-                taken.clear();
             }
         }
         {
@@ -1003,18 +1006,20 @@ struct TakenBatch {
 }
 
 /// Sends a group's samples to the remote storage and writes the group's bookkeeping (and dead
-/// letters) once it took them. False when nothing of the group may be acknowledged: the engine
-/// was not reached, the dead-letter table is full, or the hub's store refused the write.
+/// letters) once it took them. Leaves in `taken` only the batches that may be acknowledged: none
+/// when the engine was not reached or the hub's store refused the write; all but a device's
+/// whose refused samples found no room in the dead-letter table. False when some were left out
+/// (the ingestor then ran ahead of the store).
 #[allow(clippy::disallowed_methods)] // on the ingest thread, which waits for the disk
 fn send_group(
     store: &Store,
     writer: &mut remote::RemoteWriter,
-    pending: WriteBatch,
-    (taken, registry): (&[TakenBatch], &Mutex<Registry>),
+    pending: BTreeMap<String, WriteBatch>,
+    (taken, registry): (&mut Vec<TakenBatch>, &Mutex<Registry>),
 ) -> bool {
-    let failed = |error: &str, remote: bool| {
+    let give_back = |taken: &mut Vec<TakenBatch>, error: &str, remote: bool| {
         let mut registry = registry.lock().expect("registry lock");
-        for batch in taken {
+        for batch in taken.drain(..) {
             if remote {
                 registry.remote_failed(&batch.device, error);
             } else {
@@ -1026,38 +1031,47 @@ fn send_group(
     if taken.is_empty() && pending.is_empty() {
         return true;
     }
-    let (write, refused) = match writer.deliver_group(store, pending, outpost::timearg::now_ms()) {
+    let delivered = match writer.deliver_group(store, pending, outpost::timearg::now_ms()) {
         Ok(delivered) => delivered,
-        Err(error) => return failed(&error, true),
+        Err(error) => return give_back(taken, &error, true),
     };
-    if !write.is_empty() {
-        if let Err(error) = store.write(write) {
-            return failed(&error.to_string(), false);
+    if !delivered.write.is_empty() {
+        if let Err(error) = store.write(delivered.write) {
+            return give_back(taken, &error.to_string(), false);
         }
     }
     let mut registry = registry.lock().expect("registry lock");
-    for (device, samples) in refused {
+    for (device, samples) in delivered.refused {
         registry.refused(&device, samples);
     }
-    true
+    let before = taken.len();
+    taken.retain(|batch| {
+        let held = delivered.held_back.contains(&batch.device);
+        if held {
+            registry.remote_failed(
+                &batch.device,
+                "its refused samples found the dead-letter table full",
+            );
+        }
+        !held
+    });
+    taken.len() == before
 }
 
 /// Sends the dead letters again; what the engine takes now leaves the per-device counts.
 fn resend_refused(store: &Store, writer: &mut remote::RemoteWriter, registry: &Mutex<Registry>) {
     match writer.resend_refused(store) {
-        Ok((0, 0)) => {}
-        Ok((taken, refused)) => {
+        Ok(resent) if resent.taken == 0 && resent.refused == 0 => {}
+        Ok(resent) => {
             tracing::info!(
-                taken,
-                refused,
+                taken = resent.taken,
+                refused = resent.refused,
                 "refused samples sent to the remote storage again"
             );
-            if let Ok(waiting) = remote::RemoteWriter::refused_per_device(store) {
-                registry
-                    .lock()
-                    .expect("registry lock")
-                    .set_refused(&waiting);
-            }
+            registry
+                .lock()
+                .expect("registry lock")
+                .set_refused(&resent.waiting);
         }
         Err(error) => tracing::warn!("refused samples not sent again: {error}"),
     }
@@ -1070,16 +1084,13 @@ enum Refused {
     Device(String, Option<Vec<u8>>),
     /// The hub's own store failed: not the device's fault; no ack, so the device resends.
     Hub(String),
-    /// The remote storage did not take the samples (unreachable, overloaded, or no room for
-    /// what it refused): no ack either.
-    Remote(String),
 }
 
 /// Timestamps of a batch that were corrected and that stayed implausible.
 type ClockCounts = (u64, u64);
 
 /// Where a batch's points go before its bookkeeping is written (see `Ingestor::ingest_via`).
-type Deliver<'a> = dyn FnMut(&str, &mut WriteBatch) -> std::result::Result<(), String> + 'a;
+type Deliver<'a> = dyn FnMut(&str, &mut WriteBatch) + 'a;
 
 fn ingest_one(
     store: &Store,
@@ -1118,9 +1129,6 @@ fn ingest_one(
         }
         Err(error @ outpost_sync::ingest::IngestError::Store(_)) => {
             return Err(Refused::Hub(error.to_string()))
-        }
-        Err(outpost_sync::ingest::IngestError::Deliver(error)) => {
-            return Err(Refused::Remote(error))
         }
         Err(error) => AckStatus::Rejected {
             reason: error.to_string(),

@@ -10,7 +10,7 @@
 //! and sent again every `resend_every` or by `outpost hub resend-refused`. When that table is
 //! full, batches with refused samples are not acknowledged: the devices keep them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,9 +144,9 @@ pub struct RemoteQuery {
     timeout: Duration,
 }
 
-/// The largest answer relayed from the engine: the hub's own bounds stop a query at 11,000
-/// points per series and 500 series on its dashboard, but Grafana may ask for more here.
-const MAX_ANSWER: usize = 256 << 20;
+/// The largest answer relayed from the engine (held whole in memory while relayed): about
+/// 11,000 points of 200 series, which is more than a Grafana panel draws.
+const MAX_ANSWER: usize = 64 << 20;
 
 impl RemoteQuery {
     pub fn from_config(config: &RemoteWriteSection) -> Result<Option<RemoteQuery>> {
@@ -202,25 +202,7 @@ impl outpost_web::prometheus::QueryEngine for RemoteQuery {
     }
 }
 
-pub use outpost::prompb::{Label, Sample, TimeSeries, WriteRequest};
-
-/// A series' labels as remote_write wants them: `__name__` among them, sorted by name.
-pub fn labels_of(key: &outpost_storage::SeriesKey, name: &str) -> Vec<Label> {
-    let mut labels: Vec<Label> = key
-        .labels()
-        .iter()
-        .map(|(name, value)| Label {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    labels.push(Label {
-        name: "__name__".into(),
-        value: name.into(),
-    });
-    labels.sort_by(|a, b| a.name.cmp(&b.name));
-    labels
-}
+use outpost::prompb::{labels_of, Sample, TimeSeries, WriteRequest};
 
 /// How a rollup bucket reaches the engine: one series per figure, named
 /// `<name>:<figure>_<tier>` (`node_load1:max_1h`), as Prometheus names recorded aggregates, at
@@ -251,6 +233,24 @@ pub fn rollup_series(
         }],
     })
     .collect()
+}
+
+/// What sending the dead letters again came to, in samples.
+pub struct Resent {
+    pub taken: u64,
+    pub refused: u64,
+    pub waiting: BTreeMap<String, u64>,
+}
+
+/// The samples that dead letters hold, per device.
+fn waiting_per_device(letters: &[(String, Vec<u8>)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (_, value) in letters {
+        if let Ok(letter) = postcard::from_bytes::<DeadLetter>(value) {
+            *out.entry(letter.device).or_default() += letter.samples;
+        }
+    }
+    out
 }
 
 /// What one request came to.
@@ -310,12 +310,25 @@ pub struct RemoteWriter {
     letter_bytes: u64,
 }
 
+/// What became of a group of batches sent to the engine.
+pub struct Delivered {
+    /// The group's writes (bookkeeping and dead letters) to write and sync before any ack.
+    pub write: WriteBatch,
+    /// Samples refused for good and kept as dead letters, per device.
+    pub refused: BTreeMap<String, u64>,
+    /// Devices whose refused samples did not fit in the dead-letter table: none of their
+    /// batches of the group may be acknowledged (nor their bookkeeping written); the rest of the
+    /// fleet's are.
+    pub held_back: BTreeSet<String>,
+}
+
 impl RemoteWriter {
+    /// The writer, and the samples waiting in the dead-letter table per device (read once).
     pub fn new(
         config: &RemoteWriteSection,
         store: &Store,
         runtime: tokio::runtime::Handle,
-    ) -> Result<Self> {
+    ) -> Result<(Self, BTreeMap<String, u64>)> {
         let target = Target::parse(&config.url).context("remote_write.url")?;
         let tls = Arc::new(
             crate::tls::client_config(&config.ca_file, &PathBuf::new(), &PathBuf::new())
@@ -337,54 +350,51 @@ impl RemoteWriter {
             .and_then(|(key, _)| key.rsplit('/').next()?.parse::<u64>().ok())
             .map_or(0, |n| n + 1);
         let letter_bytes = letters.iter().map(|(_, v)| v.len() as u64).sum();
-        Ok(RemoteWriter {
+        let writer = RemoteWriter {
             connection: tokio::sync::Mutex::new(http_client::KeptAlive::new(target, tls)),
             headers,
             config: config.clone(),
             runtime,
             next_letter,
             letter_bytes,
-        })
+        };
+        Ok((writer, waiting_per_device(&letters)))
     }
 
-    /// Samples waiting in the dead-letter table, per device.
-    pub fn refused_per_device(store: &Store) -> Result<BTreeMap<String, u64>> {
-        let mut out = BTreeMap::new();
-        for (_, value) in
-            store.state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())?
-        {
-            if let Ok(letter) = postcard::from_bytes::<DeadLetter>(&value) {
-                *out.entry(letter.device).or_default() += letter.samples;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Sends the points of a group of batches (taken out of `group`, which holds their
-    /// writes) to the engine, and puts the parts it refuses for good into `group` as dead
-    /// letters. Returns the group's writes, to be written and synced before any ack, and the
-    /// samples refused per device; an error when the engine could not be reached within
-    /// `retry_for` or the dead-letter table is full (then nothing of the group may be written).
+    /// Sends the points of a group of batches (taken out of each device's writes) to the
+    /// engine, and keeps the parts it refuses for good as dead letters. An error when the
+    /// engine could not be reached within `retry_for`: then nothing of the group may be
+    /// written or acknowledged.
     pub fn deliver_group(
         &mut self,
         store: &Store,
-        mut group: WriteBatch,
+        mut per_device: BTreeMap<String, WriteBatch>,
         now_ms: i64,
-    ) -> std::result::Result<(WriteBatch, BTreeMap<String, u64>), String> {
-        let points = group.take_points();
-        let series = group_by_series(store, points.samples, points.rollups);
+    ) -> std::result::Result<Delivered, String> {
+        let (mut samples, mut rollups) = (Vec::new(), Vec::new());
+        for write in per_device.values_mut() {
+            let points = write.take_points();
+            samples.extend(points.samples);
+            rollups.extend(points.rollups);
+        }
+        let series = group_by_series(store, samples, rollups);
         let refused = self.runtime.block_on(self.send_all(series))?;
-        let mut per_device: BTreeMap<String, u64> = BTreeMap::new();
+        // Per device: its letters, their bytes, their samples.
+        let mut letters: BTreeMap<String, (Vec<Vec<u8>>, u64, u64)> = BTreeMap::new();
+        let mut held_back = BTreeSet::new();
         let mut letter_bytes = self.letter_bytes;
-        let mut letters = Vec::new();
         for (series, reason) in refused {
             let samples: u64 = series.iter().map(|s| s.samples.len() as u64).sum();
-            // A refused part is one series (halving splits any request of several).
+            // A refused part is one series (halving splits any request of several), and
+            // `instance` is the device the hub set.
             let device = series
                 .first()
                 .and_then(|s| s.labels.iter().find(|l| l.name == "instance"))
                 .map(|l| l.value.clone())
                 .unwrap_or_default();
+            if held_back.contains(&device) {
+                continue;
+            }
             let letter = DeadLetter {
                 device: device.clone(),
                 reason,
@@ -393,34 +403,58 @@ impl RemoteWriter {
                 request: prost::Message::encode_to_vec(&WriteRequest { timeseries: series }),
             };
             let bytes = postcard::to_allocvec(&letter).map_err(|e| e.to_string())?;
-            letter_bytes += bytes.len() as u64;
-            if letter_bytes > self.config.dead_letter_budget.0 {
-                return Err(format!(
-                    "the engine refused {samples} samples of {device} ({}) and the dead-letter \
-                     table is full (remote_write.dead_letter_budget); the devices keep them \
-                     until there is room",
+            if letter_bytes + bytes.len() as u64 > self.config.dead_letter_budget.0 {
+                // This device keeps its batches until there is room; the others go on.
+                tracing::error!(
+                    device,
+                    "the engine refused samples ({}) and the dead-letter table is full \
+                     (remote_write.dead_letter_budget): the device's batches are not \
+                     acknowledged, it keeps them",
                     letter.reason
-                ));
+                );
+                if let Some((_, bytes, _)) = letters.remove(&device) {
+                    letter_bytes -= bytes;
+                }
+                held_back.insert(device);
+                continue;
             }
-            letters.push(bytes);
-            *per_device.entry(device).or_default() += samples;
+            letter_bytes += bytes.len() as u64;
+            let entry = letters.entry(device).or_default();
+            entry.1 += bytes.len() as u64;
+            entry.2 += samples;
+            entry.0.push(bytes);
         }
-        for bytes in letters {
-            group.put(&DeadLetterKey::Entry(self.next_letter), bytes);
-            self.next_letter += 1;
+        let mut write = WriteBatch::default();
+        for (device, writes) in per_device {
+            if !held_back.contains(&device) {
+                write.extend(writes);
+            }
+        }
+        let mut refused = BTreeMap::new();
+        for (device, (bytes, _, samples)) in letters {
+            for letter in bytes {
+                write.put(&DeadLetterKey::Entry(self.next_letter), letter);
+                self.next_letter += 1;
+            }
+            refused.insert(device, samples);
         }
         self.letter_bytes = letter_bytes;
-        Ok((group, per_device))
+        Ok(Delivered {
+            write,
+            refused,
+            held_back,
+        })
     }
 
     /// Sends every dead letter again; those the engine takes now are deleted. Returns (samples
-    /// taken, samples still refused); an error when the engine cannot be reached.
+    /// taken, samples still refused, and those per device); an error when the engine cannot be
+    /// reached.
     #[allow(clippy::disallowed_methods)] // on the ingest thread or the command's: off the async loop
-    pub fn resend_refused(&mut self, store: &Store) -> std::result::Result<(u64, u64), String> {
+    pub fn resend_refused(&mut self, store: &Store) -> std::result::Result<Resent, String> {
         let letters = store
             .state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())
             .map_err(|e| e.to_string())?;
-        let (mut taken, mut still) = (0, 0);
+        let (mut taken, mut kept) = (0, Vec::new());
         for (key, value) in letters {
             let Ok(letter) = postcard::from_bytes::<DeadLetter>(&value) else {
                 continue;
@@ -435,11 +469,16 @@ impl RemoteWriter {
                 self.letter_bytes = self.letter_bytes.saturating_sub(value.len() as u64);
                 taken += letter.samples;
             } else {
-                still += letter.samples;
+                kept.push((key, value));
             }
         }
         store.sync().map_err(|e| e.to_string())?;
-        Ok((taken, still))
+        let waiting = waiting_per_device(&kept);
+        Ok(Resent {
+            taken,
+            refused: waiting.values().sum(),
+            waiting,
+        })
     }
 
     /// Sends `series` in requests of at most `max_samples_per_request`; returns the parts
@@ -610,6 +649,7 @@ fn halve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost::prompb::Label;
 
     fn series(name: &str, timestamps: std::ops::Range<i64>) -> TimeSeries {
         TimeSeries {

@@ -46,9 +46,6 @@ pub enum IngestError {
     // once.
     #[error("hub store: {0}")]
     Store(outpost_storage::Error),
-    /// The engine the samples go to did not take them (not the device's fault: no ack).
-    #[error("remote storage: {0}")]
-    Deliver(String),
 }
 
 impl From<outpost_storage::Error> for IngestError {
@@ -395,21 +392,20 @@ impl Ingestor {
         batch: &Batch,
         received_ms: i64,
     ) -> Result<Ingested, IngestError> {
-        self.ingest_via(store, batch, received_ms, &mut |_, _| Ok(()))
+        self.ingest_via(store, batch, received_ms, &mut |_, _| {})
     }
 
     /// [`Ingestor::ingest`], with `deliver` handed the batch's writes just before they are
     /// written: a hub that keeps the fleet's samples in another engine may take them all (and
     /// write them itself once the engine took the samples; this ingestor's memory then runs
     /// ahead of the store, so if they are never written the caller must start a new
-    /// ingestor, which reads its state from the store again); an error leaves the batch
-    /// unwritten and unacknowledged.
+    /// ingestor, which reads its state from the store again).
     pub fn ingest_via(
         &mut self,
         store: &Store,
         batch: &Batch,
         received_ms: i64,
-        deliver: &mut dyn FnMut(&str, &mut WriteBatch) -> Result<(), String>,
+        deliver: &mut dyn FnMut(&str, &mut WriteBatch),
     ) -> Result<Ingested, IngestError> {
         let device = batch.header.device.as_str();
         let (epoch, seq) = (batch.header.epoch, batch.header.seq);
@@ -456,7 +452,7 @@ impl Ingestor {
                 postcard::to_allocvec(frames).expect("postcard serializes clock frames"),
             );
         }
-        deliver(device, &mut write).map_err(IngestError::Deliver)?;
+        deliver(device, &mut write);
         if !write.is_empty() {
             store.write(write)?;
         }
