@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use outpost_storage::{Aggregation, SeriesKey, Store, WriteBatch};
+use outpost_web::samples::Samples;
 
 const DEVICES: usize = 1000;
 /// An hour at one sample every 10 s.
@@ -81,19 +82,36 @@ fn dashboard_group(
     group
 }
 
+/// The web crate's reads are async (they may go to a remote engine); the benches drive them
+/// on a runtime of the hub's kind.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = fleet_store(dir.path());
+    let store = Samples::Store(std::sync::Arc::new(fleet_store(dir.path())));
+    let runtime = runtime();
     let mut group = dashboard_group(c);
     group.bench_function("fleet summary, 1000 devices x 17 series, last hour", |b| {
         b.iter(|| {
-            let summary = outpost_web::summary::summarize(&store, END_MS, None).expect("summary");
+            let summary = runtime
+                .block_on(outpost_web::summary::summarize(&store, END_MS, None))
+                .expect("summary");
             assert_eq!(summary.len(), DEVICES);
         })
     });
     group.bench_function("one device's summary", |b| {
         b.iter(|| {
-            outpost_web::summary::summarize(&store, END_MS, Some("orin-0500")).expect("summary")
+            runtime
+                .block_on(outpost_web::summary::summarize(
+                    &store,
+                    END_MS,
+                    Some("orin-0500"),
+                ))
+                .expect("summary")
         })
     });
     let selector =
@@ -101,20 +119,21 @@ fn bench(c: &mut Criterion) {
             .expect("selector");
     group.bench_function("a chart: 8 series, 1 h, 1000 points", |b| {
         b.iter(|| {
-            outpost_web::range::answer(
-                &store,
-                &outpost_web::range::RangeQuery {
-                    selector: &selector,
-                    start_ms: END_MS - 3_600_000,
-                    end_ms: END_MS,
-                    step_ms: None,
-                    max_points: 1000,
-                    aggregation: Aggregation::Avg,
-                    limit_points: 11_000,
-                    limit_series: 500,
-                },
-            )
-            .expect("answer")
+            runtime
+                .block_on(outpost_web::range::answer(
+                    &store,
+                    &outpost_web::range::RangeQuery {
+                        selector: &selector,
+                        start_ms: END_MS - 3_600_000,
+                        end_ms: END_MS,
+                        step_ms: None,
+                        max_points: 1000,
+                        aggregation: Aggregation::Avg,
+                        limit_points: 11_000,
+                        limit_series: 500,
+                    },
+                ))
+                .expect("answer")
         })
     });
     group.finish();
@@ -296,35 +315,44 @@ fn day_store(dir: &std::path::Path) -> Store {
 
 const DAY_SECONDS: i64 = 86_400;
 
-fn range(store: &Store, matcher: &str, aggregation: &str, hours: i64) -> usize {
+fn range(
+    runtime: &tokio::runtime::Runtime,
+    store: &Samples,
+    matcher: &str,
+    aggregation: &str,
+    hours: i64,
+) -> usize {
     let selector = outpost_storage::Selector::parse(matcher)
         .expect("selector")
         .and_equal("instance", "orin-0001");
-    let answer = outpost_web::range::answer(
-        store,
-        &outpost_web::range::RangeQuery {
-            selector: &selector,
-            start_ms: END_MS - hours * 3_600_000,
-            end_ms: END_MS,
-            step_ms: None,
-            max_points: 1000,
-            aggregation: aggregation.parse().expect("aggregation"),
-            limit_points: 11_000,
-            limit_series: 500,
-        },
-    )
-    .expect("answer");
+    let answer = runtime
+        .block_on(outpost_web::range::answer(
+            store,
+            &outpost_web::range::RangeQuery {
+                selector: &selector,
+                start_ms: END_MS - hours * 3_600_000,
+                end_ms: END_MS,
+                step_ms: None,
+                max_points: 1000,
+                aggregation: aggregation.parse().expect("aggregation"),
+                limit_points: 11_000,
+                limit_series: 500,
+            },
+        ))
+        .expect("answer");
     answer.series.len()
 }
 
 fn device_page(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = day_store(dir.path());
+    let store = Samples::Store(std::sync::Arc::new(day_store(dir.path())));
+    let runtime = runtime();
     let mut group = dashboard_group(c);
     group.bench_function("range: one series, 24 h at 1 Hz, 1000 points", |b| {
         b.iter(|| {
             assert_eq!(
                 range(
+                    &runtime,
                     &store,
                     r#"jetson_engine_load_ratio{engine="GR3D"}"#,
                     "avg",
@@ -341,7 +369,9 @@ fn device_page(c: &mut Criterion) {
                 b.iter(|| {
                     let series: usize = DEVICE_PAGE
                         .iter()
-                        .map(|(matcher, aggregation)| range(&store, matcher, aggregation, hours))
+                        .map(|(matcher, aggregation)| {
+                            range(&runtime, &store, matcher, aggregation, hours)
+                        })
                         .sum();
                     // Not shown: the total CPU usage and the clocks of engines other than GR3D and EMC.
                     assert_eq!(series, 84, "series on the page");

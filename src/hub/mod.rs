@@ -322,6 +322,13 @@ async fn daemon(config: HubConfig) -> Result<()> {
     });
     let (stop_http, server) = serve_http(listener, &store, hub_fleet.clone(), &config);
     tracing::info!(listen = %config.hub.listen, %broker, embedded = config.mqtt.embedded, "hub started");
+    if config.remote_write.enabled() && config.remote_write.query_url.is_empty() {
+        tracing::warn!(
+            "remote_write.url is set and remote_write.query_url is not: the samples go to the \
+             engine only, so the dashboard's charts and /api/v1 reads find none; set query_url \
+             to the engine's query API (docs/scale.md)"
+        );
+    }
     let router = Router {
         fleet: config.hub.fleet.clone(),
         group: config.mqtt.shared_group.clone(),

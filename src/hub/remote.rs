@@ -31,7 +31,8 @@ pub struct RemoteWriteSection {
     /// The engine's remote_write URL; empty keeps the samples in the hub's own store.
     pub url: String,
     /// The root of the engine's Prometheus query API (`/api/v1/query` is under it), which
-    /// then answers the hub's `/api/v1` reads; empty: the hub's own store answers them.
+    /// then answers the hub's `/api/v1` reads and its dashboard's; empty: the hub's own store
+    /// answers them.
     pub query_url: String,
     /// Extra request headers: a tenant (`X-Scope-OrgID` for Mimir and Cortex, `THANOS-TENANT`
     /// for Thanos Receive).

@@ -111,7 +111,7 @@ pub(crate) fn reduce(points: &[(i64, Rollup)], aggregation: Aggregation) -> Vec<
 /// Reset-aware per-second rate in buckets of `step` ms over a sorted sample sequence. Each bucket
 /// sums the increases from every sample's predecessor (which may lie in an earlier bucket) to the
 /// sample; a bucket whose samples have no predecessor has no rate.
-pub(crate) fn rate(samples: &[(i64, f64)], step: i64) -> Vec<(i64, f64)> {
+pub fn rate(samples: &[(i64, f64)], step: i64) -> Vec<(i64, f64)> {
     let mut out: Vec<(i64, f64)> = Vec::new();
     for pair in samples.windows(2) {
         let (previous, (ts, value)) = (pair[0].1, pair[1]);

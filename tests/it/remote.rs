@@ -178,6 +178,10 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
     wait_until_shipped(&agent);
     agent.stop();
     the_hub_answers_prometheus_reads_from_the_engine(hub.http_port, engine.port);
+    let agent_store = dir.path().join("agent.redb");
+    let aged = dir.path().join("aged.redb");
+    let aged_span = rollups_in_the_engine(&aged, engine.port, "dev-a");
+    the_dashboard_reads_the_engine(hub.http_port, &agent_store, "dev-a", (&aged, aged_span));
     hub.stop();
 
     let selector = r#"{__name__=~"jetson_.*"}"#;
@@ -201,6 +205,284 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
         .map(|(_, p)| p.len())
         .sum();
     assert_eq!(local, 0, "samples in the hub's store");
+}
+
+/// The series that `rollups_in_the_engine` writes.
+const AGED: &str = "app_queue_depth";
+
+/// A device's history that reached the engine only as rollups (its raw samples were evicted
+/// by the byte budget before it could ship them): two hours of two series, 40 days old, made
+/// in a store of their own by `outpost db import`, whose minute and hour rollups go into the
+/// engine as the series that docs/scale.md names (`<name>:<figure>_1m`, `_1h`; the hub's
+/// `rollup_series` writes them so, unit-tested in src/hub/remote.rs). Returns the hours' span.
+fn rollups_in_the_engine(store: &Path, engine: u16, device: &str) -> (i64, i64) {
+    let hour = 3_600_000;
+    let start = (outpost::timearg::now_ms() - 40 * 86_400_000) / hour * hour;
+    let mut text = String::new();
+    for i in 0..720i64 {
+        for (queue, scale) in [("a", 1.0), ("b", 2.5)] {
+            let value = ((i * 7) % 13) as f64 * scale + 0.25;
+            text.push_str(&format!(
+                "{AGED}{{queue=\"{queue}\"}} {value} {}\n",
+                start + i * 10_000
+            ));
+        }
+    }
+    let file = store.with_file_name("aged.prom");
+    std::fs::write(&file, text).unwrap();
+    crate::agent::succeed(&mut crate::agent::outpost(&[
+        "db",
+        "import",
+        "--db",
+        store.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]));
+    let mut rollups = String::new();
+    for (step, tier) in [("1m", "1m"), ("1h", "1h")] {
+        for figure in ["min", "max", "sum", "count", "last"] {
+            for (key, points) in db_query(store, AGED, &["--step", step, "--fn", figure]) {
+                let key = outpost_storage::SeriesKey::parse(&key).unwrap();
+                let mut labels: Vec<String> = key
+                    .labels()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect();
+                labels.push(format!("instance={device:?}"));
+                for (bucket, value) in points_of(&points) {
+                    rollups.push_str(&format!(
+                        "{AGED}:{figure}_{tier}{{{}}} {value} {bucket}\n",
+                        labels.join(",")
+                    ));
+                }
+            }
+        }
+    }
+    let (status, body) = http(engine, "POST", "/api/v1/import/prometheus", &rollups);
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let (status, _) = http(engine, "GET", "/internal/force_flush", "");
+    assert_eq!(status, 200);
+    (start, start + 2 * hour - 1)
+}
+
+/// VictoriaMetrics shows samples stamped within a second or two of its present partly (what
+/// `-search.latencyOffset`, 30 s by default and 0 here, hides in production): a comparison
+/// starts once the newest sample is older than that.
+fn settle(newest: i64) {
+    wait_until(
+        "the newest samples to settle in the engine",
+        Duration::from_secs(30),
+        || (outpost::timearg::now_ms() > newest + 5_000).then_some(()),
+    );
+}
+
+/// `outpost db query`'s points as (timestamp, value).
+fn points_of(points: &[Value]) -> Vec<(i64, f64)> {
+    points
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), number(&p[1])))
+        .collect()
+}
+
+/// The hub's `/api/range` answer: series text (without `instance`) and its non-null points.
+fn dashboard_range(hub: u16, query: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+    let (status, body) = http(hub, "GET", &format!("/api/range?{query}"), "");
+    assert_eq!(status, 200, "{query}: {body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let mut labels: BTreeMap<String, String> =
+                serde_json::from_value(series["labels"].clone()).unwrap();
+            labels.remove("instance");
+            labels.insert("__name__".into(), series["name"].as_str().unwrap().into());
+            let points = series["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| !p[1].is_null())
+                .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+                .collect();
+            (canonical(&labels), points)
+        })
+        .collect()
+}
+
+/// The agent's own step answer (`outpost db query --step --fn`), keyed as `dashboard_range`.
+fn agent_steps(
+    store: &Path,
+    selector: &str,
+    step: &str,
+    function: &str,
+) -> BTreeMap<String, Vec<(i64, f64)>> {
+    db_query(store, selector, &["--step", step, "--fn", function])
+        .into_iter()
+        .map(|(key, points)| {
+            let key = outpost_storage::SeriesKey::parse(&key).unwrap();
+            let mut labels: BTreeMap<String, String> = key.labels().iter().cloned().collect();
+            labels.insert("__name__".into(), key.name().to_string());
+            (canonical(&labels), points_of(&points))
+        })
+        .collect()
+}
+
+fn assert_close(
+    ours: &BTreeMap<String, Vec<(i64, f64)>>,
+    theirs: &BTreeMap<String, Vec<(i64, f64)>>,
+    what: &str,
+) {
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (series, expected) in theirs {
+        let found = &ours[series];
+        assert_eq!(
+            found.len(),
+            expected.len(),
+            "{what} {series}: {found:?} vs {expected:?}"
+        );
+        for (a, b) in found.iter().zip(expected) {
+            assert_eq!(a.0, b.0, "{what} {series}");
+            assert!(
+                (a.1 - b.1).abs() <= 1e-9 * b.1.abs().max(1.0),
+                "{what} {series}: {a:?} vs {b:?} in {found:?} vs {expected:?}"
+            );
+        }
+    }
+}
+
+/// With remote storage, the dashboard's reads come from the engine: the hub's store holds no
+/// samples, yet its charts (`/api/range`, raw and from rollups), series listing and fleet
+/// summary equal what the agent's own store answers.
+fn the_dashboard_reads_the_engine(
+    hub: u16,
+    agent: &Path,
+    device: &str,
+    (aged, (start, end)): (&Path, (i64, i64)),
+) {
+    let selector = "jetson_temperature_celsius";
+    let raw: Vec<(i64, f64)> = db_query(agent, selector, &[])
+        .iter()
+        .flat_map(|(_, points)| points_of(points))
+        .collect();
+    let first = raw.iter().map(|p| p.0).min().unwrap();
+    let last = raw.iter().map(|p| p.0).max().unwrap();
+    settle(last);
+    for (step, function) in [
+        ("10s", "max"),
+        ("10s", "count"),
+        ("10s", "avg"),
+        ("1m", "last"),
+        ("1m", "min"),
+    ] {
+        let query = format!(
+            "device={device}&match={selector}&start={first}&end={last}&step={step}&fn={function}"
+        );
+        let theirs = agent_steps(agent, selector, step, function);
+        assert!(theirs.len() > 3, "{theirs:?}");
+        assert_close(&dashboard_range(hub, &query), &theirs, &query);
+    }
+    // A counter's rate, per 10 s and per minute, worked out from each bucket's last value.
+    let counter = "outpost_tegrastats_lines_total";
+    for step in ["10s", "1m"] {
+        let query =
+            format!("device={device}&match={counter}&start={first}&end={last}&step={step}&fn=rate");
+        let mut theirs = agent_steps(agent, counter, step, "rate");
+        if step == "10s" {
+            // The store counts the increases within a counter's first bucket too; the engine's
+            // rate needs the bucket before, which holds nothing.
+            for points in theirs.values_mut() {
+                points.remove(0);
+            }
+        }
+        assert!(theirs.values().all(|p| !p.is_empty()), "{theirs:?}");
+        assert_close(&dashboard_range(hub, &query), &theirs, &query);
+    }
+    // Rollups only: the engine holds `app_queue_depth:<figure>_1m` and `_1h`, and a chart of
+    // app_queue_depth over those hours reads them.
+    for (step, function) in [
+        ("1m", "max"),
+        ("1m", "avg"),
+        ("1m", "count"),
+        ("5m", "min"),
+        ("1h", "last"),
+        ("1h", "sum"),
+    ] {
+        let query = format!(
+            "device={device}&match={AGED}&start={start}&end={end}&step={step}&fn={function}"
+        );
+        let theirs = agent_steps(aged, AGED, step, function);
+        assert_eq!(theirs.len(), 2, "{theirs:?}");
+        assert_close(&dashboard_range(hub, &query), &theirs, &query);
+    }
+    // Without a step, the dashboard's default: raw is empty, the minute rollups answer.
+    let query =
+        format!("device={device}&match={AGED}&start={start}&end={end}&max_points=1000&fn=max");
+    assert_close(
+        &dashboard_range(hub, &query),
+        &agent_steps(aged, AGED, "1m", "max"),
+        &query,
+    );
+    // The listing has the aged series (known from their rollups) and the live ones, and no
+    // rollup series of its own.
+    let (status, body) = http(
+        hub,
+        "GET",
+        &format!("/api/series?device={device}&start=0"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let names: std::collections::BTreeSet<&str> = listed["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(AGED) && names.contains(selector),
+        "{names:?}"
+    );
+    assert!(names.iter().all(|n| !n.contains(':')), "{names:?}");
+    let mut agent_names: std::collections::BTreeSet<String> =
+        db_query(agent, r#"{__name__=~".+"}"#, &[])
+            .into_iter()
+            .map(|(key, _)| {
+                outpost_storage::SeriesKey::parse(&key)
+                    .unwrap()
+                    .name()
+                    .to_string()
+            })
+            .collect();
+    agent_names.insert(AGED.to_string());
+    assert_eq!(
+        names
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<std::collections::BTreeSet<_>>(),
+        agent_names
+    );
+    // The fleet table's temperature: the newest minute's hottest zone (each zone's minute mean).
+    let minutes = agent_steps(agent, selector, "1m", "avg");
+    let newest = minutes
+        .values()
+        .filter_map(|p| p.last())
+        .map(|p| p.0)
+        .max()
+        .unwrap();
+    let hottest = minutes
+        .values()
+        .flat_map(|p| p.iter().filter(|(t, _)| *t == newest).map(|(_, v)| *v))
+        .fold(f64::MIN, f64::max);
+    let (_, body) = http(hub, "GET", &format!("/api/devices/{device}"), "");
+    let record: Value = serde_json::from_str(&body).unwrap();
+    let current = record["summary"]["temperature"]["current"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{record}"));
+    assert!((current - hottest).abs() < 1e-9, "{current} vs {hottest}");
 }
 
 /// The hub's `/api/v1` reads, GET and POST, answered by the engine (`query_url`) after the
@@ -466,7 +748,7 @@ fn three_hubs_share_a_fleet_into_one_engine_through_a_killed_hub_and_an_engine_o
                     "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
                      username = \"{login}\"\npassword_file = \"{}\"\nshared_group = \"hubs\"\n\
                      [remote_write]\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\n\
-                     retry_for = \"2s\"\n",
+                     retry_for = \"2s\"\nquery_url = \"http://127.0.0.1:{vm_port}\"\n",
                     password.display()
                 ),
             )
@@ -552,6 +834,26 @@ fn three_hubs_share_a_fleet_into_one_engine_through_a_killed_hub_and_an_engine_o
     // dev-b's host metrics went the same way.
     let host = exported(engine.port, r#"node_cpu_seconds_total{instance="dev-b"}"#);
     assert!(!host.is_empty());
+    // Every hub's charts show every device's whole history, though each hub took a share.
+    let selector = "jetson_temperature_celsius";
+    for device in devices {
+        let store = root.join(device).join("agent.redb");
+        let theirs = agent_steps(&store, selector, "1m", "max");
+        let buckets = || theirs.values().flatten().map(|p| p.0);
+        let (first, last) = (buckets().min().unwrap(), buckets().max().unwrap());
+        let newest = db_query(&store, selector, &[])
+            .iter()
+            .flat_map(|(_, points)| points_of(points))
+            .map(|p| p.0)
+            .max()
+            .unwrap();
+        settle(newest);
+        let query =
+            format!("device={device}&match={selector}&start={first}&end={last}&step=1m&fn=max");
+        for hub in &hubs {
+            assert_close(&dashboard_range(hub.http_port, &query), &theirs, &query);
+        }
+    }
     for hub in hubs {
         hub.stop();
     }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Identity, Login, Role, SESSION_COOKIE};
 use crate::range::{self, RangeAnswer, RangeQuery};
+use crate::samples::blocking;
 use crate::{assets, summary, SilenceRequest, Web, WebError};
 
 impl IntoResponse for WebError {
@@ -29,6 +30,7 @@ impl IntoResponse for WebError {
             WebError::Store(_) | WebError::Config(_) | WebError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -309,15 +311,6 @@ async fn logout(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Runs a store read off the async thread: a long range query must not hold up MQTT.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, WebError> + Send + 'static,
-) -> Result<T, WebError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| WebError::Internal(format!("query task: {e}")))?
-}
-
 fn with_summary(device: crate::DeviceView, summary: &mut summary::Summary) -> Value {
     let found = summary.remove(&device.device).unwrap_or_default();
     let mut device = serde_json::to_value(device).expect("devices serialize");
@@ -383,20 +376,15 @@ fn cached_device_list(web: &Web, now: i64) -> Option<(i64, axum::body::Bytes)> {
 }
 
 async fn make_device_list(web: &Arc<Web>, now: i64) -> Result<axum::body::Bytes, WebError> {
-    let for_summary = web.clone();
-    let body = blocking(move || {
-        let mut summary = summary::summarize(&for_summary.store, now, None)?;
-        let devices: Vec<Value> = for_summary
-            .fleet
-            .devices()
-            .into_iter()
-            .map(|d| with_summary(d, &mut summary))
-            .collect();
-        Ok(axum::body::Bytes::from(
-            serde_json::to_vec(&devices).expect("device lists serialize"),
-        ))
-    })
-    .await?;
+    let mut summary = summary::summarize(&web.samples(), now, None).await?;
+    let devices: Vec<Value> = web
+        .fleet
+        .devices()
+        .into_iter()
+        .map(|d| with_summary(d, &mut summary))
+        .collect();
+    let body =
+        axum::body::Bytes::from(serde_json::to_vec(&devices).expect("device lists serialize"));
     *web.device_list.lock().expect("device list lock") = Some((now, body.clone()));
     Ok(body)
 }
@@ -408,10 +396,8 @@ async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<R
         .into_iter()
         .find(|d| d.device == id)
         .ok_or_else(|| WebError::NotFound(format!("no device {id:?}")))?;
-    let store = web.store.clone();
-    let name = id.clone();
     let now = web.fleet.now_ms();
-    let mut summary = blocking(move || summary::summarize(&store, now, Some(&name))).await?;
+    let mut summary = summary::summarize(&web.samples(), now, Some(&id)).await?;
     Ok(Json(with_summary(found, &mut summary)).into_response())
 }
 
@@ -420,7 +406,13 @@ struct SeriesParams {
     device: Option<String>,
     #[serde(rename = "match")]
     matcher: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
 }
+
+/// How far back a series listing from remote storage looks when no `start` is given. The
+/// store lists every series it holds; an engine is asked for a window, as its API wants.
+const ENGINE_SERIES_LOOKBACK_MS: i64 = 30 * 86_400_000;
 
 /// The selector of a request: `match` narrowed to `device`, or all of `device`'s series.
 fn selector(device: Option<&str>, matcher: Option<&str>) -> Answer<Selector> {
@@ -454,7 +446,13 @@ async fn series(
     Query(params): Query<SeriesParams>,
 ) -> Answer<Response> {
     let selector = selector(params.device.as_deref(), params.matcher.as_deref())?;
-    let found = web.store.series(&selector);
+    let (start, end) = window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        web.fleet.now_ms(),
+        ENGINE_SERIES_LOOKBACK_MS,
+    )?;
+    let found = web.samples().series(&selector, start, end).await?;
     if found.len() > MAX_LISTED_SERIES {
         return Err(WebError::BadRequest(format!(
             "the selector matches {} series, more than {MAX_LISTED_SERIES}; narrow it",
@@ -463,7 +461,7 @@ async fn series(
     }
     let list: Vec<Value> = found
         .iter()
-        .map(|(_, key)| {
+        .map(|key| {
             json!({
                 "series": key.to_string(),
                 "name": key.name(),
@@ -486,6 +484,20 @@ struct RangeParams {
     aggregation: Option<String>,
     max_points: Option<usize>,
     format: Option<String>,
+}
+
+/// A request's `start` and `end`: `end` defaults to now, `start` to `span` before `end`.
+fn window(start: Option<&str>, end: Option<&str>, now: i64, span: i64) -> Answer<(i64, i64)> {
+    let bad = |key: &str, e: String| WebError::BadRequest(format!("{key}: {e}"));
+    let end = match end {
+        Some(text) => parse_time(text, now).map_err(|e| bad("end", e))?,
+        None => now,
+    };
+    let start = match start {
+        Some(text) => parse_time(text, now).map_err(|e| bad("start", e))?,
+        None => end.saturating_sub(span),
+    };
+    Ok((start, end))
 }
 
 /// A time in a request: milliseconds since the epoch, `now`, or `now-15m` (s, m, h, d).
@@ -517,16 +529,13 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
 
 async fn range_answer(web: &Arc<Web>, params: RangeParams) -> Answer<RangeAnswer> {
     let selector = selector(params.device.as_deref(), params.matcher.as_deref())?;
-    let now = web.fleet.now_ms();
+    let (start, end) = window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        web.fleet.now_ms(),
+        3_600_000,
+    )?;
     let bad = |key: &str, e: String| WebError::BadRequest(format!("{key}: {e}"));
-    let end = match &params.end {
-        Some(text) => parse_time(text, now).map_err(|e| bad("end", e))?,
-        None => now,
-    };
-    let start = match &params.start {
-        Some(text) => parse_time(text, now).map_err(|e| bad("start", e))?,
-        None => end - 3_600_000,
-    };
     let step_ms = match &params.step {
         Some(text) if !text.is_empty() => Some(parse_duration(text).map_err(|e| bad("step", e))?),
         _ => None,
@@ -537,22 +546,19 @@ async fn range_answer(web: &Arc<Web>, params: RangeParams) -> Answer<RangeAnswer
         .unwrap_or("avg")
         .parse()
         .map_err(|e| bad("fn", e))?;
-    let web = web.clone();
-    blocking(move || {
-        range::answer(
-            &web.store,
-            &RangeQuery {
-                selector: &selector,
-                start_ms: start,
-                end_ms: end,
-                step_ms,
-                max_points: params.max_points.unwrap_or(1000),
-                aggregation,
-                limit_points: web.config.max_points,
-                limit_series: web.config.max_series,
-            },
-        )
-    })
+    range::answer(
+        &web.samples(),
+        &RangeQuery {
+            selector: &selector,
+            start_ms: start,
+            end_ms: end,
+            step_ms,
+            max_points: params.max_points.unwrap_or(1000),
+            aggregation,
+            limit_points: web.config.max_points,
+            limit_series: web.config.max_series,
+        },
+    )
     .await
 }
 

@@ -2,7 +2,8 @@
 //!
 //! [`router`] serves the fleet, device and alert pages (bundled from `frontend/` at build time
 //! and embedded, so the hub stays one file) and the `/api/...` endpoints, reading the hub's
-//! store. The crate depends on `outpost-storage` only: what it needs from the hub (the device
+//! store, or the engine that holds the fleet's samples (`samples`). The crate depends on
+//! `outpost-storage` only: what it needs from the hub (the device
 //! registry, the fleet's alerts, pushing a silence to a device, news of ingested data) it asks
 //! through the [`Fleet`] trait, which the binary implements. It never writes to the store.
 //!
@@ -14,6 +15,7 @@ mod assets;
 pub mod auth;
 pub mod prometheus;
 pub mod range;
+pub mod samples;
 pub mod summary;
 
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub enum WebError {
     Config(String),
     #[error("{0}")]
     Internal(String),
+    /// The remote storage's query API could not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A dashboard user: `[[web.users]]` in the hub config.
@@ -260,6 +265,19 @@ impl Web {
             device_list: std::sync::Mutex::new(None),
             device_list_maker: Arc::default(),
         })
+    }
+}
+
+impl Web {
+    /// Where the dashboard reads samples: the engine that holds the fleet's, or the store.
+    pub fn samples(&self) -> samples::Samples {
+        match self.fleet.query_engine() {
+            Some(api) => samples::Samples::Engine(samples::Engine {
+                api,
+                now_ms: self.fleet.now_ms(),
+            }),
+            None => samples::Samples::Store(self.store.clone()),
+        }
     }
 }
 

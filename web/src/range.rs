@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use outpost_storage::{Aggregation, Selector, Store};
+use outpost_storage::{Aggregation, Selector};
 use serde::Serialize;
 
+use crate::samples::Samples;
 use crate::WebError;
 
 /// Steps a range is reduced to, smallest first: whole seconds, minutes and hours, so that
@@ -77,7 +78,7 @@ pub struct RangeQuery<'a> {
     pub limit_series: usize,
 }
 
-pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError> {
+pub async fn answer(samples: &Samples, query: &RangeQuery<'_>) -> Result<RangeAnswer, WebError> {
     if query.end_ms < query.start_ms {
         return Err(WebError::BadRequest("end is before start".into()));
     }
@@ -87,7 +88,10 @@ pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError
             query.limit_points
         )));
     }
-    let series_count = store.series(query.selector).len();
+    let series_count = samples
+        .series(query.selector, query.start_ms, query.end_ms)
+        .await?
+        .len();
     if series_count > query.limit_series {
         return Err(WebError::BadRequest(format!(
             "the selector matches {series_count} series, more than the {} one request may return \
@@ -113,7 +117,7 @@ pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError
         }
         None => step_for(query.start_ms, query.end_ms, query.max_points),
     };
-    let mut found = query_at(store, query, step)?;
+    let mut found = query_at(samples, query, step).await?;
     // Raw data that the budget or retention dropped still has its rollups: a range whose raw
     // samples are gone is answered from the minute tier, then the hour tier.
     for coarser in [60_000, 3_600_000] {
@@ -121,7 +125,7 @@ pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError
             break;
         }
         step = coarser;
-        found = query_at(store, query, step)?;
+        found = query_at(samples, query, step).await?;
     }
     let series = found
         .into_iter()
@@ -149,18 +153,20 @@ pub fn answer(store: &Store, query: &RangeQuery) -> Result<RangeAnswer, WebError
     })
 }
 
-fn query_at(
-    store: &Store,
-    query: &RangeQuery,
+async fn query_at(
+    samples: &Samples,
+    query: &RangeQuery<'_>,
     step: i64,
 ) -> Result<Vec<outpost_storage::SeriesPoints>, WebError> {
-    Ok(store.query_step(
-        query.selector,
-        query.start_ms,
-        query.end_ms,
-        step,
-        query.aggregation,
-    )?)
+    samples
+        .query_step(
+            query.selector,
+            query.start_ms,
+            query.end_ms,
+            step,
+            query.aggregation,
+        )
+        .await
 }
 
 /// The buckets that hold data, with a null inserted after every bucket that is followed by a
@@ -225,14 +231,15 @@ mod tests {
 
     /// `end - start` once wrapped around for a range to `i64::MAX`, so that a 1 ms step over it
     /// passed the points bound.
-    #[test]
-    fn absurd_ranges_are_refused_by_the_points_bound() {
+    #[tokio::test]
+    async fn absurd_ranges_are_refused_by_the_points_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = outpost_storage::Store::open(
             dir.path().join("s.redb"),
             outpost_storage::Options::default(),
         )
         .unwrap();
+        let samples = Samples::Store(std::sync::Arc::new(store));
         let selector = Selector::parse("up").unwrap();
         for (start_ms, end_ms) in [(0, i64::MAX), (i64::MIN, i64::MAX), (i64::MIN, 0)] {
             let query = RangeQuery {
@@ -245,7 +252,7 @@ mod tests {
                 limit_points: 11_000,
                 limit_series: 100,
             };
-            let refused = answer(&store, &query);
+            let refused = answer(&samples, &query).await;
             assert!(
                 matches!(refused, Err(WebError::BadRequest(_))),
                 "{start_ms}..{end_ms}"

@@ -4,21 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use outpost_storage::{Aggregation, Selector, Store};
+use outpost_storage::Selector;
 use serde::Serialize;
 
+use crate::samples::{Combine, PerInstance, Samples};
 use crate::WebError;
 
 const MINUTE_MS: i64 = 60_000;
 /// Sparklines cover the last hour.
 pub const SPARKLINE_POINTS: usize = 60;
-
-#[derive(Clone, Copy)]
-enum Combine {
-    Mean,
-    Max,
-    Sum,
-}
 
 enum Source {
     Single(&'static str, Combine),
@@ -94,52 +88,27 @@ pub struct Column {
 pub type Summary = BTreeMap<String, BTreeMap<&'static str, Column>>;
 
 /// Per device, per minute bucket: the combined value of a selector's series.
-fn per_device(
-    store: &Store,
+async fn per_device(
+    samples: &Samples,
     device: Option<&str>,
     selector: &str,
     combine: Combine,
     from: i64,
     to: i64,
-) -> Result<BTreeMap<String, BTreeMap<i64, f64>>, WebError> {
+) -> Result<PerInstance, WebError> {
     let mut selector = Selector::parse(selector).expect("the built-in selectors parse");
     if let Some(device) = device {
         selector = selector.and_equal("instance", device);
     }
-    let mut sums: BTreeMap<String, BTreeMap<i64, (f64, u32)>> = BTreeMap::new();
-    for series in store.query_step(&selector, from, to, MINUTE_MS, Aggregation::Avg)? {
-        let device = series.series.label("instance").to_string();
-        let buckets = sums.entry(device).or_default();
-        for (bucket, value) in series.points {
-            if !value.is_finite() {
-                continue;
-            }
-            let slot = buckets.entry(bucket).or_insert((f64::NAN, 0));
-            slot.0 = match (combine, slot.1) {
-                (_, 0) => value,
-                (Combine::Max, _) => slot.0.max(value),
-                (Combine::Mean | Combine::Sum, _) => slot.0 + value,
-            };
-            slot.1 += 1;
-        }
-    }
-    Ok(sums
-        .into_iter()
-        .map(|(device, buckets)| {
-            let values = buckets
-                .into_iter()
-                .map(|(bucket, (value, count))| match combine {
-                    Combine::Mean => (bucket, value / f64::from(count)),
-                    _ => (bucket, value),
-                })
-                .collect();
-            (device, values)
-        })
-        .collect())
+    samples.per_instance(&selector, combine, from, to).await
 }
 
 /// Every device's columns over the hour before `now_ms`, or only `device`'s.
-pub fn summarize(store: &Store, now_ms: i64, device: Option<&str>) -> Result<Summary, WebError> {
+pub async fn summarize(
+    samples: &Samples,
+    now_ms: i64,
+    device: Option<&str>,
+) -> Result<Summary, WebError> {
     let last = now_ms - now_ms.rem_euclid(MINUTE_MS);
     let first = last - (SPARKLINE_POINTS as i64 - 1) * MINUTE_MS;
     let mut out = Summary::new();
@@ -147,10 +116,11 @@ pub fn summarize(store: &Store, now_ms: i64, device: Option<&str>) -> Result<Sum
         for source in *sources {
             let values = match source {
                 Source::Single(selector, combine) => {
-                    per_device(store, device, selector, *combine, first, now_ms)?
+                    per_device(samples, device, selector, *combine, first, now_ms).await?
                 }
                 Source::Percent(selector, combine) => {
-                    let mut values = per_device(store, device, selector, *combine, first, now_ms)?;
+                    let mut values =
+                        per_device(samples, device, selector, *combine, first, now_ms).await?;
                     for buckets in values.values_mut() {
                         for value in buckets.values_mut() {
                             *value /= 100.0;
@@ -159,9 +129,11 @@ pub fn summarize(store: &Store, now_ms: i64, device: Option<&str>) -> Result<Sum
                     values
                 }
                 Source::Ratio(numerator, denominator) => {
-                    let top = per_device(store, device, numerator, Combine::Sum, first, now_ms)?;
+                    let top =
+                        per_device(samples, device, numerator, Combine::Sum, first, now_ms).await?;
                     let bottom =
-                        per_device(store, device, denominator, Combine::Sum, first, now_ms)?;
+                        per_device(samples, device, denominator, Combine::Sum, first, now_ms)
+                            .await?;
                     top.into_iter()
                         .filter_map(|(device, buckets)| {
                             let totals = bottom.get(&device)?;
