@@ -395,6 +395,7 @@ fn fleet_state(config: &HubConfig, store: &Store) -> (Arc<Devices>, Arc<Mutex<Re
     devices.reload_if_changed();
     let mut registry = Registry::load(store);
     registry.stale_after = config.hub.stale_after.0;
+    registry.counts_from_acks = !config.mqtt.shared_group.is_empty();
     (devices, Arc::new(Mutex::new(registry)))
 }
 
@@ -618,7 +619,8 @@ impl Router {
             // The other hubs' acks say when each device's data last arrived, so that every
             // hub of the group tells online from stale alike.
             let acks = topic::fleet_filter(fleet, Kind::Ack, None);
-            let _ = self.client.try_subscribe(acks, QoS::AtMostOnce);
+            // At least once: a lost ack would leave this hub's counts short of the others'.
+            let _ = self.client.try_subscribe(acks, QoS::AtLeastOnce);
         }
         tracing::info!("connected to the broker; subscribed to the fleet's topics");
     }
@@ -653,8 +655,8 @@ impl Router {
         Ok(())
     }
 
-    /// An ack a hub of the group sent (this one's too): the device's data arrived now. Verified
-    /// with the device's key, as the device verifies it.
+    /// An ack a hub of the group sent (this one's too): the device's data arrived now, and the
+    /// batch counts. Verified with the device's key, as the device verifies it.
     fn acked(&self, device: &str, payload: &[u8]) {
         let Some(key) = self.hub_fleet.devices.get().key(device) else {
             return;
@@ -665,6 +667,7 @@ impl Router {
         if matches!(ack.status, AckStatus::Stored { .. }) {
             let mut registry = self.hub_fleet.registry.lock().expect("registry lock");
             registry.data_arrived(device, outpost::timearg::now_ms());
+            registry.ack_counted(device, &ack);
         }
     }
 

@@ -100,7 +100,17 @@ pub struct Registry {
     store_write_errors: u64,
     /// Batches the remote storage did not take within `retry_for`: left to their devices.
     remote_write_errors: u64,
+    /// Hubs on a shared subscription count batches from the acks that all of them read, not
+    /// from the batches each one took, so that every hub shows the fleet's counts.
+    pub counts_from_acks: bool,
+    /// Per device, the acks already counted (epoch, sequence number, duplicate), so that an
+    /// ack delivered twice counts once: the recent ones only (`COUNTED_ACKS_KEPT`).
+    counted_acks: BTreeMap<String, (u64, std::collections::BTreeSet<(u64, bool)>)>,
 }
+
+/// How many sequence numbers back an ack is still recognised as counted. An ack delivered
+/// again comes with the broker's in-flight window, far fewer.
+const COUNTED_ACKS_KEPT: u64 = 4096;
 
 /// A metric family of `/metrics`: name, type, help, and the value per device.
 type Family = (
@@ -179,8 +189,8 @@ impl Registry {
         ),
         now: i64,
     ) {
+        let counts_from_acks = self.counts_from_acks;
         let record = self.record(device);
-        record.batches += 1;
         record.last_data_ms = Some(now);
         record.clock_corrected_samples += clock_corrected;
         record.implausible_samples += implausible;
@@ -191,11 +201,49 @@ impl Registry {
         record.sync_lag_ms = header
             .oldest_unacked_ms
             .map(|oldest| (header.sent_wall_ms - oldest).max(0));
-        if let AckStatus::Stored { samples, duplicate } = status {
-            record.samples += samples;
-            if *duplicate {
-                record.duplicate_batches += 1;
+        if !counts_from_acks {
+            record.batches += 1;
+            if let AckStatus::Stored { samples, duplicate } = status {
+                record.samples += samples;
+                if *duplicate {
+                    record.duplicate_batches += 1;
+                }
             }
+        }
+    }
+
+    /// A hub of the shared group (this one too) stored a batch of `device` and acknowledged
+    /// it: counted once however often the broker hands the ack over (`counts_from_acks`).
+    pub fn ack_counted(&mut self, device: &str, ack: &outpost_sync::Ack) {
+        let AckStatus::Stored { samples, duplicate } = ack.status else {
+            return;
+        };
+        if !self.counts_from_acks {
+            return;
+        }
+        let (epoch, seen) = self.counted_acks.entry(device.to_string()).or_default();
+        if *epoch != ack.epoch {
+            if ack.epoch < *epoch {
+                return;
+            }
+            *epoch = ack.epoch;
+            seen.clear();
+        }
+        if seen
+            .first()
+            .is_some_and(|(oldest, _)| ack.seq < *oldest && seen.len() as u64 >= COUNTED_ACKS_KEPT)
+            || !seen.insert((ack.seq, duplicate))
+        {
+            return;
+        }
+        while seen.len() as u64 > COUNTED_ACKS_KEPT {
+            seen.pop_first();
+        }
+        let record = self.record(device);
+        record.batches += 1;
+        record.samples += samples;
+        if duplicate {
+            record.duplicate_batches += 1;
         }
     }
 
@@ -260,7 +308,7 @@ impl Registry {
     }
 
     /// Another hub of the shared group took a batch of `device` at `now`: its data flows, as
-    /// this hub would know had the broker handed the batch here. Counts stay this hub's own.
+    /// this hub would know had the broker handed the batch here. (Its counts: `ack_counted`.)
     pub fn data_arrived(&mut self, device: &str, now: i64) {
         let record = self.record(device);
         record.last_data_ms = Some(record.last_data_ms.map_or(now, |at| at.max(now)));
@@ -509,14 +557,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_hubs_count_each_acknowledged_batch_once() {
+        let ack = |epoch, seq, samples, duplicate| outpost_sync::Ack {
+            device: "d".into(),
+            epoch,
+            seq,
+            status: AckStatus::Stored { samples, duplicate },
+        };
+        let mut registry = Registry {
+            counts_from_acks: true,
+            ..Registry::default()
+        };
+        for (epoch, seq, samples, duplicate) in [
+            (1, 1, 10, false),
+            (1, 2, 20, false),
+            (1, 1, 10, false), // the broker handed it over again
+            (1, 2, 0, true),   // a resend, acknowledged as a duplicate
+            (1, 2, 0, true),
+            (0, 9, 5, false), // an older epoch's, late
+            (2, 1, 7, false), // the device's store started over
+        ] {
+            registry.ack_counted("d", &ack(epoch, seq, samples, duplicate));
+        }
+        let record = &registry.devices["d"];
+        assert_eq!(
+            (record.batches, record.samples, record.duplicate_batches),
+            (4, 37, 1)
+        );
+        // A batch this hub took itself is counted from its ack, not twice.
+        let header = BatchHeader {
+            device: "d".into(),
+            epoch: 2,
+            seq: 2,
+            boot_id: String::new(),
+            sent_wall_ms: 0,
+            sent_uptime_ms: 0,
+            oldest_unacked_ms: None,
+            body_bytes: 0,
+            clock_steps: Vec::new(),
+        };
+        let stored = AckStatus::Stored {
+            samples: 3,
+            duplicate: false,
+        };
+        registry.batch("d", (&header, &stored, (0, 0), 2), 1_000);
+        registry.ack_counted("d", &ack(2, 2, 3, false));
+        assert_eq!(registry.devices["d"].batches, 5);
+        assert_eq!(registry.devices["d"].samples, 40);
+        // A hub alone counts the batches it takes, and no acks.
+        let mut alone = Registry::default();
+        alone.batch("d", (&header, &stored, (0, 0), 2), 1_000);
+        alone.ack_counted("d", &ack(2, 3, 3, false));
+        assert_eq!(alone.devices["d"].batches, 1);
+        assert_eq!(alone.devices["d"].samples, 3);
+        // However many acks, the memory of them is bounded.
+        for seq in 10..10 + 2 * COUNTED_ACKS_KEPT {
+            registry.ack_counted("d", &ack(2, seq, 1, false));
+        }
+        assert_eq!(registry.counted_acks["d"].1.len() as u64, COUNTED_ACKS_KEPT);
+    }
+
+    #[test]
     fn an_offline_status_followed_by_data_does_not_hide_a_connected_device() {
         let mut registry = Registry {
-            devices: BTreeMap::new(),
             stale_after: Duration::from_secs(60),
-            changed: false,
-            last_logged: BTreeMap::new(),
-            store_write_errors: 0,
-            remote_write_errors: 0,
+            ..Registry::default()
         };
         let offline_after = Duration::from_secs(300);
         let record = registry.record("dev-b");

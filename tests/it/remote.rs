@@ -815,6 +815,38 @@ fn three_hubs_share_a_fleet_into_one_engine_through_a_killed_hub_and_an_engine_o
             assert_eq!(record["state"], "online", "{device}: {listed}");
         }
     }
+    // And with the same counts: each hub counts the batches from the acks that all of them
+    // read, its own among them, so the fleet's totals, not its share.
+    let counts = |hub: &Hub| -> Vec<(u64, u64, u64)> {
+        let listed = hub.devices();
+        devices
+            .iter()
+            .map(|device| {
+                let record = crate::sync::device_record(&listed, device).unwrap();
+                let count = |field: &str| record[field].as_u64().unwrap();
+                (
+                    count("batches"),
+                    count("samples"),
+                    count("duplicate_batches"),
+                )
+            })
+            .collect()
+    };
+    let agreed = wait_until("the hubs to count alike", Duration::from_secs(30), || {
+        let all: Vec<_> = hubs.iter().map(counts).collect();
+        all.windows(2).all(|w| w[0] == w[1]).then(|| all[0].clone())
+    });
+    for ((name, agent), (batches, samples, _)) in agents.iter().zip(&agreed) {
+        let metrics = agent.metrics();
+        let confirmed = metric_value(&metrics, "outpost_sync_confirmed_samples_total").unwrap();
+        // At least what the device had confirmed: a batch that the killed hub stored and
+        // acknowledged, whose ack the device never got, was stored again by another hub.
+        assert!(
+            *samples as f64 >= confirmed,
+            "{name}: {agreed:?} {confirmed}"
+        );
+        assert!(*batches > 0, "{name}");
+    }
     let selector = r#"{__name__=~"jetson_.*"}"#;
     let held = exported(engine.port, selector);
     let mut points = 0;
