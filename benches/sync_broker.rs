@@ -54,18 +54,7 @@ impl Hub {
     /// With `args` after `hub` (`--config FILE`).
     fn start_with(dir: &Path, devices: &[String], args: &[&str]) -> (Hub, u16) {
         let outpost = env!("CARGO_BIN_EXE_outpost");
-        let devices_file = dir.join("devices.toml");
-        for device in devices {
-            let status = Command::new(outpost)
-                .args(["hub", "--devices-file"])
-                .arg(&devices_file)
-                .args(["device", "add", device, "--out"])
-                .arg(dir)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "enrolling {device}");
-        }
+        let devices_file = enrol(dir, devices);
         let (http, mqtt) = (free_port(), free_port());
         let mut child = Command::new(outpost)
             .args(["--log", "warn", "hub", "--devices-file"])
@@ -90,6 +79,92 @@ impl Hub {
         let _ = child.wait();
         panic!("the hub's broker did not come up");
     }
+}
+
+/// Enrols `devices` in `dir/devices.toml` (their keys and passwords beside it).
+fn enrol(dir: &Path, devices: &[String]) -> std::path::PathBuf {
+    let devices_file = dir.join("devices.toml");
+    for device in devices {
+        let status = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["hub", "--devices-file"])
+            .arg(&devices_file)
+            .args(["device", "add", device, "--out"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "enrolling {device}");
+    }
+    devices_file
+}
+
+impl Hub {
+    /// Hub number `n` on an external broker at `mqtt`, one of a shared group when `shared`,
+    /// with `remote_write` in its config: once it has subscribed to the fleet's topics.
+    fn on_broker(dir: &Path, n: usize, mqtt: u16, shared: bool, remote_write: &str) -> Hub {
+        let config = dir.join(format!("hub-{n}.toml"));
+        let group = if shared {
+            "shared_group = \"hubs\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:{mqtt}\"\n\
+                 username = \"outpost-hub-{n}\"\n{group}[remote_write]\n{remote_write}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["--log", "info", "hub", "--devices-file"])
+            .arg(dir.join("devices.toml"))
+            .arg("--store")
+            .arg(dir.join(format!("hub-{n}.redb")))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--config",
+            ])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("hub-{n}.log"))).unwrap())
+            .spawn()
+            .expect("outpost hub starts");
+        let hub = Hub(child);
+        let log = dir.join(format!("hub-{n}.log"));
+        for _ in 0..400 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("subscribed to the fleet's topics") {
+                return hub;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("hub {n} did not subscribe: {}", log.display());
+    }
+}
+
+/// Mosquitto for hubs that share the batches: anonymous on loopback (the bench measures the
+/// data path, not the ACL, which tests/it/sync.rs checks), with the queue that
+/// config/mosquitto.conf gives a hub, so that its share of thousands of batches in flight waits
+/// rather than drops.
+fn mosquitto(dir: &Path) -> (Peer, u16) {
+    let port = free_port();
+    let config = dir.join("mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\n"
+        ),
+    )
+    .unwrap();
+    let args = ["-c".to_string(), config.to_str().unwrap().to_string()];
+    (
+        Peer::start("mosquitto", &args, port, &dir.join("mosquitto.log")),
+        port,
+    )
 }
 
 impl Drop for Hub {
@@ -306,7 +381,7 @@ fn ingest() {
     let count = 100;
     let names: Vec<String> = (0..count).map(|d| format!("dev-{d:03}")).collect();
     let (_hub, mqtt) = Hub::start(dir.path(), &names);
-    let template = hour_batches(dir.path(), usize::MAX);
+    let template = hour_batches(dir.path(), usize::MAX, false);
     let (batches, samples, elapsed) = ship_fleet(dir.path(), &names, mqtt, &template);
     println!(
         "ingest: {count} devices over their own MQTT connections, {batches} batches, {samples} samples stored and acknowledged in {elapsed:.1} s: {:.2} M samples/s",
@@ -316,10 +391,18 @@ fn ingest() {
 
 /// The hour of host data as 10 s batches (at most `limit`), once: each device re-signs them
 /// under its own id and key, as building a store per device would only time the agents.
-fn hour_batches(dir: &Path, limit: usize) -> Vec<Batch> {
+fn hour_batches(dir: &Path, limit: usize, self_contained: bool) -> Vec<Batch> {
     let template_key = DeviceKey::new(vec![7; 32]).unwrap();
     let agent = Store::open(dir.join("agent.redb"), common::agent_options()).unwrap();
-    let mut outbox = common::outbox(&agent, "template", &template_key);
+    let mut outbox = if self_contained {
+        let options = outpost_sync::outbox::OutboxOptions {
+            self_contained: true,
+            ..Default::default()
+        };
+        Outbox::open(&agent, "template", template_key.clone(), "boot", options).unwrap()
+    } else {
+        common::outbox(&agent, "template", &template_key)
+    };
     let mut template = Vec::new();
     let rows = common::host_rows();
     common::write_in_slices(&agent, &rows, 10_000, || {
@@ -521,24 +604,49 @@ fn remote() {
         vm_port,
         &dir.path().join("vm.log"),
     );
-    let config = dir.path().join("hub.toml");
-    std::fs::write(
-        &config,
-        format!("[remote_write]\nurl = \"http://127.0.0.1:{vm_port}/api/v1/write\"\n"),
-    )
-    .unwrap();
-    let (hub, mqtt) = Hub::start_with(dir.path(), &names, &["--config", config.to_str().unwrap()]);
-    let template = hour_batches(dir.path(), minutes * 6);
+    let remote_write = format!("url = \"http://127.0.0.1:{vm_port}/api/v1/write\"\n");
+    let hub_count: usize = std::env::var("HUBS").map_or(1, |v| v.parse().unwrap());
+    let on_mosquitto = hub_count > 1 || std::env::var("BROKER").is_ok_and(|b| b == "mosquitto");
+    let (broker, hubs, mqtt) = if on_mosquitto {
+        enrol(dir.path(), &names);
+        let (broker, port) = mosquitto(dir.path());
+        let hubs: Vec<Hub> = (1..=hub_count)
+            .map(|n| Hub::on_broker(dir.path(), n, port, hub_count > 1, &remote_write))
+            .collect();
+        (Some(broker), hubs, port)
+    } else {
+        let config = dir.path().join("hub.toml");
+        std::fs::write(&config, format!("[remote_write]\n{remote_write}")).unwrap();
+        let (hub, port) =
+            Hub::start_with(dir.path(), &names, &["--config", config.to_str().unwrap()]);
+        (None, vec![hub], port)
+    };
+    // Hubs sharing the batches cannot rely on an earlier batch's series definitions.
+    let template = hour_batches(dir.path(), minutes * 6, hub_count > 1);
     let inserted = |port| vm_counter(port, "vm_rows_inserted_total{type=\"promremotewrite\"}");
-    let (cpu_before, _) = cpu_and_peak(hub.0.id());
+    let cpu_of = |hubs: &[Hub]| -> (f64, Vec<f64>) {
+        let each: Vec<(f64, f64)> = hubs.iter().map(|hub| cpu_and_peak(hub.0.id())).collect();
+        (
+            each.iter().map(|e| e.0).sum(),
+            each.iter().map(|e| e.1).collect(),
+        )
+    };
+    let (cpu_before, _) = cpu_of(&hubs);
+    let broker_before = broker.as_ref().map(|b| cpu_and_peak(b.0.id()).0);
     let (batches, samples, elapsed) = ship_fleet(dir.path(), &names, mqtt, &template);
-    let (cpu_after, hub_peak) = cpu_and_peak(hub.0.id());
+    let (cpu_after, hub_peaks) = cpu_of(&hubs);
+    let broker_cpu = broker
+        .as_ref()
+        .zip(broker_before)
+        .map(|(b, before)| cpu_and_peak(b.0.id()).0 - before);
     let hub_cpu = cpu_after - cpu_before;
+    let hub_peak = hub_peaks.iter().copied().fold(0.0, f64::max);
     assert!(
         inserted(vm_port) >= samples as f64,
         "the engine has fewer rows than were acknowledged"
     );
-    drop(hub);
+    drop(hubs);
+    drop(broker);
 
     // The same samples as remote_write requests, under the same `instance` labels.
     // Series are defined in the first batch that carries them.
@@ -594,9 +702,21 @@ fn remote() {
     let (cpu_after, vmagent_peak) = cpu_and_peak(vmagent.0.id());
     let vmagent_cpu = cpu_after - cpu_before;
     let millions = samples as f64 / 1e6;
+    let through = if on_mosquitto {
+        format!("{hub_count} hub(s) on Mosquitto")
+    } else {
+        "one hub, its embedded broker".into()
+    };
     println!(
-        "remote: {count} devices, {batches} batches, {samples} samples from MQTT to the engine's 2xx"
+        "remote: {count} devices, {batches} batches, {samples} samples from MQTT to the engine's \
+         2xx, {through}; peak RSS is the largest hub's"
     );
+    if let Some(cpu) = broker_cpu {
+        println!(
+            "Mosquitto: {cpu:.1} CPU s ({:.2} per M samples)",
+            cpu / (samples as f64 / 1e6)
+        );
+    }
     println!("| forwarder | wall s | M samples/s | CPU s | CPU s per M samples | peak RSS MiB |");
     println!("| --- | --- | --- | --- | --- | --- |");
     println!(

@@ -100,6 +100,8 @@ pub struct Registry {
     store_write_errors: u64,
     /// Batches the remote storage did not take within `retry_for`: left to their devices.
     remote_write_errors: u64,
+    /// Batches this hub took itself, of any device: its share of a shared group's load.
+    taken_batches: u64,
     /// Hubs on a shared subscription count batches from the acks that all of them read, not
     /// from the batches each one took, so that every hub shows the fleet's counts.
     pub counts_from_acks: bool,
@@ -190,6 +192,7 @@ impl Registry {
         now: i64,
     ) {
         let counts_from_acks = self.counts_from_acks;
+        self.taken_batches += 1;
         let record = self.record(device);
         record.last_data_ms = Some(now);
         record.clock_corrected_samples += clock_corrected;
@@ -489,6 +492,7 @@ impl Registry {
                 "outpost_hub_remote_write_errors_total",
                 self.remote_write_errors,
             ),
+            ("outpost_hub_taken_batches_total", self.taken_batches),
         ]
         .into_iter()
         .filter_map(|(name, value)| {
@@ -529,6 +533,11 @@ impl Registry {
             text,
             "# HELP outpost_hub_remote_write_errors_total Batches the remote storage did not take within remote_write.retry_for; not acknowledged, so the devices resend them.\n# TYPE outpost_hub_remote_write_errors_total counter\noutpost_hub_remote_write_errors_total {}",
             self.remote_write_errors
+        );
+        let _ = writeln!(
+            text,
+            "# HELP outpost_hub_taken_batches_total Batches this hub took itself, of every device (with a shared group, its share; the per-device counts are the group's).\n# TYPE outpost_hub_taken_batches_total counter\noutpost_hub_taken_batches_total {}",
+            self.taken_batches
         );
         text
     }

@@ -1352,7 +1352,7 @@ fn two_hubs_in_a_shared_group_split_the_batches_and_together_hold_everything() {
         .map(|hub| {
             let (status, metrics) = http(hub.http_port, "GET", "/metrics", "");
             assert_eq!(status, 200);
-            metric_value(&metrics, r#"outpost_hub_batches_total{instance="dev-a"}"#).unwrap_or(0.0)
+            metric_value(&metrics, "outpost_hub_taken_batches_total").unwrap_or(0.0)
         })
         .collect();
     for hub in &hubs {
