@@ -9,7 +9,7 @@ use outpost_storage::{Options, Store, WriteBatch};
 
 use crate::alerting::pack::{join_errors, parse_pack, AGENT_PACK, HUB_PACK};
 use outpost::alert::engine::{AlertMessage, Engine, EngineOptions, State};
-use outpost::alert::rules::{self, Rule};
+use outpost::alert::rules::{self, Rule, RuleSet};
 use outpost::alert::schedule::Silences;
 
 #[derive(Debug, Subcommand)]
@@ -20,6 +20,20 @@ pub enum RulesCommand {
         /// hub's.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Print rules as a Prometheus rule file (YAML), for Prometheus, vmalert or Outpost.
+    ///
+    /// Expressions, `for`, `keep_firing_for`, labels and annotations carry over; what
+    /// Prometheus rules cannot say (clear thresholds, cooldowns, reminders, escalation,
+    /// channels) does not.
+    Export {
+        /// Rule files or directories; `default` for the agent's built-in pack, `hub` for the
+        /// hub's.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The rule group's name.
+        #[arg(long, default_value = "outpost")]
+        group: String,
     },
     /// Evaluate rules against a store's history and print what would fire.
     ///
@@ -53,30 +67,31 @@ pub enum RulesCommand {
     },
 }
 
-fn load_files(files: &[PathBuf]) -> Result<Vec<Rule>> {
-    let mut all = Vec::new();
+fn load_files(files: &[PathBuf]) -> Result<RuleSet> {
+    let mut all = RuleSet::default();
     let mut paths = Vec::new();
     for file in files {
         if file.as_os_str() == "default" {
-            all.extend(parse_pack(AGENT_PACK)?);
+            all.alerting.extend(parse_pack(AGENT_PACK)?);
         } else if file.as_os_str() == "hub" {
-            all.extend(parse_pack(HUB_PACK)?);
+            all.alerting.extend(parse_pack(HUB_PACK)?);
         } else {
             paths.push(file.clone());
         }
     }
     match rules::load(&paths) {
         Ok(loaded) => {
-            for rule in loaded {
-                if all.iter().any(|r: &Rule| r.name == rule.name) {
+            for rule in loaded.alerting {
+                if all.alerting.iter().any(|r: &Rule| r.name == rule.name) {
                     bail!(
                         "{}: rule {}: name: also defined in the built-in pack",
                         rule.file.display(),
                         rule.name
                     );
                 }
-                all.push(rule);
+                all.alerting.push(rule);
             }
+            all.recording.extend(loaded.recording);
             Ok(all)
         }
         Err(errors) => bail!(join_errors(&errors)),
@@ -87,7 +102,19 @@ pub fn run(command: RulesCommand) -> Result<std::process::ExitCode> {
     match command {
         RulesCommand::Check { files } => {
             let rules = load_files(&files)?;
-            println!("{} rules are valid", rules.len());
+            if rules.recording.is_empty() {
+                println!("{} rules are valid", rules.alerting.len());
+            } else {
+                println!(
+                    "{} alerting and {} recording rules are valid",
+                    rules.alerting.len(),
+                    rules.recording.len()
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        RulesCommand::Export { files, group } => {
+            print!("{}", export(&files, &group)?);
             Ok(std::process::ExitCode::SUCCESS)
         }
         RulesCommand::Test {
@@ -125,6 +152,27 @@ pub fn run(command: RulesCommand) -> Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// The Prometheus rule file of `files`.
+pub fn export(files: &[PathBuf], group: &str) -> Result<String> {
+    let rules = load_files(files)?;
+    if !rules.recording.is_empty() {
+        bail!("the files hold recording rules: they are Prometheus rules already");
+    }
+    let source: Vec<String> = files
+        .iter()
+        .map(|f| match f.to_str() {
+            Some("default") => "config/rules.toml".to_string(),
+            Some("hub") => "config/hub-rules.toml".to_string(),
+            _ => f.display().to_string(),
+        })
+        .collect();
+    Ok(crate::alerting::prometheus::rules_yaml(
+        &rules.alerting,
+        group,
+        &source.join(", "),
+    ))
 }
 
 fn print_message(message: &AlertMessage, json: bool) {
@@ -171,7 +219,7 @@ pub struct TestResult {
 /// (timestamp, key index, value).
 #[allow(clippy::type_complexity)] // two parallel lists, named where they are used
 fn selected_history(
-    rules: &[Rule],
+    rules: &RuleSet,
     db: &Path,
 ) -> Result<(Vec<outpost_storage::SeriesKey>, Vec<(i64, usize, f64)>)> {
     if !db.exists() {
@@ -188,12 +236,14 @@ fn selected_history(
     let mut points: Vec<(i64, usize, f64)> = Vec::new();
     let mut keys = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for rule in rules {
-        let selectors = std::iter::once(&rule.select)
-            .chain(rule.divide_by.as_ref().map(|d| &d.0.select))
-            .chain(rule.when.as_ref().map(|w| &w.side.select));
-        for selector in selectors {
-            for series in data.query_raw(selector, i64::MIN / 4, i64::MAX / 4)? {
+    let watches = rules
+        .alerting
+        .iter()
+        .flat_map(Rule::watches)
+        .chain(rules.recording.iter().flat_map(|r| r.expression.watches()));
+    for (selector, _) in watches {
+        {
+            for series in data.query_raw(&selector, i64::MIN / 4, i64::MAX / 4)? {
                 if !seen.insert(series.series.clone()) {
                     continue;
                 }
@@ -222,7 +272,7 @@ fn progress_bar(steps: u64) -> indicatif::ProgressBar {
 }
 
 pub fn test(
-    rules: &[Rule],
+    rules: &RuleSet,
     db: &Path,
     at: &str,
     from: Option<&str>,
@@ -249,7 +299,14 @@ pub fn test(
     if from_ms > at_ms {
         bail!("--from is after --at");
     }
-    let longest = rules.iter().map(|r| r.window_ms).max().unwrap_or(0);
+    let longest = rules
+        .alerting
+        .iter()
+        .flat_map(Rule::watches)
+        .chain(rules.recording.iter().flat_map(|r| r.expression.watches()))
+        .map(|(_, window_ms)| window_ms)
+        .max()
+        .unwrap_or(0);
     points.retain(|p| p.0 > from_ms - longest && p.0 <= at_ms);
     // The engine's own state goes into a scratch store: the history is only read.
     let scratch = tempfile::tempdir().context("a scratch directory")?;
@@ -263,13 +320,7 @@ pub fn test(
         channels: Vec::new(),
         max_queued: 1,
     };
-    let mut engine = Engine::open(
-        &state,
-        rules.to_vec(),
-        options,
-        Silences::default(),
-        from_ms,
-    )?;
+    let mut engine = Engine::open(&state, rules.clone(), options, Silences::default(), from_ms)?;
     engine.set_running_since(from_ms.max(oldest));
     let mut transitions = Vec::new();
     let mut next = 0;

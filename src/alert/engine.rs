@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use outpost_storage::{SeriesKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::rules::{Rule, Severity};
+use outpost_storage::promql;
+
+use super::rules::{Condition, Expression, Recording, Rule, RuleSet, Severity};
 use super::schedule::Silences;
 use super::template::Context;
 use super::window::Windows;
@@ -112,8 +114,8 @@ pub struct AlertRecord {
     pub severity: Severity,
     /// The value at the last evaluation; `None` when the series had no data.
     pub value: Option<f64>,
-    /// The rule's threshold, as it was when the state changed.
-    pub threshold: f64,
+    /// The rule's threshold, as it was when the state changed; none for a PromQL rule.
+    pub threshold: Option<f64>,
     /// When the condition began to hold (the start of `pending`).
     pub started_ms: Option<i64>,
     /// When it began to fire.
@@ -122,6 +124,10 @@ pub struct AlertRecord {
     pub resolved_ms: Option<i64>,
     /// The last evaluation at which the (hysteresis) condition held, for `keep_firing_for`.
     pub last_true_ms: Option<i64>,
+    /// The first evaluation of a firing alert at which the condition stopped holding: a PromQL
+    /// rule's `keep_firing_for` counts from there, as in Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_ms: Option<i64>,
     /// A firing within the rule's cooldown of the previous resolve waits until then before
     /// the notification channels hear of it.
     pub cooldown_until_ms: Option<i64>,
@@ -140,6 +146,9 @@ pub struct AlertRecord {
     pub summary: String,
     /// The rule's description, rendered for this instance.
     pub description: String,
+    /// A Prometheus rule's other annotations, rendered for this instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The JSON of an alert as every channel sees it: the MQTT state and event topics, webhooks,
@@ -153,7 +162,8 @@ pub struct AlertMessage {
     pub severity: Severity,
     pub state: State,
     pub value: Option<f64>,
-    pub threshold: f64,
+    /// Null for a PromQL rule, whose condition is its expression.
+    pub threshold: Option<f64>,
     pub labels: BTreeMap<String, String>,
     /// RFC 3339 times of those moments; absent when not yet reached.
     pub started_at: Option<String>,
@@ -163,6 +173,9 @@ pub struct AlertMessage {
     pub at: String,
     pub summary: String,
     pub description: String,
+    /// A Prometheus rule's annotations other than summary and description.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Per device, one more for every transition; reminders repeat the last one's.
     pub event_seq: u64,
     /// A silence or maintenance window covers it.
@@ -241,6 +254,8 @@ pub struct EngineOptions {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub transitions: Vec<AlertMessage>,
+    /// Samples of recording rules, for the caller to store with the rest.
+    pub recorded: Vec<(SeriesKey, i64, f64)>,
     /// Channels that got new queue entries.
     pub woken: Vec<Channel>,
 }
@@ -256,6 +271,11 @@ struct QueueStats {
 
 pub struct Engine {
     rules: Vec<Rule>,
+    recordings: Vec<Recording>,
+    /// When each rule, then each recording, was last evaluated (for group intervals).
+    last_round_ms: Vec<Option<i64>>,
+    /// Each rule's, then each recording's, last evaluation error (PromQL rules).
+    last_error: Vec<Option<String>>,
     windows: Windows,
     alerts: BTreeMap<(String, String), AlertRecord>,
     event_seq: u64,
@@ -306,6 +326,21 @@ fn encode_into(out: &mut String, text: &str) {
     }
 }
 
+/// A PromQL result's labels as a rule's output: the metric name dropped, the rule's labels
+/// set over the series'.
+fn output_labels(
+    labels: &promql::Labels,
+    rule_labels: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(k, _)| *k != promql::METRIC_NAME)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    out.extend(rule_labels.clone());
+    out
+}
+
 /// What one evaluation saw of an alert instance.
 struct Observed {
     labels: BTreeMap<String, String>,
@@ -334,11 +369,12 @@ impl AlertRecord {
             state: State::Inactive,
             severity: rule.severity,
             value: None,
-            threshold: rule.threshold,
+            threshold: rule.threshold(),
             started_ms: None,
             fired_ms: None,
             resolved_ms: None,
             last_true_ms: None,
+            stopped_ms: None,
             cooldown_until_ms: None,
             escalated: false,
             silenced: false,
@@ -348,6 +384,7 @@ impl AlertRecord {
             changed_ms: now_ms,
             summary: String::new(),
             description: String::new(),
+            annotations: BTreeMap::new(),
         }
     }
 }
@@ -373,6 +410,7 @@ fn next_state(record: &mut AlertRecord, rule: &Rule, holds: bool, now_ms: i64) -
             record.notified = false;
             record.severity = rule.severity;
             record.last_true_ms = Some(now_ms);
+            record.stopped_ms = None;
             transition = Some(if rule.for_ms == 0 {
                 State::Firing
             } else {
@@ -397,10 +435,15 @@ fn next_state(record: &mut AlertRecord, rule: &Rule, holds: bool, now_ms: i64) -
         State::Firing => {
             if holds {
                 record.last_true_ms = Some(now_ms);
+                record.stopped_ms = None;
+            } else if record.stopped_ms.is_none() {
+                record.stopped_ms = Some(now_ms);
             }
-            let kept = record
-                .last_true_ms
-                .is_some_and(|t| now_ms - t < rule.keep_firing_for_ms);
+            let kept_since = match rule.condition {
+                Condition::Threshold(_) => record.last_true_ms,
+                Condition::Expression(_) => record.stopped_ms,
+            };
+            let kept = kept_since.is_some_and(|t| now_ms - t < rule.keep_firing_for_ms);
             if !holds && !kept {
                 transition = Some(State::Resolved);
             } else if !record.silenced
@@ -455,7 +498,7 @@ impl Engine {
     /// and their retained MQTT topics queued for clearing.
     pub fn open(
         store: &Store,
-        rules: Vec<Rule>,
+        rules: impl Into<RuleSet>,
         options: EngineOptions,
         silences: Silences,
         now_ms: i64,
@@ -466,9 +509,17 @@ impl Engine {
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map_or(0, u64::from_le_bytes))
         };
+        let RuleSet {
+            alerting: rules,
+            recording: recordings,
+        } = rules.into();
+        let items = rules.len() + recordings.len();
         let mut engine = Engine {
-            windows: Windows::new(&rules),
+            windows: Windows::new(&rules, &recordings),
             rules,
+            recordings,
+            last_round_ms: vec![None; items],
+            last_error: vec![None; items],
             alerts: BTreeMap::new(),
             event_seq: counter(EngineKey::EventSeq)?,
             queue_seq: counter(EngineKey::QueueSeq)?,
@@ -540,6 +591,15 @@ impl Engine {
         &self.rules
     }
 
+    pub fn recordings(&self) -> &[Recording] {
+        &self.recordings
+    }
+
+    /// Rule `index`'s (rules, then recordings) last evaluation error, if it failed.
+    pub fn last_error(&self, index: usize) -> Option<&str> {
+        self.last_error.get(index)?.as_deref()
+    }
+
     pub fn alerts(&self) -> impl Iterator<Item = &AlertRecord> {
         self.alerts.values()
     }
@@ -576,16 +636,7 @@ impl Engine {
     /// last minutes of data (a `for` in progress, an `absent` window).
     pub fn backfill(&mut self, store: &Store, now_ms: i64) -> Result<(), outpost_storage::Error> {
         let from = now_ms - self.windows.longest_window_ms();
-        let mut selectors: Vec<outpost_storage::Selector> = Vec::new();
-        for rule in &self.rules {
-            selectors.push(rule.select.clone());
-            if let Some((d, _)) = &rule.divide_by {
-                selectors.push(d.select.clone());
-            }
-            if let Some(w) = &rule.when {
-                selectors.push(w.side.select.clone());
-            }
-        }
+        let selectors: Vec<outpost_storage::Selector> = self.windows.selectors().cloned().collect();
         let mut seen = std::collections::HashSet::new();
         for selector in selectors {
             for series in store.query_raw(&selector, from, now_ms)? {
@@ -670,6 +721,7 @@ impl Engine {
             value: record.value,
             threshold: record.threshold,
             labels: record.labels.clone(),
+            annotations: record.annotations.clone(),
             started_at: record.started_ms.map(rfc3339),
             fired_at: record.fired_ms.map(rfc3339),
             resolved_at: record.resolved_ms.map(rfc3339),
@@ -685,37 +737,44 @@ impl Engine {
     }
 
     /// Evaluates every rule at `now_ms` and applies the transitions. The caller writes `write`
-    /// (state, history and queue entries together) and makes it durable before delivering.
+    /// (state, history and queue entries together) and makes it durable before delivering,
+    /// with the recorded samples of `Outcome::recorded`.
     pub fn evaluate(&mut self, now_ms: i64, write: &mut WriteBatch) -> Outcome {
         self.evaluations += 1;
         let mut outcome = Outcome::default();
+        // Recordings first, so that alerts on recorded series see this round's values.
+        let recordings = std::mem::take(&mut self.recordings);
+        for (k, recording) in recordings.iter().enumerate() {
+            let item = self.rules.len() + k;
+            if self.due(item, &recording.expression, now_ms) {
+                self.record(item, recording, now_ms, &mut outcome);
+            }
+        }
+        self.recordings = recordings;
         let rules = std::mem::take(&mut self.rules);
         let mut present: std::collections::HashSet<(String, String)> = Default::default();
         for (r, rule) in rules.iter().enumerate() {
-            for evaluation in self
-                .windows
-                .evaluate(r, rule, now_ms, self.running_since_ms)
-            {
-                let mut labels = evaluation.labels;
-                for (k, v) in &rule.labels {
-                    labels.insert(k.clone(), v.clone());
+            let observed = match &rule.condition {
+                Condition::Threshold(_) => self.threshold_alerts(r, rule, now_ms),
+                Condition::Expression(e) if self.due(r, e, now_ms) => {
+                    self.expression_alerts(r, rule, e, now_ms)
                 }
-                let id = (rule.name.clone(), instance_name(&labels));
-                let firing = self
-                    .alerts
-                    .get(&id)
-                    .is_some_and(|a| a.state == State::Firing);
-                let holds = if rule.reduce == super::rules::Reducer::Absent {
-                    evaluation.absent
-                } else {
-                    evaluation.gate && evaluation.value.is_some_and(|v| rule.condition(v, firing))
-                };
+                Condition::Expression(_) => None,
+            };
+            let Some(observed) = observed else {
+                // Not evaluated this round (a group interval, or an error): its alerts stay as
+                // they are, as in Prometheus.
+                present.extend(
+                    self.alerts
+                        .iter()
+                        .filter(|(id, a)| id.0 == rule.name && rule.owns(&a.labels))
+                        .map(|(id, _)| id.clone()),
+                );
+                continue;
+            };
+            for observed in observed {
+                let id = (rule.name.clone(), instance_name(&observed.labels));
                 present.insert(id.clone());
-                let observed = Observed {
-                    labels,
-                    value: evaluation.value,
-                    holds,
-                };
                 self.step(rule, id, observed, now_ms, (write, &mut outcome));
             }
         }
@@ -727,10 +786,13 @@ impl Engine {
             .cloned()
             .collect();
         for id in gone {
-            let Some(rule) = rules.iter().find(|rule| rule.name == id.0) else {
+            let record = &self.alerts[&id];
+            let Some(rule) = rules
+                .iter()
+                .find(|rule| rule.name == id.0 && rule.owns(&record.labels))
+            else {
                 continue;
             };
-            let record = &self.alerts[&id];
             let observed = Observed {
                 labels: record.labels.clone(),
                 value: record.value,
@@ -742,6 +804,163 @@ impl Engine {
         outcome.woken.sort();
         outcome.woken.dedup();
         outcome
+    }
+
+    /// Whether an expression's group interval has come round since its last evaluation
+    /// (evaluations fall on the first round at or after each multiple of the interval).
+    fn due(&mut self, item: usize, expression: &Expression, now_ms: i64) -> bool {
+        let last = self.last_round_ms[item];
+        let due = match (expression.interval_ms, last) {
+            (None, _) | (_, None) => true,
+            (Some(every), Some(last)) => now_ms.div_euclid(every) > last.div_euclid(every),
+        };
+        if due {
+            self.last_round_ms[item] = Some(now_ms);
+        }
+        due
+    }
+
+    /// A threshold rule's alert instances at `now_ms`.
+    fn threshold_alerts(&self, r: usize, rule: &Rule, now_ms: i64) -> Option<Vec<Observed>> {
+        let Condition::Threshold(condition) = &rule.condition else {
+            return None;
+        };
+        let evaluations = self
+            .windows
+            .evaluate(r, condition, now_ms, self.running_since_ms);
+        let mut out = Vec::with_capacity(evaluations.len());
+        for evaluation in evaluations {
+            let mut labels = evaluation.labels;
+            for (k, v) in &rule.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+            let firing = self
+                .alerts
+                .get(&(rule.name.clone(), instance_name(&labels)))
+                .is_some_and(|a| a.state == State::Firing);
+            let holds = if condition.reduce == super::rules::Reducer::Absent {
+                evaluation.absent
+            } else {
+                evaluation.gate
+                    && evaluation
+                        .value
+                        .is_some_and(|v| condition.condition(v, firing))
+            };
+            out.push(Observed {
+                labels,
+                value: evaluation.value,
+                holds,
+            });
+        }
+        Some(out)
+    }
+
+    /// Evaluates item `item`'s expression at `now_ms` over the windows; an error is kept for
+    /// the rules API and logged when it first appears or changes.
+    fn run_expression(
+        &mut self,
+        item: usize,
+        name: &str,
+        expression: &Expression,
+        now_ms: i64,
+    ) -> Option<Vec<promql::Sample>> {
+        let result = promql::instant_expr(
+            &self.windows.source(item),
+            &expression.expr,
+            now_ms,
+            &promql::Options::default(),
+            None,
+        )
+        .and_then(|answer| match answer.value {
+            promql::Value::Vector(samples) => Ok(samples),
+            promql::Value::Scalar { t, v } => Ok(vec![promql::Sample {
+                labels: promql::Labels::default(),
+                t,
+                v,
+            }]),
+            other => Err(promql::Error::Execution(format!(
+                "the expression gives a {}, not a vector",
+                other.type_name()
+            ))),
+        })
+        .and_then(|samples| {
+            if expression.limit > 0 && samples.len() > expression.limit {
+                return Err(promql::Error::Execution(format!(
+                    "{} series, more than the group's limit of {}",
+                    samples.len(),
+                    expression.limit
+                )));
+            }
+            Ok(samples)
+        });
+        match result {
+            Ok(samples) => {
+                self.last_error[item] = None;
+                Some(samples)
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if self.last_error[item].as_deref() != Some(text.as_str()) {
+                    tracing::warn!(rule = name, "evaluating {:?}: {text}", expression.text);
+                }
+                self.last_error[item] = Some(text);
+                None
+            }
+        }
+    }
+
+    /// A PromQL rule's alert instances: every series of the result holds, with its labels
+    /// (less the metric name) and the rule's.
+    fn expression_alerts(
+        &mut self,
+        r: usize,
+        rule: &Rule,
+        expression: &Expression,
+        now_ms: i64,
+    ) -> Option<Vec<Observed>> {
+        let samples = self.run_expression(r, &rule.name, expression, now_ms)?;
+        let mut out = Vec::with_capacity(samples.len());
+        let mut seen = std::collections::HashSet::new();
+        for sample in samples {
+            let labels = output_labels(&sample.labels, &rule.labels);
+            if !seen.insert(instance_name(&labels)) {
+                let text =
+                    "vector contains metrics with the same labelset after applying alert labels";
+                if self.last_error[r].as_deref() != Some(text) {
+                    tracing::warn!(rule = %rule.name, "{text}");
+                }
+                self.last_error[r] = Some(text.into());
+                return None;
+            }
+            out.push(Observed {
+                labels,
+                value: Some(sample.v),
+                holds: true,
+            });
+        }
+        Some(out)
+    }
+
+    /// A recording rule: its result becomes samples of `record` at `now_ms`, seen at once by
+    /// the rules after it and written by the caller with the alert state.
+    fn record(&mut self, item: usize, recording: &Recording, now_ms: i64, outcome: &mut Outcome) {
+        let Some(samples) =
+            self.run_expression(item, &recording.record, &recording.expression, now_ms)
+        else {
+            return;
+        };
+        for sample in samples {
+            let labels = output_labels(&sample.labels, &recording.labels);
+            match SeriesKey::new(recording.record.clone(), labels) {
+                Ok(key) => {
+                    self.windows.observe(&key, now_ms, sample.v);
+                    outcome.recorded.push((key, now_ms, sample.v));
+                }
+                Err(error) => {
+                    tracing::warn!(record = %recording.record, "{error}");
+                }
+            }
+        }
     }
 
     /// Records a transition (or a change of `silenced`) of `record`: a new event number, the
@@ -760,19 +979,38 @@ impl Engine {
         record.event_seq = self.event_seq;
         record.changed_ms = now_ms;
         let severity = record.severity.to_string();
+        // A Prometheus rule's templates see the series' labels, as in Prometheus.
+        let series_labels: BTreeMap<String, String>;
+        let labels = match rule.condition {
+            Condition::Expression(_) => {
+                series_labels = record
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| !rule.labels.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                &series_labels
+            }
+            Condition::Threshold(_) => &record.labels,
+        };
         let context = Context {
             value: record.value,
-            threshold: rule.threshold,
+            threshold: rule.threshold(),
             rule: &rule.name,
             severity: &severity,
             device: &self.options.device,
             state: state.as_str(),
-            labels: &record.labels,
+            labels,
             ..Context::default()
         };
         // The default summary ends in the labels, which may be none.
         record.summary = rule.summary.render(&context).trim_end().to_string();
         record.description = rule.description.render(&context);
+        record.annotations = rule
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render(&context)))
+            .collect();
         let mut message = self.message(record, reason);
         let json = serde_json::to_string(&message).expect("message serializes");
         write.put(
@@ -833,7 +1071,7 @@ impl Engine {
         };
         let before = record.clone();
         record.value = observed.value;
-        record.threshold = rule.threshold;
+        record.threshold = rule.threshold();
         record.silenced = self.silences.silenced(&rule.name, &record.labels, now_ms);
         let (transition, reason) = match next_state(&mut record, rule, observed.holds, now_ms) {
             Next::Unchanged => return,
@@ -1282,6 +1520,104 @@ summary = "{{labels.zone}} at {{value}}"
         let last: Mail = serde_json::from_slice(&queue.last().unwrap().1).unwrap();
         assert_eq!(last.topic, "outpost/v1/lab/dev-1/alerts/hot/_");
         assert!(last.retain && last.payload.is_empty());
+    }
+
+    const PROMETHEUS_RULES: &str = r#"
+groups:
+  - name: busy
+    rules:
+      - record: job:busy:max
+        expr: max without (core) (busy)
+      - alert: Busy
+        expr: job:busy:max > 0.8
+        for: 2s
+        keep_firing_for: 2s
+        labels: {severity: page}
+        annotations:
+          summary: "busy at {{ $value | humanizePercentage }}"
+          runbook_url: "https://runbooks.example/{{ \"Busy\" | toLower }}"
+      - alert: Twice
+        expr: '{__name__=~"busy|idle", core="0"}'
+  - name: slow
+    interval: 10s
+    rules:
+      - alert: Slow
+        expr: busy{core="0"} > 0.5
+"#;
+
+    #[test]
+    fn prometheus_rules_share_the_lifecycle_with_their_own_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("a.redb"), Options::default()).unwrap();
+        let parsed = super::super::promrules::parse(Path::new("t.yml"), PROMETHEUS_RULES).unwrap();
+        let set = RuleSet {
+            alerting: parsed.rules,
+            recording: parsed.recordings,
+        };
+        let mut engine = Engine::open(&store, set, options(), Silences::default(), 0).unwrap();
+        let mut recorded = Vec::new();
+        let mut tick = |t: i64, core0: f64| {
+            for (key, v) in [
+                (r#"busy{core="0"}"#, core0),
+                (r#"busy{core="1"}"#, 0.1),
+                (r#"idle{core="0"}"#, 1.0 - core0),
+            ] {
+                engine.observe(&SeriesKey::parse(key).unwrap(), t * 1000, v);
+            }
+            let mut write = WriteBatch::default();
+            let outcome = engine.evaluate(t * 1000, &mut write);
+            store.write(write).unwrap();
+            recorded.extend(outcome.recorded);
+            outcome
+                .transitions
+                .into_iter()
+                .map(|m| (t, m.rule.clone(), m.state, m))
+                .collect::<Vec<_>>()
+        };
+        let first = tick(1, 0.9);
+        let states: Vec<(&str, State)> = first.iter().map(|m| (m.1.as_str(), m.2)).collect();
+        assert_eq!(states, [("Busy", State::Pending), ("Slow", State::Firing)]);
+        assert!(tick(2, 0.9).is_empty());
+        let fired = tick(3, 0.95);
+        assert_eq!((fired[0].1.as_str(), fired[0].2), ("Busy", State::Firing));
+        let message = &fired[0].3;
+        assert_eq!(message.summary, "busy at 95%");
+        assert_eq!(message.threshold, None);
+        assert_eq!(message.severity, Severity::Critical);
+        assert_eq!(
+            message.labels.get("severity").map(String::as_str),
+            Some("page")
+        );
+        assert_eq!(
+            message.annotations.get("runbook_url").map(String::as_str),
+            Some("https://runbooks.example/busy")
+        );
+        // keep_firing_for counts from the first evaluation without a result (4 s), as in
+        // Prometheus; Slow's group is not due again before 10 s.
+        assert!(tick(4, 0.1).is_empty());
+        assert!(tick(5, 0.1).is_empty());
+        let resolved = tick(6, 0.1);
+        assert_eq!(
+            (resolved[0].1.as_str(), resolved[0].2),
+            ("Busy", State::Resolved)
+        );
+        for t in 7..10 {
+            assert!(tick(t, 0.1).is_empty());
+        }
+        let slow = tick(10, 0.1);
+        assert_eq!((slow[0].1.as_str(), slow[0].2), ("Slow", State::Resolved));
+        // The recording wrote one sample a round, named and labelled as Prometheus would.
+        assert_eq!(recorded.len(), 10);
+        assert_eq!(recorded[0].0.to_string(), "job:busy:max");
+        assert_eq!((recorded[2].1, recorded[2].2), (3000, 0.95));
+        // Two series with one label set once the name is gone: an error, no alert.
+        let twice = engine
+            .rules()
+            .iter()
+            .position(|r| r.name == "Twice")
+            .unwrap();
+        assert!(engine.last_error(twice).unwrap().contains("same labelset"));
+        assert!(!engine.alerts().any(|a| a.rule == "Twice"));
     }
 
     #[test]

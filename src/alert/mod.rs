@@ -7,11 +7,15 @@
 //! - [`engine`]: the lifecycle and what each transition queues for each channel.
 //! - [`schedule`]: silences and maintenance windows.
 //! - [`template`]: the `{{value}}` templates of summaries and webhook bodies.
+//! - [`promrules`]: Prometheus' rule files (YAML, PromQL), loaded into the same rules.
+//! - [`gotemplate`]: the Go template actions of their annotations.
 //!
 //! The engine reads no clock and does no I/O but through the store it is given; delivering
 //! the queue (MQTT, webhooks, e-mail, commands) is the agent's part.
 
 pub mod engine;
+pub mod gotemplate;
+pub mod promrules;
 pub mod rules;
 pub mod schedule;
 pub mod template;

@@ -200,12 +200,9 @@ pub struct Gate {
     pub on: Option<Vec<String>>,
 }
 
-/// A checked rule.
+/// Outpost's own condition: a selector reduced over a window and compared with a threshold.
 #[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    /// The file it came from, for messages.
-    pub file: PathBuf,
+pub struct Threshold {
     /// The series the rule watches.
     pub select: Selector,
     /// The denominator of a ratio rule, and the labels both sides must agree on (`None`: all
@@ -221,10 +218,97 @@ pub struct Rule {
     pub window_ms: i64,
     pub op: Op,
     pub threshold: f64,
-    /// How long the condition must hold before pending becomes firing.
-    pub for_ms: i64,
     /// Hysteresis: once firing, it resolves only past this threshold.
     pub clear_threshold: Option<f64>,
+}
+
+impl Threshold {
+    /// Whether the firing condition holds for `value`; while firing, the clear threshold (if
+    /// any) takes the threshold's place, so that a value hovering at the line does not flap.
+    pub fn condition(&self, value: f64, firing: bool) -> bool {
+        let threshold = match (firing, self.clear_threshold) {
+            (true, Some(clear)) => clear,
+            _ => self.threshold,
+        };
+        self.op.holds(value, threshold)
+    }
+
+    /// The selectors it reads and the window each needs: the rule's own first, then the
+    /// divisor's and the gate's.
+    pub fn watches(&self) -> Vec<(Selector, i64)> {
+        let mut out = vec![(self.select.clone(), self.window_ms)];
+        if let Some((side, _)) = &self.divide_by {
+            out.push((side.select.clone(), side.window_ms));
+        }
+        if let Some(gate) = &self.when {
+            out.push((gate.side.select.clone(), gate.side.window_ms));
+        }
+        out
+    }
+}
+
+/// A PromQL expression with what evaluating it from recent samples needs.
+#[derive(Debug, Clone)]
+pub struct Expression {
+    pub text: String,
+    pub expr: std::sync::Arc<outpost_storage::promql::Expr>,
+    /// Its selectors, each with how far back it reads.
+    pub selectors: Vec<Watch>,
+    /// The rule group's name and evaluation interval (`None`: at every evaluation).
+    pub group: String,
+    pub interval_ms: Option<i64>,
+    /// The group's `limit`: more series than this is an evaluation error (0: no limit).
+    pub limit: usize,
+}
+
+/// One selector of an expression: how the evaluator will ask for it (its matchers as
+/// [`outpost_storage::promql::matchers_key`] writes them), the store's selector for it, and how
+/// far back it reads.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub key: String,
+    pub selector: Selector,
+    pub reach_ms: i64,
+}
+
+impl Expression {
+    /// Its selectors and the window each needs. PromQL's ranges are closed (Prometheus 2.x):
+    /// a sample exactly `reach` old still counts, so one millisecond more is kept.
+    pub fn watches(&self) -> Vec<(Selector, i64)> {
+        self.selectors
+            .iter()
+            .map(|w| (w.selector.clone(), w.reach_ms + 1))
+            .collect()
+    }
+}
+
+/// What makes a rule's alerts hold.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Threshold(Threshold),
+    /// A Prometheus alerting rule: every series the expression returns is an alert that
+    /// holds, with the series' value.
+    Expression(Expression),
+}
+
+/// A Prometheus recording rule: the expression's result stored as series named `record`.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub record: String,
+    pub file: PathBuf,
+    pub expression: Expression,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// The file it came from, for messages.
+    pub file: PathBuf,
+    pub condition: Condition,
+    /// How long the condition must hold before pending becomes firing.
+    pub for_ms: i64,
     /// How long it keeps firing after the condition stops holding.
     pub keep_firing_for_ms: i64,
     pub severity: Severity,
@@ -232,6 +316,8 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
     pub summary: Template,
     pub description: Template,
+    /// Annotations other than the summary and description (Prometheus rules).
+    pub annotations: BTreeMap<String, Template>,
     /// While firing, the channels are reminded this often.
     pub renotify_ms: Option<i64>,
     /// Firing this long raises the severity to `escalate_to`.
@@ -244,14 +330,26 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the firing condition holds for `value`; while firing, the clear threshold (if
-    /// any) takes the threshold's place, so that a value hovering at the line does not flap.
-    pub fn condition(&self, value: f64, firing: bool) -> bool {
-        let threshold = match (firing, self.clear_threshold) {
-            (true, Some(clear)) => clear,
-            _ => self.threshold,
-        };
-        self.op.holds(value, threshold)
+    /// The threshold its alerts are compared with, where it has one.
+    pub fn threshold(&self) -> Option<f64> {
+        match &self.condition {
+            Condition::Threshold(t) => Some(t.threshold),
+            Condition::Expression(_) => None,
+        }
+    }
+
+    /// The selectors it reads and the window each needs.
+    pub fn watches(&self) -> Vec<(Selector, i64)> {
+        match &self.condition {
+            Condition::Threshold(t) => t.watches(),
+            Condition::Expression(e) => e.watches(),
+        }
+    }
+
+    /// Whether `labels` are those of one of its alerts: rules of one name (Prometheus allows
+    /// several, told apart by their labels) each own the alerts that carry all their labels.
+    pub fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 
@@ -280,9 +378,54 @@ impl fmt::Display for RuleError {
 
 impl std::error::Error for RuleError {}
 
-/// The rule files of `paths`: files as they are, directories for their `*.toml` files in name
-/// order. Every error of every file is returned, not only the first.
-pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, Vec<RuleError>> {
+/// The rules of some files: alerting rules (Outpost's and Prometheus') and Prometheus'
+/// recording rules.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub alerting: Vec<Rule>,
+    pub recording: Vec<Recording>,
+}
+
+impl From<Vec<Rule>> for RuleSet {
+    fn from(alerting: Vec<Rule>) -> Self {
+        RuleSet {
+            alerting,
+            recording: Vec::new(),
+        }
+    }
+}
+
+impl RuleSet {
+    /// Adds `rule` unless its name is taken: an Outpost rule's name is its own, while
+    /// Prometheus rules may share a name when their labels tell their alerts apart.
+    pub fn add(&mut self, rule: Rule) -> Result<(), RuleError> {
+        let clash = self.alerting.iter().find(|other| {
+            other.name == rule.name
+                && (matches!(other.condition, Condition::Threshold(_))
+                    || matches!(rule.condition, Condition::Threshold(_))
+                    || other.labels == rule.labels)
+        });
+        if let Some(other) = clash {
+            return Err(RuleError {
+                file: rule.file.clone(),
+                rule: Some(rule.name.clone()),
+                key: Some("name"),
+                message: if other.file == rule.file {
+                    "defined twice in this file".into()
+                } else {
+                    format!("also defined in {}", other.file.display())
+                },
+            });
+        }
+        self.alerting.push(rule);
+        Ok(())
+    }
+}
+
+/// The rule files of `paths`: files as they are, directories for their `*.toml`, `*.yml` and
+/// `*.yaml` files in name order (YAML files are Prometheus rule files). Every error of every
+/// file is returned, not only the first.
+pub fn load(paths: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -291,7 +434,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, Vec<RuleError>> {
                 Ok(entries) => {
                     let mut found: Vec<PathBuf> = entries
                         .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                        .filter(|p| {
+                            (p.extension().is_some_and(|e| e == "toml")
+                                || super::promrules::is_prometheus_file(p))
+                                && p.is_file()
+                        })
                         .collect();
                     found.sort();
                     files.extend(found);
@@ -302,8 +449,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, Vec<RuleError>> {
             files.push(path.clone());
         }
     }
-    let mut rules: Vec<Rule> = Vec::new();
-    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut set = RuleSet::default();
     for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
@@ -312,27 +458,25 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Rule>, Vec<RuleError>> {
                 continue;
             }
         };
-        match parse(&file, &text) {
-            Ok(parsed) => {
-                for rule in parsed {
-                    if let Some(other) = names.get(&rule.name) {
-                        errors.push(RuleError {
-                            file: file.clone(),
-                            rule: Some(rule.name.clone()),
-                            key: Some("name"),
-                            message: format!("also defined in {}", other.display()),
-                        });
-                        continue;
+        let parsed = if super::promrules::is_prometheus_file(&file) {
+            super::promrules::parse(&file, &text).map(|p| (p.rules, p.recordings))
+        } else {
+            parse(&file, &text).map(|rules| (rules, Vec::new()))
+        };
+        match parsed {
+            Ok((rules, recordings)) => {
+                for rule in rules {
+                    if let Err(error) = set.add(rule) {
+                        errors.push(error);
                     }
-                    names.insert(rule.name.clone(), file.clone());
-                    rules.push(rule);
                 }
+                set.recording.extend(recordings);
             }
             Err(mut e) => errors.append(&mut e),
         }
     }
     if errors.is_empty() {
-        Ok(rules)
+        Ok(set)
     } else {
         Err(errors)
     }
@@ -393,7 +537,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
 }
 
 /// A rule name is one MQTT topic level and a file-name-safe word.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1 to 64 characters long".into());
     }
@@ -590,22 +734,25 @@ fn check(file: &Path, raw: RawRule) -> Result<Rule, (&'static str, String)> {
     Ok(Rule {
         name: raw.name,
         file: file.to_path_buf(),
-        select,
-        divide_by,
-        when,
-        fire_if_never_seen: raw.never_seen != Some(NeverSeen::Ignore),
-        reduce: raw.reduce,
-        window_ms,
-        op,
-        threshold,
+        condition: Condition::Threshold(Threshold {
+            select,
+            divide_by,
+            when,
+            fire_if_never_seen: raw.never_seen != Some(NeverSeen::Ignore),
+            reduce: raw.reduce,
+            window_ms,
+            op,
+            threshold,
+            clear_threshold: raw.clear_threshold,
+        }),
         for_ms: duration("for", raw.for_.as_deref())?.unwrap_or(0),
-        clear_threshold: raw.clear_threshold,
         keep_firing_for_ms: duration("keep_firing_for", raw.keep_firing_for.as_deref())?
             .unwrap_or(0),
         severity: raw.severity,
         labels: raw.labels,
         summary,
         description,
+        annotations: BTreeMap::new(),
         renotify_ms,
         escalate_after_ms: duration("escalate_after", raw.escalate_after.as_deref())?,
         escalate_to: raw.escalate_to.unwrap_or(Severity::Critical),
@@ -651,13 +798,16 @@ notify = ["ops"]
         )
         .unwrap();
         let rule = &rules[0];
-        assert_eq!(rule.window_ms, 300_000);
+        let Condition::Threshold(threshold) = &rule.condition else {
+            panic!("a threshold rule");
+        };
+        assert_eq!(threshold.window_ms, 300_000);
         assert_eq!(rule.for_ms, 300_000);
         assert_eq!(rule.escalate_to, Severity::Critical);
-        assert!(rule.condition(0.86, false));
-        assert!(!rule.condition(0.84, false));
-        assert!(rule.condition(0.84, true), "hysteresis while firing");
-        assert!(!rule.condition(0.79, true));
+        assert!(threshold.condition(0.86, false));
+        assert!(!threshold.condition(0.84, false));
+        assert!(threshold.condition(0.84, true), "hysteresis while firing");
+        assert!(!threshold.condition(0.79, true));
     }
 
     #[test]
@@ -735,7 +885,7 @@ threshold = 1
         std::fs::write(dir.path().join("a.toml"), rule("one")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
         let rules = load(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = rules.alerting.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
         std::fs::write(dir.path().join("c.toml"), rule("one")).unwrap();
         let errors = load(&[dir.path().to_path_buf()]).unwrap_err();

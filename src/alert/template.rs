@@ -33,6 +33,8 @@ enum Filter {
 enum Part {
     Text(String),
     Field(Field, Filter),
+    /// An action of a Prometheus annotation, in Go's template syntax, and its text.
+    Go(super::gotemplate::Pipeline, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -44,7 +46,7 @@ pub struct Template {
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub value: Option<f64>,
-    pub threshold: f64,
+    pub threshold: Option<f64>,
     pub rule: &'a str,
     pub severity: &'a str,
     pub device: &'a str,
@@ -60,7 +62,7 @@ impl Default for Context<'_> {
     fn default() -> Self {
         Context {
             value: None,
-            threshold: 0.0,
+            threshold: None,
             rule: "",
             severity: "",
             device: "",
@@ -134,11 +136,59 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// Parses a Prometheus annotation: Go's template syntax, `{{-` and `-}}` trimming the
+    /// spaces beside them, and only the actions [`super::gotemplate`] renders.
+    pub fn parse_prometheus(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        let mut literal = String::new();
+        while let Some(open) = rest.find("{{") {
+            let mut before = &rest[..open];
+            rest = &rest[open + 2..];
+            // Go's trim markers are a dash with white space on its inner side.
+            if let Some(after) = rest
+                .strip_prefix('-')
+                .filter(|a| a.starts_with(char::is_whitespace))
+            {
+                before = before.trim_end();
+                rest = after;
+            }
+            literal.push_str(before);
+            let close = rest
+                .find("}}")
+                .ok_or_else(|| format!("unclosed {{{{ in {text:?}"))?;
+            let mut action = &rest[..close];
+            rest = &rest[close + 2..];
+            if let Some(kept) = action
+                .strip_suffix('-')
+                .filter(|a| a.ends_with(char::is_whitespace))
+            {
+                action = kept;
+                rest = rest.trim_start();
+            }
+            if let Some(pipeline) = super::gotemplate::parse_action(action)? {
+                if !literal.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut literal)));
+                }
+                parts.push(Part::Go(pipeline, format!("{{{{{action}}}}}")));
+            }
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal));
+        }
+        Ok(Template { parts })
+    }
+
     pub fn render(&self, context: &Context<'_>) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
+                Part::Go(pipeline, _) => out.push_str(&pipeline.render(&super::gotemplate::Data {
+                    value: context.value,
+                    labels: context.labels,
+                })),
                 Part::Field(field, filter) => {
                     let number = |v: f64| match filter {
                         Filter::Percent => format!("{:.1}%", v * 100.0),
@@ -146,7 +196,7 @@ impl Template {
                     };
                     let text = match field {
                         Field::Value => context.value.map_or_else(|| "none".into(), number),
-                        Field::Threshold => number(context.threshold),
+                        Field::Threshold => context.threshold.map_or_else(|| "none".into(), number),
                         Field::Rule => context.rule.to_string(),
                         Field::Severity => context.severity.to_string(),
                         Field::Device => context.device.to_string(),
@@ -178,6 +228,44 @@ impl Template {
     }
 }
 
+impl Template {
+    /// The template in Prometheus' annotation syntax, for exporting rules: the value and
+    /// labels as `$value` and `$labels`, the threshold written in. What has no equivalent in an
+    /// alert's data (every label at once, the state) is left out.
+    pub fn to_prometheus(&self, rule: &str, severity: &str, threshold: Option<f64>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Go(_, text) => out.push_str(text),
+                Part::Field(field, filter) => {
+                    let value = match filter {
+                        Filter::Percent => "{{ $value | humanizePercentage }}",
+                        _ => "{{ $value }}",
+                    };
+                    let text = match field {
+                        Field::Value => value.to_string(),
+                        Field::Threshold => threshold.map_or_else(String::new, |t| match filter {
+                            Filter::Percent => format!("{:.1}%", t * 100.0),
+                            _ => format_number(t),
+                        }),
+                        // Prometheus' $labels hold the series' labels only.
+                        Field::Rule => rule.to_string(),
+                        Field::Severity => severity.to_string(),
+                        Field::Device => "{{ $labels.instance }}".into(),
+                        Field::Label(name) => format!("{{{{ $labels.{name} }}}}"),
+                        Field::Labels | Field::State | Field::Summary | Field::Description => {
+                            String::new()
+                        }
+                    };
+                    out.push_str(&text);
+                }
+            }
+        }
+        out.trim_end().to_string()
+    }
+}
+
 /// A number as people read it: integers without a fraction, others with at most three decimals.
 pub fn format_number(value: f64) -> String {
     if !value.is_finite() {
@@ -200,7 +288,7 @@ mod tests {
             [("cpu".to_string(), "3".to_string())].into_iter().collect();
         let context = Context {
             value: Some(0.9321),
-            threshold: 0.8,
+            threshold: Some(0.8),
             rule: "cpu_high",
             severity: "warning",
             device: "orin-1",

@@ -5,40 +5,39 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use outpost_storage::SeriesKey;
 
-use super::rules::{Reducer, Rule};
+use outpost_storage::promql::{self, Labels};
+use outpost_storage::Selector;
+
+use super::rules::{Condition, Expression, Recording, Reducer, Rule, Threshold};
 
 /// One tracked series.
 #[derive(Debug)]
 struct Tracked {
     key: SeriesKey,
+    /// The key as PromQL sees it, made once.
+    labels: Labels,
     /// Oldest first; always at least the newest sample once there has been one.
     samples: VecDeque<(i64, f64)>,
     keep_ms: i64,
 }
 
-/// Which tracked series each rule reads: its `select`, `divide_by` and `when` sides.
-#[derive(Debug, Default, Clone)]
-struct RuleSeries {
-    select: Vec<usize>,
-    divide_by: Vec<usize>,
-    when: Vec<usize>,
+/// What one rule or recording reads: its selectors with the window each needs, the tracked
+/// series each selects, and (for expressions) which selector a matcher set is.
+#[derive(Debug, Default)]
+struct Item {
+    watches: Vec<(Selector, i64)>,
+    series: Vec<Vec<usize>>,
+    by_key: HashMap<String, usize>,
 }
 
-/// The selectors of one rule's three sides, with the longest window each needs.
-#[derive(Debug)]
-struct RuleSides {
-    select: (outpost_storage::Selector, i64),
-    divide_by: Option<(outpost_storage::Selector, i64)>,
-    when: Option<(outpost_storage::Selector, i64)>,
-}
-
+/// The recent samples of every series some rule or recording reads. Items are numbered rules
+/// first, then recordings.
 #[derive(Debug, Default)]
 pub struct Windows {
     tracked: Vec<Tracked>,
     /// Every key seen, and its tracked index if some rule selects it.
     index: HashMap<SeriesKey, Option<usize>>,
-    per_rule: Vec<RuleSeries>,
-    rules: Vec<RuleSides>,
+    items: Vec<Item>,
 }
 
 /// One alert instance's evaluation: its labels (the series' without the metric name), its
@@ -54,41 +53,55 @@ pub struct Evaluation {
 }
 
 impl Windows {
-    pub fn new(rules: &[Rule]) -> Windows {
-        Windows {
-            per_rule: vec![RuleSeries::default(); rules.len()],
-            rules: rules
+    pub fn new(rules: &[Rule], recordings: &[Recording]) -> Windows {
+        let expression_keys = |e: &Expression| -> HashMap<String, usize> {
+            e.selectors
                 .iter()
-                .map(|r| RuleSides {
-                    select: (r.select.clone(), r.window_ms),
-                    divide_by: r
-                        .divide_by
-                        .as_ref()
-                        .map(|(s, _)| (s.select.clone(), s.window_ms)),
-                    when: r
-                        .when
-                        .as_ref()
-                        .map(|w| (w.side.select.clone(), w.side.window_ms)),
-                })
-                .collect(),
+                .enumerate()
+                .map(|(i, w)| (w.key.clone(), i))
+                .collect()
+        };
+        let mut items = Vec::with_capacity(rules.len() + recordings.len());
+        for rule in rules {
+            let watches = rule.watches();
+            let by_key = match &rule.condition {
+                Condition::Expression(e) => expression_keys(e),
+                Condition::Threshold(_) => HashMap::new(),
+            };
+            items.push(Item {
+                series: vec![Vec::new(); watches.len()],
+                watches,
+                by_key,
+            });
+        }
+        for recording in recordings {
+            let watches = recording.expression.watches();
+            items.push(Item {
+                series: vec![Vec::new(); watches.len()],
+                watches,
+                by_key: expression_keys(&recording.expression),
+            });
+        }
+        Windows {
+            items,
             ..Windows::default()
         }
     }
 
-    /// The longest window any rule reads, to backfill from the store at start.
+    /// The longest window anything reads, to backfill from the store at start.
     pub fn longest_window_ms(&self) -> i64 {
-        self.rules
+        self.items
             .iter()
-            .flat_map(|r| {
-                [
-                    Some(r.select.1),
-                    r.divide_by.as_ref().map(|d| d.1),
-                    r.when.as_ref().map(|w| w.1),
-                ]
-            })
-            .flatten()
+            .flat_map(|item| item.watches.iter().map(|w| w.1))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Every selector read, to backfill from the store at start.
+    pub fn selectors(&self) -> impl Iterator<Item = &Selector> {
+        self.items
+            .iter()
+            .flat_map(|item| item.watches.iter().map(|w| &w.0))
     }
 
     /// Takes one sample. Cheap for series no rule selects: one hash lookup.
@@ -128,43 +141,27 @@ impl Windows {
 
     fn track(&mut self, key: &SeriesKey) -> Option<usize> {
         let mut keep_ms = 0;
-        let mut sides = Vec::new();
-        for (r, rule) in self.rules.iter().enumerate() {
-            let in_select = rule.select.0.matches(key);
-            let in_divide = rule.divide_by.as_ref().is_some_and(|d| d.0.matches(key));
-            let in_when = rule.when.as_ref().is_some_and(|w| w.0.matches(key));
-            if in_select {
-                keep_ms = keep_ms.max(rule.select.1);
-            }
-            if in_divide {
-                keep_ms = keep_ms.max(rule.divide_by.as_ref().map_or(0, |d| d.1));
-            }
-            if in_when {
-                keep_ms = keep_ms.max(rule.when.as_ref().map_or(0, |w| w.1));
-            }
-            if in_select || in_divide || in_when {
-                sides.push((r, in_select, in_divide, in_when));
+        let mut selected_by = Vec::new();
+        for (item_index, item) in self.items.iter().enumerate() {
+            for (watch, (selector, window_ms)) in item.watches.iter().enumerate() {
+                if selector.matches(key) {
+                    keep_ms = keep_ms.max(*window_ms);
+                    selected_by.push((item_index, watch));
+                }
             }
         }
-        let slot = if sides.is_empty() {
+        let slot = if selected_by.is_empty() {
             None
         } else {
             let i = self.tracked.len();
             self.tracked.push(Tracked {
                 key: key.clone(),
+                labels: Labels::from_key(key),
                 samples: VecDeque::new(),
                 keep_ms,
             });
-            for (r, in_select, in_divide, in_when) in sides {
-                if in_select {
-                    self.per_rule[r].select.push(i);
-                }
-                if in_divide {
-                    self.per_rule[r].divide_by.push(i);
-                }
-                if in_when {
-                    self.per_rule[r].when.push(i);
-                }
+            for (item, watch) in selected_by {
+                self.items[item].series[watch].push(i);
             }
             Some(i)
         };
@@ -172,18 +169,26 @@ impl Windows {
         slot
     }
 
+    /// Item `item`'s recent samples as a PromQL source.
+    pub fn source(&self, item: usize) -> RecentSamples<'_> {
+        RecentSamples {
+            windows: self,
+            item,
+        }
+    }
+
     /// An `absent` rule: how long each selected series has been silent, and whether that is
     /// its whole window.
     fn evaluate_absent(
         &self,
-        sides: &RuleSeries,
-        rule: &Rule,
+        select: &[usize],
+        rule: &Threshold,
         now_ms: i64,
         running_since_ms: i64,
     ) -> Vec<Evaluation> {
         let from = now_ms - rule.window_ms;
-        let mut out = Vec::with_capacity(sides.select.len().max(1));
-        for &i in &sides.select {
+        let mut out = Vec::with_capacity(select.len().max(1));
+        for &i in select {
             let tracked = &self.tracked[i];
             let last = tracked.samples.back().map(|s| s.0);
             let seen_at = last.unwrap_or(running_since_ms).max(running_since_ms);
@@ -212,19 +217,29 @@ impl Windows {
         out
     }
 
-    /// Evaluates rule number `r` at `now_ms`. `running_since_ms` is when data started to be
-    /// watched: an `absent` rule never fires for a window that reaches before it.
+    /// Evaluates rule number `r`, a threshold rule, at `now_ms`. `running_since_ms` is when
+    /// data started to be watched: an `absent` rule never fires for a window that reaches
+    /// before it.
     pub fn evaluate(
         &self,
         r: usize,
-        rule: &Rule,
+        rule: &Threshold,
         now_ms: i64,
         running_since_ms: i64,
     ) -> Vec<Evaluation> {
-        let sides = &self.per_rule[r];
+        let series = &self.items[r].series;
+        let select = &series[0];
         if rule.reduce == Reducer::Absent {
-            return self.evaluate_absent(sides, rule, now_ms, running_since_ms);
+            return self.evaluate_absent(select, rule, now_ms, running_since_ms);
         }
+        let divisors: &[usize] = match rule.divide_by {
+            Some(_) => &series[1],
+            None => &[],
+        };
+        let gated: &[usize] = match rule.when {
+            Some(_) => series.last().map_or(&[], Vec::as_slice),
+            None => &[],
+        };
         let reduce_side = |i: usize, reducer: Reducer, window_ms: i64| {
             let samples = &self.tracked[i].samples;
             let start = samples.partition_point(|s| s.0 <= now_ms - window_ms);
@@ -240,8 +255,7 @@ impl Windows {
         };
         let denominators: Option<JoinedSide<'_, Option<f64>>> =
             rule.divide_by.as_ref().map(|(side, on)| {
-                let values = sides
-                    .divide_by
+                let values = divisors
                     .iter()
                     .map(|&i| {
                         (
@@ -253,8 +267,7 @@ impl Windows {
                 (values, on)
             });
         let gates: Option<JoinedSide<'_, bool>> = rule.when.as_ref().map(|gate| {
-            let values = sides
-                .when
+            let values = gated
                 .iter()
                 .map(|&i| {
                     let holds = reduce_side(i, gate.side.reduce, gate.side.window_ms)
@@ -264,8 +277,7 @@ impl Windows {
                 .collect();
             (values, &gate.on)
         });
-        sides
-            .select
+        select
             .iter()
             .map(|&i| {
                 let key = &self.tracked[i].key;
@@ -298,6 +310,41 @@ impl Windows {
 type Joined<T> = HashMap<Vec<(String, String)>, T>;
 /// A side's joined values and the labels it joins on.
 type JoinedSide<'a, T> = (Joined<T>, &'a Option<Vec<String>>);
+
+/// The samples one rule or recording reads, for the PromQL evaluator.
+pub struct RecentSamples<'a> {
+    windows: &'a Windows,
+    item: usize,
+}
+
+impl promql::Source for RecentSamples<'_> {
+    fn select(
+        &self,
+        matchers: &[promql::Matcher],
+        from: i64,
+        to: i64,
+    ) -> promql::Result<Vec<promql::Series>> {
+        let item = &self.windows.items[self.item];
+        let Some(&watch) = item.by_key.get(&promql::matchers_key(matchers)) else {
+            return Err(promql::Error::Execution(
+                "a selector that the rule's windows do not keep".into(),
+            ));
+        };
+        let mut out = Vec::with_capacity(item.series[watch].len());
+        for &i in &item.series[watch] {
+            let tracked = &self.windows.tracked[i];
+            let start = tracked.samples.partition_point(|s| s.0 < from);
+            let end = tracked.samples.partition_point(|s| s.0 <= to);
+            if start < end {
+                out.push(promql::Series {
+                    labels: tracked.labels.clone(),
+                    points: tracked.samples.range(start..end).copied().collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
 
 fn labels_of(key: &SeriesKey) -> BTreeMap<String, String> {
     key.labels().iter().cloned().collect()
@@ -399,7 +446,11 @@ reduce = "absent"
 window = "5s"
 "#,
         );
-        let mut w = Windows::new(&rules);
+        let mut w = Windows::new(&rules, &[]);
+        let threshold = |r: usize| match &rules[r].condition {
+            Condition::Threshold(t) => t,
+            Condition::Expression(_) => unreachable!("threshold rules"),
+        };
         let feed = |w: &mut Windows, seconds: std::ops::Range<i64>| {
             for t in seconds {
                 let ts = t * 1000;
@@ -420,30 +471,30 @@ window = "5s"
             }
         };
         feed(&mut w, 0..15);
-        let cpu_earlier = w.evaluate(0, &rules[0], 14_000, 0);
+        let cpu_earlier = w.evaluate(0, threshold(0), 14_000, 0);
         assert_eq!(
             cpu_earlier[0].value,
             Some(0.5),
             "(4s, 14s]: five of ten at 1.0"
         );
         feed(&mut w, 15..20);
-        let cpu = w.evaluate(0, &rules[0], 19_000, 0);
+        let cpu = w.evaluate(0, threshold(0), 19_000, 0);
         assert_eq!(cpu.len(), 2, "total is excluded");
         // (9s, 19s]: ten samples of 1.0 for core 0.
         assert_eq!(cpu[0].value, Some(1.0));
         assert!((cpu[1].value.unwrap() - 0.2).abs() < 1e-12);
-        let mem = w.evaluate(1, &rules[1], 19_000, 0);
+        let mem = w.evaluate(1, threshold(1), 19_000, 0);
         assert_eq!(mem[0].value, Some(0.95));
         assert_eq!(mem[1].value, None, "host b has no total");
-        let gone = w.evaluate(2, &rules[2], 19_000, 0);
+        let gone = w.evaluate(2, threshold(2), 19_000, 0);
         assert!(gone[0].absent, "last sample at 11s, window (14s, 19s]");
         assert_eq!(gone[0].value, Some(8.0));
-        assert!(!w.evaluate(2, &rules[2], 15_000, 0)[0].absent);
-        let never = w.evaluate(3, &rules[3], 19_000, 0);
+        assert!(!w.evaluate(2, threshold(2), 15_000, 0)[0].absent);
+        let never = w.evaluate(3, threshold(3), 19_000, 0);
         assert_eq!(never[0].labels.get("job").map(String::as_str), Some("x"));
         assert!(never[0].absent);
         assert!(
-            !w.evaluate(3, &rules[3], 19_000, 16_000)[0].absent,
+            !w.evaluate(3, threshold(3), 19_000, 16_000)[0].absent,
             "not before a window has passed since the start"
         );
         let core0 = &w.tracked[w.index[&key(r#"cpu{core="0"}"#)].unwrap()];

@@ -594,7 +594,7 @@ pub fn exec_environment(message: &AlertMessage) -> Vec<(String, String)> {
         ),
         (
             "OUTPOST_ALERT_THRESHOLD".into(),
-            message.threshold.to_string(),
+            message.threshold.map(|v| v.to_string()).unwrap_or_default(),
         ),
         ("OUTPOST_ALERT_SUMMARY".into(), message.summary.clone()),
         ("OUTPOST_ALERT_DEVICE".into(), message.device.clone()),
@@ -751,7 +751,9 @@ pub fn email_data(config: &EmailConfig, message: &AlertMessage, date: &str) -> S
         message.state.as_str(),
         message.severity,
         message.value.map_or("none".into(), outpost::alert::template::format_number),
-        outpost::alert::template::format_number(message.threshold),
+        message
+            .threshold
+            .map_or("none".into(), outpost::alert::template::format_number),
         serde_json::to_string(&message.labels).expect("labels serialize"),
         message.started_at.as_deref().unwrap_or("-"),
         message.at,
@@ -902,7 +904,7 @@ mod tests {
             severity: outpost::alert::rules::Severity::Critical,
             state: State::Firing,
             value: Some(91.5),
-            threshold: 80.0,
+            threshold: Some(80.0),
             labels: [("gpu".to_string(), "0\"".to_string())]
                 .into_iter()
                 .collect(),
@@ -912,6 +914,7 @@ mod tests {
             at: "2026-12-01T10:02:00Z".into(),
             summary: "GPU at 91.5 °C".into(),
             description: "check the fan".into(),
+            annotations: Default::default(),
             event_seq: 4,
             silenced: false,
             escalated: false,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use outpost::alert::rules::{self, Rule};
+use outpost::alert::rules::{self, Rule, RuleSet};
 use outpost::alert::schedule::{parse_weekday, Maintenance, Silence, Silences, When};
 
 use super::config::AlertsSection;
@@ -36,12 +36,12 @@ pub fn parse_pack((name, text): Pack) -> Result<Vec<Rule>> {
 }
 
 /// The rules of a config: its files, then the built-in pack's rules of other names.
-pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<Vec<Rule>> {
+pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<RuleSet> {
     let mut loaded = rules::load(&alerts.rules).map_err(|e| anyhow::anyhow!(join_errors(&e)))?;
     if alerts.default_rules {
         for rule in parse_pack(pack)? {
-            if !loaded.iter().any(|r| r.name == rule.name) {
-                loaded.push(rule);
+            if !loaded.alerting.iter().any(|r| r.name == rule.name) {
+                loaded.alerting.push(rule);
             }
         }
     }

@@ -203,6 +203,13 @@ impl AlertShared {
             engine.evaluate(now, &mut write)
         };
         *self.last_evaluation.lock().expect("evaluation time lock") = started.elapsed();
+        // Recording rules' samples become durable with the state, like collected samples.
+        for (key, at, value) in &outcome.recorded {
+            match self.store.series_id(key) {
+                Ok(id) => write.sample(id, *at, *value),
+                Err(error) => tracing::warn!(series = %key, "storing a recorded sample: {error}"),
+            }
+        }
         if write.is_empty() {
             return;
         }

@@ -1122,13 +1122,15 @@ fn the_rule_fuzzers_inputs_load_or_fail_cleanly() {
                 continue;
             };
             loaded += 1;
-            let mut windows = Windows::new(&rules);
+            let mut windows = Windows::new(&rules, &[]);
             let key = outpost_storage::SeriesKey::parse("up").unwrap();
             for t in 0..20 {
                 windows.observe(&key, t * 1000, t as f64);
             }
             for (r, rule) in rules.iter().enumerate() {
-                let _ = windows.evaluate(r, rule, 20_000, 0);
+                if let outpost::alert::rules::Condition::Threshold(threshold) = &rule.condition {
+                    let _ = windows.evaluate(r, threshold, 20_000, 0);
+                }
             }
         }
     }
@@ -1231,4 +1233,237 @@ command = ["sh", "-c", "echo \"$OUTPOST_ALERT_ID\" >> {log}; sleep 0.3"]
     );
     let repeats = keys.len() - received.len();
     assert!(repeats <= kills, "{repeats} repeats for {kills} kills");
+}
+
+/// The alert names of a Prometheus rule file, in order.
+fn alert_names(rules: &Path) -> Vec<String> {
+    std::fs::read_to_string(rules)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: ").map(str::to_string))
+        .collect()
+}
+
+/// A promtool unit-test file whose input is every `jetson_*` series of `db` (1 s apart from its
+/// first sample) and whose expectations are the alerts firing at every evaluation in Outpost's
+/// `transitions` (JSON lines of `rules test --transitions --json`).
+fn promtool_expectations(
+    db: &Path,
+    rules: &Path,
+    transitions: &str,
+    step_s: i64,
+) -> (String, usize) {
+    let csv = succeed(&mut outpost(&[
+        "db",
+        "query",
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        "0",
+        r#"{__name__=~"jetson_.+"}"#,
+    ]));
+    let mut series: std::collections::BTreeMap<String, Vec<(i64, String)>> = Default::default();
+    for line in String::from_utf8(csv.stdout).unwrap().lines().skip(1) {
+        // CSV: a series with labels is quoted, its quotes doubled.
+        let (key, rest) = match line.strip_prefix('"') {
+            Some(quoted) => quoted.rsplit_once("\",").unwrap(),
+            None => line.split_once(',').unwrap(),
+        };
+        let (ts, value) = rest.split_once(',').unwrap();
+        let key = key.replace("\"\"", "\"");
+        series
+            .entry(key)
+            .or_default()
+            .push((ts.parse().unwrap(), value.to_string()));
+    }
+    let start = series.values().map(|p| p[0].0).min().unwrap();
+    let end = series.values().map(|p| p.last().unwrap().0).max().unwrap();
+    let mut yaml = format!(
+        "rule_files: [{:?}]\nevaluation_interval: {step_s}s\ntests:\n  - interval: 1s\n    input_series:\n",
+        rules.display().to_string()
+    );
+    for (key, points) in &series {
+        let mut values = vec!["_".to_string(); ((end - start) / 1000 + 1) as usize];
+        for (ts, value) in points {
+            assert_eq!(
+                (ts - start) % 1000,
+                0,
+                "the import's samples lie on a 1 s grid"
+            );
+            values[((ts - start) / 1000) as usize] = value.clone();
+        }
+        yaml.push_str(&format!(
+            "      - series: {}\n        values: \"{}\"\n",
+            serde_json::to_string(key).unwrap(),
+            values.join(" ")
+        ));
+    }
+    let events: Vec<Value> = transitions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at_ms = |v: &Value| {
+        v["at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond()
+    };
+    yaml.push_str("    alert_rule_test:\n");
+    let mut firing_checked = 0;
+    let names = alert_names(rules);
+    let mut t = start;
+    while t <= end {
+        // The state of every alert after the evaluation at t.
+        let mut latest: std::collections::BTreeMap<(String, String), &Value> = Default::default();
+        for event in events.iter().filter(|e| at_ms(e) <= t) {
+            latest.insert(
+                (
+                    event["rule"].as_str().unwrap().to_string(),
+                    event["instance"].as_str().unwrap().to_string(),
+                ),
+                event,
+            );
+        }
+        for name in &names {
+            yaml.push_str(&format!(
+                "      - eval_time: {}s\n        alertname: {name}\n        exp_alerts:\n",
+                (t - start) / 1000
+            ));
+            let firing: Vec<&&Value> = latest
+                .iter()
+                .filter(|((rule, _), e)| rule == name && e["state"] == "firing")
+                .map(|(_, e)| e)
+                .collect();
+            if firing.is_empty() {
+                yaml.truncate(yaml.len() - 1);
+                yaml.push_str(" []\n");
+            }
+            for alert in firing {
+                firing_checked += 1;
+                let mut annotations = alert["annotations"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                for field in ["summary", "description"] {
+                    if alert[field].as_str().is_some_and(|s| !s.is_empty()) {
+                        annotations.insert(field.into(), alert[field].clone());
+                    }
+                }
+                yaml.push_str(&format!(
+                    "          - exp_labels: {}\n            exp_annotations: {}\n",
+                    alert["labels"],
+                    Value::Object(annotations)
+                ));
+            }
+        }
+        t += step_s * 1000;
+    }
+    (yaml, firing_checked)
+}
+
+#[test]
+fn prometheus_rules_fire_exactly_when_prometheus_fires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tx2.redb");
+    let log = root().join("tests/data/tegrastats/tx2-jetpack4-2660s.log.zst");
+    succeed(&mut outpost(&[
+        "tegrastats",
+        "import",
+        log.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]));
+    let rules = root().join("tests/data/alerts/replay-rules.yml");
+    let step_s = 10;
+    let out = succeed(&mut outpost(&[
+        "rules",
+        "test",
+        rules.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        "start",
+        "--step",
+        &format!("{step_s}s"),
+        "--transitions",
+        "--json",
+    ]));
+    let transitions = String::from_utf8(out.stdout).unwrap();
+    let (tests, firing_checked) = promtool_expectations(&db, &rules, &transitions, step_s);
+    // Every alert of the file fires at least once, so none passes by never firing.
+    for name in alert_names(&rules) {
+        assert!(
+            transitions.contains(&format!("\"rule\":\"{name}\","))
+                && tests.contains(&format!(
+                    "alertname: {name}\n        exp_alerts:\n          - "
+                )),
+            "{name} never fires on the replayed log"
+        );
+    }
+    assert!(
+        firing_checked > 500,
+        "{firing_checked} firing alerts compared"
+    );
+    let file = dir.path().join("outpost-expectations.yml");
+    std::fs::write(&file, tests).unwrap();
+    let promtool = std::env::var("OUTPOST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let checked = Command::new(&promtool)
+        .args(["test", "rules", file.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("{promtool}: {e} (Debian's prometheus package has it)"));
+    assert!(
+        checked.status.success(),
+        "Prometheus disagrees with Outpost's transitions:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout)
+            .chars()
+            .take(6000)
+            .collect::<String>(),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_every_prometheus_rule_file_outpost_accepts() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in ["config", "tests/data/alerts"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yml" || e == "yaml")
+                && path.file_name().is_some_and(|n| n != "outpost.yaml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    let mut args = vec!["rules", "check"];
+    args.extend(&names);
+    succeed(&mut outpost(&args));
+    let promtool = std::env::var("OUTPOST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let checked = Command::new(&promtool)
+        .args(["check", "rules"])
+        .args(&names)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // The shipped Prometheus forms are what `rules export` writes from the TOML packs.
+    for (pack, file, group) in [
+        ("default", "config/rules.yml", "outpost"),
+        ("hub", "config/hub-rules.yml", "outpost-hub"),
+    ] {
+        let exported = succeed(&mut outpost(&["rules", "export", pack, "--group", group]));
+        assert_eq!(
+            String::from_utf8(exported.stdout).unwrap(),
+            std::fs::read_to_string(root().join(file)).unwrap(),
+            "{file} is stale: outpost rules export {pack} --group {group} > {file}"
+        );
+    }
 }

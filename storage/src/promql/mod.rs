@@ -13,13 +13,15 @@ mod binary;
 mod eval;
 mod functions;
 mod labels;
+mod reach;
 
 use std::time::Instant;
 
 pub use crate::series::is_label_name;
-pub use labels::Labels;
-use promql_parser::label::Matcher;
+pub use labels::{Labels, METRIC_NAME};
+pub use promql_parser::label::Matcher;
 pub use promql_parser::parser::Expr;
+pub use reach::{matchers_key, selector_reaches, SelectorReach};
 
 use crate::{Rollup, Selector, Store, Tier};
 
@@ -399,6 +401,18 @@ pub fn instant(
 ) -> Result<Answer> {
     let expr = parse(text)?;
     eval::Evaluator::new(source, options, deadline, at_ms, at_ms).instant(&expr, at_ms)
+}
+
+/// Evaluates an expression parsed once with [`parse`] at one instant: what a rule evaluated
+/// every few seconds does, without parsing it each time.
+pub fn instant_expr(
+    source: &dyn Source,
+    expr: &Expr,
+    at_ms: i64,
+    options: &Options,
+    deadline: Option<Instant>,
+) -> Result<Answer> {
+    eval::Evaluator::new(source, options, deadline, at_ms, at_ms).instant(expr, at_ms)
 }
 
 /// Evaluates `text` at `start`, `start + step`, ... up to `end` (milliseconds).
