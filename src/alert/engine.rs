@@ -1174,6 +1174,27 @@ impl Engine {
         }
     }
 
+    /// Every firing alert that channel `channel` would be told of (not silenced, of a rule
+    /// that notifies it), as its last message: what a receiver that forgets alerts not sent
+    /// again (Alertmanager) is sent every minute.
+    pub fn firing_for(&self, channel: &str) -> Vec<AlertMessage> {
+        self.alerts
+            .values()
+            .filter(|r| r.state == State::Firing && !r.silenced && r.notified)
+            .filter(|r| {
+                self.rules.iter().any(|rule| {
+                    rule.name == r.rule
+                        && rule.owns(&r.labels)
+                        && rule
+                            .notify
+                            .as_ref()
+                            .is_none_or(|n| n.iter().any(|c| c == channel))
+                })
+            })
+            .map(|r| self.message(r, Reason::Renotify))
+            .collect()
+    }
+
     /// The retained state of every firing alert, to publish again after each connect (some
     /// brokers lose retained messages when they restart).
     pub fn retained_now(&self) -> Vec<Mail> {

@@ -74,12 +74,35 @@ pub enum WebhookFormat {
     Discord,
     /// `template`, rendered with the alert's fields.
     Template,
+    /// The payload Alertmanager sends its webhook receivers (version 4), one alert a message.
+    Alertmanager,
+    /// Forwarding to an Alertmanager (`POST /api/v2/alerts`), firing alerts resent every
+    /// minute as Prometheus resends them.
+    #[serde(rename = "alertmanager-api")]
+    AlertmanagerApi,
+    /// PagerDuty's Events API v2 (`secret_file`: the integration's routing key).
+    Pagerduty,
+    /// Opsgenie's Alert API (`secret_file`: the API key); resolves close the alert.
+    Opsgenie,
+    /// A Telegram bot's `sendMessage` (`secret_file`: the bot token; `chat_id`).
+    Telegram,
+    /// An ntfy server (`url` the server, `topic`; `secret_file`: an access token, if needed).
+    Ntfy,
+    /// A Gotify server (`url` the server; `secret_file`: the application token).
+    Gotify,
+    /// A generic HTTP SMS gateway: `{"to", "from", "text"}` as JSON (`secret_file`: a bearer
+    /// token, if needed).
+    Sms,
+    /// Twilio's Messages API (`account_sid`, `secret_file`: the auth token; `from`, `to`).
+    Twilio,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub name: String,
+    /// Empty for a service's public endpoint (PagerDuty, Opsgenie, Telegram, Twilio).
+    #[serde(default)]
     pub url: String,
     #[serde(default = "default_webhook_format")]
     pub format: WebhookFormat,
@@ -95,6 +118,23 @@ pub struct WebhookConfig {
     pub timeout: Interval,
     #[serde(default = "default_notify_on")]
     pub on: Vec<NotifyOn>,
+    /// The service's key or token, in a file only its owner can read; never logged.
+    #[serde(default)]
+    pub secret_file: PathBuf,
+    /// Telegram: the chat to write to.
+    #[serde(default)]
+    pub chat_id: String,
+    /// ntfy: the topic.
+    #[serde(default)]
+    pub topic: String,
+    /// SMS and Twilio: the recipient's number and the sender's.
+    #[serde(default)]
+    pub to: String,
+    #[serde(default)]
+    pub from: String,
+    /// Twilio: the account.
+    #[serde(default)]
+    pub account_sid: String,
 }
 
 fn default_webhook_format() -> WebhookFormat {

@@ -1,7 +1,8 @@
 //! The alert runtime that both roles run over the engine (`outpost::alert`): the agent over its
 //! own samples, the hub over its view of each device. `config.rs` the `[alerts]` section,
 //! `pack.rs` its rules and silences, `runtime.rs` the evaluation tick, commands and HTTP API,
-//! `notify.rs` delivery (the MQTT mailbox, webhooks, SMTP, exec).
+//! `notify.rs` delivery (the MQTT mailbox, webhooks, SMTP, exec), `receivers.rs` the requests
+//! of the services webhook channels speak to (PagerDuty, Opsgenie, Alertmanager, ...).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod notify;
 pub mod pack;
 pub mod prometheus;
+pub mod receivers;
 pub mod runtime;
 
 use config::{AlertsSection, WebhookFormat};
@@ -42,8 +44,34 @@ impl AlertsSection {
         };
         for (i, hook) in alerts.webhook.iter().enumerate() {
             check_name(format!("alerts.webhook[{i}].name"), &hook.name)?;
-            crate::http_client::Target::parse(&hook.url)
+            let url = receivers::endpoint(hook);
+            if url.is_empty() {
+                bail!("alerts.webhook[{i}].url: missing (the service's address)");
+            }
+            crate::http_client::Target::parse(url)
                 .with_context(|| format!("alerts.webhook[{i}].url"))?;
+            for (key, value) in receivers::required_keys(hook) {
+                if value.trim().is_empty() {
+                    bail!(
+                        "alerts.webhook[{i}].{key}: missing (format {:?} needs it)",
+                        hook.format
+                    );
+                }
+            }
+            match (
+                receivers::needs_secret(hook.format),
+                hook.secret_file.as_os_str().is_empty(),
+            ) {
+                (true, true) => bail!(
+                    "alerts.webhook[{i}].secret_file: missing (format {:?} needs its key or token)",
+                    hook.format
+                ),
+                (_, false) => {
+                    crate::sysinfo_ids::read_secret(&hook.secret_file, "channel secret")
+                        .with_context(|| format!("alerts.webhook[{i}].secret_file"))?;
+                }
+                (false, true) => {}
+            }
             if hook.format == WebhookFormat::Template {
                 outpost::alert::template::Template::parse(&hook.template)
                     .map_err(anyhow::Error::msg)

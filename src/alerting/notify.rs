@@ -16,6 +16,7 @@ use outpost_storage::{StateTable, Store, WriteBatch};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
+use super::receivers::{self, Outgoing};
 use outpost::alert::engine::{AlertMessage, Channel, Engine, Mail, QueueKey, State};
 use outpost::alert::template::{Context, Template};
 
@@ -356,6 +357,7 @@ pub fn webhook_body(config: &WebhookConfig, message: &AlertMessage) -> Result<St
                 labels: &message.labels,
             })
         }
+        other => bail!("{other:?} channels build their own requests (receivers.rs)"),
     })
 }
 
@@ -505,19 +507,47 @@ pub fn notification_id(message: &AlertMessage) -> String {
     )
 }
 
+/// The request a webhook channel makes for `message`: a service's (`receivers`), or the
+/// generic formats' POST of `webhook_body` to the channel's URL.
+fn webhook_request(config: &WebhookConfig, message: &AlertMessage) -> Result<Outgoing> {
+    let secret = if config.secret_file.as_os_str().is_empty() {
+        String::new()
+    } else {
+        crate::sysinfo_ids::read_secret(&config.secret_file, "channel secret (secret_file)")?
+    };
+    let now = outpost::timearg::now_ms();
+    Ok(match receivers::outgoing(config, message, &secret, now)? {
+        Some(outgoing) => outgoing,
+        None => Outgoing {
+            url: config.url.clone(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: webhook_body(config, message)?.into_bytes(),
+        },
+    })
+}
+
 async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
-    let body = match webhook_body(config, message) {
-        Ok(body) => body,
+    let outgoing = match webhook_request(config, message) {
+        Ok(outgoing) => outgoing,
         Err(error) => return Attempt::Refused(format!("{error:#}")),
     };
-    let target = match crate::http_client::Target::parse(&config.url) {
+    let mut headers = outgoing.headers;
+    headers.push(("idempotency-key".into(), notification_id(message)));
+    post(config, headers, outgoing.url, outgoing.body).await
+}
+
+/// POSTs `body` to `url` (which may hold a token: messages name the channel's endpoint only).
+async fn post(
+    config: &WebhookConfig,
+    mut headers: Vec<(String, String)>,
+    url: String,
+    body: Vec<u8>,
+) -> Attempt {
+    let shown = receivers::endpoint(config).to_string();
+    let target = match crate::http_client::Target::parse(&url) {
         Ok(target) => target,
-        Err(error) => return Attempt::Refused(format!("{error:#}")),
+        Err(error) => return Attempt::Refused(format!("{shown}: {error:#}")),
     };
-    let mut headers: Vec<(String, String)> = vec![
-        ("content-type".into(), "application/json".into()),
-        ("idempotency-key".into(), notification_id(message)),
-    ];
     for (name, value) in &config.headers {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         headers.push((name.clone(), value.clone()));
@@ -535,11 +565,10 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
         Ok(response) if (200..300).contains(&response.status) => Attempt::Delivered,
         // Rate limits and server trouble pass; other refusals will not.
         Ok(response) if matches!(response.status, 408 | 429) || response.status >= 500 => {
-            Attempt::Retry(format!("{} answered {}", config.url, response.status))
+            Attempt::Retry(format!("{shown} answered {}", response.status))
         }
         Ok(response) => Attempt::Refused(format!(
-            "{} answered {}: {}",
-            config.url,
+            "{shown} answered {}: {}",
             response.status,
             String::from_utf8_lossy(&response.body)
                 .chars()
@@ -547,6 +576,36 @@ async fn webhook(config: &WebhookConfig, message: &AlertMessage) -> Attempt {
                 .collect::<String>()
         )),
         Err(error) => Attempt::Retry(format!("{error:#}")),
+    }
+}
+
+/// For an `alertmanager-api` channel: every minute, the firing alerts it was told of again,
+/// as Prometheus resends them, so that Alertmanager does not end them while they fire.
+pub async fn resend_to_alertmanager(config: WebhookConfig, engine: Arc<Mutex<Engine>>) {
+    let every = Duration::from_millis(receivers::ALERTMANAGER_RESEND_MS as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let firing = engine.lock().expect("engine lock").firing_for(&config.name);
+        if firing.is_empty() {
+            continue;
+        }
+        let now = outpost::timearg::now_ms();
+        let alerts: Vec<serde_json::Value> = firing
+            .iter()
+            .map(|m| receivers::alertmanager_alert(m, now))
+            .collect();
+        let url = format!(
+            "{}/api/v2/alerts",
+            receivers::endpoint(&config).trim_end_matches('/')
+        );
+        let headers = vec![("content-type".into(), "application/json".into())];
+        let body = serde_json::Value::from(alerts).to_string().into_bytes();
+        match post(&config, headers, url, body).await {
+            Attempt::Delivered => {}
+            Attempt::Retry(error) | Attempt::Refused(error) => {
+                tracing::warn!(channel = config.name, "resending firing alerts: {error}");
+            }
+        }
     }
 }
 
@@ -933,6 +992,12 @@ mod tests {
             ca_file: Default::default(),
             timeout: crate::config_values::Interval::secs(1),
             on: vec![NotifyOn::Firing],
+            secret_file: Default::default(),
+            chat_id: String::new(),
+            topic: String::new(),
+            to: String::new(),
+            from: String::new(),
+            account_sid: String::new(),
         }
     }
 

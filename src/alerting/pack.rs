@@ -190,6 +190,11 @@ ends = "2026-12-05T12:00:00Z"
             ("[[alerts.maintenance]]\nname = \"m\"\n", "alerts.maintenance[0].name"),
             ("[[alerts.webhook]]\nname = \"w\"\nurl = \"ftp://x\"\n", "alerts.webhook[0].url"),
             ("[[alerts.exec]]\nname = \"x\"\ncommand = []\n", "alerts.exec[0].command"),
+            ("[[alerts.webhook]]\nname = \"w\"\n", "alerts.webhook[0].url"),
+            ("[[alerts.webhook]]\nname = \"p\"\nformat = \"pagerduty\"\n", "alerts.webhook[0].secret_file"),
+            ("[[alerts.webhook]]\nname = \"p\"\nformat = \"pagerduty\"\nsecret_file = \"/nonexistent/key\"\n", "alerts.webhook[0].secret_file"),
+            ("[[alerts.webhook]]\nname = \"n\"\nformat = \"ntfy\"\nurl = \"https://ntfy.sh\"\n", "alerts.webhook[0].topic"),
+            ("[[alerts.webhook]]\nname = \"t\"\nformat = \"twilio\"\nsecret_file = \"/etc/hostname\"\n", "alerts.webhook[0].account_sid"),
         ] {
             let config: Config = toml::from_str(bad).unwrap();
             let error = format!("{:#}", config.alerts.validate().unwrap_err());

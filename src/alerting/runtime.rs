@@ -120,6 +120,19 @@ impl AlertRuntime {
         let mut wakers = shared.wakers.lock().expect("wakers lock");
         wakers.clear();
         for sender in senders {
+            if let Sender::Webhook(config) = &sender {
+                if config.format == super::config::WebhookFormat::AlertmanagerApi {
+                    let (config, engine) = (config.clone(), shared.engine.clone());
+                    let name = format!("channel:{}:resend", config.name);
+                    crate::supervise::spawn(&mut self.channels, &self.tasks, &name, move || {
+                        let resend = notify::resend_to_alertmanager(config.clone(), engine.clone());
+                        async move {
+                            resend.await;
+                            Ok(())
+                        }
+                    });
+                }
+            }
             let wake = Arc::new(tokio::sync::Notify::new());
             wakers.insert(sender.name().to_string(), wake.clone());
             let name = format!("channel:{}", sender.name());

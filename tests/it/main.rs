@@ -8,6 +8,7 @@ mod cli;
 mod clocks;
 mod dashboard;
 mod promql;
+mod receivers;
 mod remote;
 mod sync;
 mod systemd;

@@ -1,0 +1,519 @@
+//! The notification services an agent speaks to, each checked on the wire: a local server
+//! records every request (method, path, headers, body) and the test compares it with what the
+//! service's documented API takes. Alertmanager is the real one (Debian's).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agent::{free_port, http, wait_until, Agent};
+
+const QUIET: &str =
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+
+const RULE: &str = r#"
+[[rule]]
+name = "errors"
+select = "app_errors"
+threshold = 0
+severity = "critical"
+summary = "{{labels.job}} has {{value}} errors °C"
+"#;
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    target: String,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Request {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// An HTTP server that answers every request 200 and keeps it.
+struct Recorder {
+    port: u16,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+fn read_request(stream: &mut std::net::TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+    }
+    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok())?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        target,
+        headers,
+        body: String::from_utf8(body).ok()?,
+    })
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if let Some(request) = read_request(&mut stream) {
+                    kept.lock().unwrap().push(request);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        Recorder { port, requests }
+    }
+
+    /// Waits for `n` requests whose path starts with `prefix`.
+    fn wait_for(&self, prefix: &str, n: usize) -> Vec<Request> {
+        wait_until(
+            &format!("{n} requests to {prefix}"),
+            Duration::from_secs(30),
+            || {
+                let found: Vec<Request> = self
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.target.starts_with(prefix))
+                    .cloned()
+                    .collect();
+                (found.len() >= n).then_some(found)
+            },
+        )
+    }
+}
+
+fn secret(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+fn rules_section(dir: &Path) -> String {
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, RULE).unwrap();
+    format!(
+        "[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
+        path.display()
+    )
+}
+
+fn push(agent: &Agent, body: &str) {
+    let (status, text) = http(agent.port, "POST", "/api/v1/import/prometheus", body);
+    assert_eq!(status, 204, "{text}");
+}
+
+/// The agent's transitions of `errors`, oldest first: the firing, then the resolve.
+fn transitions(agent: &Agent) -> Vec<Value> {
+    wait_until(
+        "the firing and the resolve",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http(agent.port, "GET", "/api/alerts/history?limit=100", "");
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let mut events: Vec<Value> = v["events"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["state"] == "firing" || e["state"] == "resolved")
+                .cloned()
+                .collect();
+            events.reverse();
+            (events.len() >= 2).then_some(events)
+        },
+    )
+}
+
+#[test]
+fn each_service_gets_the_request_its_api_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let base = format!("http://127.0.0.1:{}", recorder.port);
+    let d = dir.path();
+    let config = format!(
+        r#"{QUIET}{alerts}
+[[alerts.webhook]]
+name = "pager"
+format = "pagerduty"
+url = "{base}/v2/enqueue"
+secret_file = "{pd}"
+[[alerts.webhook]]
+name = "genie"
+format = "opsgenie"
+url = "{base}/opsgenie"
+secret_file = "{og}"
+[[alerts.webhook]]
+name = "tg"
+format = "telegram"
+url = "{base}/telegram"
+secret_file = "{tg}"
+chat_id = "-1001234"
+[[alerts.webhook]]
+name = "push"
+format = "ntfy"
+url = "{base}/ntfy/"
+topic = "edge-alerts"
+secret_file = "{ntfy}"
+[[alerts.webhook]]
+name = "gotify"
+format = "gotify"
+url = "{base}/gotify"
+secret_file = "{gotify}"
+[[alerts.webhook]]
+name = "sms"
+format = "sms"
+url = "{base}/sms"
+to = "+15550100"
+[[alerts.webhook]]
+name = "twilio"
+format = "twilio"
+url = "{base}/twilio"
+account_sid = "AC0123"
+secret_file = "{twilio}"
+from = "+15550199"
+to = "+15550100"
+[[alerts.webhook]]
+name = "am-hook"
+format = "alertmanager"
+url = "{base}/am-receiver"
+"#,
+        alerts = rules_section(d),
+        pd = secret(d, "pd.key", "pd-routing-key"),
+        og = secret(d, "og.key", "og-api-key"),
+        tg = secret(d, "tg.key", "123:bot-token"),
+        ntfy = secret(d, "ntfy.key", "tk_ntfy"),
+        gotify = secret(d, "gotify.key", "gotify-app-token"),
+        twilio = secret(d, "twilio.key", "twilio-auth"),
+    );
+    let agent = Agent::start(d, &config, &[]);
+    push(&agent, "app_errors{job=\"a\"} 3\n");
+    wait_until("the firing", Duration::from_secs(30), || {
+        (!recorder.requests.lock().unwrap().is_empty()).then_some(())
+    });
+    push(&agent, "app_errors{job=\"a\"} 0\n");
+    let events = transitions(&agent);
+    let (firing, resolved) = (&events[0], &events[1]);
+    let device = firing["device"].as_str().unwrap().to_string();
+    let fired_at = firing["fired_at"].as_str().unwrap();
+    let summary = "a has 3 errors °C";
+    let resolved_summary = resolved["summary"].as_str().unwrap();
+    let title = |state: &str| {
+        let summary = if state == "RESOLVED" {
+            resolved_summary
+        } else {
+            summary
+        };
+        format!("[{state}] errors on {device}: {summary}")
+    };
+    let dedup = format!("{device}/errors/job=a");
+    assert_eq!(firing["summary"], summary);
+
+    // PagerDuty Events API v2.
+    let pd = recorder.wait_for("/v2/enqueue", 2);
+    assert_eq!(
+        (pd[0].method.as_str(), pd[0].header("content-type")),
+        ("POST", "application/json")
+    );
+    let details = json!({
+        "labels": {"job": "a"}, "value": 3.0, "threshold": 0.0, "description": "", "annotations": {},
+    });
+    assert_eq!(
+        pd[0].json(),
+        json!({
+            "routing_key": "pd-routing-key",
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "payload": {
+                "summary": format!("errors on {device}: {summary}"),
+                "source": device,
+                "severity": "critical",
+                "timestamp": fired_at,
+                "class": "errors",
+                "custom_details": details,
+            },
+        })
+    );
+    assert_eq!(pd[1].json()["event_action"], "resolve");
+    assert_eq!(pd[1].json()["dedup_key"], dedup);
+
+    // Opsgenie: create, then close by alias.
+    let og = recorder.wait_for("/opsgenie/", 2);
+    assert_eq!(og[0].target, "/opsgenie/v2/alerts");
+    assert_eq!(og[0].header("authorization"), "GenieKey og-api-key");
+    assert_eq!(
+        og[0].json(),
+        json!({
+            "message": format!("errors on {device}: {summary}"),
+            "alias": dedup,
+            "description": "",
+            "priority": "P1",
+            "source": device,
+            "tags": ["errors", "critical"],
+            "details": {"job": "a"},
+        })
+    );
+    let encoded: String = dedup
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    assert_eq!(
+        og[1].target,
+        format!("/opsgenie/v2/alerts/{encoded}/close?identifierType=alias")
+    );
+    assert_eq!(og[1].json(), json!({"source": device, "note": "resolved"}));
+
+    // Telegram: the token is in the path, as the Bot API wants it.
+    let tg = recorder.wait_for("/telegram/", 2);
+    assert_eq!(tg[0].target, "/telegram/bot123:bot-token/sendMessage");
+    assert_eq!(
+        tg[0].json(),
+        json!({"chat_id": "-1001234", "text": title("FIRING")})
+    );
+    assert_eq!(tg[1].json()["text"], title("RESOLVED"));
+
+    // ntfy, JSON publishing to the server's root.
+    let ntfy = recorder.wait_for("/ntfy", 2);
+    assert_eq!(ntfy[0].target, "/ntfy");
+    assert_eq!(ntfy[0].header("authorization"), "Bearer tk_ntfy");
+    assert_eq!(
+        ntfy[0].json(),
+        json!({
+            "topic": "edge-alerts", "title": title("FIRING"), "message": "", "priority": 5,
+            "tags": ["rotating_light", "critical"],
+        })
+    );
+    assert_eq!(
+        ntfy[1].json()["tags"],
+        json!(["white_check_mark", "critical"])
+    );
+
+    // Gotify.
+    let gotify = recorder.wait_for("/gotify/", 2);
+    assert_eq!(gotify[0].target, "/gotify/message");
+    assert_eq!(gotify[0].header("x-gotify-key"), "gotify-app-token");
+    assert_eq!(
+        gotify[0].json(),
+        json!({"title": title("FIRING"), "message": title("FIRING"), "priority": 8})
+    );
+
+    // A generic SMS gateway.
+    let sms = recorder.wait_for("/sms", 2);
+    assert_eq!(
+        sms[0].json(),
+        json!({"to": "+15550100", "text": title("FIRING")})
+    );
+    assert_eq!(sms[0].header("authorization"), "");
+
+    // Twilio's Messages API: a form, basic auth with the account and its token.
+    let twilio = recorder.wait_for("/twilio/", 2);
+    assert_eq!(
+        twilio[0].target,
+        "/twilio/2010-04-01/Accounts/AC0123/Messages.json"
+    );
+    assert_eq!(
+        twilio[0].header("content-type"),
+        "application/x-www-form-urlencoded"
+    );
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("AC0123:twilio-auth");
+    assert_eq!(twilio[0].header("authorization"), format!("Basic {basic}"));
+    let form: Vec<(String, String)> = form_urlencoded::parse(twilio[0].body.as_bytes())
+        .into_owned()
+        .collect();
+    assert_eq!(
+        form,
+        [
+            ("To".to_string(), "+15550100".to_string()),
+            ("From".to_string(), "+15550199".to_string()),
+            ("Body".to_string(), title("FIRING")),
+        ]
+    );
+
+    // Alertmanager's webhook payload.
+    let am = recorder.wait_for("/am-receiver", 2);
+    let body = am[0].json();
+    assert_eq!(
+        (&body["version"], &body["status"]),
+        (&json!("4"), &json!("firing"))
+    );
+    let labels =
+        json!({"alertname": "errors", "instance": device, "job": "a", "severity": "critical"});
+    assert_eq!(body["alerts"][0]["labels"], labels);
+    assert_eq!(body["alerts"][0]["startsAt"], fired_at);
+    assert_eq!(
+        body["alerts"][0]["annotations"],
+        json!({"summary": summary})
+    );
+    let resolved_body = am[1].json();
+    assert_eq!(resolved_body["status"], "resolved");
+    assert_eq!(
+        resolved_body["alerts"][0]["endsAt"],
+        resolved["resolved_at"]
+    );
+
+    // No secret reaches the log.
+    let log = agent.log_text();
+    for token in [
+        "pd-routing-key",
+        "og-api-key",
+        "bot-token",
+        "tk_ntfy",
+        "gotify-app-token",
+        "twilio-auth",
+    ] {
+        assert!(!log.contains(token), "{token} in the agent's log");
+    }
+}
+
+/// Debian's Alertmanager on a free port, routing everything to `webhook` at once.
+struct Alertmanager {
+    child: Child,
+    port: u16,
+}
+
+impl Alertmanager {
+    fn start(dir: &Path, webhook: &str) -> Alertmanager {
+        let port = free_port();
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: hook\n  group_by: [alertname, instance]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let binary = std::env::var("OUTPOST_ALERTMANAGER")
+            .unwrap_or_else(|_| "prometheus-alertmanager".into());
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary}: {e} (Debian's prometheus-alertmanager)"));
+        wait_until("Alertmanager ready", Duration::from_secs(30), || {
+            let (status, _) =
+                std::panic::catch_unwind(|| http(port, "GET", "/-/ready", "")).ok()?;
+            (status == 200).then_some(())
+        });
+        Alertmanager { child, port }
+    }
+
+    fn alerts(&self) -> Vec<Value> {
+        let (status, body) = http(self.port, "GET", "/api/v2/alerts", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn alerts_reach_a_real_alertmanager_and_its_receivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let manager = Alertmanager::start(
+        dir.path(),
+        &format!("http://127.0.0.1:{}/from-alertmanager", recorder.port),
+    );
+    let config = format!(
+        "{QUIET}{}\n[[alerts.webhook]]\nname = \"am\"\nformat = \"alertmanager-api\"\nurl = \"http://127.0.0.1:{}\"\n[[alerts.webhook]]\nname = \"ours\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{}/ours\"\n",
+        rules_section(dir.path()),
+        manager.port,
+        recorder.port
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    push(&agent, "app_errors{job=\"a\"} 3\n");
+    let active = wait_until("the alert in Alertmanager", Duration::from_secs(30), || {
+        let alerts = manager.alerts();
+        (alerts.len() == 1).then(|| alerts[0].clone())
+    });
+    assert_eq!(active["labels"]["alertname"], "errors", "{active}");
+    assert_eq!(active["labels"]["job"], "a");
+    assert_eq!(active["labels"]["severity"], "critical");
+    assert_eq!(active["annotations"]["summary"], "a has 3 errors °C");
+    assert_eq!(active["status"]["state"], "active");
+    // Alertmanager told its receiver; its payload has exactly the fields of ours.
+    let from_am = recorder.wait_for("/from-alertmanager", 1)[0].json();
+    let ours = recorder.wait_for("/ours", 1)[0].json();
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let (mut am_keys, mut our_keys) = (keys(&from_am), keys(&ours));
+    am_keys.sort();
+    our_keys.sort();
+    assert_eq!(am_keys, our_keys, "{from_am}\n{ours}");
+    let (mut am_alert, mut our_alert) = (keys(&from_am["alerts"][0]), keys(&ours["alerts"][0]));
+    am_alert.sort();
+    our_alert.sort();
+    assert_eq!(am_alert, our_alert);
+    assert_eq!(from_am["alerts"][0]["labels"], ours["alerts"][0]["labels"]);
+    assert_eq!(
+        from_am["alerts"][0]["startsAt"],
+        ours["alerts"][0]["startsAt"]
+    );
+    // The resolve ends it there too, and Alertmanager says so to its receiver.
+    push(&agent, "app_errors{job=\"a\"} 0\n");
+    let resolved = recorder.wait_for("/from-alertmanager", 2);
+    let last = resolved.last().unwrap().json();
+    assert_eq!(last["status"], "resolved", "{last}");
+    wait_until(
+        "no active alert in Alertmanager",
+        Duration::from_secs(30),
+        || {
+            manager
+                .alerts()
+                .iter()
+                .all(|a| a["status"]["state"] != "active")
+                .then_some(())
+        },
+    );
+}
