@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use base64::Engine as _;
 use outpost_storage::{StateTable, Store, WriteBatch};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
 use super::receivers::{self, Outgoing};
@@ -731,78 +729,11 @@ enum SmtpError {
     Transient(String),
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-struct Smtp {
-    io: BufReader<Box<dyn Stream>>,
-}
-
-impl Smtp {
-    /// Reads one (possibly multi-line) reply.
-    async fn reply(&mut self) -> Result<(u16, String), SmtpError> {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            // A line longer than any reply is refused below; `take` keeps it from growing.
-            let n = (&mut self.io)
-                .take(1025)
-                .read_line(&mut line)
-                .await
-                .map_err(|e| SmtpError::Transient(format!("reading from the server: {e}")))?;
-            if n == 0 {
-                return Err(SmtpError::Transient(
-                    "the server closed the connection".into(),
-                ));
-            }
-            // Bytes, not str slicing: a hostile server's multi-byte text must not panic us.
-            let bytes = line.as_bytes();
-            if bytes.len() < 4 || bytes.len() > 1024 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                return Err(SmtpError::Transient(format!(
-                    "not an SMTP reply: {:?}",
-                    line.chars().take(80).collect::<String>()
-                )));
-            }
-            let code = bytes[..3]
-                .iter()
-                .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-            text.push_str(String::from_utf8_lossy(&bytes[4..]).trim_end());
-            text.push(' ');
-            if bytes[3] != b'-' {
-                return Ok((code, text.trim_end().to_string()));
-            }
-        }
-    }
-
-    async fn send(&mut self, line: &str) -> Result<(), SmtpError> {
-        let stream = self.io.get_mut();
-        stream
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| SmtpError::Transient(format!("writing to the server: {e}")))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| SmtpError::Transient(format!("writing to the server: {e}")))
-    }
-
-    /// Sends a command and checks the reply's class.
-    async fn command(&mut self, line: &str, expect: u16) -> Result<String, SmtpError> {
-        self.send(line).await?;
-        let (code, text) = self.reply().await?;
-        let shown = line.split_whitespace().next().unwrap_or("");
-        match code {
-            c if c / 100 == expect / 100 => Ok(text),
-            c if c >= 500 => Err(SmtpError::Permanent(format!("{shown}: {c} {text}"))),
-            c => Err(SmtpError::Transient(format!("{shown}: {c} {text}"))),
-        }
-    }
-}
-
-/// The mail's text: headers and a dot-stuffed body, CRLF line ends, ending in `.`.
-pub fn email_data(config: &EmailConfig, message: &AlertMessage, date: &str) -> String {
-    let subject = headline(message).replace(['\r', '\n'], " ");
-    let mut body = format!(
+/// The mail for one message: the headline as its subject (encoded as RFC 2047 wants when it is
+/// not ASCII, "°C" say), the alert's fields as plain UTF-8 text.
+pub fn email_message(config: &EmailConfig, message: &AlertMessage) -> Result<lettre::Message> {
+    use lettre::message::{header::ContentType, Mailbox};
+    let text = format!(
         "{}\n\n{}\n\nrule: {}\nstate: {}\nseverity: {}\nvalue: {}\nthreshold: {}\nlabels: {}\nstarted: {}\nat: {}\nevent: {}\n",
         message.summary,
         message.description,
@@ -818,137 +749,86 @@ pub fn email_data(config: &EmailConfig, message: &AlertMessage, date: &str) -> S
         message.at,
         message.event_seq,
     );
-    body = body.replace("\r\n", "\n");
-    let mut data = String::new();
-    data.push_str(&format!("From: {}\r\n", config.from));
-    data.push_str(&format!("To: {}\r\n", config.to.join(", ")));
-    data.push_str(&format!("Subject: {subject}\r\n"));
-    data.push_str(&format!("Date: {date}\r\n"));
-    data.push_str(&format!(
-        "Message-ID: <outpost.{}@{}>\r\n",
-        notification_id(message),
-        config.from.rsplit('@').next().unwrap_or("localhost")
-    ));
-    data.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
-    for line in body.lines() {
-        if line.starts_with('.') {
-            data.push('.');
-        }
-        data.push_str(line);
-        data.push_str("\r\n");
+    let from: Mailbox = config.from.parse().context("from")?;
+    let domain = config.from.rsplit('@').next().unwrap_or("localhost");
+    let mut builder = lettre::Message::builder()
+        .from(from)
+        .subject(headline(message).replace(['\r', '\n'], " "))
+        .message_id(Some(format!(
+            "<outpost.{}@{domain}>",
+            notification_id(message)
+        )))
+        .header(ContentType::TEXT_PLAIN);
+    for to in &config.to {
+        builder = builder.to(to
+            .parse::<Mailbox>()
+            .with_context(|| format!("to {to:?}"))?);
     }
-    data.push_str(".\r\n");
-    data
+    builder.body(text).context("composing the mail")
 }
 
 async fn send_email(config: &EmailConfig, message: &AlertMessage) -> Result<(), SmtpError> {
-    let transient = |e: anyhow::Error| SmtpError::Transient(format!("{e:#}"));
-    let server = SmtpServer::parse(&config.server, config.insecure_plaintext)
-        .map_err(|e| SmtpError::Permanent(format!("{e:#}")))?;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let permanent = |e: anyhow::Error| SmtpError::Permanent(format!("{e:#}"));
+    let server = SmtpServer::parse(&config.server, config.insecure_plaintext).map_err(permanent)?;
     let password = if config.password_file.as_os_str().is_empty() {
         String::new()
     } else {
         crate::sysinfo_ids::read_secret(&config.password_file, "SMTP password (password_file)")
-            .map_err(|e| SmtpError::Permanent(format!("{e:#}")))?
+            .map_err(permanent)?
     };
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect((server.host.as_str(), server.port))
-            .await
-            .with_context(|| format!("connect to {}:{}", server.host, server.port))
-            .map_err(transient)?;
-        let stream: Box<dyn Stream> = if server.security == SmtpSecurity::Tls {
-            Box::new(
-                tls_connect(&server.host, &config.ca_file, tcp)
-                    .await
-                    .map_err(transient)?,
-            )
-        } else {
-            Box::new(tcp)
-        };
-        let mut smtp = Smtp {
-            io: BufReader::new(stream),
-        };
-        let (code, text) = smtp.reply().await?;
-        if code != 220 {
-            return Err(SmtpError::Transient(format!("greeting: {code} {text}")));
-        }
-        let mut features = smtp.command("EHLO outpost\r\n", 250).await?;
-        if server.security == SmtpSecurity::StartTls {
-            if !features.to_ascii_uppercase().contains("STARTTLS") {
-                return Err(SmtpError::Permanent(
-                    "the server does not offer STARTTLS (set insecure_plaintext only for a local relay)".into(),
-                ));
-            }
-            smtp.command("STARTTLS\r\n", 220).await?;
-            // Nothing may be buffered past the STARTTLS reply, or it was injected in clear.
-            if !smtp.io.buffer().is_empty() {
-                return Err(SmtpError::Permanent("data after STARTTLS reply".into()));
-            }
-            let plain = smtp.io.into_inner();
-            // Only a TcpStream is ever upgraded: the box holds one here.
-            let tls = tls_connect_boxed(&server.host, &config.ca_file, plain)
-                .await
-                .map_err(transient)?;
-            smtp = Smtp {
-                io: BufReader::new(Box::new(tls)),
-            };
-            features = smtp.command("EHLO outpost\r\n", 250).await?;
-        }
-        if !config.username.is_empty() {
-            if !features.to_ascii_uppercase().contains("AUTH") {
-                return Err(SmtpError::Permanent("the server offers no AUTH".into()));
-            }
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{}\0{}", config.username, password).as_bytes());
-            smtp.command(&format!("AUTH PLAIN {token}\r\n"), 235)
-                .await?;
-        }
-        smtp.command(&format!("MAIL FROM:<{}>\r\n", config.from), 250)
-            .await?;
-        for to in &config.to {
-            smtp.command(&format!("RCPT TO:<{to}>\r\n"), 250).await?;
-        }
-        smtp.command("DATA\r\n", 354).await?;
-        let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-        let date = jiff::fmt::rfc2822::to_string(&now).unwrap_or_default();
-        smtp.command(&email_data(config, message, &date), 250)
-            .await?;
-        let _ = smtp.send("QUIT\r\n").await;
-        Ok(())
+    let mail = email_message(config, message).map_err(permanent)?;
+    // The public roots built in, or the configured CA alone.
+    let mut tls = TlsParameters::builder(server.host.clone());
+    tls = if config.ca_file.as_os_str().is_empty() {
+        tls.certificate_store(CertificateStore::WebpkiRoots)
+    } else {
+        let pem = std::fs::read(&config.ca_file)
+            .with_context(|| format!("reading {}", config.ca_file.display()))
+            .map_err(permanent)?;
+        let ca = Certificate::from_pem(&pem)
+            .with_context(|| format!("{} holds no certificate", config.ca_file.display()))
+            .map_err(permanent)?;
+        tls.certificate_store(CertificateStore::None)
+            .add_root_certificate(ca)
     };
-    match tokio::time::timeout(config.timeout.0, work).await {
-        Ok(result) => result,
+    let tls = tls
+        .build_rustls()
+        .context("TLS settings")
+        .map_err(permanent)?;
+    let mode = match server.security {
+        SmtpSecurity::Tls => Tls::Wrapper(tls),
+        SmtpSecurity::StartTls => Tls::Required(tls),
+        SmtpSecurity::Plain => Tls::None,
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&server.host)
+        .port(server.port)
+        .tls(mode)
+        .hello_name(ClientId::Domain("outpost".into()))
+        .timeout(Some(config.timeout.0));
+    if !config.username.is_empty() {
+        transport = transport.credentials(Credentials::new(config.username.clone(), password));
+    }
+    let shown = format!("{}:{}", server.host, server.port);
+    let sent = tokio::time::timeout(config.timeout.0, transport.build().send(mail)).await;
+    match sent {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.is_permanent() => Err(SmtpError::Permanent(format!(
+            "{shown}: {:#}",
+            anyhow::Error::from(error)
+        ))),
+        Ok(Err(error)) => Err(SmtpError::Transient(format!(
+            "{shown}: {:#}",
+            anyhow::Error::from(error)
+        ))),
         Err(_) => Err(SmtpError::Transient(format!(
-            "no answer within {:?}",
+            "{shown}: no answer within {:?}",
             config.timeout.0
         ))),
     }
-}
-
-async fn tls_connect<S>(
-    host: &str,
-    ca_file: &std::path::Path,
-    stream: S,
-) -> Result<tokio_rustls::client::TlsStream<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let config =
-        crate::tls::client_config(ca_file, std::path::Path::new(""), std::path::Path::new(""))?;
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
-        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .context("TLS handshake")
-}
-
-async fn tls_connect_boxed(
-    host: &str,
-    ca_file: &std::path::Path,
-    stream: Box<dyn Stream>,
-) -> Result<tokio_rustls::client::TlsStream<Box<dyn Stream>>> {
-    tls_connect(host, ca_file, stream).await
 }
 
 #[cfg(test)]
@@ -1038,7 +918,7 @@ mod tests {
     }
 
     #[test]
-    fn mail_text_is_dot_stuffed_with_crlf_lines() {
+    fn mail_subjects_out_of_ascii_are_encoded() {
         let mut m = message();
         m.description = ".hidden line\nnext".into();
         let config = EmailConfig {
@@ -1047,19 +927,31 @@ mod tests {
             username: String::new(),
             password_file: Default::default(),
             from: "a@example.com".into(),
-            to: vec!["b@example.com".into()],
+            to: vec!["b@example.com".into(), "c@example.com".into()],
             insecure_plaintext: false,
             ca_file: Default::default(),
             timeout: crate::config_values::Interval::secs(1),
             on: vec![NotifyOn::Firing],
         };
-        let data = email_data(&config, &m, "Tue, 01 Dec 2026 10:02:00 +0000");
-        assert!(data.contains("\r\n..hidden line\r\nnext\r\n"), "{data}");
-        assert!(data.ends_with("\r\n.\r\n"));
+        let mail = email_message(&config, &m).unwrap();
+        let text = String::from_utf8(mail.formatted()).unwrap();
+        let (headers, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(headers.is_ascii(), "{headers}");
+        // Long headers are folded onto lines that begin with white space.
+        let headers = headers.replace("\r\n ", " ").replace("\r\n\t", " ");
+        let subject = headers
+            .lines()
+            .find(|l| l.starts_with("Subject: "))
+            .unwrap();
+        assert!(subject.contains("=?utf-8?"), "{subject}");
         assert!(
-            !data.replace("\r\n", "").contains('\n'),
-            "bare LF in {data:?}"
+            headers.contains("To: b@example.com, c@example.com"),
+            "{headers}"
         );
+        assert!(headers.contains("Message-ID: <outpost."), "{headers}");
+        let mut bad = config.clone();
+        bad.to = vec!["not an address".into()];
+        assert!(email_message(&bad, &m).is_err());
     }
 
     #[test]

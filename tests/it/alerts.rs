@@ -572,14 +572,14 @@ impl Receiver {
 }
 
 /// Debian's aiosmtpd, with STARTTLS required, saving mail into a maildir.
-struct SmtpServer {
+pub struct SmtpServer {
     child: Child,
     maildir: PathBuf,
 }
 
 impl SmtpServer {
     /// STARTTLS required, or with `smtps` TLS from the first byte.
-    fn start(dir: &Path, port: u16, cert: &Path, key: &Path, smtps: bool) -> SmtpServer {
+    pub fn start(dir: &Path, port: u16, cert: &Path, key: &Path, smtps: bool) -> SmtpServer {
         let python = std::env::var("OUTPOST_PYTHON").unwrap_or_else(|_| {
             if Path::new("/usr/bin/python3").exists() {
                 "/usr/bin/python3".into()
@@ -614,7 +614,7 @@ impl SmtpServer {
     }
 
     /// The messages received, as text.
-    fn mail(&self) -> Vec<String> {
+    pub fn mail(&self) -> Vec<String> {
         let mut out = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
@@ -635,7 +635,7 @@ impl Drop for SmtpServer {
     }
 }
 
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("smtp.pem"), dir.join("smtp.key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();

@@ -218,6 +218,14 @@ url = "{base}/am-receiver"
         gotify = secret(d, "gotify.key", "gotify-app-token"),
         twilio = secret(d, "twilio.key", "twilio-auth"),
     );
+    // E-mail, through lettre, to Debian's aiosmtpd with STARTTLS required.
+    let (cert, key) = crate::alerts::self_signed(d);
+    let smtp_port = free_port();
+    let smtp = crate::alerts::SmtpServer::start(d, smtp_port, &cert, &key, false);
+    let config = format!(
+        "{config}[[alerts.email]]\nname = \"mail\"\nserver = \"smtp://localhost:{smtp_port}\"\nfrom = \"outpost@example.com\"\nto = [\"ops@example.com\"]\nca_file = \"{}\"\n",
+        cert.display()
+    );
     let agent = Agent::start(d, &config, &[]);
     push(&agent, "app_errors{job=\"a\"} 3\n");
     wait_until("the firing", Duration::from_secs(30), || {
@@ -389,6 +397,19 @@ url = "{base}/am-receiver"
         resolved_body["alerts"][0]["endsAt"],
         resolved["resolved_at"]
     );
+
+    // The mail's subject, "°C" in it, is encoded as RFC 2047 wants: its headers are ASCII.
+    let mail = wait_until("the mail", Duration::from_secs(30), || {
+        smtp.mail().into_iter().next()
+    });
+    let (headers, body) = mail.split_once("\n\n").unwrap();
+    assert!(headers.is_ascii(), "{headers}");
+    let subject = headers.replace("\n ", " ");
+    assert!(
+        subject.contains("Subject: [FIRING] errors on") && subject.contains("=?utf-8?"),
+        "{headers}"
+    );
+    assert!(body.contains("rule: errors"), "{body}");
 
     // No secret reaches the log.
     let log = agent.log_text();
