@@ -415,6 +415,28 @@ impl AgentConfig {
                 ProbeCheck::Tcp { address } if address.rsplit_once(':').is_none() => {
                     bail!("probe[{i}].address: {address:?} needs a port (host:port)");
                 }
+                ProbeCheck::Udp {
+                    address,
+                    payload,
+                    payload_hex,
+                    expect,
+                } => {
+                    if address.rsplit_once(':').is_none() {
+                        bail!("probe[{i}].address: {address:?} needs a port (host:port)");
+                    }
+                    let bytes = crate::collect::probes::udp_payload(payload, payload_hex)
+                        .with_context(|| format!("probe[{i}].payload_hex"))?;
+                    if bytes.len() > 65_507 {
+                        bail!(
+                            "probe[{i}].payload: {} bytes, more than a datagram holds",
+                            bytes.len()
+                        );
+                    }
+                    if let Some(pattern) = expect {
+                        regex::bytes::Regex::new(pattern)
+                            .with_context(|| format!("probe[{i}].expect"))?;
+                    }
+                }
                 ProbeCheck::Ping { count, .. } if *count == 0 || *count > 100 => {
                     bail!("probe[{i}].count: must be between 1 and 100");
                 }

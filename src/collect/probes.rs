@@ -54,6 +54,20 @@ pub enum ProbeCheck {
     Tcp {
         address: String,
     },
+    /// A datagram to `address` (host:port), and its reply if `expect` asks for one.
+    Udp {
+        address: String,
+        /// What to send, as text; `payload_hex` for bytes (a DNS or RADIUS request).
+        #[serde(default)]
+        payload: String,
+        #[serde(default)]
+        payload_hex: String,
+        /// A regular expression over the reply's bytes: the round fails without a matching
+        /// reply within the timeout. Without it, the round fails only when the host says the
+        /// port is closed (ICMP port unreachable).
+        #[serde(default)]
+        expect: Option<String>,
+    },
     Dns {
         /// The name to resolve, with the system's resolver.
         host: String,
@@ -113,6 +127,7 @@ impl Outcome {
 pub struct Probe {
     pub config: ProbeConfig,
     body_pattern: Option<regex::Regex>,
+    reply_pattern: Option<regex::bytes::Regex>,
     consecutive_failures: u32,
     last_error: Option<String>,
 }
@@ -127,9 +142,17 @@ impl Probe {
             } => regex::Regex::new(p).ok(),
             _ => None,
         };
+        let reply_pattern = match &config.check {
+            // Validated at config load.
+            ProbeCheck::Udp {
+                expect: Some(p), ..
+            } => regex::bytes::Regex::new(p).ok(),
+            _ => None,
+        };
         Probe {
             config,
             body_pattern,
+            reply_pattern,
             consecutive_failures: 0,
             last_error: None,
         }
@@ -245,6 +268,19 @@ impl Probe {
                     Err(_) => Outcome::failed(format!("connect to {address}: timed out"), vec![]),
                 }
             }
+            ProbeCheck::Udp {
+                address,
+                payload,
+                payload_hex,
+                expect,
+            } => {
+                let bytes = match udp_payload(payload, payload_hex) {
+                    Ok(bytes) => bytes,
+                    Err(e) => return Outcome::failed(format!("{e:#}"), vec![]),
+                };
+                let wanted = expect.as_ref().and(self.reply_pattern.as_ref());
+                udp(address, &bytes, wanted, timeout).await
+            }
             ProbeCheck::Dns { host: name } => {
                 let lookup = tokio::net::lookup_host((name.as_str(), 0));
                 match tokio::time::timeout(timeout, lookup).await {
@@ -306,10 +342,84 @@ pub fn kind_name(check: &ProbeCheck) -> &'static str {
     match check {
         ProbeCheck::Http { .. } => "http",
         ProbeCheck::Tcp { .. } => "tcp",
+        ProbeCheck::Udp { .. } => "udp",
         ProbeCheck::Dns { .. } => "dns",
         ProbeCheck::Ping { .. } => "ping",
         ProbeCheck::Process { .. } => "process",
         ProbeCheck::Filesystem { .. } => "filesystem",
+    }
+}
+
+/// A UDP probe's datagram: its text, or its bytes written in hex.
+pub fn udp_payload(text: &str, hex_text: &str) -> Result<Vec<u8>> {
+    if !hex_text.is_empty() {
+        if !text.is_empty() {
+            bail!("give payload or payload_hex, not both");
+        }
+        let digits: String = hex_text.split_whitespace().collect();
+        return hex::decode(digits).context("payload_hex is not hex");
+    }
+    Ok(text.as_bytes().to_vec())
+}
+
+/// Sends `payload` to `address` from a socket connected to it, so that the host's "port
+/// unreachable" reaches us as a refused receive; then waits for a reply.
+async fn udp(
+    address: &str,
+    payload: &[u8],
+    expect: Option<&regex::bytes::Regex>,
+    timeout: Duration,
+) -> Outcome {
+    let exchange = async {
+        let target = tokio::net::lookup_host(address)
+            .await
+            .with_context(|| format!("resolve {address}"))?
+            .next()
+            .with_context(|| format!("{address} has no address"))?;
+        let local: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(local).await?;
+        socket.connect(target).await?;
+        socket.send(payload).await?;
+        let mut reply = vec![0u8; 65_536];
+        anyhow::Ok(
+            match tokio::time::timeout(timeout, socket.recv(&mut reply)).await {
+                Ok(Ok(n)) => Some(reply[..n].to_vec()),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    bail!("{address}: port unreachable")
+                }
+                Ok(Err(e)) => bail!("{address}: {e}"),
+                Err(_) => None,
+            },
+        )
+    };
+    match exchange.await {
+        Ok(Some(reply)) => {
+            let figures = vec![("probe_udp_reply_bytes", reply.len() as f64)];
+            match expect {
+                Some(pattern) if !pattern.is_match(&reply) => Outcome::failed(
+                    format!("the reply does not match {:?}", pattern.as_str()),
+                    figures,
+                ),
+                _ => Outcome {
+                    success: true,
+                    figures,
+                    error: None,
+                },
+            }
+        }
+        Ok(None) if expect.is_some() => {
+            Outcome::failed(format!("{address}: no reply within {timeout:?}"), vec![])
+        }
+        // Silence is all a UDP service that does not answer can give.
+        Ok(None) => Outcome {
+            success: true,
+            ..Outcome::default()
+        },
+        Err(e) => Outcome::failed(format!("{e:#}"), vec![]),
     }
 }
 
@@ -479,4 +589,68 @@ fn icmp_checksum(packet: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+#[cfg(test)]
+mod udp_tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(300);
+
+    /// A UDP server on loopback that answers `PONG <datagram>`, or nothing when `silent`.
+    async fn server(silent: bool) -> String {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = socket.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                if !silent {
+                    let mut reply = b"PONG ".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_matching_reply_succeeds_and_others_fail() {
+        let address = server(false).await;
+        let pattern = regex::bytes::Regex::new("^PONG ping").unwrap();
+        let ok = udp(&address, b"ping", Some(&pattern), WAIT).await;
+        assert!(ok.success, "{:?}", ok.error);
+        assert_eq!(ok.figures, vec![("probe_udp_reply_bytes", 9.0)]);
+        let other = regex::bytes::Regex::new("^NACK").unwrap();
+        let wrong = udp(&address, b"ping", Some(&other), WAIT).await;
+        assert!(!wrong.success);
+        assert!(wrong.error.unwrap().contains("does not match"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_and_silence_fails_only_when_a_reply_is_expected() {
+        let closed = {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap().to_string()
+        };
+        let refused = udp(&closed, b"x", None, WAIT).await;
+        assert!(!refused.success);
+        assert!(refused.error.unwrap().contains("port unreachable"));
+        let silent = server(true).await;
+        assert!(udp(&silent, b"x", None, WAIT).await.success);
+        let pattern = regex::bytes::Regex::new(".").unwrap();
+        let waited = udp(&silent, b"x", Some(&pattern), WAIT).await;
+        assert!(waited.error.unwrap().contains("no reply"));
+    }
+
+    #[test]
+    fn payloads_as_text_or_hex() {
+        assert_eq!(udp_payload("hi", "").unwrap(), b"hi");
+        assert_eq!(
+            udp_payload("", "de ad BE EF").unwrap(),
+            [0xde, 0xad, 0xbe, 0xef]
+        );
+        assert!(udp_payload("", "zz").is_err());
+        assert!(udp_payload("a", "00").is_err());
+    }
 }
