@@ -78,6 +78,15 @@ impl DevicesFile {
             .is_some_and(|d| !d.revoked && d.password_sha256 == sha256_hex(password))
     }
 
+    /// The names of the enrolled, unrevoked devices.
+    pub fn names(&self) -> Vec<String> {
+        self.device
+            .iter()
+            .filter(|(_, d)| !d.revoked)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// The signing key of an enrolled, unrevoked device.
     pub fn key(&self, device: &str) -> Option<outpost_sync::DeviceKey> {
         let entry = self.device.get(device).filter(|d| !d.revoked)?;

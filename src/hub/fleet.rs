@@ -27,7 +27,7 @@ const INSTANCES_PER_DEVICE: usize = 1000;
 /// An alert payload larger than this is not an alert.
 const MAX_ALERT_PAYLOAD: usize = 64 << 10;
 /// How long a silence command waits for its device before it is dropped.
-const COMMAND_LIFETIME_MS: i64 = 7 * 86_400_000;
+pub(super) const COMMAND_LIFETIME_MS: i64 = 7 * 86_400_000;
 
 #[derive(Debug, Default)]
 pub struct FleetAlerts {
@@ -272,9 +272,10 @@ impl HubFleet {
         if !expired.is_empty() {
             super::write_in_background(&self.store, expired, "the removal of expired commands");
         }
+        self.silences_for_newcomer(device);
     }
 
-    fn version_of(&self, device: &str) -> u16 {
+    pub(super) fn version_of(&self, device: &str) -> u16 {
         let protocol = self
             .registry
             .lock()
@@ -287,7 +288,7 @@ impl HubFleet {
         }
     }
 
-    fn publish_command(&self, device: &str, frame: &[u8]) {
+    pub(super) fn publish_command(&self, device: &str, frame: &[u8]) {
         let topics = DeviceTopics {
             fleet: self.fleet.clone(),
             device: device.to_string(),
@@ -303,7 +304,7 @@ impl HubFleet {
     }
 }
 
-fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String> {
+pub(super) fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String> {
     use outpost_storage::MatchOp as Op;
     let selector = outpost_storage::Selector::parse(text).map_err(|e| format!("match: {e}"))?;
     selector
@@ -404,64 +405,25 @@ impl outpost_web::Fleet for HubFleet {
         }
     }
 
-    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
     fn silence(
         &self,
         request: outpost_web::SilenceRequest,
         by: &outpost_web::Identity,
-    ) -> Result<outpost_web::SilenceSent, outpost_web::WebError> {
-        use outpost_web::WebError;
-        let key = self.devices.get().key(&request.device).ok_or_else(|| {
-            WebError::BadRequest(format!("device: {:?} is not enrolled", request.device))
-        })?;
-        let now = outpost::timearg::now_ms();
-        let _numbering = self.commands.lock().expect("commands lock");
-        // Ids grow per device and survive restarts: the device refuses any id it has seen.
-        let counter = RegistryKey::CommandCounter(&request.device);
-        let last = self
-            .store
-            .get(&counter)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes);
-        // A fresh hub store must still count above what the device applied: start at the time.
-        let id = (last + 1).max(u64::try_from(now).unwrap_or(0));
-        let silence_id = format!("hub-{id}");
-        let command = outpost_sync::Command {
-            device: request.device.clone(),
-            id,
-            issued_ms: now,
-            expires_ms: now + COMMAND_LIFETIME_MS,
-            action: outpost_sync::Action::Silence(outpost_sync::Silence {
-                id: silence_id.clone(),
-                matchers: matchers(&request.matcher).map_err(WebError::BadRequest)?,
-                starts_ms: request.starts_ms.unwrap_or(now),
-                ends_ms: request.ends_ms,
-                created_by: by.name.clone(),
-                comment: request.comment.clone(),
-            }),
-        };
-        let mut write = WriteBatch::default();
-        write.put(&counter, id.to_le_bytes().to_vec());
-        let device = &request.device;
-        write.put(
-            &RegistryKey::Command { device, id },
-            serde_json::to_vec(&command).expect("commands serialize"),
-        );
-        // The hub's own disk failing is its fault (a 500), not the request's.
-        self.store.write(write)?;
-        self.store.sync()?;
-        let version = self.version_of(&request.device);
-        self.publish_command(&request.device, &command.encode_as(&key, version));
-        tracing::info!(device = request.device, id, by = by.name, "silence sent");
-        Ok(outpost_web::SilenceSent {
-            starts_ms: request.starts_ms.unwrap_or(now),
-            device: request.device,
-            command_id: id,
-            silence_id,
-            matcher: request.matcher,
-            ends_ms: request.ends_ms,
-            created_by: by.name.clone(),
-        })
+    ) -> Result<outpost_web::SilenceView, outpost_web::WebError> {
+        self.create_silence(request, by)
+    }
+
+    fn silences(&self) -> Vec<outpost_web::SilenceView> {
+        self.list_silences()
+    }
+
+    fn expire_silence(
+        &self,
+        id: &str,
+        by: &outpost_web::Identity,
+        delete: bool,
+    ) -> Result<outpost_web::SilenceView, outpost_web::WebError> {
+        self.end_silence(id, by, delete)
     }
 
     fn metrics(&self) -> String {

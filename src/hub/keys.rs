@@ -19,6 +19,12 @@ pub enum RegistryKey<'a> {
     Commands(&'a str),
     /// The last command number given to a device.
     CommandCounter(&'a str),
+    /// A silence the hub made (`hub/silences.rs`), by id.
+    Silence(&'a str),
+    /// Every silence the hub made.
+    Silences,
+    /// The last silence number given.
+    SilenceCounter,
 }
 
 impl fmt::Display for RegistryKey<'_> {
@@ -29,13 +35,23 @@ impl fmt::Display for RegistryKey<'_> {
             RegistryKey::Command { device, id } => write!(f, "cmd/{device}/{id:020}"),
             RegistryKey::Commands(device) => write!(f, "cmd/{device}/"),
             RegistryKey::CommandCounter(device) => write!(f, "cmd-id/{device}"),
+            RegistryKey::Silence(id) => write!(f, "silence/{id}"),
+            RegistryKey::Silences => f.write_str("silence/"),
+            RegistryKey::SilenceCounter => f.write_str("silence-id"),
         }
     }
 }
 
 impl StateKey for RegistryKey<'_> {
     const TABLE: StateTable = StateTable::DeviceRegistry;
-    const OWNED: &'static [&'static str] = &["devices", "device/", "cmd/", "cmd-id/"];
+    const OWNED: &'static [&'static str] = &[
+        "devices",
+        "device/",
+        "cmd/",
+        "cmd-id/",
+        "silence/",
+        "silence-id",
+    ];
 }
 
 /// The fleet's alert history, in `AlertState` beside the hub's own alert engine.
@@ -112,6 +128,10 @@ mod tests {
             .to_string()
             .starts_with(&RegistryKey::Commands("d").to_string()));
         assert_eq!(RegistryKey::CommandCounter("d").to_string(), "cmd-id/d");
+        assert_eq!(RegistryKey::Silence("hub-9").to_string(), "silence/hub-9");
+        assert!(RegistryKey::Silence("hub-9")
+            .to_string()
+            .starts_with(&RegistryKey::Silences.to_string()));
         assert_eq!(
             FleetHistoryKey::Entry(3).to_string(),
             "f/00000000000000000003"

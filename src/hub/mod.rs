@@ -15,6 +15,7 @@ mod gate;
 mod keys;
 mod registry;
 pub mod remote;
+mod silences;
 #[cfg(test)]
 mod test_payloads;
 

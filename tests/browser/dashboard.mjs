@@ -145,6 +145,10 @@ try {
   check(await page.locator('form.silence').count() === 1, 'an admin sees the silence form');
   const firingRows = await page.$$eval('table.firing tbody tr', (trs) => trs.map((tr) => tr.textContent));
   check(firingRows.some((row) => row.includes(device) && row.includes('ram_in_use')), 'the alerts page lists the device\'s firing alert', firingRows);
+  const silenceRows = await page.$$eval('table.silences tbody tr', (trs) => trs.map((tr) => tr.textContent));
+  check(silenceRows.some((row) => row.includes(device) && row.includes('jetson_hot') && row.includes('ops') && row.includes('maintenance')),
+    'the alerts page lists the hub\'s silences, with who made them and why', silenceRows);
+  check(await page.locator('table.silences button').count() >= 1, 'an admin can expire an active silence');
   await page.screenshot({ path: join(shots, 'alerts.png'), fullPage: true });
 
   // Looking at "now", the charts follow the device's data as it arrives.

@@ -308,6 +308,7 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
         let (_, body) = crate::agent::http(agent_a.port, "GET", "/api/silences", "");
         body.contains(&silence_id).then_some(())
     });
+    fleet_silences(http_port, agent_a.port, (&b_dir, &mqtt[1]));
 
     // The API's answers and bounds.
     let range = |query: &str| -> (u16, String) {
@@ -462,6 +463,119 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
     drop(agent_c.stop());
     drop(agent_a.stop());
     hub.stop();
+}
+
+/// The ids of the silences an agent holds now.
+fn agent_silences(port: u16) -> Vec<String> {
+    let (_, body) = crate::agent::http(port, "GET", "/api/silences", "");
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["silences"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A fleet-wide silence: every enrolled device gets it (one offline when it was made, once it
+/// is back), the hub lists it with who made it and the alert it holds back, and ending it ends
+/// it on the devices.
+fn fleet_silences(http_port: u16, agent_a: u16, (b_dir, mqtt_b): (&Path, &str)) {
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let json = ("Content-Type", "application/json");
+    let request = |method: &str, path: &str, body: &str| -> (u16, Value) {
+        let (status, _, text) = http_with(
+            http_port,
+            method,
+            path,
+            &[("Authorization", &admin), json],
+            body,
+        );
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let ends = outpost::timearg::now_ms() + 3_600_000;
+    let (status, made) = request(
+        "POST",
+        "/api/silences",
+        &format!(
+            r#"{{"device":"*","match":"{{alertname=\"ram_in_use\"}}","ends_ms":{ends},"comment":"site visit"}}"#
+        ),
+    );
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let sent: Vec<&String> = made["sent"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        sent,
+        ["dev-a", "dev-b", "dev-c"],
+        "every enrolled device: {made}"
+    );
+    assert_eq!(
+        (&made["created_by"], &made["state"]),
+        (&"ops".into(), &"active".into())
+    );
+    wait_until(
+        "the fleet silence on dev-a",
+        Duration::from_secs(20),
+        || agent_silences(agent_a).contains(&id).then_some(()),
+    );
+    // The hub lists it, with the alert it now holds back (dev-a says so on its alert topic).
+    let listed = wait_until(
+        "the silenced alert in the list",
+        Duration::from_secs(20),
+        || {
+            let list = get_json(http_port, "/api/silences", VIEWER_TOKEN);
+            let found = list["silences"]
+                .as_array()?
+                .iter()
+                .find(|s| s["id"] == id.as_str())?
+                .clone();
+            (found["silencing"].as_array()?.len() == 1).then_some(found)
+        },
+    );
+    assert_eq!(listed["silencing"][0]["device"], "dev-a", "{listed}");
+    assert_eq!(listed["comment"], "site visit");
+    // dev-b was offline: it gets the silence when it comes back.
+    let agent_b = start_agent(b_dir, mqtt_b);
+    wait_until(
+        "the fleet silence on dev-b, back online",
+        Duration::from_secs(30),
+        || agent_silences(agent_b.port).contains(&id).then_some(()),
+    );
+    // Ended early: every device drops it, and the hub keeps the record, marked.
+    let (status, ended) = request("POST", &format!("/api/silences/{id}/expire"), "");
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(
+        (&ended["state"], &ended["expired_by"]),
+        (&"expired".into(), &"ops".into())
+    );
+    for port in [agent_a, agent_b.port] {
+        wait_until(
+            "the silence gone from the device",
+            Duration::from_secs(20),
+            || (!agent_silences(port).contains(&id)).then_some(()),
+        );
+    }
+    let (status, _) = request("DELETE", &format!("/api/silences/{id}"), "");
+    assert_eq!(status, 200);
+    let list = get_json(http_port, "/api/silences", VIEWER_TOKEN);
+    assert!(!list.to_string().contains(&format!("\"{id}\"")), "{list}");
+    let (status, _) = request("DELETE", &format!("/api/silences/{id}"), "");
+    assert_eq!(status, 404);
+    let (status, refused) = request(
+        "POST",
+        "/api/silences",
+        &format!(r#"{{"device":"nobody","match":"{{alertname=\"x\"}}","ends_ms":{ends}}}"#),
+    );
+    assert_eq!(status, 400, "{refused}");
+    drop(agent_b.stop());
+    wait_until("dev-b offline again", Duration::from_secs(30), || {
+        let (_, _, metrics) = get_as(http_port, "/metrics", &admin);
+        metrics
+            .contains("outpost_hub_device_online{instance=\"dev-b\"} 0")
+            .then_some(())
+    });
 }
 
 #[test]

@@ -64,7 +64,9 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/range", get(range_handler))
         .route("/api/export", get(export))
         .route("/api/alerts", get(alerts))
-        .route("/api/silences", post(silence))
+        .route("/api/silences", get(list_silences).post(silence))
+        .route("/api/silences/{id}", axum::routing::delete(delete_silence))
+        .route("/api/silences/{id}/expire", post(expire_silence))
         .route("/api/live", get(live))
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
@@ -643,6 +645,45 @@ async fn silence(
     Ok((StatusCode::CREATED, Json(sent?)).into_response())
 }
 
+async fn list_silences(State(web): State<Arc<Web>>) -> Answer<Response> {
+    let fleet = web.fleet.clone();
+    let silences = tokio::task::spawn_blocking(move || fleet.silences())
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "silences": silences })).into_response())
+}
+
+async fn end_silence(
+    web: Arc<Web>,
+    id: String,
+    identity: Identity,
+    delete: bool,
+) -> Answer<Response> {
+    let fleet = web.fleet.clone();
+    let ended = tokio::task::spawn_blocking(move || fleet.expire_silence(&id, &identity, delete))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(Json(ended?).into_response())
+}
+
+/// Ends a silence now and keeps its record.
+async fn expire_silence(
+    State(web): State<Arc<Web>>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Answer<Response> {
+    end_silence(web, id, identity, false).await
+}
+
+/// Ends a silence now and forgets it.
+async fn delete_silence(
+    State(web): State<Arc<Web>>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Answer<Response> {
+    end_silence(web, id, identity, true).await
+}
+
 #[derive(Deserialize)]
 struct LiveParams {
     device: Option<String>,
@@ -787,7 +828,7 @@ mod tests {
         fn alerts(&self) -> crate::FleetAlerts {
             crate::FleetAlerts::default()
         }
-        fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<crate::SilenceSent, WebError> {
+        fn silence(&self, _: SilenceRequest, _: &Identity) -> Result<crate::SilenceView, WebError> {
             Err(WebError::BadRequest("not here".into()))
         }
         fn metrics(&self) -> String {

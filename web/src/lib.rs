@@ -147,10 +147,11 @@ impl WebConfig {
     }
 }
 
-/// A silence to push to a device: `POST /api/silences`.
+/// A silence to push to devices: `POST /api/silences`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
+    /// One device, or `*` for the whole fleet (devices enrolled later too).
     pub device: String,
     /// A selector over the alert's labels plus `alertname`, e.g. `{alertname="cpu_high"}`.
     #[serde(rename = "match")]
@@ -191,18 +192,33 @@ pub struct FleetAlerts {
     pub history: Vec<serde_json::Value>,
 }
 
-/// A silence on its way to its device, as `POST /api/silences` answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SilenceSent {
+/// A silence the hub made, as `/api/silences` shows it: what, for whom, who made it and why,
+/// where it went, and the alerts it holds back now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SilenceView {
+    pub id: String,
+    /// The device, or `*` for the whole fleet.
     pub device: String,
-    /// The signed command's number: the device applies each number once.
-    pub command_id: u64,
-    pub silence_id: String,
     #[serde(rename = "match")]
     pub matcher: String,
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub created_by: String,
+    pub created_ms: i64,
+    pub comment: String,
+    /// When and by whom it was ended early.
+    pub expired_ms: Option<i64>,
+    pub expired_by: Option<String>,
+    /// `pending` (not begun), `active` or `expired`.
+    pub state: &'static str,
+    /// The signed command that carried it to each device, by device.
+    pub sent: std::collections::BTreeMap<String, u64>,
+    /// The alerts it silences now: `{"device", "rule", "instance"}`.
+    pub silencing: Vec<serde_json::Value>,
+    /// As answers before fleet silences gave them: the id again, and the command's number when
+    /// it went to one device.
+    pub silence_id: String,
+    pub command_id: Option<u64>,
 }
 
 /// What the dashboard needs from the hub beyond its store.
@@ -211,9 +227,24 @@ pub trait Fleet: Send + Sync + 'static {
     fn devices(&self) -> Vec<DeviceView>;
     /// Alerts across the fleet.
     fn alerts(&self) -> FleetAlerts;
-    /// Sends a silence to its device; what was sent, or why not. It makes the command durable
+    /// Sends a silence to its devices; what was sent, or why not. It makes the commands durable
     /// first, so it blocks: the handler calls it on the blocking pool.
-    fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceSent, WebError>;
+    fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceView, WebError>;
+    /// The silences the hub made, newest first.
+    fn silences(&self) -> Vec<SilenceView> {
+        Vec::new()
+    }
+    /// Ends silence `id` on every device it went to (and forgets it, with `delete`). Blocks,
+    /// as `silence` does.
+    fn expire_silence(
+        &self,
+        id: &str,
+        by: &Identity,
+        delete: bool,
+    ) -> Result<SilenceView, WebError> {
+        let _ = (by, delete);
+        Err(WebError::NotFound(format!("no silence {id:?}")))
+    }
     /// The hub's own metrics, Prometheus text format.
     fn metrics(&self) -> String;
     /// The names of devices as their data arrives (for live charts).

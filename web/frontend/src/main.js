@@ -512,8 +512,25 @@ async function devicePage(view, id) {
 
 // ---------- alerts ----------
 
+// The hub's silences: what, for whom, until when, who and why, and what they hold back now.
+function silencesTable(silences, admin, redraw) {
+  const when = (ms) => new Date(ms).toISOString().replace('.000Z', 'Z');
+  const rows = silences.map((s) => el('tr', { 'data-silence': s.id },
+    el('td', {}, s.device === '*' ? 'whole fleet' : s.device), el('td', {}, el('code', {}, s.match)),
+    el('td', {}, s.state), el('td', {}, when(s.starts_ms)), el('td', {}, when(s.expired_ms ?? s.ends_ms)),
+    el('td', {}, s.created_by), el('td', {}, s.comment ?? ''),
+    el('td', {}, (s.silencing ?? []).map((a) => `${a.device}: ${a.rule}`).join(', ') || '–'),
+    el('td', {}, admin && s.state !== 'expired'
+      ? el('button', { type: 'button', onclick: async () => { await api(`/api/silences/${encodeURIComponent(s.id)}/expire`, { method: 'POST' }); redraw(); } }, 'Expire')
+      : null)));
+  return el('div', { class: 'scroll' }, el('table', { class: 'alerts-table silences' },
+    el('thead', {}, el('tr', {}, ['Devices', 'Match', 'State', 'Starts', 'Ends', 'By', 'Why', 'Silencing', ''].map((t) => el('th', { scope: 'col' }, t)))),
+    el('tbody', {}, rows)));
+}
+
 async function alertsPage(view, me) {
   const alerts = await api('/api/alerts');
+  const silences = (await api('/api/silences')).silences ?? [];
   const params = new URLSearchParams(location.search);
   const filters = { severity: params.get('severity') || '', device: params.get('device') || '', rule: params.get('rule') || '' };
   const all = (alerts.alerts ?? []).map((a) => ({ ...a, current: true })).concat(alerts.history ?? []);
@@ -544,12 +561,12 @@ async function alertsPage(view, me) {
         await api('/api/silences', { method: 'POST', body: JSON.stringify({
           device: data.get('device'), match: data.get('match'), ends_ms: Date.now() + hours * 3600e3, comment: data.get('comment') || '',
         }) });
-        message.textContent = `Silence sent to ${data.get('device')}.`;
+        message.textContent = data.get('device') === '*' ? 'Silence sent to the whole fleet.' : `Silence sent to ${data.get('device')}.`;
       } catch (error) { message.textContent = error.message; }
     },
   },
   el('h2', {}, 'Silence'),
-  el('label', {}, 'Device ', el('input', { name: 'device', required: true })),
+  el('label', {}, 'Device ', el('input', { name: 'device', required: true, placeholder: 'dev-a, or * for the fleet' })),
   el('label', {}, 'Match ', el('input', { name: 'match', required: true, placeholder: '{alertname="cpu_high"}' })),
   el('label', {}, 'Hours ', el('input', { name: 'hours', type: 'number', min: '0.1', step: '0.1', value: '2', required: true })),
   el('label', {}, 'Comment ', el('input', { name: 'comment' })),
@@ -558,6 +575,7 @@ async function alertsPage(view, me) {
     el('div', { class: 'toolbar' }, pick('severity'), pick('device'), pick('rule')),
     el('h2', {}, 'Firing'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table firing' }, head(), firing)),
     el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table history' }, head(), history)),
+    el('h2', {}, 'Silences'), silencesTable(silences, admin, () => alertsPage(view, me)),
     admin ? form : null);
   draw();
 }
