@@ -135,6 +135,17 @@ pub struct WebhookConfig {
     /// Twilio: the account.
     #[serde(default)]
     pub account_sid: String,
+    /// Grouping: notifications of alerts that agree on these labels (`alertname` is the
+    /// rule) and on their state, gathered for `group_wait` after the first, go as one message;
+    /// one CPU burn over eight cores is one message, not eight. Empty: one message each.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default = "default_group_wait")]
+    pub group_wait: Interval,
+}
+
+fn default_group_wait() -> Interval {
+    Interval::secs(30)
 }
 
 fn default_webhook_format() -> WebhookFormat {
@@ -187,6 +198,11 @@ pub struct EmailConfig {
     pub timeout: Interval,
     #[serde(default = "default_notify_on")]
     pub on: Vec<NotifyOn>,
+    /// As for webhooks: one mail for the alerts that agree on these labels.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default = "default_group_wait")]
+    pub group_wait: Interval,
 }
 
 /// A silence written in the config: from `starts` (default: always) to `ends`.

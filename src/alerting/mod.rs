@@ -18,6 +18,19 @@ pub mod runtime;
 
 use config::{AlertsSection, WebhookFormat};
 
+/// A channel's `group_by` labels and `group_wait`.
+fn check_group(channel: String, by: &[String], wait: Duration) -> Result<()> {
+    for label in by {
+        if !outpost_storage::promql::is_label_name(label) {
+            bail!("{channel}.group_by: {label:?} is not a label name");
+        }
+    }
+    if wait > Duration::from_secs(3600) {
+        bail!("{channel}.group_wait: at most 1h (notifications wait that long)");
+    }
+    Ok(())
+}
+
 impl AlertsSection {
     /// Checks the section; the hub's `[alerts]` has the same keys.
     pub fn validate(&self) -> Result<()> {
@@ -72,6 +85,18 @@ impl AlertsSection {
                 }
                 (false, true) => {}
             }
+            if !hook.group_by.is_empty() && !receivers::groups(hook.format) {
+                bail!(
+                    "alerts.webhook[{i}].group_by: format {:?} sends one alert a request; group \
+                     another channel",
+                    hook.format
+                );
+            }
+            check_group(
+                format!("alerts.webhook[{i}]"),
+                &hook.group_by,
+                hook.group_wait.0,
+            )?;
             if hook.format == WebhookFormat::Template {
                 outpost::alert::template::Template::parse(&hook.template)
                     .map_err(anyhow::Error::msg)
@@ -90,6 +115,11 @@ impl AlertsSection {
         }
         for (i, email) in alerts.email.iter().enumerate() {
             check_name(format!("alerts.email[{i}].name"), &email.name)?;
+            check_group(
+                format!("alerts.email[{i}]"),
+                &email.group_by,
+                email.group_wait.0,
+            )?;
             notify::SmtpServer::parse(&email.server, email.insecure_plaintext)
                 .with_context(|| format!("alerts.email[{i}].server"))?;
             if email.to.is_empty() {

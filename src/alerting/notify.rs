@@ -193,6 +193,16 @@ impl Sender {
         }
     }
 
+    /// The labels and the wait of a channel that groups its notifications.
+    fn grouping(&self) -> Option<(&[String], Duration)> {
+        let (by, wait) = match self {
+            Sender::Webhook(c) => (&c.group_by, c.group_wait.0),
+            Sender::Email(c) => (&c.group_by, c.group_wait.0),
+            Sender::Exec(_) => return None,
+        };
+        (!by.is_empty()).then_some((by.as_slice(), wait))
+    }
+
     fn wants(&self, message: &AlertMessage) -> bool {
         let on = match self {
             Sender::Webhook(c) => &c.on,
@@ -216,6 +226,70 @@ enum Attempt {
     Refused(String),
 }
 
+/// The most notifications one grouped message carries.
+const MAX_GROUP: usize = 100;
+
+/// What a grouped notification is gathered by: its state and the values of `by`'s labels
+/// (`alertname` the rule; `device` or `instance` the device unless the alert has that label).
+fn group_key(message: &AlertMessage, by: &[String]) -> (State, Vec<String>) {
+    let values = by
+        .iter()
+        .map(|label| match (label.as_str(), message.labels.get(label)) {
+            ("alertname", _) => message.rule.clone(),
+            (_, Some(value)) => value.clone(),
+            ("device" | "instance", None) => message.device.clone(),
+            (_, None) => String::new(),
+        })
+        .collect();
+    (message.state, values)
+}
+
+/// What one turn of a channel's loop does with the head of its queue.
+enum Turn {
+    /// Wait this long (a group still gathering), or until woken.
+    Wait(Duration),
+    /// These entries were handled (delivered, refused or not wanted) or are to be retried.
+    Done(Vec<String>, Attempt),
+}
+
+/// Decides on the head of the queue `entries`: one message alone, or with the rest of its
+/// group once the group's wait is over.
+async fn turn(sender: &Sender, entries: &[(String, Vec<u8>)], store: &Store) -> Turn {
+    let (key, value) = &entries[0];
+    let head = match serde_json::from_slice::<AlertMessage>(value) {
+        Ok(message) => message,
+        Err(error) => {
+            let refused = Attempt::Refused(format!("unreadable queue entry: {error}"));
+            return Turn::Done(vec![key.clone()], refused);
+        }
+    };
+    if !sender.wants(&head) {
+        return Turn::Done(vec![key.clone()], Attempt::Delivered);
+    }
+    let Some((by, wait)) = sender.grouping() else {
+        return Turn::Done(vec![key.clone()], deliver(sender, &head, store, key).await);
+    };
+    let at = head
+        .at
+        .parse::<jiff::Timestamp>()
+        .map_or(0, |t| t.as_millisecond());
+    let due = at.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+    let now = outpost::timearg::now_ms();
+    if now < due {
+        return Turn::Wait(Duration::from_millis((due - now) as u64));
+    }
+    let wanted = group_key(&head, by);
+    let group: Vec<(String, AlertMessage)> = entries
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice::<AlertMessage>(v).ok()?)))
+        .filter(|(_, m)| sender.wants(m) && group_key(m, by) == wanted)
+        .take(MAX_GROUP)
+        .collect();
+    let (keys, messages): (Vec<String>, Vec<AlertMessage>) = group.into_iter().unzip();
+    let attempt = deliver_group(sender, &messages, store, key).await;
+    Turn::Done(keys, attempt)
+}
+
 /// Delivers channel `sender`'s queue, in order, until the task is dropped.
 pub async fn run_channel(
     sender: Sender,
@@ -229,26 +303,29 @@ pub async fn run_channel(
     let prefix = QueueKey::Channel(&channel).to_string();
     let mut backoff = Duration::from_secs(1);
     loop {
-        let head = store
-            .state_list(StateTable::NotificationQueue, &prefix)
-            .map(|entries| entries.into_iter().next());
-        let (key, value) = match head {
-            Ok(Some(entry)) => entry,
-            Ok(None) => {
+        let entries = match store.state_list(StateTable::NotificationQueue, &prefix) {
+            Ok(entries) if entries.is_empty() => {
                 wake.notified().await;
                 continue;
             }
+            Ok(entries) => entries,
             Err(error) => {
                 tracing::error!(channel = name, "reading the notification queue: {error}");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             }
         };
-        let attempt = match serde_json::from_slice::<AlertMessage>(&value) {
-            Ok(message) if sender.wants(&message) => deliver(&sender, &message, &store, &key).await,
-            Ok(_) => Attempt::Delivered,
-            Err(error) => Attempt::Refused(format!("unreadable queue entry: {error}")),
+        let (keys, attempt) = match turn(&sender, &entries, &store).await {
+            Turn::Wait(wait) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = wake.notified() => {}
+                }
+                continue;
+            }
+            Turn::Done(keys, attempt) => (keys, attempt),
         };
+        let count = keys.len() as u64;
         match attempt {
             Attempt::Retry(error) => {
                 tracing::warn!(
@@ -261,13 +338,15 @@ pub async fn run_channel(
             }
             Attempt::Refused(error) => {
                 tracing::error!(channel = name, "notification refused, dropped: {error}");
-                bump(&stats, &name, |s| s.failed += 1);
+                bump(&stats, &name, |s| s.failed += count);
             }
-            Attempt::Delivered => bump(&stats, &name, |s| s.delivered += 1),
+            Attempt::Delivered => bump(&stats, &name, |s| s.delivered += count),
         }
         backoff = Duration::from_secs(1);
         let mut write = WriteBatch::default();
-        write.delete_state(StateTable::NotificationQueue, key.clone());
+        for key in &keys {
+            write.delete_state(StateTable::NotificationQueue, key.clone());
+        }
         // Durable at once (an fsync of the log, milliseconds): a crash after this cannot make the
         // next start deliver the message again; only one between the receiver's answer and here
         // can.
@@ -281,10 +360,45 @@ pub async fn run_channel(
             continue;
         }
         let mut engine = engine.lock().expect("engine lock");
-        engine.dequeued(&channel, &key);
+        for key in &keys {
+            engine.dequeued(&channel, key);
+        }
         let queued = engine.queued(&channel);
         drop(engine);
         bump(&stats, &name, |s| s.queued = queued);
+    }
+}
+
+/// Delivers a group of notifications as one message (a group of one as itself).
+async fn deliver_group(
+    sender: &Sender,
+    messages: &[AlertMessage],
+    store: &Store,
+    key: &str,
+) -> Attempt {
+    if messages.len() == 1 {
+        return deliver(sender, &messages[0], store, key).await;
+    }
+    match sender {
+        Sender::Webhook(config) => {
+            let secret = match webhook_secret(config) {
+                Ok(secret) => secret,
+                Err(error) => return Attempt::Refused(format!("{error:#}")),
+            };
+            let now = outpost::timearg::now_ms();
+            match receivers::group_outgoing(config, messages, &secret, now) {
+                Ok(Some(outgoing)) => {
+                    let mut headers = outgoing.headers;
+                    headers.push(("idempotency-key".into(), notification_id(&messages[0])));
+                    post(config, headers, outgoing.url, outgoing.body).await
+                }
+                Ok(None) => webhook(config, &receivers::digest(messages)).await,
+                Err(error) => Attempt::Refused(format!("{error:#}")),
+            }
+        }
+        Sender::Email(_) | Sender::Exec(_) => {
+            deliver(sender, &receivers::digest(messages), store, key).await
+        }
     }
 }
 
@@ -507,12 +621,16 @@ pub fn notification_id(message: &AlertMessage) -> String {
 
 /// The request a webhook channel makes for `message`: a service's (`receivers`), or the
 /// generic formats' POST of `webhook_body` to the channel's URL.
-fn webhook_request(config: &WebhookConfig, message: &AlertMessage) -> Result<Outgoing> {
-    let secret = if config.secret_file.as_os_str().is_empty() {
-        String::new()
+fn webhook_secret(config: &WebhookConfig) -> Result<String> {
+    if config.secret_file.as_os_str().is_empty() {
+        Ok(String::new())
     } else {
-        crate::sysinfo_ids::read_secret(&config.secret_file, "channel secret (secret_file)")?
-    };
+        crate::sysinfo_ids::read_secret(&config.secret_file, "channel secret (secret_file)")
+    }
+}
+
+fn webhook_request(config: &WebhookConfig, message: &AlertMessage) -> Result<Outgoing> {
+    let secret = webhook_secret(config)?;
     let now = outpost::timearg::now_ms();
     Ok(match receivers::outgoing(config, message, &secret, now)? {
         Some(outgoing) => outgoing,
@@ -878,6 +996,8 @@ mod tests {
             to: String::new(),
             from: String::new(),
             account_sid: String::new(),
+            group_by: Vec::new(),
+            group_wait: crate::config_values::Interval::secs(30),
         }
     }
 
@@ -932,6 +1052,8 @@ mod tests {
             ca_file: Default::default(),
             timeout: crate::config_values::Interval::secs(1),
             on: vec![NotifyOn::Firing],
+            group_by: Vec::new(),
+            group_wait: crate::config_values::Interval::secs(30),
         };
         let mail = email_message(&config, &m).unwrap();
         let text = String::from_utf8(mail.formatted()).unwrap();

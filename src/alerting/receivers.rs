@@ -178,36 +178,156 @@ pub fn alertmanager_alert(message: &AlertMessage, now_ms: i64) -> Value {
     alert
 }
 
-/// The body Alertmanager posts to a webhook receiver, for this one alert.
-fn alertmanager_webhook(config: &WebhookConfig, message: &AlertMessage) -> Value {
-    let labels = alertmanager_labels(message);
-    let annotations = alertmanager_annotations(message);
-    let status = if message.state == State::Resolved {
+/// The labels every map of `maps` has with the same value.
+fn common(maps: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let Some((first, rest)) = maps.split_first() else {
+        return BTreeMap::new();
+    };
+    first
+        .iter()
+        .filter(|(k, v)| rest.iter().all(|m| m.get(*k) == Some(v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The body Alertmanager posts to a webhook receiver, for one alert or a group of them (all in
+/// one state), grouped by `group_by`.
+pub fn alertmanager_webhook(
+    config: &WebhookConfig,
+    messages: &[AlertMessage],
+    group_by: &[String],
+) -> Value {
+    let status = if messages.first().is_some_and(|m| m.state == State::Resolved) {
         "resolved"
     } else {
         "firing"
     };
-    let group: BTreeMap<&str, &str> = [("alertname", message.rule.as_str())].into();
+    let labels: Vec<BTreeMap<String, String>> = messages.iter().map(alertmanager_labels).collect();
+    let annotations: Vec<BTreeMap<String, String>> =
+        messages.iter().map(alertmanager_annotations).collect();
+    let by: Vec<String> = if group_by.is_empty() {
+        vec!["alertname".into()]
+    } else {
+        group_by.to_vec()
+    };
+    let group: BTreeMap<String, String> = common(&labels)
+        .into_iter()
+        .filter(|(k, _)| by.contains(k))
+        .collect();
+    let alerts: Vec<Value> = messages
+        .iter()
+        .zip(labels.iter().zip(&annotations))
+        .map(|(message, (labels, annotations))| {
+            json!({
+                "status": status,
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": message.fired_at.as_deref().or(message.started_at.as_deref()).unwrap_or(ZERO_TIME),
+                "endsAt": message.resolved_at.as_deref().filter(|_| status == "resolved").unwrap_or(ZERO_TIME),
+                "generatorURL": "",
+                "fingerprint": fingerprint(labels),
+            })
+        })
+        .collect();
+    let key: Vec<String> = group.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     json!({
         "version": "4",
-        "groupKey": format!("{{}}:{{alertname={:?}}}", message.rule),
+        "groupKey": format!("{{}}:{{{}}}", key.join(", ")),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": config.name,
         "groupLabels": group,
-        "commonLabels": labels,
-        "commonAnnotations": annotations,
+        "commonLabels": common(&labels),
+        "commonAnnotations": common(&annotations),
         "externalURL": "",
-        "alerts": [{
-            "status": status,
-            "labels": labels,
-            "annotations": annotations,
-            "startsAt": message.fired_at.as_deref().or(message.started_at.as_deref()).unwrap_or(ZERO_TIME),
-            "endsAt": message.resolved_at.as_deref().filter(|_| status == "resolved").unwrap_or(ZERO_TIME),
-            "generatorURL": "",
-            "fingerprint": fingerprint(&labels),
-        }],
+        "alerts": alerts,
     })
+}
+
+/// One message standing for a group, for the services that show text: the first alert's
+/// fields, the count and instances as its summary, each alert's summary as a line below.
+pub fn digest(messages: &[AlertMessage]) -> AlertMessage {
+    let mut first = messages[0].clone();
+    if messages.len() == 1 {
+        return first;
+    }
+    let names: Vec<&str> = messages.iter().map(|m| m.instance.as_str()).collect();
+    let shown = if names.len() > 8 {
+        format!("{}, and {} more", names[..8].join(", "), names.len() - 8)
+    } else {
+        names.join(", ")
+    };
+    first.summary = format!("{} alerts: {shown}", messages.len());
+    first.description = messages
+        .iter()
+        .map(|m| format!("- {} ({}): {}", m.rule, m.instance, m.summary))
+        .collect::<Vec<_>>()
+        .join("\n");
+    first.labels = common(
+        &messages
+            .iter()
+            .map(|m| m.labels.clone())
+            .collect::<Vec<_>>(),
+    );
+    first.instance = "group".into();
+    first.value = None;
+    first
+}
+
+/// Whether a format can carry a group in one request.
+pub fn groups(format: WebhookFormat) -> bool {
+    !matches!(
+        format,
+        WebhookFormat::Template | WebhookFormat::Pagerduty | WebhookFormat::Opsgenie
+    )
+}
+
+/// The request for a group of two or more alerts: Alertmanager's formats and the JSON format
+/// carry every alert; the text services get the digest.
+pub fn group_outgoing(
+    config: &WebhookConfig,
+    messages: &[AlertMessage],
+    secret: &str,
+    now_ms: i64,
+) -> Result<Option<Outgoing>> {
+    let base = endpoint(config);
+    let json_body = |body: Value| Outgoing {
+        url: base.to_string(),
+        headers: json_headers(),
+        body: body.to_string().into_bytes(),
+    };
+    match config.format {
+        WebhookFormat::Json => {
+            let labels = common(
+                &messages
+                    .iter()
+                    .map(|m| m.labels.clone())
+                    .collect::<Vec<_>>(),
+            );
+            Ok(Some(json_body(json!({
+                "group": labels,
+                "state": messages[0].state,
+                "alerts": messages,
+            }))))
+        }
+        WebhookFormat::Alertmanager => Ok(Some(json_body(alertmanager_webhook(
+            config,
+            messages,
+            &config.group_by,
+        )))),
+        WebhookFormat::AlertmanagerApi => {
+            let alerts: Vec<Value> = messages
+                .iter()
+                .map(|m| alertmanager_alert(m, now_ms))
+                .collect();
+            Ok(Some(Outgoing {
+                url: join(base, "api/v2/alerts"),
+                headers: json_headers(),
+                body: Value::from(alerts).to_string().into_bytes(),
+            }))
+        }
+        _ => outgoing(config, &digest(messages), secret, now_ms),
+    }
 }
 
 fn pagerduty(message: &AlertMessage, routing_key: &str) -> Value {
@@ -330,7 +450,7 @@ pub fn outgoing(
         | WebhookFormat::Template => return Ok(None),
         WebhookFormat::Alertmanager => json_to(
             base.to_string(),
-            alertmanager_webhook(config, message),
+            alertmanager_webhook(config, std::slice::from_ref(message), &config.group_by),
             json_headers(),
         ),
         WebhookFormat::AlertmanagerApi => json_to(

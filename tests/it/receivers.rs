@@ -538,3 +538,108 @@ fn alerts_reach_a_real_alertmanager_and_its_receivers() {
         },
     );
 }
+
+/// The recorded Xavier NX burn (four cores at 100 %) with a rule per core: a channel that groups
+/// by rule gets one message carrying the four alerts, where one that does not gets four.
+#[test]
+fn a_burn_over_every_core_is_one_grouped_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"core_busy\"\nselect = \"jetson_cpu_load_ratio\"\nthreshold = 0.9\n",
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", recorder.port);
+    let config = format!(
+        r#"{QUIET}[alerts]
+default_rules = false
+rules = ["{rules}"]
+interval = "200ms"
+[[alerts.webhook]]
+name = "each"
+url = "{base}/each"
+on = ["firing"]
+[[alerts.webhook]]
+name = "grouped"
+url = "{base}/grouped"
+group_by = ["alertname"]
+group_wait = "2s"
+on = ["firing"]
+[[alerts.webhook]]
+name = "chat"
+format = "slack"
+url = "{base}/chat"
+group_by = ["alertname", "device"]
+group_wait = "2s"
+on = ["firing"]
+[[alerts.webhook]]
+name = "am"
+format = "alertmanager"
+url = "{base}/am"
+group_by = ["alertname"]
+group_wait = "2s"
+on = ["firing"]
+"#,
+        rules = rules.display()
+    );
+    let log = crate::agent::root().join("tests/data/tegrastats/xavier-nx-jp5-nonroot-103s.log.zst");
+    let agent = Agent::start(
+        dir.path(),
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "0",
+        ],
+    );
+    let each = recorder.wait_for("/each", 4);
+    let cores: std::collections::BTreeSet<String> = each
+        .iter()
+        .map(|r| r.json()["labels"]["cpu"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cores.len(),
+        4,
+        "one message per core without grouping: {cores:?}"
+    );
+    let grouped = recorder.wait_for("/grouped", 1);
+    let body = grouped[0].json();
+    assert_eq!(body["alerts"].as_array().unwrap().len(), 4, "{body}");
+    assert_eq!(body["state"], "firing");
+    let chat = recorder.wait_for("/chat", 1)[0].json();
+    let text = chat["text"].as_str().unwrap();
+    assert!(text.contains("4 alerts"), "{text}");
+    let am = recorder.wait_for("/am", 1)[0].json();
+    assert_eq!(am["alerts"].as_array().unwrap().len(), 4, "{am}");
+    assert_eq!(am["groupLabels"], json!({"alertname": "core_busy"}));
+    // Nothing more came: every channel delivered its four notifications, and emptied its queue.
+    wait_until("every queue delivered", Duration::from_secs(60), || {
+        let metrics = agent.metrics();
+        ["each", "grouped", "chat", "am"]
+            .iter()
+            .all(|c| {
+                metrics.contains(&format!(
+                    "outpost_alert_notifications_delivered_total{{channel=\"{c}\"}} 4\n"
+                )) && metrics.contains(&format!(
+                    "outpost_alert_notifications_queued{{channel=\"{c}\"}} 0\n"
+                ))
+            })
+            .then_some(())
+    });
+    let all = recorder.requests.lock().unwrap().clone();
+    let count = |prefix: &str| all.iter().filter(|r| r.target.starts_with(prefix)).count();
+    assert_eq!(
+        (
+            count("/each"),
+            count("/grouped"),
+            count("/chat"),
+            count("/am")
+        ),
+        (4, 1, 1, 1),
+        "{}",
+        agent.log_text()
+    );
+}
