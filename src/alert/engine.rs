@@ -269,8 +269,33 @@ struct QueueStats {
     dropped_total: u64,
 }
 
+/// While an alert matching `source` fires, the alerts matching `target` whose `equal` labels
+/// have its values are held back from the notification channels, as silenced ones are (a
+/// critical over the warning of the same thing, a probe down over the service behind it).
+/// Selectors see an alert's labels with `alertname` (the rule) and `severity`.
+#[derive(Debug, Clone)]
+pub struct Inhibition {
+    pub source: outpost_storage::Selector,
+    pub target: outpost_storage::Selector,
+    pub equal: Vec<String>,
+}
+
+/// An alert as inhibition selectors see it.
+fn inhibition_key(
+    rule: &str,
+    severity: Severity,
+    labels: &BTreeMap<String, String>,
+) -> Option<SeriesKey> {
+    let mut all: BTreeMap<String, String> = labels.clone();
+    all.insert("alertname".into(), rule.to_string());
+    all.entry("severity".into())
+        .or_insert_with(|| severity.to_string());
+    SeriesKey::new("alert", all).ok()
+}
+
 pub struct Engine {
     rules: Vec<Rule>,
+    inhibitions: Vec<Inhibition>,
     recordings: Vec<Recording>,
     /// When each rule, then each recording, was last evaluated (for group intervals).
     last_round_ms: Vec<Option<i64>>,
@@ -516,6 +541,7 @@ impl Engine {
         let items = rules.len() + recordings.len();
         let mut engine = Engine {
             windows: Windows::new(&rules, &recordings),
+            inhibitions: Vec::new(),
             rules,
             recordings,
             last_round_ms: vec![None; items],
@@ -589,6 +615,50 @@ impl Engine {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    pub fn set_inhibitions(&mut self, inhibitions: Vec<Inhibition>) {
+        self.inhibitions = inhibitions;
+    }
+
+    /// Whether a firing alert other than `id` inhibits the alert `id` with these labels.
+    fn inhibited(
+        &self,
+        id: &(String, String),
+        severity: Severity,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        if self.inhibitions.is_empty() {
+            return false;
+        }
+        let Some(target) = inhibition_key(&id.0, severity, labels) else {
+            return false;
+        };
+        self.inhibitions
+            .iter()
+            .filter(|i| i.target.matches(&target))
+            .any(|inhibition| {
+                self.alerts.iter().any(|(other, record)| {
+                    other != id
+                        && record.state == State::Firing
+                        && inhibition_key(&record.rule, record.severity, &record.labels)
+                            .is_some_and(|source| {
+                                inhibition.source.matches(&source)
+                                    && inhibition
+                                        .equal
+                                        .iter()
+                                        .all(|l| source.label(l) == target.label(l))
+                            })
+                })
+            })
+    }
+
+    /// Whether an alert could inhibit others: such alerts are stepped first in a round, so
+    /// that a critical and its warning that start together never let the warning through.
+    fn may_inhibit(&self, rule: &Rule, labels: &BTreeMap<String, String>) -> bool {
+        !self.inhibitions.is_empty()
+            && inhibition_key(&rule.name, rule.severity, labels)
+                .is_some_and(|key| self.inhibitions.iter().any(|i| i.source.matches(&key)))
     }
 
     pub fn recordings(&self) -> &[Recording] {
@@ -753,6 +823,7 @@ impl Engine {
         self.recordings = recordings;
         let rules = std::mem::take(&mut self.rules);
         let mut present: std::collections::HashSet<(String, String)> = Default::default();
+        let mut steps: Vec<(usize, (String, String), Observed)> = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
             let observed = match &rule.condition {
                 Condition::Threshold(_) => self.threshold_alerts(r, rule, now_ms),
@@ -775,8 +846,13 @@ impl Engine {
             for observed in observed {
                 let id = (rule.name.clone(), instance_name(&observed.labels));
                 present.insert(id.clone());
-                self.step(rule, id, observed, now_ms, (write, &mut outcome));
+                steps.push((r, id, observed));
             }
+        }
+        // Possible inhibitors first (a stable sort keeps the rules' order otherwise).
+        steps.sort_by_key(|(r, _, observed)| !self.may_inhibit(&rules[*r], &observed.labels));
+        for (r, id, observed) in steps {
+            self.step(&rules[r], id, observed, now_ms, (write, &mut outcome));
         }
         // Alerts whose series left every window: their condition no longer holds.
         let gone: Vec<(String, String)> = self
@@ -1072,7 +1148,8 @@ impl Engine {
         let before = record.clone();
         record.value = observed.value;
         record.threshold = rule.threshold();
-        record.silenced = self.silences.silenced(&rule.name, &record.labels, now_ms);
+        record.silenced = self.silences.silenced(&rule.name, &record.labels, now_ms)
+            || self.inhibited(&id, record.severity, &record.labels);
         let (transition, reason) = match next_state(&mut record, rule, observed.holds, now_ms) {
             Next::Unchanged => return,
             Next::Forget => {
@@ -1639,6 +1716,57 @@ groups:
             .unwrap();
         assert!(engine.last_error(twice).unwrap().contains("same labelset"));
         assert!(!engine.alerts().any(|a| a.rule == "Twice"));
+    }
+
+    #[test]
+    fn a_critical_holds_back_the_warning_of_the_same_thing_until_it_resolves() {
+        let mut rig = rig(r#"
+[[rule]]
+name = "hot"
+select = "temp"
+threshold = 80
+[[rule]]
+name = "very_hot"
+select = "temp"
+threshold = 90
+severity = "critical"
+"#);
+        let selector = |t: &str| outpost_storage::Selector::parse(t).unwrap();
+        rig.engine.set_inhibitions(vec![Inhibition {
+            source: selector(r#"{severity="critical"}"#),
+            target: selector(r#"{severity="warning"}"#),
+            equal: vec!["zone".into()],
+        }]);
+        let told = |rig: &Rig| -> Vec<(String, String)> {
+            rig.queue("n/hook/")
+                .iter()
+                .map(|m| {
+                    (
+                        m["rule"].as_str().unwrap().into(),
+                        m["state"].as_str().unwrap().into(),
+                    )
+                })
+                .collect()
+        };
+        // Both start in one round (the warning is a later rule): the warning is held back.
+        let gpu = r#"temp{zone="gpu"}"#;
+        let states = rig.tick(1, &[(gpu, 95.0)]);
+        assert_eq!(states.len(), 2, "both fire, visibly: {states:?}");
+        assert_eq!(told(&rig), [("very_hot".to_string(), "firing".to_string())]);
+        // Another zone's warning is not under that critical.
+        rig.tick(2, &[(gpu, 95.0), (r#"temp{zone="cpu"}"#, 85.0)]);
+        assert_eq!(told(&rig).len(), 2);
+        assert_eq!(told(&rig)[1].0, "hot");
+        // The critical resolves with the warning still firing: now the warning is told.
+        rig.tick(3, &[(gpu, 85.0), (r#"temp{zone="cpu"}"#, 85.0)]);
+        let after: Vec<(String, String)> = told(&rig).into_iter().skip(2).collect();
+        assert_eq!(
+            after,
+            [
+                ("very_hot".to_string(), "resolved".to_string()),
+                ("hot".to_string(), "firing".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub struct AlertsSection {
     pub silence: Vec<SilenceConfig>,
     /// Recurring windows in which matching alerts are silenced.
     pub maintenance: Vec<MaintenanceConfig>,
+    /// Alerts that hold others back while they fire (`[[alerts.inhibit]]`).
+    pub inhibit: Vec<InhibitConfig>,
+}
+
+/// While an alert matching `source` fires, alerts matching `target` that agree with it on the
+/// `equal` labels are held back from the channels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitConfig {
+    /// Selectors over an alert's labels, `alertname` and `severity`.
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub equal: Vec<String>,
 }
 
 impl Default for AlertsSection {
@@ -44,6 +58,7 @@ impl Default for AlertsSection {
             email: Vec::new(),
             silence: Vec::new(),
             maintenance: Vec::new(),
+            inhibit: Vec::new(),
         }
     }
 }

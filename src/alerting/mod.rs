@@ -136,6 +136,7 @@ impl AlertsSection {
             }
         }
         pack::silences_from_config(alerts, 0)?;
+        pack::inhibitions_from_config(alerts)?;
         Ok(())
     }
 }

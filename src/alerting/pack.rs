@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
+use outpost::alert::engine::Inhibition;
 use outpost::alert::rules::{self, Rule, RuleSet};
 use outpost::alert::schedule::{parse_weekday, Maintenance, Silence, Silences, When};
 
@@ -46,6 +47,43 @@ pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<RuleSet> {
         }
     }
     Ok(loaded)
+}
+
+/// The built-in packs' pairs: the critical form of a condition holds back its warning form, and
+/// (at the hub) a device offline holds back its sync lagging.
+const PACK_INHIBITIONS: &[(&str, &str, &[&str])] = &[
+    ("cpu_saturated", "cpu_high", &[]),
+    ("memory_critical", "memory_high", &[]),
+    ("device_offline", "device_sync_lagging", &["instance"]),
+];
+
+/// The config's inhibitions, checked, and the built-in pack's when it is on.
+pub fn inhibitions_from_config(alerts: &AlertsSection) -> Result<Vec<Inhibition>> {
+    let selector =
+        |key: String, text: &str| outpost_storage::Selector::parse(text).with_context(|| key);
+    let mut out = Vec::new();
+    for (i, rule) in alerts.inhibit.iter().enumerate() {
+        for label in &rule.equal {
+            if !outpost_storage::promql::is_label_name(label) {
+                bail!("alerts.inhibit[{i}].equal: {label:?} is not a label name");
+            }
+        }
+        out.push(Inhibition {
+            source: selector(format!("alerts.inhibit[{i}].source"), &rule.source)?,
+            target: selector(format!("alerts.inhibit[{i}].target"), &rule.target)?,
+            equal: rule.equal.clone(),
+        });
+    }
+    if alerts.default_rules {
+        for (source, target, equal) in PACK_INHIBITIONS {
+            out.push(Inhibition {
+                source: selector("pack".into(), &format!("{{alertname=\"{source}\"}}"))?,
+                target: selector("pack".into(), &format!("{{alertname=\"{target}\"}}"))?,
+                equal: equal.iter().map(|l| l.to_string()).collect(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The config's silences and maintenance windows, checked.
@@ -191,6 +229,9 @@ ends = "2026-12-05T12:00:00Z"
             ("[[alerts.webhook]]\nname = \"w\"\nurl = \"ftp://x\"\n", "alerts.webhook[0].url"),
             ("[[alerts.exec]]\nname = \"x\"\ncommand = []\n", "alerts.exec[0].command"),
             ("[[alerts.webhook]]\nname = \"w\"\n", "alerts.webhook[0].url"),
+            ("[[alerts.inhibit]]\nsource = '{'\ntarget = '{x=\"1\"}'\n", "alerts.inhibit[0].source"),
+            ("[[alerts.inhibit]]\nsource = '{x=\"1\"}'\ntarget = '{x=\"2\"}'\nequal = [\"a b\"]\n", "alerts.inhibit[0].equal"),
+            ("[[alerts.webhook]]\nname = \"p\"\nformat = \"template\"\nurl = \"http://x/\"\ngroup_by = [\"alertname\"]\n", "alerts.webhook[0].group_by"),
             ("[[alerts.webhook]]\nname = \"p\"\nformat = \"pagerduty\"\n", "alerts.webhook[0].secret_file"),
             ("[[alerts.webhook]]\nname = \"p\"\nformat = \"pagerduty\"\nsecret_file = \"/nonexistent/key\"\n", "alerts.webhook[0].secret_file"),
             ("[[alerts.webhook]]\nname = \"n\"\nformat = \"ntfy\"\nurl = \"https://ntfy.sh\"\n", "alerts.webhook[0].topic"),

@@ -83,6 +83,7 @@ impl AlertRuntime {
         };
         let mut engine = Engine::open(&store, rules, options, silences, now)
             .context("loading the alert state")?;
+        engine.set_inhibitions(pack::inhibitions_from_config(section)?);
         engine
             .backfill(&store, now)
             .context("reading recent samples")?;
@@ -179,6 +180,7 @@ impl AlertRuntime {
             max_queued: section.max_queued,
         };
         let mut engine = Engine::open(&shared.store, rules, options, silences, now)?;
+        engine.set_inhibitions(pack::inhibitions_from_config(section)?);
         engine.backfill(&shared.store, now)?;
         self.channels.shutdown().await;
         *shared.engine.lock().expect("engine lock") = engine;
