@@ -413,6 +413,28 @@ impl outpost_web::Fleet for HubFleet {
         self.create_silence(request, by)
     }
 
+    fn outage_notes(&self) -> Vec<outpost_web::outages::OutageNote> {
+        self.store
+            .list(&RegistryKey::OutageNotes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .collect()
+    }
+
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
+    fn set_outage_note(
+        &self,
+        note: outpost_web::outages::OutageNote,
+    ) -> Result<(), outpost_web::WebError> {
+        let mut write = WriteBatch::default();
+        let key = RegistryKey::OutageNote(&note.device, &note.probe, note.start_ms);
+        write.put(&key, serde_json::to_vec(&note).expect("notes serialize"));
+        self.store.write(write)?;
+        self.store.sync()?;
+        Ok(())
+    }
+
     fn silences(&self) -> Vec<outpost_web::SilenceView> {
         self.list_silences()
     }

@@ -25,6 +25,10 @@ pub enum RegistryKey<'a> {
     Silences,
     /// The last silence number given.
     SilenceCounter,
+    /// An operator's note on a probe outage: device, probe and the outage's start.
+    OutageNote(&'a str, &'a str, i64),
+    /// Every outage note.
+    OutageNotes,
 }
 
 impl fmt::Display for RegistryKey<'_> {
@@ -38,6 +42,13 @@ impl fmt::Display for RegistryKey<'_> {
             RegistryKey::Silence(id) => write!(f, "silence/{id}"),
             RegistryKey::Silences => f.write_str("silence/"),
             RegistryKey::SilenceCounter => f.write_str("silence-id"),
+            // JSON: a probe's name may hold any character, `/` too.
+            RegistryKey::OutageNote(device, probe, start) => write!(
+                f,
+                "outage-note/{}",
+                serde_json::json!([device, probe, start])
+            ),
+            RegistryKey::OutageNotes => f.write_str("outage-note/"),
         }
     }
 }
@@ -51,6 +62,7 @@ impl StateKey for RegistryKey<'_> {
         "cmd-id/",
         "silence/",
         "silence-id",
+        "outage-note/",
     ];
 }
 

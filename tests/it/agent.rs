@@ -387,6 +387,15 @@ fn serve_http() -> u16 {
 
 #[test]
 fn collectors_probes_pushes_and_the_catalogue_agree() {
+    // A UDP service that echoes what it gets, for the UDP probe.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
     let dir = tempfile::tempdir().unwrap();
     let server = serve_http();
     let closed = free_port();
@@ -456,6 +465,14 @@ failures_before_down = 2
 name = "open-port"
 kind = "tcp"
 address = "127.0.0.1:{server}"
+interval = "200ms"
+
+[[probe]]
+name = "echo"
+kind = "udp"
+address = "127.0.0.1:{udp_port}"
+payload = "ping"
+expect = "^ping$"
 interval = "200ms"
 
 [[probe]]

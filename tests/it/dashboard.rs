@@ -730,3 +730,107 @@ fn logins_are_throttled_and_do_not_tell_names_apart() {
     assert!(took < *known, "refused without an argon2 check: {took:?}");
     hub.stop();
 }
+
+/// A TCP probe whose service goes away and comes back: the hub lists the outage (ongoing, then
+/// ended) with its severity and duration, the probe's availability over the range, and an
+/// operator's note on it; a viewer cannot write one.
+#[test]
+fn probe_outages_availability_and_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = enrol(dir.path(), "dev-p", mqtt_port);
+    let config = format!(
+        "{}{}",
+        token_entry("ops", "admin", ADMIN_TOKEN),
+        token_entry("grafana", "viewer", VIEWER_TOKEN)
+    );
+    let _hub = hub_with_config(dir.path(), (http_port, mqtt_port), &config);
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    let agent_dir = dir.path().join("p");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let probe = format!(
+        "[[probe]]\nname = \"svc\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfailures_before_down = 2\n"
+    );
+    let _agent = Agent::start(&agent_dir, &format!("{}{probe}", agent_config(&mqtt)), &[]);
+    let since = outpost::timearg::now_ms() - 60_000;
+    let report = || -> Value {
+        let all = get_json(
+            http_port,
+            &format!("/api/probes/outages?device=dev-p&start={since}&end=now"),
+            VIEWER_TOKEN,
+        );
+        all["probes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["probe"] == "svc").cloned())
+            .unwrap_or(Value::Null)
+    };
+    wait_until("the probe up at the hub", Duration::from_secs(30), || {
+        (report()["availability"] == 100.0).then_some(())
+    });
+    drop(service);
+    let ongoing = wait_until("an ongoing outage", Duration::from_secs(30), || {
+        let r = report();
+        let outage = r["outages"]
+            .as_array()?
+            .iter()
+            .find(|o| o["severity"] == "critical")?
+            .clone();
+        outage["end_ms"].is_null().then_some(outage)
+    });
+    let start_ms = ongoing["start_ms"].as_i64().unwrap();
+    let _back = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let ended = wait_until("the outage over", Duration::from_secs(60), || {
+        let r = report();
+        let outage = r["outages"]
+            .as_array()?
+            .iter()
+            .find(|o| o["start_ms"] == start_ms)?
+            .clone();
+        outage["end_ms"].as_i64().map(|_| (r, outage))
+    });
+    let (probe_report, outage) = ended;
+    assert_eq!(probe_report["kind"], "tcp");
+    let availability = probe_report["availability"].as_f64().unwrap();
+    assert!(availability > 0.0 && availability < 100.0, "{probe_report}");
+    assert!(
+        outage["duration_seconds"].as_f64().unwrap() > 0.0,
+        "{outage}"
+    );
+    // An operator's note, kept and shown with the outage.
+    let note = format!(
+        r#"{{"device":"dev-p","probe":"svc","start_ms":{start_ms},"note":"resolved by restarting the service"}}"#
+    );
+    let json = ("Content-Type", "application/json");
+    let viewer = format!("Bearer {VIEWER_TOKEN}");
+    let (status, _, _) = http_with(
+        http_port,
+        "POST",
+        "/api/probes/outages/note",
+        &[("Authorization", &viewer), json],
+        &note,
+    );
+    assert_eq!(status, 403, "a viewer cannot annotate");
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = http_with(
+        http_port,
+        "POST",
+        "/api/probes/outages/note",
+        &[("Authorization", &admin), json],
+        &note,
+    );
+    assert_eq!(status, 200, "{body}");
+    let noted = report();
+    let outage = noted["outages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["start_ms"] == start_ms)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        outage["note"]["note"], "resolved by restarting the service",
+        "{outage}"
+    );
+    assert_eq!(outage["note"]["by"], "ops");
+}

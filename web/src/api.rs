@@ -67,6 +67,8 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/silences", get(list_silences).post(silence))
         .route("/api/silences/{id}", axum::routing::delete(delete_silence))
         .route("/api/silences/{id}/expire", post(expire_silence))
+        .route("/api/probes/outages", get(probe_outages))
+        .route("/api/probes/outages/note", post(outage_note))
         .route("/api/live", get(live))
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
@@ -643,6 +645,83 @@ async fn silence(
         .await
         .map_err(|e| WebError::Internal(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(sent?)).into_response())
+}
+
+#[derive(Deserialize)]
+struct OutageParams {
+    device: Option<String>,
+    probe: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+}
+
+/// Each probe's outages and availability over a range (a day by default).
+async fn probe_outages(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<OutageParams>,
+) -> Answer<Response> {
+    let now = web.fleet.now_ms();
+    let (start, end) = window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        now,
+        86_400_000,
+    )?;
+    if end <= start {
+        return Err(WebError::BadRequest("end must be after start".into()));
+    }
+    let step = crate::outages::step_for(start, end);
+    let fleet = web.fleet.clone();
+    let notes = tokio::task::spawn_blocking(move || fleet.outage_notes())
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let device = params.device.unwrap_or_default();
+    let probe = params.probe.unwrap_or_default();
+    let probes = crate::outages::report(
+        &web.samples(),
+        &notes,
+        (&device, &probe),
+        (start, end, step),
+    )
+    .await?;
+    Ok(
+        Json(json!({ "start": start, "end": end, "step_ms": step, "probes": probes }))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteRequest {
+    device: String,
+    probe: String,
+    start_ms: i64,
+    note: String,
+}
+
+/// An operator's note on an outage ("resolved by replacing the switch").
+async fn outage_note(
+    State(web): State<Arc<Web>>,
+    Extension(identity): Extension<Identity>,
+    Json(request): Json<NoteRequest>,
+) -> Answer<Response> {
+    if request.note.len() > 4096 {
+        return Err(WebError::BadRequest("note: at most 4096 bytes".into()));
+    }
+    let note = crate::outages::OutageNote {
+        device: request.device,
+        probe: request.probe,
+        start_ms: request.start_ms,
+        note: request.note,
+        by: identity.name.clone(),
+        at_ms: web.fleet.now_ms(),
+    };
+    let fleet = web.fleet.clone();
+    let kept = note.clone();
+    tokio::task::spawn_blocking(move || fleet.set_outage_note(kept))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))??;
+    Ok(Json(note).into_response())
 }
 
 async fn list_silences(State(web): State<Arc<Web>>) -> Answer<Response> {

@@ -13,6 +13,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod outages;
 pub mod prometheus;
 pub mod range;
 pub mod samples;
@@ -230,6 +231,15 @@ pub trait Fleet: Send + Sync + 'static {
     /// Sends a silence to its devices; what was sent, or why not. It makes the commands durable
     /// first, so it blocks: the handler calls it on the blocking pool.
     fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceView, WebError>;
+    /// Operators' notes on probe outages.
+    fn outage_notes(&self) -> Vec<outages::OutageNote> {
+        Vec::new()
+    }
+    /// Keeps a note on an outage (replacing an earlier one); blocks, as `silence` does.
+    fn set_outage_note(&self, note: outages::OutageNote) -> Result<(), WebError> {
+        let _ = note;
+        Err(WebError::BadRequest("this server keeps no notes".into()))
+    }
     /// The silences the hub made, newest first.
     fn silences(&self) -> Vec<SilenceView> {
         Vec::new()
