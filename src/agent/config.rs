@@ -343,6 +343,12 @@ impl ConfigFile for AgentConfig {
             bail!("tegrastats.replay_speed: must be 0 (as fast as possible) or a positive factor");
         }
         self.alerts.validate()?;
+        if !self.alerts.route.is_empty() {
+            bail!(
+                "alerts.route: routes are the hub's, for the devices' alerts; on a device, name \
+                 channels in a rule's notify, or group with a channel's group_by"
+            );
+        }
         self.validate_scrapes_and_probes()
     }
 }

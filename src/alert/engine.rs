@@ -1251,6 +1251,27 @@ impl Engine {
         }
     }
 
+    /// Queues `message` (another engine's: a device's alert at the hub) for the named channel,
+    /// in `write`; false when the engine has no such channel.
+    pub fn enqueue_for(
+        &mut self,
+        channel: &str,
+        message: &AlertMessage,
+        write: &mut WriteBatch,
+    ) -> bool {
+        if !self.options.channels.iter().any(|c| c == channel) {
+            return false;
+        }
+        let channel = Channel::Named(channel.to_string());
+        let mut message = message.clone();
+        message.dropped_before = self.take_dropped(&channel);
+        let key = self.next_queue_key(&channel);
+        let value = serde_json::to_vec(&message).expect("message serializes");
+        self.enqueue(write, channel, value, key);
+        write.put(&EngineKey::QueueSeq, self.queue_seq.to_le_bytes().to_vec());
+        true
+    }
+
     /// Every firing alert that channel `channel` would be told of (not silenced, of a rule
     /// that notifies it), as its last message: what a receiver that forgets alerts not sent
     /// again (Alertmanager) is sent every minute.

@@ -31,6 +31,23 @@ pub struct AlertsSection {
     pub maintenance: Vec<MaintenanceConfig>,
     /// Alerts that hold others back while they fire (`[[alerts.inhibit]]`).
     pub inhibit: Vec<InhibitConfig>,
+    /// The hub's routes for the devices' alerts (`[[alerts.route]]`): which of its channels
+    /// hear of which; the first route that matches wins unless it says `continue`.
+    pub route: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A selector over a device alert's labels, `alertname`, `severity` and `device`; `{}`
+    /// (or nothing) for every alert.
+    #[serde(rename = "match", default)]
+    pub matcher: String,
+    /// The hub's channels (webhook, e-mail, exec) by name.
+    pub receivers: Vec<String>,
+    /// Go on to the next routes after this one matched.
+    #[serde(default, rename = "continue")]
+    pub continue_: bool,
 }
 
 /// While an alert matching `source` fires, alerts matching `target` that agree with it on the
@@ -59,6 +76,7 @@ impl Default for AlertsSection {
             silence: Vec::new(),
             maintenance: Vec::new(),
             inhibit: Vec::new(),
+            route: Vec::new(),
         }
     }
 }

@@ -49,12 +49,25 @@ pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<RuleSet> {
     Ok(loaded)
 }
 
-/// The built-in packs' pairs: the critical form of a condition holds back its warning form, and
-/// (at the hub) a device offline holds back its sync lagging.
+/// The built-in packs' inhibitions (source, target, equal labels): the critical form of a
+/// condition holds back its warning form, and (at the hub) a device offline holds back that
+/// device's other alerts, its own and those it reported.
 const PACK_INHIBITIONS: &[(&str, &str, &[&str])] = &[
-    ("cpu_saturated", "cpu_high", &[]),
-    ("memory_critical", "memory_high", &[]),
-    ("device_offline", "device_sync_lagging", &["instance"]),
+    (
+        r#"{alertname="cpu_saturated"}"#,
+        r#"{alertname="cpu_high"}"#,
+        &[],
+    ),
+    (
+        r#"{alertname="memory_critical"}"#,
+        r#"{alertname="memory_high"}"#,
+        &[],
+    ),
+    (
+        r#"{alertname="device_offline"}"#,
+        r#"{alertname=~".+", alertname!="device_offline"}"#,
+        &["instance"],
+    ),
 ];
 
 /// The config's inhibitions, checked, and the built-in pack's when it is on.
@@ -77,8 +90,8 @@ pub fn inhibitions_from_config(alerts: &AlertsSection) -> Result<Vec<Inhibition>
     if alerts.default_rules {
         for (source, target, equal) in PACK_INHIBITIONS {
             out.push(Inhibition {
-                source: selector("pack".into(), &format!("{{alertname=\"{source}\"}}"))?,
-                target: selector("pack".into(), &format!("{{alertname=\"{target}\"}}"))?,
+                source: selector("pack".into(), source)?,
+                target: selector("pack".into(), target)?,
                 equal: equal.iter().map(|l| l.to_string()).collect(),
             });
         }

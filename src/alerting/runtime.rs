@@ -195,6 +195,13 @@ impl AlertRuntime {
 }
 
 impl AlertShared {
+    /// Wakes the named channel's delivery task.
+    pub fn wake(&self, channel: &str) {
+        if let Some(wake) = self.wakers.lock().expect("wakers lock").get(channel) {
+            wake.notify_one();
+        }
+    }
+
     fn wake_all(&self) {
         for wake in self.wakers.lock().expect("wakers lock").values() {
             wake.notify_one();

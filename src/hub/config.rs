@@ -133,6 +133,7 @@ impl ConfigFile for HubConfig {
             bail!("hub.stale_after: must be at least 1s");
         }
         self.alerts.validate()?;
+        super::routing::Router::from_config(&self.alerts)?;
         self.remote_write.validate()?;
         self.web
             .validate(self.hub.listen.ip().is_loopback())

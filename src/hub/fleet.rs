@@ -4,6 +4,7 @@
 
 #![deny(clippy::disallowed_methods)]
 
+use outpost::alert::engine::{AlertMessage, State};
 use outpost_sync::HubToDevice;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -101,8 +102,10 @@ impl FleetAlerts {
                 return Ok((Admitted::Ignored, signed));
             }
             let admitted = self
-                .record_event(alert)
-                .map_or(Admitted::Ignored, Admitted::Event);
+                .record_event(alert.clone())
+                .map_or(Admitted::Ignored, |write| {
+                    Admitted::Event(write, Box::new(alert))
+                });
             return Ok((admitted, signed));
         }
         if let Some(shown) = self.current.get(&key) {
@@ -172,8 +175,8 @@ pub(super) enum Admitted {
     Shown,
     /// A resolved alert's retained state cleared.
     Cleared,
-    /// A new transition for the history, to store.
-    Event(WriteBatch),
+    /// A new transition for the history, to store, and the transition.
+    Event(WriteBatch, Box<Value>),
     /// Nothing to do: a pending or inactive transition, or an event already recorded.
     Ignored,
 }
@@ -199,6 +202,8 @@ pub struct HubFleet {
     pub ingested: tokio::sync::broadcast::Sender<String>,
     /// What the embedded broker's gate refused, per login.
     pub refusals: Arc<super::gate::Refusals>,
+    /// The routes of device alerts to the hub's channels.
+    pub router: super::routing::Router,
     /// `[remote_write] query_url`: the engine that answers the Prometheus API's reads.
     pub query_engine: Option<Arc<dyn outpost_web::prometheus::QueryEngine>>,
 }
@@ -234,19 +239,99 @@ impl HubFleet {
             suffix,
             payload,
         );
-        let mut registry = self.registry.lock().expect("registry lock");
-        match admitted {
-            Ok((admitted, signed)) => {
-                if signed {
-                    registry.mark_signs_alerts(device);
+        let event = {
+            let mut registry = self.registry.lock().expect("registry lock");
+            match admitted {
+                Ok((admitted, signed)) => {
+                    if signed {
+                        registry.mark_signs_alerts(device);
+                    }
+                    match admitted {
+                        Admitted::Event(write, event) => Some((write, event)),
+                        _ => None,
+                    }
                 }
-                if let Admitted::Event(write) = admitted {
-                    // Kept in memory all the same: the page shows it even if the write fails.
-                    super::write_in_background(&self.store, write, "an alert event");
+                Err(reason) => {
+                    registry.rejected(device, reason, true);
+                    None
                 }
             }
-            Err(reason) => registry.rejected(device, reason, true),
+        };
+        if let Some((mut write, event)) = event {
+            let routed = self.route(&event, &mut write);
+            // Kept in memory all the same: the page shows it even if the write fails. The
+            // channels are woken once their queue entries are stored.
+            let (store, hub) = (self.store.clone(), self.hub_alerts.clone());
+            tokio::spawn(async move {
+                if let Err(error) = store.write_async(write).await {
+                    tracing::warn!("an alert event not stored: {error}");
+                    return;
+                }
+                if let Some(hub) = hub {
+                    for channel in routed {
+                        hub.wake(&channel);
+                    }
+                }
+            });
         }
+    }
+
+    /// Queues a device's new transition for the hub channels its routes name, in `write`;
+    /// the channels it went to.
+    fn route(&self, event: &Value, write: &mut WriteBatch) -> Vec<String> {
+        let Some(hub) = &self.hub_alerts else {
+            return Vec::new();
+        };
+        if self.router.is_empty() {
+            return Vec::new();
+        }
+        let Ok(message) = serde_json::from_value::<AlertMessage>(event.clone()) else {
+            return Vec::new();
+        };
+        let firing = self.firing_keys();
+        let receivers = self.router.receivers(&message, &firing);
+        let mut engine = hub.engine.lock().expect("engine lock");
+        receivers
+            .into_iter()
+            .filter(|channel| engine.enqueue_for(channel, &message, write))
+            .collect()
+    }
+
+    /// Every alert firing now, the devices' and the hub's own, as routes see them.
+    fn firing_keys(&self) -> Vec<outpost_storage::SeriesKey> {
+        let mut out: Vec<outpost_storage::SeriesKey> = Vec::new();
+        for alert in self.alerts.lock().expect("alerts lock").current.values() {
+            if alert["state"] != "firing" {
+                continue;
+            }
+            let labels: BTreeMap<String, String> = alert["labels"]
+                .as_object()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let text = |field: &str| alert[field].as_str().unwrap_or("").to_string();
+            out.extend(super::routing::routing_key(
+                &text("rule"),
+                &text("severity"),
+                &text("device"),
+                &labels,
+            ));
+        }
+        if let Some(hub) = &self.hub_alerts {
+            let engine = hub.engine.lock().expect("engine lock");
+            for record in engine.alerts().filter(|r| r.state == State::Firing) {
+                out.extend(super::routing::routing_key(
+                    &record.rule,
+                    &record.severity.to_string(),
+                    "hub",
+                    &record.labels,
+                ));
+            }
+        }
+        out
     }
 
     /// Sends a device every command it may have missed: those not yet expired, in order. The
@@ -576,7 +661,7 @@ mod tests {
         assert!(hub.admit("b", "events", &event(5, &other)).is_err());
         assert!(matches!(
             hub.admit("b", "events", &event(5, &key)),
-            Ok(Admitted::Event(_))
+            Ok(Admitted::Event(..))
         ));
         // An older agent's unsigned alert whose text happens to say "mac" is still taken.
         let old = br#"{"rule":"r","state":"firing","event_seq":1,"summary":"mac"}"#;

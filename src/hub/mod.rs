@@ -15,6 +15,7 @@ mod gate;
 mod keys;
 mod registry;
 pub mod remote;
+mod routing;
 mod silences;
 #[cfg(test)]
 mod test_payloads;
@@ -318,6 +319,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         hub_alerts: alert_shared.clone(),
         ingested: ingested.clone(),
         refusals: refusals.clone(),
+        router: routing::Router::from_config(&config.alerts)?,
         query_engine: remote::RemoteQuery::from_config(&config.remote_write)?
             .map(|engine| Arc::new(engine) as Arc<dyn outpost_web::prometheus::QueryEngine>),
     });

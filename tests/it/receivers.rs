@@ -643,3 +643,94 @@ on = ["firing"]
         agent.log_text()
     );
 }
+
+/// The hub routes the devices' alerts: critical ones to `oncall` (grouped by rule) and, going
+/// on, everything to `chat`; a device's burn over four cores is one message on `oncall`.
+#[test]
+fn the_hub_routes_device_alerts_to_its_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let base = format!("http://127.0.0.1:{}", recorder.port);
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt = crate::sync::enrol(dir.path(), "dev-r", mqtt_port);
+    let hub_config = dir.path().join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            r#"[alerts]
+[[alerts.webhook]]
+name = "oncall"
+url = "{base}/oncall"
+group_by = ["alertname", "device"]
+group_wait = "2s"
+on = ["firing"]
+[[alerts.webhook]]
+name = "chat"
+url = "{base}/chat"
+on = ["firing"]
+[[alerts.route]]
+match = '{{severity="critical"}}'
+receivers = ["oncall"]
+continue = true
+[[alerts.route]]
+match = "{{}}"
+receivers = ["chat"]
+"#
+        ),
+    )
+    .unwrap();
+    let _hub = crate::sync::Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", hub_config.to_str().unwrap()],
+    );
+    let agent_dir = dir.path().join("r");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let rules = agent_dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"core_busy\"\nselect = \"jetson_cpu_load_ratio\"\nthreshold = 0.9\nseverity = \"critical\"\n\
+         [[rule]]\nname = \"ram_used\"\nselect = \"jetson_ram_used_bytes\"\nthreshold = 1\n",
+    )
+    .unwrap();
+    let config = format!(
+        "{QUIET}{mqtt}[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
+        rules.display()
+    );
+    let log = crate::agent::root().join("tests/data/tegrastats/xavier-nx-jp5-nonroot-103s.log.zst");
+    let _agent = Agent::start(
+        &agent_dir,
+        &config,
+        &[
+            "--tegrastats-replay",
+            log.to_str().unwrap(),
+            "--replay-speed",
+            "0",
+        ],
+    );
+    let chat = recorder.wait_for("/chat", 5);
+    let rules_told: Vec<String> = chat
+        .iter()
+        .map(|r| r.json()["rule"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        rules_told.iter().filter(|r| *r == "core_busy").count(),
+        4,
+        "{rules_told:?}"
+    );
+    assert!(rules_told.contains(&"ram_used".to_string()));
+    let oncall = recorder.wait_for("/oncall", 1);
+    let body = oncall[0].json();
+    assert_eq!(body["alerts"].as_array().unwrap().len(), 4, "{body}");
+    assert!(body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["rule"] == "core_busy" && a["device"] == "dev-r"));
+    assert_eq!(
+        recorder.wait_for("/oncall", 1).len(),
+        1,
+        "the warning is not on-call's"
+    );
+}
