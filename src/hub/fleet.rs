@@ -291,6 +291,18 @@ impl HubFleet {
         let firing = self.firing_keys();
         let receivers = self.router.receivers(&message, &firing);
         let mut engine = hub.engine.lock().expect("engine lock");
+        // The hub's silences and maintenance windows mute routes too.
+        let mut labels = message.labels.clone();
+        labels.insert("device".into(), message.device.clone());
+        labels
+            .entry("instance".into())
+            .or_insert_with(|| message.device.clone());
+        if engine
+            .silences
+            .silenced(&message.rule, &labels, outpost::timearg::now_ms())
+        {
+            return Vec::new();
+        }
         receivers
             .into_iter()
             .filter(|channel| engine.enqueue_for(channel, &message, write))
