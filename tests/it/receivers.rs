@@ -746,3 +746,98 @@ receivers = ["chat"]
         "the warning is not on-call's"
     );
 }
+
+/// Two devices, the hub routing to a webhook and to a real Alertmanager: one device's alert is
+/// told at once; while the hub (and its broker) is down, the other's alert fires and resolves;
+/// once the hub is back, both transitions are delivered, once each and in order.
+#[test]
+fn a_device_offline_while_its_alert_fires_and_resolves_is_told_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let manager = Alertmanager::start(
+        dir.path(),
+        &format!("http://127.0.0.1:{}/from-alertmanager", recorder.port),
+    );
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt: Vec<String> = ["dev-x", "dev-y"]
+        .iter()
+        .map(|d| crate::sync::enrol(dir.path(), d, mqtt_port))
+        .collect();
+    let hub_config = dir.path().join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            "[alerts]\n[[alerts.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:{}/hook\"\n\
+             [[alerts.webhook]]\nname = \"am\"\nformat = \"alertmanager-api\"\nurl = \"http://127.0.0.1:{}\"\n\
+             [[alerts.route]]\nreceivers = [\"hook\", \"am\"]\n",
+            recorder.port, manager.port
+        ),
+    )
+    .unwrap();
+    let start_hub = || {
+        crate::sync::Hub::start_with(
+            dir.path(),
+            http_port,
+            mqtt_port,
+            &["--config", hub_config.to_str().unwrap()],
+        )
+    };
+    let hub = start_hub();
+    let agents: Vec<Agent> = ["dev-x", "dev-y"]
+        .iter()
+        .zip(&mqtt)
+        .map(|(device, mqtt)| {
+            let agent_dir = dir.path().join(device);
+            std::fs::create_dir_all(&agent_dir).unwrap();
+            let config = format!("{QUIET}{mqtt}{}", rules_section(&agent_dir));
+            Agent::start(&agent_dir, &config, &[])
+        })
+        .collect();
+    let (x, y) = (&agents[0], &agents[1]);
+    push(y, "app_errors{job=\"y\"} 1\n");
+    recorder.wait_for("/hook", 1);
+    hub.stop();
+    // Offline: dev-x's alert fires and resolves on the device alone.
+    push(x, "app_errors{job=\"x\"} 2\n");
+    wait_until("dev-x firing", Duration::from_secs(30), || {
+        let (_, body) = http(x.port, "GET", "/api/alerts", "");
+        body.contains("\"firing\"").then_some(())
+    });
+    push(x, "app_errors{job=\"x\"} 0\n");
+    transitions(x);
+    let _hub = start_hub();
+    let told = wait_until(
+        "dev-x's transitions at the webhook",
+        Duration::from_secs(90),
+        || {
+            let states: Vec<String> = recorder
+                .wait_for("/hook", 1)
+                .iter()
+                .map(|r| r.json())
+                .filter(|m| m["device"] == "dev-x")
+                .map(|m| m["state"].as_str().unwrap().to_string())
+                .collect();
+            (states.len() >= 2).then_some(states)
+        },
+    );
+    assert_eq!(told, ["firing", "resolved"], "once each, in order");
+    let hook = recorder.wait_for("/hook", 3);
+    let y_told = hook
+        .iter()
+        .filter(|r| r.json()["device"] == "dev-y")
+        .count();
+    assert_eq!(
+        y_told, 1,
+        "dev-y's firing was told once, not again after the restart"
+    );
+    // Alertmanager holds dev-y's alert, and dev-x's is over there too.
+    wait_until("Alertmanager's view", Duration::from_secs(30), || {
+        let active: Vec<String> = manager
+            .alerts()
+            .iter()
+            .filter(|a| a["status"]["state"] == "active")
+            .map(|a| a["labels"]["instance"].as_str().unwrap_or("").to_string())
+            .collect();
+        (active == ["dev-y"]).then_some(())
+    });
+}
