@@ -81,7 +81,7 @@ const HISTORY_LEN: u64 = 1000;
 /// How long a resolved alert is remembered (for its cooldown) when nothing happens to it.
 const FORGET_RESOLVED_MS: i64 = 24 * 3_600_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Inactive,

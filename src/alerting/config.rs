@@ -175,10 +175,18 @@ pub struct WebhookConfig {
     pub group_by: Vec<String>,
     #[serde(default = "default_group_wait")]
     pub group_wait: Interval,
+    /// After a group's message, how long before another one for that group (new alerts that
+    /// joined it): they gather meanwhile.
+    #[serde(default = "default_group_interval")]
+    pub group_interval: Interval,
 }
 
 fn default_group_wait() -> Interval {
     Interval::secs(30)
+}
+
+fn default_group_interval() -> Interval {
+    Interval::secs(300)
 }
 
 fn default_webhook_format() -> WebhookFormat {
@@ -236,6 +244,8 @@ pub struct EmailConfig {
     pub group_by: Vec<String>,
     #[serde(default = "default_group_wait")]
     pub group_wait: Interval,
+    #[serde(default = "default_group_interval")]
+    pub group_interval: Interval,
 }
 
 /// A silence written in the config: from `starts` (default: always) to `ends`.

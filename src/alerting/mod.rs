@@ -25,8 +25,8 @@ fn check_group(channel: String, by: &[String], wait: Duration) -> Result<()> {
             bail!("{channel}.group_by: {label:?} is not a label name");
         }
     }
-    if wait > Duration::from_secs(3600) {
-        bail!("{channel}.group_wait: at most 1h (notifications wait that long)");
+    if wait > Duration::from_secs(86_400) {
+        bail!("{channel}: group_wait and group_interval are at most 24h (notifications wait that long)");
     }
     Ok(())
 }

@@ -193,14 +193,14 @@ impl Sender {
         }
     }
 
-    /// The labels and the wait of a channel that groups its notifications.
-    fn grouping(&self) -> Option<(&[String], Duration)> {
-        let (by, wait) = match self {
-            Sender::Webhook(c) => (&c.group_by, c.group_wait.0),
-            Sender::Email(c) => (&c.group_by, c.group_wait.0),
+    /// The labels, the first wait and the interval of a channel that groups its notifications.
+    fn grouping(&self) -> Option<(&[String], Duration, Duration)> {
+        let (by, wait, interval) = match self {
+            Sender::Webhook(c) => (&c.group_by, c.group_wait.0, c.group_interval.0),
+            Sender::Email(c) => (&c.group_by, c.group_wait.0, c.group_interval.0),
             Sender::Exec(_) => return None,
         };
-        (!by.is_empty()).then_some((by.as_slice(), wait))
+        (!by.is_empty()).then_some((by.as_slice(), wait, interval))
     }
 
     fn wants(&self, message: &AlertMessage) -> bool {
@@ -231,7 +231,9 @@ const MAX_GROUP: usize = 100;
 
 /// What a grouped notification is gathered by: its state and the values of `by`'s labels
 /// (`alertname` the rule; `device` or `instance` the device unless the alert has that label).
-fn group_key(message: &AlertMessage, by: &[String]) -> (State, Vec<String>) {
+type GroupKey = (State, Vec<String>);
+
+fn group_key(message: &AlertMessage, by: &[String]) -> GroupKey {
     let values = by
         .iter()
         .map(|label| match (label.as_str(), message.labels.get(label)) {
@@ -248,37 +250,54 @@ fn group_key(message: &AlertMessage, by: &[String]) -> (State, Vec<String>) {
 enum Turn {
     /// Wait this long (a group still gathering), or until woken.
     Wait(Duration),
-    /// These entries were handled (delivered, refused or not wanted) or are to be retried.
-    Done(Vec<String>, Attempt),
+    /// These entries were handled (delivered, refused or not wanted) or are to be retried;
+    /// the group they were, if grouped.
+    Done(Vec<String>, Attempt, Option<GroupKey>),
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Decides on the head of the queue `entries`: one message alone, or with the rest of its
-/// group once the group's wait is over.
-async fn turn(sender: &Sender, entries: &[(String, Vec<u8>)], store: &Store) -> Turn {
+/// group once the group's wait is over (and its interval, when `sent` says it went lately).
+async fn turn(
+    sender: &Sender,
+    entries: &[(String, Vec<u8>)],
+    store: &Store,
+    sent: &HashMap<GroupKey, i64>,
+) -> Turn {
     let (key, value) = &entries[0];
     let head = match serde_json::from_slice::<AlertMessage>(value) {
         Ok(message) => message,
         Err(error) => {
             let refused = Attempt::Refused(format!("unreadable queue entry: {error}"));
-            return Turn::Done(vec![key.clone()], refused);
+            return Turn::Done(vec![key.clone()], refused, None);
         }
     };
     if !sender.wants(&head) {
-        return Turn::Done(vec![key.clone()], Attempt::Delivered);
+        return Turn::Done(vec![key.clone()], Attempt::Delivered, None);
     }
-    let Some((by, wait)) = sender.grouping() else {
-        return Turn::Done(vec![key.clone()], deliver(sender, &head, store, key).await);
+    let Some((by, wait, interval)) = sender.grouping() else {
+        return Turn::Done(
+            vec![key.clone()],
+            deliver(sender, &head, store, key).await,
+            None,
+        );
     };
     let at = head
         .at
         .parse::<jiff::Timestamp>()
         .map_or(0, |t| t.as_millisecond());
-    let due = at.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+    let wanted = group_key(&head, by);
+    let again = sent
+        .get(&wanted)
+        .map_or(i64::MIN, |last| last.saturating_add(ms(interval)));
+    let due = at.saturating_add(ms(wait)).max(again);
     let now = outpost::timearg::now_ms();
     if now < due {
         return Turn::Wait(Duration::from_millis((due - now) as u64));
     }
-    let wanted = group_key(&head, by);
     let group: Vec<(String, AlertMessage)> = entries
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice::<AlertMessage>(v).ok()?)))
@@ -287,7 +306,7 @@ async fn turn(sender: &Sender, entries: &[(String, Vec<u8>)], store: &Store) -> 
         .collect();
     let (keys, messages): (Vec<String>, Vec<AlertMessage>) = group.into_iter().unzip();
     let attempt = deliver_group(sender, &messages, store, key).await;
-    Turn::Done(keys, attempt)
+    Turn::Done(keys, attempt, Some(wanted))
 }
 
 /// Delivers channel `sender`'s queue, in order, until the task is dropped.
@@ -302,6 +321,8 @@ pub async fn run_channel(
     let channel = Channel::Named(name.clone());
     let prefix = QueueKey::Channel(&channel).to_string();
     let mut backoff = Duration::from_secs(1);
+    // When each group's last message went (in memory: a restart may send one sooner).
+    let mut sent: HashMap<GroupKey, i64> = HashMap::new();
     loop {
         let entries = match store.state_list(StateTable::NotificationQueue, &prefix) {
             Ok(entries) if entries.is_empty() => {
@@ -315,7 +336,7 @@ pub async fn run_channel(
                 continue;
             }
         };
-        let (keys, attempt) = match turn(&sender, &entries, &store).await {
+        let (keys, attempt) = match turn(&sender, &entries, &store, &sent).await {
             Turn::Wait(wait) => {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -323,7 +344,14 @@ pub async fn run_channel(
                 }
                 continue;
             }
-            Turn::Done(keys, attempt) => (keys, attempt),
+            Turn::Done(keys, attempt, group) => {
+                if let (Some(group), Attempt::Delivered) = (group, &attempt) {
+                    let now = outpost::timearg::now_ms();
+                    sent.retain(|_, at| now - *at < 86_400_000);
+                    sent.insert(group, now);
+                }
+                (keys, attempt)
+            }
         };
         let count = keys.len() as u64;
         match attempt {
@@ -369,16 +397,14 @@ pub async fn run_channel(
     }
 }
 
-/// Delivers a group of notifications as one message (a group of one as itself).
+/// Delivers a group of notifications as one message, in the group's shape even when it holds
+/// one alert (so that a grouped JSON receiver always gets one kind of body).
 async fn deliver_group(
     sender: &Sender,
     messages: &[AlertMessage],
     store: &Store,
     key: &str,
 ) -> Attempt {
-    if messages.len() == 1 {
-        return deliver(sender, &messages[0], store, key).await;
-    }
     match sender {
         Sender::Webhook(config) => {
             let secret = match webhook_secret(config) {

@@ -841,3 +841,41 @@ fn a_device_offline_while_its_alert_fires_and_resolves_is_told_once_in_order() {
         (active == ["dev-y"]).then_some(())
     });
 }
+
+/// After a group's message, alerts that join the group wait for `group_interval` and go
+/// together, rather than one message each as they come.
+#[test]
+fn alerts_joining_a_group_wait_for_its_interval_and_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let config = format!(
+        "{QUIET}{}[[alerts.webhook]]\nname = \"grouped\"\nurl = \"http://127.0.0.1:{}/grouped\"\n\
+         group_by = [\"alertname\"]\ngroup_wait = \"1s\"\ngroup_interval = \"4s\"\non = [\"firing\"]\n",
+        rules_section(dir.path()),
+        recorder.port
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    push(&agent, "app_errors{job=\"a\"} 1\n");
+    let first = recorder.wait_for("/grouped", 1);
+    // A group of one has the group's shape too.
+    let jobs = |r: &Request| -> Vec<String> {
+        r.json()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["labels"]["job"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(jobs(&first[0]), ["a"]);
+    let sent_first = std::time::Instant::now();
+    push(&agent, "app_errors{job=\"b\"} 1\n");
+    // Longer than group_wait: without the interval, b would go alone before c fires.
+    std::thread::sleep(Duration::from_millis(1500));
+    push(&agent, "app_errors{job=\"c\"} 1\n");
+    let both = recorder.wait_for("/grouped", 2);
+    assert!(
+        sent_first.elapsed() >= Duration::from_millis(3500),
+        "the interval was kept"
+    );
+    assert_eq!(jobs(&both[1]), ["b", "c"]);
+}
