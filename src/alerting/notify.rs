@@ -1024,6 +1024,7 @@ mod tests {
             account_sid: String::new(),
             group_by: Vec::new(),
             group_wait: crate::config_values::Interval::secs(30),
+            group_interval: crate::config_values::Interval::secs(300),
         }
     }
 
@@ -1080,6 +1081,7 @@ mod tests {
             on: vec![NotifyOn::Firing],
             group_by: Vec::new(),
             group_wait: crate::config_values::Interval::secs(30),
+            group_interval: crate::config_values::Interval::secs(300),
         };
         let mail = email_message(&config, &m).unwrap();
         let text = String::from_utf8(mail.formatted()).unwrap();
