@@ -179,6 +179,14 @@ pub struct WebhookConfig {
     /// joined it): they gather meanwhile.
     #[serde(default = "default_group_interval")]
     pub group_interval: Interval,
+    /// `alertmanager-api`: how often the firing alerts are sent again (Prometheus'
+    /// `--rules.alert.resend-delay`); each stays valid for four of these.
+    #[serde(default = "default_resend_every")]
+    pub resend_every: Interval,
+}
+
+fn default_resend_every() -> Interval {
+    Interval::secs(60)
 }
 
 fn default_group_wait() -> Interval {

@@ -95,8 +95,11 @@ impl AlertsSection {
             check_group(
                 format!("alerts.webhook[{i}]"),
                 &hook.group_by,
-                hook.group_wait.0,
+                hook.group_wait.0.max(hook.group_interval.0),
             )?;
+            if hook.resend_every.0 < Duration::from_secs(1) {
+                bail!("alerts.webhook[{i}].resend_every: at least 1s");
+            }
             if hook.format == WebhookFormat::Template {
                 outpost::alert::template::Template::parse(&hook.template)
                     .map_err(anyhow::Error::msg)
@@ -118,7 +121,7 @@ impl AlertsSection {
             check_group(
                 format!("alerts.email[{i}]"),
                 &email.group_by,
-                email.group_wait.0,
+                email.group_wait.0.max(email.group_interval.0),
             )?;
             notify::SmtpServer::parse(&email.server, email.insecure_plaintext)
                 .with_context(|| format!("alerts.email[{i}].server"))?;

@@ -723,18 +723,21 @@ async fn post(
 
 /// For an `alertmanager-api` channel: every minute, the firing alerts it was told of again,
 /// as Prometheus resends them, so that Alertmanager does not end them while they fire.
-pub async fn resend_to_alertmanager(config: WebhookConfig, engine: Arc<Mutex<Engine>>) {
-    let every = Duration::from_millis(receivers::ALERTMANAGER_RESEND_MS as u64);
+pub async fn resend_to_alertmanager(
+    config: WebhookConfig,
+    firing_now: impl Fn() -> Vec<AlertMessage>,
+) {
+    let every = config.resend_every.0;
     loop {
         tokio::time::sleep(every).await;
-        let firing = engine.lock().expect("engine lock").firing_for(&config.name);
+        let firing = firing_now();
         if firing.is_empty() {
             continue;
         }
         let now = outpost::timearg::now_ms();
         let alerts: Vec<serde_json::Value> = firing
             .iter()
-            .map(|m| receivers::alertmanager_alert(m, now))
+            .map(|m| receivers::alertmanager_alert(m, now, receivers::resend_ms(&config)))
             .collect();
         let url = format!(
             "{}/api/v2/alerts",
@@ -1025,6 +1028,7 @@ mod tests {
             group_by: Vec::new(),
             group_wait: crate::config_values::Interval::secs(30),
             group_interval: crate::config_values::Interval::secs(300),
+            resend_every: crate::config_values::Interval::secs(60),
         }
     }
 

@@ -148,14 +148,10 @@ fn rfc3339(ms: i64) -> String {
 
 /// Alertmanager's "no end" time.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-/// How long a firing alert sent to Alertmanager stays valid without being sent again: four
-/// resend intervals, as Prometheus does.
-pub const ALERTMANAGER_VALID_MS: i64 = 4 * ALERTMANAGER_RESEND_MS;
-pub const ALERTMANAGER_RESEND_MS: i64 = 60_000;
-
-/// One alert as `POST /api/v2/alerts` takes it. A firing alert ends `ALERTMANAGER_VALID_MS`
-/// after `now_ms` unless sent again; a resolved one ends when it resolved.
-pub fn alertmanager_alert(message: &AlertMessage, now_ms: i64) -> Value {
+/// One alert as `POST /api/v2/alerts` takes it. A firing alert ends four resend intervals
+/// (`resend_ms`) after `now_ms` unless sent again, as Prometheus does; a resolved one ends when
+/// it resolved.
+pub fn alertmanager_alert(message: &AlertMessage, now_ms: i64, resend_ms: i64) -> Value {
     let parse = |text: &Option<String>| {
         text.as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
@@ -164,7 +160,7 @@ pub fn alertmanager_alert(message: &AlertMessage, now_ms: i64) -> Value {
     let starts = parse(&message.fired_at).or(parse(&message.started_at));
     let ends = match message.state {
         State::Resolved => parse(&message.resolved_at).unwrap_or(now_ms),
-        _ => now_ms + ALERTMANAGER_VALID_MS,
+        _ => now_ms + 4 * resend_ms,
     };
     let mut alert = json!({
         "labels": alertmanager_labels(message),
@@ -188,6 +184,11 @@ fn common(maps: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
         .filter(|(k, v)| rest.iter().all(|m| m.get(*k) == Some(v)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// The channel's resend interval in milliseconds.
+pub fn resend_ms(config: &WebhookConfig) -> i64 {
+    i64::try_from(config.resend_every.0.as_millis()).unwrap_or(i64::MAX / 8)
 }
 
 /// The body Alertmanager posts to a webhook receiver, for one alert or a group of them (all in
@@ -318,7 +319,7 @@ pub fn group_outgoing(
         WebhookFormat::AlertmanagerApi => {
             let alerts: Vec<Value> = messages
                 .iter()
-                .map(|m| alertmanager_alert(m, now_ms))
+                .map(|m| alertmanager_alert(m, now_ms, resend_ms(config)))
                 .collect();
             Ok(Some(Outgoing {
                 url: join(base, "api/v2/alerts"),
@@ -455,7 +456,7 @@ pub fn outgoing(
         ),
         WebhookFormat::AlertmanagerApi => json_to(
             join(base, "api/v2/alerts"),
-            json!([alertmanager_alert(message, now_ms)]),
+            json!([alertmanager_alert(message, now_ms, resend_ms(config))]),
             json_headers(),
         ),
         WebhookFormat::Pagerduty => {
@@ -575,11 +576,11 @@ mod tests {
             .parse::<jiff::Timestamp>()
             .unwrap()
             .as_millisecond();
-        let firing = alertmanager_alert(&message(State::Firing), now);
+        let firing = alertmanager_alert(&message(State::Firing), now, 60_000);
         assert_eq!(firing["startsAt"], "2026-12-01T10:02:00Z");
         assert_eq!(firing["endsAt"], "2026-12-01T10:09:00Z", "four minutes on");
         assert_eq!(firing["labels"]["instance"], "orin-1");
-        let resolved = alertmanager_alert(&message(State::Resolved), now);
+        let resolved = alertmanager_alert(&message(State::Resolved), now, 60_000);
         assert_eq!(resolved["endsAt"], "2026-12-01T10:09:00Z");
         let labels = alertmanager_labels(&message(State::Firing));
         assert_eq!(fingerprint(&labels), fingerprint(&labels.clone()));

@@ -41,8 +41,15 @@ impl outpost_storage::StateKey for LastCommandKey {
 }
 
 /// What the HTTP handlers, the self-metrics and the uplink share.
+/// The firing alerts another part routes to a channel (the hub's routes of the devices'
+/// alerts), by channel name.
+pub type Routed = Arc<dyn Fn(&str) -> Vec<outpost::alert::engine::AlertMessage> + Send + Sync>;
+
 pub struct AlertShared {
     pub engine: Arc<Mutex<Engine>>,
+    /// Set by the hub: the device alerts its routes send to each channel, so that a channel
+    /// that resends what fires (Alertmanager) resends those too.
+    pub routed: std::sync::OnceLock<Routed>,
     pub mailbox: Option<Arc<AlertMailbox>>,
     wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     pub stats: Stats,
@@ -101,6 +108,7 @@ impl AlertRuntime {
         let mut runtime = AlertRuntime {
             shared: Arc::new(AlertShared {
                 engine,
+                routed: std::sync::OnceLock::new(),
                 mailbox,
                 wakers: Mutex::new(HashMap::new()),
                 stats,
@@ -123,10 +131,23 @@ impl AlertRuntime {
         for sender in senders {
             if let Sender::Webhook(config) = &sender {
                 if config.format == super::config::WebhookFormat::AlertmanagerApi {
-                    let (config, engine) = (config.clone(), shared.engine.clone());
+                    let (config, firing_now) = (config.clone(), shared.clone());
                     let name = format!("channel:{}:resend", config.name);
                     crate::supervise::spawn(&mut self.channels, &self.tasks, &name, move || {
-                        let resend = notify::resend_to_alertmanager(config.clone(), engine.clone());
+                        let shared = firing_now.clone();
+                        let channel = config.name.clone();
+                        let firing = move || {
+                            let mut all = shared
+                                .engine
+                                .lock()
+                                .expect("engine lock")
+                                .firing_for(&channel);
+                            if let Some(routed) = shared.routed.get() {
+                                all.extend(routed(&channel));
+                            }
+                            all
+                        };
+                        let resend = notify::resend_to_alertmanager(config.clone(), firing);
                         async move {
                             resend.await;
                             Ok(())

@@ -309,6 +309,47 @@ impl HubFleet {
             .collect()
     }
 
+    /// The devices' alerts firing now that the routes send to `channel` (not held back by an
+    /// inhibition or the hub's silences): what an Alertmanager channel resends every minute.
+    pub fn routed_firing(&self, channel: &str) -> Vec<AlertMessage> {
+        let Some(hub) = &self.hub_alerts else {
+            return Vec::new();
+        };
+        let firing = self.firing_keys();
+        let current: Vec<Value> = self
+            .alerts
+            .lock()
+            .expect("alerts lock")
+            .current
+            .values()
+            .filter(|a| a["state"] == "firing")
+            .cloned()
+            .collect();
+        let now = outpost::timearg::now_ms();
+        current
+            .into_iter()
+            .filter_map(|a| serde_json::from_value::<AlertMessage>(a).ok())
+            .filter(|m| {
+                self.router
+                    .receivers(m, &firing)
+                    .iter()
+                    .any(|c| c == channel)
+            })
+            .filter(|m| {
+                let mut labels = m.labels.clone();
+                labels.insert("device".into(), m.device.clone());
+                labels
+                    .entry("instance".into())
+                    .or_insert_with(|| m.device.clone());
+                !hub.engine
+                    .lock()
+                    .expect("engine lock")
+                    .silences
+                    .silenced(&m.rule, &labels, now)
+            })
+            .collect()
+    }
+
     /// Every alert firing now, the devices' and the hub's own, as routes see them.
     fn firing_keys(&self) -> Vec<outpost_storage::SeriesKey> {
         let mut out: Vec<outpost_storage::SeriesKey> = Vec::new();

@@ -323,6 +323,16 @@ async fn daemon(config: HubConfig) -> Result<()> {
         query_engine: remote::RemoteQuery::from_config(&config.remote_write)?
             .map(|engine| Arc::new(engine) as Arc<dyn outpost_web::prometheus::QueryEngine>),
     });
+    if let Some(shared) = &alert_shared {
+        // Weak: the fleet holds the alert runtime, which must not keep the fleet alive.
+        let fleet = Arc::downgrade(&hub_fleet);
+        let routed: crate::alerting::runtime::Routed = Arc::new(move |channel: &str| {
+            fleet
+                .upgrade()
+                .map_or_else(Vec::new, |fleet| fleet.routed_firing(channel))
+        });
+        let _ = shared.routed.set(routed);
+    }
     let (stop_http, server) = serve_http(listener, &store, hub_fleet.clone(), &config);
     tracing::info!(listen = %config.hub.listen, %broker, embedded = config.mqtt.embedded, "hub started");
     if config.remote_write.enabled() && config.remote_write.query_url.is_empty() {

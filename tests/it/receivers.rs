@@ -749,7 +749,8 @@ receivers = ["chat"]
 
 /// Two devices, the hub routing to a webhook and to a real Alertmanager: one device's alert is
 /// told at once; while the hub (and its broker) is down, the other's alert fires and resolves;
-/// once the hub is back, both transitions are delivered, once each and in order.
+/// once the hub is back, both transitions are delivered, once each and in order; the alert that
+/// still fires is sent to Alertmanager again and again, so that it stays active there.
 #[test]
 fn a_device_offline_while_its_alert_fires_and_resolves_is_told_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -768,7 +769,7 @@ fn a_device_offline_while_its_alert_fires_and_resolves_is_told_once_in_order() {
         &hub_config,
         format!(
             "[alerts]\n[[alerts.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:{}/hook\"\n\
-             [[alerts.webhook]]\nname = \"am\"\nformat = \"alertmanager-api\"\nurl = \"http://127.0.0.1:{}\"\n\
+             [[alerts.webhook]]\nname = \"am\"\nformat = \"alertmanager-api\"\nurl = \"http://127.0.0.1:{}\"\nresend_every = \"1s\"\n\
              [[alerts.route]]\nreceivers = [\"hook\", \"am\"]\n",
             recorder.port, manager.port
         ),
@@ -840,6 +841,24 @@ fn a_device_offline_while_its_alert_fires_and_resolves_is_told_once_in_order() {
             .collect();
         (active == ["dev-y"]).then_some(())
     });
+    // The hub sends the routed alert that still fires again, so Alertmanager keeps it.
+    let ends = || -> Option<i64> {
+        let alerts = manager.alerts();
+        let alert = alerts.iter().find(|a| a["labels"]["instance"] == "dev-y")?;
+        Some(
+            alert["endsAt"]
+                .as_str()?
+                .parse::<jiff::Timestamp>()
+                .ok()?
+                .as_millisecond(),
+        )
+    };
+    let first = ends().unwrap();
+    wait_until(
+        "the hub resending dev-y's alert",
+        Duration::from_secs(30),
+        || (ends()? > first).then_some(()),
+    );
 }
 
 /// After a group's message, alerts that join the group wait for `group_interval` and go
