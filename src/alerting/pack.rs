@@ -50,18 +50,19 @@ pub fn load_rules(alerts: &AlertsSection, pack: Pack) -> Result<RuleSet> {
 }
 
 /// The built-in packs' inhibitions (source, target, equal labels): the critical form of a
-/// condition holds back its warning form, and (at the hub) a device offline holds back that
+/// condition holds back its warning form on the same device (`instance`: at the hub the
+/// device, on a device absent from both), and (at the hub) a device offline holds back that
 /// device's other alerts, its own and those it reported.
 const PACK_INHIBITIONS: &[(&str, &str, &[&str])] = &[
     (
         r#"{alertname="cpu_saturated"}"#,
         r#"{alertname="cpu_high"}"#,
-        &[],
+        &["instance"],
     ),
     (
         r#"{alertname="memory_critical"}"#,
         r#"{alertname="memory_high"}"#,
-        &[],
+        &["instance"],
     ),
     (
         r#"{alertname="device_offline"}"#,

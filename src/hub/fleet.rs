@@ -208,6 +208,17 @@ pub struct HubFleet {
     pub query_engine: Option<Arc<dyn outpost_web::prometheus::QueryEngine>>,
 }
 
+/// A device alert's labels as the hub's silences see them: with `device`, and `instance`
+/// unless it has one.
+fn route_labels(message: &AlertMessage) -> BTreeMap<String, String> {
+    let mut labels = message.labels.clone();
+    labels.insert("device".into(), message.device.clone());
+    labels
+        .entry("instance".into())
+        .or_insert_with(|| message.device.clone());
+    labels
+}
+
 /// Alert topics below a device: `alerts/events` or `alerts/<rule>/<instance>`; the part after
 /// `alerts/`.
 pub fn alert_topic<'a>(fleet: &str, topic: &'a str) -> Option<(&'a str, &'a str)> {
@@ -288,19 +299,20 @@ impl HubFleet {
         let Ok(message) = serde_json::from_value::<AlertMessage>(event.clone()) else {
             return Vec::new();
         };
+        // The device's own silences hold for the hub's routes too; a silence beginning is an
+        // event of its own (state unchanged) that must not notify again.
+        if message.silenced {
+            return Vec::new();
+        }
         let firing = self.firing_keys();
         let receivers = self.router.receivers(&message, &firing);
         let mut engine = hub.engine.lock().expect("engine lock");
         // The hub's silences and maintenance windows mute routes too.
-        let mut labels = message.labels.clone();
-        labels.insert("device".into(), message.device.clone());
-        labels
-            .entry("instance".into())
-            .or_insert_with(|| message.device.clone());
-        if engine
-            .silences
-            .silenced(&message.rule, &labels, outpost::timearg::now_ms())
-        {
+        if engine.silences.silenced(
+            &message.rule,
+            &route_labels(&message),
+            outpost::timearg::now_ms(),
+        ) {
             return Vec::new();
         }
         receivers
@@ -326,27 +338,18 @@ impl HubFleet {
             .cloned()
             .collect();
         let now = outpost::timearg::now_ms();
+        let engine = hub.engine.lock().expect("engine lock");
         current
             .into_iter()
             .filter_map(|a| serde_json::from_value::<AlertMessage>(a).ok())
+            .filter(|m| !m.silenced)
             .filter(|m| {
                 self.router
                     .receivers(m, &firing)
                     .iter()
                     .any(|c| c == channel)
             })
-            .filter(|m| {
-                let mut labels = m.labels.clone();
-                labels.insert("device".into(), m.device.clone());
-                labels
-                    .entry("instance".into())
-                    .or_insert_with(|| m.device.clone());
-                !hub.engine
-                    .lock()
-                    .expect("engine lock")
-                    .silences
-                    .silenced(&m.rule, &labels, now)
-            })
+            .filter(|m| !engine.silences.silenced(&m.rule, &route_labels(m), now))
             .collect()
     }
 

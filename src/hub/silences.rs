@@ -177,7 +177,7 @@ impl HubFleet {
             by = by.name,
             "silence sent"
         );
-        Ok(self.view(silence, now))
+        Ok(view(silence, now, &self.current_alerts()))
     }
 
     fn stored_silences(&self) -> Vec<FleetSilence> {
@@ -195,7 +195,8 @@ impl HubFleet {
         let now = outpost::timearg::now_ms();
         let mut all = self.stored_silences();
         all.sort_by_key(|s| std::cmp::Reverse(s.created_ms));
-        all.into_iter().map(|s| self.view(s, now)).collect()
+        let alerts = self.current_alerts();
+        all.into_iter().map(|s| view(s, now, &alerts)).collect()
     }
 
     /// Ends a silence on every device it reached; `delete` also forgets it.
@@ -235,7 +236,7 @@ impl HubFleet {
             self.commit(Some(&silence), write, frames)?;
         }
         tracing::info!(silence = id, by = by.name, delete, "silence ended");
-        Ok(self.view(silence, now))
+        Ok(view(silence, now, &self.current_alerts()))
     }
 
     /// A device has come online: every fleet-wide silence still to hold that it has not been
@@ -270,10 +271,16 @@ impl HubFleet {
         }
     }
 
-    fn view(&self, silence: FleetSilence, now: i64) -> SilenceView {
-        let selector = outpost_storage::Selector::parse(&silence.matcher).ok();
-        let alerts = outpost_web::Fleet::alerts(self).alerts;
-        let silencing = alerts
+    /// The fleet's alerts now, the devices' and the hub's.
+    fn current_alerts(&self) -> Vec<serde_json::Value> {
+        outpost_web::Fleet::alerts(self).alerts
+    }
+}
+
+/// A silence as the API shows it, with the alerts of `alerts` it holds back.
+fn view(silence: FleetSilence, now: i64, alerts: &[serde_json::Value]) -> SilenceView {
+    let selector = outpost_storage::Selector::parse(&silence.matcher).ok();
+    let silencing = alerts
             .iter()
             .filter(|a| a["silenced"] == true && matches!(a["state"].as_str(), Some("firing" | "pending")))
             .filter(|a| a["device"].as_str().is_some_and(|d| silence.covers(d)))
@@ -292,25 +299,24 @@ impl HubFleet {
             })
             .map(|a| serde_json::json!({ "device": a["device"], "rule": a["rule"], "instance": a["instance"] }))
             .collect();
-        let command_id = (silence.sent.len() == 1)
-            .then(|| silence.sent.values().next().copied())
-            .flatten();
-        SilenceView {
-            state: silence.state(now),
-            silence_id: silence.id.clone(),
-            command_id,
-            silencing,
-            id: silence.id,
-            device: silence.device,
-            matcher: silence.matcher,
-            starts_ms: silence.starts_ms,
-            ends_ms: silence.ends_ms,
-            created_by: silence.created_by,
-            created_ms: silence.created_ms,
-            comment: silence.comment,
-            expired_ms: silence.expired_ms,
-            expired_by: silence.expired_by,
-            sent: silence.sent,
-        }
+    let command_id = (silence.sent.len() == 1)
+        .then(|| silence.sent.values().next().copied())
+        .flatten();
+    SilenceView {
+        state: silence.state(now),
+        silence_id: silence.id.clone(),
+        command_id,
+        silencing,
+        id: silence.id,
+        device: silence.device,
+        matcher: silence.matcher,
+        starts_ms: silence.starts_ms,
+        ends_ms: silence.ends_ms,
+        created_by: silence.created_by,
+        created_ms: silence.created_ms,
+        comment: silence.comment,
+        expired_ms: silence.expired_ms,
+        expired_by: silence.expired_by,
+        sent: silence.sent,
     }
 }

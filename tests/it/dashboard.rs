@@ -833,4 +833,30 @@ fn probe_outages_availability_and_notes() {
         "{outage}"
     );
     assert_eq!(outage["note"]["by"], "ops");
+    // Hostile input: the widest range there is, a reversed one, a huge probe name.
+    let widest = get_json(
+        http_port,
+        &format!("/api/probes/outages?start={}&end={}", i64::MIN, i64::MAX),
+        VIEWER_TOKEN,
+    );
+    assert!(widest["probes"].is_array(), "{widest}");
+    let (status, _, _) = get_as(
+        http_port,
+        "/api/probes/outages?start=now&end=now-1h",
+        &viewer,
+    );
+    assert_eq!(status, 400);
+    let huge = format!(
+        r#"{{"device":"dev-p","probe":"{}","start_ms":1,"note":"x"}}"#,
+        "p".repeat(100_000)
+    );
+    let headers = [("Authorization", admin.as_str()), json];
+    let (status, _, _) = http_with(
+        http_port,
+        "POST",
+        "/api/probes/outages/note",
+        &headers,
+        &huge,
+    );
+    assert_eq!(status, 400, "a probe name is not a document");
 }

@@ -708,6 +708,12 @@ async fn outage_note(
     if request.note.len() > 4096 {
         return Err(WebError::BadRequest("note: at most 4096 bytes".into()));
     }
+    // They name a store key: a device's or probe's name, not a document.
+    for (key, text) in [("device", &request.device), ("probe", &request.probe)] {
+        if text.is_empty() || text.len() > 256 {
+            return Err(WebError::BadRequest(format!("{key}: 1 to 256 bytes")));
+        }
+    }
     let note = crate::outages::OutageNote {
         device: request.device,
         probe: request.probe,

@@ -56,7 +56,7 @@ pub struct ProbeReport {
 
 /// The bucket width for a range: 10 s, or wider so that a range has at most 10,000 buckets.
 pub fn step_for(start: i64, end: i64) -> i64 {
-    ((end - start) / 10_000).max(10_000)
+    (end.saturating_sub(start) / 10_000).max(10_000)
 }
 
 /// Runs of buckets whose value is 0 in `points` (bucket starts, sorted): (first bucket start,
@@ -194,5 +194,7 @@ mod tests {
         assert!(runs_down(&[(0, 1.0), (10, 1.0)]).is_empty());
         assert_eq!(step_for(0, 3_600_000), 10_000);
         assert_eq!(step_for(0, 30 * 86_400_000), 259_200);
+        // A hostile range neither overflows nor asks for more than 10,000 buckets.
+        assert!(i64::MAX / step_for(i64::MIN, i64::MAX) <= 10_001);
     }
 }
