@@ -1252,11 +1252,13 @@ impl Engine {
     }
 
     /// Queues `message` (another engine's: a device's alert at the hub) for the named channel,
-    /// in `write`; false when the engine has no such channel.
+    /// in `write`, with `extra` fields for the channel beside the message's; false when the
+    /// engine has no such channel.
     pub fn enqueue_for(
         &mut self,
         channel: &str,
         message: &AlertMessage,
+        extra: &[(&str, serde_json::Value)],
         write: &mut WriteBatch,
     ) -> bool {
         if !self.options.channels.iter().any(|c| c == channel) {
@@ -1266,7 +1268,11 @@ impl Engine {
         let mut message = message.clone();
         message.dropped_before = self.take_dropped(&channel);
         let key = self.next_queue_key(&channel);
-        let value = serde_json::to_vec(&message).expect("message serializes");
+        let mut entry = serde_json::to_value(&message).expect("message serializes");
+        for (name, value) in extra {
+            entry[*name] = value.clone();
+        }
+        let value = serde_json::to_vec(&entry).expect("message serializes");
         self.enqueue(write, channel, value, key);
         write.put(&EngineKey::QueueSeq, self.queue_seq.to_le_bytes().to_vec());
         true

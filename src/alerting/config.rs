@@ -36,18 +36,32 @@ pub struct AlertsSection {
     pub route: Vec<RouteConfig>,
 }
 
+/// A route of the hub's tree: an alert it matches goes to the first of its `routes` that
+/// matches (and on past those with `continue`), or to its own receivers when none does. A route
+/// leaves out what its parent says: receivers and grouping are inherited.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// A selector over a device alert's labels, `alertname`, `severity` and `device`; `{}`
-    /// (or nothing) for every alert.
+    /// A selector over a device alert's labels, the device's labels (`outpost hub device
+    /// label`), `alertname`, `severity` and `device`; `{}` (or nothing) for every alert.
     #[serde(rename = "match", default)]
     pub matcher: String,
-    /// The hub's channels (webhook, e-mail, exec) by name.
+    /// The hub's channels by name; none: the parent's.
+    #[serde(default)]
     pub receivers: Vec<String>,
     /// Go on to the next routes after this one matched.
     #[serde(default, rename = "continue")]
     pub continue_: bool,
+    /// Gather the alerts that agree on these labels into one notification (`["..."]`: every
+    /// alert alone), in place of the channel's own `group_by`.
+    pub group_by: Option<Vec<String>>,
+    pub group_wait: Option<Interval>,
+    pub group_interval: Option<Interval>,
+    /// Tell the receivers again of alerts still firing after this long (none: never).
+    pub repeat_interval: Option<Interval>,
+    /// Routes below this one.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// While an alert matching `source` fires, alerts matching `target` that agree with it on the

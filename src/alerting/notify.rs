@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use outpost_storage::{StateTable, Store, WriteBatch};
+use serde::{Deserialize, Serialize};
 
 use super::config::{EmailConfig, ExecConfig, NotifyOn, WebhookConfig, WebhookFormat};
 use super::receivers::{self, Outgoing};
@@ -193,14 +194,19 @@ impl Sender {
         }
     }
 
-    /// The labels, the first wait and the interval of a channel that groups its notifications.
-    fn grouping(&self) -> Option<(&[String], Duration, Duration)> {
+    /// How a channel that groups its notifications groups them.
+    fn grouping(&self) -> Option<Grouping> {
         let (by, wait, interval) = match self {
             Sender::Webhook(c) => (&c.group_by, c.group_wait.0, c.group_interval.0),
             Sender::Email(c) => (&c.group_by, c.group_wait.0, c.group_interval.0),
             Sender::Exec(_) => return None,
         };
-        (!by.is_empty()).then_some((by.as_slice(), wait, interval))
+        (!by.is_empty()).then(|| Grouping {
+            route: String::new(),
+            by: by.clone(),
+            wait_ms: wait.as_millis() as u64,
+            interval_ms: interval.as_millis() as u64,
+        })
     }
 
     fn wants(&self, message: &AlertMessage) -> bool {
@@ -226,15 +232,58 @@ enum Attempt {
     Refused(String),
 }
 
+/// How the notifications of one hub route are grouped on a channel, carried in each of its
+/// queue entries (a channel's own grouping has no route).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grouping {
+    /// The route's place in the config; empty for the channel's own.
+    pub route: String,
+    /// Gather alerts that agree on these labels; none: each alert alone.
+    pub by: Vec<String>,
+    pub wait_ms: u64,
+    pub interval_ms: u64,
+}
+
+impl Grouping {
+    /// Each alert of `route` alone (`group_by = ["..."]`).
+    pub fn alone(route: &str) -> Grouping {
+        Grouping {
+            route: route.to_string(),
+            by: Vec::new(),
+            wait_ms: 0,
+            interval_ms: 0,
+        }
+    }
+}
+
+/// A queue entry: the message, and the grouping of the hub route that queued it.
+#[derive(Deserialize)]
+struct Queued {
+    #[serde(flatten)]
+    message: AlertMessage,
+    #[serde(default)]
+    grouping: Option<Grouping>,
+}
+
+/// The field of a queue entry that carries its route's [`Grouping`].
+pub fn grouping_field(grouping: &Grouping) -> (&'static str, serde_json::Value) {
+    (
+        "grouping",
+        serde_json::to_value(grouping).expect("groupings serialize"),
+    )
+}
+
 /// The most notifications one grouped message carries.
 const MAX_GROUP: usize = 100;
 
-/// What a grouped notification is gathered by: its state and the values of `by`'s labels
-/// (`alertname` the rule; `device` or `instance` the device unless the alert has that label).
-type GroupKey = (State, Vec<String>);
+/// What a grouped notification is gathered by: its route, its state and the values of the
+/// route's labels (`alertname` the rule; `device` or `instance` the device unless the alert has
+/// that label).
+type GroupKey = (String, State, Vec<String>);
 
-fn group_key(message: &AlertMessage, by: &[String]) -> GroupKey {
-    let values = by
+fn group_key(message: &AlertMessage, grouping: &Grouping) -> GroupKey {
+    let values = grouping
+        .by
         .iter()
         .map(|label| match (label.as_str(), message.labels.get(label)) {
             ("alertname", _) => message.rule.clone(),
@@ -243,7 +292,7 @@ fn group_key(message: &AlertMessage, by: &[String]) -> GroupKey {
             (_, None) => String::new(),
         })
         .collect();
-    (message.state, values)
+    (grouping.route.clone(), message.state, values)
 }
 
 /// What one turn of a channel's loop does with the head of its queue.
@@ -255,8 +304,15 @@ enum Turn {
     Done(Vec<String>, Attempt, Option<GroupKey>),
 }
 
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+/// A queue entry's message and the grouping that holds for it: its route's, or else the
+/// channel's.
+fn read_entry(
+    sender: &Sender,
+    value: &[u8],
+) -> serde_json::Result<(AlertMessage, Option<Grouping>)> {
+    let queued = serde_json::from_slice::<Queued>(value)?;
+    let grouping = queued.grouping.or_else(|| sender.grouping());
+    Ok((queued.message, grouping.filter(|g| !g.by.is_empty())))
 }
 
 /// Decides on the head of the queue `entries`: one message alone, or with the rest of its
@@ -268,8 +324,8 @@ async fn turn(
     sent: &HashMap<GroupKey, i64>,
 ) -> Turn {
     let (key, value) = &entries[0];
-    let head = match serde_json::from_slice::<AlertMessage>(value) {
-        Ok(message) => message,
+    let (head, grouping) = match read_entry(sender, value) {
+        Ok(entry) => entry,
         Err(error) => {
             let refused = Attempt::Refused(format!("unreadable queue entry: {error}"));
             return Turn::Done(vec![key.clone()], refused, None);
@@ -278,7 +334,7 @@ async fn turn(
     if !sender.wants(&head) {
         return Turn::Done(vec![key.clone()], Attempt::Delivered, None);
     }
-    let Some((by, wait, interval)) = sender.grouping() else {
+    let Some(grouping) = grouping else {
         return Turn::Done(
             vec![key.clone()],
             deliver(sender, &head, store, key).await,
@@ -289,23 +345,28 @@ async fn turn(
         .at
         .parse::<jiff::Timestamp>()
         .map_or(0, |t| t.as_millisecond());
-    let wanted = group_key(&head, by);
+    let wanted = group_key(&head, &grouping);
+    let interval = i64::try_from(grouping.interval_ms).unwrap_or(i64::MAX);
     let again = sent
         .get(&wanted)
-        .map_or(i64::MIN, |last| last.saturating_add(ms(interval)));
-    let due = at.saturating_add(ms(wait)).max(again);
+        .map_or(i64::MIN, |last| last.saturating_add(interval));
+    let wait = i64::try_from(grouping.wait_ms).unwrap_or(i64::MAX);
+    let due = at.saturating_add(wait).max(again);
     let now = outpost::timearg::now_ms();
     if now < due {
         return Turn::Wait(Duration::from_millis((due - now) as u64));
     }
     let group: Vec<(String, AlertMessage)> = entries
         .iter()
-        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice::<AlertMessage>(v).ok()?)))
-        .filter(|(_, m)| sender.wants(m) && group_key(m, by) == wanted)
+        .filter_map(|(k, v)| {
+            let (message, grouping) = read_entry(sender, v).ok()?;
+            let same = grouping.is_some_and(|g| group_key(&message, &g) == wanted);
+            (same && sender.wants(&message)).then(|| (k.clone(), message))
+        })
         .take(MAX_GROUP)
         .collect();
     let (keys, messages): (Vec<String>, Vec<AlertMessage>) = group.into_iter().unzip();
-    let attempt = deliver_group(sender, &messages, store, key).await;
+    let attempt = deliver_group(sender, (&messages, &grouping.by), store, key).await;
     Turn::Done(keys, attempt, Some(wanted))
 }
 
@@ -401,7 +462,7 @@ pub async fn run_channel(
 /// one alert (so that a grouped JSON receiver always gets one kind of body).
 async fn deliver_group(
     sender: &Sender,
-    messages: &[AlertMessage],
+    (messages, group_by): (&[AlertMessage], &[String]),
     store: &Store,
     key: &str,
 ) -> Attempt {
@@ -412,7 +473,7 @@ async fn deliver_group(
                 Err(error) => return Attempt::Refused(format!("{error:#}")),
             };
             let now = outpost::timearg::now_ms();
-            match receivers::group_outgoing(config, messages, &secret, now) {
+            match receivers::group_outgoing(config, (messages, group_by), &secret, now) {
                 Ok(Some(outgoing)) => {
                     let mut headers = outgoing.headers;
                     headers.push(("idempotency-key".into(), notification_id(&messages[0])));

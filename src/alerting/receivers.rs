@@ -283,11 +283,12 @@ pub fn groups(format: WebhookFormat) -> bool {
     )
 }
 
-/// The request for a group of two or more alerts: Alertmanager's formats and the JSON format
-/// carry every alert; the text services get the digest.
+/// The request for a group of two or more alerts, gathered by the labels `group_by`:
+/// Alertmanager's formats and the JSON format carry every alert; the text services get the
+/// digest.
 pub fn group_outgoing(
     config: &WebhookConfig,
-    messages: &[AlertMessage],
+    (messages, group_by): (&[AlertMessage], &[String]),
     secret: &str,
     now_ms: i64,
 ) -> Result<Option<Outgoing>> {
@@ -314,7 +315,7 @@ pub fn group_outgoing(
         WebhookFormat::Alertmanager => Ok(Some(json_body(alertmanager_webhook(
             config,
             messages,
-            &config.group_by,
+            group_by,
         )))),
         WebhookFormat::AlertmanagerApi => {
             let alerts: Vec<Value> = messages

@@ -23,6 +23,10 @@ pub struct DeviceEntry {
     #[serde(default)]
     pub revoked: bool,
     pub added_ms: i64,
+    /// The operators' labels (site, customer, model, role, group...): routes, silences and the
+    /// fleet filter match on them as on the device's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A read-only broker login for people's own tools: it may subscribe to the fleet's alert and
@@ -50,7 +54,22 @@ impl DevicesFile {
             return Ok(DevicesFile::default());
         }
         let text = read_secret(path, "devices file")?;
-        toml::from_str(&text).with_context(|| format!("invalid devices file {}", path.display()))
+        let file: DevicesFile = toml::from_str(&text)
+            .with_context(|| format!("invalid devices file {}", path.display()))?;
+        for (id, entry) in &file.device {
+            check_labels(&entry.labels).with_context(|| {
+                format!(
+                    "invalid devices file {}: device.{id}.labels",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(file)
+    }
+
+    /// The operators' labels of an enrolled, unrevoked device.
+    pub fn labels(&self, device: &str) -> Option<&BTreeMap<String, String>> {
+        Some(&self.device.get(device).filter(|d| !d.revoked)?.labels)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -94,6 +113,40 @@ impl DevicesFile {
     }
 }
 
+/// Labels the hub sets itself on every device alert; an operator's label must not pose as one.
+const RESERVED_LABELS: [&str; 4] = ["device", "instance", "alertname", "severity"];
+const MAX_LABELS: usize = 32;
+
+/// Refuses a device label that routes and silences could not match or that would pose as
+/// one the hub sets: names as Prometheus allows them, values of 1 to 128 printable characters.
+pub fn check_label(name: &str, value: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let well_formed = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64;
+    if !well_formed {
+        bail!("label name {name:?}: 1 to 64 letters, digits and '_', not starting with a digit");
+    }
+    if name.starts_with("__") || RESERVED_LABELS.contains(&name) {
+        bail!("label name {name:?} is the hub's own (device, instance, alertname, severity, __*)");
+    }
+    if value.is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {
+        bail!("label {name}: the value must be 1 to 128 printable characters");
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        bail!("at most {MAX_LABELS} labels");
+    }
+    labels
+        .iter()
+        .try_for_each(|(name, value)| check_label(name, value))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Enrol a device: create its key and broker password, and write the files it needs.
@@ -112,6 +165,16 @@ pub enum DeviceCommand {
     },
     /// List enrolled devices.
     List,
+    /// Set or remove a device's labels (site, customer, model, role, group...).
+    ///
+    /// `outpost hub device label cam-7 site=north role=camera` sets two; `site-` removes one.
+    /// Routes (`[[alerts.route]] match`), silences and the dashboard's filter match on them;
+    /// the running hub re-reads the file.
+    Label {
+        id: String,
+        /// NAME=VALUE to set, NAME- to remove; none to show the device's labels.
+        changes: Vec<String>,
+    },
     /// Refuse a device's connections and data from now on (the running hub re-reads the file).
     Revoke { id: String },
     /// Forget a device's credentials entirely.
@@ -146,6 +209,7 @@ pub fn enrol(
             password_sha256: sha256_hex(&password),
             revoked: false,
             added_ms: outpost::timearg::now_ms(),
+            labels: BTreeMap::new(),
         },
     );
     devices.save(devices_file)?;
@@ -171,14 +235,28 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
             );
         }
         DeviceCommand::List => {
-            println!("{:<32} {:<8} added", "device", "state");
+            println!("{:<32} {:<8} {:<20} labels", "device", "state", "added");
             for (id, entry) in &devices.device {
                 let state = if entry.revoked { "revoked" } else { "active" };
                 let added = jiff::Timestamp::from_second(entry.added_ms / 1000)
                     .map(|t| t.to_string())
                     .unwrap_or_default();
-                println!("{id:<32} {state:<8} {added}");
+                println!(
+                    "{id:<32} {state:<8} {added:<20} {}",
+                    show_labels(&entry.labels)
+                );
             }
+        }
+        DeviceCommand::Label { id, changes } => {
+            let entry = devices
+                .device
+                .get_mut(&id)
+                .with_context(|| format!("no device {id:?} in {}", devices_file.display()))?;
+            relabel(&mut entry.labels, &changes)?;
+            if !changes.is_empty() {
+                devices.save(devices_file)?;
+            }
+            println!("{id} {}", show_labels(&devices.device[&id].labels));
         }
         DeviceCommand::Revoke { id } => {
             let entry = devices
@@ -195,6 +273,31 @@ pub fn run(command: DeviceCommand, devices_file: &Path) -> Result<std::process::
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn show_labels(labels: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+/// Applies `NAME=VALUE` and `NAME-` changes to `labels`, all or none.
+fn relabel(labels: &mut BTreeMap<String, String>, changes: &[String]) -> Result<()> {
+    let mut changed = labels.clone();
+    for change in changes {
+        if let Some((name, value)) = change.split_once('=') {
+            check_label(name, value)?;
+            changed.insert(name.to_string(), value.to_string());
+        } else if let Some(name) = change.strip_suffix('-') {
+            if changed.remove(name).is_none() {
+                bail!("{change}: the device has no label {name:?}");
+            }
+        } else {
+            bail!("{change:?}: write NAME=VALUE to set a label, NAME- to remove one");
+        }
+    }
+    check_labels(&changed)?;
+    *labels = changed;
+    Ok(())
 }
 
 /// Deletes a device or a reader (`what`, `name`) with `remove`, which finds nothing when it is
@@ -266,4 +369,56 @@ pub fn run_reader(command: ReaderCommand, devices_file: &Path) -> Result<std::pr
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_change_all_or_nothing_and_never_pose_as_the_hubs() {
+        let mut labels = BTreeMap::new();
+        relabel(&mut labels, &["site=north".into(), "role=camera".into()]).unwrap();
+        assert_eq!(labels.len(), 2);
+        relabel(&mut labels, &["role-".into(), "site=south".into()]).unwrap();
+        assert_eq!(labels, [("site".to_string(), "south".to_string())].into());
+        for bad in [
+            "device=cam-1",
+            "severity=critical",
+            "__name__=x",
+            "1site=x",
+            "si te=x",
+            "site=",
+            "site=a\nb",
+            "site",
+            "ghost-",
+        ] {
+            let before = labels.clone();
+            let error = relabel(&mut labels, &["model=orin".into(), bad.into()]).unwrap_err();
+            assert_eq!(labels, before, "{bad}: nothing applied ({error})");
+        }
+        let many: Vec<String> = (0..=MAX_LABELS).map(|i| format!("l{i}=v")).collect();
+        assert!(relabel(&mut labels, &many).is_err());
+    }
+
+    #[test]
+    fn a_hand_edited_label_is_refused_at_load_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        let mut file = DevicesFile::default();
+        file.device.insert(
+            "cam-1".into(),
+            DeviceEntry {
+                key: "00".repeat(32),
+                password_sha256: "00".repeat(32),
+                revoked: false,
+                added_ms: 0,
+                labels: [("instance".to_string(), "other".to_string())].into(),
+            },
+        );
+        file.save(&path).unwrap();
+        let error = format!("{:#}", DevicesFile::load(&path).unwrap_err());
+        assert!(error.contains("device.cam-1.labels"), "{error}");
+        assert!(error.contains("\"instance\""), "{error}");
+    }
 }

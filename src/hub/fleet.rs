@@ -4,19 +4,20 @@
 
 #![deny(clippy::disallowed_methods)]
 
-use outpost::alert::engine::{AlertMessage, State};
+use outpost::alert::engine::{AlertMessage, Engine, State};
 use outpost_sync::HubToDevice;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_storage::{StateTable, Store, WriteBatch};
+use outpost_storage::{SeriesKey, StateTable, Store, WriteBatch};
 use outpost_sync::topic::{DeviceTopics, Kind};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
 
 use super::keys::{FleetHistoryKey, RegistryKey};
 use super::registry::Registry;
+use super::routing::Delivery;
 use super::Devices;
 
 /// Transitions kept for the alerts page's history.
@@ -204,6 +205,7 @@ pub struct HubFleet {
     pub refusals: Arc<super::gate::Refusals>,
     /// The routes of device alerts to the hub's channels.
     pub router: super::routing::Router,
+    pub reminders: Mutex<Reminders>,
     /// `[remote_write] query_url`: the engine that answers the Prometheus API's reads.
     pub query_engine: Option<Arc<dyn outpost_web::prometheus::QueryEngine>>,
 }
@@ -217,6 +219,38 @@ fn route_labels(message: &AlertMessage) -> BTreeMap<String, String> {
         .entry("instance".into())
         .or_insert_with(|| message.device.clone());
     labels
+}
+
+/// `message` as the hub's routes and receivers see it: with the operators' labels of its
+/// device over its own.
+fn with_device_labels(
+    mut message: AlertMessage,
+    device_labels: &BTreeMap<String, String>,
+) -> AlertMessage {
+    message.labels.extend(
+        device_labels
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
+    message
+}
+
+/// When each routed alert was last told of, per channel and route: for `repeat_interval`.
+/// Keyed by (channel, route, device, rule, instance); in memory, so a restart of the hub only
+/// puts the next reminder off.
+pub type Reminders = HashMap<(String, String, String, String, String), i64>;
+
+fn reminder_key(
+    delivery: &Delivery,
+    message: &AlertMessage,
+) -> (String, String, String, String, String) {
+    (
+        delivery.channel.clone(),
+        delivery.route.clone(),
+        message.device.clone(),
+        message.rule.clone(),
+        message.instance.clone(),
+    )
 }
 
 /// Alert topics below a device: `alerts/events` or `alerts/<rule>/<instance>`; the part after
@@ -287,6 +321,62 @@ impl HubFleet {
         }
     }
 
+    /// The operators' labels of `device`.
+    fn device_labels(&self, device: &str) -> BTreeMap<String, String> {
+        self.devices
+            .get()
+            .labels(device)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Where the routes send `message` now (none while an inhibition, the device's silences or
+    /// the hub's silences and maintenance windows hold it back), and the message as they see it.
+    fn deliveries(
+        &self,
+        message: AlertMessage,
+        firing: &[SeriesKey],
+        engine: &Engine,
+    ) -> (Vec<Delivery>, AlertMessage) {
+        let device_labels = self.device_labels(&message.device);
+        let message = with_device_labels(message, &device_labels);
+        // The device's own silences hold for the hub's routes too; a silence beginning is an
+        // event of its own (state unchanged) that must not notify again.
+        let muted = message.silenced
+            || engine.silences.silenced(
+                &message.rule,
+                &route_labels(&message),
+                outpost::timearg::now_ms(),
+            );
+        if muted {
+            return (Vec::new(), message);
+        }
+        let deliveries = self.router.deliveries(&message, &BTreeMap::new(), firing);
+        (deliveries, message)
+    }
+
+    /// Queues `message` on each of `deliveries`, with its route's grouping, in `write`; the
+    /// channels it went to.
+    fn enqueue(
+        engine: &mut Engine,
+        deliveries: &[Delivery],
+        message: &AlertMessage,
+        write: &mut WriteBatch,
+    ) -> Vec<String> {
+        deliveries
+            .iter()
+            .filter(|delivery| {
+                let extra: Vec<_> = delivery
+                    .grouping
+                    .iter()
+                    .map(crate::alerting::notify::grouping_field)
+                    .collect();
+                engine.enqueue_for(&delivery.channel, message, &extra, write)
+            })
+            .map(|delivery| delivery.channel.clone())
+            .collect()
+    }
+
     /// Queues a device's new transition for the hub channels its routes name, in `write`;
     /// the channels it went to.
     fn route(&self, event: &Value, write: &mut WriteBatch) -> Vec<String> {
@@ -299,25 +389,81 @@ impl HubFleet {
         let Ok(message) = serde_json::from_value::<AlertMessage>(event.clone()) else {
             return Vec::new();
         };
-        // The device's own silences hold for the hub's routes too; a silence beginning is an
-        // event of its own (state unchanged) that must not notify again.
-        if message.silenced {
-            return Vec::new();
+        let firing = self.firing_keys();
+        let mut engine = hub.engine.lock().expect("engine lock");
+        let (deliveries, message) = self.deliveries(message, &firing, &engine);
+        let now = outpost::timearg::now_ms();
+        let mut reminders = self.reminders.lock().expect("reminders lock");
+        for delivery in &deliveries {
+            let key = reminder_key(delivery, &message);
+            match (message.state, delivery.repeat) {
+                (State::Firing, Some(_)) => {
+                    reminders.insert(key, now);
+                }
+                _ => {
+                    reminders.remove(&key);
+                }
+            }
+        }
+        Self::enqueue(&mut engine, &deliveries, &message, write)
+    }
+
+    /// Reminds the routes' channels of the devices' alerts still firing `repeat_interval` after
+    /// they last heard of them; returns the write to store and the channels to wake.
+    pub fn reminders_due(&self) -> Option<(WriteBatch, Vec<String>)> {
+        let hub = self.hub_alerts.as_ref()?;
+        if self.router.is_empty() {
+            return None;
         }
         let firing = self.firing_keys();
-        let receivers = self.router.receivers(&message, &firing);
+        let current = self.firing_device_alerts();
+        let now = outpost::timearg::now_ms();
         let mut engine = hub.engine.lock().expect("engine lock");
-        // The hub's silences and maintenance windows mute routes too.
-        if engine.silences.silenced(
-            &message.rule,
-            &route_labels(&message),
-            outpost::timearg::now_ms(),
-        ) {
-            return Vec::new();
+        let mut reminders = self.reminders.lock().expect("reminders lock");
+        let mut write = WriteBatch::default();
+        let mut woken = Vec::new();
+        let mut live = std::collections::HashSet::new();
+        for message in current {
+            let (deliveries, mut message) = self.deliveries(message, &firing, &engine);
+            let mut due = Vec::new();
+            for delivery in deliveries {
+                let Some(repeat) = delivery.repeat else {
+                    continue;
+                };
+                let key = reminder_key(&delivery, &message);
+                let last = *reminders.entry(key.clone()).or_insert(now);
+                live.insert(key.clone());
+                if now - last >= i64::try_from(repeat.as_millis()).unwrap_or(i64::MAX) {
+                    reminders.insert(key, now);
+                    due.push(delivery);
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            message.reason = outpost::alert::engine::Reason::Renotify;
+            message.at = outpost::alert::engine::rfc3339(now);
+            woken.extend(Self::enqueue(&mut engine, &due, &message, &mut write));
         }
-        receivers
+        // Alerts that stopped firing, or that no route repeats any more, need no reminder.
+        reminders.retain(|key, _| live.contains(key));
+        (!write.is_empty()).then_some((write, woken))
+    }
+
+    /// The devices' alerts firing now, as their last messages.
+    fn firing_device_alerts(&self) -> Vec<AlertMessage> {
+        let current: Vec<Value> = self
+            .alerts
+            .lock()
+            .expect("alerts lock")
+            .current
+            .values()
+            .filter(|a| a["state"] == "firing")
+            .cloned()
+            .collect();
+        current
             .into_iter()
-            .filter(|channel| engine.enqueue_for(channel, &message, write))
+            .filter_map(|a| serde_json::from_value::<AlertMessage>(a).ok())
             .collect()
     }
 
@@ -328,28 +474,17 @@ impl HubFleet {
             return Vec::new();
         };
         let firing = self.firing_keys();
-        let current: Vec<Value> = self
-            .alerts
-            .lock()
-            .expect("alerts lock")
-            .current
-            .values()
-            .filter(|a| a["state"] == "firing")
-            .cloned()
-            .collect();
-        let now = outpost::timearg::now_ms();
+        let current = self.firing_device_alerts();
         let engine = hub.engine.lock().expect("engine lock");
         current
             .into_iter()
-            .filter_map(|a| serde_json::from_value::<AlertMessage>(a).ok())
-            .filter(|m| !m.silenced)
-            .filter(|m| {
-                self.router
-                    .receivers(m, &firing)
+            .filter_map(|message| {
+                let (deliveries, message) = self.deliveries(message, &firing, &engine);
+                deliveries
                     .iter()
-                    .any(|c| c == channel)
+                    .any(|d| d.channel == channel)
+                    .then_some(message)
             })
-            .filter(|m| !engine.silences.silenced(&m.rule, &route_labels(m), now))
             .collect()
     }
 
@@ -374,6 +509,7 @@ impl HubFleet {
                 &text("severity"),
                 &text("device"),
                 &labels,
+                &self.device_labels(&text("device")),
             ));
         }
         if let Some(hub) = &self.hub_alerts {
@@ -384,6 +520,7 @@ impl HubFleet {
                     &record.severity.to_string(),
                     "hub",
                     &record.labels,
+                    &BTreeMap::new(),
                 ));
             }
         }
@@ -474,8 +611,18 @@ pub(super) fn matchers(text: &str) -> Result<Vec<outpost_sync::Matcher>, String>
 impl outpost_web::Fleet for HubFleet {
     fn devices(&self) -> Vec<outpost_web::DeviceView> {
         let now = outpost::timearg::now_ms();
-        let registry = self.registry.lock().expect("registry lock");
-        registry.views(now, self.offline_after)
+        let mut views = {
+            let registry = self.registry.lock().expect("registry lock");
+            registry.views(now, self.offline_after)
+        };
+        let devices = self.devices.get();
+        for view in &mut views {
+            if let Some(labels) = devices.labels(&view.device).filter(|l| !l.is_empty()) {
+                view.record
+                    .insert("labels".into(), serde_json::json!(labels));
+            }
+        }
+        views
     }
 
     fn alerts(&self) -> outpost_web::FleetAlerts {

@@ -247,6 +247,8 @@ fn resend_refused_command(
 struct Devices {
     path: PathBuf,
     current: RwLock<(Option<std::time::SystemTime>, Arc<DevicesFile>)>,
+    /// One more at each reload: who acts on changes (silences by device labels) compares it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Devices {
@@ -254,20 +256,31 @@ impl Devices {
         self.current.read().expect("devices lock").1.clone()
     }
 
-    fn reload_if_changed(&self) {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the file changed and was read again.
+    fn reload_if_changed(&self) -> bool {
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
         if self.current.read().expect("devices lock").0 == modified {
-            return;
+            return false;
         }
         match DevicesFile::load(&self.path) {
             Ok(file) => {
                 tracing::info!(devices = file.device.len(), file = %self.path.display(), "devices file (re)loaded");
                 *self.current.write().expect("devices lock") = (modified, Arc::new(file));
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                true
             }
             Err(error) => {
-                tracing::error!("devices file not reloaded, keeping the previous one: {error:#}")
+                // Said once per change of the file, not every round.
+                self.current.write().expect("devices lock").0 = modified;
+                tracing::error!("devices file not reloaded, keeping the previous one: {error:#}");
+                false
             }
         }
     }
@@ -320,6 +333,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         ingested: ingested.clone(),
         refusals: refusals.clone(),
         router: routing::Router::from_config(&config.alerts)?,
+        reminders: Mutex::new(fleet::Reminders::new()),
         query_engine: remote::RemoteQuery::from_config(&config.remote_write)?
             .map(|engine| Arc::new(engine) as Arc<dyn outpost_web::prometheus::QueryEngine>),
     });
@@ -352,6 +366,8 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
+    // Not the current generation: the first round reconciles the silences with the labels.
+    let mut devices_seen = u64::MAX;
     let mut service = crate::sdnotify::Service::ready("serving");
     loop {
         tokio::select! {
@@ -360,7 +376,13 @@ async fn daemon(config: HubConfig) -> Result<()> {
             () = service.watchdog(|| true) => {}
             _ = housekeeping.tick() => {
                 devices.reload_if_changed();
+                if devices.generation() != devices_seen {
+                    devices_seen = devices.generation();
+                    let fleet = router.hub_fleet.clone();
+                    tokio::task::spawn_blocking(move || fleet.reconcile_silences());
+                }
                 registry.lock().expect("registry lock").persist_if_changed(&store);
+                remind(&router.hub_fleet);
             }
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
                 if let Some(shared) = &alert_shared {
@@ -399,11 +421,32 @@ async fn daemon(config: HubConfig) -> Result<()> {
     Ok(())
 }
 
+/// Queues the reminders the routes' `repeat_interval` asks for, and wakes their channels once
+/// stored.
+fn remind(fleet: &Arc<fleet::HubFleet>) {
+    let Some((write, channels)) = fleet.reminders_due() else {
+        return;
+    };
+    let (store, hub) = (fleet.store.clone(), fleet.hub_alerts.clone());
+    tokio::spawn(async move {
+        if let Err(error) = store.write_async(write).await {
+            tracing::warn!("reminders not queued: {error}");
+            return;
+        }
+        if let Some(hub) = hub {
+            for channel in channels {
+                hub.wake(&channel);
+            }
+        }
+    });
+}
+
 /// The enrolled devices (from the devices file) and what the hub knows of each (from its store).
 fn fleet_state(config: &HubConfig, store: &Store) -> (Arc<Devices>, Arc<Mutex<Registry>>) {
     let devices = Arc::new(Devices {
         path: config.hub.devices_file.clone(),
         current: RwLock::new((None, Arc::new(DevicesFile::default()))),
+        generation: std::sync::atomic::AtomicU64::new(0),
     });
     devices.reload_if_changed();
     let mut registry = Registry::load(store);

@@ -16,11 +16,14 @@ use super::fleet::HubFleet;
 use super::keys::RegistryKey;
 
 /// What the hub keeps of a silence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetSilence {
     pub id: String,
     /// A device, or `*` for the whole fleet.
     pub device: String,
+    /// A selector over the devices' labels and `device`; empty: every device `device` names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device_match: String,
     #[serde(rename = "match")]
     pub matcher: String,
     pub starts_ms: i64,
@@ -49,9 +52,77 @@ impl FleetSilence {
         }
     }
 
-    fn covers(&self, device: &str) -> bool {
-        self.device == "*" || self.device == device
+    /// Whether it is for `device`, labelled `labels` (`None`: not enrolled).
+    fn covers(&self, device: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
+        if self.device != "*" && self.device != device {
+            return false;
+        }
+        let text = self.device_match.trim();
+        if text.is_empty() || text == "{}" {
+            return true;
+        }
+        let Some(labels) = labels else {
+            return false;
+        };
+        let mut all = labels.clone();
+        all.insert("device".into(), device.to_string());
+        match (
+            outpost_storage::Selector::parse(text),
+            outpost_storage::SeriesKey::new("device", all),
+        ) {
+            (Ok(selector), Ok(key)) => selector.matches(&key),
+            _ => false,
+        }
     }
+}
+
+/// Checks a silence request's device and selectors; the devices it covers now.
+fn covered_devices(
+    request: &mut SilenceRequest,
+    devices: &super::devices::DevicesFile,
+) -> Result<Vec<String>, WebError> {
+    let bad = |what: String| Err(WebError::BadRequest(what));
+    let device_match = request.device_match.trim();
+    if !device_match.is_empty() {
+        if let Err(error) = outpost_storage::Selector::parse(device_match) {
+            return bad(format!("device_match: {error}"));
+        }
+    }
+    if request.device.is_empty() {
+        if device_match.is_empty() {
+            return bad(
+                "device: name one, or \"*\" for the whole fleet, or give device_match".into(),
+            );
+        }
+        request.device = "*".into();
+    }
+    if request.device != "*" && devices.key(&request.device).is_none() {
+        return bad(format!(
+            "device: {:?} is not enrolled (use \"*\" for the whole fleet)",
+            request.device
+        ));
+    }
+    // The devices do not know the labels the hub gives them: a matcher on one would never hold.
+    let matchers = super::fleet::matchers(&request.matcher).map_err(WebError::BadRequest)?;
+    for matcher in &matchers {
+        let name = &matcher.label;
+        if devices.device.values().any(|d| d.labels.contains_key(name)) {
+            return bad(format!(
+                "match: {name:?} is a label the hub gives devices; select them with \
+                 device_match, e.g. {{{name}=\"...\"}}"
+            ));
+        }
+    }
+    let probe = FleetSilence {
+        device: request.device.clone(),
+        device_match: device_match.to_string(),
+        ..FleetSilence::default()
+    };
+    Ok(devices
+        .names()
+        .into_iter()
+        .filter(|name| probe.covers(name, devices.labels(name)))
+        .collect())
 }
 
 /// The next number of `counter`: above the last one given and at least `now` (so that a fresh
@@ -136,16 +207,8 @@ impl HubFleet {
         by: &Identity,
     ) -> Result<SilenceView, WebError> {
         let now = outpost::timearg::now_ms();
-        let devices: Vec<String> = if request.device == "*" {
-            self.devices.get().names()
-        } else if self.devices.get().key(&request.device).is_some() {
-            vec![request.device.clone()]
-        } else {
-            return Err(WebError::BadRequest(format!(
-                "device: {:?} is not enrolled (use \"*\" for the whole fleet)",
-                request.device
-            )));
-        };
+        let mut request = request;
+        let devices = covered_devices(&mut request, &self.devices.get())?;
         let _numbering = self.commands.lock().expect("commands lock");
         let mut write = WriteBatch::default();
         let number = next_number(self, &RegistryKey::SilenceCounter, now)?;
@@ -153,6 +216,7 @@ impl HubFleet {
         let mut silence = FleetSilence {
             id: format!("hub-{number}"),
             device: request.device,
+            device_match: request.device_match.trim().to_string(),
             matcher: request.matcher,
             starts_ms: request.starts_ms.unwrap_or(now),
             ends_ms: request.ends_ms,
@@ -177,7 +241,12 @@ impl HubFleet {
             by = by.name,
             "silence sent"
         );
-        Ok(view(silence, now, &self.current_alerts()))
+        Ok(view(
+            silence,
+            now,
+            &self.current_alerts(),
+            &self.devices.get(),
+        ))
     }
 
     fn stored_silences(&self) -> Vec<FleetSilence> {
@@ -196,7 +265,10 @@ impl HubFleet {
         let mut all = self.stored_silences();
         all.sort_by_key(|s| std::cmp::Reverse(s.created_ms));
         let alerts = self.current_alerts();
-        all.into_iter().map(|s| view(s, now, &alerts)).collect()
+        let devices = self.devices.get();
+        all.into_iter()
+            .map(|s| view(s, now, &alerts, &devices))
+            .collect()
     }
 
     /// Ends a silence on every device it reached; `delete` also forgets it.
@@ -236,38 +308,96 @@ impl HubFleet {
             self.commit(Some(&silence), write, frames)?;
         }
         tracing::info!(silence = id, by = by.name, delete, "silence ended");
-        Ok(view(silence, now, &self.current_alerts()))
+        Ok(view(
+            silence,
+            now,
+            &self.current_alerts(),
+            &self.devices.get(),
+        ))
     }
 
-    /// A device has come online: every fleet-wide silence still to hold that it has not been
-    /// sent (it was enrolled later) goes to it now.
+    /// A device has come online: every silence still to hold that covers it and that it has not
+    /// been sent (it was enrolled or labelled later) goes to it now.
     pub fn silences_for_newcomer(&self, device: &str) {
         let now = outpost::timearg::now_ms();
+        let devices = self.devices.get();
         let missing: Vec<FleetSilence> = self
             .stored_silences()
             .into_iter()
-            .filter(|s| s.covers(device) && !s.sent.contains_key(device))
+            .filter(|s| s.covers(device, devices.labels(device)) && !s.sent.contains_key(device))
             .filter(|s| s.state(now) != "expired")
             .collect();
         if missing.is_empty() {
             return;
         }
         let _numbering = self.commands.lock().expect("commands lock");
-        for mut silence in missing {
-            let mut write = WriteBatch::default();
-            let sent = Self::silence_action(&silence)
-                .and_then(|action| self.command(device, action, now, &mut write));
-            let result = sent.and_then(|(id, frame)| {
-                silence.sent.insert(device.to_string(), id);
-                self.commit(Some(&silence), write, vec![(device.to_string(), frame)])
-            });
-            if let Err(error) = result {
-                tracing::warn!(
-                    device,
-                    silence = silence.id,
-                    "sending a fleet silence: {error}"
-                );
+        for silence in missing {
+            self.resend(silence, &[device.to_string()], &[], now);
+        }
+    }
+
+    /// The devices file changed: each silence still to hold goes to the devices its
+    /// `device_match` now covers and ends on those it no longer does.
+    pub fn reconcile_silences(&self) {
+        let now = outpost::timearg::now_ms();
+        let devices = self.devices.get();
+        let _numbering = self.commands.lock().expect("commands lock");
+        for silence in self.stored_silences() {
+            if silence.state(now) == "expired" {
+                continue;
             }
+            let covered: Vec<String> = devices
+                .names()
+                .into_iter()
+                .filter(|d| silence.covers(d, devices.labels(d)))
+                .collect();
+            let gained: Vec<String> = covered
+                .iter()
+                .filter(|d| !silence.sent.contains_key(*d))
+                .cloned()
+                .collect();
+            let lost: Vec<String> = silence
+                .sent
+                .keys()
+                .filter(|d| !covered.contains(d) && devices.key(d).is_some())
+                .cloned()
+                .collect();
+            if !gained.is_empty() || !lost.is_empty() {
+                self.resend(silence, &gained, &lost, now);
+            }
+        }
+    }
+
+    /// Sends `silence` to the devices `gained` and an `Expire` of it to those `lost`, and stores
+    /// what it reached; the caller holds `self.commands`.
+    fn resend(&self, mut silence: FleetSilence, gained: &[String], lost: &[String], now: i64) {
+        let mut write = WriteBatch::default();
+        let mut frames = Vec::new();
+        let result = (|| {
+            let action = Self::silence_action(&silence)?;
+            for device in gained {
+                let (id, frame) = self.command(device, action.clone(), now, &mut write)?;
+                silence.sent.insert(device.clone(), id);
+                frames.push((device.clone(), frame));
+            }
+            let expire = outpost_sync::Action::Expire {
+                silence_id: silence.id.clone(),
+            };
+            for device in lost {
+                let (_, frame) = self.command(device, expire.clone(), now, &mut write)?;
+                silence.sent.remove(device);
+                frames.push((device.clone(), frame));
+            }
+            self.commit(Some(&silence), write, frames)
+        })();
+        match result {
+            Ok(()) => tracing::info!(
+                silence = silence.id,
+                gained = gained.len(),
+                lost = lost.len(),
+                "silence follows its devices"
+            ),
+            Err(error) => tracing::warn!(silence = silence.id, "sending a silence: {error}"),
         }
     }
 
@@ -278,12 +408,17 @@ impl HubFleet {
 }
 
 /// A silence as the API shows it, with the alerts of `alerts` it holds back.
-fn view(silence: FleetSilence, now: i64, alerts: &[serde_json::Value]) -> SilenceView {
+fn view(
+    silence: FleetSilence,
+    now: i64,
+    alerts: &[serde_json::Value],
+    devices: &super::devices::DevicesFile,
+) -> SilenceView {
     let selector = outpost_storage::Selector::parse(&silence.matcher).ok();
     let silencing = alerts
             .iter()
             .filter(|a| a["silenced"] == true && matches!(a["state"].as_str(), Some("firing" | "pending")))
-            .filter(|a| a["device"].as_str().is_some_and(|d| silence.covers(d)))
+            .filter(|a| a["device"].as_str().is_some_and(|d| silence.covers(d, devices.labels(d))))
             .filter(|a| {
                 let mut labels: Vec<(String, String)> = a["labels"]
                     .as_object()
@@ -309,6 +444,7 @@ fn view(silence: FleetSilence, now: i64, alerts: &[serde_json::Value]) -> Silenc
         silencing,
         id: silence.id,
         device: silence.device,
+        device_match: silence.device_match,
         matcher: silence.matcher,
         starts_ms: silence.starts_ms,
         ends_ms: silence.ends_ms,

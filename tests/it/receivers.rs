@@ -747,6 +747,222 @@ receivers = ["chat"]
     );
 }
 
+/// The ids of the silences an agent holds now.
+fn agent_silences(agent: &Agent) -> Vec<String> {
+    let (_, body) = http(agent.port, "GET", "/api/silences", "");
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["silences"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const LABELLED_RULES: &str = "[[rule]]\nname = \"core_busy\"\nselect = \"app_busy\"\nthreshold = 0.9\nseverity = \"critical\"\n\
+     [[rule]]\nname = \"ram_used\"\nselect = \"app_ram\"\nthreshold = 1\n";
+
+const BUSY: &str =
+    "app_busy{cpu=\"0\"} 1\napp_busy{cpu=\"1\"} 1\napp_busy{cpu=\"2\"} 1\napp_busy{cpu=\"3\"} 1\napp_ram 5\n";
+
+/// Routes on the labels operators give devices, through a tree: the north site's alerts go to
+/// `north`, grouped by rule and site (the RAM alert alone, by a child route), reminded while they
+/// fire; the rest to `rest`. A fleet silence by device label reaches only the south device, and
+/// the hub does not route what that device silenced. Relabelled north, the device loses the
+/// silence and its RAM alert, firing all along, reaches `north`.
+#[test]
+fn the_hub_routes_by_device_labels_through_a_tree_and_silences_follow_the_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start();
+    let base = format!("http://127.0.0.1:{}", recorder.port);
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mqtt_n = crate::sync::enrol(dir.path(), "dev-n", mqtt_port);
+    let mqtt_s = crate::sync::enrol(dir.path(), "dev-s", mqtt_port);
+    let label = |args: &[&str]| {
+        let mut all = vec!["device", "label"];
+        all.extend_from_slice(args);
+        crate::agent::succeed(&mut crate::sync::devices_command(dir.path(), &all))
+    };
+    label(&["dev-n", "site=north", "role=camera"]);
+    label(&["dev-s", "site=south"]);
+    let refused =
+        crate::sync::devices_command(dir.path(), &["device", "label", "dev-s", "device=x"])
+            .output()
+            .unwrap();
+    assert!(
+        !refused.status.success(),
+        "an operator's label cannot pose as the hub's"
+    );
+    let hub_config = dir.path().join("hub.toml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            r#"[alerts]
+[[alerts.webhook]]
+name = "north"
+url = "{base}/north"
+on = ["firing"]
+[[alerts.webhook]]
+name = "rest"
+url = "{base}/rest"
+on = ["firing"]
+[[alerts.route]]
+match = '{{site="north"}}'
+receivers = ["north"]
+group_by = ["alertname", "site"]
+group_wait = "1s"
+group_interval = "2s"
+repeat_interval = "3s"
+  [[alerts.route.routes]]
+  match = '{{alertname="ram_used"}}'
+  group_by = ["..."]
+[[alerts.route]]
+receivers = ["rest"]
+"#
+        ),
+    )
+    .unwrap();
+    let _hub = crate::sync::Hub::start_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--config", hub_config.to_str().unwrap()],
+    );
+    let ends = outpost::timearg::now_ms() + 3_600_000;
+    let silence = json!({
+        "device_match": "{site=\"south\"}",
+        "match": "{alertname=\"ram_used\"}",
+        "ends_ms": ends,
+        "comment": "south's RAM is known",
+    });
+    let post_json = |path: &str, body: &Value| {
+        let json = [("Content-Type", "application/json")];
+        let (status, _, text) =
+            crate::agent::http_with(http_port, "POST", path, &json, &body.to_string());
+        (status, text)
+    };
+    let (status, made) = post_json("/api/silences", &silence);
+    assert_eq!(status, 201, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let sent: Vec<&String> = made["sent"].as_object().unwrap().keys().collect();
+    assert_eq!(sent, ["dev-s"], "only the south device: {made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let on_site = json!({"device_match": "{}", "match": "{site=\"north\"}", "ends_ms": ends});
+    let (status, refused) = post_json("/api/silences", &on_site);
+    assert_eq!(
+        status, 400,
+        "a device label in match would never hold: {refused}"
+    );
+    assert!(refused.contains("device_match"), "{refused}");
+
+    let start = |name: &str, mqtt: &str| {
+        let agent_dir = dir.path().join(name);
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        let rules = agent_dir.join("rules.toml");
+        std::fs::write(&rules, LABELLED_RULES).unwrap();
+        let config = format!(
+            "{QUIET}{mqtt}[alerts]\ndefault_rules = false\nrules = [\"{}\"]\ninterval = \"200ms\"\n",
+            rules.display()
+        );
+        Agent::start(&agent_dir, &config, &[])
+    };
+    let (north, south) = (start("n", &mqtt_n), start("s", &mqtt_s));
+    wait_until("the silence on dev-s", Duration::from_secs(30), || {
+        agent_silences(&south).contains(&id).then_some(())
+    });
+    assert!(agent_silences(&north).is_empty());
+    // The fleet list shows the labels (the dashboard's filter matches `site=north` on them).
+    let labels = wait_until("dev-n listed", Duration::from_secs(30), || {
+        let (_, body) = crate::agent::http(http_port, "GET", "/api/devices", "");
+        let devices: Value = serde_json::from_str(&body).ok()?;
+        let found = devices.as_array()?.iter().find(|d| d["device"] == "dev-n")?;
+        Some(found["labels"].clone())
+    });
+    assert_eq!(labels, json!({"role": "camera", "site": "north"}));
+    push(&north, BUSY);
+    push(&south, BUSY);
+
+    // North: one message for the four cores, with the device's labels; the RAM alert alone.
+    let told = recorder.wait_for("/north", 2);
+    let (grouped, alone): (Vec<&Request>, Vec<&Request>) =
+        told.iter().partition(|r| r.json().get("alerts").is_some());
+    assert_eq!((grouped.len(), alone.len()), (1, 1), "{told:?}");
+    let group = grouped[0].json();
+    let alerts = group["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 4, "{group}");
+    assert!(alerts.iter().all(|a| a["device"] == "dev-n"
+        && a["rule"] == "core_busy"
+        && a["labels"]["site"] == "north"
+        && a["labels"]["role"] == "camera"));
+    assert_eq!(alone[0].json()["rule"], "ram_used");
+    // The rest: the south device's four cores, each alone; its RAM alert is silenced on the
+    // device and so not routed at all.
+    let rest = recorder.wait_for("/rest", 4);
+    assert!(
+        rest.iter().all(|r| {
+            let body = r.json();
+            body["device"] == "dev-s"
+                && body["rule"] == "core_busy"
+                && body["labels"]["site"] == "south"
+        }),
+        "{rest:?}"
+    );
+    // Still firing three seconds on: north is reminded, grouped as before.
+    let reminded = wait_until("a reminder on north", Duration::from_secs(30), || {
+        let requests = recorder.requests.lock().unwrap().clone();
+        requests
+            .iter()
+            .filter(|r| r.target.starts_with("/north"))
+            .map(Request::json)
+            .find(|body| body["alerts"][0]["reason"] == "renotify")
+    });
+    assert_eq!(
+        reminded["alerts"].as_array().unwrap().len(),
+        4,
+        "{reminded}"
+    );
+
+    // Relabelled north: the silence ends on dev-s, and its RAM alert reaches north.
+    label(&["dev-s", "site=north"]);
+    wait_until(
+        "the silence gone from dev-s",
+        Duration::from_secs(30),
+        || (!agent_silences(&south).contains(&id)).then_some(()),
+    );
+    wait_until(
+        "dev-s's RAM alert on north",
+        Duration::from_secs(30),
+        || {
+            let requests = recorder.requests.lock().unwrap().clone();
+            requests
+                .iter()
+                .filter(|r| r.target.starts_with("/north"))
+                .map(Request::json)
+                .find(|body| body["device"] == "dev-s" && body["rule"] == "ram_used")
+        },
+    );
+    let requests = recorder.requests.lock().unwrap().clone();
+    assert!(
+        !requests
+            .iter()
+            .filter(|r| r.target.starts_with("/rest"))
+            .any(|r| r.json()["rule"] == "ram_used"),
+        "the silenced alert was never routed"
+    );
+    let listed = crate::agent::http(http_port, "GET", "/api/silences", "").1;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["silences"][0]["device_match"], "{site=\"south\"}");
+    assert!(
+        listed["silences"][0]["sent"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{listed}"
+    );
+}
+
 /// Two devices, the hub routing to a webhook and to a real Alertmanager: one device's alert is
 /// told at once; while the hub (and its broker) is down, the other's alert fires and resolves;
 /// once the hub is back, both transitions are delivered, once each and in order; the alert that

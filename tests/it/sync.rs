@@ -117,7 +117,7 @@ impl Drop for Hub {
 }
 
 /// `outpost hub` on the devices file in `dir`, with `args` (`device add ...`, `reader add ...`).
-fn devices_command(dir: &Path, args: &[&str]) -> Command {
+pub fn devices_command(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_outpost"));
     command
         .args(["hub", "--devices-file"])

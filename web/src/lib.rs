@@ -152,8 +152,14 @@ impl WebConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
-    /// One device, or `*` for the whole fleet (devices enrolled later too).
+    /// One device, or `*` for the whole fleet (devices enrolled later too); `*` when left out
+    /// and `device_match` is given.
+    #[serde(default)]
     pub device: String,
+    /// A selector over the devices' labels (`outpost hub device label`) and `device`: the
+    /// silence holds on the devices it matches, as their labels change.
+    #[serde(default)]
+    pub device_match: String,
     /// A selector over the alert's labels plus `alertname`, e.g. `{alertname="cpu_high"}`.
     #[serde(rename = "match")]
     pub matcher: String,
@@ -200,6 +206,8 @@ pub struct SilenceView {
     pub id: String,
     /// The device, or `*` for the whole fleet.
     pub device: String,
+    /// The devices' labels it is for; empty: any.
+    pub device_match: String,
     #[serde(rename = "match")]
     pub matcher: String,
     pub starts_ms: i64,

@@ -149,7 +149,9 @@ async function whoami() {
 
 const STATE_ORDER = { offline: 0, stale: 1, online: 2 };
 const FLEET_COLUMNS = [
-  { key: 'device', title: 'Device', value: (d) => d.device, show: (d) => el('a', { href: `/device/${encodeURIComponent(d.device)}` }, d.device) },
+  { key: 'device', title: 'Device', value: (d) => d.device,
+    show: (d) => el('span', {}, el('a', { href: `/device/${encodeURIComponent(d.device)}` }, d.device),
+      Object.entries(d.labels ?? {}).map(([k, v]) => el('span', { class: 'tag', title: `label ${k}` }, `${k}=${v}`))) },
   { key: 'state', title: 'State', value: (d) => STATE_ORDER[d.state] ?? -1, show: (d) => el('span', { class: `state ${d.state}` }, d.state) },
   { key: 'last_seen', title: 'Last seen', value: (d) => d.last_seen_ms, show: (d) => ago(d.last_seen_ms) },
   { key: 'model', title: 'Model', value: (d) => d.meta?.model ?? '', show: (d) => d.meta?.model ?? '–' },
@@ -196,10 +198,10 @@ async function fleetPage(view) {
     return text.split(/\s+/).every((word) => {
       const [key, value] = word.split('=');
       if (value !== undefined) {
-        const field = device[key] ?? device.meta?.[key];
+        const field = device[key] ?? device.labels?.[key] ?? device.meta?.[key];
         return String(field ?? '').toLowerCase() === value.toLowerCase();
       }
-      return JSON.stringify([device.device, device.state, device.meta]).toLowerCase().includes(word.toLowerCase());
+      return JSON.stringify([device.device, device.state, device.labels, device.meta]).toLowerCase().includes(word.toLowerCase());
     });
   }
   // Only the rows near the viewport are in the document, between two spacer rows of the height
@@ -516,7 +518,7 @@ async function devicePage(view, id) {
 function silencesTable(silences, admin, redraw) {
   const when = (ms) => new Date(ms).toISOString().replace('.000Z', 'Z');
   const rows = silences.map((s) => el('tr', { 'data-silence': s.id },
-    el('td', {}, s.device === '*' ? 'whole fleet' : s.device), el('td', {}, el('code', {}, s.match)),
+    el('td', {}, s.device === '*' ? (s.device_match ? el('code', {}, s.device_match) : 'whole fleet') : s.device), el('td', {}, el('code', {}, s.match)),
     el('td', {}, s.state), el('td', {}, when(s.starts_ms)), el('td', {}, when(s.expired_ms ?? s.ends_ms)),
     el('td', {}, s.created_by), el('td', {}, s.comment ?? ''),
     el('td', {}, (s.silencing ?? []).map((a) => `${a.device}: ${a.rule}`).join(', ') || '–'),
@@ -559,14 +561,17 @@ async function alertsPage(view, me) {
       const hours = Number(data.get('hours'));
       try {
         await api('/api/silences', { method: 'POST', body: JSON.stringify({
-          device: data.get('device'), match: data.get('match'), ends_ms: Date.now() + hours * 3600e3, comment: data.get('comment') || '',
+          device: data.get('device') || '', device_match: data.get('device_match') || '', match: data.get('match'),
+          ends_ms: Date.now() + hours * 3600e3, comment: data.get('comment') || '',
         }) });
-        message.textContent = data.get('device') === '*' ? 'Silence sent to the whole fleet.' : `Silence sent to ${data.get('device')}.`;
+        message.textContent = data.get('device_match') ? `Silence sent to the devices ${data.get('device_match')}.`
+          : data.get('device') === '*' ? 'Silence sent to the whole fleet.' : `Silence sent to ${data.get('device')}.`;
       } catch (error) { message.textContent = error.message; }
     },
   },
   el('h2', {}, 'Silence'),
-  el('label', {}, 'Device ', el('input', { name: 'device', required: true, placeholder: 'dev-a, or * for the fleet' })),
+  el('label', {}, 'Device ', el('input', { name: 'device', placeholder: 'dev-a, or * for the fleet' })),
+  el('label', {}, 'Devices labelled ', el('input', { name: 'device_match', placeholder: '{site="north"}' })),
   el('label', {}, 'Match ', el('input', { name: 'match', required: true, placeholder: '{alertname="cpu_high"}' })),
   el('label', {}, 'Hours ', el('input', { name: 'hours', type: 'number', min: '0.1', step: '0.1', value: '2', required: true })),
   el('label', {}, 'Comment ', el('input', { name: 'comment' })),
