@@ -313,9 +313,7 @@ pub fn group_outgoing(
             }))))
         }
         WebhookFormat::Alertmanager => Ok(Some(json_body(alertmanager_webhook(
-            config,
-            messages,
-            group_by,
+            config, messages, group_by,
         )))),
         WebhookFormat::AlertmanagerApi => {
             let alerts: Vec<Value> = messages

@@ -412,7 +412,7 @@ impl HubFleet {
     /// they last heard of them; returns the write to store and the channels to wake.
     pub fn reminders_due(&self) -> Option<(WriteBatch, Vec<String>)> {
         let hub = self.hub_alerts.as_ref()?;
-        if self.router.is_empty() {
+        if !self.router.reminds() {
             return None;
         }
         let firing = self.firing_keys();

@@ -227,6 +227,14 @@ impl Router {
         self.routes.is_empty()
     }
 
+    /// Whether any route reminds (`repeat_interval`).
+    pub fn reminds(&self) -> bool {
+        fn any(routes: &[Route]) -> bool {
+            routes.iter().any(|r| r.repeat.is_some() || any(&r.routes))
+        }
+        any(&self.routes)
+    }
+
     /// Whether an alert firing now (each as its [`routing_key`]) holds back the alert `key`.
     fn inhibited(&self, key: &SeriesKey, firing: &[SeriesKey]) -> bool {
         self.inhibitions.iter().any(|inhibition| {

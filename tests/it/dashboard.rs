@@ -113,7 +113,12 @@ fn browser_dir() -> PathBuf {
     let lock = std::fs::read(source.join("package-lock.json")).unwrap();
     let fresh = std::fs::read(dir.join("package-lock.json")).ok().as_deref() != Some(&lock[..])
         || !dir.join("node_modules/playwright-core").exists();
-    for name in ["package.json", "package-lock.json", "dashboard.mjs"] {
+    for name in [
+        "package.json",
+        "package-lock.json",
+        "dashboard.mjs",
+        "probes.mjs",
+    ] {
         std::fs::copy(source.join(name), dir.join(name)).unwrap();
     }
     if fresh {
@@ -731,6 +736,29 @@ fn logins_are_throttled_and_do_not_tell_names_apart() {
     hub.stop();
 }
 
+/// The availability page shows dev-p's probe `svc`, its outage noted, as the API gives it, at
+/// desktop and phone width.
+fn probes_page_in_a_browser(http_port: u16) {
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let browser = browser_dir();
+    let output = Command::new("node")
+        .arg(browser.join("probes.mjs"))
+        .current_dir(&browser)
+        .env("HUB_URL", format!("http://127.0.0.1:{http_port}"))
+        .env("TOKEN", VIEWER_TOKEN)
+        .env("PROBE", "dev-p/svc")
+        .env("NOTE", "resolved by restarting the service")
+        .env("SCREENSHOTS", &screenshots)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the availability page:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A TCP probe whose service goes away and comes back: the hub lists the outage (ongoing, then
 /// ended) with its severity and duration, the probe's availability over the range, and an
 /// operator's note on it; a viewer cannot write one.
@@ -833,6 +861,7 @@ fn probe_outages_availability_and_notes() {
         "{outage}"
     );
     assert_eq!(outage["note"]["by"], "ops");
+    probes_page_in_a_browser(http_port);
     // Hostile input: the widest range there is, a reversed one, a huge probe name.
     let widest = get_json(
         http_port,

@@ -877,7 +877,10 @@ receivers = ["rest"]
     let labels = wait_until("dev-n listed", Duration::from_secs(30), || {
         let (_, body) = crate::agent::http(http_port, "GET", "/api/devices", "");
         let devices: Value = serde_json::from_str(&body).ok()?;
-        let found = devices.as_array()?.iter().find(|d| d["device"] == "dev-n")?;
+        let found = devices
+            .as_array()?
+            .iter()
+            .find(|d| d["device"] == "dev-n")?;
         Some(found["labels"].clone())
     });
     assert_eq!(labels, json!({"role": "camera", "site": "north"}));

@@ -44,6 +44,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
     axum::Router::new()
         .route("/", page.clone())
         .route("/alerts", page.clone())
+        .route("/probes", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)
         .route(

@@ -585,6 +585,60 @@ async function alertsPage(view, me) {
   draw();
 }
 
+// ---------- availability ----------
+
+const AVAILABILITY_RANGES = [['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['90d', 'Last 90 days']];
+
+// Each probe's availability and outages over a range, as uptime monitors show them; an admin
+// notes what resolved an outage.
+async function probesPage(view, me) {
+  const params = new URLSearchParams(location.search);
+  const range = AVAILABILITY_RANGES.some(([r]) => r === params.get('range')) ? params.get('range') : '24h';
+  const answer = await api(`/api/probes/outages?start=now-${range}&end=now`);
+  const admin = me.identity?.role === 'admin';
+  const when = (ms) => (ms ? new Date(ms).toISOString().replace('.000Z', 'Z') : 'ongoing');
+  const picker = el('select', {
+    name: 'range', 'aria-label': 'Range',
+    onchange: (event) => go(`/probes?range=${event.target.value}`),
+  }, AVAILABILITY_RANGES.map(([value, title]) => el('option', { value, selected: value === range }, title)));
+  const probes = answer.probes ?? [];
+  const share = (p) => (p.availability === null || p.availability === undefined ? '–' : `${p.availability.toFixed(3)} %`);
+  const restored = (p) => p.outages.filter((o) => o.severity === 'critical' && o.end_ms);
+  const mttr = (p) => (restored(p).length ? duration(restored(p).reduce((sum, o) => sum + o.duration_seconds, 0) * 1000 / restored(p).length) : '–');
+  const summary = el('table', { class: 'probes' },
+    el('thead', {}, el('tr', {}, ['Device', 'Probe', 'Kind', 'Availability', 'Down', 'Outages', 'Mean time to restore']
+      .map((t) => el('th', { scope: 'col', class: ['Availability', 'Down', 'Outages'].includes(t) ? 'num' : '' }, t)))),
+    el('tbody', {}, probes.map((p) => el('tr', { 'data-probe': `${p.device}/${p.probe}` },
+      el('td', {}, el('a', { href: `/device/${encodeURIComponent(p.device)}` }, p.device)), el('td', {}, p.probe), el('td', {}, p.kind ?? ''),
+      el('td', { class: `num ${p.availability !== null && p.availability < 99 ? 'bad' : ''}` }, share(p)),
+      el('td', { class: 'num' }, duration(p.down_seconds * 1000)),
+      el('td', { class: 'num' }, p.outages.filter((o) => o.severity === 'critical').length),
+      el('td', {}, mttr(p))))));
+  const outages = probes.flatMap((p) => p.outages.map((o) => ({ ...o, device: p.device, probe: p.probe })))
+    .sort((a, b) => b.start_ms - a.start_ms);
+  const noteCell = (o) => el('td', {}, o.note ? `${o.note.note} (${o.note.by})` : '',
+    admin ? el('button', {
+      type: 'button', class: 'link',
+      onclick: async () => {
+        const text = prompt(`Note on ${o.device} ${o.probe} from ${when(o.start_ms)}`, o.note?.note ?? '');
+        if (text === null) return;
+        await api('/api/probes/outages/note', { method: 'POST', body: JSON.stringify({ device: o.device, probe: o.probe, start_ms: o.start_ms, note: text }) });
+        route();
+      },
+    }, o.note ? 'Edit' : 'Add note') : null);
+  const list = el('table', { class: 'outages' },
+    el('thead', {}, el('tr', {}, ['Device', 'Probe', 'Severity', 'Start', 'End', 'Duration', 'Note'].map((t) => el('th', { scope: 'col' }, t)))),
+    el('tbody', {}, outages.map((o) => el('tr', {},
+      el('td', {}, o.device), el('td', {}, o.probe), el('td', {}, el('span', { class: `badge ${o.severity}` }, o.severity)),
+      el('td', {}, when(o.start_ms)), el('td', {}, when(o.end_ms)),
+      el('td', {}, duration((o.end_ms ?? Date.now()) - o.start_ms)), noteCell(o)))));
+  view.replaceChildren(el('h1', {}, 'Availability'),
+    el('div', { class: 'toolbar' }, picker, el('span', { class: 'muted' }, `${when(answer.start)} to ${when(answer.end)} (UTC), resolution ${duration(answer.step_ms)}`)),
+    probes.length ? el('div', { class: 'scroll' }, summary) : el('p', { class: 'muted' }, 'No probe has reported in this range. Probes are set in the agents\' [[probe]] sections.'),
+    el('h2', {}, 'Outages'),
+    outages.length ? el('div', { class: 'scroll' }, list) : el('p', { class: 'muted' }, 'No outages in this range.'));
+}
+
 // ---------- routing ----------
 
 async function route() {
@@ -600,6 +654,7 @@ async function route() {
     const path = location.pathname;
     if (path.startsWith('/device/')) await devicePage(view, decodeURIComponent(path.slice('/device/'.length)));
     else if (path === '/alerts') await alertsPage(view, me);
+    else if (path === '/probes') await probesPage(view, me);
     else await fleetPage(view);
     main._cleanup = view._cleanup;
   } catch (error) {
