@@ -234,8 +234,11 @@ impl AlertShared {
 
     /// One evaluation: transitions and queue entries are durable before anyone is woken to
     /// deliver them, so that a crash right after a publish cannot make the next start publish
-    /// the same transition again.
-    pub async fn evaluate(&self, commands: Vec<outpost_sync::Command>) {
+    /// the same transition again. Returns the transitions once they are durable.
+    pub async fn evaluate(
+        &self,
+        commands: Vec<outpost_sync::Command>,
+    ) -> Vec<outpost::alert::engine::AlertMessage> {
         let started = Instant::now();
         let now = now_ms();
         let mut write = WriteBatch::default();
@@ -254,7 +257,7 @@ impl AlertShared {
             }
         }
         if write.is_empty() {
-            return;
+            return Vec::new();
         }
         let durable = async {
             self.store.write_async(write).await?;
@@ -262,7 +265,7 @@ impl AlertShared {
         };
         if let Err(error) = durable.await {
             tracing::error!("storing alert state: {error}");
-            return;
+            return Vec::new();
         }
         for message in &outcome.transitions {
             tracing::info!(rule = %message.rule, instance = %message.instance, state = message.state.as_str(), value = ?message.value, "alert");
@@ -281,6 +284,7 @@ impl AlertShared {
                 }
             }
         }
+        outcome.transitions
     }
 }
 

@@ -131,11 +131,14 @@ impl FleetAlerts {
     fn record_event(&mut self, event: Value) -> Option<WriteBatch> {
         let seq = event["event_seq"].as_u64();
         let device = &event["device"];
-        let duplicate =
-            seq.is_some()
-                && self.history.iter().rev().take(HISTORY).any(|(_, seen)| {
-                    &seen["device"] == device && seen["event_seq"].as_u64() == seq
-                });
+        // The hub's own engine numbers its events apart from each device's.
+        let source = &event["source"];
+        let duplicate = seq.is_some()
+            && self.history.iter().rev().take(HISTORY).any(|(_, seen)| {
+                &seen["device"] == device
+                    && &seen["source"] == source
+                    && seen["event_seq"].as_u64() == seq
+            });
         if duplicate {
             return None;
         }
@@ -318,6 +321,36 @@ impl HubFleet {
                     }
                 }
             });
+        }
+    }
+
+    /// Adds the hub's own firing and resolved transitions (a device offline, lagging, ...) to
+    /// the fleet's history, under the device they are about, and stores them.
+    pub fn record_hub_transitions(&self, transitions: &[AlertMessage]) {
+        let mut write = WriteBatch::default();
+        {
+            let mut alerts = self.alerts.lock().expect("alerts lock");
+            for message in transitions {
+                if !matches!(message.state, State::Firing | State::Resolved) {
+                    continue;
+                }
+                let Ok(mut event) = serde_json::to_value(message) else {
+                    continue;
+                };
+                event["device"] = message
+                    .labels
+                    .get("instance")
+                    .cloned()
+                    .unwrap_or_else(|| "hub".into())
+                    .into();
+                event["source"] = "hub".into();
+                if let Some(recorded) = alerts.record_event(event) {
+                    write.extend(recorded);
+                }
+            }
+        }
+        if !write.is_empty() {
+            super::write_in_background(&self.store, write, "the hub's alert history");
         }
     }
 
@@ -630,7 +663,11 @@ impl outpost_web::Fleet for HubFleet {
         let mut current: Vec<Value> = alerts.current.values().cloned().collect();
         if let Some(hub) = &self.hub_alerts {
             let engine = hub.engine.lock().expect("engine lock");
-            for record in engine.alerts() {
+            // What holds now: a resolved or inactive record is history, not a current alert.
+            let holding = engine
+                .alerts()
+                .filter(|r| matches!(r.state, State::Pending | State::Firing));
+            for record in holding {
                 let mut value = serde_json::to_value(record).unwrap_or_default();
                 value["device"] = record
                     .labels

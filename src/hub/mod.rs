@@ -386,7 +386,8 @@ async fn daemon(config: HubConfig) -> Result<()> {
             }
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
                 if let Some(shared) = &alert_shared {
-                    evaluate_hub_alerts(&registry, shared, config.hub.offline_after.0).await;
+                    let state = (registry.as_ref(), &router.hub_fleet);
+                    evaluate_hub_alerts(state, shared, config.hub.offline_after.0).await;
                 }
             }
             event = polled.recv() => match event.expect("the MQTT event loop task ended").1 {
@@ -631,7 +632,7 @@ fn serve_http(
 
 /// One evaluation of the hub's own rules over its view of each device.
 async fn evaluate_hub_alerts(
-    registry: &Mutex<Registry>,
+    (registry, fleet): (&Mutex<Registry>, &Arc<fleet::HubFleet>),
     shared: &crate::alerting::runtime::AlertShared,
     offline_after: Duration,
 ) {
@@ -646,7 +647,8 @@ async fn evaluate_hub_alerts(
             engine.observe(key, now, *value);
         }
     }
-    shared.evaluate(Vec::new()).await;
+    let transitions = shared.evaluate(Vec::new()).await;
+    fleet.record_hub_transitions(&transitions);
 }
 
 /// Where each message from the broker goes: batches to the ingest thread, status and meta to

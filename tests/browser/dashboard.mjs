@@ -151,6 +151,90 @@ try {
   check(await page.locator('table.silences button').count() >= 1, 'an admin can expire an active silence');
   await page.screenshot({ path: join(shots, 'alerts.png'), fullPage: true });
 
+  // Regressions of the alerts page (issue: "Alerts page"), on answers made to hold them.
+  {
+    const now = Date.now();
+    const iso = (ms) => new Date(ms).toISOString();
+    const base = { severity: 'warning', summary: '', labels: {}, instance: '' };
+    const made = {
+      alerts: [
+        { ...base, device, rule: 'hot', state: 'firing', started_at: iso(now - 600000), fired_at: iso(now - 300000) },
+        { ...base, device, rule: 'offline_soon', state: 'pending', started_at: iso(now - 60000) },
+      ],
+      history: [
+        { ...base, device, rule: 'hot', state: 'firing', at: iso(now - 300000), started_at: iso(now - 600000) },
+        { ...base, device: 'x-2', rule: 'cold', state: 'resolved', at: iso(now - 3600000), started_at: iso(now - 3720000), resolved_at: iso(now - 3600000) },
+      ],
+    };
+    let asked = 0;
+    await page.route('**/api/alerts', (route) => { asked += 1; route.fulfill({ contentType: 'application/json', body: JSON.stringify(made) }); });
+    await page.goto(`${hub}/alerts`);
+    await page.waitForSelector('table.firing tbody tr');
+    const text = (selector) => page.$$eval(selector, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    const firingNow = await text('table.firing tbody tr');
+    check(firingNow.length === 1 && firingNow[0][2] === 'hot', '"Firing" lists firing alerts only, not pending ones', firingNow);
+    const pendingNow = await text('table.pending tbody tr');
+    check(pendingNow.length === 1 && pendingNow[0][2] === 'offline_soon', 'pending alerts are listed apart', pendingNow);
+    const past = await text('table.history tbody tr');
+    const fired = past.find((r) => r[2] === 'hot');
+    const ended = past.find((r) => r[2] === 'cold');
+    check(fired[7] === '–', 'a firing transition in the history does not count on', fired);
+    check(ended[7] === '2 min' && ended[6].endsWith(' UTC'), 'a resolve shows how long it fired, with times that say their zone', ended);
+    check(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/.test(fired[5]), 'history times are written for people, with seconds and zone', fired);
+    await page.selectOption('select[name=device]', 'x-2');
+    check(new URL(page.url()).searchParams.get('device') === 'x-2', 'the filter is in the address', page.url());
+    const before = asked;
+        await page.waitForResponse((r) => r.url().endsWith('/api/alerts'), { timeout: 20000 });
+    check(asked > before, 'the page refreshes itself', { before, asked });
+    const kept = await page.$eval('select[name=device]', (s) => s.value);
+    check(kept === 'x-2', 'and keeps its filter', kept);
+    await page.goto(`${hub}/device/${encodeURIComponent(device)}`);
+    await page.waitForSelector('ul.alerts.now li');
+    const listed = await page.$$eval('ul.alerts li', (lis) => lis.map((li) => [li.closest('ul').className, li.textContent]));
+    const hot = listed.filter(([, t]) => t.includes('hot'));
+    check(hot.length === 2 && hot.every(([, t]) => t.includes(' UTC')) && hot[0][0] !== hot[1][0],
+      'the device page shows an alert once as it is now and once as its transition, each with its time', listed);
+    await page.unroute('**/api/alerts');
+  }
+
+  // Regressions of the pages' states (issue: "States").
+  {
+    const deviceUrl = `${hub}/device/${encodeURIComponent(device)}`;
+    await page.goto(`${deviceUrl}?start=${rangeEnd}&end=${rangeStart}`);
+    await page.waitForSelector('.empty.error:not([hidden])');
+    const errors = await page.$$eval('.error', (nodes) => nodes.filter((n) => n.textContent).map((n) => n.textContent));
+    check(errors.length === 1 && /ends before it starts/.test(errors[0]), 'a reversed range is one clear message, not one per chart', errors);
+    await page.goto(`${deviceUrl}?start=978307200000&end=978310800000`);
+    await page.waitForFunction(() => window.outpost.pages >= 1);
+    const nothing = await page.$eval('.empty', (p) => (p.hidden ? '' : p.textContent));
+    check(/^No data from .* 2001-01-01 00:00:00 UTC and 2001-01-01 01:00:00 UTC\.$/.test(nothing), 'a range without data says so', nothing);
+    const shownRange = await page.$eval('.ranges .shown', (s) => s.textContent);
+    check(shownRange === '2001-01-01 00:00:00 UTC to 2001-01-01 01:00:00 UTC', 'the range shown is written out', shownRange);
+    const before = page.url();
+    await page.fill('.ranges input[name=from]', '2001-01-02T00:00');
+    await page.fill('.ranges input[name=to]', '2001-01-01T00:00');
+    await page.click('.ranges button:has-text("Apply")');
+    const problem = await page.$eval('.ranges .error', (s) => s.textContent);
+    check(problem === 'The end must be after the start.' && page.url() === before, 'Apply refuses a reversed range and says why', { problem, url: page.url() });
+    await page.setViewportSize({ width: 390, height: 800 });
+    await page.goto(`${deviceUrl}?start=${rangeStart}&end=${rangeEnd}`);
+    await page.waitForFunction(() => window.outpost.pages >= 1, null, { timeout: 30000 });
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    await page.screenshot({ path: join(shots, 'device-phone.png'), fullPage: true });
+    check(wide <= 390, 'the device page fits a 390 px phone', wide);
+    await page.setViewportSize({ width: 1400, height: 1000 });
+    const response = await page.goto(`${hub}/no/such/page`);
+    await page.waitForSelector('main h1');
+    const heading = await page.textContent('main h1');
+    check(response.status() === 404 && heading === 'Not found', 'an unknown page is a page that says so, not JSON', { status: response.status(), heading });
+    await page.route('**/api/devices', (route) => route.fulfill({ contentType: 'application/json', body: '[]' }));
+    await page.goto(`${hub}/`);
+    await page.waitForSelector('.empty');
+    const hint = await page.textContent('.empty');
+    check(hint.includes('outpost hub device add'), 'a hub without devices says how to enrol one', hint);
+    await page.unroute('**/api/devices');
+  }
+
   // Looking at "now", the charts follow the device's data as it arrives.
   await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
   await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });
@@ -164,6 +248,42 @@ try {
   await page.goto(`${hub}/`);
   await page.waitForSelector('table.fleet tbody tr[data-device]');
   await page.screenshot({ path: join(shots, 'fleet-phone.png'), fullPage: true });
+
+  // Regressions of the fleet table (issue: "Tables"), on a list made to hold them: a device
+  // without a current CPU value sorts last both ways, an offline device's sync lag is not shown
+  // as current, and each number sits at the right edge of its column, under its header.
+  {
+    const real = await page.evaluate(async () => (await fetch('/api/devices')).json());
+    const base = real[0];
+    const withCpu = (name, cpu, state = 'online') => ({
+      ...base, device: name, state, sync_lag_ms: 10000,
+      summary: { ...base.summary, cpu: { unit: 'ratio', current: cpu, sparkline: [0.1, 0.2, cpu] } },
+    });
+    const made = [withCpu('m-low', 0.1), withCpu('m-none', null), withCpu('m-high', 0.9), withCpu('m-off', null, 'offline')];
+    await page.route('**/api/devices', (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(made) }));
+    const order = async (query) => {
+      await page.goto(`${hub}/?${query}`);
+      await page.waitForSelector('table.fleet tbody tr[data-device]');
+      return page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
+    };
+    const descending = await order('sort=cpu&desc=1');
+    check(JSON.stringify(descending.slice(0, 2)) === '["m-high","m-low"]', 'descending, devices with a value come first', descending);
+    const ascending = await order('sort=cpu');
+    check(JSON.stringify(ascending.slice(0, 2)) === '["m-low","m-high"]', 'ascending, devices with a value come first', ascending);
+    const lag = await page.$eval('tr[data-device="m-off"] td:last-child', (td) => td.textContent);
+    check(lag === '–', 'an offline device shows no sync lag as if current', lag);
+    const placed = await page.evaluate(() => {
+      const index = [...document.querySelectorAll('table.fleet thead th')].findIndex((th) => th.dataset.key === 'cpu');
+      const header = document.querySelectorAll('table.fleet thead th')[index].getBoundingClientRect();
+      const cell = document.querySelector('tr[data-device="m-high"]').children[index];
+      const value = cell.querySelector('.value').getBoundingClientRect();
+      const spark = cell.querySelector('.spark').getBoundingClientRect();
+      return { headerRight: header.right, valueRight: value.right, sparkRight: spark.right, valueLeft: value.left, cell: cell.textContent };
+    });
+    check(Math.abs(placed.headerRight - placed.valueRight) < 12 && placed.sparkRight <= placed.valueLeft,
+      'a number sits at the right of its column, under its header, the sparkline before it', placed);
+    await page.unroute('**/api/devices');
+  }
 
   // A fleet of 1,000 (the hub's devices, copied under other names): the table holds only the rows
   // near the viewport, and scrolling, sorting and filtering still reach every device.

@@ -1137,6 +1137,40 @@ fn the_hub_alerts_on_a_device_that_goes_offline() {
     assert_eq!(firing["rule"], "device_offline");
     assert_eq!(firing["labels"]["instance"], "dev-a");
     assert_eq!(firing["summary"], "dev-a is offline");
+    let history = |state: &str| -> Option<Value> {
+        let (_, body) = http(hub.http_port, "GET", "/api/alerts", "");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["history"]
+            .as_array()?
+            .iter()
+            .find(|e| {
+                e["source"] == "hub"
+                    && e["device"] == "dev-a"
+                    && e["rule"] == "device_offline"
+                    && e["state"] == state
+            })
+            .cloned()
+    };
+    wait_until(
+        "the hub's alert in the history",
+        Duration::from_secs(20),
+        || history("firing"),
+    );
+    // Back online: the hub's alert resolves, leaves what fires now and joins the history.
+    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 1);
+    let resolved = wait_until(
+        "the resolve in the history",
+        Duration::from_secs(30),
+        || history("resolved"),
+    );
+    assert!(resolved["resolved_at"].is_string(), "{resolved}");
+    let left: Vec<Value> = alerts();
+    assert!(
+        left.iter()
+            .all(|a| a["state"] == "firing" || a["state"] == "pending"),
+        "a resolved alert is not current: {left:?}"
+    );
+    agent.stop();
     // Every metric the hub's built-in pack selects is one the hub has.
     let (_, metrics) = http(hub.http_port, "GET", "/metrics", "");
     assert!(metrics.contains("outpost_hub_device_online{instance=\"dev-a\"} 0"));

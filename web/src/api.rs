@@ -74,9 +74,24 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
         .merge(crate::prometheus::routes(web.clone()))
-        .fallback(|| async { WebError::NotFound("no such page or endpoint".into()) })
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
         .with_state(web)
+}
+
+/// A 404: JSON for API clients, the dashboard (which says the page does not exist) for a browser
+/// that asked for a page.
+async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
+    let wants_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_page && !uri.path().starts_with("/api/") {
+        let mut page = html(assets::INDEX_HTML);
+        *page.status_mut() = StatusCode::NOT_FOUND;
+        return page;
+    }
+    WebError::NotFound("no such page or endpoint".into()).into_response()
 }
 
 fn html(body: &'static str) -> Response {

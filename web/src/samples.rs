@@ -141,6 +141,75 @@ impl Samples {
     }
 }
 
+/// Per device (its `instance` label): its newest value now.
+pub type Latest = BTreeMap<String, f64>;
+
+impl Samples {
+    /// Per device: the newest sample of each matching series in `(now - within, now]`, combined
+    /// across the device's series with `combine`. A device none of whose series has a sample
+    /// that recent has no value: what stopped coming is not shown as current.
+    pub async fn latest_per_instance(
+        &self,
+        selector: &Selector,
+        combine: Combine,
+        now: i64,
+        within: i64,
+    ) -> Result<Latest, WebError> {
+        let from = now.saturating_sub(within).saturating_add(1);
+        match self {
+            Samples::Store(store) => {
+                let (store, selector) = (store.clone(), selector.clone());
+                let found = blocking(move || Ok(store.query_raw(&selector, from, now)?)).await?;
+                let newest = found.into_iter().filter_map(|series| {
+                    let (_, value) = series
+                        .points
+                        .iter()
+                        .rev()
+                        .find(|(at, v)| *at <= now && v.is_finite())?;
+                    Some((series.series.label("instance").to_string(), *value))
+                });
+                Ok(combine_latest(newest, combine))
+            }
+            Samples::Engine(engine) => {
+                let outer = match combine {
+                    Combine::Mean => "avg",
+                    Combine::Max => "max",
+                    Combine::Sum => "sum",
+                };
+                let selector = promql_selector(selector, None);
+                let expression =
+                    format!("{outer} by (instance) (last_over_time({selector}[{within}ms]))");
+                let answered = instant_query(engine, &expression, now).await?;
+                Ok(answered
+                    .into_iter()
+                    .filter(|(_, value)| value.is_finite())
+                    .filter_map(|(labels, value)| Some((labels.get("instance")?.clone(), value)))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Values per device combined with `combine`.
+fn combine_latest(values: impl Iterator<Item = (String, f64)>, combine: Combine) -> Latest {
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    for (device, value) in values {
+        let slot = sums.entry(device).or_insert((f64::NAN, 0));
+        slot.0 = match (combine, slot.1) {
+            (_, 0) => value,
+            (Combine::Max, _) => slot.0.max(value),
+            (Combine::Mean | Combine::Sum, _) => slot.0 + value,
+        };
+        slot.1 += 1;
+    }
+    sums.into_iter()
+        .map(|(device, (value, count))| match combine {
+            Combine::Mean => (device, value / f64::from(count)),
+            _ => (device, value),
+        })
+        .collect()
+}
+
 /// Runs a store read off the async thread: a long range query must not hold up MQTT.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, WebError> + Send + 'static,

@@ -161,11 +161,13 @@ const FLEET_COLUMNS = [
     ([key, title, format]) => ({
       key, title, numeric: true,
       value: (d) => d.summary?.[key]?.current,
-      show: (d) => el('span', { class: 'metric' }, format(d.summary?.[key]?.current), sparkline(d.summary?.[key]?.sparkline ?? [])),
+      show: (d) => el('span', { class: 'metric' }, sparkline(d.summary?.[key]?.sparkline ?? []), el('span', { class: 'value' }, format(d.summary?.[key]?.current))),
     })),
   { key: 'alerts', title: 'Alerts', value: (d) => (d.alerts.critical ?? 0) * 1000 + (d.alerts.warning ?? 0) * 10 + (d.alerts.info ?? 0),
     show: (d) => el('span', {}, ['critical', 'warning', 'info'].filter((s) => d.alerts[s]).map((s) => el('span', { class: `badge ${s}`, title: s }, `${d.alerts[s]} ${s}`))) },
-  { key: 'sync_lag', title: 'Sync lag', value: (d) => d.sync_lag_ms, show: (d) => duration(d.sync_lag_ms) },
+  // An offline device's lag at its last batch is not its lag now, which nobody knows.
+  { key: 'sync_lag', title: 'Sync lag', numeric: true, value: (d) => (d.state === 'offline' ? null : d.sync_lag_ms),
+    show: (d) => (d.state === 'offline' ? '–' : duration(d.sync_lag_ms)) },
 ];
 
 // Up to this many devices the fleet table holds every row; above it, the rows near the viewport.
@@ -261,9 +263,12 @@ async function fleetPage(view) {
   function draw() {
     const column = FLEET_COLUMNS.find((c) => c.key === sort.key) ?? FLEET_COLUMNS[0];
     shown = devices.filter((d) => matches(d, filter.value.trim()));
+    // Devices without a value go last whichever way the column is sorted.
+    const empty = (v) => v === undefined || v === null || v === '' || Number.isNaN(v);
     shown.sort((a, b) => {
       const x = column.value(a); const y = column.value(b);
-      const order = x === y ? 0 : x === undefined || x === null ? 1 : y === undefined || y === null ? -1 : x < y ? -1 : 1;
+      if (empty(x) !== empty(y)) return empty(x) ? 1 : -1;
+      const order = empty(x) || x === y ? 0 : x < y ? -1 : 1;
       return (sort.descending ? -order : order) || a.device.localeCompare(b.device);
     });
     for (const th of head.children) {
@@ -280,8 +285,12 @@ async function fleetPage(view) {
     history.replaceState(null, '', `/${query.toString() ? `?${query}` : ''}`);
   }
   filter.addEventListener('input', draw);
+  const none = devices.length === 0
+    ? el('div', { class: 'empty' }, el('p', {}, 'No device has reported to this hub yet. Enrol one on the hub and start its agent:'),
+      el('pre', {}, 'outpost hub device add orin-01 --out .\n# copy orin-01.key and orin-01.password to the device, put the printed [mqtt] section\n# in its agent.toml, then on the device:\noutpost agent --config agent.toml'))
+    : null;
   view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, counts),
-    el('div', { class: 'scroll' }, table));
+    none, el('div', { class: 'scroll', hidden: devices.length === 0 }, table));
   draw();
   const timer = setInterval(async () => {
     if (!view.isConnected) { clearInterval(timer); return; }
@@ -451,25 +460,44 @@ async function devicePage(view, id) {
     ['Batches', device.batches], ['Samples', device.samples], ['Sync lag', duration(device.sync_lag_ms)],
     ['Clock offset', device.clock_offset_ms === null || device.clock_offset_ms === undefined ? '–' : `${device.clock_offset_ms} ms`],
   ];
-  const recent = (alerts.alerts ?? []).concat(alerts.history ?? []).filter((a) => a.device === id).slice(0, 20);
+  // What holds now (with since when), then the transitions (each with its time): the same alert
+  // appears in both only as what it is now and what happened to it.
+  const holding = (alerts.alerts ?? []).filter((a) => a.device === id && (a.state === 'firing' || a.state === 'pending'));
+  const transitions = (alerts.history ?? []).filter((a) => a.device === id).slice(0, 20);
+  const alertItem = (a, time) => el('li', {}, el('span', { class: `badge ${a.severity}` }, a.severity), ` ${a.rule} ${a.state} `,
+    el('time', { datetime: time ?? '' }, utc(time)), a.summary ? el('div', { class: 'muted' }, a.summary) : null);
+  const rangeProblem = el('span', { class: 'error', role: 'alert' });
   const picker = el('div', { class: 'ranges', role: 'group', 'aria-label': 'Time range' },
     RANGES.map(([name]) => el('button', { 'data-range': name, 'aria-pressed': String(range.name === name), onclick: () => setRange({ range: name }) }, name)),
     el('label', {}, ' from ', el('input', { type: 'datetime-local', name: 'from' })),
     el('label', {}, ' to ', el('input', { type: 'datetime-local', name: 'to' })),
     el('button', { onclick: () => {
       const from = picker.querySelector('[name=from]').value; const to = picker.querySelector('[name=to]').value;
-      if (from && to) setRange({ start: new Date(from).getTime(), end: new Date(to).getTime() });
+      const start = new Date(from).getTime(); const end = new Date(to).getTime();
+      if (!from || !to) { rangeProblem.textContent = 'Give both ends of the range.'; return; }
+      if (!(end > start)) { rangeProblem.textContent = 'The end must be after the start.'; return; }
+      setRange({ start, end });
     } }, 'Apply'),
-    el('span', { class: 'muted live' }, range.live ? 'live' : ''));
+    el('span', { class: 'muted live' }, range.live ? 'live' : ''),
+    el('span', { class: 'shown muted' }, `${utc(range.start)} to ${utc(range.end)}`),
+    rangeProblem);
+  if (!range.live) {
+    const local = (ms) => { const d = new Date(ms); return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
+    picker.querySelector('[name=from]').value = local(range.start);
+    picker.querySelector('[name=to]').value = local(range.end);
+  }
   const charts = el('div', { class: 'charts' });
+  const empty = el('p', { class: 'muted empty', hidden: true });
   view.replaceChildren(
     el('h1', {}, id),
     el('div', { class: 'device' },
-      el('section', { class: 'main' }, picker, charts),
+      el('section', { class: 'main' }, picker, empty, charts),
       el('aside', {},
         el('dl', {}, facts.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
-        el('h2', {}, 'Recent alerts'),
-        recent.length ? el('ul', { class: 'alerts' }, recent.map((a) => el('li', {}, el('span', { class: `badge ${a.severity}` }, a.severity), ` ${a.rule} ${a.state} `, a.summary ?? ''))) : el('p', { class: 'muted' }, 'None.'))));
+        el('h2', {}, 'Alerts now'),
+        holding.length ? el('ul', { class: 'alerts now' }, holding.map((a) => alertItem(a, a.started_at))) : el('p', { class: 'muted' }, 'None.'),
+        el('h2', {}, 'Recent transitions'),
+        transitions.length ? el('ul', { class: 'alerts transitions' }, transitions.map((a) => alertItem(a, a.at))) : el('p', { class: 'muted' }, 'None.'))));
   function setRange(next) {
     const query = new URLSearchParams();
     if (next.range) query.set('range', next.range);
@@ -485,12 +513,26 @@ async function devicePage(view, id) {
     return { card, group };
   });
   async function drawAll() {
+    let failure = null;
     await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live).catch((error) => {
       if (error instanceof Unauthorized) throw error;
-      card.hidden = false;
-      card.querySelector('.chart').replaceChildren(el('p', { class: 'error' }, error.message));
+      card.hidden = true;
+      failure = error;
     })));
+    // One message for the page, not one per chart: a bad range or an unreachable hub is the
+    // same for every chart.
+    const shown = cards.some(({ card }) => !card.hidden);
+    empty.hidden = shown;
+    empty.className = failure ? 'error empty' : 'muted empty';
+    empty.textContent = failure ? `The charts could not be drawn: ${failure.message}`
+      : `No data from ${id} between ${utc(range.start)} and ${utc(range.end)}.`;
     window.outpost.pages += 1;
+  }
+  if (!(range.end > range.start)) {
+    empty.hidden = false;
+    empty.className = 'error empty';
+    empty.textContent = 'This range ends before it starts: pick another.';
+    return;
   }
   await drawAll();
   if (range.live) {
@@ -530,6 +572,14 @@ function silencesTable(silences, admin, redraw) {
     el('tbody', {}, rows)));
 }
 
+// An instant as people read it, with its zone said: "2026-12-06 03:09:40 UTC".
+function utc(value) {
+  if (value === null || value === undefined || value === '') return '';
+  const ms = typeof value === 'number' ? value : Date.parse(value);
+  if (Number.isNaN(ms)) return String(value);
+  return `${new Date(ms).toISOString().slice(0, 19).replace('T', ' ')} UTC`;
+}
+
 async function alertsPage(view, me) {
   const alerts = await api('/api/alerts');
   const silences = (await api('/api/silences')).silences ?? [];
@@ -540,17 +590,30 @@ async function alertsPage(view, me) {
     el('option', { value: '' }, `any ${key}`),
     [...new Set(all.map((a) => a[key]).filter(Boolean))].sort().map((v) => el('option', { value: v, selected: filters[key] === v }, v)));
   const firing = el('tbody');
+  const pending = el('tbody');
   const history = el('tbody');
-  const row = (a) => el('tr', {},
+  // A firing alert's duration runs until now; a transition in the history is one instant, and
+  // only a resolve says how long the alert fired.
+  const row = (a, live) => el('tr', {},
     el('td', {}, el('span', { class: `badge ${a.severity}` }, a.severity)), el('td', {}, a.device), el('td', {}, a.rule),
-    el('td', {}, a.state), el('td', {}, a.summary ?? ''), el('td', {}, a.started_at ?? ''), el('td', {}, a.resolved_at ?? ''),
-    el('td', {}, a.started_at ? duration((a.resolved_at ? Date.parse(a.resolved_at) : Date.now()) - Date.parse(a.started_at)) : '–'));
+    el('td', {}, a.state), el('td', {}, a.summary ?? ''), el('td', {}, utc(live ? a.started_at : a.at ?? a.started_at)),
+    el('td', {}, utc(a.resolved_at)),
+    el('td', {}, a.started_at && (live || a.resolved_at) ? duration((a.resolved_at ? Date.parse(a.resolved_at) : Date.now()) - Date.parse(a.started_at)) : '–'));
+  const pendingSection = el('section', { class: 'pending' }, el('h2', {}, 'Pending'),
+    el('p', { class: 'muted' }, 'Conditions that hold but not yet for the rule\'s "for": not firing, nobody told.'),
+    el('div', { class: 'scroll' }, el('table', { class: 'alerts-table pending' }, el('thead', {}, el('tr', {},
+      ['Severity', 'Device', 'Rule', 'State', 'Summary', 'Since', '', 'Duration'].map((t) => el('th', { scope: 'col' }, t)))), pending)));
   function draw() {
     const keep = (a) => Object.entries(filters).every(([k, v]) => !v || a[k] === v);
-    firing.replaceChildren(...(alerts.alerts ?? []).filter(keep).map(row));
-    history.replaceChildren(...(alerts.history ?? []).filter(keep).map(row));
+    const current = (alerts.alerts ?? []).filter(keep);
+    firing.replaceChildren(...current.filter((a) => a.state === 'firing').map((a) => row(a, true)));
+    pending.replaceChildren(...current.filter((a) => a.state === 'pending').map((a) => row(a, true)));
+    pendingSection.hidden = pending.children.length === 0;
+    history.replaceChildren(...(alerts.history ?? []).filter(keep).map((a) => row(a, false)));
+    const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+    window.history.replaceState(null, '', `/alerts${query.toString() ? `?${query}` : ''}`);
   }
-  const head = () => el('thead', {}, el('tr', {}, ['Severity', 'Device', 'Rule', 'State', 'Summary', 'Started', 'Resolved', 'Duration'].map((t) => el('th', { scope: 'col' }, t))));
+  const head = (when) => el('thead', {}, el('tr', {}, ['Severity', 'Device', 'Rule', 'State', 'Summary', when, 'Resolved', 'Duration'].map((t) => el('th', { scope: 'col' }, t))));
   const admin = me.identity?.role === 'admin';
   const message = el('p', { role: 'status' });
   const form = el('form', {
@@ -578,12 +641,23 @@ async function alertsPage(view, me) {
   el('button', { type: 'submit' }, 'Silence'), message);
   view.replaceChildren(el('h1', {}, 'Alerts'),
     el('div', { class: 'toolbar' }, pick('severity'), pick('device'), pick('rule')),
-    el('h2', {}, 'Firing'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table firing' }, head(), firing)),
-    el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table history' }, head(), history)),
+    el('h2', {}, 'Firing'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table firing' }, head('Started'), firing)),
+    pendingSection,
+    el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table history' }, head('At'), history)),
     el('h2', {}, 'Silences'), silencesTable(silences, admin, () => alertsPage(view, me)),
     admin ? form : null);
   draw();
+  // The page follows the fleet by itself, except while someone is writing a silence.
+  const timer = setInterval(() => {
+    if (!view.isConnected) { clearInterval(timer); return; }
+    if (form.contains(document.activeElement)) return;
+    clearInterval(timer);
+    alertsPage(view, me).catch(() => {});
+  }, ALERTS_REFRESH_MS);
 }
+
+// How often the alerts page asks for the fleet's alerts again.
+const ALERTS_REFRESH_MS = 10000;
 
 // ---------- availability ----------
 
@@ -655,7 +729,8 @@ async function route() {
     if (path.startsWith('/device/')) await devicePage(view, decodeURIComponent(path.slice('/device/'.length)));
     else if (path === '/alerts') await alertsPage(view, me);
     else if (path === '/probes') await probesPage(view, me);
-    else await fleetPage(view);
+    else if (path === '/') await fleetPage(view);
+    else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
   } catch (error) {
     if (error instanceof Unauthorized) showLogin();
