@@ -183,7 +183,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.sink.render_metrics(),
+        state.sink.render_metrics(now_ms()),
     )
         .into_response()
 }

@@ -20,6 +20,20 @@ use crate::collect::Samples;
 struct Latest {
     values: HashMap<SeriesKey, f64>,
     updated_ms: i64,
+    /// The gap between a collector's last two rounds: how often it is expected again.
+    interval_ms: Option<i64>,
+}
+
+impl Latest {
+    /// Whether its values still stand for now: a collector that missed three rounds (tegrastats
+    /// stopped, a GPU gone) leaves `/metrics` rather than show its last values as current;
+    /// pushed and scraped sources, which come irregularly, stand [`STALE_MS`].
+    fn fresh(&self, now_ms: i64) -> bool {
+        let allowed = self.interval_ms.map_or(STALE_MS, |interval| {
+            interval.saturating_mul(3).max(MIN_STALE_MS)
+        });
+        now_ms - self.updated_ms < allowed
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -43,6 +57,8 @@ pub struct Sink {
 
 /// How long a pushed or scraped series stays in `/metrics` without a new value.
 const STALE_MS: i64 = 5 * 60_000;
+/// However often a collector runs, its values stand this long (a slow round is not an outage).
+const MIN_STALE_MS: i64 = 10_000;
 
 impl Sink {
     pub fn new(store: Store) -> Self {
@@ -113,6 +129,9 @@ impl Sink {
         let entry = latest.entry(source.to_string()).or_default();
         if !merge {
             entry.values.clear();
+            if entry.updated_ms > 0 && now_ms > entry.updated_ms {
+                entry.interval_ms = Some(now_ms - entry.updated_ms);
+            }
         }
         for (key, value, _) in samples {
             entry.values.insert(key, value);
@@ -156,14 +175,14 @@ impl Sink {
     /// Forgets sources that have not written for a while (a pushing application that stopped).
     pub fn drop_stale(&self, now_ms: i64) {
         let mut latest = self.latest.lock().expect("latest values lock");
-        latest.retain(|_, l| now_ms - l.updated_ms < STALE_MS);
+        latest.retain(|_, l| l.fresh(now_ms));
     }
 
-    /// The Prometheus text exposition of the latest values.
-    pub fn render_metrics(&self) -> String {
+    /// The Prometheus text exposition of the latest values that still stand at `now_ms`.
+    pub fn render_metrics(&self, now_ms: i64) -> String {
         let latest = self.latest.lock().expect("latest values lock");
         let mut families: BTreeMap<&str, Vec<(&SeriesKey, f64)>> = BTreeMap::new();
-        for source in latest.values() {
+        for source in latest.values().filter(|l| l.fresh(now_ms)) {
             for (key, value) in &source.values {
                 families.entry(key.name()).or_default().push((key, *value));
             }
@@ -193,4 +212,44 @@ impl Sink {
 fn format_value(value: f64) -> String {
     // Rust's shortest round-trip form; Prometheus parses it back exactly.
     crate::results::special_value(value).map_or_else(|| format!("{value}"), str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(name: &str, value: f64) -> Samples {
+        Samples {
+            values: vec![(SeriesKey::new(name, Vec::new()).unwrap(), value)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_stops_leaves_metrics_and_a_push_stays_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::new(Store::open(dir.path().join("s.redb"), Default::default()).unwrap());
+        let t0 = 1_800_000_000_000;
+        for round in 0..3 {
+            let at = t0 + round * 1000;
+            sink.write("jetson", at, one("jetson_gpu_load_ratio", 0.99), false)
+                .await
+                .unwrap();
+        }
+        sink.write("push", t0, one("app_fps", 30.0), true)
+            .await
+            .unwrap();
+        let last = t0 + 2000;
+        assert!(sink
+            .render_metrics(last + 5_000)
+            .contains("jetson_gpu_load_ratio 0.99"));
+        let later = sink.render_metrics(last + 11_000);
+        assert!(
+            !later.contains("jetson_gpu_load_ratio"),
+            "tegrastats silent for 11 s is not at 99 % now"
+        );
+        assert!(later.contains("app_fps 30"), "a push stands five minutes");
+        sink.drop_stale(t0 + STALE_MS + 1);
+        assert_eq!(sink.source_series("push"), 0);
+        assert!(!sink.render_metrics(t0 + STALE_MS + 1).contains("app_fps"));
+    }
 }

@@ -107,7 +107,55 @@ try {
   check(compared.charts >= 3, 'the device page draws several chart groups', compared.charts);
   check(compared.mismatches.length === 0, 'every chart is handed exactly the API\'s arrays', compared.mismatches);
   check(compared.nulls > 0, 'the outage reaches the charts as nulls (a gap, not a line)', compared);
+  // Regressions of the charts (issue: "Charts").
+  {
+    const charts = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll('article.card:not([hidden])')].map((card) => {
+      const plot = card._plot;
+      const yAxes = plot.axes.filter((a) => a.scale !== 'x');
+      return [card.dataset.group, {
+        names: [...new Set(window.outpost.charts[card.dataset.group].answer.series.map((s) => s.name))],
+        units: window.outpost.charts[card.dataset.group].units,
+        axes: yAxes.map((a) => ({ scale: a.scale, side: a.side, values: a._values ?? [] })),
+        time: plot.series[0].label,
+        hover: plot.series[0].value(plot, plot.data[0][0]),
+      }];
+    })));
+    const cpu = charts['CPU load per core'];
+    check(cpu && cpu.names.length === 1, 'a Jetson\'s CPUs are charted once, not as host_* and jetson_* both', cpu?.names);
+    const memory = charts.Memory;
+    check(memory && memory.names.every((n) => n.startsWith(memory.names[0].split('_')[0])), 'memory from one source', memory?.names);
+    for (const [title, chart] of Object.entries(charts)) {
+      check(chart.units.length <= 2 || chart.axes.length === 2, `${title}: at most two axes`, chart);
+      for (const axis of chart.axes) {
+        check(new Set(axis.values).size === axis.values.length, `${title}: no axis label repeats`, axis.values);
+      }
+    }
+    const any = Object.values(charts)[0];
+    check(/\(.+\)$/.test(any.time) && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(any.hover), 'hover times have seconds and the zone is named', any);
+  }
   await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
+  // A chart of two units (EMC load and frequency, as Orins report them) gets an axis for each.
+  {
+    const t = rangeStart + 60000;
+    const labels = { engine: 'EMC', instance: device };
+    const emcAnswer = { series: [
+      { series: 'jetson_engine_load_ratio', name: 'jetson_engine_load_ratio', labels, points: [[t, 0.12], [t + 1000, 0.31]] },
+      { series: 'jetson_engine_frequency_hertz', name: 'jetson_engine_frequency_hertz', labels, points: [[t, 1.6e9], [t + 1000, 2.133e9]] },
+    ] };
+    const emcRange = (url) => url.pathname === '/api/range' && url.searchParams.get('match').includes('engine="EMC"');
+    await page.route(emcRange, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(emcAnswer) }));
+    await page.reload();
+    await page.waitForSelector('article.card[data-group="EMC"]:not([hidden]) canvas');
+    const emc = await page.evaluate(() => {
+      const plot = document.querySelector('article.card[data-group="EMC"]')._plot;
+      return plot.axes.filter((a) => a.scale !== 'x').map((a) => ({ scale: a.scale, side: a.side, label: a.label, values: a._values ?? [] }));
+    });
+    check(emc.length === 2 && emc[1].side === 1 && emc.some((a) => a.values.some((v) => v.endsWith('%')))
+      && emc.some((a) => a.values.some((v) => v.endsWith('Hz'))), 'EMC load and frequency each on an axis of its own unit, left and right', emc);
+    await page.unroute(emcRange);
+    await page.screenshot({ path: join(shots, 'device-two-axes.png') });
+  }
+
 
   // Drag to zoom: a narrower range in the address and in every chart's request.
   const card = page.locator('article.card:not([hidden])').first();

@@ -304,16 +304,18 @@ async function fleetPage(view) {
 
 // Chart groups, as jtop and node_exporter dashboards group them: what to ask for and how to show it.
 const GROUPS = [
-  { title: 'CPU load per core', match: '{__name__=~"host_cpu_usage_ratio|jetson_cpu_load_ratio",cpu!="total"}', unit: 'ratio' },
-  { title: 'CPU frequency', match: '{__name__=~"node_cpu_scaling_frequency_hertz|jetson_cpu_frequency_hertz"}', unit: 'hertz' },
+  // A Jetson reports its CPUs and memory twice (tegrastats and the host collector): a list of
+  // selectors is tried in order and the first that finds series is drawn, so each shows once.
+  { title: 'CPU load per core', match: ['{__name__="jetson_cpu_load_ratio"}', '{__name__="host_cpu_usage_ratio",cpu!="total"}'], unit: 'ratio' },
+  { title: 'CPU frequency', match: ['jetson_cpu_frequency_hertz', 'node_cpu_scaling_frequency_hertz'], unit: 'hertz' },
   { title: 'GPU load', match: '{__name__=~"jetson_gpu_load_ratio|jetson_engine_load_ratio",engine=~"|GR3D"}', unit: 'ratio' },
   { title: 'GPU utilisation (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_MEM_COPY_UTIL"}', unit: 'percent' },
   { title: 'GPU memory (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_FB_USED|DCGM_FI_DEV_FB_TOTAL"}', unit: 'mebibytes' },
   { title: 'GPU clocks (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_SM_CLOCK|DCGM_FI_DEV_MEM_CLOCK"}', unit: 'megahertz' },
   { title: 'GPU frequency', match: '{__name__=~"jetson_gpu_frequency_hertz|jetson_engine_frequency_hertz",engine=~"|GR3D"}', unit: 'hertz' },
-  { title: 'EMC', match: '{__name__=~"jetson_engine_load_ratio|jetson_engine_frequency_hertz",engine="EMC"}', unit: 'mixed' },
+  { title: 'EMC', match: '{__name__=~"jetson_engine_load_ratio|jetson_engine_frequency_hertz",engine="EMC"}', unit: '' },
   { title: 'Engines', match: '{__name__="jetson_engine_load_ratio",engine!~"GR3D|EMC"}', unit: 'ratio' },
-  { title: 'Memory', match: '{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes|host_memory_used_bytes|host_swap_used_bytes"}', unit: 'bytes' },
+  { title: 'Memory', match: ['{__name__=~"jetson_ram_used_bytes|jetson_swap_used_bytes"}', '{__name__=~"host_memory_used_bytes|host_swap_used_bytes"}'], unit: 'bytes' },
   { title: 'Temperatures', match: '{__name__=~"jetson_temperature_celsius|node_hwmon_temp_celsius|DCGM_FI_DEV_GPU_TEMP|jetson_thermal_zone_celsius"}', unit: 'celsius' },
   { title: 'Power rails', match: '{__name__=~"jetson_rail_power_watts|DCGM_FI_DEV_POWER_USAGE"}', unit: 'watts' },
   { title: 'Disk space free', match: 'node_filesystem_avail_bytes', unit: 'bytes' },
@@ -327,18 +329,75 @@ const GROUPS = [
 const RANGES = [['15m', 900e3], ['1h', 3600e3], ['6h', 21600e3], ['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
 const COLOURS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#e377c2', '#8c564b', '#17becf', '#7f7f7f', '#bcbd22', '#ff7f0e'];
 
+// A value in `unit`, with `digits` decimals where the unit shows decimals.
+function formatWith(unit, digits) {
+  const blank = (f) => (v) => (v === null || v === undefined ? '–' : f(v));
+  const scaled = (steps, suffix) => blank((v) => {
+    let i = 0;
+    while (Math.abs(v) >= steps[i + 1]?.[0] && i < steps.length - 1) i++;
+    return `${(v / steps[i][0]).toFixed(digits)} ${steps[i][1]}${suffix}`;
+  });
+  const binary = [[1, 'B'], [1024, 'KiB'], [1024 ** 2, 'MiB'], [1024 ** 3, 'GiB'], [1024 ** 4, 'TiB']];
+  const hertz = [[1, 'Hz'], [1e3, 'kHz'], [1e6, 'MHz'], [1e9, 'GHz']];
+  if (unit === 'ratio') return blank((v) => `${(v * 100).toFixed(Math.max(0, digits - 1))} %`);
+  if (unit === 'bytes') return scaled(binary, '');
+  if (unit === 'bytes/s') return scaled(binary, '/s');
+  if (unit === 'percent') return blank((v) => `${v.toFixed(Math.max(0, digits - 1))} %`);
+  if (unit === 'mebibytes') { const b = scaled(binary, ''); return blank((v) => b(v * 1048576)); }
+  if (unit === 'megahertz') { const h = scaled(hertz, ''); return blank((v) => h(v * 1e6)); }
+  if (unit === 'hertz') return scaled(hertz, '');
+  if (unit === 'celsius') return blank((v) => `${v.toFixed(digits)} °C`);
+  if (unit === 'watts') return blank((v) => `${v.toFixed(digits + 1)} W`);
+  if (unit === 'seconds') return blank((v) => `${v.toFixed(digits + 2)} s`);
+  if (unit === 'per second') return blank((v) => `${Number(v.toPrecision(digits + 3))}/s`);
+  return blank((v) => Number(v.toPrecision(digits + 4)).toString());
+}
+
 function valueFormat(unit) {
-  if (unit === 'ratio') return (v) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed(1)} %`);
-  if (unit === 'bytes') return bytes;
-  if (unit === 'bytes/s') return (v) => (v === null || v === undefined ? '–' : `${bytes(v)}/s`);
-  if (unit === 'percent') return (v) => (v === null || v === undefined ? '–' : `${v.toFixed(1)} %`);
-  if (unit === 'mebibytes') return (v) => (v === null || v === undefined ? '–' : bytes(v * 1048576));
-  if (unit === 'megahertz') return (v) => (v === null || v === undefined ? '–' : `${v.toFixed(0)} MHz`);
-  if (unit === 'hertz') return (v) => (v === null || v === undefined ? '–' : `${(v / 1e6).toFixed(0)} MHz`);
-  if (unit === 'celsius') return fixed('°C');
-  if (unit === 'watts') return fixed('W', 2);
-  if (unit === 'seconds') return fixed('s', 3);
-  return (v) => (v === null || v === undefined ? '–' : Number(v.toPrecision(6)).toString());
+  return formatWith(unit, 1);
+}
+
+// Axis labels in `unit` with as few decimals as keep every label apart ("73.4 GiB" once).
+function axisValues(unit) {
+  return (u, splits) => {
+    for (let digits = 0; digits <= 6; digits++) {
+      const labels = splits.map(formatWith(unit, digits));
+      if (new Set(labels).size === labels.length) return labels;
+    }
+    return splits.map(formatWith(unit, 6));
+  };
+}
+
+// A series' unit from its name, as Prometheus names units; the chart's own unit otherwise.
+function unitOf(name, group) {
+  const rate = group.fn === 'rate';
+  const known = [['_ratio', 'ratio'], ['_hertz', 'hertz'], ['_bytes_total', 'bytes/s'], ['_bytes', 'bytes'], ['_celsius', 'celsius'],
+    ['_watts', 'watts'], ['_seconds_total', 'ratio'], ['_seconds', 'seconds'], ['_total', 'per second']];
+  for (const [suffix, unit] of known) {
+    if (name.endsWith(suffix) && (rate || !suffix.endsWith('_total'))) return unit;
+  }
+  return group.unit;
+}
+
+// Each series' scale: the chart's most common unit on the left axis, the next on the right, any
+// others on scales of their own without an axis (their values are in the legend).
+function scalesFor(series, group) {
+  const units = series.map((s) => unitOf(s.name, group));
+  const counted = [...new Set(units)].sort((a, b) => units.filter((u) => u === b).length - units.filter((u) => u === a).length);
+  const scale = (unit) => (counted.indexOf(unit) === 0 ? 'y' : counted.indexOf(unit) === 1 ? 'y2' : `y${counted.indexOf(unit) + 1}`);
+  return { units, counted, scale };
+}
+
+function unitName(unit) {
+  return { ratio: '%', bytes: 'bytes', 'bytes/s': 'bytes/s', hertz: 'Hz', celsius: '°C', watts: 'W', seconds: 's', percent: '%', 'per second': '/s' }[unit] ?? (unit || 'value');
+}
+
+// Times as the browser's zone gives them, with seconds, and that zone's name.
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
+function localTime(ms) {
+  const d = new Date(ms);
+  const two = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
 }
 
 function seriesLabel(series) {
@@ -382,9 +441,13 @@ function chartWidth(grid) {
 
 async function drawChart(card, device, group, range, live) {
   const width = chartWidth(card.parentElement);
-  const query = rangeQuery(device, group, range, width);
-  const url = `/api/range?${query}`;
-  const answer = await api(url);
+  let query; let url; let answer;
+  for (const match of [group.match].flat()) {
+    query = rangeQuery(device, { ...group, match }, range, width);
+    url = `/api/range?${query}`;
+    answer = await api(url);
+    if (answer.series.length) break;
+  }
   const body = card.querySelector('.chart');
   const links = card.querySelector('.export');
   links.replaceChildren(
@@ -397,26 +460,35 @@ async function drawChart(card, device, group, range, live) {
   }
   card.hidden = false;
   const data = toAligned(answer);
-  const format = valueFormat(group.unit);
+  const { units, counted, scale } = scalesFor(answer.series, group);
   const hidden = new Set(card._hidden ?? []);
+  // Ratios read best on a fixed 0-100 % axis (an idle GPU is a flat line at 0, not noise).
+  const scales = { x: { time: true, min: range.start / 1000, max: range.end / 1000 } };
+  for (const unit of counted) {
+    scales[scale(unit)] = unit === 'ratio' ? { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } : {};
+  }
+  // Wide enough for the longest label, which more decimals can make long.
+  const size = (u, values) => Math.max(60, Math.max(0, ...(values ?? []).map((v) => String(v).length)) * 7 + 18);
+  const axes = [{}, { scale: 'y', values: axisValues(counted[0]), size, label: counted.length > 1 ? unitName(counted[0]) : undefined }];
+  if (counted.length > 1) {
+    axes.push({ scale: 'y2', side: 1, values: axisValues(counted[1]), size, label: unitName(counted[1]), grid: { show: false } });
+  }
   const options = {
     width, height: 220,
     cursor: { drag: { x: true, y: false } },
-    scales: {
-      x: { time: true, min: range.start / 1000, max: range.end / 1000 },
-      // Ratios read best on a fixed 0-100 % axis (an idle GPU is a flat line at 0, not noise).
-      ...(group.unit === 'ratio' ? { y: { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } } : {}),
-    },
+    scales,
     legend: { live: true },
-    axes: [{}, { values: (u, splits) => splits.map(format), size: 84 }],
-    series: [{ label: 'time' }, ...answer.series.map((series, i) => ({
-      label: seriesLabel(series),
-      stroke: COLOURS[i % COLOURS.length],
-      width: 1.5,
-      spanGaps: false,
-      show: !hidden.has(seriesLabel(series)),
-      value: (u, v) => format(v),
-    }))],
+    axes,
+    series: [{ label: `time (${ZONE})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+      ...answer.series.map((series, i) => ({
+        label: seriesLabel(series),
+        scale: scale(units[i]),
+        stroke: COLOURS[i % COLOURS.length],
+        width: 1.5,
+        spanGaps: false,
+        show: !hidden.has(seriesLabel(series)),
+        value: (u, v) => valueFormat(units[i])(v),
+      }))],
     hooks: {
       setSelect: [(u) => {
         if (u.select.width < 5) return;
@@ -435,7 +507,7 @@ async function drawChart(card, device, group, range, live) {
   };
   if (card._plot) card._plot.destroy();
   card._plot = new uPlot(options, data, body);
-  window.outpost.charts[group.title] = { url, answer, data: card._plot.data, live };
+  window.outpost.charts[group.title] = { url, answer, data: card._plot.data, live, units: counted };
 }
 
 async function devicePage(view, id) {
