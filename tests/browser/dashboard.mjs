@@ -283,6 +283,52 @@ try {
     await page.unroute('**/api/devices');
   }
 
+  // The explorer, and every metric of a device reachable from its page.
+  {
+    await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
+    await page.waitForSelector('details.metrics');
+    const listed = await page.$$eval('details.metrics li a', (as) => as.map((a) => a.textContent));
+    const expected = await page.evaluate(async (d) => (await (await fetch(`/api/v1/label/__name__/values?match[]=${encodeURIComponent(`{instance="${d}"}`)}`)).json()).data, device);
+    check(listed.length > 20 && JSON.stringify(listed) === JSON.stringify(expected), 'the device page links every metric the device sends', { listed: listed.length, expected: expected.length });
+    await page.click('details.metrics summary');
+    await page.click('details.metrics li a:text-is("jetson_ram_used_bytes")');
+    await page.waitForURL(/\/explore\?/);
+    await page.waitForFunction(() => window.outpost.explore !== null && window.outpost.explore !== undefined);
+    const query = `jetson_ram_used_bytes{instance="${device}"}`;
+    const ranged = await page.evaluate(() => window.outpost.explore);
+    check(ranged.mode === 'range' && ranged.resultType === 'matrix' && ranged.series === 1 && await page.locator('.explore-chart canvas').count() > 0,
+      'a metric link opens the explorer with a chart of it', ranged);
+    check(await page.inputValue('input[name=q]') === query, 'the query is in the box and the address', page.url());
+    await page.fill('input[name=q]', `count by (instance) (jetson_cpu_load_ratio)`);
+    await page.selectOption('select[name=mode]', 'instant');
+    await page.click('form.explore button[type=submit]');
+    await page.waitForURL(/mode=instant/);
+    await page.waitForFunction(() => window.outpost.explore?.mode === 'instant');
+    const instant = await page.evaluate(() => window.outpost.explore);
+    const vector = await page.evaluate(async () => (await (await fetch(`/api/v1/query?query=${encodeURIComponent('count by (instance) (jetson_cpu_load_ratio)')}`)).json()).data.result);
+    const shownRows = await page.$$eval('table.explore-table tbody tr', (trs) => trs.map((tr) => tr.textContent));
+    check(instant.resultType === 'vector' && shownRows.length === vector.length && vector.length >= 1, 'instant queries list every series of the answer', { shownRows, vector });
+    const shared = page.url();
+    await page.goto(shared);
+    await page.waitForFunction(() => window.outpost.explore?.mode === 'instant');
+    check(await page.inputValue('input[name=q]') === 'count by (instance) (jetson_cpu_load_ratio)', 'a shared address runs the same query', shared);
+    const offered = async (text) => {
+      await page.fill('input[name=q]', '');
+      await page.type('input[name=q]', text);
+      await page.waitForFunction((t) => [...document.querySelectorAll('#explore-suggestions option')].some((o) => o.value.startsWith(t)), text, { timeout: 10000 });
+      return page.$$eval('#explore-suggestions option', (os) => os.map((o) => o.value));
+    };
+    const names = await offered('jetson_ram_u');
+    check(names.includes('jetson_ram_used_bytes'), 'metric names complete', names);
+    const labels = await offered('jetson_ram_used_bytes{');
+    check(labels.includes('jetson_ram_used_bytes{instance="'), 'label names complete inside braces', labels);
+    await page.goto(`${hub}/explore?q=${encodeURIComponent('sum(')}`);
+    await page.waitForSelector('p.error:not([hidden])');
+    const errors = await page.$$eval('p.error:not([hidden])', (ps) => ps.map((p) => p.textContent));
+    check(errors.length === 1 && errors[0].length > 5, 'a bad query is one message from the engine', errors);
+    await page.screenshot({ path: join(shots, 'explore.png'), fullPage: true });
+  }
+
   // Looking at "now", the charts follow the device's data as it arrives.
   await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
   await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });

@@ -45,6 +45,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/", page.clone())
         .route("/alerts", page.clone())
         .route("/probes", page.clone())
+        .route("/explore", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)
         .route(

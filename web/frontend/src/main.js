@@ -321,8 +321,23 @@ const GROUPS = [
   { title: 'Disk space free', match: 'node_filesystem_avail_bytes', unit: 'bytes' },
   { title: 'Disk I/O', match: '{__name__=~"node_disk_read_bytes_total|node_disk_written_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
   { title: 'Network', match: '{__name__=~"node_network_receive_bytes_total|node_network_transmit_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
+  { title: 'Load average', match: '{__name__=~"node_load1|node_load5|node_load15"}', unit: '' },
+  { title: 'Network errors and drops', match: '{__name__=~"node_network_(receive|transmit)_(errs|drop)_total"}', unit: 'per second', fn: 'rate' },
+  { title: 'Watched processes: CPU', match: 'host_process_cpu_seconds_total', unit: 'ratio', fn: 'rate' },
+  { title: 'Watched processes: memory', match: 'host_process_resident_memory_bytes', unit: 'bytes' },
+  { title: 'Watched processes: count', match: '{__name__=~"host_process_count|probe_process_count"}', unit: '' },
+  { title: 'GPU engines (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_ENC_UTIL|DCGM_FI_DEV_DEC_UTIL"}', unit: 'percent' },
+  { title: 'GPU power limit (NVIDIA)', match: '{__name__=~"DCGM_FI_DEV_POWER_USAGE|DCGM_FI_DEV_POWER_MGMT_LIMIT"}', unit: 'watts' },
+  { title: 'GPU processes (NVIDIA)', match: '{__name__=~"nvml_process_memory_used_bytes|nvml_processes"}', unit: '' },
+  { title: 'GPU PCIe (NVIDIA)', match: '{__name__=~"nvml_pcie_receive_bytes_per_second|nvml_pcie_transmit_bytes_per_second"}', unit: 'bytes/s' },
+  { title: 'GPU ECC errors (NVIDIA)', match: '{__name__=~"nvml_ecc_corrected_errors_total|nvml_ecc_uncorrected_errors_total"}', unit: 'per second', fn: 'rate' },
+  { title: 'Fans', match: '{__name__=~"jetson_fan_speed_ratio|nvml_fan_speed_ratio"}', unit: 'ratio' },
   { title: 'Probes', match: '{__name__=~"probe_success|probe_up"}', unit: 'ratio' },
   { title: 'Probe duration', match: 'probe_duration_seconds', unit: 'seconds' },
+  { title: 'Agent: collector round time', match: 'outpost_collector_duration_seconds', unit: 'seconds' },
+  { title: 'Agent: errors', match: '{__name__=~"outpost_collector_errors_total|outpost_store_write_errors_total|outpost_alert_notifications_failed_total|outpost_task_restarts_total"}', unit: 'per second', fn: 'rate' },
+  { title: 'Agent: memory and store', match: '{__name__=~"outpost_process_resident_memory_bytes|outpost_store_disk_bytes"}', unit: 'bytes' },
+  { title: 'Agent: sync', match: '{__name__=~"outpost_sync_lag_seconds|outpost_sync_backlog_chunks"}', unit: '' },
   { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost)_.*"}', unit: '' },
 ];
 
@@ -538,6 +553,12 @@ async function devicePage(view, id) {
   const transitions = (alerts.history ?? []).filter((a) => a.device === id).slice(0, 20);
   const alertItem = (a, time) => el('li', {}, el('span', { class: `badge ${a.severity}` }, a.severity), ` ${a.rule} ${a.state} `,
     el('time', { datetime: time ?? '' }, utc(time)), a.summary ? el('div', { class: 'muted' }, a.summary) : null);
+  // Every metric the device sends, each a link to the explorer: the charts show the common
+  // ones, this reaches the rest.
+  const selector = `{instance="${id.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"}`;
+  const metricNames = (await api(`/api/v1/label/__name__/values?${new URLSearchParams({ 'match[]': selector })}`).catch(() => ({ data: [] }))).data ?? [];
+  const metricsList = el('details', { class: 'metrics' }, el('summary', {}, `All ${metricNames.length} metrics`),
+    el('ul', {}, metricNames.map((name) => el('li', {}, el('a', { href: `/explore?${new URLSearchParams({ q: `${name}${selector}` })}` }, name)))));
   const rangeProblem = el('span', { class: 'error', role: 'alert' });
   const picker = el('div', { class: 'ranges', role: 'group', 'aria-label': 'Time range' },
     RANGES.map(([name]) => el('button', { 'data-range': name, 'aria-pressed': String(range.name === name), onclick: () => setRange({ range: name }) }, name)),
@@ -569,7 +590,8 @@ async function devicePage(view, id) {
         el('h2', {}, 'Alerts now'),
         holding.length ? el('ul', { class: 'alerts now' }, holding.map((a) => alertItem(a, a.started_at))) : el('p', { class: 'muted' }, 'None.'),
         el('h2', {}, 'Recent transitions'),
-        transitions.length ? el('ul', { class: 'alerts transitions' }, transitions.map((a) => alertItem(a, a.at))) : el('p', { class: 'muted' }, 'None.'))));
+        transitions.length ? el('ul', { class: 'alerts transitions' }, transitions.map((a) => alertItem(a, a.at))) : el('p', { class: 'muted' }, 'None.'),
+        metricsList)));
   function setRange(next) {
     const query = new URLSearchParams();
     if (next.range) query.set('range', next.range);
@@ -785,6 +807,119 @@ async function probesPage(view, me) {
     outages.length ? el('div', { class: 'scroll' }, list) : el('p', { class: 'muted' }, 'No outages in this range.'));
 }
 
+// ---------- explorer ----------
+
+const EXPLORE_RANGES = ['15m', '1h', '6h', '24h', '7d'];
+
+// A PromQL matrix as uPlot's aligned arrays (Prometheus answers seconds and values as text).
+function matrixToAligned(result) {
+  const series = result.map((s) => ({
+    name: s.metric.__name__ ?? '',
+    labels: Object.fromEntries(Object.entries(s.metric).filter(([k]) => k !== '__name__')),
+    points: s.values.map(([t, v]) => [Math.round(t * 1000), Number(v)]),
+  }));
+  return { series, data: toAligned({ series }) };
+}
+
+function promLabel(metric) {
+  const name = metric.__name__ ?? '';
+  const rest = Object.entries(metric).filter(([k]) => k !== '__name__').map(([k, v]) => `${k}="${v}"`);
+  return `${name}${rest.length || !name ? `{${rest.join(', ')}}` : ''}`;
+}
+
+// Completion for the query box: metric names for the word being typed, label names inside
+// `{...}`, as whole-query suggestions (what an input's datalist offers).
+async function suggestions(text, names) {
+  const open = text.lastIndexOf('{');
+  if (open > text.lastIndexOf('}')) {
+    const metric = text.slice(0, open).match(/([a-zA-Z_:][a-zA-Z0-9_:]*)$/)?.[1];
+    const inside = text.slice(open + 1);
+    const typed = inside.match(/(?:^|,)\s*([a-zA-Z_]*)$/)?.[1];
+    if (typed === undefined) return [];
+    const query = metric ? `?match[]=${encodeURIComponent(metric)}` : '';
+    const labels = (await api(`/api/v1/labels${query}`)).data ?? [];
+    const stem = text.slice(0, text.length - typed.length);
+    return labels.filter((l) => l !== '__name__' && l.startsWith(typed)).slice(0, 50).map((l) => `${stem}${l}="`);
+  }
+  const word = text.match(/([a-zA-Z_:][a-zA-Z0-9_:]*)$/)?.[1] ?? '';
+  if (!word) return [];
+  const stem = text.slice(0, text.length - word.length);
+  return names.filter((n) => n.startsWith(word)).slice(0, 50).map((n) => `${stem}${n}`);
+}
+
+// Anyone types PromQL: a chart over a range, or the values at one instant; the address holds
+// the query, so it can be shared.
+async function explorePage(view) {
+  const params = new URLSearchParams(location.search);
+  const state = {
+    q: params.get('q') ?? '',
+    mode: params.get('mode') === 'instant' ? 'instant' : 'range',
+    range: EXPLORE_RANGES.includes(params.get('range')) ? params.get('range') : '1h',
+  };
+  const names = (await api('/api/v1/label/__name__/values')).data ?? [];
+  const options = el('datalist', { id: 'explore-suggestions' });
+  const input = el('input', { type: 'text', name: 'q', value: state.q, list: 'explore-suggestions', spellcheck: 'false',
+    autocomplete: 'off', placeholder: 'rate(node_network_receive_bytes_total[5m])', 'aria-label': 'PromQL query' });
+  input.addEventListener('input', async () => {
+    const text = input.value;
+    const offered = await suggestions(text, names).catch(() => []);
+    if (input.value === text) options.replaceChildren(...offered.map((value) => el('option', { value })));
+  });
+  const mode = el('select', { name: 'mode', 'aria-label': 'Mode' },
+    [['range', 'Range'], ['instant', 'Instant']].map(([v, t]) => el('option', { value: v, selected: state.mode === v }, t)));
+  const range = el('select', { name: 'range', 'aria-label': 'Range' },
+    EXPLORE_RANGES.map((r) => el('option', { value: r, selected: state.range === r }, `last ${r}`)));
+  const problem = el('p', { class: 'error', role: 'alert', hidden: true });
+  const chart = el('div', { class: 'chart explore-chart' });
+  const table = el('div', { class: 'scroll' });
+  const form = el('form', { class: 'explore', onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams({ q: input.value, mode: mode.value, range: range.value });
+    go(`/explore?${query}`);
+  } }, input, options, mode, range, el('button', { type: 'submit' }, 'Run'));
+  view.replaceChildren(el('h1', {}, 'Explore'), form, problem, chart, table);
+  window.outpost.explore = null;
+  if (!state.q.trim()) {
+    table.replaceChildren(el('p', { class: 'muted' }, `${names.length} metric names; start typing one, or any PromQL expression.`));
+    return;
+  }
+  try {
+    const end = Date.now() / 1000;
+    let answer;
+    if (state.mode === 'range') {
+      const span = RANGES.find(([n]) => n === state.range)[1] / 1000;
+      const step = Math.max(1, Math.ceil(span / Math.max(100, chartWidth(view) / 2)));
+      answer = await api(`/api/v1/query_range?${new URLSearchParams({ query: state.q, start: String(end - span), end: String(end), step: String(step) })}`);
+      const { series, data } = matrixToAligned(answer.data.result);
+      const units = series.map((s) => unitOf(s.name, { unit: '' }));
+      const plot = new uPlot({
+        width: chartWidth(view), height: 320,
+        scales: { x: { time: true } },
+        axes: [{}, { values: axisValues(units[0] ?? ''), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
+        series: [{ label: `time (${ZONE})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+          ...answer.data.result.map((s, i) => ({ label: promLabel(s.metric), stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => valueFormat(units[i])(v) }))],
+      }, data, chart);
+      chart._plot = plot;
+    }
+    if (state.mode === 'instant') {
+      answer = await api(`/api/v1/query?${new URLSearchParams({ query: state.q, time: String(end) })}`);
+    }
+    const result = answer.data.result;
+    const rows = answer.data.resultType === 'scalar' || answer.data.resultType === 'string'
+      ? [[answer.data.resultType, result[1]]]
+      : result.map((s) => [promLabel(s.metric), s.value ? s.value[1] : s.values[s.values.length - 1]?.[1] ?? '']);
+    table.replaceChildren(el('table', { class: 'explore-table' },
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Series'), el('th', { scope: 'col', class: 'num' }, state.mode === 'range' ? 'Last value' : 'Value'))),
+      el('tbody', {}, rows.map(([label, value]) => el('tr', {}, el('td', {}, el('code', {}, label)), el('td', { class: 'num' }, value))))),
+    el('p', { class: 'muted' }, `${rows.length} series`));
+    window.outpost.explore = { mode: state.mode, resultType: answer.data.resultType, series: rows.length };
+  } catch (error) {
+    if (error instanceof Unauthorized) throw error;
+    problem.hidden = false;
+    problem.textContent = error.message;
+  }
+}
+
 // ---------- routing ----------
 
 async function route() {
@@ -801,6 +936,7 @@ async function route() {
     if (path.startsWith('/device/')) await devicePage(view, decodeURIComponent(path.slice('/device/'.length)));
     else if (path === '/alerts') await alertsPage(view, me);
     else if (path === '/probes') await probesPage(view, me);
+    else if (path === '/explore') await explorePage(view);
     else if (path === '/') await fleetPage(view);
     else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
