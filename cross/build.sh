@@ -6,7 +6,7 @@
 #
 # Results in target/dist/: outpost-<version>-<arch> (the binary) and outpost_<version>-1_<arch>.deb.
 # --install-tools first installs the pinned build tools: the Rust target, zig (PyPI's ziglang),
-# cargo-zigbuild and cargo-deb. The dashboard's front-end is bundled by web/build.rs with npm.
+# cargo-zigbuild and cargo-deb. The dashboard's bundle is the one kept in web/dist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -35,7 +35,8 @@ const browser = await chromium.launch({
 });
 const failures = [];
 try {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  // Times are checked as written in UTC; the zone setting is tested on its own.
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, timezoneId: 'UTC' });
   const page = await context.newPage();
   page.on('pageerror', (error) => failures.push(`page error: ${error.message}`));
   // Failed requests are logged too; the 401s this test provokes are expected.
@@ -327,6 +328,102 @@ try {
     const errors = await page.$$eval('p.error:not([hidden])', (ps) => ps.map((p) => p.textContent));
     check(errors.length === 1 && errors[0].length > 5, 'a bad query is one message from the engine', errors);
     await page.screenshot({ path: join(shots, 'explore.png'), fullPage: true });
+  }
+
+  // Compare: ticked rows, or the rows a filter shows, on one chart.
+  {
+    await page.goto(`${hub}/`);
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    // dev-a and dev-b replayed a Jetson log within the hour (dev-b is offline now); dev-c never
+    // sent a batch.
+    const fleet = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
+    const picked = ['dev-a', 'dev-b'];
+    for (const name of picked) await page.check(`input[data-pick="${name}"]`);
+    check(await page.textContent('button.compare') === 'Compare 2 ticked', 'the button counts the ticked devices');
+    await page.click('button.compare');
+    await page.waitForURL(/\/compare\?/);
+    await page.waitForFunction(() => window.outpost.compare);
+    const compared = await page.evaluate(() => window.outpost.compare);
+    check(JSON.stringify(compared.devices) === JSON.stringify(picked), 'the ticked devices, one series each', { compared, picked });
+    const answer = await page.evaluate(async (q) => (await (await fetch(`/api/v1/query?query=${encodeURIComponent(q)}`)).json()).data.result, compared.query);
+    check(answer.length === 2, 'the same query answers for both devices at the engine', answer);
+    await page.selectOption('select[name=metric]', 'temperature');
+    await page.waitForURL(/metric=temperature/);
+    await page.waitForFunction(() => window.outpost.compare?.query.includes('celsius'));
+    await page.screenshot({ path: join(shots, 'compare.png'), fullPage: true });
+    const layout = await page.evaluate(() => ({ chart: document.querySelector('.compare-chart canvas').getBoundingClientRect().width,
+      main: document.querySelector('main').clientWidth, text: document.querySelector('main').textContent }));
+    check(layout.chart > layout.main * 0.8 && !layout.text.includes('null'), 'the chart takes the page\'s width, and nothing prints "null"', layout);
+    await page.goto(`${hub}/`);
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    for (const name of picked) await page.uncheck(`input[data-pick="${name}"]`);
+    await page.fill('input[type=search]', 'dev-');
+    check((await page.textContent('button.compare')).startsWith(`Compare the ${fleet.length} shown`), 'with nothing ticked, the filter picks', await page.textContent('button.compare'));
+    await page.click('button.compare');
+    await page.waitForFunction(() => window.outpost.compare);
+    const byFilter = await page.evaluate(() => window.outpost.compare.devices);
+    check(JSON.stringify(byFilter) === JSON.stringify(picked), 'the filtered devices are compared', { byFilter, fleet });
+    const note = await page.textContent('main');
+    check(note.includes('No data for dev-c in this range.'), 'a device without data is named, not silently left out');
+  }
+
+  // Look: dark mode following the system with a switch, a time zone setting, every page at
+  // desktop and phone width in light and dark (screenshots kept), none wider than the phone.
+  {
+    const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await page.goto(`${hub}/`);
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    check(await background() === 'rgb(13, 17, 23)', 'a dark system gets the dark page', await background());
+    await page.selectOption('select[name=theme]', 'light');
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    await page.reload();
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    check(await background() === 'rgb(255, 255, 255)', 'the switch overrides the system, and is kept', await background());
+    await page.selectOption('select[name=theme]', 'system');
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.selectOption('select[name=zone]', 'Asia/Tokyo');
+    await page.goto(`${hub}/alerts`);
+    await page.waitForSelector('table.history tbody tr');
+    const at = await page.evaluate(async () => (await (await fetch('/api/alerts')).json()).history[0].at);
+    const shownAt = await page.$eval('table.history tbody tr td:nth-child(6)', (td) => td.textContent);
+    const tokyo = `${new Date(at).toLocaleString('sv-SE', { timeZone: 'Asia/Tokyo' })} Asia/Tokyo`;
+    check(shownAt === tokyo, 'times follow the chosen zone and name it', { shownAt, tokyo, at });
+    await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
+    await page.waitForFunction(() => window.outpost.pages >= 1, null, { timeout: 30000 });
+    const legend = await page.$eval('article.card:not([hidden]) .u-legend th', (th) => th.textContent);
+    check(legend.includes('Asia/Tokyo'), 'charts name the chosen zone', legend);
+    await page.selectOption('select[name=zone]', 'browser');
+    await page.waitForFunction(() => window.outpost.pages >= 1, null, { timeout: 30000 });
+    const pages = [['fleet', '/'], ['alerts', '/alerts'], ['availability', '/probes'], ['explore', '/explore?q=up'],
+      ['device', `/device/${encodeURIComponent(device)}?range=15m`]];
+    for (const scheme of ['light', 'dark']) {
+      await page.emulateMedia({ colorScheme: scheme });
+      for (const width of [1600, 390]) {
+        await page.setViewportSize({ width, height: 900 });
+        for (const [name, path] of pages) {
+          await page.goto(`${hub}${path}`);
+          await page.waitForSelector('main h1');
+          await page.waitForLoadState('networkidle');
+          await page.screenshot({ path: join(shots, `look-${name}-${width}-${scheme}.png`), fullPage: true });
+          const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+          check(wide <= width, `${name} at ${width} px (${scheme}) is no wider than the window`, wide);
+        }
+      }
+    }
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.setViewportSize({ width: 390, height: 900 });
+    await page.goto(`${hub}/`);
+    await page.waitForSelector('table.fleet tbody tr[data-device]');
+    const pinned = await page.evaluate(async () => {
+      const box = document.querySelector('table.fleet').closest('.scroll');
+      const cell = document.querySelector('table.fleet tbody tr[data-device] td');
+      box.scrollLeft = 400;
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      return { scrolled: box.scrollLeft, cellLeft: Math.round(cell.getBoundingClientRect().left), boxLeft: Math.round(box.getBoundingClientRect().left) };
+    });
+    check(pinned.scrolled > 0 && Math.abs(pinned.cellLeft - pinned.boxLeft) <= 1, 'at phone width the fleet table scrolls with the device name pinned', pinned);
+    await page.setViewportSize({ width: 1400, height: 1000 });
   }
 
   // Looking at "now", the charts follow the device's data as it arrives.

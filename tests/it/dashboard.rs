@@ -889,3 +889,47 @@ fn probe_outages_availability_and_notes() {
     );
     assert_eq!(status, 400, "a probe name is not a document");
 }
+
+/// The dashboard the binary embeds (`web/dist/`, kept in the repository so that building needs
+/// neither Node.js nor the network) is exactly what its sources build to.
+#[test]
+fn the_committed_dashboard_bundle_is_what_its_sources_build_to() {
+    let frontend = crate::agent::root().join("web/frontend");
+    let tools = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-bundle");
+    std::fs::create_dir_all(&tools).unwrap();
+    let lock = std::fs::read(frontend.join("package-lock.json")).unwrap();
+    let fresh = std::fs::read(tools.join("package-lock.json"))
+        .ok()
+        .as_deref()
+        != Some(&lock[..])
+        || !tools.join("node_modules/esbuild").exists();
+    for name in ["package.json", "package-lock.json", "build.mjs"] {
+        std::fs::copy(frontend.join(name), tools.join(name)).unwrap();
+    }
+    if fresh {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&tools)
+            .status()
+            .expect("npm runs (Node.js and npm are needed to check the bundle)");
+        assert!(status.success(), "npm ci in {}", tools.display());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("node")
+        .arg(tools.join("build.mjs"))
+        .arg(&frontend)
+        .arg(out.path())
+        .status()
+        .expect("node runs");
+    assert!(status.success(), "bundling the front-end");
+    let committed = crate::agent::root().join("web/dist");
+    for name in ["app.js", "app.css", "index.html"] {
+        let built = std::fs::read(out.path().join(name)).unwrap();
+        let kept = std::fs::read(committed.join(name)).unwrap_or_default();
+        assert!(
+            built == kept,
+            "web/dist/{name} is not what web/frontend builds to: run `npm ci && npm run bundle` \
+             in web/frontend and commit web/dist"
+        );
+    }
+}

@@ -465,17 +465,20 @@ fn the_dashboard_reads_the_engine(
             .collect::<std::collections::BTreeSet<_>>(),
         agent_names
     );
-    // The fleet table's temperature: the newest minute's hottest zone (each zone's minute mean).
-    let minutes = agent_steps(agent, selector, "1m", "avg");
-    let newest = minutes
+    // The fleet table's temperature now: the hottest zone's newest sample (read from the engine
+    // with `last_over_time`), not a minute's mean.
+    let raw = agent_steps(agent, selector, "1s", "last");
+    let newest = raw
         .values()
         .filter_map(|p| p.last())
         .map(|p| p.0)
         .max()
         .unwrap();
-    let hottest = minutes
+    let hottest = raw
         .values()
-        .flat_map(|p| p.iter().filter(|(t, _)| *t == newest).map(|(_, v)| *v))
+        .filter_map(|p| p.last())
+        .filter(|(t, _)| newest - *t < 60_000)
+        .map(|(_, v)| *v)
         .fold(f64::MIN, f64::max);
     let (_, body) = http(hub, "GET", &format!("/api/devices/{device}"), "");
     let record: Value = serde_json::from_str(&body).unwrap();

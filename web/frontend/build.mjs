@@ -1,5 +1,6 @@
-// Bundles the dashboard: web/build.rs runs this with the dependencies `npm ci` installed
-// next to it, the front-end's source directory and the output directory as arguments.
+// Bundles the dashboard into web/dist (`npm run bundle`), which the crate embeds and the
+// repository keeps. Arguments: the front-end's source directory and the output directory; the
+// dependencies are those `npm ci` installed next to this file.
 import * as esbuild from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';

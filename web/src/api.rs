@@ -46,6 +46,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/alerts", page.clone())
         .route("/probes", page.clone())
         .route("/explore", page.clone())
+        .route("/compare", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)
         .route(

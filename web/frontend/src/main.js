@@ -105,6 +105,96 @@ function sparkline(values) {
   return svg;
 }
 
+// ---------- look: theme and time zone ----------
+
+// Kept in the browser: each person picks their own.
+const SETTINGS_KEY = 'outpost.look';
+
+function settings() {
+  try {
+    return { theme: 'system', zone: 'browser', ...JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}') };
+  } catch {
+    return { theme: 'system', zone: 'browser' };
+  }
+}
+
+function applyTheme() {
+  const { theme } = settings();
+  if (theme === 'light' || theme === 'dark') document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+}
+
+// The zone times are shown in: the browser's, UTC, or one the person named.
+function zone() {
+  const chosen = settings().zone;
+  const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  if (chosen === 'browser') return browser;
+  try { new Intl.DateTimeFormat('en', { timeZone: chosen }); return chosen; } catch { return browser; }
+}
+
+const zoneFormats = new Map();
+// "2026-12-06 03:09:40" in `zone()`.
+function localTime(ms) {
+  const z = zone();
+  if (!zoneFormats.has(z)) {
+    zoneFormats.set(z, new Intl.DateTimeFormat('sv-SE', { timeZone: z, year: 'numeric', month: '2-digit', day: '2-digit',
+      hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false }));
+  }
+  return zoneFormats.get(z).format(new Date(ms));
+}
+
+// An instant as people read it, with its zone said: "2026-12-06 03:09:40 UTC".
+function stamp(value) {
+  if (value === null || value === undefined || value === '') return '';
+  const ms = typeof value === 'number' ? value : Date.parse(value);
+  if (Number.isNaN(ms)) return String(value);
+  return `${localTime(ms)} ${zone()}`;
+}
+
+// The instant that a wall-clock time "YYYY-MM-DDTHH:MM[:SS]" in `zone()` names.
+function fromZoneInput(text) {
+  const [date, time = '00:00'] = text.split('T');
+  const [y, mo, d] = date.split('-').map(Number);
+  const [h, mi, sec = 0] = time.split(':').map(Number);
+  const guess = Date.UTC(y, mo - 1, d, h, mi, sec);
+  const shown = (ms) => { const [a, b] = localTime(ms).split(' '); const [yy, mm, dd] = a.split('-').map(Number); const [hh, nn, ss] = b.split(':').map(Number); return Date.UTC(yy, mm - 1, dd, hh, nn, ss); };
+  const offset = shown(guess) - guess;
+  return guess - offset;
+}
+
+function toZoneInput(ms) {
+  return localTime(ms).replace(' ', 'T');
+}
+
+// The charts' colours follow the page's (dark or light).
+function chartColours() {
+  const css = getComputedStyle(document.documentElement);
+  const fg = css.getPropertyValue('--muted').trim() || '#57606a';
+  const line = css.getPropertyValue('--line').trim() || '#d0d7de';
+  return { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+}
+
+function lookControls() {
+  const current = settings();
+  const save = (key) => (event) => {
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify({ ...settings(), [key]: event.target.value }));
+    applyTheme();
+    route();
+  };
+  const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
+  const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  return [
+    el('select', { name: 'theme', 'aria-label': 'Theme', onchange: save('theme') },
+      [['system', 'Theme: system'], ['light', 'Light'], ['dark', 'Dark']].map(([v, t]) => el('option', { value: v, selected: current.theme === v }, t))),
+    el('select', { name: 'zone', 'aria-label': 'Time zone', onchange: save('zone') },
+      el('option', { value: 'browser', selected: current.zone === 'browser' }, `Times: browser (${browser})`),
+      el('option', { value: 'UTC', selected: current.zone === 'UTC' }, 'UTC'),
+      zones.filter((z) => z !== 'UTC').map((z) => el('option', { value: z, selected: current.zone === z }, z))),
+  ];
+}
+
+applyTheme();
+
 // ---------- login ----------
 
 function showLogin(message, name = '') {
@@ -137,7 +227,7 @@ function showLogin(message, name = '') {
 async function whoami() {
   const me = await api('/api/me');
   const who = document.getElementById('who');
-  who.replaceChildren();
+  who.replaceChildren(...lookControls(), ' ');
   if (me.auth && me.identity) {
     who.append(`${me.identity.name} (${me.identity.role}) `,
       el('button', { class: 'link', onclick: async () => { await api('/api/logout', { method: 'POST', body: '{}' }); route(); } }, 'Log out'));
@@ -148,9 +238,15 @@ async function whoami() {
 // ---------- fleet ----------
 
 const STATE_ORDER = { offline: 0, stale: 1, online: 2 };
+// The devices ticked for Compare, kept across the fleet page's refreshes.
+const FLEET_PICKED = new Set();
+
 const FLEET_COLUMNS = [
   { key: 'device', title: 'Device', value: (d) => d.device,
-    show: (d) => el('span', {}, el('a', { href: `/device/${encodeURIComponent(d.device)}` }, d.device),
+    show: (d) => el('span', {},
+      el('input', { type: 'checkbox', class: 'pick', 'aria-label': `Compare ${d.device}`, 'data-pick': d.device, checked: FLEET_PICKED.has(d.device),
+        onchange: (event) => { if (event.target.checked) FLEET_PICKED.add(d.device); else FLEET_PICKED.delete(d.device); FLEET_PICKED.changed?.(); } }),
+      el('a', { href: `/device/${encodeURIComponent(d.device)}` }, d.device),
       Object.entries(d.labels ?? {}).map(([k, v]) => el('span', { class: 'tag', title: `label ${k}` }, `${k}=${v}`))) },
   { key: 'state', title: 'State', value: (d) => STATE_ORDER[d.state] ?? -1, show: (d) => el('span', { class: `state ${d.state}` }, d.state) },
   { key: 'last_seen', title: 'Last seen', value: (d) => d.last_seen_ms, show: (d) => ago(d.last_seen_ms) },
@@ -285,13 +381,24 @@ async function fleetPage(view) {
     history.replaceState(null, '', `/${query.toString() ? `?${query}` : ''}`);
   }
   filter.addEventListener('input', draw);
+  // Compare what is ticked, or (ticking nothing) what the filter shows, such as `site=north`.
+  const compare = el('button', { type: 'button', class: 'compare', onclick: () => {
+    const chosen = FLEET_PICKED.size ? [...FLEET_PICKED] : shown.map((d) => d.device);
+    go(`/compare?${new URLSearchParams({ devices: chosen.slice(0, 50).join(','), metric: sort.key in COMPARE_METRICS ? sort.key : 'cpu' })}`);
+  } });
+  FLEET_PICKED.changed = () => {
+    compare.textContent = FLEET_PICKED.size ? `Compare ${FLEET_PICKED.size} ticked` : `Compare the ${Math.min(shown.length, 50)} shown`;
+    compare.disabled = FLEET_PICKED.size === 1 || (!FLEET_PICKED.size && shown.length < 2);
+  };
+  filter.addEventListener('input', () => FLEET_PICKED.changed());
   const none = devices.length === 0
     ? el('div', { class: 'empty' }, el('p', {}, 'No device has reported to this hub yet. Enrol one on the hub and start its agent:'),
       el('pre', {}, 'outpost hub device add orin-01 --out .\n# copy orin-01.key and orin-01.password to the device, put the printed [mqtt] section\n# in its agent.toml, then on the device:\noutpost agent --config agent.toml'))
     : null;
-  view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, counts),
+  view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, compare, counts),
     none, el('div', { class: 'scroll', hidden: devices.length === 0 }, table));
   draw();
+  FLEET_PICKED.changed();
   const timer = setInterval(async () => {
     if (!view.isConnected) { clearInterval(timer); return; }
     if (document.activeElement === filter) return;
@@ -407,13 +514,6 @@ function unitName(unit) {
   return { ratio: '%', bytes: 'bytes', 'bytes/s': 'bytes/s', hertz: 'Hz', celsius: '°C', watts: 'W', seconds: 's', percent: '%', 'per second': '/s' }[unit] ?? (unit || 'value');
 }
 
-// Times as the browser's zone gives them, with seconds, and that zone's name.
-const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
-function localTime(ms) {
-  const d = new Date(ms);
-  const two = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
-}
 
 function seriesLabel(series) {
   const rest = Object.entries(series.labels).filter(([k]) => k !== 'instance');
@@ -443,6 +543,11 @@ function rangeQuery(device, group, range, width) {
     max_points: String(Math.max(50, Math.min(2000, Math.round(width)))), fn: group.fn || 'avg',
   });
   return query;
+}
+
+// A chart as wide as the page (the explorer's, Compare's).
+function fullWidth(view) {
+  return Math.max(260, (view.clientWidth || 800) - 8);
 }
 
 // Cards are laid out in columns of at least 420 px (style.css); hidden cards have no width of
@@ -484,17 +589,19 @@ async function drawChart(card, device, group, range, live) {
   }
   // Wide enough for the longest label, which more decimals can make long.
   const size = (u, values) => Math.max(60, Math.max(0, ...(values ?? []).map((v) => String(v).length)) * 7 + 18);
-  const axes = [{}, { scale: 'y', values: axisValues(counted[0]), size, label: counted.length > 1 ? unitName(counted[0]) : undefined }];
+  const colours = chartColours();
+  const axes = [{ ...colours }, { ...colours, scale: 'y', values: axisValues(counted[0]), size, label: counted.length > 1 ? unitName(counted[0]) : undefined }];
   if (counted.length > 1) {
-    axes.push({ scale: 'y2', side: 1, values: axisValues(counted[1]), size, label: unitName(counted[1]), grid: { show: false } });
+    axes.push({ ...colours, scale: 'y2', side: 1, values: axisValues(counted[1]), size, label: unitName(counted[1]), grid: { show: false } });
   }
   const options = {
     width, height: 220,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone()),
     cursor: { drag: { x: true, y: false } },
     scales,
     legend: { live: true },
     axes,
-    series: [{ label: `time (${ZONE})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+    series: [{ label: `time (${zone()})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
       ...answer.series.map((series, i) => ({
         label: seriesLabel(series),
         scale: scale(units[i]),
@@ -552,7 +659,7 @@ async function devicePage(view, id) {
   const holding = (alerts.alerts ?? []).filter((a) => a.device === id && (a.state === 'firing' || a.state === 'pending'));
   const transitions = (alerts.history ?? []).filter((a) => a.device === id).slice(0, 20);
   const alertItem = (a, time) => el('li', {}, el('span', { class: `badge ${a.severity}` }, a.severity), ` ${a.rule} ${a.state} `,
-    el('time', { datetime: time ?? '' }, utc(time)), a.summary ? el('div', { class: 'muted' }, a.summary) : null);
+    el('time', { datetime: time ?? '' }, stamp(time)), a.summary ? el('div', { class: 'muted' }, a.summary) : null);
   // Every metric the device sends, each a link to the explorer: the charts show the common
   // ones, this reaches the rest.
   const selector = `{instance="${id.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"}`;
@@ -566,18 +673,17 @@ async function devicePage(view, id) {
     el('label', {}, ' to ', el('input', { type: 'datetime-local', name: 'to' })),
     el('button', { onclick: () => {
       const from = picker.querySelector('[name=from]').value; const to = picker.querySelector('[name=to]').value;
-      const start = new Date(from).getTime(); const end = new Date(to).getTime();
+      const start = from && fromZoneInput(from); const end = to && fromZoneInput(to);
       if (!from || !to) { rangeProblem.textContent = 'Give both ends of the range.'; return; }
       if (!(end > start)) { rangeProblem.textContent = 'The end must be after the start.'; return; }
       setRange({ start, end });
     } }, 'Apply'),
     el('span', { class: 'muted live' }, range.live ? 'live' : ''),
-    el('span', { class: 'shown muted' }, `${utc(range.start)} to ${utc(range.end)}`),
+    el('span', { class: 'shown muted' }, `${stamp(range.start)} to ${stamp(range.end)}`),
     rangeProblem);
   if (!range.live) {
-    const local = (ms) => { const d = new Date(ms); return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
-    picker.querySelector('[name=from]').value = local(range.start);
-    picker.querySelector('[name=to]').value = local(range.end);
+    picker.querySelector('[name=from]').value = toZoneInput(range.start);
+    picker.querySelector('[name=to]').value = toZoneInput(range.end);
   }
   const charts = el('div', { class: 'charts' });
   const empty = el('p', { class: 'muted empty', hidden: true });
@@ -619,7 +725,7 @@ async function devicePage(view, id) {
     empty.hidden = shown;
     empty.className = failure ? 'error empty' : 'muted empty';
     empty.textContent = failure ? `The charts could not be drawn: ${failure.message}`
-      : `No data from ${id} between ${utc(range.start)} and ${utc(range.end)}.`;
+      : `No data from ${id} between ${stamp(range.start)} and ${stamp(range.end)}.`;
     window.outpost.pages += 1;
   }
   if (!(range.end > range.start)) {
@@ -652,7 +758,7 @@ async function devicePage(view, id) {
 
 // The hub's silences: what, for whom, until when, who and why, and what they hold back now.
 function silencesTable(silences, admin, redraw) {
-  const when = (ms) => new Date(ms).toISOString().replace('.000Z', 'Z');
+  const when = (ms) => stamp(ms);
   const rows = silences.map((s) => el('tr', { 'data-silence': s.id },
     el('td', {}, s.device === '*' ? (s.device_match ? el('code', {}, s.device_match) : 'whole fleet') : s.device), el('td', {}, el('code', {}, s.match)),
     el('td', {}, s.state), el('td', {}, when(s.starts_ms)), el('td', {}, when(s.expired_ms ?? s.ends_ms)),
@@ -664,14 +770,6 @@ function silencesTable(silences, admin, redraw) {
   return el('div', { class: 'scroll' }, el('table', { class: 'alerts-table silences' },
     el('thead', {}, el('tr', {}, ['Devices', 'Match', 'State', 'Starts', 'Ends', 'By', 'Why', 'Silencing', ''].map((t) => el('th', { scope: 'col' }, t)))),
     el('tbody', {}, rows)));
-}
-
-// An instant as people read it, with its zone said: "2026-12-06 03:09:40 UTC".
-function utc(value) {
-  if (value === null || value === undefined || value === '') return '';
-  const ms = typeof value === 'number' ? value : Date.parse(value);
-  if (Number.isNaN(ms)) return String(value);
-  return `${new Date(ms).toISOString().slice(0, 19).replace('T', ' ')} UTC`;
 }
 
 async function alertsPage(view, me) {
@@ -690,8 +788,8 @@ async function alertsPage(view, me) {
   // only a resolve says how long the alert fired.
   const row = (a, live) => el('tr', {},
     el('td', {}, el('span', { class: `badge ${a.severity}` }, a.severity)), el('td', {}, a.device), el('td', {}, a.rule),
-    el('td', {}, a.state), el('td', {}, a.summary ?? ''), el('td', {}, utc(live ? a.started_at : a.at ?? a.started_at)),
-    el('td', {}, utc(a.resolved_at)),
+    el('td', {}, a.state), el('td', {}, a.summary ?? ''), el('td', {}, stamp(live ? a.started_at : a.at ?? a.started_at)),
+    el('td', {}, stamp(a.resolved_at)),
     el('td', {}, a.started_at && (live || a.resolved_at) ? duration((a.resolved_at ? Date.parse(a.resolved_at) : Date.now()) - Date.parse(a.started_at)) : '–'));
   const pendingSection = el('section', { class: 'pending' }, el('h2', {}, 'Pending'),
     el('p', { class: 'muted' }, 'Conditions that hold but not yet for the rule\'s "for": not firing, nobody told.'),
@@ -764,7 +862,7 @@ async function probesPage(view, me) {
   const range = AVAILABILITY_RANGES.some(([r]) => r === params.get('range')) ? params.get('range') : '24h';
   const answer = await api(`/api/probes/outages?start=now-${range}&end=now`);
   const admin = me.identity?.role === 'admin';
-  const when = (ms) => (ms ? new Date(ms).toISOString().replace('.000Z', 'Z') : 'ongoing');
+  const when = (ms) => (ms ? stamp(ms) : 'ongoing');
   const picker = el('select', {
     name: 'range', 'aria-label': 'Range',
     onchange: (event) => go(`/probes?range=${event.target.value}`),
@@ -801,7 +899,7 @@ async function probesPage(view, me) {
       el('td', {}, when(o.start_ms)), el('td', {}, when(o.end_ms)),
       el('td', {}, duration((o.end_ms ?? Date.now()) - o.start_ms)), noteCell(o)))));
   view.replaceChildren(el('h1', {}, 'Availability'),
-    el('div', { class: 'toolbar' }, picker, el('span', { class: 'muted' }, `${when(answer.start)} to ${when(answer.end)} (UTC), resolution ${duration(answer.step_ms)}`)),
+    el('div', { class: 'toolbar' }, picker, el('span', { class: 'muted' }, `${when(answer.start)} to ${when(answer.end)}, resolution ${duration(answer.step_ms)}`)),
     probes.length ? el('div', { class: 'scroll' }, summary) : el('p', { class: 'muted' }, 'No probe has reported in this range. Probes are set in the agents\' [[probe]] sections.'),
     el('h2', {}, 'Outages'),
     outages.length ? el('div', { class: 'scroll' }, list) : el('p', { class: 'muted' }, 'No outages in this range.'));
@@ -888,15 +986,17 @@ async function explorePage(view) {
     let answer;
     if (state.mode === 'range') {
       const span = RANGES.find(([n]) => n === state.range)[1] / 1000;
-      const step = Math.max(1, Math.ceil(span / Math.max(100, chartWidth(view) / 2)));
+      const step = Math.max(1, Math.ceil(span / Math.max(100, fullWidth(view) / 2)));
       answer = await api(`/api/v1/query_range?${new URLSearchParams({ query: state.q, start: String(end - span), end: String(end), step: String(step) })}`);
       const { series, data } = matrixToAligned(answer.data.result);
       const units = series.map((s) => unitOf(s.name, { unit: '' }));
+      const colours = chartColours();
       const plot = new uPlot({
-        width: chartWidth(view), height: 320,
+        width: fullWidth(view), height: 320,
+        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone()),
         scales: { x: { time: true } },
-        axes: [{}, { values: axisValues(units[0] ?? ''), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
-        series: [{ label: `time (${ZONE})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+        axes: [{ ...colours }, { ...colours, values: axisValues(units[0] ?? ''), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
+        series: [{ label: `time (${zone()})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
           ...answer.data.result.map((s, i) => ({ label: promLabel(s.metric), stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => valueFormat(units[i])(v) }))],
       }, data, chart);
       chart._plot = plot;
@@ -913,6 +1013,87 @@ async function explorePage(view) {
       el('tbody', {}, rows.map(([label, value]) => el('tr', {}, el('td', {}, el('code', {}, label)), el('td', { class: 'num' }, value))))),
     el('p', { class: 'muted' }, `${rows.length} series`));
     window.outpost.explore = { mode: state.mode, resultType: answer.data.resultType, series: rows.length };
+  } catch (error) {
+    if (error instanceof Unauthorized) throw error;
+    problem.hidden = false;
+    problem.textContent = error.message;
+  }
+}
+
+// ---------- compare ----------
+
+// A PromQL string literal.
+const promString = (text) => `"${text.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+// A regular expression that matches exactly these device names.
+const exactly = (names) => names.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|');
+
+// The fleet table's columns as PromQL, one series per device: what Compare draws.
+const COMPARE_METRICS = {
+  cpu: ['CPU', 'ratio', (d) => `avg by (instance) (jetson_cpu_load_ratio{${d}}) or avg by (instance) (host_cpu_usage_ratio{cpu="total",${d}})`],
+  gpu: ['GPU', 'ratio', (d) => `max by (instance) (jetson_engine_load_ratio{engine="GR3D",${d}}) or max by (instance) (jetson_gpu_load_ratio{${d}}) or max by (instance) (DCGM_FI_DEV_GPU_UTIL{${d}}) / 100`],
+  ram: ['RAM', 'ratio', (d) => `sum by (instance) (jetson_ram_used_bytes{${d}}) / sum by (instance) (jetson_ram_total_bytes{${d}}) or sum by (instance) (host_memory_used_bytes{${d}}) / sum by (instance) (node_memory_MemTotal_bytes{${d}})`],
+  temperature: ['Temperature', 'celsius', (d) => `max by (instance) (jetson_temperature_celsius{${d}}) or max by (instance) (node_hwmon_temp_celsius{${d}}) or max by (instance) (DCGM_FI_DEV_GPU_TEMP{${d}})`],
+  power: ['Power', 'watts', (d) => `sum by (instance) (jetson_rail_power_watts{rail=~"VDD_IN|POM_5V_IN",${d}}) or sum by (instance) (DCGM_FI_DEV_POWER_USAGE{${d}})`],
+};
+
+// The same metric for several devices on one chart: picked in the fleet table, or by label.
+async function comparePage(view) {
+  const params = new URLSearchParams(location.search);
+  const devices = (params.get('devices') ?? '').split(',').filter(Boolean).slice(0, 50);
+  const metric = params.get('metric') || 'cpu';
+  const range = EXPLORE_RANGES.includes(params.get('range')) ? params.get('range') : '1h';
+  const known = COMPARE_METRICS[metric];
+  const names = (await api('/api/v1/label/__name__/values')).data ?? [];
+  const reload = (changes) => go(`/compare?${new URLSearchParams({ devices: devices.join(','), metric, range, ...changes })}`);
+  const picker = el('select', { name: 'metric', 'aria-label': 'Metric', onchange: (e) => reload({ metric: e.target.value }) },
+    Object.entries(COMPARE_METRICS).map(([key, [title]]) => el('option', { value: key, selected: key === metric }, title)),
+    el('optgroup', { label: 'Any metric' }, names.map((n) => el('option', { value: n, selected: n === metric }, n))));
+  const span = el('select', { name: 'range', 'aria-label': 'Range', onchange: (e) => reload({ range: e.target.value }) },
+    EXPLORE_RANGES.map((r) => el('option', { value: r, selected: r === range }, `last ${r}`)));
+  const chart = el('div', { class: 'chart compare-chart' });
+  const table = el('div', { class: 'scroll' });
+  const problem = el('p', { class: 'error', role: 'alert', hidden: true });
+  view.replaceChildren(el('h1', {}, 'Compare'),
+    el('div', { class: 'toolbar' }, picker, span, el('span', { class: 'muted' }, devices.length ? devices.join(', ') : '')),
+    problem, chart, table);
+  window.outpost.compare = null;
+  if (devices.length < 1) {
+    table.replaceChildren(el('p', { class: 'muted' }, 'Pick devices in the fleet table (tick them, or filter by a label) and choose Compare.'));
+    return;
+  }
+  const matcher = `instance=~${promString(exactly(devices))}`;
+  const unit = known ? known[1] : unitOf(metric, { unit: '' });
+  const query = known ? known[2](matcher) : `avg by (instance) (${metric}{${matcher}})`;
+  try {
+    const end = Date.now() / 1000;
+    const seconds = RANGES.find(([n]) => n === range)[1] / 1000;
+    const step = Math.max(1, Math.ceil(seconds / 300));
+    const answer = await api(`/api/v1/query_range?${new URLSearchParams({ query, start: String(end - seconds), end: String(end), step: String(step) })}`);
+    const result = answer.data.result.sort((a, b) => (a.metric.instance ?? '').localeCompare(b.metric.instance ?? ''));
+    const { data } = matrixToAligned(result);
+    const colours = chartColours();
+    const format = valueFormat(unit);
+    chart._plot = new uPlot({
+      width: fullWidth(view), height: 320,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone()),
+      scales: { x: { time: true }, ...(unit === 'ratio' ? { y: { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } } : {}) },
+      axes: [{ ...colours }, { ...colours, values: axisValues(unit), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
+      series: [{ label: `time (${zone()})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+        ...result.map((s, i) => ({ label: s.metric.instance ?? '', stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => format(v) }))],
+    }, data, chart);
+    const missing = devices.filter((d) => !result.some((s) => s.metric.instance === d));
+    table.replaceChildren(el('table', { class: 'compare-table' },
+      el('thead', {}, el('tr', {}, ['Device', 'Now', 'Average', 'Peak'].map((t, i) => el('th', { scope: 'col', class: i ? 'num' : '' }, t)))),
+      el('tbody', {}, result.map((s) => {
+        const values = s.values.map(([, v]) => Number(v)).filter(Number.isFinite);
+        const mean = values.reduce((a, b) => a + b, 0) / (values.length || 1);
+        return el('tr', { 'data-device': s.metric.instance },
+          el('td', {}, el('a', { href: `/device/${encodeURIComponent(s.metric.instance ?? '')}` }, s.metric.instance ?? '')),
+          el('td', { class: 'num' }, format(values[values.length - 1])), el('td', { class: 'num' }, format(mean)), el('td', { class: 'num' }, format(Math.max(...values))));
+      }))),
+    ...(missing.length ? [el('p', { class: 'muted' }, `No data for ${missing.join(', ')} in this range.`)] : []),
+    el('p', { class: 'muted' }, el('a', { href: `/explore?${new URLSearchParams({ q: query })}` }, 'Open this query in the explorer')));
+    window.outpost.compare = { query, devices: result.map((s) => s.metric.instance) };
   } catch (error) {
     if (error instanceof Unauthorized) throw error;
     problem.hidden = false;
@@ -937,6 +1118,7 @@ async function route() {
     else if (path === '/alerts') await alertsPage(view, me);
     else if (path === '/probes') await probesPage(view, me);
     else if (path === '/explore') await explorePage(view);
+    else if (path === '/compare') await comparePage(view);
     else if (path === '/') await fleetPage(view);
     else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
