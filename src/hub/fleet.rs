@@ -764,6 +764,37 @@ impl outpost_web::Fleet for HubFleet {
         self.list_silences()
     }
 
+    fn boards(&self) -> Vec<outpost_web::boards::Board> {
+        self.store
+            .list(&RegistryKey::Boards)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .collect()
+    }
+
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
+    fn put_board(&self, board: outpost_web::boards::Board) -> Result<(), outpost_web::WebError> {
+        let mut write = WriteBatch::default();
+        let value = serde_json::to_vec(&board).expect("boards serialize");
+        write.put(&RegistryKey::Board(&board.name), value);
+        self.store.write(write)?;
+        self.store.sync()?;
+        Ok(())
+    }
+
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
+    fn delete_board(&self, name: &str) -> Result<bool, outpost_web::WebError> {
+        if self.store.get(&RegistryKey::Board(name))?.is_none() {
+            return Ok(false);
+        }
+        let mut write = WriteBatch::default();
+        write.remove(&RegistryKey::Board(name));
+        self.store.write(write)?;
+        self.store.sync()?;
+        Ok(true)
+    }
+
     fn expire_silence(
         &self,
         id: &str,

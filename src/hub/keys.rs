@@ -29,6 +29,10 @@ pub enum RegistryKey<'a> {
     OutageNote(&'a str, &'a str, i64),
     /// Every outage note.
     OutageNotes,
+    /// A board (`outpost_web::boards`), by name.
+    Board(&'a str),
+    /// Every board.
+    Boards,
 }
 
 impl fmt::Display for RegistryKey<'_> {
@@ -49,6 +53,8 @@ impl fmt::Display for RegistryKey<'_> {
                 serde_json::json!([device, probe, start])
             ),
             RegistryKey::OutageNotes => f.write_str("outage-note/"),
+            RegistryKey::Board(name) => write!(f, "board/{name}"),
+            RegistryKey::Boards => f.write_str("board/"),
         }
     }
 }
@@ -63,6 +69,7 @@ impl StateKey for RegistryKey<'_> {
         "silence/",
         "silence-id",
         "outage-note/",
+        "board/",
     ];
 }
 

@@ -313,6 +313,52 @@ try {
     await page.goto(shared);
     await page.waitForFunction(() => window.outpost.explore?.mode === 'instant');
     check(await page.inputValue('input[name=q]') === 'count by (instance) (jetson_cpu_load_ratio)', 'a shared address runs the same query', shared);
+    // Boards: pin explorer queries, list, show, export, import, edit, delete.
+    page.on('dialog', (dialog) => dialog.accept());
+    await page.fill('form.pin input[name=board]', 'Site north');
+    await page.fill('form.pin input[name=title]', 'Cores per device');
+    await page.click('form.pin button[type=submit]');
+    await page.waitForSelector('form.pin [role=status] a');
+    await page.goto(`${hub}/explore?${new URLSearchParams({ q: query, range: '15m' })}`);
+    await page.waitForSelector('form.pin');
+    await page.fill('form.pin input[name=board]', 'Site north');
+    await page.click('form.pin button[type=submit]');
+    await page.waitForSelector('form.pin [role=status] a');
+    await page.goto(`${hub}/boards`);
+    await page.waitForSelector('table.boards tr[data-board="Site north"]');
+    const listedBoard = await page.$eval('tr[data-board="Site north"]', (tr) => [...tr.children].map((td) => td.textContent));
+    check(listedBoard[1] === '2' && listedBoard[3] === env('HUB_USER'), 'a board lists its pinned panels and who changed it', listedBoard);
+    await page.click('a:text-is("Site north")');
+    await page.waitForFunction(() => window.outpost.board?.panels === 2, null, { timeout: 30000 });
+    const titles = await page.$$eval('article.card h2', (hs) => hs.map((h) => h.textContent));
+    check(titles.includes('Cores per device') && titles.includes(query), 'the board shows its panels', titles);
+    check(await page.locator('article.card canvas').count() >= 1 && await page.locator('article.card table.explore-table').count() === 1,
+      'a range panel draws a chart, an instant one a table');
+    const exported = await page.evaluate(async () => (await fetch('/api/boards/Site%20north')).text());
+    await page.goto(`${hub}/boards`);
+    await page.setInputFiles('form.import input[type=file]', { name: 'north.json', mimeType: 'application/json', buffer: Buffer.from(exported) });
+    await page.fill('form.import input[name=name]', 'Copy of north');
+    await page.click('form.import button[type=submit]');
+    await page.waitForURL(/\/boards\/Copy%20of%20north$/);
+    await page.waitForFunction(() => window.outpost.board?.panels === 2, null, { timeout: 30000 });
+    check(true, 'an exported board imports under another name');
+    await page.click('article.card[data-panel="0"] button:text-is("Remove")');
+    await page.waitForFunction(() => window.outpost.board?.panels === 1 && document.querySelectorAll('article.card').length === 1, null, { timeout: 30000 });
+    check(true, 'a panel can be removed');
+    await page.click('button:text-is("Delete")');
+    await page.waitForURL(/\/boards$/);
+    await page.waitForSelector('table.boards tr[data-board]');
+    const left = await page.$$eval('table.boards tr[data-board]', (trs) => trs.map((tr) => tr.dataset.board));
+    check(JSON.stringify(left) === '["Site north"]', 'a board can be deleted', left);
+    const refused = await page.evaluate(async () => {
+      const put = (name, body) => fetch(`/api/boards/${encodeURIComponent(name)}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body });
+      const bad = await put('x', JSON.stringify({ panels: [{ title: 't', query: 'sum(', mode: 'range' }] }));
+      const slash = await put('a/b', JSON.stringify({ panels: [] }));
+      return { bad: [bad.status, (await bad.json()).error], slash: slash.status };
+    });
+    check(refused.bad[0] === 400 && refused.bad[1].includes('panels[0].query') && refused.slash !== 200, 'a board with a broken query or a bad name is refused, saying what', refused);
+    await page.goto(`${hub}/explore?${new URLSearchParams({ q: 'count by (instance) (jetson_cpu_load_ratio)', mode: 'instant' })}`);
+    await page.waitForFunction(() => window.outpost.explore?.mode === 'instant');
     const offered = async (text) => {
       await page.fill('input[name=q]', '');
       await page.type('input[name=q]', text);

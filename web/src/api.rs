@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::{Identity, Login, Role, SESSION_COOKIE};
 use crate::range::{self, RangeAnswer, RangeQuery};
 use crate::samples::blocking;
-use crate::{assets, summary, SilenceRequest, Web, WebError};
+use crate::{assets, summary, Fleet, SilenceRequest, Web, WebError};
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
@@ -47,6 +47,8 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/probes", page.clone())
         .route("/explore", page.clone())
         .route("/compare", page.clone())
+        .route("/boards", page.clone())
+        .route("/boards/{name}", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)
         .route(
@@ -70,6 +72,11 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/silences", get(list_silences).post(silence))
         .route("/api/silences/{id}", axum::routing::delete(delete_silence))
         .route("/api/silences/{id}/expire", post(expire_silence))
+        .route("/api/boards", get(list_boards))
+        .route(
+            "/api/boards/{name}",
+            get(get_board).put(put_board).delete(delete_board),
+        )
         .route("/api/probes/outages", get(probe_outages))
         .route("/api/probes/outages/note", post(outage_note))
         .route("/api/live", get(live))
@@ -746,6 +753,71 @@ async fn outage_note(
         .await
         .map_err(|e| WebError::Internal(e.to_string()))??;
     Ok(Json(note).into_response())
+}
+
+/// Runs a blocking call of the hub's on the blocking pool.
+async fn on_fleet<T: Send + 'static>(
+    web: &Web,
+    work: impl FnOnce(&dyn Fleet) -> Result<T, WebError> + Send + 'static,
+) -> Result<T, WebError> {
+    let fleet = web.fleet.clone();
+    tokio::task::spawn_blocking(move || work(fleet.as_ref()))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+}
+
+/// Every board: its name, how many panels, who changed it last and when.
+async fn list_boards(State(web): State<Arc<Web>>) -> Answer<Response> {
+    let boards = on_fleet(&web, |fleet| Ok(fleet.boards())).await?;
+    let listed: Vec<Value> = boards
+        .iter()
+        .map(|b| {
+            json!({ "name": b.name, "panels": b.panels.len(), "updated_ms": b.updated_ms,
+                    "updated_by": b.updated_by })
+        })
+        .collect();
+    Ok(Json(json!({ "boards": listed })).into_response())
+}
+
+/// One board, as it exports (and imports again).
+async fn get_board(State(web): State<Arc<Web>>, Path(name): Path<String>) -> Answer<Response> {
+    let boards = on_fleet(&web, |fleet| Ok(fleet.boards())).await?;
+    let board = boards
+        .into_iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| WebError::NotFound(format!("no board {name:?}")))?;
+    Ok(Json(board).into_response())
+}
+
+async fn put_board(
+    State(web): State<Arc<Web>>,
+    Path(name): Path<String>,
+    Extension(identity): Extension<Identity>,
+    Json(request): Json<crate::boards::BoardRequest>,
+) -> Answer<Response> {
+    let board = crate::boards::board(&name, request, &identity.name, web.fleet.now_ms())?;
+    let kept = board.clone();
+    on_fleet(&web, move |fleet| {
+        let boards = fleet.boards();
+        let new = !boards.iter().any(|b| b.name == kept.name);
+        if new && boards.len() >= crate::boards::MAX_BOARDS {
+            return Err(WebError::BadRequest(format!(
+                "the hub keeps at most {} boards",
+                crate::boards::MAX_BOARDS
+            )));
+        }
+        fleet.put_board(kept)
+    })
+    .await?;
+    Ok(Json(board).into_response())
+}
+
+async fn delete_board(State(web): State<Arc<Web>>, Path(name): Path<String>) -> Answer<Response> {
+    let lookup = name.clone();
+    if !on_fleet(&web, move |fleet| fleet.delete_board(&lookup)).await? {
+        return Err(WebError::NotFound(format!("no board {name:?}")));
+    }
+    Ok(Json(json!({ "deleted": name })).into_response())
 }
 
 async fn list_silences(State(web): State<Arc<Web>>) -> Answer<Response> {

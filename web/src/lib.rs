@@ -13,6 +13,7 @@
 mod api;
 mod assets;
 pub mod auth;
+pub mod boards;
 pub mod outages;
 pub mod prometheus;
 pub mod range;
@@ -239,6 +240,20 @@ pub trait Fleet: Send + Sync + 'static {
     /// Sends a silence to its devices; what was sent, or why not. It makes the commands durable
     /// first, so it blocks: the handler calls it on the blocking pool.
     fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceView, WebError>;
+    /// The boards the hub keeps, by name.
+    fn boards(&self) -> Vec<boards::Board> {
+        Vec::new()
+    }
+    /// Keeps `board` (replacing one of its name); blocks, as `silence` does.
+    fn put_board(&self, board: boards::Board) -> Result<(), WebError> {
+        let _ = board;
+        Err(WebError::BadRequest("this server keeps no boards".into()))
+    }
+    /// Forgets board `name`; whether there was one. Blocks, as `silence` does.
+    fn delete_board(&self, name: &str) -> Result<bool, WebError> {
+        let _ = name;
+        Ok(false)
+    }
     /// Operators' notes on probe outages.
     fn outage_notes(&self) -> Vec<outages::OutageNote> {
         Vec::new()

@@ -947,7 +947,68 @@ async function suggestions(text, names) {
 
 // Anyone types PromQL: a chart over a range, or the values at one instant; the address holds
 // the query, so it can be shared.
-async function explorePage(view) {
+// Draws one query into `chart` and `table`: a chart over `range` and the last values, or the
+// values at an instant. Returns what it drew.
+async function renderQuery({ query, mode, range }, { chart, table, width, height }) {
+  const end = Date.now() / 1000;
+  let answer;
+  if (mode === 'range') {
+    const span = RANGES.find(([n]) => n === range)[1] / 1000;
+    const step = Math.max(1, Math.ceil(span / Math.max(100, width / 2)));
+    answer = await api(`/api/v1/query_range?${new URLSearchParams({ query, start: String(end - span), end: String(end), step: String(step) })}`);
+    const { series, data } = matrixToAligned(answer.data.result);
+    const units = series.map((s) => unitOf(s.name, { unit: '' }));
+    const colours = chartColours();
+    chart._plot?.destroy();
+    chart._plot = new uPlot({
+      width, height,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone()),
+      scales: { x: { time: true } },
+      axes: [{ ...colours }, { ...colours, values: axisValues(units[0] ?? ''), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
+      series: [{ label: `time (${zone()})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
+        ...answer.data.result.map((s, i) => ({ label: promLabel(s.metric), stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => valueFormat(units[i])(v) }))],
+    }, data, chart);
+  } else {
+    answer = await api(`/api/v1/query?${new URLSearchParams({ query, time: String(end) })}`);
+  }
+  const result = answer.data.result;
+  const rows = answer.data.resultType === 'scalar' || answer.data.resultType === 'string'
+    ? [[answer.data.resultType, result[1]]]
+    : result.map((s) => [promLabel(s.metric), s.value ? s.value[1] : s.values[s.values.length - 1]?.[1] ?? '']);
+  table.replaceChildren(el('table', { class: 'explore-table' },
+    el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Series'), el('th', { scope: 'col', class: 'num' }, mode === 'range' ? 'Last value' : 'Value'))),
+    el('tbody', {}, rows.map(([label, value]) => el('tr', {}, el('td', {}, el('code', {}, label)), el('td', { class: 'num' }, value))))),
+  el('p', { class: 'muted' }, `${rows.length} series`));
+  return { mode, resultType: answer.data.resultType, series: rows.length };
+}
+
+// Pins the explorer's query to a board, made if it does not exist yet.
+function pinForm(state) {
+  const boards = el('datalist', { id: 'board-names' });
+  api('/api/boards').then((b) => boards.replaceChildren(...(b.boards ?? []).map((x) => el('option', { value: x.name })))).catch(() => {});
+  const said = el('span', { class: 'muted', role: 'status' });
+  return el('form', { class: 'pin', onsubmit: async (event) => {
+    event.preventDefault();
+    const data = new FormData(event.target);
+    const name = String(data.get('board')).trim();
+    try {
+      const current = await api(`/api/boards/${encodeURIComponent(name)}`).catch((error) => {
+        if (error instanceof Unauthorized) throw error;
+        return { panels: [] };
+      });
+      const panel = { title: String(data.get('title')) || state.q, query: state.q, mode: state.mode, range: state.range };
+      await api(`/api/boards/${encodeURIComponent(name)}`, { method: 'PUT', body: JSON.stringify({ panels: [...current.panels, panel] }) });
+      said.replaceChildren('Pinned to ', el('a', { href: `/boards/${encodeURIComponent(name)}` }, name), '.');
+    } catch (error) { said.textContent = error.message; }
+  } },
+  el('label', {}, 'Pin to board ', el('input', { name: 'board', list: 'board-names', required: true, placeholder: 'Site north' })), boards,
+  el('label', {}, ' as ', el('input', { name: 'title', placeholder: 'title' })),
+  el('button', { type: 'submit' }, 'Pin'), said);
+}
+
+// Anyone types PromQL: a chart over a range, or the values at one instant; the address holds
+// the query, so it can be shared.
+async function explorePage(view, me) {
   const params = new URLSearchParams(location.search);
   const state = {
     q: params.get('q') ?? '',
@@ -975,6 +1036,7 @@ async function explorePage(view) {
     const query = new URLSearchParams({ q: input.value, mode: mode.value, range: range.value });
     go(`/explore?${query}`);
   } }, input, options, mode, range, el('button', { type: 'submit' }, 'Run'));
+  const admin = !me?.auth || me?.identity?.role === 'admin';
   view.replaceChildren(el('h1', {}, 'Explore'), form, problem, chart, table);
   window.outpost.explore = null;
   if (!state.q.trim()) {
@@ -982,42 +1044,80 @@ async function explorePage(view) {
     return;
   }
   try {
-    const end = Date.now() / 1000;
-    let answer;
-    if (state.mode === 'range') {
-      const span = RANGES.find(([n]) => n === state.range)[1] / 1000;
-      const step = Math.max(1, Math.ceil(span / Math.max(100, fullWidth(view) / 2)));
-      answer = await api(`/api/v1/query_range?${new URLSearchParams({ query: state.q, start: String(end - span), end: String(end), step: String(step) })}`);
-      const { series, data } = matrixToAligned(answer.data.result);
-      const units = series.map((s) => unitOf(s.name, { unit: '' }));
-      const colours = chartColours();
-      const plot = new uPlot({
-        width: fullWidth(view), height: 320,
-        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone()),
-        scales: { x: { time: true } },
-        axes: [{ ...colours }, { ...colours, values: axisValues(units[0] ?? ''), size: (u, v) => Math.max(60, Math.max(0, ...(v ?? []).map((x) => String(x).length)) * 7 + 18) }],
-        series: [{ label: `time (${zone()})`, value: (u, v) => (v === null || v === undefined ? '–' : localTime(v * 1000)) },
-          ...answer.data.result.map((s, i) => ({ label: promLabel(s.metric), stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => valueFormat(units[i])(v) }))],
-      }, data, chart);
-      chart._plot = plot;
-    }
-    if (state.mode === 'instant') {
-      answer = await api(`/api/v1/query?${new URLSearchParams({ query: state.q, time: String(end) })}`);
-    }
-    const result = answer.data.result;
-    const rows = answer.data.resultType === 'scalar' || answer.data.resultType === 'string'
-      ? [[answer.data.resultType, result[1]]]
-      : result.map((s) => [promLabel(s.metric), s.value ? s.value[1] : s.values[s.values.length - 1]?.[1] ?? '']);
-    table.replaceChildren(el('table', { class: 'explore-table' },
-      el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Series'), el('th', { scope: 'col', class: 'num' }, state.mode === 'range' ? 'Last value' : 'Value'))),
-      el('tbody', {}, rows.map(([label, value]) => el('tr', {}, el('td', {}, el('code', {}, label)), el('td', { class: 'num' }, value))))),
-    el('p', { class: 'muted' }, `${rows.length} series`));
-    window.outpost.explore = { mode: state.mode, resultType: answer.data.resultType, series: rows.length };
+    window.outpost.explore = await renderQuery({ query: state.q, mode: state.mode, range: state.range },
+      { chart, table, width: fullWidth(view), height: 320 });
+    if (admin) view.append(pinForm(state));
   } catch (error) {
     if (error instanceof Unauthorized) throw error;
     problem.hidden = false;
     problem.textContent = error.message;
   }
+}
+
+// ---------- boards ----------
+
+async function boardsPage(view, me) {
+  const admin = !me?.auth || me?.identity?.role === 'admin';
+  const { boards = [] } = await api('/api/boards');
+  const said = el('p', { role: 'status', class: 'muted' });
+  const list = boards.length
+    ? el('table', { class: 'boards' }, el('thead', {}, el('tr', {}, ['Board', 'Panels', 'Changed', 'By'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}, boards.map((b) => el('tr', { 'data-board': b.name },
+        el('td', {}, el('a', { href: `/boards/${encodeURIComponent(b.name)}` }, b.name)), el('td', {}, b.panels),
+        el('td', {}, stamp(b.updated_ms)), el('td', {}, b.updated_by)))))
+    : el('p', { class: 'muted' }, 'No boards yet: run a query in Explore and pin it to a board.');
+  const importer = el('form', { class: 'import', onsubmit: async (event) => {
+    event.preventDefault();
+    const file = event.target.querySelector('input[type=file]').files[0];
+    try {
+      const board = JSON.parse(await file.text());
+      const name = String(new FormData(event.target).get('name') || board.name || '').trim();
+      await api(`/api/boards/${encodeURIComponent(name)}`, { method: 'PUT', body: JSON.stringify(board) });
+      go(`/boards/${encodeURIComponent(name)}`);
+    } catch (error) { said.textContent = `Not imported: ${error.message}`; }
+  } },
+  el('label', {}, 'Import a board (JSON) ', el('input', { type: 'file', name: 'file', accept: 'application/json,.json', required: true })),
+  el('label', {}, ' as ', el('input', { name: 'name', placeholder: 'its own name' })),
+  el('button', { type: 'submit' }, 'Import'));
+  view.replaceChildren(el('h1', {}, 'Boards'), el('div', { class: 'scroll' }, list), admin ? importer : null, said);
+}
+
+async function boardPage(view, name, me) {
+  const admin = !me?.auth || me?.identity?.role === 'admin';
+  const board = await api(`/api/boards/${encodeURIComponent(name)}`);
+  const save = async (panels) => {
+    await api(`/api/boards/${encodeURIComponent(name)}`, { method: 'PUT', body: JSON.stringify({ panels }) });
+    route();
+  };
+  const grid = el('div', { class: 'charts board' });
+  view.replaceChildren(el('h1', {}, board.name),
+    el('p', { class: 'muted' }, `Changed ${stamp(board.updated_ms)} by ${board.updated_by}. `,
+      el('a', { href: `/api/boards/${encodeURIComponent(name)}`, download: `${name}.json` }, 'Export (JSON)'), ' ',
+      admin ? el('button', { type: 'button', class: 'link', onclick: async () => {
+        if (!confirm(`Delete the board ${name}?`)) return;
+        await api(`/api/boards/${encodeURIComponent(name)}`, { method: 'DELETE', body: '{}' });
+        go('/boards');
+      } }, 'Delete') : null),
+    board.panels.length ? grid : el('p', { class: 'muted' }, 'No panels: pin queries from Explore.'));
+  window.outpost.board = { name, panels: 0 };
+  await Promise.all(board.panels.map(async (panel, i) => {
+    const chart = el('div', { class: 'chart' });
+    const table = el('div', { class: 'scroll' });
+    const card = el('article', { class: 'card', 'data-panel': String(i) },
+      el('header', {}, el('h2', {}, panel.title || panel.query),
+        el('span', { class: 'export' },
+          el('a', { href: `/explore?${new URLSearchParams({ q: panel.query, mode: panel.mode, range: panel.range })}` }, 'Explore'),
+          admin ? [' ', el('button', { type: 'button', class: 'link', onclick: () => save(board.panels.filter((_, j) => j !== i)) }, 'Remove')] : null)),
+      chart, panel.mode === 'instant' ? table : null);
+    grid.append(card);
+    try {
+      await renderQuery(panel, { chart, table, width: chartWidth(grid), height: 200 });
+    } catch (error) {
+      if (error instanceof Unauthorized) throw error;
+      chart.replaceChildren(el('p', { class: 'error' }, error.message));
+    }
+    window.outpost.board.panels += 1;
+  }));
 }
 
 // ---------- compare ----------
@@ -1117,7 +1217,9 @@ async function route() {
     if (path.startsWith('/device/')) await devicePage(view, decodeURIComponent(path.slice('/device/'.length)));
     else if (path === '/alerts') await alertsPage(view, me);
     else if (path === '/probes') await probesPage(view, me);
-    else if (path === '/explore') await explorePage(view);
+    else if (path === '/explore') await explorePage(view, me);
+    else if (path === '/boards') await boardsPage(view, me);
+    else if (path.startsWith('/boards/')) await boardPage(view, decodeURIComponent(path.slice('/boards/'.length)), me);
     else if (path === '/compare') await comparePage(view);
     else if (path === '/') await fleetPage(view);
     else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
