@@ -135,6 +135,25 @@ try {
     check(/\(.+\)$/.test(any.time) && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(any.hover), 'hover times have seconds and the zone is named', any);
   }
   await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
+  // Annotations: an alert's firing and a reboot marked on every chart, their text on hover.
+  {
+    const middle = Math.round((rangeStart + rangeEnd) / 2);
+    const history = { alerts: [], history: [{ device, rule: 'marked_rule', state: 'firing', severity: 'critical', at: new Date(middle).toISOString(), summary: 'a test' }] };
+    const bootStart = Math.round(rangeStart / 1000) - 3600;
+    const boots = { series: [{ series: 'node_boot_time_seconds', name: 'node_boot_time_seconds', labels: { instance: device },
+      points: [[rangeStart, bootStart], [middle + 5000, Math.round((middle + 2000) / 1000)]] }] };
+    const bootRange = (url) => url.pathname === '/api/range' && url.searchParams.get('match') === 'node_boot_time_seconds';
+    await page.route('**/api/alerts', (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(history) }));
+    await page.route(bootRange, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(boots) }));
+    await page.goto(`${hub}/device/${encodeURIComponent(device)}?start=${rangeStart}&end=${rangeEnd}`);
+    await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });
+    const marks = await page.$$eval('article.card:not([hidden])', (cards) => cards.map((card) => [...card.querySelectorAll('.u-over .mark')].map((m) => m.title)));
+    check(marks.length >= 3 && marks.every((m) => m.some((t) => t.startsWith('marked_rule firing (critical)')) && m.some((t) => t.startsWith('rebooted at'))),
+      'every chart marks the alert\'s firing and the reboot, with text on hover', marks);
+    await page.screenshot({ path: join(shots, 'device-marks.png') });
+    await page.unroute('**/api/alerts');
+    await page.unroute(bootRange);
+  }
   // A chart of two units (EMC load and frequency, as Orins report them) gets an axis for each.
   {
     const t = rangeStart + 60000;

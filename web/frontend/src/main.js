@@ -559,7 +559,7 @@ function chartWidth(grid) {
   return Math.max(260, Math.floor((total - gap * (columns - 1)) / columns) - 26);
 }
 
-async function drawChart(card, device, group, range, live) {
+async function drawChart(card, device, group, range, live, marks = []) {
   const width = chartWidth(card.parentElement);
   let query; let url; let answer;
   for (const match of [group.match].flat()) {
@@ -625,11 +625,53 @@ async function drawChart(card, device, group, range, live) {
         if (u.series[i].show) hidden.delete(label); else hidden.add(label);
         card._hidden = [...hidden];
       }],
+      ready: [(u) => placeMarks(u, marks)],
+      setSize: [(u) => placeMarks(u, marks)],
     },
   };
   if (card._plot) card._plot.destroy();
   card._plot = new uPlot(options, data, body);
   window.outpost.charts[group.title] = { url, answer, data: card._plot.data, live, units: counted };
+}
+
+// Events on every chart of a device: a line at each, its text on hover.
+function placeMarks(u, marks) {
+  u.over.querySelectorAll('.mark').forEach((m) => m.remove());
+  const [min, max] = [u.scales.x.min, u.scales.x.max];
+  for (const mark of marks) {
+    const t = mark.at / 1000;
+    if (!(t >= min && t <= max)) continue;
+    u.over.append(el('div', { class: `mark ${mark.kind}`, title: mark.text, 'data-kind': mark.kind,
+      style: `left: ${Math.round(u.valToPos(t, 'x'))}px` }));
+  }
+}
+
+// What happened to the device in `range`, to mark on its charts: alerts firing and resolving
+// (the fleet's history) and reboots (its boot time moving on). Outages need no mark: the charts
+// break their lines where the API says no data came.
+async function deviceMarks(id, range, alerts) {
+  const marks = [];
+  for (const event of alerts.history ?? []) {
+    if (event.device !== id || !(event.state === 'firing' || event.state === 'resolved')) continue;
+    const at = Date.parse(event.at ?? event.resolved_at ?? event.fired_at ?? '');
+    if (Number.isNaN(at) || at < range.start || at > range.end) continue;
+    marks.push({ at, kind: event.state, text: `${event.rule} ${event.state} (${event.severity}) at ${stamp(at)}${event.summary ? `: ${event.summary}` : ''}` });
+  }
+  const query = new URLSearchParams({ device: id, match: 'node_boot_time_seconds', start: String(Math.round(range.start)),
+    end: String(Math.round(range.end)), max_points: '2000', fn: 'last' });
+  const boots = await api(`/api/range?${query}`).catch(() => ({ series: [] }));
+  for (const series of boots.series ?? []) {
+    let previous = null;
+    for (const [, value] of series.points) {
+      if (value === null) continue;
+      // A boot time moves by clock corrections of a second or so; a reboot moves it on.
+      if (previous !== null && value - previous > 30) {
+        marks.push({ at: value * 1000, kind: 'reboot', text: `rebooted at ${stamp(value * 1000)}` });
+      }
+      previous = value;
+    }
+  }
+  return marks;
 }
 
 async function devicePage(view, id) {
@@ -714,7 +756,8 @@ async function devicePage(view, id) {
   });
   async function drawAll() {
     let failure = null;
-    await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live).catch((error) => {
+    const marks = await deviceMarks(id, range, alerts);
+    await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live, marks).catch((error) => {
       if (error instanceof Unauthorized) throw error;
       card.hidden = true;
       failure = error;
