@@ -432,6 +432,44 @@ try {
     check(note.includes('No data for dev-c in this range.'), 'a device without data is named, not silently left out');
   }
 
+  // Reports: a range and a set of devices; availability, outages, alerts, resources; CSV; PDF.
+  {
+    await page.goto(`${hub}/reports?range=24h&q=dev-`);
+    await page.waitForFunction(() => window.outpost.report, null, { timeout: 30000 });
+    const report = await page.evaluate(() => window.outpost.report);
+    check(JSON.stringify(report.devices) === '["dev-a","dev-b","dev-c"]', 'the report covers the devices the filter picks', report.devices);
+    const cells = await page.$eval('table.report tr[data-device="dev-a"]', (tr) => [...tr.children].map((td) => td.textContent));
+    const availability = Number.parseFloat(cells[1]);
+    check(availability > 0 && availability <= 100, 'a device reporting has its availability', cells);
+    const lines = report.csv.trim().split('\n').map((l) => l.split(','));
+    check(lines.length === 4 && lines.every((l) => l.length === lines[0].length) && lines[0][0] === 'device' && lines[1][0] === 'dev-a',
+      'the CSV has a row per device and a value per column', lines);
+    // dev-b on made answers: a gap, then silence since five steps ago.
+    const step = report.step_ms;
+    // Away from a step's end, so that the page (a moment later) counts the same steps.
+    if (Date.now() % step > step - 10000) await page.waitForTimeout(step - (Date.now() % step) + 1000);
+    const now = Date.now();
+    const t0 = Math.floor((now - 20 * step) / step) * step;
+    const made = { step_ms: step, series: [{ series: 'outpost_uptime_seconds', name: 'outpost_uptime_seconds', labels: { instance: 'dev-b' },
+      points: [[t0, 1], [t0 + step, 1], [t0 + 2 * step, null], [t0 + 3 * step, null], [t0 + 4 * step, 1], [t0 + 14 * step, 1]] }] };
+    const presence = (url) => url.pathname === '/api/range' && (url.searchParams.get('match') ?? '').startsWith('outpost_uptime_seconds');
+    await page.route(presence, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(made) }));
+    await page.goto(`${hub}/reports?range=24h&q=dev-b`);
+    await page.waitForFunction(() => window.outpost.report, null, { timeout: 30000 });
+    const outages = await page.$$eval('table.report-outages tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    check(outages.length === 3, 'two gaps and a device gone silent are three outages', outages);
+    check(outages.some((o) => o[2] === 'ongoing'), 'the silence that goes on is an ongoing outage', outages);
+    const bRow = await page.$eval('table.report tr[data-device="dev-b"]', (tr) => [...tr.children].map((td) => td.textContent));
+    check(bRow[1] === '20.00 %' && bRow[2] === '3', 'availability is the share of steps reported since the first (4 of 20)', bRow);
+    await page.unroute(presence);
+    await page.emulateMedia({ media: 'print' });
+    const navShown = await page.evaluate(() => getComputedStyle(document.querySelector('header.top')).display);
+    check(navShown === 'none', 'printed, the report has no navigation or controls', navShown);
+    const pdf = await page.pdf({ path: join(shots, 'report.pdf'), format: 'A4', landscape: true, printBackground: true });
+    check(pdf.length > 5000, 'the browser saves it as a PDF', pdf.length);
+    await page.emulateMedia({ media: 'screen' });
+  }
+
   // Look: dark mode following the system with a switch, a time zone setting, every page at
   // desktop and phone width in light and dark (screenshots kept), none wider than the phone.
   {

@@ -48,6 +48,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/explore", page.clone())
         .route("/compare", page.clone())
         .route("/boards", page.clone())
+        .route("/reports", page.clone())
         .route("/boards/{name}", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)

@@ -238,6 +238,20 @@ async function whoami() {
 // ---------- fleet ----------
 
 const STATE_ORDER = { offline: 0, stale: 1, online: 2 };
+// Whether `device` matches the fleet filter `text`: words it contains, or `key=value` on its
+// fields, its operators' labels and its meta.
+function fleetMatches(device, text) {
+  if (!text) return true;
+  return text.split(/\s+/).every((word) => {
+    const [key, value] = word.split('=');
+    if (value !== undefined) {
+      const field = device[key] ?? device.labels?.[key] ?? device.meta?.[key];
+      return String(field ?? '').toLowerCase() === value.toLowerCase();
+    }
+    return JSON.stringify([device.device, device.state, device.labels, device.meta]).toLowerCase().includes(word.toLowerCase());
+  });
+}
+
 // The devices ticked for Compare, kept across the fleet page's refreshes.
 const FLEET_PICKED = new Set();
 
@@ -291,17 +305,7 @@ async function fleetPage(view) {
     onkeydown: (event) => { if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); event.target.click(); } },
   }, column.title)));
   const counts = el('p', { class: 'muted' });
-  function matches(device, text) {
-    if (!text) return true;
-    return text.split(/\s+/).every((word) => {
-      const [key, value] = word.split('=');
-      if (value !== undefined) {
-        const field = device[key] ?? device.labels?.[key] ?? device.meta?.[key];
-        return String(field ?? '').toLowerCase() === value.toLowerCase();
-      }
-      return JSON.stringify([device.device, device.state, device.labels, device.meta]).toLowerCase().includes(word.toLowerCase());
-    });
-  }
+  const matches = fleetMatches;
   // Only the rows near the viewport are in the document, between two spacer rows of the height
   // of the rest: laying out a table of 1,000 devices with their sparklines takes the browser most
   // of a second, and every sort, filter and refresh would pay it again.
@@ -1244,6 +1248,132 @@ async function comparePage(view) {
   }
 }
 
+// ---------- reports ----------
+
+const REPORT_RANGES = [['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
+
+// The runs of buckets without data in `points` ([t, v] at bucket starts, `null` where nothing
+// came), as outages from the first empty bucket to the next with data.
+function emptyRuns(points, step, end) {
+  const runs = [];
+  let start = null;
+  for (const [t, v] of points) {
+    if (v === null && start === null) start = t;
+    if (v !== null && start !== null) { runs.push({ start, end: t }); start = null; }
+  }
+  if (start !== null) runs.push({ start, end: null, until: end });
+  return runs.map((r) => ({ ...r, duration: ((r.end ?? r.until) - r.start) }));
+}
+
+// Numbers of a PromQL matrix per device: mean and peak over the range.
+function meanAndPeak(result) {
+  const out = {};
+  for (const s of result) {
+    const values = s.values.map(([, v]) => Number(v)).filter(Number.isFinite);
+    if (!values.length) continue;
+    out[s.metric.instance] = { mean: values.reduce((a, b) => a + b, 0) / values.length, peak: Math.max(...values) };
+  }
+  return out;
+}
+
+// For any range and set of devices: availability and outages, alerts by severity and rule,
+// and peak and mean CPU, GPU, memory, temperature and power; a CSV of it, and a page that
+// prints as a tidy report.
+async function reportsPage(view) {
+  const params = new URLSearchParams(location.search);
+  const span = REPORT_RANGES.find(([r]) => r === params.get('range')) ?? REPORT_RANGES[1];
+  const filterText = params.get('q') ?? '';
+  const end = Date.now();
+  const start = end - span[1];
+  const devices = (await api('/api/devices')).filter((d) => fleetMatches(d, filterText)).map((d) => d.device).sort();
+  const controls = el('form', { class: 'toolbar report-controls', onsubmit: (event) => {
+    event.preventDefault();
+    const data = new FormData(event.target);
+    go(`/reports?${new URLSearchParams({ range: data.get('range'), q: data.get('q') })}`);
+  } },
+  el('select', { name: 'range', 'aria-label': 'Range' }, REPORT_RANGES.map(([r]) => el('option', { value: r, selected: r === span[0] }, `last ${r}`))),
+  el('input', { type: 'search', name: 'q', value: filterText, placeholder: 'Devices: text or label=value', 'aria-label': 'Devices' }),
+  el('button', { type: 'submit' }, 'Report'));
+  const heading = el('p', { class: 'muted' }, `${stamp(start)} to ${stamp(end)} · ${devices.length} devices${filterText ? ` matching ${filterText}` : ''}`);
+  view.replaceChildren(el('h1', {}, 'Report'), controls, heading);
+  window.outpost.report = null;
+  if (!devices.length) { view.append(el('p', { class: 'muted' }, 'No device matches.')); return; }
+  const matcher = `instance=~${promString(exactly(devices))}`;
+  const maxPoints = 2000;
+  const presence = await api(`/api/range?${new URLSearchParams({ match: `outpost_uptime_seconds{${matcher}}`, start: String(start), end: String(end), max_points: String(maxPoints), fn: 'count' })}`);
+  const step = Math.max(1, Math.ceil(span[1] / 1000 / 300));
+  const resources = {};
+  await Promise.all(Object.entries(COMPARE_METRICS).map(async ([key, [, , expression]]) => {
+    const answer = await api(`/api/v1/query_range?${new URLSearchParams({ query: expression(matcher), start: String(start / 1000), end: String(end / 1000), step: String(step) })}`);
+    resources[key] = meanAndPeak(answer.data.result);
+  }));
+  const alerts = await api('/api/alerts');
+  const fired = (alerts.history ?? []).filter((e) => e.state === 'firing' && devices.includes(e.device) && Date.parse(e.at) >= start && Date.parse(e.at) <= end);
+  const rows = devices.map((device) => {
+    const series = (presence.series ?? []).find((s) => s.labels.instance === device);
+    // From the device's first report in the range: a device enrolled last week was not down
+    // for the month before.
+    // Every step from the first report to the last whole step, empty where none came: the API
+    // marks gaps between reports, and a device that stopped reporting has none after its last.
+    const reported = new Set((series ? series.points : []).filter(([, v]) => v !== null).map(([t]) => t));
+    const first = Math.min(...reported);
+    const buckets = [];
+    for (let t = first; Number.isFinite(t) && t + presence.step_ms <= end; t += presence.step_ms) {
+      buckets.push([t, reported.has(t) ? 1 : null]);
+    }
+    const seen = buckets.filter(([, v]) => v !== null).length;
+    const outages = emptyRuns(buckets, presence.step_ms, end);
+    const restored = outages.filter((o) => o.end !== null);
+    const bySeverity = (sev) => fired.filter((e) => e.device === device && e.severity === sev).length;
+    return {
+      device,
+      availability: buckets.length ? (100 * seen) / buckets.length : null,
+      outages,
+      down: outages.reduce((sum, o) => sum + o.duration, 0),
+      mttr: restored.length ? restored.reduce((sum, o) => sum + o.duration, 0) / restored.length : null,
+      alerts: { critical: bySeverity('critical'), warning: bySeverity('warning'), info: bySeverity('info') },
+      resources: Object.fromEntries(Object.keys(COMPARE_METRICS).map((key) => [key, resources[key][device] ?? null])),
+    };
+  });
+  const unitOfKey = (key) => COMPARE_METRICS[key][1];
+  const figure = (key, which) => (r) => (r.resources[key] ? valueFormat(unitOfKey(key))(r.resources[key][which]) : '–');
+  const columns = [
+    ['Device', (r) => el('a', { href: `/device/${encodeURIComponent(r.device)}` }, r.device)],
+    ['Availability', (r) => (r.availability === null ? '–' : `${r.availability.toFixed(2)} %`)],
+    ['Outages', (r) => r.outages.length], ['Down', (r) => duration(r.down)], ['MTTR', (r) => (r.mttr === null ? '–' : duration(r.mttr))],
+    ['Alerts (crit/warn/info)', (r) => `${r.alerts.critical} / ${r.alerts.warning} / ${r.alerts.info}`],
+    ...Object.entries(COMPARE_METRICS).flatMap(([key, [title]]) => [[`${title} mean`, figure(key, 'mean')], [`${title} peak`, figure(key, 'peak')]]),
+  ];
+  const summary = el('table', { class: 'report' },
+    el('thead', {}, el('tr', {}, columns.map(([t], i) => el('th', { scope: 'col', class: i ? 'num' : '' }, t)))),
+    el('tbody', {}, rows.map((r) => el('tr', { 'data-device': r.device }, columns.map(([, f], i) => el('td', { class: i ? 'num' : '' }, f(r)))))));
+  const outageRows = rows.flatMap((r) => r.outages.map((o) => ({ device: r.device, ...o }))).sort((a, b) => b.start - a.start);
+  const outageTable = outageRows.length
+    ? el('table', { class: 'report-outages' }, el('thead', {}, el('tr', {}, ['Device', 'Start', 'End', 'Duration'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}, outageRows.map((o) => el('tr', {}, el('td', {}, o.device), el('td', {}, stamp(o.start)), el('td', {}, o.end === null ? 'ongoing' : stamp(o.end)), el('td', {}, duration(o.duration))))))
+    : el('p', { class: 'muted' }, 'No outages.');
+  const byRule = {};
+  for (const e of fired) byRule[`${e.rule}\u0000${e.severity}`] = (byRule[`${e.rule}\u0000${e.severity}`] ?? 0) + 1;
+  const ruleTable = Object.keys(byRule).length
+    ? el('table', { class: 'report-rules' }, el('thead', {}, el('tr', {}, ['Rule', 'Severity', 'Fired'].map((t, i) => el('th', { scope: 'col', class: i === 2 ? 'num' : '' }, t)))),
+      el('tbody', {}, Object.entries(byRule).sort((a, b) => b[1] - a[1]).map(([k, n]) => { const [rule, sev] = k.split('\u0000'); return el('tr', {}, el('td', {}, rule), el('td', {}, el('span', { class: `badge ${sev}` }, sev)), el('td', { class: 'num' }, n)); })))
+    : el('p', { class: 'muted' }, 'No alert fired.');
+  const csvCell = (v) => (/[",\n]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
+  const csvHeader = ['device', 'availability_percent', 'outages', 'down_seconds', 'mttr_seconds', 'alerts_critical', 'alerts_warning', 'alerts_info',
+    ...Object.keys(COMPARE_METRICS).flatMap((k) => [`${k}_mean`, `${k}_peak`])];
+  const csvRows = rows.map((r) => [r.device, r.availability?.toFixed(3) ?? '', r.outages.length, Math.round(r.down / 1000), r.mttr === null ? '' : Math.round(r.mttr / 1000),
+    r.alerts.critical, r.alerts.warning, r.alerts.info, ...Object.keys(COMPARE_METRICS).flatMap((k) => (r.resources[k] ? [r.resources[k].mean, r.resources[k].peak] : ['', '']))]);
+  const csv = [csvHeader, ...csvRows].map((row) => row.map(csvCell).join(',')).join('\n') + '\n';
+  const download = el('a', { class: 'report-csv', href: URL.createObjectURL(new Blob([csv], { type: 'text/csv' })), download: `outpost-report-${span[0]}.csv` }, 'Download CSV');
+  view.append(
+    el('p', { class: 'report-actions' }, download, ' ', el('button', { type: 'button', onclick: () => window.print() }, 'Print or save as PDF')),
+    el('h2', {}, 'Devices'), el('div', { class: 'scroll' }, summary),
+    el('p', { class: 'muted' }, `Availability is the share of ${duration(presence.step_ms)} steps in which the device's agent reported; an outage is a run of steps without a report. Alerts count firings in the hub's history (its last 2,000 transitions).`),
+    el('h2', {}, 'Outages'), outageTable,
+    el('h2', {}, 'Alerts by rule'), ruleTable);
+  window.outpost.report = { devices: rows.map((r) => r.device), csv, step_ms: presence.step_ms };
+}
+
 // ---------- routing ----------
 
 async function route() {
@@ -1264,6 +1394,7 @@ async function route() {
     else if (path === '/boards') await boardsPage(view, me);
     else if (path.startsWith('/boards/')) await boardPage(view, decodeURIComponent(path.slice('/boards/'.length)), me);
     else if (path === '/compare') await comparePage(view);
+    else if (path === '/reports') await reportsPage(view);
     else if (path === '/') await fleetPage(view);
     else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
