@@ -61,6 +61,18 @@ try {
     check(errors.length === 0, `${width} px: no script errors`, errors);
     await context.close();
   }
+  // The public status page, for someone without a login.
+  const anonymous = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const visitor = await anonymous.newPage();
+  await visitor.goto(`${env('HUB_URL')}/status`);
+  await visitor.waitForSelector(`table.status-probes tr[data-probe="${env('PROBE')}"]`);
+  const row = await visitor.$eval(`tr[data-probe="${env('PROBE')}"]`, (tr) => [...tr.children].map((td) => td.textContent));
+  check(row[1] === 'up' && /%$/.test(row[2]) && /%$/.test(row[3]), 'the public status page shows the probe without a login', row);
+  check(await visitor.locator('.top nav').isHidden(), 'and no navigation into what needs one');
+  const api = await visitor.evaluate(async () => (await fetch('/api/devices')).status);
+  check(api === 401, 'the rest of the API still needs a login', api);
+  await visitor.screenshot({ path: join(shots, 'status-390.png'), fullPage: true });
+  await anonymous.close();
 } finally {
   await browser.close();
 }

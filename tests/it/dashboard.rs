@@ -270,6 +270,11 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
     assert_eq!(status, 401, "the API needs a login");
     let (status, _, _) = http_with(http_port, "GET", "/api/health", &[], "");
     assert_eq!(status, 200, "health is public");
+    let (status, _, _) = http_with(http_port, "GET", "/api/status", &[], "");
+    assert_eq!(
+        status, 404,
+        "no public status page unless [web.status] says so"
+    );
     let (status, head, page) = http_with(http_port, "GET", "/", &[], "");
     assert_eq!(status, 200);
     assert!(page.contains("/app.js"));
@@ -736,6 +741,33 @@ fn logins_are_throttled_and_do_not_tell_names_apart() {
     hub.stop();
 }
 
+/// `[web.status]` on: anyone, without a login, sees dev-p's state and its probe's availability,
+/// and nothing else; the rest of the API still needs a login.
+fn public_status(http_port: u16) {
+    let (status, _, body) = http_with(http_port, "GET", "/api/status", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["title"], "Gate");
+    assert_eq!(answer["devices"][0]["device"], "dev-p");
+    assert!(answer["devices"][0]["state"].is_string(), "{answer}");
+    let probe = &answer["probes"][0];
+    assert_eq!(
+        (&probe["device"], &probe["probe"]),
+        (&serde_json::json!("dev-p"), &serde_json::json!("svc"))
+    );
+    let day = probe["availability_24h"].as_f64().unwrap();
+    assert!(day > 0.0 && day < 100.0, "the outage counts: {answer}");
+    assert_eq!(probe["up"], true, "the service is back: {answer}");
+    for private in ["note", "labels", "meta", "last_rejection", "resolved by"] {
+        assert!(!body.contains(private), "{private} is not public: {body}");
+    }
+    let (status, _, _) = http_with(http_port, "GET", "/api/devices", &[], "");
+    assert_eq!(status, 401, "the rest still needs a login");
+    let (status, _, page) = http_with(http_port, "GET", "/status", &[], "");
+    assert_eq!(status, 200);
+    assert!(page.contains("/app.js"));
+}
+
 /// The availability page shows dev-p's probe `svc`, its outage noted, as the API gives it, at
 /// desktop and phone width.
 fn probes_page_in_a_browser(http_port: u16) {
@@ -768,7 +800,7 @@ fn probe_outages_availability_and_notes() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-p", mqtt_port);
     let config = format!(
-        "{}{}",
+        "{}{}\n[web.status]\nenabled = true\ntitle = \"Gate\"\ndevices = [\"dev-p\"]\nprobes = [\"dev-p/svc\"]\n",
         token_entry("ops", "admin", ADMIN_TOKEN),
         token_entry("grafana", "viewer", VIEWER_TOKEN)
     );
@@ -861,6 +893,7 @@ fn probe_outages_availability_and_notes() {
         "{outage}"
     );
     assert_eq!(outage["note"]["by"], "ops");
+    public_status(http_port);
     probes_page_in_a_browser(http_port);
     // Hostile input: the widest range there is, a reversed one, a huge probe name.
     let widest = get_json(

@@ -49,6 +49,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/compare", page.clone())
         .route("/boards", page.clone())
         .route("/reports", page.clone())
+        .route("/status", page.clone())
         .route("/boards/{name}", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)
@@ -73,6 +74,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/silences", get(list_silences).post(silence))
         .route("/api/silences/{id}", axum::routing::delete(delete_silence))
         .route("/api/silences/{id}/expire", post(expire_silence))
+        .route("/api/status", get(public_status))
         .route("/api/boards", get(list_boards))
         .route(
             "/api/boards/{name}",
@@ -119,8 +121,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Endpoints anyone may call: the login itself, and whether one is needed.
-const PUBLIC: &[&str] = &["/api/health", "/api/me", "/api/login", "/api/logout"];
+/// Endpoints anyone may call: the login itself, whether one is needed, and the public status
+/// page's answer (a 404 unless `[web.status]` is on).
+const PUBLIC: &[&str] = &[
+    "/api/health",
+    "/api/me",
+    "/api/login",
+    "/api/logout",
+    "/api/status",
+];
 
 async fn guard(State(web): State<Arc<Web>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
@@ -754,6 +763,76 @@ async fn outage_note(
         .await
         .map_err(|e| WebError::Internal(e.to_string()))??;
     Ok(Json(note).into_response())
+}
+
+/// The public status page's answer: for the devices and probes `[web.status]` names, whether
+/// each is up now and how available it was over the last day and 30 days; nothing else (no
+/// labels, addresses, metadata or alert texts).
+async fn public_status(State(web): State<Arc<Web>>) -> Answer<Response> {
+    if !web.config.status.enabled {
+        return Err(WebError::NotFound(
+            "no status page ([web.status] is off)".into(),
+        ));
+    }
+    let now = web.fleet.now_ms();
+    // Held while a new answer is made: a crowd of visitors costs one answer per interval.
+    let mut kept = web.status_answer.lock().await;
+    let fresh = kept
+        .as_ref()
+        .filter(|(at, _)| (0..STATUS_MAX_AGE_MS).contains(&(now - at)));
+    let body = match fresh {
+        Some((_, body)) => body.clone(),
+        None => {
+            let answer = make_status(&web, now).await?;
+            let body = axum::body::Bytes::from(answer.to_string());
+            *kept = Some((now, body.clone()));
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// How long the public status page's answer is served before it is made again.
+const STATUS_MAX_AGE_MS: i64 = 30_000;
+
+async fn make_status(web: &Arc<Web>, now: i64) -> Result<Value, WebError> {
+    let status = &web.config.status;
+    let states = on_fleet(web, |fleet| Ok(fleet.devices())).await?;
+    let devices: Vec<Value> = status
+        .devices
+        .iter()
+        .map(|name| {
+            let state = states.iter().find(|d| &d.device == name).map(|d| d.state);
+            json!({ "device": name, "state": state })
+        })
+        .collect();
+    let mut probes = Vec::new();
+    for entry in &status.probes {
+        let (device, probe) = entry.split_once('/').unwrap_or((entry, ""));
+        let mut availability = Vec::new();
+        let mut up = None;
+        for span in [86_400_000_i64, 30 * 86_400_000] {
+            let (start, end) = (now - span, now);
+            let step = crate::outages::step_for(start, end);
+            let found =
+                crate::outages::report(&web.samples(), &[], (device, probe), (start, end, step))
+                    .await?;
+            let report = found.into_iter().next();
+            if span == 86_400_000 {
+                up = report.as_ref().map(|r| {
+                    r.outages
+                        .iter()
+                        .filter(|o| o.severity == "critical")
+                        .next_back()
+                        .is_none_or(|o| o.end_ms.is_some())
+                });
+            }
+            availability.push(report.and_then(|r| r.availability));
+        }
+        probes.push(json!({ "device": device, "probe": probe, "up": up,
+                            "availability_24h": availability[0], "availability_30d": availability[1] }));
+    }
+    Ok(json!({ "title": status.title, "at_ms": now, "devices": devices, "probes": probes }))
 }
 
 /// Runs a blocking call of the hub's on the blocking pool.

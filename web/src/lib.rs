@@ -84,6 +84,52 @@ pub struct WebConfig {
     pub users: Vec<User>,
     /// API tokens for scripts and Grafana: `[[web.tokens]]`.
     pub tokens: Vec<Token>,
+    /// A public, read-only status page of chosen devices and probes: `[web.status]`.
+    pub status: StatusPage,
+}
+
+/// `[web.status]`: what `/status` shows to anyone, without a login. Off by default; on, it shows
+/// only the devices and probes named here, and of them only whether they are up and how
+/// available they were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusPage {
+    pub enabled: bool,
+    pub title: String,
+    /// Device names.
+    pub devices: Vec<String>,
+    /// Probes as `device/probe`.
+    pub probes: Vec<String>,
+}
+
+impl StatusPage {
+    /// The most entries a public page lists: each costs a query per visit.
+    const MAX_ENTRIES: usize = 100;
+
+    fn check(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.devices.is_empty() && self.probes.is_empty() {
+            return Err("web.status: name the devices or probes (device/probe) it shows".into());
+        }
+        if self.devices.len() + self.probes.len() > Self::MAX_ENTRIES {
+            return Err(format!(
+                "web.status: at most {} devices and probes",
+                Self::MAX_ENTRIES
+            ));
+        }
+        if self.title.chars().count() > 200 {
+            return Err("web.status.title: at most 200 characters".into());
+        }
+        if let Some(bad) = self.probes.iter().find(|p| {
+            !p.split_once('/')
+                .is_some_and(|(d, n)| !d.is_empty() && !n.is_empty())
+        }) {
+            return Err(format!("web.status.probes: {bad:?} is not device/probe"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for WebConfig {
@@ -95,6 +141,7 @@ impl Default for WebConfig {
             session_hours: 12,
             users: Vec::new(),
             tokens: Vec::new(),
+            status: StatusPage::default(),
         }
     }
 }
@@ -112,6 +159,7 @@ impl WebConfig {
         if self.session_hours == 0 {
             return bad("web.session_hours: must be at least 1".into());
         }
+        self.status.check().map_err(WebError::Config)?;
         for (i, user) in self.users.iter().enumerate() {
             if user.name.is_empty() {
                 return bad(format!("web.users[{i}].name: must not be empty"));
@@ -312,6 +360,9 @@ pub struct Web {
     pub(crate) device_list: std::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
     /// Held by whoever is making a new fleet list, so that one is made at a time.
     pub(crate) device_list_maker: Arc<tokio::sync::Mutex<()>>,
+    /// The public status page's last answer and when it was made: anyone may ask for it, so it
+    /// is made at most every `api::STATUS_MAX_AGE_MS`, one at a time.
+    pub(crate) status_answer: tokio::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
 }
 
 impl Web {
@@ -328,6 +379,7 @@ impl Web {
             auth,
             device_list: std::sync::Mutex::new(None),
             device_list_maker: Arc::default(),
+            status_answer: tokio::sync::Mutex::new(None),
         })
     }
 }

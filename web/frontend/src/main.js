@@ -1374,6 +1374,32 @@ async function reportsPage(view) {
   window.outpost.report = { devices: rows.map((r) => r.device), csv, step_ms: presence.step_ms };
 }
 
+// ---------- public status ----------
+
+// The public status page (`[web.status]`): no login, only what the hub's config names.
+async function statusPage(view) {
+  document.body.classList.add('public');
+  const answer = await api('/api/status');
+  const percent = (v) => (v === null || v === undefined ? '–' : `${v.toFixed(2)} %`);
+  const word = (up) => (up === null || up === undefined ? 'no data' : up ? 'up' : 'down');
+  view.replaceChildren(el('h1', {}, answer.title || 'Status'),
+    el('p', { class: 'muted' }, `As of ${stamp(answer.at_ms)}`),
+    answer.devices.length ? el('table', { class: 'status-devices' },
+      el('thead', {}, el('tr', {}, ['Device', 'State'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}, answer.devices.map((d) => el('tr', { 'data-device': d.device }, el('td', {}, d.device),
+        el('td', {}, el('span', { class: `state ${d.state ?? 'offline'}` }, d.state ?? 'unknown')))))) : null,
+    answer.probes.length ? el('table', { class: 'status-probes' },
+      el('thead', {}, el('tr', {}, ['Service', 'Now', 'Last 24 h', 'Last 30 days'].map((t, i) => el('th', { scope: 'col', class: i > 1 ? 'num' : '' }, t)))),
+      el('tbody', {}, answer.probes.map((p) => el('tr', { 'data-probe': `${p.device}/${p.probe}` }, el('td', {}, `${p.probe} (${p.device})`),
+        el('td', {}, el('span', { class: `state ${p.up ? 'online' : 'offline'}` }, word(p.up))),
+        el('td', { class: 'num' }, percent(p.availability_24h)), el('td', { class: 'num' }, percent(p.availability_30d)))))) : null);
+  const timer = setInterval(() => {
+    if (!view.isConnected) { clearInterval(timer); return; }
+    clearInterval(timer);
+    statusPage(view).catch(() => {});
+  }, 30000);
+}
+
 // ---------- routing ----------
 
 async function route() {
@@ -1384,6 +1410,8 @@ async function route() {
     link.setAttribute('aria-current', link.getAttribute('href') === location.pathname ? 'page' : 'false');
   }
   try {
+    if (location.pathname === '/status') { await statusPage(view); return; }
+    document.body.classList.remove('public');
     const me = await whoami();
     if (me.auth && !me.identity) { showLogin(); return; }
     const path = location.pathname;
