@@ -822,8 +822,7 @@ async fn make_status(web: &Arc<Web>, now: i64) -> Result<Value, WebError> {
                 up = report.as_ref().map(|r| {
                     r.outages
                         .iter()
-                        .filter(|o| o.severity == "critical")
-                        .next_back()
+                        .rfind(|o| o.severity == "critical")
                         .is_none_or(|o| o.end_ms.is_some())
                 });
             }
