@@ -1313,12 +1313,14 @@ async function reportsPage(view) {
     const series = (presence.series ?? []).find((s) => s.labels.instance === device);
     // From the device's first report in the range: a device enrolled last week was not down
     // for the month before.
-    // Every step from the first report to the last whole step, empty where none came: the API
+    // Every step from the first report on, empty where none came: the API
     // marks gaps between reports, and a device that stopped reporting has none after its last.
     const reported = new Set((series ? series.points : []).filter(([, v]) => v !== null).map(([t]) => t));
     const first = Math.min(...reported);
     const buckets = [];
-    for (let t = first; Number.isFinite(t) && t + presence.step_ms <= end; t += presence.step_ms) {
+    for (let t = first; Number.isFinite(t) && t <= end; t += presence.step_ms) {
+      // The step still going on counts once it has a report, not before.
+      if (t + presence.step_ms > end && !reported.has(t)) break;
       buckets.push([t, reported.has(t) ? 1 : null]);
     }
     const seen = buckets.filter(([, v]) => v !== null).length;
