@@ -499,7 +499,8 @@ try {
     await page.selectOption('select[name=zone]', 'browser');
     await page.waitForFunction(() => window.outpost.pages >= 1, null, { timeout: 30000 });
     const pages = [['fleet', '/'], ['alerts', '/alerts'], ['availability', '/probes'], ['explore', '/explore?q=up'],
-      ['device', `/device/${encodeURIComponent(device)}?range=15m`]];
+      ['device', `/device/${encodeURIComponent(device)}?range=15m`], ['boards', '/boards'], ['board', '/boards/Site%20north'],
+      ['compare', '/compare?devices=dev-a,dev-b&metric=cpu'], ['reports', '/reports?range=24h']];
     for (const scheme of ['light', 'dark']) {
       await page.emulateMedia({ colorScheme: scheme });
       for (const width of [1600, 390]) {
