@@ -462,6 +462,17 @@ try {
     const bRow = await page.$eval('table.report tr[data-device="dev-b"]', (tr) => [...tr.children].map((td) => td.textContent));
     check(bRow[1] === '20.00 %' && bRow[2] === '3', 'availability is the share of steps reported since the first (4 of 20)', bRow);
     await page.unroute(presence);
+    // Any range: from and to in the address (as the form's custom range writes them).
+    const [from, to] = [Date.now() - 7200e3, Date.now() - 3600e3];
+    await page.goto(`${hub}/reports?start=${from}&end=${to}&q=dev-a`);
+    await page.waitForFunction(() => window.outpost.report, null, { timeout: 30000 });
+    const ranged = await page.evaluate(() => window.outpost.report);
+    check(ranged.start === from && ranged.end === to && JSON.stringify(ranged.devices) === '["dev-a"]', 'a report over any range', ranged);
+    await page.fill('form.report-controls input[name=from]', '2026-01-02T00:00');
+    await page.fill('form.report-controls input[name=to]', '2026-01-01T00:00');
+    await page.click('form.report-controls button[type=submit]');
+    const said = await page.textContent('main p.error');
+    check(said.startsWith('Give a start and a later end'), 'a reversed custom range is refused, saying why', said);
     await page.emulateMedia({ media: 'print' });
     const navShown = await page.evaluate(() => getComputedStyle(document.querySelector('header.top')).display);
     check(navShown === 'none', 'printed, the report has no navigation or controls', navShown);

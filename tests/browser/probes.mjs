@@ -61,6 +61,21 @@ try {
     check(errors.length === 0, `${width} px: no script errors`, errors);
     await context.close();
   }
+  // The report of the probe's device lists the probe with the availability the API gives.
+  const reporter = await browser.newContext({ viewport: { width: 1600, height: 1000 }, extraHTTPHeaders: { Authorization: `Bearer ${env('TOKEN')}` } });
+  const reportPage = await reporter.newPage();
+  const [device] = env('PROBE').split('/');
+  // A range that ended seconds ago: the samples in it have all reached the hub, so the page's
+  // answer and the test's own are of the same data.
+  const now = Date.now();
+  await reportPage.goto(`${env('HUB_URL')}/reports?start=${now - 600000}&end=${now - 5000}&q=${device}`);
+  await reportPage.waitForFunction(() => window.outpost.report, null, { timeout: 30000 });
+  const { start, end } = await reportPage.evaluate(() => window.outpost.report);
+  const expected = await reportPage.evaluate(async ([s, e, d]) => (await (await fetch(`/api/probes/outages?start=${s}&end=${e}&device=${d}`)).json()).probes[0].availability, [start, end, device]);
+  const shown = await reportPage.$eval(`table.report-probes tr[data-probe="${env('PROBE')}"]`, (tr) => tr.children[2].textContent);
+  check(Math.abs(Number.parseFloat(shown) - expected) < 0.001, 'the report lists the device\'s probe with its availability', { shown, expected });
+  await reporter.close();
+
   // The public status page, for someone without a login.
   const anonymous = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const visitor = await anonymous.newPage();

@@ -1281,17 +1281,30 @@ function meanAndPeak(result) {
 // prints as a tidy report.
 async function reportsPage(view) {
   const params = new URLSearchParams(location.search);
-  const span = REPORT_RANGES.find(([r]) => r === params.get('range')) ?? REPORT_RANGES[1];
+  // A named range up to now, or any range `start` to `end` (ms) in the address.
+  const custom = Number(params.get('start')) > 0 && Number(params.get('end')) > Number(params.get('start'));
+  const span = custom ? ['custom', Number(params.get('end')) - Number(params.get('start'))]
+    : REPORT_RANGES.find(([r]) => r === params.get('range')) ?? REPORT_RANGES[1];
   const filterText = params.get('q') ?? '';
-  const end = Date.now();
+  const end = custom ? Number(params.get('end')) : Date.now();
   const start = end - span[1];
   const devices = (await api('/api/devices')).filter((d) => fleetMatches(d, filterText)).map((d) => d.device).sort();
   const controls = el('form', { class: 'toolbar report-controls', onsubmit: (event) => {
     event.preventDefault();
     const data = new FormData(event.target);
+    const from = data.get('from') ? fromZoneInput(String(data.get('from'))) : NaN;
+    const to = data.get('to') ? fromZoneInput(String(data.get('to'))) : NaN;
+    if (data.get('range') === 'custom') {
+      if (!(to > from)) { heading.textContent = 'Give a start and a later end for a custom range.'; heading.className = 'error'; return; }
+      go(`/reports?${new URLSearchParams({ start: String(from), end: String(to), q: data.get('q') })}`);
+      return;
+    }
     go(`/reports?${new URLSearchParams({ range: data.get('range'), q: data.get('q') })}`);
   } },
-  el('select', { name: 'range', 'aria-label': 'Range' }, REPORT_RANGES.map(([r]) => el('option', { value: r, selected: r === span[0] }, `last ${r}`))),
+  el('select', { name: 'range', 'aria-label': 'Range' }, REPORT_RANGES.map(([r]) => el('option', { value: r, selected: r === span[0] }, `last ${r}`)),
+    el('option', { value: 'custom', selected: custom }, 'from … to …')),
+  el('input', { type: 'datetime-local', name: 'from', 'aria-label': 'From', value: custom ? toZoneInput(start).slice(0, 16) : '' }),
+  el('input', { type: 'datetime-local', name: 'to', 'aria-label': 'To', value: custom ? toZoneInput(end).slice(0, 16) : '' }),
   el('input', { type: 'search', name: 'q', value: filterText, placeholder: 'Devices: text or label=value', 'aria-label': 'Devices' }),
   el('button', { type: 'submit' }, 'Report'));
   const heading = el('p', { class: 'muted' }, `${stamp(start)} to ${stamp(end)} · ${devices.length} devices${filterText ? ` matching ${filterText}` : ''}`);
@@ -1373,7 +1386,18 @@ async function reportsPage(view) {
     el('p', { class: 'muted' }, `Availability is the share of ${duration(presence.step_ms)} steps in which the device's agent reported; an outage is a run of steps without a report. Alerts count firings in the hub's history (its last 2,000 transitions).`),
     el('h2', {}, 'Outages'), outageTable,
     el('h2', {}, 'Alerts by rule'), ruleTable);
-  window.outpost.report = { devices: rows.map((r) => r.device), csv, step_ms: presence.step_ms };
+  // The devices' probes over the same range, as the availability page counts them.
+  const probeAnswer = await api(`/api/probes/outages?${new URLSearchParams({ start: String(start), end: String(end) })}`);
+  const probes = (probeAnswer.probes ?? []).filter((p) => devices.includes(p.device));
+  view.append(el('h2', {}, 'Probes'), probes.length
+    ? el('div', { class: 'scroll' }, el('table', { class: 'report-probes' },
+      el('thead', {}, el('tr', {}, ['Device', 'Probe', 'Availability', 'Outages', 'Down'].map((t, i) => el('th', { scope: 'col', class: i > 1 ? 'num' : '' }, t)))),
+      el('tbody', {}, probes.map((p) => el('tr', { 'data-probe': `${p.device}/${p.probe}` }, el('td', {}, p.device), el('td', {}, p.probe),
+        el('td', { class: 'num' }, p.availability === null ? '–' : `${p.availability.toFixed(3)} %`),
+        el('td', { class: 'num' }, p.outages.filter((o) => o.severity === 'critical').length),
+        el('td', { class: 'num' }, duration(p.down_seconds * 1000)))))))
+    : el('p', { class: 'muted' }, 'No probes on these devices.'));
+  window.outpost.report = { devices: rows.map((r) => r.device), csv, step_ms: presence.step_ms, start, end, probes: probes.length };
 }
 
 // ---------- public status ----------
