@@ -307,21 +307,26 @@ impl HubFleet {
         };
         if let Some((mut write, event)) = event {
             let routed = self.route(&event, &mut write);
-            // Kept in memory all the same: the page shows it even if the write fails. The
-            // channels are woken once their queue entries are stored.
-            let (store, hub) = (self.store.clone(), self.hub_alerts.clone());
-            tokio::spawn(async move {
-                if let Err(error) = store.write_async(write).await {
-                    tracing::warn!("an alert event not stored: {error}");
-                    return;
-                }
-                if let Some(hub) = hub {
-                    for channel in routed {
-                        hub.wake(&channel);
-                    }
-                }
-            });
+            // Kept in memory all the same: the page shows it even if the write fails.
+            self.store_then_wake(write, routed, "an alert event");
         }
+    }
+
+    /// Stores `write` in the background and then wakes `channels`, whose queue entries it
+    /// holds: a channel woken before they are stored would find nothing to deliver.
+    pub fn store_then_wake(&self, write: WriteBatch, channels: Vec<String>, what: &'static str) {
+        let (store, hub) = (self.store.clone(), self.hub_alerts.clone());
+        tokio::spawn(async move {
+            if let Err(error) = store.write_async(write).await {
+                tracing::warn!("{what} not stored: {error}");
+                return;
+            }
+            if let Some(hub) = hub {
+                for channel in channels {
+                    hub.wake(&channel);
+                }
+            }
+        });
     }
 
     /// Adds the hub's own firing and resolved transitions (a device offline, lagging, ...) to

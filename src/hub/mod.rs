@@ -425,21 +425,9 @@ async fn daemon(config: HubConfig) -> Result<()> {
 /// Queues the reminders the routes' `repeat_interval` asks for, and wakes their channels once
 /// stored.
 fn remind(fleet: &Arc<fleet::HubFleet>) {
-    let Some((write, channels)) = fleet.reminders_due() else {
-        return;
-    };
-    let (store, hub) = (fleet.store.clone(), fleet.hub_alerts.clone());
-    tokio::spawn(async move {
-        if let Err(error) = store.write_async(write).await {
-            tracing::warn!("reminders not queued: {error}");
-            return;
-        }
-        if let Some(hub) = hub {
-            for channel in channels {
-                hub.wake(&channel);
-            }
-        }
-    });
+    if let Some((write, channels)) = fleet.reminders_due() {
+        fleet.store_then_wake(write, channels, "reminders");
+    }
 }
 
 /// The enrolled devices (from the devices file) and what the hub knows of each (from its store).

@@ -360,10 +360,13 @@ try {
     await page.click('form.import button[type=submit]');
     await page.waitForURL(/\/boards\/Copy%20of%20north$/);
     await page.waitForFunction(() => window.outpost.board?.panels === 2, null, { timeout: 30000 });
-    check(true, 'an exported board imports under another name');
+    const importedTitles = await page.$$eval('article.card h2', (hs) => hs.map((h) => h.textContent));
+    check(await page.textContent('main h1') === 'Copy of north' && JSON.stringify(importedTitles.sort()) === JSON.stringify([...titles].sort()),
+      'an exported board imports under another name, with the same panels', importedTitles);
     await page.click('article.card[data-panel="0"] button:text-is("Remove")');
     await page.waitForFunction(() => window.outpost.board?.panels === 1 && document.querySelectorAll('article.card').length === 1, null, { timeout: 30000 });
-    check(true, 'a panel can be removed');
+    const kept = await page.evaluate(async () => (await (await fetch('/api/boards/Copy%20of%20north')).json()).panels.length);
+    check(kept === 1, 'a removed panel is gone from the stored board', kept);
     await page.click('button:text-is("Delete")');
     await page.waitForURL(/\/boards$/);
     await page.waitForSelector('table.boards tr[data-board]');

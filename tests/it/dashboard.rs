@@ -75,7 +75,7 @@ fn token_entry(name: &str, role: &str, token: &str) -> String {
 }
 
 /// A hub started with `config` as its `hub.toml`.
-fn hub_with_config(dir: &Path, (http_port, mqtt_port): (u16, u16), config: &str) -> Hub {
+pub fn hub_with_config(dir: &Path, (http_port, mqtt_port): (u16, u16), config: &str) -> Hub {
     let path = dir.join("hub.toml");
     std::fs::write(&path, config).unwrap();
     Hub::start_with(
@@ -476,7 +476,7 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
 }
 
 /// The ids of the silences an agent holds now.
-fn agent_silences(port: u16) -> Vec<String> {
+pub fn agent_silences(port: u16) -> Vec<String> {
     let (_, body) = crate::agent::http(port, "GET", "/api/silences", "");
     let v: Value = serde_json::from_str(&body).unwrap_or_default();
     v["silences"]

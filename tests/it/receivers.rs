@@ -654,10 +654,10 @@ fn the_hub_routes_device_alerts_to_its_channels() {
     let base = format!("http://127.0.0.1:{}", recorder.port);
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = crate::sync::enrol(dir.path(), "dev-r", mqtt_port);
-    let hub_config = dir.path().join("hub.toml");
-    std::fs::write(
-        &hub_config,
-        format!(
+    let _hub = crate::dashboard::hub_with_config(
+        dir.path(),
+        (http_port, mqtt_port),
+        &format!(
             r#"[alerts]
 [[alerts.webhook]]
 name = "oncall"
@@ -682,13 +682,6 @@ match = "{{}}"
 receivers = ["chat"]
 "#
         ),
-    )
-    .unwrap();
-    let _hub = crate::sync::Hub::start_with(
-        dir.path(),
-        http_port,
-        mqtt_port,
-        &["--config", hub_config.to_str().unwrap()],
     );
     let agent_dir = dir.path().join("r");
     std::fs::create_dir_all(&agent_dir).unwrap();
@@ -747,20 +740,6 @@ receivers = ["chat"]
     );
 }
 
-/// The ids of the silences an agent holds now.
-fn agent_silences(agent: &Agent) -> Vec<String> {
-    let (_, body) = http(agent.port, "GET", "/api/silences", "");
-    let v: Value = serde_json::from_str(&body).unwrap_or_default();
-    v["silences"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter_map(|s| s["id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 const LABELLED_RULES: &str = "[[rule]]\nname = \"core_busy\"\nselect = \"app_busy\"\nthreshold = 0.9\nseverity = \"critical\"\n\
      [[rule]]\nname = \"ram_used\"\nselect = \"app_ram\"\nthreshold = 1\n";
 
@@ -795,10 +774,10 @@ fn the_hub_routes_by_device_labels_through_a_tree_and_silences_follow_the_labels
         !refused.status.success(),
         "an operator's label cannot pose as the hub's"
     );
-    let hub_config = dir.path().join("hub.toml");
-    std::fs::write(
-        &hub_config,
-        format!(
+    let _hub = crate::dashboard::hub_with_config(
+        dir.path(),
+        (http_port, mqtt_port),
+        &format!(
             r#"[alerts]
 [[alerts.webhook]]
 name = "north"
@@ -822,13 +801,6 @@ repeat_interval = "3s"
 receivers = ["rest"]
 "#
         ),
-    )
-    .unwrap();
-    let _hub = crate::sync::Hub::start_with(
-        dir.path(),
-        http_port,
-        mqtt_port,
-        &["--config", hub_config.to_str().unwrap()],
     );
     let ends = outpost::timearg::now_ms() + 3_600_000;
     let silence = json!({
@@ -870,9 +842,11 @@ receivers = ["rest"]
     };
     let (north, south) = (start("n", &mqtt_n), start("s", &mqtt_s));
     wait_until("the silence on dev-s", Duration::from_secs(30), || {
-        agent_silences(&south).contains(&id).then_some(())
+        crate::dashboard::agent_silences(south.port)
+            .contains(&id)
+            .then_some(())
     });
-    assert!(agent_silences(&north).is_empty());
+    assert!(crate::dashboard::agent_silences(north.port).is_empty());
     // The fleet list shows the labels (the dashboard's filter matches `site=north` on them).
     let labels = wait_until("dev-n listed", Duration::from_secs(30), || {
         let (_, body) = crate::agent::http(http_port, "GET", "/api/devices", "");
@@ -932,7 +906,7 @@ receivers = ["rest"]
     wait_until(
         "the silence gone from dev-s",
         Duration::from_secs(30),
-        || (!agent_silences(&south).contains(&id)).then_some(()),
+        || (!crate::dashboard::agent_silences(south.port).contains(&id)).then_some(()),
     );
     wait_until(
         "dev-s's RAM alert on north",

@@ -168,7 +168,7 @@ impl Samples {
                         .find(|(at, v)| *at <= now && v.is_finite())?;
                     Some((series.series.label("instance").to_string(), *value))
                 });
-                Ok(combine_latest(newest, combine))
+                Ok(combine_values(newest, combine))
             }
             Samples::Engine(engine) => {
                 let outer = match combine {
@@ -190,26 +190,6 @@ impl Samples {
     }
 }
 
-/// Values per device combined with `combine`.
-fn combine_latest(values: impl Iterator<Item = (String, f64)>, combine: Combine) -> Latest {
-    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-    for (device, value) in values {
-        let slot = sums.entry(device).or_insert((f64::NAN, 0));
-        slot.0 = match (combine, slot.1) {
-            (_, 0) => value,
-            (Combine::Max, _) => slot.0.max(value),
-            (Combine::Mean | Combine::Sum, _) => slot.0 + value,
-        };
-        slot.1 += 1;
-    }
-    sums.into_iter()
-        .map(|(device, (value, count))| match combine {
-            Combine::Mean => (device, value / f64::from(count)),
-            _ => (device, value),
-        })
-        .collect()
-}
-
 /// Runs a store read off the async thread: a long range query must not hold up MQTT.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, WebError> + Send + 'static,
@@ -219,37 +199,70 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| WebError::Internal(format!("query task: {e}")))?
 }
 
-/// The store's per-series minute means, combined per device.
+/// The store's per-series minute means, combined per device. Nested maps, device then bucket:
+/// one string lookup per series, not per point (the fleet summary reads a million points).
 fn combine_per_instance(found: Vec<SeriesPoints>, combine: Combine) -> PerInstance {
-    let mut sums: BTreeMap<String, BTreeMap<i64, (f64, u32)>> = BTreeMap::new();
+    let mut sums: BTreeMap<String, BTreeMap<i64, Combined>> = BTreeMap::new();
     for series in found {
         let device = series.series.label("instance").to_string();
         let buckets = sums.entry(device).or_default();
         for (bucket, value) in series.points {
-            if !value.is_finite() {
-                continue;
-            }
-            let slot = buckets.entry(bucket).or_insert((f64::NAN, 0));
-            slot.0 = match (combine, slot.1) {
-                (_, 0) => value,
-                (Combine::Max, _) => slot.0.max(value),
-                (Combine::Mean | Combine::Sum, _) => slot.0 + value,
-            };
-            slot.1 += 1;
+            buckets.entry(bucket).or_default().add(value, combine);
         }
     }
     sums.into_iter()
         .map(|(device, buckets)| {
             let values = buckets
                 .into_iter()
-                .map(|(bucket, (value, count))| match combine {
-                    Combine::Mean => (bucket, value / f64::from(count)),
-                    _ => (bucket, value),
-                })
+                .filter_map(|(bucket, sum)| Some((bucket, sum.value(combine)?)))
                 .collect();
             (device, values)
         })
         .collect()
+}
+
+/// The finite values of each key combined with `combine`.
+fn combine_values<K: Ord>(
+    values: impl Iterator<Item = (K, f64)>,
+    combine: Combine,
+) -> BTreeMap<K, f64> {
+    let mut sums: BTreeMap<K, Combined> = BTreeMap::new();
+    for (key, value) in values {
+        sums.entry(key).or_default().add(value, combine);
+    }
+    sums.into_iter()
+        .filter_map(|(key, sum)| Some((key, sum.value(combine)?)))
+        .collect()
+}
+
+/// Values combined as they come: the running maximum or sum, and how many.
+#[derive(Default)]
+struct Combined {
+    value: f64,
+    count: u32,
+}
+
+impl Combined {
+    fn add(&mut self, value: f64, combine: Combine) {
+        if !value.is_finite() {
+            return;
+        }
+        self.value = match (combine, self.count) {
+            (_, 0) => value,
+            (Combine::Max, _) => self.value.max(value),
+            (Combine::Mean | Combine::Sum, _) => self.value + value,
+        };
+        self.count += 1;
+    }
+
+    /// `None` when no finite value came.
+    fn value(&self, combine: Combine) -> Option<f64> {
+        match (combine, self.count) {
+            (_, 0) => None,
+            (Combine::Mean, n) => Some(self.value / f64::from(n)),
+            _ => Some(self.value),
+        }
+    }
 }
 
 /// A rollup tier as the engine holds it: the suffix of its series' names and its bucket width.
