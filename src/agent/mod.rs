@@ -147,7 +147,10 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hangup.recv() => {
-                let Some(new) = reload_config(args) else { continue };
+                let Some(new) = reload_config(args) else {
+                    sink.config_reloads.lock().expect("reload record").last_failed = true;
+                    continue;
+                };
                 warn_of_restart_only_keys(&config, &new);
                 // Rule files are read again whether or not the config names new ones.
                 if let Some(runtime) = alert_runtime.as_mut() {
@@ -159,6 +162,10 @@ async fn daemon(args: &AgentArgs, mut config: AgentConfig) -> Result<()> {
                 *http_state.import.write().expect("import config lock") = new.import.clone();
                 config = new;
                 collectors = start_collectors(&config, &sink, started, replay_done_tx.clone(), alert_shared.clone(), &tasks);
+                *sink.config_reloads.lock().expect("reload record") = sink::ConfigReloads {
+                    last_success_ms: Some(now_ms()),
+                    last_failed: false,
+                };
                 tracing::info!("SIGHUP: config reloaded");
             }
             Some(()) = replay_done.recv() => {
@@ -723,6 +730,7 @@ async fn self_metrics_task(
             crate::alerting::runtime::self_metrics(alerts, &mut out);
         }
         store_figures(&sink, &mut out).await;
+        change_figures(&sink, &mut out);
         if sink.store.tracks_changes() {
             sync_figures(&sink, &mut out, at).await;
         }
@@ -764,6 +772,39 @@ fn process_figures(out: &mut Samples, uptime: f64, start_written: f64) {
             let per_day = (written - start_written).max(0.0) / uptime * 86_400.0;
             out.add("outpost_disk_write_bytes_per_day", &[], per_day);
         }
+    }
+}
+
+/// The last config reload and the last step of the wall clock, which the dashboard marks on the
+/// device's charts.
+fn change_figures(sink: &Sink, out: &mut Samples) {
+    let reloads = *sink.config_reloads.lock().expect("reload record");
+    let successful = f64::from(!reloads.last_failed);
+    out.add("outpost_config_last_reload_successful", &[], successful);
+    if let Some(at) = reloads.last_success_ms {
+        let seconds = at as f64 / 1000.0;
+        out.add(
+            "outpost_config_last_reload_success_timestamp_seconds",
+            &[],
+            seconds,
+        );
+    }
+    let step = sink
+        .uplink
+        .lock()
+        .expect("uplink state")
+        .last_clock_step
+        .clone();
+    if let Some(step) = step {
+        // The moment of the step by the corrected clock: the old clock's last reading plus
+        // what it was off by.
+        let at = step.until_ms.saturating_add(step.delta_ms) as f64 / 1000.0;
+        out.add("outpost_clock_last_step_timestamp_seconds", &[], at);
+        out.add(
+            "outpost_clock_last_step_seconds",
+            &[],
+            step.delta_ms as f64 / 1000.0,
+        );
     }
 }
 

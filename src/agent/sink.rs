@@ -53,6 +53,17 @@ pub struct Sink {
     pub write_errors: AtomicU64,
     /// The alert engine, which sees every sample stored.
     pub alerts: std::sync::OnceLock<std::sync::Arc<Mutex<outpost::alert::engine::Engine>>>,
+    /// What SIGHUP did, for the self-metrics (the dashboard marks reloads on the charts).
+    pub config_reloads: Mutex<ConfigReloads>,
+}
+
+/// The config reloads since the agent started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConfigReloads {
+    /// When the config was last reloaded and taken, by the wall clock.
+    pub last_success_ms: Option<i64>,
+    /// The last SIGHUP's config did not load (the running one was kept).
+    pub last_failed: bool,
 }
 
 /// How long a pushed or scraped series stays in `/metrics` without a new value.
@@ -70,6 +81,7 @@ impl Sink {
             samples_written: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             alerts: std::sync::OnceLock::new(),
+            config_reloads: Mutex::new(ConfigReloads::default()),
         }
     }
 

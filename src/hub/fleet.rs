@@ -663,6 +663,17 @@ impl outpost_web::Fleet for HubFleet {
         views
     }
 
+    fn device_labels(&self) -> Arc<outpost_web::device_labels::DeviceLabels> {
+        // Revoked devices keep theirs: their history stays queryable by them.
+        let devices = self.devices.get();
+        let labelled = devices
+            .device
+            .iter()
+            .filter(|(_, entry)| !entry.labels.is_empty())
+            .map(|(name, entry)| (name.clone(), entry.labels.clone()));
+        Arc::new(labelled.collect())
+    }
+
     fn alerts(&self) -> outpost_web::FleetAlerts {
         let alerts = self.alerts.lock().expect("alerts lock");
         let mut current: Vec<Value> = alerts.current.values().cloned().collect();

@@ -173,6 +173,8 @@ pub struct UplinkState {
     pub last_error: Option<String>,
     /// Commands from the hub not yet taken by the agent.
     pub commands: Vec<Command>,
+    /// The device's last recorded step of its wall clock (kept across restarts).
+    pub last_clock_step: Option<crate::message::ClockStep>,
 }
 
 fn status(config: &UplinkConfig, state: State, now_ms: i64, connection: u64) -> Vec<u8> {
@@ -279,6 +281,7 @@ pub async fn run(
     let backoff = (Duration::from_millis(500), Duration::from_secs(30));
     let (mut polled, _event_loop) = poll_in_task(events, connection, backoff, renew);
     let mut uplink = Uplink::open(store, config, (client, connection), clocks, mailbox)?;
+    state.lock().expect("uplink state").last_clock_step = uplink.clock.steps().last().cloned();
     // Every second, so that a step of 2 s or more cannot be confused with the clock's next
     // readings (crate::clock).
     let mut clock_ticker = tokio::time::interval(Duration::from_secs(1));
@@ -317,7 +320,9 @@ pub async fn run(
                 }
             }
             _ = clock_ticker.tick() => {
-                uplink.clock.observe(&uplink.store, wall(), uptime())?;
+                if let Some(step) = uplink.clock.observe(&uplink.store, wall(), uptime())? {
+                    state.lock().expect("uplink state").last_clock_step = Some(step);
+                }
             }
             _ = ticker.tick() => {
                 if uplink.connected {

@@ -135,24 +135,43 @@ try {
     check(/\(.+\)$/.test(any.time) && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(any.hover), 'hover times have seconds and the zone is named', any);
   }
   await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
-  // Annotations: an alert's firing and a reboot marked on every chart, their text on hover.
+  // Annotations: an alert's firing, a reboot, a step of the clock, a config reload and the
+  // outage marked on every chart, their text on hover. The outage is dev-a's real one; the rest
+  // are made up. The clock's step moves the boot time too, which is no reboot.
   {
     const middle = Math.round((rangeStart + rangeEnd) / 2);
     const history = { alerts: [], history: [{ device, rule: 'marked_rule', state: 'firing', severity: 'critical', at: new Date(middle).toISOString(), summary: 'a test' }] };
     const bootStart = Math.round(rangeStart / 1000) - 3600;
-    const boots = { series: [{ series: 'node_boot_time_seconds', name: 'node_boot_time_seconds', labels: { instance: device },
-      points: [[rangeStart, bootStart], [middle + 5000, Math.round((middle + 2000) / 1000)]] }] };
-    const bootRange = (url) => url.pathname === '/api/range' && url.searchParams.get('match') === 'node_boot_time_seconds';
+    const stepAt = rangeStart + 10000;
+    const reloadAt = rangeStart + 20000;
+    const series = (name, points) => ({ series: name, name, labels: { instance: device }, points });
+    const changes = { step_ms: 1000, series: [
+      series('node_boot_time_seconds', [[rangeStart, bootStart], [stepAt + 1000, bootStart + 3600], [middle + 5000, Math.round((middle + 2000) / 1000)]]),
+      series('outpost_clock_last_step_timestamp_seconds', [[stepAt + 1000, stepAt / 1000], [middle + 5000, stepAt / 1000]]),
+      series('outpost_clock_last_step_seconds', [[stepAt + 1000, 3600], [middle + 5000, 3600]]),
+      series('outpost_config_last_reload_success_timestamp_seconds', [[reloadAt + 1000, reloadAt / 1000], [middle + 5000, reloadAt / 1000]]),
+    ] };
+    const changeRange = (url) => url.pathname === '/api/range' && (url.searchParams.get('match') ?? '').includes('node_boot_time_seconds');
     await page.route('**/api/alerts', (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(history) }));
-    await page.route(bootRange, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(boots) }));
+    await page.route(changeRange, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(changes) }));
     await page.goto(`${hub}/device/${encodeURIComponent(device)}?start=${rangeStart}&end=${rangeEnd}`);
     await page.waitForFunction(() => window.outpost && window.outpost.pages >= 1, null, { timeout: 30000 });
     const marks = await page.$$eval('article.card:not([hidden])', (cards) => cards.map((card) => [...card.querySelectorAll('.u-over .mark')].map((m) => m.title)));
-    check(marks.length >= 3 && marks.every((m) => m.some((t) => t.startsWith('marked_rule firing (critical)')) && m.some((t) => t.startsWith('rebooted at'))),
-      'every chart marks the alert\'s firing and the reboot, with text on hover', marks);
+    const count = (titles, start) => titles.filter((t) => t.startsWith(start)).length;
+    check(marks.length >= 3 && marks.every((m) => count(m, 'marked_rule firing (critical)') === 1 && count(m, 'rebooted at') === 1),
+      'every chart marks the alert\'s firing and the reboot once (the clock\'s step is no reboot), with text on hover', marks);
+    check(marks.every((m) => m.some((t) => /^the device's clock stepped by \+1 h 0 min at .+; the hub corrected/.test(t))
+      && count(m, 'the agent reloaded its config at') === 1),
+      'every chart marks the clock\'s step, by how much, and the config reload, each once', marks);
+    check(marks.every((m) => count(m, 'no data from') === 1),
+      'every chart marks dev-a\'s outage as a band, with its start, end and duration on hover', marks);
+    const band = await page.$eval('article.card:not([hidden]) .mark.outage', (m) => ({
+      band: getComputedStyle(m).pointerEvents, grip: getComputedStyle(m.querySelector('.grip')).pointerEvents, width: m.getBoundingClientRect().width }));
+    check(band.band === 'none' && band.grip === 'auto' && band.width > 3,
+      'the outage band lets a drag through to the chart and shows its text from its top edge', band);
     await page.screenshot({ path: join(shots, 'device-marks.png') });
     await page.unroute('**/api/alerts');
-    await page.unroute(bootRange);
+    await page.unroute(changeRange);
   }
   // A chart of two units (EMC load and frequency, as Orins report them) gets an axis for each.
   {
@@ -391,6 +410,8 @@ try {
     check(names.includes('jetson_ram_used_bytes'), 'metric names complete', names);
     const labels = await offered('jetson_ram_used_bytes{');
     check(labels.includes('jetson_ram_used_bytes{instance="'), 'label names complete inside braces', labels);
+    const values = await offered('jetson_ram_used_bytes{instance="dev-');
+    check(values.includes(`jetson_ram_used_bytes{instance="${device}"`), 'label values complete after label="', values);
     await page.goto(`${hub}/explore?q=${encodeURIComponent('sum(')}`);
     await page.waitForSelector('p.error:not([hidden])');
     const errors = await page.$$eval('p.error:not([hidden])', (ps) => ps.map((p) => p.textContent));

@@ -749,11 +749,23 @@ fn sighup_reloads_the_config_and_a_bad_one_is_kept_out() {
             .then_some(())
     });
     assert!(agent.log_text().contains("intervl"));
+    wait_until(
+        "the failed reload in the metrics",
+        Duration::from_secs(20),
+        || {
+            metric_value(&agent.metrics(), "outpost_config_last_reload_successful")
+                .filter(|v| *v == 0.0)
+        },
+    );
+    assert!(!agent
+        .metrics()
+        .contains("outpost_config_last_reload_success_timestamp_seconds"));
 
     let config = format!(
         "{QUIET}\n[[probe]]\nname = \"web\"\nkind = \"http\"\nurl = \"http://127.0.0.1:{server}/ok\"\ninterval = \"200ms\"\n"
     );
     std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+    let reloaded_after_ms = outpost::timearg::now_ms();
     agent.signal("HUP");
     wait_until("the new probe", Duration::from_secs(10), || {
         metric_value(
@@ -762,6 +774,19 @@ fn sighup_reloads_the_config_and_a_bad_one_is_kept_out() {
         )
         .filter(|v| *v == 1.0)
     });
+    let reloaded = wait_until("the reload in the metrics", Duration::from_secs(10), || {
+        let metrics = agent.metrics();
+        (metric_value(&metrics, "outpost_config_last_reload_successful") == Some(1.0))
+            .then(|| {
+                metric_value(
+                    &metrics,
+                    "outpost_config_last_reload_success_timestamp_seconds",
+                )
+            })
+            .flatten()
+    });
+    let reloaded_ms = (reloaded * 1000.0) as i64;
+    assert!((reloaded_after_ms..=outpost::timearg::now_ms()).contains(&reloaded_ms));
     agent.stop();
 }
 

@@ -105,6 +105,7 @@ fn subjects(root: &Path, mqtt_port: u16) -> Vec<Subject> {
 #[test]
 fn five_step_patterns_under_libfaketime_land_every_sample_at_its_real_time() {
     let root = tempfile::tempdir().unwrap();
+    let started_ms = outpost::timearg::now_ms();
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mut subjects = subjects(root.path(), mqtt_port);
     let lib = libfaketime();
@@ -161,6 +162,9 @@ fn five_step_patterns_under_libfaketime_land_every_sample_at_its_real_time() {
             },
         );
     }
+    for subject in &subjects {
+        check_last_step_reported(subject, started_ms);
+    }
     let hub = hub.unwrap();
     let devices = hub.devices();
     for subject in &mut subjects {
@@ -199,5 +203,45 @@ fn five_step_patterns_under_libfaketime_land_every_sample_at_its_real_time() {
         }
         let record = device_record(&devices, subject.device).unwrap();
         assert_eq!(record["implausible_samples"], 0, "{record}");
+    }
+}
+
+/// A libfaketime offset ("+2h", "-400d") in seconds.
+fn offset_seconds(offset: &str) -> f64 {
+    let (number, unit) = offset.split_at(offset.len() - 1);
+    let scale = match unit {
+        "d" => 86_400.0,
+        "h" => 3_600.0,
+        "m" => 60.0,
+        _ => return offset.parse().unwrap(),
+    };
+    number.parse::<f64>().unwrap() * scale
+}
+
+/// The agent's self-metrics name its clock's last step (the dashboard marks it on the charts):
+/// by how much, and when by the clock corrected.
+fn check_last_step_reported(subject: &Subject, started_ms: i64) {
+    let seconds: Vec<f64> = subject.offsets.iter().map(|o| offset_seconds(o)).collect();
+    let last_step = seconds
+        .windows(2)
+        .filter(|pair| pair[0] != pair[1])
+        .map(|pair| pair[1] - pair[0])
+        .next_back()
+        .unwrap();
+    let metrics = subject.agent.as_ref().unwrap().metrics();
+    let reported = metric_value(&metrics, "outpost_clock_last_step_seconds");
+    assert!(
+        reported.is_some_and(|r| (r - last_step).abs() <= 2.0),
+        "{}: last step {last_step} s, reported {reported:?}",
+        subject.device
+    );
+    if seconds[5] == 0.0 {
+        let at = metric_value(&metrics, "outpost_clock_last_step_timestamp_seconds").unwrap();
+        let at_ms = (at * 1000.0) as i64;
+        assert!(
+            (started_ms..=outpost::timearg::now_ms()).contains(&at_ms),
+            "{}: the last step is reported at {at_ms}, outside the test's run",
+            subject.device
+        );
     }
 }

@@ -901,6 +901,30 @@ receivers = ["rest"]
         "{reminded}"
     );
 
+    // PromQL at the hub sees the device labels on every series of the device.
+    let devices_by_site = || {
+        let query = "count by (site) (count by (instance, site) ({instance=~\"dev-.+\"}))";
+        let path = format!("/api/v1/query?query={}", crate::promql::encode(query));
+        let body: Value =
+            serde_json::from_str(&crate::agent::http(http_port, "GET", &path, "").1).ok()?;
+        let mut sites: Vec<(String, String)> = body["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["site"].as_str().unwrap_or("").to_string(),
+                    r["value"][1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        sites.sort();
+        Some(sites)
+    };
+    let pair = |site: &str, count: &str| (site.to_string(), count.to_string());
+    wait_until("the devices' data by site", Duration::from_secs(30), || {
+        devices_by_site().filter(|s| *s == [pair("north", "1"), pair("south", "1")])
+    });
+
     // Relabelled north: the silence ends on dev-s, and its RAM alert reaches north.
     label(&["dev-s", "site=north"]);
     wait_until(
@@ -928,6 +952,10 @@ receivers = ["rest"]
             .any(|r| r.json()["rule"] == "ram_used"),
         "the silenced alert was never routed"
     );
+    // The history of dev-s is queried by its labels of now.
+    wait_until("both devices north", Duration::from_secs(30), || {
+        devices_by_site().filter(|s| *s == [pair("north", "2")])
+    });
     let listed = crate::agent::http(http_port, "GET", "/api/silences", "").1;
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["silences"][0]["device_match"], "{site=\"south\"}");

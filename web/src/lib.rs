@@ -14,6 +14,7 @@ mod api;
 mod assets;
 pub mod auth;
 pub mod boards;
+pub mod device_labels;
 pub mod outages;
 pub mod prometheus;
 pub mod range;
@@ -288,6 +289,10 @@ pub trait Fleet: Send + Sync + 'static {
     /// Sends a silence to its devices; what was sent, or why not. It makes the commands durable
     /// first, so it blocks: the handler calls it on the blocking pool.
     fn silence(&self, request: SilenceRequest, by: &Identity) -> Result<SilenceView, WebError>;
+    /// The labels the hub gives its devices (`outpost hub device label`), by device.
+    fn device_labels(&self) -> Arc<device_labels::DeviceLabels> {
+        Arc::default()
+    }
     /// The boards the hub keeps, by name.
     fn boards(&self) -> Vec<boards::Board> {
         Vec::new()
@@ -420,5 +425,9 @@ impl prometheus::PromContext for Web {
 
     fn engine(&self) -> Option<Arc<dyn prometheus::QueryEngine>> {
         self.fleet.query_engine()
+    }
+
+    fn device_labels(&self) -> Arc<device_labels::DeviceLabels> {
+        self.fleet.device_labels()
     }
 }

@@ -16,7 +16,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use outpost_storage::promql::{self, Answer, Value};
-use outpost_storage::{Selector, Store};
+use outpost_storage::Store;
+
+use crate::device_labels::{DeviceLabels, Labelled};
 use serde_json::{json, Value as Json};
 
 /// What the API needs from the process that serves it.
@@ -44,6 +46,10 @@ pub trait PromContext: Send + Sync + 'static {
     /// place: the hub whose samples go to remote storage.
     fn engine(&self) -> Option<Arc<dyn QueryEngine>> {
         None
+    }
+    /// The hub's labels of its devices, put on their series as queries read them.
+    fn device_labels(&self) -> Arc<DeviceLabels> {
+        Arc::default()
     }
 }
 
@@ -320,8 +326,12 @@ async fn query<C: PromContext>(State(context): State<Arc<C>>, params: Params) ->
     let deadline = params.deadline()?;
     let answer = blocking(move || {
         let options = context.query_options();
+        let devices = context.device_labels();
         Ok(promql::instant(
-            context.store().as_ref(),
+            &Labelled {
+                store: context.store(),
+                devices: &devices,
+            },
             &expression,
             at,
             &options,
@@ -346,8 +356,12 @@ async fn query_range<C: PromContext>(State(context): State<Arc<C>>, params: Para
     let deadline = params.deadline()?;
     let answer = blocking(move || {
         let options = context.query_options();
+        let devices = context.device_labels();
         Ok(promql::range(
-            context.store().as_ref(),
+            &Labelled {
+                store: context.store(),
+                devices: &devices,
+            },
             &expression,
             start,
             end,
@@ -367,11 +381,12 @@ const MAX_MATCHES: usize = 1000;
 /// data between `start` and `end` when either is given.
 fn matching_series(
     store: &Store,
+    devices: &DeviceLabels,
     params: &Params,
     required: bool,
 ) -> Result<Vec<outpost_storage::SeriesKey>, ApiError> {
     let (start, end) = (params.time("start")?, params.time("end")?);
-    let matches = params.all("match[]");
+    let mut matches = params.all("match[]");
     if matches.is_empty() && required {
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
@@ -382,32 +397,43 @@ fn matching_series(
             matches.len()
         )));
     }
-    let mut selectors = Vec::with_capacity(matches.len().max(1));
+    if matches.is_empty() {
+        matches.push("{__name__=~\".+\"}");
+    }
+    let mut selectors = Vec::with_capacity(matches.len());
     for text in matches {
         selectors
-            .push(promql::parse_selector(text).map_err(|e| ApiError::parameter("match[]", e))?);
+            .push(promql::parse_matchers(text).map_err(|e| ApiError::parameter("match[]", e))?);
     }
-    if selectors.is_empty() {
-        selectors.push(Selector::parse("{__name__=~\".+\"}").expect("a valid selector"));
-    }
-    let mut found = BTreeSet::new();
-    for selector in &selectors {
-        let series = match (start, end) {
-            (None, None) => store.series(selector),
+    let labelled = Labelled { store, devices };
+    let list = |matchers: &[promql::Matcher]| {
+        let selector = promql::store_selector(matchers)?;
+        Ok(match (start, end) {
+            (None, None) => store.series(&selector),
             (start, end) => {
                 #[allow(clippy::disallowed_methods)] // called on the blocking pool
                 let between = store.series_between(
-                    selector,
+                    &selector,
                     start.unwrap_or(i64::MIN / 2),
                     end.unwrap_or(i64::MAX / 2),
                 );
-                between.map_err(|e| ApiError {
-                    kind: "internal",
-                    message: e.to_string(),
-                })?
+                between?
             }
-        };
-        found.extend(series.into_iter().map(|(_, key)| key));
+        }
+        .into_iter()
+        .map(|(_, key)| key)
+        .collect())
+    };
+    let mut found = BTreeSet::new();
+    for matchers in &selectors {
+        let keys = labelled.keys(matchers, list).map_err(|e| match e {
+            promql::Error::BadData(message) => ApiError::parameter("match[]", message),
+            other => ApiError {
+                kind: "internal",
+                message: other.to_string(),
+            },
+        })?;
+        found.extend(keys);
     }
     Ok(found.into_iter().collect())
 }
@@ -429,7 +455,9 @@ fn label_set_json(key: &outpost_storage::SeriesKey) -> String {
 
 async fn series<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let limit = params.limit()?;
-    let mut keys = blocking(move || matching_series(context.store(), &params, true)).await?;
+    let mut keys =
+        blocking(move || matching_series(context.store(), &context.device_labels(), &params, true))
+            .await?;
     let warnings = truncate(&mut keys, limit);
     let items: Vec<String> = keys.iter().map(label_set_json).collect();
     Ok(success(&format!("[{}]", items.join(",")), &warnings))
@@ -451,7 +479,10 @@ fn strings_json(items: &[String]) -> String {
 
 async fn labels<C: PromContext>(State(context): State<Arc<C>>, params: Params) -> ApiResult {
     let limit = params.limit()?;
-    let keys = blocking(move || matching_series(context.store(), &params, false)).await?;
+    let keys = blocking(move || {
+        matching_series(context.store(), &context.device_labels(), &params, false)
+    })
+    .await?;
     let mut names: BTreeSet<String> = BTreeSet::new();
     for key in &keys {
         names.insert("__name__".to_string());
@@ -472,7 +503,10 @@ async fn label_values<C: PromContext>(
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
     }
     let limit = params.limit()?;
-    let keys = blocking(move || matching_series(context.store(), &params, false)).await?;
+    let keys = blocking(move || {
+        matching_series(context.store(), &context.device_labels(), &params, false)
+    })
+    .await?;
     let values: BTreeSet<String> = keys
         .iter()
         .map(|key| key.label(&name).to_string())
@@ -613,6 +647,7 @@ mod tests {
     /// A store with one counter, at a fixed time.
     struct Context {
         store: Arc<Store>,
+        devices: Arc<DeviceLabels>,
         _dir: tempfile::TempDir,
     }
 
@@ -622,6 +657,9 @@ mod tests {
         }
         fn now_ms(&self) -> i64 {
             600_000
+        }
+        fn device_labels(&self) -> Arc<DeviceLabels> {
+            self.devices.clone()
         }
     }
 
@@ -642,6 +680,7 @@ mod tests {
         store.write(batch).unwrap();
         Arc::new(Context {
             store: Arc::new(store),
+            devices: Arc::default(),
             _dir: dir,
         })
     }
@@ -742,6 +781,43 @@ mod tests {
             "query=sum(rate(x[5m]))by(a)",
         );
         assert_eq!(body["data"], "sum by (a) (rate(x[5m]))");
+    }
+
+    #[test]
+    fn device_labels_reach_queries_series_and_label_lists() {
+        let mut context = Arc::into_inner(context()).unwrap();
+        let labels = [("site".to_string(), "north".to_string())];
+        context.devices = Arc::new([("a".to_string(), labels.into())].into());
+        let context = Arc::new(context);
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/query?query=sum%20by%20(site)%20(requests_total%7Bsite%3D%22north%22%7D)",
+            "",
+        );
+        assert_eq!(
+            body["data"]["result"][0]["metric"],
+            json!({"site": "north"})
+        );
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/series?match[]=%7Bsite%3D%22north%22%7D",
+            "",
+        );
+        let expected = json!([{"__name__": "requests_total", "instance": "a", "site": "north"}]);
+        assert_eq!(body["data"], expected);
+        let (_, body) = ask(
+            &context,
+            "GET",
+            "/api/v1/series?match[]=%7Bsite%3D%22south%22%7D",
+            "",
+        );
+        assert_eq!(body["data"], json!([]));
+        let (_, body) = ask(&context, "GET", "/api/v1/labels", "");
+        assert_eq!(body["data"], json!(["__name__", "instance", "site"]));
+        let (_, body) = ask(&context, "GET", "/api/v1/label/site/values", "");
+        assert_eq!(body["data"], json!(["north"]));
     }
 
     proptest! {

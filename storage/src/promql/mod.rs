@@ -19,7 +19,7 @@ use std::time::Instant;
 
 pub use crate::series::is_label_name;
 pub use labels::{Labels, METRIC_NAME};
-pub use promql_parser::label::Matcher;
+pub use promql_parser::label::{MatchOp as LabelMatchOp, Matcher};
 pub use promql_parser::parser::Expr;
 pub use reach::{matchers_key, selector_reaches, SelectorReach};
 
@@ -316,6 +316,16 @@ pub fn parse(text: &str) -> Result<Expr> {
 pub fn parse_selector(text: &str) -> Result<Selector> {
     match parse(text)? {
         Expr::VectorSelector(vs) => store_selector(&eval::selector_matchers(&vs)),
+        _ => Err(Error::BadData(format!(
+            "{text:?} is not a series selector (like up{{job=\"node\"}})"
+        ))),
+    }
+}
+
+/// The label matchers of a series selector, as [`Source::select`] takes them.
+pub fn parse_matchers(text: &str) -> Result<Vec<Matcher>> {
+    match parse(text)? {
+        Expr::VectorSelector(vs) => Ok(eval::selector_matchers(&vs)),
         _ => Err(Error::BadData(format!(
             "{text:?} is not a series selector (like up{{job=\"node\"}})"
         ))),

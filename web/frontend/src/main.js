@@ -638,22 +638,62 @@ async function drawChart(card, device, group, range, live, marks = []) {
   window.outpost.charts[group.title] = { url, answer, data: card._plot.data, live, units: counted };
 }
 
-// Events on every chart of a device: a line at each, its text on hover.
+// Events on every chart of a device: a line at each, a band over each outage, its text on hover.
 function placeMarks(u, marks) {
   u.over.querySelectorAll('.mark').forEach((m) => m.remove());
   const [min, max] = [u.scales.x.min, u.scales.x.max];
   for (const mark of marks) {
-    const t = mark.at / 1000;
-    if (!(t >= min && t <= max)) continue;
-    u.over.append(el('div', { class: `mark ${mark.kind}`, title: mark.text, 'data-kind': mark.kind,
-      style: `left: ${Math.round(u.valToPos(t, 'x'))}px` }));
+    const from = mark.at / 1000;
+    const to = (mark.until ?? mark.at) / 1000;
+    if (!(to >= min && from <= max)) continue;
+    const left = Math.round(u.valToPos(Math.max(from, min), 'x'));
+    const style = mark.until === undefined ? `left: ${left}px`
+      : `left: ${left}px; width: ${Math.max(3, Math.round(u.valToPos(Math.min(to, max), 'x')) - left)}px`;
+    u.over.append(el('div', { class: `mark ${mark.kind}`, title: mark.text, 'data-kind': mark.kind, style },
+      mark.until === undefined ? [] : el('span', { class: 'grip' })));
   }
 }
 
+const CHANGE_SERIES = ['node_boot_time_seconds', 'outpost_clock_last_step_timestamp_seconds',
+  'outpost_clock_last_step_seconds', 'outpost_config_last_reload_success_timestamp_seconds'];
+
+// A signed duration: "+1 h 0 min", "-3 d 0 h".
+function signedDuration(seconds) {
+  return `${seconds < 0 ? '-' : '+'}${duration(Math.abs(seconds) * 1000)}`;
+}
+
+// The times the agent sent no self-metrics, from their count per bucket: runs of empty buckets
+// from the first report on, at least two buckets and three of the agent's reporting intervals
+// long (estimated from the counts), so that one late report is no outage. The run going on at
+// the end counts only for a device not online (an online device's last seconds are in transit).
+function outageMarks(presence, range, online) {
+  const counts = (presence?.series?.[0]?.points ?? []).filter(([, v]) => v !== null && v > 0);
+  if (!counts.length) return [];
+  const step = presence.step_ms;
+  const first = counts[0][0];
+  const total = counts.reduce((sum, [, v]) => sum + v, 0);
+  const interval = (counts[counts.length - 1][0] + step - first) / total;
+  const least = Math.max(2 * step, 3 * interval);
+  const reported = new Set(counts.map(([t]) => t));
+  const buckets = [];
+  for (let t = first; t <= range.end; t += step) {
+    if (t + step > range.end && !reported.has(t)) break;
+    buckets.push([t, reported.has(t) ? 1 : null]);
+  }
+  return emptyRuns(buckets, step, range.end)
+    .filter((run) => run.duration >= least && (run.end !== null || !online))
+    .map((run) => {
+      const until = run.end ?? run.until;
+      return { at: run.start, until, kind: 'outage',
+        text: `no data from ${stamp(run.start)} to ${run.end === null ? 'now' : stamp(until)} (${duration(run.duration)})` };
+    });
+}
+
 // What happened to the device in `range`, to mark on its charts: alerts firing and resolving
-// (the fleet's history) and reboots (its boot time moving on). Outages need no mark: the charts
-// break their lines where the API says no data came.
-async function deviceMarks(id, range, alerts) {
+// (the fleet's history), outages (no self-metrics from the agent), reboots (the boot time moving
+// on past the last report), steps of the device's clock and config reloads (new values of the
+// agent's series that record them).
+async function deviceMarks(id, range, alerts, online) {
   const marks = [];
   for (const event of alerts.history ?? []) {
     if (event.device !== id || !(event.state === 'firing' || event.state === 'resolved')) continue;
@@ -661,20 +701,39 @@ async function deviceMarks(id, range, alerts) {
     if (Number.isNaN(at) || at < range.start || at > range.end) continue;
     marks.push({ at, kind: event.state, text: `${event.rule} ${event.state} (${event.severity}) at ${stamp(at)}${event.summary ? `: ${event.summary}` : ''}` });
   }
-  const query = new URLSearchParams({ device: id, match: 'node_boot_time_seconds', start: String(Math.round(range.start)),
-    end: String(Math.round(range.end)), max_points: '2000', fn: 'last' });
-  const boots = await api(`/api/range?${query}`).catch(() => ({ series: [] }));
-  for (const series of boots.series ?? []) {
-    let previous = null;
-    for (const [, value] of series.points) {
-      if (value === null) continue;
-      // A boot time moves by clock corrections of a second or so; a reboot moves it on.
-      if (previous !== null && value - previous > 30) {
-        marks.push({ at: value * 1000, kind: 'reboot', text: `rebooted at ${stamp(value * 1000)}` });
-      }
-      previous = value;
+  const [start, end] = [String(Math.round(range.start)), String(Math.round(range.end))];
+  const changesQuery = new URLSearchParams({ device: id, match: `{__name__=~${promString(CHANGE_SERIES.join('|'))}}`, start, end, max_points: '2000', fn: 'last' });
+  const presenceQuery = new URLSearchParams({ device: id, match: 'outpost_uptime_seconds', start, end, max_points: '2000', fn: 'count' });
+  const [changes, presence] = await Promise.all([
+    api(`/api/range?${changesQuery}`).catch(() => ({ series: [] })),
+    api(`/api/range?${presenceQuery}`).catch(() => null)]);
+  const points = (name) => (changes.series ?? []).filter((s) => s.name === name).flatMap((s) => s.points.filter(([, v]) => v !== null));
+  let previous = null;
+  for (const [t, value] of points('node_boot_time_seconds')) {
+    // The boot time wanders by a second as the clock is slewed, and a step of the clock moves
+    // it by the step, but neither moves it past the last report: a reboot does.
+    if (previous !== null && value - previous.value > 1 && value * 1000 > previous.t) {
+      marks.push({ at: value * 1000, kind: 'reboot', text: `rebooted at ${stamp(value * 1000)}` });
     }
+    previous = { t, value };
   }
+  const steps = new Map(points('outpost_clock_last_step_seconds'));
+  const seen = new Set();
+  for (const [t, value] of points('outpost_clock_last_step_timestamp_seconds')) {
+    const at = value * 1000;
+    if (seen.has(value) || at < range.start || at > range.end) continue;
+    seen.add(value);
+    const by = steps.get(t);
+    marks.push({ at, kind: 'clock', text: `the device's clock stepped${by === undefined ? '' : ` by ${signedDuration(by)}`} at ${stamp(at)}; the hub corrected the timestamps written before` });
+  }
+  seen.clear();
+  for (const [, value] of points('outpost_config_last_reload_success_timestamp_seconds')) {
+    const at = value * 1000;
+    if (seen.has(value) || at < range.start || at > range.end) continue;
+    seen.add(value);
+    marks.push({ at, kind: 'reload', text: `the agent reloaded its config at ${stamp(at)}` });
+  }
+  marks.push(...outageMarks(presence, range, online));
   return marks;
 }
 
@@ -760,7 +819,7 @@ async function devicePage(view, id) {
   });
   async function drawAll() {
     let failure = null;
-    const marks = await deviceMarks(id, range, alerts);
+    const marks = await deviceMarks(id, range, alerts, device.state === 'online');
     await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live, marks).catch((error) => {
       if (error instanceof Unauthorized) throw error;
       card.hidden = true;
@@ -973,12 +1032,21 @@ function promLabel(metric) {
 }
 
 // Completion for the query box: metric names for the word being typed, label names inside
-// `{...}`, as whole-query suggestions (what an input's datalist offers).
+// `{...}` (the hub's device labels among them), and a label's values after `label="`, as
+// whole-query suggestions (what an input's datalist offers).
 async function suggestions(text, names) {
   const open = text.lastIndexOf('{');
   if (open > text.lastIndexOf('}')) {
     const metric = text.slice(0, open).match(/([a-zA-Z_:][a-zA-Z0-9_:]*)$/)?.[1];
     const inside = text.slice(open + 1);
+    const value = inside.match(/(?:^|,)\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!=|!~|=)\s*"([^"\\]*)$/);
+    if (value) {
+      const [, label, partial] = value;
+      const query = metric ? `?match[]=${encodeURIComponent(metric)}` : '';
+      const values = (await api(`/api/v1/label/${encodeURIComponent(label)}/values${query}`).catch(() => ({ data: [] }))).data ?? [];
+      const stem = text.slice(0, text.length - partial.length);
+      return values.filter((v) => v.startsWith(partial)).slice(0, 50).map((v) => `${stem}${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`);
+    }
     const typed = inside.match(/(?:^|,)\s*([a-zA-Z_]*)$/)?.[1];
     if (typed === undefined) return [];
     const query = metric ? `?match[]=${encodeURIComponent(metric)}` : '';
