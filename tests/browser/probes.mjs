@@ -76,18 +76,30 @@ try {
   check(Math.abs(Number.parseFloat(shown) - expected) < 0.001, 'the report lists the device\'s probe with its availability', { shown, expected });
   await reporter.close();
 
-  // The public status page, for someone without a login.
-  const anonymous = await browser.newContext({ viewport: { width: 390, height: 844 } });
-  const visitor = await anonymous.newPage();
-  await visitor.goto(`${env('HUB_URL')}/status`);
-  await visitor.waitForSelector(`table.status-probes tr[data-probe="${env('PROBE')}"]`);
-  const row = await visitor.$eval(`tr[data-probe="${env('PROBE')}"]`, (tr) => [...tr.children].map((td) => td.textContent));
-  check(row[1] === 'up' && /%$/.test(row[2]) && /%$/.test(row[3]), 'the public status page shows the probe without a login', row);
-  check(await visitor.locator('.top nav').isHidden(), 'and no navigation into what needs one');
-  const api = await visitor.evaluate(async () => (await fetch('/api/devices')).status);
-  check(api === 401, 'the rest of the API still needs a login', api);
-  await visitor.screenshot({ path: join(shots, 'status-390.png'), fullPage: true });
-  await anonymous.close();
+  // The public status page, for someone without a login, at desktop and phone width, light and
+  // dark.
+  for (const scheme of ['light', 'dark']) {
+    for (const [width, height] of [[1600, 1000], [390, 844]]) {
+      const anonymous = await browser.newContext({ viewport: { width, height }, colorScheme: scheme });
+      const visitor = await anonymous.newPage();
+      await visitor.goto(`${env('HUB_URL')}/status`);
+      await visitor.waitForSelector(`table.status-probes tr[data-probe="${env('PROBE')}"]`);
+      const row = await visitor.$eval(`tr[data-probe="${env('PROBE')}"]`, (tr) => [...tr.children].map((td) => td.textContent));
+      const at = `${width} px, ${scheme}`;
+      check(row[1] === 'up' && /%$/.test(row[2]) && /%$/.test(row[3]), `${at}: the public status page shows the probe without a login`, row);
+      check(await visitor.locator('.top nav').isHidden(), `${at}: and no navigation into what needs one`);
+      const wide = await visitor.evaluate(() => document.documentElement.scrollWidth);
+      check(wide <= width, `${at}: the status page is no wider than the window`, wide);
+      const background = await visitor.evaluate(() => getComputedStyle(document.body).backgroundColor);
+      check((background === 'rgb(13, 17, 23)') === (scheme === 'dark'), `${at}: the status page follows the system's scheme`, background);
+      if (width === 390 && scheme === 'light') {
+        const api = await visitor.evaluate(async () => (await fetch('/api/devices')).status);
+        check(api === 401, 'the rest of the API still needs a login', api);
+      }
+      await visitor.screenshot({ path: join(shots, `status-${width}-${scheme}.png`), fullPage: true });
+      await anonymous.close();
+    }
+  }
 } finally {
   await browser.close();
 }

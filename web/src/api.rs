@@ -40,16 +40,17 @@ type Answer<T> = Result<T, WebError>;
 
 /// Every page and endpoint, behind the guard.
 pub fn router(web: Arc<Web>) -> axum::Router {
-    let page = get(|| async { html(assets::INDEX_HTML) });
+    let page = get(|| async { html(assets::app_html()) });
     axum::Router::new()
-        .route("/", page.clone())
+        .route("/", get(|| async { html(assets::fleet_html()) }))
         .route("/alerts", page.clone())
         .route("/probes", page.clone())
         .route("/explore", page.clone())
         .route("/compare", page.clone())
         .route("/boards", page.clone())
         .route("/reports", page.clone())
-        .route("/status", page.clone())
+        // The public page asks nothing of what needs a login.
+        .route("/status", get(|| async { html(assets::INDEX_HTML) }))
         .route("/boards/{name}", page.clone())
         .route("/login", page.clone())
         .route("/device/{id}", page)

@@ -200,7 +200,7 @@ pub async fn summarize(
                     continue;
                 }
                 let sparkline = (0..SPARKLINE_POINTS as i64)
-                    .map(|i| buckets.get(&(first + i * MINUTE_MS)).copied())
+                    .map(|i| buckets.get(&(first + i * MINUTE_MS)).map(|v| drawn(*v)))
                     .collect();
                 columns.insert(
                     column,
@@ -216,9 +216,39 @@ pub async fn summarize(
     Ok(out)
 }
 
+/// A sparkline's value to four significant digits: a line 60 points wide shows no more, and
+/// a fleet of 1,000 devices sends a fifth of the JSON (a minute's mean has 17 digits).
+fn drawn(value: f64) -> f64 {
+    if value == 0.0 || !value.is_finite() {
+        return value;
+    }
+    let scale = 10f64.powi(3 - value.abs().log10().floor() as i32);
+    let rounded = (value * scale).round() / scale;
+    // A scale past f64's range (subnormal values) would make infinities of what is small.
+    if rounded.is_finite() {
+        rounded
+    } else {
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn sparkline_values_keep_four_significant_digits() {
+        use super::drawn;
+        assert_eq!(drawn(0.11057471264367814), 0.1106);
+        assert_eq!(drawn(40.741379310344826), 40.74);
+        assert_eq!(drawn(3_456_789_012.0), 3_457_000_000.0);
+        assert_eq!(drawn(-0.000123456), -0.0001235);
+        assert_eq!(drawn(0.0), 0.0);
+        for extreme in [f64::MIN_POSITIVE / 8.0, 1e-300, f64::MAX, -f64::MAX] {
+            let kept = drawn(extreme);
+            assert!(kept.is_finite() && (kept - extreme).abs() <= extreme.abs() * 1e-3);
+        }
+    }
 
     use outpost_storage::{SeriesKey, Store, WriteBatch};
 

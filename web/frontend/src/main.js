@@ -27,12 +27,25 @@ function el(tag, attrs = {}, ...children) {
 
 class Unauthorized extends Error {}
 
+// GETs started before the page knows it needs them (while it asks who is logged in), taken by
+// the first `api` call for the same path.
+const early = new Map();
+
+function prefetch(path) {
+  const pending = fetch(path, { credentials: 'same-origin' });
+  // Unused (a login page instead), it must not count as an unhandled failure.
+  pending.catch(() => {});
+  early.set(path, pending);
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, {
+  const started = !options.method && early.get(path);
+  early.delete(path);
+  const response = await (started || fetch(path, {
     credentials: 'same-origin',
     ...options,
     headers: { ...(options.body ? { 'content-type': 'application/json' } : {}), ...(options.headers || {}) },
-  });
+  }));
   if (response.status === 401) throw new Unauthorized();
   const text = await response.text();
   let body;
@@ -181,15 +194,25 @@ function lookControls() {
     applyTheme();
     route();
   };
-  const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
   const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  const named = current.zone && current.zone !== 'browser' && current.zone !== 'UTC' ? [current.zone] : [];
+  const zone = el('select', { name: 'zone', 'aria-label': 'Time zone', onchange: save('zone') },
+    el('option', { value: 'browser', selected: current.zone === 'browser' }, `Times: browser (${browser})`),
+    el('option', { value: 'UTC', selected: current.zone === 'UTC' }, 'UTC'),
+    named.map((z) => el('option', { value: z, selected: true }, z)));
+  // The ~400 named zones join the list when someone reaches for it, not on every page's load.
+  const more = () => {
+    zone.removeEventListener('pointerdown', more);
+    zone.removeEventListener('focus', more);
+    const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
+    zone.append(...zones.filter((z) => z !== 'UTC' && !named.includes(z)).map((z) => el('option', { value: z }, z)));
+  };
+  zone.addEventListener('pointerdown', more);
+  zone.addEventListener('focus', more);
   return [
     el('select', { name: 'theme', 'aria-label': 'Theme', onchange: save('theme') },
       [['system', 'Theme: system'], ['light', 'Light'], ['dark', 'Dark']].map(([v, t]) => el('option', { value: v, selected: current.theme === v }, t))),
-    el('select', { name: 'zone', 'aria-label': 'Time zone', onchange: save('zone') },
-      el('option', { value: 'browser', selected: current.zone === 'browser' }, `Times: browser (${browser})`),
-      el('option', { value: 'UTC', selected: current.zone === 'UTC' }, 'UTC'),
-      zones.filter((z) => z !== 'UTC').map((z) => el('option', { value: z, selected: current.zone === z }, z))),
+    zone,
   ];
 }
 
@@ -310,39 +333,48 @@ async function fleetPage(view) {
   // of the rest: laying out a table of 1,000 devices with their sparklines takes the browser most
   // of a second, and every sort, filter and refresh would pay it again.
   let shown = [];
-  let painted = '';
+  // The rows in the document, [start, end); null once they must be built again.
+  let painted = null;
   const spacer = () => el('tr', { class: 'spacer', 'aria-hidden': 'true' }, el('td', { colspan: FLEET_COLUMNS.length }));
   const table = el('table', { class: 'fleet' }, el('thead', {}, head), body);
   const above = spacer();
   const below = spacer();
+  const row = (d, index) => el('tr', { 'data-device': d.device, 'data-state': d.state, 'aria-rowindex': index + 2 },
+    FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))));
   function paint() {
     let start = 0;
     let end = shown.length;
     if (shown.length > FLEET_ALL_ROWS) {
-      if (rowHeight && !body.firstChild) {
-        // A refreshed table starts at its full height, so that the page keeps its scroll
-        // position while the rows to show are worked out.
+      if (!rowHeight) {
+        // One row laid out and measured (the page is small yet, so it is quick) tells how many
+        // rows fill the screen; guessing would build too many or build twice.
+        body.replaceChildren(row(shown[0], 0));
+        rowHeight = body.firstChild.getBoundingClientRect().height || 20;
+        body.replaceChildren();
+      }
+      if (!body.firstChild) {
+        // A new table starts at its full height, so that the page keeps its scroll position
+        // while the rows to show are worked out.
         body.replaceChildren(above, below);
         below.firstChild.style.height = `${shown.length * rowHeight}px`;
       }
-      // Until a row has been measured, rows of at least 20 px fill the screen from the top.
-      const screens = Math.ceil(window.innerHeight / (rowHeight || 20));
-      const firstVisible = rowHeight ? Math.max(0, Math.floor(-body.getBoundingClientRect().top / rowHeight)) : 0;
-      start = Math.max(0, Math.min(firstVisible, shown.length) - screens);
-      end = Math.min(shown.length, firstVisible + 2 * screens);
+      const top = body.getBoundingClientRect().top;
+      const screens = Math.ceil(window.innerHeight / rowHeight);
+      const firstVisible = Math.min(shown.length, Math.max(0, Math.floor(-top / rowHeight)));
+      const lastVisible = Math.min(shown.length, Math.max(firstVisible, Math.ceil((window.innerHeight - top) / rowHeight)));
+      // Rows already there that cover the screen stay: building them again is what costs.
+      if (painted && painted[0] <= firstVisible && painted[1] >= lastVisible) return;
+      // Once shown, a screen's worth either side, so that scrolling builds rows now and then,
+      // not each frame; the first time, only what is on the screen.
+      const ahead = painted ? screens : 0;
+      start = Math.max(0, firstVisible - ahead);
+      end = Math.min(shown.length, lastVisible + ahead);
     }
-    const key = `${start}:${end}`;
-    if (key === painted) return;
-    painted = key;
+    if (painted && painted[0] === start && painted[1] === end) return;
     // Screen readers learn the table's real size and each row's place from the aria counts.
     table.setAttribute('aria-rowcount', shown.length + 1);
-    body.replaceChildren(above, ...shown.slice(start, end).map((d, i) => el('tr', { 'data-device': d.device, 'data-state': d.state, 'aria-rowindex': start + i + 2 },
-      FLEET_COLUMNS.map((c) => el('td', { class: c.numeric ? 'num' : '' }, c.show(d))))), below);
-    if (!rowHeight && end > start) {
-      // Once per table; the next frame then places the rows where the page is scrolled to.
-      rowHeight = body.children[1].getBoundingClientRect().height;
-      onScroll();
-    }
+    body.replaceChildren(above, ...shown.slice(start, end).map((d, i) => row(d, start + i)), below);
+    painted = [start, end];
     above.firstChild.style.height = `${start * rowHeight}px`;
     below.firstChild.style.height = `${(shown.length - end) * rowHeight}px`;
   }
@@ -374,7 +406,7 @@ async function fleetPage(view) {
     for (const th of head.children) {
       th.setAttribute('aria-sort', th.dataset.key === sort.key ? (sort.descending ? 'descending' : 'ascending') : 'none');
     }
-    painted = '';
+    painted = null;
     paint();
     const by = (s) => devices.filter((d) => d.state === s).length;
     counts.textContent = `${devices.length} devices: ${by('online')} online, ${by('stale')} stale, ${by('offline')} offline; showing ${shown.length}`;
@@ -563,7 +595,8 @@ function chartWidth(grid) {
   return Math.max(260, Math.floor((total - gap * (columns - 1)) / columns) - 26);
 }
 
-async function drawChart(card, device, group, range, live, marks = []) {
+// `pendingMarks` may be a promise: the chart's data and the marks are asked for at once.
+async function drawChart(card, device, group, range, live, pendingMarks = []) {
   const width = chartWidth(card.parentElement);
   let query; let url; let answer;
   for (const match of [group.match].flat()) {
@@ -582,6 +615,7 @@ async function drawChart(card, device, group, range, live, marks = []) {
     delete window.outpost.charts[group.title];
     return;
   }
+  const marks = await pendingMarks;
   card.hidden = false;
   const data = toAligned(answer);
   const { units, counted, scale } = scalesFor(answer.series, group);
@@ -819,7 +853,8 @@ async function devicePage(view, id) {
   });
   async function drawAll() {
     let failure = null;
-    const marks = await deviceMarks(id, range, alerts, device.state === 'online');
+    // Marks that cannot be had leave the charts unmarked, not undrawn.
+    const marks = deviceMarks(id, range, alerts, device.state === 'online').catch(() => []);
     await Promise.all(cards.map(({ card, group }) => drawChart(card, id, group, range, range.live, marks).catch((error) => {
       if (error instanceof Unauthorized) throw error;
       card.hidden = true;
@@ -1506,6 +1541,7 @@ async function route() {
   try {
     if (location.pathname === '/status') { await statusPage(view); return; }
     document.body.classList.remove('public');
+    if (location.pathname === '/') { prefetch('/api/devices'); prefetch('/api/alerts'); }
     const me = await whoami();
     if (me.auth && !me.identity) { showLogin(); return; }
     const path = location.pathname;
