@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::alerting::config::AlertsSection;
+use crate::collect::containers::ContainersSection;
 use crate::collect::host::HostSection;
 use crate::collect::probes::{ProbeCheck, ProbeConfig};
 use crate::config_values::{ByteSize, ConfigFile, Interval, Toggle};
@@ -28,6 +29,7 @@ pub struct AgentConfig {
     pub tegrastats: TegrastatsSection,
     pub jetson: JetsonSection,
     pub nvml: NvmlSection,
+    pub containers: ContainersSection,
     pub import: ImportSection,
     pub mqtt: MqttSection,
     pub alerts: AlertsSection,
@@ -333,6 +335,9 @@ impl ConfigFile for AgentConfig {
                 bail!("mqtt.max_batch: must be between 4KiB and 16MiB");
             }
         }
+        if self.containers.max_containers == 0 {
+            bail!("containers.max_containers: must be at least 1 (set containers.enabled = false to record none)");
+        }
         if self.store.max_head_samples == 0 {
             bail!("store.max_head_samples: must be greater than zero");
         }
@@ -363,6 +368,7 @@ impl AgentConfig {
             ("tegrastats.interval".into(), self.tegrastats.interval),
             ("jetson.interval".into(), self.jetson.interval),
             ("nvml.interval".into(), self.nvml.interval),
+            ("containers.interval".into(), self.containers.interval),
             ("mqtt.batch_interval".into(), self.mqtt.batch_interval),
             ("mqtt.ack_timeout".into(), self.mqtt.ack_timeout),
         ];

@@ -379,6 +379,21 @@ fn start_collectors(
             })
         });
     }
+    if config.containers.enabled {
+        let (containers_config, interval, sink) = (
+            config.containers.clone(),
+            config.containers.interval.0,
+            sink.clone(),
+        );
+        crate::supervise::spawn(&mut set, tasks, "containers", move || {
+            let mut containers =
+                collect::containers::ContainersCollector::new(containers_config.clone());
+            periodic("containers", interval, sink.clone(), move |out| {
+                containers.collect(out);
+                Ok(())
+            })
+        });
+    }
     let jetson_root = config.jetson.root.clone();
     let jetson_on = match config.jetson.enabled {
         Toggle::On => true,

@@ -2,6 +2,7 @@
 //! application endpoints) into [`Samples`] named as in `docs/metrics.md`; the agent's sink
 //! stores them and shows the latest in `/metrics`.
 
+pub mod containers;
 pub mod host;
 pub mod jetson;
 pub mod kernel;

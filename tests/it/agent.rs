@@ -653,6 +653,9 @@ interval = "200ms"
             || name.starts_with("outpost_hub_") // the hub's: the hub alert test checks these
             || name.starts_with("outpost_alert_notifications_") // a channel: the alert tests
             || name == "outpost_task_restarts_total" // a task that failed: the supervision tests
+            || name.starts_with("outpost_clock_last_step") // a step of the clock: clocks::
+            || name == "outpost_config_last_reload_success_timestamp_seconds" // a SIGHUP: agent::sighup_*
+            || name.starts_with("container_") || name.starts_with("outpost_container") // running containers: containers::
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name.starts_with("node_hwmon_") // hwmon sensors (absent in VMs)
             || name == "node_thermal_zone_temp" // thermal zones (absent in VMs)

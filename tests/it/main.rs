@@ -6,6 +6,7 @@ mod alerts;
 mod boundaries;
 mod cli;
 mod clocks;
+mod containers;
 mod dashboard;
 mod promql;
 mod receivers;
