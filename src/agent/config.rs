@@ -15,6 +15,7 @@ use crate::alerting::config::AlertsSection;
 use crate::collect::containers::ContainersSection;
 use crate::collect::host::HostSection;
 use crate::collect::probes::{ProbeCheck, ProbeConfig};
+use crate::collect::processes::ProcessesSection;
 use crate::config_values::{ByteSize, ConfigFile, Interval, Toggle};
 
 /// The commented default config, printed by `outpost agent --print-default-config`.
@@ -30,6 +31,7 @@ pub struct AgentConfig {
     pub jetson: JetsonSection,
     pub nvml: NvmlSection,
     pub containers: ContainersSection,
+    pub processes: ProcessesSection,
     pub import: ImportSection,
     pub mqtt: MqttSection,
     pub alerts: AlertsSection,
@@ -338,6 +340,12 @@ impl ConfigFile for AgentConfig {
         if self.containers.max_containers == 0 {
             bail!("containers.max_containers: must be at least 1 (set containers.enabled = false to record none)");
         }
+        if self.processes.top > crate::collect::processes::MAX_TOP {
+            bail!(
+                "processes.top: at most {} (each process is a series)",
+                crate::collect::processes::MAX_TOP
+            );
+        }
         if self.store.max_head_samples == 0 {
             bail!("store.max_head_samples: must be greater than zero");
         }
@@ -369,6 +377,7 @@ impl AgentConfig {
             ("jetson.interval".into(), self.jetson.interval),
             ("nvml.interval".into(), self.nvml.interval),
             ("containers.interval".into(), self.containers.interval),
+            ("processes.interval".into(), self.processes.interval),
             ("mqtt.batch_interval".into(), self.mqtt.batch_interval),
             ("mqtt.ack_timeout".into(), self.mqtt.ack_timeout),
         ];

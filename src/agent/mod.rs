@@ -394,6 +394,21 @@ fn start_collectors(
             })
         });
     }
+    if config.processes.enabled {
+        let (processes_config, interval, sink) = (
+            config.processes.clone(),
+            config.processes.interval.0,
+            sink.clone(),
+        );
+        crate::supervise::spawn(&mut set, tasks, "processes", move || {
+            let mut processes =
+                collect::processes::ProcessesCollector::new(processes_config.clone());
+            periodic("processes", interval, sink.clone(), move |out| {
+                processes.collect(out);
+                Ok(())
+            })
+        });
+    }
     let jetson_root = config.jetson.root.clone();
     let jetson_on = match config.jetson.enabled {
         Toggle::On => true,

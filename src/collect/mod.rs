@@ -8,6 +8,7 @@ pub mod jetson;
 pub mod kernel;
 pub mod nvml;
 pub mod probes;
+pub mod processes;
 pub mod scrape;
 pub mod tegrastats;
 

@@ -416,6 +416,8 @@ self_interval = "200ms"
 [host]
 interval = "200ms"
 processes = ["outpost"]
+[processes]
+interval = "200ms"
 [jetson]
 enabled = "on"
 root = "{fixture}"
@@ -656,6 +658,7 @@ interval = "200ms"
             || name.starts_with("outpost_clock_last_step") // a step of the clock: clocks::
             || name == "outpost_config_last_reload_success_timestamp_seconds" // a SIGHUP: agent::sighup_*
             || name.starts_with("container_") || name.starts_with("outpost_container") // running containers: containers::
+            || name.starts_with("jetson_process_gpu_memory") // a Jetson's nvmap, read as root
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name.starts_with("node_hwmon_") // hwmon sensors (absent in VMs)
             || name == "node_thermal_zone_temp" // thermal zones (absent in VMs)

@@ -165,7 +165,8 @@ fn a_real_cgroup_is_read_as_a_container_and_named_by_the_docker_api() {
     serve_docker_api(&socket);
     let config = format!(
         "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
-         [containers]\ninterval = \"500ms\"\ndocker_socket = \"{}\"\n",
+         [containers]\ninterval = \"500ms\"\ndocker_socket = \"{}\"\n\
+         [processes]\ninterval = \"500ms\"\ntop = 50\n",
         socket.display()
     );
     let agent = Agent::start(dir.path(), &config, &[]);
@@ -218,6 +219,22 @@ fn a_real_cgroup_is_read_as_a_container_and_named_by_the_docker_api() {
         metric_value(&metrics, "outpost_containers_left_out"),
         Some(0.0)
     );
+
+    // The process, among the top by memory, is put in its container.
+    let pid = format!("pid=\"{}\"", container.process.id());
+    let in_container = format!("container=\"{}\"", &ID[..12]);
+    let held = wait_until(
+        "the process in its container",
+        Duration::from_secs(30),
+        || {
+            value_with(
+                &agent.metrics(),
+                "outpost_top_process_resident_memory_bytes",
+                &[&pid, &in_container],
+            )
+        },
+    );
+    assert!(held >= (64 << 20) as f64, "{held}");
 
     // Gone: its series leave /metrics at the next round.
     drop(container);

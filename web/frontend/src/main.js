@@ -475,13 +475,19 @@ const GROUPS = [
   { title: 'GPU PCIe (NVIDIA)', match: '{__name__=~"nvml_pcie_receive_bytes_per_second|nvml_pcie_transmit_bytes_per_second"}', unit: 'bytes/s' },
   { title: 'GPU ECC errors (NVIDIA)', match: '{__name__=~"nvml_ecc_corrected_errors_total|nvml_ecc_uncorrected_errors_total"}', unit: 'per second', fn: 'rate' },
   { title: 'Fans', match: '{__name__=~"jetson_fan_speed_ratio|nvml_fan_speed_ratio"}', unit: 'ratio' },
+  { title: 'Containers: CPU', match: 'container_cpu_usage_seconds_total', unit: 'ratio', fn: 'rate' },
+  { title: 'Containers: memory', match: 'container_memory_working_set_bytes', unit: 'bytes' },
+  { title: 'Containers: network', match: '{__name__=~"container_network_(receive|transmit)_bytes_total"}', unit: 'bytes/s', fn: 'rate' },
+  { title: 'Top processes: CPU', match: 'outpost_top_process_cpu_ratio', unit: 'ratio' },
+  { title: 'Top processes: memory', match: 'outpost_top_process_resident_memory_bytes', unit: 'bytes' },
+  { title: 'GPU memory per process (Jetson)', match: 'jetson_process_gpu_memory_bytes', unit: 'bytes' },
   { title: 'Probes', match: '{__name__=~"probe_success|probe_up"}', unit: 'ratio' },
   { title: 'Probe duration', match: 'probe_duration_seconds', unit: 'seconds' },
   { title: 'Agent: collector round time', match: 'outpost_collector_duration_seconds', unit: 'seconds' },
   { title: 'Agent: errors', match: '{__name__=~"outpost_collector_errors_total|outpost_store_write_errors_total|outpost_alert_notifications_failed_total|outpost_task_restarts_total"}', unit: 'per second', fn: 'rate' },
   { title: 'Agent: memory and store', match: '{__name__=~"outpost_process_resident_memory_bytes|outpost_store_disk_bytes"}', unit: 'bytes' },
   { title: 'Agent: sync', match: '{__name__=~"outpost_sync_lag_seconds|outpost_sync_backlog_chunks"}', unit: '' },
-  { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost)_.*"}', unit: '' },
+  { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost|container)_.*"}', unit: '' },
 ];
 
 const RANGES = [['15m', 900e3], ['1h', 3600e3], ['6h', 21600e3], ['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
@@ -552,7 +558,9 @@ function unitName(unit) {
 
 
 function seriesLabel(series) {
-  const rest = Object.entries(series.labels).filter(([k]) => k !== 'instance');
+  // A container's cgroup path (`id`) is long and its name says the same.
+  const named = series.labels.name !== undefined;
+  const rest = Object.entries(series.labels).filter(([k]) => k !== 'instance' && !(named && k === 'id'));
   return `${series.name}${rest.length ? `{${rest.map(([k, v]) => `${k}=${v}`).join(',')}}` : ''}`;
 }
 
