@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::alerting::config::AlertsSection;
 use crate::collect::containers::ContainersSection;
 use crate::collect::host::HostSection;
+use crate::collect::logs::LogsSection;
 use crate::collect::probes::{ProbeCheck, ProbeConfig};
 use crate::collect::processes::ProcessesSection;
 use crate::config_values::{ByteSize, ConfigFile, Interval, Toggle};
@@ -32,6 +33,7 @@ pub struct AgentConfig {
     pub nvml: NvmlSection,
     pub containers: ContainersSection,
     pub processes: ProcessesSection,
+    pub logs: LogsSection,
     pub import: ImportSection,
     pub mqtt: MqttSection,
     pub alerts: AlertsSection,
@@ -340,6 +342,7 @@ impl ConfigFile for AgentConfig {
         if self.containers.max_containers == 0 {
             bail!("containers.max_containers: must be at least 1 (set containers.enabled = false to record none)");
         }
+        crate::collect::logs::compile(&self.logs)?;
         if self.processes.top > crate::collect::processes::MAX_TOP {
             bail!(
                 "processes.top: at most {} (each process is a series)",
@@ -378,6 +381,7 @@ impl AgentConfig {
             ("nvml.interval".into(), self.nvml.interval),
             ("containers.interval".into(), self.containers.interval),
             ("processes.interval".into(), self.processes.interval),
+            ("logs.interval".into(), self.logs.interval),
             ("mqtt.batch_interval".into(), self.mqtt.batch_interval),
             ("mqtt.ack_timeout".into(), self.mqtt.ack_timeout),
         ];

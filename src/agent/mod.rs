@@ -394,6 +394,12 @@ fn start_collectors(
             })
         });
     }
+    if !config.logs.files.is_empty() {
+        let (logs, sink) = (config.logs.clone(), sink.clone());
+        crate::supervise::spawn(&mut set, tasks, "logs", move || {
+            logs_task(logs.clone(), sink.clone())
+        });
+    }
     if config.processes.enabled {
         let (processes_config, interval, sink) = (
             config.processes.clone(),
@@ -735,6 +741,41 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
         samples.extend(own.values.into_iter().map(|(k, v)| (k, v, now)));
         let result = sink.write_timestamped(&source, now, samples, false).await;
         sink.collector_round(&source, started.elapsed(), up && result.is_ok(), now);
+    }
+}
+
+/// Follows the log files: each round reads what they gained and saves where it got to, on the
+/// blocking pool (file and store I/O), then stores the counters.
+async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Result<()> {
+    let interval = section.interval.0;
+    let store = sink.store.clone();
+    let opened = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || collect::logs::LogsCollector::open(section, &store))
+    };
+    let mut collector = opened.await??;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let store = store.clone();
+        let (returned, samples, result) = tokio::task::spawn_blocking(move || {
+            let mut samples = Samples::new();
+            let result = collector.collect(&store, &mut samples);
+            (collector, samples, result)
+        })
+        .await?;
+        collector = returned;
+        let at = now_ms();
+        let result = match result {
+            Ok(()) => sink.write("logs", at, samples, false).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            tracing::warn!("following the log files: {error:#}");
+        }
+        sink.collector_round("logs", started.elapsed(), result.is_ok(), at);
     }
 }
 

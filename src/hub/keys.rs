@@ -125,6 +125,7 @@ mod tests {
             owner::<FleetHistoryKey>("fleet history"),
             owner::<QueueKey>("notification queues"),
             owner::<super::super::remote::DeadLetterKey>("remote storage dead letters"),
+            owner::<crate::collect::logs::LogKey>("log files"),
         ];
         for table in StateTable::ALL {
             let in_table: Vec<_> = owners

@@ -8,6 +8,7 @@ mod cli;
 mod clocks;
 mod containers;
 mod dashboard;
+mod logs;
 mod promql;
 mod receivers;
 mod remote;
