@@ -400,6 +400,12 @@ fn start_collectors(
             logs_task(logs.clone(), sink.clone())
         });
     }
+    if journal_on(&config.logs) {
+        let (logs, sink) = (config.logs.clone(), sink.clone());
+        crate::supervise::spawn(&mut set, tasks, "journal", move || {
+            journal_task(logs.clone(), sink.clone())
+        });
+    }
     if config.processes.enabled {
         let (processes_config, interval, sink) = (
             config.processes.clone(),
@@ -776,6 +782,74 @@ async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Resu
             tracing::warn!("following the log files: {error:#}");
         }
         sink.collector_round("logs", started.elapsed(), result.is_ok(), at);
+    }
+}
+
+/// Whether to follow the journal: `auto` where systemd runs the machine (or journal files are
+/// named).
+fn journal_on(logs: &collect::logs::LogsSection) -> bool {
+    match logs.journal {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => {
+            !logs.journal_files.is_empty() || std::path::Path::new("/run/systemd/system").is_dir()
+        }
+    }
+}
+
+/// Follows the journal on a thread of the blocking pool; each round saves what was counted up
+/// to which entry, and stores the counters. Stopping the task stops `journalctl`.
+async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Result<()> {
+    use collect::journal::{Journal, JournalSource};
+    struct StopOnDrop(Arc<Journal>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let patterns = collect::logs::compile(&section)?;
+    let source = JournalSource {
+        journalctl: section.journalctl.clone(),
+        files: section.journal_files.clone(),
+        max_units: section.max_units,
+        max_series_per_pattern: section.max_series_per_pattern,
+    };
+    let store = sink.store.clone();
+    let opened = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || Journal::open(&store, source, patterns))
+    };
+    let journal = opened.await??;
+    let _stop = StopOnDrop(journal.clone());
+    let mut follower = {
+        let journal = journal.clone();
+        tokio::task::spawn_blocking(move || journal.follow())
+    };
+    let mut ticker = tokio::time::interval(section.interval.0);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let ended = tokio::select! {
+            ended = &mut follower => Some(ended),
+            _ = ticker.tick() => None,
+        };
+        let started = Instant::now();
+        let (journal_now, store_now) = (journal.clone(), store.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut samples = Samples::new();
+            journal_now.save(&store_now, &mut samples).map(|()| samples)
+        })
+        .await?;
+        let at = now_ms();
+        let result = match saved {
+            Ok(samples) => sink.write("journal", at, samples, false).await,
+            Err(error) => Err(error),
+        };
+        sink.collector_round("journal", started.elapsed(), result.is_ok(), at);
+        if let Some(ended) = ended {
+            // journalctl ended: an error, and the supervisor starts the task again.
+            return ended?;
+        }
+        result?;
     }
 }
 

@@ -19,7 +19,7 @@ use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::Samples;
-use crate::config_values::Interval;
+use crate::config_values::{Interval, Toggle};
 
 /// The agent's `[logs]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,6 +33,13 @@ pub struct LogsSection {
     /// The most label sets one pattern counts; lines that would add more are counted in
     /// `outpost_log_pattern_overflow_total`.
     pub max_series_per_pattern: usize,
+    /// Follow the systemd journal: `auto` where systemd runs the machine.
+    pub journal: Toggle,
+    /// Journal files to read instead of the system's journal.
+    pub journal_files: Vec<PathBuf>,
+    pub journalctl: PathBuf,
+    /// The most units the journal's counters name; entries of others are counted apart.
+    pub max_units: usize,
 }
 
 impl Default for LogsSection {
@@ -42,6 +49,10 @@ impl Default for LogsSection {
             files: Vec::new(),
             patterns: Vec::new(),
             max_series_per_pattern: 100,
+            journal: Toggle::Auto,
+            journal_files: Vec::new(),
+            journalctl: PathBuf::from("journalctl"),
+            max_units: 200,
         }
     }
 }
@@ -90,6 +101,12 @@ pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>>
                 file.name
             );
         }
+        if file.name == super::journal::SOURCE || file.name.starts_with('~') {
+            bail!(
+                "logs.file[{i}].name: {:?} is the journal's (or starts with ~)",
+                file.name
+            );
+        }
     }
     let mut compiled = Vec::new();
     for (i, pattern) in section.patterns.iter().enumerate() {
@@ -115,8 +132,10 @@ pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>>
             }
         }
         for source in &pattern.sources {
-            if !names.contains(source.as_str()) {
-                bail!("{key}.sources: {source:?} is not the name of a [[logs.file]]");
+            if !names.contains(source.as_str()) && source != super::journal::SOURCE {
+                bail!(
+                    "{key}.sources: {source:?} is not the name of a [[logs.file]] or \"journal\""
+                );
             }
         }
         compiled.push((pattern.clone(), regex));
@@ -212,28 +231,32 @@ impl LogsCollector {
                 &source_label,
                 cursor.lines as f64,
             );
-            for (pattern, regex) in &self.patterns {
-                let names: Vec<&str> = regex.capture_names().flatten().collect();
-                for (values, count) in cursor.matches.get(&pattern.name).into_iter().flatten() {
-                    let mut labels = vec![
-                        ("pattern", pattern.name.as_str()),
-                        ("source", source.as_str()),
-                    ];
-                    labels.extend(names.iter().copied().zip(values.iter().map(String::as_str)));
-                    out.add("outpost_log_pattern_matches_total", &labels, *count as f64);
-                }
-                if let Some(overflow) = cursor.overflow.get(&pattern.name) {
-                    let labels = [
-                        ("pattern", pattern.name.as_str()),
-                        ("source", source.as_str()),
-                    ];
-                    out.add(
-                        "outpost_log_pattern_overflow_total",
-                        &labels,
-                        *overflow as f64,
-                    );
-                }
-            }
+            emit_patterns(source, cursor, &self.patterns, out);
+        }
+    }
+}
+
+/// The patterns' counters of one source.
+pub fn emit_patterns(
+    source: &str,
+    cursor: &Cursor,
+    patterns: &[(LogPattern, regex::Regex)],
+    out: &mut Samples,
+) {
+    for (pattern, regex) in patterns {
+        let names: Vec<&str> = regex.capture_names().flatten().collect();
+        for (values, count) in cursor.matches.get(&pattern.name).into_iter().flatten() {
+            let mut labels = vec![("pattern", pattern.name.as_str()), ("source", source)];
+            labels.extend(names.iter().copied().zip(values.iter().map(String::as_str)));
+            out.add("outpost_log_pattern_matches_total", &labels, *count as f64);
+        }
+        if let Some(overflow) = cursor.overflow.get(&pattern.name) {
+            let labels = [("pattern", pattern.name.as_str()), ("source", source)];
+            out.add(
+                "outpost_log_pattern_overflow_total",
+                &labels,
+                *overflow as f64,
+            );
         }
     }
 }
@@ -308,7 +331,7 @@ fn read_lines(
     Ok(())
 }
 
-fn count_match(
+pub fn count_match(
     cursor: &mut Cursor,
     pattern: &LogPattern,
     regex: &regex::Regex,

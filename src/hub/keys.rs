@@ -126,6 +126,7 @@ mod tests {
             owner::<QueueKey>("notification queues"),
             owner::<super::super::remote::DeadLetterKey>("remote storage dead letters"),
             owner::<crate::collect::logs::LogKey>("log files"),
+            owner::<crate::collect::journal::JournalKey>("the journal"),
         ];
         for table in StateTable::ALL {
             let in_table: Vec<_> = owners

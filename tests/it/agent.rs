@@ -659,7 +659,7 @@ interval = "200ms"
             || name == "outpost_config_last_reload_success_timestamp_seconds" // a SIGHUP: agent::sighup_*
             || name.starts_with("container_") || name.starts_with("outpost_container") // running containers: containers::
             || name.starts_with("jetson_process_gpu_memory") // a Jetson's nvmap, read as root
-            || name.starts_with("outpost_log_") // log files configured: logs::
+            || name.starts_with("outpost_log_") || name.starts_with("outpost_journal_") // logs::
             || (icmp_refused && name.starts_with("probe_icmp_")) // neither sysctl nor CAP_NET_RAW
             || name.starts_with("node_hwmon_") // hwmon sensors (absent in VMs)
             || name == "node_thermal_zone_temp" // thermal zones (absent in VMs)

@@ -164,3 +164,112 @@ fn a_pattern_too_big_to_compile_is_refused_at_load() {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// Appends `count` entries to a journal file through Debian's `systemd-journal-remote`, which
+/// writes real journal files from the journal's export format; every other one an error of
+/// module `db`. Returns how many were errors.
+fn append_journal(file: &Path, first: usize, count: usize) -> usize {
+    let remote = [
+        "/lib/systemd/systemd-journal-remote",
+        "/usr/lib/systemd/systemd-journal-remote",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-journal-remote (apt-get install systemd-journal-remote)");
+    let mut export = String::new();
+    let mut errors = 0;
+    for n in first..first + count {
+        let error = n % 2 == 0;
+        errors += usize::from(error);
+        let (priority, message) = if error {
+            (3, format!("level=error module=db n={n}"))
+        } else {
+            (6, format!("served request n={n}"))
+        };
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n\
+             _SYSTEMD_UNIT=app.service\nPRIORITY={priority}\nMESSAGE={message}\n\n",
+            1_796_000_000_000_000u64 + n as u64,
+            1_000 + n
+        ));
+    }
+    let mut child = std::process::Command::new(remote)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    errors
+}
+
+/// The journal, followed through `journalctl` from a real journal file: the history before the
+/// agent's first start is not counted; entries written while the agent is killed are counted
+/// once when it is back (it resumes after its saved cursor).
+#[test]
+fn journal_entries_across_a_kill_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("system.journal");
+    append_journal(&journal, 0, 5);
+    let config = format!(
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [containers]\nenabled = false\n[processes]\nenabled = false\n\
+         [agent]\nself_interval = \"200ms\"\n[store]\nflush_interval = \"100ms\"\n\
+         [logs]\ninterval = \"200ms\"\njournal = true\njournal_files = [\"{}\"]\n\
+         [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error module=(?P<module>\\w+)'\nsources = [\"journal\"]\n",
+        journal.display()
+    );
+    let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
+    let infos_series = r#"outpost_journal_entries_total{priority="info",unit="app.service"}"#;
+    let matches_series =
+        r#"outpost_log_pattern_matches_total{module="db",pattern="errors",source="journal"}"#;
+    let agent = Agent::start(dir.path(), &config, &[]);
+    // The history is not counted: the first round says so with a zero.
+    wait_until("the first round", Duration::from_secs(30), || {
+        metric_value(&agent.metrics(), "outpost_journal_malformed_total")
+    });
+    let mut errors = append_journal(&journal, 5, 20);
+    let durable = wait_until("the new entries", Duration::from_secs(30), || {
+        Some(count(&agent, errors_series)).filter(|c| *c == errors as f64)
+    });
+    // Two more rounds (each times itself anew): the record of the count above has been
+    // flushed (every 100 ms here).
+    let round_time = r#"outpost_collector_duration_seconds{collector="journal"}"#;
+    for _ in 0..2 {
+        let before = metric_value(&agent.metrics(), round_time);
+        wait_until("a round", Duration::from_secs(30), || {
+            (metric_value(&agent.metrics(), round_time) != before).then_some(())
+        });
+    }
+    drop(agent);
+    errors += append_journal(&journal, 25, 20);
+    let agent = Agent::start(dir.path(), &config, &[]);
+    let first = wait_until(
+        "the counts after the restart",
+        Duration::from_secs(30),
+        || Some(count(&agent, errors_series)).filter(|c| *c > 0.0),
+    );
+    assert!(
+        first >= durable,
+        "{first} after the restart, {durable} before"
+    );
+    wait_until("every entry counted", Duration::from_secs(30), || {
+        Some(count(&agent, errors_series)).filter(|c| *c >= errors as f64)
+    });
+    let metrics = agent.metrics();
+    assert_eq!(metric_value(&metrics, errors_series), Some(errors as f64));
+    assert_eq!(
+        metric_value(&metrics, infos_series),
+        Some((40 - errors) as f64)
+    );
+    assert_eq!(metric_value(&metrics, matches_series), Some(errors as f64));
+    agent.stop();
+}

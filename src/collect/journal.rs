@@ -1,0 +1,292 @@
+//! The systemd journal turned into signals: entries per unit and priority, and the `[logs]`
+//! patterns matched on their messages, as counters.
+//!
+//! The agent follows `journalctl -o json --follow`, and keeps the cursor of the last entry it
+//! counted in its store together with the counts, written each round: a restarted agent asks
+//! for the entries after that cursor (`--after-cursor`), so none is counted twice or missed. On
+//! its very first start it begins at the journal's end rather than counting the whole history.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::logs::{count_match, Cursor, LogPattern};
+use super::Samples;
+
+/// The source label of the journal's pattern counters, and the name patterns' `sources` use.
+pub const SOURCE: &str = "journal";
+/// The longest entry (one JSON line) taken; a longer one is counted as malformed.
+const MAX_ENTRY: usize = 1 << 20;
+/// The syslog priorities' names, by number.
+const PRIORITIES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
+/// Where the journal's record lives in the store (a file's name cannot start with `~`).
+pub struct JournalKey;
+
+impl fmt::Display for JournalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("log/~journal")
+    }
+}
+
+impl StateKey for JournalKey {
+    const TABLE: StateTable = StateTable::SyncCursor;
+    const OWNED: &'static [&'static str] = &["log/~journal"];
+}
+
+/// What was counted, up to which entry: written together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub cursor: Option<String>,
+    /// Entries by unit and priority.
+    pub entries: BTreeMap<(String, String), u64>,
+    /// Entries of units past the bound, and lines that were not entries.
+    pub overflow: u64,
+    pub malformed: u64,
+    /// The patterns' counts, as for files.
+    pub patterns: Cursor,
+}
+
+/// How the journal is read.
+#[derive(Debug, Clone)]
+pub struct JournalSource {
+    pub journalctl: PathBuf,
+    /// Journal files to read instead of the system's.
+    pub files: Vec<PathBuf>,
+    pub max_units: usize,
+    pub max_series_per_pattern: usize,
+}
+
+/// The state the reader thread updates and each round saves.
+pub struct Journal {
+    record: Mutex<JournalRecord>,
+    patterns: Vec<(LogPattern, regex::Regex)>,
+    source: JournalSource,
+    /// The running `journalctl`, for [`Journal::stop`].
+    child: Mutex<Option<u32>>,
+}
+
+impl Journal {
+    pub fn open(
+        store: &Store,
+        source: JournalSource,
+        patterns: Vec<(LogPattern, regex::Regex)>,
+    ) -> Result<Arc<Journal>> {
+        let record = store
+            .get(&JournalKey)?
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .unwrap_or_default();
+        let patterns = patterns
+            .into_iter()
+            .filter(|(p, _)| p.sources.is_empty() || p.sources.iter().any(|s| s == SOURCE))
+            .collect();
+        Ok(Arc::new(Journal {
+            record: Mutex::new(record),
+            patterns,
+            source,
+            child: Mutex::new(None),
+        }))
+    }
+
+    /// Ends the running `journalctl`, so that [`Journal::follow`] returns: the task that follows
+    /// is stopped (a config reload, the agent's stop) and its thread must not outlive it.
+    pub fn stop(&self) {
+        if let Some(pid) = self.child.lock().expect("journal child").take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    /// Runs `journalctl` from the saved cursor and counts what it prints, until it ends (an
+    /// error: the caller's supervisor starts it again). Blocking.
+    pub fn follow(&self) -> Result<()> {
+        let mut command = Command::new(&self.source.journalctl);
+        command.args(["-o", "json", "--follow", "--no-pager", "--quiet"]);
+        for file in &self.source.files {
+            command.arg(format!("--file={}", file.display()));
+        }
+        match self.record.lock().expect("journal record").cursor.clone() {
+            Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
+            None => command.arg("--lines=0"),
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", self.source.journalctl.display()))?;
+        *self.child.lock().expect("journal child") = Some(child.id());
+        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_ENTRY as u64 + 1)
+                .read_until(b'\n', &mut line)?;
+            if read == 0 {
+                break;
+            }
+            if line.len() > MAX_ENTRY && !line.ends_with(b"\n") {
+                // The rest of an overlong entry, up to its end.
+                reader.skip_until(b'\n')?;
+            }
+            self.entry(&line);
+        }
+        let mut stderr = String::new();
+        if let Some(pipe) = child.stderr.take() {
+            let _ = pipe.take(4096).read_to_string(&mut stderr);
+        }
+        let status = child.wait()?;
+        self.child.lock().expect("journal child").take();
+        anyhow::bail!("journalctl ended ({status}): {}", stderr.trim())
+    }
+
+    /// Counts one line of `journalctl -o json`.
+    fn entry(&self, line: &[u8]) {
+        let mut record = self.record.lock().expect("journal record");
+        let Ok(entry) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        else {
+            record.malformed += 1;
+            return;
+        };
+        let text = |key: &str| field_text(entry.get(key));
+        let Some(cursor) = text("__CURSOR") else {
+            record.malformed += 1;
+            return;
+        };
+        let unit = text("_SYSTEMD_UNIT")
+            .or_else(|| text("SYSLOG_IDENTIFIER"))
+            .unwrap_or_default();
+        let priority = text("PRIORITY")
+            .and_then(|p| p.parse::<usize>().ok())
+            .and_then(|p| PRIORITIES.get(p))
+            .map_or_else(String::new, |p| p.to_string());
+        let key = (unit, priority);
+        let units = record
+            .entries
+            .keys()
+            .map(|(u, _)| u)
+            .collect::<std::collections::BTreeSet<_>>();
+        let known = units.contains(&key.0);
+        let room = units.len() < self.source.max_units;
+        if let Some(count) = record.entries.get_mut(&key) {
+            *count += 1;
+        } else if known || room {
+            record.entries.insert(key, 1);
+        } else {
+            record.overflow += 1;
+        }
+        if let Some(message) = text("MESSAGE") {
+            let limit = self.source.max_series_per_pattern;
+            for (pattern, regex) in &self.patterns {
+                count_match(&mut record.patterns, pattern, regex, &message, limit);
+            }
+        }
+        record.cursor = Some(cursor);
+    }
+
+    /// Saves the record (what was counted and the cursor it came to) and gives the counters.
+    /// Blocking: a store write.
+    pub fn save(&self, store: &Store, out: &mut Samples) -> Result<()> {
+        let record = self.record.lock().expect("journal record").clone();
+        let mut write = WriteBatch::default();
+        write.put(
+            &JournalKey,
+            postcard::to_allocvec(&record).expect("postcard serializes the journal record"),
+        );
+        #[allow(clippy::disallowed_methods)] // the caller runs this on the blocking pool
+        store.write(write)?;
+        for ((unit, priority), count) in &record.entries {
+            let labels = [("unit", unit.as_str()), ("priority", priority.as_str())];
+            out.add("outpost_journal_entries_total", &labels, *count as f64);
+        }
+        out.add(
+            "outpost_journal_overflow_total",
+            &[],
+            record.overflow as f64,
+        );
+        out.add(
+            "outpost_journal_malformed_total",
+            &[],
+            record.malformed as f64,
+        );
+        super::logs::emit_patterns(SOURCE, &record.patterns, &self.patterns, out);
+        Ok(())
+    }
+}
+
+/// A field of `journalctl -o json`: a string, or an array of bytes where the value is not UTF-8
+/// (or is large), or `null`.
+fn field_text(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Array(bytes) => {
+            let bytes: Vec<u8> = bytes
+                .iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(max_units: usize) -> (tempfile::TempDir, Store, Arc<Journal>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let pattern = LogPattern {
+            name: "errors".into(),
+            regex: r"module=(?P<module>\w+)".into(),
+            sources: vec![SOURCE.into()],
+        };
+        let regex = regex::Regex::new(&pattern.regex).unwrap();
+        let source = JournalSource {
+            journalctl: "journalctl".into(),
+            files: Vec::new(),
+            max_units,
+            max_series_per_pattern: 10,
+        };
+        let journal = Journal::open(&store, source, vec![(pattern, regex)]).unwrap();
+        (dir, store, journal)
+    }
+
+    #[test]
+    fn entries_of_any_shape_are_counted_or_refused_without_a_panic() {
+        let (_dir, store, journal) = journal(2);
+        let entries = [
+            r#"{"__CURSOR":"c1","_SYSTEMD_UNIT":"a.service","PRIORITY":"3","MESSAGE":"module=db down"}"#,
+            r#"{"__CURSOR":"c2","SYSLOG_IDENTIFIER":"kernel","PRIORITY":"6","MESSAGE":[109,111,100,117,108,101,61,255,120]}"#,
+            r#"{"__CURSOR":"c3","_SYSTEMD_UNIT":"b.service","PRIORITY":"99","MESSAGE":null}"#,
+            r#"{"_SYSTEMD_UNIT":"no-cursor"}"#,
+            r#"not json"#,
+            r#"[1,2,3]"#,
+        ];
+        for entry in entries {
+            journal.entry(entry.as_bytes());
+        }
+        let record = journal.record.lock().unwrap().clone();
+        assert_eq!(record.cursor.as_deref(), Some("c3"));
+        assert_eq!(record.entries[&("a.service".into(), "err".into())], 1);
+        assert_eq!(record.entries[&("kernel".into(), "info".into())], 1);
+        assert_eq!(record.overflow, 1, "a third unit is past the bound of two");
+        assert_eq!(record.malformed, 3);
+        let mut out = Samples::new();
+        journal.save(&store, &mut out).unwrap();
+        let lines = crate::collect::render(out);
+        assert!(lines.contains(&r#"outpost_log_pattern_matches_total{module="db",pattern="errors",source="journal"} 1"#.to_string()), "{lines:?}");
+    }
+}
