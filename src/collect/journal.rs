@@ -29,18 +29,18 @@ const PRIORITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 
-/// Where the journal's record lives in the store (a file's name cannot start with `~`).
+/// Where the journal's record lives in the store.
 pub struct JournalKey;
 
 impl fmt::Display for JournalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("log/~journal")
+        f.write_str("journal")
     }
 }
 
 impl StateKey for JournalKey {
     const TABLE: StateTable = StateTable::SyncCursor;
-    const OWNED: &'static [&'static str] = &["log/~journal"];
+    const OWNED: &'static [&'static str] = &["journal"];
 }
 
 /// What was counted, up to which entry: written together.

@@ -101,11 +101,8 @@ pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>>
                 file.name
             );
         }
-        if file.name == super::journal::SOURCE || file.name.starts_with('~') {
-            bail!(
-                "logs.file[{i}].name: {:?} is the journal's (or starts with ~)",
-                file.name
-            );
+        if file.name == super::journal::SOURCE {
+            bail!("logs.file[{i}].name: \"journal\" is the journal's, for patterns' sources");
         }
     }
     let mut compiled = Vec::new();

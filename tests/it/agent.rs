@@ -274,7 +274,7 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
 }
 
 const QUIET: &str =
-    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n";
 
 #[test]
 fn replays_a_whole_log_into_the_store_and_stops_cleanly() {
@@ -910,7 +910,7 @@ fn spawns_tegrastats_and_restarts_it_when_it_dies() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
-        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n\
          [tegrastats]\nenabled = \"on\"\npath = \"{}\"\ninterval = \"500ms\"\n",
         script.display()
     );
@@ -1105,7 +1105,7 @@ fn a_collector_that_panics_and_an_uplink_that_fails_are_started_again() {
     // An uplink with nowhere to connect: it keeps trying, which is a healthy run.
     let mqtt = crate::sync::enrol(dir.path(), "dev-1", free_port());
     let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{mqtt}"
     );
     let agent = Agent::start_with_env(
         dir.path(),

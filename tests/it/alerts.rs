@@ -16,7 +16,7 @@ use crate::agent::{
 use crate::sync::{enrol, Mosquitto};
 
 const QUIET: &str =
-    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n";
 
 /// The JSON Schema of the alert payload, from `docs/alerts.md`.
 fn payload_schema() -> Value {

@@ -499,7 +499,7 @@ fn an_agent_on_a_damaged_store_fails_cleanly_or_serves_and_stops() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n",
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n",
     )
     .unwrap();
     let limit = std::time::Duration::from_secs(30);

@@ -86,7 +86,7 @@ fn subjects(root: &Path, mqtt_port: u16) -> Vec<Subject> {
                 mqtt = mqtt.replace("batch_interval = \"200ms\"", "batch_interval = \"10s\"");
             }
             let config = format!(
-                "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[alerts]\nenabled = false\n{mqtt}"
+                "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n[alerts]\nenabled = false\n{mqtt}"
             );
             Subject {
                 device,

@@ -134,7 +134,7 @@ fn browser_dir() -> PathBuf {
 
 fn agent_config(mqtt: &str) -> String {
     format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+        "[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{mqtt}"
     )
 }
 

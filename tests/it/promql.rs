@@ -852,7 +852,7 @@ fn every_grafana_panel_answers_over_a_real_fleet() {
     let log = tegrastats_log("xavier-nx-jp5-nonroot-103s.log.zst");
     let agent = crate::agent::Agent::start(
         &agent_dir,
-        &format!("[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"),
+        &format!("[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{mqtt}"),
         &["--tegrastats-replay", log.to_str().unwrap(), "--replay-speed", "1"],
     );
     let get = |path: String| -> Value {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::agent::{free_port, http, wait_until, Agent};
 
 const QUIET: &str =
-    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n";
 
 const RULE: &str = r#"
 [[rule]]

@@ -591,7 +591,7 @@ fn samples_prometheus_refuses_wait_in_the_dead_letter_table_until_it_takes_them(
     let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
     let agent_config = format!(
         "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n\
-         [nvml]\nenabled = \"off\"\n{mqtt}"
+         [nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{mqtt}"
     );
     let agent = Agent::start(dir.path(), &agent_config, &[]);
     let now_ms = outpost::timearg::now_ms();
@@ -708,7 +708,7 @@ fn three_hubs_share_a_fleet_into_one_engine_through_a_killed_hub_and_an_engine_o
             // This machine's host metrics too, every second.
             let config = format!(
                 "[agent]\nself_interval = \"1s\"\n[host]\ninterval = \"1s\"\n\
-                 [jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{section}"
+                 [jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{section}"
             );
             let log = crate::agent::tegrastats_log(log);
             let speed = speed.to_string();

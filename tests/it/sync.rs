@@ -260,7 +260,7 @@ pub const XAVIER: &str = "xavier-nx-jp5-nonroot-103s.log.zst";
 /// plus `extra` config (its [mqtt] section).
 pub fn replaying_agent(dir: &Path, extra: &str, log: &str, speed: u32) -> Agent {
     let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{extra}"
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{extra}"
     );
     let log = tegrastats_log(log);
     let speed = speed.to_string();
@@ -1220,7 +1220,7 @@ fn a_device_clock_that_boots_wrong_and_then_steps_is_corrected_at_the_hub() {
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ];
     let config = format!(
-        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n{mqtt}"
+        "[agent]\nself_interval = \"1s\"\n[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n{mqtt}"
     );
     let real_start = outpost::timearg::now_ms();
     let hub = Hub::start(dir.path(), http_port, mqtt_port);

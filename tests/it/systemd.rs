@@ -9,7 +9,7 @@ use crate::agent::{free_port, Agent};
 use crate::sync::Hub;
 
 const QUIET: &str =
-    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n";
 
 fn listen(dir: &Path) -> (UnixDatagram, String) {
     let path = dir.join("notify.sock");
@@ -115,7 +115,7 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
 fn a_task_in_a_crash_loop_stops_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, path) = listen(dir.path());
-    let config = "[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n";
+    let config = "[host]\nenabled = true\ninterval = \"1s\"\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n";
     let agent = Agent::start_with_env(
         dir.path(),
         config,
