@@ -55,6 +55,8 @@ const MAX_DEPTH: usize = 6;
 const RESCAN: Duration = Duration::from_secs(30);
 /// The API gets this long to answer before the round goes on without names.
 const API_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most time a rescan spends asking for restart counts (one request per container).
+const INSPECT_BUDGET: Duration = Duration::from_secs(2);
 
 /// The cgroup layout of the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -652,8 +654,12 @@ pub fn docker_containers(socket: &Path) -> Option<HashMap<String, Described>> {
         .map_err(|error| tracing::debug!(%error, "the Docker API's container list"))
         .ok()?;
     let mut out = HashMap::new();
+    let started = Instant::now();
     for container in listed {
-        let restarts = unix_get(socket, &format!("/containers/{}/json", container.id))
+        let inspected = (started.elapsed() < INSPECT_BUDGET)
+            .then(|| unix_get(socket, &format!("/containers/{}/json", container.id)))
+            .flatten();
+        let restarts = inspected
             .and_then(|body| serde_json::from_slice::<InspectedContainer>(&body).ok())
             .and_then(|inspected| inspected.restart_count);
         let name = container

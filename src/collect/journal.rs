@@ -172,19 +172,17 @@ impl Journal {
             .and_then(|p| PRIORITIES.get(p))
             .map_or_else(String::new, |p| p.to_string());
         let key = (unit, priority);
-        let units = record
-            .entries
-            .keys()
-            .map(|(u, _)| u)
-            .collect::<std::collections::BTreeSet<_>>();
-        let known = units.contains(&key.0);
-        let room = units.len() < self.source.max_units;
         if let Some(count) = record.entries.get_mut(&key) {
             *count += 1;
-        } else if known || room {
-            record.entries.insert(key, 1);
         } else {
-            record.overflow += 1;
+            // A new pair: rare, so the units are counted only here.
+            let units: std::collections::BTreeSet<&String> =
+                record.entries.keys().map(|(u, _)| u).collect();
+            if units.contains(&key.0) || units.len() < self.source.max_units {
+                record.entries.insert(key, 1);
+            } else {
+                record.overflow += 1;
+            }
         }
         if let Some(message) = text("MESSAGE") {
             let limit = self.source.max_series_per_pattern;

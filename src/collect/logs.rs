@@ -88,6 +88,8 @@ const MAX_LINE: usize = 64 << 10;
 /// The most bytes read from one file in a round, so that a huge backlog is worked through over
 /// several rounds without holding the agent up.
 const MAX_READ: u64 = 8 << 20;
+/// The most bytes of a capture kept as a label's value (a capture may span a whole line).
+const MAX_LABEL_VALUE: usize = 128;
 /// Labels a capture may not take: the counters' own and the hub's.
 const RESERVED: [&str; 4] = ["pattern", "source", "instance", "device"];
 
@@ -341,7 +343,14 @@ pub fn count_match(
     let values: Vec<String> = regex
         .capture_names()
         .flatten()
-        .map(|name| captures.name(name).map_or("", |m| m.as_str()).to_string())
+        .map(|name| {
+            let value = captures.name(name).map_or("", |m| m.as_str());
+            let mut end = value.len().min(MAX_LABEL_VALUE);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value[..end].to_string()
+        })
         .collect();
     let counts = cursor.matches.entry(pattern.name.clone()).or_default();
     if let Some(count) = counts.get_mut(&values) {
@@ -464,6 +473,32 @@ mod tests {
                     .to_string()
             ),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_capture_as_long_as_a_line_is_a_label_of_bounded_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let config = section(dir.path(), &[("users", r"login (?P<user>\S+)")]);
+        append(
+            &dir.path().join("app.log"),
+            &format!("login {}\n", "é".repeat(300)),
+        );
+        let mut collector = LogsCollector::open(config, &store).unwrap();
+        let out = counters(&mut collector, &store);
+        let line = out.iter().find(|l| l.contains("user=")).unwrap();
+        let value = line
+            .split("user=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(
+            !value.is_empty() && value.len() <= MAX_LABEL_VALUE,
+            "{}",
+            value.len()
         );
     }
 

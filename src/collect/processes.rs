@@ -108,24 +108,20 @@ impl ProcessesCollector {
                 .clone();
             Some([pid.to_string(), seen.comm.clone(), container])
         };
-        for (pid, share) in by_cpu {
-            if let Some([pid, comm, container]) = labels_of(pid) {
-                let labels = [
-                    ("pid", pid.as_str()),
-                    ("comm", comm.as_str()),
-                    ("container", container.as_str()),
-                ];
-                out.add("outpost_top_process_cpu_ratio", &labels, share);
-            }
-        }
-        for (pid, bytes) in by_memory {
-            if let Some([pid, comm, container]) = labels_of(pid) {
-                let labels = [
-                    ("pid", pid.as_str()),
-                    ("comm", comm.as_str()),
-                    ("container", container.as_str()),
-                ];
-                out.add("outpost_top_process_resident_memory_bytes", &labels, bytes);
+        let lists = [
+            ("outpost_top_process_cpu_ratio", by_cpu),
+            ("outpost_top_process_resident_memory_bytes", by_memory),
+        ];
+        for (metric, list) in lists {
+            for (pid, value) in list {
+                if let Some([pid, comm, container]) = labels_of(pid) {
+                    let labels = [
+                        ("pid", pid.as_str()),
+                        ("comm", comm.as_str()),
+                        ("container", container.as_str()),
+                    ];
+                    out.add(metric, &labels, value);
+                }
             }
         }
         let path = self.config.nvmap_clients.clone();

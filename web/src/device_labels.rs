@@ -60,7 +60,11 @@ impl Labelled<'_> {
             if candidates.is_empty() {
                 return None;
             }
-            store.push(any_of(DEVICE_LABEL, &candidates));
+            // Past a few hundred names the matcher costs more than it saves; the device
+            // matchers are checked on what the store gives either way.
+            if candidates.len() <= MAX_NAMED_DEVICES {
+                store.extend(any_of(DEVICE_LABEL, &candidates));
+            }
         }
         Some(Split { store, device })
     }
@@ -115,13 +119,15 @@ impl Labelled<'_> {
     }
 }
 
-/// A matcher of `label` equal to any of `values`.
-fn any_of(label: &str, values: &[&str]) -> Matcher {
+/// The most devices named in the store's matcher.
+const MAX_NAMED_DEVICES: usize = 500;
+
+/// A matcher of `label` equal to any of `values`; `None` if its regex would be too large.
+fn any_of(label: &str, values: &[&str]) -> Option<Matcher> {
     let alternatives: Vec<String> = values.iter().map(|v| regex::escape(v)).collect();
     let pattern = alternatives.join("|");
-    let anchored = regex::Regex::new(&format!("^(?:{pattern})$"))
-        .expect("escaped literals make a valid regex");
-    Matcher::new(MatchOp::Re(anchored), label, &pattern)
+    let anchored = regex::Regex::new(&format!("^(?:{pattern})$")).ok()?;
+    Some(Matcher::new(MatchOp::Re(anchored), label, &pattern))
 }
 
 impl Source for Labelled<'_> {
@@ -249,6 +255,24 @@ mod tests {
             devices: &none,
         };
         assert!(answer(&plain, r#"load{site="north"}"#).is_empty());
+    }
+
+    #[test]
+    fn a_fleet_too_large_to_name_in_one_matcher_is_filtered_after_the_store() {
+        let (_dir, store) = store_with(&[r#"load{instance="dev-0"}"#, r#"load{instance="dev-1"}"#]);
+        let devices: DeviceLabels = (0..MAX_NAMED_DEVICES + 10)
+            .map(|i| {
+                (
+                    format!("dev-{i}"),
+                    BTreeMap::from([("site".into(), "north".into())]),
+                )
+            })
+            .collect();
+        let labelled = Labelled {
+            store: &store,
+            devices: &devices,
+        };
+        assert_eq!(answer(&labelled, r#"count(load{site="north"})"#), ["{} 2"]);
     }
 
     #[test]
