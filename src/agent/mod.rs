@@ -537,9 +537,7 @@ fn tegrastats_source(
     }
 }
 
-/// Runs a synchronous collector every `interval` on the blocking pool (collectors read files,
-/// cgroups, sockets and the store: none of that may hold up the runtime's one thread, which also
-/// serves the API and the uplink) and stores what it returns.
+/// Runs a synchronous collector every `interval` and stores what it returns.
 async fn periodic<F>(
     name: &'static str,
     interval: Duration,
@@ -555,19 +553,8 @@ where
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let round = tokio::task::spawn_blocking(move || {
-            let mut samples = Samples::new();
-            let result = collect(&mut samples);
-            (collect, samples, result)
-        })
-        .await;
-        let (returned, samples, result) = match round {
-            Ok(round) => round,
-            // A panicking collector panics its task, which the supervisor starts again.
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => return Err(error.into()),
-        };
-        collect = returned;
+        let mut samples = Samples::new();
+        let result = collect(&mut samples);
         let at = now_ms();
         let result = match result {
             Ok(()) => sink.write(name, at, samples, false).await,
@@ -763,7 +750,8 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
     }
 }
 
-/// Follows the log files: each round reads what they gained and saves where it got to.
+/// Follows the log files: each round reads what they gained and saves where it got to, on the
+/// blocking pool (file and store I/O), then stores the counters.
 async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Result<()> {
     let interval = section.interval.0;
     let store = sink.store.clone();
@@ -772,10 +760,29 @@ async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Resu
         tokio::task::spawn_blocking(move || collect::logs::LogsCollector::open(section, &store))
     };
     let mut collector = opened.await??;
-    periodic("logs", interval, sink, move |out| {
-        collector.collect(&store, out)
-    })
-    .await
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let store = store.clone();
+        let (returned, samples, result) = tokio::task::spawn_blocking(move || {
+            let mut samples = Samples::new();
+            let result = collector.collect(&store, &mut samples);
+            (collector, samples, result)
+        })
+        .await?;
+        collector = returned;
+        let at = now_ms();
+        let result = match result {
+            Ok(()) => sink.write("logs", at, samples, false).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            tracing::warn!("following the log files: {error:#}");
+        }
+        sink.collector_round("logs", started.elapsed(), result.is_ok(), at);
+    }
 }
 
 /// Whether to follow the journal: `auto` where systemd runs the machine (or journal files are

@@ -56,7 +56,7 @@ const RESCAN: Duration = Duration::from_secs(30);
 /// The API gets this long to answer before the round goes on without names.
 const API_TIMEOUT: Duration = Duration::from_millis(500);
 /// The most time a rescan spends asking for restart counts (one request per container).
-const INSPECT_BUDGET: Duration = Duration::from_secs(2);
+const INSPECT_BUDGET: Duration = Duration::from_millis(500);
 
 /// The cgroup layout of the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
