@@ -181,7 +181,7 @@ mod tests {
 
     fn store_with(keys: &[&str]) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), Options::default()).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Options::default()).unwrap();
         let mut batch = outpost_storage::WriteBatch::default();
         for (i, key) in keys.iter().enumerate() {
             let id = store.series_id(&SeriesKey::parse(key).unwrap()).unwrap();
