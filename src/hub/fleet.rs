@@ -39,6 +39,8 @@ pub struct FleetAlerts {
     /// Firing and resolved transitions from the devices' events topics, oldest first, with the
     /// sequence number each is stored under. Events are sent once, so this is kept in the store.
     history: VecDeque<(u64, Value)>,
+    /// Every firing by its time, for counts over any range.
+    pub(super) firings: super::firings::FiringLog,
 }
 
 impl FleetAlerts {
@@ -73,6 +75,7 @@ impl FleetAlerts {
         (device, device_key, signs): (&str, &outpost_sync::DeviceKey, bool),
         suffix: &str,
         payload: &[u8],
+        now_ms: i64,
     ) -> Result<(Admitted, bool), &'static str> {
         let key = (device.to_string(), suffix.to_string());
         if payload.is_empty() {
@@ -103,7 +106,7 @@ impl FleetAlerts {
                 return Ok((Admitted::Ignored, signed));
             }
             let admitted = self
-                .record_event(alert.clone())
+                .record_event(alert.clone(), now_ms)
                 .map_or(Admitted::Ignored, |write| {
                     Admitted::Event(write, Box::new(alert))
                 });
@@ -127,8 +130,9 @@ impl FleetAlerts {
     }
 
     /// Adds a device's transition to the history unless it is a resend of one already there;
-    /// the oldest entries beyond [`HISTORY`] go. Returns what to store, if it was new.
-    fn record_event(&mut self, event: Value) -> Option<WriteBatch> {
+    /// the oldest entries beyond [`HISTORY`] go, and a firing goes to the firing log too.
+    /// Returns what to store, if it was new.
+    fn record_event(&mut self, event: Value, now_ms: i64) -> Option<WriteBatch> {
         let seq = event["event_seq"].as_u64();
         let device = &event["device"];
         // The hub's own engine numbers its events apart from each device's.
@@ -162,6 +166,7 @@ impl FleetAlerts {
             &FleetHistoryKey::Entry(next),
             event.to_string().into_bytes(),
         );
+        self.firings.record(&event, now_ms, &mut write);
         self.history.push_back((next, event));
         while self.history.len() > HISTORY {
             if let Some((old, _)) = self.history.pop_front() {
@@ -286,6 +291,7 @@ impl HubFleet {
             (device, &device_key, signs),
             suffix,
             payload,
+            outpost::timearg::now_ms(),
         );
         let event = {
             let mut registry = self.registry.lock().expect("registry lock");
@@ -349,13 +355,29 @@ impl HubFleet {
                     .unwrap_or_else(|| "hub".into())
                     .into();
                 event["source"] = "hub".into();
-                if let Some(recorded) = alerts.record_event(event) {
+                if let Some(recorded) = alerts.record_event(event, outpost::timearg::now_ms()) {
                     write.extend(recorded);
                 }
             }
         }
         if !write.is_empty() {
             super::write_in_background(&self.store, write, "the hub's alert history");
+        }
+    }
+
+    /// Forgets alert firings older than the firing log keeps; blocks.
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool
+    pub fn prune_firings(&self) {
+        let mut write = WriteBatch::default();
+        self.alerts.lock().expect("alerts lock").firings.prune(
+            &self.store,
+            outpost::timearg::now_ms(),
+            &mut write,
+        );
+        if !write.is_empty() {
+            if let Err(error) = self.store.write(write) {
+                tracing::warn!("old alert firings not deleted: {error}");
+            }
         }
     }
 
@@ -754,6 +776,16 @@ impl outpost_web::Fleet for HubFleet {
         self.create_silence(request, by)
     }
 
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
+    fn alert_firings(
+        &self,
+        start: i64,
+        end: i64,
+    ) -> Result<outpost_web::AlertFirings, outpost_web::WebError> {
+        let alerts = self.alerts.lock().expect("alerts lock");
+        Ok(alerts.firings.count(&self.store, (start, end))?)
+    }
+
     fn outage_notes(&self) -> Vec<outpost_web::outages::OutageNote> {
         self.store
             .list(&RegistryKey::OutageNotes)
@@ -861,6 +893,8 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeSet;
 
+    const NOW: i64 = 1_800_000_000_000;
+
     #[test]
     fn alert_topics_are_recognised() {
         assert_eq!(
@@ -889,7 +923,7 @@ mod tests {
             let signs = self.signing.contains(device);
             let (admitted, signed) =
                 self.alerts
-                    .admit((device, &self.key, signs), suffix, payload)?;
+                    .admit((device, &self.key, signs), suffix, payload, NOW)?;
             if signed {
                 self.signing.insert(device.to_string());
             }
@@ -962,7 +996,7 @@ mod tests {
     /// Records an event and stores it at once; whether it was new.
     fn record(store: &Store, alerts: &mut FleetAlerts, event: Value) -> bool {
         alerts
-            .record_event(event)
+            .record_event(event, NOW)
             .map(|write| store.write(write).unwrap())
             .is_some()
     }
@@ -1020,6 +1054,42 @@ mod tests {
         );
         let stored = store.list(&FleetHistoryKey::All).unwrap();
         assert_eq!(stored.len(), HISTORY_PER_DEVICE + 1, "and left the store");
+    }
+
+    /// The report's counts come from the firing log: every firing of a range, where the history
+    /// keeps a device's last [`HISTORY_PER_DEVICE`] transitions.
+    #[test]
+    fn firings_beyond_the_history_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("hub.redb"),
+            outpost_storage::Options::default(),
+        )
+        .unwrap();
+        let mut alerts = FleetAlerts::load(&store);
+        let total = HISTORY as u64 + 10;
+        for seq in 1..=total {
+            // One a minute, over a day and a half.
+            let at = outpost::alert::engine::rfc3339(NOW - (total - seq) as i64 * 60_000);
+            let event = json!({ "device": "a", "source": "device", "rule": "hot", "instance": "_",
+                "severity": "warning", "state": "firing", "event_seq": seq, "at": at });
+            assert!(record(&store, &mut alerts, event.clone()));
+            let mut resolved = event;
+            resolved["state"] = "resolved".into();
+            resolved["event_seq"] = (seq + 1_000_000).into();
+            assert!(record(&store, &mut alerts, resolved));
+        }
+        assert_eq!(alerts.history.len(), HISTORY_PER_DEVICE);
+        let counted = alerts.firings.count(&store, (0, NOW)).unwrap();
+        assert_eq!(counted.fired.len(), 1);
+        assert_eq!(counted.fired[0].fired, total);
+        assert!(counted.uncounted.is_empty());
+        // The last hour's only.
+        let hour = alerts
+            .firings
+            .count(&store, (NOW - 3_599_999, NOW))
+            .unwrap();
+        assert_eq!(hour.fired[0].fired, 60);
     }
 
     #[test]

@@ -123,6 +123,7 @@ mod tests {
             owner::<ExecKey>("exec channel"),
             owner::<LastCommandKey>("alert runtime"),
             owner::<FleetHistoryKey>("fleet history"),
+            owner::<super::super::firings::FiringKey>("alert firings"),
             owner::<QueueKey>("notification queues"),
             owner::<super::super::remote::DeadLetterKey>("remote storage dead letters"),
             owner::<crate::collect::logs::LogKey>("log files"),

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod devices;
+mod firings;
 mod fleet;
 mod gate;
 mod keys;
@@ -366,6 +367,8 @@ async fn daemon(config: HubConfig) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
+    // The first round prunes what aged out while the hub was stopped.
+    let mut pruned_at: Option<std::time::Instant> = None;
     // Not the current generation: the first round reconciles the silences with the labels.
     let mut devices_seen = u64::MAX;
     let mut service = crate::sdnotify::Service::ready("serving");
@@ -383,6 +386,11 @@ async fn daemon(config: HubConfig) -> Result<()> {
                 }
                 registry.lock().expect("registry lock").persist_if_changed(&store);
                 remind(&router.hub_fleet);
+                if pruned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+                    pruned_at = Some(std::time::Instant::now());
+                    let fleet = router.hub_fleet.clone();
+                    tokio::task::spawn_blocking(move || fleet.prune_firings());
+                }
             }
             _ = alert_ticker.tick(), if alert_shared.is_some() => {
                 if let Some(shared) = &alert_shared {

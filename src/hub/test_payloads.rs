@@ -38,7 +38,7 @@ proptest! {
         match topic {
             0 | 1 => {
                 let suffix = if topic == 0 { "events" } else { "r/_" };
-                let _ = FleetAlerts::default().admit(("d", &key(), signed), suffix, &payload);
+                let _ = FleetAlerts::default().admit(("d", &key(), signed), suffix, &payload, 0);
             }
             _ => {
                 let text = String::from_utf8_lossy(&payload);

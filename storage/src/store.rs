@@ -864,6 +864,34 @@ impl Store {
     /// Every entry of a state table whose key starts with `prefix`, in key order, including
     /// writes not yet sealed.
     pub fn state_list(&self, table: StateTable, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_scan(table, prefix, |key| key.starts_with(prefix))
+    }
+
+    /// Every entry of `from`'s table with a key from `from` up to, not including, `to`, in key
+    /// order, including writes not yet sealed.
+    pub fn range<K: crate::StateKey>(&self, from: &K, to: &K) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_range(K::TABLE, &from.to_string(), &to.to_string())
+    }
+
+    /// Every entry of a state table with a key from `from` up to, not including, `to`, in key
+    /// order, including writes not yet sealed.
+    pub fn state_range(
+        &self,
+        table: StateTable,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_scan(table, from, |key| key < to)
+    }
+
+    /// The entries from `from` on while `within` holds: `within` must hold for a contiguous run
+    /// of keys starting at `from`.
+    fn state_scan(
+        &self,
+        table: StateTable,
+        from: &str,
+        within: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         self.contain(|| {
             let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
             // The head stays locked while the database is read, so that no seal moves operations
@@ -876,9 +904,9 @@ impl Store {
                     TableDefinition::new(table.table_name());
                 match txn.open_table(definition) {
                     Ok(t) => {
-                        for entry in t.range(prefix..)? {
+                        for entry in t.range(from..)? {
                             let (key, value) = entry?;
-                            if !key.value().starts_with(prefix) {
+                            if !within(key.value()) {
                                 break;
                             }
                             entries.insert(key.value().to_string(), Some(value.value().to_vec()));
@@ -895,16 +923,17 @@ impl Store {
                 .iter()
                 .flat_map(|f| f.state.iter())
                 .chain(head.active.state.iter());
+            let wanted = |t: &StateTable, key: &str| *t == table && key >= from && within(key);
             for op in ops {
                 match op {
                     StateOp::Put {
                         table: t,
                         key,
                         value,
-                    } if *t == table && key.starts_with(prefix) => {
+                    } if wanted(t, key) => {
                         entries.insert(key.clone(), Some(value.clone()));
                     }
-                    StateOp::Delete { table: t, key } if *t == table && key.starts_with(prefix) => {
+                    StateOp::Delete { table: t, key } if wanted(t, key) => {
                         entries.insert(key.clone(), None);
                     }
                     _ => {}

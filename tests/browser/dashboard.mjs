@@ -34,6 +34,7 @@ const browser = await chromium.launch({
     '--disable-component-update', '--disable-sync'],
 });
 const failures = [];
+let promptAnswer;
 try {
   // Times are checked as written in UTC; the zone setting is tested on its own.
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, timezoneId: 'UTC' });
@@ -352,7 +353,8 @@ try {
     await page.waitForFunction(() => window.outpost.explore?.mode === 'instant');
     check(await page.inputValue('input[name=q]') === 'count by (instance) (jetson_cpu_load_ratio)', 'a shared address runs the same query', shared);
     // Boards: pin explorer queries, list, show, export, import, edit, delete.
-    page.on('dialog', (dialog) => dialog.accept());
+    // Confirmations are accepted; a prompt gets `promptAnswer` when a check sets it.
+    page.on('dialog', (dialog) => dialog.accept(dialog.type() === 'prompt' ? promptAnswer : undefined));
     await page.fill('form.pin input[name=board]', 'Site north');
     await page.fill('form.pin input[name=title]', 'Cores per device');
     await page.click('form.pin button[type=submit]');
@@ -485,7 +487,32 @@ try {
     check(outages.some((o) => o[2] === 'ongoing'), 'the silence that goes on is an ongoing outage', outages);
     const bRow = await page.$eval('table.report tr[data-device="dev-b"]', (tr) => [...tr.children].map((td) => td.textContent));
     check(bRow[1] === '20.00 %' && bRow[2] === '3', 'availability is the share of steps reported since the first (4 of 20)', bRow);
+    // An admin notes the first gap; the note is found again on a finer view, where the gap
+    // starts a few buckets later (a note is no longer tied to one resolution's bucket).
+    promptAnswer = `power cut ${now}`;
+    const firstGap = `table.report-outages tbody tr:last-child`;
+    await page.click(`${firstGap} td.note button`);
+    await page.waitForFunction(([row, text]) => document.querySelector(row)?.textContent.includes(text), [firstGap, promptAnswer]);
+    const fine = step / 4;
+    // Reported at every fine step but 9 to 15: the gap starts a quarter into the coarse bucket.
+    const finePoints = [...Array(20).keys()].filter((i) => i < 9 || i > 15).map((i) => [t0 + i * fine, 1]);
+    const finer = { step_ms: fine, series: [{ ...made.series[0], points: finePoints }] };
     await page.unroute(presence);
+    await page.route(presence, (route) => route.fulfill({ contentType: 'application/json', body: JSON.stringify(finer) }));
+    await page.goto(`${hub}/reports?start=${t0}&end=${t0 + 20 * fine}&q=dev-b`);
+    await page.waitForFunction(() => window.outpost.report, null, { timeout: 30000 });
+    const noted = await page.$$eval('table.report-outages tbody tr', (trs) => trs.map((tr) => tr.textContent));
+    check(noted.length === 1 && noted[0].includes(promptAnswer), 'a note on a device outage shows at another resolution', noted);
+    const stored = await page.evaluate(async () => (await (await fetch('/api/outages/notes?device=dev-b')).json()).notes);
+    check(stored.length === 1 && stored[0].probe === '' && stored[0].by === env('HUB_USER'), 'the note is kept once, as the device\'s, with who wrote it', stored);
+    await page.unroute(presence);
+    // Alert counts: every firing the hub recorded in the range, which here (fewer than the
+    // history holds) must equal the history's count.
+    const [firings, alerts] = await page.evaluate(async () => [await (await fetch('/api/alerts/fired?start=now-24h&end=now')).json(), await (await fetch('/api/alerts')).json()]);
+    const dayAgo = firings.start;
+    const inHistory = alerts.history.filter((e) => e.state === 'firing' && Date.parse(e.at) >= dayAgo).length;
+    const counted = firings.fired.reduce((sum, c) => sum + c.fired, 0);
+    check(counted >= 1 && counted === inHistory, 'the firing counts agree with the history where it holds them all', { firings, inHistory });
     // Any range: from and to in the address (as the form's custom range writes them).
     const [from, to] = [Date.now() - 7200e3, Date.now() - 3600e3];
     await page.goto(`${hub}/reports?start=${from}&end=${to}&q=dev-a`);

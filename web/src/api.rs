@@ -72,6 +72,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/range", get(range_handler))
         .route("/api/export", get(export))
         .route("/api/alerts", get(alerts))
+        .route("/api/alerts/fired", get(alert_firings))
         .route("/api/silences", get(list_silences).post(silence))
         .route("/api/silences/{id}", axum::routing::delete(delete_silence))
         .route("/api/silences/{id}/expire", post(expire_silence))
@@ -83,6 +84,8 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         )
         .route("/api/probes/outages", get(probe_outages))
         .route("/api/probes/outages/note", post(outage_note))
+        .route("/api/outages/notes", get(outage_notes))
+        .route("/api/outages/note", post(outage_note))
         .route("/api/live", get(live))
         .route("/api/backup", get(backup))
         .route("/metrics", get(metrics))
@@ -665,6 +668,35 @@ async fn alerts(State(web): State<Arc<Web>>) -> Response {
     Json(web.fleet.alerts()).into_response()
 }
 
+#[derive(Deserialize)]
+struct FiringParams {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+/// How often each rule fired on each device from `start` to `end` (the last day by default),
+/// counted from every firing the hub recorded, not only the history's last transitions.
+async fn alert_firings(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<FiringParams>,
+) -> Answer<Response> {
+    let now = web.fleet.now_ms();
+    let (start, end) = window(
+        params.start.as_deref(),
+        params.end.as_deref(),
+        now,
+        86_400_000,
+    )?;
+    if end < start {
+        return Err(WebError::BadRequest("end must not be before start".into()));
+    }
+    let fleet = web.fleet.clone();
+    let firings = tokio::task::spawn_blocking(move || fleet.alert_firings(start, end))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))??;
+    Ok(Json(json!({ "start": start, "end": end, "fired": firings.fired, "uncounted": firings.uncounted })).into_response())
+}
+
 async fn silence(
     State(web): State<Arc<Web>>,
     Extension(identity): Extension<Identity>,
@@ -730,9 +762,28 @@ async fn probe_outages(
 #[serde(deny_unknown_fields)]
 struct NoteRequest {
     device: String,
+    #[serde(default)]
     probe: String,
     start_ms: i64,
+    /// The resolution the outage was seen at: its start is within this of the real one.
+    #[serde(default)]
+    step_ms: i64,
     note: String,
+}
+
+/// Every operator's note on an outage, of probes and devices, or of one `device`.
+async fn outage_notes(
+    State(web): State<Arc<Web>>,
+    Query(params): Query<OutageParams>,
+) -> Answer<Response> {
+    let fleet = web.fleet.clone();
+    let mut notes = tokio::task::spawn_blocking(move || fleet.outage_notes())
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    if let Some(device) = params.device.filter(|d| !d.is_empty()) {
+        notes.retain(|n| n.device == device);
+    }
+    Ok(Json(json!({ "notes": notes })).into_response())
 }
 
 /// An operator's note on an outage ("resolved by replacing the switch").
@@ -744,16 +795,19 @@ async fn outage_note(
     if request.note.len() > 4096 {
         return Err(WebError::BadRequest("note: at most 4096 bytes".into()));
     }
-    // They name a store key: a device's or probe's name, not a document.
-    for (key, text) in [("device", &request.device), ("probe", &request.probe)] {
-        if text.is_empty() || text.len() > 256 {
-            return Err(WebError::BadRequest(format!("{key}: 1 to 256 bytes")));
-        }
+    // They name a store key: a device's or probe's name, not a document. No probe: the
+    // device's own outage.
+    if request.device.is_empty() || request.device.len() > 256 {
+        return Err(WebError::BadRequest("device: 1 to 256 bytes".into()));
+    }
+    if request.probe.len() > 256 {
+        return Err(WebError::BadRequest("probe: at most 256 bytes".into()));
     }
     let note = crate::outages::OutageNote {
         device: request.device,
         probe: request.probe,
         start_ms: request.start_ms,
+        step_ms: request.step_ms.clamp(0, 366 * 86_400_000),
         note: request.note,
         by: identity.name.clone(),
         at_ms: web.fleet.now_ms(),

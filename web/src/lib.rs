@@ -249,6 +249,23 @@ pub struct FleetAlerts {
     pub history: Vec<serde_json::Value>,
 }
 
+/// The alert firings of a range, as `GET /api/alerts/fired` answers: how often each rule fired
+/// on each device, and how many firings each device sent beyond what the hub counts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct AlertFirings {
+    pub fired: Vec<AlertFiringCount>,
+    pub uncounted: std::collections::BTreeMap<String, u64>,
+}
+
+/// How often one rule fired on one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertFiringCount {
+    pub device: String,
+    pub rule: String,
+    pub severity: String,
+    pub fired: u64,
+}
+
 /// A silence the hub made, as `/api/silences` shows it: what, for whom, who made it and why,
 /// where it went, and the alerts it holds back now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -307,7 +324,13 @@ pub trait Fleet: Send + Sync + 'static {
         let _ = name;
         Ok(false)
     }
-    /// Operators' notes on probe outages.
+    /// The alert firings from `start` to `end` (ms, both included), whenever they arrived.
+    /// Blocks, as `silence` does.
+    fn alert_firings(&self, start: i64, end: i64) -> Result<AlertFirings, WebError> {
+        let _ = (start, end);
+        Ok(AlertFirings::default())
+    }
+    /// Operators' notes on outages: of probes, and of devices (an empty `probe`).
     fn outage_notes(&self) -> Vec<outages::OutageNote> {
         Vec::new()
     }

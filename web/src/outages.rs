@@ -16,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use crate::samples::Samples;
 use crate::WebError;
 
-/// An operator's note on one outage.
+/// An operator's note on one outage: of a probe, or of the device itself (`probe` empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutageNote {
     pub device: String,
     pub probe: String,
+    /// The outage's start as the operator saw it: a bucket start, so the real start is within
+    /// `step_ms` after it.
     pub start_ms: i64,
+    #[serde(default)]
+    pub step_ms: i64,
     pub note: String,
     #[serde(default)]
     pub by: String,
@@ -87,6 +91,25 @@ fn key_of(series: &SeriesKey) -> (String, String) {
     )
 }
 
+/// The newest note on the outage of `probe` (empty: the device's own) from `start_ms` to
+/// `end_ms` (`None`: ongoing). A note belongs to an outage whose time it overlaps: it was made
+/// at one resolution and is read at any other, where the outage's buckets start elsewhere.
+pub fn note_for(
+    notes: &[OutageNote],
+    (device, probe): (&str, &str),
+    (start_ms, end_ms): (i64, Option<i64>),
+) -> Option<OutageNote> {
+    notes
+        .iter()
+        .filter(|n| n.device == device && n.probe == probe)
+        .filter(|n| {
+            let noted_until = n.start_ms.saturating_add(n.step_ms.max(1));
+            noted_until > start_ms && end_ms.is_none_or(|end| n.start_ms < end)
+        })
+        .max_by_key(|n| n.at_ms)
+        .cloned()
+}
+
 /// The report of every probe matching `device` and `probe` (empty: any) over `start..end`.
 pub async fn report(
     samples: &Samples,
@@ -128,18 +151,12 @@ pub async fn report(
         let down_buckets = series.points.iter().filter(|p| p.1 == 0.0).count();
         let up_buckets = series.points.len() - down_buckets;
         let seen = series.points.len();
-        let note_for = |start_ms: i64| {
-            notes
-                .iter()
-                .find(|n| n.device == device && n.probe == probe && n.start_ms == start_ms)
-                .cloned()
-        };
         let outage = |(start_ms, end_ms): (i64, Option<i64>), severity| Outage {
             start_ms,
             end_ms,
             duration_seconds: (end_ms.unwrap_or(end) - start_ms).max(0) as f64 / 1000.0,
             severity,
-            note: note_for(start_ms),
+            note: note_for(notes, (&device, &probe), (start_ms, end_ms)),
         };
         let critical = runs_down(&series.points);
         let mut outages: Vec<Outage> = critical.iter().map(|&r| outage(r, "critical")).collect();
@@ -179,6 +196,46 @@ pub async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(probe: &str, (start_ms, step_ms): (i64, i64), at_ms: i64, text: &str) -> OutageNote {
+        OutageNote {
+            device: "d".into(),
+            probe: probe.into(),
+            start_ms,
+            step_ms,
+            note: text.into(),
+            by: "admin".into(),
+            at_ms,
+        }
+    }
+
+    /// A note made on a day's view (10 s buckets) is found on a month's (5 min buckets), and the
+    /// other way round, though the outage starts at another bucket in each.
+    #[test]
+    fn a_note_follows_its_outage_across_resolutions() {
+        let day_view = [note("", (1_000_130_000, 10_000), 1, "switch replaced")];
+        // The month's view: the outage from the 5 minute bucket that holds 1_000_130_000.
+        let found = note_for(&day_view, ("d", ""), (1_000_020_000, Some(1_000_320_000)));
+        assert_eq!(found.map(|n| n.note).as_deref(), Some("switch replaced"));
+        let month_view = [note("", (1_000_020_000, 300_000), 1, "power cut")];
+        let found = note_for(&month_view, ("d", ""), (1_000_130_000, Some(1_000_200_000)));
+        assert_eq!(found.map(|n| n.note).as_deref(), Some("power cut"));
+        // Not another outage of the device, nor a probe's, nor before or after.
+        for (probe, range) in [
+            ("", (1_000_400_000, Some(1_000_500_000))),
+            ("", (900_000_000, Some(1_000_000_000))),
+            ("http", (1_000_020_000, None)),
+        ] {
+            assert_eq!(note_for(&day_view, ("d", probe), range), None);
+        }
+        // An ongoing outage has its note; the newest of two wins.
+        let two = [
+            note("", (1_000_130_000, 10_000), 5, "newer"),
+            note("", (1_000_120_000, 10_000), 2, "older"),
+        ];
+        let found = note_for(&two, ("d", ""), (1_000_100_000, None));
+        assert_eq!(found.map(|n| n.note).as_deref(), Some("newer"));
+    }
 
     #[test]
     fn runs_of_down_buckets_end_at_the_first_up_one_across_gaps() {

@@ -568,3 +568,47 @@ fn state_lists_merge_the_head_over_sealed_entries_by_prefix() {
         4
     );
 }
+
+#[test]
+fn state_ranges_merge_the_head_over_sealed_entries_between_two_keys() {
+    use outpost_storage::StateTable;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("range.redb");
+    let store = open(&path);
+    let write = |pairs: &[(&str, &str)], deletes: &[&str]| {
+        let mut batch = WriteBatch::default();
+        for (k, v) in pairs {
+            batch.put_state(StateTable::AlertState, *k, v.as_bytes().to_vec());
+        }
+        for k in deletes {
+            batch.delete_state(StateTable::AlertState, *k);
+        }
+        store.write(batch).unwrap();
+    };
+    write(
+        &[("t/10", "a"), ("t/20", "b"), ("t/30", "c"), ("u/1", "x")],
+        &[],
+    );
+    store.seal().unwrap();
+    // In the head: one sealed entry deleted, one added inside the range, one added after it.
+    write(&[("t/15", "d"), ("t/40", "e")], &["t/20"]);
+    let range = |store: &outpost_storage::Store, from: &str, to: &str| {
+        store
+            .state_range(StateTable::AlertState, from, to)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(range(&store, "t/10", "t/30"), ["t/10", "t/15"]);
+    assert_eq!(range(&store, "t/11", "t/4"), ["t/15", "t/30"]);
+    assert_eq!(range(&store, "t/", "u/"), ["t/10", "t/15", "t/30", "t/40"]);
+    assert!(range(&store, "t/30", "t/30").is_empty());
+    store.close().unwrap();
+    let store = open(&path);
+    assert_eq!(
+        range(&store, "t/", "u/"),
+        ["t/10", "t/15", "t/30", "t/40"],
+        "after reopen"
+    );
+}

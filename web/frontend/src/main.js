@@ -1037,7 +1037,9 @@ async function probesPage(view, me) {
       onclick: async () => {
         const text = prompt(`Note on ${o.device} ${o.probe} from ${when(o.start_ms)}`, o.note?.note ?? '');
         if (text === null) return;
-        await api('/api/probes/outages/note', { method: 'POST', body: JSON.stringify({ device: o.device, probe: o.probe, start_ms: o.start_ms, note: text }) });
+        // An edit keeps the note's own start, so that it replaces the note rather than adding one.
+        const at = o.note ? { start_ms: o.note.start_ms, step_ms: o.note.step_ms } : { start_ms: o.start_ms, step_ms: answer.step_ms };
+        await api('/api/outages/note', { method: 'POST', body: JSON.stringify({ device: o.device, probe: o.probe, ...at, note: text }) });
         route();
       },
     }, o.note ? 'Edit' : 'Add note') : null);
@@ -1387,10 +1389,20 @@ function meanAndPeak(result) {
   return out;
 }
 
+// As the hub's firing log bounds each device (hub/firings.rs).
+const FIRINGS_PER_DEVICE_HOUR = 720;
+
+// The newest of `notes` on `device`'s outage `o`: a note belongs to the outage whose time it
+// overlaps, as it was made at one resolution and is read at another (outages::note_for).
+function noteOn(notes, device, o) {
+  const on = notes.filter((n) => n.device === device && n.start_ms + Math.max(n.step_ms ?? 0, 1) > o.start && (o.end === null || n.start_ms < o.end));
+  return on.sort((a, b) => b.at_ms - a.at_ms)[0] ?? null;
+}
+
 // For any range and set of devices: availability and outages, alerts by severity and rule,
 // and peak and mean CPU, GPU, memory, temperature and power; a CSV of it, and a page that
 // prints as a tidy report.
-async function reportsPage(view) {
+async function reportsPage(view, me) {
   const params = new URLSearchParams(location.search);
   // A named range up to now, or any range `start` to `end` (ms) in the address.
   const custom = Number(params.get('start')) > 0 && Number(params.get('end')) > Number(params.get('start'));
@@ -1431,8 +1443,13 @@ async function reportsPage(view) {
     const answer = await api(`/api/v1/query_range?${new URLSearchParams({ query: expression(matcher), start: String(start / 1000), end: String(end / 1000), step: String(step) })}`);
     resources[key] = meanAndPeak(answer.data.result);
   }));
-  const alerts = await api('/api/alerts');
-  const fired = (alerts.history ?? []).filter((e) => e.state === 'firing' && devices.includes(e.device) && Date.parse(e.at) >= start && Date.parse(e.at) <= end);
+  const [firings, notes] = await Promise.all([
+    api(`/api/alerts/fired?${new URLSearchParams({ start: String(start), end: String(end) })}`),
+    api('/api/outages/notes'),
+  ]);
+  const fired = (firings.fired ?? []).filter((c) => devices.includes(c.device));
+  const uncounted = Object.entries(firings.uncounted ?? {}).filter(([device]) => devices.includes(device));
+  const deviceNotes = (notes.notes ?? []).filter((n) => n.probe === '');
   const rows = devices.map((device) => {
     const series = (presence.series ?? []).find((s) => s.labels.instance === device);
     // From the device's first report in the range: a device enrolled last week was not down
@@ -1448,9 +1465,9 @@ async function reportsPage(view) {
       buckets.push([t, reported.has(t) ? 1 : null]);
     }
     const seen = buckets.filter(([, v]) => v !== null).length;
-    const outages = emptyRuns(buckets, presence.step_ms, end);
+    const outages = emptyRuns(buckets, presence.step_ms, end).map((o) => ({ ...o, note: noteOn(deviceNotes, device, o) }));
     const restored = outages.filter((o) => o.end !== null);
-    const bySeverity = (sev) => fired.filter((e) => e.device === device && e.severity === sev).length;
+    const bySeverity = (sev) => fired.filter((c) => c.device === device && c.severity === sev).reduce((sum, c) => sum + c.fired, 0);
     return {
       device,
       availability: buckets.length ? (100 * seen) / buckets.length : null,
@@ -1474,12 +1491,25 @@ async function reportsPage(view) {
     el('thead', {}, el('tr', {}, columns.map(([t], i) => el('th', { scope: 'col', class: i ? 'num' : '' }, t)))),
     el('tbody', {}, rows.map((r) => el('tr', { 'data-device': r.device }, columns.map(([, f], i) => el('td', { class: i ? 'num' : '' }, f(r)))))));
   const outageRows = rows.flatMap((r) => r.outages.map((o) => ({ device: r.device, ...o }))).sort((a, b) => b.start - a.start);
+  const admin = me.identity?.role === 'admin';
+  // An edit keeps the note's own start, so that it replaces the note rather than adding one.
+  const noteCell = (o) => el('td', { class: 'note' }, o.note ? `${o.note.note} (${o.note.by})` : '',
+    admin ? el('button', {
+      type: 'button', class: 'link no-print',
+      onclick: async () => {
+        const text = prompt(`Note on ${o.device}'s outage from ${stamp(o.start)}`, o.note?.note ?? '');
+        if (text === null) return;
+        const at = o.note ? { start_ms: o.note.start_ms, step_ms: o.note.step_ms } : { start_ms: o.start, step_ms: presence.step_ms };
+        await api('/api/outages/note', { method: 'POST', body: JSON.stringify({ device: o.device, probe: '', ...at, note: text }) });
+        route();
+      },
+    }, o.note ? 'Edit' : 'Add note') : null);
   const outageTable = outageRows.length
-    ? el('table', { class: 'report-outages' }, el('thead', {}, el('tr', {}, ['Device', 'Start', 'End', 'Duration'].map((t) => el('th', { scope: 'col' }, t)))),
-      el('tbody', {}, outageRows.map((o) => el('tr', {}, el('td', {}, o.device), el('td', {}, stamp(o.start)), el('td', {}, o.end === null ? 'ongoing' : stamp(o.end)), el('td', {}, duration(o.duration))))))
+    ? el('table', { class: 'report-outages' }, el('thead', {}, el('tr', {}, ['Device', 'Start', 'End', 'Duration', 'Note'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}, outageRows.map((o) => el('tr', { 'data-device': o.device }, el('td', {}, o.device), el('td', {}, stamp(o.start)), el('td', {}, o.end === null ? 'ongoing' : stamp(o.end)), el('td', {}, duration(o.duration)), noteCell(o)))))
     : el('p', { class: 'muted' }, 'No outages.');
   const byRule = {};
-  for (const e of fired) byRule[`${e.rule}\u0000${e.severity}`] = (byRule[`${e.rule}\u0000${e.severity}`] ?? 0) + 1;
+  for (const c of fired) byRule[`${c.rule}\u0000${c.severity}`] = (byRule[`${c.rule}\u0000${c.severity}`] ?? 0) + c.fired;
   const ruleTable = Object.keys(byRule).length
     ? el('table', { class: 'report-rules' }, el('thead', {}, el('tr', {}, ['Rule', 'Severity', 'Fired'].map((t, i) => el('th', { scope: 'col', class: i === 2 ? 'num' : '' }, t)))),
       el('tbody', {}, Object.entries(byRule).sort((a, b) => b[1] - a[1]).map(([k, n]) => { const [rule, sev] = k.split('\u0000'); return el('tr', {}, el('td', {}, rule), el('td', {}, el('span', { class: `badge ${sev}` }, sev)), el('td', { class: 'num' }, n)); })))
@@ -1494,7 +1524,8 @@ async function reportsPage(view) {
   view.append(
     el('p', { class: 'report-actions' }, download, ' ', el('button', { type: 'button', onclick: () => window.print() }, 'Print or save as PDF')),
     el('h2', {}, 'Devices'), el('div', { class: 'scroll' }, summary),
-    el('p', { class: 'muted' }, `Availability is the share of ${duration(presence.step_ms)} steps in which the device's agent reported; an outage is a run of steps without a report. Alerts count firings in the hub's history (its last 2,000 transitions).`),
+    el('p', { class: 'muted' }, `Availability is the share of ${duration(presence.step_ms)} steps in which the device's agent reported; an outage is a run of steps without a report. Alerts count every firing the hub recorded in the range.`),
+    uncounted.length ? el('p', { class: 'error report-uncounted' }, `Firings sent beyond what the hub counts (more than ${FIRINGS_PER_DEVICE_HOUR} a device an hour): ${uncounted.map(([d, n]) => `${d} ${n}`).join(', ')}.`) : null,
     el('h2', {}, 'Outages'), outageTable,
     el('h2', {}, 'Alerts by rule'), ruleTable);
   // The devices' probes over the same range, as the availability page counts them.
@@ -1560,7 +1591,7 @@ async function route() {
     else if (path === '/boards') await boardsPage(view, me);
     else if (path.startsWith('/boards/')) await boardPage(view, decodeURIComponent(path.slice('/boards/'.length)), me);
     else if (path === '/compare') await comparePage(view);
-    else if (path === '/reports') await reportsPage(view);
+    else if (path === '/reports') await reportsPage(view, me);
     else if (path === '/') await fleetPage(view);
     else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
