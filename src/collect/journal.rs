@@ -110,14 +110,20 @@ impl Journal {
     /// Runs `journalctl` from the saved cursor and counts what it prints, until it ends (an
     /// error: the caller's supervisor starts it again). Blocking.
     pub fn follow(&self) -> Result<()> {
-        let mut command = Command::new(&self.source.journalctl);
-        command.args(["-o", "json", "--follow", "--no-pager", "--quiet"]);
-        for file in &self.source.files {
-            command.arg(format!("--file={}", file.display()));
+        let mut cursor = self.record.lock().expect("journal record").cursor.clone();
+        if cursor.is_none() {
+            // The first start: the history is not counted. The end is marked by its last entry's
+            // cursor, kept with the (empty) counts, so that what comes while the agent is
+            // stopped, even before any entry came to it, is counted when it is back.
+            cursor = self.last_cursor()?;
+            self.record.lock().expect("journal record").cursor = cursor.clone();
         }
-        match self.record.lock().expect("journal record").cursor.clone() {
+        let mut command = self.journalctl();
+        command.arg("--follow");
+        match cursor {
             Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
-            None => command.arg("--lines=0"),
+            // An empty journal: everything in it is new.
+            None => command.arg("--lines=all"),
         };
         let mut child = command
             .stdin(Stdio::null())
@@ -149,6 +155,47 @@ impl Journal {
         let status = child.wait()?;
         self.child.lock().expect("journal child").take();
         anyhow::bail!("journalctl ended ({status}): {}", stderr.trim())
+    }
+
+    /// `journalctl` in JSON on the configured files (or the system's journal).
+    fn journalctl(&self) -> Command {
+        let mut command = Command::new(&self.source.journalctl);
+        command.args(["-o", "json", "--no-pager", "--quiet"]);
+        for file in &self.source.files {
+            command.arg(format!("--file={}", file.display()));
+        }
+        command
+    }
+
+    /// The cursor of the journal's last entry; `None` for an empty journal.
+    fn last_cursor(&self) -> Result<Option<String>> {
+        let output = self
+            .journalctl()
+            .args(["--lines=1", "--output-fields=__CURSOR"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.source.journalctl.display()))?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "journalctl could not read the journal's end ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let last = output
+            .stdout
+            .split(|b| *b == b'\n')
+            .rfind(|line| !line.is_empty());
+        match last {
+            None => Ok(None),
+            Some(line) => {
+                let entry: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(line).context("journalctl's last entry")?;
+                field_text(entry.get("__CURSOR"))
+                    .map(Some)
+                    .context("journalctl's last entry has no cursor")
+            }
+        }
     }
 
     /// Counts one line of `journalctl -o json`.

@@ -211,6 +211,57 @@ fn append_journal(file: &Path, first: usize, count: usize) -> usize {
     errors
 }
 
+/// An agent stopped before any new entry came has still marked where the journal ended when it
+/// started: what was written while it was stopped is counted when it is back, not skipped as
+/// history. (It used to begin every start without a cursor at the journal's end again.)
+#[test]
+fn journal_entries_written_while_stopped_before_any_came_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("system.journal");
+    append_journal(&journal, 0, 5);
+    let config = journal_config(&journal);
+    let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
+    let agent = Agent::start(dir.path(), &config, &[]);
+    wait_until("the first round", Duration::from_secs(30), || {
+        metric_value(&agent.metrics(), "outpost_journal_malformed_total")
+    });
+    // Two more rounds: the record with the journal's end is flushed (every 100 ms here).
+    let round_time = r#"outpost_collector_duration_seconds{collector="journal"}"#;
+    for _ in 0..2 {
+        let before = metric_value(&agent.metrics(), round_time);
+        wait_until("a round", Duration::from_secs(30), || {
+            (metric_value(&agent.metrics(), round_time) != before).then_some(())
+        });
+    }
+    assert_eq!(
+        metric_value(&agent.metrics(), errors_series),
+        None,
+        "the history is not counted"
+    );
+    drop(agent);
+    let errors = append_journal(&journal, 5, 20);
+    let agent = Agent::start(dir.path(), &config, &[]);
+    let counted = wait_until(
+        "the entries written meanwhile",
+        Duration::from_secs(30),
+        || metric_value(&agent.metrics(), errors_series),
+    );
+    assert_eq!(counted, errors as f64);
+    agent.stop();
+}
+
+/// The agent's config for the journal tests: only the journal, read from `journal`.
+fn journal_config(journal: &Path) -> String {
+    format!(
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [containers]\nenabled = false\n[processes]\nenabled = false\n\
+         [agent]\nself_interval = \"200ms\"\n[store]\nflush_interval = \"100ms\"\n\
+         [logs]\ninterval = \"200ms\"\njournal = true\njournal_files = [\"{}\"]\n\
+         [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error module=(?P<module>\\w+)'\nsources = [\"journal\"]\n",
+        journal.display()
+    )
+}
+
 /// The journal, followed through `journalctl` from a real journal file: the history before the
 /// agent's first start is not counted; entries written while the agent is killed are counted
 /// once when it is back (it resumes after its saved cursor).
@@ -219,14 +270,7 @@ fn journal_entries_across_a_kill_are_counted_once() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("system.journal");
     append_journal(&journal, 0, 5);
-    let config = format!(
-        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
-         [containers]\nenabled = false\n[processes]\nenabled = false\n\
-         [agent]\nself_interval = \"200ms\"\n[store]\nflush_interval = \"100ms\"\n\
-         [logs]\ninterval = \"200ms\"\njournal = true\njournal_files = [\"{}\"]\n\
-         [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error module=(?P<module>\\w+)'\nsources = [\"journal\"]\n",
-        journal.display()
-    );
+    let config = journal_config(&journal);
     let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
     let infos_series = r#"outpost_journal_entries_total{priority="info",unit="app.service"}"#;
     let matches_series =

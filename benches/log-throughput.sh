@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# How fast the agent turns logs into counters (issue 25's measure), on one core: a backlog of
+# journal entries (a real journal file written by Debian's `systemd-journal-remote`, read through
+# `journalctl -o json`, as on a device) and of plain log lines, each worked through by a release
+# `outpost agent` that resumes after its saved position, with the agent and everything it starts
+# pinned to CPU 0 (`taskset`). Two patterns apply to every entry, one with a capture.
+#
+# Usage: benches/log-throughput.sh [ENTRIES]   (default 500000 journal entries and 2,000,000 lines)
+# Prints, for each source, entries per second of wall time (journalctl included, on the same
+# core) and per second of the agent's own CPU time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+entries=${1:-500000}
+lines=$((entries * 4))
+remote=""
+for candidate in /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote; do
+  [ -x "$candidate" ] && remote=$candidate
+done
+[ -n "$remote" ] || { echo "needs systemd-journal-remote (apt-get install systemd-journal-remote)" >&2; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-logs.XXXXXX")
+port=$((20000 + RANDOM % 20000))
+agent=""
+cleanup() {
+  [ -n "$agent" ] && kill "$agent" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+binary=${OUTPOST_BINARY:-}
+if [ -z "$binary" ]; then
+  cargo build --release --locked --quiet -p outpost --bin outpost
+  binary=./target/release/outpost
+fi
+
+# Entries in the journal's export format: one in ten an error naming its module.
+export_entries() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+first, count = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout
+modules = ["camera", "infer", "uplink", "storage"]
+chunk = []
+for n in range(first, first + count):
+    error = n % 10 == 0
+    priority = 3 if error else 6
+    level = "error" if error else "info"
+    chunk.append(
+        f"__REALTIME_TIMESTAMP={1796000000000000 + n}\n__MONOTONIC_TIMESTAMP={1000 + n}\n"
+        f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT=app{n % 8}.service\n"
+        f"PRIORITY={priority}\nMESSAGE=level={level} module={modules[n % 4]} frame={n} processed a frame\n\n")
+    if len(chunk) == 10000:
+        out.write("".join(chunk))
+        chunk = []
+out.write("".join(chunk))
+PY
+}
+log_lines() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+first, count = int(sys.argv[1]), int(sys.argv[2])
+modules = ["camera", "infer", "uplink", "storage"]
+out = sys.stdout
+for start in range(first, first + count, 10000):
+    out.write("".join(
+        f"ts=1796000000.{n % 1000:03d} level={'error' if n % 10 == 0 else 'info'} module={modules[n % 4]} frame={n} msg=\"processed a frame\"\n"
+        for n in range(start, min(start + 10000, first + count))))
+PY
+}
+
+cat >"$work/agent.toml" <<EOF
+[agent]
+self_interval = "1s"
+[store]
+path = "$work/agent.redb"
+[host]
+enabled = false
+[jetson]
+enabled = "off"
+[nvml]
+enabled = "off"
+[containers]
+enabled = false
+[processes]
+enabled = false
+[alerts]
+enabled = false
+[logs]
+interval = "100ms"
+journal = true
+journal_files = ["$work/system.journal"]
+[[logs.file]]
+name = "app"
+path = "$work/app.log"
+[[logs.pattern]]
+name = "errors"
+regex = 'level=error module=(?P<module>\w+)'
+[[logs.pattern]]
+name = "frames"
+regex = 'frame=\d+'
+EOF
+
+metrics() { curl -s "http://127.0.0.1:$port/metrics"; }
+sum_of() { metrics | awk -v name="$1" 'index($0, name) == 1 { total += $NF } END { printf "%d\n", total }'; }
+start_agent() {
+  taskset -c 0 "$binary" agent --config "$work/agent.toml" --listen "127.0.0.1:$port" 2>>"$work/agent.log" &
+  agent=$!
+  until metrics | grep -q '^outpost_journal_malformed_total'; do
+    kill -0 "$agent" || { cat "$work/agent.log"; exit 1; }
+    sleep 0.1
+  done
+}
+stop_agent() { kill "$agent"; wait "$agent" || true; agent=""; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# The first start begins at the journal's end and the file's: afterwards both resume after their
+# saved positions, so the backlog written while the agent is stopped is what it works through.
+export_entries 0 10 | "$remote" --output="$work/system.journal" - >/dev/null 2>&1
+: >"$work/app.log"
+start_agent
+sleep 2
+stop_agent
+# One source at a time: its backlog written while the agent is stopped, then the agent started
+# and timed until it has counted all of it. The agent's CPU time includes its start.
+# Usage: work_through NAME COUNT SERIES
+work_through() {
+  local name=$1 count=$2 series=$3 started done_at helper_ticks=0
+  started=$(date +%s.%N)
+  start_agent
+  until [ "$(sum_of "$series")" -ge "$count" ]; do
+    kill -0 "$agent" || { cat "$work/agent.log"; exit 1; }
+    sleep 0.05
+  done
+  done_at=$(date +%s.%N)
+  local helper
+  helper=$(pgrep -P "$agent" journalctl || true)
+  [ -n "$helper" ] && helper_ticks=$(ticks "$helper")
+  local agent_ticks wall
+  agent_ticks=$(ticks "$agent")
+  wall=$(echo "$done_at - $started" | bc)
+  printf '%-8s %9d in %6.2f s of wall time: %7d/s; the agent %5.2f s of CPU: %7d per CPU second' \
+    "$name" "$count" "$wall" "$(echo "$count / $wall" | bc)" \
+    "$(echo "scale=2; $agent_ticks / $hz" | bc)" "$(echo "$count * $hz / $agent_ticks" | bc)"
+  [ "$helper_ticks" -gt 0 ] && printf '; journalctl %5.2f s of CPU' "$(echo "scale=2; $helper_ticks / $hz" | bc)"
+  printf '; %d pattern matches counted\n' "$(sum_of 'outpost_log_pattern_matches_total{')"
+  stop_agent
+}
+
+echo "the agent and journalctl pinned to CPU 0; two patterns on every entry and line"
+export_entries 10 "$entries" | "$remote" --output="$work/system.journal" - >/dev/null 2>&1
+work_through journal "$entries" 'outpost_journal_entries_total{'
+log_lines 0 "$lines" >>"$work/app.log"
+work_through file "$lines" 'outpost_log_lines_total{source="app"}'
