@@ -119,7 +119,13 @@ impl Journal {
             self.record.lock().expect("journal record").cursor = cursor.clone();
         }
         let mut command = self.journalctl();
-        command.arg("--follow");
+        // Only the fields counted (journalctl adds the cursor and the times): formatting the
+        // two dozen fields of a real entry as JSON is most of what reading the journal costs
+        // (benches/log-throughput.sh). Needs systemd 236 or later (JetPack 4 has 237).
+        command.args([
+            "--follow",
+            "--output-fields=_SYSTEMD_UNIT,SYSLOG_IDENTIFIER,PRIORITY,MESSAGE",
+        ]);
         match cursor {
             Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
             // An empty journal: everything in it is new.
