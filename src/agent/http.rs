@@ -57,6 +57,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/health", get(health))
         .route("/api/query", get(query))
+        .route("/api/logs", get(kept_logs))
         .merge(outpost_web::prometheus::routes(state.clone()))
         .route(
             "/api/v1/import/prometheus",
@@ -528,5 +529,30 @@ mod tests {
             10_000_000 - 3_600_000
         );
         assert_eq!(time_param("5000", 0).unwrap(), 5000);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct KeptLogsParams {
+    #[serde(default)]
+    q: String,
+    limit: Option<usize>,
+}
+
+/// The kept log lines (`[logs] keep_lines`), newest first: those holding `q` (ignoring case),
+/// at most `limit` (100 by default, 1,000 at most).
+async fn kept_logs(
+    State(state): State<Arc<HttpState>>,
+    axum::extract::Query(params): axum::extract::Query<KeptLogsParams>,
+) -> Response {
+    let store = state.sink.store.clone();
+    let limit = params.limit.unwrap_or(100).min(1000);
+    let found =
+        tokio::task::spawn_blocking(move || crate::collect::kept::newest(&store, &params.q, limit))
+            .await;
+    match found {
+        Ok(Ok(lines)) => axum::Json(serde_json::json!({ "lines": lines })).into_response(),
+        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
 }

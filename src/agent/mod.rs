@@ -765,10 +765,10 @@ async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Resu
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let store = store.clone();
+        let (store, kept_by) = (store.clone(), sink.clone());
         let (returned, samples, result) = tokio::task::spawn_blocking(move || {
             let mut samples = Samples::new();
-            let result = collector.collect(&store, &mut samples);
+            let result = collector.collect((&store, &kept_by.kept), now_ms(), &mut samples);
             (collector, samples, result)
         })
         .await?;
@@ -813,6 +813,7 @@ async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> R
         files: section.journal_files.clone(),
         max_units: section.max_units,
         max_series_per_pattern: section.max_series_per_pattern,
+        keep: section.keep_bounds(),
     };
     let store = sink.store.clone();
     let opened = {
@@ -833,10 +834,12 @@ async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> R
             _ = ticker.tick() => None,
         };
         let started = Instant::now();
-        let (journal_now, store_now) = (journal.clone(), store.clone());
+        let (journal_now, store_now, sink_now) = (journal.clone(), store.clone(), sink.clone());
         let saved = tokio::task::spawn_blocking(move || {
             let mut samples = Samples::new();
-            journal_now.save(&store_now, &mut samples).map(|()| samples)
+            journal_now
+                .save((&store_now, &sink_now.kept), &mut samples)
+                .map(|()| samples)
         })
         .await?;
         let at = now_ms();

@@ -55,6 +55,8 @@ pub struct Sink {
     pub alerts: std::sync::OnceLock<std::sync::Arc<Mutex<outpost::alert::engine::Engine>>>,
     /// What SIGHUP did, for the self-metrics (the dashboard marks reloads on the charts).
     pub config_reloads: Mutex<ConfigReloads>,
+    /// The kept log lines' index, shared by the log files and the journal.
+    pub kept: crate::collect::kept::Keeper,
 }
 
 /// The config reloads since the agent started.
@@ -82,6 +84,7 @@ impl Sink {
             write_errors: AtomicU64::new(0),
             alerts: std::sync::OnceLock::new(),
             config_reloads: Mutex::new(ConfigReloads::default()),
+            kept: Default::default(),
         }
     }
 

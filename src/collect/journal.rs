@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::kept::{Candidates, KeepBounds, Keeper, KeptLine};
 use super::logs::{count_match, Cursor, LogPattern};
 use super::Samples;
 
@@ -64,11 +65,16 @@ pub struct JournalSource {
     pub files: Vec<PathBuf>,
     pub max_units: usize,
     pub max_series_per_pattern: usize,
+    /// How many lines to keep (`[logs] keep_lines`, `keep_bytes`).
+    pub keep: KeepBounds,
 }
 
 /// The state the reader thread updates and each round saves.
 pub struct Journal {
     record: Mutex<JournalRecord>,
+    /// Entries to keep with the next save. Locked inside `record`'s lock, always, so that a save
+    /// keeps exactly the entries its record counted.
+    candidates: Mutex<Candidates>,
     patterns: Vec<(LogPattern, regex::Regex)>,
     source: JournalSource,
     /// The running `journalctl`, for [`Journal::stop`].
@@ -91,6 +97,7 @@ impl Journal {
             .collect();
         Ok(Arc::new(Journal {
             record: Mutex::new(record),
+            candidates: Mutex::new(Candidates::default()),
             patterns,
             source,
             child: Mutex::new(None),
@@ -232,29 +239,57 @@ impl Journal {
             let units: std::collections::BTreeSet<&String> =
                 record.entries.keys().map(|(u, _)| u).collect();
             if units.contains(&key.0) || units.len() < self.source.max_units {
-                record.entries.insert(key, 1);
+                record.entries.insert(key.clone(), 1);
             } else {
                 record.overflow += 1;
             }
         }
-        if let Some(message) = text("MESSAGE") {
+        let mut matched = Vec::new();
+        let message = text("MESSAGE");
+        if let Some(message) = &message {
             let limit = self.source.max_series_per_pattern;
             for (pattern, regex) in &self.patterns {
-                count_match(&mut record.patterns, pattern, regex, &message, limit);
+                if count_match(&mut record.patterns, pattern, regex, message, limit) {
+                    matched.push(pattern.name.clone());
+                }
             }
+        }
+        // Kept: what a pattern matched, and everything at `err` or worse (0 to 3).
+        let serious = PRIORITIES[..4].contains(&key.1.as_str());
+        if !matched.is_empty() || serious {
+            // The entry's own time (microseconds), or none known.
+            let at_ms = text("__REALTIME_TIMESTAMP")
+                .and_then(|us| us.parse::<i64>().ok())
+                .map_or(0, |us| us / 1000);
+            let mut kept = KeptLine::new(at_ms, SOURCE, message.as_deref().unwrap_or_default());
+            kept.unit = key.0.clone();
+            kept.priority = key.1.clone();
+            kept.patterns = matched;
+            let keep = self.source.keep;
+            self.candidates
+                .lock()
+                .expect("journal candidates")
+                .push(kept, keep);
         }
         record.cursor = Some(cursor);
     }
 
     /// Saves the record (what was counted and the cursor it came to) and gives the counters.
     /// Blocking: a store write.
-    pub fn save(&self, store: &Store, out: &mut Samples) -> Result<()> {
-        let record = self.record.lock().expect("journal record").clone();
+    pub fn save(&self, (store, keeper): (&Store, &Keeper), out: &mut Samples) -> Result<()> {
+        let (record, mut candidates) = {
+            let record = self.record.lock().expect("journal record");
+            let mut candidates = self.candidates.lock().expect("journal candidates");
+            (record.clone(), std::mem::take(&mut *candidates))
+        };
         let mut write = WriteBatch::default();
         write.put(
             &JournalKey,
             postcard::to_allocvec(&record).expect("postcard serializes the journal record"),
         );
+        if !candidates.is_empty() {
+            keeper.keep(store, &mut candidates, self.source.keep, &mut write)?;
+        }
         #[allow(clippy::disallowed_methods)] // the caller runs this on the blocking pool
         store.write(write)?;
         for ((unit, priority), count) in &record.entries {
@@ -310,6 +345,10 @@ mod tests {
             files: Vec::new(),
             max_units,
             max_series_per_pattern: 10,
+            keep: KeepBounds {
+                lines: 100,
+                bytes: 1 << 20,
+            },
         };
         let journal = Journal::open(&store, source, vec![(pattern, regex)]).unwrap();
         (dir, store, journal)
@@ -336,8 +375,23 @@ mod tests {
         assert_eq!(record.overflow, 1, "a third unit is past the bound of two");
         assert_eq!(record.malformed, 3);
         let mut out = Samples::new();
-        journal.save(&store, &mut out).unwrap();
+        journal
+            .save((&store, &Keeper::default()), &mut out)
+            .unwrap();
         let lines = crate::collect::render(out);
         assert!(lines.contains(&r#"outpost_log_pattern_matches_total{module="db",pattern="errors",source="journal"} 1"#.to_string()), "{lines:?}");
+        // Kept: the entry at err that the pattern matched; not the info one, nor those without
+        // a message or a priority.
+        let kept = crate::collect::kept::newest(&store, "", 10).unwrap();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            (
+                kept[0].line.as_str(),
+                kept[0].unit.as_str(),
+                kept[0].priority.as_str()
+            ),
+            ("module=db down", "a.service", "err")
+        );
+        assert_eq!(kept[0].patterns, ["errors"]);
     }
 }

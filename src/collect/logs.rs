@@ -18,8 +18,9 @@ use anyhow::{bail, Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::kept::{Candidates, KeepBounds, Keeper, KeptLine};
 use super::Samples;
-use crate::config_values::{Interval, Toggle};
+use crate::config_values::{ByteSize, Interval, Toggle};
 
 /// The agent's `[logs]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,6 +41,10 @@ pub struct LogsSection {
     pub journalctl: PathBuf,
     /// The most units the journal's counters name; entries of others are counted apart.
     pub max_units: usize,
+    /// The most recent lines kept in the store (pattern hits, and the journal's entries at
+    /// `err` or worse): at most this many, and this many bytes. 0 keeps none.
+    pub keep_lines: usize,
+    pub keep_bytes: ByteSize,
 }
 
 impl Default for LogsSection {
@@ -53,6 +58,8 @@ impl Default for LogsSection {
             journal_files: Vec::new(),
             journalctl: PathBuf::from("journalctl"),
             max_units: 200,
+            keep_lines: 500,
+            keep_bytes: ByteSize(256 << 10),
         }
     }
 }
@@ -93,8 +100,31 @@ const MAX_LABEL_VALUE: usize = 128;
 /// Labels a capture may not take: the counters' own and the hub's.
 const RESERVED: [&str; 4] = ["pattern", "source", "instance", "device"];
 
+/// The most kept lines, and bytes of them, a config may ask for.
+const MAX_KEEP_LINES: usize = 100_000;
+const MAX_KEEP_BYTES: u64 = 64 << 20;
+
+impl LogsSection {
+    /// How many lines, and bytes, to keep.
+    pub fn keep_bounds(&self) -> KeepBounds {
+        KeepBounds {
+            lines: self.keep_lines,
+            bytes: usize::try_from(self.keep_bytes.0).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// The patterns compiled, checked at config load: the error names the key.
 pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>> {
+    if section.keep_lines > MAX_KEEP_LINES {
+        bail!(
+            "logs.keep_lines: {} is more than {MAX_KEEP_LINES}",
+            section.keep_lines
+        );
+    }
+    if section.keep_bytes.0 > MAX_KEEP_BYTES {
+        bail!("logs.keep_bytes: at most 64MiB");
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, file) in section.files.iter().enumerate() {
         if file.name.is_empty() || !names.insert(file.name.as_str()) {
@@ -174,6 +204,8 @@ pub struct LogsCollector {
     section: LogsSection,
     patterns: Vec<(LogPattern, regex::Regex)>,
     cursors: BTreeMap<String, Cursor>,
+    /// Pattern hits of this round, kept with the cursors that counted them.
+    candidates: Candidates,
 }
 
 impl LogsCollector {
@@ -192,13 +224,21 @@ impl LogsCollector {
             section,
             patterns,
             cursors,
+            candidates: Candidates::default(),
         })
     }
 
-    /// Reads what the files gained, saves the records, and gives the counters. Blocking: file
-    /// and store I/O.
-    pub fn collect(&mut self, store: &Store, out: &mut Samples) -> Result<()> {
+    /// Reads what the files gained, saves the records with the lines kept, and gives the
+    /// counters. `now_ms` is when the lines were read: what a kept line is dated. Blocking:
+    /// file and store I/O.
+    pub fn collect(
+        &mut self,
+        (store, keeper): (&Store, &Keeper),
+        now_ms: i64,
+        out: &mut Samples,
+    ) -> Result<()> {
         let mut write = WriteBatch::default();
+        let bounds = self.section.keep_bounds();
         for file in &self.section.files {
             let cursor = self.cursors.entry(file.name.clone()).or_default();
             let before = cursor.clone();
@@ -208,13 +248,22 @@ impl LogsCollector {
                 .filter(|(p, _)| p.sources.is_empty() || p.sources.contains(&file.name))
                 .collect();
             let limit = self.section.max_series_per_pattern;
-            if let Err(error) = follow(&file.path, cursor, &patterns, limit) {
+            let candidates = &mut self.candidates;
+            let mut keep = |line: &str, matched: Vec<String>| {
+                let mut kept = KeptLine::new(now_ms, &file.name, line);
+                kept.patterns = matched;
+                candidates.push(kept, bounds);
+            };
+            if let Err(error) = follow(&file.path, cursor, &patterns, (limit, &mut keep)) {
                 tracing::debug!(file = %file.path.display(), "reading the log: {error:#}");
             }
             if *cursor != before {
                 let bytes = postcard::to_allocvec(&*cursor).expect("postcard serializes a cursor");
                 write.put(&LogKey(&file.name), bytes);
             }
+        }
+        if !self.candidates.is_empty() {
+            keeper.keep(store, &mut self.candidates, bounds, &mut write)?;
         }
         #[allow(clippy::disallowed_methods)] // the caller runs this on the blocking pool
         store.write(write)?;
@@ -260,12 +309,16 @@ pub fn emit_patterns(
     }
 }
 
-/// Reads `path` from the cursor on, through a rotation if there was one, counting whole lines.
+/// What to do with a line that a pattern matched: given the line and the patterns' names.
+type Keep<'a> = &'a mut dyn FnMut(&str, Vec<String>);
+
+/// Reads `path` from the cursor on, through a rotation if there was one, counting whole lines
+/// (each pattern at most `limit` label sets) and handing the matched ones to `keep`.
 fn follow(
     path: &Path,
     cursor: &mut Cursor,
     patterns: &[&(LogPattern, regex::Regex)],
-    limit: usize,
+    (limit, keep): (usize, Keep),
 ) -> Result<()> {
     let metadata = std::fs::metadata(path).with_context(|| path.display().to_string())?;
     let same_file = metadata.dev() == cursor.dev && metadata.ino() == cursor.inode;
@@ -273,7 +326,7 @@ fn follow(
         if cursor.inode != 0 {
             // Rotated: the rest of the old file, wherever it was renamed to in the directory.
             if let Some(old) = find_inode(path, cursor.dev, cursor.inode) {
-                read_lines(&old, cursor, patterns, limit, u64::MAX)?;
+                read_lines(&old, cursor, patterns, (limit, &mut *keep), u64::MAX)?;
             }
         }
         cursor.dev = metadata.dev();
@@ -283,7 +336,7 @@ fn follow(
         // Truncated in place.
         cursor.offset = 0;
     }
-    read_lines(path, cursor, patterns, limit, MAX_READ)
+    read_lines(path, cursor, patterns, (limit, keep), MAX_READ)
 }
 
 /// The file in `path`'s directory with this inode (the rotated file).
@@ -309,7 +362,7 @@ fn read_lines(
     path: &Path,
     cursor: &mut Cursor,
     patterns: &[&(LogPattern, regex::Regex)],
-    limit: usize,
+    (limit, keep): (usize, Keep),
     budget: u64,
 ) -> Result<()> {
     let mut file = std::fs::File::open(path)?;
@@ -322,23 +375,30 @@ fn read_lines(
     for line in bytes[..end].split(|b| *b == b'\n') {
         cursor.lines += 1;
         let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]);
+        let mut matched = Vec::new();
         for (pattern, regex) in patterns {
-            count_match(cursor, pattern, regex, &line, limit);
+            if count_match(cursor, pattern, regex, &line, limit) {
+                matched.push(pattern.name.clone());
+            }
+        }
+        if !matched.is_empty() {
+            keep(&line, matched);
         }
     }
     cursor.offset += end as u64 + 1;
     Ok(())
 }
 
+/// Counts `line` if `pattern` matches it; whether it did.
 pub fn count_match(
     cursor: &mut Cursor,
     pattern: &LogPattern,
     regex: &regex::Regex,
     line: &str,
     limit: usize,
-) {
+) -> bool {
     let Some(captures) = regex.captures(line) else {
-        return;
+        return false;
     };
     let values: Vec<String> = regex
         .capture_names()
@@ -360,6 +420,7 @@ pub fn count_match(
     } else {
         *cursor.overflow.entry(pattern.name.clone()).or_default() += 1;
     }
+    true
 }
 
 #[cfg(test)]
@@ -396,7 +457,9 @@ mod tests {
 
     fn counters(collector: &mut LogsCollector, store: &Store) -> Vec<String> {
         let mut out = Samples::new();
-        collector.collect(store, &mut out).unwrap();
+        collector
+            .collect((store, &Keeper::default()), 0, &mut out)
+            .unwrap();
         let mut lines = crate::collect::render(out);
         lines.sort();
         lines
@@ -500,6 +563,21 @@ mod tests {
             "{}",
             value.len()
         );
+    }
+
+    #[test]
+    fn keep_bounds_past_the_limits_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = section(dir.path(), &[]);
+        config.keep_lines = MAX_KEEP_LINES + 1;
+        let error = format!("{:#}", compile(&config).unwrap_err());
+        assert!(error.starts_with("logs.keep_lines"), "{error}");
+        config.keep_lines = 0;
+        config.keep_bytes = ByteSize(MAX_KEEP_BYTES + 1);
+        let error = format!("{:#}", compile(&config).unwrap_err());
+        assert!(error.starts_with("logs.keep_bytes"), "{error}");
+        config.keep_bytes = ByteSize(MAX_KEEP_BYTES);
+        assert!(compile(&config).is_ok());
     }
 
     #[test]

@@ -128,6 +128,7 @@ mod tests {
             owner::<super::super::remote::DeadLetterKey>("remote storage dead letters"),
             owner::<crate::collect::logs::LogKey>("log files"),
             owner::<crate::collect::journal::JournalKey>("the journal"),
+            owner::<crate::collect::kept::KeptKey>("kept log lines"),
         ];
         for table in StateTable::ALL {
             let in_table: Vec<_> = owners

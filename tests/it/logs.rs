@@ -135,6 +135,32 @@ fn lines_written_across_a_kill_and_a_rotation_are_counted_once() {
     assert_eq!(written.lines().count() as f64, lines);
     assert_eq!(errors("a"), expected("a"));
     assert_eq!(errors("b"), expected("b"));
+    // The pattern's hits are kept too: the newest 500 (`keep_lines`' default), newest first,
+    // each once across the kill and the rotation.
+    let (status, body) = crate::agent::http(agent.port, "GET", "/api/logs?limit=1000", "");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let kept: Vec<&str> = answer["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    let newest_errors: Vec<&str> = written
+        .lines()
+        .filter(|l| l.starts_with("level=error "))
+        .rev()
+        .take(500)
+        .collect();
+    assert_eq!(kept, newest_errors);
+    let (_, body) = crate::agent::http(agent.port, "GET", "/api/logs?q=MODULE%3Db&limit=3", "");
+    let found: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let found = found["lines"].as_array().unwrap();
+    assert_eq!(found.len(), 3);
+    assert!(found
+        .iter()
+        .all(|l| l["line"].as_str().unwrap().contains("module=b")
+            && l["patterns"] == serde_json::json!(["errors"])));
     agent.stop();
 }
 

@@ -1584,6 +1584,42 @@ fn a_flood_from_one_login_leaves_the_hubs_memory_bounded_and_others_data_flowing
     hub.stop();
 }
 
+/// config/vernemq/vernemq.conf (not runnable here: VerneMQ is not packaged for Debian) turns on
+/// the password and ACL plugins on the files it names, refuses anonymous logins, takes the
+/// agents' batches, and reads config/mosquitto.acl (which Mosquitto runs in these tests) in the
+/// form VerneMQ's parser needs: a newline at the end, no spaces at the end of a line.
+#[test]
+fn the_vernemq_config_confines_devices_with_the_mosquitto_acl() {
+    let root = crate::agent::root();
+    let conf = std::fs::read_to_string(root.join("config/vernemq/vernemq.conf")).unwrap();
+    let settings: std::collections::BTreeMap<&str, &str> = conf
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l
+                .split_once(" = ")
+                .unwrap_or_else(|| panic!("not key = value: {l}"));
+            (key.trim(), value.trim())
+        })
+        .collect();
+    for (key, value) in [
+        ("allow_anonymous", "off"),
+        ("plugins.vmq_passwd", "on"),
+        ("plugins.vmq_acl", "on"),
+        ("vmq_acl.acl_file", "/etc/vernemq/vmq.acl"),
+    ] {
+        assert_eq!(settings.get(key), Some(&value), "{key}");
+    }
+    let max_message: usize = settings["max_message_size"].parse().unwrap();
+    assert!(max_message > outpost_sync::outbox::OutboxOptions::default().max_batch_bytes);
+    let acl = std::fs::read_to_string(root.join("config/mosquitto.acl")).unwrap();
+    assert!(acl.ends_with('\n'));
+    assert!(
+        acl.lines().all(|l| l == l.trim_end()),
+        "a line ends with spaces"
+    );
+}
+
 /// config/emqx/acl.conf (not runnable here: EMQX is not packaged for Debian) gives each device
 /// exactly the topics config/mosquitto.acl gives it, and every hub login the whole tree.
 #[test]
