@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::kept::{Candidates, KeepBounds, Keeper, KeptLine};
+use super::kept::{kept_line, Candidates, KeepBounds, Keeper};
 use super::logs::{count_match, Cursor, LogPattern};
 use super::Samples;
 
@@ -261,7 +261,7 @@ impl Journal {
             let at_ms = text("__REALTIME_TIMESTAMP")
                 .and_then(|us| us.parse::<i64>().ok())
                 .map_or(0, |us| us / 1000);
-            let mut kept = KeptLine::new(at_ms, SOURCE, message.as_deref().unwrap_or_default());
+            let mut kept = kept_line(at_ms, SOURCE, message.as_deref().unwrap_or_default());
             kept.unit = key.0.clone();
             kept.priority = key.1.clone();
             kept.patterns = matched;

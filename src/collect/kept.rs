@@ -10,61 +10,37 @@
 #![deny(clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
-use std::fmt;
 
-use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
-use serde::{Deserialize, Serialize};
+use outpost_storage::{Store, WriteBatch};
 
 /// The longest line kept, in bytes; a longer one is cut (at a character boundary) and marked.
 pub const MAX_LINE_BYTES: usize = 1024;
 
-/// One kept line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeptLine {
-    /// Its number among the device's kept lines, in the order kept.
-    #[serde(default)]
-    pub seq: u64,
-    /// The journal entry's time, or when the agent read the file's line.
-    pub at_ms: i64,
-    /// The file's name (`[[logs.file]]`) or `journal`.
-    pub source: String,
-    /// The journal's unit (or syslog identifier), and priority by name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub unit: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub priority: String,
-    /// The patterns that matched it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub patterns: Vec<String>,
-    pub line: String,
-    /// Cut at [`MAX_LINE_BYTES`].
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cut: bool,
+/// One kept line: the form the batches carry it in (protocol version 3).
+pub type KeptLine = outpost_sync::LogLine;
+pub use outpost_sync::state_keys::KeptKey;
+
+/// A line to keep, cut to [`MAX_LINE_BYTES`] (at a character boundary).
+pub fn kept_line(at_ms: i64, source: &str, line: &str) -> KeptLine {
+    let mut end = line.len().min(MAX_LINE_BYTES);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    KeptLine {
+        seq: 0,
+        at_ms,
+        source: source.to_string(),
+        unit: String::new(),
+        priority: String::new(),
+        patterns: Vec::new(),
+        line: line[..end].to_string(),
+        cut: end < line.len(),
+    }
 }
 
-impl KeptLine {
-    /// A line to keep, cut to [`MAX_LINE_BYTES`].
-    pub fn new(at_ms: i64, source: &str, line: &str) -> KeptLine {
-        let mut end = line.len().min(MAX_LINE_BYTES);
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        KeptLine {
-            seq: 0,
-            at_ms,
-            source: source.to_string(),
-            unit: String::new(),
-            priority: String::new(),
-            patterns: Vec::new(),
-            line: line[..end].to_string(),
-            cut: end < line.len(),
-        }
-    }
-
-    /// What it weighs against the bound in bytes.
-    fn weight(&self) -> usize {
-        self.line.len() + self.source.len() + self.unit.len() + 64
-    }
+/// What a line weighs against the bound in bytes.
+pub fn weight(line: &KeptLine) -> usize {
+    line.line.len() + line.source.len() + line.unit.len() + 64
 }
 
 /// How many lines, and how many bytes of them, are kept.
@@ -72,27 +48,6 @@ impl KeptLine {
 pub struct KeepBounds {
     pub lines: usize,
     pub bytes: usize,
-}
-
-/// Where a kept line lives in the store.
-#[derive(Debug, Clone, Copy)]
-pub enum KeptKey {
-    Line(u64),
-    All,
-}
-
-impl fmt::Display for KeptKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeptKey::Line(seq) => write!(f, "kept/{seq:020}"),
-            KeptKey::All => f.write_str("kept/"),
-        }
-    }
-}
-
-impl StateKey for KeptKey {
-    const TABLE: StateTable = StateTable::SyncCursor;
-    const OWNED: &'static [&'static str] = &["kept/"];
 }
 
 /// Lines waiting to be kept with their source's next save: the newest within the bounds.
@@ -107,11 +62,11 @@ impl Candidates {
         if bounds.lines == 0 {
             return;
         }
-        self.bytes += line.weight();
+        self.bytes += weight(&line);
         self.lines.push_back(line);
         while self.lines.len() > bounds.lines || self.bytes > bounds.bytes {
             match self.lines.pop_front() {
-                Some(old) => self.bytes -= old.weight(),
+                Some(old) => self.bytes -= weight(&old),
                 None => break,
             }
         }
@@ -145,8 +100,8 @@ impl KeptLines {
             let line = serde_json::from_slice::<KeptLine>(&value);
             match (seq, line) {
                 (Ok(seq), Ok(line)) => {
-                    kept.bytes += line.weight();
-                    kept.index.push_back((seq, line.weight()));
+                    kept.bytes += weight(&line);
+                    kept.index.push_back((seq, weight(&line)));
                     kept.next_seq = seq + 1;
                 }
                 _ => tracing::warn!(key, "an unreadable kept log line"),
@@ -166,19 +121,19 @@ impl KeptLines {
         for mut line in candidates.take() {
             line.seq = self.next_seq;
             self.next_seq += 1;
-            let weight = line.weight();
+            let bytes = weight(&line);
             write.put(
                 &KeptKey::Line(line.seq),
                 serde_json::to_vec(&line).expect("kept lines serialize"),
             );
-            self.index.push_back((line.seq, weight));
-            self.bytes += weight;
+            self.index.push_back((line.seq, bytes));
+            self.bytes += bytes;
         }
         while self.index.len() > bounds.lines || self.bytes > bounds.bytes {
-            let Some((seq, weight)) = self.index.pop_front() else {
+            let Some((seq, bytes)) = self.index.pop_front() else {
                 break;
             };
-            self.bytes -= weight;
+            self.bytes -= bytes;
             write.remove(&KeptKey::Line(seq));
         }
     }
@@ -246,7 +201,7 @@ mod tests {
     use super::*;
 
     fn line(n: usize, text: &str) -> KeptLine {
-        let mut line = KeptLine::new(n as i64, "app", text);
+        let mut line = kept_line(n as i64, "app", text);
         line.patterns = vec!["errors".into()];
         line
     }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::kept::{Candidates, KeepBounds, Keeper, KeptLine};
+use super::kept::{kept_line, Candidates, KeepBounds, Keeper};
 use super::Samples;
 use crate::config_values::{ByteSize, Interval, Toggle};
 
@@ -250,7 +250,7 @@ impl LogsCollector {
             let limit = self.section.max_series_per_pattern;
             let candidates = &mut self.candidates;
             let mut keep = |line: &str, matched: Vec<String>| {
-                let mut kept = KeptLine::new(now_ms, &file.name, line);
+                let mut kept = kept_line(now_ms, &file.name, line);
                 kept.patterns = matched;
                 candidates.push(kept, bounds);
             };

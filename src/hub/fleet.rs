@@ -786,6 +786,20 @@ impl outpost_web::Fleet for HubFleet {
         Ok(alerts.firings.count(&self.store, (start, end))?)
     }
 
+    #[allow(clippy::disallowed_methods)] // called on the blocking pool (outpost_web::Fleet)
+    fn device_logs(
+        &self,
+        device: &str,
+        search: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, outpost_web::WebError> {
+        let lines = outpost_sync::lines::newest(&self.store, device, search, limit)?;
+        Ok(lines
+            .into_iter()
+            .filter_map(|line| serde_json::to_value(line).ok())
+            .collect())
+    }
+
     fn outage_notes(&self) -> Vec<outpost_web::outages::OutageNote> {
         self.store
             .list(&RegistryKey::OutageNotes)

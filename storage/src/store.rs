@@ -864,13 +864,34 @@ impl Store {
     /// Every entry of a state table whose key starts with `prefix`, in key order, including
     /// writes not yet sealed.
     pub fn state_list(&self, table: StateTable, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.state_scan(table, prefix, |key| key.starts_with(prefix))
+        self.state_scan(table, prefix, |key| key.starts_with(prefix), usize::MAX)
     }
 
     /// Every entry of `from`'s table with a key from `from` up to, not including, `to`, in key
     /// order, including writes not yet sealed.
     pub fn range<K: crate::StateKey>(&self, from: &K, to: &K) -> Result<Vec<(String, Vec<u8>)>> {
         self.state_range(K::TABLE, &from.to_string(), &to.to_string())
+    }
+
+    /// The first `limit` entries of [`Store::range`], read without going past them.
+    pub fn range_first<K: crate::StateKey>(
+        &self,
+        from: &K,
+        to: &K,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_range_first(K::TABLE, &from.to_string(), &to.to_string(), limit)
+    }
+
+    /// The first `limit` entries of [`Store::state_range`], read without going past them.
+    pub fn state_range_first(
+        &self,
+        table: StateTable,
+        from: &str,
+        to: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.state_scan(table, from, |key| key < to, limit)
     }
 
     /// Every entry of a state table with a key from `from` up to, not including, `to`, in key
@@ -881,22 +902,36 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        self.state_scan(table, from, |key| key < to)
+        self.state_scan(table, from, |key| key < to, usize::MAX)
     }
 
-    /// The entries from `from` on while `within` holds: `within` must hold for a contiguous run
-    /// of keys starting at `from`.
+    /// The entries from `from` on while `within` holds, the first `limit` of them: `within`
+    /// must hold for a contiguous run of keys starting at `from`.
     fn state_scan(
         &self,
         table: StateTable,
         from: &str,
         within: impl Fn(&str) -> bool,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
         self.contain(|| {
             let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
             // The head stays locked while the database is read, so that no seal moves operations
             // from the head into the database unseen between the two reads.
             let head = lock(&self.shared.head);
+            let wanted = |t: &StateTable, key: &str| *t == table && key >= from && within(key);
+            let ops = || {
+                head.frozen
+                    .iter()
+                    .flat_map(|f| f.state.iter())
+                    .chain(head.active.state.iter())
+            };
+            // Each deletion in the head may hide one of the first entries read: read that many
+            // more, so that the first `limit` after the merge are all there.
+            let deletions = ops()
+                .filter(|op| matches!(op, StateOp::Delete { table: t, key } if wanted(t, key)))
+                .count();
+            let read_limit = limit.saturating_add(deletions);
             {
                 let db = read(&self.shared.db);
                 let txn = db.begin_read()?;
@@ -904,7 +939,7 @@ impl Store {
                     TableDefinition::new(table.table_name());
                 match txn.open_table(definition) {
                     Ok(t) => {
-                        for entry in t.range(from..)? {
+                        for entry in t.range(from..)?.take(read_limit) {
                             let (key, value) = entry?;
                             if !within(key.value()) {
                                 break;
@@ -918,13 +953,7 @@ impl Store {
             }
             // The head's operations are newer than the database; the frozen head's older than the
             // active one's.
-            let ops = head
-                .frozen
-                .iter()
-                .flat_map(|f| f.state.iter())
-                .chain(head.active.state.iter());
-            let wanted = |t: &StateTable, key: &str| *t == table && key >= from && within(key);
-            for op in ops {
+            for op in ops() {
                 match op {
                     StateOp::Put {
                         table: t,
@@ -942,6 +971,7 @@ impl Store {
             Ok(entries
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .take(limit)
                 .collect())
         })
     }

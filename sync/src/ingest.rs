@@ -133,6 +133,8 @@ pub struct Ingestor {
     seen: HashMap<(String, u64), Seen>,
     /// Per device, the frames measured, oldest first.
     clock_frames: HashMap<String, Vec<ClockFrame>>,
+    /// The log lines kept per device.
+    lines: crate::lines::HubLines,
 }
 
 /// How one batch's timestamps are corrected. Each timestamp was written by one reading of the
@@ -439,6 +441,8 @@ impl Ingestor {
             }
         };
         let samples = write_batch_body(store, batch, &lookup, &mut correction, &mut write)?;
+        self.lines
+            .keep(store, device, &batch.body.lines, &mut write)?;
         let seen = self.seen(store, device, epoch)?;
         let mut updated = seen.clone();
         let gap = updated.insert(seq);
@@ -742,6 +746,7 @@ mod tests {
                     })
                     .into_iter()
                     .collect(),
+                lines: Vec::new(),
             },
             version: crate::PROTOCOL_VERSION,
         }

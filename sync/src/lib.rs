@@ -27,6 +27,7 @@
 //!             samples: outpost_storage::codec::encode_samples(&[1_700_000_000_000], &[0.5]),
 //!         }],
 //!         chunks: vec![],
+//!         lines: vec![],
 //!     },
 //!     version: PROTOCOL_VERSION,
 //! };
@@ -40,6 +41,7 @@
 pub mod clock;
 mod error;
 pub mod ingest;
+pub mod lines;
 mod message;
 pub mod outbox;
 mod retained;
@@ -50,8 +52,8 @@ pub mod uplink;
 pub use error::{Error, Result};
 pub use message::{
     claimed_version, sign_json, verify_json, Ack, AckStatus, Action, Batch, BatchBody, BatchHeader,
-    ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveSamples, MatchOp,
-    Matcher, SeriesDef, Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveSamples, LogLine,
+    MatchOp, Matcher, SeriesDef, Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status, StatusOrder, StatusVerdict};
 

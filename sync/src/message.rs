@@ -21,11 +21,11 @@ use sha2::Sha256;
 use crate::error::{Error, Result};
 
 /// The protocol version this build speaks. Version 2 added the device's clock steps to the
-/// batch header; nothing else changed.
-pub const PROTOCOL_VERSION: u16 = 2;
-/// Versions this build accepts: the current one and the one before it, so that a fleet can
+/// batch header; version 3 the device's kept log lines to the batch body.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Versions this build accepts: the current one and the two before it, so that a fleet can
 /// upgrade gradually. The hub answers each device in the version it spoke.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 
 const MAGIC: &[u8; 2] = b"OP";
 const MAC_LEN: usize = 32;
@@ -242,6 +242,37 @@ pub struct BatchBody {
     pub defs: Vec<SeriesDef>,
     pub live: Vec<LiveSamples>,
     pub chunks: Vec<StoredChunk>,
+    /// Log lines the device kept (version 3 on).
+    pub lines: Vec<LogLine>,
+}
+
+/// The body of versions 1 and 2: no log lines.
+#[derive(Serialize, Deserialize)]
+struct BatchBodyV2 {
+    defs: Vec<SeriesDef>,
+    live: Vec<LiveSamples>,
+    chunks: Vec<StoredChunk>,
+}
+
+/// A log line the device kept (`[logs] keep_lines`): a pattern's hit or a serious journal
+/// entry. The agent's store keeps it in this form (as JSON) and batches carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its number among the device's kept lines, in the order kept: the hub keeps a line once
+    /// per number however often it comes.
+    pub seq: u64,
+    /// The journal entry's time, or when the agent read the file's line (the device's clock).
+    pub at_ms: i64,
+    /// The file's name (`[[logs.file]]`) or `journal`.
+    pub source: String,
+    /// The journal's unit (or syslog identifier) and priority by name; empty for a file.
+    pub unit: String,
+    pub priority: String,
+    /// The patterns that matched it.
+    pub patterns: Vec<String>,
+    pub line: String,
+    /// Cut to the agent's longest kept line.
+    pub cut: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,7 +451,15 @@ pub fn claimed_version(bytes: &[u8]) -> Option<u16> {
 impl Batch {
     /// Encodes and signs a batch; `header.body_bytes` is set here.
     pub fn encode(&self, key: &DeviceKey, zstd_level: i32) -> Vec<u8> {
-        let body = to_postcard(&self.body);
+        let body = if self.version >= 3 {
+            to_postcard(&self.body)
+        } else {
+            to_postcard(&BatchBodyV2 {
+                defs: self.body.defs.clone(),
+                live: self.body.live.clone(),
+                chunks: self.body.chunks.clone(),
+            })
+        };
         let mut header = self.header.clone();
         header.body_bytes = u32::try_from(body.len()).unwrap_or(u32::MAX);
         // Live batches are a few KiB, where a high level costs little and saves bytes on the
@@ -496,11 +535,22 @@ impl Batch {
                 reason: format!("{} bytes where the header says {declared}", body.len()),
             });
         }
-        let body: BatchBody = from_postcard("batch body", &body)?;
+        let body: BatchBody = if raw.version >= 3 {
+            from_postcard("batch body", &body)?
+        } else {
+            let old: BatchBodyV2 = from_postcard("batch body", &body)?;
+            BatchBody {
+                defs: old.defs,
+                live: old.live,
+                chunks: old.chunks,
+                lines: Vec::new(),
+            }
+        };
         for (what, count) in [
             ("series definitions", body.defs.len()),
             ("live runs", body.live.len()),
             ("chunks", body.chunks.len()),
+            ("log lines", body.lines.len()),
         ] {
             if count > limits.max_items {
                 return Err(Error::OverLimit {
@@ -710,7 +760,36 @@ mod tests {
                 })
                 .collect()
         });
-        (defs, live, chunks).prop_map(|(defs, live, chunks)| BatchBody { defs, live, chunks })
+        let lines = prop::collection::vec(
+            (
+                any::<u64>(),
+                any::<i64>(),
+                ".{0,20}",
+                ".{0,60}",
+                any::<bool>(),
+            ),
+            0..4,
+        )
+        .prop_map(|l| {
+            l.into_iter()
+                .map(|(seq, at_ms, source, line, cut)| LogLine {
+                    seq,
+                    at_ms,
+                    source,
+                    unit: "app.service".into(),
+                    priority: "err".into(),
+                    patterns: vec!["errors".into()],
+                    line,
+                    cut,
+                })
+                .collect()
+        });
+        (defs, live, chunks, lines).prop_map(|(defs, live, chunks, lines)| BatchBody {
+            defs,
+            live,
+            chunks,
+            lines,
+        })
     }
 
     proptest! {
@@ -811,9 +890,50 @@ mod tests {
             Batch::decode(&payload, "dev-a", &key(1), &Limits::default()),
             Err(Error::UnsupportedVersion {
                 found: 7,
-                supported: vec![1, 2]
+                supported: vec![1, 2, 3]
             })
         );
+    }
+
+    /// Version 3 carries the kept log lines; a batch that goes out in version 2 (to a hub not
+    /// yet upgraded) leaves them out, and a version 2 body decodes with none.
+    #[test]
+    fn log_lines_travel_from_version_3_on() {
+        let line = LogLine {
+            seq: 7,
+            at_ms: 1_790_000_000_000,
+            source: "journal".into(),
+            unit: "app.service".into(),
+            priority: "err".into(),
+            patterns: vec!["errors".into()],
+            line: "level=error module=db timeout".into(),
+            cut: false,
+        };
+        let mut batch = Batch {
+            header: header("dev-a"),
+            body: BatchBody {
+                lines: vec![line.clone()],
+                ..BatchBody::default()
+            },
+            version: 3,
+        };
+        let decoded = Batch::decode(
+            &batch.encode(&key(1), 3),
+            "dev-a",
+            &key(1),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(decoded.body.lines, [line]);
+        batch.version = 2;
+        let decoded = Batch::decode(
+            &batch.encode(&key(1), 3),
+            "dev-a",
+            &key(1),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((decoded.version, decoded.body.lines.len()), (2, 0));
     }
 
     /// `tests/data/batch-v1.bin` was written by the last build that spoke only version 1.
@@ -850,7 +970,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded.header.clock_steps, current.header.clock_steps);
-        assert_eq!(decoded.version, 2);
+        assert_eq!(decoded.version, PROTOCOL_VERSION);
         // Acks go back in the version the device spoke.
         let ack = Ack {
             device: "dev-a".into(),

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use outpost_storage::codec::encode_samples;
 use outpost_storage::{ChunkReceipt, HeadMark, Store, WriteBatch};
 
-use crate::state_keys::AgentKey;
+use crate::state_keys::{AgentKey, KeptKey};
 
 use crate::message::{
-    Ack, AckStatus, Batch, BatchBody, BatchHeader, ClockStep, DeviceKey, LiveSamples, SeriesDef,
-    StoredChunk, PROTOCOL_VERSION,
+    Ack, AckStatus, Batch, BatchBody, BatchHeader, ClockStep, DeviceKey, LiveSamples, LogLine,
+    SeriesDef, StoredChunk, PROTOCOL_VERSION,
 };
 
 /// A batch ready to publish: its sequence number and payload.
@@ -58,6 +58,8 @@ struct InFlight {
     end_mark: HeadMark,
     receipts: Vec<ChunkReceipt>,
     defs: Vec<u32>,
+    /// The number after the last kept log line it carries, if it carries any.
+    lines_end: Option<u64>,
     sent_at: Instant,
     acked: bool,
     samples: usize,
@@ -98,6 +100,10 @@ pub struct Outbox {
     in_flight: VecDeque<InFlight>,
     /// Series the hub has acknowledged a definition of in this process's lifetime.
     known: HashSet<u32>,
+    /// The first kept log line the hub has not acknowledged, and whether that moved since it
+    /// was last saved.
+    lines_next: u64,
+    lines_moved: bool,
     options: OutboxOptions,
     pub stats: OutboxStats,
 }
@@ -128,6 +134,10 @@ impl Outbox {
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map_or(0, u64::from_le_bytes);
         let epoch = previous + 1;
+        let lines_next = store
+            .get(&AgentKey::LinesShipped)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes);
         let mut write = WriteBatch::default();
         write.put(&AgentKey::Epoch, epoch.to_le_bytes().to_vec());
         store.write(write)?;
@@ -141,6 +151,8 @@ impl Outbox {
             mark: None,
             in_flight: VecDeque::new(),
             known: HashSet::new(),
+            lines_next,
+            lines_moved: false,
             options,
             stats: OutboxStats::default(),
         })
@@ -180,19 +192,29 @@ impl Outbox {
             .iter()
             .flat_map(|b| b.defs.iter().copied())
             .collect();
+        let lines_from = self
+            .in_flight
+            .iter()
+            .filter_map(|b| b.lines_end)
+            .max()
+            .unwrap_or(0)
+            .max(self.lines_next);
         // A batch that comes out too large is rebuilt from less: reading the feed is idempotent.
         let mut room = self.options.max_batch_bytes;
         loop {
             let live = store.live_since(self.mark.as_ref(), room / 2);
             let chunks = store.dirty_chunks(room / 2, &in_flight_chunks)?;
-            if live.samples() == 0 && chunks.is_empty() {
+            let lines = kept_lines_from(store, lines_from, room / 4)?;
+            if live.samples() == 0 && chunks.is_empty() && lines.is_empty() {
                 if live.mark != self.mark.clone().unwrap_or_default() {
                     // Only the mark moved (a seal started a new head): nothing to ship.
                     self.mark = Some(live.mark);
                 }
                 return Ok(None);
             }
-            let (body, defs, samples) = self.batch_body(store, &live, &chunks, &pending_defs);
+            let (mut body, defs, samples) = self.batch_body(store, &live, &chunks, &pending_defs);
+            let lines_end = lines.last().map(|line| line.seq + 1);
+            body.lines = lines;
             let backlog = store.backlog()?;
             let batch = Batch {
                 header: BatchHeader {
@@ -226,6 +248,7 @@ impl Outbox {
                 end_mark: live.mark.clone(),
                 receipts: chunks.iter().map(|c| c.receipt()).collect(),
                 defs,
+                lines_end,
                 sent_at: Instant::now(),
                 acked: false,
                 samples,
@@ -308,6 +331,10 @@ impl Outbox {
                     store.confirm_chunks(&batch.receipts);
                     self.known.extend(batch.defs.iter().copied());
                     self.stats.samples_confirmed += batch.samples as u64;
+                    if let Some(end) = batch.lines_end {
+                        self.lines_next = self.lines_next.max(end);
+                        self.lines_moved = true;
+                    }
                     confirmed += 1;
                 }
                 match &ack.status {
@@ -326,6 +353,21 @@ impl Outbox {
                 AckOutcome::UnsupportedVersion(supported.clone())
             }
         }
+    }
+
+    /// The write that records how far the hub has acknowledged the kept log lines, when that
+    /// moved: saved so that a restarted agent does not send them again (if it is lost, the
+    /// hub keeps a line once per number anyway).
+    pub fn lines_shipped_write(&mut self) -> Option<WriteBatch> {
+        if !std::mem::take(&mut self.lines_moved) {
+            return None;
+        }
+        let mut write = WriteBatch::default();
+        write.put(
+            &AgentKey::LinesShipped,
+            self.lines_next.to_le_bytes().to_vec(),
+        );
+        Some(write)
     }
 
     /// Forgets what is in flight and reads it again from the store, with fresh definitions.
@@ -369,6 +411,34 @@ impl Outbox {
     }
 }
 
+/// The most kept log lines one batch carries.
+const MAX_LINES: usize = 500;
+
+/// The kept log lines from number `from` on, oldest first, up to about `budget` bytes of text
+/// (at least one, if there is one). A line that does not read is skipped with a warning.
+fn kept_lines_from(
+    store: &Store,
+    from: u64,
+    budget: usize,
+) -> Result<Vec<LogLine>, outpost_storage::Error> {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    let first = store.range_first(&KeptKey::Line(from), &KeptKey::Line(u64::MAX), MAX_LINES)?;
+    for (key, value) in first {
+        match serde_json::from_slice::<LogLine>(&value) {
+            Ok(line) => {
+                bytes += line.line.len() + line.source.len() + line.unit.len() + 32;
+                lines.push(line);
+            }
+            Err(error) => tracing::warn!(key, %error, "an unreadable kept log line"),
+        }
+        if bytes >= budget {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +463,68 @@ mod tests {
                 duplicate: false,
             },
         }
+    }
+
+    fn keep_lines(store: &Store, seqs: std::ops::Range<u64>) {
+        let mut write = WriteBatch::default();
+        for seq in seqs {
+            let line = LogLine {
+                seq,
+                at_ms: seq as i64,
+                source: "app".into(),
+                unit: String::new(),
+                priority: String::new(),
+                patterns: vec!["errors".into()],
+                line: format!("ERROR {seq}"),
+                cut: false,
+            };
+            write.put(&KeptKey::Line(seq), serde_json::to_vec(&line).unwrap());
+        }
+        store.write(write).unwrap();
+    }
+
+    fn lines_of(payload: &[u8], key: &DeviceKey) -> Vec<u64> {
+        let batch = Batch::decode(payload, "d", key, &crate::Limits::default()).unwrap();
+        batch.body.lines.iter().map(|l| l.seq).collect()
+    }
+
+    /// Kept lines go out with the batches, samples or not, each once while in flight; an ack
+    /// moves past them, and a restarted outbox starts after what was acknowledged.
+    #[test]
+    fn kept_lines_ship_once_and_resume_after_the_acknowledged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            track_changes: true,
+            ..Options::default()
+        };
+        let store = Store::open(dir.path().join("a.redb"), options).unwrap();
+        let key = DeviceKey::new(vec![1; 16]).unwrap();
+        let mut outbox =
+            Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
+        keep_lines(&store, 3..6);
+        let (first, payload) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
+        assert_eq!(lines_of(&payload, &key), [3, 4, 5], "lines without samples");
+        keep_lines(&store, 6..8);
+        write(&store, 0, 2);
+        let (second, payload) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
+        assert_eq!(lines_of(&payload, &key), [6, 7], "not those in flight");
+        assert!(outbox.next_batch(&store, 0, 0, &[]).unwrap().is_none());
+        assert!(
+            outbox.lines_shipped_write().is_none(),
+            "nothing acknowledged"
+        );
+        outbox.on_ack(&store, &stored(first, 1));
+        let save = outbox
+            .lines_shipped_write()
+            .expect("the first batch's lines are acknowledged");
+        store.write(save).unwrap();
+        drop(outbox);
+        // Restarted with the second batch unacknowledged: its lines go again, the first's not.
+        let mut outbox =
+            Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
+        let (_, payload) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
+        assert_eq!(lines_of(&payload, &key), [6, 7]);
+        let _ = second;
     }
 
     #[test]

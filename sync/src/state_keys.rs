@@ -13,6 +13,8 @@ pub enum AgentKey {
     Clock,
     /// Bytes published today (`uplink.rs`).
     DailyBytes,
+    /// The number of the last kept log line the hub has acknowledged (`outbox.rs`).
+    LinesShipped,
 }
 
 impl fmt::Display for AgentKey {
@@ -21,13 +23,38 @@ impl fmt::Display for AgentKey {
             AgentKey::Epoch => "epoch",
             AgentKey::Clock => "clock",
             AgentKey::DailyBytes => "daily_bytes",
+            AgentKey::LinesShipped => "kept_shipped",
         })
     }
 }
 
 impl StateKey for AgentKey {
     const TABLE: StateTable = StateTable::SyncCursor;
-    const OWNED: &'static [&'static str] = &["epoch", "clock", "daily_bytes"];
+    const OWNED: &'static [&'static str] = &["epoch", "clock", "daily_bytes", "kept_shipped"];
+}
+
+/// The agent's kept log lines, in its store's `SyncCursor` table, as JSON of
+/// [`crate::LogLine`]: the log collectors write them, the outbox ships them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptKey {
+    /// A line, by its number.
+    Line(u64),
+    /// Every line.
+    All,
+}
+
+impl fmt::Display for KeptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeptKey::Line(seq) => write!(f, "kept/{seq:020}"),
+            KeptKey::All => f.write_str("kept/"),
+        }
+    }
+}
+
+impl StateKey for KeptKey {
+    const TABLE: StateTable = StateTable::SyncCursor;
+    const OWNED: &'static [&'static str] = &["kept/"];
 }
 
 /// The ingestor's bookkeeping per device, in the hub store's `DeviceRegistry` table, beside
@@ -40,6 +67,10 @@ pub enum IngestKey<'a> {
     Seen { device: &'a str, epoch: u64 },
     /// A device's clock frames.
     Clock { device: &'a str },
+    /// A log line a device kept and sent, by its number.
+    Line { device: &'a str, seq: u64 },
+    /// Every log line of a device.
+    Lines { device: &'a str },
 }
 
 impl fmt::Display for IngestKey<'_> {
@@ -48,13 +79,15 @@ impl fmt::Display for IngestKey<'_> {
             IngestKey::Series { device, id } => write!(f, "series/{device}/{id}"),
             IngestKey::Seen { device, epoch } => write!(f, "seq/{device}/{epoch}"),
             IngestKey::Clock { device } => write!(f, "clock/{device}"),
+            IngestKey::Line { device, seq } => write!(f, "lines/{device}/{seq:020}"),
+            IngestKey::Lines { device } => write!(f, "lines/{device}/"),
         }
     }
 }
 
 impl StateKey for IngestKey<'_> {
     const TABLE: StateTable = StateTable::DeviceRegistry;
-    const OWNED: &'static [&'static str] = &["series/", "seq/", "clock/"];
+    const OWNED: &'static [&'static str] = &["series/", "seq/", "clock/", "lines/"];
 }
 
 #[cfg(test)]
@@ -75,7 +108,17 @@ mod tests {
             "seq/dev-1/2"
         );
         assert_eq!(IngestKey::Clock { device }.to_string(), "clock/dev-1");
-        for key in [AgentKey::Epoch, AgentKey::Clock, AgentKey::DailyBytes] {
+        assert_eq!(KeptKey::Line(3).to_string(), "kept/00000000000000000003");
+        assert_eq!(
+            IngestKey::Line { device, seq: 3 }.to_string(),
+            "lines/dev-1/00000000000000000003"
+        );
+        for key in [
+            AgentKey::Epoch,
+            AgentKey::Clock,
+            AgentKey::DailyBytes,
+            AgentKey::LinesShipped,
+        ] {
             assert!(AgentKey::OWNED.contains(&key.to_string().as_str()));
         }
     }

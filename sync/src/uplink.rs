@@ -554,6 +554,14 @@ impl Uplink {
                 AckOutcome::Rewound => tracing::info!("the hub asked for series definitions again"),
                 _ => {}
             }
+            if let Some(write) = self.outbox.lines_shipped_write() {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = store.write_async(write).await {
+                        tracing::warn!(%error, "how far the hub took the kept log lines was not saved");
+                    }
+                });
+            }
             // As the ack comes, not at the next batch: with a long batch interval the figures
             // would otherwise always show one in flight.
             let mut s = state.lock().expect("uplink state");

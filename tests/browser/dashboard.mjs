@@ -323,6 +323,22 @@ try {
     await page.unroute('**/api/devices');
   }
 
+  // The log lines the device kept and shipped: listed newest first, searched at the hub.
+  {
+    await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);
+    await page.waitForFunction(() => window.outpost.logs, null, { timeout: 30000 });
+    const all = await page.$$eval('table.log-lines tbody tr', (trs) => trs.map((tr) => tr.lastElementChild.textContent));
+    check(all.length === 12 && all[0] === 'level=error module=net n=11 timeout' && all.every((l) => l.startsWith('level=error')),
+      'the device page lists the kept error lines, newest first', all);
+    await page.fill('section.logs input[type=search]', 'module=DB');
+    await page.waitForFunction(() => window.outpost.logs?.search === 'module=DB');
+    const found = await page.$$eval('table.log-lines tbody tr', (trs) => trs.map((tr) => tr.lastElementChild.textContent));
+    check(found.length === 6 && found.every((l) => l.includes('module=db')), 'the search finds the lines that hold the text, ignoring case', found);
+    await page.fill('section.logs input[type=search]', 'no such text');
+    await page.waitForFunction(() => window.outpost.logs?.search === 'no such text');
+    check((await page.textContent('section.logs')).includes('No kept line holds'), 'a search without a match says so');
+  }
+
   // The explorer, and every metric of a device reachable from its page.
   {
     await page.goto(`${hub}/device/${encodeURIComponent(device)}?range=15m`);

@@ -196,10 +196,23 @@ fn the_dashboard_and_its_api_over_a_real_fleet() {
          window = \"5s\"\nthreshold = 1\nseverity = \"warning\"\nsummary = \"RAM in use\"\n",
     )
     .unwrap();
+    // And a log whose errors it keeps and ships: the device page lists and searches them.
+    let log_lines: String = (0..12)
+        .map(|n| {
+            format!(
+                "level=info n={n}\nlevel=error module={} n={n} timeout\n",
+                ["db", "net"][n % 2]
+            )
+        })
+        .collect();
+    std::fs::write(a_dir.join("app.log"), log_lines).unwrap();
     let mqtt_a = format!(
-        "{}[alerts]\nrules = [\"{}\"]\ninterval = \"1s\"\n",
+        "{}[alerts]\nrules = [\"{}\"]\ninterval = \"1s\"\n\
+         [logs]\n[[logs.file]]\nname = \"app\"\npath = \"{}\"\n\
+         [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error module=(?P<module>\\w+)'\n",
         mqtt[0],
-        a_dir.join("rules.toml").display()
+        a_dir.join("rules.toml").display(),
+        a_dir.join("app.log").display()
     );
     let range_start = outpost::timearg::now_ms() - 2_000;
     let agent_a = start_agent(&a_dir, &mqtt_a);

@@ -343,3 +343,70 @@ fn journal_entries_across_a_kill_are_counted_once() {
     assert_eq!(metric_value(&metrics, matches_series), Some(errors as f64));
     agent.stop();
 }
+
+/// The lines the agent keeps reach the hub with the batches, those kept while the hub was
+/// away included, each once; the hub's API finds them by what they say.
+#[test]
+fn kept_lines_reach_the_hub_once_even_when_kept_while_it_was_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (crate::agent::free_port(), crate::agent::free_port());
+    let mqtt = crate::sync::enrol(dir.path(), "dev-l", mqtt_port);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let log = agent_dir.join("app.log");
+    let write = |from: usize, to: usize| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for n in from..to {
+            let module = ["db", "net"][n % 2];
+            writeln!(file, "level=info n={n} nothing to see").unwrap();
+            writeln!(file, "level=error module={module} n={n} timeout").unwrap();
+        }
+    };
+    let hub_lines = |q: &str| -> Vec<String> {
+        let (status, body) = crate::agent::http(
+            http_port,
+            "GET",
+            &format!("/api/devices/dev-l/logs?limit=1000&q={q}"),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        answer["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let hub = crate::sync::Hub::start(dir.path(), http_port, mqtt_port);
+    write(0, 3);
+    let agent = Agent::start(&agent_dir, &format!("{}{mqtt}", config(&agent_dir)), &[]);
+    wait_until(
+        "the first lines at the hub",
+        Duration::from_secs(30),
+        || (hub_lines("").len() == 3).then_some(()),
+    );
+    hub.stop();
+    // Kept while the hub is away: they wait in the agent's store.
+    write(3, 7);
+    wait_until("the agent to keep them", Duration::from_secs(30), || {
+        let (_, body) = crate::agent::http(agent.port, "GET", "/api/logs", "");
+        (body.matches("level=error").count() == 7).then_some(())
+    });
+    let hub = crate::sync::Hub::start(dir.path(), http_port, mqtt_port);
+    wait_until("every line at the hub", Duration::from_secs(30), || {
+        (hub_lines("").len() >= 7).then_some(())
+    });
+    let expected: Vec<String> = (0..7)
+        .rev()
+        .map(|n| format!("level=error module={} n={n} timeout", ["db", "net"][n % 2]))
+        .collect();
+    assert_eq!(hub_lines(""), expected, "each once, newest first");
+    assert_eq!(hub_lines("MODULE%3DNET").len(), 3);
+    agent.stop();
+    hub.stop();
+}

@@ -387,6 +387,7 @@ fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
                 samples: outpost_storage::codec::encode_samples(&[1_000], &[666.0]),
             }],
             chunks: vec![],
+            lines: vec![],
         },
         version: outpost_sync::PROTOCOL_VERSION,
     }

@@ -68,6 +68,7 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/logout", post(logout))
         .route("/api/devices", get(devices))
         .route("/api/devices/{id}", get(device))
+        .route("/api/devices/{id}/logs", get(device_logs))
         .route("/api/series", get(series))
         .route("/api/range", get(range_handler))
         .route("/api/export", get(export))
@@ -442,6 +443,31 @@ async fn device(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Answer<R
     let now = web.fleet.now_ms();
     let mut summary = summary::summarize(&web.samples(), now, Some(&id)).await?;
     Ok(Json(with_summary(found, &mut summary)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    #[serde(default)]
+    q: String,
+    limit: Option<usize>,
+}
+
+/// The log lines a device kept and sent, newest first: those holding `q` (ignoring case), at
+/// most `limit` (100 by default, 1,000 at most).
+async fn device_logs(
+    State(web): State<Arc<Web>>,
+    Path(id): Path<String>,
+    Query(params): Query<LogParams>,
+) -> Answer<Response> {
+    if params.q.len() > 1024 {
+        return Err(WebError::BadRequest("q: at most 1024 bytes".into()));
+    }
+    let limit = params.limit.unwrap_or(100).min(1000);
+    let fleet = web.fleet.clone();
+    let lines = tokio::task::spawn_blocking(move || fleet.device_logs(&id, &params.q, limit))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))??;
+    Ok(Json(json!({ "lines": lines })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -330,6 +330,17 @@ pub trait Fleet: Send + Sync + 'static {
         let _ = (start, end);
         Ok(AlertFirings::default())
     }
+    /// The log lines `device` kept and sent, newest first: those holding `search` (ignoring
+    /// case), at most `limit`, each as JSON. Blocks, as `silence` does.
+    fn device_logs(
+        &self,
+        device: &str,
+        search: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, WebError> {
+        let _ = (device, search, limit);
+        Ok(Vec::new())
+    }
     /// Operators' notes on outages: of probes, and of devices (an empty `probe`).
     fn outage_notes(&self) -> Vec<outages::OutageNote> {
         Vec::new()

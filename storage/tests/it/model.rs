@@ -604,6 +604,23 @@ fn state_ranges_merge_the_head_over_sealed_entries_between_two_keys() {
     assert_eq!(range(&store, "t/11", "t/4"), ["t/15", "t/30"]);
     assert_eq!(range(&store, "t/", "u/"), ["t/10", "t/15", "t/30", "t/40"]);
     assert!(range(&store, "t/30", "t/30").is_empty());
+    // The first two from t/0: the deleted t/20 is not among them, and t/30 fills its place.
+    let first = |store: &outpost_storage::Store, limit: usize| {
+        store
+            .state_range_first(StateTable::AlertState, "t/", "u/", limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(first(&store, 3), ["t/10", "t/15", "t/30"]);
+    assert_eq!(first(&store, 1), ["t/10"]);
+    let mut deletes = WriteBatch::default();
+    deletes.delete_state(StateTable::AlertState, "t/10");
+    deletes.delete_state(StateTable::AlertState, "t/15");
+    store.write(deletes).unwrap();
+    assert_eq!(first(&store, 1), ["t/30"], "past the head's deletions");
+    write(&[("t/10", "a"), ("t/15", "d")], &[]);
     store.close().unwrap();
     let store = open(&path);
     assert_eq!(

@@ -834,10 +834,35 @@ async function devicePage(view, id) {
   }
   const charts = el('div', { class: 'charts' });
   const empty = el('p', { class: 'muted empty', hidden: true });
+  // The log lines the device kept and sent (pattern hits, journal entries at err or worse),
+  // newest first, searched at the hub.
+  const logList = el('div', { class: 'scroll' });
+  let logTimer = null;
+  const logSearch = el('input', { type: 'search', name: 'logs', placeholder: 'Search the kept log lines', 'aria-label': 'Search the log lines',
+    value: params.get('logs') ?? '',
+    oninput: () => { clearTimeout(logTimer); logTimer = setTimeout(() => showLogs(logSearch.value).catch(() => {}), 250); } });
+  async function showLogs(search) {
+    const answer = await api(`/api/devices/${encodeURIComponent(id)}/logs?${new URLSearchParams({ q: search, limit: '200' })}`);
+    if (search !== logSearch.value) return;
+    const lines = answer.lines ?? [];
+    logList.replaceChildren(lines.length
+      ? el('table', { class: 'log-lines' },
+        el('thead', {}, el('tr', {}, ['Time', 'Source', 'Priority', 'Patterns', 'Line'].map((t) => el('th', { scope: 'col' }, t)))),
+        el('tbody', {}, lines.map((l) => el('tr', { 'data-seq': String(l.seq) },
+          el('td', {}, el('time', { datetime: new Date(l.at_ms).toISOString() }, stamp(l.at_ms))),
+          el('td', {}, l.unit ? `${l.source} (${l.unit})` : l.source),
+          el('td', {}, l.priority ? el('span', { class: `badge ${['emerg', 'alert', 'crit', 'err'].includes(l.priority) ? 'critical' : 'info'}` }, l.priority) : ''),
+          el('td', {}, l.patterns.join(', ')),
+          el('td', {}, el('code', {}, l.cut ? `${l.line}…` : l.line))))))
+      : el('p', { class: 'muted' }, search ? `No kept line holds "${search}".`
+        : 'No log lines kept. The agent keeps the lines its [[logs.pattern]] sections match and the journal\'s errors (docs/logs.md).'));
+    window.outpost.logs = { search, lines: lines.length };
+  }
+  const logsSection = el('section', { class: 'logs' }, el('h2', {}, 'Log lines'), logSearch, logList);
   view.replaceChildren(
     el('h1', {}, id),
     el('div', { class: 'device' },
-      el('section', { class: 'main' }, picker, empty, charts),
+      el('section', { class: 'main' }, picker, empty, charts, logsSection),
       el('aside', {},
         el('dl', {}, facts.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
         el('h2', {}, 'Alerts now'),
@@ -851,6 +876,7 @@ async function devicePage(view, id) {
     if (next.start) { query.set('start', String(Math.round(next.start))); query.set('end', String(Math.round(next.end))); }
     go(`/device/${encodeURIComponent(id)}?${query}`);
   }
+  showLogs(logSearch.value).catch((error) => logList.replaceChildren(el('p', { class: 'error' }, error.message)));
   charts.addEventListener('zoom', (event) => setRange(event.detail));
   window.outpost.charts = {};
   const cards = GROUPS.map((group) => {
