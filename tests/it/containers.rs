@@ -105,9 +105,22 @@ impl TestContainer {
     }
 }
 
-/// The Docker Engine API's two answers the agent asks for, in the shapes of the API's reference
-/// (`GET /containers/json` and `GET /containers/{id}/json`, API version 1.43), on a unix socket.
+/// The Docker Engine API's two answers the agent asks for (`GET /containers/json` and
+/// `GET /containers/{id}/json`), as a real daemon gave them (`tests/data/docker/`), on a unix
+/// socket: with the test's container id, and the restart count set to 2.
 fn serve_docker_api(socket: &Path) {
+    const RECORDED_ID: &str = "74fb52ab57ca0836ee60c3a0c4d89e607f77b82f0ad2282789887d1ba2240b85";
+    // The recorded container's id (in its paths too) becomes the test's.
+    let recorded = |name: &str| {
+        let path = crate::agent::root().join("tests/data/docker").join(name);
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains(RECORDED_ID));
+        serde_json::from_str::<serde_json::Value>(&text.replace(RECORDED_ID, ID)).unwrap()
+    };
+    let list = recorded("containers.json");
+    let mut inspected = recorded("container.json");
+    inspected["RestartCount"] = 2.into();
+    let (list, inspected) = (list.to_string(), inspected.to_string());
     let listener = UnixListener::bind(socket).unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -119,13 +132,9 @@ fn serve_docker_api(socket: &Path) {
             }
             let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
             let body = if path == "/containers/json" {
-                format!(
-                    r#"[{{"Id":"{ID}","Names":["/outpost-test-web"],"Image":"nginx:1.25","ImageID":"sha256:aa","Command":"nginx -g 'daemon off;'","Created":1733400000,"Ports":[],"Labels":{{}},"State":"running","Status":"Up 3 minutes (healthy)","HostConfig":{{"NetworkMode":"bridge"}},"NetworkSettings":{{"Networks":{{}}}},"Mounts":[]}}]"#
-                )
+                &list
             } else if path == format!("/containers/{ID}/json") {
-                format!(
-                    r#"{{"Id":"{ID}","RestartCount":2,"State":{{"Status":"running","Health":{{"Status":"healthy"}}}}}}"#
-                )
+                &inspected
             } else {
                 let _ = write!(stream, "HTTP/1.0 404 Not Found\r\n\r\n");
                 continue;
@@ -171,7 +180,7 @@ fn a_real_cgroup_is_read_as_a_container_and_named_by_the_docker_api() {
     );
     let agent = Agent::start(dir.path(), &config, &[]);
     let id = format!("id=\"{}\"", container.path);
-    let named = ["name=\"outpost-test-web\"", "image=\"nginx:1.25\""];
+    let named = ["name=\"web-1\"", "image=\"outpost-test/busybox:1\""];
     let mut labels = vec![id.as_str()];
     labels.extend(named);
     let memory = wait_until("the container's memory", Duration::from_secs(30), || {
@@ -213,7 +222,7 @@ fn a_real_cgroup_is_read_as_a_container_and_named_by_the_docker_api() {
     );
     assert_eq!(
         value_with(&metrics, "container_start_time_seconds", &labels),
-        Some(1733400000.0)
+        Some(1796552866.0)
     );
     assert_eq!(
         metric_value(&metrics, "outpost_containers_left_out"),
@@ -242,6 +251,211 @@ fn a_real_cgroup_is_read_as_a_container_and_named_by_the_docker_api() {
         "the container gone from /metrics",
         Duration::from_secs(30),
         || (!agent.metrics().contains(&id)).then_some(()),
+    );
+    agent.stop();
+}
+
+/// A Docker daemon of the test's own (`dockerd` on a socket in a temporary directory, the
+/// cgroupfs driver, no network or iptables, the vfs storage driver) and its processes; stopped
+/// and removed when dropped.
+struct Dockerd {
+    daemon: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    /// `docker` on this daemon.
+    fn docker(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("docker");
+        command
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args);
+        command
+    }
+
+    /// The daemon, answering, with an image of Debian's static busybox; or why not.
+    fn start() -> Result<Dockerd, String> {
+        let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("no busybox (apt-get install busybox-static)")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let daemon = Command::new("dockerd")
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args([
+                "--storage-driver=vfs",
+                "--exec-opt",
+                "native.cgroupdriver=cgroupfs",
+            ])
+            .arg(format!("--data-root={}", path("data")))
+            .arg(format!("--exec-root={}", path("exec")))
+            .arg(format!("--pidfile={}", path("docker.pid")))
+            .arg(format!("--host=unix://{}", path("docker.sock")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("dockerd.log")).map_err(|e| e.to_string())?,
+            )
+            .spawn()
+            .map_err(|e| format!("dockerd: {e} (apt-get install docker.io)"))?;
+        let dockerd = Dockerd { daemon, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answered = dockerd
+                .docker(&["version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if answered {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(dockerd.dir.path().join("dockerd.log"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "dockerd did not answer: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // An image of one static binary: nothing to download.
+        let rootfs = dockerd.dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).map_err(|e| e.to_string())?;
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
+        for tool in ["sh", "sleep", "true"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool))
+                .map_err(|e| e.to_string())?;
+        }
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let imported = dockerd
+            .docker(&["import", "-", "outpost-it/busybox:1"])
+            .stdin(tar.stdout.ok_or("tar's output")?)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !imported.status.success() {
+            return Err(format!(
+                "docker import: {}",
+                String::from_utf8_lossy(&imported.stderr)
+            ));
+        }
+        Ok(dockerd)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.docker(&["rm", "-f", "outpost-it-web"]).output();
+        // SIGTERM: the daemon stops its containerd and containers before it exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.daemon.id().to_string()])
+            .status();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// A container of a real Docker daemon: the agent finds it through the cgroup Docker made,
+/// names it through the daemon's API, reads its memory limit and health, and drops it once it
+/// is removed. Skipped where `dockerd` cannot run (no root, no cgroups it can use).
+#[test]
+fn a_real_docker_container_is_found_named_and_dropped() {
+    let dockerd = match Dockerd::start() {
+        Ok(dockerd) => dockerd,
+        Err(why) => {
+            eprintln!("skipped: no Docker daemon can run here: {why}");
+            return;
+        }
+    };
+    let ran = dockerd
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "outpost-it-web",
+            "--network",
+            "none",
+            "--memory",
+            "64m",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "1s",
+            "outpost-it/busybox:1",
+            "sleep",
+            "100000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let id = String::from_utf8_lossy(&ran.stdout).trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
+         [processes]\nenabled = false\n\
+         [containers]\ninterval = \"500ms\"\ndocker_socket = \"{}\"\n",
+        dockerd.socket().display()
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    let named = ["name=\"outpost-it-web\"", "image=\"outpost-it/busybox:1\""];
+    let info = wait_until(
+        "the container, named and healthy",
+        // Its health is read from the daemon at each rescan (every 30 s): the first may see
+        // the health check still starting.
+        Duration::from_secs(75),
+        || {
+            let metrics = agent.metrics();
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("outpost_container_info{")
+                        && named.iter().all(|n| l.contains(n))
+                        && l.contains("health=\"healthy\"")
+                })
+                .map(str::to_string)
+        },
+    );
+    assert!(
+        info.contains(&id),
+        "the id is the cgroup's, which ends in the container's: {info}"
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        value_with(&metrics, "container_spec_memory_limit_bytes", &named),
+        Some((64u64 << 20) as f64)
+    );
+    assert!(value_with(&metrics, "container_memory_usage_bytes", &named).is_some_and(|b| b > 0.0));
+    assert_eq!(
+        value_with(&metrics, "container_processes", &named),
+        Some(1.0)
+    );
+    assert_eq!(
+        value_with(&metrics, "outpost_container_restarts_total", &named),
+        Some(0.0)
+    );
+    let removed = dockerd
+        .docker(&["rm", "-f", "outpost-it-web"])
+        .output()
+        .unwrap();
+    assert!(removed.status.success());
+    wait_until(
+        "the container to leave /metrics",
+        Duration::from_secs(30),
+        || (!agent.metrics().contains("name=\"outpost-it-web\"")).then_some(()),
     );
     agent.stop();
 }
