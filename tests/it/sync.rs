@@ -285,17 +285,31 @@ pub fn wait_until_shipped(agent: &Agent) {
             .contains("tegrastats replay finished")
             .then_some(())
     });
-    wait_until(
-        "the agent to have nothing left to ship",
-        Duration::from_secs(90),
-        || {
-            let metrics = agent.metrics();
-            (metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
-                && metric_value(&metrics, "outpost_sync_connected") == Some(1.0))
-            .then_some(())
-        },
-    );
+    // Not `wait_until`: a timeout says where the agent's feed stood and what its log said.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let metrics = agent.metrics();
+        if metric_value(&metrics, "outpost_sync_backlog_chunks") == Some(0.0)
+            && metric_value(&metrics, "outpost_sync_in_flight_batches") == Some(0.0)
+            && metric_value(&metrics, "outpost_sync_connected") == Some(1.0)
+        {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let sync: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("outpost_sync"))
+                .collect();
+            let log = agent.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "timed out waiting for the agent to have nothing left to ship:\n{}\nits log, newest first:\n{}",
+                sync.join("\n"),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(2));
 }
 
