@@ -545,6 +545,9 @@ async fn kept_logs(
     State(state): State<Arc<HttpState>>,
     axum::extract::Query(params): axum::extract::Query<KeptLogsParams>,
 ) -> Response {
+    if params.q.len() > 1024 {
+        return (StatusCode::BAD_REQUEST, "q: at most 1024 bytes").into_response();
+    }
     let store = state.sink.store.clone();
     let limit = params.limit.unwrap_or(100).min(1000);
     let found =

@@ -371,13 +371,15 @@ pub fn read_export_entry(
             });
         }
         started = true;
-        let (name, value) = match line.iter().position(|b| *b == b'=') {
-            Some(eq) => (&line[..eq], Some(line[eq + 1..].to_vec())),
-            None => (&line[..], None),
-        };
+        let eq = line.iter().position(|b| *b == b'=');
+        let name = &line[..eq.unwrap_or(line.len())];
         let wanted = READ_FIELDS.iter().find(|f| f.as_bytes() == name).copied();
-        let value = match value {
-            Some(value) => value,
+        // Only the fields read are copied out; the others are passed over.
+        let value = match eq {
+            Some(eq) => {
+                size += line.len() - eq - 1;
+                wanted.map(|_| String::from_utf8_lossy(&line[eq + 1..]).into_owned())
+            }
             None => {
                 let mut length = [0u8; 8];
                 reader.read_exact(&mut length)?;
@@ -393,13 +395,13 @@ pub fn read_export_entry(
                 let mut newline = [0u8; 1];
                 reader.read_exact(&mut newline)?;
                 broken |= newline[0] != b'\n';
-                value
+                size += value.len();
+                held.then(|| String::from_utf8_lossy(&value).into_owned())
             }
         };
-        size += value.len();
         broken |= size > MAX_ENTRY;
-        if let Some(name) = wanted {
-            fields.insert(name, String::from_utf8_lossy(&value).into_owned());
+        if let (Some(name), Some(value)) = (wanted, value) {
+            fields.insert(name, value);
         }
     }
 }

@@ -22,10 +22,7 @@ pub use outpost_sync::state_keys::KeptKey;
 
 /// A line to keep, cut to [`MAX_LINE_BYTES`] (at a character boundary).
 pub fn kept_line(at_ms: i64, source: &str, line: &str) -> KeptLine {
-    let mut end = line.len().min(MAX_LINE_BYTES);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
+    let (line, cut) = outpost_sync::lines::cut(line, MAX_LINE_BYTES);
     KeptLine {
         seq: 0,
         at_ms,
@@ -33,14 +30,9 @@ pub fn kept_line(at_ms: i64, source: &str, line: &str) -> KeptLine {
         unit: String::new(),
         priority: String::new(),
         patterns: Vec::new(),
-        line: line[..end].to_string(),
-        cut: end < line.len(),
+        line,
+        cut,
     }
-}
-
-/// What a line weighs against the bound in bytes.
-pub fn weight(line: &KeptLine) -> usize {
-    line.line.len() + line.source.len() + line.unit.len() + 64
 }
 
 /// How many lines, and how many bytes of them, are kept.
@@ -62,11 +54,11 @@ impl Candidates {
         if bounds.lines == 0 {
             return;
         }
-        self.bytes += weight(&line);
+        self.bytes += line.weight();
         self.lines.push_back(line);
         while self.lines.len() > bounds.lines || self.bytes > bounds.bytes {
             match self.lines.pop_front() {
-                Some(old) => self.bytes -= weight(&old),
+                Some(old) => self.bytes -= old.weight(),
                 None => break,
             }
         }
@@ -100,8 +92,8 @@ impl KeptLines {
             let line = serde_json::from_slice::<KeptLine>(&value);
             match (seq, line) {
                 (Ok(seq), Ok(line)) => {
-                    kept.bytes += weight(&line);
-                    kept.index.push_back((seq, weight(&line)));
+                    kept.bytes += line.weight();
+                    kept.index.push_back((seq, line.weight()));
                     kept.next_seq = seq + 1;
                 }
                 _ => tracing::warn!(key, "an unreadable kept log line"),
@@ -121,7 +113,7 @@ impl KeptLines {
         for mut line in candidates.take() {
             line.seq = self.next_seq;
             self.next_seq += 1;
-            let bytes = weight(&line);
+            let bytes = line.weight();
             write.put(
                 &KeptKey::Line(line.seq),
                 serde_json::to_vec(&line).expect("kept lines serialize"),
@@ -165,34 +157,16 @@ impl Keeper {
     }
 }
 
-/// The kept lines, newest first: those whose text, source, unit or pattern holds `search`
-/// (ignoring case; every line when empty), at most `limit`.
+/// The kept lines, newest first: those whose text, source, unit, priority or pattern names hold
+/// `search` (ignoring case; every line when empty), at most `limit`.
 #[allow(clippy::disallowed_methods)] // called on the blocking pool
 pub fn newest(
     store: &Store,
     search: &str,
     limit: usize,
 ) -> Result<Vec<KeptLine>, outpost_storage::Error> {
-    let search = search.to_lowercase();
-    let holds = |line: &KeptLine| {
-        search.is_empty()
-            || [&line.line, &line.source, &line.unit, &line.priority]
-                .into_iter()
-                .chain(&line.patterns)
-                .any(|text| text.to_lowercase().contains(&search))
-    };
-    let mut found = Vec::new();
-    for (_, value) in store.list(&KeptKey::All)?.into_iter().rev() {
-        if found.len() >= limit {
-            break;
-        }
-        if let Ok(line) = serde_json::from_slice::<KeptLine>(&value) {
-            if holds(&line) {
-                found.push(line);
-            }
-        }
-    }
-    Ok(found)
+    let entries = store.list(&KeptKey::All)?;
+    Ok(outpost_sync::lines::newest_holding(entries, search, limit))
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use serde_json::Value;
 
 /// How long entries are kept, by the hub's clock.
 pub const KEEP_MS: i64 = 400 * 86_400_000;
-/// Firings of one device counted in one hour (of its events' times) at most: one every 5 s.
+/// Firings of one device counted per hour of the hub's clock at most (one every 5 s), whatever
+/// times they claim.
 pub const PER_DEVICE_HOUR: u32 = 720;
 /// How far ahead of the hub's clock an event's time is believed.
 const AHEAD_MS: i64 = 3_600_000;
@@ -67,12 +68,15 @@ impl StateKey for FiringKey<'_> {
     const OWNED: &'static [&'static str] = &["fe/"];
 }
 
-/// What the hub keeps in memory for the log: how many entries each device added in each hour
-/// lately, and how many it sent beyond the bound.
+/// What the hub keeps in memory for the log: how many entries each device added this hour of
+/// the hub's clock, and how many it sent beyond the bound.
 #[derive(Debug, Default)]
 pub struct FiringLog {
-    per_hour: HashMap<(String, i64), u32>,
-    /// Firings beyond [`PER_DEVICE_HOUR`], by device and hour: kept as long as the entries.
+    /// Entries added per device in the hour `this_hour` (hub clock).
+    this_hour: i64,
+    added: HashMap<String, u32>,
+    /// Firings beyond [`PER_DEVICE_HOUR`], by device and the hour of their own time: kept as
+    /// long as the entries, so that a report of that hour says so.
     uncounted: BTreeMap<(String, i64), u64>,
 }
 
@@ -92,9 +96,14 @@ impl FiringLog {
             .filter(|at| (now_ms - KEEP_MS..=now_ms + AHEAD_MS).contains(at))
             .unwrap_or(now_ms);
         let device = text("device");
-        let hour = at_ms.div_euclid(HOUR_MS);
-        let added = self.per_hour.entry((device.clone(), hour)).or_default();
+        let arrival_hour = now_ms.div_euclid(HOUR_MS);
+        if arrival_hour != self.this_hour {
+            self.this_hour = arrival_hour;
+            self.added.clear();
+        }
+        let added = self.added.entry(device.clone()).or_default();
         if *added >= PER_DEVICE_HOUR {
+            let hour = at_ms.div_euclid(HOUR_MS);
             *self.uncounted.entry((device, hour)).or_default() += 1;
             return;
         }
@@ -113,13 +122,10 @@ impl FiringLog {
         );
     }
 
-    /// Forgets the counts of hours that are over and, in `write`, the entries older than
+    /// Forgets the uncounted firings of hours no longer kept and, in `write`, the entries older than
     /// [`KEEP_MS`] by the hub's clock: an event's own time never deletes anything.
     #[allow(clippy::disallowed_methods)] // called on the blocking pool
     pub fn prune(&mut self, store: &Store, now_ms: i64, write: &mut WriteBatch) {
-        let this_hour = now_ms.div_euclid(HOUR_MS);
-        // Events up to an hour ahead count in their own hour: keep those hours' counts.
-        self.per_hour.retain(|(_, hour), _| *hour >= this_hour - 1);
         let oldest_kept = (now_ms - KEEP_MS).div_euclid(HOUR_MS);
         self.uncounted.retain(|(_, hour), _| *hour >= oldest_kept);
         match store.range(&FiringKey::From(0), &FiringKey::From(now_ms - KEEP_MS)) {
@@ -308,5 +314,21 @@ mod tests {
         assert_eq!(of("quiet"), 1);
         assert_eq!(counts.uncounted.get("flood"), Some(&30));
         assert_eq!(counts.uncounted.get("quiet"), None);
+        // The bound is on what a device sends in an hour, whatever times its firings claim:
+        // spread over a year's hours, they are bounded the same.
+        let mut log = FiringLog::default();
+        let mut write = WriteBatch::default();
+        for seq in 0..2000u64 {
+            let claimed = NOW - seq as i64 * HOUR_MS;
+            log.record(&firing("spread", "r", seq, &at(claimed)), NOW, &mut write);
+        }
+        store.write(write).unwrap();
+        let year = log.count(&store, (NOW - 400 * 86_400_000, NOW)).unwrap();
+        let spread = year.fired.iter().find(|c| c.device == "spread").unwrap();
+        assert_eq!(spread.fired, u64::from(PER_DEVICE_HOUR));
+        assert_eq!(
+            year.uncounted.get("spread"),
+            Some(&(2000 - u64::from(PER_DEVICE_HOUR)))
+        );
     }
 }

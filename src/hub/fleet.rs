@@ -1083,15 +1083,18 @@ mod tests {
         let mut alerts = FleetAlerts::load(&store);
         let total = HISTORY as u64 + 10;
         for seq in 1..=total {
-            // One a minute, over a day and a half.
-            let at = outpost::alert::engine::rfc3339(NOW - (total - seq) as i64 * 60_000);
+            // One a minute, over a day and a half, each arriving as it happens.
+            let at_ms = NOW - (total - seq) as i64 * 60_000;
+            let at = outpost::alert::engine::rfc3339(at_ms);
             let event = json!({ "device": "a", "source": "device", "rule": "hot", "instance": "_",
                 "severity": "warning", "state": "firing", "event_seq": seq, "at": at });
-            assert!(record(&store, &mut alerts, event.clone()));
-            let mut resolved = event;
+            let mut resolved = event.clone();
             resolved["state"] = "resolved".into();
             resolved["event_seq"] = (seq + 1_000_000).into();
-            assert!(record(&store, &mut alerts, resolved));
+            for event in [event, resolved] {
+                let write = alerts.record_event(event, at_ms).expect("a new transition");
+                store.write(write).unwrap();
+            }
         }
         assert_eq!(alerts.history.len(), HISTORY_PER_DEVICE);
         let counted = alerts.firings.count(&store, (0, NOW)).unwrap();

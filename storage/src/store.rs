@@ -928,10 +928,14 @@ impl Store {
             };
             // Each deletion in the head may hide one of the first entries read: read that many
             // more, so that the first `limit` after the merge are all there.
-            let deletions = ops()
-                .filter(|op| matches!(op, StateOp::Delete { table: t, key } if wanted(t, key)))
-                .count();
-            let read_limit = limit.saturating_add(deletions);
+            let read_limit = if limit == usize::MAX {
+                limit
+            } else {
+                let deletions = ops()
+                    .filter(|op| matches!(op, StateOp::Delete { table: t, key } if wanted(t, key)))
+                    .count();
+                limit.saturating_add(deletions)
+            };
             {
                 let db = read(&self.shared.db);
                 let txn = db.begin_read()?;

@@ -22,21 +22,48 @@ const MAX_NAME: usize = 256;
 /// The most pattern names kept on one line.
 const MAX_PATTERNS: usize = 16;
 
-/// What a line weighs against the byte bound.
-fn weight(line: &LogLine) -> usize {
-    line.line.len()
-        + line.source.len()
-        + line.unit.len()
-        + line.patterns.iter().map(String::len).sum::<usize>()
-        + 64
+impl LogLine {
+    /// What the line weighs against a bound in bytes: its text and names, and a little for the
+    /// rest. The agent's and the hub's bounds both count this way.
+    pub fn weight(&self) -> usize {
+        self.line.len()
+            + self.source.len()
+            + self.unit.len()
+            + self.patterns.iter().map(String::len).sum::<usize>()
+            + 64
+    }
+
+    /// Whether its text, source, unit, priority or a pattern's name holds `search`, which is
+    /// in lower case (ignoring case; the empty search is held by every line).
+    pub fn holds(&self, search: &str) -> bool {
+        search.is_empty()
+            || [&self.line, &self.source, &self.unit, &self.priority]
+                .into_iter()
+                .chain(&self.patterns)
+                .any(|text| text.to_lowercase().contains(search))
+    }
 }
 
-fn cut(text: &str, max: usize) -> (String, bool) {
+/// `text` cut to at most `max` bytes, at a character boundary, and whether it was cut.
+pub fn cut(text: &str, max: usize) -> (String, bool) {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     (text[..end].to_string(), end < text.len())
+}
+
+/// Of `entries` (stored lines as JSON, oldest first), the newest that hold `search` (see
+/// [`LogLine::holds`]; ignoring case), at most `limit`. An entry that does not read is skipped.
+pub fn newest_holding(entries: Vec<(String, Vec<u8>)>, search: &str, limit: usize) -> Vec<LogLine> {
+    let search = search.to_lowercase();
+    entries
+        .into_iter()
+        .rev()
+        .filter_map(|(_, value)| serde_json::from_slice::<LogLine>(&value).ok())
+        .filter(|line| line.holds(&search))
+        .take(limit)
+        .collect()
 }
 
 /// The line as the hub keeps it: every field within its bound.
@@ -91,8 +118,8 @@ impl HubLines {
             let mut kept = DeviceLines::default();
             for (_, value) in store.list(&IngestKey::Lines { device })? {
                 if let Ok(line) = serde_json::from_slice::<LogLine>(&value) {
-                    kept.bytes += weight(&line);
-                    kept.seqs.push_back((line.seq, weight(&line)));
+                    kept.bytes += line.weight();
+                    kept.seqs.push_back((line.seq, line.weight()));
                 }
             }
             self.devices.insert(device.to_string(), kept);
@@ -109,7 +136,7 @@ impl HubLines {
             if at == 0 && kept.seqs.len() >= HUB_LINES {
                 continue;
             }
-            let bytes = weight(&line);
+            let bytes = line.weight();
             kept.seqs.insert(at, (line.seq, bytes));
             kept.bytes += bytes;
             write.put(
@@ -140,22 +167,8 @@ pub fn newest(
     search: &str,
     limit: usize,
 ) -> Result<Vec<LogLine>, outpost_storage::Error> {
-    let search = search.to_lowercase();
-    let holds = |line: &LogLine| {
-        search.is_empty()
-            || [&line.line, &line.source, &line.unit, &line.priority]
-                .into_iter()
-                .chain(&line.patterns)
-                .any(|text| text.to_lowercase().contains(&search))
-    };
-    Ok(store
-        .list(&IngestKey::Lines { device })?
-        .into_iter()
-        .rev()
-        .filter_map(|(_, value)| serde_json::from_slice::<LogLine>(&value).ok())
-        .filter(holds)
-        .take(limit)
-        .collect())
+    let entries = store.list(&IngestKey::Lines { device })?;
+    Ok(newest_holding(entries, search, limit))
 }
 
 #[cfg(test)]

@@ -427,7 +427,7 @@ fn kept_lines_from(
     for (key, value) in first {
         match serde_json::from_slice::<LogLine>(&value) {
             Ok(line) => {
-                bytes += line.line.len() + line.source.len() + line.unit.len() + 32;
+                bytes += line.weight();
                 lines.push(line);
             }
             Err(error) => tracing::warn!(key, %error, "an unreadable kept log line"),

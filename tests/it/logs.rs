@@ -161,6 +161,8 @@ fn lines_written_across_a_kill_and_a_rotation_are_counted_once() {
         .iter()
         .all(|l| l["line"].as_str().unwrap().contains("module=b")
             && l["patterns"] == serde_json::json!(["errors"])));
+    let too_long = format!("/api/logs?q={}", "x".repeat(2000));
+    assert_eq!(crate::agent::http(agent.port, "GET", &too_long, "").0, 400);
     agent.stop();
 }
 
