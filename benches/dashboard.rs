@@ -92,7 +92,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = Samples::Store(std::sync::Arc::new(fleet_store(dir.path())));
+    let fleet = std::sync::Arc::new(fleet_store(dir.path()));
+    let store = Samples::Store(fleet.clone());
     let runtime = runtime();
     let mut group = dashboard_group(c);
     group.bench_function("fleet summary, 1000 devices x 17 series, last hour", |b| {
@@ -134,6 +135,17 @@ fn bench(c: &mut Criterion) {
                     },
                 ))
                 .expect("answer")
+        })
+    });
+    let every = outpost_storage::Selector::parse(r#"{__name__=~".+"}"#).expect("selector");
+    // Grafana's label completion: `/api/v1/labels?start&end` over the whole fleet.
+    group.bench_function("series lookup: the whole fleet, last 30 min", |b| {
+        b.iter(|| {
+            #[allow(clippy::disallowed_methods)] // a bench, no runtime to block
+            let found = fleet
+                .series_between(&every, END_MS - 1_800_000, END_MS)
+                .expect("lookup");
+            assert_eq!(found.len(), DEVICES * device_series("x").len());
         })
     });
     group.finish();

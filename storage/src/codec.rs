@@ -664,6 +664,15 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f64>), DecodeError> {
     Ok(decoded)
 }
 
+/// The timestamps of a stored chunk, its values left undecoded (the checksum still covers
+/// them): for lookups that ask only whether a series has samples in a range.
+pub(crate) fn decode_chunk_timestamps(bytes: &[u8]) -> Result<Vec<i64>, DecodeError> {
+    let body = unseal(bytes)?;
+    let mut reader = Reader::new(&body);
+    let count = reader.count("sample", 2)?;
+    decode_timestamps(&mut reader, count)
+}
+
 /// Encodes rollup points, sorted by bucket start, as a stored chunk.
 pub fn encode_rollup_chunk(buckets: &[i64], rollups: &[Rollup], zstd_level: i32) -> Vec<u8> {
     debug_assert_eq!(buckets.len(), rollups.len());

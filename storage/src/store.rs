@@ -1299,10 +1299,11 @@ impl Store {
         })
     }
 
-    /// The matching series that have data between `from` and `to`, sorted by key: a stored
-    /// chunk of any tier whose window overlaps the range, or a sample in the head within it.
-    /// Chunk windows make this as coarse as they are (2 hours of raw samples, a day of minutes,
-    /// 30 days of hours), as Prometheus' blocks (2 hours to a month) make its own lookups.
+    /// The matching series that have data between `from` and `to`, sorted by key. Raw samples
+    /// (stored or in the head) answer exactly; before a series' raw samples begin, where
+    /// retention left only rollups, a minute or hour bucket that overlaps the range counts.
+    /// Never by chunk windows alone: an hour chunk spans 30 days, and a Grafana variable asking
+    /// for the last hour must not list a device gone for weeks.
     pub fn series_between(
         &self,
         selector: &Selector,
@@ -1311,34 +1312,78 @@ impl Store {
     ) -> Result<Vec<(SeriesId, SeriesKey)>> {
         self.contain(|| {
             let series = self.series(selector);
+            if from > to {
+                return Ok(Vec::new());
+            }
             let db = read(&self.shared.db);
             let txn = db.begin_read()?;
             let reader = TierReader::new(&txn)?;
             let mut out = Vec::with_capacity(series.len());
             for (id, key) in series {
-                let mut stored = false;
-                for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
-                    let first = bucket_of(from, window_of(tier));
-                    if reader
-                        .chunks
-                        .range((id.0, tier as u8, first)..=(id.0, tier as u8, to))?
-                        .next()
-                        .is_some()
-                    {
-                        stored = true;
-                        break;
-                    }
-                }
-                if stored
-                    || !self
-                        .head_samples_in(id.0, from, to.saturating_add(1))
-                        .is_empty()
-                {
+                if self.has_data_between(&reader, id.0, &key, from, to)? {
                     out.push((id, key));
                 }
             }
             Ok(out)
         })
+    }
+
+    fn has_data_between(
+        &self,
+        reader: &TierReader,
+        id: u32,
+        key: &SeriesKey,
+        from: i64,
+        to: i64,
+    ) -> Result<bool> {
+        if reader.has_raw_between(id, from, to, key)?
+            || !self
+                .head_samples_in(id, from, to.saturating_add(1))
+                .is_empty()
+        {
+            return Ok(true);
+        }
+        let head_start = self
+            .head_samples_in(id, i64::MIN, i64::MAX)
+            .iter()
+            .map(|(t, _)| *t)
+            .min();
+        let raw_start = match (reader.first_raw(id, key)?, head_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let rollups_to = raw_start.map_or(to, |start| to.min(start.saturating_sub(1)));
+        if from > rollups_to {
+            return Ok(false);
+        }
+        let head_rollups = self.head_rollup_buckets(id);
+        for tier in [Tier::Minute, Tier::Hour] {
+            let width = tier.resolution_ms();
+            let first = bucket_of(from, width);
+            let stored = read_rollups(&reader.chunks, id, tier, first, rollups_to, &|| {
+                key.to_string()
+            })?;
+            let in_head = head_rollups
+                .iter()
+                .any(|(t, bucket)| *t == tier && (first..=rollups_to).contains(bucket));
+            if !stored.is_empty() || in_head {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The tiers and buckets of the rollups written straight into the head for one series.
+    fn head_rollup_buckets(&self, id: u32) -> Vec<(Tier, i64)> {
+        let head = lock(&self.shared.head);
+        head.frozen
+            .iter()
+            .map(|f| &**f)
+            .chain(std::iter::once(&head.active))
+            .flat_map(|part| part.rollups.iter())
+            .filter(|write| write.series == id)
+            .map(|write| (write.tier, write.bucket))
+            .collect()
     }
 
     /// Where each matching series' raw samples begin in the store: the start of its oldest raw
@@ -1944,6 +1989,51 @@ impl TierReader {
     fn new(txn: &redb::ReadTransaction) -> Result<Self> {
         Ok(TierReader {
             chunks: txn.open_table(CHUNKS)?,
+        })
+    }
+
+    /// Whether a stored raw sample lies in `[from, to]`. Only the chunks at the range's two
+    /// edges can hold samples outside it, so this decodes at most a few chunks.
+    fn has_raw_between(&self, id: u32, from: i64, to: i64, key: &SeriesKey) -> Result<bool> {
+        let raw = Tier::Raw as u8;
+        for entry in self
+            .chunks
+            .range((id, raw, bucket_of(from, RAW_WINDOW))..=(id, raw, to))?
+        {
+            let (start, chunk) = entry?;
+            // A stored chunk holds at least one sample, so one whose window lies inside the
+            // range answers without being decoded.
+            let start = start.value().2;
+            if start >= from && start.saturating_add(RAW_WINDOW - 1) <= to {
+                return Ok(true);
+            }
+            let timestamps = Self::raw_timestamps(chunk.value(), key)?;
+            if timestamps.iter().any(|t| (from..=to).contains(t)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The time of a series' oldest stored raw sample.
+    fn first_raw(&self, id: u32, key: &SeriesKey) -> Result<Option<i64>> {
+        let raw = Tier::Raw as u8;
+        let Some(entry) = self
+            .chunks
+            .range((id, raw, i64::MIN)..=(id, raw, i64::MAX))?
+            .next()
+        else {
+            return Ok(None);
+        };
+        let (_, chunk) = entry?;
+        Ok(Self::raw_timestamps(chunk.value(), key)?.first().copied())
+    }
+
+    fn raw_timestamps(chunk: &[u8], key: &SeriesKey) -> Result<Vec<i64>> {
+        codec::decode_chunk_timestamps(chunk).map_err(|cause| Error::CorruptChunk {
+            what: "raw chunk",
+            series: key.to_string(),
+            cause,
         })
     }
 

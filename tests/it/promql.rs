@@ -418,6 +418,12 @@ fn lookups_differ(hub: u16, prometheus: u16, times: Times) -> Vec<String> {
             "/api/v1/series?match[]=node_load1&match[]={}{range}",
             encode("{__name__=~\"jetson_rail.*\",rail=\"VDD_IN\"}")
         ),
+        // The day after the data: nothing, though the store's chunk windows reach into it.
+        format!(
+            "/api/v1/series?match[]=node_load1&match[]=jetson_ram_used_bytes&start={:.3}&end={:.3}",
+            times.host_end + 0.001,
+            times.host_end + 86_400.0
+        ),
         "/api/v1/labels".to_string(),
         format!("/api/v1/labels?match[]=node_network_receive_bytes_total{range}"),
         "/api/v1/label/__name__/values".to_string(),

@@ -522,12 +522,31 @@ mod rollups {
                 .len(),
             1
         );
-        // As coarse as the tiers' chunk windows (30 days for hours), and no coarser.
-        let later = BASE + 61 * 24 * HOUR;
-        assert!(store
-            .series_between(&g, later, later + HOUR)
-            .unwrap()
-            .is_empty());
+        // Exactly where the data is: not wherever a chunk's window (a day of minutes, 30 days
+        // of hours) reaches.
+        let between = |from: i64, to: i64| store.series_between(&g, from, to).unwrap().len();
+        let last = BASE + 6 * HOUR - 10_000;
+        assert_eq!(between(last, last), 1, "the last raw sample");
+        assert_eq!(between(last + 1, last + HOUR), 0, "just after the data");
+        assert_eq!(
+            between(BASE + 3 * 24 * HOUR, BASE + 3 * 24 * HOUR + HOUR),
+            0
+        );
+        assert_eq!(
+            between(BASE + 61 * 24 * HOUR, BASE + 61 * 24 * HOUR + HOUR),
+            0
+        );
+        assert_eq!(between(BASE - HOUR, BASE - 1), 0, "just before the data");
+        assert_eq!(
+            between(BASE + 30 * 60_000, BASE + 30 * 60_000),
+            1,
+            "aged out"
+        );
+        assert_eq!(
+            between(BASE + 5, BASE + 5),
+            1,
+            "inside the first minute's bucket"
+        );
 
         // Raw samples answer where they are kept, without a warning.
         let (value, warnings) = one(&store, "g", BASE + 5 * HOUR);
