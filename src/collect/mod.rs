@@ -14,6 +14,7 @@ pub mod probes;
 pub mod processes;
 pub mod scrape;
 pub mod tegrastats;
+pub mod timex;
 
 use outpost_storage::SeriesKey;
 

@@ -1229,3 +1229,82 @@ fn the_agents_api_needs_a_token_or_an_explicit_opt_in_off_loopback() {
     assert_eq!(status, 201, "{body}");
     secured.stop();
 }
+
+/// The kernel's clock discipline (`node_timex_*`), side by side with Debian's node_exporter on
+/// the same kernel: the same names and, read between two of the agent's rounds, the same values
+/// in the same units (the error bounds and the offset may move a little between the reads).
+#[test]
+fn the_clock_discipline_figures_are_node_exporters() {
+    const NAMES: [(&str, f64); 17] = [
+        ("node_timex_sync_status", 0.0),
+        ("node_timex_offset_seconds", 0.01),
+        ("node_timex_frequency_adjustment_ratio", 1e-7),
+        ("node_timex_maxerror_seconds", 0.01),
+        ("node_timex_estimated_error_seconds", 0.01),
+        ("node_timex_status", 0.0),
+        ("node_timex_loop_time_constant", 0.0),
+        ("node_timex_tick_seconds", 0.0),
+        ("node_timex_tai_offset_seconds", 0.0),
+        ("node_timex_pps_frequency_hertz", 0.0),
+        ("node_timex_pps_jitter_seconds", 0.0),
+        ("node_timex_pps_shift_seconds", 0.0),
+        ("node_timex_pps_stability_hertz", 0.0),
+        ("node_timex_pps_jitter_total", 0.0),
+        ("node_timex_pps_calibration_total", 0.0),
+        ("node_timex_pps_error_total", 0.0),
+        ("node_timex_pps_stability_exceeded_total", 0.0),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    struct Exporter(Child);
+    impl Drop for Exporter {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let exporter = Exporter(
+        Command::new("prometheus-node-exporter")
+            .args([
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+                "--collector.disable-defaults",
+                "--collector.timex",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Debian's prometheus-node-exporter (.ci/run installs it)"),
+    );
+    let config = QUIET.replace("[host]\nenabled = false", "[host]\ninterval = \"200ms\"");
+    let agent = Agent::start(dir.path(), &config, &[]);
+    wait_until("the agent's clock figures", Duration::from_secs(20), || {
+        metric_value(&agent.metrics(), "node_timex_tick_seconds")
+    });
+    wait_until("node_exporter", Duration::from_secs(20), || {
+        let (status, body) = http(port, "GET", "/metrics", "");
+        (status == 200 && body.contains("node_timex_tick_seconds")).then_some(())
+    });
+    let before = agent.metrics();
+    let (_, theirs) = http(port, "GET", "/metrics", "");
+    // After the agent's next round, so that its two readings bracket node_exporter's.
+    let round = metric_value(&before, "node_time_seconds");
+    let after = wait_until("the agent's next round", Duration::from_secs(10), || {
+        let text = agent.metrics();
+        (metric_value(&text, "node_time_seconds") != round).then_some(text)
+    });
+    for (name, tolerance) in NAMES {
+        let value = |text: &str, who: &str| {
+            metric_value(text, name).unwrap_or_else(|| panic!("{who} has no {name}"))
+        };
+        let (a, b, theirs) = (
+            value(&before, "the agent"),
+            value(&after, "the agent"),
+            value(&theirs, "node_exporter"),
+        );
+        assert!(
+            theirs >= a.min(b) - tolerance && theirs <= a.max(b) + tolerance,
+            "{name}: node_exporter {theirs}, the agent {a} then {b}"
+        );
+    }
+    drop(exporter);
+}

@@ -117,6 +117,49 @@ fn library_crates_never_read_the_wall_clock() {
     }
 }
 
+/// `unsafe` is denied in the workspace and allowed in one place: the read-only `adjtimex(2)`
+/// call that no maintained crate wraps. Any other is a new decision, to be argued in
+/// ARCHITECTURE.md and here.
+#[test]
+fn unsafe_code_lives_in_the_clock_discipline_reader_only() {
+    const ALLOWED: &str = "src/collect/timex.rs";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let keyword = ["un", "safe"].concat();
+    let mut found = Vec::new();
+    let mut dirs: Vec<_> = [
+        "src", "storage", "sync", "web/src", "benches", "tests", "fuzz",
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .filter(|d| d.exists())
+    .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("target") {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let uses = text.lines().filter(|line| {
+                let code = line.split("//").next().unwrap_or("");
+                code.contains(&format!("{keyword} "))
+                    || code.contains(&format!("{keyword}{{"))
+                    || code.contains(&format!("({keyword}_code"))
+            });
+            if uses.count() > 0 {
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert_eq!(found, vec![ALLOWED.to_string()]);
+}
+
 /// The two roles, and the modules that only parse a command line and wire parts together: no
 /// other module may name them.
 const ROLES: [&str; 2] = ["agent", "hub"];
