@@ -25,6 +25,8 @@ pub struct HubConfig {
     pub web: outpost_web::WebConfig,
     /// The fleet's samples in another engine (Prometheus remote_write) instead of this store.
     pub remote_write: super::remote::RemoteWriteSection,
+    /// The devices' kept log lines forwarded to Loki's push API.
+    pub loki: super::loki::LokiSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,6 +137,7 @@ impl ConfigFile for HubConfig {
         self.alerts.validate()?;
         super::routing::Router::from_config(&self.alerts)?;
         self.remote_write.validate()?;
+        self.loki.validate()?;
         self.web
             .validate(self.hub.listen.ip().is_loopback())
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -33,6 +33,8 @@ pub enum RegistryKey<'a> {
     Board(&'a str),
     /// Every board.
     Boards,
+    /// The number of a device's first kept log line not yet taken by Loki (`hub/loki.rs`).
+    LokiSent(&'a str),
 }
 
 impl fmt::Display for RegistryKey<'_> {
@@ -55,6 +57,7 @@ impl fmt::Display for RegistryKey<'_> {
             RegistryKey::OutageNotes => f.write_str("outage-note/"),
             RegistryKey::Board(name) => write!(f, "board/{name}"),
             RegistryKey::Boards => f.write_str("board/"),
+            RegistryKey::LokiSent(device) => write!(f, "loki-sent/{device}"),
         }
     }
 }
@@ -70,6 +73,7 @@ impl StateKey for RegistryKey<'_> {
         "silence-id",
         "outage-note/",
         "board/",
+        "loki-sent/",
     ];
 }
 

@@ -14,6 +14,7 @@ mod firings;
 mod fleet;
 mod gate;
 mod keys;
+mod loki;
 mod registry;
 pub mod remote;
 mod routing;
@@ -364,6 +365,7 @@ async fn daemon(config: HubConfig) -> Result<()> {
         hub_fleet,
         incoming: incoming_tx,
     };
+    let loki = start_loki(&config, &store, &registry)?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
@@ -407,6 +409,9 @@ async fn daemon(config: HubConfig) -> Result<()> {
         }
     }
     service.stopping();
+    if let Some(loki) = loki {
+        loki.abort();
+    }
     drop(router);
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     let _ = stop_http.send(());
@@ -428,6 +433,32 @@ async fn daemon(config: HubConfig) -> Result<()> {
     }
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Forwards the devices' kept log lines to Loki every `loki.every`, when `[loki]` is set;
+/// the counts go to the registry, for `/metrics`.
+fn start_loki(
+    config: &HubConfig,
+    store: &Arc<Store>,
+    registry: &Arc<Mutex<Registry>>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !config.loki.enabled() {
+        return Ok(None);
+    }
+    let mut forwarder = loki::LokiForwarder::new(&config.loki)?;
+    let every = config.loki.every.0;
+    let (store, registry) = (store.clone(), registry.clone());
+    tracing::info!(url = %config.loki.url, "kept log lines go to Loki");
+    Ok(Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let devices = registry.lock().expect("registry lock").names();
+            forwarder.round(&store, &devices).await;
+            registry.lock().expect("registry lock").loki = forwarder.counts;
+        }
+    })))
 }
 
 /// Queues the reminders the routes' `repeat_interval` asks for, and wakes their channels once

@@ -100,6 +100,8 @@ pub struct Registry {
     store_write_errors: u64,
     /// Batches the remote storage did not take within `retry_for`: left to their devices.
     remote_write_errors: u64,
+    /// What forwarding the kept log lines to Loki came to (`[loki]`).
+    pub loki: super::loki::LokiCounts,
     /// Batches this hub took itself, of any device: its share of a shared group's load.
     taken_batches: u64,
     /// Hubs on a shared subscription count batches from the acks that all of them read, not
@@ -113,6 +115,8 @@ pub struct Registry {
 /// How many sequence numbers back an ack is still recognised as counted. An ack delivered
 /// again comes with the broker's in-flight window, far fewer.
 const COUNTED_ACKS_KEPT: u64 = 4096;
+/// How many starts back an ack counts as late rather than as a store that started over.
+const LATE_EPOCHS: u64 = 1000;
 
 /// A metric family of `/metrics`: name, type, help, and the value per device.
 type Family = (
@@ -137,6 +141,11 @@ impl Registry {
             }
         }
         registry
+    }
+
+    /// The devices with a record.
+    pub fn names(&self) -> Vec<String> {
+        self.devices.keys().cloned().collect()
     }
 
     /// The protocol version of the device's last batch (0 before its first).
@@ -226,7 +235,10 @@ impl Registry {
         }
         let (epoch, seen) = self.counted_acks.entry(device.to_string()).or_default();
         if *epoch != ack.epoch {
-            if ack.epoch < *epoch {
+            // A late ack of one of the store's recent starts (its epochs grow by one a start)
+            // is not counted; any other epoch is the device's store starting over, at a
+            // random epoch that may lie below.
+            if ack.epoch < *epoch && *epoch - ack.epoch <= LATE_EPOCHS {
                 return;
             }
             *epoch = ack.epoch;
@@ -493,6 +505,10 @@ impl Registry {
                 self.remote_write_errors,
             ),
             ("outpost_hub_taken_batches_total", self.taken_batches),
+            ("outpost_hub_loki_lines_total", self.loki.sent),
+            ("outpost_hub_loki_refused_lines_total", self.loki.refused),
+            ("outpost_hub_loki_missed_lines_total", self.loki.missed),
+            ("outpost_hub_loki_errors_total", self.loki.errors),
         ]
         .into_iter()
         .filter_map(|(name, value)| {
@@ -539,6 +555,18 @@ impl Registry {
             "# HELP outpost_hub_taken_batches_total Batches this hub took itself, of every device (with a shared group, its share; the per-device counts are the group's).\n# TYPE outpost_hub_taken_batches_total counter\noutpost_hub_taken_batches_total {}",
             self.taken_batches
         );
+        let loki = [
+            ("outpost_hub_loki_lines_total", "Kept log lines Loki took ([loki]).", self.loki.sent),
+            ("outpost_hub_loki_refused_lines_total", "Kept log lines Loki refused for good (too old, a limit); they stay on the hub.", self.loki.refused),
+            ("outpost_hub_loki_missed_lines_total", "Kept log lines the hub's per-device quota pushed out before Loki took them.", self.loki.missed),
+            ("outpost_hub_loki_errors_total", "Pushes to Loki that failed for now (connection, 429, 5xx); their lines go in a later round.", self.loki.errors),
+        ];
+        for (name, help, value) in loki {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
         text
     }
 
@@ -577,14 +605,17 @@ mod tests {
             counts_from_acks: true,
             ..Registry::default()
         };
+        // Epochs start at random: a store that starts over may start below the last.
+        const E: u64 = 7 << 40;
+        const OVER: u64 = 5 << 32;
         for (epoch, seq, samples, duplicate) in [
-            (1, 1, 10, false),
-            (1, 2, 20, false),
-            (1, 1, 10, false), // the broker handed it over again
-            (1, 2, 0, true),   // a resend, acknowledged as a duplicate
-            (1, 2, 0, true),
-            (0, 9, 5, false), // an older epoch's, late
-            (2, 1, 7, false), // the device's store started over
+            (E, 1, 10, false),
+            (E, 2, 20, false),
+            (E, 1, 10, false), // the broker handed it over again
+            (E, 2, 0, true),   // a resend, acknowledged as a duplicate
+            (E, 2, 0, true),
+            (E - 1, 9, 5, false), // an earlier start's, late
+            (OVER, 1, 7, false),  // the device's store started over
         ] {
             registry.ack_counted("d", &ack(epoch, seq, samples, duplicate));
         }
@@ -596,7 +627,7 @@ mod tests {
         // A batch this hub took itself is counted from its ack, not twice.
         let header = BatchHeader {
             device: "d".into(),
-            epoch: 2,
+            epoch: OVER,
             seq: 2,
             boot_id: String::new(),
             sent_wall_ms: 0,
@@ -610,7 +641,7 @@ mod tests {
             duplicate: false,
         };
         registry.batch("d", (&header, &stored, (0, 0), 2), 1_000);
-        registry.ack_counted("d", &ack(2, 2, 3, false));
+        registry.ack_counted("d", &ack(OVER, 2, 3, false));
         assert_eq!(registry.devices["d"].batches, 5);
         assert_eq!(registry.devices["d"].samples, 40);
         // A hub alone counts the batches it takes, and no acks.

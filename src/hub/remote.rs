@@ -81,6 +81,16 @@ impl RemoteWriteSection {
         !self.url.is_empty()
     }
 
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            section: "remote_write",
+            headers: &self.headers,
+            username: &self.username,
+            password_file: &self.password_file,
+            bearer_token_file: &self.bearer_token_file,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.query_url.is_empty() {
             Target::parse(&self.query_url).context("remote_write.query_url")?;
@@ -89,16 +99,7 @@ impl RemoteWriteSection {
             return Ok(());
         }
         Target::parse(&self.url).context("remote_write.url")?;
-        for (name, value) in &self.headers {
-            let valid = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
-                && hyper::header::HeaderValue::from_str(value).is_ok();
-            if !valid {
-                bail!("remote_write.headers: {name:?} is not a valid HTTP header");
-            }
-        }
-        if !self.username.is_empty() && !self.bearer_token_file.as_os_str().is_empty() {
-            bail!("remote_write: username and bearer_token_file exclude each other");
-        }
+        self.identity().validate()?;
         if !(1..=1_000_000).contains(&self.max_samples_per_request) {
             bail!("remote_write.max_samples_per_request: must be from 1 to 1000000");
         }
@@ -116,25 +117,56 @@ impl RemoteWriteSection {
 }
 
 /// The tenant and credentials every request to the engine carries, writes and reads alike.
-fn identity_headers(config: &RemoteWriteSection) -> Result<Vec<(String, String)>> {
-    let mut headers: Vec<(String, String)> = config.headers.clone().into_iter().collect();
-    if !config.username.is_empty() {
-        let password = crate::sysinfo_ids::read_secret(
-            &config.password_file,
-            "remote storage password (remote_write.password_file)",
-        )?;
-        use base64::Engine as _;
-        let pair = format!("{}:{}", config.username, password.trim_end());
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-        headers.push(("authorization".into(), format!("Basic {encoded}")));
-    } else if !config.bearer_token_file.as_os_str().is_empty() {
-        let token = crate::sysinfo_ids::read_secret(
-            &config.bearer_token_file,
-            "remote storage token (remote_write.bearer_token_file)",
-        )?;
-        headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+/// Who the hub is to a service it writes to (the engine, Loki): extra headers such as a
+/// tenant, and HTTP basic auth or a bearer token, read from files.
+pub(super) struct Identity<'a> {
+    /// The config section, for messages.
+    pub section: &'static str,
+    pub headers: &'a BTreeMap<String, String>,
+    pub username: &'a str,
+    pub password_file: &'a std::path::Path,
+    pub bearer_token_file: &'a std::path::Path,
+}
+
+impl Identity<'_> {
+    /// Checks what can be checked at load: header names and values, one kind of auth.
+    pub fn validate(&self) -> Result<()> {
+        let section = self.section;
+        for (name, value) in self.headers {
+            let valid = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && hyper::header::HeaderValue::from_str(value).is_ok();
+            if !valid {
+                bail!("{section}.headers: {name:?} is not a valid HTTP header");
+            }
+        }
+        if !self.username.is_empty() && !self.bearer_token_file.as_os_str().is_empty() {
+            bail!("{section}: username and bearer_token_file exclude each other");
+        }
+        Ok(())
     }
-    Ok(headers)
+
+    /// The headers, with the secrets read from their files.
+    pub fn headers(&self) -> Result<Vec<(String, String)>> {
+        let section = self.section;
+        let mut headers: Vec<(String, String)> = self.headers.clone().into_iter().collect();
+        if !self.username.is_empty() {
+            let password = crate::sysinfo_ids::read_secret(
+                self.password_file,
+                &format!("{section} password ({section}.password_file)"),
+            )?;
+            use base64::Engine as _;
+            let pair = format!("{}:{}", self.username, password.trim_end());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            headers.push(("authorization".into(), format!("Basic {encoded}")));
+        } else if !self.bearer_token_file.as_os_str().is_empty() {
+            let token = crate::sysinfo_ids::read_secret(
+                self.bearer_token_file,
+                &format!("{section} token ({section}.bearer_token_file)"),
+            )?;
+            headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+        }
+        Ok(headers)
+    }
 }
 
 /// The engine's Prometheus query API, answering the hub's `/api/v1` reads.
@@ -163,7 +195,7 @@ impl RemoteQuery {
         Ok(Some(RemoteQuery {
             root,
             tls,
-            headers: identity_headers(config)?,
+            headers: config.identity().headers()?,
             // A query may take as long as the hub would let its own run.
             timeout: config.timeout.0.max(Duration::from_secs(120)),
         }))
@@ -343,7 +375,7 @@ impl RemoteWriter {
                 "0.1.0".to_string(),
             ),
         ];
-        headers.extend(identity_headers(config)?);
+        headers.extend(config.identity().headers()?);
         let letters =
             store.state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())?;
         let next_letter = letters

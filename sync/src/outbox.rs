@@ -119,6 +119,19 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// The first epoch of a store that holds none: random in `[2^32, 2^62)`, not 1. A store that
+/// starts over (the device flashed again, a damaged store replaced) would otherwise number its
+/// batches as its predecessor did, and the hub, which has seen those `(epoch, seq)`, would take
+/// them for resends and drop them. Random, not the clock's: a Jetson without a battery for its
+/// clock boots at the same time every time. The numbers still grow by one a start from there.
+fn first_epoch() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    // Keyed from the operating system's randomness, as std seeds its hash maps.
+    let random = RandomState::new().hash_one(std::time::Instant::now());
+    const LOW: u64 = 1 << 32;
+    LOW + random % ((1 << 62) - LOW)
+}
+
 impl Outbox {
     /// Starts a new epoch, made durable before any batch of it is built: a sequence number that
     /// a crash lost is never reused within an epoch.
@@ -129,11 +142,10 @@ impl Outbox {
         boot_id: &str,
         options: OutboxOptions,
     ) -> Result<Outbox, outpost_storage::Error> {
-        let previous = store
+        let epoch = store
             .get(&AgentKey::Epoch)?
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map_or(0, u64::from_le_bytes);
-        let epoch = previous + 1;
+            .map_or_else(first_epoch, |previous| u64::from_le_bytes(previous) + 1);
         let lines_next = store
             .get(&AgentKey::LinesShipped)?
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
@@ -513,7 +525,7 @@ mod tests {
             outbox.lines_shipped_write().is_none(),
             "nothing acknowledged"
         );
-        outbox.on_ack(&store, &stored(first, 1));
+        outbox.on_ack(&store, &stored(first, outbox.epoch()));
         let save = outbox
             .lines_shipped_write()
             .expect("the first batch's lines are acknowledged");
@@ -538,7 +550,8 @@ mod tests {
         let key = DeviceKey::new(vec![1; 16]).unwrap();
         let mut outbox =
             Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
-        assert_eq!(outbox.epoch(), 1);
+        let epoch = outbox.epoch();
+        assert!((1 << 32..1 << 62).contains(&epoch), "{epoch}");
         write(&store, 0, 5);
         let (first, _) = outbox.next_batch(&store, 0, 0, &[]).unwrap().unwrap();
         write(&store, 5, 10);
@@ -549,24 +562,30 @@ mod tests {
         );
         // The second batch is stored, the first was lost: nothing may be confirmed yet.
         assert_eq!(
-            outbox.on_ack(&store, &stored(second, 1)),
+            outbox.on_ack(&store, &stored(second, epoch)),
             AckOutcome::Stored { confirmed: 0 }
         );
         assert_eq!(store.backlog().unwrap().live_unconfirmed_samples, 10);
         assert_eq!(
-            outbox.on_ack(&store, &stored(second, 2)),
+            outbox.on_ack(&store, &stored(second, epoch + 1)),
             AckOutcome::Stale,
             "another epoch"
         );
         assert_eq!(
-            outbox.on_ack(&store, &stored(first, 1)),
+            outbox.on_ack(&store, &stored(first, epoch)),
             AckOutcome::Stored { confirmed: 2 }
         );
         assert_eq!(store.backlog().unwrap().live_unconfirmed_samples, 0);
         assert_eq!(outbox.in_flight(), 0);
         drop(outbox);
-        let outbox = Outbox::open(&store, "d", key, "b", OutboxOptions::default()).unwrap();
-        assert_eq!(outbox.epoch(), 2, "each start is a new epoch");
+        let outbox = Outbox::open(&store, "d", key.clone(), "b", OutboxOptions::default()).unwrap();
+        assert_eq!(outbox.epoch(), epoch + 1, "each start is a new epoch");
         store.close().unwrap();
+
+        // A store that starts over does not start where its predecessor did.
+        let fresh = Store::open(dir.path().join("b.redb"), options).unwrap();
+        let again = Outbox::open(&fresh, "d", key, "b", OutboxOptions::default()).unwrap();
+        assert_ne!(again.epoch(), epoch);
+        assert!((1 << 32..1 << 62).contains(&again.epoch()));
     }
 }

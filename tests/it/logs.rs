@@ -412,3 +412,172 @@ fn kept_lines_reach_the_hub_once_even_when_kept_while_it_was_away() {
     agent.stop();
     hub.stop();
 }
+
+/// Loki's push endpoint as its HTTP API documentation gives it: `POST /loki/api/v1/push` with
+/// JSON streams, answered 204, or with `status` while that is set. A stand-in: Grafana Loki is
+/// not packaged for Debian, so no real one runs here; each request is checked against the
+/// documented format as it comes.
+struct LokiPushEndpoint {
+    port: u16,
+    /// Every line taken: the stream's labels, the time in nanoseconds, the text.
+    taken: Arc<std::sync::Mutex<Vec<(serde_json::Value, String, String)>>>,
+    status: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl LokiPushEndpoint {
+    fn start() -> LokiPushEndpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(204));
+        let (kept, answer) = (taken.clone(), status.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Some(request) = crate::receivers::read_request(&mut stream) else {
+                    continue;
+                };
+                assert_eq!(
+                    (request.method.as_str(), request.target.as_str()),
+                    ("POST", "/loki/api/v1/push")
+                );
+                assert_eq!(request.header("content-type"), "application/json");
+                assert_eq!(request.header("x-scope-orgid"), "fleet-a");
+                let status = answer.load(Ordering::SeqCst);
+                if status == 204 {
+                    for stream in request.json()["streams"].as_array().unwrap() {
+                        for value in stream["values"].as_array().unwrap() {
+                            let (nanos, line) = (&value[0], &value[1]);
+                            let nanos = nanos.as_str().expect("the time as a string");
+                            assert!(nanos.len() == 19 && nanos.bytes().all(|b| b.is_ascii_digit()));
+                            kept.lock().unwrap().push((
+                                stream["stream"].clone(),
+                                nanos.to_string(),
+                                line.as_str().unwrap().to_string(),
+                            ));
+                        }
+                    }
+                }
+                let reason = if status == 204 { "No Content" } else { "Error" };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        LokiPushEndpoint {
+            port,
+            taken,
+            status,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, line)| line.clone())
+            .collect()
+    }
+
+    fn wait_for_lines(&self, n: usize) -> Vec<String> {
+        wait_until(
+            &format!("{n} lines at Loki"),
+            Duration::from_secs(30),
+            || {
+                let lines = self.lines();
+                (lines.len() >= n).then_some(lines)
+            },
+        )
+    }
+}
+
+#[test]
+fn kept_lines_reach_loki_once_through_its_outage_a_refusal_and_a_hub_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (crate::agent::free_port(), crate::agent::free_port());
+    let mqtt = crate::sync::enrol(dir.path(), "dev-l", mqtt_port);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let log = agent_dir.join("app.log");
+    let error_line = |n: usize| format!("level=error module=db n={n} timeout");
+    let write = |from: usize, to: usize| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for n in from..to {
+            writeln!(file, "level=info n={n} nothing to see").unwrap();
+            writeln!(file, "{}", error_line(n)).unwrap();
+        }
+    };
+    let loki = LokiPushEndpoint::start();
+    let hub_config = dir.path().join("hub-loki.toml");
+    std::fs::write(
+        &hub_config,
+        format!(
+            "[loki]\nurl = \"http://127.0.0.1:{}/loki/api/v1/push\"\nevery = \"1s\"\n\
+             headers = {{ \"X-Scope-OrgID\" = \"fleet-a\" }}\n",
+            loki.port
+        ),
+    )
+    .unwrap();
+    let args = ["--config", hub_config.to_str().unwrap()];
+    let start_hub = || crate::sync::Hub::start_with(dir.path(), http_port, mqtt_port, &args);
+    let hub_counter = |name: &str| {
+        let (_, metrics) = crate::agent::http(http_port, "GET", "/metrics", "");
+        metric_value(&metrics, name).unwrap_or(0.0)
+    };
+    let hub = start_hub();
+    write(0, 3);
+    let agent = Agent::start(&agent_dir, &format!("{}{mqtt}", config(&agent_dir)), &[]);
+    let first = loki.wait_for_lines(3);
+    assert_eq!(first, (0..3).map(error_line).collect::<Vec<_>>());
+    let (labels, nanos, _) = loki.taken.lock().unwrap()[0].clone();
+    assert_eq!(labels["instance"], "dev-l");
+    assert_eq!(labels["source"], "app");
+    assert!(
+        nanos.ends_with("000000"),
+        "milliseconds in nanoseconds: {nanos}"
+    );
+
+    // Loki away (503): the lines wait on the hub and go once it is back.
+    loki.status.store(503, Ordering::SeqCst);
+    write(3, 6);
+    wait_until(
+        "the hub to count Loki's failure",
+        Duration::from_secs(30),
+        || (hub_counter("outpost_hub_loki_errors_total") > 0.0).then_some(()),
+    );
+    loki.status.store(204, Ordering::SeqCst);
+    loki.wait_for_lines(6);
+
+    // A hub restarted goes on after what Loki took.
+    hub.stop();
+    let hub = start_hub();
+    write(6, 7);
+    loki.wait_for_lines(7);
+
+    // Refused for good (400): counted, passed, never sent again.
+    loki.status.store(400, Ordering::SeqCst);
+    write(7, 8);
+    wait_until("the refusal counted", Duration::from_secs(30), || {
+        (hub_counter("outpost_hub_loki_refused_lines_total") == 1.0).then_some(())
+    });
+    loki.status.store(204, Ordering::SeqCst);
+    write(8, 9);
+    let all = loki.wait_for_lines(8);
+    let expected: Vec<String> = (0..9).filter(|n| *n != 7).map(error_line).collect();
+    assert_eq!(
+        all, expected,
+        "each line once, in order, the refused one left out"
+    );
+    // This hub process took lines 6 and 8.
+    wait_until("the lines counted", Duration::from_secs(30), || {
+        (hub_counter("outpost_hub_loki_lines_total") == 2.0).then_some(())
+    });
+    agent.stop();
+    hub.stop();
+}

@@ -27,19 +27,19 @@ summary = "{{labels.job}} has {{value}} errors °C"
 
 /// One recorded request.
 #[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    target: String,
-    headers: BTreeMap<String, String>,
-    body: String,
+pub(crate) struct Request {
+    pub method: String,
+    pub target: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
 }
 
 impl Request {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 
-    fn header(&self, name: &str) -> &str {
+    pub fn header(&self, name: &str) -> &str {
         self.headers.get(name).map_or("", String::as_str)
     }
 }
@@ -50,7 +50,7 @@ struct Recorder {
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
-fn read_request(stream: &mut std::net::TcpStream) -> Option<Request> {
+pub(crate) fn read_request(stream: &mut std::net::TcpStream) -> Option<Request> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;

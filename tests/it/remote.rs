@@ -151,6 +151,8 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
         ),
     );
     let hub = Hub::start_with(dir.path(), http_port, mqtt_port, &["--config", &config]);
+    let agent_store = dir.path().join("agent.redb");
+    let aged_span = aged_history(&agent_store);
     let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 10);
     wait_until("batches at the hub", Duration::from_secs(30), || {
         (hub.devices()[0]["batches"].as_u64()? > 3).then_some(())
@@ -178,10 +180,13 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
     wait_until_shipped(&agent);
     agent.stop();
     the_hub_answers_prometheus_reads_from_the_engine(hub.http_port, engine.port);
-    let agent_store = dir.path().join("agent.redb");
-    let aged = dir.path().join("aged.redb");
-    let aged_span = rollups_in_the_engine(&aged, engine.port, "dev-a");
-    the_dashboard_reads_the_engine(hub.http_port, &agent_store, "dev-a", (&aged, aged_span));
+    rollups_reached_the_engine(&agent_store, engine.port, "dev-a");
+    the_dashboard_reads_the_engine(
+        hub.http_port,
+        &agent_store,
+        "dev-a",
+        (&agent_store, aged_span),
+    );
     hub.stop();
 
     let selector = r#"{__name__=~"jetson_.*"}"#;
@@ -207,17 +212,20 @@ fn samples_reach_victoria_metrics_through_an_engine_outage_exactly_once() {
     assert_eq!(local, 0, "samples in the hub's store");
 }
 
-/// The series that `rollups_in_the_engine` writes.
+/// The series that `aged_history` writes.
 const AGED: &str = "app_queue_depth";
 
-/// A device's history that reached the engine only as rollups (its raw samples were evicted
-/// by the byte budget before it could ship them): two hours of two series, 40 days old, made
-/// in a store of their own by `outpost db import`, whose minute and hour rollups go into the
-/// engine as the series that docs/scale.md names (`<name>:<figure>_1m`, `_1h`; the hub's
-/// `rollup_series` writes them so, unit-tested in src/hub/remote.rs). Returns the hours' span.
-fn rollups_in_the_engine(store: &Path, engine: u16, device: &str) -> (i64, i64) {
+/// A device's history whose raw samples aged out before it could ship them: two hours of two
+/// series, 40 days old, imported with `outpost db import` into the agent's store before its
+/// first start, with one sample of another series stamped now. The import's retention (measured
+/// from that sample, as the wall clock allows) drops the old raw windows and keeps their minute
+/// and hour rollups; the agent, once started, ships what its store holds, and the hub writes
+/// the rollups to the engine as the series docs/scale.md names (`<name>:<figure>_1m`, `_1h`).
+/// Returns the hours' span.
+fn aged_history(store: &Path) -> (i64, i64) {
     let hour = 3_600_000;
-    let start = (outpost::timearg::now_ms() - 40 * 86_400_000) / hour * hour;
+    let now = outpost::timearg::now_ms();
+    let start = (now - 40 * 86_400_000) / hour * hour;
     let mut text = String::new();
     for i in 0..720i64 {
         for (queue, scale) in [("a", 1.0), ("b", 2.5)] {
@@ -228,6 +236,7 @@ fn rollups_in_the_engine(store: &Path, engine: u16, device: &str) -> (i64, i64) 
             ));
         }
     }
+    text.push_str(&format!("app_backfill_marker 1 {now}\n"));
     let file = store.with_file_name("aged.prom");
     std::fs::write(&file, text).unwrap();
     crate::agent::succeed(&mut crate::agent::outpost(&[
@@ -237,31 +246,46 @@ fn rollups_in_the_engine(store: &Path, engine: u16, device: &str) -> (i64, i64) 
         store.to_str().unwrap(),
         file.to_str().unwrap(),
     ]));
-    let mut rollups = String::new();
-    for (step, tier) in [("1m", "1m"), ("1h", "1h")] {
+    let end = start + 2 * hour - 1;
+    let raw: usize = db_query(store, AGED, &[])
+        .iter()
+        .map(|(_, points)| points.len())
+        .sum();
+    assert_eq!(raw, 0, "the old raw samples are gone, their rollups stay");
+    assert_eq!(agent_steps(store, AGED, "1h", "count").len(), 2);
+    (start, end)
+}
+
+/// The engine holds every minute and hour rollup of the aged history, figure by figure, as the
+/// agent's store has it, labelled with the device; and no raw sample of it.
+fn rollups_reached_the_engine(store: &Path, engine: u16, device: &str) {
+    let mut compared = 0;
+    for tier in ["1m", "1h"] {
         for figure in ["min", "max", "sum", "count", "last"] {
-            for (key, points) in db_query(store, AGED, &["--step", step, "--fn", figure]) {
-                let key = outpost_storage::SeriesKey::parse(&key).unwrap();
-                let mut labels: Vec<String> = key
-                    .labels()
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v:?}"))
+            let theirs = exported(engine, &format!("{AGED}:{figure}_{tier}"));
+            let ours: BTreeMap<String, Vec<(i64, f64)>> =
+                db_query(store, AGED, &["--step", tier, "--fn", figure])
+                    .into_iter()
+                    .map(|(key, points)| {
+                        let key = outpost_storage::SeriesKey::parse(&key).unwrap();
+                        let mut labels: BTreeMap<String, String> =
+                            key.labels().iter().cloned().collect();
+                        labels.insert("__name__".into(), format!("{AGED}:{figure}_{tier}"));
+                        labels.insert("instance".into(), device.to_string());
+                        let points = points_of(&points);
+                        compared += points.len();
+                        (canonical(&labels), points)
+                    })
                     .collect();
-                labels.push(format!("instance={device:?}"));
-                for (bucket, value) in points_of(&points) {
-                    rollups.push_str(&format!(
-                        "{AGED}:{figure}_{tier}{{{}}} {value} {bucket}\n",
-                        labels.join(",")
-                    ));
-                }
-            }
+            assert_eq!(theirs, ours, "{figure}_{tier}");
         }
     }
-    let (status, body) = http(engine, "POST", "/api/v1/import/prometheus", &rollups);
-    assert!(status == 204 || status == 200, "{status} {body}");
-    let (status, _) = http(engine, "GET", "/internal/force_flush", "");
-    assert_eq!(status, 200);
-    (start, start + 2 * hour - 1)
+    // Two series, 120 minutes and 2 hours each, five figures.
+    assert_eq!(compared, 2 * 122 * 5);
+    assert!(
+        exported(engine, AGED).is_empty(),
+        "raw samples of the aged hours"
+    );
 }
 
 /// VictoriaMetrics shows samples stamped within a second or two of its present partly (what
