@@ -442,7 +442,7 @@ impl Ingestor {
         };
         let samples = write_batch_body(store, batch, &lookup, &mut correction, &mut write)?;
         self.lines
-            .keep(store, device, &batch.body.lines, &mut write)?;
+            .keep(store, device, epoch, &batch.body.lines, &mut write)?;
         let seen = self.seen(store, device, epoch)?;
         let mut updated = seen.clone();
         let gap = updated.insert(seq);

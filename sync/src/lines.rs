@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use outpost_storage::{Store, WriteBatch};
+use serde::{Deserialize, Serialize};
 
 use crate::message::LogLine;
 use crate::state_keys::IngestKey;
@@ -99,15 +100,32 @@ struct DeviceLines {
     /// Oldest first, by number.
     seqs: VecDeque<(u64, usize)>,
     bytes: usize,
+    numbering: Option<Numbering>,
 }
+
+/// Which life of the device's store its lines come from. A store that starts over (the device
+/// flashed again) numbers its lines from 0 again, under a new random epoch (`outbox.rs`); the
+/// hub files them after the lines it holds, by adding `offset` to their numbers, so that they
+/// are neither taken for lines already kept nor pushed out at once as the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Numbering {
+    /// The newest epoch that brought lines of this life.
+    epoch: u64,
+    offset: u64,
+}
+
+/// How far apart two epochs of one store life can be: one a start, so a thousand restarts.
+const SAME_LIFE_EPOCHS: u64 = 1000;
 
 impl HubLines {
     /// Puts `lines` of `device` in `write` (those not kept already), and takes out its oldest
     /// beyond the bounds. Returns how many were new.
+    /// `epoch` is the batch's: it tells when the device's store started over.
     pub fn keep(
         &mut self,
         store: &Store,
         device: &str,
+        epoch: u64,
         lines: &[LogLine],
         write: &mut WriteBatch,
     ) -> Result<usize, outpost_storage::Error> {
@@ -122,12 +140,24 @@ impl HubLines {
                     kept.seqs.push_back((line.seq, line.weight()));
                 }
             }
+            kept.numbering = store
+                .get(&IngestKey::LineNumbering { device })?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
             self.devices.insert(device.to_string(), kept);
         }
         let kept = self.devices.get_mut(device).expect("inserted above");
+        let numbering = kept.numbering_for(epoch);
+        if kept.numbering != Some(numbering) {
+            kept.numbering = Some(numbering);
+            write.put(
+                &IngestKey::LineNumbering { device },
+                serde_json::to_vec(&numbering).expect("numbering serializes"),
+            );
+        }
         let mut new = 0;
         for line in lines {
-            let line = bounded(line);
+            let mut line = bounded(line);
+            line.seq = line.seq.saturating_add(numbering.offset);
             let at = kept.seqs.partition_point(|(seq, _)| *seq < line.seq);
             if kept.seqs.get(at).is_some_and(|(seq, _)| *seq == line.seq) {
                 continue;
@@ -156,6 +186,25 @@ impl HubLines {
             write.remove(&IngestKey::Line { device, seq });
         }
         Ok(new)
+    }
+}
+
+impl DeviceLines {
+    /// The numbering for a batch of `epoch`: the current one (its epoch moved on if newer),
+    /// or, for an epoch too far from it to be a restart of the same store, a new one that files
+    /// the lines after every line kept.
+    fn numbering_for(&self, epoch: u64) -> Numbering {
+        match self.numbering {
+            None => Numbering { epoch, offset: 0 },
+            Some(current) if current.epoch.abs_diff(epoch) <= SAME_LIFE_EPOCHS => Numbering {
+                epoch: current.epoch.max(epoch),
+                offset: current.offset,
+            },
+            Some(_) => Numbering {
+                epoch,
+                offset: self.seqs.back().map_or(0, |(seq, _)| seq.saturating_add(1)),
+            },
+        }
     }
 }
 
@@ -195,7 +244,9 @@ mod tests {
         let mut hub = HubLines::default();
         let keep = |hub: &mut HubLines, device: &str, lines: &[LogLine]| {
             let mut write = WriteBatch::default();
-            let new = hub.keep(&store, device, lines, &mut write).unwrap();
+            let new = hub
+                .keep(&store, device, 1 << 40, lines, &mut write)
+                .unwrap();
             store.write(write).unwrap();
             new
         };
@@ -218,6 +269,45 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_starts_over_has_its_lines_filed_after_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("h.redb"), Default::default()).unwrap();
+        let keep = |hub: &mut HubLines, epoch: u64, lines: &[LogLine]| {
+            let mut write = WriteBatch::default();
+            let new = hub.keep(&store, "d", epoch, lines, &mut write).unwrap();
+            store.write(write).unwrap();
+            new
+        };
+        let old_life = 7 << 40;
+        let full: Vec<LogLine> = (0..HUB_LINES as u64)
+            .map(|n| line(n, &format!("old {n}")))
+            .collect();
+        let mut hub = HubLines::default();
+        assert_eq!(keep(&mut hub, old_life, &full), HUB_LINES);
+        // Restarts of the same store go on numbering as before.
+        assert_eq!(keep(&mut hub, old_life + 3, &[line(2, "resent")]), 0);
+        // Flashed again: a new random epoch, lines from 0. Neither taken for kept lines nor
+        // pushed out as the oldest, on this hub and on one started afresh.
+        let new_life = 3 << 33;
+        assert_eq!(
+            keep(&mut hub, new_life, &[line(0, "new 0"), line(1, "new 1")]),
+            2
+        );
+        let mut restarted = HubLines::default();
+        assert_eq!(keep(&mut restarted, new_life + 1, &[line(1, "new 1")]), 0);
+        assert_eq!(keep(&mut restarted, new_life + 1, &[line(2, "new 2")]), 1);
+        let newest: Vec<String> = newest(&store, "d", "", 4)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        assert_eq!(
+            newest,
+            ["new 2", "new 1", "new 0", &format!("old {}", HUB_LINES - 1)]
+        );
+    }
+
+    #[test]
     fn hostile_fields_are_cut_to_their_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("h.redb"), Default::default()).unwrap();
@@ -226,7 +316,7 @@ mod tests {
         hostile.patterns = vec!["p".repeat(1000); 1000];
         let mut write = WriteBatch::default();
         HubLines::default()
-            .keep(&store, "d", &[hostile], &mut write)
+            .keep(&store, "d", 1 << 40, &[hostile], &mut write)
             .unwrap();
         store.write(write).unwrap();
         let kept = &newest(&store, "d", "", 1).unwrap()[0];

@@ -71,6 +71,8 @@ pub enum IngestKey<'a> {
     Line { device: &'a str, seq: u64 },
     /// Every log line of a device.
     Lines { device: &'a str },
+    /// How the hub numbers a device's lines in the current life of its store (`lines.rs`).
+    LineNumbering { device: &'a str },
 }
 
 impl fmt::Display for IngestKey<'_> {
@@ -81,13 +83,15 @@ impl fmt::Display for IngestKey<'_> {
             IngestKey::Clock { device } => write!(f, "clock/{device}"),
             IngestKey::Line { device, seq } => write!(f, "lines/{device}/{seq:020}"),
             IngestKey::Lines { device } => write!(f, "lines/{device}/"),
+            IngestKey::LineNumbering { device } => write!(f, "line-numbering/{device}"),
         }
     }
 }
 
 impl StateKey for IngestKey<'_> {
     const TABLE: StateTable = StateTable::DeviceRegistry;
-    const OWNED: &'static [&'static str] = &["series/", "seq/", "clock/", "lines/"];
+    const OWNED: &'static [&'static str] =
+        &["series/", "seq/", "clock/", "lines/", "line-numbering/"];
 }
 
 #[cfg(test)]

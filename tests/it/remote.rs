@@ -525,9 +525,11 @@ fn the_hub_answers_prometheus_reads_from_the_engine(hub: u16, engine: u16) {
         assert_eq!(json["status"], "success", "{text}");
         json["data"].clone()
     };
+    // At one time for both: without it each answers at its own "now", a second apart at times.
     let count = format!(
-        "query={}",
-        crate::promql::encode(r#"count(count_over_time({__name__=~"jetson_.*"}[10m]))"#)
+        "query={}&time={}",
+        crate::promql::encode(r#"count(count_over_time({__name__=~"jetson_.*"}[10m]))"#),
+        outpost::timearg::now_ms() / 1000
     );
     let asked = data(hub, "GET", &format!("/api/v1/query?{count}"), "");
     assert_eq!(

@@ -1705,9 +1705,38 @@ fn a_device_whose_store_starts_over_is_stored_again() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let mqtt = enrol(dir.path(), "dev-1", mqtt_port);
     let hub = Hub::start(dir.path(), http_port, mqtt_port);
-    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 20);
-    wait_until_shipped(&agent);
-    agent.stop();
+    // Kept log lines too: each life numbers them from 0.
+    let log = dir.path().join("app.log");
+    let logs = format!(
+        "[logs]\ninterval = \"200ms\"\n[[logs.file]]\nname = \"app\"\npath = \"{}\"\n\
+         [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error'\n",
+        log.display()
+    );
+    let hub_lines = || -> Vec<String> {
+        let (_, body) = http(http_port, "GET", "/api/devices/dev-1/logs?limit=1000", "");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        answer["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let life = |name: &str| {
+        let text: String = (0..3)
+            .map(|n| format!("level=error {name} {n}\n"))
+            .collect();
+        std::fs::write(&log, text).unwrap();
+        let agent = replaying_agent(dir.path(), &format!("{mqtt}{logs}"), XAVIER, 20);
+        wait_until(
+            "the life's lines at the hub",
+            Duration::from_secs(30),
+            || (hub_lines().iter().filter(|l| l.contains(name)).count() == 3).then_some(()),
+        );
+        wait_until_shipped(&agent);
+        agent.stop();
+    };
+    life("first");
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -1715,9 +1744,19 @@ fn a_device_whose_store_starts_over_is_stored_again() {
             std::fs::remove_file(&path).unwrap();
         }
     }
-    let agent = replaying_agent(dir.path(), &mqtt, XAVIER, 20);
-    wait_until_shipped(&agent);
-    agent.stop();
+    life("second");
+    assert_eq!(
+        hub_lines(),
+        [
+            "level=error second 2",
+            "level=error second 1",
+            "level=error second 0",
+            "level=error first 2",
+            "level=error first 1",
+            "level=error first 0"
+        ],
+        "both lives' lines, newest first"
+    );
     hub.stop();
     let selector = r#"{__name__=~"jetson_.*"}"#;
     let hub_points: std::collections::BTreeMap<String, std::collections::BTreeSet<(i64, u64)>> =
