@@ -518,7 +518,8 @@ fn kept_lines_reach_loki_once_through_its_outage_a_refusal_and_a_hub_restart() {
     std::fs::write(
         &hub_config,
         format!(
-            "[loki]\nurl = \"http://127.0.0.1:{}/loki/api/v1/push\"\nevery = \"1s\"\n\
+            "[alerts]\ninterval = \"1s\"\n\
+             [loki]\nurl = \"http://127.0.0.1:{}/loki/api/v1/push\"\nevery = \"1s\"\n\
              headers = {{ \"X-Scope-OrgID\" = \"fleet-a\" }}\n",
             loki.port
         ),
@@ -529,6 +530,17 @@ fn kept_lines_reach_loki_once_through_its_outage_a_refusal_and_a_hub_restart() {
     let hub_counter = |name: &str| {
         let (_, metrics) = crate::agent::http(http_port, "GET", "/metrics", "");
         metric_value(&metrics, name).unwrap_or(0.0)
+    };
+    let hub_alert = |name: &str| {
+        let name = name.to_string();
+        wait_until(
+            &format!("the hub's alert {name}"),
+            Duration::from_secs(30),
+            || {
+                let (_, alerts) = crate::agent::http(http_port, "GET", "/api/v1/alerts", "");
+                alerts.contains(&name).then_some(())
+            },
+        );
     };
     let hub = start_hub();
     write(0, 3);
@@ -551,6 +563,7 @@ fn kept_lines_reach_loki_once_through_its_outage_a_refusal_and_a_hub_restart() {
         Duration::from_secs(30),
         || (hub_counter("outpost_hub_loki_errors_total") > 0.0).then_some(()),
     );
+    hub_alert("loki_forwarding_failing");
     loki.status.store(204, Ordering::SeqCst);
     loki.wait_for_lines(6);
 
@@ -566,6 +579,7 @@ fn kept_lines_reach_loki_once_through_its_outage_a_refusal_and_a_hub_restart() {
     wait_until("the refusal counted", Duration::from_secs(30), || {
         (hub_counter("outpost_hub_loki_refused_lines_total") == 1.0).then_some(())
     });
+    hub_alert("loki_refusing_lines");
     loki.status.store(204, Ordering::SeqCst);
     write(8, 9);
     let all = loki.wait_for_lines(8);
