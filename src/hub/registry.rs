@@ -115,8 +115,6 @@ pub struct Registry {
 /// How many sequence numbers back an ack is still recognised as counted. An ack delivered
 /// again comes with the broker's in-flight window, far fewer.
 const COUNTED_ACKS_KEPT: u64 = 4096;
-/// How many starts back an ack counts as late rather than as a store that started over.
-const LATE_EPOCHS: u64 = 1000;
 
 /// A metric family of `/metrics`: name, type, help, and the value per device.
 type Family = (
@@ -238,7 +236,7 @@ impl Registry {
             // A late ack of one of the store's recent starts (its epochs grow by one a start)
             // is not counted; any other epoch is the device's store starting over, at a
             // random epoch that may lie below.
-            if ack.epoch < *epoch && *epoch - ack.epoch <= LATE_EPOCHS {
+            if ack.epoch < *epoch && *epoch - ack.epoch <= outpost_sync::outbox::SAME_STORE_EPOCHS {
                 return;
             }
             *epoch = ack.epoch;

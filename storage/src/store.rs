@@ -1336,22 +1336,14 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<bool> {
-        if reader.has_raw_between(id, from, to, key)?
-            || !self
-                .head_samples_in(id, from, to.saturating_add(1))
-                .is_empty()
-        {
+        if reader.has_raw_between(id, from, to, key)? {
             return Ok(true);
         }
-        let head_start = self
-            .head_samples_in(id, i64::MIN, i64::MAX)
-            .iter()
-            .map(|(t, _)| *t)
-            .min();
-        let raw_start = match (reader.first_raw(id, key)?, head_start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let head = self.head_samples_in(id, i64::MIN, i64::MAX);
+        if head.iter().any(|(t, _)| (from..=to).contains(t)) {
+            return Ok(true);
+        }
+        let raw_start = Self::raw_start(reader, id, || head.iter().map(|(t, _)| *t).min())?;
         let rollups_to = raw_start.map_or(to, |start| to.min(start.saturating_sub(1)));
         if from > rollups_to {
             return Ok(false);
@@ -1395,25 +1387,35 @@ impl Store {
             let db = read(&self.shared.db);
             let txn = db.begin_read()?;
             let reader = TierReader::new(&txn)?;
-            let raw = Tier::Raw as u8;
             let mut out = Vec::with_capacity(series.len());
             for (id, key) in series {
-                let stored = reader
-                    .chunks
-                    .range((id.0, raw, i64::MIN)..=(id.0, raw, i64::MAX))?
-                    .next()
-                    .transpose()?
-                    .map(|(k, _)| k.value().2);
-                let start = stored.or_else(|| {
+                let head_start = || {
                     self.head_samples_in(id.0, i64::MIN, i64::MAX)
                         .iter()
                         .map(|(t, _)| *t)
                         .min()
-                });
-                out.push((key, start));
+                };
+                out.push((key, Self::raw_start(&reader, id.0, head_start)?));
             }
             Ok(out)
         })
+    }
+
+    /// Where a series' raw samples begin: the start of its oldest raw chunk's window, else its
+    /// first sample in the head, which `head_start` gives.
+    fn raw_start(
+        reader: &TierReader,
+        id: u32,
+        head_start: impl FnOnce() -> Option<i64>,
+    ) -> Result<Option<i64>> {
+        let raw = Tier::Raw as u8;
+        let stored = reader
+            .chunks
+            .range((id, raw, i64::MIN)..=(id, raw, i64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value().2);
+        Ok(stored.or_else(head_start))
     }
 
     /// Rollup points of one tier, exactly as stored plus the head's contribution.
@@ -2013,20 +2015,6 @@ impl TierReader {
             }
         }
         Ok(false)
-    }
-
-    /// The time of a series' oldest stored raw sample.
-    fn first_raw(&self, id: u32, key: &SeriesKey) -> Result<Option<i64>> {
-        let raw = Tier::Raw as u8;
-        let Some(entry) = self
-            .chunks
-            .range((id, raw, i64::MIN)..=(id, raw, i64::MAX))?
-            .next()
-        else {
-            return Ok(None);
-        };
-        let (_, chunk) = entry?;
-        Ok(Self::raw_timestamps(chunk.value(), key)?.first().copied())
     }
 
     fn raw_timestamps(chunk: &[u8], key: &SeriesKey) -> Result<Vec<i64>> {

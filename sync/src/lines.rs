@@ -114,9 +114,6 @@ struct Numbering {
     offset: u64,
 }
 
-/// How far apart two epochs of one store life can be: one a start, so a thousand restarts.
-const SAME_LIFE_EPOCHS: u64 = 1000;
-
 impl HubLines {
     /// Puts `lines` of `device` in `write` (those not kept already), and takes out its oldest
     /// beyond the bounds. Returns how many were new.
@@ -196,10 +193,12 @@ impl DeviceLines {
     fn numbering_for(&self, epoch: u64) -> Numbering {
         match self.numbering {
             None => Numbering { epoch, offset: 0 },
-            Some(current) if current.epoch.abs_diff(epoch) <= SAME_LIFE_EPOCHS => Numbering {
-                epoch: current.epoch.max(epoch),
-                offset: current.offset,
-            },
+            Some(current) if current.epoch.abs_diff(epoch) <= crate::outbox::SAME_STORE_EPOCHS => {
+                Numbering {
+                    epoch: current.epoch.max(epoch),
+                    offset: current.offset,
+                }
+            }
             Some(_) => Numbering {
                 epoch,
                 offset: self.seqs.back().map_or(0, |(seq, _)| seq.saturating_add(1)),
@@ -225,16 +224,7 @@ mod tests {
     use super::*;
 
     fn line(seq: u64, text: &str) -> LogLine {
-        LogLine {
-            seq,
-            at_ms: seq as i64,
-            source: "app".into(),
-            unit: String::new(),
-            priority: String::new(),
-            patterns: vec!["errors".into()],
-            line: text.into(),
-            cut: false,
-        }
+        LogLine::hit(seq, text)
     }
 
     #[test]

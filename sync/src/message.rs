@@ -275,6 +275,23 @@ pub struct LogLine {
     pub cut: bool,
 }
 
+#[cfg(test)]
+impl LogLine {
+    /// A pattern's hit in the file `app`, numbered `seq` and stamped `seq` ms: for tests.
+    pub(crate) fn hit(seq: u64, text: &str) -> LogLine {
+        LogLine {
+            seq,
+            at_ms: seq as i64,
+            source: "app".into(),
+            unit: String::new(),
+            priority: String::new(),
+            patterns: vec!["errors".into()],
+            line: text.into(),
+            cut: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub header: BatchHeader,

@@ -119,6 +119,11 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// How far apart two epochs of one store can be told to be: one a start, so a thousand
+/// restarts. An epoch further from the last one seen is a store that started over (the hub's
+/// line numbering and ack counts go by it).
+pub const SAME_STORE_EPOCHS: u64 = 1000;
+
 /// The first epoch of a store that holds none: random in `[2^32, 2^62)`, not 1. A store that
 /// starts over (the device flashed again, a damaged store replaced) would otherwise number its
 /// batches as its predecessor did, and the hub, which has seen those `(epoch, seq)`, would take
@@ -480,16 +485,7 @@ mod tests {
     fn keep_lines(store: &Store, seqs: std::ops::Range<u64>) {
         let mut write = WriteBatch::default();
         for seq in seqs {
-            let line = LogLine {
-                seq,
-                at_ms: seq as i64,
-                source: "app".into(),
-                unit: String::new(),
-                priority: String::new(),
-                patterns: vec!["errors".into()],
-                line: format!("ERROR {seq}"),
-                cut: false,
-            };
+            let line = LogLine::hit(seq, &format!("ERROR {seq}"));
             write.put(&KeptKey::Line(seq), serde_json::to_vec(&line).unwrap());
         }
         store.write(write).unwrap();

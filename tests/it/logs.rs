@@ -346,6 +346,25 @@ fn journal_entries_across_a_kill_are_counted_once() {
     agent.stop();
 }
 
+/// The kept log lines the hub holds of `device` (`GET /api/devices/{id}/logs`), newest first,
+/// those that hold `q`.
+pub fn hub_log_lines(port: u16, device: &str, q: &str) -> Vec<String> {
+    let (status, body) = crate::agent::http(
+        port,
+        "GET",
+        &format!("/api/devices/{device}/logs?limit=1000&q={q}"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    answer["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The lines the agent keeps reach the hub with the batches, those kept while the hub was
 /// away included, each once; the hub's API finds them by what they say.
 #[test]
@@ -368,22 +387,7 @@ fn kept_lines_reach_the_hub_once_even_when_kept_while_it_was_away() {
             writeln!(file, "level=error module={module} n={n} timeout").unwrap();
         }
     };
-    let hub_lines = |q: &str| -> Vec<String> {
-        let (status, body) = crate::agent::http(
-            http_port,
-            "GET",
-            &format!("/api/devices/dev-l/logs?limit=1000&q={q}"),
-            "",
-        );
-        assert_eq!(status, 200, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        answer["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["line"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let hub_lines = |q: &str| hub_log_lines(http_port, "dev-l", q);
     let hub = crate::sync::Hub::start(dir.path(), http_port, mqtt_port);
     write(0, 3);
     let agent = Agent::start(&agent_dir, &format!("{}{mqtt}", config(&agent_dir)), &[]);

@@ -1712,16 +1712,7 @@ fn a_device_whose_store_starts_over_is_stored_again() {
          [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error'\n",
         log.display()
     );
-    let hub_lines = || -> Vec<String> {
-        let (_, body) = http(http_port, "GET", "/api/devices/dev-1/logs?limit=1000", "");
-        let answer: Value = serde_json::from_str(&body).unwrap();
-        answer["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["line"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let hub_lines = || crate::logs::hub_log_lines(http_port, "dev-1", "");
     let life = |name: &str| {
         let text: String = (0..3)
             .map(|n| format!("level=error {name} {n}\n"))
