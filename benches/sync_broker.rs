@@ -432,6 +432,19 @@ fn hour_batches(dir: &Path, limit: usize, self_contained: bool) -> Vec<Batch> {
 /// Every device publishes the template's batches (8 in flight each) until each is
 /// acknowledged: (batches, samples acknowledged, seconds).
 fn ship_fleet(dir: &Path, names: &[String], mqtt: u16, template: &[Batch]) -> (usize, u64, f64) {
+    let (batches, samples, elapsed, ()) = ship_fleet_then(dir, names, mqtt, template, || ());
+    (batches, samples, elapsed)
+}
+
+/// [`ship_fleet`], calling `at_start` once the devices are connected and their payloads
+/// signed, just before the first is published.
+fn ship_fleet_then<T>(
+    dir: &Path,
+    names: &[String],
+    mqtt: u16,
+    template: &[Batch],
+    at_start: impl FnOnce() -> T,
+) -> (usize, u64, f64, T) {
     let runtime = runtime();
     let devices: Vec<Device> = runtime.block_on(async {
         let mut devices = Vec::new();
@@ -453,6 +466,7 @@ fn ship_fleet(dir: &Path, names: &[String], mqtt: u16, template: &[Batch]) -> (u
                 .collect()
         })
         .collect();
+    let started = at_start();
     let began = Instant::now();
     let samples: u64 = runtime.block_on(async {
         let mut tasks = Vec::new();
@@ -484,6 +498,7 @@ fn ship_fleet(dir: &Path, names: &[String], mqtt: u16, template: &[Batch]) -> (u
         template.len() * names.len(),
         samples,
         began.elapsed().as_secs_f64(),
+        started,
     )
 }
 
@@ -621,8 +636,11 @@ fn remote() {
             Hub::start_with(dir.path(), &names, &["--config", config.to_str().unwrap()]);
         (None, vec![hub], port)
     };
-    // Hubs sharing the batches cannot rely on an earlier batch's series definitions.
-    let template = hour_batches(dir.path(), minutes * 6, hub_count > 1);
+    // Hubs sharing the batches cannot rely on an earlier batch's series definitions: agents
+    // set to `shared_hubs` define every series in every batch (SELF_CONTAINED=1 with one hub,
+    // to compare one hub with two on the same batches).
+    let self_contained = hub_count > 1 || std::env::var("SELF_CONTAINED").is_ok_and(|v| v == "1");
+    let template = hour_batches(dir.path(), minutes * 6, self_contained);
     let inserted = |port| vm_counter(port, "vm_rows_inserted_total{type=\"promremotewrite\"}");
     let cpu_of = |hubs: &[Hub]| -> (f64, Vec<f64>) {
         let each: Vec<(f64, f64)> = hubs.iter().map(|hub| cpu_and_peak(hub.0.id())).collect();
@@ -631,10 +649,23 @@ fn remote() {
             each.iter().map(|e| e.1).collect(),
         )
     };
-    let (cpu_before, _) = cpu_of(&hubs);
-    let broker_before = broker.as_ref().map(|b| cpu_and_peak(b.0.id()).0);
-    let (batches, samples, elapsed) = ship_fleet(dir.path(), &names, mqtt, &template);
+    // CPU seconds from the first publish on; the devices and the engine share the cores.
+    let cpu_now = |hubs: &[Hub], broker: &Option<Peer>| {
+        (
+            cpu_of(hubs).0,
+            broker.as_ref().map(|b| cpu_and_peak(b.0.id()).0),
+            cpu_and_peak(_engine.0.id()).0,
+            cpu_and_peak(std::process::id()).0,
+        )
+    };
+    let (batches, samples, elapsed, before) =
+        ship_fleet_then(dir.path(), &names, mqtt, &template, || {
+            cpu_now(&hubs, &broker)
+        });
+    let (cpu_before, broker_before, engine_before, devices_before) = before;
     let (cpu_after, hub_peaks) = cpu_of(&hubs);
+    let engine_cpu = cpu_and_peak(_engine.0.id()).0 - engine_before;
+    let devices_cpu = cpu_and_peak(std::process::id()).0 - devices_before;
     let broker_cpu = broker
         .as_ref()
         .zip(broker_before)
@@ -710,6 +741,11 @@ fn remote() {
     println!(
         "remote: {count} devices, {batches} batches, {samples} samples from MQTT to the engine's \
          2xx, {through}; peak RSS is the largest hub's"
+    );
+    println!(
+        "while the hubs ran: the engine {engine_cpu:.1} CPU s, the devices (this bench) \
+         {devices_cpu:.1} CPU s, in {elapsed:.1} s on {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     if let Some(cpu) = broker_cpu {
         println!(

@@ -577,6 +577,31 @@ type IngestShared<'a> = (
 /// The ingest thread: batches in, acks out. Its queue is bounded: a hub whose disk is slow
 /// pushes back on the broker, not into its memory; and awaited, so that a full queue makes the
 /// event loop wait without stopping the API.
+/// Publishes the ingest thread's acks, each waiting for room in the MQTT client's queue. The
+/// ingest thread must not wait for that room itself: the event loop that makes it may be
+/// waiting for room in the ingest queue. Nor may an ack be dropped when the queue is full, as
+/// it was: its device would send the batch again after its ack timeout, more load when the hub
+/// is already behind. The queue of acks is held to what the ingest thread takes from its own
+/// bounded queue, which the event loop fills only while it runs.
+fn spawn_ack_publisher(
+    client: AsyncClient,
+) -> tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)> {
+    let (acks, mut waiting) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((topic, ack)) = waiting.recv().await {
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, ack)
+                .await
+                .is_err()
+            {
+                // The event loop is gone: the hub is stopping.
+                break;
+            }
+        }
+    });
+    acks
+}
+
 fn spawn_ingest(
     config: &HubConfig,
     (store, client, devices, registry, ingested): IngestShared,
@@ -609,11 +634,12 @@ fn spawn_ingest(
         max_message_bytes: usize::try_from(config.mqtt.max_packet.0).unwrap_or(usize::MAX),
         ..Limits::default()
     };
+    let acks = spawn_ack_publisher(client);
     let thread = std::thread::Builder::new()
         .name("outpost-hub-ingest".into())
         .spawn(move || {
             let outlets = Outlets {
-                client: &client,
+                acks: &acks,
                 ingested: &ingested,
             };
             ingest_loop(
@@ -965,7 +991,8 @@ pub(crate) fn write_in_background(store: &Arc<Store>, write: WriteBatch, what: &
 
 /// Where the ingest thread's results go: acks to the devices, news to live dashboards.
 struct Outlets<'a> {
-    client: &'a AsyncClient,
+    /// (topic, ack) to the ack publisher.
+    acks: &'a tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
     ingested: &'a tokio::sync::broadcast::Sender<String>,
 }
 
@@ -978,7 +1005,10 @@ fn ingest_loop(
     (fleet, limits): (&str, &Limits),
     incoming: &flume::Receiver<Incoming>,
 ) {
-    let Outlets { client, ingested } = outlets;
+    let Outlets {
+        acks: ack_out,
+        ingested,
+    } = outlets;
     let mut ingestor = outpost_sync::ingest::Ingestor::new();
     let mut last_resend = Instant::now();
     loop {
@@ -1076,7 +1106,8 @@ fn ingest_loop(
                 fleet: fleet.to_string(),
                 device,
             };
-            let _ = client.try_publish(topics.topic(Kind::Ack), QoS::AtLeastOnce, false, ack);
+            // Gone only when the hub stops.
+            let _ = ack_out.send((topics.topic(Kind::Ack), ack));
             if !fed.contains(&topics.device) {
                 fed.push(topics.device);
             }

@@ -10,7 +10,7 @@
 //! and sent again every `resend_every` or by `outpost hub resend-refused`. When that table is
 //! full, batches with refused samples are not acknowledged: the devices keep them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -407,7 +407,7 @@ impl RemoteWriter {
         let (mut samples, mut rollups) = (Vec::new(), Vec::new());
         for write in per_device.values_mut() {
             let points = write.take_points();
-            samples.extend(points.samples);
+            samples.push(points.samples);
             rollups.extend(points.rollups);
         }
         let series = group_by_series(store, samples, rollups);
@@ -543,10 +543,7 @@ impl RemoteWriter {
     /// One request, retried with backoff through 5xx, 429 and connection errors for
     /// `retry_for`.
     async fn post(&self, series: &[TimeSeries]) -> std::result::Result<Answer, String> {
-        let request = WriteRequest {
-            timeseries: series.to_vec(),
-        };
-        let body = outpost::prompb::encode_request(&request).map_err(|e| format!("snappy: {e}"))?;
+        let body = outpost::prompb::encode_series(series).map_err(|e| format!("snappy: {e}"))?;
         let body = hyper::body::Bytes::from(body);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -592,33 +589,46 @@ impl RemoteWriter {
 /// each rollup bucket as its figures' series.
 fn group_by_series(
     store: &Store,
-    samples: Vec<(SeriesId, i64, f64)>,
+    samples: Vec<Vec<(SeriesId, i64, f64)>>,
     rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
 ) -> Vec<TimeSeries> {
-    let mut per_series: BTreeMap<u32, Vec<Sample>> = BTreeMap::new();
-    for (series, timestamp, value) in samples {
-        per_series
-            .entry(series.0)
-            .or_default()
-            .push(Sample { value, timestamp });
+    // A batch writes each series' samples together: one look-up per run, not per sample.
+    let mut slots: HashMap<u32, usize> = HashMap::new();
+    let mut grouped: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
+    for run in samples
+        .iter()
+        .flat_map(|part| part.chunk_by(|a, b| a.0 == b.0))
+    {
+        let series = run[0].0;
+        let slot = *slots.entry(series.0).or_insert_with(|| {
+            grouped.push((series, Vec::new()));
+            grouped.len() - 1
+        });
+        let points = run
+            .iter()
+            .map(|&(_, timestamp, value)| Sample { value, timestamp });
+        grouped[slot].1.extend(points);
     }
-    let mut out = Vec::new();
-    for (series, mut samples) in per_series {
-        let Some(key) = store.series_key(SeriesId(series)) else {
+    let mut out = Vec::with_capacity(grouped.len());
+    for (series, mut points) in grouped {
+        let Some(key) = store.series_key(series) else {
             continue;
         };
-        samples.sort_by_key(|s| s.timestamp);
-        // A later write of a timestamp replaces an earlier one, as in the store.
-        samples.dedup_by(|later, earlier| {
-            let same = later.timestamp == earlier.timestamp;
-            if same {
-                earlier.value = later.value;
-            }
-            same
-        });
+        if !points.is_sorted_by(|a, b| a.timestamp < b.timestamp) {
+            // Stable: of two writes of one timestamp, the later stays behind the earlier...
+            points.sort_by_key(|s| s.timestamp);
+            // ...and replaces it, as in the store.
+            points.dedup_by(|later, earlier| {
+                let same = later.timestamp == earlier.timestamp;
+                if same {
+                    earlier.value = later.value;
+                }
+                same
+            });
+        }
         out.push(TimeSeries {
             labels: labels_of(&key, key.name()),
-            samples,
+            samples: points,
         });
     }
     for (series, tier, bucket, rollup) in rollups {
@@ -635,6 +645,18 @@ fn split_requests(series: Vec<TimeSeries>, max: usize) -> Vec<Vec<TimeSeries>> {
     let mut current: Vec<TimeSeries> = Vec::new();
     let mut in_current = 0;
     for series in series {
+        if series.samples.len() <= max - in_current {
+            // The common case, a series that fits: moved, not copied.
+            in_current += series.samples.len();
+            if !series.samples.is_empty() {
+                current.push(series);
+            }
+            if in_current == max {
+                requests.push(std::mem::take(&mut current));
+                in_current = 0;
+            }
+            continue;
+        }
         let mut samples = series.samples.as_slice();
         while !samples.is_empty() {
             let take = samples.len().min(max - in_current);
@@ -774,9 +796,16 @@ mod tests {
         // Field numbers and types as prompb's: a decoder that knows only the .proto's layout
         // (prost over the same tags) and snappy's block format give back what was sent.
         let request = WriteRequest {
-            timeseries: vec![series("up", 1_700_000_000_000..1_700_000_000_003)],
+            timeseries: vec![
+                series("up", 1_700_000_000_000..1_700_000_000_003),
+                series("down", 1_700_000_000_000..1_700_000_000_200),
+            ],
         };
         let bytes = prost::Message::encode_to_vec(&request);
+        // What the writer sends, encoded from a slice of series, is the request's encoding.
+        let sent = outpost::prompb::encode_series(&request.timeseries).unwrap();
+        let sent = snap::raw::Decoder::new().decompress_vec(&sent).unwrap();
+        assert_eq!(sent, bytes);
         // timeseries (1, length-delimited) > labels (1, length-delimited) > name (1) "__name__".
         assert_eq!(bytes[0], 0x0a);
         assert_eq!(&bytes[4..6], &[0x0a, 0x08]);
@@ -789,6 +818,45 @@ mod tests {
             <WriteRequest as prost::Message>::decode(back.as_slice()).unwrap(),
             request
         );
+    }
+
+    #[test]
+    fn points_are_grouped_per_series_in_time_order_the_later_write_of_a_time_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let id = |text: &str| {
+            let key = outpost_storage::SeriesKey::parse(text).unwrap();
+            store.series_id(&key).unwrap()
+        };
+        let (a, b) = (id(r#"a{instance="x"}"#), id(r#"b{instance="y"}"#));
+        // Two devices' writes interleaved, out of time order, one time written twice.
+        let (c, d) = (id(r#"c{instance="y"}"#), id(r#"d{instance="x"}"#));
+        let device_x = vec![
+            (a, 30, 1.0),
+            (a, 10, 2.0),
+            (d, 10, 9.0),
+            (a, 30, 4.0),
+            (a, 20, 5.0),
+            (d, 20, 8.0),
+        ];
+        let device_y = vec![(b, 20, 1.0), (b, 10, 3.0), (c, 10, 7.0)];
+        let grouped = group_by_series(&store, vec![device_x, device_y], Vec::new());
+        let points = |id: SeriesId| -> Vec<(i64, f64)> {
+            let key = store.series_key(id).unwrap();
+            let labels = labels_of(&key, key.name());
+            let series: Vec<_> = grouped.iter().filter(|s| s.labels == labels).collect();
+            assert_eq!(series.len(), 1, "{key} once");
+            series[0]
+                .samples
+                .iter()
+                .map(|s| (s.timestamp, s.value))
+                .collect()
+        };
+        assert_eq!(grouped.len(), 4);
+        assert_eq!(points(a), [(10, 2.0), (20, 5.0), (30, 4.0)]);
+        assert_eq!(points(b), [(10, 3.0), (20, 1.0)]);
+        assert_eq!(points(c), [(10, 7.0)]);
+        assert_eq!(points(d), [(10, 9.0), (20, 8.0)]);
     }
 
     #[test]

@@ -325,8 +325,10 @@ impl StorageBackend for CountingBackend {
 
 #[derive(Debug, Default)]
 struct Catalogue {
-    keys: Vec<SeriesKey>,
-    by_key: HashMap<SeriesKey, u32>,
+    /// Each key held once, shared by both indexes: a hub's catalogue of a large fleet's series
+    /// is most of its memory.
+    keys: Vec<Arc<SeriesKey>>,
+    by_key: HashMap<Arc<SeriesKey>, u32>,
     /// Keys below this index are in the SERIES table.
     persisted: usize,
 }
@@ -334,8 +336,9 @@ struct Catalogue {
 impl Catalogue {
     fn define(&mut self, id: u32, key: SeriesKey) -> std::result::Result<(), String> {
         match (id as usize).cmp(&self.keys.len()) {
-            std::cmp::Ordering::Less if self.keys[id as usize] == key => Ok(()),
+            std::cmp::Ordering::Less if *self.keys[id as usize] == key => Ok(()),
             std::cmp::Ordering::Equal => {
+                let key = Arc::new(key);
                 self.by_key.insert(key.clone(), id);
                 self.keys.push(key);
                 Ok(())
@@ -660,8 +663,9 @@ impl Store {
             name: "series",
             reason: "the store holds 2^32 series already".into(),
         })?;
-        catalogue.by_key.insert(key.clone(), id);
-        catalogue.keys.push(key.clone());
+        let shared = Arc::new(key.clone());
+        catalogue.by_key.insert(shared.clone(), id);
+        catalogue.keys.push(shared);
         lock(&self.shared.head)
             .pending
             .defs
@@ -674,7 +678,7 @@ impl Store {
         read(&self.shared.catalogue)
             .keys
             .get(id.0 as usize)
-            .cloned()
+            .map(|key| SeriesKey::clone(key))
     }
 
     /// Accepts a batch into the head. It survives a process crash once the next flush has run
@@ -778,7 +782,7 @@ impl Store {
             .keys
             .iter()
             .enumerate()
-            .map(|(id, key)| (id as u32, key.clone()))
+            .map(|(id, key)| (id as u32, SeriesKey::clone(key)))
             .collect()
     }
 
@@ -1185,7 +1189,7 @@ impl Store {
             .enumerate()
             .filter(|(_, key)| selector.exact_name().is_none_or(|n| n == key.name()))
             .filter(|(_, key)| selector.matches(key))
-            .map(|(id, key)| (SeriesId(id as u32), key.clone()))
+            .map(|(id, key)| (SeriesId(id as u32), SeriesKey::clone(key)))
             .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1));
         out
@@ -2613,7 +2617,7 @@ impl Shared {
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::Redb(e.into()))?;
         let retention_at;
-        let catalogue_keys: Vec<SeriesKey> = read(&self.catalogue).keys.clone();
+        let catalogue_keys: Vec<Arc<SeriesKey>> = read(&self.catalogue).keys.clone();
         let key_of = |id: u32| {
             catalogue_keys
                 .get(id as usize)

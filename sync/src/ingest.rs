@@ -8,6 +8,7 @@
 //! same [`WriteBatch`] as the samples it describes, so that after a crash the two agree.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher as _;
 
 use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples};
 use outpost_storage::{bucket_start, SeriesId, SeriesKey, Store, Tier, WriteBatch};
@@ -128,8 +129,12 @@ const STEP_MARGIN_MS: i64 = 2_000;
 /// The hub's ingest state for the whole fleet.
 #[derive(Debug, Default)]
 pub struct Ingestor {
-    /// (device, device's series id) to the hub's series id.
-    series: HashMap<(String, u32), SeriesId>,
+    /// Per device, its series ids to the hub's series and a hash of the definition that
+    /// made it ([`UNKNOWN_DEFINITION`] when read back from the store).
+    series: HashMap<String, HashMap<u32, (SeriesId, u64)>>,
+    /// Hashes definitions: a device behind several hubs defines every series in every batch,
+    /// and one it defined before as it does now is neither parsed nor written again.
+    definitions: std::hash::RandomState,
     seen: HashMap<(String, u64), Seen>,
     /// Per device, the frames measured, oldest first.
     clock_frames: HashMap<String, Vec<ClockFrame>>,
@@ -267,7 +272,7 @@ impl Ingestor {
         device: &str,
         id: u32,
     ) -> Result<Option<SeriesId>, IngestError> {
-        if let Some(hub) = self.series.get(&(device.to_string(), id)) {
+        if let Some((hub, _)) = self.series.get(device).and_then(|ids| ids.get(&id)) {
             return Ok(Some(*hub));
         }
         let Some(stored) = store.get(&IngestKey::Series { device, id })? else {
@@ -275,8 +280,17 @@ impl Ingestor {
         };
         let key = SeriesKey::parse(&String::from_utf8_lossy(&stored))?;
         let hub = store.series_id(&key)?;
-        self.series.insert((device.to_string(), id), hub);
+        self.remember(device, id, hub, UNKNOWN_DEFINITION);
         Ok(Some(hub))
+    }
+
+    fn remember(&mut self, device: &str, id: u32, hub: SeriesId, definition: u64) {
+        if !self.series.contains_key(device) {
+            self.series.insert(device.to_string(), HashMap::new());
+        }
+        if let Some(ids) = self.series.get_mut(device) {
+            ids.insert(id, (hub, definition));
+        }
     }
 
     fn seen(&mut self, store: &Store, device: &str, epoch: u64) -> Result<&mut Seen, IngestError> {
@@ -428,7 +442,7 @@ impl Ingestor {
             .clone()
             .unwrap_or_else(|| self.clock_frames[device].clone());
         let mut correction = self.correction(batch, current_offset_ms, &frames, received_ms);
-        let new_series = define_series(store, device, &batch.body.defs, &mut write)?;
+        let new_series = self.define_series(store, device, &batch.body.defs, &mut write)?;
         let lookup = match self.lookup(store, device, batch, &new_series)? {
             Ok(lookup) => lookup,
             Err(unknown) => {
@@ -472,8 +486,8 @@ impl Ingestor {
             self.clock_frames.insert(device.to_string(), frames);
         }
         *self.seen(store, device, epoch)? = updated;
-        for (id, hub) in new_series {
-            self.series.insert((device.to_string(), id), hub);
+        for (id, hub, definition) in new_series {
+            self.remember(device, id, hub, definition);
         }
         Ok(Ingested {
             status: AckStatus::Stored {
@@ -495,9 +509,10 @@ impl Ingestor {
         store: &Store,
         device: &str,
         batch: &Batch,
-        new_series: &[(u32, SeriesId)],
+        new_series: &[(u32, SeriesId, u64)],
     ) -> Result<Result<HashMap<u32, SeriesId>, Vec<u32>>, IngestError> {
-        let mut lookup: HashMap<u32, SeriesId> = new_series.iter().copied().collect();
+        let mut lookup: HashMap<u32, SeriesId> =
+            new_series.iter().map(|&(id, hub, _)| (id, hub)).collect();
         let mut unknown = Vec::new();
         let referenced: BTreeSet<u32> = batch
             .body
@@ -525,27 +540,41 @@ impl Ingestor {
     }
 }
 
-/// The batch's series definitions, as hub series (relabelled with the device), recorded in
-/// `write`.
-fn define_series(
-    store: &Store,
-    device: &str,
-    defs: &[crate::message::SeriesDef],
-    write: &mut WriteBatch,
-) -> Result<Vec<(u32, SeriesId)>, IngestError> {
-    let mut new_series = Vec::new();
-    for def in defs {
-        let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
-        let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
-        let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
-        let hub = store.series_id(&key)?;
-        write.put(
-            &IngestKey::Series { device, id: def.id },
-            key.to_string().into_bytes(),
-        );
-        new_series.push((def.id, hub));
+/// What a definition read back from the store hashes to: matches no definition's hash.
+const UNKNOWN_DEFINITION: u64 = 0;
+
+impl Ingestor {
+    /// The batch's series definitions, as hub series (relabelled with the device) with their
+    /// definitions' hashes; those not defined so before are recorded in `write`.
+    fn define_series(
+        &self,
+        store: &Store,
+        device: &str,
+        defs: &[crate::message::SeriesDef],
+        write: &mut WriteBatch,
+    ) -> Result<Vec<(u32, SeriesId, u64)>, IngestError> {
+        let known = self.series.get(device);
+        let mut new_series = Vec::with_capacity(defs.len());
+        for def in defs {
+            let definition = self.definitions.hash_one(&def.key).max(1);
+            if let Some(&(hub, same)) = known.and_then(|ids| ids.get(&def.id)) {
+                if same == definition {
+                    new_series.push((def.id, hub, definition));
+                    continue;
+                }
+            }
+            let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
+            let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
+            let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
+            let hub = store.series_id(&key)?;
+            write.put(
+                &IngestKey::Series { device, id: def.id },
+                key.to_string().into_bytes(),
+            );
+            new_series.push((def.id, hub, definition));
+        }
+        Ok(new_series)
     }
-    Ok(new_series)
 }
 
 /// A rollup chunk from the device, its buckets corrected: hub series, tier, buckets, rollups.
@@ -563,14 +592,18 @@ fn write_batch_body(
     let mut samples = 0u64;
     // Buckets with raw samples in this batch, per hub series: rollups from the device do not
     // override what the hub can compute from raw data.
+    // Noted only when the batch carries rollups (a backlog); a live batch carries none.
     let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
+    let carries_rollups = batch.body.chunks.iter().any(|chunk| chunk.tier != 0);
     let mut write_raw = |hub: SeriesId, timestamps: Vec<i64>, values: Vec<f64>| {
         let timestamps: Vec<i64> = timestamps
             .into_iter()
             .map(|ts| correction.fix(ts))
             .collect();
         samples += timestamps.len() as u64;
-        note_buckets(&mut raw_buckets, hub, &timestamps);
+        if carries_rollups {
+            note_buckets(&mut raw_buckets, hub, &timestamps);
+        }
         for (ts, value) in timestamps.into_iter().zip(values) {
             write.sample(hub, ts, value);
         }
@@ -770,6 +803,41 @@ mod tests {
             .into_iter()
             .flat_map(|(_, points)| points.into_iter().map(|(bucket, _)| bucket))
             .collect()
+    }
+
+    #[test]
+    fn a_series_id_defined_anew_names_the_new_series_defined_again_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        let selected = |selector: &str| -> Vec<i64> {
+            let selector = outpost_storage::Selector::parse(selector).unwrap();
+            let series = hub.query_raw(&selector, 0, i64::MAX).unwrap();
+            series
+                .into_iter()
+                .flat_map(|s| s.points)
+                .map(|(ts, _)| ts)
+                .collect()
+        };
+        let mut ingestor = Ingestor::new();
+        let send = |ingestor: &mut Ingestor, seq: u64, key: &str, at: i64| {
+            let mut batch = batch(1, NOW, &[at], None, vec![]);
+            batch.header.seq = seq;
+            batch.body.defs[0].key = key.into();
+            let ingested = ingestor.ingest(&hub, &batch, NOW).unwrap();
+            assert!(matches!(ingested.status, AckStatus::Stored { .. }));
+        };
+        // Every batch defines its series, as for hubs sharing the batches.
+        send(&mut ingestor, 1, "cpu", NOW - 3_000);
+        send(&mut ingestor, 2, "cpu", NOW - 2_000);
+        send(&mut ingestor, 3, "mem", NOW - 1_000);
+        assert_eq!(selected("cpu"), [NOW - 3_000, NOW - 2_000]);
+        assert_eq!(selected("mem"), [NOW - 1_000]);
+        // A restarted hub knows the id from its store, and the definition by name only.
+        let mut restarted = Ingestor::new();
+        send(&mut restarted, 4, "mem", NOW - 500);
+        send(&mut restarted, 5, "cpu", NOW - 100);
+        assert_eq!(selected("cpu"), [NOW - 3_000, NOW - 2_000, NOW - 100]);
+        assert_eq!(selected("mem"), [NOW - 1_000, NOW - 500]);
     }
 
     #[test]

@@ -447,6 +447,23 @@ fn split<'a>(bytes: &'a [u8], kind: FrameKind, limits: &Limits) -> Result<RawFra
     })
 }
 
+/// One zstd frame into a buffer of exactly `capacity` bytes (an error past it). A
+/// decompression context is a few hundred KiB to set up, which cost as much as decoding a
+/// whole batch: each thread keeps one.
+fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(decompressor) => decompressor,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(compressed, capacity)
+    })
+}
+
 fn from_postcard<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::Malformed {
         what,
@@ -541,8 +558,8 @@ impl Batch {
                 limit: limits.max_body_bytes,
             });
         }
-        // `bulk::decompress` allocates exactly the capacity it is given and fails past it.
-        let body = zstd::bulk::decompress(raw.body, declared).map_err(|e| Error::Malformed {
+        // The decompressor allocates exactly the capacity it is given and fails past it.
+        let body = decompress(raw.body, declared).map_err(|e| Error::Malformed {
             what: "batch body",
             reason: format!("zstd: {e}"),
         })?;

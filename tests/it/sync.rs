@@ -1460,6 +1460,141 @@ fn two_hubs_in_a_shared_group_split_the_batches_and_together_hold_everything() {
     assert!(compared > 3000, "{compared} points compared");
 }
 
+/// A burst of batches far beyond what the hub keeps queued (a fleet's backlog arriving at
+/// once) is acknowledged batch by batch, none sent twice. The hub's acks wait for room in its
+/// MQTT client's queue: they were dropped when it was full, and each dropped ack made its
+/// device send the batch again after its ack timeout, more load on a hub already behind.
+#[test]
+fn a_hub_behind_a_burst_of_batches_acknowledges_every_one() {
+    const BURST: u64 = 6_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    enrol(dir.path(), "dev-a", mqtt_port);
+    let _broker = Mosquitto::start(dir.path(), mqtt_port, "");
+    write_hub_config(
+        dir.path(),
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\"\n"),
+    );
+    let config = dir.path().join("hub.toml");
+    let hub = Hub::start_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let key = key(dir.path(), "dev-a");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked = runtime.block_on(async {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let mut options = MqttOptions::new("dev-a", "127.0.0.1", mqtt_port);
+        options.set_credentials("dev-a", password(dir.path(), "dev-a"));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 1024);
+        client
+            .subscribe("outpost/v1/default/dev-a/ack", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let verify = key.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let ack = outpost_sync::Ack::decode(&publish.payload, "dev-a", &verify);
+                        let _ = acks_tx.send(ack.expect("a valid ack").seq);
+                    }
+                    Ok(_) => {}
+                    Err(error) => panic!("the device's MQTT connection: {error}"),
+                }
+            }
+        });
+        let publish = |seq: u64| {
+            let (client, key) = (client.clone(), key.clone());
+            async move {
+                let payload = counted_batch("dev-a", &key, seq);
+                let topic = "outpost/v1/default/dev-a/batch";
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        };
+        // The first batch again until it is acknowledged: the hub has subscribed.
+        loop {
+            publish(1).await;
+            let answer = tokio::time::timeout(Duration::from_secs(1), acks.recv()).await;
+            if let Ok(Some(1)) = answer {
+                break;
+            }
+        }
+        for seq in 2..=BURST + 1 {
+            publish(seq).await;
+        }
+        let mut acked = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while (acked.len() as u64) < BURST {
+            match tokio::time::timeout_at(deadline, acks.recv()).await {
+                Ok(Some(seq)) if seq > 1 => {
+                    acked.insert(seq);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        acked
+    });
+    let (status, metrics) = http(hub.http_port, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let taken = metric_value(&metrics, "outpost_hub_taken_batches_total").unwrap_or(0.0);
+    hub.stop();
+    assert_eq!(
+        acked.len() as u64,
+        BURST,
+        "every batch of the burst acknowledged once it was taken ({taken} taken, sent once each); \
+         the first missing: {:?}",
+        (2..=BURST + 1).find(|seq| !acked.contains(seq))
+    );
+}
+
+/// A signed batch numbered `seq`, defining its one series.
+fn counted_batch(device: &str, key: &outpost_sync::DeviceKey, seq: u64) -> Vec<u8> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = now_ms - 60_000 + seq as i64;
+    outpost_sync::Batch {
+        header: outpost_sync::BatchHeader {
+            device: device.into(),
+            epoch: 1,
+            seq,
+            boot_id: "burst".into(),
+            sent_wall_ms: now_ms,
+            sent_uptime_ms: 60_000,
+            oldest_unacked_ms: None,
+            body_bytes: 0,
+            clock_steps: Vec::new(),
+        },
+        body: outpost_sync::BatchBody {
+            defs: vec![outpost_sync::SeriesDef {
+                id: 0,
+                key: "burst_sample".into(),
+            }],
+            live: vec![outpost_sync::LiveSamples {
+                series: 0,
+                samples: outpost_storage::codec::encode_samples(&[at], &[seq as f64]),
+            }],
+            chunks: vec![],
+            lines: vec![],
+        },
+        version: outpost_sync::PROTOCOL_VERSION,
+    }
+    .encode(key, 3)
+}
+
 /// A full disk at the hub: its store on a 16 MiB tmpfs of its own (a user and mount namespace,
 /// no privilege needed) that the test fills through `/proc/PID/root` while an agent syncs. The
 /// hub says it is degraded and counts its own failures, never blaming the device; once the
