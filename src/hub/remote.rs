@@ -611,7 +611,7 @@ fn group_by_series(
     }
     let mut out = Vec::with_capacity(grouped.len());
     for (series, mut points) in grouped {
-        let Some(key) = store.series_key(series) else {
+        let Some(key) = store.shared_series_key(series) else {
             continue;
         };
         if !points.is_sorted_by(|a, b| a.timestamp < b.timestamp) {

@@ -673,6 +673,14 @@ impl Store {
         Ok(SeriesId(id))
     }
 
+    /// The key of a series id, shared with the catalogue: no copy of its strings.
+    pub fn shared_series_key(&self, id: SeriesId) -> Option<Arc<SeriesKey>> {
+        read(&self.shared.catalogue)
+            .keys
+            .get(id.0 as usize)
+            .cloned()
+    }
+
     /// The key of a series id.
     pub fn series_key(&self, id: SeriesId) -> Option<SeriesKey> {
         read(&self.shared.catalogue)
