@@ -574,9 +574,6 @@ type IngestShared<'a> = (
     &'a tokio::sync::broadcast::Sender<String>,
 );
 
-/// The ingest thread: batches in, acks out. Its queue is bounded: a hub whose disk is slow
-/// pushes back on the broker, not into its memory; and awaited, so that a full queue makes the
-/// event loop wait without stopping the API.
 /// Publishes the ingest thread's acks, each waiting for room in the MQTT client's queue. The
 /// ingest thread must not wait for that room itself: the event loop that makes it may be
 /// waiting for room in the ingest queue. Nor may an ack be dropped when the queue is full, as
@@ -602,6 +599,9 @@ fn spawn_ack_publisher(
     acks
 }
 
+/// The ingest thread: batches in, acks out. Its queue is bounded: a hub whose disk is slow
+/// pushes back on the broker, not into its memory; and awaited, so that a full queue makes the
+/// event loop wait without stopping the API.
 fn spawn_ingest(
     config: &HubConfig,
     (store, client, devices, registry, ingested): IngestShared,

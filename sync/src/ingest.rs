@@ -556,6 +556,8 @@ impl Ingestor {
         let known = self.series.get(device);
         let mut new_series = Vec::with_capacity(defs.len());
         for def in defs {
+            // A collision (keyed per process, 64 bits) could at worst file a device's samples
+            // under another of its own series: every hub series carries its device's instance.
             let definition = self.definitions.hash_one(&def.key).max(1);
             if let Some(&(hub, same)) = known.and_then(|ids| ids.get(&def.id)) {
                 if same == definition {
