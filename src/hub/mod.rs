@@ -578,8 +578,9 @@ type IngestShared<'a> = (
 /// ingest thread must not wait for that room itself: the event loop that makes it may be
 /// waiting for room in the ingest queue. Nor may an ack be dropped when the queue is full, as
 /// it was: its device would send the batch again after its ack timeout, more load when the hub
-/// is already behind. The queue of acks is held to what the ingest thread takes from its own
-/// bounded queue, which the event loop fills only while it runs.
+/// is already behind. The queue of acks is not bounded: each ack is for a batch the same
+/// event loop delivered, so it grows only while the broker takes the hub's publications more
+/// slowly than it hands the hub batches.
 fn spawn_ack_publisher(
     client: AsyncClient,
 ) -> tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)> {

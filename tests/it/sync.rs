@@ -387,26 +387,37 @@ pub fn key(dir: &Path, device: &str) -> outpost_sync::DeviceKey {
 
 /// A batch of one made-up sample, signed with `key`, claiming to come from `device`.
 fn forged_batch(device: &str, key: &outpost_sync::DeviceKey) -> Vec<u8> {
+    let header = outpost_sync::BatchHeader {
+        device: device.into(),
+        epoch: 1,
+        seq: 1,
+        boot_id: "forged".into(),
+        sent_wall_ms: 0,
+        sent_uptime_ms: 0,
+        oldest_unacked_ms: None,
+        body_bytes: 0,
+        clock_steps: Vec::new(),
+    };
+    one_sample_batch(header, key, "forged_metric", (1_000, 666.0))
+}
+
+/// A signed batch of one sample `(at, value)` of `metric`, which it defines.
+fn one_sample_batch(
+    header: outpost_sync::BatchHeader,
+    key: &outpost_sync::DeviceKey,
+    metric: &str,
+    (at, value): (i64, f64),
+) -> Vec<u8> {
     outpost_sync::Batch {
-        header: outpost_sync::BatchHeader {
-            device: device.into(),
-            epoch: 1,
-            seq: 1,
-            boot_id: "forged".into(),
-            sent_wall_ms: 0,
-            sent_uptime_ms: 0,
-            oldest_unacked_ms: None,
-            body_bytes: 0,
-            clock_steps: Vec::new(),
-        },
+        header,
         body: outpost_sync::BatchBody {
             defs: vec![outpost_sync::SeriesDef {
                 id: 0,
-                key: "forged_metric".into(),
+                key: metric.into(),
             }],
             live: vec![outpost_sync::LiveSamples {
                 series: 0,
-                samples: outpost_storage::codec::encode_samples(&[1_000], &[666.0]),
+                samples: outpost_storage::codec::encode_samples(&[at], &[value]),
             }],
             chunks: vec![],
             lines: vec![],
@@ -1565,34 +1576,19 @@ fn counted_batch(device: &str, key: &outpost_sync::DeviceKey, seq: u64) -> Vec<u
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
+    let header = outpost_sync::BatchHeader {
+        device: device.into(),
+        epoch: 1,
+        seq,
+        boot_id: "burst".into(),
+        sent_wall_ms: now_ms,
+        sent_uptime_ms: 60_000,
+        oldest_unacked_ms: None,
+        body_bytes: 0,
+        clock_steps: Vec::new(),
+    };
     let at = now_ms - 60_000 + seq as i64;
-    outpost_sync::Batch {
-        header: outpost_sync::BatchHeader {
-            device: device.into(),
-            epoch: 1,
-            seq,
-            boot_id: "burst".into(),
-            sent_wall_ms: now_ms,
-            sent_uptime_ms: 60_000,
-            oldest_unacked_ms: None,
-            body_bytes: 0,
-            clock_steps: Vec::new(),
-        },
-        body: outpost_sync::BatchBody {
-            defs: vec![outpost_sync::SeriesDef {
-                id: 0,
-                key: "burst_sample".into(),
-            }],
-            live: vec![outpost_sync::LiveSamples {
-                series: 0,
-                samples: outpost_storage::codec::encode_samples(&[at], &[seq as f64]),
-            }],
-            chunks: vec![],
-            lines: vec![],
-        },
-        version: outpost_sync::PROTOCOL_VERSION,
-    }
-    .encode(key, 3)
+    one_sample_batch(header, key, "burst_sample", (at, seq as f64))
 }
 
 /// A full disk at the hub: its store on a 16 MiB tmpfs of its own (a user and mount namespace,
