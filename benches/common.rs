@@ -66,7 +66,7 @@ pub fn backlog_store(path: &std::path::Path) -> outpost_storage::Store {
                 let name = format!("{series}|{copy}");
                 let id = *ids.entry(name).or_insert_with(|| {
                     let key = SeriesKey::parse(series).unwrap();
-                    let mut labels: Vec<(String, String)> = key.labels().to_vec();
+                    let mut labels: Vec<(String, String)> = key.owned_labels();
                     labels.push(("copy".into(), copy.to_string()));
                     agent
                         .series_id(&SeriesKey::new(key.name(), labels).unwrap())

@@ -46,6 +46,22 @@ fn free_port() -> u16 {
 /// `outpost hub` with its embedded broker, and the devices enrolled in it.
 struct Hub(Child);
 
+/// The hub's command: `outpost`, or `outpost` run by the command in `HUB_WRAPPER` (split at
+/// spaces, for example `heaptrack -o /tmp/hub`), to profile the hub during a bench. The CPU and
+/// RSS figures are then the wrapper's process', not the hub's.
+fn hub_command() -> Command {
+    let outpost = env!("CARGO_BIN_EXE_outpost");
+    match std::env::var("HUB_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().expect("a word"));
+            command.args(words).arg(outpost);
+            command
+        }
+        _ => Command::new(outpost),
+    }
+}
+
 impl Hub {
     fn start(dir: &Path, devices: &[String]) -> (Hub, u16) {
         Hub::start_with(dir, devices, &[])
@@ -53,10 +69,9 @@ impl Hub {
 
     /// With `args` after `hub` (`--config FILE`).
     fn start_with(dir: &Path, devices: &[String], args: &[&str]) -> (Hub, u16) {
-        let outpost = env!("CARGO_BIN_EXE_outpost");
         let devices_file = enrol(dir, devices);
         let (http, mqtt) = (free_port(), free_port());
-        let mut child = Command::new(outpost)
+        let mut child = hub_command()
             .args(["--log", "warn", "hub", "--devices-file"])
             .arg(&devices_file)
             .arg("--store")
@@ -116,7 +131,7 @@ impl Hub {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let child = hub_command()
             .args(["--log", "info", "hub", "--devices-file"])
             .arg(dir.join("devices.toml"))
             .arg("--store")

@@ -248,9 +248,8 @@ impl Windows {
         };
         let join_key = |key: &SeriesKey, on: &Option<Vec<String>>| -> Vec<(String, String)> {
             key.labels()
-                .iter()
                 .filter(|(l, _)| on.as_ref().is_none_or(|on| on.iter().any(|o| o == l)))
-                .cloned()
+                .map(|(l, v)| (l.to_string(), v.to_string()))
                 .collect()
         };
         let denominators: Option<JoinedSide<'_, Option<f64>>> =
@@ -347,7 +346,7 @@ impl promql::Source for RecentSamples<'_> {
 }
 
 fn labels_of(key: &SeriesKey) -> BTreeMap<String, String> {
-    key.labels().iter().cloned().collect()
+    key.owned_labels().into_iter().collect()
 }
 
 /// A reducer over samples in time order.

@@ -80,14 +80,13 @@ fn relabel(key: SeriesKey, extra: &BTreeMap<String, String>) -> outpost_storage:
     }
     let mut labels: BTreeMap<String, String> = key
         .labels()
-        .iter()
         .map(|(l, v)| {
             let l = if l == "instance" {
-                "exported_instance".to_string()
+                "exported_instance"
             } else {
-                l.clone()
+                l
             };
-            (l, v.clone())
+            (l.to_string(), v.to_string())
         })
         .collect();
     for (label, value) in extra {

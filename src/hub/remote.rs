@@ -235,17 +235,17 @@ impl outpost_web::prometheus::QueryEngine for RemoteQuery {
     }
 }
 
-use outpost::prompb::{labels_of, Sample, TimeSeries, WriteRequest};
+use outpost::prompb::{KeyedSeries, Sample, WriteRequest};
 
 /// How a rollup bucket reaches the engine: one series per figure, named
 /// `<name>:<figure>_<tier>` (`node_load1:max_1h`), as Prometheus names recorded aggregates, at
 /// the bucket's start. docs/scale.md lists them.
 pub fn rollup_series(
-    key: &outpost_storage::SeriesKey,
+    key: &Arc<outpost_storage::SeriesKey>,
     tier: Tier,
     bucket: i64,
     rollup: &Rollup,
-) -> Vec<TimeSeries> {
+) -> Vec<KeyedSeries> {
     let width = match tier {
         Tier::Hour => "1h",
         _ => "1m",
@@ -258,8 +258,9 @@ pub fn rollup_series(
         ("last", rollup.last),
     ]
     .into_iter()
-    .map(|(figure, value)| TimeSeries {
-        labels: labels_of(key, &format!("{}:{figure}_{width}", key.name())),
+    .map(|(figure, value)| KeyedSeries {
+        key: key.clone(),
+        name: Some(format!("{}:{figure}_{width}", key.name()).into()),
         samples: vec![Sample {
             value,
             timestamp: bucket,
@@ -422,8 +423,7 @@ impl RemoteWriter {
             // `instance` is the device the hub set.
             let device = series
                 .first()
-                .and_then(|s| s.labels.iter().find(|l| l.name == "instance"))
-                .map(|l| l.value.clone())
+                .map(|s| s.key.label("instance").to_string())
                 .unwrap_or_default();
             if held_back.contains(&device) {
                 continue;
@@ -433,7 +433,9 @@ impl RemoteWriter {
                 reason,
                 refused_ms: now_ms,
                 samples,
-                request: prost::Message::encode_to_vec(&WriteRequest { timeseries: series }),
+                request: prost::Message::encode_to_vec(&WriteRequest {
+                    timeseries: series.iter().map(KeyedSeries::to_time_series).collect(),
+                }),
             };
             let bytes = postcard::to_allocvec(&letter).map_err(|e| e.to_string())?;
             if letter_bytes + bytes.len() as u64 > self.config.dead_letter_budget.0 {
@@ -494,7 +496,13 @@ impl RemoteWriter {
             };
             let request = <WriteRequest as prost::Message>::decode(letter.request.as_slice())
                 .map_err(|e| format!("dead letter {key}: {e}"))?;
-            let refused = self.runtime.block_on(self.send_all(request.timeseries))?;
+            let series = request
+                .timeseries
+                .into_iter()
+                .map(KeyedSeries::from_time_series)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| format!("dead letter {key}: {e}"))?;
+            let refused = self.runtime.block_on(self.send_all(series))?;
             if refused.is_empty() {
                 let mut write = WriteBatch::default();
                 write.delete_state(StateTable::DeviceRegistry, key);
@@ -518,8 +526,8 @@ impl RemoteWriter {
     /// refused for good, each with the engine's reason.
     async fn send_all(
         &self,
-        series: Vec<TimeSeries>,
-    ) -> std::result::Result<Vec<(Vec<TimeSeries>, String)>, String> {
+        series: Vec<KeyedSeries>,
+    ) -> std::result::Result<Vec<(Vec<KeyedSeries>, String)>, String> {
         let mut pending = split_requests(series, self.config.max_samples_per_request);
         pending.reverse();
         let mut refused = Vec::new();
@@ -542,8 +550,8 @@ impl RemoteWriter {
 
     /// One request, retried with backoff through 5xx, 429 and connection errors for
     /// `retry_for`.
-    async fn post(&self, series: &[TimeSeries]) -> std::result::Result<Answer, String> {
-        let body = outpost::prompb::encode_series(series).map_err(|e| format!("snappy: {e}"))?;
+    async fn post(&self, series: &[KeyedSeries]) -> std::result::Result<Answer, String> {
+        let body = outpost::prompb::encode_keyed(series).map_err(|e| format!("snappy: {e}"))?;
         let body = hyper::body::Bytes::from(body);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -591,7 +599,7 @@ fn group_by_series(
     store: &Store,
     samples: Vec<Vec<(SeriesId, i64, f64)>>,
     rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
-) -> Vec<TimeSeries> {
+) -> Vec<KeyedSeries> {
     // A batch writes each series' samples together: one look-up per run, not per sample.
     let mut slots: HashMap<u32, usize> = HashMap::new();
     let mut grouped: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
@@ -626,13 +634,14 @@ fn group_by_series(
                 same
             });
         }
-        out.push(TimeSeries {
-            labels: labels_of(&key, key.name()),
+        out.push(KeyedSeries {
+            key,
+            name: None,
             samples: points,
         });
     }
     for (series, tier, bucket, rollup) in rollups {
-        if let Some(key) = store.series_key(series) {
+        if let Some(key) = store.shared_series_key(series) {
             out.extend(rollup_series(&key, tier, bucket, &rollup));
         }
     }
@@ -640,9 +649,9 @@ fn group_by_series(
 }
 
 /// `series` cut into requests of at most `max` samples (a long series split across them).
-fn split_requests(series: Vec<TimeSeries>, max: usize) -> Vec<Vec<TimeSeries>> {
+fn split_requests(series: Vec<KeyedSeries>, max: usize) -> Vec<Vec<KeyedSeries>> {
     let mut requests = Vec::new();
-    let mut current: Vec<TimeSeries> = Vec::new();
+    let mut current: Vec<KeyedSeries> = Vec::new();
     let mut in_current = 0;
     for series in series {
         if series.samples.len() <= max - in_current {
@@ -660,9 +669,9 @@ fn split_requests(series: Vec<TimeSeries>, max: usize) -> Vec<Vec<TimeSeries>> {
         let mut samples = series.samples.as_slice();
         while !samples.is_empty() {
             let take = samples.len().min(max - in_current);
-            current.push(TimeSeries {
-                labels: series.labels.clone(),
+            current.push(KeyedSeries {
                 samples: samples[..take].to_vec(),
+                ..series.clone_labels()
             });
             in_current += take;
             samples = &samples[take..];
@@ -681,8 +690,8 @@ fn split_requests(series: Vec<TimeSeries>, max: usize) -> Vec<Vec<TimeSeries>> {
 /// A refused request in two halves (by series, or a lone series by its samples); the request
 /// itself when it is too small to be worth splitting.
 fn halve(
-    mut request: Vec<TimeSeries>,
-) -> std::result::Result<(Vec<TimeSeries>, Vec<TimeSeries>), Vec<TimeSeries>> {
+    mut request: Vec<KeyedSeries>,
+) -> std::result::Result<(Vec<KeyedSeries>, Vec<KeyedSeries>), Vec<KeyedSeries>> {
     if request.len() > 1 {
         let second = request.split_off(request.len() / 2);
         return Ok((request, second));
@@ -694,9 +703,9 @@ fn halve(
         return Err(request);
     }
     let later = only.samples.split_off(only.samples.len() / 2);
-    let second = vec![TimeSeries {
-        labels: only.labels.clone(),
+    let second = vec![KeyedSeries {
         samples: later,
+        ..only.clone_labels()
     }];
     Ok((request, second))
 }
@@ -704,14 +713,12 @@ fn halve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost::prompb::Label;
+    use outpost::prompb::{labels_of, TimeSeries};
 
-    fn series(name: &str, timestamps: std::ops::Range<i64>) -> TimeSeries {
-        TimeSeries {
-            labels: vec![Label {
-                name: "__name__".into(),
-                value: name.into(),
-            }],
+    fn series(name: &str, timestamps: std::ops::Range<i64>) -> KeyedSeries {
+        KeyedSeries {
+            key: Arc::new(outpost_storage::SeriesKey::parse(name).unwrap()),
+            name: None,
             samples: timestamps
                 .map(|timestamp| Sample {
                     value: timestamp as f64,
@@ -721,7 +728,7 @@ mod tests {
         }
     }
 
-    fn count(requests: &[Vec<TimeSeries>]) -> usize {
+    fn count(requests: &[Vec<KeyedSeries>]) -> usize {
         requests.iter().flatten().map(|s| s.samples.len()).sum()
     }
 
@@ -739,7 +746,7 @@ mod tests {
             let joined: Vec<Sample> = requests
                 .iter()
                 .flatten()
-                .filter(|s| s.labels == original.labels)
+                .filter(|s| s.key == original.key)
                 .flat_map(|s| s.samples.clone())
                 .collect();
             assert_eq!(joined, original.samples);
@@ -778,13 +785,10 @@ mod tests {
             count: 2,
             last: 3.0,
         };
-        let figures = rollup_series(&key, Tier::Hour, 3_600_000, &rollup);
+        let figures = rollup_series(&Arc::new(key), Tier::Hour, 3_600_000, &rollup);
         let named: Vec<(String, f64)> = figures
             .iter()
-            .map(|s| {
-                let name = s.labels.iter().find(|l| l.name == "__name__").unwrap();
-                (name.value.clone(), s.samples[0].value)
-            })
+            .map(|s| (s.name().to_string(), s.samples[0].value))
             .collect();
         assert!(named.contains(&("DCGM_FI_DEV_GPU_UTIL:max_1h".into(), 3.0)));
         assert!(named.contains(&("DCGM_FI_DEV_GPU_UTIL:count_1h".into(), 2.0)));
@@ -795,29 +799,78 @@ mod tests {
     fn the_request_is_prometheus_wire_format() {
         // Field numbers and types as prompb's: a decoder that knows only the .proto's layout
         // (prost over the same tags) and snappy's block format give back what was sent.
+        let key = |text: &str| Arc::new(outpost_storage::SeriesKey::parse(text).unwrap());
+        let gpu = key(r#"DCGM_FI_DEV_GPU_UTIL{UUID="GPU-1",gpu="0",instance="d"}"#);
+        let long_value = format!(r#"m{{a="{}"}}"#, "v".repeat(300));
+        let values = [0.0, -0.5, 1e300, f64::INFINITY, 3.0];
+        let timestamps = [0, 1, -1, 127, 128, 1_700_000_000_000, i64::MAX, i64::MIN];
+        let sent = vec![
+            series("up", 1_700_000_000_000..1_700_000_000_003),
+            KeyedSeries {
+                key: gpu.clone(),
+                name: Some("DCGM_FI_DEV_GPU_UTIL:max_1h".into()),
+                samples: vec![Sample {
+                    value: 2.0,
+                    timestamp: 3_600_000,
+                }],
+            },
+            KeyedSeries {
+                key: key(&long_value),
+                name: None,
+                samples: timestamps
+                    .iter()
+                    .zip(values.iter().cycle())
+                    .map(|(&timestamp, &value)| Sample { value, timestamp })
+                    .collect(),
+            },
+            KeyedSeries {
+                key: gpu,
+                name: None,
+                samples: (0..200)
+                    .map(|t| Sample {
+                        value: t as f64,
+                        timestamp: t,
+                    })
+                    .collect(),
+            },
+        ];
         let request = WriteRequest {
-            timeseries: vec![
-                series("up", 1_700_000_000_000..1_700_000_000_003),
-                series("down", 1_700_000_000_000..1_700_000_000_200),
-            ],
+            timeseries: sent.iter().map(KeyedSeries::to_time_series).collect(),
         };
         let bytes = prost::Message::encode_to_vec(&request);
-        // What the writer sends, encoded from a slice of series, is the request's encoding.
-        let sent = outpost::prompb::encode_series(&request.timeseries).unwrap();
-        let sent = snap::raw::Decoder::new().decompress_vec(&sent).unwrap();
-        assert_eq!(sent, bytes);
+        // What the writer sends, encoded from the keys by hand, is prost's encoding.
+        let wire = outpost::prompb::encode_keyed(&sent).unwrap();
+        let wire = snap::raw::Decoder::new().decompress_vec(&wire).unwrap();
+        assert_eq!(wire, bytes);
         // timeseries (1, length-delimited) > labels (1, length-delimited) > name (1) "__name__".
         assert_eq!(bytes[0], 0x0a);
         assert_eq!(&bytes[4..6], &[0x0a, 0x08]);
         assert_eq!(&bytes[6..14], b"__name__");
-        let compressed = snap::raw::Encoder::new().compress_vec(&bytes).unwrap();
-        let back = snap::raw::Decoder::new()
-            .decompress_vec(&compressed)
-            .unwrap();
+        let back = <WriteRequest as prost::Message>::decode(wire.as_slice()).unwrap();
+        assert_eq!(back, request);
+        // And back into keyed series, as a dead letter is sent again.
+        let keyed: Vec<KeyedSeries> = back
+            .timeseries
+            .into_iter()
+            .map(|s| KeyedSeries::from_time_series(s).unwrap())
+            .collect();
+        let names: Vec<&str> = keyed.iter().map(KeyedSeries::name).collect();
         assert_eq!(
-            <WriteRequest as prost::Message>::decode(back.as_slice()).unwrap(),
-            request
+            names,
+            [
+                "up",
+                "DCGM_FI_DEV_GPU_UTIL:max_1h",
+                "m",
+                "DCGM_FI_DEV_GPU_UTIL"
+            ]
         );
+        assert_eq!(keyed[1].key.label("UUID"), "GPU-1");
+        let again = outpost::prompb::encode_keyed(&keyed).unwrap();
+        assert_eq!(
+            snap::raw::Decoder::new().decompress_vec(&again).unwrap(),
+            bytes
+        );
+        assert!(KeyedSeries::from_time_series(TimeSeries::default()).is_err());
     }
 
     #[test]
@@ -843,8 +896,7 @@ mod tests {
         let grouped = group_by_series(&store, vec![device_x, device_y], Vec::new());
         let points = |id: SeriesId| -> Vec<(i64, f64)> {
             let key = store.series_key(id).unwrap();
-            let labels = labels_of(&key, key.name());
-            let series: Vec<_> = grouped.iter().filter(|s| s.labels == labels).collect();
+            let series: Vec<_> = grouped.iter().filter(|s| *s.key == key).collect();
             assert_eq!(series.len(), 1, "{key} once");
             series[0]
                 .samples

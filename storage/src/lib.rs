@@ -52,7 +52,7 @@ pub use disk::{Disk, LogFile, RealDisk};
 pub use duration::parse_duration_ms;
 pub use error::{DecodeError, Error, Result};
 pub use query::{bucket_of as bucket_start, rate as rate_per_bucket, Aggregation};
-pub use series::{MatchOp, Selector, SeriesKey};
+pub use series::{KeyLabels, MatchOp, Selector, SeriesKey};
 pub use store::{
     Clock, Health, ManualWallClock, Options, Retention, SeriesPoints, Stats, Store, SystemClock,
     WallClock, FORMAT_VERSION,

@@ -9,10 +9,17 @@ use crate::error::{Error, Result};
 
 /// A metric name and its labels, sorted by label name. Labels with an empty value are dropped,
 /// as Prometheus does: an empty label and an absent one are the same series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The name and the labels' names and values are one string, cut by `ends`: a hub keeps a key
+/// for every series of its fleet, and a string per name and value made the catalogue most of
+/// its memory, and reading a key a walk through as many allocations.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SeriesKey {
-    name: String,
-    labels: Vec<(String, String)>,
+    /// The name, then each label's name and value.
+    text: Box<str>,
+    /// Where the name and then each label's name and value end in `text`; empty for a key
+    /// without labels.
+    ends: Box<[u32]>,
 }
 
 impl SeriesKey {
@@ -44,7 +51,27 @@ impl SeriesKey {
                 "label name {bad:?} is not [a-zA-Z_][a-zA-Z0-9_]*"
             )));
         }
-        Ok(SeriesKey { name, labels })
+        let length = name.len() + labels.iter().map(|(l, v)| l.len() + v.len()).sum::<usize>();
+        if u32::try_from(length).is_err() {
+            return Err(error(format!("{length} bytes of names and values")));
+        }
+        let mut text = name;
+        let mut ends = Vec::new();
+        if !labels.is_empty() {
+            text.reserve_exact(length - text.len());
+            ends.reserve_exact(1 + labels.len() * 2);
+            ends.push(text.len() as u32);
+            for (label, value) in &labels {
+                text.push_str(label);
+                ends.push(text.len() as u32);
+                text.push_str(value);
+                ends.push(text.len() as u32);
+            }
+        }
+        Ok(SeriesKey {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
     }
 
     /// Parses `name` or `name{label="value",...}` (the exposition format's series syntax).
@@ -72,33 +99,119 @@ impl SeriesKey {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        match self.ends.first() {
+            Some(&end) => &self.text[..end as usize],
+            None => &self.text,
+        }
     }
 
-    pub fn labels(&self) -> &[(String, String)] {
-        &self.labels
+    /// The labels, sorted by name, as (name, value).
+    pub fn labels(&self) -> KeyLabels<'_> {
+        KeyLabels {
+            key: self,
+            range: 0..self.label_count(),
+        }
+    }
+
+    pub fn label_count(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// The labels as owned pairs.
+    pub fn owned_labels(&self) -> Vec<(String, String)> {
+        self.labels()
+            .map(|(label, value)| (label.to_string(), value.to_string()))
+            .collect()
+    }
+
+    /// Label `index`'s name and value.
+    fn label_at(&self, index: usize) -> (&str, &str) {
+        let at = |part: usize| self.ends[part] as usize;
+        let (start, middle, end) = (at(2 * index), at(2 * index + 1), at(2 * index + 2));
+        (&self.text[start..middle], &self.text[middle..end])
     }
 
     /// The value of a label, with `__name__` meaning the metric name; "" when absent.
     pub fn label(&self, label: &str) -> &str {
         if label == "__name__" {
-            return &self.name;
+            return self.name();
         }
-        self.labels
-            .binary_search_by(|(l, _)| l.as_str().cmp(label))
-            .map(|i| self.labels[i].1.as_str())
-            .unwrap_or("")
+        let (mut low, mut high) = (0, self.label_count());
+        while low < high {
+            let middle = (low + high) / 2;
+            let (name, value) = self.label_at(middle);
+            match name.cmp(label) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return value,
+            }
+        }
+        ""
+    }
+}
+
+/// A key's labels, sorted by name, as (name, value).
+#[derive(Clone)]
+pub struct KeyLabels<'a> {
+    key: &'a SeriesKey,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> Iterator for KeyLabels<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.range.next().map(|index| self.key.label_at(index))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for KeyLabels<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.range.next_back().map(|index| self.key.label_at(index))
+    }
+}
+
+impl ExactSizeIterator for KeyLabels<'_> {}
+
+impl fmt::Debug for KeyLabels<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+/// As the name, then the labels in order: the order the key's parts had as fields.
+impl Ord for SeriesKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name()
+            .cmp(other.name())
+            .then_with(|| self.labels().cmp(other.labels()))
+    }
+}
+
+impl PartialOrd for SeriesKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SeriesKey({self})")
     }
 }
 
 impl fmt::Display for SeriesKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)?;
-        if self.labels.is_empty() {
+        f.write_str(self.name())?;
+        if self.ends.is_empty() {
             return Ok(());
         }
         f.write_str("{")?;
-        for (i, (label, value)) in self.labels.iter().enumerate() {
+        for (i, (label, value)) in self.labels().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
@@ -440,6 +553,56 @@ mod tests {
         let quoted = SeriesKey::parse(r#"m{path="a\"b\\c\nd"}"#).unwrap();
         assert_eq!(quoted.label("path"), "a\"b\\c\nd");
         assert_eq!(SeriesKey::parse(&quoted.to_string()).unwrap(), quoted);
+    }
+
+    /// The parts of a key read back as they were given, and keys order as (name, labels)
+    /// tuples: the one string they are kept in must not show through.
+    #[test]
+    fn a_key_reads_back_its_parts_and_orders_as_name_then_labels() {
+        let pairs = |key: &SeriesKey| -> Vec<(String, String)> { key.owned_labels() };
+        let long = "long".repeat(100);
+        let cases = [
+            ("up", vec![]),
+            ("m", vec![("a", "x"), ("ab", "")]),
+            ("m", vec![("a", "xa"), ("b", "")]),
+            ("m", vec![("a", "x"), ("b", "a\u{0}z")]),
+            ("m", vec![("A", "1"), ("__x", "2"), ("b", "3"), ("c", "")]),
+            ("mm", vec![("a", "")]),
+            ("m", vec![("a", "é"), ("b", long.as_str())]),
+        ];
+        type Parts = (String, Vec<(String, String)>);
+        let keys: Vec<(SeriesKey, Parts)> = cases
+            .iter()
+            .map(|(name, labels)| {
+                let owned: Vec<(String, String)> = labels
+                    .iter()
+                    .map(|(l, v)| (l.to_string(), v.to_string()))
+                    .collect();
+                let key = SeriesKey::new(*name, owned.clone()).unwrap();
+                let mut kept: Vec<_> = owned.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+                kept.sort();
+                (key, (name.to_string(), kept))
+            })
+            .collect();
+        for (key, (name, labels)) in &keys {
+            assert_eq!(key.name(), name);
+            assert_eq!(&pairs(key), labels);
+            assert_eq!(key.label_count(), labels.len());
+            assert_eq!(key.labels().rev().count(), labels.len());
+            for (label, value) in labels {
+                assert_eq!(key.label(label), value);
+            }
+            assert_eq!(key.label("__name__"), name);
+            assert_eq!(key.label("zz"), "");
+            assert_eq!(key.label("0"), "");
+            assert_eq!(&SeriesKey::parse(&key.to_string()).unwrap(), key);
+        }
+        for (a, a_parts) in &keys {
+            for (b, b_parts) in &keys {
+                assert_eq!(a.cmp(b), a_parts.cmp(b_parts), "{a} against {b}");
+                assert_eq!(a == b, a_parts == b_parts, "{a} against {b}");
+            }
+        }
     }
 
     #[test]

@@ -356,8 +356,54 @@ struct HeadData {
     /// Per series, samples in write order (so the last write of a timestamp wins).
     series: FastMap<u32, SeriesBuffer>,
     samples: usize,
-    state: Vec<StateOp>,
+    state: StateWrites,
     rollups: Vec<RollupWrite>,
+}
+
+/// The head's state writes, the last one per key (`None` for a deletion). A hub rewrites each
+/// device's bookkeeping with every batch: kept in write order, a head of a large fleet held
+/// every version until the seal and read the newest by scanning them all.
+#[derive(Debug, Default, Clone)]
+struct StateWrites(HashMap<StateTable, BTreeMap<String, Option<Vec<u8>>>>);
+
+impl StateWrites {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn record(&mut self, op: &StateOp) {
+        let (table, key, value) = match op {
+            StateOp::Put { table, key, value } => (table, key, Some(value.clone())),
+            StateOp::Delete { table, key } => (table, key, None),
+        };
+        self.0.entry(*table).or_default().insert(key.clone(), value);
+    }
+
+    /// `Some(None)` when the last write of `key` deleted it; `None` when it was not written.
+    fn get(&self, table: StateTable, key: &str) -> Option<Option<&[u8]>> {
+        let value = self.0.get(&table)?.get(key)?;
+        Some(value.as_deref())
+    }
+
+    /// The writes of `table` from key `from` on, in key order.
+    fn starting_at<'a>(
+        &'a self,
+        table: StateTable,
+        from: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        self.0.get(&table).into_iter().flat_map(move |writes| {
+            writes
+                .range::<str, _>((Bound::Included(from), Bound::Unbounded))
+                .map(|(key, value)| (key.as_str(), value.as_deref()))
+        })
+    }
+
+    /// Takes in writes made after these.
+    fn append(&mut self, newer: StateWrites) {
+        for (table, writes) in newer.0 {
+            self.0.entry(table).or_default().extend(writes);
+        }
+    }
 }
 
 impl HeadData {
@@ -370,7 +416,9 @@ impl HeadData {
             self.series.entry(id).or_default().push(ts, value);
         }
         self.samples += samples.len();
-        self.state.extend_from_slice(state);
+        for op in state {
+            self.state.record(op);
+        }
         self.rollups.extend_from_slice(rollups);
     }
 
@@ -383,7 +431,7 @@ impl HeadData {
             }
         }
         self.samples += newer.samples;
-        self.state.extend(newer.state);
+        self.state.append(newer.state);
         self.rollups.extend(newer.rollups);
     }
 }
@@ -844,22 +892,12 @@ impl Store {
         self.contain(|| {
             {
                 let head = lock(&self.shared.head);
-                let newest = head
-                    .active
-                    .state
-                    .iter()
-                    .rev()
-                    .chain(head.frozen.iter().flat_map(|f| f.state.iter().rev()))
-                    .find(|op| match op {
-                        StateOp::Put {
-                            table: t, key: k, ..
-                        }
-                        | StateOp::Delete { table: t, key: k } => *t == table && k == key,
-                    });
-                match newest {
-                    Some(StateOp::Put { value, .. }) => return Ok(Some(value.clone())),
-                    Some(StateOp::Delete { .. }) => return Ok(None),
-                    None => {}
+                let newest = head.active.state.get(table, key).or_else(|| {
+                    let frozen = head.frozen.as_ref()?;
+                    frozen.state.get(table, key)
+                });
+                if let Some(value) = newest {
+                    return Ok(value.map(<[u8]>::to_vec));
                 }
             }
             let db = read(&self.shared.db);
@@ -931,21 +969,24 @@ impl Store {
             // The head stays locked while the database is read, so that no seal moves operations
             // from the head into the database unseen between the two reads.
             let head = lock(&self.shared.head);
-            let wanted = |t: &StateTable, key: &str| *t == table && key >= from && within(key);
-            let ops = || {
+            // The frozen head's writes are older than the active one's.
+            let writes = || {
                 head.frozen
                     .iter()
-                    .flat_map(|f| f.state.iter())
-                    .chain(head.active.state.iter())
+                    .map(|f| &f.state)
+                    .chain([&head.active.state])
+                    .flat_map(|writes| {
+                        writes
+                            .starting_at(table, from)
+                            .take_while(|(k, _)| within(k))
+                    })
             };
             // Each deletion in the head may hide one of the first entries read: read that many
             // more, so that the first `limit` after the merge are all there.
             let read_limit = if limit == usize::MAX {
                 limit
             } else {
-                let deletions = ops()
-                    .filter(|op| matches!(op, StateOp::Delete { table: t, key } if wanted(t, key)))
-                    .count();
+                let deletions = writes().filter(|(_, value)| value.is_none()).count();
                 limit.saturating_add(deletions)
             };
             {
@@ -967,22 +1008,9 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 }
             }
-            // The head's operations are newer than the database; the frozen head's older than the
-            // active one's.
-            for op in ops() {
-                match op {
-                    StateOp::Put {
-                        table: t,
-                        key,
-                        value,
-                    } if wanted(t, key) => {
-                        entries.insert(key.clone(), Some(value.clone()));
-                    }
-                    StateOp::Delete { table: t, key } if wanted(t, key) => {
-                        entries.insert(key.clone(), None);
-                    }
-                    _ => {}
-                }
+            // The head's writes are newer than the database.
+            for (key, value) in writes() {
+                entries.insert(key.to_string(), value.map(<[u8]>::to_vec));
             }
             Ok(entries
                 .into_iter()
@@ -2676,7 +2704,7 @@ impl Shared {
                 minute_delta += deltas[1];
                 hour_delta += deltas[2];
             }
-            apply_state_ops(&txn, &frozen.state)?;
+            apply_state_writes(&txn, &frozen.state)?;
 
             if let Some(newest) = newest {
                 meta.insert(META_NEWEST, newest as u64)?;
@@ -3107,20 +3135,15 @@ fn merge_series(
 }
 
 /// The state tables' puts and deletes of a seal.
-fn apply_state_ops(txn: &redb::WriteTransaction, ops: &[StateOp]) -> Result<()> {
-    for op in ops {
-        match op {
-            StateOp::Put { table, key, value } => {
-                let definition: TableDefinition<&str, &[u8]> =
-                    TableDefinition::new(table.table_name());
-                txn.open_table(definition)?
-                    .insert(key.as_str(), value.as_slice())?;
-            }
-            StateOp::Delete { table, key } => {
-                let definition: TableDefinition<&str, &[u8]> =
-                    TableDefinition::new(table.table_name());
-                txn.open_table(definition)?.remove(key.as_str())?;
-            }
+fn apply_state_writes(txn: &redb::WriteTransaction, writes: &StateWrites) -> Result<()> {
+    for (table, writes) in &writes.0 {
+        let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
+        let mut opened = txn.open_table(definition)?;
+        for (key, value) in writes {
+            match value {
+                Some(value) => opened.insert(key.as_str(), value.as_slice())?,
+                None => opened.remove(key.as_str())?,
+            };
         }
     }
     Ok(())

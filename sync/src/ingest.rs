@@ -244,17 +244,13 @@ impl Correction<'_> {
 /// The hub's key for a device's series: `instance` set to the device, the device's own
 /// `instance` kept as `exported_instance`.
 pub fn hub_key(device: &str, key: &SeriesKey) -> Result<SeriesKey, outpost_storage::Error> {
+    let has_instance = !key.label(INSTANCE).is_empty();
     let mut labels: Vec<(String, String)> = key
         .labels()
-        .iter()
-        .filter(|(l, _)| l != EXPORTED_INSTANCE || !key.labels().iter().any(|(l, _)| l == INSTANCE))
+        .filter(|&(l, _)| l != EXPORTED_INSTANCE || !has_instance)
         .map(|(l, v)| {
-            let l = if l == INSTANCE {
-                EXPORTED_INSTANCE.to_string()
-            } else {
-                l.clone()
-            };
-            (l, v.clone())
+            let l = if l == INSTANCE { EXPORTED_INSTANCE } else { l };
+            (l.to_string(), v.to_string())
         })
         .collect();
     labels.push((INSTANCE.to_string(), device.to_string()));

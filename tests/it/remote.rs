@@ -80,7 +80,7 @@ fn agent_series(store: &Path, device: &str, selector: &str) -> BTreeMap<String, 
         .into_iter()
         .map(|(key, points)| {
             let key = outpost_storage::SeriesKey::parse(&key).unwrap();
-            let mut labels: BTreeMap<String, String> = key.labels().iter().cloned().collect();
+            let mut labels: BTreeMap<String, String> = key.owned_labels().into_iter().collect();
             labels.insert("__name__".into(), key.name().to_string());
             labels.insert("instance".into(), device.to_string());
             let points = points
@@ -269,7 +269,7 @@ fn rollups_reached_the_engine(store: &Path, engine: u16, device: &str) {
                     .map(|(key, points)| {
                         let key = outpost_storage::SeriesKey::parse(&key).unwrap();
                         let mut labels: BTreeMap<String, String> =
-                            key.labels().iter().cloned().collect();
+                            key.owned_labels().into_iter().collect();
                         labels.insert("__name__".into(), format!("{AGED}:{figure}_{tier}"));
                         labels.insert("instance".into(), device.to_string());
                         let points = points_of(&points);
@@ -344,7 +344,7 @@ fn agent_steps(
         .into_iter()
         .map(|(key, points)| {
             let key = outpost_storage::SeriesKey::parse(&key).unwrap();
-            let mut labels: BTreeMap<String, String> = key.labels().iter().cloned().collect();
+            let mut labels: BTreeMap<String, String> = key.owned_labels().into_iter().collect();
             labels.insert("__name__".into(), key.name().to_string());
             (canonical(&labels), points_of(&points))
         })

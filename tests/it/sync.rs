@@ -1899,7 +1899,7 @@ fn a_device_whose_store_starts_over_is_stored_again() {
     let mut compared = 0;
     for (key, points) in db_query(&dir.path().join("agent.redb"), selector, &[]) {
         let key = outpost_storage::SeriesKey::parse(&key).unwrap();
-        let mut labels = key.labels().to_vec();
+        let mut labels = key.owned_labels();
         labels.push(("instance".to_string(), "dev-1".to_string()));
         labels.sort();
         let at_hub = &hub_points[&(key.name().to_string() + &format!("{labels:?}"))];

@@ -534,7 +534,7 @@ async fn series(
             json!({
                 "series": key.to_string(),
                 "name": key.name(),
-                "labels": key.labels().iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "labels": key.owned_labels().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             })
         })
         .collect();

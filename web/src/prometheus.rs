@@ -442,12 +442,7 @@ fn label_set_json(key: &outpost_storage::SeriesKey) -> String {
     let mut out = String::from("{\"__name__\":");
     out.push_str(&Json::from(key.name()).to_string());
     for (name, value) in key.labels() {
-        let _ = write!(
-            out,
-            ",{}:{}",
-            Json::from(name.as_str()),
-            Json::from(value.as_str())
-        );
+        let _ = write!(out, ",{}:{}", Json::from(name), Json::from(value));
     }
     out.push('}');
     out
@@ -486,7 +481,7 @@ async fn labels<C: PromContext>(State(context): State<Arc<C>>, params: Params) -
     let mut names: BTreeSet<String> = BTreeSet::new();
     for key in &keys {
         names.insert("__name__".to_string());
-        names.extend(key.labels().iter().map(|(name, _)| name.clone()));
+        names.extend(key.labels().map(|(name, _)| name.to_string()));
     }
     let mut names: Vec<String> = names.into_iter().collect();
     let warnings = truncate(&mut names, limit);

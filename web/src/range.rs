@@ -134,11 +134,7 @@ pub async fn answer(samples: &Samples, query: &RangeQuery<'_>) -> Result<RangeAn
             SeriesOut {
                 series: key.to_string(),
                 name: key.name().to_string(),
-                labels: key
-                    .labels()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                labels: key.owned_labels().into_iter().collect(),
                 points: with_gaps(&points.points, step),
             }
         })

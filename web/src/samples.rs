@@ -333,7 +333,7 @@ async fn engine_series(
         let Some((base, tier)) = RollupTier::of(&name) else {
             continue;
         };
-        let key = SeriesKey::new(base, key.labels().iter().cloned())?;
+        let key = SeriesKey::new(base, key.owned_labels())?;
         if selector.matches(&key) {
             let held = out.entry(key).or_default();
             if !held.tiers.contains(&tier) {

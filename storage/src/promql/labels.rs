@@ -19,9 +19,9 @@ impl Labels {
     }
 
     pub fn from_key(key: &SeriesKey) -> Labels {
-        let mut pairs = Vec::with_capacity(key.labels().len() + 1);
+        let mut pairs = Vec::with_capacity(key.label_count() + 1);
         pairs.push((METRIC_NAME.to_string(), key.name().to_string()));
-        pairs.extend(key.labels().iter().cloned());
+        pairs.extend(key.owned_labels());
         Labels::new(pairs)
     }
 

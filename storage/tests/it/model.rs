@@ -629,3 +629,74 @@ fn state_ranges_merge_the_head_over_sealed_entries_between_two_keys() {
         "after reopen"
     );
 }
+
+#[derive(Debug, Clone)]
+enum StateStep {
+    /// Writes of one batch: table index, key index, value (`None` deletes).
+    Write(Vec<(usize, usize, Option<u8>)>),
+    Seal,
+    Reopen,
+}
+
+fn state_step() -> impl Strategy<Value = StateStep> {
+    let write = (0..2usize, 0..6usize, proptest::option::of(any::<u8>()));
+    prop_oneof![
+        8 => proptest::collection::vec(write, 1..8).prop_map(StateStep::Write),
+        1 => Just(StateStep::Seal),
+        1 => Just(StateStep::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The state tables against a map: any order of puts, deletes, rewrites of one key, seals
+    /// and reopens reads back the last write of each key, by key, by prefix and by range.
+    #[test]
+    fn state_writes_read_back_as_the_last_write_of_each_key(
+        steps in proptest::collection::vec(state_step(), 1..30)
+    ) {
+        use outpost_storage::StateTable;
+        const TABLES: [StateTable; 2] = [StateTable::AlertState, StateTable::NotificationQueue];
+        let key = |k: usize| format!("k/{k}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut store = open(&path);
+        let mut model: [BTreeMap<String, Vec<u8>>; 2] = Default::default();
+        for step in steps {
+            match step {
+                StateStep::Write(writes) => {
+                    let mut batch = WriteBatch::default();
+                    for (table, k, value) in writes {
+                        match value {
+                            Some(v) => {
+                                batch.put_state(TABLES[table], key(k), vec![v; k + 1]);
+                                model[table].insert(key(k), vec![v; k + 1]);
+                            }
+                            None => {
+                                batch.delete_state(TABLES[table], key(k));
+                                model[table].remove(&key(k));
+                            }
+                        }
+                    }
+                    store.write(batch).unwrap();
+                }
+                StateStep::Seal => store.seal().unwrap(),
+                StateStep::Reopen => {
+                    store.close().unwrap();
+                    store = open(&path);
+                }
+            }
+            for (table, expected) in TABLES.iter().zip(&model) {
+                for k in 0..6 {
+                    let value = store.state_get(*table, &key(k)).unwrap();
+                    prop_assert_eq!(value.as_ref(), expected.get(&key(k)));
+                }
+                let all: Vec<_> = expected.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(&store.state_list(*table, "k/").unwrap(), &all);
+                let first: Vec<_> = all.iter().filter(|(k, _)| k.as_str() >= "k/2").take(2).cloned().collect();
+                prop_assert_eq!(store.state_range_first(*table, "k/2", "k/9", 2).unwrap(), first);
+            }
+        }
+    }
+}
