@@ -238,7 +238,13 @@ fn resend_refused_command(
         "{} samples taken by the engine; {} still refused",
         resent.taken, resent.refused
     );
-    Ok(if resent.refused == 0 {
+    if resent.unreadable > 0 {
+        println!(
+            "{} dead letters cannot be read (a damaged store?): kept, and named in the log",
+            resent.unreadable
+        );
+    }
+    Ok(if resent.refused == 0 && resent.unreadable == 0 {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
@@ -1188,11 +1194,12 @@ fn send_group(
 /// Sends the dead letters again; what the engine takes now leaves the per-device counts.
 fn resend_refused(store: &Store, writer: &mut remote::RemoteWriter, registry: &Mutex<Registry>) {
     match writer.resend_refused(store) {
-        Ok(resent) if resent.taken == 0 && resent.refused == 0 => {}
+        Ok(resent) if resent.taken == 0 && resent.refused == 0 && resent.unreadable == 0 => {}
         Ok(resent) => {
             tracing::info!(
                 taken = resent.taken,
                 refused = resent.refused,
+                unreadable = resent.unreadable,
                 "refused samples sent to the remote storage again"
             );
             registry

@@ -274,6 +274,8 @@ pub struct Resent {
     pub taken: u64,
     pub refused: u64,
     pub waiting: BTreeMap<String, u64>,
+    /// Dead letters that cannot be read (a damaged store): kept, and named in the log.
+    pub unreadable: u64,
 }
 
 /// The samples that dead letters hold, per device.
@@ -285,6 +287,19 @@ fn waiting_per_device(letters: &[(String, Vec<u8>)]) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// A dead letter and its series, as stored.
+fn read_letter(value: &[u8]) -> std::result::Result<(DeadLetter, Vec<KeyedSeries>), String> {
+    let letter = postcard::from_bytes::<DeadLetter>(value).map_err(|e| e.to_string())?;
+    let request = <WriteRequest as prost::Message>::decode(letter.request.as_slice())
+        .map_err(|e| e.to_string())?;
+    let series = request
+        .timeseries
+        .into_iter()
+        .map(KeyedSeries::from_time_series)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((letter, series))
 }
 
 /// What one request came to.
@@ -482,26 +497,24 @@ impl RemoteWriter {
     }
 
     /// Sends every dead letter again; those the engine takes now are deleted. Returns (samples
-    /// taken, samples still refused, and those per device); an error when the engine cannot be
-    /// reached.
+    /// taken, samples still refused, and those per device, letters unreadable); an error when
+    /// the engine cannot be reached. A letter that cannot be read is kept and passed over: it
+    /// must not stop the others from being sent.
     #[allow(clippy::disallowed_methods)] // on the ingest thread or the command's: off the async loop
     pub fn resend_refused(&mut self, store: &Store) -> std::result::Result<Resent, String> {
         let letters = store
             .state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())
             .map_err(|e| e.to_string())?;
-        let (mut taken, mut kept) = (0, Vec::new());
+        let (mut taken, mut kept, mut unreadable) = (0, Vec::new(), 0);
         for (key, value) in letters {
-            let Ok(letter) = postcard::from_bytes::<DeadLetter>(&value) else {
-                continue;
+            let (letter, series) = match read_letter(&value) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::error!("dead letter {key} cannot be read, kept as it is: {error}");
+                    unreadable += 1;
+                    continue;
+                }
             };
-            let request = <WriteRequest as prost::Message>::decode(letter.request.as_slice())
-                .map_err(|e| format!("dead letter {key}: {e}"))?;
-            let series = request
-                .timeseries
-                .into_iter()
-                .map(KeyedSeries::from_time_series)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| format!("dead letter {key}: {e}"))?;
             let refused = self.runtime.block_on(self.send_all(series))?;
             if refused.is_empty() {
                 let mut write = WriteBatch::default();
@@ -519,6 +532,7 @@ impl RemoteWriter {
             taken,
             refused: waiting.values().sum(),
             waiting,
+            unreadable,
         })
     }
 
@@ -909,6 +923,109 @@ mod tests {
         assert_eq!(points(b), [(10, 3.0), (20, 1.0)]);
         assert_eq!(points(c), [(10, 7.0)]);
         assert_eq!(points(d), [(10, 9.0), (20, 8.0)]);
+    }
+
+    /// An engine that takes every request (204), counting the requests.
+    fn accepting_engine() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(value) = lower.strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if line != "\r\n" {
+                        break;
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                    reader.get_mut().write_all(answer).unwrap();
+                }
+            }
+        });
+        (port, requests)
+    }
+
+    /// A damaged dead letter (unreadable as a letter, or as the request it holds) is kept and
+    /// counted, and the letters after it are still sent: one bad entry hides nothing else.
+    #[test]
+    fn an_unreadable_dead_letter_is_kept_and_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("hub.redb"), Default::default()).unwrap();
+        let good = DeadLetter {
+            device: "dev-a".into(),
+            reason: "400: out of order".into(),
+            refused_ms: 1,
+            samples: 3,
+            request: prost::Message::encode_to_vec(&WriteRequest {
+                timeseries: vec![series(r#"m{instance="dev-a"}"#, 10..13).to_time_series()],
+            }),
+        };
+        let bad_request = DeadLetter {
+            request: vec![0xff; 7],
+            ..good.clone()
+        };
+        let mut write = WriteBatch::default();
+        write.put(
+            &DeadLetterKey::Entry(0),
+            postcard::to_allocvec(&bad_request).unwrap(),
+        );
+        write.put(&DeadLetterKey::Entry(1), b"\xff\xfe not a letter".to_vec());
+        write.put(
+            &DeadLetterKey::Entry(2),
+            postcard::to_allocvec(&good).unwrap(),
+        );
+        store.write(write).unwrap();
+        let (port, requests) = accepting_engine();
+        let config = RemoteWriteSection {
+            url: format!("http://127.0.0.1:{port}/api/v1/write"),
+            retry_for: Interval::secs(5),
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mut writer, _) = RemoteWriter::new(&config, &store, runtime.handle().clone()).unwrap();
+        // As `outpost hub resend-refused`: the writer blocks on the runtime from a thread of
+        // its own while this one drives the runtime's I/O.
+        let store = Arc::new(store);
+        let resending = store.clone();
+        let resent = runtime
+            .block_on(runtime.spawn_blocking(move || writer.resend_refused(&resending)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((resent.taken, resent.refused, resent.unreadable), (3, 0, 2));
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let left: Vec<String> = store
+            .state_list(StateTable::DeviceRegistry, &DeadLetterKey::All.to_string())
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(
+            left,
+            [DeadLetterKey::Entry(0), DeadLetterKey::Entry(1)].map(|k| k.to_string())
+        );
     }
 
     #[test]
