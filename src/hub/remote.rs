@@ -968,6 +968,7 @@ mod tests {
     /// A damaged dead letter (unreadable as a letter, or as the request it holds) is kept and
     /// counted, and the letters after it are still sent: one bad entry hides nothing else.
     #[test]
+    #[allow(clippy::disallowed_methods)] // no async loop here to keep from waiting
     fn an_unreadable_dead_letter_is_kept_and_does_not_stop_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("hub.redb"), Default::default()).unwrap();
