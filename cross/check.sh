@@ -27,6 +27,14 @@ arm=target/dist/outpost-$version-aarch64
 x86=target/dist/outpost-$version-x86_64
 for file in "$arm" "$x86" "target/dist/outpost_${version}-1_arm64.deb" "target/dist/outpost_${version}-1_amd64.deb"; do
   [ -f "$file" ] || { echo "cross/check.sh: $file is missing: run cross/build.sh first" >&2; exit 1; }
+  # A binary older than the code would check the code of before: the layout check, above all,
+  # would pass on an x86-64 binary left from an earlier build of `cross/build.sh aarch64`.
+  newer=$(find Cargo.toml Cargo.lock build.rs cross/agent-hot.ld src storage/src sync/src web/src \
+    -newer "$file" -type f -print -quit 2>/dev/null)
+  [ -z "$newer" ] || {
+    echo "cross/check.sh: $file is older than $newer: run cross/build.sh again" >&2
+    exit 1
+  }
 done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
