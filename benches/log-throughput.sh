@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How fast the agent turns logs into counters (issue 25's measure), on one core: a backlog of
 # journal entries (a real journal file written by Debian's `systemd-journal-remote`, read through
-# `journalctl -o json`, as on a device) and of plain log lines, each worked through by a release
+# its own reader of the files, and through `journalctl -o export`) and of plain log lines, each worked through by a release
 # `outpost agent` that resumes after its saved position, with the agent and everything it starts
 # pinned to CPU 0 (`taskset`). Two patterns apply to every entry, one with a capture.
 #
@@ -96,6 +96,7 @@ enabled = false
 [logs]
 interval = "100ms"
 journal = true
+journal_reader = "files"
 # journalctl expands the glob: systemd-journal-remote archives a full file as system@....journal.
 journal_files = ["$work/system*.journal"]
 [[logs.file]]
@@ -132,12 +133,12 @@ sleep 2
 stop_agent
 # One source at a time: its backlog written while the agent is stopped, then the agent started
 # and timed until it has counted all of it. The agent's CPU time includes its start.
-# Usage: work_through NAME COUNT SERIES
+# Usage: work_through NAME COUNT SERIES [TOTAL]   (TOTAL: what SERIES sums to when done; COUNT)
 work_through() {
-  local name=$1 count=$2 series=$3 started done_at helper_ticks=0
+  local name=$1 count=$2 series=$3 total=${4:-$2} started done_at helper_ticks=0
   started=$(date +%s.%N)
   start_agent
-  until [ "$(sum_of "$series")" -ge "$count" ]; do
+  until [ "$(sum_of "$series")" -ge "$total" ]; do
     kill -0 "$agent" || { cat "$work/agent.log"; exit 1; }
     sleep 0.05
   done
@@ -148,7 +149,7 @@ work_through() {
   local agent_ticks wall
   agent_ticks=$(ticks "$agent")
   wall=$(echo "$done_at - $started" | bc)
-  printf '%-8s %9d in %6.2f s of wall time: %7d/s; the agent %5.2f s of CPU: %7d per CPU second' \
+  printf '%-20s %9d in %6.2f s of wall time: %7d/s; the agent %5.2f s of CPU: %7d per CPU second' \
     "$name" "$count" "$wall" "$(echo "$count / $wall" | bc)" \
     "$(echo "scale=2; $agent_ticks / $hz" | bc)" "$(echo "$count * $hz / $agent_ticks" | bc)"
   [ "$helper_ticks" -gt 0 ] && printf '; journalctl %5.2f s of CPU' "$(echo "scale=2; $helper_ticks / $hz" | bc)"
@@ -168,6 +169,10 @@ for run in "json" "json $four" "export $four"; do
   wall=$(echo "$(date +%s.%N) - $started" | bc)
   printf 'journalctl -o %-6s %-70s %d entries in %5.2f s: %7d/s\n' "$output" "${fields:-(every field)}" "$printed" "$wall" "$(echo "$printed / $wall" | bc)"
 done
-work_through journal "$entries" 'outpost_journal_entries_total{'
+work_through "journal (files)" "$entries" 'outpost_journal_entries_total{'
+# The same number again, through journalctl: it resumes after the files' reader's last entry.
+export_entries $((10 + entries)) "$entries" | "$remote" --output="$work/system.journal" - >/dev/null 2>&1
+sed -i 's/^journal_reader = .*/journal_reader = "journalctl"/' "$work/agent.toml"
+work_through "journal (journalctl)" "$entries" 'outpost_journal_entries_total{' $((2 * entries))
 log_lines 0 "$lines" >>"$work/app.log"
 work_through file "$lines" 'outpost_log_lines_total{source="app"}'

@@ -43,10 +43,15 @@ where
         println!("config is valid");
         return Ok(ExitCode::SUCCESS);
     }
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(daemon(config))?;
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(daemon(config));
+    // A collection round stuck in the kernel (a hung device's file) cannot be interrupted, and
+    // dropping the runtime would wait for it for ever: the daemon has closed its store by now,
+    // so the round is left behind and the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -537,12 +537,18 @@ fn tegrastats_source(
     }
 }
 
-/// Runs a synchronous collector every `interval` and stores what it returns.
+/// How long a collection round may take before the agent says that it is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs a synchronous collector every `interval` and stores what it returns. Each round runs on
+/// the blocking pool: a read that never returns (a hung device's sysfs file, NVML waiting on
+/// its driver) holds up this collector only, not the runtime that every other collector, the
+/// sync and the HTTP API share.
 async fn periodic<F>(
     name: &'static str,
     interval: Duration,
     sink: Arc<Sink>,
-    mut collect: F,
+    collect: F,
 ) -> Result<()>
 where
     F: FnMut(&mut Samples) -> Result<()> + Send + 'static,
@@ -550,11 +556,31 @@ where
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut collector = Some(collect);
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let mut samples = Samples::new();
-        let result = collect(&mut samples);
+        let mut collect = collector
+            .take()
+            .expect("each round gives the collector back");
+        let mut round = tokio::task::spawn_blocking(move || {
+            let mut samples = Samples::new();
+            let result = collect(&mut samples);
+            (collect, samples, result)
+        });
+        let joined = loop {
+            match tokio::time::timeout(STUCK_AFTER, &mut round).await {
+                Ok(joined) => break joined,
+                Err(_) => tracing::warn!(
+                    collector = name,
+                    "a collection round has not returned for {} s (a device that does not \
+                     answer?); the other collectors go on",
+                    started.elapsed().as_secs()
+                ),
+            }
+        };
+        let (collect, samples, result) = joined.context("a collection round panicked")?;
+        collector = Some(collect);
         let at = now_ms();
         let result = match result {
             Ok(()) => sink.write(name, at, samples, false).await,
@@ -811,6 +837,7 @@ async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> R
     let source = JournalSource {
         journalctl: section.journalctl.clone(),
         files: section.journal_files.clone(),
+        reader: section.journal_reader,
         max_units: section.max_units,
         max_series_per_pattern: section.max_series_per_pattern,
         keep: section.keep_bounds(),

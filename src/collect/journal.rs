@@ -12,12 +12,16 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::journal_file::{
+    list_files, system_directories, EntryId, JournalFile, JournalFileError, ParsedCursor,
+};
 use super::kept::{kept_line, Candidates, KeepBounds, Keeper};
 use super::logs::{count_match, Cursor, LogPattern};
 use super::Samples;
@@ -31,12 +35,19 @@ const PRIORITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 
-/// Where the journal's record lives in the store.
-pub struct JournalKey;
+/// Where the journal's records live in the store: what was counted up to which entry, and how
+/// far each journal file was read (when the files are read directly).
+pub enum JournalKey {
+    Record,
+    Files,
+}
 
 impl fmt::Display for JournalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("journal")
+        f.write_str(match self {
+            JournalKey::Record => "journal",
+            JournalKey::Files => "journal/files",
+        })
     }
 }
 
@@ -48,6 +59,9 @@ impl StateKey for JournalKey {
 /// What was counted, up to which entry: written together.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JournalRecord {
+    /// The last entry counted, as journalctl names it: where `journalctl` resumes, and where
+    /// the files' reader starts in a journal it has no positions for (after an upgrade from a
+    /// version that read through journalctl, or when journalctl read it last).
     pub cursor: Option<String>,
     /// Entries by unit and priority.
     pub entries: BTreeMap<(String, String), u64>,
@@ -58,28 +72,116 @@ pub struct JournalRecord {
     pub patterns: Cursor,
 }
 
+/// How far each journal file was read, by the file's id (hex): files are renamed when
+/// archived, and several are written at once (the system's and each user's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilePositions {
+    pub files: BTreeMap<String, FilePosition>,
+}
+
+/// Entries read of one file, and the sequence number of the last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilePosition {
+    pub read: u64,
+    pub seqnum: u64,
+}
+
+/// How the journal is read (`[logs] journal_reader`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalReader {
+    /// The files, where this agent reads every one of them; else journalctl.
+    #[default]
+    Auto,
+    Files,
+    Journalctl,
+}
+
 /// How the journal is read.
 #[derive(Debug, Clone)]
 pub struct JournalSource {
     pub journalctl: PathBuf,
     /// Journal files to read instead of the system's.
     pub files: Vec<PathBuf>,
+    pub reader: JournalReader,
     pub max_units: usize,
     pub max_series_per_pattern: usize,
     /// How many lines to keep (`[logs] keep_lines`, `keep_bytes`).
     pub keep: KeepBounds,
 }
 
+/// What the reader updates and each round saves, under one lock so that a save sees the counts
+/// and the positions they were counted to together.
+#[derive(Debug, Default)]
+struct Counted {
+    record: JournalRecord,
+    positions: FilePositions,
+    /// The newest entry read from the files, in the journal's order (not the order read: an
+    /// archived file may be read after the active one), whose cursor each save writes.
+    newest: Option<EntryId>,
+}
+
+impl Counted {
+    /// Takes `id` as the newest entry if it comes after the one the cursor names.
+    fn saw(&mut self, id: EntryId) {
+        let newer = match (&self.newest, &self.record.cursor) {
+            (Some(newest), _) => !id.at_or_before(&newest.parsed()),
+            (None, Some(cursor)) => !id.at_or_before(&ParsedCursor::parse(cursor)),
+            (None, None) => true,
+        };
+        if newer {
+            self.newest = Some(id);
+        }
+    }
+}
+
+/// One entry's fields that are counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EntryView<'a> {
+    pub unit: Option<&'a str>,
+    pub identifier: Option<&'a str>,
+    pub priority: Option<&'a str>,
+    pub message: Option<&'a str>,
+    /// Microseconds since the epoch.
+    pub realtime_us: Option<i64>,
+}
+
+/// How often the files are looked at again when nothing new was in them.
+const FILE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Entries counted under one hold of the lock.
+const BATCH: usize = 1024;
+
 /// The state the reader thread updates and each round saves.
 pub struct Journal {
-    record: Mutex<JournalRecord>,
-    /// Entries to keep with the next save. Locked inside `record`'s lock, always, so that a save
+    counted: Mutex<Counted>,
+    /// Entries to keep with the next save. Locked inside `counted`'s lock, always, so that a save
     /// keeps exactly the entries its record counted.
     candidates: Mutex<Candidates>,
     patterns: Vec<(LogPattern, regex::Regex)>,
     source: JournalSource,
     /// The running `journalctl`, for [`Journal::stop`].
     child: Mutex<Option<u32>>,
+    stopping: AtomicBool,
+}
+
+/// Where files without a saved position start.
+enum Start {
+    /// Each file's position is saved; one without is new, read from its start.
+    Positions,
+    /// Past this entry (the last that journalctl gave).
+    Cursor(ParsedCursor),
+    /// At the end: the agent's very first start.
+    End,
+}
+
+/// A journal file being followed.
+struct Followed {
+    file: JournalFile,
+    key: String,
+    inode: u64,
+    /// Polls in a row at which the next entry of a file being written did not read: journald
+    /// may not have finished it. Past a few, it is damaged and passed over.
+    stuck: u32,
 }
 
 impl Journal {
@@ -89,7 +191,11 @@ impl Journal {
         patterns: Vec<(LogPattern, regex::Regex)>,
     ) -> Result<Arc<Journal>> {
         let record = store
-            .get(&JournalKey)?
+            .get(&JournalKey::Record)?
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .unwrap_or_default();
+        let positions = store
+            .get(&JournalKey::Files)?
             .and_then(|bytes| postcard::from_bytes(&bytes).ok())
             .unwrap_or_default();
         let patterns = patterns
@@ -97,17 +203,27 @@ impl Journal {
             .filter(|(p, _)| p.sources.is_empty() || p.sources.iter().any(|s| s == SOURCE))
             .collect();
         Ok(Arc::new(Journal {
-            record: Mutex::new(record),
+            counted: Mutex::new(Counted {
+                record,
+                positions,
+                newest: None,
+            }),
             candidates: Mutex::new(Candidates::default()),
             patterns,
             source,
             child: Mutex::new(None),
+            stopping: AtomicBool::new(false),
         }))
     }
 
-    /// Ends the running `journalctl`, so that [`Journal::follow`] returns: the task that follows
-    /// is stopped (a config reload, the agent's stop) and its thread must not outlive it.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counted> {
+        self.counted.lock().expect("journal record")
+    }
+
+    /// Ends the following, so that [`Journal::follow`] returns: the task that follows is
+    /// stopped (a config reload, the agent's stop) and its thread must not outlive it.
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         if let Some(pid) = self.child.lock().expect("journal child").take() {
             if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -115,16 +231,250 @@ impl Journal {
         }
     }
 
+    /// Follows the journal, through its files or through journalctl, until stopped or an error
+    /// (the caller's supervisor starts it again). Blocking.
+    pub fn follow(&self) -> Result<()> {
+        let paths = self.journal_paths();
+        let use_files = match self.source.reader {
+            JournalReader::Journalctl => false,
+            JournalReader::Files => true,
+            JournalReader::Auto => match unreadable_file(&list_files(&paths)) {
+                None => true,
+                Some((path, error)) => {
+                    tracing::info!(
+                        "reading the journal through journalctl: {} {error}",
+                        path.display()
+                    );
+                    false
+                }
+            },
+        };
+        if use_files {
+            self.follow_files(&paths)
+        } else {
+            self.follow_journalctl()
+        }
+    }
+
+    /// The configured journal files, or the system's journal directories.
+    fn journal_paths(&self) -> Vec<PathBuf> {
+        if self.source.files.is_empty() {
+            system_directories()
+        } else {
+            self.source.files.clone()
+        }
+    }
+
+    /// Reads the journal files themselves, polling them for new entries; each file is resumed
+    /// where it was left, by its id.
+    fn follow_files(&self, paths: &[PathBuf]) -> Result<()> {
+        let mut followed: Vec<Followed> = Vec::new();
+        let mut start = {
+            let counted = self.lock();
+            match (&counted.record.cursor, counted.positions.files.is_empty()) {
+                (_, false) => Start::Positions,
+                (Some(cursor), true) => Start::Cursor(ParsedCursor::parse(cursor)),
+                (None, true) => Start::End,
+            }
+        };
+        let mut first_poll = true;
+        let mut warned = std::collections::HashSet::new();
+        while !self.stopping.load(Ordering::Relaxed) {
+            let listed = list_files(paths);
+            if listed.is_empty() && warned.insert(PathBuf::new()) {
+                tracing::warn!("no journal file found in {paths:?}");
+            }
+            self.open_new_files(&listed, &mut followed, (first_poll, &start), &mut warned)?;
+            if first_poll && !followed.is_empty() {
+                // Files that come later are new: read whole.
+                first_poll = false;
+                start = Start::Positions;
+            }
+            let mut read = 0;
+            for one in &mut followed {
+                read += self.read_file(one)?;
+            }
+            if read == 0 {
+                std::thread::sleep(FILE_POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the files in `listed` not followed yet (a file renamed when archived is the same
+    /// file: found by its id), places each where reading resumes, and drops those gone.
+    fn open_new_files(
+        &self,
+        listed: &[PathBuf],
+        followed: &mut Vec<Followed>,
+        (first_poll, start): (bool, &Start),
+        warned: &mut std::collections::HashSet<PathBuf>,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut present = std::collections::HashSet::new();
+        for path in listed {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            present.insert(meta.ino());
+            if followed.iter().any(|f| f.inode == meta.ino()) {
+                continue;
+            }
+            let file = match JournalFile::open(path) {
+                Ok(file) => file,
+                Err(JournalFileError::Unsupported(flags)) => anyhow::bail!(
+                    "{} needs journalctl (incompatible flags {flags:#x})",
+                    path.display()
+                ),
+                Err(error) => {
+                    // Once a file: a journal the agent may not read (not in the
+                    // `systemd-journal` group) stays so, and is polled again and again.
+                    if warned.insert(path.clone()) {
+                        tracing::warn!("not reading the journal file {}: {error}", path.display());
+                    }
+                    continue;
+                }
+            };
+            let key = hex::encode(file.header().file_id);
+            let mut one = Followed {
+                file,
+                key,
+                inode: meta.ino(),
+                stuck: 0,
+            };
+            self.place(&mut one, start)
+                .with_context(|| format!("finding where to resume {}", path.display()))?;
+            followed.push(one);
+        }
+        followed.retain(|f| present.contains(&f.inode));
+        if first_poll && !listed.is_empty() {
+            // Positions of files deleted while the agent was stopped.
+            let ids: std::collections::HashSet<&str> =
+                followed.iter().map(|f| f.key.as_str()).collect();
+            self.lock()
+                .positions
+                .files
+                .retain(|id, _| ids.contains(id.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Places a newly opened file where its counting resumes: after its saved position; on
+    /// the first poll of a journal with no positions, past the last entry counted through
+    /// journalctl, or at its end on the very first start (the history is not counted); at its
+    /// start if it is new.
+    fn place(&self, one: &mut Followed, start: &Start) -> Result<()> {
+        let mut counted = self.lock();
+        if let Some(position) = counted.positions.files.get(&one.key) {
+            one.file.resume(position.read, position.seqnum)?;
+            return Ok(());
+        }
+        match start {
+            Start::Positions => {}
+            Start::Cursor(cursor) => one.file.skip_while(|id| id.at_or_before(cursor))?,
+            Start::End => {
+                one.file.seek_end()?;
+                // The end is marked, so that a restart before any entry came counts what came
+                // meanwhile.
+                if let Some(id) = one.file.last_id()? {
+                    counted.saw(id);
+                }
+            }
+        }
+        let position = FilePosition {
+            read: one.file.read(),
+            seqnum: one.file.last_id()?.map_or(0, |id| id.seqnum),
+        };
+        counted.positions.files.insert(one.key.clone(), position);
+        Ok(())
+    }
+
+    /// Counts the entries written to one file since it was last read; how many.
+    fn read_file(&self, one: &mut Followed) -> Result<usize> {
+        if let Err(error) = one.file.refresh() {
+            tracing::debug!("reading {}: {error}", one.file.path().display());
+            return Ok(0);
+        }
+        let mut read = 0;
+        while one.file.unread() > 0 && !self.stopping.load(Ordering::Relaxed) {
+            let mut counted = self.lock();
+            let mut batch = 0;
+            while batch < BATCH {
+                match one.file.next_entry() {
+                    Ok(Some((id, fields))) => {
+                        let view = EntryView {
+                            unit: fields.unit.as_deref(),
+                            identifier: fields.identifier.as_deref(),
+                            priority: fields.priority.as_deref(),
+                            message: fields.message.as_deref(),
+                            realtime_us: i64::try_from(id.realtime).ok(),
+                        };
+                        self.count(&mut counted, (!fields.oversized).then_some(view));
+                        counted.saw(id);
+                        let position = FilePosition {
+                            read: one.file.read(),
+                            seqnum: id.seqnum,
+                        };
+                        counted.positions.files.insert(one.key.clone(), position);
+                        one.stuck = 0;
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        // Being written: wait for journald to finish it, a few polls.
+                        if one.file.header().online() && one.stuck < 5 {
+                            one.stuck += 1;
+                            return Ok(read);
+                        }
+                        tracing::warn!(
+                            "passing over a damaged entry of {}: {error}",
+                            one.file.path().display()
+                        );
+                        counted.record.malformed += 1;
+                        one.stuck = 0;
+                        if !one.file.skip() {
+                            // Nothing after it can be found: the rest is counted malformed.
+                            counted.record.malformed += one.file.unread();
+                            one.file.abandon();
+                        }
+                        let position = FilePosition {
+                            read: one.file.read(),
+                            seqnum: counted
+                                .positions
+                                .files
+                                .get(&one.key)
+                                .map_or(0, |p| p.seqnum),
+                        };
+                        counted.positions.files.insert(one.key.clone(), position);
+                    }
+                }
+                batch += 1;
+            }
+            read += batch;
+            if batch < BATCH {
+                break;
+            }
+        }
+        Ok(read)
+    }
+
     /// Runs `journalctl` from the saved cursor and counts what it prints, until it ends (an
     /// error: the caller's supervisor starts it again). Blocking.
-    pub fn follow(&self) -> Result<()> {
-        let mut cursor = self.record.lock().expect("journal record").cursor.clone();
+    fn follow_journalctl(&self) -> Result<()> {
+        let mut cursor = {
+            let mut counted = self.lock();
+            // Positions in files are of a reading that the cursor now continues.
+            counted.positions.files.clear();
+            if let Some(id) = counted.newest.take() {
+                counted.record.cursor = Some(id.cursor());
+            }
+            counted.record.cursor.clone()
+        };
         if cursor.is_none() {
             // The first start: the history is not counted. The end is marked by its last entry's
             // cursor, kept with the (empty) counts, so that what comes while the agent is
             // stopped, even before any entry came to it, is counted when it is back.
             cursor = self.last_cursor()?;
-            self.record.lock().expect("journal record").cursor = cursor.clone();
+            self.lock().record.cursor = cursor.clone();
         }
         let mut command = self.journalctl("export");
         // Only the fields counted (journalctl adds the cursor and the times), in the export
@@ -147,12 +497,15 @@ impl Journal {
             .spawn()
             .with_context(|| format!("running {}", self.source.journalctl.display()))?;
         *self.child.lock().expect("journal child") = Some(child.id());
+        if self.stopping.load(Ordering::Relaxed) {
+            let _ = child.kill();
+        }
         let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = Vec::new();
         loop {
             match read_export_entry(&mut reader, &mut line)? {
-                ExportEntry::Fields(fields) => self.entry(Some(&fields)),
-                ExportEntry::Malformed => self.entry(None),
+                ExportEntry::Fields(fields) => self.export_entry(Some(&fields)),
+                ExportEntry::Malformed => self.export_entry(None),
                 ExportEntry::End => break,
             }
         }
@@ -207,40 +560,61 @@ impl Journal {
     }
 
     /// Counts one entry of `journalctl -o export`; `None` for one that did not read.
-    fn entry(&self, fields: Option<&EntryFields>) {
-        let mut record = self.record.lock().expect("journal record");
+    fn export_entry(&self, fields: Option<&EntryFields>) {
+        let mut counted = self.lock();
         let Some(fields) = fields else {
-            record.malformed += 1;
+            counted.record.malformed += 1;
             return;
         };
-        let text = |key: &str| fields.get(key).cloned();
+        let text = |key: &str| fields.get(key).map(String::as_str);
         let Some(cursor) = text("__CURSOR") else {
+            counted.record.malformed += 1;
+            return;
+        };
+        let view = EntryView {
+            unit: text("_SYSTEMD_UNIT"),
+            identifier: text("SYSLOG_IDENTIFIER"),
+            priority: text("PRIORITY"),
+            message: text("MESSAGE"),
+            realtime_us: text("__REALTIME_TIMESTAMP").and_then(|us| us.parse().ok()),
+        };
+        self.count(&mut counted, Some(view));
+        counted.record.cursor = Some(cursor.to_string());
+    }
+
+    /// Counts one entry (`None`: one that did not read) and keeps it where it is worth keeping.
+    fn count(&self, counted: &mut Counted, view: Option<EntryView<'_>>) {
+        let record = &mut counted.record;
+        let Some(view) = view else {
             record.malformed += 1;
             return;
         };
-        let unit = text("_SYSTEMD_UNIT")
-            .or_else(|| text("SYSLOG_IDENTIFIER"))
-            .unwrap_or_default();
-        let priority = text("PRIORITY")
+        let unit = view.unit.or(view.identifier).unwrap_or_default();
+        let priority = view
+            .priority
             .and_then(|p| p.parse::<usize>().ok())
-            .and_then(|p| PRIORITIES.get(p))
-            .map_or_else(String::new, |p| p.to_string());
-        let key = (unit, priority);
-        if let Some(count) = record.entries.get_mut(&key) {
+            .and_then(|p| PRIORITIES.get(p).copied())
+            .unwrap_or_default();
+        let serious = PRIORITIES[..4].contains(&priority);
+        if let Some(count) = record
+            .entries
+            .get_mut(&(unit.to_string(), priority.to_string()))
+        {
             *count += 1;
         } else {
             // A new pair: rare, so the units are counted only here.
             let units: std::collections::BTreeSet<&String> =
                 record.entries.keys().map(|(u, _)| u).collect();
-            if units.contains(&key.0) || units.len() < self.source.max_units {
-                record.entries.insert(key.clone(), 1);
+            if units.iter().any(|u| u.as_str() == unit) || units.len() < self.source.max_units {
+                record
+                    .entries
+                    .insert((unit.to_string(), priority.to_string()), 1);
             } else {
                 record.overflow += 1;
             }
         }
         let mut matched = Vec::new();
-        let message = text("MESSAGE");
-        if let Some(message) = &message {
+        if let Some(message) = view.message {
             let limit = self.source.max_series_per_pattern;
             for (pattern, regex) in &self.patterns {
                 if count_match(&mut record.patterns, pattern, regex, message, limit) {
@@ -249,15 +623,12 @@ impl Journal {
             }
         }
         // Kept: what a pattern matched, and everything at `err` or worse (0 to 3).
-        let serious = PRIORITIES[..4].contains(&key.1.as_str());
         if !matched.is_empty() || serious {
-            // The entry's own time (microseconds), or none known.
-            let at_ms = text("__REALTIME_TIMESTAMP")
-                .and_then(|us| us.parse::<i64>().ok())
-                .map_or(0, |us| us / 1000);
-            let mut kept = kept_line(at_ms, SOURCE, message.as_deref().unwrap_or_default());
-            kept.unit = key.0.clone();
-            kept.priority = key.1.clone();
+            // The entry's own time (milliseconds), or none known.
+            let at_ms = view.realtime_us.map_or(0, |us| us / 1000);
+            let mut kept = kept_line(at_ms, SOURCE, view.message.unwrap_or_default());
+            kept.unit = unit.to_string();
+            kept.priority = priority.to_string();
             kept.patterns = matched;
             let keep = self.source.keep;
             self.candidates
@@ -265,21 +636,31 @@ impl Journal {
                 .expect("journal candidates")
                 .push(kept, keep);
         }
-        record.cursor = Some(cursor);
     }
 
-    /// Saves the record (what was counted and the cursor it came to) and gives the counters.
-    /// Blocking: a store write.
+    /// Saves the record (what was counted and the cursor it came to, and the files' positions)
+    /// and gives the counters. Blocking: a store write.
     pub fn save(&self, (store, keeper): (&Store, &Keeper), out: &mut Samples) -> Result<()> {
-        let (record, mut candidates) = {
-            let record = self.record.lock().expect("journal record");
+        let (record, positions, mut candidates) = {
+            let mut counted = self.lock();
+            if let Some(id) = counted.newest {
+                counted.record.cursor = Some(id.cursor());
+            }
             let mut candidates = self.candidates.lock().expect("journal candidates");
-            (record.clone(), std::mem::take(&mut *candidates))
+            (
+                counted.record.clone(),
+                counted.positions.clone(),
+                std::mem::take(&mut *candidates),
+            )
         };
         let mut write = WriteBatch::default();
         write.put(
-            &JournalKey,
+            &JournalKey::Record,
             postcard::to_allocvec(&record).expect("postcard serializes the journal record"),
+        );
+        write.put(
+            &JournalKey::Files,
+            postcard::to_allocvec(&positions).expect("postcard serializes the positions"),
         );
         if !candidates.is_empty() {
             keeper.keep(store, &mut candidates, self.source.keep, &mut write)?;
@@ -303,6 +684,14 @@ impl Journal {
         super::logs::emit_patterns(SOURCE, &record.patterns, &self.patterns, out);
         Ok(())
     }
+}
+
+/// The first of `files` that this agent's reader cannot read, and why.
+fn unreadable_file(files: &[PathBuf]) -> Option<(PathBuf, JournalFileError)> {
+    files.iter().find_map(|path| match JournalFile::open(path) {
+        Err(error @ JournalFileError::Unsupported(_)) => Some((path.clone(), error)),
+        _ => None,
+    })
 }
 
 /// The fields of an entry that the agent reads, as text (a binary field's bytes read as
@@ -438,6 +827,7 @@ mod tests {
         let source = JournalSource {
             journalctl: "journalctl".into(),
             files: Vec::new(),
+            reader: JournalReader::Journalctl,
             max_units,
             max_series_per_pattern: 10,
             keep: KeepBounds {
@@ -496,11 +886,11 @@ PRIORITY=3\nMESSAGE=module=db down\n\n"
         assert_eq!(entries.len(), 5, "{entries:?}");
         for entry in &entries {
             match entry {
-                ExportEntry::Fields(fields) => journal.entry(Some(fields)),
-                _ => journal.entry(None),
+                ExportEntry::Fields(fields) => journal.export_entry(Some(fields)),
+                _ => journal.export_entry(None),
             }
         }
-        let record = journal.record.lock().unwrap().clone();
+        let record = journal.lock().record.clone();
         assert_eq!(record.cursor.as_deref(), Some("c3"));
         assert_eq!(record.entries[&("a.service".into(), "err".into())], 1);
         assert_eq!(record.entries[&("kernel".into(), "info".into())], 1);
@@ -526,6 +916,34 @@ PRIORITY=3\nMESSAGE=module=db down\n\n"
         );
         assert_eq!(kept[0].patterns, ["errors"]);
         assert_eq!(kept[0].at_ms, 1_796_000_000_000);
+    }
+
+    /// The files are read one after the other, an archive after the active file: the cursor
+    /// saved (where journalctl resumes) is the newest entry's, never one read later but older.
+    /// (It was the last read: after a rotation, journalctl then counted the active file's
+    /// entries again, benches/log-throughput.sh.)
+    #[test]
+    fn the_cursor_saved_is_the_newest_entrys_whatever_order_the_files_are_read_in() {
+        let id = |seqnum: u64| EntryId {
+            seqnum_id: [1; 16],
+            seqnum,
+            boot_id: [2; 16],
+            monotonic: seqnum * 10,
+            realtime: 1_000 + seqnum,
+            xor_hash: seqnum,
+        };
+        let mut counted = Counted::default();
+        for seqnum in [20, 21, 11, 12] {
+            counted.saw(id(seqnum));
+        }
+        assert_eq!(counted.newest, Some(id(21)));
+        // Nothing newer than the cursor of the run before: that cursor stands.
+        let mut counted = Counted::default();
+        counted.record.cursor = Some(id(30).cursor());
+        counted.saw(id(25));
+        assert_eq!(counted.newest, None);
+        counted.saw(id(31));
+        assert_eq!(counted.newest, Some(id(31)));
     }
 
     proptest::proptest! {

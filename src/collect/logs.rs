@@ -38,6 +38,9 @@ pub struct LogsSection {
     pub journal: Toggle,
     /// Journal files to read instead of the system's journal.
     pub journal_files: Vec<PathBuf>,
+    /// How: the files themselves, or through `journalctl` (`auto`: the files where this agent
+    /// reads every one).
+    pub journal_reader: super::journal::JournalReader,
     pub journalctl: PathBuf,
     /// The most units the journal's counters name; entries of others are counted apart.
     pub max_units: usize,
@@ -56,6 +59,7 @@ impl Default for LogsSection {
             max_series_per_pattern: 100,
             journal: Toggle::Auto,
             journal_files: Vec::new(),
+            journal_reader: Default::default(),
             journalctl: PathBuf::from("journalctl"),
             max_units: 200,
             keep_lines: 500,

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod host;
 pub mod jetson;
 pub mod journal;
+pub mod journal_file;
 pub mod kept;
 pub mod kernel;
 pub mod logs;

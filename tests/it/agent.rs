@@ -1308,3 +1308,58 @@ fn the_clock_discipline_figures_are_node_exporters() {
     }
     drop(exporter);
 }
+
+/// A Jetson whose thermal zone never answers (here a named pipe with no writer, which blocks its
+/// reader as a hung device's sysfs file does): the Jetson collector is stuck, and says so in the
+/// log, but the host collector goes on, `/metrics` answers, and the agent stops when asked.
+/// (Collectors ran on the runtime's one thread: one stuck read stopped the whole agent.)
+#[test]
+fn a_collector_stuck_on_a_device_file_holds_up_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("device");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("tests/data/sysfs/orin-nano-jp6"))
+        .arg(&device)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let zone = device.join("sys/devices/virtual/thermal/thermal_zone3/temp");
+    std::fs::remove_file(&zone).unwrap();
+    let made = Command::new("mkfifo").arg(&zone).status().unwrap();
+    assert!(made.success());
+    let config = format!(
+        "[agent]\nself_interval = \"200ms\"\n[host]\ninterval = \"200ms\"\n\
+         [jetson]\nenabled = \"on\"\nroot = \"{}\"\ninterval = \"200ms\"\n\
+         [nvml]\nenabled = \"off\"\n[processes]\nenabled = false\n[containers]\nenabled = false\n",
+        device.display()
+    );
+    let agent = Agent::start(dir.path(), &config, &[]);
+    let host_round = r#"outpost_collector_duration_seconds{collector="host"}"#;
+    for _ in 0..5 {
+        let before = metric_value(&agent.metrics(), host_round);
+        wait_until("a host round", Duration::from_secs(30), || {
+            (metric_value(&agent.metrics(), host_round) != before).then_some(())
+        });
+    }
+    wait_until(
+        "the stuck collector named in the log",
+        Duration::from_secs(60),
+        || {
+            agent
+                .log_text()
+                .lines()
+                .find(|l| l.contains("has not returned") && l.contains("jetson"))
+                .map(str::to_string)
+        },
+    );
+    assert_eq!(
+        metric_value(
+            &agent.metrics(),
+            r#"outpost_collector_duration_seconds{collector="jetson"}"#
+        ),
+        None,
+        "no Jetson round ended"
+    );
+    agent.stop();
+}

@@ -244,10 +244,19 @@ fn append_journal(file: &Path, first: usize, count: usize) -> usize {
 /// history. (It used to begin every start without a cursor at the journal's end again.)
 #[test]
 fn journal_entries_written_while_stopped_before_any_came_are_counted() {
+    for reader in READERS {
+        entries_written_while_stopped_are_counted(reader);
+    }
+}
+
+/// The journal's two readers: its files, and `journalctl`.
+const READERS: [&str; 2] = ["files", "journalctl"];
+
+fn entries_written_while_stopped_are_counted(reader: &str) {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("system.journal");
     append_journal(&journal, 0, 5);
-    let config = journal_config(&journal);
+    let config = journal_config(&journal, reader);
     let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
     let agent = Agent::start(dir.path(), &config, &[]);
     wait_until("the first round", Duration::from_secs(30), || {
@@ -274,31 +283,39 @@ fn journal_entries_written_while_stopped_before_any_came_are_counted() {
         Duration::from_secs(30),
         || metric_value(&agent.metrics(), errors_series),
     );
-    assert_eq!(counted, errors as f64);
+    assert_eq!(counted, errors as f64, "read by {reader}");
     agent.stop();
 }
 
-/// The agent's config for the journal tests: only the journal, read from `journal`.
-fn journal_config(journal: &Path) -> String {
+/// The agent's config for the journal tests: only the journal, read from `journal` (a file or
+/// a pattern) by `reader`.
+fn journal_config(journal: &Path, reader: &str) -> String {
     format!(
         "[host]\nenabled = false\n[jetson]\nenabled = \"off\"\n[nvml]\nenabled = \"off\"\n\
          [containers]\nenabled = false\n[processes]\nenabled = false\n\
          [agent]\nself_interval = \"200ms\"\n[store]\nflush_interval = \"100ms\"\n\
          [logs]\ninterval = \"200ms\"\njournal = true\njournal_files = [\"{}\"]\n\
+         journal_reader = \"{reader}\"\n\
          [[logs.pattern]]\nname = \"errors\"\nregex = 'level=error module=(?P<module>\\w+)'\nsources = [\"journal\"]\n",
         journal.display()
     )
 }
 
-/// The journal, followed through `journalctl` from a real journal file: the history before the
+/// The journal, followed from a real journal file by each reader: the history before the
 /// agent's first start is not counted; entries written while the agent is killed are counted
-/// once when it is back (it resumes after its saved cursor).
+/// once when it is back (it resumes after its saved cursor, or its files' positions).
 #[test]
 fn journal_entries_across_a_kill_are_counted_once() {
+    for reader in READERS {
+        entries_across_a_kill_are_counted_once(reader);
+    }
+}
+
+fn entries_across_a_kill_are_counted_once(reader: &str) {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("system.journal");
     append_journal(&journal, 0, 5);
-    let config = journal_config(&journal);
+    let config = journal_config(&journal, reader);
     let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
     let infos_series = r#"outpost_journal_entries_total{priority="info",unit="app.service"}"#;
     let matches_series =
@@ -343,6 +360,104 @@ fn journal_entries_across_a_kill_are_counted_once() {
         Some((40 - errors) as f64)
     );
     assert_eq!(metric_value(&metrics, matches_series), Some(errors as f64));
+    agent.stop();
+}
+
+/// Waits for two more of the journal's rounds: what the one before counted is in the store.
+fn two_journal_rounds(agent: &Agent) {
+    let round_time = r#"outpost_collector_duration_seconds{collector="journal"}"#;
+    for _ in 0..2 {
+        let before = metric_value(&agent.metrics(), round_time);
+        wait_until("a round", Duration::from_secs(30), || {
+            (metric_value(&agent.metrics(), round_time) != before).then_some(())
+        });
+    }
+}
+
+/// The agent switched between its two readers across restarts (an upgrade from the version
+/// that read through journalctl; a journal file that needs journalctl; back), with entries
+/// written while it was stopped each time: every entry is counted once.
+#[test]
+fn journal_entries_are_counted_once_across_a_change_of_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("system.journal");
+    append_journal(&journal, 0, 5);
+    let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
+    let mut errors = 0;
+    let mut written = 5;
+    for reader in ["journalctl", "files", "journalctl", "files"] {
+        let agent = Agent::start(dir.path(), &journal_config(&journal, reader), &[]);
+        wait_until(
+            "the entries written meanwhile",
+            Duration::from_secs(30),
+            || Some(count(&agent, errors_series)).filter(|c| *c == errors as f64),
+        );
+        errors += append_journal(&journal, written, 10);
+        written += 10;
+        wait_until("the new entries", Duration::from_secs(30), || {
+            Some(count(&agent, errors_series)).filter(|c| *c == errors as f64)
+        });
+        two_journal_rounds(&agent);
+        drop(agent);
+        errors += append_journal(&journal, written, 6);
+        written += 6;
+    }
+    let agent = Agent::start(dir.path(), &journal_config(&journal, "files"), &[]);
+    let counted = wait_until("the last entries", Duration::from_secs(30), || {
+        Some(count(&agent, errors_series)).filter(|c| *c >= errors as f64)
+    });
+    assert_eq!(counted, errors as f64);
+    agent.stop();
+}
+
+/// A journal file archived (renamed, as journald does when it is full) while the agent reads
+/// it, and a new one begun: the files' reader follows both through the pattern it was given,
+/// entries written to the old file before the rename and to the new one after are each
+/// counted once, across a kill and a change to journalctl too.
+#[test]
+fn journal_entries_across_a_rotation_are_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("journal");
+    std::fs::create_dir(&logs).unwrap();
+    let active = logs.join("system.journal");
+    append_journal(&active, 0, 4);
+    let config = journal_config(&logs.join("system*.journal"), "files");
+    let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
+    let agent = Agent::start(dir.path(), &config, &[]);
+    two_journal_rounds(&agent);
+    let mut errors = append_journal(&active, 4, 10);
+    // Archived, then written on: a new file under the old name.
+    std::fs::rename(&active, logs.join("system@0001-0001-0001.journal")).unwrap();
+    errors += append_journal(&active, 14, 10);
+    wait_until("both files' entries", Duration::from_secs(30), || {
+        Some(count(&agent, errors_series)).filter(|c| *c == errors as f64)
+    });
+    two_journal_rounds(&agent);
+    drop(agent);
+    // Written to, archived and written on while the agent is away: the archive is read after
+    // the new file (the names' order), and holds older entries.
+    errors += append_journal(&active, 24, 10);
+    std::fs::rename(&active, logs.join("system@0002-0002-0002.journal")).unwrap();
+    errors += append_journal(&active, 34, 10);
+    let agent = Agent::start(dir.path(), &config, &[]);
+    wait_until(
+        "the entries after the kill",
+        Duration::from_secs(30),
+        || Some(count(&agent, errors_series)).filter(|c| *c == errors as f64),
+    );
+    two_journal_rounds(&agent);
+    drop(agent);
+    // Then through journalctl, from the cursor the files' reader saved.
+    errors += append_journal(&active, 44, 10);
+    let journalctl = journal_config(&logs.join("system*.journal"), "journalctl");
+    let agent = Agent::start(dir.path(), &journalctl, &[]);
+    wait_until(
+        "the entries through journalctl",
+        Duration::from_secs(30),
+        || Some(count(&agent, errors_series)).filter(|c| *c >= errors as f64),
+    );
+    two_journal_rounds(&agent);
+    assert_eq!(count(&agent, errors_series), errors as f64);
     agent.stop();
 }
 
