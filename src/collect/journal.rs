@@ -313,8 +313,14 @@ impl Journal {
         use std::os::unix::fs::MetadataExt;
         let mut present = std::collections::HashSet::new();
         for path in listed {
-            let Ok(meta) = std::fs::metadata(path) else {
-                continue;
+            let meta = match std::fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(error) => {
+                    if warned.insert(path.clone()) {
+                        tracing::warn!("not reading the journal file {}: {error}", path.display());
+                    }
+                    continue;
+                }
             };
             present.insert(meta.ino());
             if followed.iter().any(|f| f.inode == meta.ino()) {
