@@ -21,6 +21,8 @@ GLIBC_MAX=2.27
 # What the agent keeps resident is its hot code, laid out first (benches/README.md) and checked
 # below, not the file; the hub's parts are never paged in on a device that does not run a hub.
 # Building them out of the Jetson binary (a cargo feature) is the way to win the file size back.
+# 16.98 MB before the journal file reader (84 KB with the collectors' blocking rounds), then
+# 16.82 MB once the runtime's task machinery was made once for every supervised task (250 KB).
 MAX_BYTES=17000000
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arm=target/dist/outpost-$version-aarch64

@@ -553,6 +553,19 @@ async fn periodic<F>(
 where
     F: FnMut(&mut Samples) -> Result<()> + Send + 'static,
 {
+    periodic_boxed(name, interval, sink, Box::new(collect)).await
+}
+
+/// A collector as [`periodic`] runs it: boxed, so that the blocking pool's task and this loop
+/// are made once for all collectors, not once per collector (59 KB of the Jetson binary).
+type Collect = Box<dyn FnMut(&mut Samples) -> Result<()> + Send>;
+
+async fn periodic_boxed(
+    name: &'static str,
+    interval: Duration,
+    sink: Arc<Sink>,
+    collect: Collect,
+) -> Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;

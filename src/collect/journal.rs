@@ -460,6 +460,9 @@ impl Journal {
                 break;
             }
         }
+        if one.file.unread() == 0 && !one.file.header().online() {
+            one.file.rest();
+        }
         Ok(read)
     }
 

@@ -52,8 +52,9 @@ const ARRAY_ITEMS_AT: u64 = OBJECT_HEADER + 8;
 const MAX_ENTRY_OBJECT: u64 = ENTRY_ITEMS_AT + 16 * 4096;
 /// The largest value read, decompressed or not (as the export reader's bound).
 pub const MAX_VALUE: usize = 1 << 20;
-/// The most data objects whose meaning is remembered; the cache starts again past it.
-const MAX_CACHED: usize = 1 << 16;
+/// The most data objects whose meaning is remembered (about 40 bytes each); the cache starts
+/// again past it. The shared objects an entry refers to are a few dozen, read again at once.
+const MAX_CACHED: usize = 1 << 13;
 /// Reads are served from a few windows of the file: an entry and its new data objects lie
 /// together near the end; the shared ones are remembered by offset.
 const WINDOW: usize = 64 << 10;
@@ -371,6 +372,15 @@ impl JournalFile {
         self.header = header;
         self.windows.clear();
         Ok(())
+    }
+
+    /// Lets go of what speeds up reading (the windows, the cache, the decompression buffer): the
+    /// file is read to its end and not being written, and may stay so for ever (an archive).
+    pub fn rest(&mut self) {
+        self.windows = Vec::new();
+        self.known = HashMap::default();
+        self.scratch = Vec::new();
+        self.zstd = None;
     }
 
     /// The entries not read yet, as far as the header counts them.

@@ -115,6 +115,20 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
+    spawn_erased(set, tasks, name, Box::new(move || Box::pin(make())));
+}
+
+/// A run of a supervised task, its type erased.
+type Run = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// [`spawn`] made once for every task: the runtime's task machinery is generated per future
+/// type, twice per supervised task when each had its own: 250 KB of the Jetson binary.
+fn spawn_erased(
+    set: &mut JoinSet<()>,
+    tasks: &Arc<Tasks>,
+    name: &str,
+    mut make: Box<dyn FnMut() -> Run + Send>,
+) {
     let tasks = tasks.clone();
     let name = name.to_string();
     set.spawn(async move {
