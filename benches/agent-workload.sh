@@ -9,7 +9,12 @@
 # `<controller>/docker/<id>`; v2: `outpost-bench.slice/docker-<id>.scope`), each with a process in
 # it; so this needs root and a writable cgroup hierarchy. No Docker daemon: they are named by id.
 #
-# Usage: sudo benches/agent-workload.sh [SECONDS]   (default 300, after a 30 s warm-up)
+# With JOURNAL=N (entries a second), a journal is written live as well, by Debian's
+# `systemd-journal-remote` from export-format entries paced at that rate, and the agent follows
+# it with its journal file reader (`journal_reader = "files"`), as it follows the system's
+# journal on a device.
+#
+# Usage: sudo [JOURNAL=1000] benches/agent-workload.sh [SECONDS]   (default 300, after a 30 s warm-up)
 # Prints, for each process: peak resident memory (VmHWM), RSS at the end, and CPU as a
 # percentage of one core (utime + stime over the window), and what the agent counted.
 set -euo pipefail
@@ -19,6 +24,7 @@ seconds=${1:-300}
 warmup=30
 containers=30
 lines_per_second=1000
+journal_rate=${JOURNAL:-0}
 command -v prometheus-node-exporter >/dev/null || { echo "needs prometheus-node-exporter (apt-get install prometheus-node-exporter)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root: it makes cgroups" >&2; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-workload.XXXXXX")
@@ -92,13 +98,53 @@ with open(path, "a", buffering=1 << 16) as out:
 PY
 pids+=("$!")
 
+journal_config="journal = false"
+if [ "$journal_rate" -gt 0 ]; then
+  remote=""
+  for candidate in /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote; do
+    [ -x "$candidate" ] && remote=$candidate
+  done
+  [ -n "$remote" ] || { echo "JOURNAL needs systemd-journal-remote" >&2; exit 1; }
+  mkdir "$work/journal"
+  # A service's entries with the fields journald gives them, paced by the clock; one in ten an
+  # error. systemd-journal-remote writes each into the file as it comes.
+  python3 - "$journal_rate" <<'PY' | "$remote" --output="$work/journal/system.journal" - 2>"$work/remote.log" &
+import sys, time
+rate = int(sys.argv[1])
+modules = ["camera", "infer", "uplink", "storage"]
+n = 0
+start = time.monotonic()
+out = sys.stdout
+while True:
+    chunk = []
+    for _ in range(max(1, rate // 10)):
+        error = n % 10 == 0
+        unit = f"app{n % 8}.service"
+        chunk.append(
+            f"__REALTIME_TIMESTAMP={int(time.time() * 1e6)}\n__MONOTONIC_TIMESTAMP={int(time.monotonic() * 1e6)}\n"
+            f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_MACHINE_ID=fedcba9876543210fedcba9876543210\n"
+            f"_HOSTNAME=jetson-07\n_TRANSPORT=stdout\n_PID={1200 + n % 8}\n_UID=0\n_GID=0\n_COMM=app\n"
+            f"_EXE=/usr/bin/app\n_CMDLINE=/usr/bin/app --serve\n_SYSTEMD_CGROUP=/system.slice/{unit}\n"
+            f"_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=app\nPRIORITY={3 if error else 6}\n"
+            f"MESSAGE=level={'error' if error else 'info'} module={modules[n % 4]} frame={n} processed a frame\n\n")
+        n += 1
+    out.write("".join(chunk))
+    out.flush()
+    time.sleep(max(0.0, start + n / rate - time.monotonic()))
+PY
+  pids+=("$!")
+  journal_config="journal = true
+journal_reader = \"files\"
+journal_files = [\"$work/journal/system*.journal\"]"
+fi
+
 cat >"$work/agent.toml" <<EOF
 [store]
 path = "$work/agent.redb"
 [nvml]
 enabled = false
 [logs]
-journal = false
+$journal_config
 [[logs.file]]
 name = "app"
 path = "$work/app.log"
@@ -141,8 +187,11 @@ report() {
     "$name" "$(echo "scale=1; $hwm / 1024" | bc)" "$(echo "scale=1; $rss / 1024" | bc)" "$cpu"
 }
 metrics=$(curl -s "http://127.0.0.1:$port/metrics")
-echo "measured ${seconds} s after a ${warmup} s warm-up; ${containers} containers, ${lines_per_second} log lines/s"
+echo "measured ${seconds} s after a ${warmup} s warm-up; ${containers} containers, ${lines_per_second} log lines/s, ${journal_rate} journal entries/s"
 report "outpost agent" "$agent" "$agent_start" "$agent_end"
 report "node_exporter" "$ne" "$ne_start" "$ne_end"
 echo "the agent saw $(grep -c '^container_cpu_usage_seconds_total{' <<<"$metrics" || true) containers, $(grep -vc '^#' <<<"$metrics") series in /metrics"
 grep -E '^outpost_log_(lines|pattern_matches)_total' <<<"$metrics" | head -8
+if [ "$journal_rate" -gt 0 ]; then
+  echo "journal entries counted: $(awk '/^outpost_journal_entries_total\{/ {t += $NF} END {printf "%d", t}' <<<"$metrics")"
+fi
