@@ -322,6 +322,14 @@ impl Journal {
                     continue;
                 }
             };
+            if !meta.is_file() {
+                // A named pipe would block the reader for ever, a device file feed it without
+                // end: only regular files are journals.
+                if warned.insert(path.clone()) {
+                    tracing::warn!("not reading {}: not a regular file", path.display());
+                }
+                continue;
+            }
             present.insert(meta.ino());
             if followed.iter().any(|f| f.inode == meta.ino()) {
                 continue;
@@ -378,18 +386,17 @@ impl Journal {
         match start {
             Start::Positions => {}
             Start::Cursor(cursor) => one.file.skip_while(|id| id.at_or_before(cursor))?,
-            Start::End => {
-                one.file.seek_end()?;
-                // The end is marked, so that a restart before any entry came counts what came
-                // meanwhile.
-                if let Some(id) = one.file.last_id()? {
-                    counted.saw(id);
-                }
-            }
+            Start::End => one.file.seek_end()?,
+        }
+        let last = one.file.last_id()?;
+        if let (Start::End, Some(id)) = (start, last) {
+            // The end is marked, so that a restart before any entry came counts what came
+            // meanwhile.
+            counted.saw(id);
         }
         let position = FilePosition {
             read: one.file.read(),
-            seqnum: one.file.last_id()?.map_or(0, |id| id.seqnum),
+            seqnum: last.map_or(0, |id| id.seqnum),
         };
         counted.positions.files.insert(one.key.clone(), position);
         Ok(())

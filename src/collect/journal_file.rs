@@ -192,7 +192,7 @@ impl Field {
 
 /// One entry: its identity and the fields counted (text, read lossily as UTF-8).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EntryFields {
+pub struct EntryValues {
     pub unit: Option<Rc<str>>,
     pub identifier: Option<Rc<str>>,
     pub priority: Option<Rc<str>>,
@@ -598,27 +598,32 @@ impl JournalFile {
         let Some(offset) = self.next_slot()? else {
             return Ok(None);
         };
-        self.object(offset, OBJECT_ENTRY, ENTRY_ITEMS_AT, MAX_ENTRY_OBJECT)?;
+        Ok(Some(self.entry_id(offset)?.0))
+    }
+
+    /// The identity of the entry at `offset`, and its object's size.
+    fn entry_id(&mut self, offset: u64) -> Result<(EntryId, u64)> {
+        let size = self.object(offset, OBJECT_ENTRY, ENTRY_ITEMS_AT, MAX_ENTRY_OBJECT)?;
         let seqnum_id = self.header.seqnum_id;
         let fixed = self.bytes(offset + OBJECT_HEADER, 48)?;
-        Ok(Some(EntryId {
+        let id = EntryId {
             seqnum_id,
             seqnum: le64(fixed, 0),
             realtime: le64(fixed, 8),
             monotonic: le64(fixed, 16),
             boot_id: id128(fixed, 24),
             xor_hash: le64(fixed, 40),
-        }))
+        };
+        Ok((id, size))
     }
 
     /// Reads the next entry and moves past it; `None` where none is counted yet. An error
     /// leaves the reader before the entry: [`JournalFile::skip`] passes over it.
-    pub fn next_entry(&mut self) -> Result<Option<(EntryId, EntryFields)>> {
-        let Some(id) = self.peek_id()? else {
+    pub fn next_entry(&mut self) -> Result<Option<(EntryId, EntryValues)>> {
+        let Some(offset) = self.next_slot()? else {
             return Ok(None);
         };
-        let offset = self.next_slot()?.expect("the slot just read");
-        let size = self.object(offset, OBJECT_ENTRY, ENTRY_ITEMS_AT, MAX_ENTRY_OBJECT)?;
+        let (id, size) = self.entry_id(offset)?;
         let item = if self.header.compact { 4 } else { 16 };
         let count = ((size - ENTRY_ITEMS_AT) / item) as usize;
         let mut items = std::mem::take(&mut self.items);
@@ -633,7 +638,7 @@ impl JournalFile {
                 });
             }
         }
-        let mut fields = EntryFields::default();
+        let mut fields = EntryValues::default();
         let mut result = Ok(());
         for data in &items {
             match self.data(*data) {
@@ -929,7 +934,7 @@ mod tests {
 
     /// What `journalctl -o export` gives of each entry of `path`: its cursor and the fields
     /// counted.
-    pub(crate) fn journalctl_entries(path: &Path) -> Vec<(String, EntryFields)> {
+    pub(crate) fn journalctl_entries(path: &Path) -> Vec<(String, EntryValues)> {
         let output = std::process::Command::new("journalctl")
             .args(["-o", "export", "--no-pager", "--quiet"])
             .arg(format!("--file={}", path.display()))
@@ -949,7 +954,7 @@ mod tests {
             let text = |name: &str| fields.get(name).map(|v| Rc::from(v.as_str()));
             out.push((
                 fields["__CURSOR"].clone(),
-                EntryFields {
+                EntryValues {
                     unit: text("_SYSTEMD_UNIT"),
                     identifier: text("SYSLOG_IDENTIFIER"),
                     priority: text("PRIORITY"),
@@ -962,7 +967,7 @@ mod tests {
     }
 
     /// Every entry of `path`, through this reader.
-    fn read_all(path: &Path) -> Vec<(String, EntryFields)> {
+    fn read_all(path: &Path) -> Vec<(String, EntryValues)> {
         let mut file = JournalFile::open(path).unwrap();
         let mut out = Vec::new();
         while let Some((id, fields)) = file.next_entry().unwrap() {

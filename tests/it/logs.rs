@@ -461,6 +461,40 @@ fn journal_entries_across_a_rotation_are_counted_once() {
     agent.stop();
 }
 
+/// A careless or hostile `journal_files`: a named pipe named like a journal file, beside the real
+/// journal. The pipe is passed over with a warning; the journal is counted. (Opening the pipe
+/// blocked the reader for ever, and nothing was counted.)
+#[test]
+fn a_named_pipe_among_the_journal_files_does_not_stop_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("system.journal");
+    let pipe = dir.path().join("a.journal");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    append_journal(&journal, 0, 4);
+    let config = journal_config(&journal, "files").replace(
+        &format!("journal_files = [\"{}\"]", journal.display()),
+        &format!(
+            "journal_files = [\"{}\", \"{}\"]",
+            pipe.display(),
+            journal.display()
+        ),
+    );
+    assert!(config.contains("a.journal"), "{config}");
+    let agent = Agent::start(dir.path(), &config, &[]);
+    two_journal_rounds(&agent);
+    let errors = append_journal(&journal, 4, 10);
+    let errors_series = r#"outpost_journal_entries_total{priority="err",unit="app.service"}"#;
+    wait_until("the journal's entries", Duration::from_secs(30), || {
+        Some(count(&agent, errors_series)).filter(|c| *c == errors as f64)
+    });
+    let log = agent.stop();
+    assert!(log.contains("not a regular file"), "{log}");
+}
+
 /// The kept log lines the hub holds of `device` (`GET /api/devices/{id}/logs`), newest first,
 /// those that hold `q`.
 pub fn hub_log_lines(port: u16, device: &str, q: &str) -> Vec<String> {
