@@ -807,7 +807,11 @@ async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Resu
         let (store, kept_by) = (store.clone(), sink.clone());
         let (returned, samples, result) = tokio::task::spawn_blocking(move || {
             let mut samples = Samples::new();
-            let result = collector.collect((&store, &kept_by.kept), now_ms(), &mut samples);
+            let result = collector.collect(
+                (&store, &kept_by.kept),
+                (now_ms(), Instant::now()),
+                &mut samples,
+            );
             (collector, samples, result)
         })
         .await?;
@@ -878,7 +882,7 @@ async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> R
         let saved = tokio::task::spawn_blocking(move || {
             let mut samples = Samples::new();
             journal_now
-                .save((&store_now, &sink_now.kept), &mut samples)
+                .save((&store_now, &sink_now.kept), Instant::now(), &mut samples)
                 .map(|()| samples)
         })
         .await?;

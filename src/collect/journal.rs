@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
@@ -656,7 +657,12 @@ impl Journal {
 
     /// Saves the record (what was counted and the cursor it came to, and the files' positions)
     /// and gives the counters. Blocking: a store write.
-    pub fn save(&self, (store, keeper): (&Store, &Keeper), out: &mut Samples) -> Result<()> {
+    pub fn save(
+        &self,
+        (store, keeper): (&Store, &Keeper),
+        now: Instant,
+        out: &mut Samples,
+    ) -> Result<()> {
         let (record, positions, mut candidates) = {
             let mut counted = self.lock();
             if let Some(id) = counted.newest {
@@ -679,7 +685,7 @@ impl Journal {
             postcard::to_allocvec(&positions).expect("postcard serializes the positions"),
         );
         if !candidates.is_empty() {
-            keeper.keep(store, &mut candidates, self.source.keep, &mut write)?;
+            keeper.keep(store, &mut candidates, self.source.keep, now, &mut write)?;
         }
         #[allow(clippy::disallowed_methods)] // the caller runs this on the blocking pool
         store.write(write)?;
@@ -696,6 +702,11 @@ impl Journal {
             "outpost_journal_malformed_total",
             &[],
             record.malformed as f64,
+        );
+        out.add(
+            "outpost_log_lines_not_kept_total",
+            &[("source", SOURCE)],
+            keeper.not_kept(SOURCE) as f64,
         );
         super::logs::emit_patterns(SOURCE, &record.patterns, &self.patterns, out);
         Ok(())
@@ -849,6 +860,7 @@ mod tests {
             keep: KeepBounds {
                 lines: 100,
                 bytes: 1 << 20,
+                per_minute: 60,
             },
         };
         let journal = Journal::open(&store, source, vec![(pattern, regex)]).unwrap();
@@ -914,7 +926,7 @@ PRIORITY=3\nMESSAGE=module=db down\n\n"
         assert_eq!(record.malformed, 2, "no cursor, and the oversized entry");
         let mut out = Samples::new();
         journal
-            .save((&store, &Keeper::default()), &mut out)
+            .save((&store, &Keeper::default()), Instant::now(), &mut out)
             .unwrap();
         let lines = crate::collect::render(out);
         assert!(lines.contains(&r#"outpost_log_pattern_matches_total{module="db",pattern="errors",source="journal"} 1"#.to_string()), "{lines:?}");

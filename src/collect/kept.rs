@@ -6,10 +6,17 @@
 //!
 //! A backlog (a file that grew by gigabytes while the agent was stopped) cannot fill memory: a
 //! round holds at most the bound's worth of candidates, the newest, as the store would.
+//!
+//! Nor can a storm wear the flash: each source keeps at most a burst of `lines` and then
+//! `per_minute` lines a minute (a token bucket). A pattern that matches every line of a busy
+//! application otherwise rewrote the whole bound every second, and sent it to the hub; now
+//! the rest is counted in `outpost_log_lines_not_kept_total`, and a quiet source's lines stay
+//! in the store while a loud one's are rationed.
 
 #![deny(clippy::disallowed_methods)]
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 use outpost_storage::{Store, WriteBatch};
 
@@ -35,11 +42,13 @@ pub fn kept_line(at_ms: i64, source: &str, line: &str) -> KeptLine {
     }
 }
 
-/// How many lines, and how many bytes of them, are kept.
+/// How many lines, and how many bytes of them, are kept; and how many a source may keep a
+/// minute once it has kept a burst of `lines`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepBounds {
     pub lines: usize,
     pub bytes: usize,
+    pub per_minute: u32,
 }
 
 /// Lines waiting to be kept with their source's next save: the newest within the bounds.
@@ -71,6 +80,42 @@ impl Candidates {
     fn take(&mut self) -> VecDeque<KeptLine> {
         self.bytes = 0;
         std::mem::take(&mut self.lines)
+    }
+
+    /// Leaves the newest lines that `allowed` lets through (asked newest first), and gives how
+    /// many of each source it took out.
+    fn ration(&mut self, mut allowed: impl FnMut(&str) -> bool) -> BTreeMap<String, u64> {
+        let mut left_out: BTreeMap<String, u64> = BTreeMap::new();
+        let mut kept = VecDeque::with_capacity(self.lines.len());
+        for line in self.take().into_iter().rev() {
+            if allowed(&line.source) {
+                self.bytes += line.weight();
+                kept.push_front(line);
+            } else {
+                *left_out.entry(line.source).or_default() += 1;
+            }
+        }
+        self.lines = kept;
+        left_out
+    }
+}
+
+/// What one source may still keep: a bucket of `KeepBounds::lines` tokens, refilled at
+/// `per_minute`. Counted on the monotonic clock: a wall clock set back must not stop the
+/// keeping, nor one set forward refill it.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn refilled(self, bounds: KeepBounds, now: Instant) -> Allowance {
+        let minutes = now.saturating_duration_since(self.at).as_secs_f64() / 60.0;
+        Allowance {
+            tokens: (self.tokens + minutes * f64::from(bounds.per_minute)).min(bounds.lines as f64),
+            at: now.max(self.at),
+        }
     }
 }
 
@@ -132,28 +177,63 @@ impl KeptLines {
 }
 
 /// The kept lines' index, shared by the sources that keep lines (the files, the journal),
-/// read from the store on first use.
+/// read from the store on first use; and each source's allowance.
 #[derive(Debug, Default)]
-pub struct Keeper(std::sync::Mutex<Option<KeptLines>>);
+pub struct Keeper(std::sync::Mutex<KeeperState>);
+
+#[derive(Debug, Default)]
+struct KeeperState {
+    index: Option<KeptLines>,
+    allowances: HashMap<String, Allowance>,
+    /// Lines worth keeping that a source's allowance left out, since the agent started.
+    not_kept: BTreeMap<String, u64>,
+}
 
 impl Keeper {
-    /// [`KeptLines::keep`], with the index loaded first if it is not yet. Blocking: a store read
-    /// the first time.
+    /// [`KeptLines::keep`] of what each source's allowance lets through at `now`, with the
+    /// index loaded first if it is not yet. Blocking: a store read the first time.
     pub fn keep(
         &self,
         store: &Store,
         candidates: &mut Candidates,
         bounds: KeepBounds,
+        now: Instant,
         write: &mut WriteBatch,
     ) -> Result<(), outpost_storage::Error> {
-        let mut index = self.0.lock().expect("kept lines lock");
-        if index.is_none() {
-            *index = Some(KeptLines::load(store)?);
+        let mut state = self.0.lock().expect("kept lines lock");
+        if state.index.is_none() {
+            state.index = Some(KeptLines::load(store)?);
+        }
+        let KeeperState {
+            index,
+            allowances,
+            not_kept,
+        } = &mut *state;
+        let left_out = candidates.ration(|source| {
+            let allowance = allowances.entry(source.to_string()).or_insert(Allowance {
+                tokens: bounds.lines as f64,
+                at: now,
+            });
+            *allowance = allowance.refilled(bounds, now);
+            let allowed = allowance.tokens >= 1.0;
+            if allowed {
+                allowance.tokens -= 1.0;
+            }
+            allowed
+        });
+        for (source, count) in left_out {
+            *not_kept.entry(source).or_default() += count;
         }
         if let Some(index) = index.as_mut() {
             index.keep(candidates, bounds, write);
         }
         Ok(())
+    }
+
+    /// How many of `source`'s lines worth keeping its allowance left out.
+    pub fn not_kept(&self, source: &str) -> u64 {
+        let state = self.0.lock().expect("kept lines lock");
+        state.not_kept.get(source).copied().unwrap_or(0)
     }
 }
 
@@ -187,6 +267,7 @@ mod tests {
         let bounds = KeepBounds {
             lines: 3,
             bytes: 1 << 20,
+            per_minute: 60,
         };
         {
             let store = Store::open(&path, Default::default()).unwrap();
@@ -232,6 +313,7 @@ mod tests {
         let bounds = KeepBounds {
             lines: 1000,
             bytes: 4096,
+            per_minute: 60,
         };
         let mut candidates = Candidates::default();
         // Multi-byte characters across the cut, and lines far over it.
@@ -246,7 +328,72 @@ mod tests {
         }
         // No bound, nothing kept.
         let mut none = Candidates::default();
-        none.push(line(0, "x"), KeepBounds { lines: 0, bytes: 0 });
+        let nothing = KeepBounds {
+            lines: 0,
+            bytes: 0,
+            per_minute: 60,
+        };
+        none.push(line(0, "x"), nothing);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_loud_source_keeps_a_burst_then_its_rate_and_a_quiet_ones_lines_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), Default::default()).unwrap();
+        let bounds = KeepBounds {
+            lines: 10,
+            bytes: 1 << 20,
+            per_minute: 60,
+        };
+        let keeper = Keeper::default();
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        // One round of `count` lines from `source`, at `secs` after the start.
+        let mut round = |source: &str, count: usize, secs: u64| {
+            let mut candidates = Candidates::default();
+            for _ in 0..count {
+                let mut kept = kept_line(n, source, &format!("{source} {n}"));
+                kept.patterns = vec!["any".into()];
+                candidates.push(kept, bounds);
+                n += 1;
+            }
+            let at = start + std::time::Duration::from_secs(secs);
+            let mut write = WriteBatch::default();
+            keeper
+                .keep(&store, &mut candidates, bounds, at, &mut write)
+                .unwrap();
+            store.write(write).unwrap();
+        };
+        // The burst: the round's newest ten.
+        round("loud", 10, 0);
+        assert_eq!(keeper.not_kept("loud"), 0);
+        round("loud", 10, 0);
+        assert_eq!(keeper.not_kept("loud"), 10);
+        // Then a line a second, the newest of its round.
+        round("loud", 10, 1);
+        assert_eq!(keeper.not_kept("loud"), 19);
+        round("quiet", 3, 1);
+        round("loud", 10, 2);
+        round("loud", 10, 3);
+        assert_eq!(keeper.not_kept("quiet"), 0);
+        let found = newest(&store, "", 100).unwrap();
+        let texts: Vec<&str> = found.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "loud 52", "loud 42", "quiet 32", "quiet 31", "quiet 30", "loud 29", "loud 9",
+                "loud 8", "loud 7", "loud 6"
+            ]
+        );
+        assert_eq!(keeper.not_kept("loud"), 37);
+        // A minute refills the burst, no more.
+        round("loud", 10, 63);
+        assert_eq!(keeper.not_kept("loud"), 37);
+        round("loud", 10, 64);
+        assert_eq!(keeper.not_kept("loud"), 37 + 9);
+        // The monotonic clock cannot go back, but an earlier `now` must not refill either.
+        round("loud", 5, 10);
+        assert_eq!(keeper.not_kept("loud"), 37 + 9 + 5);
     }
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use outpost_storage::{StateKey, StateTable, Store, WriteBatch};
@@ -48,6 +49,9 @@ pub struct LogsSection {
     /// `err` or worse): at most this many, and this many bytes. 0 keeps none.
     pub keep_lines: usize,
     pub keep_bytes: ByteSize,
+    /// Once a source has kept a burst of `keep_lines`, the most lines it keeps a minute; the
+    /// rest are counted in `outpost_log_lines_not_kept_total`.
+    pub keep_per_minute: u32,
 }
 
 impl Default for LogsSection {
@@ -64,6 +68,7 @@ impl Default for LogsSection {
             max_units: 200,
             keep_lines: 500,
             keep_bytes: ByteSize(256 << 10),
+            keep_per_minute: 60,
         }
     }
 }
@@ -107,6 +112,8 @@ const RESERVED: [&str; 4] = ["pattern", "source", "instance", "device"];
 /// The most kept lines, and bytes of them, a config may ask for.
 const MAX_KEEP_LINES: usize = 100_000;
 const MAX_KEEP_BYTES: u64 = 64 << 20;
+/// The most lines a minute a source may keep: a thousand a second.
+const MAX_KEEP_PER_MINUTE: u32 = 60_000;
 
 impl LogsSection {
     /// How many lines, and bytes, to keep.
@@ -114,6 +121,7 @@ impl LogsSection {
         KeepBounds {
             lines: self.keep_lines,
             bytes: usize::try_from(self.keep_bytes.0).unwrap_or(usize::MAX),
+            per_minute: self.keep_per_minute,
         }
     }
 }
@@ -128,6 +136,13 @@ pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>>
     }
     if section.keep_bytes.0 > MAX_KEEP_BYTES {
         bail!("logs.keep_bytes: at most 64MiB");
+    }
+    if !(1..=MAX_KEEP_PER_MINUTE).contains(&section.keep_per_minute) {
+        bail!(
+            "logs.keep_per_minute: {} is not between 1 and {MAX_KEEP_PER_MINUTE} \
+             (keep_lines = 0 keeps none)",
+            section.keep_per_minute
+        );
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, file) in section.files.iter().enumerate() {
@@ -233,12 +248,13 @@ impl LogsCollector {
     }
 
     /// Reads what the files gained, saves the records with the lines kept, and gives the
-    /// counters. `now_ms` is when the lines were read: what a kept line is dated. Blocking:
-    /// file and store I/O.
+    /// counters. `now_ms` is when the lines were read: what a kept line is dated; `now`, the
+    /// same on the monotonic clock, what the sources' allowances count by. Blocking: file and
+    /// store I/O.
     pub fn collect(
         &mut self,
         (store, keeper): (&Store, &Keeper),
-        now_ms: i64,
+        (now_ms, now): (i64, Instant),
         out: &mut Samples,
     ) -> Result<()> {
         let mut write = WriteBatch::default();
@@ -267,21 +283,26 @@ impl LogsCollector {
             }
         }
         if !self.candidates.is_empty() {
-            keeper.keep(store, &mut self.candidates, bounds, &mut write)?;
+            keeper.keep(store, &mut self.candidates, bounds, now, &mut write)?;
         }
         #[allow(clippy::disallowed_methods)] // the caller runs this on the blocking pool
         store.write(write)?;
-        self.emit(out);
+        self.emit(keeper, out);
         Ok(())
     }
 
-    fn emit(&self, out: &mut Samples) {
+    fn emit(&self, keeper: &Keeper, out: &mut Samples) {
         for (source, cursor) in &self.cursors {
             let source_label = [("source", source.as_str())];
             out.add(
                 "outpost_log_lines_total",
                 &source_label,
                 cursor.lines as f64,
+            );
+            out.add(
+                "outpost_log_lines_not_kept_total",
+                &source_label,
+                keeper.not_kept(source) as f64,
             );
             emit_patterns(source, cursor, &self.patterns, out);
         }
@@ -462,7 +483,7 @@ mod tests {
     fn counters(collector: &mut LogsCollector, store: &Store) -> Vec<String> {
         let mut out = Samples::new();
         collector
-            .collect((store, &Keeper::default()), 0, &mut out)
+            .collect((store, &Keeper::default()), (0, Instant::now()), &mut out)
             .unwrap();
         let mut lines = crate::collect::render(out);
         lines.sort();
@@ -582,6 +603,11 @@ mod tests {
         assert!(error.starts_with("logs.keep_bytes"), "{error}");
         config.keep_bytes = ByteSize(MAX_KEEP_BYTES);
         assert!(compile(&config).is_ok());
+        for per_minute in [0, MAX_KEEP_PER_MINUTE + 1] {
+            config.keep_per_minute = per_minute;
+            let error = format!("{:#}", compile(&config).unwrap_err());
+            assert!(error.starts_with("logs.keep_per_minute"), "{error}");
+        }
     }
 
     #[test]

@@ -244,6 +244,8 @@ pub struct Stats {
     pub minute_points: u64,
     pub hour_points: u64,
     pub head_samples: u64,
+    /// State-table writes (puts and deletions) in the head, waiting for the seal.
+    pub head_state_writes: u64,
     /// Bytes allocated on disk to the store file and its logs (what `du` reports).
     pub disk_bytes: u64,
     /// Bytes this process wrote to the store's files since it opened the store.
@@ -363,12 +365,36 @@ struct HeadData {
 /// The head's state writes, the last one per key (`None` for a deletion). A hub rewrites each
 /// device's bookkeeping with every batch: kept in write order, a head of a large fleet held
 /// every version until the seal and read the newest by scanning them all.
-#[derive(Debug, Default, Clone)]
-struct StateWrites(HashMap<StateTable, BTreeMap<String, Option<Vec<u8>>>>);
+#[derive(Debug, Clone)]
+struct StateWrites {
+    tables: HashMap<StateTable, BTreeMap<String, Option<Vec<u8>>>>,
+    /// How many of the writes are deletions.
+    deletions: usize,
+    /// Deletions past which the head looks for ones that hide nothing ([`Shared::prune_deletions`]).
+    prune_at: usize,
+}
+
+/// The fewest deletions a head holds before it looks for ones that hide nothing: a lookup in
+/// redb each, done in bulk.
+const PRUNE_DELETIONS_FROM: usize = 1024;
+
+impl Default for StateWrites {
+    fn default() -> StateWrites {
+        StateWrites {
+            tables: HashMap::new(),
+            deletions: 0,
+            prune_at: PRUNE_DELETIONS_FROM,
+        }
+    }
+}
 
 impl StateWrites {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.tables.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.tables.values().map(BTreeMap::len).sum()
     }
 
     fn record(&mut self, op: &StateOp) {
@@ -376,12 +402,23 @@ impl StateWrites {
             StateOp::Put { table, key, value } => (table, key, Some(value.clone())),
             StateOp::Delete { table, key } => (table, key, None),
         };
-        self.0.entry(*table).or_default().insert(key.clone(), value);
+        self.insert(*table, key.clone(), value);
+    }
+
+    fn insert(&mut self, table: StateTable, key: String, value: Option<Vec<u8>>) {
+        let deletes = value.is_none();
+        let replaced = self.tables.entry(table).or_default().insert(key, value);
+        let deleted_before = matches!(replaced, Some(None));
+        match (deleted_before, deletes) {
+            (false, true) => self.deletions += 1,
+            (true, false) => self.deletions -= 1,
+            _ => {}
+        }
     }
 
     /// `Some(None)` when the last write of `key` deleted it; `None` when it was not written.
     fn get(&self, table: StateTable, key: &str) -> Option<Option<&[u8]>> {
-        let value = self.0.get(&table)?.get(key)?;
+        let value = self.tables.get(&table)?.get(key)?;
         Some(value.as_deref())
     }
 
@@ -391,7 +428,7 @@ impl StateWrites {
         table: StateTable,
         from: &'a str,
     ) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
-        self.0.get(&table).into_iter().flat_map(move |writes| {
+        self.tables.get(&table).into_iter().flat_map(move |writes| {
             writes
                 .range::<str, _>((Bound::Included(from), Bound::Unbounded))
                 .map(|(key, value)| (key.as_str(), value.as_deref()))
@@ -400,8 +437,36 @@ impl StateWrites {
 
     /// Takes in writes made after these.
     fn append(&mut self, newer: StateWrites) {
-        for (table, writes) in newer.0 {
-            self.0.entry(table).or_default().extend(writes);
+        for (table, writes) in newer.tables {
+            for (key, value) in writes {
+                self.insert(table, key, value);
+            }
+        }
+    }
+
+    /// The deletions, by table.
+    fn deleted_keys(&self) -> Vec<(StateTable, String)> {
+        self.tables
+            .iter()
+            .flat_map(|(table, writes)| {
+                writes
+                    .iter()
+                    .filter(|(_, value)| value.is_none())
+                    .map(|(key, _)| (*table, key.clone()))
+            })
+            .collect()
+    }
+
+    /// Forgets the deletion of `key`: the caller knows it hides nothing.
+    fn forget_deletion(&mut self, table: StateTable, key: &str) {
+        if let Some(writes) = self.tables.get_mut(&table) {
+            if matches!(writes.get(key), Some(None)) {
+                writes.remove(key);
+                self.deletions -= 1;
+                if writes.is_empty() {
+                    self.tables.remove(&table);
+                }
+            }
         }
     }
 }
@@ -1497,10 +1562,16 @@ impl Store {
     pub fn stats(&self) -> Result<Stats> {
         self.contain(|| {
             let shared = &self.shared;
-            let (head_samples, generation) = {
+            let (head_samples, head_state_writes, generation) = {
                 let head = lock(&shared.head);
-                let frozen = head.frozen.as_ref().map_or(0, |f| f.samples);
-                ((head.active.samples + frozen) as u64, head.log.generation)
+                let frozen = head.frozen.as_ref();
+                let frozen_samples = frozen.map_or(0, |f| f.samples);
+                let frozen_state = frozen.map_or(0, |f| f.state.len());
+                (
+                    (head.active.samples + frozen_samples) as u64,
+                    (head.active.state.len() + frozen_state) as u64,
+                    head.log.generation,
+                )
             };
             let db = read(&shared.db);
             let txn = db.begin_read()?;
@@ -1512,6 +1583,7 @@ impl Store {
                 minute_points: get(META_MINUTE_POINTS)?,
                 hour_points: get(META_HOUR_POINTS)?,
                 head_samples,
+                head_state_writes,
                 disk_bytes: shared.disk_bytes(),
                 bytes_written_since_open: shared.db_written.load(Ordering::Relaxed)
                     + shared.log_written.load(Ordering::Relaxed),
@@ -2420,11 +2492,66 @@ impl Shared {
             return Ok(false);
         };
         head.active.apply(&samples, &state, &rollups);
+        self.prune_deletions(&mut head);
         let pending = &mut head.pending;
         pending.samples.extend(samples);
         pending.state.extend(state);
         pending.rollups.extend(rollups);
         Ok(self.head_full(&head))
+    }
+
+    /// Drops the active head's deletions that hide nothing: neither the frozen head nor the
+    /// database holds their key. An entry put and deleted within one head (a kept log line
+    /// pushed out by newer ones, at up to hundreds a second) otherwise stays in memory as a
+    /// deletion until the seal. Runs once the deletions double since the last pass, so that
+    /// its lookups cost a constant per write; skipped while a compaction holds the database
+    /// (the next write tries again). A lookup that fails keeps its deletion.
+    fn prune_deletions(&self, head: &mut Head) {
+        if head.active.state.deletions < head.active.state.prune_at {
+            return;
+        }
+        let Ok(db) = self.db.try_read() else {
+            return;
+        };
+        let Ok(txn) = db.begin_read() else {
+            return;
+        };
+        // Per table: its entries, none when it does not exist, an error when it cannot be read.
+        type Opened =
+            std::result::Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, ()>;
+        let mut tables: HashMap<StateTable, Opened> = HashMap::new();
+        let mut hide_nothing = Vec::new();
+        for (table, key) in head.active.state.deleted_keys() {
+            let below_in_frozen = head.frozen.as_ref().and_then(|f| f.state.get(table, &key));
+            let held_below = match below_in_frozen {
+                Some(value) => value.is_some(),
+                None => {
+                    let opened = tables.entry(table).or_insert_with(|| {
+                        let definition: TableDefinition<&str, &[u8]> =
+                            TableDefinition::new(table.table_name());
+                        match txn.open_table(definition) {
+                            Ok(opened) => Ok(Some(opened)),
+                            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                            Err(_) => Err(()),
+                        }
+                    });
+                    match opened {
+                        Ok(Some(opened)) => !matches!(opened.get(key.as_str()), Ok(None)),
+                        Ok(None) => false,
+                        // Unknown, so held: the deletion stays.
+                        Err(()) => true,
+                    }
+                }
+            };
+            if !held_below {
+                hide_nothing.push((table, key));
+            }
+        }
+        let state = &mut head.active.state;
+        for (table, key) in hide_nothing {
+            state.forget_deletion(table, &key);
+        }
+        state.prune_at = PRUNE_DELETIONS_FROM.max(2 * state.deletions);
     }
 
     /// A full head needs a seal before it takes more: it holds `max_head_samples`, or its log
@@ -3136,7 +3263,7 @@ fn merge_series(
 
 /// The state tables' puts and deletes of a seal.
 fn apply_state_writes(txn: &redb::WriteTransaction, writes: &StateWrites) -> Result<()> {
-    for (table, writes) in &writes.0 {
+    for (table, writes) in &writes.tables {
         let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table.table_name());
         let mut opened = txn.open_table(definition)?;
         for (key, value) in writes {

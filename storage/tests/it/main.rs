@@ -9,6 +9,7 @@ mod fuzz_corpus;
 mod model;
 mod power;
 mod retention;
+mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
