@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn a_loud_source_keeps_a_burst_then_its_rate_and_a_quiet_ones_lines_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), Default::default()).unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
         let bounds = KeepBounds {
             lines: 10,
             bytes: 1 << 20,

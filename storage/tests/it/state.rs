@@ -102,13 +102,13 @@ proptest! {
             match op {
                 Op::Put(t, k, v) => {
                     let mut batch = WriteBatch::default();
-                    batch.put_state(TABLES[t], &key(k), vec![v]);
+                    batch.put_state(TABLES[t], key(k), vec![v]);
                     store.write(batch).unwrap();
                     model.insert((t, key(k)), vec![v]);
                 }
                 Op::Delete(t, k) => {
                     let mut batch = WriteBatch::default();
-                    batch.delete_state(TABLES[t], &key(k));
+                    batch.delete_state(TABLES[t], key(k));
                     store.write(batch).unwrap();
                     model.remove(&(t, key(k)));
                 }
@@ -135,13 +135,13 @@ fn entries_put_and_deleted_within_one_head_do_not_wait_in_memory_for_the_seal() 
     // Sealed entries, then deleted in the head: these deletions must stay until the seal.
     let mut batch = WriteBatch::default();
     for k in 0..10 {
-        batch.put_state(TABLES[0], &key(k), vec![k]);
+        batch.put_state(TABLES[0], key(k), vec![k]);
     }
     store.write(batch).unwrap();
     store.seal().unwrap();
     let mut batch = WriteBatch::default();
     for k in 0..10 {
-        batch.delete_state(TABLES[0], &key(k));
+        batch.delete_state(TABLES[0], key(k));
     }
     store.write(batch).unwrap();
     // A quarter of an hour of kept log lines at 200 a second, 100 kept.
@@ -174,8 +174,8 @@ fn deletions_stay_right_while_seals_run_beside_the_writes() {
             for round in 0..40u8 {
                 churn(&store, &mut model, (0, 500, 30), &mut next);
                 let mut batch = WriteBatch::default();
-                batch.put_state(TABLES[1], &key(round % 12), vec![round]);
-                batch.delete_state(TABLES[1], &key((round + 5) % 12));
+                batch.put_state(TABLES[1], key(round % 12), vec![round]);
+                batch.delete_state(TABLES[1], key((round + 5) % 12));
                 store.write(batch).unwrap();
                 model.insert((1, key(round % 12)), vec![round]);
                 model.remove(&(1, key((round + 5) % 12)));
