@@ -19,6 +19,7 @@
 # percentage of one core (utime + stime over the window), and what the agent counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/agent-collectors.sh
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 seconds=${1:-300}
 warmup=30
@@ -30,7 +31,6 @@ command -v prometheus-node-exporter >/dev/null || { echo "needs prometheus-node-
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-workload.XXXXXX")
 port=$((20000 + RANDOM % 20000))
 ne_port=$((port + 1))
-cgroup=/sys/fs/cgroup
 pids=()
 dirs=()
 cleanup() {
@@ -48,90 +48,17 @@ if [ -z "$binary" ]; then
   binary=./target/release/outpost
 fi
 
-# A container: a cgroup with a process (holding a few MiB, waking every second) moved into it.
-make_container() {
-  local id=$1 leaf
-  python3 -c 'import time
-held = bytearray(4 << 20)
-while True:
-    time.sleep(1)' &
-  local pid=$!
-  pids+=("$pid")
-  if [ -e "$cgroup/cgroup.controllers" ]; then
-    local slice=$cgroup/outpost-bench.slice
-    echo "+memory +pids +io" >"$cgroup/cgroup.subtree_control" 2>/dev/null || true
-    [ -d "$slice" ] || { mkdir "$slice"; dirs+=("$slice"); }
-    echo "+memory +pids +io" >"$slice/cgroup.subtree_control" 2>/dev/null || true
-    leaf=$slice/docker-$id.scope
-    mkdir "$leaf"; dirs+=("$leaf")
-    echo "$pid" >"$leaf/cgroup.procs"
-  else
-    for controller in memory cpuacct cpu pids blkio; do
-      [ -d "$cgroup/$controller" ] || continue
-      [ -d "$cgroup/$controller/docker" ] || { mkdir "$cgroup/$controller/docker"; dirs+=("$cgroup/$controller/docker"); }
-      leaf=$cgroup/$controller/docker/$id
-      [ -d "$leaf" ] || { mkdir "$leaf"; dirs+=("$leaf"); }
-      echo "$pid" >"$leaf/cgroup.procs"
-    done
-  fi
-}
 for ((i = 0; i < containers; i++)); do
   make_container "$(printf '%064x' $((0xbe9c0000 + i)))"
 done
 
-# The application: 1,000 lines a second, one in ten an error naming its module.
-python3 - "$work/app.log" "$lines_per_second" <<'PY' &
-import sys, time
-path, rate = sys.argv[1], int(sys.argv[2])
-modules = ["camera", "infer", "uplink", "storage"]
-n = 0
-start = time.monotonic()
-with open(path, "a", buffering=1 << 16) as out:
-    while True:
-        for _ in range(rate // 10):
-            level = "error" if n % 10 == 0 else "info"
-            out.write(f"ts={time.time():.3f} level={level} module={modules[n % 4]} frame={n} msg=\"processed a frame\"\n")
-            n += 1
-        out.flush()
-        # Paced by the clock, not by sleeps that drift.
-        time.sleep(max(0.0, start + n / rate - time.monotonic()))
-PY
+write_app_log "$work/app.log" "$lines_per_second" &
 pids+=("$!")
 
 journal_config="journal = false"
 if [ "$journal_rate" -gt 0 ]; then
-  remote=""
-  for candidate in /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote; do
-    [ -x "$candidate" ] && remote=$candidate
-  done
-  [ -n "$remote" ] || { echo "JOURNAL needs systemd-journal-remote" >&2; exit 1; }
   mkdir "$work/journal"
-  # A service's entries with the fields journald gives them, paced by the clock; one in ten an
-  # error. systemd-journal-remote writes each into the file as it comes.
-  python3 - "$journal_rate" <<'PY' | "$remote" --output="$work/journal/system.journal" - 2>"$work/remote.log" &
-import sys, time
-rate = int(sys.argv[1])
-modules = ["camera", "infer", "uplink", "storage"]
-n = 0
-start = time.monotonic()
-out = sys.stdout
-while True:
-    chunk = []
-    for _ in range(max(1, rate // 10)):
-        error = n % 10 == 0
-        unit = f"app{n % 8}.service"
-        chunk.append(
-            f"__REALTIME_TIMESTAMP={int(time.time() * 1e6)}\n__MONOTONIC_TIMESTAMP={int(time.monotonic() * 1e6)}\n"
-            f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_MACHINE_ID=fedcba9876543210fedcba9876543210\n"
-            f"_HOSTNAME=jetson-07\n_TRANSPORT=stdout\n_PID={1200 + n % 8}\n_UID=0\n_GID=0\n_COMM=app\n"
-            f"_EXE=/usr/bin/app\n_CMDLINE=/usr/bin/app --serve\n_SYSTEMD_CGROUP=/system.slice/{unit}\n"
-            f"_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=app\nPRIORITY={3 if error else 6}\n"
-            f"MESSAGE=level={'error' if error else 'info'} module={modules[n % 4]} frame={n} processed a frame\n\n")
-        n += 1
-    out.write("".join(chunk))
-    out.flush()
-    time.sleep(max(0.0, start + n / rate - time.monotonic()))
-PY
+  write_journal "$work/journal/system.journal" "$journal_rate" 2>"$work/remote.log" &
   pids+=("$!")
   journal_config="journal = true
 journal_reader = \"files\"

@@ -13,9 +13,11 @@
 # valgrind's callgrind for SECONDS:
 #  - standalone: every collector of benches/agent-overhead.sh, the alert engine with the built-in
 #    pack, a probe that fails (so that warnings are logged), /metrics scraped and the import
-#    endpoint posted to, the device id taken from the machine;
-#  - synced: the same collectors, a rule that fires and resolves, sync to a local `outpost hub`
-#    over its embedded broker, and a seal every minute.
+#    endpoint posted to, the device id taken from the machine; and what benches/agent-workload.sh
+#    adds: a log file and a journal (systemd-journal-remote) at 100 lines a second under two
+#    patterns, three containers (as root);
+#  - synced: the same collectors and logs, a rule that fires and resolves, sync to a local
+#    `outpost hub` over its embedded broker (kept log lines included), and a seal every minute.
 # Every function of the binary that ran in either gets a line in the script, the busiest first.
 # Needs valgrind, python3, curl and cross/build.sh's tools (cargo-zigbuild, zig).
 set -euo pipefail
@@ -123,15 +125,53 @@ port=$((20000 + RANDOM % 20000))
 alone_port=$port synced_port=$((port + 1)) app_port=$((port + 2)) mqtt_port=$((port + 3))
 closed_port=$((port + 5))
 pids=()
+dirs=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
+  for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do rmdir "${dirs[i]}" 2>/dev/null || true; done
   if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
 serve_app_metrics "$work/app" "$app_port"
 pids+=($!)
+
+# What benches/agent-workload.sh gives the agent to do: an application's log, a live journal
+# where systemd-journal-remote can write one, and containers where this runs as root.
+write_app_log "$work/app.log" 100 &
+pids+=($!)
+journal_config="journal = false"
+if [ -n "$(journal_remote)" ]; then
+  mkdir "$work/journal"
+  write_journal "$work/journal/system.journal" 100 2>"$work/remote.log" &
+  pids+=($!)
+  journal_config="journal = true
+journal_reader = \"files\"
+journal_files = [\"$work/journal/system*.journal\"]"
+else
+  echo "cross/hot-functions.sh: warning: no systemd-journal-remote, the journal reader is not profiled" >&2
+fi
+if [ "$(id -u)" = 0 ]; then
+  for i in 0 1 2; do make_container "$(printf '%064x' $((0x0c0de000 + i)))"; done
+else
+  echo "cross/hot-functions.sh: warning: not root, no containers are profiled" >&2
+fi
+logs_config() {
+  cat <<EOF
+[logs]
+$journal_config
+[[logs.file]]
+name = "app"
+path = "$work/app.log"
+[[logs.pattern]]
+name = "errors"
+regex = 'level=error module=(?P<module>\w+)'
+[[logs.pattern]]
+name = "frames"
+regex = 'frame=\d+'
+EOF
+}
 
 "$binary" hub --devices-file "$work/devices.toml" device add profile --out "$work" \
   --url "mqtt://127.0.0.1:$mqtt_port" >/dev/null
@@ -158,6 +198,7 @@ mkdir "$work/alone" "$work/synced"
 {
   printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\n' "$work/alone/agent.redb"
   bench_collectors "$alone_port" "$work/alone" "$app_port"
+  logs_config
   cat <<EOF
 [[probe]]
 name = "closed"
@@ -170,6 +211,7 @@ EOF
   printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\nseal_interval = "60s"\n' \
     "$work/synced/agent.redb"
   bench_collectors "$synced_port" "$work/synced" "$app_port"
+  logs_config
   cat <<EOF
 [alerts]
 rules = ["$work/rules.toml"]

@@ -394,17 +394,26 @@ fn start_collectors(
             })
         });
     }
-    if !config.logs.files.is_empty() {
-        let (logs, sink) = (config.logs.clone(), sink.clone());
-        crate::supervise::spawn(&mut set, tasks, "logs", move || {
-            logs_task(logs.clone(), sink.clone())
-        });
-    }
-    if journal_on(&config.logs) {
-        let (logs, sink) = (config.logs.clone(), sink.clone());
-        crate::supervise::spawn(&mut set, tasks, "journal", move || {
-            journal_task(logs.clone(), sink.clone())
-        });
+    let reads_logs = !config.logs.files.is_empty() || journal_on(&config.logs);
+    // Compiled once for the files and the journal, whose clones share the program: one with a
+    // Unicode class (`\w`) takes most of a megabyte. The config was checked at load.
+    match reads_logs.then(|| collect::logs::compile(&config.logs)) {
+        None => {}
+        Some(Err(error)) => tracing::error!("logs not read: {error:#}"),
+        Some(Ok(patterns)) => {
+            if !config.logs.files.is_empty() {
+                let (logs, sink, patterns) = (config.logs.clone(), sink.clone(), patterns.clone());
+                crate::supervise::spawn(&mut set, tasks, "logs", move || {
+                    logs_task(logs.clone(), patterns.clone(), sink.clone())
+                });
+            }
+            if journal_on(&config.logs) {
+                let (logs, sink) = (config.logs.clone(), sink.clone());
+                crate::supervise::spawn(&mut set, tasks, "journal", move || {
+                    journal_task(logs.clone(), patterns.clone(), sink.clone())
+                });
+            }
+        }
     }
     if config.processes.enabled {
         let (processes_config, interval, sink) = (
@@ -791,12 +800,18 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
 
 /// Follows the log files: each round reads what they gained and saves where it got to, on the
 /// blocking pool (file and store I/O), then stores the counters.
-async fn logs_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Result<()> {
+async fn logs_task(
+    section: collect::logs::LogsSection,
+    patterns: collect::logs::Patterns,
+    sink: Arc<Sink>,
+) -> Result<()> {
     let interval = section.interval.0;
     let store = sink.store.clone();
     let opened = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || collect::logs::LogsCollector::open(section, &store))
+        tokio::task::spawn_blocking(move || {
+            collect::logs::LogsCollector::open(section, patterns, &store)
+        })
     };
     let mut collector = opened.await??;
     let mut ticker = tokio::time::interval(interval);
@@ -842,7 +857,11 @@ fn journal_on(logs: &collect::logs::LogsSection) -> bool {
 
 /// Follows the journal on a thread of the blocking pool; each round saves what was counted up
 /// to which entry, and stores the counters. Stopping the task stops `journalctl`.
-async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> Result<()> {
+async fn journal_task(
+    section: collect::logs::LogsSection,
+    patterns: collect::logs::Patterns,
+    sink: Arc<Sink>,
+) -> Result<()> {
     use collect::journal::{Journal, JournalSource};
     struct StopOnDrop(Arc<Journal>);
     impl Drop for StopOnDrop {
@@ -850,7 +869,6 @@ async fn journal_task(section: collect::logs::LogsSection, sink: Arc<Sink>) -> R
             self.0.stop();
         }
     }
-    let patterns = collect::logs::compile(&section)?;
     let source = JournalSource {
         journalctl: section.journalctl.clone(),
         files: section.journal_files.clone(),

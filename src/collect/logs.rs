@@ -126,8 +126,11 @@ impl LogsSection {
     }
 }
 
+/// Patterns with their compiled programs.
+pub type Patterns = Vec<(LogPattern, regex::Regex)>;
+
 /// The patterns compiled, checked at config load: the error names the key.
-pub fn compile(section: &LogsSection) -> Result<Vec<(LogPattern, regex::Regex)>> {
+pub fn compile(section: &LogsSection) -> Result<Patterns> {
     if section.keep_lines > MAX_KEEP_LINES {
         bail!(
             "logs.keep_lines: {} is more than {MAX_KEEP_LINES}",
@@ -228,9 +231,9 @@ pub struct LogsCollector {
 }
 
 impl LogsCollector {
-    /// The collector, with each file's record from the store.
-    pub fn open(section: LogsSection, store: &Store) -> Result<LogsCollector> {
-        let patterns = compile(&section)?;
+    /// The collector, with each file's record from the store; `patterns` are the section's,
+    /// compiled.
+    pub fn open(section: LogsSection, patterns: Patterns, store: &Store) -> Result<LogsCollector> {
         let mut cursors = BTreeMap::new();
         for file in &section.files {
             let cursor = store
@@ -500,7 +503,7 @@ mod tests {
             &log,
             "INFO start\nERROR db timeout\nERROR db again\nERROR net down\npartial",
         );
-        let mut collector = LogsCollector::open(config.clone(), &store).unwrap();
+        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let first = counters(&mut collector, &store);
         assert!(
             first.contains(&r#"outpost_log_lines_total{source="app"} 4"#.to_string()),
@@ -521,7 +524,7 @@ mod tests {
         // A restart: a new collector from the store's records counts nothing twice.
         drop(collector);
         append(&log, "ERROR disk again\n");
-        let mut restarted = LogsCollector::open(config.clone(), &store).unwrap();
+        let mut restarted = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let resumed = counters(&mut restarted, &store);
         assert!(
             resumed.contains(&r#"outpost_log_lines_total{source="app"} 9"#.to_string()),
@@ -548,7 +551,7 @@ mod tests {
             &dir.path().join("app.log"),
             "login a\nlogin b\nlogin c\nlogin a\nlogin d\n",
         );
-        let mut collector = LogsCollector::open(config, &store).unwrap();
+        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let out = counters(&mut collector, &store);
         let sets = out
             .iter()
@@ -573,7 +576,7 @@ mod tests {
             &dir.path().join("app.log"),
             &format!("login {}\n", "é".repeat(300)),
         );
-        let mut collector = LogsCollector::open(config, &store).unwrap();
+        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let out = counters(&mut collector, &store);
         let line = out.iter().find(|l| l.contains("user=")).unwrap();
         let value = line
