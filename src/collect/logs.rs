@@ -503,7 +503,8 @@ mod tests {
             &log,
             "INFO start\nERROR db timeout\nERROR db again\nERROR net down\npartial",
         );
-        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
+        let mut collector =
+            LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let first = counters(&mut collector, &store);
         assert!(
             first.contains(&r#"outpost_log_lines_total{source="app"} 4"#.to_string()),
@@ -524,7 +525,8 @@ mod tests {
         // A restart: a new collector from the store's records counts nothing twice.
         drop(collector);
         append(&log, "ERROR disk again\n");
-        let mut restarted = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
+        let mut restarted =
+            LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let resumed = counters(&mut restarted, &store);
         assert!(
             resumed.contains(&r#"outpost_log_lines_total{source="app"} 9"#.to_string()),
@@ -551,7 +553,8 @@ mod tests {
             &dir.path().join("app.log"),
             "login a\nlogin b\nlogin c\nlogin a\nlogin d\n",
         );
-        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
+        let mut collector =
+            LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let out = counters(&mut collector, &store);
         let sets = out
             .iter()
@@ -576,7 +579,8 @@ mod tests {
             &dir.path().join("app.log"),
             &format!("login {}\n", "é".repeat(300)),
         );
-        let mut collector = LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
+        let mut collector =
+            LogsCollector::open(config.clone(), compile(&config).unwrap(), &store).unwrap();
         let out = counters(&mut collector, &store);
         let line = out.iter().find(|l| l.contains("user=")).unwrap();
         let value = line
