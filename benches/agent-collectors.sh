@@ -156,3 +156,30 @@ while True:
     time.sleep(max(0.0, start + n / rate - time.monotonic()))
 PY
 }
+
+# The log file $1 and the two patterns of benches/agent-workload.sh, as `[logs]` entries.
+workload_log_sources() {
+  cat <<END
+[[logs.file]]
+name = "app"
+path = "$1"
+[[logs.pattern]]
+name = "errors"
+regex = 'level=error module=(?P<module>\w+)'
+[[logs.pattern]]
+name = "frames"
+regex = 'frame=\d+'
+END
+}
+
+# The `[logs]` section of benches/agent-workload.sh: the log file $1 under the two patterns, and
+# the journal files matching $2, read by the agent's own reader, when $2 is given.
+workload_logs() {
+  echo "[logs]"
+  if [ -n "${2:-}" ]; then
+    printf 'journal = true\njournal_reader = "files"\njournal_files = ["%s"]\n' "$2"
+  else
+    echo "journal = false"
+  fi
+  workload_log_sources "$1"
+}

@@ -55,33 +55,18 @@ done
 write_app_log "$work/app.log" "$lines_per_second" &
 pids+=("$!")
 
-journal_config="journal = false"
+journal_files=""
 if [ "$journal_rate" -gt 0 ]; then
   mkdir "$work/journal"
   write_journal "$work/journal/system.journal" "$journal_rate" 2>"$work/remote.log" &
   pids+=("$!")
-  journal_config="journal = true
-journal_reader = \"files\"
-journal_files = [\"$work/journal/system*.journal\"]"
+  journal_files="$work/journal/system*.journal"
 fi
 
-cat >"$work/agent.toml" <<EOF
-[store]
-path = "$work/agent.redb"
-[nvml]
-enabled = false
-[logs]
-$journal_config
-[[logs.file]]
-name = "app"
-path = "$work/app.log"
-[[logs.pattern]]
-name = "errors"
-regex = 'level=error module=(?P<module>\w+)'
-[[logs.pattern]]
-name = "frames"
-regex = 'frame=\d+'
-EOF
+{
+  printf '[store]\npath = "%s"\n[nvml]\nenabled = false\n' "$work/agent.redb"
+  workload_logs "$work/app.log" "$journal_files"
+} >"$work/agent.toml"
 "$binary" agent --config "$work/agent.toml" --listen "127.0.0.1:$port" 2>"$work/agent.log" &
 agent=$!
 pids+=("$agent")

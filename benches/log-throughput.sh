@@ -10,6 +10,7 @@
 # core) and per second of the agent's own CPU time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/agent-collectors.sh
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 entries=${1:-500000}
 lines=$((entries * 4))
@@ -99,15 +100,7 @@ journal = true
 journal_reader = "files"
 # journalctl expands the glob: systemd-journal-remote archives a full file as system@....journal.
 journal_files = ["$work/system*.journal"]
-[[logs.file]]
-name = "app"
-path = "$work/app.log"
-[[logs.pattern]]
-name = "errors"
-regex = 'level=error module=(?P<module>\w+)'
-[[logs.pattern]]
-name = "frames"
-regex = 'frame=\d+'
+$(workload_log_sources "$work/app.log")
 EOF
 
 metrics() { curl -s "http://127.0.0.1:$port/metrics"; }

@@ -141,14 +141,12 @@ pids+=($!)
 # where systemd-journal-remote can write one, and containers where this runs as root.
 write_app_log "$work/app.log" 100 &
 pids+=($!)
-journal_config="journal = false"
+journal_files=""
 if [ -n "$(journal_remote)" ]; then
   mkdir "$work/journal"
   write_journal "$work/journal/system.journal" 100 2>"$work/remote.log" &
   pids+=($!)
-  journal_config="journal = true
-journal_reader = \"files\"
-journal_files = [\"$work/journal/system*.journal\"]"
+  journal_files="$work/journal/system*.journal"
 else
   echo "cross/hot-functions.sh: warning: no systemd-journal-remote, the journal reader is not profiled" >&2
 fi
@@ -157,21 +155,6 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "cross/hot-functions.sh: warning: not root, no containers are profiled" >&2
 fi
-logs_config() {
-  cat <<EOF
-[logs]
-$journal_config
-[[logs.file]]
-name = "app"
-path = "$work/app.log"
-[[logs.pattern]]
-name = "errors"
-regex = 'level=error module=(?P<module>\w+)'
-[[logs.pattern]]
-name = "frames"
-regex = 'frame=\d+'
-EOF
-}
 
 "$binary" hub --devices-file "$work/devices.toml" device add profile --out "$work" \
   --url "mqtt://127.0.0.1:$mqtt_port" >/dev/null
@@ -198,7 +181,7 @@ mkdir "$work/alone" "$work/synced"
 {
   printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\n' "$work/alone/agent.redb"
   bench_collectors "$alone_port" "$work/alone" "$app_port"
-  logs_config
+  workload_logs "$work/app.log" "$journal_files"
   cat <<EOF
 [[probe]]
 name = "closed"
@@ -211,7 +194,7 @@ EOF
   printf '[agent]\nself_interval = "10s"\n[store]\npath = "%s"\nseal_interval = "60s"\n' \
     "$work/synced/agent.redb"
   bench_collectors "$synced_port" "$work/synced" "$app_port"
-  logs_config
+  workload_logs "$work/app.log" "$journal_files"
   cat <<EOF
 [alerts]
 rules = ["$work/rules.toml"]

@@ -210,10 +210,17 @@ impl Keeper {
             not_kept,
         } = &mut *state;
         let left_out = candidates.ration(|source| {
-            let allowance = allowances.entry(source.to_string()).or_insert(Allowance {
-                tokens: bounds.lines as f64,
-                at: now,
-            });
+            // Asked once a line: the source's name is copied only the first time.
+            if !allowances.contains_key(source) {
+                let full = Allowance {
+                    tokens: bounds.lines as f64,
+                    at: now,
+                };
+                allowances.insert(source.to_string(), full);
+            }
+            let Some(allowance) = allowances.get_mut(source) else {
+                return false;
+            };
             *allowance = allowance.refilled(bounds, now);
             let allowed = allowance.tokens >= 1.0;
             if allowed {
