@@ -849,8 +849,10 @@ impl Engine {
                 steps.push((r, id, observed));
             }
         }
-        // Possible inhibitors first (a stable sort keeps the rules' order otherwise).
-        steps.sort_by_key(|(r, _, observed)| !self.may_inhibit(&rules[*r], &observed.labels));
+        // Possible inhibitors first (a stable sort keeps the rules' order otherwise). Each
+        // step's answer is worked out once: it builds a key, and a hub steps every device.
+        steps
+            .sort_by_cached_key(|(r, _, observed)| !self.may_inhibit(&rules[*r], &observed.labels));
         for (r, id, observed) in steps {
             self.step(&rules[r], id, observed, now_ms, (write, &mut outcome));
         }

@@ -426,8 +426,11 @@ impl RemoteWriter {
             samples.push(points.samples);
             rollups.extend(points.rollups);
         }
-        let series = group_by_series(store, samples, rollups);
-        let refused = self.runtime.block_on(self.send_all(series))?;
+        let mut group = GroupEncoder::new(store, samples, rollups);
+        let mut refused = Vec::new();
+        while let Some(request) = group.next_request(store, self.config.max_samples_per_request) {
+            refused.extend(self.runtime.block_on(self.send_encoded(&request))?);
+        }
         // Per device: its letters, their bytes, their samples.
         let mut letters: BTreeMap<String, (Vec<Vec<u8>>, u64, u64)> = BTreeMap::new();
         let mut held_back = BTreeSet::new();
@@ -542,11 +545,62 @@ impl RemoteWriter {
         &self,
         series: Vec<KeyedSeries>,
     ) -> std::result::Result<Vec<(Vec<KeyedSeries>, String)>, String> {
-        let mut pending = split_requests(series, self.config.max_samples_per_request);
-        pending.reverse();
         let mut refused = Vec::new();
+        let requests = split_requests(series, self.config.max_samples_per_request);
+        self.send_requests(requests, &mut refused).await?;
+        Ok(refused)
+    }
+
+    /// One encoded request. A refused one is halved by series, and a refused lone series is
+    /// read back and halved by its samples (see [`halve`]); returns the parts refused for good.
+    async fn send_encoded(
+        &self,
+        encoded: &Encoded,
+    ) -> std::result::Result<Vec<(Vec<KeyedSeries>, String)>, String> {
+        let mut refused = Vec::new();
+        // Nothing to send when every key of the request was gone from the catalogue.
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+        if !encoded.entries.is_empty() {
+            pending.push(0..encoded.entries.len());
+        }
+        while let Some(entries) = pending.pop() {
+            let body = snap::raw::Encoder::new()
+                .compress_vec(encoded.bytes(entries.clone()))
+                .map_err(|e| format!("snappy: {e}"))?;
+            let Answer::Refused(reason) = self.post_body(body).await? else {
+                continue;
+            };
+            if entries.len() > 1 {
+                let middle = entries.start + entries.len() / 2;
+                pending.push(middle..entries.end);
+                pending.push(entries.start..middle);
+                continue;
+            }
+            let series = encoded.series(entries.start)?;
+            match halve(vec![series]) {
+                Ok((first, second)) => {
+                    self.send_requests(vec![first, second], &mut refused)
+                        .await?
+                }
+                Err(small) => refused.push((small, reason)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sends these requests, halving each refused one until the parts the engine refuses
+    /// are found; those go to `refused`.
+    async fn send_requests(
+        &self,
+        requests: Vec<Vec<KeyedSeries>>,
+        refused: &mut Vec<(Vec<KeyedSeries>, String)>,
+    ) -> std::result::Result<(), String> {
+        let mut pending = requests;
+        pending.reverse();
         while let Some(request) = pending.pop() {
-            let Answer::Refused(reason) = self.post(&request).await? else {
+            let body =
+                outpost::prompb::encode_keyed(&request).map_err(|e| format!("snappy: {e}"))?;
+            let Answer::Refused(reason) = self.post_body(body).await? else {
                 continue;
             };
             // Engines refuse a whole request for one bad sample (Prometheus rolls it back):
@@ -559,13 +613,12 @@ impl RemoteWriter {
                 Err(small) => refused.push((small, reason)),
             }
         }
-        Ok(refused)
+        Ok(())
     }
 
-    /// One request, retried with backoff through 5xx, 429 and connection errors for
-    /// `retry_for`.
-    async fn post(&self, series: &[KeyedSeries]) -> std::result::Result<Answer, String> {
-        let body = outpost::prompb::encode_keyed(series).map_err(|e| format!("snappy: {e}"))?;
+    /// One request's body (protobuf, snappy), retried with backoff through 5xx, 429 and
+    /// connection errors for `retry_for`.
+    async fn post_body(&self, body: Vec<u8>) -> std::result::Result<Answer, String> {
         let body = hyper::body::Bytes::from(body);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -607,13 +660,145 @@ impl RemoteWriter {
     }
 }
 
-/// The batch's points as remote_write series: each hub series' samples in time order, and
-/// each rollup bucket as its figures' series.
-fn group_by_series(
-    store: &Store,
-    samples: Vec<Vec<(SeriesId, i64, f64)>>,
-    rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
-) -> Vec<KeyedSeries> {
+/// A request's series encoded for remote_write, each as soon as its key is looked up:
+/// `WriteRequest.timeseries` fields one after the other. Holding `Arc`s to the keys until the
+/// requests were encoded read each key from memory three times more (its count, its offsets,
+/// its text), which with a large fleet's keys out of the cache was a third of the hub's CPU.
+#[derive(Debug, Default)]
+struct Encoded {
+    wire: Vec<u8>,
+    /// Where each entry (a series, or a part of a long one) ends in `wire`, and its samples.
+    entries: Vec<(usize, usize)>,
+}
+
+impl Encoded {
+    /// The bytes of these entries, which follow one another in `wire`.
+    fn bytes(&self, entries: std::ops::Range<usize>) -> &[u8] {
+        let start = match entries.start {
+            0 => 0,
+            n => self.entries[n - 1].0,
+        };
+        let end = match entries.end {
+            0 => 0,
+            n => self.entries[n - 1].0,
+        };
+        &self.wire[start..end]
+    }
+
+    /// An entry read back as a series: the slow path, for a refused one.
+    fn series(&self, entry: usize) -> std::result::Result<KeyedSeries, String> {
+        let request = <WriteRequest as prost::Message>::decode(self.bytes(entry..entry + 1))
+            .map_err(|e| format!("reading back an encoded series: {e}"))?;
+        let series = request
+            .timeseries
+            .into_iter()
+            .next()
+            .ok_or("reading back an encoded series: none")?;
+        KeyedSeries::from_time_series(series)
+    }
+}
+
+/// A group's points as remote_write requests, encoded one request at a time: each hub
+/// series' samples in time order, then each rollup bucket as its figures' series; a series
+/// longer than a request is cut across requests.
+struct GroupEncoder {
+    grouped: Vec<(SeriesId, Vec<Sample>)>,
+    figures: Vec<KeyedSeries>,
+    /// The next series to encode (raw, then figures) and how far into its samples.
+    next: usize,
+    offset: usize,
+}
+
+impl GroupEncoder {
+    fn new(
+        store: &Store,
+        samples: Vec<Vec<(SeriesId, i64, f64)>>,
+        rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
+    ) -> GroupEncoder {
+        let mut figures = Vec::new();
+        for (series, tier, bucket, rollup) in rollups {
+            if let Some(key) = store.shared_series_key(series) {
+                figures.extend(rollup_series(&key, tier, bucket, &rollup));
+            }
+        }
+        GroupEncoder {
+            grouped: group_points(samples),
+            figures,
+            next: 0,
+            offset: 0,
+        }
+    }
+
+    /// Series `index`'s samples: raw series first, then figures.
+    fn samples(&self, index: usize) -> Option<&[Sample]> {
+        match self.grouped.get(index) {
+            Some((_, points)) => Some(points),
+            None => Some(&self.figures.get(index - self.grouped.len())?.samples),
+        }
+    }
+
+    /// The parts (series, range of its samples) of the next request of at most `max`
+    /// samples, from the counts alone.
+    fn plan(&mut self, max: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+        let mut parts = Vec::new();
+        let mut room = max;
+        while room > 0 {
+            let Some(samples) = self.samples(self.next) else {
+                break;
+            };
+            let end = samples.len().min(self.offset + room);
+            parts.push((self.next, self.offset..end));
+            room -= end - self.offset;
+            if end == samples.len() {
+                (self.next, self.offset) = (self.next + 1, 0);
+            } else {
+                self.offset = end;
+            }
+        }
+        parts
+    }
+
+    /// The next request of at most `max` samples; `None` once all are encoded. The catalogue
+    /// is read for one request at a time, never across the engine's answer.
+    fn next_request(&mut self, store: &Store, max: usize) -> Option<Encoded> {
+        let plan = self.plan(max);
+        if plan.is_empty() {
+            return None;
+        }
+        let keys = store.series_keys();
+        let key_of = |index: usize| match self.grouped.get(index) {
+            Some((series, _)) => keys.get(*series).map(|key| (key, key.name())),
+            None => self
+                .figures
+                .get(index - self.grouped.len())
+                .map(|figure| (&*figure.key, figure.name())),
+        };
+        // Every key sized first, then every series written (see `labels_length`).
+        let sized: Vec<_> = plan
+            .iter()
+            .map(|&(index, _)| {
+                key_of(index)
+                    .map(|(key, name)| (key, name, outpost::prompb::labels_length(key, name)))
+            })
+            .collect();
+        let mut encoded = Encoded::default();
+        for ((index, range), sized) in plan.into_iter().zip(sized) {
+            let (Some(samples), Some(sized)) = (self.samples(index), sized) else {
+                continue;
+            };
+            let part = &samples[range];
+            if !part.is_empty() {
+                outpost::prompb::put_sized_time_series(&mut encoded.wire, sized, part);
+                encoded.entries.push((encoded.wire.len(), part.len()));
+            }
+        }
+        Some(encoded)
+    }
+}
+
+/// The points of several writes per hub series, in time order; of two writes of one
+/// timestamp the later wins, as in the store.
+fn group_points(samples: Vec<Vec<(SeriesId, i64, f64)>>) -> Vec<(SeriesId, Vec<Sample>)> {
     // A batch writes each series' samples together: one look-up per run, not per sample.
     let mut slots: HashMap<u32, usize> = HashMap::new();
     let mut grouped: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
@@ -631,11 +816,7 @@ fn group_by_series(
             .map(|&(_, timestamp, value)| Sample { value, timestamp });
         grouped[slot].1.extend(points);
     }
-    let mut out = Vec::with_capacity(grouped.len());
-    for (series, mut points) in grouped {
-        let Some(key) = store.shared_series_key(series) else {
-            continue;
-        };
+    for (_, points) in &mut grouped {
         if !points.is_sorted_by(|a, b| a.timestamp < b.timestamp) {
             // Stable: of two writes of one timestamp, the later stays behind the earlier...
             points.sort_by_key(|s| s.timestamp);
@@ -648,18 +829,8 @@ fn group_by_series(
                 same
             });
         }
-        out.push(KeyedSeries {
-            key,
-            name: None,
-            samples: points,
-        });
     }
-    for (series, tier, bucket, rollup) in rollups {
-        if let Some(key) = store.shared_series_key(series) {
-            out.extend(rollup_series(&key, tier, bucket, &rollup));
-        }
-    }
-    out
+    grouped
 }
 
 /// `series` cut into requests of at most `max` samples (a long series split across them).
@@ -907,7 +1078,17 @@ mod tests {
             (d, 20, 8.0),
         ];
         let device_y = vec![(b, 20, 1.0), (b, 10, 3.0), (c, 10, 7.0)];
-        let grouped = group_by_series(&store, vec![device_x, device_y], Vec::new());
+        let mut group = GroupEncoder::new(&store, vec![device_x, device_y], Vec::new());
+        // As the engine reads the group: one request of every series.
+        let encoded = group.next_request(&store, 100).unwrap();
+        assert!(group.next_request(&store, 100).is_none());
+        assert_eq!(encoded.entries.len(), 4);
+        let request = <WriteRequest as prost::Message>::decode(encoded.bytes(0..4)).unwrap();
+        let grouped: Vec<KeyedSeries> = request
+            .timeseries
+            .into_iter()
+            .map(|s| KeyedSeries::from_time_series(s).unwrap())
+            .collect();
         let points = |id: SeriesId| -> Vec<(i64, f64)> {
             let key = store.series_key(id).unwrap();
             let series: Vec<_> = grouped.iter().filter(|s| *s.key == key).collect();
@@ -923,6 +1104,81 @@ mod tests {
         assert_eq!(points(b), [(10, 3.0), (20, 1.0)]);
         assert_eq!(points(c), [(10, 7.0)]);
         assert_eq!(points(d), [(10, 9.0), (20, 8.0)]);
+        // Each entry reads back alone, as a refused one is.
+        for (entry, series) in grouped.iter().enumerate() {
+            assert_eq!(&encoded.series(entry).unwrap(), series);
+        }
+    }
+
+    #[test]
+    fn an_encoded_group_is_cut_at_the_sample_limit_without_losing_or_reordering_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let id = |text: &str| {
+            let key = outpost_storage::SeriesKey::parse(text).unwrap();
+            store.series_id(&key).unwrap()
+        };
+        let (a, b, c) = (id("a"), id(r#"b{instance="x"}"#), id("c"));
+        let run = |series: SeriesId, times: std::ops::Range<i64>| {
+            times
+                .map(move |t| (series, t, t as f64))
+                .collect::<Vec<_>>()
+        };
+        let writes = vec![[run(a, 0..25), run(b, 0..3), run(c, 100..140)].concat()];
+        let rollup = Rollup {
+            min: 1.0,
+            max: 2.0,
+            sum: 3.0,
+            count: 2,
+            last: 2.0,
+        };
+        let rollups = vec![(c, Tier::Minute, 60_000, rollup)];
+        let mut group = GroupEncoder::new(&store, writes, rollups);
+        let mut series: Vec<KeyedSeries> = Vec::new();
+        let mut requests = 0;
+        while let Some(encoded) = group.next_request(&store, 10) {
+            requests += 1;
+            let all = encoded.bytes(0..encoded.entries.len());
+            assert_eq!(all.len(), encoded.wire.len());
+            let decoded = <WriteRequest as prost::Message>::decode(all).unwrap();
+            let samples: usize = decoded.timeseries.iter().map(|s| s.samples.len()).sum();
+            assert!(
+                (1..=10).contains(&samples),
+                "{samples} samples in request {requests}"
+            );
+            series.extend(
+                decoded
+                    .timeseries
+                    .into_iter()
+                    .map(|s| KeyedSeries::from_time_series(s).unwrap()),
+            );
+        }
+        // Put back together, each series is what it was, in time order.
+        for (key, times) in [("a", 0..25), (r#"b{instance="x"}"#, 0..3), ("c", 100..140)] {
+            let key = outpost_storage::SeriesKey::parse(key).unwrap();
+            let joined: Vec<i64> = series
+                .iter()
+                .filter(|s| *s.key == key)
+                .flat_map(|s| s.samples.iter().map(|s| s.timestamp))
+                .collect();
+            assert_eq!(joined, times.collect::<Vec<_>>(), "{key}");
+        }
+        // Packed: 68 raw samples and the rollup's figures, ten to a request.
+        let figures = rollup_series(
+            &Arc::new(store.series_key(c).unwrap()),
+            Tier::Minute,
+            0,
+            &rollup,
+        );
+        assert_eq!(requests, (68 + figures.len()).div_ceil(10));
+        // The rollup's figures follow, a series each.
+        let sent: Vec<&str> = series
+            .iter()
+            .filter(|s| s.name().starts_with("c:"))
+            .map(KeyedSeries::name)
+            .collect();
+        let expected: Vec<&str> = figures.iter().map(KeyedSeries::name).collect();
+        assert_eq!(sent, expected);
     }
 
     /// An engine that takes every request (204), counting the requests.

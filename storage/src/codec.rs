@@ -232,6 +232,17 @@ pub(crate) fn encode_timestamps(timestamps: &[i64], out: &mut Vec<u8>) {
 
 pub(crate) fn decode_timestamps(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<i64>> {
     let mut timestamps = Vec::with_capacity(count);
+    decode_timestamps_into(reader, count, &mut timestamps)?;
+    Ok(timestamps)
+}
+
+/// [`decode_timestamps`], appended to `timestamps`.
+fn decode_timestamps_into(
+    reader: &mut Reader<'_>,
+    count: usize,
+    timestamps: &mut Vec<i64>,
+) -> DResult<()> {
+    timestamps.reserve(count);
     let mut previous = 0i64;
     let mut previous_delta = 0i64;
     for index in 0..count {
@@ -250,7 +261,7 @@ pub(crate) fn decode_timestamps(reader: &mut Reader<'_>, count: usize) -> DResul
         previous = ts;
         previous_delta = if index == 0 { 0 } else { delta };
     }
-    Ok(timestamps)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,9 +427,16 @@ fn encode_xor(values: &[f64], out: &mut Vec<u8>) {
 }
 
 pub(crate) fn decode_values(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
+    let mut values = Vec::with_capacity(count);
+    decode_values_into(reader, count, &mut values)?;
+    Ok(values)
+}
+
+/// [`decode_values`], appended to `values`.
+fn decode_values_into(reader: &mut Reader<'_>, count: usize, values: &mut Vec<f64>) -> DResult<()> {
     match reader.u8()? {
-        VALUES_DECIMAL => decode_decimal(reader, count),
-        VALUES_XOR => decode_xor(reader, count),
+        VALUES_DECIMAL => decode_decimal(reader, count, values),
+        VALUES_XOR => decode_xor(reader, count, values),
         tag => Err(DecodeError::UnknownTag {
             what: "value codec",
             tag,
@@ -426,7 +444,7 @@ pub(crate) fn decode_values(reader: &mut Reader<'_>, count: usize) -> DResult<Ve
     }
 }
 
-fn decode_decimal(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
+fn decode_decimal(reader: &mut Reader<'_>, count: usize, values: &mut Vec<f64>) -> DResult<()> {
     let scale = reader.u8()? as usize;
     let power = *POW10
         .get(scale)
@@ -456,7 +474,8 @@ fn decode_decimal(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
             .ok_or(DecodeError::Invalid("exception index out of range"))?;
         exceptions.push((index, f64::from_bits(reader.u64_le()?)));
     }
-    let mut values = Vec::with_capacity(count);
+    let start = values.len();
+    values.reserve(count);
     if count > 0 {
         let divisor = reader.varint()?;
         if divisor == 0 {
@@ -478,15 +497,15 @@ fn decode_decimal(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
         }
     }
     for (index, value) in exceptions {
-        if let Some(slot) = values.get_mut(index) {
+        if let Some(slot) = values.get_mut(start + index) {
             *slot = value;
         }
     }
-    Ok(values)
+    Ok(())
 }
 
-fn decode_xor(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
-    let mut values = Vec::with_capacity(count);
+fn decode_xor(reader: &mut Reader<'_>, count: usize, values: &mut Vec<f64>) -> DResult<()> {
+    values.reserve(count);
     let mut previous = 0u64;
     for _ in 0..count {
         let control = reader.u8()?;
@@ -509,7 +528,7 @@ fn decode_xor(reader: &mut Reader<'_>, count: usize) -> DResult<Vec<f64>> {
         }
         values.push(f64::from_bits(previous));
     }
-    Ok(values)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -646,6 +665,23 @@ pub fn decode_samples(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f64>), DecodeError>
     let decoded = decode_samples_body(&mut reader)?;
     reader.finish()?;
     Ok(decoded)
+}
+
+/// [`decode_samples`] into two buffers, replacing what they held: for a caller decoding many
+/// runs, who then allocates for none of them (a hub decodes a hundred runs per batch).
+/// On an error the buffers hold part of the run.
+pub fn decode_samples_into(
+    bytes: &[u8],
+    timestamps: &mut Vec<i64>,
+    values: &mut Vec<f64>,
+) -> Result<(), DecodeError> {
+    timestamps.clear();
+    values.clear();
+    let mut reader = Reader::new(bytes);
+    let count = reader.count("sample", 2)?;
+    decode_timestamps_into(&mut reader, count, timestamps)?;
+    decode_values_into(&mut reader, count, values)?;
+    reader.finish()
 }
 
 /// Encodes a sorted run of samples as a stored chunk.
@@ -861,6 +897,45 @@ mod tests {
             let (b, r) = decode_rollup_chunk(&bytes).unwrap();
             prop_assert_eq!(b, buckets);
             prop_assert!(r.iter().zip(&rollups).all(|(a, b)| a.bits_eq(b)));
+        }
+
+        /// Decoding into reused buffers gives what decoding into fresh ones gives, for runs
+        /// of either value codec (with exceptions) and for garbage, whatever the buffers held.
+        #[test]
+        fn decoding_into_used_buffers_matches_decoding_anew(
+            samples in proptest::collection::vec((any::<i64>(), any_f64()), 0..300),
+            decimals in proptest::collection::vec(-1_000_000i64..1_000_000, 0..300),
+            garbage in proptest::collection::vec(any::<u8>(), 0..200),
+            held in proptest::collection::vec(any::<i64>(), 0..50),
+        ) {
+            let timestamps: Vec<i64> = samples.iter().map(|s| s.0).collect();
+            let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            let mut decimal_values: Vec<f64> = decimals.iter().map(|&d| d as f64 / 100.0).collect();
+            if let Some(first) = decimal_values.first_mut() {
+                *first = f64::NAN; // an exception among decimals
+            }
+            let decimal_times: Vec<i64> = (0..decimal_values.len() as i64).map(|t| t * 1000).collect();
+            let inputs = [
+                encode_samples(&timestamps, &values),
+                encode_samples(&decimal_times, &decimal_values),
+                garbage,
+            ];
+            let mut into = (held.clone(), held.iter().map(|&h| h as f64).collect::<Vec<f64>>());
+            for bytes in &inputs {
+                let fresh = decode_samples(bytes);
+                let reused = decode_samples_into(bytes, &mut into.0, &mut into.1);
+                match fresh {
+                    Ok((t, v)) => {
+                        prop_assert!(reused.is_ok());
+                        prop_assert_eq!(&into.0, &t);
+                        prop_assert_eq!(
+                            into.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            v.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                        );
+                    }
+                    Err(error) => prop_assert_eq!(reused.unwrap_err().to_string(), error.to_string()),
+                }
+            }
         }
 
         #[test]

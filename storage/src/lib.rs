@@ -54,8 +54,8 @@ pub use error::{DecodeError, Error, Result};
 pub use query::{bucket_of as bucket_start, rate as rate_per_bucket, Aggregation};
 pub use series::{KeyLabels, MatchOp, Selector, SeriesKey};
 pub use store::{
-    Clock, Health, ManualWallClock, Options, Retention, SeriesPoints, Stats, Store, SystemClock,
-    WallClock, FORMAT_VERSION,
+    Clock, Health, ManualWallClock, Options, Retention, SeriesKeys, SeriesPoints, Stats, Store,
+    SystemClock, WallClock, FORMAT_VERSION,
 };
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds, or the number when out of range.

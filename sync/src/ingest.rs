@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher as _;
 
-use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples};
+use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples_into};
 use outpost_storage::{bucket_start, SeriesId, SeriesKey, Store, Tier, WriteBatch};
 
 use crate::state_keys::IngestKey;
@@ -593,26 +593,28 @@ fn write_batch_body(
     // Noted only when the batch carries rollups (a backlog); a live batch carries none.
     let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
     let carries_rollups = batch.body.chunks.iter().any(|chunk| chunk.tier != 0);
-    let mut write_raw = |hub: SeriesId, timestamps: Vec<i64>, values: Vec<f64>| {
-        let timestamps: Vec<i64> = timestamps
-            .into_iter()
-            .map(|ts| correction.fix(ts))
-            .collect();
+    let mut write_raw = |hub: SeriesId, timestamps: &mut [i64], values: &[f64]| {
+        for ts in timestamps.iter_mut() {
+            *ts = correction.fix(*ts);
+        }
         samples += timestamps.len() as u64;
         if carries_rollups {
-            note_buckets(&mut raw_buckets, hub, &timestamps);
+            note_buckets(&mut raw_buckets, hub, timestamps);
         }
-        for (ts, value) in timestamps.into_iter().zip(values) {
+        for (&ts, &value) in timestamps.iter().zip(values) {
             write.sample(hub, ts, value);
         }
     };
+    // One pair of buffers for every run of the batch.
+    let (mut timestamps, mut values) = (Vec::new(), Vec::new());
     for live in &batch.body.live {
-        let (timestamps, values) =
-            decode_samples(&live.samples).map_err(|e| IngestError::BadSamples {
+        decode_samples_into(&live.samples, &mut timestamps, &mut values).map_err(|e| {
+            IngestError::BadSamples {
                 series: live.series,
                 reason: e.to_string(),
-            })?;
-        write_raw(lookup[&live.series], timestamps, values);
+            }
+        })?;
+        write_raw(lookup[&live.series], &mut timestamps, &values);
     }
     let mut rollup_chunks: Vec<RollupChunk> = Vec::new();
     for chunk in &batch.body.chunks {
@@ -623,9 +625,9 @@ fn write_batch_body(
         };
         let tier = match chunk.tier {
             0 => {
-                let (timestamps, values) =
+                let (mut timestamps, values) =
                     decode_chunk(&chunk.bytes).map_err(|e| bad(e.to_string()))?;
-                write_raw(hub, timestamps, values);
+                write_raw(hub, &mut timestamps, &values);
                 continue;
             }
             1 => Tier::Minute,
