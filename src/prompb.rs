@@ -76,18 +76,20 @@ impl KeyedSeries {
         }
     }
 
-    /// A series read back from the protobuf message: its labels must make a valid key.
+    /// A series read back from the protobuf message: its labels must make a valid key. Of two
+    /// `__name__` labels the later is the name: a key's own `__name__` label is written before
+    /// the name ([`labels_of`]).
     pub fn from_time_series(series: TimeSeries) -> Result<KeyedSeries, String> {
-        let mut name = None;
-        let mut labels = Vec::with_capacity(series.labels.len());
-        for label in series.labels {
-            if label.name == "__name__" && name.is_none() {
-                name = Some(label.value);
-            } else {
-                labels.push((label.name, label.value));
-            }
-        }
-        let name = name.ok_or("a series without __name__")?;
+        let mut labels: Vec<(String, String)> = series
+            .labels
+            .into_iter()
+            .map(|label| (label.name, label.value))
+            .collect();
+        let at = labels
+            .iter()
+            .rposition(|(label, _)| label == "__name__")
+            .ok_or("a series without __name__")?;
+        let (_, name) = labels.remove(at);
         let key = SeriesKey::new(name, labels).map_err(|e| e.to_string())?;
         Ok(KeyedSeries {
             key: Arc::new(key),
@@ -316,6 +318,22 @@ mod tests {
             let wire = encode_keyed(&sent).unwrap();
             let wire = snap::raw::Decoder::new().decompress_vec(&wire).unwrap();
             prop_assert_eq!(wire, prost::Message::encode_to_vec(&request));
+        }
+
+        /// A series read back from its message is the series it was (a refused part of a
+        /// request, and a dead letter, are read back so).
+        #[test]
+        fn keyed_series_read_back_from_their_messages_are_themselves(sent in series()) {
+            let back = KeyedSeries::from_time_series(sent.to_time_series()).unwrap();
+            prop_assert_eq!(back.name(), sent.name());
+            prop_assert_eq!(
+                back.key.labels().collect::<Vec<_>>(),
+                sent.key.labels().collect::<Vec<_>>()
+            );
+            prop_assert_eq!(
+                back.samples.iter().map(|s| (s.timestamp, s.value.to_bits())).collect::<Vec<_>>(),
+                sent.samples.iter().map(|s| (s.timestamp, s.value.to_bits())).collect::<Vec<_>>()
+            );
         }
     }
 }
