@@ -113,29 +113,13 @@ pub fn encode_keyed(series: &[KeyedSeries]) -> Result<Vec<u8>, snap::Error> {
 }
 
 /// Appends one `WriteRequest.timeseries` field: the series `key`, named `name`, with these
-/// samples, written by hand straight from the key.
+/// samples, written by hand straight from the key and sized just before it is written, while
+/// the key is in the cache.
 pub fn put_time_series(out: &mut Vec<u8>, key: &SeriesKey, name: &str, samples: &[Sample]) {
-    let labels = labels_length(key, name);
-    put_sized_time_series(out, (key, name, labels), samples);
-}
-
-/// The bytes of a series' `TimeSeries.labels` fields. A caller encoding many series sizes
-/// them all first: the processor then fetches many keys from memory at once, where encoding
-/// each in turn waited for each (a hub's keys of a large fleet are not in the cache).
-pub fn labels_length(key: &SeriesKey, name: &str) -> usize {
     let mut labels = 0;
     for_each_label(key, name, |label, value| {
         labels += field_length(label_length(label, value));
     });
-    labels
-}
-
-/// [`put_time_series`] with the labels' bytes already counted by [`labels_length`].
-pub fn put_sized_time_series(
-    out: &mut Vec<u8>,
-    (key, name, labels): (&SeriesKey, &str, usize),
-    samples: &[Sample],
-) {
     let sample_bytes: usize = samples.iter().map(sample_field_length).sum();
     put_length_delimited(out, 1, labels + sample_bytes); // WriteRequest.timeseries
     for_each_label(key, name, |label, value| put_label(out, label, value));

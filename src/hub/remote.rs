@@ -426,11 +426,7 @@ impl RemoteWriter {
             samples.push(points.samples);
             rollups.extend(points.rollups);
         }
-        let mut group = GroupEncoder::new(store, samples, rollups);
-        let mut refused = Vec::new();
-        while let Some(request) = group.next_request(store, self.config.max_samples_per_request) {
-            refused.extend(self.runtime.block_on(self.send_encoded(&request))?);
-        }
+        let refused = self.send_group(store, GroupEncoder::new(store, samples, rollups))?;
         // Per device: its letters, their bytes, their samples.
         let mut letters: BTreeMap<String, (Vec<Vec<u8>>, u64, u64)> = BTreeMap::new();
         let mut held_back = BTreeSet::new();
@@ -518,7 +514,7 @@ impl RemoteWriter {
                     continue;
                 }
             };
-            let refused = self.runtime.block_on(self.send_all(series))?;
+            let refused = self.send_group(store, GroupEncoder::keyed(series))?;
             if refused.is_empty() {
                 let mut write = WriteBatch::default();
                 write.delete_state(StateTable::DeviceRegistry, key);
@@ -539,15 +535,17 @@ impl RemoteWriter {
         })
     }
 
-    /// Sends `series` in requests of at most `max_samples_per_request`; returns the parts
+    /// Sends a group in requests of at most `max_samples_per_request`; returns the parts
     /// refused for good, each with the engine's reason.
-    async fn send_all(
+    fn send_group(
         &self,
-        series: Vec<KeyedSeries>,
+        store: &Store,
+        mut group: GroupEncoder,
     ) -> std::result::Result<Vec<(Vec<KeyedSeries>, String)>, String> {
         let mut refused = Vec::new();
-        let requests = split_requests(series, self.config.max_samples_per_request);
-        self.send_requests(requests, &mut refused).await?;
+        while let Some(request) = group.next_request(store, self.config.max_samples_per_request) {
+            refused.extend(self.runtime.block_on(self.send_encoded(&request))?);
+        }
         Ok(refused)
     }
 
@@ -660,10 +658,9 @@ impl RemoteWriter {
     }
 }
 
-/// A request's series encoded for remote_write, each as soon as its key is looked up:
-/// `WriteRequest.timeseries` fields one after the other. Holding `Arc`s to the keys until the
-/// requests were encoded read each key from memory three times more (its count, its offsets,
-/// its text), which with a large fleet's keys out of the cache was a third of the hub's CPU.
+/// A request's series encoded for remote_write, each as soon as its key is looked up in the
+/// catalogue: `WriteRequest.timeseries` fields one after the other. (Holding an `Arc` per key
+/// until the request was encoded read each key's count from memory twice more.)
 #[derive(Debug, Default)]
 struct Encoded {
     wire: Vec<u8>,
@@ -699,12 +696,13 @@ impl Encoded {
 }
 
 /// A group's points as remote_write requests, encoded one request at a time: each hub
-/// series' samples in time order, then each rollup bucket as its figures' series; a series
-/// longer than a request is cut across requests.
+/// series' samples in time order, then series already keyed (each rollup bucket as its
+/// figures' series, or dead letters read back); a series longer than a request is cut across
+/// requests.
 struct GroupEncoder {
     grouped: Vec<(SeriesId, Vec<Sample>)>,
-    figures: Vec<KeyedSeries>,
-    /// The next series to encode (raw, then figures) and how far into its samples.
+    keyed: Vec<KeyedSeries>,
+    /// The next series to encode (grouped, then keyed) and how far into its samples.
     next: usize,
     offset: usize,
 }
@@ -723,17 +721,25 @@ impl GroupEncoder {
         }
         GroupEncoder {
             grouped: group_points(samples),
-            figures,
+            ..GroupEncoder::keyed(figures)
+        }
+    }
+
+    /// Series that carry their keys, sent as they are.
+    fn keyed(series: Vec<KeyedSeries>) -> GroupEncoder {
+        GroupEncoder {
+            grouped: Vec::new(),
+            keyed: series,
             next: 0,
             offset: 0,
         }
     }
 
-    /// Series `index`'s samples: raw series first, then figures.
+    /// Series `index`'s samples: grouped series first, then keyed ones.
     fn samples(&self, index: usize) -> Option<&[Sample]> {
         match self.grouped.get(index) {
             Some((_, points)) => Some(points),
-            None => Some(&self.figures.get(index - self.grouped.len())?.samples),
+            None => Some(&self.keyed.get(index - self.grouped.len())?.samples),
         }
     }
 
@@ -766,29 +772,21 @@ impl GroupEncoder {
             return None;
         }
         let keys = store.series_keys();
-        let key_of = |index: usize| match self.grouped.get(index) {
-            Some((series, _)) => keys.get(*series).map(|key| (key, key.name())),
-            None => self
-                .figures
-                .get(index - self.grouped.len())
-                .map(|figure| (&*figure.key, figure.name())),
-        };
-        // Every key sized first, then every series written (see `labels_length`).
-        let sized: Vec<_> = plan
-            .iter()
-            .map(|&(index, _)| {
-                key_of(index)
-                    .map(|(key, name)| (key, name, outpost::prompb::labels_length(key, name)))
-            })
-            .collect();
         let mut encoded = Encoded::default();
-        for ((index, range), sized) in plan.into_iter().zip(sized) {
-            let (Some(samples), Some(sized)) = (self.samples(index), sized) else {
-                continue;
+        for (index, range) in plan {
+            let (key, name, samples) = match self.grouped.get(index) {
+                Some((series, points)) => match keys.get(*series) {
+                    Some(key) => (key, key.name(), points),
+                    None => continue,
+                },
+                None => {
+                    let series = &self.keyed[index - self.grouped.len()];
+                    (&*series.key, series.name(), &series.samples)
+                }
             };
             let part = &samples[range];
             if !part.is_empty() {
-                outpost::prompb::put_sized_time_series(&mut encoded.wire, sized, part);
+                outpost::prompb::put_time_series(&mut encoded.wire, key, name, part);
                 encoded.entries.push((encoded.wire.len(), part.len()));
             }
         }
@@ -831,45 +829,6 @@ fn group_points(samples: Vec<Vec<(SeriesId, i64, f64)>>) -> Vec<(SeriesId, Vec<S
         }
     }
     grouped
-}
-
-/// `series` cut into requests of at most `max` samples (a long series split across them).
-fn split_requests(series: Vec<KeyedSeries>, max: usize) -> Vec<Vec<KeyedSeries>> {
-    let mut requests = Vec::new();
-    let mut current: Vec<KeyedSeries> = Vec::new();
-    let mut in_current = 0;
-    for series in series {
-        if series.samples.len() <= max - in_current {
-            // The common case, a series that fits: moved, not copied.
-            in_current += series.samples.len();
-            if !series.samples.is_empty() {
-                current.push(series);
-            }
-            if in_current == max {
-                requests.push(std::mem::take(&mut current));
-                in_current = 0;
-            }
-            continue;
-        }
-        let mut samples = series.samples.as_slice();
-        while !samples.is_empty() {
-            let take = samples.len().min(max - in_current);
-            current.push(KeyedSeries {
-                samples: samples[..take].to_vec(),
-                ..series.clone_labels()
-            });
-            in_current += take;
-            samples = &samples[take..];
-            if in_current == max {
-                requests.push(std::mem::take(&mut current));
-                in_current = 0;
-            }
-        }
-    }
-    if !current.is_empty() {
-        requests.push(current);
-    }
-    requests
 }
 
 /// A refused request in two halves (by series, or a lone series by its samples); the request
@@ -917,10 +876,43 @@ mod tests {
         requests.iter().flatten().map(|s| s.samples.len()).sum()
     }
 
+    fn store_in(dir: &tempfile::TempDir) -> Store {
+        Store::open(dir.path().join("s.redb"), Default::default()).unwrap()
+    }
+
+    fn id(store: &Store, key: &str) -> SeriesId {
+        store
+            .series_id(&outpost_storage::SeriesKey::parse(key).unwrap())
+            .unwrap()
+    }
+
+    /// Every request of the group, read back as the engine reads it.
+    fn sent(store: &Store, mut group: GroupEncoder, max: usize) -> Vec<Vec<KeyedSeries>> {
+        let mut requests = Vec::new();
+        while let Some(encoded) = group.next_request(store, max) {
+            let all = encoded.bytes(0..encoded.entries.len());
+            assert_eq!(all.len(), encoded.wire.len());
+            let request = <WriteRequest as prost::Message>::decode(all).unwrap();
+            let series: Vec<KeyedSeries> = request
+                .timeseries
+                .into_iter()
+                .map(|s| KeyedSeries::from_time_series(s).unwrap())
+                .collect();
+            // Each entry reads back alone too, as a refused one is.
+            for (entry, one) in series.iter().enumerate() {
+                assert_eq!(&encoded.series(entry).unwrap(), one);
+            }
+            requests.push(series);
+        }
+        requests
+    }
+
     #[test]
     fn requests_are_cut_at_the_sample_limit_without_losing_or_reordering_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir);
         let all = vec![series("a", 0..25), series("b", 0..3), series("c", 100..140)];
-        let requests = split_requests(all.clone(), 10);
+        let requests = sent(&store, GroupEncoder::keyed(all.clone()), 10);
         assert_eq!(count(&requests), 68);
         assert!(requests
             .iter()
@@ -1061,14 +1053,16 @@ mod tests {
     #[test]
     fn points_are_grouped_per_series_in_time_order_the_later_write_of_a_time_winning() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
-        let id = |text: &str| {
-            let key = outpost_storage::SeriesKey::parse(text).unwrap();
-            store.series_id(&key).unwrap()
-        };
-        let (a, b) = (id(r#"a{instance="x"}"#), id(r#"b{instance="y"}"#));
+        let store = store_in(&dir);
+        let (a, b) = (
+            id(&store, r#"a{instance="x"}"#),
+            id(&store, r#"b{instance="y"}"#),
+        );
         // Two devices' writes interleaved, out of time order, one time written twice.
-        let (c, d) = (id(r#"c{instance="y"}"#), id(r#"d{instance="x"}"#));
+        let (c, d) = (
+            id(&store, r#"c{instance="y"}"#),
+            id(&store, r#"d{instance="x"}"#),
+        );
         let device_x = vec![
             (a, 30, 1.0),
             (a, 10, 2.0),
@@ -1078,17 +1072,11 @@ mod tests {
             (d, 20, 8.0),
         ];
         let device_y = vec![(b, 20, 1.0), (b, 10, 3.0), (c, 10, 7.0)];
-        let mut group = GroupEncoder::new(&store, vec![device_x, device_y], Vec::new());
+        let group = GroupEncoder::new(&store, vec![device_x, device_y], Vec::new());
         // As the engine reads the group: one request of every series.
-        let encoded = group.next_request(&store, 100).unwrap();
-        assert!(group.next_request(&store, 100).is_none());
-        assert_eq!(encoded.entries.len(), 4);
-        let request = <WriteRequest as prost::Message>::decode(encoded.bytes(0..4)).unwrap();
-        let grouped: Vec<KeyedSeries> = request
-            .timeseries
-            .into_iter()
-            .map(|s| KeyedSeries::from_time_series(s).unwrap())
-            .collect();
+        let requests = sent(&store, group, 100);
+        assert_eq!(requests.len(), 1);
+        let grouped = &requests[0];
         let points = |id: SeriesId| -> Vec<(i64, f64)> {
             let key = store.series_key(id).unwrap();
             let series: Vec<_> = grouped.iter().filter(|s| *s.key == key).collect();
@@ -1104,21 +1092,17 @@ mod tests {
         assert_eq!(points(b), [(10, 3.0), (20, 1.0)]);
         assert_eq!(points(c), [(10, 7.0)]);
         assert_eq!(points(d), [(10, 9.0), (20, 8.0)]);
-        // Each entry reads back alone, as a refused one is.
-        for (entry, series) in grouped.iter().enumerate() {
-            assert_eq!(&encoded.series(entry).unwrap(), series);
-        }
     }
 
     #[test]
-    fn an_encoded_group_is_cut_at_the_sample_limit_without_losing_or_reordering_any() {
+    fn a_group_of_series_and_rollups_is_cut_at_the_sample_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
-        let id = |text: &str| {
-            let key = outpost_storage::SeriesKey::parse(text).unwrap();
-            store.series_id(&key).unwrap()
-        };
-        let (a, b, c) = (id("a"), id(r#"b{instance="x"}"#), id("c"));
+        let store = store_in(&dir);
+        let (a, b, c) = (
+            id(&store, "a"),
+            id(&store, r#"b{instance="x"}"#),
+            id(&store, "c"),
+        );
         let run = |series: SeriesId, times: std::ops::Range<i64>| {
             times
                 .map(move |t| (series, t, t as f64))
@@ -1133,26 +1117,11 @@ mod tests {
             last: 2.0,
         };
         let rollups = vec![(c, Tier::Minute, 60_000, rollup)];
-        let mut group = GroupEncoder::new(&store, writes, rollups);
-        let mut series: Vec<KeyedSeries> = Vec::new();
-        let mut requests = 0;
-        while let Some(encoded) = group.next_request(&store, 10) {
-            requests += 1;
-            let all = encoded.bytes(0..encoded.entries.len());
-            assert_eq!(all.len(), encoded.wire.len());
-            let decoded = <WriteRequest as prost::Message>::decode(all).unwrap();
-            let samples: usize = decoded.timeseries.iter().map(|s| s.samples.len()).sum();
-            assert!(
-                (1..=10).contains(&samples),
-                "{samples} samples in request {requests}"
-            );
-            series.extend(
-                decoded
-                    .timeseries
-                    .into_iter()
-                    .map(|s| KeyedSeries::from_time_series(s).unwrap()),
-            );
-        }
+        let requests = sent(&store, GroupEncoder::new(&store, writes, rollups), 10);
+        assert!(requests
+            .iter()
+            .all(|r| (1..=10).contains(&r.iter().map(|s| s.samples.len()).sum::<usize>())));
+        let series: Vec<&KeyedSeries> = requests.iter().flatten().collect();
         // Put back together, each series is what it was, in time order.
         for (key, times) in [("a", 0..25), (r#"b{instance="x"}"#, 0..3), ("c", 100..140)] {
             let key = outpost_storage::SeriesKey::parse(key).unwrap();
@@ -1163,22 +1132,15 @@ mod tests {
                 .collect();
             assert_eq!(joined, times.collect::<Vec<_>>(), "{key}");
         }
-        // Packed: 68 raw samples and the rollup's figures, ten to a request.
-        let figures = rollup_series(
-            &Arc::new(store.series_key(c).unwrap()),
-            Tier::Minute,
-            0,
-            &rollup,
-        );
-        assert_eq!(requests, (68 + figures.len()).div_ceil(10));
-        // The rollup's figures follow, a series each.
-        let sent: Vec<&str> = series
-            .iter()
-            .filter(|s| s.name().starts_with("c:"))
-            .map(KeyedSeries::name)
-            .collect();
-        let expected: Vec<&str> = figures.iter().map(KeyedSeries::name).collect();
-        assert_eq!(sent, expected);
+        // Packed: 68 raw samples and the rollup's figures, ten to a request, the figures last.
+        let key = Arc::new(store.series_key(c).unwrap());
+        let figures = rollup_series(&key, Tier::Minute, 60_000, &rollup);
+        assert_eq!(requests.len(), (68 + figures.len()).div_ceil(10));
+        let tail = &series[series.len() - figures.len()..];
+        for (sent, figure) in tail.iter().zip(&figures) {
+            assert_eq!(sent.name(), figure.name());
+            assert_eq!(sent.samples, figure.samples);
+        }
     }
 
     /// An engine that takes every request (204), counting the requests.
