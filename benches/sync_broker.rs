@@ -802,7 +802,7 @@ fn batch_request(
         let key = outpost_storage::SeriesKey::parse(&keys[&live.series]).unwrap();
         // As the hub names it: `instance` is the device.
         let key = outpost_sync::ingest::hub_key(device, &key).unwrap();
-        let (timestamps, values) = outpost_storage::codec::decode_samples(&live.samples).unwrap();
+        let (timestamps, values) = outpost_storage::codec::decode_samples(live.samples).unwrap();
         let labels = outpost::prompb::labels_of(&key, key.name());
         let samples = timestamps
             .into_iter()

@@ -29,7 +29,7 @@ pub struct Label {
     pub value: String,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct Sample {
     #[prost(double, tag = "1")]
     pub value: f64,
@@ -123,7 +123,8 @@ pub fn put_time_series(out: &mut Vec<u8>, key: &SeriesKey, name: &str, samples: 
     let sample_bytes: usize = samples.iter().map(sample_field_length).sum();
     put_length_delimited(out, 1, labels + sample_bytes); // WriteRequest.timeseries
     for_each_label(key, name, |label, value| put_label(out, label, value));
-    out.reserve(sample_bytes);
+    // Room for one whole stack field past the last sample: see `put_sample`.
+    out.reserve(sample_bytes + MAX_SAMPLE_FIELD);
     for sample in samples {
         put_sample(out, sample);
     }
@@ -168,7 +169,9 @@ fn sample_field_length(sample: &Sample) -> usize {
     2 + value + timestamp
 }
 
-/// One `TimeSeries.samples` field, built on the stack and copied in one go.
+/// One `TimeSeries.samples` field, built on the stack and copied in one go: all of the stack
+/// buffer, a copy of fixed size that compiles to a few moves, where a copy of the field's own length
+/// calls `memcpy` (a third of the encoding's time in a profile of the hub), then cut to it.
 fn put_sample(out: &mut Vec<u8>, sample: &Sample) {
     let mut field = [0u8; MAX_SAMPLE_FIELD];
     let mut at = 2;
@@ -191,7 +194,9 @@ fn put_sample(out: &mut Vec<u8>, sample: &Sample) {
     }
     field[0] = 2 << 3 | 2; // TimeSeries.samples, length-delimited
     field[1] = (at - 2) as u8; // at most 19: a one-byte varint
-    out.extend_from_slice(&field[..at]);
+    let start = out.len();
+    out.extend_from_slice(&field);
+    out.truncate(start + at);
 }
 
 fn label_length(name: &str, value: &str) -> usize {

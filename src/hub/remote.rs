@@ -700,7 +700,7 @@ impl Encoded {
 /// figures' series, or dead letters read back); a series longer than a request is cut across
 /// requests.
 struct GroupEncoder {
-    grouped: Vec<(SeriesId, Vec<Sample>)>,
+    grouped: Grouped,
     keyed: Vec<KeyedSeries>,
     /// The next series to encode (grouped, then keyed) and how far into its samples.
     next: usize,
@@ -710,7 +710,7 @@ struct GroupEncoder {
 impl GroupEncoder {
     fn new(
         store: &Store,
-        samples: Vec<Vec<(SeriesId, i64, f64)>>,
+        samples: Vec<Vec<Point>>,
         rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
     ) -> GroupEncoder {
         let mut figures = Vec::new();
@@ -720,7 +720,7 @@ impl GroupEncoder {
             }
         }
         GroupEncoder {
-            grouped: group_points(samples),
+            grouped: Grouped::new(&samples),
             ..GroupEncoder::keyed(figures)
         }
     }
@@ -728,7 +728,10 @@ impl GroupEncoder {
     /// Series that carry their keys, sent as they are.
     fn keyed(series: Vec<KeyedSeries>) -> GroupEncoder {
         GroupEncoder {
-            grouped: Vec::new(),
+            grouped: Grouped {
+                points: Vec::new(),
+                series: Vec::new(),
+            },
             keyed: series,
             next: 0,
             offset: 0,
@@ -775,13 +778,13 @@ impl GroupEncoder {
         let mut encoded = Encoded::default();
         for (index, range) in plan {
             let (key, name, samples) = match self.grouped.get(index) {
-                Some((series, points)) => match keys.get(*series) {
+                Some((series, points)) => match keys.get(series) {
                     Some(key) => (key, key.name(), points),
                     None => continue,
                 },
                 None => {
                     let series = &self.keyed[index - self.grouped.len()];
-                    (&*series.key, series.name(), &series.samples)
+                    (&*series.key, series.name(), &series.samples[..])
                 }
             };
             let part = &samples[range];
@@ -794,41 +797,99 @@ impl GroupEncoder {
     }
 }
 
+/// A sample as a write holds it: series, time, value.
+type Point = (SeriesId, i64, f64);
+
 /// The points of several writes per hub series, in time order; of two writes of one
 /// timestamp the later wins, as in the store.
-fn group_points(samples: Vec<Vec<(SeriesId, i64, f64)>>) -> Vec<(SeriesId, Vec<Sample>)> {
-    // A batch writes each series' samples together: one look-up per run, not per sample.
-    let mut slots: HashMap<u32, usize> = HashMap::new();
-    let mut grouped: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
-    for run in samples
-        .iter()
-        .flat_map(|part| part.chunk_by(|a, b| a.0 == b.0))
-    {
-        let series = run[0].0;
-        let slot = *slots.entry(series.0).or_insert_with(|| {
-            grouped.push((series, Vec::new()));
-            grouped.len() - 1
-        });
-        let points = run
+struct Grouped {
+    /// Each series' samples after the one before's.
+    points: Vec<Sample>,
+    series: Vec<(SeriesId, std::ops::Range<usize>)>,
+}
+
+impl Grouped {
+    fn new(writes: &[Vec<Point>]) -> Grouped {
+        // One buffer for all series, not one per series: at 1,000 devices a group holds
+        // 100,000 series, and growing a vector for each was a twentieth of the hub's CPU. The
+        // buffer is filled series by series, following each series' runs in write order.
+        const LAST: usize = usize::MAX;
+        // A batch writes each series' samples together: one look-up per run, not per sample.
+        let mut slots: HashMap<u32, usize> = HashMap::new();
+        // Per series: its first and last run and its number of samples.
+        let mut chains: Vec<(SeriesId, usize, usize, usize)> = Vec::new();
+        // Each run, and the next run of its series.
+        let mut runs: Vec<(&[Point], usize)> = Vec::new();
+        for run in writes
             .iter()
-            .map(|&(_, timestamp, value)| Sample { value, timestamp });
-        grouped[slot].1.extend(points);
-    }
-    for (_, points) in &mut grouped {
-        if !points.is_sorted_by(|a, b| a.timestamp < b.timestamp) {
-            // Stable: of two writes of one timestamp, the later stays behind the earlier...
-            points.sort_by_key(|s| s.timestamp);
-            // ...and replaces it, as in the store.
-            points.dedup_by(|later, earlier| {
-                let same = later.timestamp == earlier.timestamp;
-                if same {
-                    earlier.value = later.value;
+            .flat_map(|part| part.chunk_by(|a, b| a.0 == b.0))
+        {
+            let index = runs.len();
+            runs.push((run, LAST));
+            match slots.entry(run[0].0 .0) {
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let chain = &mut chains[*slot.get()];
+                    runs[chain.2].1 = index;
+                    (chain.2, chain.3) = (index, chain.3 + run.len());
                 }
-                same
-            });
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(chains.len());
+                    chains.push((run[0].0, index, index, run.len()));
+                }
+            }
+        }
+        let mut points = Vec::with_capacity(chains.iter().map(|chain| chain.3).sum());
+        let mut series = Vec::with_capacity(chains.len());
+        for (id, first, _, _) in chains {
+            let start = points.len();
+            let mut at = first;
+            while at != LAST {
+                let (run, next) = runs[at];
+                points.extend(
+                    run.iter()
+                        .map(|&(_, timestamp, value)| Sample { value, timestamp }),
+                );
+                at = next;
+            }
+            let kept = in_time_order(&mut points[start..]);
+            points.truncate(start + kept);
+            series.push((id, start..points.len()));
+        }
+        Grouped { points, series }
+    }
+
+    fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    fn get(&self, index: usize) -> Option<(SeriesId, &[Sample])> {
+        let (series, range) = self.series.get(index)?;
+        Some((*series, &self.points[range.clone()]))
+    }
+}
+
+/// Sorts one series' samples by time, the later of two of one time replacing the earlier, and
+/// says how many are left at the front.
+fn in_time_order(points: &mut [Sample]) -> usize {
+    if points.is_sorted_by(|a, b| a.timestamp < b.timestamp) {
+        return points.len();
+    }
+    // Stable: of two writes of one timestamp, the later stays behind the earlier...
+    points.sort_by_key(|s| s.timestamp);
+    let mut kept = 0usize;
+    for at in 0..points.len() {
+        match kept.checked_sub(1) {
+            // ...and replaces it, as in the store.
+            Some(last) if points[last].timestamp == points[at].timestamp => {
+                points[last].value = points[at].value;
+            }
+            _ => {
+                points[kept] = points[at];
+                kept += 1;
+            }
         }
     }
-    grouped
+    kept
 }
 
 /// A refused request in two halves (by series, or a lone series by its samples); the request
@@ -1092,6 +1153,37 @@ mod tests {
         assert_eq!(points(b), [(10, 3.0), (20, 1.0)]);
         assert_eq!(points(c), [(10, 7.0)]);
         assert_eq!(points(d), [(10, 9.0), (20, 8.0)]);
+    }
+
+    proptest::proptest! {
+        /// Against a model: each series once, its times in order, each time's last write.
+        #[test]
+        fn grouped_points_are_each_series_last_write_of_each_time(
+            writes in proptest::collection::vec(
+                proptest::collection::vec((0u32..5, -3i64..9, -100i32..100), 0..30),
+                0..5,
+            )
+        ) {
+            let writes: Vec<Vec<(SeriesId, i64, f64)>> = writes
+                .iter()
+                .map(|part| part.iter().map(|&(s, t, v)| (SeriesId(s), t, v.into())).collect())
+                .collect();
+            let mut model: BTreeMap<u32, BTreeMap<i64, f64>> = BTreeMap::new();
+            for &(series, timestamp, value) in writes.iter().flatten() {
+                model.entry(series.0).or_default().insert(timestamp, value);
+            }
+            let grouped = Grouped::new(&writes);
+            let mut seen = BTreeMap::new();
+            for index in 0..grouped.len() {
+                let (series, points) = grouped.get(index).unwrap();
+                let points: BTreeMap<i64, f64> =
+                    points.iter().map(|s| (s.timestamp, s.value)).collect();
+                proptest::prop_assert_eq!(points.len(), grouped.get(index).unwrap().1.len());
+                proptest::prop_assert!(grouped.get(index).unwrap().1.is_sorted_by_key(|s| s.timestamp));
+                proptest::prop_assert!(seen.insert(series.0, points).is_none(), "{:?} twice", series);
+            }
+            proptest::prop_assert_eq!(seen, model);
+        }
     }
 
     #[test]

@@ -667,6 +667,12 @@ pub fn decode_samples(bytes: &[u8]) -> Result<(Vec<i64>, Vec<f64>), DecodeError>
     Ok(decoded)
 }
 
+/// How many samples an encoded run says it holds, checked as [`decode_samples`] checks it
+/// (at most one per two bytes): for sizing a buffer before decoding several runs into it.
+pub fn samples_in(bytes: &[u8]) -> Result<usize, DecodeError> {
+    Reader::new(bytes).count("sample", 2)
+}
+
 /// [`decode_samples`] into two buffers, replacing what they held: for a caller decoding many
 /// runs, who then allocates for none of them (a hub decodes a hundred runs per batch).
 /// On an error the buffers hold part of the run.
@@ -927,6 +933,7 @@ mod tests {
                 match fresh {
                     Ok((t, v)) => {
                         prop_assert!(reused.is_ok());
+                        prop_assert_eq!(samples_in(bytes), Ok(t.len()));
                         prop_assert_eq!(&into.0, &t);
                         prop_assert_eq!(
                             into.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

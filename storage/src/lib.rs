@@ -310,9 +310,17 @@ impl WriteBatch {
     /// Appends `other`'s writes after this batch's, in order (a later write of the same key
     /// still wins).
     pub fn extend(&mut self, other: WriteBatch) {
-        self.samples.extend(other.samples);
-        self.state.extend(other.state);
-        self.rollups.extend(other.rollups);
+        // Into nothing, a move: a hub gathers each device's batches this way, most often one.
+        fn append<T>(to: &mut Vec<T>, from: Vec<T>) {
+            if to.is_empty() {
+                *to = from;
+            } else {
+                to.extend(from);
+            }
+        }
+        append(&mut self.samples, other.samples);
+        append(&mut self.state, other.state);
+        append(&mut self.rollups, other.rollups);
     }
 
     /// Takes the batch's samples and rollup points out, leaving its state writes: for a hub
@@ -328,6 +336,11 @@ impl WriteBatch {
                 .map(|r| (SeriesId(r.series), r.tier, r.bucket, r.rollup))
                 .collect(),
         }
+    }
+
+    /// Room for `samples` more samples.
+    pub fn reserve(&mut self, samples: usize) {
+        self.samples.reserve(samples);
     }
 
     /// Adds a sample; a later write of the same series and timestamp replaces it.
@@ -387,6 +400,25 @@ impl WriteBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_extended_batch_holds_both_batches_writes_in_order() {
+        let batch = |from: i64, count: i64| {
+            let mut write = WriteBatch::default();
+            for at in from..from + count {
+                write.sample(SeriesId(1), at, at as f64);
+                write.put_state(StateTable::AlertState, at.to_string(), vec![at as u8]);
+            }
+            write
+        };
+        for (first, second) in [(0, 0), (0, 2), (3, 0), (3, 2)] {
+            let mut write = batch(0, first);
+            write.extend(batch(first, second));
+            let times: Vec<i64> = write.samples.iter().map(|s| s.1).collect();
+            assert_eq!(times, (0..first + second).collect::<Vec<_>>());
+            assert_eq!(write.state, batch(0, first + second).state);
+        }
+    }
 
     #[test]
     fn prefixes_that_start_one_another_collide() {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher as _;
 
-use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples_into};
+use outpost_storage::codec::{decode_chunk, decode_rollup_chunk, decode_samples_into, samples_in};
 use outpost_storage::{bucket_start, SeriesId, SeriesKey, Store, Tier, WriteBatch};
 
 use crate::state_keys::IngestKey;
@@ -593,6 +593,16 @@ fn write_batch_body(
     // Noted only when the batch carries rollups (a backlog); a live batch carries none.
     let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
     let carries_rollups = batch.body.chunks.iter().any(|chunk| chunk.tier != 0);
+    // The batch's samples sized once: a hub holds each device's write until the engine takes
+    // it, and one grown by doubling held up to twice the room.
+    write.reserve(
+        batch
+            .body
+            .live
+            .iter()
+            .filter_map(|live| samples_in(live.samples).ok())
+            .sum(),
+    );
     let mut write_raw = |hub: SeriesId, timestamps: &mut [i64], values: &[f64]| {
         for ts in timestamps.iter_mut() {
             *ts = correction.fix(*ts);
@@ -608,7 +618,7 @@ fn write_batch_body(
     // One pair of buffers for every run of the batch.
     let (mut timestamps, mut values) = (Vec::new(), Vec::new());
     for live in &batch.body.live {
-        decode_samples_into(&live.samples, &mut timestamps, &mut values).map_err(|e| {
+        decode_samples_into(live.samples, &mut timestamps, &mut values).map_err(|e| {
             IngestError::BadSamples {
                 series: live.series,
                 reason: e.to_string(),
@@ -762,10 +772,12 @@ mod tests {
                     id: 1,
                     key: "cpu".into(),
                 }],
-                live: vec![LiveSamples {
+                live: [LiveSamples {
                     series: 1,
-                    samples: outpost_storage::codec::encode_samples(timestamps, &values),
-                }],
+                    samples: &outpost_storage::codec::encode_samples(timestamps, &values),
+                }]
+                .into_iter()
+                .collect(),
                 chunks: rollup_bucket
                     .map(|bucket| StoredChunk {
                         series: 1,

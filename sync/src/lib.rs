@@ -22,10 +22,12 @@
 //!     },
 //!     body: BatchBody {
 //!         defs: vec![SeriesDef { id: 0, key: r#"cpu{core="0"}"#.into() }],
-//!         live: vec![LiveSamples {
+//!         live: [LiveSamples {
 //!             series: 0,
-//!             samples: outpost_storage::codec::encode_samples(&[1_700_000_000_000], &[0.5]),
-//!         }],
+//!             samples: &outpost_storage::codec::encode_samples(&[1_700_000_000_000], &[0.5]),
+//!         }]
+//!         .into_iter()
+//!         .collect(),
 //!         chunks: vec![],
 //!         lines: vec![],
 //!     },
@@ -52,8 +54,9 @@ pub mod uplink;
 pub use error::{Error, Result};
 pub use message::{
     claimed_version, sign_json, verify_json, Ack, AckStatus, Action, Batch, BatchBody, BatchHeader,
-    ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveSamples, LogLine,
-    MatchOp, Matcher, SeriesDef, Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveRuns,
+    LiveRunsIter, LiveSamples, LogLine, MatchOp, Matcher, SeriesDef, Silence, StoredChunk,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status, StatusOrder, StatusVerdict};
 
@@ -91,7 +94,7 @@ pub mod fuzzing {
         let body: BatchBody = postcard::from_bytes(&body).map_err(|e| e.to_string())?;
         let mut count = 0;
         for live in &body.live {
-            if let Ok((t, _)) = outpost_storage::codec::decode_samples(&live.samples) {
+            if let Ok((t, _)) = outpost_storage::codec::decode_samples(live.samples) {
                 count += t.len();
             }
         }

@@ -216,12 +216,200 @@ pub struct SeriesDef {
 }
 
 /// New samples of one series, in the store's raw chunk body encoding
-/// ([`outpost_storage::codec::encode_samples`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveSamples {
+/// ([`outpost_storage::codec::encode_samples`]): one run of a batch's [`LiveRuns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSamples<'a> {
     pub series: u32,
-    #[serde(with = "serde_bytes")]
-    pub samples: Vec<u8>,
+    pub samples: &'a [u8],
+}
+
+/// A batch's live runs. On the wire a sequence of (series, bytes) pairs, as a derived
+/// `Vec<LiveSamples>` of owned bytes was; in memory one buffer for all of a batch's runs: a
+/// hub decodes a hundred runs from each batch of a thousand devices, and a vector per run
+/// was a twentieth of its CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveRuns {
+    bytes: Vec<u8>,
+    /// Each run's series and where its bytes end in `bytes`.
+    runs: Vec<(u32, usize)>,
+}
+
+impl LiveRuns {
+    pub fn push(&mut self, run: LiveSamples<'_>) {
+        self.bytes.extend_from_slice(run.samples);
+        self.runs.push((run.series, self.bytes.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<LiveSamples<'_>> {
+        let &(series, end) = self.runs.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |before| self.runs[before].1);
+        Some(LiveSamples {
+            series,
+            samples: &self.bytes[start..end],
+        })
+    }
+
+    pub fn iter(&self) -> LiveRunsIter<'_> {
+        LiveRunsIter {
+            runs: self.runs.iter(),
+            bytes: &self.bytes,
+            start: 0,
+        }
+    }
+}
+
+pub struct LiveRunsIter<'a> {
+    runs: std::slice::Iter<'a, (u32, usize)>,
+    bytes: &'a [u8],
+    start: usize,
+}
+
+impl<'a> Iterator for LiveRunsIter<'a> {
+    type Item = LiveSamples<'a>;
+
+    fn next(&mut self) -> Option<LiveSamples<'a>> {
+        let &(series, end) = self.runs.next()?;
+        let samples = &self.bytes[self.start..end];
+        self.start = end;
+        Some(LiveSamples { series, samples })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.runs.size_hint()
+    }
+}
+
+impl ExactSizeIterator for LiveRunsIter<'_> {}
+
+impl<'a> IntoIterator for &'a LiveRuns {
+    type Item = LiveSamples<'a>;
+    type IntoIter = LiveRunsIter<'a>;
+
+    fn into_iter(self) -> LiveRunsIter<'a> {
+        self.iter()
+    }
+}
+
+impl<'a> FromIterator<LiveSamples<'a>> for LiveRuns {
+    fn from_iter<I: IntoIterator<Item = LiveSamples<'a>>>(runs: I) -> LiveRuns {
+        let mut all = LiveRuns::default();
+        for run in runs {
+            all.push(run);
+        }
+        all
+    }
+}
+
+impl Serialize for LiveRuns {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.iter()
+                .map(|run| (run.series, serde_bytes::Bytes::new(run.samples))),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for LiveRuns {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<LiveRuns, D::Error> {
+        deserializer.deserialize_seq(LiveRunsVisitor)
+    }
+}
+
+struct LiveRunsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LiveRunsVisitor {
+    type Value = LiveRuns;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence of live runs")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<LiveRuns, A::Error> {
+        let mut all = LiveRuns::default();
+        // The length is the sender's word: capped, so that a claim alone allocates little.
+        all.runs.reserve(seq.size_hint().unwrap_or(0).min(1024));
+        while seq.next_element_seed(RunInto(&mut all))?.is_some() {}
+        Ok(all)
+    }
+}
+
+/// One (series, bytes) pair, its bytes appended to the batch's buffer.
+struct RunInto<'r>(&'r mut LiveRuns);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RunInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RunInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a live run: a series and its samples' bytes")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        let series: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &"a series and its samples"))?;
+        seq.next_element_seed(BytesInto(&mut self.0.bytes))?
+            .ok_or_else(|| A::Error::invalid_length(1, &"a series and its samples"))?;
+        self.0.runs.push((series, self.0.bytes.len()));
+        Ok(())
+    }
+}
+
+/// Bytes appended to a buffer as they are read, never held on their own.
+struct BytesInto<'b>(&'b mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BytesInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_bytes(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BytesInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> std::result::Result<(), E> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// A sealed chunk as the device's store holds it (framed, compressed, checksummed): backfill
@@ -240,7 +428,7 @@ pub struct StoredChunk {
 pub struct BatchBody {
     /// Definitions of the series the hub has not acknowledged yet.
     pub defs: Vec<SeriesDef>,
-    pub live: Vec<LiveSamples>,
+    pub live: LiveRuns,
     pub chunks: Vec<StoredChunk>,
     /// Log lines the device kept (version 3 on).
     pub lines: Vec<LogLine>,
@@ -250,7 +438,7 @@ pub struct BatchBody {
 #[derive(Serialize, Deserialize)]
 struct BatchBodyV2 {
     defs: Vec<SeriesDef>,
-    live: Vec<LiveSamples>,
+    live: LiveRuns,
     chunks: Vec<StoredChunk>,
 }
 
@@ -763,17 +951,22 @@ mod tests {
             0..5,
         )
         .prop_map(|runs| {
-            runs.into_iter()
+            let encoded: Vec<(u32, Vec<u8>)> = runs
+                .into_iter()
                 .map(|(series, mut points)| {
                     points.sort_by_key(|p| p.0);
                     points.dedup_by_key(|p| p.0);
                     let (ts, vs): (Vec<i64>, Vec<f64>) = points.into_iter().unzip();
-                    LiveSamples {
-                        series,
-                        samples: outpost_storage::codec::encode_samples(&ts, &vs),
-                    }
+                    (series, outpost_storage::codec::encode_samples(&ts, &vs))
                 })
-                .collect()
+                .collect();
+            encoded
+                .iter()
+                .map(|(series, samples)| LiveSamples {
+                    series: *series,
+                    samples,
+                })
+                .collect::<LiveRuns>()
         });
         let chunks = prop::collection::vec(
             (
@@ -844,6 +1037,49 @@ mod tests {
                 Err(Error::DeviceMismatch { .. })
             );
             prop_assert!(mismatch);
+        }
+
+        /// The wire form of live runs is that of the owned runs they replaced, both ways, and
+        /// anything that is not one is an error.
+        #[test]
+        fn live_runs_are_the_wire_form_of_a_vector_of_owned_runs(
+            runs in prop::collection::vec(
+                (any::<u32>(), prop::collection::vec(any::<u8>(), 0..40)),
+                0..20,
+            ),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            #[derive(Debug, PartialEq, Serialize, Deserialize)]
+            struct OwnedRun {
+                series: u32,
+                #[serde(with = "serde_bytes")]
+                samples: Vec<u8>,
+            }
+            let owned: Vec<OwnedRun> = runs
+                .iter()
+                .map(|(series, samples)| OwnedRun { series: *series, samples: samples.clone() })
+                .collect();
+            let live: LiveRuns = runs
+                .iter()
+                .map(|(series, samples)| LiveSamples { series: *series, samples })
+                .collect();
+            let wire = to_postcard(&owned);
+            prop_assert_eq!(to_postcard(&live), wire.clone());
+            prop_assert_eq!(&from_postcard::<LiveRuns>("runs", &wire).unwrap(), &live);
+            let read: Vec<(u32, &[u8])> = live.iter().map(|r| (r.series, r.samples)).collect();
+            let expected: Vec<(u32, &[u8])> = runs.iter().map(|(s, b)| (*s, &b[..])).collect();
+            prop_assert_eq!(read, expected);
+            prop_assert_eq!(live.len(), runs.len());
+            for (index, run) in live.iter().enumerate() {
+                prop_assert_eq!(live.get(index), Some(run));
+            }
+            prop_assert_eq!(live.get(runs.len()), None);
+            // Cut short anywhere, it is an error as the owned runs are.
+            let short = &wire[..cut.index(wire.len())];
+            prop_assert_eq!(
+                from_postcard::<LiveRuns>("runs", short).is_ok(),
+                from_postcard::<Vec<OwnedRun>>("runs", short).is_ok()
+            );
         }
 
         #[test]
@@ -984,7 +1220,8 @@ mod tests {
         assert!(batch.header.clock_steps.is_empty());
         assert_eq!(batch.body.defs[0].key, "cpu_usage_percent{core=\"0\"}");
         let (ts, values) =
-            outpost_storage::codec::decode_samples(&batch.body.live[0].samples).unwrap();
+            outpost_storage::codec::decode_samples(batch.body.live.get(0).unwrap().samples)
+                .unwrap();
         assert_eq!(
             ts,
             [1_789_999_998_000, 1_789_999_999_000, 1_790_000_000_000]

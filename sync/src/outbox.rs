@@ -312,7 +312,7 @@ impl Outbox {
             samples += timestamps.len();
             body.live.push(LiveSamples {
                 series: id.0,
-                samples: encode_samples(&timestamps, &values),
+                samples: &encode_samples(&timestamps, &values),
             });
         }
         for chunk in chunks {

@@ -415,10 +415,12 @@ fn one_sample_batch(
                 id: 0,
                 key: metric.into(),
             }],
-            live: vec![outpost_sync::LiveSamples {
+            live: [outpost_sync::LiveSamples {
                 series: 0,
-                samples: outpost_storage::codec::encode_samples(&[at], &[value]),
-            }],
+                samples: &outpost_storage::codec::encode_samples(&[at], &[value]),
+            }]
+            .into_iter()
+            .collect(),
             chunks: vec![],
             lines: vec![],
         },

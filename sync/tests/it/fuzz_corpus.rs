@@ -68,7 +68,7 @@ fn host_bodies() -> Vec<BatchBody> {
                 });
                 body.live.push(LiveSamples {
                     series: id as u32,
-                    samples: encode_samples(&t, &v),
+                    samples: &encode_samples(&t, &v),
                 });
             }
             body
