@@ -507,20 +507,34 @@ impl Ingestor {
         batch: &Batch,
         new_series: &[(u32, SeriesId, u64)],
     ) -> Result<Result<HashMap<u32, SeriesId>, Vec<u32>>, IngestError> {
-        let mut lookup: HashMap<u32, SeriesId> =
-            new_series.iter().map(|&(id, hub, _)| (id, hub)).collect();
-        let mut unknown = Vec::new();
-        let referenced: BTreeSet<u32> = batch
+        let mut referenced: Vec<u32> = batch
             .body
             .live
             .iter()
             .map(|l| l.series)
             .chain(batch.body.chunks.iter().map(|c| c.series))
             .collect();
-        for id in referenced {
-            if lookup.contains_key(&id) {
-                continue;
+        referenced.sort_unstable();
+        referenced.dedup();
+        // Sized once and the device's series found once: this runs for every batch.
+        let mut lookup: HashMap<u32, SeriesId> =
+            HashMap::with_capacity(new_series.len() + referenced.len());
+        lookup.extend(new_series.iter().map(|&(id, hub, _)| (id, hub)));
+        let known = self.series.get(device);
+        referenced.retain(|id| {
+            if lookup.contains_key(id) {
+                return false;
             }
+            match known.and_then(|ids| ids.get(id)) {
+                Some(&(hub, _)) => {
+                    lookup.insert(*id, hub);
+                    false
+                }
+                None => true,
+            }
+        });
+        let mut unknown = Vec::new();
+        for id in referenced {
             match self.resolve(store, device, id)? {
                 Some(hub) => {
                     lookup.insert(id, hub);
@@ -594,7 +608,8 @@ fn write_batch_body(
     let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
     let carries_rollups = batch.body.chunks.iter().any(|chunk| chunk.tier != 0);
     // The batch's samples sized once: a hub holds each device's write until the engine takes
-    // it, and one grown by doubling held up to twice the room.
+    // it, and one grown by doubling held up to twice the room. The counts are checked as
+    // decoding checks them, so this reserves no more than decoding the runs would.
     write.reserve(
         batch
             .body
@@ -815,6 +830,45 @@ mod tests {
             .into_iter()
             .flat_map(|(_, points)| points.into_iter().map(|(bucket, _)| bucket))
             .collect()
+    }
+
+    #[test]
+    fn series_are_found_from_the_batch_then_memory_then_the_store_and_unknown_ones_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        let send = |ingestor: &mut Ingestor, seq: u64, defined: bool, ids: &[u32]| {
+            let mut batch = batch(1, NOW, &[NOW - 10_000 + seq as i64], None, vec![]);
+            batch.header.seq = seq;
+            if !defined {
+                batch.body.defs.clear();
+            }
+            let run = batch.body.live.get(0).unwrap().samples.to_vec();
+            batch.body.live = ids
+                .iter()
+                .map(|&series| crate::LiveSamples {
+                    series,
+                    samples: &run,
+                })
+                .collect();
+            ingestor.ingest(&hub, &batch, NOW).unwrap().status
+        };
+        let taken = |status: AckStatus| matches!(status, AckStatus::Stored { .. });
+        let mut ingestor = Ingestor::new();
+        assert!(taken(send(&mut ingestor, 1, true, &[1])));
+        assert!(taken(send(&mut ingestor, 2, false, &[1, 1])));
+        // Named twice among unknown ones, each unknown id once.
+        assert_eq!(
+            send(&mut ingestor, 3, false, &[7, 1, 9, 7]),
+            AckStatus::UnknownSeries { ids: vec![7, 9] }
+        );
+        let mut restarted = Ingestor::new();
+        assert!(taken(send(&mut restarted, 4, false, &[1])));
+        assert_eq!(
+            send(&mut restarted, 5, false, &[1, 8]),
+            AckStatus::UnknownSeries { ids: vec![8] }
+        );
+        let base = NOW - 10_000;
+        assert_eq!(stored(&hub), [base + 1, base + 2, base + 4]);
     }
 
     #[test]
