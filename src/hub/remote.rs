@@ -728,10 +728,7 @@ impl GroupEncoder {
     /// Series that carry their keys, sent as they are.
     fn keyed(series: Vec<KeyedSeries>) -> GroupEncoder {
         GroupEncoder {
-            grouped: Grouped {
-                points: Vec::new(),
-                series: Vec::new(),
-            },
+            grouped: Grouped::default(),
             keyed: series,
             next: 0,
             offset: 0,
@@ -802,6 +799,7 @@ type Point = (SeriesId, i64, f64);
 
 /// The points of several writes per hub series, in time order; of two writes of one
 /// timestamp the later wins, as in the store.
+#[derive(Default)]
 struct Grouped {
     /// Each series' samples after the one before's.
     points: Vec<Sample>,
@@ -816,8 +814,14 @@ impl Grouped {
         const LAST: usize = usize::MAX;
         // A batch writes each series' samples together: one look-up per run, not per sample.
         let mut slots: HashMap<u32, usize> = HashMap::new();
-        // Per series: its first and last run and its number of samples.
-        let mut chains: Vec<(SeriesId, usize, usize, usize)> = Vec::new();
+        // Per series, its runs as a chain through `runs`.
+        struct Chain {
+            series: SeriesId,
+            first: usize,
+            last: usize,
+            samples: usize,
+        }
+        let mut chains: Vec<Chain> = Vec::new();
         // Each run, and the next run of its series.
         let mut runs: Vec<(&[Point], usize)> = Vec::new();
         for run in writes
@@ -829,20 +833,26 @@ impl Grouped {
             match slots.entry(run[0].0 .0) {
                 std::collections::hash_map::Entry::Occupied(slot) => {
                     let chain = &mut chains[*slot.get()];
-                    runs[chain.2].1 = index;
-                    (chain.2, chain.3) = (index, chain.3 + run.len());
+                    runs[chain.last].1 = index;
+                    chain.last = index;
+                    chain.samples += run.len();
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(chains.len());
-                    chains.push((run[0].0, index, index, run.len()));
+                    chains.push(Chain {
+                        series: run[0].0,
+                        first: index,
+                        last: index,
+                        samples: run.len(),
+                    });
                 }
             }
         }
-        let mut points = Vec::with_capacity(chains.iter().map(|chain| chain.3).sum());
+        let mut points = Vec::with_capacity(chains.iter().map(|chain| chain.samples).sum());
         let mut series = Vec::with_capacity(chains.len());
-        for (id, first, _, _) in chains {
+        for chain in chains {
             let start = points.len();
-            let mut at = first;
+            let mut at = chain.first;
             while at != LAST {
                 let (run, next) = runs[at];
                 points.extend(
@@ -853,7 +863,7 @@ impl Grouped {
             }
             let kept = in_time_order(&mut points[start..]);
             points.truncate(start + kept);
-            series.push((id, start..points.len()));
+            series.push((chain.series, start..points.len()));
         }
         Grouped { points, series }
     }

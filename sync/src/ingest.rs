@@ -608,8 +608,9 @@ fn write_batch_body(
     let mut raw_buckets: HashMap<(SeriesId, u8), BTreeSet<i64>> = HashMap::new();
     let carries_rollups = batch.body.chunks.iter().any(|chunk| chunk.tier != 0);
     // The batch's samples sized once: a hub holds each device's write until the engine takes
-    // it, and one grown by doubling held up to twice the room. The counts are checked as
-    // decoding checks them, so this reserves no more than decoding the runs would.
+    // it, and one grown by doubling held up to twice the room. Each count is bounded as
+    // decoding bounds it (a sample per two bytes of its run), so a batch whose runs then
+    // fail to decode reserved at most what a valid batch of its size holds.
     write.reserve(
         batch
             .body
