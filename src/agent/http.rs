@@ -374,7 +374,7 @@ async fn import(
         return bad_request("the body is not UTF-8 text");
     };
     let now = now_ms();
-    let parsed = parse_exposition(text, &extra, accepted_window(now));
+    let parsed = parse_exposition(text, &source, &extra, accepted_window(now));
     let cap = config.max_series_per_source;
     let mut known = state.sink.source_series(&source);
     let mut refused = 0usize;

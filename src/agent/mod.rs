@@ -13,7 +13,7 @@ pub mod http;
 pub mod sink;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -745,6 +745,7 @@ async fn scrape_task(config: config::ScrapeConfig, sink: Arc<Sink>) {
                 let text = String::from_utf8_lossy(&response.body);
                 let parsed = collect::scrape::parse_exposition(
                     &text,
+                    &source,
                     &config.labels,
                     collect::scrape::accepted_window(now),
                 );
@@ -950,8 +951,11 @@ async fn self_metrics_task(
         }
         for (name, stats) in sink.collector_stats() {
             let labels = [("collector", name.as_str())];
+            // node_exporter's names for the same two figures of its own collectors.
             let duration = stats.last_duration.as_secs_f64();
-            out.add("outpost_collector_duration_seconds", &labels, duration);
+            out.add("node_scrape_collector_duration_seconds", &labels, duration);
+            let succeeded = f64::from(u8::from(stats.last_succeeded));
+            out.add("node_scrape_collector_success", &labels, succeeded);
             out.add(
                 "outpost_collector_errors_total",
                 &labels,
@@ -964,17 +968,15 @@ async fn self_metrics_task(
     }
 }
 
-/// CPU, memory, uptime and disk writes of this process.
+/// CPU, memory, descriptors, uptime and disk writes of this process.
 fn process_figures(out: &mut Samples, uptime: f64, start_written: f64) {
-    if let Some((ticks, rss_pages)) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| collect::host::process_stat(&stat))
-    {
-        let cpu = ticks / collect::host::ticks_per_second();
-        out.add("outpost_process_cpu_seconds_total", &[], cpu);
-        let rss = rss_pages * collect::host::page_bytes();
-        out.add("outpost_process_resident_memory_bytes", &[], rss);
-    }
+    collect::own_process::figures(
+        Path::new("/proc/self"),
+        Path::new("/proc/stat"),
+        collect::host::ticks_per_second(),
+        collect::host::page_bytes(),
+        out,
+    );
     out.add("outpost_uptime_seconds", &[], uptime);
     if let Some(written) = self_io_write_bytes() {
         out.add("outpost_process_disk_written_bytes_total", &[], written);

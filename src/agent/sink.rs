@@ -42,6 +42,7 @@ pub struct CollectorStats {
     pub errors: u64,
     pub rounds: u64,
     pub last_success_ms: Option<i64>,
+    pub last_succeeded: bool,
 }
 
 pub struct Sink {
@@ -173,6 +174,7 @@ impl Sink {
         let stats = collectors.entry(name.to_string()).or_default();
         stats.last_duration = duration;
         stats.rounds += 1;
+        stats.last_succeeded = ok;
         if ok {
             stats.last_success_ms = Some(now_ms);
         } else {

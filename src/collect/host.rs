@@ -30,6 +30,9 @@ pub struct HostSection {
     pub ignore_mounts: Vec<String>,
     /// Network interfaces left out, by exact name.
     pub ignore_interfaces: Vec<String>,
+    /// A directory of `*.prom` files to read each round, as node_exporter's
+    /// `--collector.textfile.directory` (see `textfile`); none by default.
+    pub textfile_directory: Option<PathBuf>,
 }
 
 impl Default for HostSection {
@@ -40,6 +43,7 @@ impl Default for HostSection {
             processes: Vec::new(),
             ignore_mounts: Vec::new(),
             ignore_interfaces: vec!["lo".into()],
+            textfile_directory: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct HostCollector {
     page_bytes: f64,
     /// `node_uname_info`'s labels: they do not change while the agent runs.
     uname: Vec<(&'static str, String)>,
+    /// What was wrong with the text files last round, logged again only when it changes.
+    textfile_problems: Vec<String>,
 }
 
 impl HostCollector {
@@ -122,6 +128,7 @@ impl HostCollector {
                 ("nodename", text(uname.nodename())),
                 ("domainname", text(uname.domainname())),
             ],
+            textfile_problems: Vec::new(),
         }
     }
 
@@ -194,6 +201,23 @@ impl HostCollector {
             out.add("node_processes_pids", &[], count as f64);
         }
         self.watched_processes(out);
+        self.textfiles(out);
+    }
+
+    fn textfiles(&mut self, out: &mut Samples) {
+        let Some(directory) = &self.config.textfile_directory else {
+            return;
+        };
+        let problems = super::textfile::collect(directory, out);
+        if problems != self.textfile_problems {
+            for problem in &problems {
+                tracing::warn!("textfile collector: {problem}");
+            }
+            if problems.is_empty() {
+                tracing::info!("textfile collector: every file reads again");
+            }
+            self.textfile_problems = problems;
+        }
     }
 
     /// The kernel's counters that node_exporter's other default collectors read (see
@@ -219,6 +243,11 @@ impl HostCollector {
         }
         if let Some(text) = read("net/snmp6") {
             kernel::snmp6(&text, out);
+        }
+        for (file, ip) in [("net/udp", "v4"), ("net/udp6", "v6")] {
+            if let Some(text) = read(file) {
+                kernel::udp_queues(&text, ip, out);
+            }
         }
         if let Some(text) = read("net/softnet_stat") {
             kernel::softnet(&text, out);
@@ -322,14 +351,14 @@ impl HostCollector {
             let (mut cpu_ticks, mut rss_pages, mut alive) = (0.0, 0.0, 0usize);
             for pid in pids {
                 let dir = self.proc_root.join(pid.to_string());
-                let Some((ticks, rss)) = std::fs::read_to_string(dir.join("stat"))
+                let Some(stat) = std::fs::read_to_string(dir.join("stat"))
                     .ok()
-                    .and_then(|stat| process_stat(&stat))
+                    .and_then(|stat| super::own_process::parse_stat(&stat))
                 else {
                     continue;
                 };
-                cpu_ticks += ticks;
-                rss_pages += rss;
+                cpu_ticks += stat.cpu_ticks;
+                rss_pages += stat.resident_pages;
                 alive += 1;
             }
             let labels = [("process", name.as_str())];
@@ -378,16 +407,6 @@ pub fn find_processes(proc_root: &Path, names: &[String]) -> HashMap<String, Vec
         }
     }
     found
-}
-
-/// User plus system CPU ticks and resident pages from `/proc/<pid>/stat`. The command name in
-/// parentheses may hold spaces and parentheses, so fields are counted after the last `)`.
-pub fn process_stat(stat: &str) -> Option<(f64, f64)> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_ascii_whitespace().collect();
-    // After the name: state is field 3 of the man page, utime 14, stime 15, rss 24.
-    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
-    Some((field(14)? + field(15)?, field(24)?))
 }
 
 /// `/proc/diskstats`: per whole disk (`is_disk` tells partitions apart), node_exporter's
@@ -877,9 +896,6 @@ mod tests {
 
         let mounts = parse_mounts("/dev/sda1 /mnt/my\\040disk ext4 rw,relatime 0 0\n");
         assert_eq!(mounts[0].1, "/mnt/my disk");
-        let stat = "4321 (my (odd) app) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100 200000 1234 18446744073709551615";
-        assert_eq!(process_stat(stat), Some((300.0, 1234.0)));
-        assert_eq!(process_stat("garbage"), None);
     }
 
     /// A sysfs tree as a real machine lays out hwmon, thermal zones and cpufreq.

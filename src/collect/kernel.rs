@@ -1,8 +1,8 @@
 //! The rest of node_exporter's default Linux collectors that dashboards such as "Node Exporter
 //! Full" chart: vmstat, file descriptors, entropy, sockets (sockstat), protocol counters
-//! (netstat), softnet, ARP, conntrack and the network class in `/sys`. Each parser takes the
-//! file's text, so that the tests feed them fixtures; a file that is missing (an older kernel, a
-//! module not loaded) leaves its figures out, as node_exporter does.
+//! (netstat), UDP queues, softnet, ARP, conntrack and the network class in `/sys`. Each parser
+//! takes the file's text, so that the tests feed them fixtures; a file that is missing (an older
+//! kernel, a module not loaded) leaves its figures out, as node_exporter does.
 
 use std::path::Path;
 
@@ -174,6 +174,36 @@ pub fn arp(text: &str, out: &mut Samples) {
     }
 }
 
+/// `/proc/net/udp` or `/proc/net/udp6`: the bytes queued in all UDP sockets' send and receive
+/// buffers (the hexadecimal `tx_queue:rx_queue` column), as `node_udp_queues{ip,queue}`. A
+/// line that does not parse is skipped rather than guessed at.
+pub fn udp_queues(text: &str, ip: &str, out: &mut Samples) {
+    let (mut transmit, mut receive) = (0u64, 0u64);
+    for line in text.lines().skip(1) {
+        let Some((tx, rx)) = line
+            .split_ascii_whitespace()
+            .nth(4)
+            .and_then(|queues| queues.split_once(':'))
+        else {
+            continue;
+        };
+        if let (Ok(tx), Ok(rx)) = (u64::from_str_radix(tx, 16), u64::from_str_radix(rx, 16)) {
+            transmit = transmit.saturating_add(tx);
+            receive = receive.saturating_add(rx);
+        }
+    }
+    out.add(
+        "node_udp_queues",
+        &[("ip", ip), ("queue", "tx")],
+        transmit as f64,
+    );
+    out.add(
+        "node_udp_queues",
+        &[("ip", ip), ("queue", "rx")],
+        receive as f64,
+    );
+}
+
 fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
@@ -242,6 +272,13 @@ pub fn netclass(class_dir: &Path, ignore: &[String], out: &mut Samples) {
             // Megabits per second in sysfs (-1 when unknown, kept as node_exporter keeps it).
             ("speed", "node_network_speed_bytes", 125_000.0),
             ("tx_queue_len", "node_network_transmit_queue_length", 1.0),
+            // Not in /proc/net/dev: node_exporter takes it from the link's netlink statistics,
+            // which sysfs mirrors.
+            (
+                "statistics/rx_nohandler",
+                "node_network_receive_nohandler_total",
+                1.0,
+            ),
         ] {
             if let Some(value) = read_number(&dir.join(file)) {
                 out.add(metric, &labels, value * scale);
@@ -383,7 +420,9 @@ mod tests {
             ("carrier_changes", "4\n"),
             ("mtu", "1500\n"),
             ("speed", "1000\n"),
+            ("statistics/rx_nohandler", "7\n"),
         ] {
+            std::fs::create_dir_all(eth0.join(file).parent().unwrap()).unwrap();
             std::fs::write(eth0.join(file), text).unwrap();
         }
         std::fs::write(wlan0.join("operstate"), "dormant\n").unwrap();
@@ -403,6 +442,7 @@ mod tests {
                 r#"node_network_carrier_changes_total{device="eth0"} 4"#,
                 r#"node_network_mtu_bytes{device="eth0"} 1500"#,
                 r#"node_network_speed_bytes{device="eth0"} 125000000"#,
+                r#"node_network_receive_nohandler_total{device="eth0"} 7"#,
                 "node_entropy_available_bits 256",
             ],
         );
@@ -411,5 +451,24 @@ mod tests {
         let mut out = Samples::new();
         netclass(&root.path().join("class/net"), &["eth0".into()], &mut out);
         assert!(!render(out).iter().any(|l| l.contains("eth0")));
+    }
+
+    #[test]
+    fn udp_queues_sum_every_sockets_hexadecimal_queues() {
+        // Two sockets from a real /proc/net/udp, their queues changed to tell tx from rx, and
+        // a line cut short.
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            \x20 123: 3500007F:0035 00000000:0000 07 00000010:00000200 00:00000000 00000000   101        0 17571 2 0000000000000000 0\n\
+            \x20 456: 00000000:0044 00000000:0000 07 00000001:00000A00 00:00000000 00000000     0        0 20334 2 0000000000000000 0\n\
+            \x20 789: 00000000:0045\n";
+        let mut out = Samples::new();
+        udp_queues(text, "v4", &mut out);
+        assert_eq!(
+            render(out),
+            [
+                r#"node_udp_queues{ip="v4",queue="tx"} 17"#,
+                r#"node_udp_queues{ip="v4",queue="rx"} 3072"#,
+            ]
+        );
     }
 }

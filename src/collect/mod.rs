@@ -11,10 +11,12 @@ pub mod kept;
 pub mod kernel;
 pub mod logs;
 pub mod nvml;
+pub mod own_process;
 pub mod probes;
 pub mod processes;
 pub mod scrape;
 pub mod tegrastats;
+pub mod textfile;
 pub mod timex;
 
 use outpost_storage::SeriesKey;

@@ -199,13 +199,11 @@ fn parse_stat(stat: &str, page_bytes: f64) -> Option<Seen> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = stat.get(close + 1..)?.split_ascii_whitespace().collect();
-    // `rest[0]` is field 3 (state).
-    let field = |n: usize| rest.get(n - 3)?.parse::<f64>().ok();
+    let stat = super::own_process::parse_stat(stat)?;
     Some(Seen {
         comm,
-        ticks: field(14)? + field(15)?,
-        rss_bytes: field(24)? * page_bytes,
+        ticks: stat.cpu_ticks,
+        rss_bytes: stat.resident_pages * page_bytes,
     })
 }
 

@@ -370,7 +370,8 @@ fn serve_http() -> u16 {
                 "/ok" => ("200 OK", "service ok\n".to_string()),
                 "/metrics" => (
                     "200 OK",
-                    "# TYPE inference_fps gauge\ninference_fps{stream=\"0\",instance=\"cam\"} 29.5\nqueue_length 3\n"
+                    "# TYPE inference_fps gauge\ninference_fps{stream=\"0\",instance=\"cam\"} 29.5\nqueue_length 3\n\
+                     process_cpu_seconds_total 4242.5\n"
                         .to_string(),
                 ),
                 _ => ("404 Not Found", "no\n".to_string()),
@@ -409,6 +410,15 @@ fn collectors_probes_pushes_and_the_catalogue_agree() {
     let replay_path = dir.path().join("replay.log");
     std::fs::write(&replay_path, replay).unwrap();
     let fixture = root().join("tests/data/sysfs/orin-nano-jp6");
+    // What a cron job leaves for node_exporter's textfile collector, one of its names the
+    // agent's own.
+    let textfiles = dir.path().join("textfile");
+    std::fs::create_dir(&textfiles).unwrap();
+    std::fs::write(
+        textfiles.join("apt.prom"),
+        "apt_upgrades_pending{origin=\"Debian\"} 7\nnode_load1 1234\n",
+    )
+    .unwrap();
     let config = format!(
         r#"
 [agent]
@@ -416,6 +426,7 @@ self_interval = "200ms"
 [host]
 interval = "200ms"
 processes = ["outpost"]
+textfile_directory = "{textfiles}"
 [processes]
 interval = "200ms"
 [jetson]
@@ -506,6 +517,7 @@ interval = "200ms"
         fixture = fixture.display(),
         replay = replay_path.display(),
         scratch = dir.path().display(),
+        textfiles = textfiles.display(),
     );
     // `hots` is a typo: the agent must refuse the config and name the key.
     let bad = dir.path().join("bad.toml");
@@ -563,6 +575,12 @@ interval = "200ms"
         r#"outpost_scrape_up{scrape="app"} 1"#,
         r#"confidence{site="lab"} 0.97"#,
         r#"jetson_nvpmodel_mode 2"#,
+        // Named as the agent's own figures, and kept apart from them.
+        r#"process_cpu_seconds_total{app="detector",outpost_source="scrape:app"} 4242.5"#,
+        r#"node_load1{outpost_source="textfile:apt.prom"} 1234"#,
+        r#"apt_upgrades_pending{origin="Debian"} 7"#,
+        "node_textfile_scrape_error 0",
+        r#"node_scrape_collector_success{collector="host"} 1"#,
     ];
     let metrics = wait_until(
         "every probe, scrape and collector",
@@ -572,7 +590,7 @@ interval = "200ms"
             let complete = expectations
                 .iter()
                 .all(|line| metrics.lines().any(|l| l == *line))
-                && metrics.contains("outpost_collector_duration_seconds{collector=\"jetson\"}")
+                && metrics.contains("node_scrape_collector_duration_seconds{collector=\"jetson\"}")
                 && metrics.contains("outpost_store_disk_bytes")
                 // Only after a second of uptime, which a loaded machine may not have reached yet.
                 && metrics.contains("outpost_disk_write_bytes_per_day")
@@ -586,6 +604,12 @@ interval = "200ms"
         },
     );
     assert!(metric_value(&metrics, r#"detections_total{class="person",site="lab"}"#) == Some(17.0));
+    let own_cpu = metric_value(&metrics, "process_cpu_seconds_total");
+    assert!(own_cpu.is_some_and(|s| s < 4242.5), "{metrics}");
+    assert!(
+        metric_value(&metrics, "node_load1").is_some_and(|load| load < 1234.0),
+        "{metrics}"
+    );
     assert!(metric_value(&metrics, r#"queue_depth{site="lab"}"#) == Some(4.0));
     assert!(
         !metrics.contains("latency_seconds"),
@@ -637,6 +661,7 @@ interval = "200ms"
         "detections_total",
         "queue_depth",
         "confidence",
+        "apt_upgrades_pending",
     ]
     .into();
     // A family row (`node_memory_<Field>_bytes`) stands for every name that fits it.
@@ -1335,7 +1360,7 @@ fn a_collector_stuck_on_a_device_file_holds_up_only_itself() {
         device.display()
     );
     let agent = Agent::start(dir.path(), &config, &[]);
-    let host_round = r#"outpost_collector_duration_seconds{collector="host"}"#;
+    let host_round = r#"node_scrape_collector_duration_seconds{collector="host"}"#;
     for _ in 0..5 {
         let before = metric_value(&agent.metrics(), host_round);
         wait_until("a host round", Duration::from_secs(30), || {
@@ -1356,7 +1381,7 @@ fn a_collector_stuck_on_a_device_file_holds_up_only_itself() {
     assert_eq!(
         metric_value(
             &agent.metrics(),
-            r#"outpost_collector_duration_seconds{collector="jetson"}"#
+            r#"node_scrape_collector_duration_seconds{collector="jetson"}"#
         ),
         None,
         "no Jetson round ended"

@@ -341,7 +341,7 @@ fn entries_across_a_kill_are_counted_once(reader: &str) {
     });
     // Two more rounds (each times itself anew): the record of the count above has been
     // flushed (every 100 ms here).
-    let round_time = r#"outpost_collector_duration_seconds{collector="journal"}"#;
+    let round_time = r#"node_scrape_collector_duration_seconds{collector="journal"}"#;
     for _ in 0..2 {
         let before = metric_value(&agent.metrics(), round_time);
         wait_until("a round", Duration::from_secs(30), || {
@@ -375,7 +375,7 @@ fn entries_across_a_kill_are_counted_once(reader: &str) {
 
 /// Waits for two more of the journal's rounds: what the one before counted is in the store.
 fn two_journal_rounds(agent: &Agent) {
-    let round_time = r#"outpost_collector_duration_seconds{collector="journal"}"#;
+    let round_time = r#"node_scrape_collector_duration_seconds{collector="journal"}"#;
     for _ in 0..2 {
         let before = metric_value(&agent.metrics(), round_time);
         wait_until("a round", Duration::from_secs(30), || {

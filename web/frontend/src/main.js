@@ -483,11 +483,11 @@ const GROUPS = [
   { title: 'GPU memory per process (Jetson)', match: 'jetson_process_gpu_memory_bytes', unit: 'bytes' },
   { title: 'Probes', match: '{__name__=~"probe_success|probe_up"}', unit: 'ratio' },
   { title: 'Probe duration', match: 'probe_duration_seconds', unit: 'seconds' },
-  { title: 'Agent: collector round time', match: 'outpost_collector_duration_seconds', unit: 'seconds' },
+  { title: 'Agent: collector round time', match: 'node_scrape_collector_duration_seconds', unit: 'seconds' },
   { title: 'Agent: errors', match: '{__name__=~"outpost_collector_errors_total|outpost_store_write_errors_total|outpost_alert_notifications_failed_total|outpost_task_restarts_total"}', unit: 'per second', fn: 'rate' },
-  { title: 'Agent: memory and store', match: '{__name__=~"outpost_process_resident_memory_bytes|outpost_store_disk_bytes"}', unit: 'bytes' },
+  { title: 'Agent: memory and store', match: '{__name__=~"process_resident_memory_bytes|outpost_store_disk_bytes"}', unit: 'bytes' },
   { title: 'Agent: sync', match: '{__name__=~"outpost_sync_lag_seconds|outpost_sync_backlog_chunks"}', unit: '' },
-  { title: 'Application metrics', match: '{__name__!~"(host|node|jetson|nvml|DCGM|probe|outpost|container)_.*"}', unit: '' },
+  { title: 'Application metrics', match: '{__name__!~"(host|node|process|jetson|nvml|DCGM|probe|outpost|container)_.*"}', unit: '' },
 ];
 
 const RANGES = [['15m', 900e3], ['1h', 3600e3], ['6h', 21600e3], ['24h', 86400e3], ['7d', 604800e3], ['30d', 2592000e3]];
