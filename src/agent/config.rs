@@ -376,6 +376,7 @@ impl AgentConfig {
             ("agent.self_interval".to_string(), self.agent.self_interval),
             ("store.flush_interval".into(), self.store.flush_interval),
             ("host.interval".into(), self.host.interval),
+            ("host.textfile_interval".into(), self.host.textfile_interval),
             ("tegrastats.interval".into(), self.tegrastats.interval),
             ("jetson.interval".into(), self.jetson.interval),
             ("nvml.interval".into(), self.nvml.interval),

@@ -379,6 +379,16 @@ fn start_collectors(
             })
         });
     }
+    if let Some(directory) = config.host.textfile_directory.clone() {
+        let (interval, sink) = (config.host.textfile_interval.0, sink.clone());
+        crate::supervise::spawn(&mut set, tasks, "textfile", move || {
+            let mut textfiles = collect::textfile::TextfileCollector::new(directory.clone());
+            periodic("textfile", interval, sink.clone(), move |out| {
+                textfiles.collect(out);
+                Ok(())
+            })
+        });
+    }
     if config.containers.enabled {
         let (containers_config, interval, sink) = (
             config.containers.clone(),

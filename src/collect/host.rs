@@ -30,9 +30,12 @@ pub struct HostSection {
     pub ignore_mounts: Vec<String>,
     /// Network interfaces left out, by exact name.
     pub ignore_interfaces: Vec<String>,
-    /// A directory of `*.prom` files to read each round, as node_exporter's
+    /// A directory of `*.prom` files to read, as node_exporter's
     /// `--collector.textfile.directory` (see `textfile`); none by default.
     pub textfile_directory: Option<PathBuf>,
+    /// How often those files are read: scripts rewrite them every few minutes at most, and
+    /// storing their series every second would cost flash for nothing.
+    pub textfile_interval: Interval,
 }
 
 impl Default for HostSection {
@@ -44,6 +47,7 @@ impl Default for HostSection {
             ignore_mounts: Vec::new(),
             ignore_interfaces: vec!["lo".into()],
             textfile_directory: None,
+            textfile_interval: Interval::secs(15),
         }
     }
 }
@@ -100,8 +104,6 @@ pub struct HostCollector {
     page_bytes: f64,
     /// `node_uname_info`'s labels: they do not change while the agent runs.
     uname: Vec<(&'static str, String)>,
-    /// What was wrong with the text files last round, logged again only when it changes.
-    textfile_problems: Vec<String>,
 }
 
 impl HostCollector {
@@ -128,7 +130,6 @@ impl HostCollector {
                 ("nodename", text(uname.nodename())),
                 ("domainname", text(uname.domainname())),
             ],
-            textfile_problems: Vec::new(),
         }
     }
 
@@ -201,23 +202,6 @@ impl HostCollector {
             out.add("node_processes_pids", &[], count as f64);
         }
         self.watched_processes(out);
-        self.textfiles(out);
-    }
-
-    fn textfiles(&mut self, out: &mut Samples) {
-        let Some(directory) = &self.config.textfile_directory else {
-            return;
-        };
-        let problems = super::textfile::collect(directory, out);
-        if problems != self.textfile_problems {
-            for problem in &problems {
-                tracing::warn!("textfile collector: {problem}");
-            }
-            if problems.is_empty() {
-                tracing::info!("textfile collector: every file reads again");
-            }
-            self.textfile_problems = problems;
-        }
     }
 
     /// The kernel's counters that node_exporter's other default collectors read (see

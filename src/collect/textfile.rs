@@ -1,8 +1,8 @@
 //! node_exporter's textfile collector: the `*.prom` files that cron jobs and scripts leave in a
-//! directory (pending package updates, backup ages, RAID state), read each host round and stored
-//! as the device's series, with `node_textfile_mtime_seconds{file}` and
-//! `node_textfile_scrape_error` as node_exporter gives them, so that the rules written for them
-//! keep working.
+//! directory (pending package updates, backup ages, RAID state), read every `textfile_interval`
+//! (15 s by default) and stored as the device's series, with `node_textfile_mtime_seconds{file}`
+//! and `node_textfile_scrape_error` as node_exporter gives them, so that the rules written for
+//! them keep working.
 //!
 //! Unlike node_exporter, a file with a bad line keeps its good lines (the error flag still goes
 //! to 1 and the log names the line): a script that prints one malformed line should not blank
@@ -23,6 +23,35 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// The most series taken from all the files together in one round; the rest are left out and
 /// flagged.
 pub const MAX_SERIES: usize = 10_000;
+
+/// The collector as the agent runs it: [`collect`], with what went wrong logged only when it
+/// changes, not every round.
+pub struct TextfileCollector {
+    directory: PathBuf,
+    problems: Vec<String>,
+}
+
+impl TextfileCollector {
+    pub fn new(directory: PathBuf) -> Self {
+        TextfileCollector {
+            directory,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn collect(&mut self, out: &mut Samples) {
+        let problems = collect(&self.directory, out);
+        if problems != self.problems {
+            for problem in &problems {
+                tracing::warn!("textfile collector: {problem}");
+            }
+            if problems.is_empty() {
+                tracing::info!("textfile collector: every file reads again");
+            }
+            self.problems = problems;
+        }
+    }
+}
 
 /// Reads the directory's files into `out`. Returns what went wrong, one message per file (empty
 /// when nothing did), for the caller to log once per change.
