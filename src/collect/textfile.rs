@@ -233,6 +233,14 @@ mod tests {
         assert_eq!(collect(&dir.path().join("absent"), &mut out).len(), 1);
         assert_eq!(render(out), ["node_textfile_scrape_error 1"]);
 
+        // A named pipe would block the round on its open: it is not a file to read.
+        let pipe = dir.path().join("pipe.prom");
+        let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+        assert!(made.is_ok_and(|status| status.success()));
+        let mut out = Samples::new();
+        assert!(collect(dir.path(), &mut out).is_empty());
+        assert_eq!(render(out), ["node_textfile_scrape_error 0"]);
+
         let line = "big_series 1\n";
         let big = line.repeat(MAX_FILE_BYTES as usize / line.len() + 1);
         write(dir.path(), "big.prom", &big);
