@@ -62,12 +62,20 @@ pub fn prometheus_metadata() -> Vec<(String, String, String, String)> {
 }
 
 pub fn lookup(name: &str) -> Option<&'static MetricDoc> {
-    static INDEX: OnceLock<HashMap<&'static str, MetricDoc>> = OnceLock::new();
-    let index = INDEX.get_or_init(|| parse(DOCUMENT).into_iter().map(|m| (m.name, m)).collect());
-    index.get(name).or_else(|| {
+    /// The rows by name, and apart the few family rows, which the agent's scrapes and pushes
+    /// try for every application series that is not the agent's own.
+    type Index = (HashMap<&'static str, MetricDoc>, Vec<MetricDoc>);
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    let (by_name, families) = INDEX.get_or_init(|| {
+        let rows = parse(DOCUMENT);
+        let families = rows.iter().filter(|m| m.name.contains('<')).cloned();
+        let families = families.collect();
+        (rows.into_iter().map(|m| (m.name, m)).collect(), families)
+    });
+    by_name.get(name).or_else(|| {
         // A family row such as `node_memory_<Field>_bytes`; the longest pattern that fits.
-        index
-            .values()
+        families
+            .iter()
             .filter(|m| pattern_matches(m.name, name))
             .max_by_key(|m| m.name.len())
     })
