@@ -116,16 +116,20 @@ fn relabel(
 mod tests {
     use super::*;
 
+    fn keys_of(parsed: &Parsed) -> Vec<String> {
+        parsed
+            .samples
+            .iter()
+            .map(|(k, _, _)| k.to_string())
+            .collect()
+    }
+
     #[test]
     fn relabels_and_reports_bad_lines() {
         let text = "# TYPE fps gauge\nfps{stream=\"0\",instance=\"x\"} 29.5\nbad line here\nqueue 3 1700000000000\n";
         let extra = BTreeMap::from([("app".to_string(), "det".to_string())]);
         let parsed = parse_exposition(text, "scrape:det", &extra, TimeWindow::ANY);
-        let keys: Vec<String> = parsed
-            .samples
-            .iter()
-            .map(|(k, _, _)| k.to_string())
-            .collect();
+        let keys = keys_of(&parsed);
         assert_eq!(
             keys,
             [
@@ -148,11 +152,7 @@ mod tests {
                     node_memory_MemFree_bytes{outpost_source=\"mine\"} 1\n\
                     fps 30\n";
         let parsed = parse_exposition(text, "import:det", &BTreeMap::new(), TimeWindow::ANY);
-        let keys: Vec<String> = parsed
-            .samples
-            .iter()
-            .map(|(k, _, _)| k.to_string())
-            .collect();
+        let keys = keys_of(&parsed);
         assert_eq!(
             keys,
             [

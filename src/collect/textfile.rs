@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use outpost_storage::text::TimeWindow;
+use outpost_storage::SeriesKey;
 
 use super::scrape::parse_exposition;
 use super::Samples;
@@ -23,6 +24,11 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// The most series taken from all the files together in one round; the rest are left out and
 /// flagged.
 pub const MAX_SERIES: usize = 10_000;
+/// The most files read in one round, and the most bytes in all: each file is a
+/// `node_textfile_mtime_seconds` series and a read every round, so a directory that filled up
+/// (a script that never deletes its output) must not cost without bound.
+pub const MAX_FILES: usize = 1_000;
+pub const MAX_TOTAL_BYTES: u64 = 16 << 20;
 
 /// The collector as the agent runs it: [`collect`], with what went wrong logged only when it
 /// changes, not every round.
@@ -65,15 +71,24 @@ pub fn collect(directory: &Path, out: &mut Samples) -> Vec<String> {
             return problems;
         }
     };
+    let mut files = files.into_iter();
     let mut seen = HashSet::new();
-    for path in files {
-        match read_file(&path, &mut seen, out) {
+    let mut budget = MAX_TOTAL_BYTES;
+    for path in files.by_ref().take(MAX_FILES) {
+        match read_file(&path, &mut seen, &mut budget, out) {
             Ok(mtime) => {
                 let file = path.to_string_lossy();
                 out.add("node_textfile_mtime_seconds", &[("file", &file)], mtime);
             }
             Err(problem) => problems.push(format!("{}: {problem}", path.display())),
         }
+    }
+    let left = files.count();
+    if left > 0 {
+        problems.push(format!(
+            "{}: {left} more files past the {MAX_FILES} read each round; left out",
+            directory.display()
+        ));
     }
     let error = f64::from(u8::from(!problems.is_empty()));
     out.add("node_textfile_scrape_error", &[], error);
@@ -94,7 +109,12 @@ fn prom_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// One file's series into `out`, skipping those another file gave already. `Ok` holds the
 /// file's modification time; `Err` says what was wrong (its good lines are still in `out`).
-fn read_file(path: &Path, seen: &mut HashSet<String>, out: &mut Samples) -> Result<f64, String> {
+fn read_file(
+    path: &Path,
+    seen: &mut HashSet<SeriesKey>,
+    budget: &mut u64,
+    out: &mut Samples,
+) -> Result<f64, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let metadata = file.metadata().map_err(|e| e.to_string())?;
@@ -104,14 +124,20 @@ fn read_file(path: &Path, seen: &mut HashSet<String>, out: &mut Samples) -> Resu
             metadata.len()
         ));
     }
+    if metadata.len() > *budget {
+        return Err(format!(
+            "past the {MAX_TOTAL_BYTES} bytes read from all files each round; skipped"
+        ));
+    }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
     // Bounded again in case the file grows while it is read.
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("more than {MAX_FILE_BYTES} bytes; skipped"));
+    if bytes.len() as u64 > MAX_FILE_BYTES.min(*budget) {
+        return Err("grew past the bytes allowed while it was read; skipped".to_string());
     }
+    *budget -= bytes.len() as u64;
     let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text; skipped".to_string())?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let source = format!("textfile:{name}");
@@ -127,7 +153,7 @@ fn read_file(path: &Path, seen: &mut HashSet<String>, out: &mut Samples) -> Resu
             timestamped += 1;
         } else if seen.len() >= MAX_SERIES {
             over += 1;
-        } else if !seen.insert(key.to_string()) {
+        } else if !seen.insert(key.clone()) {
             duplicates += 1;
         } else {
             out.values.push((key, value));
@@ -269,5 +295,41 @@ mod tests {
             .filter(|(key, _)| key.name() == "many")
             .count();
         assert_eq!(kept, MAX_SERIES);
+    }
+
+    #[test]
+    fn files_past_the_limit_are_left_out_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..MAX_FILES + 3 {
+            write(
+                dir.path(),
+                &format!("f{i:05}.prom"),
+                &format!("f{{i=\"{i}\"}} 1\n"),
+            );
+        }
+        let mut out = Samples::new();
+        let problems = collect(dir.path(), &mut out);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("3 more files"), "{problems:?}");
+        let mtimes = out
+            .values
+            .iter()
+            .filter(|(key, _)| key.name() == "node_textfile_mtime_seconds")
+            .count();
+        assert_eq!(mtimes, MAX_FILES);
+
+        // Files that fit one by one, but not all together.
+        let dir = tempfile::tempdir().unwrap();
+        let comment = "# padding\n".repeat(MAX_FILE_BYTES as usize / 10 - 1);
+        let fit = (MAX_TOTAL_BYTES / comment.len() as u64) as usize;
+        for i in 0..fit + 2 {
+            write(dir.path(), &format!("p{i:03}.prom"), &comment);
+        }
+        let mut out = Samples::new();
+        let problems = collect(dir.path(), &mut out);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.contains("bytes read from all files")));
     }
 }
