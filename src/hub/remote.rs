@@ -357,6 +357,8 @@ pub struct RemoteWriter {
     /// The next dead letter's number, and the bytes the table holds.
     next_letter: u64,
     letter_bytes: u64,
+    /// The last group's buffers, for the next.
+    spare: Grouped,
 }
 
 /// What became of a group of batches sent to the engine.
@@ -406,6 +408,7 @@ impl RemoteWriter {
             runtime,
             next_letter,
             letter_bytes,
+            spare: Grouped::default(),
         };
         Ok((writer, waiting_per_device(&letters)))
     }
@@ -426,7 +429,14 @@ impl RemoteWriter {
             samples.push(points.samples);
             rollups.extend(points.rollups);
         }
-        let refused = self.send_group(store, GroupEncoder::new(store, samples, rollups))?;
+        let mut grouped = std::mem::take(&mut self.spare);
+        grouped.fill(&samples);
+        drop(samples);
+        let mut group = GroupEncoder::new(store, grouped, rollups);
+        let refused = self.send_group(store, &mut group);
+        self.spare = group.grouped;
+        self.spare.clear();
+        let refused = refused?;
         // Per device: its letters, their bytes, their samples.
         let mut letters: BTreeMap<String, (Vec<Vec<u8>>, u64, u64)> = BTreeMap::new();
         let mut held_back = BTreeSet::new();
@@ -514,7 +524,7 @@ impl RemoteWriter {
                     continue;
                 }
             };
-            let refused = self.send_group(store, GroupEncoder::keyed(series))?;
+            let refused = self.send_group(store, &mut GroupEncoder::keyed(series))?;
             if refused.is_empty() {
                 let mut write = WriteBatch::default();
                 write.delete_state(StateTable::DeviceRegistry, key);
@@ -540,11 +550,11 @@ impl RemoteWriter {
     fn send_group(
         &self,
         store: &Store,
-        mut group: GroupEncoder,
+        group: &mut GroupEncoder,
     ) -> std::result::Result<Vec<(Vec<KeyedSeries>, String)>, String> {
         let mut refused = Vec::new();
         while let Some(request) = group.next_request(store, self.config.max_samples_per_request) {
-            refused.extend(self.runtime.block_on(self.send_encoded(&request))?);
+            refused.extend(self.runtime.block_on(self.send_encoded(request))?);
         }
         Ok(refused)
     }
@@ -705,12 +715,14 @@ struct GroupEncoder {
     /// The next series to encode (grouped, then keyed) and how far into its samples.
     next: usize,
     offset: usize,
+    /// The request being sent, its buffer kept for the next.
+    encoded: Encoded,
 }
 
 impl GroupEncoder {
     fn new(
         store: &Store,
-        samples: Vec<Vec<Point>>,
+        grouped: Grouped,
         rollups: Vec<(SeriesId, Tier, i64, Rollup)>,
     ) -> GroupEncoder {
         let mut figures = Vec::new();
@@ -720,7 +732,7 @@ impl GroupEncoder {
             }
         }
         GroupEncoder {
-            grouped: Grouped::new(&samples),
+            grouped,
             ..GroupEncoder::keyed(figures)
         }
     }
@@ -732,6 +744,7 @@ impl GroupEncoder {
             keyed: series,
             next: 0,
             offset: 0,
+            encoded: Encoded::default(),
         }
     }
 
@@ -766,13 +779,15 @@ impl GroupEncoder {
 
     /// The next request of at most `max` samples; `None` once all are encoded. The catalogue
     /// is read for one request at a time, never across the engine's answer.
-    fn next_request(&mut self, store: &Store, max: usize) -> Option<Encoded> {
+    fn next_request(&mut self, store: &Store, max: usize) -> Option<&Encoded> {
         let plan = self.plan(max);
         if plan.is_empty() {
             return None;
         }
         let keys = store.series_keys();
-        let mut encoded = Encoded::default();
+        let encoded = &mut self.encoded;
+        encoded.wire.clear();
+        encoded.entries.clear();
         for (index, range) in plan {
             let (key, name, samples) = match self.grouped.get(index) {
                 Some((series, points)) => match keys.get(series) {
@@ -790,7 +805,7 @@ impl GroupEncoder {
                 encoded.entries.push((encoded.wire.len(), part.len()));
             }
         }
-        Some(encoded)
+        Some(&*encoded)
     }
 }
 
@@ -798,74 +813,124 @@ impl GroupEncoder {
 type Point = (SeriesId, i64, f64);
 
 /// The points of several writes per hub series, in time order; of two writes of one
-/// timestamp the later wins, as in the store.
+/// timestamp the later wins, as in the store. Filled again for every group, keeping its
+/// buffers: a group's points are megabytes, and new ones for every group were page faults for
+/// a twentieth of the hub's CPU.
 #[derive(Default)]
 struct Grouped {
     /// Each series' samples after the one before's.
     points: Vec<Sample>,
     series: Vec<(SeriesId, std::ops::Range<usize>)>,
+    scratch: GroupScratch,
 }
 
+/// What [`Grouped::fill`] works with, kept with its room.
+#[derive(Default)]
+struct GroupScratch {
+    /// Per series, its chain in `chains`.
+    slots: HashMap<u32, usize, foldhash::fast::RandomState>,
+    chains: Vec<Chain>,
+    /// Each run: (write, start, end) in the writes, and the next run of its series.
+    runs: Vec<((usize, usize, usize), usize)>,
+}
+
+/// One series' runs, as a chain through [`GroupScratch::runs`].
+struct Chain {
+    series: SeriesId,
+    first: usize,
+    last: usize,
+    samples: usize,
+}
+
+/// Samples a [`Grouped`] keeps room for between groups (a typical group of 256 batches
+/// holds about 270,000); what a larger group (a backlog) took is given back.
+const GROUPED_KEEPS: usize = 1 << 19;
+
 impl Grouped {
+    #[cfg(test)]
     fn new(writes: &[Vec<Point>]) -> Grouped {
+        let mut grouped = Grouped::default();
+        grouped.fill(writes);
+        grouped
+    }
+
+    /// Groups these writes, replacing what it held.
+    fn fill(&mut self, writes: &[Vec<Point>]) {
         // One buffer for all series, not one per series: at 1,000 devices a group holds
         // 100,000 series, and growing a vector for each was a twentieth of the hub's CPU. The
         // buffer is filled series by series, following each series' runs in write order.
         const LAST: usize = usize::MAX;
-        // A batch writes each series' samples together: one look-up per run, not per sample.
-        let mut slots: HashMap<u32, usize> = HashMap::new();
-        // Per series, its runs as a chain through `runs`.
-        struct Chain {
-            series: SeriesId,
-            first: usize,
-            last: usize,
-            samples: usize,
-        }
-        let mut chains: Vec<Chain> = Vec::new();
-        // Each run, and the next run of its series.
-        let mut runs: Vec<(&[Point], usize)> = Vec::new();
-        for run in writes
-            .iter()
-            .flat_map(|part| part.chunk_by(|a, b| a.0 == b.0))
-        {
-            let index = runs.len();
-            runs.push((run, LAST));
-            match slots.entry(run[0].0 .0) {
-                std::collections::hash_map::Entry::Occupied(slot) => {
-                    let chain = &mut chains[*slot.get()];
-                    runs[chain.last].1 = index;
-                    chain.last = index;
-                    chain.samples += run.len();
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(chains.len());
-                    chains.push(Chain {
-                        series: run[0].0,
-                        first: index,
-                        last: index,
-                        samples: run.len(),
-                    });
+        let GroupScratch {
+            slots,
+            chains,
+            runs,
+        } = &mut self.scratch;
+        slots.clear();
+        chains.clear();
+        runs.clear();
+        for (write, part) in writes.iter().enumerate() {
+            let mut start = 0;
+            // A batch writes each series' samples together: one look-up per run, not per
+            // sample.
+            for run in part.chunk_by(|a, b| a.0 == b.0) {
+                let index = runs.len();
+                runs.push(((write, start, start + run.len()), LAST));
+                start += run.len();
+                match slots.entry(run[0].0 .0) {
+                    std::collections::hash_map::Entry::Occupied(slot) => {
+                        let chain = &mut chains[*slot.get()];
+                        runs[chain.last].1 = index;
+                        chain.last = index;
+                        chain.samples += run.len();
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(chains.len());
+                        chains.push(Chain {
+                            series: run[0].0,
+                            first: index,
+                            last: index,
+                            samples: run.len(),
+                        });
+                    }
                 }
             }
         }
-        let mut points = Vec::with_capacity(chains.iter().map(|chain| chain.samples).sum());
-        let mut series = Vec::with_capacity(chains.len());
-        for chain in chains {
-            let start = points.len();
+        self.points.clear();
+        self.series.clear();
+        self.points
+            .reserve(chains.iter().map(|chain| chain.samples).sum());
+        self.series.reserve(chains.len());
+        for chain in chains.iter() {
+            let start = self.points.len();
             let mut at = chain.first;
             while at != LAST {
-                let (run, next) = runs[at];
-                points.extend(
-                    run.iter()
+                let ((write, from, to), next) = runs[at];
+                self.points.extend(
+                    writes[write][from..to]
+                        .iter()
                         .map(|&(_, timestamp, value)| Sample { value, timestamp }),
                 );
                 at = next;
             }
-            let kept = in_time_order(&mut points[start..]);
-            points.truncate(start + kept);
-            series.push((chain.series, start..points.len()));
+            let kept = in_time_order(&mut self.points[start..]);
+            self.points.truncate(start + kept);
+            self.series.push((chain.series, start..self.points.len()));
         }
-        Grouped { points, series }
+    }
+
+    /// Empties it, keeping room for a typical group.
+    fn clear(&mut self) {
+        self.points.clear();
+        self.series.clear();
+        self.points.shrink_to(GROUPED_KEEPS);
+        self.series.shrink_to(GROUPED_KEEPS / 8);
+        let scratch = &mut self.scratch;
+        scratch.slots.clear();
+        scratch.slots.shrink_to(GROUPED_KEEPS / 8);
+        scratch.chains.clear();
+        scratch.chains.shrink_to(GROUPED_KEEPS / 8);
+        scratch.runs.clear();
+        scratch.runs.shrink_to(GROUPED_KEEPS / 8);
     }
 
     fn len(&self) -> usize {
@@ -1143,7 +1208,7 @@ mod tests {
             (d, 20, 8.0),
         ];
         let device_y = vec![(b, 20, 1.0), (b, 10, 3.0), (c, 10, 7.0)];
-        let group = GroupEncoder::new(&store, vec![device_x, device_y], Vec::new());
+        let group = GroupEncoder::new(&store, Grouped::new(&[device_x, device_y]), Vec::new());
         // As the engine reads the group: one request of every series.
         let requests = sent(&store, group, 100);
         assert_eq!(requests.len(), 1);
@@ -1169,6 +1234,7 @@ mod tests {
         /// Against a model: each series once, its times in order, each time's last write.
         #[test]
         fn grouped_points_are_each_series_last_write_of_each_time(
+            earlier in proptest::collection::vec((0u32..5, -3i64..9, -100i32..100), 0..30),
             writes in proptest::collection::vec(
                 proptest::collection::vec((0u32..5, -3i64..9, -100i32..100), 0..30),
                 0..5,
@@ -1182,7 +1248,12 @@ mod tests {
             for &(series, timestamp, value) in writes.iter().flatten() {
                 model.entry(series.0).or_default().insert(timestamp, value);
             }
-            let grouped = Grouped::new(&writes);
+            // Filled where an earlier group was: nothing of that one may be left in it.
+            let earlier: Vec<(SeriesId, i64, f64)> =
+                earlier.iter().map(|&(s, t, v)| (SeriesId(s), t, f64::from(v) + 0.5)).collect();
+            let mut grouped = Grouped::new(&[earlier]);
+            grouped.clear();
+            grouped.fill(&writes);
             let mut seen = BTreeMap::new();
             for index in 0..grouped.len() {
                 let (series, points) = grouped.get(index).unwrap();
@@ -1219,7 +1290,11 @@ mod tests {
             last: 2.0,
         };
         let rollups = vec![(c, Tier::Minute, 60_000, rollup)];
-        let requests = sent(&store, GroupEncoder::new(&store, writes, rollups), 10);
+        let requests = sent(
+            &store,
+            GroupEncoder::new(&store, Grouped::new(&writes), rollups),
+            10,
+        );
         assert!(requests
             .iter()
             .all(|r| (1..=10).contains(&r.iter().map(|s| s.samples.len()).sum::<usize>())));

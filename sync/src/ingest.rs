@@ -126,12 +126,17 @@ const KEEP_FRAMES: usize = 16;
 /// begins at a step may have written this much before the step was seen.
 const STEP_MARGIN_MS: i64 = 2_000;
 
+/// A map keyed by a device's series ids. Hashed with foldhash, seeded per process: it is looked
+/// up for every series of every batch, where SipHash was a twentieth of the hub's CPU, and a
+/// device that picks colliding ids slows only its own look-ups.
+type IdMap<V> = HashMap<u32, V, foldhash::fast::RandomState>;
+
 /// The hub's ingest state for the whole fleet.
 #[derive(Debug, Default)]
 pub struct Ingestor {
     /// Per device, its series ids to the hub's series and a hash of the definition that
     /// made it ([`UNKNOWN_DEFINITION`] when read back from the store).
-    series: HashMap<String, HashMap<u32, (SeriesId, u64)>>,
+    series: HashMap<String, IdMap<(SeriesId, u64)>>,
     /// Hashes definitions: a device behind several hubs defines every series in every batch,
     /// and one it defined before as it does now is neither parsed nor written again.
     definitions: std::hash::RandomState,
@@ -281,11 +286,24 @@ impl Ingestor {
     }
 
     fn remember(&mut self, device: &str, id: u32, hub: SeriesId, definition: u64) {
+        self.remember_all(device, [(id, hub, definition)]);
+    }
+
+    /// Remembers series of one device, which is looked up once.
+    fn remember_all(
+        &mut self,
+        device: &str,
+        series: impl IntoIterator<Item = (u32, SeriesId, u64)>,
+    ) {
         if !self.series.contains_key(device) {
-            self.series.insert(device.to_string(), HashMap::new());
+            self.series.insert(device.to_string(), IdMap::default());
         }
         if let Some(ids) = self.series.get_mut(device) {
-            ids.insert(id, (hub, definition));
+            ids.extend(
+                series
+                    .into_iter()
+                    .map(|(id, hub, definition)| (id, (hub, definition))),
+            );
         }
     }
 
@@ -482,9 +500,7 @@ impl Ingestor {
             self.clock_frames.insert(device.to_string(), frames);
         }
         *self.seen(store, device, epoch)? = updated;
-        for (id, hub, definition) in new_series {
-            self.remember(device, id, hub, definition);
-        }
+        self.remember_all(device, new_series);
         Ok(Ingested {
             status: AckStatus::Stored {
                 samples,
@@ -506,7 +522,7 @@ impl Ingestor {
         device: &str,
         batch: &Batch,
         new_series: &[(u32, SeriesId, u64)],
-    ) -> Result<Result<HashMap<u32, SeriesId>, Vec<u32>>, IngestError> {
+    ) -> Result<Result<IdMap<SeriesId>, Vec<u32>>, IngestError> {
         let mut referenced: Vec<u32> = batch
             .body
             .live
@@ -517,8 +533,10 @@ impl Ingestor {
         referenced.sort_unstable();
         referenced.dedup();
         // Sized once and the device's series found once: this runs for every batch.
-        let mut lookup: HashMap<u32, SeriesId> =
-            HashMap::with_capacity(new_series.len() + referenced.len());
+        let mut lookup: IdMap<SeriesId> = IdMap::with_capacity_and_hasher(
+            new_series.len() + referenced.len(),
+            Default::default(),
+        );
         lookup.extend(new_series.iter().map(|&(id, hub, _)| (id, hub)));
         let known = self.series.get(device);
         referenced.retain(|id| {
@@ -554,8 +572,9 @@ impl Ingestor {
 const UNKNOWN_DEFINITION: u64 = 0;
 
 impl Ingestor {
-    /// The batch's series definitions, as hub series (relabelled with the device) with their
-    /// definitions' hashes; those not defined so before are recorded in `write`.
+    /// The batch's series definitions that the hub did not know so, as hub series (relabelled
+    /// with the device) with their definitions' hashes, recorded in `write`. Those defined so
+    /// before are left out: a device behind several hubs defines every series in every batch.
     fn define_series(
         &self,
         store: &Store,
@@ -569,9 +588,8 @@ impl Ingestor {
             // A collision (keyed per process, 64 bits) could at worst file a device's samples
             // under another of its own series: every hub series carries its device's instance.
             let definition = self.definitions.hash_one(&def.key).max(1);
-            if let Some(&(hub, same)) = known.and_then(|ids| ids.get(&def.id)) {
+            if let Some(&(_, same)) = known.and_then(|ids| ids.get(&def.id)) {
                 if same == definition {
-                    new_series.push((def.id, hub, definition));
                     continue;
                 }
             }
@@ -597,7 +615,7 @@ type RollupChunk = (SeriesId, Tier, Vec<i64>, Vec<outpost_storage::Rollup>);
 fn write_batch_body(
     store: &Store,
     batch: &Batch,
-    lookup: &HashMap<u32, SeriesId>,
+    lookup: &IdMap<SeriesId>,
     correction: &mut Correction,
     write: &mut WriteBatch,
 ) -> Result<u64, IngestError> {
