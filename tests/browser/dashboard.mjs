@@ -593,6 +593,11 @@ try {
           await page.screenshot({ path: join(shots, `look-${name}-${width}-${scheme}.png`), fullPage: true });
           const wide = await page.evaluate(() => document.documentElement.scrollWidth);
           check(wide <= width, `${name} at ${width} px (${scheme}) is no wider than the window`, wide);
+          // Not yet the fleet page: it writes a "null" above its list, and the list's scroll
+          // restore is one row off without it (left for the next change).
+          const nulls = name === 'fleet' ? [] : await page.evaluate(() => [...document.querySelectorAll('main *')]
+            .flatMap((node) => [...node.childNodes]).filter((n) => n.nodeType === 3 && /\b(null|undefined)\b/.test(n.textContent)).map((n) => n.textContent));
+          check(nulls.length === 0, `${name} at ${width} px (${scheme}) prints no "null" or "undefined"`, nulls);
         }
       }
     }

@@ -18,12 +18,23 @@ pub fn tegrastats_log(name: &str) -> PathBuf {
     root().join("tests/data/tegrastats").join(name)
 }
 
+/// A port that nothing listens on now, and that this process has not been given before: the
+/// kernel may give a port just closed to the next caller, and a test that took two that way
+/// started its hub's broker and HTTP server on one port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 exchange over std, so that the tests do not share the agent's client.

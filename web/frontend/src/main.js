@@ -74,7 +74,8 @@ const pct = (v) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed
 const fixed = (unit, digits = 1) => (v) => (v === null || v === undefined ? '–' : `${v.toFixed(digits)} ${unit}`);
 
 function duration(ms) {
-  if (ms === null || ms === undefined) return '–';
+  // NaN too: an uptime the device never sent arrives as undefined * 1000.
+  if (ms === null || ms === undefined || !Number.isFinite(ms)) return '–';
   const s = Math.max(0, Math.round(ms / 1000));
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min`;
@@ -1012,7 +1013,7 @@ async function alertsPage(view, me) {
     pendingSection,
     el('h2', {}, 'History'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table history' }, head('At'), history)),
     el('h2', {}, 'Silences'), silencesTable(silences, admin, () => alertsPage(view, me)),
-    admin ? form : null);
+    ...(admin ? [form] : []));
   draw();
   // The page follows the fleet by itself, except while someone is writing a silence.
   const timer = setInterval(() => {
@@ -1551,8 +1552,9 @@ async function reportsPage(view, me) {
     el('p', { class: 'report-actions' }, download, ' ', el('button', { type: 'button', onclick: () => window.print() }, 'Print or save as PDF')),
     el('h2', {}, 'Devices'), el('div', { class: 'scroll' }, summary),
     el('p', { class: 'muted' }, `Availability is the share of ${duration(presence.step_ms)} steps in which the device's agent reported; an outage is a run of steps without a report. Alerts count every firing the hub recorded in the range.`),
-    uncounted.length ? el('p', { class: 'error report-uncounted' }, `Firings sent beyond what the hub counts (more than ${FIRINGS_PER_DEVICE_HOUR} a device an hour): ${uncounted.map(([d, n]) => `${d} ${n}`).join(', ')}.`) : null,
-    el('h2', {}, 'Outages'), outageTable,
+    // Spread: the DOM's own append writes a null out as the text "null".
+    ...(uncounted.length ? [el('p', { class: 'error report-uncounted' }, `Firings sent beyond what the hub counts (more than ${FIRINGS_PER_DEVICE_HOUR} a device an hour): ${uncounted.map(([d, n]) => `${d} ${n}`).join(', ')}.`)] : []),
+    el('h2', {}, 'Outages'), el('div', { class: 'scroll' }, outageTable),
     el('h2', {}, 'Alerts by rule'), ruleTable);
   // The devices' probes over the same range, as the availability page counts them.
   const probeAnswer = await api(`/api/probes/outages?${new URLSearchParams({ start: String(start), end: String(end) })}`);
