@@ -593,9 +593,7 @@ try {
           await page.screenshot({ path: join(shots, `look-${name}-${width}-${scheme}.png`), fullPage: true });
           const wide = await page.evaluate(() => document.documentElement.scrollWidth);
           check(wide <= width, `${name} at ${width} px (${scheme}) is no wider than the window`, wide);
-          // Not yet the fleet page: it writes a "null" above its list, and the list's scroll
-          // restore is one row off without it (left for the next change).
-          const nulls = name === 'fleet' ? [] : await page.evaluate(() => [...document.querySelectorAll('main *')]
+          const nulls = await page.evaluate(() => [...document.querySelectorAll('main, main *')]
             .flatMap((node) => [...node.childNodes]).filter((n) => n.nodeType === 3 && /\b(null|undefined)\b/.test(n.textContent)).map((n) => n.textContent));
           check(nulls.length === 0, `${name} at ${width} px (${scheme}) prints no "null" or "undefined"`, nulls);
         }
@@ -695,6 +693,10 @@ try {
     .map((tr) => Number(tr.dataset.device.slice(4))));
   check(middle.length > 10 && middle.every((n, i) => i === 0 || n === middle[i - 1] + 1) && middle[0] > 300 && middle[0] < 600,
     'half way down, the rows on the screen are the middle of the fleet, in order', middle);
+  // The spacers stand for the rows left out at one measured height: a row of another height
+  // (a badge, a sparkline) would move every row below it, and a refresh would show other rows.
+  const heights = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => [...new Set(trs.map((tr) => tr.getBoundingClientRect().height))]);
+  check(heights.length === 1, 'every row of the fleet table is as tall as the others', heights);
   // The page refreshes the list every 15 s with a new table; the reader stays where they were.
   const scrolled = await page.evaluate(() => window.scrollY);
   await page.evaluate(() => { window.oldFleetTable = document.querySelector('table.fleet'); });
@@ -706,7 +708,7 @@ try {
       .find((tr) => tr.getBoundingClientRect().bottom > 0)?.dataset.device,
   }));
   check(Math.abs(afterRefresh.y - scrolled) < 2 && Number(afterRefresh.first?.slice(4)) === middle[0],
-    'a refresh keeps the scroll position and the rows on the screen', { scrolled, afterRefresh, first: middle[0] });
+    'a refresh keeps the scroll position and the rows on the screen', { scrolled, afterRefresh, first: middle[0]});
   await page.fill('input[type=search]', 'big-0777');
   const found = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(JSON.stringify(found) === '["big-0777"]', 'the filter finds a device that was never in the document', found);

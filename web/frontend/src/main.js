@@ -11,6 +11,11 @@ window.outpost = { charts: {}, pages: 0 };
 
 // ---------- helpers ----------
 
+// A page's parts that are absent (null) are left out: replaceChildren would print "null".
+function show(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((child) => child !== null && child !== undefined));
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
@@ -223,7 +228,7 @@ applyTheme();
 
 function showLogin(message, name = '') {
   document.getElementById('who').textContent = '';
-  main.replaceChildren(
+  show(main,
     el('form', {
       class: 'login',
       onsubmit: async (event) => {
@@ -251,7 +256,7 @@ function showLogin(message, name = '') {
 async function whoami() {
   const me = await api('/api/me');
   const who = document.getElementById('who');
-  who.replaceChildren(...lookControls(), ' ');
+  show(who, ...lookControls(), ' ');
   if (me.auth && me.identity) {
     who.append(`${me.identity.name} (${me.identity.role}) `,
       el('button', { class: 'link', onclick: async () => { await api('/api/logout', { method: 'POST', body: '{}' }); route(); } }, 'Log out'));
@@ -349,14 +354,14 @@ async function fleetPage(view) {
       if (!rowHeight) {
         // One row laid out and measured (the page is small yet, so it is quick) tells how many
         // rows fill the screen; guessing would build too many or build twice.
-        body.replaceChildren(row(shown[0], 0));
+        show(body, row(shown[0], 0));
         rowHeight = body.firstChild.getBoundingClientRect().height || 20;
         body.replaceChildren();
       }
       if (!body.firstChild) {
         // A new table starts at its full height, so that the page keeps its scroll position
         // while the rows to show are worked out.
-        body.replaceChildren(above, below);
+        show(body, above, below);
         below.firstChild.style.height = `${shown.length * rowHeight}px`;
       }
       const top = body.getBoundingClientRect().top;
@@ -374,7 +379,7 @@ async function fleetPage(view) {
     if (painted && painted[0] === start && painted[1] === end) return;
     // Screen readers learn the table's real size and each row's place from the aria counts.
     table.setAttribute('aria-rowcount', shown.length + 1);
-    body.replaceChildren(above, ...shown.slice(start, end).map((d, i) => row(d, start + i)), below);
+    show(body, above, ...shown.slice(start, end).map((d, i) => row(d, start + i)), below);
     painted = [start, end];
     above.firstChild.style.height = `${start * rowHeight}px`;
     below.firstChild.style.height = `${(shown.length - end) * rowHeight}px`;
@@ -407,10 +412,13 @@ async function fleetPage(view) {
     for (const th of head.children) {
       th.setAttribute('aria-sort', th.dataset.key === sort.key ? (sort.descending ? 'descending' : 'ascending') : 'none');
     }
-    painted = null;
-    paint();
     const by = (s) => devices.filter((d) => d.state === s).length;
     counts.textContent = `${devices.length} devices: ${by('online')} online, ${by('stale')} stale, ${by('offline')} offline; showing ${shown.length}`;
+    FLEET_PICKED.changed();
+    // Last, once the toolbar above has its final height: the rows to build are worked out from
+    // where the table is on the screen.
+    painted = null;
+    paint();
     const query = new URLSearchParams();
     if (filter.value) query.set('q', filter.value);
     if (sort.key !== 'state') query.set('sort', sort.key);
@@ -427,15 +435,13 @@ async function fleetPage(view) {
     compare.textContent = FLEET_PICKED.size ? `Compare ${FLEET_PICKED.size} ticked` : `Compare the ${Math.min(shown.length, 50)} shown`;
     compare.disabled = FLEET_PICKED.size === 1 || (!FLEET_PICKED.size && shown.length < 2);
   };
-  filter.addEventListener('input', () => FLEET_PICKED.changed());
   const none = devices.length === 0
     ? el('div', { class: 'empty' }, el('p', {}, 'No device has reported to this hub yet. Enrol one on the hub and start its agent:'),
       el('pre', {}, 'outpost hub device add orin-01 --out .\n# copy orin-01.key and orin-01.password to the device, put the printed [mqtt] section\n# in its agent.toml, then on the device:\noutpost agent --config agent.toml'))
     : null;
-  view.replaceChildren(el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, compare, counts),
+  show(view, el('h1', {}, 'Fleet'), el('div', { class: 'toolbar' }, filter, compare, counts),
     none, el('div', { class: 'scroll', hidden: devices.length === 0 }, table));
   draw();
-  FLEET_PICKED.changed();
   const timer = setInterval(async () => {
     if (!view.isConnected) { clearInterval(timer); return; }
     if (document.activeElement === filter) return;
@@ -616,7 +622,7 @@ async function drawChart(card, device, group, range, live, pendingMarks = []) {
   }
   const body = card.querySelector('.chart');
   const links = card.querySelector('.export');
-  links.replaceChildren(
+  show(links,
     el('a', { href: `/api/export?${query}&format=csv`, download: 'outpost.csv' }, 'CSV'), ' ',
     el('a', { href: `/api/export?${query}&format=json`, download: 'outpost.json' }, 'JSON'));
   if (answer.series.length === 0) {
@@ -846,7 +852,7 @@ async function devicePage(view, id) {
     const answer = await api(`/api/devices/${encodeURIComponent(id)}/logs?${new URLSearchParams({ q: search, limit: '200' })}`);
     if (search !== logSearch.value) return;
     const lines = answer.lines ?? [];
-    logList.replaceChildren(lines.length
+    show(logList, lines.length
       ? el('table', { class: 'log-lines' },
         el('thead', {}, el('tr', {}, ['Time', 'Source', 'Priority', 'Patterns', 'Line'].map((t) => el('th', { scope: 'col' }, t)))),
         el('tbody', {}, lines.map((l) => el('tr', { 'data-seq': String(l.seq) },
@@ -860,7 +866,7 @@ async function devicePage(view, id) {
     window.outpost.logs = { search, lines: lines.length };
   }
   const logsSection = el('section', { class: 'logs' }, el('h2', {}, 'Log lines'), logSearch, logList);
-  view.replaceChildren(
+  show(view,
     el('h1', {}, id),
     el('div', { class: 'device' },
       el('section', { class: 'main' }, picker, empty, charts, logsSection),
@@ -877,7 +883,7 @@ async function devicePage(view, id) {
     if (next.start) { query.set('start', String(Math.round(next.start))); query.set('end', String(Math.round(next.end))); }
     go(`/device/${encodeURIComponent(id)}?${query}`);
   }
-  showLogs(logSearch.value).catch((error) => logList.replaceChildren(el('p', { class: 'error' }, error.message)));
+  showLogs(logSearch.value).catch((error) => show(logList, el('p', { class: 'error' }, error.message)));
   charts.addEventListener('zoom', (event) => setRange(event.detail));
   window.outpost.charts = {};
   const cards = GROUPS.map((group) => {
@@ -974,10 +980,10 @@ async function alertsPage(view, me) {
   function draw() {
     const keep = (a) => Object.entries(filters).every(([k, v]) => !v || a[k] === v);
     const current = (alerts.alerts ?? []).filter(keep);
-    firing.replaceChildren(...current.filter((a) => a.state === 'firing').map((a) => row(a, true)));
-    pending.replaceChildren(...current.filter((a) => a.state === 'pending').map((a) => row(a, true)));
+    show(firing, ...current.filter((a) => a.state === 'firing').map((a) => row(a, true)));
+    show(pending, ...current.filter((a) => a.state === 'pending').map((a) => row(a, true)));
     pendingSection.hidden = pending.children.length === 0;
-    history.replaceChildren(...(alerts.history ?? []).filter(keep).map((a) => row(a, false)));
+    show(history, ...(alerts.history ?? []).filter(keep).map((a) => row(a, false)));
     const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
     window.history.replaceState(null, '', `/alerts${query.toString() ? `?${query}` : ''}`);
   }
@@ -1007,7 +1013,7 @@ async function alertsPage(view, me) {
   el('label', {}, 'Hours ', el('input', { name: 'hours', type: 'number', min: '0.1', step: '0.1', value: '2', required: true })),
   el('label', {}, 'Comment ', el('input', { name: 'comment' })),
   el('button', { type: 'submit' }, 'Silence'), message);
-  view.replaceChildren(el('h1', {}, 'Alerts'),
+  show(view, el('h1', {}, 'Alerts'),
     el('div', { class: 'toolbar' }, pick('severity'), pick('device'), pick('rule')),
     el('h2', {}, 'Firing'), el('div', { class: 'scroll' }, el('table', { class: 'alerts-table firing' }, head('Started'), firing)),
     pendingSection,
@@ -1076,7 +1082,7 @@ async function probesPage(view, me) {
       el('td', {}, o.device), el('td', {}, o.probe), el('td', {}, el('span', { class: `badge ${o.severity}` }, o.severity)),
       el('td', {}, when(o.start_ms)), el('td', {}, when(o.end_ms)),
       el('td', {}, duration((o.end_ms ?? Date.now()) - o.start_ms)), noteCell(o)))));
-  view.replaceChildren(el('h1', {}, 'Availability'),
+  show(view, el('h1', {}, 'Availability'),
     el('div', { class: 'toolbar' }, picker, el('span', { class: 'muted' }, `${when(answer.start)} to ${when(answer.end)}, resolution ${duration(answer.step_ms)}`)),
     probes.length ? el('div', { class: 'scroll' }, summary) : el('p', { class: 'muted' }, 'No probe has reported in this range. Probes are set in the agents\' [[probe]] sections.'),
     el('h2', {}, 'Outages'),
@@ -1162,7 +1168,7 @@ async function renderQuery({ query, mode, range }, { chart, table, width, height
   const rows = answer.data.resultType === 'scalar' || answer.data.resultType === 'string'
     ? [[answer.data.resultType, result[1]]]
     : result.map((s) => [promLabel(s.metric), s.value ? s.value[1] : s.values[s.values.length - 1]?.[1] ?? '']);
-  table.replaceChildren(el('table', { class: 'explore-table' },
+  show(table, el('table', { class: 'explore-table' },
     el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Series'), el('th', { scope: 'col', class: 'num' }, mode === 'range' ? 'Last value' : 'Value'))),
     el('tbody', {}, rows.map(([label, value]) => el('tr', {}, el('td', {}, el('code', {}, label)), el('td', { class: 'num' }, value))))),
   el('p', { class: 'muted' }, `${rows.length} series`));
@@ -1172,7 +1178,7 @@ async function renderQuery({ query, mode, range }, { chart, table, width, height
 // Pins the explorer's query to a board, made if it does not exist yet.
 function pinForm(state) {
   const boards = el('datalist', { id: 'board-names' });
-  api('/api/boards').then((b) => boards.replaceChildren(...(b.boards ?? []).map((x) => el('option', { value: x.name })))).catch(() => {});
+  api('/api/boards').then((b) => show(boards, ...(b.boards ?? []).map((x) => el('option', { value: x.name })))).catch(() => {});
   const said = el('span', { class: 'muted', role: 'status' });
   return el('form', { class: 'pin', onsubmit: async (event) => {
     event.preventDefault();
@@ -1185,7 +1191,7 @@ function pinForm(state) {
       });
       const panel = { title: String(data.get('title')) || state.q, query: state.q, mode: state.mode, range: state.range };
       await api(`/api/boards/${encodeURIComponent(name)}`, { method: 'PUT', body: JSON.stringify({ panels: [...current.panels, panel] }) });
-      said.replaceChildren('Pinned to ', el('a', { href: `/boards/${encodeURIComponent(name)}` }, name), '.');
+      show(said, 'Pinned to ', el('a', { href: `/boards/${encodeURIComponent(name)}` }, name), '.');
     } catch (error) { said.textContent = error.message; }
   } },
   el('label', {}, 'Pin to board ', el('input', { name: 'board', list: 'board-names', required: true, placeholder: 'Site north' })), boards,
@@ -1209,7 +1215,7 @@ async function explorePage(view, me) {
   input.addEventListener('input', async () => {
     const text = input.value;
     const offered = await suggestions(text, names).catch(() => []);
-    if (input.value === text) options.replaceChildren(...offered.map((value) => el('option', { value })));
+    if (input.value === text) show(options, ...offered.map((value) => el('option', { value })));
   });
   const mode = el('select', { name: 'mode', 'aria-label': 'Mode' },
     [['range', 'Range'], ['instant', 'Instant']].map(([v, t]) => el('option', { value: v, selected: state.mode === v }, t)));
@@ -1224,10 +1230,10 @@ async function explorePage(view, me) {
     go(`/explore?${query}`);
   } }, input, options, mode, range, el('button', { type: 'submit' }, 'Run'));
   const admin = !me?.auth || me?.identity?.role === 'admin';
-  view.replaceChildren(el('h1', {}, 'Explore'), form, problem, chart, table);
+  show(view, el('h1', {}, 'Explore'), form, problem, chart, table);
   window.outpost.explore = null;
   if (!state.q.trim()) {
-    table.replaceChildren(el('p', { class: 'muted' }, `${names.length} metric names; start typing one, or any PromQL expression.`));
+    show(table, el('p', { class: 'muted' }, `${names.length} metric names; start typing one, or any PromQL expression.`));
     return;
   }
   try {
@@ -1266,7 +1272,7 @@ async function boardsPage(view, me) {
   el('label', {}, 'Import a board (JSON) ', el('input', { type: 'file', name: 'file', accept: 'application/json,.json', required: true })),
   el('label', {}, ' as ', el('input', { name: 'name', placeholder: 'its own name' })),
   el('button', { type: 'submit' }, 'Import'));
-  view.replaceChildren(el('h1', {}, 'Boards'), el('div', { class: 'scroll' }, list), admin ? importer : null, said);
+  show(view, el('h1', {}, 'Boards'), el('div', { class: 'scroll' }, list), admin ? importer : null, said);
 }
 
 async function boardPage(view, name, me) {
@@ -1277,7 +1283,7 @@ async function boardPage(view, name, me) {
     route();
   };
   const grid = el('div', { class: 'charts board' });
-  view.replaceChildren(el('h1', {}, board.name),
+  show(view, el('h1', {}, board.name),
     el('p', { class: 'muted' }, `Changed ${stamp(board.updated_ms)} by ${board.updated_by}. `,
       el('a', { href: `/api/boards/${encodeURIComponent(name)}`, download: `${name}.json` }, 'Export (JSON)'), ' ',
       admin ? el('button', { type: 'button', class: 'link', onclick: async () => {
@@ -1301,7 +1307,7 @@ async function boardPage(view, name, me) {
       await renderQuery(panel, { chart, table, width: chartWidth(grid), height: 200 });
     } catch (error) {
       if (error instanceof Unauthorized) throw error;
-      chart.replaceChildren(el('p', { class: 'error' }, error.message));
+      show(chart, el('p', { class: 'error' }, error.message));
     }
     window.outpost.board.panels += 1;
   }));
@@ -1340,12 +1346,12 @@ async function comparePage(view) {
   const chart = el('div', { class: 'chart compare-chart' });
   const table = el('div', { class: 'scroll' });
   const problem = el('p', { class: 'error', role: 'alert', hidden: true });
-  view.replaceChildren(el('h1', {}, 'Compare'),
+  show(view, el('h1', {}, 'Compare'),
     el('div', { class: 'toolbar' }, picker, span, el('span', { class: 'muted' }, devices.length ? devices.join(', ') : '')),
     problem, chart, table);
   window.outpost.compare = null;
   if (devices.length < 1) {
-    table.replaceChildren(el('p', { class: 'muted' }, 'Pick devices in the fleet table (tick them, or filter by a label) and choose Compare.'));
+    show(table, el('p', { class: 'muted' }, 'Pick devices in the fleet table (tick them, or filter by a label) and choose Compare.'));
     return;
   }
   const matcher = `instance=~${promString(exactly(devices))}`;
@@ -1369,7 +1375,7 @@ async function comparePage(view) {
         ...result.map((s, i) => ({ label: s.metric.instance ?? '', stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: false, value: (u, v) => format(v) }))],
     }, data, chart);
     const missing = devices.filter((d) => !result.some((s) => s.metric.instance === d));
-    table.replaceChildren(el('table', { class: 'compare-table' },
+    show(table, el('table', { class: 'compare-table' },
       el('thead', {}, el('tr', {}, ['Device', 'Now', 'Average', 'Peak'].map((t, i) => el('th', { scope: 'col', class: i ? 'num' : '' }, t)))),
       el('tbody', {}, result.map((s) => {
         const values = s.values.map(([, v]) => Number(v)).filter(Number.isFinite);
@@ -1458,7 +1464,7 @@ async function reportsPage(view, me) {
   el('input', { type: 'search', name: 'q', value: filterText, placeholder: 'Devices: text or label=value', 'aria-label': 'Devices' }),
   el('button', { type: 'submit' }, 'Report'));
   const heading = el('p', { class: 'muted' }, `${stamp(start)} to ${stamp(end)} · ${devices.length} devices${filterText ? ` matching ${filterText}` : ''}`);
-  view.replaceChildren(el('h1', {}, 'Report'), controls, heading);
+  show(view, el('h1', {}, 'Report'), controls, heading);
   window.outpost.report = null;
   if (!devices.length) { view.append(el('p', { class: 'muted' }, 'No device matches.')); return; }
   const matcher = `instance=~${promString(exactly(devices))}`;
@@ -1578,7 +1584,7 @@ async function statusPage(view) {
   const answer = await api('/api/status');
   const percent = (v) => (v === null || v === undefined ? '–' : `${v.toFixed(2)} %`);
   const word = (up) => (up === null || up === undefined ? 'no data' : up ? 'up' : 'down');
-  view.replaceChildren(el('h1', {}, answer.title || 'Status'),
+  show(view, el('h1', {}, answer.title || 'Status'),
     el('p', { class: 'muted' }, `As of ${stamp(answer.at_ms)}`),
     answer.devices.length ? el('table', { class: 'status-devices' },
       el('thead', {}, el('tr', {}, ['Device', 'State'].map((t) => el('th', { scope: 'col' }, t)))),
@@ -1601,7 +1607,7 @@ async function statusPage(view) {
 async function route() {
   if (main._cleanup) { main._cleanup(); main._cleanup = null; }
   const view = el('div');
-  main.replaceChildren(view);
+  show(main, view);
   for (const link of document.querySelectorAll('[data-nav]')) {
     link.setAttribute('aria-current', link.getAttribute('href') === location.pathname ? 'page' : 'false');
   }
@@ -1621,11 +1627,11 @@ async function route() {
     else if (path === '/compare') await comparePage(view);
     else if (path === '/reports') await reportsPage(view, me);
     else if (path === '/') await fleetPage(view);
-    else view.replaceChildren(el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
+    else show(view, el('h1', {}, 'Not found'), el('p', {}, `Nothing is at ${path}. `, el('a', { href: '/' }, 'See the fleet.')));
     main._cleanup = view._cleanup;
   } catch (error) {
     if (error instanceof Unauthorized) showLogin();
-    else view.replaceChildren(el('p', { class: 'error', role: 'alert' }, error.message));
+    else show(view, el('p', { class: 'error', role: 'alert' }, error.message));
   }
 }
 
