@@ -74,14 +74,17 @@ packaged_config config/hub.toml target/deb/hub.toml \
   'path = "outpost-hub.redb"=>path = "/var/lib/outpost-hub/hub.redb"' \
   'devices_file = "outpost-devices.toml"=>devices_file = "/var/lib/outpost-hub/devices.toml"'
 
+# Every architecture in one cargo run: its last step, the fat-LTO code generation of the one
+# codegen unit, runs on one core, so two architectures built together take both cores there.
+# Linked with its symbols and stripped after: the profile behind cross/agent-hot.ld comes from
+# that link (cross/hot-functions.sh), and a binary stripped by the linker measured 0.6 MiB more
+# of its code resident outside the agent's section (cross/layout-check.sh).
+targets=()
+for arch in "${arches[@]}"; do targets+=(--target "$arch-unknown-linux-gnu.$GLIBC"); done
+echo "==> ${arches[*]} (glibc $GLIBC)"
+CARGO_PROFILE_RELEASE_STRIP=false cargo zigbuild --release --locked "${targets[@]}" -p outpost --bin outpost
 for arch in "${arches[@]}"; do
   triple="$arch-unknown-linux-gnu"
-  echo "==> $triple (glibc $GLIBC)"
-  # Linked with its symbols and stripped after: the profile behind cross/agent-hot.ld comes from
-  # that link (cross/hot-functions.sh), and a binary stripped by the linker measured 0.6 MiB more
-  # of its code resident outside the agent's section (cross/layout-check.sh).
-  CARGO_PROFILE_RELEASE_STRIP=false \
-    cargo zigbuild --release --locked --target "$triple.$GLIBC" -p outpost --bin outpost
   binary="target/$triple/release/outpost"
   "$(strip_tool "$arch")" --strip-all "$binary"
   cp "$binary" "target/dist/outpost-$version-$arch"
