@@ -708,7 +708,7 @@ try {
       .find((tr) => tr.getBoundingClientRect().bottom > 0)?.dataset.device,
   }));
   check(Math.abs(afterRefresh.y - scrolled) < 2 && Number(afterRefresh.first?.slice(4)) === middle[0],
-    'a refresh keeps the scroll position and the rows on the screen', { scrolled, afterRefresh, first: middle[0]});
+    'a refresh keeps the scroll position and the rows on the screen', { scrolled, afterRefresh, first: middle[0] });
   await page.fill('input[type=search]', 'big-0777');
   const found = await page.$$eval('table.fleet tbody tr[data-device]', (trs) => trs.map((tr) => tr.dataset.device));
   check(JSON.stringify(found) === '["big-0777"]', 'the filter finds a device that was never in the document', found);

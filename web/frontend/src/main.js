@@ -11,9 +11,11 @@ window.outpost = { charts: {}, pages: 0 };
 
 // ---------- helpers ----------
 
-// A page's parts that are absent (null) are left out: replaceChildren would print "null".
+// Parts that are absent (null, undefined) are left out: the DOM would print "null".
+const present = (children) => children.flat(Infinity).filter((child) => child !== null && child !== undefined);
+
 function show(node, ...children) {
-  node.replaceChildren(...children.flat(Infinity).filter((child) => child !== null && child !== undefined));
+  node.replaceChildren(...present(children));
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -23,8 +25,7 @@ function el(tag, attrs = {}, ...children) {
     else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
     else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
   }
-  for (const child of children.flat(Infinity)) {
-    if (child === null || child === undefined) continue;
+  for (const child of present(children)) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
