@@ -508,11 +508,23 @@ fn start_alerts(
     Ok(Some(runtime.context("[alerts]")?))
 }
 
+/// redb's page cache of a hub whose samples go to remote storage.
+const REMOTE_MODE_CACHE_BYTES: usize = 4 << 20;
+
 async fn open_store(config: &HubConfig) -> Result<Arc<Store>> {
     let path = config.store.path.clone();
+    let defaults = outpost_sync::ingest::hub_store_options(config.store.budget.0);
     let options = outpost_storage::Options {
         wall_clock: Some(Arc::new(outpost::timearg::SystemWallClock)),
-        ..outpost_sync::ingest::hub_store_options(config.store.budget.0)
+        // With the samples in another engine, the store holds the fleet's bookkeeping, read
+        // once per device and then kept by the ingestor: redb's page cache would only keep the
+        // pages of the last seals, up to 16 MiB of a hub's 100 MB.
+        cache_bytes: if config.remote_write.enabled() {
+            REMOTE_MODE_CACHE_BYTES
+        } else {
+            defaults.cache_bytes
+        },
+        ..defaults
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&path, options))
         .await?

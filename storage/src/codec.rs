@@ -536,36 +536,39 @@ fn decode_xor(reader: &mut Reader<'_>, count: usize, values: &mut Vec<f64>) -> D
 
 /// Wraps an encoded body: compresses it when that pays, and appends a CRC-32 of the result.
 pub(crate) fn seal(body: &[u8], zstd_level: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() / 2 + 16);
     // One compression context per thread and level: creating one per chunk costs more than
     // compressing a small chunk.
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { std::cell::RefCell::new(None) };
     }
-    let compressed = if body.len() > 32 {
-        COMPRESSOR.with(|cell| {
+    let header = 1 + varint_len(body.len() as u64);
+    // Compressed in place, behind the tag and length: a buffer of its own for the compressed
+    // bytes cost the body's size once more, at a hub's largest log frames.
+    let mut out = Vec::with_capacity(header + zstd::compress_bound(body.len()) + 4);
+    let compressed = body.len() > 32
+        && COMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.as_ref().is_none_or(|(level, _)| *level != zstd_level) {
                 *cell = zstd::bulk::Compressor::new(zstd_level)
                     .ok()
                     .map(|c| (zstd_level, c));
             }
-            cell.as_mut().and_then(|(_, c)| c.compress(body).ok())
-        })
-    } else {
-        None
-    };
-    match compressed {
-        Some(compressed) if compressed.len() + varint_len(body.len() as u64) < body.len() => {
+            let Some((_, compressor)) = cell.as_mut() else {
+                return false;
+            };
             out.push(TAG_ZSTD);
             put_varint(&mut out, body.len() as u64);
-            out.extend_from_slice(&compressed);
-        }
-        _ => {
-            out.push(TAG_PLAIN);
-            out.extend_from_slice(body);
-        }
+            let mut behind_header = std::io::Cursor::new(&mut out);
+            behind_header.set_position(header as u64);
+            compressor
+                .compress_to_buffer(body, &mut behind_header)
+                .is_ok_and(|len| len + header - 1 < body.len())
+        });
+    if !compressed {
+        out.clear();
+        out.push(TAG_PLAIN);
+        out.extend_from_slice(body);
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());

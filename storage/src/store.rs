@@ -149,6 +149,10 @@ pub struct Options {
     pub seal_interval: Duration,
     /// A seal also happens when the head holds this many samples.
     pub max_head_samples: usize,
+    /// A seal also happens when the head's state writes (keys, values and their bookkeeping,
+    /// estimated) pass this many bytes: a hub that keeps its samples in another engine writes
+    /// almost only state, and a fleet's first batches define every series of every device.
+    pub max_head_state_bytes: usize,
     /// The most bytes that the store's files may occupy; `None` for no limit.
     pub budget_bytes: Option<u64>,
     pub retention: Retention,
@@ -181,6 +185,7 @@ impl Default for Options {
             sync_interval: Duration::from_secs(30),
             seal_interval: Duration::from_secs(3600),
             max_head_samples: 2_000_000,
+            max_head_state_bytes: 4 << 20,
             budget_bytes: Some(1 << 30),
             retention: Retention::default(),
             wall_clock: None,
@@ -213,6 +218,9 @@ impl Options {
         }
         if self.max_head_samples == 0 {
             return bad("max_head_samples", "must be greater than zero");
+        }
+        if self.max_head_state_bytes == 0 {
+            return bad("max_head_state_bytes", "must be greater than zero");
         }
         if self.budget_bytes.is_some_and(|b| b < 4 << 20) {
             return bad("budget_bytes", "must be at least 4 MiB");
@@ -381,6 +389,35 @@ struct StateWrites {
     deletions: usize,
     /// Deletions past which the head looks for ones that hide nothing ([`Shared::prune_deletions`]).
     prune_at: usize,
+    /// The memory the writes hold, estimated: see [`state_entry_bytes`].
+    bytes: usize,
+}
+
+/// What one state write holds in memory, estimated for the seal's byte bound: its key and
+/// value, their two headers and a share of the map's node, each allocation rounded up by malloc.
+fn state_entry_bytes(key: &str, value: Option<&[u8]>) -> usize {
+    const PER_ENTRY: usize = 96;
+    PER_ENTRY + key.len() + value.map_or(0, <[u8]>::len)
+}
+
+/// The size of a pending log record past which it is flushed before `flush_interval`: a hub
+/// that receives a fleet's first batches (a hundred thousand series defined within seconds)
+/// otherwise held them twice more until the flush, in the record and in its encoding.
+const PENDING_FLUSH_BYTES: usize = 1 << 20;
+
+/// What a pending sample, rollup or series definition costs beside its key, estimated.
+const PENDING_BYTES_PER_ITEM: usize = 24;
+
+fn state_op_bytes(op: &StateOp) -> usize {
+    match op {
+        StateOp::Put { key, value, .. } => PENDING_BYTES_PER_ITEM * 3 + key.len() + value.len(),
+        StateOp::Delete { key, .. } => PENDING_BYTES_PER_ITEM * 2 + key.len(),
+    }
+}
+
+/// The pending log record has grown past [`PENDING_FLUSH_BYTES`]: the writer flushes it now.
+fn pending_full(head: &Head) -> bool {
+    head.pending_bytes >= PENDING_FLUSH_BYTES
 }
 
 /// The fewest deletions a head holds before it looks for ones that hide nothing: a lookup in
@@ -393,6 +430,7 @@ impl Default for StateWrites {
             tables: HashMap::new(),
             deletions: 0,
             prune_at: PRUNE_DELETIONS_FROM,
+            bytes: 0,
         }
     }
 }
@@ -416,7 +454,12 @@ impl StateWrites {
 
     fn insert(&mut self, table: StateTable, key: String, value: Option<Vec<u8>>) {
         let deletes = value.is_none();
+        self.bytes += state_entry_bytes(&key, value.as_deref());
+        let written = key.len();
         let replaced = self.tables.entry(table).or_default().insert(key, value);
+        if let Some(old) = &replaced {
+            self.bytes -= state_entry_bytes("", old.as_deref()) + written;
+        }
         let deleted_before = matches!(replaced, Some(None));
         match (deleted_before, deletes) {
             (false, true) => self.deletions += 1,
@@ -472,6 +515,7 @@ impl StateWrites {
             if matches!(writes.get(key), Some(None)) {
                 writes.remove(key);
                 self.deletions -= 1;
+                self.bytes -= state_entry_bytes(key, None);
                 if writes.is_empty() {
                     self.tables.remove(&table);
                 }
@@ -533,6 +577,8 @@ struct Head {
     frozen: Option<Arc<HeadData>>,
     /// What the next log frame will hold.
     pending: Record,
+    /// The memory `pending` holds, estimated: past [`PENDING_FLUSH_BYTES`] it is flushed early.
+    pending_bytes: usize,
     log: LogWriter,
     tracker: Tracker,
 }
@@ -705,6 +751,7 @@ impl Store {
                 active: replayed,
                 frozen: None,
                 pending: Record::default(),
+                pending_bytes: 0,
                 log,
                 tracker: Tracker::default(),
             }),
@@ -796,10 +843,10 @@ impl Store {
         let shared = Arc::new(key.clone());
         catalogue.by_key.insert(shared.clone(), id);
         catalogue.keys.push(shared);
-        lock(&self.shared.head)
-            .pending
-            .defs
-            .push((id, key.to_string()));
+        let text = key.to_string();
+        let mut head = lock(&self.shared.head);
+        head.pending_bytes += PENDING_BYTES_PER_ITEM + text.len();
+        head.pending.defs.push((id, text));
         Ok(SeriesId(id))
     }
 
@@ -2525,11 +2572,13 @@ impl Shared {
         };
         head.active.apply(&samples, &state, &rollups);
         self.prune_deletions(&mut head);
+        head.pending_bytes += PENDING_BYTES_PER_ITEM * (samples.len() + rollups.len())
+            + state.iter().map(state_op_bytes).sum::<usize>();
         let pending = &mut head.pending;
         pending.samples.extend(samples);
         pending.state.extend(state);
         pending.rollups.extend(rollups);
-        Ok(self.head_full(&head))
+        Ok(self.head_full(&head) || pending_full(&head))
     }
 
     /// Drops the active head's deletions that hide nothing: neither the frozen head nor the
@@ -2586,12 +2635,14 @@ impl Shared {
         state.prune_at = PRUNE_DELETIONS_FROM.max(2 * state.deletions);
     }
 
-    /// A full head needs a seal before it takes more: it holds `max_head_samples`, or its log
-    /// (counting a byte for each sample not yet flushed, a lower bound) holds an eighth of the
-    /// byte budget, so that the log never crowds the budget.
+    /// A full head needs a seal before it takes more: it holds `max_head_samples` or
+    /// `max_head_state_bytes` of state writes, or its log (counting a byte for each sample not
+    /// yet flushed, a lower bound) holds an eighth of the byte budget, so that the log never
+    /// crowds the budget.
     fn head_full(&self, head: &Head) -> bool {
         let log_estimate = head.log.len + head.pending.samples.len() as u64;
         head.active.samples >= self.options.max_head_samples
+            || head.active.state.bytes >= self.options.max_head_state_bytes
             || self
                 .options
                 .budget_bytes
@@ -2647,11 +2698,14 @@ impl Shared {
         self.heal_if_due()?;
         let now = self.options.clock.now();
         let timers = *lock(&self.timers);
-        let head_full = self.head_full(&lock(&self.head));
+        let (head_full, pending_full) = {
+            let head = lock(&self.head);
+            (self.head_full(&head), pending_full(&head))
+        };
         if head_full || now >= timers.last_seal + self.options.seal_interval {
             self.seal()?;
         }
-        if now >= timers.last_flush + self.options.flush_interval {
+        if pending_full || now >= timers.last_flush + self.options.flush_interval {
             self.flush()?;
         }
         if now >= timers.last_sync + self.options.sync_interval {
@@ -2666,6 +2720,7 @@ impl Shared {
             return Ok(());
         }
         let record = std::mem::take(&mut head.pending);
+        head.pending_bytes = 0;
         match head.log.append(&record, 3) {
             Ok(bytes) => {
                 self.log_written.fetch_add(bytes, Ordering::Relaxed);
@@ -2797,6 +2852,7 @@ impl Shared {
         if tail.len() <= carry_limit && !closing {
             // Logged again in the new generation, so it survives the old log's deletion.
             head.active.apply(&tail, &[], &[]);
+            head.pending_bytes += PENDING_BYTES_PER_ITEM * tail.len();
             head.pending.samples.extend(tail);
         } else {
             for &(id, ts, _) in &tail {

@@ -192,3 +192,90 @@ fn deletions_stay_right_while_seals_run_beside_the_writes() {
     store.close().unwrap();
     check(&open(&path), &model);
 }
+
+#[test]
+fn state_writes_past_the_byte_bound_seal_the_head_rather_than_wait_for_the_hour() {
+    // A hub that keeps its samples in another engine writes state only: a fleet's first batches
+    // define every series of every device (100,000 keys here), and the head held them all
+    // until the hourly seal.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("defs.redb");
+    let bound = 1 << 20;
+    let options = outpost_storage::Options {
+        max_head_state_bytes: bound,
+        ..crate::test_options()
+    };
+    let store = Store::open(&path, options.clone()).unwrap();
+    let mut model = Model::new();
+    let value = |n: u64| format!("node_cpu_seconds_total{{cpu=\"{n}\",instance=\"dev-{n:05}\"}}");
+    let mut most_in_head = 0;
+    for chunk in 0..100u64 {
+        let mut batch = WriteBatch::default();
+        for n in chunk * 1_000..(chunk + 1) * 1_000 {
+            let key = format!("series/dev-{:05}/{n}", n / 100);
+            batch.put_state(TABLES[0], &key, value(n).into_bytes());
+            model.insert((0, key), value(n).into_bytes());
+        }
+        store.write(batch).unwrap();
+        most_in_head = most_in_head.max(store.stats().unwrap().head_state_writes);
+    }
+    // Each write is at least its key and value (some 70 bytes): the bound, plus the batch
+    // that crossed it, plus one taken while the seal ran.
+    let most_allowed = bound as u64 / 70 + 2 * 1_000;
+    assert!(
+        most_in_head <= most_allowed,
+        "{most_in_head} state writes in the head at once (at most {most_allowed} fit the bound)"
+    );
+    check(&store, &model);
+    drop(store);
+    let store = Store::open(&path, options).unwrap();
+    check(&store, &model);
+}
+
+#[test]
+fn a_megabyte_of_writes_reaches_the_log_before_the_flush_interval() {
+    // A hub receiving a fleet's first batches defines a hundred thousand series in seconds:
+    // held until the flush, they were in memory three times (head, record, its encoding).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("early.redb");
+    // A clock that never moves: no flush, sync or seal falls due.
+    let options = outpost_storage::Options {
+        clock: std::sync::Arc::new(crate::ManualClock::default()),
+        ..crate::test_options()
+    };
+    let store = Store::open(&path, options.clone()).unwrap();
+    let mut model = Model::new();
+    for n in 0..1_500u32 {
+        let mut batch = WriteBatch::default();
+        let key = format!("k/{n:05}");
+        batch.put_state(TABLES[1], &key, vec![n as u8; 1_000]);
+        model.insert((1, key), vec![n as u8; 1_000]);
+        store.write(batch).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.stats().unwrap().log_bytes_written_since_open == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "1.5 MB of writes, none of them in the log after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // What a crash now leaves: the files as they are, the process's memory gone.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let reopened = Store::open(copy.path().join("early.redb"), crate::test_options()).unwrap();
+    let kept = reopened.state_list(TABLES[1], "").unwrap();
+    // At least the first megabyte's worth (some 1,080 bytes each, as the store counts them).
+    assert!(
+        kept.len() >= 900,
+        "{} of 1,500 entries survive a crash",
+        kept.len()
+    );
+    for (key, value) in &kept {
+        assert_eq!(model.get(&(1, key.clone())), Some(value), "{key}");
+    }
+    drop(store);
+}
