@@ -279,8 +279,9 @@ impl Ingestor {
         let Some(stored) = store.get(&IngestKey::Series { device, id })? else {
             return Ok(None);
         };
-        let key = SeriesKey::parse(&String::from_utf8_lossy(&stored))?;
-        let hub = store.series_id(&key)?;
+        let Some(hub) = stored_series(store, device, &stored)? else {
+            return Ok(None);
+        };
         self.remember(device, id, hub, UNKNOWN_DEFINITION);
         Ok(Some(hub))
     }
@@ -599,12 +600,48 @@ impl Ingestor {
             let hub = store.series_id(&key)?;
             write.put(
                 &IngestKey::Series { device, id: def.id },
-                key.to_string().into_bytes(),
+                series_record(hub),
             );
             new_series.push((def.id, hub, definition));
         }
         Ok(new_series)
     }
+}
+
+/// The first byte of a device series' record that names the hub series by its catalogue id; a
+/// record of an earlier version is the key's text, and no UTF-8 text starts with it.
+const SERIES_BY_ID: u8 = 0xFF;
+
+/// A device series' record: the hub series by its id in the store's catalogue, which holds the
+/// key durably already. Five bytes, not the key's hundred: a fleet's first batches write one
+/// for every series of every device.
+fn series_record(hub: SeriesId) -> Vec<u8> {
+    let mut record = Vec::with_capacity(5);
+    record.push(SERIES_BY_ID);
+    record.extend_from_slice(&hub.0.to_le_bytes());
+    record
+}
+
+/// The hub series a device series' record names. `None` when the id is not in the catalogue or
+/// names another device's series (a damaged record): the device is then asked to define it
+/// again rather than its samples filed under someone else's series.
+fn stored_series(
+    store: &Store,
+    device: &str,
+    stored: &[u8],
+) -> Result<Option<SeriesId>, IngestError> {
+    if let [SERIES_BY_ID, id @ ..] = stored {
+        let Ok(id) = <[u8; 4]>::try_from(id) else {
+            return Ok(None);
+        };
+        let hub = SeriesId(u32::from_le_bytes(id));
+        let owned = store
+            .shared_series_key(hub)
+            .is_some_and(|key| key.label(INSTANCE) == device);
+        return Ok(owned.then_some(hub));
+    }
+    let key = SeriesKey::parse(&String::from_utf8_lossy(stored))?;
+    Ok(Some(store.series_id(&key)?))
 }
 
 /// A rollup chunk from the device, its buckets corrected: hub series, tier, buckets, rollups.
@@ -888,6 +925,63 @@ mod tests {
         );
         let base = NOW - 10_000;
         assert_eq!(stored(&hub), [base + 1, base + 2, base + 4]);
+    }
+
+    #[test]
+    fn a_series_record_names_the_hub_series_by_id_and_one_of_an_earlier_version_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = store(&dir);
+        let send = |seq: u64, defined: bool| {
+            let mut batch = batch(1, NOW, &[NOW - 10_000 + seq as i64], None, vec![]);
+            batch.header.seq = seq;
+            if !defined {
+                batch.body.defs.clear();
+            }
+            // A restarted hub each time: the record is all it knows of series 1.
+            Ingestor::new().ingest(&hub, &batch, NOW).unwrap().status
+        };
+        let record = IngestKey::Series {
+            device: "jetson",
+            id: 1,
+        };
+        let overwrite = |value: Vec<u8>| {
+            let mut write = WriteBatch::default();
+            write.put(&record, value);
+            hub.write(write).unwrap();
+        };
+        let taken = |status: AckStatus| matches!(status, AckStatus::Stored { .. });
+        assert!(taken(send(1, true)));
+        let cpu = hub
+            .series_id(&SeriesKey::parse(r#"cpu{instance="jetson"}"#).unwrap())
+            .unwrap();
+        assert_eq!(hub.get(&record).unwrap(), Some(series_record(cpu)));
+        assert!(taken(send(2, false)));
+        // As an earlier version wrote it: the key's text.
+        overwrite(br#"cpu{instance="jetson"}"#.to_vec());
+        assert!(taken(send(3, false)));
+        assert_eq!(stored(&hub), [NOW - 9_999, NOW - 9_998, NOW - 9_997]);
+        // Damaged: another device's series, an id past the catalogue, a cut record. The device
+        // is asked to define the series again; nothing is filed elsewhere.
+        let other = hub
+            .series_id(&SeriesKey::parse(r#"cpu{instance="other"}"#).unwrap())
+            .unwrap();
+        let unknown = AckStatus::UnknownSeries { ids: vec![1] };
+        for damaged in [
+            series_record(other),
+            series_record(SeriesId(1_000_000)),
+            vec![SERIES_BY_ID, 0],
+        ] {
+            overwrite(damaged);
+            assert_eq!(send(4, false), unknown);
+        }
+        assert!(taken(send(4, true)));
+        assert_eq!(hub.get(&record).unwrap(), Some(series_record(cpu)));
+        let other_selector = outpost_storage::Selector::parse(r#"cpu{instance="other"}"#).unwrap();
+        assert!(hub
+            .query_raw(&other_selector, 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .all(|s| s.points.is_empty()));
     }
 
     #[test]
