@@ -622,9 +622,10 @@ fn series_record(hub: SeriesId) -> Vec<u8> {
     record
 }
 
-/// The hub series a device series' record names. `None` when the id is not in the catalogue or
-/// names another device's series (a damaged record): the device is then asked to define it
-/// again rather than its samples filed under someone else's series.
+/// The hub series a device series' record names. `None` for a damaged record (an id not in the
+/// catalogue, text that is no key, another device's series): the device is then asked to
+/// define the series again, rather than its batches refused for good or its samples filed
+/// under someone else's series.
 fn stored_series(
     store: &Store,
     device: &str,
@@ -640,7 +641,12 @@ fn stored_series(
             .is_some_and(|key| key.label(INSTANCE) == device);
         return Ok(owned.then_some(hub));
     }
-    let key = SeriesKey::parse(&String::from_utf8_lossy(stored))?;
+    let Ok(key) = SeriesKey::parse(&String::from_utf8_lossy(stored)) else {
+        return Ok(None);
+    };
+    if key.label(INSTANCE) != device {
+        return Ok(None);
+    }
     Ok(Some(store.series_id(&key)?))
 }
 
@@ -960,8 +966,9 @@ mod tests {
         overwrite(br#"cpu{instance="jetson"}"#.to_vec());
         assert!(taken(send(3, false)));
         assert_eq!(stored(&hub), [NOW - 9_999, NOW - 9_998, NOW - 9_997]);
-        // Damaged: another device's series, an id past the catalogue, a cut record. The device
-        // is asked to define the series again; nothing is filed elsewhere.
+        // Damaged: another device's series, an id past the catalogue, a cut record, and in the
+        // earlier form another device's key and text that is no key. The device is asked to
+        // define the series again; nothing is filed elsewhere.
         let other = hub
             .series_id(&SeriesKey::parse(r#"cpu{instance="other"}"#).unwrap())
             .unwrap();
@@ -970,6 +977,8 @@ mod tests {
             series_record(other),
             series_record(SeriesId(1_000_000)),
             vec![SERIES_BY_ID, 0],
+            br#"cpu{instance="other"}"#.to_vec(),
+            b"cpu{".to_vec(),
         ] {
             overwrite(damaged);
             assert_eq!(send(4, false), unknown);
