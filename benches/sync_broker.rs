@@ -703,7 +703,7 @@ fn remote() {
     // Series are defined in the first batch that carries them.
     let keys: std::collections::HashMap<u32, String> = template
         .iter()
-        .flat_map(|batch| batch.body.defs.iter().map(|d| (d.id, d.key.clone())))
+        .flat_map(|batch| batch.body.defs.iter().map(|d| (d.id, d.key.to_string())))
         .collect();
     let requests: Vec<Vec<u8>> = names
         .iter()

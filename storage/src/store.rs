@@ -11,7 +11,7 @@
 //!   log generation, a seal) commits everything the store ever accepted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Debug;
+use std::fmt::{Debug, Write as _};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -2796,10 +2796,12 @@ impl Shared {
                 FeedCommit::default()
             };
             self.sealed.notify_all();
-            let defs: Vec<(u32, String)> = catalogue.keys[catalogue.persisted..]
+            // Shared, not formatted here: the head's lock is held, and a fleet's first seal
+            // has a hundred thousand keys to write out.
+            let defs: Vec<(u32, Arc<SeriesKey>)> = catalogue.keys[catalogue.persisted..]
                 .iter()
                 .enumerate()
-                .map(|(i, k)| ((catalogue.persisted + i) as u32, k.to_string()))
+                .map(|(i, k)| ((catalogue.persisted + i) as u32, k.clone()))
                 .collect();
             (frozen, new_generation, defs, catalogue.keys.len(), feed)
         };
@@ -2873,7 +2875,7 @@ impl Shared {
         &self,
         frozen: &HeadData,
         new_generation: u64,
-        defs: &[(u32, String)],
+        defs: &[(u32, Arc<SeriesKey>)],
         feed: &FeedCommit,
     ) -> Result<()> {
         let level = self.options.zstd_level;
@@ -2882,16 +2884,20 @@ impl Shared {
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::Redb(e.into()))?;
         let retention_at;
-        let catalogue_keys: Vec<Arc<SeriesKey>> = read(&self.catalogue).keys.clone();
+        // Only a damaged chunk's report names its series; the catalogue is read then.
         let key_of = |id: u32| {
-            catalogue_keys
+            read(&self.catalogue)
+                .keys
                 .get(id as usize)
                 .map_or_else(|| format!("#{id}"), ToString::to_string)
         };
         {
             let mut series = txn.open_table(SERIES)?;
+            let mut text = String::new();
             for (id, key) in defs {
-                series.insert(*id, key.as_str())?;
+                text.clear();
+                let _ = write!(text, "{key}");
+                series.insert(*id, text.as_str())?;
             }
             let mut meta = txn.open_table(META)?;
             let mut chunks = txn.open_table(CHUNKS)?;

@@ -138,8 +138,10 @@ pub struct Ingestor {
     /// made it ([`UNKNOWN_DEFINITION`] when read back from the store).
     series: HashMap<String, IdMap<(SeriesId, u64)>>,
     /// Hashes definitions: a device behind several hubs defines every series in every batch,
-    /// and one it defined before as it does now is neither parsed nor written again.
-    definitions: std::hash::RandomState,
+    /// and one it defined before as it does now is neither parsed nor written again. foldhash,
+    /// seeded per process: SipHash over a hundred keys a batch was felt in the hub's profile,
+    /// and a collision can only mix a device's own series (see `define_series`).
+    definitions: foldhash::quality::RandomState,
     seen: HashMap<(String, u64), Seen>,
     /// Per device, the frames measured, oldest first.
     clock_frames: HashMap<String, Vec<ClockFrame>>,
@@ -580,7 +582,7 @@ impl Ingestor {
         &self,
         store: &Store,
         device: &str,
-        defs: &[crate::message::SeriesDef],
+        defs: &crate::message::SeriesDefs,
         write: &mut WriteBatch,
     ) -> Result<Vec<(u32, SeriesId, u64)>, IngestError> {
         let known = self.series.get(device);
@@ -588,14 +590,14 @@ impl Ingestor {
         for def in defs {
             // A collision (keyed per process, 64 bits) could at worst file a device's samples
             // under another of its own series: every hub series carries its device's instance.
-            let definition = self.definitions.hash_one(&def.key).max(1);
+            let definition = self.definitions.hash_one(def.key).max(1);
             if let Some(&(_, same)) = known.and_then(|ids| ids.get(&def.id)) {
                 if same == definition {
                     continue;
                 }
             }
             let bad = |reason: String| IngestError::BadDefinition { id: def.id, reason };
-            let key = SeriesKey::parse(&def.key).map_err(|e| bad(e.to_string()))?;
+            let key = SeriesKey::parse(def.key).map_err(|e| bad(e.to_string()))?;
             let key = hub_key(device, &key).map_err(|e| bad(e.to_string()))?;
             let hub = store.series_id(&key)?;
             write.put(
@@ -845,10 +847,7 @@ mod tests {
                 clock_steps,
             },
             body: BatchBody {
-                defs: vec![SeriesDef {
-                    id: 1,
-                    key: "cpu".into(),
-                }],
+                defs: [SeriesDef { id: 1, key: "cpu" }].into_iter().collect(),
                 live: [LiveSamples {
                     series: 1,
                     samples: &outpost_storage::codec::encode_samples(timestamps, &values),
@@ -1010,7 +1009,9 @@ mod tests {
         let send = |ingestor: &mut Ingestor, seq: u64, key: &str, at: i64| {
             let mut batch = batch(1, NOW, &[at], None, vec![]);
             batch.header.seq = seq;
-            batch.body.defs[0].key = key.into();
+            batch.body.defs = [crate::message::SeriesDef { id: 1, key }]
+                .into_iter()
+                .collect();
             let ingested = ingestor.ingest(&hub, &batch, NOW).unwrap();
             assert!(matches!(ingested.status, AckStatus::Stored { .. }));
         };

@@ -21,7 +21,7 @@
 //!         oldest_unacked_ms: None, body_bytes: 0, clock_steps: vec![],
 //!     },
 //!     body: BatchBody {
-//!         defs: vec![SeriesDef { id: 0, key: r#"cpu{core="0"}"#.into() }],
+//!         defs: [SeriesDef { id: 0, key: r#"cpu{core="0"}"# }].into_iter().collect(),
 //!         live: [LiveSamples {
 //!             series: 0,
 //!             samples: &outpost_storage::codec::encode_samples(&[1_700_000_000_000], &[0.5]),
@@ -55,8 +55,8 @@ pub use error::{Error, Result};
 pub use message::{
     claimed_version, sign_json, verify_json, Ack, AckStatus, Action, Batch, BatchBody, BatchHeader,
     ClockStep, Command, DeviceKey, Direction, FrameKind, HubToDevice, Limits, LiveRuns,
-    LiveRunsIter, LiveSamples, LogLine, MatchOp, Matcher, SeriesDef, Silence, StoredChunk,
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    LiveRunsIter, LiveSamples, LogLine, MatchOp, Matcher, SeriesDef, SeriesDefs, SeriesDefsIter,
+    Silence, StoredChunk, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use retained::{Meta, State, Status, StatusOrder, StatusVerdict};
 

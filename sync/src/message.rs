@@ -208,11 +208,202 @@ impl ClockStep {
     }
 }
 /// A series the batch refers to by the device's number for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeriesDef {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesDef<'a> {
     pub id: u32,
     /// The canonical key, `name{a="x",b="y"}`.
-    pub key: String,
+    pub key: &'a str,
+}
+
+/// A batch's series definitions. On the wire a sequence of (id, key) pairs, as a derived
+/// `Vec` of structs with an owned key was; in memory one string for all the keys. A batch
+/// that carries its definitions (`self_contained`) has a hundred of them, and a string each
+/// was a twentieth of a hub's CPU in its allocator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesDefs {
+    keys: String,
+    /// Each definition's id and where its key ends in `keys`.
+    defs: Vec<(u32, usize)>,
+}
+
+impl SeriesDefs {
+    pub fn push(&mut self, def: SeriesDef<'_>) {
+        self.keys.push_str(def.key);
+        self.defs.push((def.id, self.keys.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.defs.clear();
+    }
+
+    pub fn get(&self, index: usize) -> Option<SeriesDef<'_>> {
+        let &(id, end) = self.defs.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |before| self.defs[before].1);
+        Some(SeriesDef {
+            id,
+            key: &self.keys[start..end],
+        })
+    }
+
+    pub fn iter(&self) -> SeriesDefsIter<'_> {
+        SeriesDefsIter {
+            defs: self.defs.iter(),
+            keys: &self.keys,
+            start: 0,
+        }
+    }
+}
+
+pub struct SeriesDefsIter<'a> {
+    defs: std::slice::Iter<'a, (u32, usize)>,
+    keys: &'a str,
+    start: usize,
+}
+
+impl<'a> Iterator for SeriesDefsIter<'a> {
+    type Item = SeriesDef<'a>;
+
+    fn next(&mut self) -> Option<SeriesDef<'a>> {
+        let &(id, end) = self.defs.next()?;
+        let key = &self.keys[self.start..end];
+        self.start = end;
+        Some(SeriesDef { id, key })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.defs.size_hint()
+    }
+}
+
+impl ExactSizeIterator for SeriesDefsIter<'_> {}
+
+impl<'a> IntoIterator for &'a SeriesDefs {
+    type Item = SeriesDef<'a>;
+    type IntoIter = SeriesDefsIter<'a>;
+
+    fn into_iter(self) -> SeriesDefsIter<'a> {
+        self.iter()
+    }
+}
+
+impl<'a> FromIterator<SeriesDef<'a>> for SeriesDefs {
+    fn from_iter<I: IntoIterator<Item = SeriesDef<'a>>>(defs: I) -> SeriesDefs {
+        let mut all = SeriesDefs::default();
+        for def in defs {
+            all.push(def);
+        }
+        all
+    }
+}
+
+impl Serialize for SeriesDefs {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter().map(|def| (def.id, def.key)))
+    }
+}
+
+impl<'de> Deserialize<'de> for SeriesDefs {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<SeriesDefs, D::Error> {
+        deserializer.deserialize_seq(SeriesDefsVisitor)
+    }
+}
+
+struct SeriesDefsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SeriesDefsVisitor {
+    type Value = SeriesDefs;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence of series definitions")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<SeriesDefs, A::Error> {
+        let mut all = SeriesDefs::default();
+        // The length is the sender's word: capped, so that a claim alone allocates little.
+        all.defs.reserve(seq.size_hint().unwrap_or(0).min(1024));
+        while seq.next_element_seed(DefInto(&mut all))?.is_some() {}
+        Ok(all)
+    }
+}
+
+/// One (id, key) pair, its key appended to the batch's string.
+struct DefInto<'d>(&'d mut SeriesDefs);
+
+impl<'de> serde::de::DeserializeSeed<'de> for DefInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DefInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a series definition: an id and a key")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        let id: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &"an id and a key"))?;
+        seq.next_element_seed(StrInto(&mut self.0.keys))?
+            .ok_or_else(|| A::Error::invalid_length(1, &"an id and a key"))?;
+        self.0.defs.push((id, self.0.keys.len()));
+        Ok(())
+    }
+}
+
+/// Text appended to a string as it is read, never held on its own.
+struct StrInto<'s>(&'s mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<(), E> {
+        self.0.push_str(text);
+        Ok(())
+    }
 }
 
 /// New samples of one series, in the store's raw chunk body encoding
@@ -427,7 +618,7 @@ pub struct StoredChunk {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchBody {
     /// Definitions of the series the hub has not acknowledged yet.
-    pub defs: Vec<SeriesDef>,
+    pub defs: SeriesDefs,
     pub live: LiveRuns,
     pub chunks: Vec<StoredChunk>,
     /// Log lines the device kept (version 3 on).
@@ -437,7 +628,7 @@ pub struct BatchBody {
 /// The body of versions 1 and 2: no log lines.
 #[derive(Serialize, Deserialize)]
 struct BatchBodyV2 {
-    defs: Vec<SeriesDef>,
+    defs: SeriesDefs,
     live: LiveRuns,
     chunks: Vec<StoredChunk>,
 }
@@ -939,8 +1130,8 @@ mod tests {
 
     fn body_strategy() -> impl Strategy<Value = BatchBody> {
         let defs = prop::collection::vec((any::<u32>(), ".{0,40}"), 0..5).prop_map(|d| {
-            d.into_iter()
-                .map(|(id, key)| SeriesDef { id, key })
+            d.iter()
+                .map(|(id, key)| SeriesDef { id: *id, key })
                 .collect()
         });
         let live = prop::collection::vec(
@@ -1207,6 +1398,50 @@ mod tests {
     }
 
     /// `tests/data/batch-v1.bin` was written by the last build that spoke only version 1.
+    /// A definition as batches carried it before the keys shared one string.
+    #[derive(Serialize, Deserialize)]
+    struct OwnedDef {
+        id: u32,
+        key: String,
+    }
+
+    proptest! {
+        #[test]
+        fn series_definitions_keep_the_wire_form_of_owned_ones(
+            defs in prop::collection::vec((any::<u32>(), ".{0,40}"), 0..8),
+        ) {
+            let owned: Vec<OwnedDef> = defs
+                .iter()
+                .map(|(id, key)| OwnedDef { id: *id, key: key.clone() })
+                .collect();
+            let shared: SeriesDefs =
+                defs.iter().map(|(id, key)| SeriesDef { id: *id, key }).collect();
+            let wire = postcard::to_allocvec(&owned).unwrap();
+            prop_assert_eq!(postcard::to_allocvec(&shared).unwrap(), wire.clone());
+            let read: SeriesDefs = postcard::from_bytes(&wire).unwrap();
+            prop_assert_eq!(&read, &shared);
+            let pairs: Vec<(u32, &str)> = read.iter().map(|d| (d.id, d.key)).collect();
+            let expected: Vec<(u32, &str)> = defs.iter().map(|(i, k)| (*i, k.as_str())).collect();
+            prop_assert_eq!(pairs, expected);
+            for (index, (id, key)) in defs.iter().enumerate() {
+                prop_assert_eq!(read.get(index), Some(SeriesDef { id: *id, key }));
+            }
+            prop_assert_eq!(read.get(defs.len()), None);
+            // Every cut of the bytes is an error or fewer definitions, never a panic.
+            for end in 0..wire.len() {
+                let _ = postcard::from_bytes::<SeriesDefs>(&wire[..end]);
+            }
+        }
+
+        #[test]
+        fn series_definitions_refuse_a_key_that_is_not_utf8(id in any::<u32>(), bad in 0x80u8..=0xFF) {
+            // One definition: count, id, a key of one byte that no UTF-8 text starts with.
+            let mut wire = postcard::to_allocvec(&vec![OwnedDef { id, key: "k".into() }]).unwrap();
+            *wire.last_mut().unwrap() = bad;
+            prop_assert!(postcard::from_bytes::<SeriesDefs>(&wire).is_err());
+        }
+    }
+
     #[test]
     fn the_previous_version_still_decodes() {
         let v1 = include_bytes!("../tests/data/batch-v1.bin");
@@ -1218,7 +1453,10 @@ mod tests {
             (41, 12_345)
         );
         assert!(batch.header.clock_steps.is_empty());
-        assert_eq!(batch.body.defs[0].key, "cpu_usage_percent{core=\"0\"}");
+        assert_eq!(
+            batch.body.defs.get(0).unwrap().key,
+            "cpu_usage_percent{core=\"0\"}"
+        );
         let (ts, values) =
             outpost_storage::codec::decode_samples(batch.body.live.get(0).unwrap().samples)
                 .unwrap();

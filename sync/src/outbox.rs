@@ -294,7 +294,7 @@ impl Outbox {
                 defs.push(id);
                 body.defs.push(SeriesDef {
                     id,
-                    key: key.to_string(),
+                    key: &key.to_string(),
                 });
             }
         };

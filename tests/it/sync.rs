@@ -411,10 +411,9 @@ fn one_sample_batch(
     outpost_sync::Batch {
         header,
         body: outpost_sync::BatchBody {
-            defs: vec![outpost_sync::SeriesDef {
-                id: 0,
-                key: metric.into(),
-            }],
+            defs: [outpost_sync::SeriesDef { id: 0, key: metric }]
+                .into_iter()
+                .collect(),
             live: [outpost_sync::LiveSamples {
                 series: 0,
                 samples: &outpost_storage::codec::encode_samples(&[at], &[value]),

@@ -62,10 +62,7 @@ fn host_bodies() -> Vec<BatchBody> {
                     .filter(|p| (from..to).contains(&p.0))
                     .collect();
                 let (t, v): (Vec<i64>, Vec<f64>) = points.into_iter().copied().unzip();
-                body.defs.push(SeriesDef {
-                    id: id as u32,
-                    key: key.clone(),
-                });
+                body.defs.push(SeriesDef { id: id as u32, key });
                 body.live.push(LiveSamples {
                     series: id as u32,
                     samples: &encode_samples(&t, &v),
