@@ -8,6 +8,11 @@
 # Usage: benches/log-throughput.sh [ENTRIES]   (default 500000 journal entries and 2,000,000 lines)
 # Prints, for each source, entries per second of wall time (journalctl included, on the same
 # core) and per second of the agent's own CPU time.
+#
+# With FLUENT_BIT=/path/to/fluent-bit (not packaged for Debian: a build of its own, with the
+# systemd and tail inputs, the log_to_metrics filter and the prometheus_exporter and null
+# outputs), Fluent Bit then works through the same entries and lines on the same core, counting
+# them as the agent does, and gets a row of its own for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/agent-collectors.sh
@@ -22,8 +27,10 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-logs.XXXXXX")
 port=$((20000 + RANDOM % 20000))
 agent=""
+fluent=""
 cleanup() {
   [ -n "$agent" ] && kill "$agent" 2>/dev/null || true
+  [ -n "$fluent" ] && kill "$fluent" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -169,3 +176,94 @@ sed -i 's/^journal_reader = .*/journal_reader = "journalctl"/' "$work/agent.toml
 work_through "journal (journalctl)" "$entries" 'outpost_journal_entries_total{' $((2 * entries))
 log_lines 0 "$lines" >>"$work/app.log"
 work_through file "$lines" 'outpost_log_lines_total{source="app"}'
+
+[ -n "${FLUENT_BIT:-}" ] || exit 0
+# Fluent Bit's counts: what the agent counts, by three log_to_metrics filters, the counts out
+# through its Prometheus exporter and the records dropped by its null output. The filters flush
+# their counts once a second rather than after every chunk of records, which spares Fluent Bit
+# work, and so does the errors' count, which has no module label: Fluent Bit's filter cannot
+# label a count with a capture of its regex.
+# Usage: fluent_bit_through NAME COUNT FIELD INPUT_SETTINGS PER_SOURCE_SETTINGS
+fluent_bit_through() {
+  local name=$1 count=$2 field=$3 input=$4 per_source=$5 started done_at exporter=$((port + 10))
+  cat >"$work/fluent-bit.conf" <<EOF
+[SERVICE]
+    flush 1
+    log_level warn
+[INPUT]
+$input
+    tag logs
+[FILTER]
+    name log_to_metrics
+    match logs
+    tag counts
+    metric_mode counter
+    metric_name lines
+    metric_description lines per source
+    flush_interval_sec 1
+$per_source
+[FILTER]
+    name log_to_metrics
+    match logs
+    tag counts
+    metric_mode counter
+    metric_name errors
+    metric_description error lines
+    flush_interval_sec 1
+    regex $field level=error module=\w+
+[FILTER]
+    name log_to_metrics
+    match logs
+    tag counts
+    metric_mode counter
+    metric_name frames
+    metric_description frame lines
+    flush_interval_sec 1
+    regex $field frame=\d+
+[OUTPUT]
+    name prometheus_exporter
+    match counts
+    host 127.0.0.1
+    port $exporter
+[OUTPUT]
+    name null
+    match logs
+EOF
+  fluent_count() {
+    curl -s "http://127.0.0.1:$exporter/metrics" \
+      | awk -v name="$1" '$1 ~ "^log_metric_counter_" name "([{]|$)" { total += $NF } END { printf "%d\n", total }'
+  }
+  started=$(date +%s.%N)
+  taskset -c 0 "$FLUENT_BIT" -c "$work/fluent-bit.conf" >>"$work/fluent-bit.log" 2>&1 &
+  fluent=$!
+  until [ "$(fluent_count lines)" -ge "$count" ]; do
+    kill -0 "$fluent" 2>/dev/null || { cat "$work/fluent-bit.log"; exit 1; }
+    sleep 0.05
+  done
+  done_at=$(date +%s.%N)
+  local fluent_ticks wall
+  fluent_ticks=$(ticks "$fluent")
+  wall=$(echo "$done_at - $started" | bc)
+  printf '%-20s %9d in %6.2f s of wall time: %7d/s; Fluent Bit %5.2f s of CPU: %7d per CPU second; %d pattern matches counted\n' \
+    "$name" "$count" "$wall" "$(echo "$count / $wall" | bc)" \
+    "$(echo "scale=2; $fluent_ticks / $hz" | bc)" "$(echo "$count * $hz / $fluent_ticks" | bc)" \
+    "$(($(fluent_count errors) + $(fluent_count frames)))"
+  kill "$fluent"
+  wait "$fluent" || true
+  fluent=""
+}
+
+echo "Fluent Bit ($("$FLUENT_BIT" --version | head -n 1)) pinned to CPU 0; the same entries and lines"
+# The same entries as the agent's first journal row, in a folder of their own, read from the start.
+mkdir "$work/fluent-journal"
+export_entries 10 "$entries" | "$remote" --output="$work/fluent-journal/system.journal" - >/dev/null 2>&1
+fluent_bit_through "Fluent Bit journal" "$entries" MESSAGE \
+  "    name systemd
+    path $work/fluent-journal
+    read_from_tail off" \
+  "    label_field _SYSTEMD_UNIT
+    label_field PRIORITY"
+fluent_bit_through "Fluent Bit file" "$lines" log \
+  "    name tail
+    path $work/app.log
+    read_from_head on" ""
