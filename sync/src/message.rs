@@ -1397,7 +1397,6 @@ mod tests {
         assert_eq!((decoded.version, decoded.body.lines.len()), (2, 0));
     }
 
-    /// `tests/data/batch-v1.bin` was written by the last build that spoke only version 1.
     /// A definition as batches carried it before the keys shared one string.
     #[derive(Serialize, Deserialize)]
     struct OwnedDef {
@@ -1427,9 +1426,17 @@ mod tests {
                 prop_assert_eq!(read.get(index), Some(SeriesDef { id: *id, key }));
             }
             prop_assert_eq!(read.get(defs.len()), None);
-            // Every cut of the bytes is an error or fewer definitions, never a panic.
+            // Every cut of the bytes reads as the owned form reads it: the same definitions or
+            // an error.
             for end in 0..wire.len() {
-                let _ = postcard::from_bytes::<SeriesDefs>(&wire[..end]);
+                let cut = &wire[..end];
+                let as_owned = postcard::from_bytes::<Vec<OwnedDef>>(cut).ok().map(|defs| {
+                    defs.into_iter().map(|d| (d.id, d.key)).collect::<Vec<_>>()
+                });
+                let as_shared = postcard::from_bytes::<SeriesDefs>(cut).ok().map(|defs| {
+                    defs.iter().map(|d| (d.id, d.key.to_string())).collect::<Vec<_>>()
+                });
+                prop_assert_eq!(as_shared, as_owned, "cut at {}", end);
             }
         }
 
@@ -1442,6 +1449,7 @@ mod tests {
         }
     }
 
+    /// `tests/data/batch-v1.bin` was written by the last build that spoke only version 1.
     #[test]
     fn the_previous_version_still_decodes() {
         let v1 = include_bytes!("../tests/data/batch-v1.bin");
